@@ -1,0 +1,3 @@
+module github.com/hostscale/hostscale/balancer
+
+go 1.26.0

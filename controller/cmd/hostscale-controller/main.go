@@ -1,0 +1,119 @@
+// Command hostscale-controller runs one node of the hostscale controller
+// cluster: the replicated state (hashicorp/raft), the gRPC API and the
+// admin HTTP endpoints.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/controller/server"
+	"github.com/hostscale/hostscale/internal/config"
+	"github.com/hostscale/hostscale/internal/logging"
+	"github.com/hostscale/hostscale/internal/version"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	cfg, logOpts, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale-controller: %v\n", err)
+		return 2
+	}
+	logger, err := logging.New(stderr, logOpts, "controller", cfg.ID)
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale-controller: %v\n", err)
+		return 2
+	}
+	cfg.Logger = logger
+	srv, err := server.New(cfg)
+	if err != nil {
+		logger.Error("start failed", "err", err)
+		fmt.Fprintf(stderr, "hostscale-controller: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx); err != nil {
+		logger.Error("stopped with error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options, error) {
+	cfg := server.DefaultConfig()
+	var logOpts logging.Options
+	fs := flag.NewFlagSet("hostscale-controller", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var peers string
+	var showVersion bool
+	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
+	fs.StringVar(&cfg.ID, "id", "", "this server's id, unique in the cluster (required)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required)")
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "address of the gRPC API")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "address of the Raft transport")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&cfg.GRPCAdvertise, "grpc-advertise", "", "gRPC address other nodes and clients use, when it differs from -grpc-addr")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address other nodes use, when it differs from -raft-addr")
+	fs.StringVar(&peers, "peers", "", "bootstrap peers, this node included: id=raft-host:port,... (used only with an empty -data-dir; empty: join with AddMember)")
+	fs.StringVar(&cfg.Raft.LogStore, "log-store", cfg.Raft.LogStore, "Raft log store: wal or boltdb")
+	fs.DurationVar(&cfg.Raft.HeartbeatTimeout, "heartbeat-timeout", cfg.Raft.HeartbeatTimeout, "Raft heartbeat timeout: how long a follower waits for the leader before an election")
+	fs.DurationVar(&cfg.Raft.ElectionTimeout, "election-timeout", cfg.Raft.ElectionTimeout, "Raft election timeout")
+	fs.DurationVar(&cfg.Raft.LeaderLeaseTimeout, "leader-lease-timeout", cfg.Raft.LeaderLeaseTimeout, "Raft leader lease: a leader out of contact with a quorum this long steps down")
+	fs.Uint64Var(&cfg.Raft.SnapshotThreshold, "snapshot-threshold", cfg.Raft.SnapshotThreshold, "take a snapshot after this many new log entries")
+	fs.DurationVar(&cfg.Raft.SnapshotInterval, "snapshot-interval", cfg.Raft.SnapshotInterval, "how often to check whether a snapshot is due")
+	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
+	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	if err := config.Parse(fs, args); err != nil {
+		return cfg, logOpts, err
+	}
+	if showVersion {
+		fmt.Fprintln(stderr, "hostscale-controller", version.Version)
+		return cfg, logOpts, flag.ErrHelp
+	}
+	p, err := raftnode.ParsePeers(peers)
+	if err != nil {
+		return cfg, logOpts, fmt.Errorf("-peers: %w", err)
+	}
+	cfg.Peers = p
+	switch {
+	case cfg.ID == "":
+		return cfg, logOpts, errors.New("-id: must be set")
+	case cfg.DataDir == "":
+		return cfg, logOpts, errors.New("-data-dir: must be set")
+	case cfg.Raft.LogStore != raftnode.StoreWAL && cfg.Raft.LogStore != raftnode.StoreBoltDB:
+		return cfg, logOpts, fmt.Errorf("-log-store: %q is not wal or boltdb", cfg.Raft.LogStore)
+	case cfg.GRPC.MaxRecvMessageSize < 1024:
+		return cfg, logOpts, fmt.Errorf("-max-message-size: %d is below 1024", cfg.GRPC.MaxRecvMessageSize)
+	case cfg.Raft.HeartbeatTimeout < 5*1e6 || cfg.Raft.ElectionTimeout < 5*1e6:
+		return cfg, logOpts, errors.New("-heartbeat-timeout and -election-timeout: at least 5ms")
+	case cfg.Raft.LeaderLeaseTimeout > cfg.Raft.HeartbeatTimeout:
+		return cfg, logOpts, errors.New("-leader-lease-timeout: must not exceed -heartbeat-timeout")
+	}
+	if len(p) > 0 {
+		found := false
+		for _, x := range p {
+			found = found || x.ID == cfg.ID
+		}
+		if !found {
+			return cfg, logOpts, fmt.Errorf("-peers: does not list this node's -id %q", cfg.ID)
+		}
+	}
+	return cfg, logOpts, nil
+}

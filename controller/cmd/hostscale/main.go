@@ -1,0 +1,319 @@
+// Command hostscale is the operator's command line for a hostscale
+// cluster: status, membership, leadership and snapshots.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hostscale/hostscale/internal/grpcx"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+const usage = `usage: hostscale [-addr host:port] [-timeout d] [-json] COMMAND [ARGS]
+
+commands:
+  status                          this node's view: leader, term, indexes, members
+  members                         the cluster's members (from the leader)
+  join ID RAFT_ADDR [API_ADDR]    add a controller as a voter
+  leave ID                        remove a controller
+  transfer-leadership [ID]        hand leadership to ID, or to the best voter
+  snapshot save FILE              write a snapshot of the whole state to FILE
+  snapshot restore FILE           replace the whole state with FILE's snapshot
+  pools                           list pools
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("hostscale", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	addr := fs.String("addr", envOr("HOSTSCALE_ADDR", "127.0.0.1:7700"), "controller gRPC address (env HOSTSCALE_ADDR)")
+	timeout := fs.Duration("timeout", 30*time.Second, "deadline of the whole command")
+	asJSON := fs.Bool("json", false, "print responses as JSON")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	conn, err := grpcx.Dial(*addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale: %v\n", err)
+		return 1
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), out: stdout, json: *asJSON}
+	err = c.do(ctx, fs.Args())
+	var ue usageError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "hostscale: %v\n%s", err, usage)
+		return 2
+	case err != nil:
+		if st, ok := status.FromError(err); ok {
+			fmt.Fprintf(stderr, "hostscale: %s: %s\n", st.Code(), st.Message())
+		} else {
+			fmt.Fprintf(stderr, "hostscale: %v\n", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+type cli struct {
+	cluster pb.ClusterServiceClient
+	pools   pb.PoolServiceClient
+	out     io.Writer
+	json    bool
+}
+
+func (c *cli) do(ctx context.Context, args []string) error {
+	cmd, rest := args[0], args[1:]
+	nargs := func(lo, hi int) error {
+		if len(rest) < lo || len(rest) > hi {
+			return usageError(fmt.Sprintf("%s: wrong number of arguments", cmd))
+		}
+		return nil
+	}
+	switch cmd {
+	case "status":
+		if err := nargs(0, 0); err != nil {
+			return err
+		}
+		st, err := c.cluster.GetStatus(ctx, &pb.GetStatusRequest{})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(st)
+		}
+		fmt.Fprintf(c.out, "node %s: %s, term %d, commit %d, applied %d\nleader: %s (%s)\n\n",
+			st.Id, strings.TrimPrefix(st.State.String(), "RAFT_STATE_"), st.Term, st.CommitIndex, st.AppliedIndex,
+			orDash(st.Leader.GetId()), orDash(st.Leader.GetApiAddress()))
+		c.printMembers(st.Members)
+		return nil
+	case "members":
+		if err := nargs(0, 0); err != nil {
+			return err
+		}
+		resp, err := c.cluster.ListMembers(ctx, &pb.ListMembersRequest{Consistent: true})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		c.printMembers(resp.Members)
+		return nil
+	case "join":
+		if err := nargs(2, 3); err != nil {
+			return err
+		}
+		req := &pb.AddMemberRequest{Id: rest[0], RaftAddress: rest[1]}
+		if len(rest) == 3 {
+			req.ApiAddress = rest[2]
+		}
+		resp, err := c.cluster.AddMember(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "added %s at index %d\n", rest[0], resp.Index)
+		return nil
+	case "leave":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		resp, err := c.cluster.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: rest[0]})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "removed %s at index %d\n", rest[0], resp.Index)
+		return nil
+	case "transfer-leadership":
+		if err := nargs(0, 1); err != nil {
+			return err
+		}
+		req := &pb.TransferLeadershipRequest{}
+		if len(rest) == 1 {
+			req.Id = rest[0]
+		}
+		resp, err := c.cluster.TransferLeadership(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "leader is now %s\n", orDash(resp.LeaderId))
+		return nil
+	case "snapshot":
+		if err := nargs(2, 2); err != nil {
+			return err
+		}
+		switch rest[0] {
+		case "save":
+			return c.snapshotSave(ctx, rest[1])
+		case "restore":
+			return c.snapshotRestore(ctx, rest[1])
+		}
+		return usageError("snapshot: want save or restore")
+	case "pools":
+		if err := nargs(0, 0); err != nil {
+			return err
+		}
+		resp, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{PageSize: 1000})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tHOSTS\tPATH\tPOLICY\tBACKENDS")
+		for _, p := range resp.Pools {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", p.Name, orDash(strings.Join(p.Hosts, ",")), p.PathPrefix,
+				strings.ToLower(strings.TrimPrefix(p.Policy.String(), "POLICY_")), len(p.Backends))
+		}
+		return w.Flush()
+	}
+	return usageError(fmt.Sprintf("unknown command %q", cmd))
+}
+
+func (c *cli) printMembers(ms []*pb.Member) {
+	w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tSUFFRAGE\tRAFT\tAPI\tREACHABLE\tLEADER")
+	for _, m := range ms {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\n", m.Id, strings.ToLower(strings.TrimPrefix(m.Suffrage.String(), "SUFFRAGE_")),
+			m.RaftAddress, orDash(m.ApiAddress), m.Reachable, m.Leader)
+	}
+	_ = w.Flush()
+}
+
+func (c *cli) printJSON(m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(c.out, string(b))
+	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (c *cli) snapshotSave(ctx context.Context, path string) error {
+	stream, err := c.cluster.SaveSnapshot(ctx, &pb.SaveSnapshotRequest{})
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	meta := first.GetMetadata()
+	if meta == nil {
+		return errors.New("snapshot stream did not start with its metadata")
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	h := sha256.New()
+	w := io.MultiWriter(f, h)
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := w.Write(m.GetChunk()); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != meta.Sha256 {
+		return fmt.Errorf("snapshot checksum mismatch: got %s, want %s", got, meta.Sha256)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "saved snapshot at index %d (term %d, %d bytes, sha256 %s) to %s\n", meta.Index, meta.Term, meta.Size, meta.Sha256, path)
+	return nil
+}
+
+func (c *cli) snapshotRestore(ctx context.Context, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	stream, err := c.cluster.RestoreSnapshot(ctx)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	first := true
+	for len(data) > 0 || first {
+		n := min(len(data), 256<<10)
+		req := &pb.RestoreSnapshotRequest{Chunk: data[:n]}
+		if first {
+			req.Sha256 = hex.EncodeToString(sum[:])
+			first = false
+		}
+		if err := stream.Send(req); err != nil {
+			break // the server's error comes from CloseAndRecv
+		}
+		data = data[n:]
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "restored %d bytes; the state is now at index %d\n", resp.Size, resp.Index)
+	return nil
+}

@@ -1,0 +1,404 @@
+package endpoint
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// ReachableWithin is how recent a successful probe of a member's API must
+// be for the member to count as reachable.
+const ReachableWithin = 3 * time.Second
+
+// snapshotChunk is the size of the chunks SaveSnapshot streams.
+const snapshotChunk = 256 << 10
+
+// Cluster serves hostscale.v1.ClusterService.
+type Cluster struct {
+	pb.UnimplementedClusterServiceServer
+	Core *Core
+	// LastReached returns when this node last reached a member's API.
+	LastReached func(id string) time.Time
+	// MembershipTimeout bounds a membership change.
+	MembershipTimeout time.Duration
+}
+
+var _ pb.ClusterServiceServer = (*Cluster)(nil)
+
+func raftStateOf(s raft.RaftState) pb.RaftState {
+	switch s {
+	case raft.Follower:
+		return pb.RaftState_RAFT_STATE_FOLLOWER
+	case raft.Candidate:
+		return pb.RaftState_RAFT_STATE_CANDIDATE
+	case raft.Leader:
+		return pb.RaftState_RAFT_STATE_LEADER
+	case raft.Shutdown:
+		return pb.RaftState_RAFT_STATE_SHUTDOWN
+	}
+	return pb.RaftState_RAFT_STATE_UNSPECIFIED
+}
+
+func suffrageOf(s raft.ServerSuffrage) pb.Suffrage {
+	switch s {
+	case raft.Voter:
+		return pb.Suffrage_SUFFRAGE_VOTER
+	case raft.Nonvoter:
+		return pb.Suffrage_SUFFRAGE_NONVOTER
+	case raft.Staging:
+		return pb.Suffrage_SUFFRAGE_STAGING
+	}
+	return pb.Suffrage_SUFFRAGE_UNSPECIFIED
+}
+
+// members lists the Raft configuration as this node knows it, with what the
+// state and the prober add.
+func (s *Cluster) members() ([]*pb.Member, uint64, error) {
+	f := s.Core.Raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, 0, raftError("get configuration", err)
+	}
+	_, leaderID := s.Core.Raft.LeaderWithID()
+	var out []*pb.Member
+	idx := s.Core.FSM.Read(func(st *pb.State) {
+		for _, srv := range f.Configuration().Servers {
+			id := string(srv.ID)
+			m := &pb.Member{
+				Id:          id,
+				Suffrage:    suffrageOf(srv.Suffrage),
+				RaftAddress: string(srv.Address),
+				Leader:      srv.ID == leaderID,
+			}
+			if rec := st.Members[id]; rec != nil {
+				m.ApiAddress = rec.ApiAddress
+			}
+			if id == s.Core.ID {
+				m.ApiAddress, m.Reachable = s.Core.APIAddr, true
+				m.LastReached = timestamppb.Now()
+			} else if t := s.LastReached(id); !t.IsZero() {
+				m.LastReached = timestamppb.New(t)
+				m.Reachable = time.Since(t) < ReachableWithin
+			}
+			out = append(out, m)
+		}
+	})
+	return out, idx, nil
+}
+
+func (s *Cluster) GetStatus(ctx context.Context, _ *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
+	r := s.Core.Raft
+	members, idx, err := s.members()
+	if err != nil {
+		return nil, err
+	}
+	stats := r.Stats()
+	resp := &pb.GetStatusResponse{
+		Id:                s.Core.ID,
+		State:             raftStateOf(r.State()),
+		Leader:            &pb.LeaderInfo{},
+		Term:              r.CurrentTerm(),
+		CommitIndex:       r.CommitIndex(),
+		AppliedIndex:      r.AppliedIndex(),
+		LastLogIndex:      r.LastIndex(),
+		LastSnapshotIndex: parseUint(stats["last_snapshot_index"]),
+		Members:           members,
+		Index:             idx,
+		LeaderReady:       s.Core.IsLeader() && s.Core.LeaderReady(),
+	}
+	if resp.State != pb.RaftState_RAFT_STATE_LEADER {
+		if lc := r.LastContact(); !lc.IsZero() {
+			resp.LastContact = durationpb.New(time.Since(lc))
+		}
+	}
+	addr, id := r.LeaderWithID()
+	resp.Leader.Id, resp.Leader.RaftAddress = string(id), string(addr)
+	for _, m := range members {
+		if m.Id == string(id) {
+			resp.Leader.ApiAddress = m.ApiAddress
+		}
+	}
+	return resp, nil
+}
+
+func parseUint(s string) uint64 {
+	var n uint64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
+}
+
+func (s *Cluster) ListMembers(ctx context.Context, req *pb.ListMembersRequest) (*pb.ListMembersResponse, error) {
+	resp := &pb.ListMembersResponse{}
+	if fwd, err := s.Core.Consistent(ctx, req.Consistent, req, resp); fwd || err != nil {
+		return orNil(resp, err)
+	}
+	members, idx, err := s.members()
+	if err != nil {
+		return nil, err
+	}
+	resp.Members, resp.Index = members, idx
+	return resp, nil
+}
+
+func (s *Cluster) AddMember(ctx context.Context, req *pb.AddMemberRequest) (*pb.AddMemberResponse, error) {
+	id, err := requestID(req.RequestId)
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	if err := checkName("id", req.Id); err != nil {
+		return nil, err
+	}
+	if err := checkAddress("raft_address", req.RaftAddress); err != nil {
+		return nil, err
+	}
+	if req.ApiAddress != "" {
+		if err := checkAddress("api_address", req.ApiAddress); err != nil {
+			return nil, err
+		}
+	}
+	resp := &pb.AddMemberResponse{}
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
+	r := s.Core.Raft
+	cf := r.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, raftError("get configuration", err)
+	}
+	present := false
+	for _, srv := range cf.Configuration().Servers {
+		switch {
+		case string(srv.ID) == req.Id && string(srv.Address) == req.RaftAddress:
+			present = true
+		case string(srv.ID) != req.Id && strings.EqualFold(string(srv.Address), req.RaftAddress):
+			return nil, status.Errorf(codes.AlreadyExists, "raft_address: %s is already used by member %q", req.RaftAddress, srv.ID)
+		}
+	}
+	resp.Index = cf.Index()
+	if !present {
+		var f raft.IndexFuture
+		if req.Nonvoter {
+			f = r.AddNonvoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddress), 0, s.MembershipTimeout)
+		} else {
+			f = r.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddress), 0, s.MembershipTimeout)
+		}
+		if err := f.Error(); err != nil {
+			return nil, raftError("add member", err)
+		}
+		resp.Index = f.Index()
+	}
+	if req.ApiAddress != "" {
+		res, err := s.Core.Apply(&pb.Command{
+			RequestId: id,
+			Command:   &pb.Command_SetMember{SetMember: &pb.SetMemberCommand{Member: &pb.MemberRecord{Id: req.Id, ApiAddress: req.ApiAddress}}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		resp.Index = max(resp.Index, res.Index)
+	}
+	return resp, nil
+}
+
+func (s *Cluster) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest) (*pb.RemoveMemberResponse, error) {
+	id, err := requestID(req.RequestId)
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	if req.Id == "" {
+		return nil, invalid("id", "must not be empty")
+	}
+	resp := &pb.RemoveMemberResponse{}
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
+	r := s.Core.Raft
+	cf := r.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, raftError("get configuration", err)
+	}
+	found := false
+	for _, srv := range cf.Configuration().Servers {
+		found = found || string(srv.ID) == req.Id
+	}
+	if !found {
+		return nil, status.Errorf(codes.NotFound, "member %q is not in the cluster", req.Id)
+	}
+	// Forget the member's record first: once the leader removes itself it
+	// can no longer write.
+	if _, err := s.Core.Apply(&pb.Command{
+		RequestId: id,
+		Command:   &pb.Command_DeleteMember{DeleteMember: &pb.DeleteMemberCommand{Id: req.Id}},
+	}); err != nil {
+		return nil, err
+	}
+	f := r.RemoveServer(raft.ServerID(req.Id), 0, s.MembershipTimeout)
+	if err := f.Error(); err != nil {
+		return nil, raftError("remove member", err)
+	}
+	resp.Index = f.Index()
+	return resp, nil
+}
+
+func (s *Cluster) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
+	if _, err := requestID(req.RequestId); err != nil {
+		return nil, err
+	}
+	resp := &pb.TransferLeadershipResponse{}
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
+	r := s.Core.Raft
+	var f raft.Future
+	if req.Id == "" {
+		f = r.LeadershipTransfer()
+	} else {
+		if req.Id == s.Core.ID {
+			return nil, status.Errorf(codes.FailedPrecondition, "id: %q already leads", req.Id)
+		}
+		cf := r.GetConfiguration()
+		if err := cf.Error(); err != nil {
+			return nil, raftError("get configuration", err)
+		}
+		var target *raft.Server
+		for _, srv := range cf.Configuration().Servers {
+			if string(srv.ID) == req.Id {
+				target = &srv
+			}
+		}
+		if target == nil {
+			return nil, status.Errorf(codes.NotFound, "id: member %q is not in the cluster", req.Id)
+		}
+		if target.Suffrage != raft.Voter {
+			return nil, status.Errorf(codes.FailedPrecondition, "id: member %q does not vote", req.Id)
+		}
+		f = r.LeadershipTransferToServer(target.ID, target.Address)
+	}
+	if err := f.Error(); err != nil {
+		return nil, raftError("transfer leadership", err)
+	}
+	// Report the leader once one is known again.
+	deadline := time.Now().Add(s.MembershipTimeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if _, id := r.LeaderWithID(); id != "" && string(id) != s.Core.ID {
+			resp.LeaderId = string(id)
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return resp, nil
+}
+
+func (s *Cluster) SaveSnapshot(_ *pb.SaveSnapshotRequest, stream pb.ClusterService_SaveSnapshotServer) error {
+	st := s.Core.FSM.Clone()
+	data, err := fsm.Encode(st)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode snapshot: %v", err)
+	}
+	sum := sha256.Sum256(data)
+	if err := stream.Send(&pb.SaveSnapshotResponse{Payload: &pb.SaveSnapshotResponse_Metadata{Metadata: &pb.SnapshotMetadata{
+		Index:  st.AppliedIndex,
+		Term:   st.AppliedTerm,
+		Size:   uint64(len(data)),
+		Sha256: hex.EncodeToString(sum[:]),
+		Time:   timestamppb.Now(),
+	}}}); err != nil {
+		return err
+	}
+	for len(data) > 0 {
+		n := min(len(data), snapshotChunk)
+		if err := stream.Send(&pb.SaveSnapshotResponse{Payload: &pb.SaveSnapshotResponse_Chunk{Chunk: data[:n]}}); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+func (s *Cluster) RestoreSnapshot(stream pb.ClusterService_RestoreSnapshotServer) error {
+	var buf bytes.Buffer
+	want := ""
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if m.Sha256 != "" {
+			want = strings.ToLower(m.Sha256)
+		}
+		if buf.Len()+len(m.Chunk) > fsm.MaxSnapshotSize {
+			return status.Errorf(codes.ResourceExhausted, "chunk: snapshot larger than %d bytes", fsm.MaxSnapshotSize)
+		}
+		buf.Write(m.Chunk)
+	}
+	data := buf.Bytes()
+	if want != "" {
+		sum := sha256.Sum256(data)
+		if hex.EncodeToString(sum[:]) != want {
+			return invalid("sha256", "the snapshot's SHA-256 is %x, not %s", sum, want)
+		}
+	}
+	if len(data) == 0 {
+		return invalid("chunk", "the snapshot is empty")
+	}
+	if _, err := fsm.Decode(bytes.NewReader(data)); err != nil {
+		return invalid("chunk", "%v", err)
+	}
+	if !s.Core.IsLeader() {
+		resp, err := s.forwardRestore(stream.Context(), data)
+		if err != nil {
+			return err
+		}
+		return stream.SendAndClose(resp)
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(data))}
+	if err := s.Core.Raft.Restore(meta, bytes.NewReader(data), s.MembershipTimeout); err != nil {
+		return raftError("restore snapshot", err)
+	}
+	return stream.SendAndClose(&pb.RestoreSnapshotResponse{Index: s.Core.Raft.AppliedIndex(), Size: uint64(len(data))})
+}
+
+func (s *Cluster) forwardRestore(ctx context.Context, data []byte) (*pb.RestoreSnapshotResponse, error) {
+	conn, octx, err := s.Core.LeaderConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := pb.NewClusterServiceClient(conn).RestoreSnapshot(octx)
+	if err != nil {
+		return nil, err
+	}
+	for len(data) > 0 {
+		n := min(len(data), snapshotChunk)
+		if err := cs.Send(&pb.RestoreSnapshotRequest{Chunk: data[:n]}); err != nil {
+			break // the leader's error comes from CloseAndRecv
+		}
+		data = data[n:]
+	}
+	return cs.CloseAndRecv()
+}

@@ -1,0 +1,43 @@
+package endpoint
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the write path's Prometheus metrics. A nil *Metrics records
+// nothing.
+type Metrics struct {
+	forwards *prometheus.CounterVec
+	applies  *prometheus.HistogramVec
+}
+
+// NewMetrics registers the write path's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hostscale_controller_forwarded_total",
+			Help: "Calls this follower forwarded to the leader, by method.",
+		}, []string{"grpc_method"}),
+		applies: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hostscale_controller_apply_seconds",
+			Help:    "Time from proposing a command to its application on this leader, by result.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.forwards, m.applies)
+	return m
+}
+
+func (m *Metrics) forwarded(method string) {
+	if m != nil {
+		m.forwards.WithLabelValues(method).Inc()
+	}
+}
+
+func (m *Metrics) applied(start time.Time, result string) {
+	if m != nil {
+		m.applies.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	}
+}

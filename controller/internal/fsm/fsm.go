@@ -1,0 +1,280 @@
+package fsm
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+
+	"github.com/hostscale/hostscale/internal/logging"
+)
+
+// Retention of applied request ids: a retry is recognised while its id is
+// among the newest MaxRequests and younger than RequestTTL (by command time).
+const (
+	MaxRequests = 65536
+	RequestTTL  = time.Hour
+)
+
+// MaxSnapshotSize bounds a snapshot accepted by Restore.
+const MaxSnapshotSize = 256 << 20
+
+// Result is what Apply returns for each command, through raft's
+// ApplyFuture.Response.
+type Result struct {
+	// Index is the Raft index the command was first applied at.
+	Index uint64
+	// Err is the command's outcome as a gRPC status error, nil when it took
+	// effect.
+	Err error
+	// Repeated is set when the request id had been applied before and this
+	// result is the remembered first one.
+	Repeated bool
+}
+
+// FSM implements raft.FSM over a State. It is safe for concurrent use: raft
+// applies from one goroutine while readers call Read.
+type FSM struct {
+	logger *slog.Logger
+
+	mu       sync.RWMutex
+	state    *pb.State
+	requests map[string]*pb.AppliedRequest
+	changed  chan struct{}
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// New returns an FSM over an empty State. logger may be nil.
+func New(logger *slog.Logger) *FSM {
+	return &FSM{
+		logger:   logging.OrDiscard(logger),
+		state:    newState(),
+		requests: map[string]*pb.AppliedRequest{},
+		changed:  make(chan struct{}),
+	}
+}
+
+func newState() *pb.State {
+	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}}
+}
+
+// Read calls fn with the state and the index it reflects, under a read lock.
+// fn must not modify the state nor retain any part of it.
+func (f *FSM) Read(fn func(s *pb.State)) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(f.state)
+	return f.state.AppliedIndex
+}
+
+// Index is the Raft index of the last command applied.
+func (f *FSM) Index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.AppliedIndex
+}
+
+// Changed returns a channel that is closed at the next change of the state.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// Clone returns a deep copy of the whole state.
+func (f *FSM) Clone() *pb.State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return proto.Clone(f.state).(*pb.State)
+}
+
+func (f *FSM) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Apply applies one committed log entry and returns a *Result.
+func (f *FSM) Apply(l *raft.Log) any {
+	var cmd pb.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		panic(fmt.Sprintf("fsm: cannot decode the command at index %d: %v", l.Index, err))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.notifyLocked()
+	f.state.AppliedIndex, f.state.AppliedTerm = l.Index, l.Term
+	if id := cmd.GetRequestId(); id != "" {
+		if prev, ok := f.requests[id]; ok {
+			return &Result{Index: prev.Index, Err: errorOf(prev), Repeated: true}
+		}
+	}
+	err := f.dispatch(&cmd, l.Index)
+	if id := cmd.GetRequestId(); id != "" {
+		f.remember(&cmd, l.Index, err)
+	}
+	return &Result{Index: l.Index, Err: err}
+}
+
+func errorOf(r *pb.AppliedRequest) error {
+	if r.Code == 0 {
+		return nil
+	}
+	return status.Error(codes.Code(r.Code), r.Message)
+}
+
+// dispatch applies one command to the state. It returns the command's
+// outcome; a command that decodes but names no known type stops the process.
+func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
+	switch c := cmd.Command.(type) {
+	case *pb.Command_SetMember:
+		return f.setMember(c.SetMember)
+	case *pb.Command_DeleteMember:
+		delete(f.state.Members, c.DeleteMember.GetId())
+		return nil
+	case *pb.Command_CreatePool:
+		return f.createPool(c.CreatePool, index)
+	case *pb.Command_DeletePool:
+		return f.deletePool(c.DeletePool)
+	case *pb.Command_AddBackend:
+		return f.addBackend(c.AddBackend, index)
+	case *pb.Command_RemoveBackend:
+		return f.removeBackend(c.RemoveBackend, index)
+	default:
+		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
+	}
+}
+
+func (f *FSM) remember(cmd *pb.Command, index uint64, err error) {
+	st := status.Convert(err)
+	r := &pb.AppliedRequest{
+		RequestId: cmd.GetRequestId(),
+		Index:     index,
+		Code:      int32(st.Code()),
+		Message:   st.Message(),
+		Time:      cmd.GetTime(),
+	}
+	f.state.Requests = append(f.state.Requests, r)
+	f.requests[r.RequestId] = r
+	// Expire by count and by age; both read only command data, so every
+	// replica expires the same entries.
+	now := cmd.GetTime().AsTime()
+	drop := 0
+	for drop < len(f.state.Requests) {
+		old := f.state.Requests[drop]
+		if len(f.state.Requests)-drop <= MaxRequests && now.Sub(old.GetTime().AsTime()) <= RequestTTL {
+			break
+		}
+		delete(f.requests, old.RequestId)
+		drop++
+	}
+	if drop > 0 {
+		f.state.Requests = append(f.state.Requests[:0:0], f.state.Requests[drop:]...)
+	}
+}
+
+// Snapshot returns a point-in-time copy of the state.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{state: f.Clone()}, nil
+}
+
+// Restore replaces the state with a snapshot written by Persist.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := Decode(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.AppliedIndex < f.state.AppliedIndex {
+		// A restore from a backup: raft installs it above the current
+		// index, so the index a read reports never goes back.
+		st.AppliedIndex, st.AppliedTerm = f.state.AppliedIndex, f.state.AppliedTerm
+	}
+	f.state = st
+	f.requests = make(map[string]*pb.AppliedRequest, len(st.Requests))
+	for _, r := range st.Requests {
+		f.requests[r.RequestId] = r
+	}
+	f.notifyLocked()
+	f.logger.Info("state restored from snapshot", "index", st.AppliedIndex, "pools", len(st.Pools), "members", len(st.Members))
+	return nil
+}
+
+// Decode reads a snapshot written by Persist and checks that it is a
+// well-formed State.
+func Decode(r io.Reader) (*pb.State, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxSnapshotSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	if len(data) > MaxSnapshotSize {
+		return nil, fmt.Errorf("snapshot larger than %d bytes", MaxSnapshotSize)
+	}
+	st := newState()
+	if err := (proto.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(data, st); err != nil {
+		return nil, fmt.Errorf("decode snapshot: %w", err)
+	}
+	if err := checkState(st); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if st.Members == nil {
+		st.Members = map[string]*pb.MemberRecord{}
+	}
+	if st.Pools == nil {
+		st.Pools = map[string]*pb.Pool{}
+	}
+	return st, nil
+}
+
+func checkState(st *pb.State) error {
+	for k, m := range st.Members {
+		if m.GetId() != k {
+			return fmt.Errorf("member %q is stored under key %q", m.GetId(), k)
+		}
+	}
+	for k, p := range st.Pools {
+		if p.GetName() != k {
+			return fmt.Errorf("pool %q is stored under key %q", p.GetName(), k)
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range st.Requests {
+		if r.GetRequestId() == "" || seen[r.GetRequestId()] {
+			return fmt.Errorf("request list holds an empty or repeated id %q", r.GetRequestId())
+		}
+		seen[r.GetRequestId()] = true
+	}
+	return nil
+}
+
+type snapshot struct{ state *pb.State }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	data, err := Encode(s.state)
+	if err == nil {
+		_, err = sink.Write(data)
+	}
+	if err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}
+
+// Encode is the snapshot encoding of a state: the State message, with map
+// entries in a stable order.
+func Encode(st *pb.State) ([]byte, error) {
+	return proto.MarshalOptions{Deterministic: true}.Marshal(st)
+}

@@ -1,0 +1,107 @@
+package fsm
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func (f *FSM) setMember(c *pb.SetMemberCommand) error {
+	m := c.GetMember()
+	if m.GetId() == "" {
+		return status.Error(codes.InvalidArgument, "member.id: must not be empty")
+	}
+	f.state.Members[m.GetId()] = proto.Clone(m).(*pb.MemberRecord)
+	return nil
+}
+
+func (f *FSM) createPool(c *pb.CreatePoolCommand, index uint64) error {
+	p := c.GetPool()
+	if _, ok := f.state.Pools[p.GetName()]; ok {
+		return status.Errorf(codes.AlreadyExists, "pool %q already exists", p.GetName())
+	}
+	if other, route := f.routeTaken(p); other != "" {
+		return status.Errorf(codes.FailedPrecondition, "pool.hosts: the route %s is already served by pool %q", route, other)
+	}
+	p = proto.Clone(p).(*pb.Pool)
+	p.CreateIndex, p.ModifyIndex = index, index
+	f.state.Pools[p.Name] = p
+	return nil
+}
+
+func (f *FSM) deletePool(c *pb.DeletePoolCommand) error {
+	if _, ok := f.state.Pools[c.GetPool()]; !ok {
+		return status.Errorf(codes.NotFound, "pool %q not found", c.GetPool())
+	}
+	delete(f.state.Pools, c.GetPool())
+	return nil
+}
+
+func (f *FSM) pool(name string) (*pb.Pool, error) {
+	p, ok := f.state.Pools[name]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "pool %q not found", name)
+	}
+	return p, nil
+}
+
+func (f *FSM) addBackend(c *pb.AddBackendCommand, index uint64) error {
+	p, err := f.pool(c.GetPool())
+	if err != nil {
+		return err
+	}
+	b := c.GetBackend()
+	if slices.ContainsFunc(p.Backends, func(x *pb.Backend) bool { return strings.EqualFold(x.Address, b.GetAddress()) }) {
+		return status.Errorf(codes.AlreadyExists, "pool %q already has backend %q", p.Name, b.GetAddress())
+	}
+	p.Backends = append(p.Backends, proto.Clone(b).(*pb.Backend))
+	p.ModifyIndex = index
+	return nil
+}
+
+func (f *FSM) removeBackend(c *pb.RemoveBackendCommand, index uint64) error {
+	p, err := f.pool(c.GetPool())
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(p.Backends, func(x *pb.Backend) bool { return strings.EqualFold(x.Address, c.GetAddress()) })
+	if i < 0 {
+		return status.Errorf(codes.NotFound, "pool %q has no backend %q", p.Name, c.GetAddress())
+	}
+	p.Backends = slices.Delete(p.Backends, i, i+1)
+	p.ModifyIndex = index
+	return nil
+}
+
+// routeTaken returns a pool that already serves one of p's routes (host and
+// path prefix), and that route.
+func (f *FSM) routeTaken(p *pb.Pool) (pool, route string) {
+	hosts := p.GetHosts()
+	if len(hosts) == 0 {
+		hosts = []string{""}
+	}
+	for _, other := range f.state.Pools {
+		if other.GetPathPrefix() != p.GetPathPrefix() {
+			continue
+		}
+		oh := other.GetHosts()
+		if len(oh) == 0 {
+			oh = []string{""}
+		}
+		for _, h := range hosts {
+			if slices.Contains(oh, h) {
+				if h == "" {
+					h = "(any host)"
+				}
+				return other.GetName(), fmt.Sprintf("%s %s", h, p.GetPathPrefix())
+			}
+		}
+	}
+	return "", ""
+}

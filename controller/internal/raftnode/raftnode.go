@@ -1,0 +1,293 @@
+// Package raftnode builds a controller's hashicorp/raft instance: the
+// durable log store, the file snapshot store, the TCP transport, and the
+// bootstrap from a peer list. It owns no state machine logic.
+package raftnode
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	raftwal "github.com/hashicorp/raft-wal"
+
+	"github.com/hostscale/hostscale/internal/logging"
+)
+
+// Log store kinds.
+const (
+	StoreWAL    = "wal"
+	StoreBoltDB = "boltdb"
+)
+
+// Peer is one server of the bootstrap configuration.
+type Peer struct {
+	ID      string
+	Address string
+}
+
+// ParsePeers parses "id=host:port,id=host:port".
+func ParsePeers(s string) ([]Peer, error) {
+	var peers []Peer
+	seen := map[string]bool{}
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(item, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("peer %q: want id=host:port", item)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("peer %q: address: %w", item, err)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("peer %q: id %q listed twice", item, id)
+		}
+		seen[id] = true
+		peers = append(peers, Peer{ID: id, Address: addr})
+	}
+	return peers, nil
+}
+
+// Config describes one Raft server.
+type Config struct {
+	ID      string
+	DataDir string
+	// Listener is the bound Raft listener; Advertise is the address the
+	// other servers dial (default: the listener's address).
+	Listener  net.Listener
+	Advertise string
+	// Peers is the bootstrap configuration, this server included. It is
+	// used only when the data directory holds no Raft state. Empty: the
+	// server waits to be added to an existing cluster.
+	Peers []Peer
+	// LogStore is StoreWAL (default) or StoreBoltDB.
+	LogStore string
+	// LogCache is the number of recent entries kept in memory in front of
+	// the log store (0 disables the cache).
+	LogCache int
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	MaxAppendEntries   int
+	SnapshotInterval   time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+	SnapshotRetain     int
+
+	// NotifyCh receives true on gaining and false on losing leadership.
+	NotifyCh chan<- bool
+	Logger   *slog.Logger
+}
+
+// DefaultConfig returns the timings used on a LAN or loopback.
+func DefaultConfig() Config {
+	return Config{
+		LogStore:           StoreWAL,
+		LogCache:           512,
+		HeartbeatTimeout:   1000 * time.Millisecond,
+		ElectionTimeout:    1000 * time.Millisecond,
+		LeaderLeaseTimeout: 500 * time.Millisecond,
+		CommitTimeout:      50 * time.Millisecond,
+		MaxAppendEntries:   512,
+		SnapshotInterval:   120 * time.Second,
+		SnapshotThreshold:  8192,
+		TrailingLogs:       10240,
+		SnapshotRetain:     3,
+	}
+}
+
+// Validate reports the first unusable field.
+func (c Config) Validate() error {
+	switch {
+	case c.ID == "":
+		return errors.New("raft: id must not be empty")
+	case c.DataDir == "":
+		return errors.New("raft: data dir must not be empty")
+	case c.Listener == nil:
+		return errors.New("raft: listener must be set")
+	case c.LogStore != StoreWAL && c.LogStore != StoreBoltDB:
+		return fmt.Errorf("raft: log store %q is not %q or %q", c.LogStore, StoreWAL, StoreBoltDB)
+	}
+	if len(c.Peers) > 0 {
+		found := false
+		for _, p := range c.Peers {
+			found = found || p.ID == c.ID
+		}
+		if !found {
+			return fmt.Errorf("raft: -peers does not list this server's id %q", c.ID)
+		}
+	}
+	return nil
+}
+
+// Node is a running Raft server with its stores.
+type Node struct {
+	*raft.Raft
+	Transport *raft.NetworkTransport
+	Snapshots raft.SnapshotStore
+	closers   []io.Closer
+}
+
+// New opens the stores under cfg.DataDir, starts Raft with fsm, and
+// bootstraps the cluster from cfg.Peers when the stores are empty.
+func New(cfg Config, fsm raft.FSM) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	hl := logging.HCLog(cfg.Logger, "raft")
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hl
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.MaxAppendEntries = cfg.MaxAppendEntries
+	rc.BatchApplyCh = true
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.NotifyCh = cfg.NotifyCh
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+
+	n := &Node{}
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeStores()
+		}
+	}()
+	logs, stable, err := openStores(cfg, &n.closers)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hl.Named("snapshot"))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	n.Snapshots = snaps
+
+	var adv net.Addr = cfg.Listener.Addr()
+	if cfg.Advertise != "" {
+		a, err := net.ResolveTCPAddr("tcp", cfg.Advertise)
+		if err != nil {
+			return nil, fmt.Errorf("raft advertise address %q: %w", cfg.Advertise, err)
+		}
+		adv = a
+	}
+	n.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  &streamLayer{Listener: cfg.Listener, advertise: adv},
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hl.Named("transport"),
+	})
+	n.closers = append(n.closers, n.Transport)
+
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("inspect raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, fsm, logs, stable, snaps, n.Transport)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n.Raft = r
+	if !existing && len(cfg.Peers) > 0 {
+		var servers []raft.Server
+		for _, p := range cfg.Peers {
+			addr := p.Address
+			if p.ID == cfg.ID {
+				addr = adv.String()
+			}
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(addr)})
+		}
+		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			_ = r.Shutdown().Error()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	ok = true
+	return n, nil
+}
+
+func openStores(cfg Config, closers *[]io.Closer) (raft.LogStore, raft.StableStore, error) {
+	var logs raft.LogStore
+	var stable raft.StableStore
+	switch cfg.LogStore {
+	case StoreBoltDB:
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("data dir: %w", err)
+		}
+		db, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+		if err != nil {
+			return nil, nil, fmt.Errorf("open boltdb log store: %w", err)
+		}
+		*closers = append(*closers, db)
+		logs, stable = db, db
+	default:
+		dir := filepath.Join(cfg.DataDir, "wal")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("data dir: %w", err)
+		}
+		w, err := raftwal.Open(dir, raftwal.WithLogger(logging.HCLog(cfg.Logger, "wal")))
+		if err != nil {
+			return nil, nil, fmt.Errorf("open wal log store: %w", err)
+		}
+		*closers = append(*closers, w)
+		logs, stable = w, w
+	}
+	if cfg.LogCache > 0 {
+		c, err := raft.NewLogCache(cfg.LogCache, logs)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log cache: %w", err)
+		}
+		logs = c
+	}
+	return logs, stable, nil
+}
+
+// Close shuts Raft down and closes the transport and the stores, in that
+// order: raft must stop using the stores before they close.
+func (n *Node) Close() error {
+	var err error
+	if n.Raft != nil {
+		err = n.Raft.Shutdown().Error()
+	}
+	n.closeStores()
+	return err
+}
+
+func (n *Node) closeStores() {
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		_ = n.closers[i].Close()
+	}
+	n.closers = nil
+}
+
+// streamLayer is raft's TCP stream layer over a listener bound by the
+// caller, so that tests and binaries can choose ports before raft starts.
+type streamLayer struct {
+	net.Listener
+	advertise net.Addr
+}
+
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	return d.Dial("tcp", string(addr))
+}

@@ -1,0 +1,70 @@
+package server
+
+import (
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// raftCollector exports Raft's and the state's gauges at scrape time.
+type raftCollector struct {
+	raft *raft.Raft
+	fsm  *fsm.FSM
+
+	state, term, commit, applied, lastLog, leader, peers, pools *prometheus.Desc
+}
+
+func newRaftCollector(r *raft.Raft, f *fsm.FSM) *raftCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &raftCollector{
+		raft:    r,
+		fsm:     f,
+		state:   d("hostscale_raft_state", "1 for this node's current Raft state.", "state"),
+		term:    d("hostscale_raft_term", "Current Raft term."),
+		commit:  d("hostscale_raft_commit_index", "Raft commit index."),
+		applied: d("hostscale_raft_applied_index", "Raft index last applied to the state machine."),
+		lastLog: d("hostscale_raft_last_log_index", "Last Raft log index stored."),
+		leader:  d("hostscale_raft_leader", "1 when this node is the leader."),
+		peers:   d("hostscale_raft_servers", "Servers in the Raft configuration."),
+		pools:   d("hostscale_state_pools", "Pools in the replicated state."),
+	}
+}
+
+func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastLog, c.leader, c.peers, c.pools} {
+		ch <- d
+	}
+}
+
+func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
+	g := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	st := c.raft.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		v := 0.0
+		if s == st {
+			v = 1
+		}
+		g(c.state, v, s.String())
+	}
+	g(c.term, float64(c.raft.CurrentTerm()))
+	g(c.commit, float64(c.raft.CommitIndex()))
+	g(c.applied, float64(c.raft.AppliedIndex()))
+	g(c.lastLog, float64(c.raft.LastIndex()))
+	isLeader := 0.0
+	if st == raft.Leader {
+		isLeader = 1
+	}
+	g(c.leader, isLeader)
+	if f := c.raft.GetConfiguration(); f.Error() == nil {
+		g(c.peers, float64(len(f.Configuration().Servers)))
+	}
+	pools := 0
+	c.fsm.Read(func(s *pb.State) { pools = len(s.Pools) })
+	g(c.pools, float64(pools))
+}

@@ -1,0 +1,250 @@
+// Package server composes one hostscale controller: the Raft node and its
+// state machine, the gRPC API, the admin HTTP endpoints, the leader loops,
+// and the background work every node does (announcing its API address,
+// probing the other members).
+//
+// It is the unit the hostscale-controller binary runs and the one tests
+// start in-process.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/hostscale/hostscale/controller/internal/endpoint"
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/controller/internal/leader"
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/internal/admin"
+	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/logging"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Config is one controller's configuration.
+type Config struct {
+	ID      string
+	DataDir string
+	// Addresses to bind. A pre-bound listener, when set, is used instead.
+	GRPCAddr, RaftAddr, HTTPAddr             string
+	GRPCListener, RaftListener, HTTPListener net.Listener
+	// Addresses other nodes use to reach this one, when they differ from
+	// the bound ones (e.g. binding 0.0.0.0).
+	GRPCAdvertise, RaftAdvertise string
+	// Peers bootstraps a new cluster; see raftnode.Config.Peers.
+	Peers []raftnode.Peer
+	// Raft holds the Raft timings and stores; ID, DataDir, Listener,
+	// Advertise, Peers, NotifyCh and Logger are filled from the fields
+	// above.
+	Raft   raftnode.Config
+	GRPC   grpcx.ServerConfig
+	Logger *slog.Logger
+	// ShutdownGrace bounds the graceful stop of the gRPC server.
+	ShutdownGrace time.Duration
+	// ProbeInterval is how often members probe each other's API.
+	ProbeInterval time.Duration
+}
+
+// DefaultConfig returns the defaults of the hostscale-controller flags.
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:      "127.0.0.1:7700",
+		RaftAddr:      "127.0.0.1:7701",
+		HTTPAddr:      "127.0.0.1:7702",
+		Raft:          raftnode.DefaultConfig(),
+		GRPC:          grpcx.DefaultServerConfig(),
+		ShutdownGrace: 5 * time.Second,
+		ProbeInterval: time.Second,
+	}
+}
+
+// Validate reports the first unusable field.
+func (c Config) Validate() error {
+	if c.ID == "" {
+		return errors.New("-id: must be set")
+	}
+	if c.DataDir == "" {
+		return errors.New("-data-dir: must be set")
+	}
+	if c.ProbeInterval <= 0 || c.ShutdownGrace <= 0 {
+		return errors.New("probe interval and shutdown grace must be positive")
+	}
+	return c.GRPC.Validate()
+}
+
+// Server is one running controller.
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	registry *prometheus.Registry
+	fsm      *fsm.FSM
+	node     *raftnode.Node
+	grpc     *grpcx.Server
+	grpcLis  net.Listener
+	admin    *admin.Server
+	leader   *leader.Manager
+	core     *endpoint.Core
+	conns    *grpcx.ConnPool
+	notifyCh chan bool
+
+	reachMu sync.Mutex
+	reached map[string]time.Time
+}
+
+// New binds the listeners, opens the Raft stores and starts Raft. Call Run
+// to serve; if Run is never called, Close releases what New took.
+func New(cfg Config) (s *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("-data-dir: %w", err)
+	}
+	logger := logging.OrDiscard(cfg.Logger)
+	s = &Server{
+		cfg:      cfg,
+		logger:   logger,
+		registry: admin.NewRegistry(),
+		fsm:      fsm.New(logger),
+		conns:    grpcx.NewConnPool(),
+		notifyCh: make(chan bool, 1),
+		reached:  map[string]time.Time{},
+	}
+	var toClose []func()
+	defer func() {
+		if err != nil {
+			for i := len(toClose) - 1; i >= 0; i-- {
+				toClose[i]()
+			}
+		}
+	}()
+	listen := func(flag, addr string, l net.Listener) (net.Listener, error) {
+		if l != nil {
+			return l, nil
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		toClose = append(toClose, func() { l.Close() })
+		return l, nil
+	}
+	if s.grpcLis, err = listen("-grpc-addr", cfg.GRPCAddr, cfg.GRPCListener); err != nil {
+		return nil, err
+	}
+	raftLis, err := listen("-raft-addr", cfg.RaftAddr, cfg.RaftListener)
+	if err != nil {
+		return nil, err
+	}
+	httpLis, err := listen("-http-addr", cfg.HTTPAddr, cfg.HTTPListener)
+	if err != nil {
+		return nil, err
+	}
+	s.admin = admin.New(httpLis, s.registry, s.ready)
+
+	rc := cfg.Raft
+	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers
+	rc.NotifyCh, rc.Logger = s.notifyCh, logger
+	if s.node, err = raftnode.New(rc, s.fsm); err != nil {
+		return nil, err
+	}
+	toClose = append(toClose, func() { s.node.Close() })
+
+	gc := cfg.GRPC
+	gc.Logger, gc.Registerer = logger, s.registry
+	if s.grpc, err = grpcx.NewServer(gc); err != nil {
+		return nil, err
+	}
+	s.core = &endpoint.Core{
+		ID:           cfg.ID,
+		APIAddr:      s.APIAddr(),
+		Raft:         s.node.Raft,
+		FSM:          s.fsm,
+		Conns:        s.conns,
+		ApplyTimeout: 10 * time.Second,
+		Logger:       logger,
+		Metrics:      endpoint.NewMetrics(s.registry),
+	}
+	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger)
+	s.core.LeaderReady = s.leader.Ready
+	pb.RegisterClusterServiceServer(s.grpc, &endpoint.Cluster{
+		Core:              s.core,
+		LastReached:       s.lastReached,
+		MembershipTimeout: 10 * time.Second,
+	})
+	pb.RegisterPoolServiceServer(s.grpc, &endpoint.Pools{Core: s.core})
+	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))
+	return s, nil
+}
+
+// APIAddr is the gRPC address other nodes and clients use.
+func (s *Server) APIAddr() string {
+	if s.cfg.GRPCAdvertise != "" {
+		return s.cfg.GRPCAdvertise
+	}
+	return s.grpcLis.Addr().String()
+}
+
+// RaftAddr is the Raft transport's advertised address.
+func (s *Server) RaftAddr() string { return string(s.node.Transport.LocalAddr()) }
+
+// HTTPAddr is the admin HTTP address.
+func (s *Server) HTTPAddr() string { return s.admin.Addr().String() }
+
+// ready is /readyz: a leader is known and, on the leader, it caught up.
+func (s *Server) ready() error {
+	if _, id := s.node.LeaderWithID(); id == "" {
+		return errors.New("no leader known")
+	}
+	if s.core.IsLeader() && !s.leader.Ready() {
+		return errors.New("leader is catching up")
+	}
+	return nil
+}
+
+// Run serves until ctx is cancelled, then shuts down in this order: the
+// gRPC server stops taking calls and drains (ShutdownGrace at most), the
+// background loops stop, Raft shuts down, and the stores close.
+func (s *Server) Run(ctx context.Context) error {
+	s.logger.Info("controller started", "grpc", s.APIAddr(), "raft", s.RaftAddr(), "http", s.HTTPAddr(), "data_dir", s.cfg.DataDir)
+	g, gctx := errgroup.WithContext(ctx)
+	loopCtx, stopLoops := context.WithCancel(context.Background())
+	g.Go(func() error { return s.grpc.Serve(gctx, s.grpcLis, s.cfg.ShutdownGrace) })
+	g.Go(func() error { return s.admin.Run(gctx) })
+	var loops sync.WaitGroup
+	for _, f := range []func(context.Context){
+		func(c context.Context) { _ = s.leader.Run(c) },
+		s.announce,
+		s.probe,
+	} {
+		loops.Add(1)
+		go func() { defer loops.Done(); f(loopCtx) }()
+	}
+	s.grpc.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	err := g.Wait()
+	stopLoops()
+	loops.Wait()
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	s.logger.Info("controller stopped")
+	return err
+}
+
+// Close shuts Raft down and closes its stores and client connections. Run
+// calls it on the way out.
+func (s *Server) Close() error {
+	err := s.node.Close()
+	_ = s.conns.Close()
+	return err
+}

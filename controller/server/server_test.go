@@ -1,0 +1,489 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// grpc-go's resolver and balancer goroutines of closed client
+		// connections exit asynchronously.
+		goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+// fastTimings keep in-process elections quick; the binary tests use the
+// defaults.
+func startCluster(t *testing.T, n int) *testcluster.Cluster {
+	t.Helper()
+	return testcluster.Start(t, testcluster.Options{
+		Nodes:            n,
+		Launcher:         servertest.Launcher{},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+	})
+}
+
+func waitLeader(t *testing.T, c *testcluster.Cluster) *testcluster.Node {
+	t.Helper()
+	l, took, err := c.WaitLeader(context.Background(), 10*time.Second)
+	require.NoError(t, err)
+	t.Logf("leader %s after %v", l.ID, took)
+	return l
+}
+
+func follower(c *testcluster.Cluster, leader *testcluster.Node) *testcluster.Node {
+	for _, n := range c.Running() {
+		if n != leader {
+			return n
+		}
+	}
+	return nil
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// retry calls f until it does not fail with UNAVAILABLE (the retryable
+// code) or the deadline passes.
+func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		v, err := f(cctx)
+		cancel()
+		code := status.Code(err)
+		if (code != codes.Unavailable && code != codes.DeadlineExceeded) || ctx.Err() != nil {
+			return v, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pool(name string, backends ...string) *pb.Pool {
+	p := &pb.Pool{Name: name, PathPrefix: "/" + name}
+	for _, b := range backends {
+		p.Backends = append(p.Backends, &pb.Backend{Address: b})
+	}
+	return p
+}
+
+func TestCluster_writeThroughFollowerIsSeenEverywhere(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+
+	resp, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web", "127.0.0.1:9001")})
+	require.NoError(t, err)
+	require.Equal(t, "web", resp.Pool.Name)
+	require.EqualValues(t, 100, resp.Pool.Backends[0].Weight, "default weight filled in")
+	require.NotZero(t, resp.Index)
+
+	// A consistent read from the other follower is served by the leader.
+	for _, n := range c.Running() {
+		got, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
+		require.NoError(t, err, n.ID)
+		require.GreaterOrEqual(t, got.Index, resp.Index, n.ID)
+		require.True(t, proto.Equal(resp.Pool, got.Pool), n.ID)
+	}
+	// Local reads catch up on every node.
+	for _, n := range c.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			_, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+			return err
+		}), n.ID)
+	}
+	// Forwarded errors keep their code.
+	_, err = f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web")})
+	require.Equal(t, codes.AlreadyExists, status.Code(err), err)
+	_, err = f.Pools().AddBackend(ctx, &pb.AddBackendRequest{Pool: "nope", Backend: &pb.Backend{Address: "127.0.0.1:1"}})
+	require.Equal(t, codes.NotFound, status.Code(err), err)
+}
+
+func TestCluster_retriedRequestIDAppliesOnceAcrossLeaderKill(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+
+	// Writers send CreatePool through every node while the leader dies;
+	// each request that fails is retried with its request id until it
+	// succeeds. A write that committed before the failure must be
+	// recognised by its id: the retry answers OK, never ALREADY_EXISTS.
+	const writers, perWriter = 8, 12
+	type outcome struct {
+		name     string
+		attempts int
+		index    uint64
+	}
+	results := make(chan outcome, writers*perWriter)
+	var wg sync.WaitGroup
+	killed := make(chan struct{})
+	started := make(chan struct{}, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				if i == perWriter/3 {
+					started <- struct{}{}
+				}
+				name := fmt.Sprintf("p-%d-%d", w, i)
+				id := "req-" + name
+				o := outcome{name: name}
+				for {
+					o.attempts++
+					nodes := c.Running()
+					n := nodes[(w+o.attempts)%len(nodes)]
+					cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+					resp, err := n.Pools().CreatePool(cctx, &pb.CreatePoolRequest{RequestId: id, Pool: pool(name)})
+					cancel()
+					if err == nil {
+						o.index = resp.Pool.CreateIndex
+						break
+					}
+					code := status.Code(err)
+					if code != codes.Unavailable && code != codes.DeadlineExceeded && code != codes.Canceled {
+						t.Errorf("%s attempt %d: %v", name, o.attempts, err)
+						break
+					}
+					if ctx.Err() != nil {
+						t.Errorf("%s: gave up: %v", name, err)
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				results <- o
+			}
+		}()
+	}
+	for range writers {
+		<-started
+	}
+	leader.Kill()
+	close(killed)
+	wg.Wait()
+	close(results)
+
+	retried := 0
+	indexes := map[string]uint64{}
+	for o := range results {
+		indexes[o.name] = o.index
+		if o.attempts > 1 {
+			retried++
+		}
+	}
+	t.Logf("%d of %d writes needed a retry", retried, writers*perWriter)
+	newLeader := waitLeader(t, c)
+	list, err := newLeader.Pools().ListPools(ctx, &pb.ListPoolsRequest{PageSize: 1000, Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, list.Pools, writers*perWriter)
+	for _, p := range list.Pools {
+		require.Equal(t, indexes[p.Name], p.CreateIndex, "pool %s: the answer names the index of its only application", p.Name)
+	}
+}
+
+func TestCluster_snapshotRestoresIntoFreshCluster(t *testing.T) {
+	ctx := ctxT(t)
+	src := startCluster(t, 3)
+	srcLeader := waitLeader(t, src)
+	var last uint64
+	for i := range 20 {
+		resp, err := retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+			return srcLeader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{
+				RequestId: fmt.Sprintf("r%d", i),
+				Pool: &pb.Pool{
+					Name: fmt.Sprintf("pool-%02d", i), Hosts: []string{fmt.Sprintf("h%d.example.com", i)},
+					PathPrefix: "/app", Policy: pb.Policy_POLICY_ROUND_ROBIN,
+					Backends: []*pb.Backend{{Address: fmt.Sprintf("10.0.0.%d:80", i+1), Weight: uint32(i + 1)}},
+				},
+			})
+		})
+		require.NoError(t, err)
+		last = resp.Index
+	}
+	// Save from a follower: any node serves a snapshot of its own state,
+	// once it has applied the last write.
+	from := follower(src, srcLeader)
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+		st, err := from.Status(ctx)
+		if err == nil && st.Index < last {
+			err = fmt.Errorf("%s is at index %d, before %d", from.ID, st.Index, last)
+		}
+		return err
+	}))
+	data, meta := saveSnapshot(t, ctx, from.Conn())
+	require.Equal(t, last, meta.Index)
+	require.NotZero(t, meta.Index)
+
+	dst := startCluster(t, 3)
+	dstLeader := waitLeader(t, dst)
+	// Restore through a follower: the stream is forwarded to the leader.
+	stream, err := follower(dst, dstLeader).Cluster().RestoreSnapshot(ctx)
+	require.NoError(t, err)
+	for len(data) > 0 {
+		n := min(len(data), 1000)
+		require.NoError(t, stream.Send(&pb.RestoreSnapshotRequest{Chunk: data[:n], Sha256: meta.Sha256}))
+		data = data[n:]
+	}
+	_, err = stream.CloseAndRecv()
+	require.NoError(t, err)
+
+	want := listAll(t, ctx, srcLeader)
+	for _, n := range dst.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+			got := listAllLocal(ctx, n)
+			if len(got) != len(want) {
+				return fmt.Errorf("%s has %d pools, want %d", n.ID, len(got), len(want))
+			}
+			for i := range want {
+				if !proto.Equal(want[i], got[i]) {
+					return fmt.Errorf("%s: pool %d differs: %v vs %v", n.ID, i, got[i], want[i])
+				}
+			}
+			return nil
+		}))
+	}
+	// The restored request ids are remembered: a retry is answered, not
+	// applied again.
+	_, err = retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return dstLeader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{RequestId: "r3", Pool: pool("pool-03")})
+	})
+	require.NoError(t, err)
+	// Every node keeps serving writes after the restore.
+	_, err = retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return follower(dst, dstLeader).Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("after-restore")})
+	})
+	require.NoError(t, err)
+}
+
+func saveSnapshot(t *testing.T, ctx context.Context, conn *grpc.ClientConn) ([]byte, *pb.SnapshotMetadata) {
+	t.Helper()
+	stream, err := pb.NewClusterServiceClient(conn).SaveSnapshot(ctx, &pb.SaveSnapshotRequest{})
+	require.NoError(t, err)
+	first, err := stream.Recv()
+	require.NoError(t, err)
+	meta := first.GetMetadata()
+	require.NotNil(t, meta)
+	var data []byte
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			require.ErrorContains(t, err, "EOF")
+			break
+		}
+		data = append(data, m.GetChunk()...)
+	}
+	require.EqualValues(t, meta.Size, len(data))
+	return data, meta
+}
+
+func listAll(t *testing.T, ctx context.Context, n *testcluster.Node) []*pb.Pool {
+	t.Helper()
+	resp, err := n.Pools().ListPools(ctx, &pb.ListPoolsRequest{PageSize: 1000, Consistent: true})
+	require.NoError(t, err)
+	return resp.Pools
+}
+
+func listAllLocal(ctx context.Context, n *testcluster.Node) []*pb.Pool {
+	var out []*pb.Pool
+	token := ""
+	for {
+		resp, err := n.Pools().ListPools(ctx, &pb.ListPoolsRequest{PageSize: 7, PageToken: token})
+		if err != nil {
+			return nil
+		}
+		out = append(out, resp.Pools...)
+		if token = resp.NextPageToken; token == "" {
+			return out
+		}
+	}
+}
+
+func TestCluster_removeAndAddBackMember(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	victim := follower(c, leader)
+
+	_, err := leader.Cluster().RemoveMember(ctx, &pb.RemoveMemberRequest{Id: victim.ID})
+	require.NoError(t, err)
+	victim.Stop()
+	members, err := leader.Cluster().ListMembers(ctx, &pb.ListMembersRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, members.Members, 2)
+
+	// Two of three keep committing, with writes through either node.
+	for i, n := range c.Running() {
+		_, err := retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+			return n.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool(fmt.Sprintf("two-%d", i))})
+		})
+		require.NoError(t, err)
+	}
+
+	// The removed node comes back with a fresh data directory and joins.
+	require.NoError(t, os.RemoveAll(victim.DataDir))
+	victim.Restart()
+	// It holds no peers: before AddMember it knows no leader.
+	_, err = retry(ctx, func(ctx context.Context) (*pb.AddMemberResponse, error) {
+		return leader.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: victim.ID, RaftAddress: victim.RaftAddr, ApiAddress: victim.GRPCAddr})
+	})
+	require.NoError(t, err)
+	_, _, err = c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		got := listAllLocal(ctx, victim)
+		if len(got) != 2 {
+			return fmt.Errorf("rejoined node has %d pools", len(got))
+		}
+		return nil
+	}))
+	members, err = victim.Cluster().ListMembers(ctx, &pb.ListMembersRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, members.Members, 3)
+
+	// A brand new node joins too, and leadership moves to it on request.
+	n4, err := c.AddNode(ctx, "c4")
+	require.NoError(t, err)
+	_, _, err = c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	tr, err := retry(ctx, func(ctx context.Context) (*pb.TransferLeadershipResponse, error) {
+		return victim.Cluster().TransferLeadership(ctx, &pb.TransferLeadershipRequest{Id: n4.ID})
+	})
+	require.NoError(t, err)
+	require.Equal(t, n4.ID, tr.LeaderId)
+}
+
+func TestCluster_badInputChangesNothing(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+	before, err := leader.Cluster().GetStatus(ctx, &pb.GetStatusRequest{})
+	require.NoError(t, err)
+
+	for name, tc := range map[string]struct {
+		call  func() error
+		code  codes.Code
+		field string
+	}{
+		"AddMember empty id": {func() error {
+			_, err := f.Cluster().AddMember(ctx, &pb.AddMemberRequest{RaftAddress: "127.0.0.1:1"})
+			return err
+		}, codes.InvalidArgument, "id"},
+		"AddMember unparsable address": {func() error {
+			_, err := f.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: "c9", RaftAddress: "not an address"})
+			return err
+		}, codes.InvalidArgument, "raft_address"},
+		"AddMember port out of range": {func() error {
+			_, err := f.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: "c9", RaftAddress: "127.0.0.1:70000"})
+			return err
+		}, codes.InvalidArgument, "raft_address"},
+		"AddMember address of another member": {func() error {
+			_, err := leader.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: "c9", RaftAddress: f.RaftAddr})
+			return err
+		}, codes.AlreadyExists, "raft_address"},
+		"RemoveMember unknown": {func() error {
+			_, err := f.Cluster().RemoveMember(ctx, &pb.RemoveMemberRequest{Id: "nobody"})
+			return err
+		}, codes.NotFound, "nobody"},
+		"TransferLeadership unknown": {func() error {
+			_, err := f.Cluster().TransferLeadership(ctx, &pb.TransferLeadershipRequest{Id: "nobody"})
+			return err
+		}, codes.NotFound, "id"},
+		"CreatePool bad name": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("Bad_Name")})
+			return err
+		}, codes.InvalidArgument, "pool.name"},
+		"CreatePool bad backend": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("ok", "127.0.0.1:80", "nohost")})
+			return err
+		}, codes.InvalidArgument, "pool.backends[1].address"},
+		"CreatePool bad weight": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Backends: []*pb.Backend{{Address: "a:1", Weight: 5000}}}})
+			return err
+		}, codes.InvalidArgument, "pool.backends[0].weight"},
+		"CreatePool bad path": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", PathPrefix: "api"}})
+			return err
+		}, codes.InvalidArgument, "pool.path_prefix"},
+		"CreatePool bad host": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Hosts: []string{"a..b"}}})
+			return err
+		}, codes.InvalidArgument, "pool.hosts[0]"},
+		"CreatePool no pool": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{})
+			return err
+		}, codes.InvalidArgument, "pool"},
+		"long request id": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{RequestId: strings.Repeat("x", 200), Pool: pool("ok")})
+			return err
+		}, codes.InvalidArgument, "request_id"},
+		"ListPools bad token": {func() error {
+			_, err := f.Pools().ListPools(ctx, &pb.ListPoolsRequest{PageToken: "!!"})
+			return err
+		}, codes.InvalidArgument, "page_token"},
+		"5 MiB request": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "big", Hosts: []string{strings.Repeat("a", 5<<20)}}})
+			return err
+		}, codes.ResourceExhausted, ""},
+		"unknown method": {func() error {
+			return f.Conn().Invoke(ctx, "/hostscale.v1.ClusterService/Explode", &pb.GetStatusRequest{}, &pb.GetStatusResponse{})
+		}, codes.Unimplemented, ""},
+		"unknown service": {func() error {
+			return f.Conn().Invoke(ctx, "/hostscale.v9.Nothing/Call", &pb.GetStatusRequest{}, &pb.GetStatusResponse{})
+		}, codes.Unimplemented, ""},
+		"restore garbage": {func() error {
+			s, err := f.Cluster().RestoreSnapshot(ctx)
+			if err != nil {
+				return err
+			}
+			_ = s.Send(&pb.RestoreSnapshotRequest{Chunk: []byte("\xff\xff\xffnot a snapshot")})
+			_, err = s.CloseAndRecv()
+			return err
+		}, codes.InvalidArgument, "chunk"},
+		"restore wrong checksum": {func() error {
+			s, err := f.Cluster().RestoreSnapshot(ctx)
+			if err != nil {
+				return err
+			}
+			_ = s.Send(&pb.RestoreSnapshotRequest{Chunk: []byte{}, Sha256: strings.Repeat("0", 64)})
+			_, err = s.CloseAndRecv()
+			return err
+		}, codes.InvalidArgument, "sha256"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := tc.call()
+			require.Equal(t, tc.code, status.Code(err), "%v", err)
+			require.Contains(t, status.Convert(err).Message(), tc.field)
+		})
+	}
+
+	after, err := leader.Cluster().GetStatus(ctx, &pb.GetStatusRequest{})
+	require.NoError(t, err)
+	require.Equal(t, before.Index, after.Index, "no command was applied")
+	require.Len(t, after.Members, 3)
+	pools, err := leader.Pools().ListPools(ctx, &pb.ListPoolsRequest{})
+	require.NoError(t, err)
+	require.Empty(t, pools.Pools)
+}

@@ -1,0 +1,211 @@
+package grpcx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+)
+
+// DefaultMaxMessageSize is the largest message a server accepts or sends by
+// default. Larger requests fail with RESOURCE_EXHAUSTED.
+const DefaultMaxMessageSize = 4 << 20
+
+// ServerConfig holds the transport policy of a gRPC server.
+type ServerConfig struct {
+	// MaxRecvMessageSize and MaxSendMessageSize bound one message, in bytes.
+	MaxRecvMessageSize int
+	MaxSendMessageSize int
+	// KeepaliveMinTime is the shortest client ping interval the server
+	// tolerates; a client pinging faster is disconnected (GOAWAY
+	// "too_many_pings").
+	KeepaliveMinTime time.Duration
+	// KeepaliveTime and KeepaliveTimeout: the server pings an idle client
+	// after KeepaliveTime and drops it when no answer came in
+	// KeepaliveTimeout.
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	// MaxConcurrentStreams bounds the streams of one client connection.
+	MaxConcurrentStreams uint32
+	// Logger receives one record per call (debug level when it succeeded,
+	// warn when it failed with a server-side code). Nil discards.
+	Logger *slog.Logger
+	// Registerer receives the grpc_server_* metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// DefaultServerConfig returns the limits every hostscale server starts with.
+func DefaultServerConfig() ServerConfig {
+	return ServerConfig{
+		MaxRecvMessageSize:   DefaultMaxMessageSize,
+		MaxSendMessageSize:   DefaultMaxMessageSize,
+		KeepaliveMinTime:     5 * time.Second,
+		KeepaliveTime:        30 * time.Second,
+		KeepaliveTimeout:     10 * time.Second,
+		MaxConcurrentStreams: 1024,
+	}
+}
+
+// Validate reports the first field that makes the config unusable.
+func (c ServerConfig) Validate() error {
+	switch {
+	case c.MaxRecvMessageSize <= 0:
+		return errors.New("grpc server: MaxRecvMessageSize must be positive")
+	case c.MaxSendMessageSize <= 0:
+		return errors.New("grpc server: MaxSendMessageSize must be positive")
+	case c.KeepaliveMinTime <= 0, c.KeepaliveTime <= 0, c.KeepaliveTimeout <= 0:
+		return errors.New("grpc server: keepalive durations must be positive")
+	}
+	return nil
+}
+
+// Server is a gRPC server with the health service and reflection registered.
+// Register services on Server before Serve; it is safe for concurrent use
+// afterwards.
+type Server struct {
+	*grpc.Server
+	// Health is the grpc.health.v1 service; the overall status ("") starts
+	// SERVING, components set their own service names.
+	Health *health.Server
+}
+
+// NewServer builds a server with the config's limits and interceptors, the
+// grpc.health.v1 service and server reflection.
+func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m := newServerMetrics(cfg.Registerer)
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMessageSize),
+		grpc.MaxSendMsgSize(cfg.MaxSendMessageSize),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             cfg.KeepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    cfg.KeepaliveTime,
+			Timeout: cfg.KeepaliveTimeout,
+		}),
+		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m)),
+		grpc.ChainStreamInterceptor(streamInterceptor(logger, m)),
+	}
+	s := grpc.NewServer(append(opts, extra...)...)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s, hs)
+	reflection.Register(s)
+	return &Server{Server: s, Health: hs}, nil
+}
+
+// Serve serves on lis until ctx is cancelled, then stops gracefully, forcing
+// the stop after grace. It returns nil after a stop caused by ctx.
+func (s *Server) Serve(ctx context.Context, lis net.Listener, grace time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.Server.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("grpc serve %s: %w", lis.Addr(), err)
+	case <-ctx.Done():
+	}
+	s.Health.Shutdown()
+	Stop(s.Server, grace)
+	<-errc
+	return nil
+}
+
+// Stop stops s gracefully, and forcibly once grace has passed.
+func Stop(s *grpc.Server, grace time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.Stop()
+		<-done
+	}
+}
+
+func unaryInterceptor(logger *slog.Logger, m *serverMetrics) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		start := time.Now()
+		defer func() {
+			if r := recover(); r != nil {
+				err = recovered(logger, info.FullMethod, r)
+			}
+			observe(ctx, logger, m, info.FullMethod, "unary", start, err)
+		}()
+		return handler(ctx, req)
+	}
+}
+
+func streamInterceptor(logger *slog.Logger, m *serverMetrics) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		start := time.Now()
+		defer func() {
+			if r := recover(); r != nil {
+				err = recovered(logger, info.FullMethod, r)
+			}
+			observe(ss.Context(), logger, m, info.FullMethod, "stream", start, err)
+		}()
+		return handler(srv, ss)
+	}
+}
+
+func recovered(logger *slog.Logger, method string, r any) error {
+	logger.Error("grpc handler panic", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	return status.Errorf(codes.Internal, "internal error in %s", method)
+}
+
+func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method, kind string, start time.Time, err error) {
+	code := status.Code(err)
+	elapsed := time.Since(start)
+	m.observe(method, code, elapsed)
+	level := slog.LevelDebug
+	if serverFault(code) {
+		level = slog.LevelWarn
+	}
+	if !logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("method", method),
+		slog.String("kind", kind),
+		slog.String("code", code.String()),
+		slog.Duration("elapsed", elapsed),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("err", status.Convert(err).Message()))
+	}
+	logger.LogAttrs(ctx, level, "grpc call", attrs...)
+}
+
+// serverFault reports codes that point at the server rather than the caller.
+func serverFault(c codes.Code) bool {
+	switch c {
+	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unimplemented:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,76 @@
+package logging
+
+import (
+	"context"
+	"io"
+	"log"
+	"log/slog"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// HCLog adapts l to hclog.Logger. Levels map one to one (trace becomes
+// debug); hclog's level setters are ignored: l's handler decides.
+func HCLog(l *slog.Logger, name string) hclog.Logger {
+	return &hcAdapter{l: OrDiscard(l).With("subsystem", name), name: name}
+}
+
+type hcAdapter struct {
+	l    *slog.Logger
+	name string
+	args []any
+}
+
+var _ hclog.Logger = (*hcAdapter)(nil)
+
+func level(l hclog.Level) slog.Level {
+	switch l {
+	case hclog.Trace, hclog.Debug:
+		return slog.LevelDebug
+	case hclog.Warn:
+		return slog.LevelWarn
+	case hclog.Error:
+		return slog.LevelError
+	default:
+		return slog.LevelInfo
+	}
+}
+
+func (a *hcAdapter) Log(lvl hclog.Level, msg string, args ...any) {
+	a.l.Log(context.Background(), level(lvl), msg, args...)
+}
+func (a *hcAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
+func (a *hcAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
+func (a *hcAdapter) Info(msg string, args ...any)  { a.Log(hclog.Info, msg, args...) }
+func (a *hcAdapter) Warn(msg string, args ...any)  { a.Log(hclog.Warn, msg, args...) }
+func (a *hcAdapter) Error(msg string, args ...any) { a.Log(hclog.Error, msg, args...) }
+func (a *hcAdapter) enabled(lvl hclog.Level) bool {
+	return a.l.Enabled(context.Background(), level(lvl))
+}
+func (a *hcAdapter) IsTrace() bool         { return a.enabled(hclog.Trace) }
+func (a *hcAdapter) IsDebug() bool         { return a.enabled(hclog.Debug) }
+func (a *hcAdapter) IsInfo() bool          { return a.enabled(hclog.Info) }
+func (a *hcAdapter) IsWarn() bool          { return a.enabled(hclog.Warn) }
+func (a *hcAdapter) IsError() bool         { return a.enabled(hclog.Error) }
+func (a *hcAdapter) ImpliedArgs() []any    { return a.args }
+func (a *hcAdapter) Name() string          { return a.name }
+func (a *hcAdapter) SetLevel(hclog.Level)  {}
+func (a *hcAdapter) GetLevel() hclog.Level { return hclog.NoLevel }
+func (a *hcAdapter) With(args ...any) hclog.Logger {
+	return &hcAdapter{l: a.l.With(args...), name: a.name, args: append(append([]any{}, a.args...), args...)}
+}
+func (a *hcAdapter) Named(name string) hclog.Logger {
+	if a.name != "" {
+		name = a.name + "." + name
+	}
+	return a.ResetNamed(name)
+}
+func (a *hcAdapter) ResetNamed(name string) hclog.Logger {
+	return &hcAdapter{l: a.l.With("subsystem", name), name: name, args: a.args}
+}
+func (a *hcAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger {
+	return slog.NewLogLogger(a.l.Handler(), slog.LevelInfo)
+}
+func (a *hcAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
+	return a.StandardLogger(nil).Writer()
+}

@@ -1,0 +1,372 @@
+package testcluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/hostscale/hostscale/internal/grpcx"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Options configure a cluster.
+type Options struct {
+	// Nodes is the number of controllers (default 3).
+	Nodes int
+	// Launcher starts each controller.
+	Launcher Launcher
+	// Raft timings; zero keeps the controller defaults.
+	HeartbeatTimeout, ElectionTimeout time.Duration
+	// Args are extra flags for process launchers.
+	Args []string
+}
+
+// Node is one controller of the cluster. Its addresses stay the same
+// across restarts.
+type Node struct {
+	ID       string
+	DataDir  string
+	GRPCAddr string
+	RaftAddr string
+	HTTPAddr string
+
+	c    *Cluster
+	mu   sync.Mutex
+	proc Process
+	conn *grpc.ClientConn
+	log  *syncBuffer
+}
+
+// Cluster is a set of controllers started by Start.
+type Cluster struct {
+	t     testing.TB
+	opts  Options
+	dir   string
+	mu    sync.Mutex
+	nodes []*Node
+}
+
+// Start launches opts.Nodes controllers bootstrapped as one cluster and
+// registers their teardown with t.Cleanup. It does not wait for a leader:
+// call WaitLeader.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.Launcher == nil {
+		t.Fatal("testcluster: Options.Launcher is required")
+	}
+	c := &Cluster{t: t, opts: opts, dir: t.TempDir()}
+	t.Cleanup(c.Close)
+	specs := make([]Spec, opts.Nodes)
+	var peers []string
+	for i := range specs {
+		n := c.newNode(fmt.Sprintf("c%d", i+1))
+		specs[i] = c.spec(n)
+		peers = append(peers, n.ID+"="+n.RaftAddr)
+	}
+	for i, n := range c.nodes {
+		specs[i].Peers = strings.Join(peers, ",")
+		c.launch(n, specs[i])
+	}
+	return c
+}
+
+func (c *Cluster) newNode(id string) *Node {
+	n := &Node{ID: id, DataDir: filepath.Join(c.dir, id), c: c, log: &syncBuffer{}}
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	return n
+}
+
+// spec binds the node's listeners: new kernel-chosen ports the first time,
+// the same addresses on a restart.
+func (c *Cluster) spec(n *Node) Spec {
+	c.t.Helper()
+	listen := func(addr *string) net.Listener {
+		a := *addr
+		if a == "" {
+			a = "127.0.0.1:0"
+		}
+		var l net.Listener
+		var err error
+		// A restarted node needs its old ports; the old process may take
+		// a moment to release them.
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			if l, err = net.Listen("tcp", a); err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			c.t.Fatalf("testcluster: listen %s: %v", a, err)
+		}
+		*addr = l.Addr().String()
+		return l
+	}
+	return Spec{
+		ID:               n.ID,
+		DataDir:          n.DataDir,
+		GRPC:             listen(&n.GRPCAddr),
+		Raft:             listen(&n.RaftAddr),
+		HTTP:             listen(&n.HTTPAddr),
+		HeartbeatTimeout: c.opts.HeartbeatTimeout,
+		ElectionTimeout:  c.opts.ElectionTimeout,
+		Args:             c.opts.Args,
+		Log:              n.log,
+	}
+}
+
+func (c *Cluster) launch(n *Node, spec Spec) {
+	c.t.Helper()
+	p, err := c.opts.Launcher.Launch(spec)
+	if err != nil {
+		c.t.Fatalf("testcluster: launch %s: %v", n.ID, err)
+	}
+	n.mu.Lock()
+	n.proc = p
+	n.mu.Unlock()
+}
+
+// Nodes returns every node, running or not.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Node(nil), c.nodes...)
+}
+
+// Node returns the node with the given id, or nil.
+func (c *Cluster) Node(id string) *Node {
+	for _, n := range c.Nodes() {
+		if n.ID == id {
+			return n
+		}
+	}
+	return nil
+}
+
+// Running returns the nodes whose controller runs.
+func (c *Cluster) Running() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes() {
+		if n.Running() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Running reports whether the node's controller runs.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+// Conn returns a client connection to the node's gRPC API; it survives the
+// node's restarts.
+func (n *Node) Conn() *grpc.ClientConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conn == nil {
+		conn, err := grpcx.Dial(n.GRPCAddr)
+		if err != nil {
+			n.c.t.Fatalf("testcluster: dial %s: %v", n.ID, err)
+		}
+		n.conn = conn
+	}
+	return n.conn
+}
+
+// Cluster returns a ClusterService client for the node.
+func (n *Node) Cluster() pb.ClusterServiceClient { return pb.NewClusterServiceClient(n.Conn()) }
+
+// Pools returns a PoolService client for the node.
+func (n *Node) Pools() pb.PoolServiceClient { return pb.NewPoolServiceClient(n.Conn()) }
+
+// Log returns what the node has logged so far.
+func (n *Node) Log() string { return n.log.String() }
+
+// Status asks the node for its status with a short deadline.
+func (n *Node) Status(ctx context.Context) (*pb.GetStatusResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return n.Cluster().GetStatus(ctx, &pb.GetStatusRequest{})
+}
+
+// Kill ends the node abruptly.
+func (n *Node) Kill() {
+	n.c.t.Helper()
+	if p := n.process(); p != nil {
+		if err := p.Kill(); err != nil {
+			n.c.t.Errorf("testcluster: kill %s: %v", n.ID, err)
+		}
+	}
+}
+
+// Stop shuts the node down gracefully.
+func (n *Node) Stop() {
+	n.c.t.Helper()
+	if p := n.process(); p != nil {
+		if err := p.Stop(); err != nil {
+			n.c.t.Errorf("testcluster: stop %s: %v\n%s", n.ID, err, n.Log())
+		}
+	}
+}
+
+// Restart starts a stopped or killed node again on the same addresses and
+// data directory.
+func (n *Node) Restart() {
+	n.c.t.Helper()
+	if n.Running() {
+		n.c.t.Fatalf("testcluster: restart %s: still running", n.ID)
+	}
+	n.c.launch(n, n.c.spec(n))
+}
+
+func (n *Node) process() Process {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.proc
+}
+
+// AddNode starts a new controller with an empty data directory and no
+// peers, and adds it to the cluster through AddMember on any running node.
+func (c *Cluster) AddNode(ctx context.Context, id string) (*Node, error) {
+	c.t.Helper()
+	members := c.Running()
+	if len(members) == 0 {
+		return nil, fmt.Errorf("no running node to join through")
+	}
+	n := c.newNode(id)
+	c.launch(n, c.spec(n))
+	err := Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		via := members[0] // any member: a follower forwards to the leader
+		_, err := via.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: id, RaftAddress: n.RaftAddr, ApiAddress: n.GRPCAddr})
+		return err
+	})
+	return n, err
+}
+
+// WaitLeader waits until every running node names the same leader, the
+// leader has caught up, and every node knows the leader's API address. It
+// returns the leader and how long that took.
+func (c *Cluster) WaitLeader(ctx context.Context, timeout time.Duration) (*Node, time.Duration, error) {
+	start := time.Now()
+	var leader *Node
+	err := Eventually(ctx, timeout, func(ctx context.Context) error {
+		leader = nil
+		running := c.Running()
+		if len(running) == 0 {
+			return fmt.Errorf("no node runs")
+		}
+		var want string
+		for _, n := range running {
+			st, err := n.Status(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: %w", n.ID, err)
+			}
+			if st.Leader.GetId() == "" || st.Leader.GetApiAddress() == "" {
+				return fmt.Errorf("%s knows no leader address yet", n.ID)
+			}
+			if want == "" {
+				want = st.Leader.Id
+			} else if st.Leader.Id != want {
+				return fmt.Errorf("%s follows %s, others %s", n.ID, st.Leader.Id, want)
+			}
+			if st.Id == want {
+				if !st.LeaderReady {
+					return fmt.Errorf("leader %s is catching up", n.ID)
+				}
+				leader = n
+			}
+		}
+		if leader == nil {
+			return fmt.Errorf("leader %s is not running", want)
+		}
+		return nil
+	})
+	return leader, time.Since(start), err
+}
+
+// Close stops every node (killing those that do not stop) and closes the
+// client connections. Start registers it with t.Cleanup.
+func (c *Cluster) Close() {
+	for _, n := range c.Nodes() {
+		if n.Running() {
+			n.Stop()
+		}
+		n.mu.Lock()
+		if n.conn != nil {
+			n.conn.Close()
+			n.conn = nil
+		}
+		n.mu.Unlock()
+	}
+	if c.t.Failed() {
+		for _, n := range c.Nodes() {
+			c.t.Logf("---- log of %s ----\n%s", n.ID, tail(n.Log(), 8000))
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
+
+// Eventually calls f until it returns nil or timeout passes, and returns
+// f's last error then. f gets a context bounded by the timeout.
+func Eventually(ctx context.Context, timeout time.Duration, f func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var err error
+	for {
+		if err = f(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("after %v: %w", timeout, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
