@@ -12,13 +12,16 @@ import (
 
 // announce keeps this node's API address in the replicated state, so that
 // followers can forward to it and GetStatus can show it. The leader writes
-// its own record; a follower asks the leader with AddMember.
+// its own record; a follower asks the leader with AddMember. Until the
+// record is there it checks often: the checks are local until a leader is
+// known, and clients wait on the result after every election.
 func (s *Server) announce(ctx context.Context) {
-	backoff := 50 * time.Millisecond
+	const minBackoff, maxBackoff = 25 * time.Millisecond, 500 * time.Millisecond
+	backoff := minBackoff
 	for ctx.Err() == nil {
 		changed := s.fsm.Changed()
 		if s.announced() {
-			backoff = 50 * time.Millisecond
+			backoff = minBackoff
 			select {
 			case <-ctx.Done():
 			case <-changed:
@@ -33,7 +36,7 @@ func (s *Server) announce(ctx context.Context) {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 2*time.Second)
+		backoff = min(2*backoff, maxBackoff)
 	}
 }
 

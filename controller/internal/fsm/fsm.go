@@ -45,8 +45,13 @@ type Result struct {
 type FSM struct {
 	logger *slog.Logger
 
-	mu       sync.RWMutex
-	state    *pb.State
+	mu    sync.RWMutex
+	state *pb.State // state.Requests is kept in reqs, and set only in copies
+	// reqs[head:] are the remembered requests, oldest first; the dead head
+	// is dropped when it outgrows the live part, so expiry costs O(1)
+	// amortised per apply.
+	reqs     []*pb.AppliedRequest
+	head     int
 	requests map[string]*pb.AppliedRequest
 	changed  chan struct{}
 }
@@ -94,7 +99,10 @@ func (f *FSM) Changed() <-chan struct{} {
 func (f *FSM) Clone() *pb.State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return proto.Clone(f.state).(*pb.State)
+	st := proto.Clone(f.state).(*pb.State)
+	// Applied requests are never modified once stored: share them.
+	st.Requests = append([]*pb.AppliedRequest(nil), f.reqs[f.head:]...)
+	return st
 }
 
 func (f *FSM) notifyLocked() {
@@ -162,22 +170,23 @@ func (f *FSM) remember(cmd *pb.Command, index uint64, err error) {
 		Message:   st.Message(),
 		Time:      cmd.GetTime(),
 	}
-	f.state.Requests = append(f.state.Requests, r)
+	f.reqs = append(f.reqs, r)
 	f.requests[r.RequestId] = r
 	// Expire by count and by age; both read only command data, so every
 	// replica expires the same entries.
 	now := cmd.GetTime().AsTime()
-	drop := 0
-	for drop < len(f.state.Requests) {
-		old := f.state.Requests[drop]
-		if len(f.state.Requests)-drop <= MaxRequests && now.Sub(old.GetTime().AsTime()) <= RequestTTL {
+	for f.head < len(f.reqs) {
+		old := f.reqs[f.head]
+		if len(f.reqs)-f.head <= MaxRequests && now.Sub(old.GetTime().AsTime()) <= RequestTTL {
 			break
 		}
 		delete(f.requests, old.RequestId)
-		drop++
+		f.reqs[f.head] = nil
+		f.head++
 	}
-	if drop > 0 {
-		f.state.Requests = append(f.state.Requests[:0:0], f.state.Requests[drop:]...)
+	if f.head > 1024 && f.head > len(f.reqs)/2 {
+		f.reqs = append(f.reqs[:0:0], f.reqs[f.head:]...)
+		f.head = 0
 	}
 }
 
@@ -200,9 +209,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		// index, so the index a read reports never goes back.
 		st.AppliedIndex, st.AppliedTerm = f.state.AppliedIndex, f.state.AppliedTerm
 	}
+	f.reqs, f.head, st.Requests = st.Requests, 0, nil
 	f.state = st
-	f.requests = make(map[string]*pb.AppliedRequest, len(st.Requests))
-	for _, r := range st.Requests {
+	f.requests = make(map[string]*pb.AppliedRequest, len(f.reqs))
+	for _, r := range f.reqs {
 		f.requests[r.RequestId] = r
 	}
 	f.notifyLocked()

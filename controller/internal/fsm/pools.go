@@ -23,6 +23,9 @@ func (f *FSM) setMember(c *pb.SetMemberCommand) error {
 
 func (f *FSM) createPool(c *pb.CreatePoolCommand, index uint64) error {
 	p := c.GetPool()
+	if p.GetName() == "" {
+		return status.Error(codes.InvalidArgument, "pool.name: must not be empty")
+	}
 	if _, ok := f.state.Pools[p.GetName()]; ok {
 		return status.Errorf(codes.AlreadyExists, "pool %q already exists", p.GetName())
 	}
@@ -57,6 +60,9 @@ func (f *FSM) addBackend(c *pb.AddBackendCommand, index uint64) error {
 		return err
 	}
 	b := c.GetBackend()
+	if b.GetAddress() == "" {
+		return status.Error(codes.InvalidArgument, "backend.address: must not be empty")
+	}
 	if slices.ContainsFunc(p.Backends, func(x *pb.Backend) bool { return strings.EqualFold(x.Address, b.GetAddress()) }) {
 		return status.Errorf(codes.AlreadyExists, "pool %q already has backend %q", p.Name, b.GetAddress())
 	}

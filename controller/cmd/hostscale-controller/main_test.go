@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hostscale-controller-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "hostscale-controller")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build controller: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestRun_badFlagsAndConfigStopWithAMessage(t *testing.T) {
+	dir := t.TempDir()
+	conf := func(text string) string {
+		p := filepath.Join(dir, fmt.Sprintf("c%d.conf", len(text)))
+		require.NoError(t, os.WriteFile(p, []byte(text), 0o600))
+		return p
+	}
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"unknown flag":       {[]string{"-bogus"}, "-bogus"},
+		"missing id":         {[]string{"-data-dir", dir}, "-id"},
+		"missing data dir":   {[]string{"-id", "c1"}, "-data-dir"},
+		"bad duration":       {[]string{"-id", "c1", "-data-dir", dir, "-heartbeat-timeout", "soon"}, "heartbeat-timeout"},
+		"bad peers":          {[]string{"-id", "c1", "-data-dir", dir, "-peers", "c1"}, "-peers"},
+		"peers without self": {[]string{"-id", "c1", "-data-dir", dir, "-peers", "c2=127.0.0.1:1"}, `does not list this node's -id "c1"`},
+		"bad log store":      {[]string{"-id", "c1", "-data-dir", dir, "-log-store", "tape"}, "-log-store"},
+		"bad log level":      {[]string{"-id", "c1", "-data-dir", dir, "-log-level", "loud"}, "-log-level"},
+		"stray argument":     {[]string{"-id", "c1", "extra"}, `unexpected argument "extra"`},
+		"unknown config key": {[]string{"-config", conf("id = c1\ndata-dir = /tmp/x\nraft-adr = 1\n")}, ".conf:3: unknown key \"raft-adr\""},
+		"bad config value":   {[]string{"-config", conf("id = c1\nelection-timeout = forever\n")}, ".conf:2: election-timeout"},
+		"missing config":     {[]string{"-config", filepath.Join(dir, "none.conf")}, "config file"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(tc.args, &stderr)
+			require.Equal(t, 2, code, stderr.String())
+			require.Contains(t, stderr.String(), tc.want)
+		})
+	}
+}
+
+func TestBinary_badConfigKeyExitsNonZero(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "controller.conf")
+	require.NoError(t, os.WriteFile(p, []byte("# c\nid = c1\ngrpc-address = 127.0.0.1:1\n"), 0o600))
+	out, err := exec.Command(binary, "-config", p).CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, 2, ee.ExitCode())
+	require.Contains(t, string(out), p+":3: unknown key \"grpc-address\"")
+
+	out, err = exec.Command(binary, "-id", "c1", "-data-dir", t.TempDir(), "-grpc-addr", "nonsense").CombinedOutput()
+	require.ErrorAs(t, err, &ee)
+	require.NotZero(t, ee.ExitCode())
+	require.Contains(t, string(out), "-grpc-addr")
+}
+
+// The cluster tests run the real binary with the default Raft timings.
+func TestBinaryCluster_electsFailsOverAndSurvivesFullRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}})
+
+	leader, took, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	t.Logf("first leader %s after %v", leader.ID, took)
+	require.Less(t, took, 3*time.Second, "one leader within 3s of start")
+
+	// Writes through a follower land.
+	var via *testcluster.Node
+	for _, n := range c.Running() {
+		if n != leader {
+			via = n
+		}
+	}
+	for i := range 5 {
+		_, err := via.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+			Name: fmt.Sprintf("before-%d", i), PathPrefix: fmt.Sprintf("/b%d", i),
+			Backends: []*pb.Backend{{Address: "127.0.0.1:8000"}},
+		}})
+		require.NoError(t, err)
+	}
+
+	// kill -9 the leader: a new one within 3s.
+	leader.Kill()
+	killedAt := time.Now()
+	newLeader, _, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	failover := time.Since(killedAt)
+	t.Logf("new leader %s %v after the old one was killed", newLeader.ID, failover)
+	require.NotEqual(t, leader.ID, newLeader.ID)
+	require.Less(t, failover, 3*time.Second, "new leader within 3s of the kill")
+
+	for _, n := range c.Running() {
+		_, err := n.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "after-" + n.ID, PathPrefix: "/a-" + n.ID}})
+		require.NoError(t, err, "write through %s", n.ID)
+	}
+	leader.Restart()
+
+	// Stop all three, start them again: the state is all there.
+	want, err := newLeader.Pools().ListPools(ctx, &pb.ListPoolsRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, want.Pools, 7)
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		got, err := leader.Pools().ListPools(ctx, &pb.ListPoolsRequest{})
+		if err == nil && len(got.Pools) != 7 {
+			err = fmt.Errorf("restarted node has %d pools", len(got.Pools))
+		}
+		return err
+	}))
+	for _, n := range c.Nodes() {
+		n.Stop()
+	}
+	for _, n := range c.Nodes() {
+		n.Restart()
+	}
+	_, took, err = c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	t.Logf("leader after a full restart in %v", took)
+	for _, n := range c.Nodes() {
+		got, err := n.Pools().ListPools(ctx, &pb.ListPoolsRequest{Consistent: true})
+		require.NoError(t, err)
+		require.Len(t, got.Pools, 7, n.ID)
+		for i := range got.Pools {
+			require.Equal(t, want.Pools[i].String(), got.Pools[i].String())
+		}
+	}
+	// The restarted cluster serves grpcurl's first call.
+	st, err := c.Nodes()[0].Status(ctx)
+	require.NoError(t, err)
+	require.Len(t, st.Members, 3)
+	for _, m := range st.Members {
+		require.NotEmpty(t, m.ApiAddress, m.Id)
+		require.True(t, strings.HasPrefix(m.RaftAddress, "127.0.0.1:"), m.RaftAddress)
+	}
+}

@@ -1,0 +1,228 @@
+package fsm
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+type applier struct {
+	t     *testing.T
+	f     *FSM
+	index uint64
+}
+
+func (a *applier) apply(cmd *pb.Command) *Result {
+	a.t.Helper()
+	if cmd.Time == nil {
+		cmd.Time = timestamppb.New(epoch.Add(time.Duration(a.index) * time.Second))
+	}
+	data, err := proto.Marshal(cmd)
+	require.NoError(a.t, err)
+	a.index++
+	return a.f.Apply(&raft.Log{Index: a.index, Term: 1, Type: raft.LogCommand, Data: data}).(*Result)
+}
+
+func createPool(id, name string) *pb.Command {
+	return &pb.Command{RequestId: id, Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{
+		Pool: &pb.Pool{Name: name, PathPrefix: "/" + name},
+	}}}
+}
+
+func addBackend(id, pool, addr string) *pb.Command {
+	return &pb.Command{RequestId: id, Command: &pb.Command_AddBackend{AddBackend: &pb.AddBackendCommand{
+		Pool: pool, Backend: &pb.Backend{Address: addr, Weight: 1},
+	}}}
+}
+
+func TestFSM_Apply_repeatedRequestIDAppliesOnce(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	first := a.apply(createPool("r1", "web"))
+	require.NoError(t, first.Err)
+	require.False(t, first.Repeated)
+
+	again := a.apply(createPool("r1", "web"))
+	require.NoError(t, again.Err, "a retry answers the first outcome, not ALREADY_EXISTS")
+	require.True(t, again.Repeated)
+	require.Equal(t, first.Index, again.Index)
+
+	// A repeated failure is answered with the same error.
+	bad := a.apply(addBackend("r2", "missing", "10.0.0.1:80"))
+	require.Equal(t, codes.NotFound, status.Code(bad.Err))
+	a.apply(createPool("", "missing")) // would make r2 succeed if it ran again
+	badAgain := a.apply(addBackend("r2", "missing", "10.0.0.1:80"))
+	require.True(t, badAgain.Repeated)
+	require.Equal(t, codes.NotFound, status.Code(badAgain.Err))
+	require.Equal(t, bad.Index, badAgain.Index)
+
+	// The same effect under a new id is applied (and fails on its own).
+	other := a.apply(createPool("r3", "web"))
+	require.Equal(t, codes.AlreadyExists, status.Code(other.Err))
+
+	a.f.Read(func(s *pb.State) {
+		require.Len(t, s.Pools, 2)
+		require.Equal(t, first.Index, s.Pools["web"].CreateIndex)
+		require.Empty(t, s.Pools["missing"].Backends)
+	})
+}
+
+func TestFSM_Apply_requestIDsExpireByCountAndAge(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	a.apply(&pb.Command{RequestId: "old", Time: timestamppb.New(epoch), Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: &pb.Pool{Name: "a", PathPrefix: "/a"}}}})
+	a.apply(&pb.Command{RequestId: "new", Time: timestamppb.New(epoch.Add(RequestTTL)), Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: &pb.Pool{Name: "b", PathPrefix: "/b"}}}})
+	a.apply(&pb.Command{RequestId: "newest", Time: timestamppb.New(epoch.Add(RequestTTL + time.Second)), Command: &pb.Command_DeletePool{DeletePool: &pb.DeletePoolCommand{Pool: "b"}}})
+	var ids []string
+	for _, r := range a.f.Clone().Requests {
+		ids = append(ids, r.RequestId)
+	}
+	require.Equal(t, []string{"new", "newest"}, ids, "ids older than the TTL by command time are forgotten")
+
+	b := &applier{t: t, f: New(nil)}
+	for i := range MaxRequests + 10 {
+		b.apply(&pb.Command{RequestId: fmt.Sprint(i), Time: timestamppb.New(epoch), Command: &pb.Command_DeleteMember{DeleteMember: &pb.DeleteMemberCommand{Id: "x"}}})
+	}
+	st := b.f.Clone()
+	require.Len(t, st.Requests, MaxRequests)
+	require.Equal(t, "10", st.Requests[0].RequestId)
+	require.Len(t, b.f.requests, MaxRequests)
+	require.Less(t, len(b.f.reqs), 2*MaxRequests, "the expired head is dropped")
+}
+
+func TestFSM_SnapshotRestore_roundTripsTheWholeState(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	a.apply(createPool("r1", "web"))
+	a.apply(addBackend("r2", "web", "10.0.0.1:80"))
+	a.apply(&pb.Command{RequestId: "r3", Command: &pb.Command_SetMember{SetMember: &pb.SetMemberCommand{Member: &pb.MemberRecord{Id: "c1", ApiAddress: "127.0.0.1:7700"}}}})
+
+	snap, err := a.f.Snapshot()
+	require.NoError(t, err)
+	sink := &memSink{}
+	require.NoError(t, snap.Persist(sink))
+	require.True(t, sink.closed)
+
+	restored := New(nil)
+	require.NoError(t, restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
+	require.True(t, proto.Equal(a.f.Clone(), restored.Clone()))
+	require.Equal(t, a.index, restored.Index())
+
+	// The remembered request ids survive the round trip.
+	b := &applier{t: t, f: restored, index: a.index}
+	require.True(t, b.apply(addBackend("r2", "web", "10.0.0.1:80")).Repeated)
+}
+
+func TestFSM_Restore_rejectsGarbageAndKeepsState(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	a.apply(createPool("r1", "web"))
+	before := a.f.Clone()
+	bad := []*pb.State{
+		{Pools: map[string]*pb.Pool{"x": {Name: "y"}}},
+		{Members: map[string]*pb.MemberRecord{"c1": {Id: "c2"}}},
+		{Requests: []*pb.AppliedRequest{{RequestId: "a"}, {RequestId: "a"}}},
+	}
+	for i, st := range bad {
+		data, err := Encode(st)
+		require.NoError(t, err)
+		require.Error(t, a.f.Restore(io.NopCloser(bytes.NewReader(data))), "case %d", i)
+	}
+	require.Error(t, a.f.Restore(io.NopCloser(bytes.NewReader([]byte("\xff\xff\xff\xff")))))
+	require.True(t, proto.Equal(before, a.f.Clone()))
+}
+
+func TestFSM_Apply_undecodableCommandStopsTheNode(t *testing.T) {
+	f := New(nil)
+	require.Panics(t, func() {
+		f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte("\xff\xff\xff")})
+	})
+	require.Panics(t, func() {
+		data, _ := proto.Marshal(&pb.Command{RequestId: "x"}) // no command type: written by a newer version
+		f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
+	})
+}
+
+func TestFSM_CreatePool_rejectsATakenRoute(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	pool := func(name string, prefix string, hosts ...string) *pb.Command {
+		return &pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: &pb.Pool{Name: name, PathPrefix: prefix, Hosts: hosts}}}}
+	}
+	require.NoError(t, a.apply(pool("a", "/", "a.example.com", "b.example.com")).Err)
+	require.NoError(t, a.apply(pool("b", "/api", "a.example.com")).Err)
+	require.NoError(t, a.apply(pool("c", "/")).Err, "any-host route differs from named hosts")
+	res := a.apply(pool("d", "/", "b.example.com"))
+	require.Equal(t, codes.FailedPrecondition, status.Code(res.Err))
+	require.Contains(t, res.Err.Error(), `b.example.com / is already served by pool "a"`)
+	require.Equal(t, codes.FailedPrecondition, status.Code(a.apply(pool("e", "/")).Err))
+}
+
+func TestFSM_Changed_closesOnApply(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	ch := a.f.Changed()
+	select {
+	case <-ch:
+		t.Fatal("closed before any change")
+	default:
+	}
+	a.apply(createPool("", "web"))
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not closed after an apply")
+	}
+}
+
+type memSink struct {
+	bytes.Buffer
+	closed bool
+}
+
+func (m *memSink) ID() string    { return "mem" }
+func (m *memSink) Cancel() error { return nil }
+func (m *memSink) Close() error  { m.closed = true; return nil }
+
+func FuzzDecode(f *testing.F) {
+	st := &pb.State{Pools: map[string]*pb.Pool{"web": {Name: "web"}}, Requests: []*pb.AppliedRequest{{RequestId: "a"}}}
+	data, _ := Encode(st)
+	f.Add(data)
+	f.Add([]byte{})
+	f.Add([]byte("\x0a\x05hello"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := Decode(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		// Whatever decodes re-encodes and restores.
+		out, err := Encode(s)
+		require.NoError(t, err)
+		require.NoError(t, New(nil).Restore(io.NopCloser(bytes.NewReader(out))))
+	})
+}
+
+func FuzzApply(f *testing.F) {
+	for _, c := range []*pb.Command{createPool("a", "web"), addBackend("b", "web", "1.2.3.4:5")} {
+		c.Time = timestamppb.New(epoch)
+		data, _ := proto.Marshal(c)
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var cmd pb.Command
+		if proto.Unmarshal(data, &cmd) != nil || cmd.Command == nil {
+			return // the FSM stops on these by design
+		}
+		fsm := New(nil)
+		// Any decodable command applies without panicking, twice.
+		fsm.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data})
+		fsm.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
+	})
+}

@@ -1,0 +1,314 @@
+// Command raftbench measures committed writes per second and their latency
+// on a three-node loopback cluster, through the hostscale gRPC API and with
+// bare hashicorp/raft Apply on the same log store, side by side in one run.
+//
+//	go run ./internal/raftbench -duration 10s -clients 1,64 -stores wal,boltdb
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/controller/server"
+	"github.com/hostscale/hostscale/internal/grpcx"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+type result struct {
+	store, mode string
+	clients     int
+	writes      int
+	errors      int64
+	elapsed     time.Duration
+	p50, p99    time.Duration
+}
+
+func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
+
+func main() {
+	duration := flag.Duration("duration", 10*time.Second, "measured time per case")
+	warmup := flag.Duration("warmup", 2*time.Second, "unmeasured load before each case")
+	clientsFlag := flag.String("clients", "1,64", "concurrent writers, comma-separated")
+	storesFlag := flag.String("stores", "wal,boltdb", "log stores, comma-separated: wal, boltdb")
+	size := flag.Int("size", 100, "payload bytes per bare raft entry")
+	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var clients []int
+	for _, s := range strings.Split(*clientsFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			log.Fatalf("-clients: %q is not a positive number", s)
+		}
+		clients = append(clients, n)
+	}
+	var results []result
+	for _, store := range strings.Split(*storesFlag, ",") {
+		store = strings.TrimSpace(store)
+		if store != raftnode.StoreWAL && store != raftnode.StoreBoltDB {
+			log.Fatalf("-stores: %q is not wal or boltdb", store)
+		}
+		for _, n := range clients {
+			results = append(results, runBare(store, n, *size, *warmup, *duration))
+			results = append(results, runAPI(store, n, *via, *warmup, *duration))
+		}
+	}
+	report(os.Stdout, results)
+}
+
+// The bare and API cases run one after the other in this process, so a
+// profile shows both; run one -clients value to read it.
+
+func report(w io.Writer, rs []result) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "store\tclients\tmode\twrites/s\tp50\tp99\terrors\tratio writes/s\tratio p99\t")
+	bare := map[string]result{}
+	for _, r := range rs {
+		key := fmt.Sprintf("%s/%d", r.store, r.clients)
+		ratio, ratioP99 := "", ""
+		if r.mode == "bare raft" {
+			bare[key] = r
+		} else if b, ok := bare[key]; ok {
+			ratio = fmt.Sprintf("%.2fx", r.rate()/b.rate())
+			ratioP99 = fmt.Sprintf("%.2fx", float64(r.p99)/float64(b.p99))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%v\t%v\t%d\t%s\t%s\t\n", r.store, r.clients, r.mode, r.rate(),
+			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99)
+	}
+	tw.Flush()
+}
+
+// load runs n writers calling write until warmup+d has passed and returns
+// the figures of the last d.
+func load(n int, warmup, d time.Duration, write func(worker, seq int) error) result {
+	var (
+		measuring atomic.Bool
+		stop      atomic.Bool
+		errs      atomic.Int64
+		mu        sync.Mutex
+		lat       []time.Duration
+		wg        sync.WaitGroup
+	)
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for seq := 0; !stop.Load(); seq++ {
+				start := time.Now()
+				err := write(w, seq)
+				if !measuring.Load() {
+					continue
+				}
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				mine = append(mine, time.Since(start))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	time.Sleep(warmup)
+	measuring.Store(true)
+	start := time.Now()
+	time.Sleep(d)
+	stop.Store(true)
+	elapsed := time.Since(start)
+	wg.Wait()
+	slices.Sort(lat)
+	q := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[int(p*float64(len(lat)-1))]
+	}
+	return result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99)}
+}
+
+type nopFSM struct{ applied atomic.Uint64 }
+
+func (f *nopFSM) Apply(*raft.Log) any                 { f.applied.Add(1); return nil }
+func (f *nopFSM) Snapshot() (raft.FSMSnapshot, error) { return nopSnap{}, nil }
+func (f *nopFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
+
+type nopSnap struct{}
+
+func (nopSnap) Persist(s raft.SnapshotSink) error { return s.Close() }
+func (nopSnap) Release()                          {}
+
+func listen() net.Listener {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return l
+}
+
+func tempDir() string {
+	d, err := os.MkdirTemp("", "raftbench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return d
+}
+
+// runBare measures raft.Apply on the leader of a three-node cluster built
+// by the controller's own raftnode package: same stores, cache, transport
+// and timings, with a state machine that does nothing.
+func runBare(store string, clients, size int, warmup, d time.Duration) result {
+	dir := tempDir()
+	defer os.RemoveAll(dir)
+	var lis []net.Listener
+	var peers []raftnode.Peer
+	for i := range 3 {
+		l := listen()
+		lis = append(lis, l)
+		peers = append(peers, raftnode.Peer{ID: fmt.Sprintf("n%d", i), Address: l.Addr().String()})
+	}
+	var nodes []*raftnode.Node
+	for i := range 3 {
+		cfg := raftnode.DefaultConfig()
+		cfg.ID, cfg.DataDir, cfg.Listener, cfg.Peers, cfg.LogStore = peers[i].ID, filepath.Join(dir, peers[i].ID), lis[i], peers, store
+		n, err := raftnode.New(cfg, &nopFSM{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	var leader *raftnode.Node
+	for leader == nil {
+		for _, n := range nodes {
+			if n.State() == raft.Leader {
+				leader = n
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	payload := make([]byte, size)
+	r := load(clients, warmup, d, func(_, _ int) error {
+		return leader.Apply(payload, 10*time.Second).Error()
+	})
+	r.store, r.mode = store, "bare raft"
+	return r
+}
+
+// runAPI measures CreatePool/DeletePool calls through gRPC on three
+// controllers; each writer creates and deletes its own pool in turn, so
+// every call is a committed write and the state stays small.
+func runAPI(store string, clients int, via string, warmup, d time.Duration) result {
+	dir := tempDir()
+	defer os.RemoveAll(dir)
+	var cfgs []server.Config
+	var peers []raftnode.Peer
+	for i := range 3 {
+		cfg := server.DefaultConfig()
+		cfg.ID, cfg.DataDir = fmt.Sprintf("c%d", i), filepath.Join(dir, fmt.Sprintf("c%d", i))
+		cfg.GRPCListener, cfg.RaftListener, cfg.HTTPListener = listen(), listen(), listen()
+		cfg.Raft.LogStore = store
+		peers = append(peers, raftnode.Peer{ID: cfg.ID, Address: cfg.RaftListener.Addr().String()})
+		cfgs = append(cfgs, cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var servers []*server.Server
+	for _, cfg := range cfgs {
+		cfg.Peers = peers
+		s, err := server.New(cfg)
+		if err != nil {
+			log.Fatal(err)
+		}
+		servers = append(servers, s)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	}
+	defer func() { cancel(); wg.Wait() }()
+	var conns []*grpc.ClientConn
+	for _, s := range servers {
+		c, err := grpcx.Dial(s.APIAddr())
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	// Wait until every node knows the leader's address and the leader is ready.
+	for {
+		ready := 0
+		for _, c := range conns {
+			st, err := pb.NewClusterServiceClient(c).GetStatus(ctx, &pb.GetStatusRequest{})
+			if err == nil && st.Leader.GetApiAddress() != "" {
+				ready++
+			}
+		}
+		leaderReady := false
+		for _, s := range servers {
+			leaderReady = leaderReady || s.IsLeader()
+		}
+		if ready == len(conns) && leaderReady {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	targets := conns
+	if via == "leader" {
+		for i, s := range servers {
+			if s.IsLeader() {
+				targets = []*grpc.ClientConn{conns[i]}
+			}
+		}
+	}
+	r := load(clients, warmup, d, func(w, seq int) error {
+		c := pb.NewPoolServiceClient(targets[w%len(targets)])
+		name := fmt.Sprintf("bench-%d", w)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var err error
+		if seq%2 == 0 {
+			_, err = c.CreatePool(cctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+				Name: name, PathPrefix: "/" + name,
+				Backends: []*pb.Backend{{Address: "10.0.0.1:8080"}},
+			}})
+		} else {
+			_, err = c.DeletePool(cctx, &pb.DeletePoolRequest{Pool: name})
+		}
+		return err
+	})
+	r.store, r.mode = store, "API via "+via
+	return r
+}

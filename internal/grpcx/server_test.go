@@ -1,0 +1,153 @@
+package grpcx
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testService has one unary method that panics on "panic" and echoes
+// anything else.
+var testService = grpc.ServiceDesc{
+	ServiceName: "test.Echo",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Echo",
+		Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			in := new(wrapperspb.StringValue)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			h := func(ctx context.Context, req any) (any, error) {
+				if req.(*wrapperspb.StringValue).Value == "panic" {
+					panic("boom")
+				}
+				return req, nil
+			}
+			return icpt(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/test.Echo/Echo"}, h)
+		},
+	}},
+}
+
+func start(t *testing.T, cfg ServerConfig) *grpc.ClientConn {
+	t.Helper()
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	s.RegisterService(&testService, struct{}{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, lis, time.Second) }()
+	conn, err := Dial(lis.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		require.NoError(t, <-done)
+	})
+	return conn
+}
+
+func echo(ctx context.Context, conn *grpc.ClientConn, s string) error {
+	return conn.Invoke(ctx, "/test.Echo/Echo", wrapperspb.String(s), new(wrapperspb.StringValue))
+}
+
+func TestServer_panicBecomesInternalAndServerKeepsServing(t *testing.T) {
+	var logs bytes.Buffer
+	reg := prometheus.NewRegistry()
+	cfg := DefaultServerConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	cfg.Registerer = reg
+	conn := start(t, cfg)
+	ctx := context.Background()
+
+	err := echo(ctx, conn, "panic")
+	require.Equal(t, codes.Internal, status.Code(err))
+	require.NotContains(t, status.Convert(err).Message(), "boom", "panic values stay in the log")
+	require.Contains(t, logs.String(), "boom")
+	require.NoError(t, echo(ctx, conn, "hello"))
+	require.Equal(t, 1.0, handled(t, reg, "/test.Echo/Echo", "Internal"))
+	require.Equal(t, 1.0, handled(t, reg, "/test.Echo/Echo", "OK"))
+}
+
+// handled returns grpc_server_handled_total for method and code.
+func handled(t *testing.T, reg *prometheus.Registry, method, code string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "grpc_server_handled_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["grpc_method"] == method && labels["grpc_code"] == code {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func TestServer_oversizeRequestIsResourceExhausted(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.MaxRecvMessageSize = 1 << 20
+	conn := start(t, cfg)
+	err := conn.Invoke(context.Background(), "/test.Echo/Echo", wrapperspb.String(strings.Repeat("x", 2<<20)), new(wrapperspb.StringValue))
+	require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	require.NoError(t, echo(context.Background(), conn, "still fine"))
+}
+
+func TestServer_healthReflectionAndUnknownMethods(t *testing.T) {
+	conn := start(t, DefaultServerConfig())
+	ctx := context.Background()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.Status)
+
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}))
+	r, err := stream.Recv()
+	require.NoError(t, err)
+	var names []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		names = append(names, s.Name)
+	}
+	require.Contains(t, names, "grpc.health.v1.Health")
+	require.Contains(t, names, "test.Echo")
+	require.NoError(t, stream.CloseSend())
+
+	err = conn.Invoke(ctx, "/test.Echo/Nope", wrapperspb.String(""), new(wrapperspb.StringValue))
+	require.Equal(t, codes.Unimplemented, status.Code(err))
+}
+
+func TestServerConfig_Validate(t *testing.T) {
+	c := DefaultServerConfig()
+	require.NoError(t, c.Validate())
+	c.MaxRecvMessageSize = 0
+	require.Error(t, c.Validate())
+	c = DefaultServerConfig()
+	c.KeepaliveMinTime = 0
+	require.Error(t, c.Validate())
+}
