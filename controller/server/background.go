@@ -13,29 +13,29 @@ import (
 // announce keeps this node's API address in the replicated state, so that
 // followers can forward to it and GetStatus can show it. The leader writes
 // its own record; a follower asks the leader with AddMember. Until the
-// record is there it checks often: the checks are local until a leader is
-// known, and clients wait on the result after every election.
+// record is there it checks often (the checks are local until a leader is
+// known, and clients wait on the result after every election); then every
+// few seconds, in case a restore replaced it.
 func (s *Server) announce(ctx context.Context) {
-	const minBackoff, maxBackoff = 25 * time.Millisecond, 500 * time.Millisecond
+	const minBackoff, maxBackoff, recheck = 25 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second
 	backoff := minBackoff
-	for ctx.Err() == nil {
-		changed := s.fsm.Changed()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 		if s.announced() {
 			backoff = minBackoff
-			select {
-			case <-ctx.Done():
-			case <-changed:
-			case <-time.After(5 * time.Second):
-			}
+			t.Reset(recheck)
 			continue
 		}
 		if err := s.announceOnce(ctx); err != nil {
 			s.logger.Debug("announce api address", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
+		t.Reset(backoff)
 		backoff = min(2*backoff, maxBackoff)
 	}
 }

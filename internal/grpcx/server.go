@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -96,6 +97,9 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMessageSize),
 		grpc.MaxSendMsgSize(cfg.MaxSendMessageSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		// Reuse a pool of goroutines for streams instead of one new
+		// goroutine per call.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             cfg.KeepaliveMinTime,
 			PermitWithoutStream: true,

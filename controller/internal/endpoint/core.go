@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -175,7 +177,7 @@ func (c *Core) Consistent(ctx context.Context, consistent bool, req, resp proto.
 	return false, raftError("verify leader", c.Raft.VerifyLeader().Error())
 }
 
-// requestID returns id, or a new random one when it is empty; it rejects
+// requestID returns id, or a new unique one when it is empty; it rejects
 // ids too long to remember.
 func requestID(id string) (string, error) {
 	if len(id) > MaxRequestIDLength {
@@ -184,7 +186,18 @@ func requestID(id string) (string, error) {
 	if id != "" {
 		return id, nil
 	}
-	var b [16]byte
+	return idPrefix + strconv.FormatUint(idCounter.Add(1), 36), nil
+}
+
+// Server-made request ids are a random per-process prefix and a counter:
+// unique across nodes and restarts without a random read per request.
+var (
+	idPrefix  = newIDPrefix()
+	idCounter atomic.Uint64
+)
+
+func newIDPrefix() string {
+	var b [12]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:]), nil
+	return hex.EncodeToString(b[:]) + "-"
 }

@@ -54,6 +54,7 @@ type FSM struct {
 	head     int
 	requests map[string]*pb.AppliedRequest
 	changed  chan struct{}
+	watched  bool // someone holds changed: replace it at the next change
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -90,8 +91,9 @@ func (f *FSM) Index() uint64 {
 
 // Changed returns a channel that is closed at the next change of the state.
 func (f *FSM) Changed() <-chan struct{} {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.watched = true
 	return f.changed
 }
 
@@ -106,8 +108,11 @@ func (f *FSM) Clone() *pb.State {
 }
 
 func (f *FSM) notifyLocked() {
-	close(f.changed)
-	f.changed = make(chan struct{})
+	if f.watched {
+		close(f.changed)
+		f.changed = make(chan struct{})
+		f.watched = false
+	}
 }
 
 // Apply applies one committed log entry and returns a *Result.

@@ -50,6 +50,7 @@ func main() {
 	storesFlag := flag.String("stores", "wal,boltdb", "log stores, comma-separated: wal, boltdb")
 	size := flag.Int("size", 100, "payload bytes per bare raft entry")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
+	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -77,8 +78,12 @@ func main() {
 			log.Fatalf("-stores: %q is not wal or boltdb", store)
 		}
 		for _, n := range clients {
-			results = append(results, runBare(store, n, *size, *warmup, *duration))
-			results = append(results, runAPI(store, n, *via, *warmup, *duration))
+			if strings.Contains(*modes, "bare") {
+				results = append(results, runBare(store, n, *size, *warmup, *duration))
+			}
+			if strings.Contains(*modes, "api") {
+				results = append(results, runAPI(store, n, *via, *warmup, *duration))
+			}
 		}
 	}
 	report(os.Stdout, results)
