@@ -149,3 +149,21 @@ func (s *Server) IsLeader() bool { return s.leader.Ready() }
 
 // Raft exposes the Raft node for tests and tools in this module.
 func (s *Server) Raft() *raft.Raft { return s.node.Raft }
+
+// nodeStatuses lists every node's status from the local state.
+func (s *Server) nodeStatuses() map[string]pb.NodeStatus {
+	out := map[string]pb.NodeStatus{}
+	s.fsm.Read(func(st *pb.State) {
+		for name, n := range st.Nodes {
+			out[name] = n.Status
+		}
+	})
+	return out
+}
+
+func (s *Server) setNodeStatus(_ context.Context, node string, status pb.NodeStatus) error {
+	_, err := s.core.Apply(&pb.Command{Command: &pb.Command_SetNodeStatus{SetNodeStatus: &pb.SetNodeStatusCommand{
+		Node: node, Status: status,
+	}}})
+	return err
+}

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/hostscale/hostscale/controller/internal/agents"
 	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/controller/internal/leader"
@@ -53,6 +54,12 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// ProbeInterval is how often members probe each other's API.
 	ProbeInterval time.Duration
+	// HeartbeatTTL: a node whose agent sends nothing this long is marked
+	// down.
+	HeartbeatTTL time.Duration
+	// MetricsWindow is how much sample history the leader keeps per node
+	// (at one sample a second).
+	MetricsWindow time.Duration
 }
 
 // DefaultConfig returns the defaults of the hostscale-controller flags.
@@ -65,6 +72,8 @@ func DefaultConfig() Config {
 		GRPC:          grpcx.DefaultServerConfig(),
 		ShutdownGrace: 5 * time.Second,
 		ProbeInterval: time.Second,
+		HeartbeatTTL:  10 * time.Second,
+		MetricsWindow: 5 * time.Minute,
 	}
 }
 
@@ -78,6 +87,12 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeInterval <= 0 || c.ShutdownGrace <= 0 {
 		return errors.New("probe interval and shutdown grace must be positive")
+	}
+	if c.HeartbeatTTL < 100*time.Millisecond {
+		return errors.New("-heartbeat-ttl: at least 100ms")
+	}
+	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
+		return errors.New("-metrics-window: between 1s and 24h")
 	}
 	return c.GRPC.Validate()
 }
@@ -95,6 +110,7 @@ type Server struct {
 	leader   *leader.Manager
 	core     *endpoint.Core
 	conns    *grpcx.ConnPool
+	hub      *agents.Hub
 	notifyCh chan bool
 
 	reachMu sync.Mutex
@@ -175,7 +191,14 @@ func New(cfg Config) (s *Server, err error) {
 		Logger:       logger,
 		Metrics:      endpoint.NewMetrics(s.registry),
 	}
-	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger)
+	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
+	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
+		Hub:       s.hub,
+		TTL:       cfg.HeartbeatTTL,
+		Nodes:     s.nodeStatuses,
+		SetStatus: s.setNodeStatus,
+		Logger:    logger,
+	})
 	s.core.LeaderReady = s.leader.Ready
 	pb.RegisterClusterServiceServer(s.grpc, &endpoint.Cluster{
 		Core:              s.core,
@@ -183,6 +206,16 @@ func New(cfg Config) (s *Server, err error) {
 		MembershipTimeout: 10 * time.Second,
 	})
 	pb.RegisterPoolServiceServer(s.grpc, &endpoint.Pools{Core: s.core})
+	pb.RegisterAgentServiceServer(s.grpc, &endpoint.Agents{
+		Core:          s.core,
+		Hub:           s.hub,
+		LeaderContext: s.leader.Context,
+		HeartbeatTTL:  cfg.HeartbeatTTL,
+		MaxBatch:      endpoint.DefaultMaxBatch,
+		MaxFuture:     endpoint.DefaultMaxFuture,
+	})
+	pb.RegisterNodeServiceServer(s.grpc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
+	pb.RegisterMetricsServiceServer(s.grpc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))
 	return s, nil
 }

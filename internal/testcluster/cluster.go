@@ -203,6 +203,12 @@ func (n *Node) Cluster() pb.ClusterServiceClient { return pb.NewClusterServiceCl
 // Pools returns a PoolService client for the node.
 func (n *Node) Pools() pb.PoolServiceClient { return pb.NewPoolServiceClient(n.Conn()) }
 
+// Nodes returns a NodeService client for the node.
+func (n *Node) Nodes() pb.NodeServiceClient { return pb.NewNodeServiceClient(n.Conn()) }
+
+// Metrics returns a MetricsService client for the node.
+func (n *Node) Metrics() pb.MetricsServiceClient { return pb.NewMetricsServiceClient(n.Conn()) }
+
 // Log returns what the node has logged so far.
 func (n *Node) Log() string { return n.log.String() }
 

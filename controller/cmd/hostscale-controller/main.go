@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server"
@@ -76,6 +77,8 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.Raft.LeaderLeaseTimeout, "leader-lease-timeout", cfg.Raft.LeaderLeaseTimeout, "Raft leader lease: a leader out of contact with a quorum this long steps down")
 	fs.Uint64Var(&cfg.Raft.SnapshotThreshold, "snapshot-threshold", cfg.Raft.SnapshotThreshold, "take a snapshot after this many new log entries")
 	fs.DurationVar(&cfg.Raft.SnapshotInterval, "snapshot-interval", cfg.Raft.SnapshotInterval, "how often to check whether a snapshot is due")
+	fs.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", cfg.HeartbeatTTL, "a node whose agent sends nothing this long is marked down")
+	fs.DurationVar(&cfg.MetricsWindow, "metrics-window", cfg.MetricsWindow, "sample history the leader keeps per node (one sample a second)")
 	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
 	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")
@@ -103,6 +106,10 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		return cfg, logOpts, fmt.Errorf("-max-message-size: %d is below 1024", cfg.GRPC.MaxRecvMessageSize)
 	case cfg.Raft.HeartbeatTimeout < 5*1e6 || cfg.Raft.ElectionTimeout < 5*1e6:
 		return cfg, logOpts, errors.New("-heartbeat-timeout and -election-timeout: at least 5ms")
+	case cfg.HeartbeatTTL < 100*time.Millisecond:
+		return cfg, logOpts, errors.New("-heartbeat-ttl: at least 100ms")
+	case cfg.MetricsWindow < time.Second || cfg.MetricsWindow > 24*time.Hour:
+		return cfg, logOpts, errors.New("-metrics-window: between 1s and 24h")
 	case cfg.Raft.LeaderLeaseTimeout > cfg.Raft.HeartbeatTimeout:
 		return cfg, logOpts, errors.New("-leader-lease-timeout: must not exceed -heartbeat-timeout")
 	}

@@ -71,10 +71,18 @@ func (c *Core) LeaderAPI() (id, addr string, err error) {
 	return id, addr, nil
 }
 
+// forwardedBy returns the node that forwarded the call in ctx, if any.
+func forwardedBy(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(ForwardedHeader)) > 0 {
+		return md.Get(ForwardedHeader)[0]
+	}
+	return ""
+}
+
 // LeaderConn returns a connection to the leader's API.
 func (c *Core) LeaderConn(ctx context.Context) (*grpc.ClientConn, context.Context, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(ForwardedHeader)) > 0 {
-		return nil, nil, status.Errorf(codes.Unavailable, "forwarded by %s to %s, which does not lead; retry", md.Get(ForwardedHeader)[0], c.ID)
+	if by := forwardedBy(ctx); by != "" {
+		return nil, nil, status.Errorf(codes.Unavailable, "forwarded by %s to %s, which does not lead; retry", by, c.ID)
 	}
 	_, addr, err := c.LeaderAPI()
 	if err != nil {

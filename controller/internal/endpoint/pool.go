@@ -74,22 +74,9 @@ func (s *Pools) GetPool(ctx context.Context, req *pb.GetPoolRequest) (*pb.GetPoo
 }
 
 func (s *Pools) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.ListPoolsResponse, error) {
-	size := int(req.PageSize)
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", "must not be negative, got %d", size)
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
-	after := ""
-	if req.PageToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(req.PageToken)
-		if err != nil || checkName("page_token", string(b)) != nil {
-			return nil, invalid("page_token", "not a token from a previous response")
-		}
-		after = string(b)
+	size, after, err := pageArgs(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
 	}
 	resp := &pb.ListPoolsResponse{}
 	if fwd, err := s.Core.Consistent(ctx, req.Consistent, req, resp); fwd || err != nil {

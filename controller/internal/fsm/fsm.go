@@ -70,7 +70,7 @@ func New(logger *slog.Logger) *FSM {
 }
 
 func newState() *pb.State {
-	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}}
+	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}, Nodes: map[string]*pb.Node{}}
 }
 
 // Read calls fn with the state and the index it reflects, under a read lock.
@@ -161,6 +161,10 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.addBackend(c.AddBackend, index)
 	case *pb.Command_RemoveBackend:
 		return f.removeBackend(c.RemoveBackend, index)
+	case *pb.Command_RegisterNode:
+		return f.registerNode(c.RegisterNode, cmd, index)
+	case *pb.Command_SetNodeStatus:
+		return f.setNodeStatus(c.SetNodeStatus, cmd, index)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}
@@ -248,6 +252,9 @@ func Decode(r io.Reader) (*pb.State, error) {
 	if st.Pools == nil {
 		st.Pools = map[string]*pb.Pool{}
 	}
+	if st.Nodes == nil {
+		st.Nodes = map[string]*pb.Node{}
+	}
 	return st, nil
 }
 
@@ -260,6 +267,11 @@ func checkState(st *pb.State) error {
 	for k, p := range st.Pools {
 		if p.GetName() != k {
 			return fmt.Errorf("pool %q is stored under key %q", p.GetName(), k)
+		}
+	}
+	for k, n := range st.Nodes {
+		if n.GetName() != k {
+			return fmt.Errorf("node %q is stored under key %q", n.GetName(), k)
 		}
 	}
 	seen := map[string]bool{}

@@ -40,6 +40,7 @@ type Manager struct {
 	loops  []Loop
 	logger *slog.Logger
 	ready  atomic.Bool
+	term   atomic.Pointer[termContext]
 	// RestartDelay is the pause before a failed loop runs again.
 	RestartDelay time.Duration
 }
@@ -52,6 +53,28 @@ func NewManager(r *raft.Raft, notify <-chan bool, logger *slog.Logger, loops ...
 // Ready reports whether this node leads and has caught up.
 func (m *Manager) Ready() bool { return m.ready.Load() && m.raft.State() == raft.Leader }
 
+type termContext struct {
+	ctx  context.Context
+	term uint64
+}
+
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// Context returns a context that lives as long as this node's current
+// leadership, and its term; when the node is not a ready leader it returns
+// a cancelled context. Work done for the leader (an agent's stream) ends
+// with it.
+func (m *Manager) Context() (context.Context, uint64) {
+	if tc := m.term.Load(); tc != nil && m.Ready() {
+		return tc.ctx, tc.term
+	}
+	return doneCtx, 0
+}
+
 // Run follows leadership until ctx is cancelled; it returns after every
 // loop has stopped.
 func (m *Manager) Run(ctx context.Context) error {
@@ -63,6 +86,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.logger.Info("leader loops stopped")
 		}
 		m.ready.Store(false)
+		m.term.Store(nil)
 	}
 	defer stop()
 	for {
@@ -105,6 +129,7 @@ func (m *Manager) lead(ctx context.Context) {
 			return
 		}
 	}
+	m.term.Store(&termContext{ctx: ctx, term: m.raft.CurrentTerm()})
 	m.ready.Store(true)
 	m.logger.Info("leadership established", "term", m.raft.CurrentTerm(), "index", m.raft.AppliedIndex(), "barrier", time.Since(start))
 	var wg sync.WaitGroup

@@ -41,6 +41,8 @@ type Command struct {
 	//	*Command_DeletePool
 	//	*Command_AddBackend
 	//	*Command_RemoveBackend
+	//	*Command_RegisterNode
+	//	*Command_SetNodeStatus
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -151,6 +153,24 @@ func (x *Command) GetRemoveBackend() *RemoveBackendCommand {
 	return nil
 }
 
+func (x *Command) GetRegisterNode() *RegisterNodeCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_RegisterNode); ok {
+			return x.RegisterNode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetNodeStatus() *SetNodeStatusCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_SetNodeStatus); ok {
+			return x.SetNodeStatus
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -179,6 +199,14 @@ type Command_RemoveBackend struct {
 	RemoveBackend *RemoveBackendCommand `protobuf:"bytes,15,opt,name=remove_backend,json=removeBackend,proto3,oneof"`
 }
 
+type Command_RegisterNode struct {
+	RegisterNode *RegisterNodeCommand `protobuf:"bytes,16,opt,name=register_node,json=registerNode,proto3,oneof"`
+}
+
+type Command_SetNodeStatus struct {
+	SetNodeStatus *SetNodeStatusCommand `protobuf:"bytes,17,opt,name=set_node_status,json=setNodeStatus,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -190,6 +218,10 @@ func (*Command_DeletePool) isCommand_Command() {}
 func (*Command_AddBackend) isCommand_Command() {}
 
 func (*Command_RemoveBackend) isCommand_Command() {}
+
+func (*Command_RegisterNode) isCommand_Command() {}
+
+func (*Command_SetNodeStatus) isCommand_Command() {}
 
 // SetMemberCommand records the API address of a controller.
 type SetMemberCommand struct {
@@ -473,11 +505,126 @@ func (x *RemoveBackendCommand) GetAddress() string {
 	return ""
 }
 
+// RegisterNodeCommand records a node's first registration, or new facts or
+// labels, and marks it up.
+type RegisterNodeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Facts         *NodeFacts             `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterNodeCommand) Reset() {
+	*x = RegisterNodeCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterNodeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterNodeCommand) ProtoMessage() {}
+
+func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
+func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RegisterNodeCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RegisterNodeCommand) GetFacts() *NodeFacts {
+	if x != nil {
+		return x.Facts
+	}
+	return nil
+}
+
+func (x *RegisterNodeCommand) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// SetNodeStatusCommand changes a node's status (liveness, draining).
+type SetNodeStatusCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Status        NodeStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=hostscale.v1.NodeStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeStatusCommand) Reset() {
+	*x = SetNodeStatusCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeStatusCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeStatusCommand) ProtoMessage() {}
+
+func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeStatusCommand.ProtoReflect.Descriptor instead.
+func (*SetNodeStatusCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SetNodeStatusCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SetNodeStatusCommand) GetStatus() NodeStatus {
+	if x != nil {
+		return x.Status
+	}
+	return NodeStatus_NODE_STATUS_UNSPECIFIED
+}
+
 var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\x87\x04\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\x9f\x05\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -492,7 +639,9 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"deletePool\x12B\n" +
 	"\vadd_backend\x18\x0e \x01(\v2\x1f.hostscale.v1.AddBackendCommandH\x00R\n" +
 	"addBackend\x12K\n" +
-	"\x0eremove_backend\x18\x0f \x01(\v2\".hostscale.v1.RemoveBackendCommandH\x00R\rremoveBackendB\t\n" +
+	"\x0eremove_backend\x18\x0f \x01(\v2\".hostscale.v1.RemoveBackendCommandH\x00R\rremoveBackend\x12H\n" +
+	"\rregister_node\x18\x10 \x01(\v2!.hostscale.v1.RegisterNodeCommandH\x00R\fregisterNode\x12L\n" +
+	"\x0fset_node_status\x18\x11 \x01(\v2\".hostscale.v1.SetNodeStatusCommandH\x00R\rsetNodeStatusB\t\n" +
 	"\acommand\"F\n" +
 	"\x10SetMemberCommand\x122\n" +
 	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\"%\n" +
@@ -507,7 +656,17 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\abackend\x18\x02 \x01(\v2\x15.hostscale.v1.BackendR\abackend\"D\n" +
 	"\x14RemoveBackendCommand\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddressB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xda\x01\n" +
+	"\x13RegisterNodeCommand\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
+	"\x05facts\x18\x02 \x01(\v2\x17.hostscale.v1.NodeFactsR\x05facts\x12E\n" +
+	"\x06labels\x18\x03 \x03(\v2-.hostscale.v1.RegisterNodeCommand.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
+	"\x14SetNodeStatusCommand\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x120\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x18.hostscale.v1.NodeStatusR\x06statusB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_command_proto_rawDescOnce sync.Once
@@ -521,7 +680,7 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_hostscale_v1_command_proto_goTypes = []any{
 	(*Command)(nil),               // 0: hostscale.v1.Command
 	(*SetMemberCommand)(nil),      // 1: hostscale.v1.SetMemberCommand
@@ -530,27 +689,37 @@ var file_hostscale_v1_command_proto_goTypes = []any{
 	(*DeletePoolCommand)(nil),     // 4: hostscale.v1.DeletePoolCommand
 	(*AddBackendCommand)(nil),     // 5: hostscale.v1.AddBackendCommand
 	(*RemoveBackendCommand)(nil),  // 6: hostscale.v1.RemoveBackendCommand
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*MemberRecord)(nil),          // 8: hostscale.v1.MemberRecord
-	(*Pool)(nil),                  // 9: hostscale.v1.Pool
-	(*Backend)(nil),               // 10: hostscale.v1.Backend
+	(*RegisterNodeCommand)(nil),   // 7: hostscale.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),  // 8: hostscale.v1.SetNodeStatusCommand
+	nil,                           // 9: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*MemberRecord)(nil),          // 11: hostscale.v1.MemberRecord
+	(*Pool)(nil),                  // 12: hostscale.v1.Pool
+	(*Backend)(nil),               // 13: hostscale.v1.Backend
+	(*NodeFacts)(nil),             // 14: hostscale.v1.NodeFacts
+	(NodeStatus)(0),               // 15: hostscale.v1.NodeStatus
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	7,  // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	10, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
 	2,  // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
 	3,  // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
 	4,  // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
 	5,  // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
 	6,  // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
-	8,  // 7: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	9,  // 8: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	10, // 9: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
+	8,  // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
+	11, // 9: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	12, // 10: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	13, // 11: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	14, // 12: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	9,  // 13: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	15, // 14: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -558,6 +727,8 @@ func file_hostscale_v1_command_proto_init() {
 	if File_hostscale_v1_command_proto != nil {
 		return
 	}
+	file_hostscale_v1_agent_proto_init()
+	file_hostscale_v1_node_proto_init()
 	file_hostscale_v1_pool_proto_init()
 	file_hostscale_v1_state_proto_init()
 	file_hostscale_v1_command_proto_msgTypes[0].OneofWrappers = []any{
@@ -567,6 +738,8 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_DeletePool)(nil),
 		(*Command_AddBackend)(nil),
 		(*Command_RemoveBackend)(nil),
+		(*Command_RegisterNode)(nil),
+		(*Command_SetNodeStatus)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -574,7 +747,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -33,8 +33,10 @@ type State struct {
 	// answered with its first result.
 	Requests []*AppliedRequest `protobuf:"bytes,3,rep,name=requests,proto3" json:"requests,omitempty"`
 	// The Raft index and term of the last command applied into this state.
-	AppliedIndex  uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	AppliedTerm   uint64 `protobuf:"varint,5,opt,name=applied_term,json=appliedTerm,proto3" json:"applied_term,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	AppliedTerm  uint64 `protobuf:"varint,5,opt,name=applied_term,json=appliedTerm,proto3" json:"applied_term,omitempty"`
+	// Nodes by name, without their live fields.
+	Nodes         map[string]*Node `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +104,13 @@ func (x *State) GetAppliedTerm() uint64 {
 		return x.AppliedTerm
 	}
 	return 0
+}
+
+func (x *State) GetNodes() map[string]*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 // MemberRecord is what the state knows of a controller beyond Raft.
@@ -241,20 +250,25 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"\xa1\x03\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xa5\x04\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
 	"\brequests\x18\x03 \x03(\v2\x1c.hostscale.v1.AppliedRequestR\brequests\x12#\n" +
 	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12!\n" +
-	"\fapplied_term\x18\x05 \x01(\x04R\vappliedTerm\x1aV\n" +
+	"\fapplied_term\x18\x05 \x01(\x04R\vappliedTerm\x124\n" +
+	"\x05nodes\x18\x06 \x03(\v2\x1e.hostscale.v1.State.NodesEntryR\x05nodes\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
 	"\n" +
 	"PoolsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12(\n" +
-	"\x05value\x18\x02 \x01(\v2\x12.hostscale.v1.PoolR\x05value:\x028\x01\"?\n" +
+	"\x05value\x18\x02 \x01(\v2\x12.hostscale.v1.PoolR\x05value:\x028\x01\x1aL\n" +
+	"\n" +
+	"NodesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12(\n" +
+	"\x05value\x18\x02 \x01(\v2\x12.hostscale.v1.NodeR\x05value:\x028\x01\"?\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
@@ -279,28 +293,32 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
 	(*MemberRecord)(nil),          // 1: hostscale.v1.MemberRecord
 	(*AppliedRequest)(nil),        // 2: hostscale.v1.AppliedRequest
 	nil,                           // 3: hostscale.v1.State.MembersEntry
 	nil,                           // 4: hostscale.v1.State.PoolsEntry
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 6: hostscale.v1.Pool
+	nil,                           // 5: hostscale.v1.State.NodesEntry
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 7: hostscale.v1.Pool
+	(*Node)(nil),                  // 8: hostscale.v1.Node
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
 	3, // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
 	4, // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
 	2, // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
-	5, // 3: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	1, // 4: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	6, // 5: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
+	6, // 4: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	1, // 5: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	7, // 6: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	8, // 7: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -308,6 +326,7 @@ func file_hostscale_v1_state_proto_init() {
 	if File_hostscale_v1_state_proto != nil {
 		return
 	}
+	file_hostscale_v1_node_proto_init()
 	file_hostscale_v1_pool_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -315,7 +334,7 @@ func file_hostscale_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

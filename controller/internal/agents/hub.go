@@ -1,0 +1,127 @@
+// Package agents keeps what the leader knows of the agents streaming to it
+// that is not in Raft: when each was last heard, its latest sample, its
+// sample window (metricstore), which stream is current; and the liveness
+// loop that marks a silent node down through Raft.
+package agents
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hostscale/hostscale/controller/internal/metricstore"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Hub is safe for concurrent use.
+type Hub struct {
+	Store *metricstore.Store
+
+	mu      sync.Mutex
+	nodes   map[string]*live
+	session uint64
+}
+
+type live struct {
+	lastSeen time.Time
+	latest   *pb.Sample
+	session  uint64
+	cancel   context.CancelFunc
+}
+
+// NewHub returns a hub whose sample windows hold capacity samples a node.
+func NewHub(capacity int) *Hub {
+	return &Hub{Store: metricstore.New(capacity), nodes: map[string]*live{}}
+}
+
+func (h *Hub) node(name string) *live {
+	l := h.nodes[name]
+	if l == nil {
+		l = &live{}
+		h.nodes[name] = l
+	}
+	return l
+}
+
+// Attach makes a new stream the node's current one. The returned context
+// is cancelled when a newer stream of the same node attaches (an agent that
+// reconnected before its old stream died) or when detach is called.
+func (h *Hub) Attach(ctx context.Context, name string, now time.Time) (context.Context, func()) {
+	sctx, cancel := context.WithCancel(ctx)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.node(name)
+	if l.cancel != nil {
+		l.cancel()
+	}
+	h.session++
+	id := h.session
+	l.session, l.cancel, l.lastSeen = id, cancel, now
+	return sctx, func() {
+		cancel()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if l := h.nodes[name]; l != nil && l.session == id {
+			l.cancel, l.session = nil, 0
+		}
+	}
+}
+
+// Seen records that the node was heard from at now.
+func (h *Hub) Seen(name string, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if l := h.node(name); now.After(l.lastSeen) {
+		l.lastSeen = now
+	}
+}
+
+// Sampled records a sample as the node's latest if it is newer.
+func (h *Hub) Sampled(name string, s *pb.Sample) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.node(name)
+	if l.latest == nil || s.GetTime().AsTime().After(l.latest.GetTime().AsTime()) {
+		l.latest = s
+	}
+}
+
+// Live returns when the node was last heard from and a copy of its latest
+// sample; the zero time when never.
+func (h *Hub) Live(name string) (time.Time, *pb.Sample) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.nodes[name]
+	if l == nil {
+		return time.Time{}, nil
+	}
+	var s *pb.Sample
+	if l.latest != nil {
+		s = proto.Clone(l.latest).(*pb.Sample)
+	}
+	return l.lastSeen, s
+}
+
+// Connected reports whether the node has a current stream.
+func (h *Hub) Connected(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.nodes[name]
+	return l != nil && l.cancel != nil
+}
+
+// Reset forgets everything, closing every stream: the leadership it was
+// collected under has ended.
+func (h *Hub) Reset() {
+	h.mu.Lock()
+	for _, l := range h.nodes {
+		if l.cancel != nil {
+			l.cancel()
+		}
+	}
+	h.nodes = map[string]*live{}
+	h.mu.Unlock()
+	h.Store.Reset()
+}

@@ -1,0 +1,292 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/controller/internal/agents"
+	"github.com/hostscale/hostscale/internal/labels"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Agents serves hostscale.v1.AgentService on the leader, and redirects
+// agents that reach a follower.
+type Agents struct {
+	pb.UnimplementedAgentServiceServer
+	Core *Core
+	Hub  *agents.Hub
+	// LeaderContext returns the current leadership's context and term.
+	LeaderContext func() (context.Context, uint64)
+	HeartbeatTTL  time.Duration
+	// MaxBatch bounds the samples of one batch; MaxFuture how far ahead of
+	// the leader's clock a sample may be stamped.
+	MaxBatch  int
+	MaxFuture time.Duration
+	Now       func() time.Time
+}
+
+var _ pb.AgentServiceServer = (*Agents)(nil)
+
+// Limits of what an agent may send.
+const (
+	DefaultMaxBatch  = 1000
+	DefaultMaxFuture = time.Minute
+	maxCores         = 4096
+	maxDisks         = 256
+	maxFactLength    = 256
+)
+
+func (a *Agents) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+// recvError turns a receive failure into the handler's result: the end of
+// the stream is not an error. (Undecodable bytes never reach the handler:
+// gRPC closes the stream with INTERNAL "failed to unmarshal the received
+// message" itself.)
+func recvError(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return recvError(err)
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.FailedPrecondition, "message: the first message must be a hello (registration); got samples or a heartbeat before it")
+	}
+	if err := checkHello(hello); err != nil {
+		return err
+	}
+	lctx, term := a.LeaderContext()
+	if lctx.Err() != nil {
+		r := &pb.Redirect{}
+		if id, addr, err := a.Core.LeaderAPI(); err == nil && id != a.Core.ID {
+			r.LeaderId, r.LeaderAddress = id, addr
+		}
+		return stream.Send(&pb.ConnectResponse{Message: &pb.ConnectResponse_Redirect{Redirect: r}})
+	}
+	if err := a.register(hello); err != nil {
+		return err
+	}
+	ctx, detach := a.Hub.Attach(lctx, hello.Node, a.now())
+	defer detach()
+	if err := stream.Send(&pb.ConnectResponse{Message: &pb.ConnectResponse_Welcome{Welcome: &pb.Welcome{
+		Controller:   a.Core.ID,
+		Term:         term,
+		HeartbeatTtl: durationpb.New(a.HeartbeatTTL),
+		MaxBatch:     uint32(a.MaxBatch),
+	}}}); err != nil {
+		return err
+	}
+
+	msgs := make(chan *pb.ConnectRequest)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				errc <- recvError(err)
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-stream.Context().Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			if lctx.Err() != nil {
+				return status.Error(codes.Unavailable, "this controller is no longer the leader; reconnect")
+			}
+			return status.Error(codes.Aborted, "a newer stream of this node replaced this one")
+		case m := <-msgs:
+			if err := a.handle(stream, hello.Node, m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (a *Agents) handle(stream pb.AgentService_ConnectServer, node string, m *pb.ConnectRequest) error {
+	now := a.now()
+	switch msg := m.Message.(type) {
+	case *pb.ConnectRequest_Hello:
+		return status.Error(codes.FailedPrecondition, "hello: sent twice on one stream")
+	case *pb.ConnectRequest_Heartbeat:
+		a.Hub.Seen(node, now)
+	case *pb.ConnectRequest_Samples:
+		b := msg.Samples
+		if len(b.Samples) > a.MaxBatch {
+			return status.Errorf(codes.ResourceExhausted, "samples: a batch of %d samples exceeds the limit of %d", len(b.Samples), a.MaxBatch)
+		}
+		for i, s := range b.Samples {
+			if err := checkSample(fmt.Sprintf("samples[%d]", i), s, now, a.MaxFuture); err != nil {
+				return err
+			}
+		}
+		ack := &pb.Ack{Seq: b.Seq}
+		for _, s := range b.Samples {
+			if a.Hub.Store.Add(node, s) {
+				a.Hub.Sampled(node, s)
+				ack.Accepted++
+			} else {
+				ack.Rejected++
+			}
+		}
+		a.Hub.Seen(node, now)
+		if err := stream.Send(&pb.ConnectResponse{Message: &pb.ConnectResponse_Ack{Ack: ack}}); err != nil {
+			return err
+		}
+	default:
+		return status.Error(codes.InvalidArgument, "message: empty or of an unknown kind")
+	}
+	return a.markUp(node)
+}
+
+// register writes the node's registration when it is new, its facts or
+// labels changed, or it was down.
+func (a *Agents) register(h *pb.Hello) error {
+	need := true
+	a.Core.FSM.Read(func(st *pb.State) {
+		if n := st.Nodes[h.Node]; n != nil {
+			need = n.Status == pb.NodeStatus_NODE_STATUS_DOWN ||
+				!proto.Equal(n.Facts, h.Facts) || !maps.Equal(n.Labels, h.Labels)
+		}
+	})
+	if !need {
+		return nil
+	}
+	_, err := a.Core.Apply(&pb.Command{Command: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNodeCommand{
+		Node: h.Node, Facts: h.Facts, Labels: h.Labels,
+	}}})
+	return err
+}
+
+// markUp brings a node the liveness loop marked down back up once it is
+// heard from again on its open stream.
+func (a *Agents) markUp(node string) error {
+	down := false
+	a.Core.FSM.Read(func(st *pb.State) {
+		n := st.Nodes[node]
+		down = n != nil && n.Status == pb.NodeStatus_NODE_STATUS_DOWN
+	})
+	if !down {
+		return nil
+	}
+	_, err := a.Core.Apply(&pb.Command{Command: &pb.Command_SetNodeStatus{SetNodeStatus: &pb.SetNodeStatusCommand{
+		Node: node, Status: pb.NodeStatus_NODE_STATUS_UP,
+	}}})
+	return err
+}
+
+func checkHello(h *pb.Hello) error {
+	if err := checkName("hello.node", h.Node); err != nil {
+		return err
+	}
+	if err := labels.Check(h.Labels); err != nil {
+		return invalid("hello.labels", "%v", err)
+	}
+	if len(h.Labels) > 64 {
+		return invalid("hello.labels", "at most 64 labels, got %d", len(h.Labels))
+	}
+	f := h.Facts
+	if f == nil {
+		return invalid("hello.facts", "must be set")
+	}
+	for name, v := range map[string]string{"hostname": f.Hostname, "os": f.Os, "platform": f.Platform, "kernel": f.Kernel, "agent_version": f.AgentVersion} {
+		if len(v) > maxFactLength {
+			return invalid("hello.facts."+name, "at most %d characters", maxFactLength)
+		}
+	}
+	if f.CpuCount > maxCores {
+		return invalid("hello.facts.cpu_count", "at most %d, got %d", maxCores, f.CpuCount)
+	}
+	return nil
+}
+
+// checkSample rejects values no host can produce: NaN, infinities,
+// negatives, percentages over 100, and times far ahead of the leader's
+// clock.
+func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Duration) error {
+	if s == nil {
+		return invalid(field, "must be set")
+	}
+	if s.Time == nil || s.Time.CheckValid() != nil {
+		return invalid(field+".time", "must be a valid timestamp")
+	}
+	if ahead := s.Time.AsTime().Sub(now); ahead > maxFuture {
+		return invalid(field+".time", "%v ahead of the controller's clock (at most %v)", ahead.Round(time.Second), maxFuture)
+	}
+	check := func(name string, v float64, limit float64) error {
+		switch {
+		case math.IsNaN(v) || math.IsInf(v, 0):
+			return invalid(field+"."+name, "%v is not a number", v)
+		case v < 0:
+			return invalid(field+"."+name, "%v is negative", v)
+		case v > limit:
+			return invalid(field+"."+name, "%v is above %v", v, limit)
+		}
+		return nil
+	}
+	const pct, big = 100.0001, math.MaxFloat64
+	for name, v := range map[string]float64{
+		"cpu_percent": s.CpuPercent, "memory_used_percent": s.MemoryUsedPercent, "swap_used_percent": s.SwapUsedPercent,
+	} {
+		if err := check(name, v, pct); err != nil {
+			return err
+		}
+	}
+	for name, v := range map[string]float64{
+		"load1": s.Load1, "load5": s.Load5, "load15": s.Load15,
+		"disk_read_bytes_per_second": s.DiskReadBytesPerSecond, "disk_write_bytes_per_second": s.DiskWriteBytesPerSecond,
+		"net_rx_bytes_per_second": s.NetRxBytesPerSecond, "net_tx_bytes_per_second": s.NetTxBytesPerSecond,
+	} {
+		if err := check(name, v, big); err != nil {
+			return err
+		}
+	}
+	if len(s.CpuCorePercent) > maxCores {
+		return invalid(field+".cpu_core_percent", "at most %d cores", maxCores)
+	}
+	for i, v := range s.CpuCorePercent {
+		if err := check(fmt.Sprintf("cpu_core_percent[%d]", i), v, pct); err != nil {
+			return err
+		}
+	}
+	if len(s.Disks) > maxDisks {
+		return invalid(field+".disks", "at most %d disks", maxDisks)
+	}
+	for i, d := range s.Disks {
+		if d.GetMount() == "" || len(d.Mount) > maxFactLength {
+			return invalid(fmt.Sprintf("%s.disks[%d].mount", field, i), "must be 1-%d characters", maxFactLength)
+		}
+		if err := check(fmt.Sprintf("disks[%d].used_percent", i), d.UsedPercent, pct); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,313 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hostscale/hostscale/controller/server"
+	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+const testTTL = 2 * time.Second
+
+func startAgentCluster(t *testing.T) *testcluster.Cluster {
+	t.Helper()
+	return testcluster.Start(t, testcluster.Options{
+		Nodes:            3,
+		Launcher:         servertest.Launcher{Configure: func(c *server.Config) { c.HeartbeatTTL = testTTL }},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+	})
+}
+
+func hello(node string) *pb.ConnectRequest {
+	return &pb.ConnectRequest{Message: &pb.ConnectRequest_Hello{Hello: &pb.Hello{
+		Node:   node,
+		Labels: map[string]string{"tier": "web", "zone": "a"},
+		Facts:  &pb.NodeFacts{Hostname: node, CpuCount: 4, MemoryBytes: 8 << 30, Os: "linux", Kernel: "6.1", AgentVersion: "test"},
+	}}}
+}
+
+func batch(seq uint64, samples ...*pb.Sample) *pb.ConnectRequest {
+	return &pb.ConnectRequest{Message: &pb.ConnectRequest_Samples{Samples: &pb.SampleBatch{Seq: seq, Samples: samples}}}
+}
+
+func sampleAt(t time.Time, cpu float64) *pb.Sample {
+	return &pb.Sample{Time: timestamppb.New(t), CpuPercent: cpu, MemoryUsedPercent: 40, MemoryUsedBytes: 3 << 30,
+		Disks: []*pb.DiskUsage{{Mount: "/", UsedPercent: 50}}, Processes: 100}
+}
+
+// agentStream opens Connect on conn, sends the hello and returns the stream
+// and the first answer.
+func agentStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn, node string) (pb.AgentService_ConnectClient, *pb.ConnectResponse) {
+	t.Helper()
+	s, err := pb.NewAgentServiceClient(conn).Connect(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.Send(hello(node)))
+	first, err := s.Recv()
+	require.NoError(t, err)
+	return s, first
+}
+
+func nodeStatus(ctx context.Context, n *testcluster.Node, name string) (pb.NodeStatus, *pb.Node, error) {
+	resp, err := n.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: name})
+	if err != nil {
+		return 0, nil, err
+	}
+	return resp.Node.Status, resp.Node, nil
+}
+
+func TestAgents_registerRedirectSampleAndListEverywhere(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+
+	// A follower answers the hello with the leader's address.
+	s, first := agentStream(t, ctx, f.Conn(), "web-1")
+	r := first.GetRedirect()
+	require.NotNil(t, r, "%v", first)
+	require.Equal(t, leader.ID, r.LeaderId)
+	require.Equal(t, leader.GRPCAddr, r.LeaderAddress)
+	_, err := s.Recv()
+	require.ErrorContains(t, err, "EOF", "the follower closes the stream")
+
+	s, first = agentStream(t, ctx, leader.Conn(), "web-1")
+	w := first.GetWelcome()
+	require.NotNil(t, w, "%v", first)
+	require.Equal(t, leader.ID, w.Controller)
+	require.Equal(t, testTTL, w.HeartbeatTtl.AsDuration())
+	now := time.Now()
+	require.NoError(t, s.Send(batch(1, sampleAt(now.Add(-time.Second), 10), sampleAt(now, 42))))
+	ack, err := s.Recv()
+	require.NoError(t, err)
+	require.Equal(t, &pb.Ack{Seq: 1, Accepted: 2}, ack.GetAck())
+	// A repeated (old) sample is rejected, not an error.
+	require.NoError(t, s.Send(batch(2, sampleAt(now, 99))))
+	ack, err = s.Recv()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, ack.GetAck().Rejected)
+
+	for _, n := range c.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			resp, err := n.Nodes().ListNodes(ctx, &pb.ListNodesRequest{Selector: "tier=web,zone in (a,b)", Status: pb.NodeStatus_NODE_STATUS_UP})
+			if err != nil {
+				return err
+			}
+			if len(resp.Nodes) != 1 || resp.Nodes[0].Latest.GetCpuPercent() != 42 {
+				return fmt.Errorf("%s lists %v", n.ID, resp.Nodes)
+			}
+			node := resp.Nodes[0]
+			require.Equal(t, "web-1", node.Facts.Hostname)
+			require.Equal(t, leader.ID, node.Controller)
+			require.NotNil(t, node.LastHeartbeat)
+			return nil
+		}), n.ID)
+		none, err := n.Nodes().ListNodes(ctx, &pb.ListNodesRequest{Selector: "tier!=web"})
+		require.NoError(t, err)
+		require.Empty(t, none.Nodes)
+	}
+
+	q, err := f.Metrics().QueryMetrics(ctx, &pb.QueryMetricsRequest{Metric: "cpu_percent", Node: "web-1", Window: durationpb.New(time.Minute)})
+	require.NoError(t, err)
+	require.Len(t, q.Points, 2)
+	require.Equal(t, 42.0, q.Max)
+	require.Equal(t, 26.0, q.Avg)
+	agg, err := leader.Metrics().QueryMetrics(ctx, &pb.QueryMetricsRequest{Metric: "cpu_percent", Selector: "tier=web", Aggregate: pb.Aggregate_AGGREGATE_MAX, Step: durationpb.New(time.Hour)})
+	require.NoError(t, err)
+	require.Equal(t, []string{"web-1"}, agg.Nodes)
+	require.Len(t, agg.Points, 1)
+	require.Equal(t, 26.0, agg.Points[0].Value, "the node's mean in the step")
+	_, err = leader.Metrics().QueryMetrics(ctx, &pb.QueryMetricsRequest{Metric: "cpu"})
+	require.Equal(t, codes.InvalidArgument, status.Code(err))
+	require.Contains(t, err.Error(), "metric")
+}
+
+func TestAgents_silentNodeGoesDownAfterTTLAndComesBack(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+
+	sctx, cancel := context.WithCancel(ctx)
+	s, first := agentStream(t, sctx, leader.Conn(), "db-1")
+	require.NotNil(t, first.GetWelcome())
+	require.NoError(t, s.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{Time: timestamppb.Now()}}}))
+	lastSent := time.Now()
+	cancel() // the agent dies
+
+	for _, n := range c.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 3*testTTL, func(ctx context.Context) error {
+			st, _, err := nodeStatus(ctx, n, "db-1")
+			if err == nil && st != pb.NodeStatus_NODE_STATUS_DOWN {
+				err = fmt.Errorf("%s: db-1 is %v", n.ID, st)
+			}
+			return err
+		}))
+	}
+	took := time.Since(lastSent)
+	t.Logf("down %v after the last message (ttl %v)", took, testTTL)
+	require.InDelta(t, testTTL.Seconds(), took.Seconds(), 1.0, "down after the TTL, within a second")
+
+	// It comes back under the same name.
+	s, first = agentStream(t, ctx, leader.Conn(), "db-1")
+	require.NotNil(t, first.GetWelcome())
+	for _, n := range c.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			st, _, err := nodeStatus(ctx, n, "db-1")
+			if err == nil && st != pb.NodeStatus_NODE_STATUS_UP {
+				err = fmt.Errorf("%s: db-1 is %v", n.ID, st)
+			}
+			return err
+		}))
+	}
+	_ = s.CloseSend()
+}
+
+func TestAgents_newLeaderStartsTTLClocksAfresh(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+
+	// The node registers, then stays quiet for most of a TTL.
+	sctx, cancel := context.WithCancel(ctx)
+	_, first := agentStream(t, sctx, leader.Conn(), "quiet-1")
+	require.NotNil(t, first.GetWelcome())
+	cancel()
+	time.Sleep(testTTL / 2) // let the old leader's clock run: the new one must not inherit it
+	leader.Kill()
+	elected := time.Now()
+	newLeader := waitLeader(t, c)
+
+	// Not down before a full TTL under the new leader...
+	for time.Since(elected) < testTTL-200*time.Millisecond {
+		st, _, err := nodeStatus(ctx, newLeader, "quiet-1")
+		require.NoError(t, err)
+		require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, st, "declared down %v into the new term", time.Since(elected))
+		time.Sleep(50 * time.Millisecond)
+	}
+	// ...and down after it.
+	require.NoError(t, testcluster.Eventually(ctx, 2*testTTL, func(ctx context.Context) error {
+		st, _, err := nodeStatus(ctx, newLeader, "quiet-1")
+		if err == nil && st != pb.NodeStatus_NODE_STATUS_DOWN {
+			err = fmt.Errorf("quiet-1 is %v", st)
+		}
+		return err
+	}))
+}
+
+// rawCodec sends bytes as they are.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { *(v.(*[]byte)) = data; return nil }
+func (rawCodec) Name() string                       { return "proto" }
+
+func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+
+	// A well-behaved agent streams throughout.
+	good, first := agentStream(t, ctx, leader.Conn(), "good-1")
+	require.NotNil(t, first.GetWelcome())
+	seq := uint64(0)
+	goodSend := func() {
+		t.Helper()
+		seq++
+		require.NoError(t, good.Send(batch(seq, sampleAt(time.Now(), 5))))
+		ack, err := good.Recv()
+		require.NoError(t, err)
+		require.Equal(t, seq, ack.GetAck().GetSeq())
+	}
+	goodSend()
+
+	now := time.Now()
+	huge := make([]*pb.Sample, 1_000_000)
+	for i := range huge {
+		huge[i] = &pb.Sample{}
+	}
+	tooMany := make([]*pb.Sample, 1001)
+	for i := range tooMany {
+		tooMany[i] = sampleAt(now.Add(time.Duration(i)*time.Millisecond), 1)
+	}
+	for name, tc := range map[string]struct {
+		msgs  []*pb.ConnectRequest
+		code  codes.Code
+		field string
+	}{
+		"samples before registration": {[]*pb.ConnectRequest{batch(1, sampleAt(now, 1))}, codes.FailedPrecondition, "hello"},
+		"heartbeat before registration": {[]*pb.ConnectRequest{{Message: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{}}}},
+			codes.FailedPrecondition, "hello"},
+		"invalid node id":      {[]*pb.ConnectRequest{hello("Not_A_Name")}, codes.InvalidArgument, "hello.node"},
+		"empty node id":        {[]*pb.ConnectRequest{hello("")}, codes.InvalidArgument, "hello.node"},
+		"bad labels":           {[]*pb.ConnectRequest{{Message: &pb.ConnectRequest_Hello{Hello: &pb.Hello{Node: "x", Facts: &pb.NodeFacts{}, Labels: map[string]string{"a b": "c"}}}}}, codes.InvalidArgument, "hello.labels"},
+		"NaN":                  {[]*pb.ConnectRequest{hello("bad-1"), batch(1, sampleAt(now, math.NaN()))}, codes.InvalidArgument, "samples[0].cpu_percent"},
+		"negative":             {[]*pb.ConnectRequest{hello("bad-1"), batch(1, sampleAt(now, 1), &pb.Sample{Time: timestamppb.New(now), Load1: -3})}, codes.InvalidArgument, "samples[1].load1"},
+		"over 100 percent":     {[]*pb.ConnectRequest{hello("bad-1"), batch(1, sampleAt(now, 250))}, codes.InvalidArgument, "samples[0].cpu_percent"},
+		"a day ahead":          {[]*pb.ConnectRequest{hello("bad-1"), batch(1, sampleAt(now.Add(24*time.Hour), 1))}, codes.InvalidArgument, "samples[0].time"},
+		"no timestamp":         {[]*pb.ConnectRequest{hello("bad-1"), batch(1, &pb.Sample{})}, codes.InvalidArgument, "samples[0].time"},
+		"1,000,000 samples":    {[]*pb.ConnectRequest{hello("bad-1"), batch(1, huge...)}, codes.ResourceExhausted, ""},
+		"over the batch limit": {[]*pb.ConnectRequest{hello("bad-1"), batch(1, tooMany...)}, codes.ResourceExhausted, "samples"},
+		"hello twice":          {[]*pb.ConnectRequest{hello("bad-1"), hello("bad-1")}, codes.FailedPrecondition, "hello"},
+		"empty message":        {[]*pb.ConnectRequest{hello("bad-1"), {}}, codes.InvalidArgument, "message"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)
+			require.NoError(t, err)
+			var last error
+			for _, m := range tc.msgs {
+				if err := s.Send(m); err != nil {
+					break
+				}
+			}
+			for {
+				if _, last = s.Recv(); last != nil {
+					break
+				}
+			}
+			require.Equal(t, tc.code, status.Code(last), "%v", last)
+			require.Contains(t, status.Convert(last).Message(), tc.field)
+			goodSend()
+		})
+	}
+
+	t.Run("garbage bytes", func(t *testing.T) {
+		desc := &grpc.StreamDesc{StreamName: "Connect", ServerStreams: true, ClientStreams: true}
+		s, err := leader.Conn().NewStream(ctx, desc, "/hostscale.v1.AgentService/Connect", grpc.ForceCodec(rawCodec{}))
+		require.NoError(t, err)
+		require.NoError(t, s.SendMsg([]byte("\xff\xfe\xfd garbage \x00\x01")))
+		var out []byte
+		err = s.RecvMsg(&out)
+		// gRPC closes a stream whose bytes do not decode, before the
+		// handler sees them.
+		require.Equal(t, codes.Internal, status.Code(err), "%v", err)
+		require.Contains(t, err.Error(), "failed to unmarshal")
+		goodSend()
+	})
+
+	// Nothing bad was registered; the good node still reports.
+	nodes, err := leader.Nodes().ListNodes(ctx, &pb.ListNodesRequest{})
+	require.NoError(t, err)
+	var names []string
+	for _, n := range nodes.Nodes {
+		names = append(names, n.Name)
+	}
+	require.NotContains(t, strings.Join(names, ","), "Not_A_Name")
+	st, node, err := nodeStatus(ctx, leader, "good-1")
+	require.NoError(t, err)
+	require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, st)
+	require.Equal(t, 5.0, node.Latest.GetCpuPercent())
+}
