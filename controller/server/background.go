@@ -167,3 +167,10 @@ func (s *Server) setNodeStatus(_ context.Context, node string, status pb.NodeSta
 	}}})
 	return err
 }
+
+// TableAck returns the table version a balancer last acknowledged to this
+// controller.
+func (s *Server) TableAck(balancer string) (*pb.TableVersion, bool) {
+	a, ok := s.acks.Get(balancer)
+	return a.Version, ok
+}

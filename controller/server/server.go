@@ -111,6 +111,7 @@ type Server struct {
 	core     *endpoint.Core
 	conns    *grpcx.ConnPool
 	hub      *agents.Hub
+	acks     *endpoint.TableAcks
 	notifyCh chan bool
 
 	reachMu sync.Mutex
@@ -214,6 +215,8 @@ func New(cfg Config) (s *Server, err error) {
 		MaxBatch:      endpoint.DefaultMaxBatch,
 		MaxFuture:     endpoint.DefaultMaxFuture,
 	})
+	s.acks = endpoint.NewTableAcks()
+	pb.RegisterBalancerServiceServer(s.grpc, &endpoint.Balancers{Core: s.core, Acks: s.acks})
 	pb.RegisterNodeServiceServer(s.grpc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
 	pb.RegisterMetricsServiceServer(s.grpc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))

@@ -131,6 +131,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 		}
 	}
 	err := f.dispatch(&cmd, l.Index)
+	if err == nil && changesPools(&cmd) {
+		f.state.PoolsIndex, f.state.PoolsTerm = l.Index, l.Term
+	}
 	if id := cmd.GetRequestId(); id != "" {
 		f.remember(&cmd, l.Index, err)
 	}
@@ -168,6 +171,15 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}
+}
+
+// changesPools reports whether cmd is one that changes the balancers' table.
+func changesPools(cmd *pb.Command) bool {
+	switch cmd.Command.(type) {
+	case *pb.Command_CreatePool, *pb.Command_DeletePool, *pb.Command_AddBackend, *pb.Command_RemoveBackend:
+		return true
+	}
+	return false
 }
 
 func (f *FSM) remember(cmd *pb.Command, index uint64, err error) {

@@ -36,7 +36,11 @@ type State struct {
 	AppliedIndex uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	AppliedTerm  uint64 `protobuf:"varint,5,opt,name=applied_term,json=appliedTerm,proto3" json:"applied_term,omitempty"`
 	// Nodes by name, without their live fields.
-	Nodes         map[string]*Node `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Nodes map[string]*Node `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The Raft index and term of the last change to any pool: the version
+	// of the balancers' table.
+	PoolsIndex    uint64 `protobuf:"varint,7,opt,name=pools_index,json=poolsIndex,proto3" json:"pools_index,omitempty"`
+	PoolsTerm     uint64 `protobuf:"varint,8,opt,name=pools_term,json=poolsTerm,proto3" json:"pools_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -111,6 +115,20 @@ func (x *State) GetNodes() map[string]*Node {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *State) GetPoolsIndex() uint64 {
+	if x != nil {
+		return x.PoolsIndex
+	}
+	return 0
+}
+
+func (x *State) GetPoolsTerm() uint64 {
+	if x != nil {
+		return x.PoolsTerm
+	}
+	return 0
 }
 
 // MemberRecord is what the state knows of a controller beyond Raft.
@@ -250,14 +268,18 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xa5\x04\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xe5\x04\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
 	"\brequests\x18\x03 \x03(\v2\x1c.hostscale.v1.AppliedRequestR\brequests\x12#\n" +
 	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fapplied_term\x18\x05 \x01(\x04R\vappliedTerm\x124\n" +
-	"\x05nodes\x18\x06 \x03(\v2\x1e.hostscale.v1.State.NodesEntryR\x05nodes\x1aV\n" +
+	"\x05nodes\x18\x06 \x03(\v2\x1e.hostscale.v1.State.NodesEntryR\x05nodes\x12\x1f\n" +
+	"\vpools_index\x18\a \x01(\x04R\n" +
+	"poolsIndex\x12\x1d\n" +
+	"\n" +
+	"pools_term\x18\b \x01(\x04R\tpoolsTerm\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +

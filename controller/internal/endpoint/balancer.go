@@ -1,0 +1,135 @@
+package endpoint
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Balancers serves hostscale.v1.BalancerService from this node's own state.
+type Balancers struct {
+	pb.UnimplementedBalancerServiceServer
+	Core *Core
+	Acks *TableAcks
+}
+
+var _ pb.BalancerServiceServer = (*Balancers)(nil)
+
+// Table builds the balancers' table from a state; pools and backends come
+// in a stable order.
+func Table(st *pb.State) *pb.Table {
+	t := &pb.Table{Version: &pb.TableVersion{Term: st.PoolsTerm, Index: st.PoolsIndex}}
+	names := make([]string, 0, len(st.Pools))
+	for n := range st.Pools {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := st.Pools[n]
+		tp := &pb.TablePool{Name: p.Name, Hosts: slices.Clone(p.Hosts), PathPrefix: p.PathPrefix, Policy: p.Policy}
+		for _, b := range p.Backends {
+			tp.Backends = append(tp.Backends, &pb.TableBackend{Address: b.Address, Weight: b.Weight})
+		}
+		t.Pools = append(t.Pools, tp)
+	}
+	return t
+}
+
+func (s *Balancers) WatchTable(req *pb.WatchTableRequest, stream pb.BalancerService_WatchTableServer) error {
+	if err := checkName("balancer", req.Balancer); err != nil {
+		return err
+	}
+	have := req.Have.GetIndex()
+	ctx := stream.Context()
+	// Without a version the balancer has nothing: it gets the table even
+	// when no pool was ever written.
+	first := req.Have == nil
+	for {
+		changed := s.Core.FSM.Changed()
+		var t *pb.Table
+		s.Core.FSM.Read(func(st *pb.State) {
+			if st.PoolsIndex > have || first {
+				t = Table(st)
+			}
+		})
+		first = false
+		if t != nil {
+			if err := stream.Send(&pb.WatchTableResponse{Table: t, Controller: s.Core.ID}); err != nil {
+				return err
+			}
+			have = t.Version.Index
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+func (s *Balancers) AckTable(_ context.Context, req *pb.AckTableRequest) (*pb.AckTableResponse, error) {
+	if err := checkName("balancer", req.Balancer); err != nil {
+		return nil, err
+	}
+	if req.Version == nil {
+		return nil, invalid("version", "must be set")
+	}
+	if len(req.Error) > 4096 {
+		return nil, invalid("error", "at most 4096 characters")
+	}
+	s.Acks.Record(req.Balancer, req.Version, req.Error)
+	return &pb.AckTableResponse{}, nil
+}
+
+// TableAcks remembers the newest version each balancer acknowledged to
+// this controller. It is safe for concurrent use.
+type TableAcks struct {
+	mu   sync.Mutex
+	acks map[string]Ack
+	// notify is closed and replaced on every acknowledgement.
+	notify chan struct{}
+}
+
+// Ack is a balancer's last acknowledgement.
+type Ack struct {
+	Version *pb.TableVersion
+	Error   string
+	Time    time.Time
+}
+
+// NewTableAcks returns an empty book.
+func NewTableAcks() *TableAcks {
+	return &TableAcks{acks: map[string]Ack{}, notify: make(chan struct{})}
+}
+
+// Record stores an acknowledgement unless an older version is reported.
+func (a *TableAcks) Record(balancer string, v *pb.TableVersion, errText string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if prev, ok := a.acks[balancer]; ok && prev.Version.GetIndex() > v.GetIndex() {
+		return
+	}
+	a.acks[balancer] = Ack{Version: proto.Clone(v).(*pb.TableVersion), Error: errText, Time: time.Now()}
+	close(a.notify)
+	a.notify = make(chan struct{})
+}
+
+// Get returns a balancer's last acknowledgement.
+func (a *TableAcks) Get(balancer string) (Ack, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ack, ok := a.acks[balancer]
+	return ack, ok
+}
+
+// Changed returns a channel closed at the next acknowledgement.
+func (a *TableAcks) Changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.notify
+}
