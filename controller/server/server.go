@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
@@ -29,6 +30,7 @@ import (
 	"github.com/hostscale/hostscale/internal/admin"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
+	peerv1 "github.com/hostscale/hostscale/proto/hostscale/peer/v1"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -191,6 +193,7 @@ func New(cfg Config) (s *Server, err error) {
 		ApplyTimeout: 10 * time.Second,
 		Logger:       logger,
 		Metrics:      endpoint.NewMetrics(s.registry),
+		Forwarder:    endpoint.NewForwarder(cfg.ID, s.conns),
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
 	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
@@ -201,13 +204,20 @@ func New(cfg Config) (s *Server, err error) {
 		Logger:    logger,
 	})
 	s.core.LeaderReady = s.leader.Ready
-	pb.RegisterClusterServiceServer(s.grpc, &endpoint.Cluster{
+	// Every service is served directly and through the leader's end of
+	// the followers' Forward streams.
+	peer := endpoint.NewPeer(logger)
+	register := func(desc *grpc.ServiceDesc, impl any) {
+		s.grpc.RegisterService(desc, impl)
+		peer.Register(desc, impl)
+	}
+	register(&pb.ClusterService_ServiceDesc, &endpoint.Cluster{
 		Core:              s.core,
 		LastReached:       s.lastReached,
 		MembershipTimeout: 10 * time.Second,
 	})
-	pb.RegisterPoolServiceServer(s.grpc, &endpoint.Pools{Core: s.core})
-	pb.RegisterAgentServiceServer(s.grpc, &endpoint.Agents{
+	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core})
+	register(&pb.AgentService_ServiceDesc, &endpoint.Agents{
 		Core:          s.core,
 		Hub:           s.hub,
 		LeaderContext: s.leader.Context,
@@ -216,9 +226,10 @@ func New(cfg Config) (s *Server, err error) {
 		MaxFuture:     endpoint.DefaultMaxFuture,
 	})
 	s.acks = endpoint.NewTableAcks()
-	pb.RegisterBalancerServiceServer(s.grpc, &endpoint.Balancers{Core: s.core, Acks: s.acks})
-	pb.RegisterNodeServiceServer(s.grpc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
-	pb.RegisterMetricsServiceServer(s.grpc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
+	register(&pb.BalancerService_ServiceDesc, &endpoint.Balancers{Core: s.core, Acks: s.acks})
+	register(&pb.NodeService_ServiceDesc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
+	register(&pb.MetricsService_ServiceDesc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
+	peerv1.RegisterPeerServiceServer(s.grpc, peer)
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))
 	return s, nil
 }
@@ -281,6 +292,7 @@ func (s *Server) Run(ctx context.Context) error {
 // calls it on the way out.
 func (s *Server) Close() error {
 	err := s.node.Close()
+	s.core.Forwarder.Close()
 	_ = s.conns.Close()
 	return err
 }

@@ -47,6 +47,8 @@ type Core struct {
 	Logger       *slog.Logger
 	// Metrics may be nil.
 	Metrics *Metrics
+	// Forwarder carries forwarded unary calls to the leader.
+	Forwarder *Forwarder
 }
 
 // LeaderAPI returns the leader's id and API address as this node knows
@@ -102,12 +104,15 @@ func (c *Core) forward(ctx context.Context, req, resp proto.Message) error {
 	if !ok {
 		return status.Error(codes.Internal, "forward: no method in context")
 	}
-	conn, octx, err := c.LeaderConn(ctx)
+	if by := forwardedBy(ctx); by != "" {
+		return status.Errorf(codes.Unavailable, "forwarded by %s to %s, which does not lead; retry", by, c.ID)
+	}
+	_, addr, err := c.LeaderAPI()
 	if err != nil {
 		return err
 	}
 	c.Metrics.forwarded(method)
-	return conn.Invoke(octx, method, req, resp)
+	return c.Forwarder.Call(ctx, addr, method, req, resp)
 }
 
 // IsLeader reports whether this node leads.
@@ -209,3 +214,5 @@ func newIDPrefix() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:]) + "-"
 }
+
+func timeUntil(t time.Time) time.Duration { return time.Until(t) }

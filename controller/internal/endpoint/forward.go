@@ -1,0 +1,278 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/logging"
+	peerv1 "github.com/hostscale/hostscale/proto/hostscale/peer/v1"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+)
+
+// Peer serves hostscale.peer.v1.PeerService on the leader: it runs the
+// calls followers forward on their Forward streams through the same
+// handlers a direct call reaches, many at a time.
+type Peer struct {
+	peerv1.UnimplementedPeerServiceServer
+	methods map[string]peerMethod
+	logger  *slog.Logger
+}
+
+type peerMethod struct {
+	impl    any
+	handler grpc.MethodHandler
+}
+
+var _ peerv1.PeerServiceServer = (*Peer)(nil)
+
+// NewPeer returns a Peer with no methods; Register adds them.
+func NewPeer(logger *slog.Logger) *Peer {
+	return &Peer{methods: map[string]peerMethod{}, logger: logging.OrDiscard(logger)}
+}
+
+// Register makes the unary methods of a service callable through Forward.
+func (p *Peer) Register(desc *grpc.ServiceDesc, impl any) {
+	for _, m := range desc.Methods {
+		p.methods["/"+desc.ServiceName+"/"+m.MethodName] = peerMethod{impl: impl, handler: m.Handler}
+	}
+}
+
+func (p *Peer) Forward(stream peerv1.PeerService_ForwardServer) error {
+	ctx := stream.Context()
+	var (
+		sendMu sync.Mutex
+		wg     sync.WaitGroup
+	)
+	defer wg.Wait()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return recvError(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := p.call(ctx, req)
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			_ = stream.Send(resp) // a dead stream fails every send; Recv ends the loop
+		}()
+	}
+}
+
+func (p *Peer) call(ctx context.Context, req *peerv1.ForwardRequest) (resp *peerv1.ForwardResponse) {
+	resp = &peerv1.ForwardResponse{Id: req.Id}
+	fail := func(err error) *peerv1.ForwardResponse {
+		resp.Response = nil
+		resp.Status, _ = proto.Marshal(status.Convert(err).Proto())
+		return resp
+	}
+	m, ok := p.methods[req.Method]
+	if !ok {
+		return fail(status.Errorf(codes.Unimplemented, "method %s cannot be forwarded", req.Method))
+	}
+	ctx = metadata.NewIncomingContext(ctx, metadata.Pairs(ForwardedHeader, req.ForwardedBy))
+	if req.Timeout != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, req.Timeout.AsDuration())
+		defer cancel()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			p.logger.Error("forwarded call panic", "method", req.Method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp = fail(status.Errorf(codes.Internal, "internal error in %s", req.Method))
+		}
+	}()
+	out, err := m.handler(m.impl, ctx, func(v any) error {
+		if err := proto.Unmarshal(req.Request, v.(proto.Message)); err != nil {
+			return status.Errorf(codes.InvalidArgument, "request: cannot decode: %v", err)
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		return fail(err)
+	}
+	data, err := proto.Marshal(out.(proto.Message))
+	if err != nil {
+		return fail(status.Errorf(codes.Internal, "encode response: %v", err))
+	}
+	resp.Response = data
+	return resp
+}
+
+// Forwarder sends a follower's forwarded calls to the leader over one
+// long-lived Forward stream per leader address, so that a forwarded call
+// costs a message each way rather than a call of its own. It is safe for
+// concurrent use.
+type Forwarder struct {
+	id    string
+	conns *grpcx.ConnPool
+
+	mu      sync.Mutex
+	streams map[string]*fwdStream
+	closed  bool
+}
+
+// NewForwarder returns a forwarder that names itself id to the leader.
+func NewForwarder(id string, conns *grpcx.ConnPool) *Forwarder {
+	return &Forwarder{id: id, conns: conns, streams: map[string]*fwdStream{}}
+}
+
+type fwdStream struct {
+	stream peerv1.PeerService_ForwardClient
+	cancel context.CancelFunc
+	sendMu sync.Mutex
+
+	mu      sync.Mutex
+	pending map[uint64]chan *peerv1.ForwardResponse
+	next    uint64
+	err     error
+	done    chan struct{}
+}
+
+var errForwarderClosed = errors.New("forwarder closed")
+
+func (f *Forwarder) get(addr string) (*fwdStream, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, errForwarderClosed
+	}
+	if s := f.streams[addr]; s != nil {
+		return s, nil
+	}
+	conn, err := f.conns.Get(addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := peerv1.NewPeerServiceClient(conn).Forward(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s := &fwdStream{stream: stream, cancel: cancel, pending: map[uint64]chan *peerv1.ForwardResponse{}, done: make(chan struct{})}
+	f.streams[addr] = s
+	go f.receive(addr, s)
+	return s, nil
+}
+
+func (f *Forwarder) receive(addr string, s *fwdStream) {
+	defer close(s.done)
+	for {
+		r, err := s.stream.Recv()
+		if err != nil {
+			f.drop(addr, s, err)
+			return
+		}
+		s.mu.Lock()
+		ch := s.pending[r.Id]
+		delete(s.pending, r.Id)
+		s.mu.Unlock()
+		if ch != nil {
+			ch <- r
+		}
+	}
+}
+
+// drop retires a broken stream and fails its pending calls.
+func (f *Forwarder) drop(addr string, s *fwdStream, err error) {
+	f.mu.Lock()
+	if f.streams[addr] == s {
+		delete(f.streams, addr)
+	}
+	f.mu.Unlock()
+	s.cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+	st, _ := proto.Marshal(status.Newf(codes.Unavailable, "forward to leader: %v; retry", err).Proto())
+	for id, ch := range s.pending {
+		ch <- &peerv1.ForwardResponse{Id: id, Status: st}
+		delete(s.pending, id)
+	}
+}
+
+// Call runs method on the leader at addr with req and decodes its answer
+// into resp; the error is the leader's status, or UNAVAILABLE when the
+// stream broke (the call may or may not have run: requests carry ids).
+func (f *Forwarder) Call(ctx context.Context, addr, method string, req, resp proto.Message) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode request: %v", err)
+	}
+	s, err := f.get(addr)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "connect to leader %s: %v", addr, err)
+	}
+	ch := make(chan *peerv1.ForwardResponse, 1)
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return status.Errorf(codes.Unavailable, "forward to leader: %v; retry", s.err)
+	}
+	s.next++
+	id := s.next
+	s.pending[id] = ch
+	s.mu.Unlock()
+	fr := &peerv1.ForwardRequest{Id: id, Method: method, Request: data, ForwardedBy: f.id}
+	if dl, ok := ctx.Deadline(); ok {
+		fr.Timeout = durationpb.New(timeUntil(dl))
+	}
+	s.sendMu.Lock()
+	err = s.stream.Send(fr)
+	s.sendMu.Unlock()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			_, err = s.stream.Recv() // the stream's real error
+		}
+		f.drop(addr, s, err)
+	}
+	select {
+	case r := <-ch:
+		if len(r.Status) > 0 {
+			var sp spb.Status
+			if err := proto.Unmarshal(r.Status, &sp); err != nil {
+				return status.Errorf(codes.Internal, "decode forwarded status: %v", err)
+			}
+			return status.ErrorProto(&sp)
+		}
+		if err := proto.Unmarshal(r.Response, resp); err != nil {
+			return status.Errorf(codes.Internal, "decode forwarded response: %v", err)
+		}
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.pending, id)
+		s.mu.Unlock()
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// Close ends every stream and waits for their receivers.
+func (f *Forwarder) Close() {
+	f.mu.Lock()
+	f.closed = true
+	streams := f.streams
+	f.streams = map[string]*fwdStream{}
+	f.mu.Unlock()
+	for _, s := range streams {
+		s.cancel()
+		<-s.done
+	}
+}
