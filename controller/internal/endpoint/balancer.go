@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -16,6 +17,10 @@ type Balancers struct {
 	pb.UnimplementedBalancerServiceServer
 	Core *Core
 	Acks *TableAcks
+
+	// cache is the table of the newest pools index built so far, shared
+	// by every watcher: it is never modified once built.
+	cache atomic.Pointer[pb.Table]
 }
 
 var _ pb.BalancerServiceServer = (*Balancers)(nil)
@@ -54,7 +59,7 @@ func (s *Balancers) WatchTable(req *pb.WatchTableRequest, stream pb.BalancerServ
 		var t *pb.Table
 		s.Core.FSM.Read(func(st *pb.State) {
 			if st.PoolsIndex > have || first {
-				t = Table(st)
+				t = s.table(st)
 			}
 		})
 		first = false
@@ -70,6 +75,16 @@ func (s *Balancers) WatchTable(req *pb.WatchTableRequest, stream pb.BalancerServ
 		case <-changed:
 		}
 	}
+}
+
+// table returns the table of st, built once per pools index.
+func (s *Balancers) table(st *pb.State) *pb.Table {
+	if c := s.cache.Load(); c != nil && c.Version.Index == st.PoolsIndex && c.Version.Term == st.PoolsTerm {
+		return c
+	}
+	t := Table(st)
+	s.cache.Store(t)
+	return t
 }
 
 func (s *Balancers) AckTable(_ context.Context, req *pb.AckTableRequest) (*pb.AckTableResponse, error) {

@@ -136,17 +136,17 @@ func (c *Core) Write(ctx context.Context, req, resp proto.Message, cmd *pb.Comma
 		return nil, true, err
 	}
 	res, err = c.Apply(cmd)
-	if status.Code(err) == codes.Unavailable && !c.IsLeader() {
+	if err == errNotLeader {
 		// Leadership moved between the check and the apply, and nothing
-		// was written (ErrNotLeader): the new leader can take it.
-		if _, isNotLeader := err.(notLeaderError); isNotLeader {
-			return nil, true, c.forward(ctx, req, resp)
-		}
+		// was written: the new leader can take it.
+		return nil, true, c.forward(ctx, req, resp)
 	}
 	return res, false, err
 }
 
-type notLeaderError struct{ error }
+// errNotLeader is Apply's answer when raft refused the command because this
+// node does not lead: nothing was written.
+var errNotLeader = status.Error(codes.Unavailable, "apply: this node is not the leader; retry")
 
 // Apply proposes cmd on this node, which must lead, stamped with the
 // current time, and waits until it is applied. The error is the command's
@@ -162,7 +162,7 @@ func (c *Core) Apply(cmd *pb.Command) (*fsm.Result, error) {
 	if err := f.Error(); err != nil {
 		c.Metrics.applied(start, "error")
 		if err == raft.ErrNotLeader {
-			return nil, notLeaderError{raftError("apply", err)}
+			return nil, errNotLeader
 		}
 		return nil, raftError("apply", err)
 	}

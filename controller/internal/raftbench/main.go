@@ -50,7 +50,9 @@ func main() {
 	storesFlag := flag.String("stores", "wal,boltdb", "log stores, comma-separated: wal, boltdb")
 	size := flag.Int("size", 100, "payload bytes per bare raft entry")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
-	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api")
+	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, propagation")
+	watchers := flag.Int("watchers", 100, "propagation: watching balancers")
+	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -71,6 +73,9 @@ func main() {
 		}
 		clients = append(clients, n)
 	}
+	if strings.Contains(*modes, "propagation") {
+		runPropagation(*watchers, *changes)
+	}
 	var results []result
 	for _, store := range strings.Split(*storesFlag, ",") {
 		store = strings.TrimSpace(store)
@@ -86,7 +91,9 @@ func main() {
 			}
 		}
 	}
-	report(os.Stdout, results)
+	if len(results) > 0 {
+		report(os.Stdout, results)
+	}
 }
 
 // The bare and API cases run one after the other in this process, so a

@@ -99,7 +99,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout:   500 * time.Millisecond,
 		ElectionTimeout:    500 * time.Millisecond,
 		LeaderLeaseTimeout: 500 * time.Millisecond,
-		CommitTimeout:      50 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
 		MaxAppendEntries:   512,
 		SnapshotInterval:   120 * time.Second,
 		SnapshotThreshold:  8192,
