@@ -162,3 +162,13 @@ func TestBinaryCluster_electsFailsOverAndSurvivesFullRestart(t *testing.T) {
 		require.True(t, strings.HasPrefix(m.RaftAddress, "127.0.0.1:"), m.RaftAddress)
 	}
 }
+
+func TestParseFlags_shippedExampleConfigIsValid(t *testing.T) {
+	var stderr bytes.Buffer
+	cfg, _, err := parseFlags([]string{"-config", "../../../deployments/config/controller.conf"}, &stderr)
+	require.NoError(t, err, stderr.String())
+	require.Equal(t, "c1", cfg.ID)
+	require.Len(t, cfg.Peers, 3)
+	require.Equal(t, "10.0.0.1:7700", cfg.GRPCAdvertise)
+	require.Equal(t, 10*time.Second, cfg.HeartbeatTTL)
+}

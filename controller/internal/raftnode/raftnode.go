@@ -183,11 +183,12 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 
 	var adv net.Addr = cfg.Listener.Addr()
 	if cfg.Advertise != "" {
-		a, err := net.ResolveTCPAddr("tcp", cfg.Advertise)
-		if err != nil {
+		// Kept as given: a host name stays a name that peers resolve when
+		// they dial, so a container whose address changes keeps working.
+		if _, _, err := net.SplitHostPort(cfg.Advertise); err != nil {
 			return nil, fmt.Errorf("raft advertise address %q: %w", cfg.Advertise, err)
 		}
-		adv = a
+		adv = advertiseAddr(cfg.Advertise)
 	}
 	n.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  &streamLayer{Listener: cfg.Listener, advertise: adv},
@@ -277,6 +278,12 @@ func (n *Node) closeStores() {
 	}
 	n.closers = nil
 }
+
+// advertiseAddr is a host:port as configured.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
 
 // streamLayer is raft's TCP stream layer over a listener bound by the
 // caller, so that tests and binaries can choose ports before raft starts.
