@@ -12,6 +12,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -39,6 +40,8 @@ type result struct {
 	errors      int64
 	elapsed     time.Duration
 	p50, p99    time.Duration
+	// applyMean is the leader's mean propose-to-apply time (API only).
+	applyMean time.Duration
 }
 
 func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
@@ -101,7 +104,7 @@ func main() {
 
 func report(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "store\tclients\tmode\twrites/s\tp50\tp99\terrors\tratio writes/s\tratio p99\t")
+	fmt.Fprintln(tw, "store\tclients\tmode\twrites/s\tp50\tp99\terrors\tratio writes/s\tratio p99\tleader apply mean\t")
 	bare := map[string]result{}
 	for _, r := range rs {
 		key := fmt.Sprintf("%s/%d", r.store, r.clients)
@@ -112,8 +115,12 @@ func report(w io.Writer, rs []result) {
 			ratio = fmt.Sprintf("%.2fx", r.rate()/b.rate())
 			ratioP99 = fmt.Sprintf("%.2fx", float64(r.p99)/float64(b.p99))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%v\t%v\t%d\t%s\t%s\t\n", r.store, r.clients, r.mode, r.rate(),
-			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99)
+		apply := ""
+		if r.applyMean > 0 {
+			apply = r.applyMean.Round(10 * time.Microsecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%v\t%v\t%d\t%s\t%s\t%s\t\n", r.store, r.clients, r.mode, r.rate(),
+			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99, apply)
 	}
 	tw.Flush()
 }
@@ -322,5 +329,39 @@ func runAPI(store string, clients int, via string, warmup, d time.Duration) resu
 		return err
 	})
 	r.store, r.mode = store, "API via "+via
+	for _, s := range servers {
+		if s.IsLeader() {
+			r.applyMean = meanApply(s.HTTPAddr())
+		}
+	}
 	return r
+}
+
+// meanApply reads the leader's hostscale_controller_apply_seconds from its
+// /metrics: the mean time from proposing a command to its application.
+func meanApply(httpAddr string) time.Duration {
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum, count float64
+	for _, line := range strings.Split(string(body), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case `hostscale_controller_apply_seconds_sum{result="ok"}`:
+			sum = v
+		case `hostscale_controller_apply_seconds_count{result="ok"}`:
+			count = v
+		}
+	}
+	if count == 0 {
+		return 0
+	}
+	return time.Duration(sum / count * float64(time.Second))
 }

@@ -1,0 +1,47 @@
+package logging
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+)
+
+func TestNew_levelsFormatsAndErrors(t *testing.T) {
+	var buf bytes.Buffer
+	l, err := New(&buf, Options{Level: "warn", Format: "json"}, "controller", "c1")
+	require.NoError(t, err)
+	l.Info("hidden")
+	l.Warn("shown", "pool", "web")
+	require.NotContains(t, buf.String(), "hidden")
+	require.Contains(t, buf.String(), `"component":"controller"`)
+	require.Contains(t, buf.String(), `"node":"c1"`)
+	require.Contains(t, buf.String(), `"pool":"web"`)
+
+	_, err = New(&buf, Options{Level: "loud", Format: "text"}, "x", "")
+	require.ErrorContains(t, err, "-log-level")
+	_, err = New(&buf, Options{Level: "info", Format: "xml"}, "x", "")
+	require.ErrorContains(t, err, "-log-format")
+}
+
+func TestHCLog_forwardsToSlog(t *testing.T) {
+	var buf bytes.Buffer
+	l, err := New(&buf, Options{Level: "info", Format: "text"}, "controller", "")
+	require.NoError(t, err)
+	h := HCLog(l, "raft")
+	h.Debug("quiet")
+	h.Named("transport").With("peer", "c2").Warn("slow", "ms", 12)
+	h.Error("bad")
+	out := buf.String()
+	require.NotContains(t, out, "quiet")
+	require.Contains(t, out, "subsystem=raft.transport")
+	require.Contains(t, out, "peer=c2")
+	require.Contains(t, out, "ms=12")
+	require.Equal(t, 2, strings.Count(out, "\n"))
+	require.False(t, h.IsDebug())
+	require.True(t, h.IsWarn())
+	require.Equal(t, []any{"peer", "c2"}, h.With("peer", "c2").ImpliedArgs())
+	var _ hclog.Logger = h
+}
