@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -35,6 +36,7 @@ commands:
   snapshot save FILE              write a snapshot of the whole state to FILE
   snapshot restore FILE           replace the whole state with FILE's snapshot
   pools                           list pools
+  nodes [SELECTOR]                list nodes (label selector: tier=web,zone!=b)
 `
 
 func main() {
@@ -68,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), out: stdout, json: *asJSON}
+	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), out: stdout, json: *asJSON}
 	err = c.do(ctx, fs.Args())
 	var ue usageError
 	switch {
@@ -100,6 +102,7 @@ func envOr(k, def string) string {
 type cli struct {
 	cluster pb.ClusterServiceClient
 	pools   pb.PoolServiceClient
+	nodes   pb.NodeServiceClient
 	out     io.Writer
 	json    bool
 }
@@ -207,6 +210,37 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		for _, p := range resp.Pools {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", p.Name, orDash(strings.Join(p.Hosts, ",")), p.PathPrefix,
 				strings.ToLower(strings.TrimPrefix(p.Policy.String(), "POLICY_")), len(p.Backends))
+		}
+		return w.Flush()
+	case "nodes":
+		if err := nargs(0, 1); err != nil {
+			return err
+		}
+		req := &pb.ListNodesRequest{PageSize: 1000}
+		if len(rest) == 1 {
+			req.Selector = rest[0]
+		}
+		resp, err := c.nodes.ListNodes(ctx, req)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tSTATUS\tCPU%\tMEM%\tLOAD1\tLAST SEEN\tLABELS")
+		for _, n := range resp.Nodes {
+			seen := "-"
+			if n.LastHeartbeat != nil {
+				seen = time.Since(n.LastHeartbeat.AsTime()).Round(100*time.Millisecond).String() + " ago"
+			}
+			var labels []string
+			for k, v := range n.Labels {
+				labels = append(labels, k+"="+v)
+			}
+			slices.Sort(labels)
+			fmt.Fprintf(w, "%s\t%s\t%.1f\t%.1f\t%.2f\t%s\t%s\n", n.Name, strings.ToLower(strings.TrimPrefix(n.Status.String(), "NODE_STATUS_")),
+				n.Latest.GetCpuPercent(), n.Latest.GetMemoryUsedPercent(), n.Latest.GetLoad1(), seen, orDash(strings.Join(labels, ",")))
 		}
 		return w.Flush()
 	}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func hostscale(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCLI_againstACluster(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: servertest.Launcher{}})
+	leader, _, err := c.WaitLeader(context.Background(), 10*time.Second)
+	require.NoError(t, err)
+	addr := c.Nodes()[0].GRPCAddr
+
+	code, out, errs := hostscale("-addr", addr, "status")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "leader: "+leader.ID)
+	require.Contains(t, out, "voter")
+
+	_, err = leader.Pools().CreatePool(context.Background(), &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "web", Hosts: []string{"example.com"}}})
+	require.NoError(t, err)
+	code, out, errs = hostscale("-addr", addr, "pools")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "web")
+	require.Contains(t, out, "example.com")
+
+	snap := filepath.Join(t.TempDir(), "state.snap")
+	code, out, errs = hostscale("-addr", addr, "snapshot", "save", snap)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "saved snapshot")
+	_, err = leader.Pools().DeletePool(context.Background(), &pb.DeletePoolRequest{Pool: "web"})
+	require.NoError(t, err)
+	code, out, errs = hostscale("-addr", addr, "snapshot", "restore", snap)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "restored")
+	require.NoError(t, testcluster.Eventually(context.Background(), 5*time.Second, func(ctx context.Context) error {
+		_, err := c.Nodes()[0].Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+		return err
+	}))
+
+	code, out, errs = hostscale("-addr", addr, "-json", "members")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, `SUFFRAGE_VOTER`)
+	code, out, errs = hostscale("-addr", addr, "nodes", "tier=web")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "NAME")
+
+	// Failures: usage errors exit 2, failed calls exit 1 naming the code.
+	code, _, errs = hostscale("-addr", addr, "nodes", "tier in web")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "InvalidArgument")
+	code, _, errs = hostscale("-addr", addr, "join", "Bad_ID", "127.0.0.1:1")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "InvalidArgument: id")
+	code, _, errs = hostscale("-addr", addr, "snapshot", "restore", "/nonexistent")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "no such file")
+	code, _, errs = hostscale("-addr", addr, "frobnicate")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, `unknown command "frobnicate"`)
+	code, _, _ = hostscale("-addr", addr, "leave")
+	require.Equal(t, 2, code)
+	code, _, _ = hostscale()
+	require.Equal(t, 2, code)
+}
