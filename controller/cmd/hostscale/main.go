@@ -198,7 +198,7 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		if err := nargs(0, 0); err != nil {
 			return err
 		}
-		resp, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{PageSize: 1000})
+		resp, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{PageSize: 1000, Consistent: true})
 		if err != nil {
 			return err
 		}
@@ -216,7 +216,7 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		if err := nargs(0, 1); err != nil {
 			return err
 		}
-		req := &pb.ListNodesRequest{PageSize: 1000}
+		req := &pb.ListNodesRequest{PageSize: 1000, Consistent: true}
 		if len(rest) == 1 {
 			req.Selector = rest[0]
 		}

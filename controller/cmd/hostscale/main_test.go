@@ -38,6 +38,11 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Contains(t, out, "web")
 	require.Contains(t, out, "example.com")
 
+	// A snapshot is of the serving node's own state: let it catch up.
+	require.NoError(t, testcluster.Eventually(context.Background(), 5*time.Second, func(ctx context.Context) error {
+		_, err := c.Nodes()[0].Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+		return err
+	}))
 	snap := filepath.Join(t.TempDir(), "state.snap")
 	code, out, errs = hostscale("-addr", addr, "snapshot", "save", snap)
 	require.Equal(t, 0, code, errs)
