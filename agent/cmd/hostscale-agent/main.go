@@ -1,15 +1,226 @@
-// Command hostscale-agent will sample its host and run the instances the
-// controllers assign to it. This build only reports its version.
+// Command hostscale-agent runs on every host: it samples the host's
+// resources and streams them to the controller leader, and serves
+// /metrics, /healthz and /readyz.
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hostscale/hostscale/agent/internal/agent"
+	"github.com/hostscale/hostscale/agent/internal/node"
+	"github.com/hostscale/hostscale/agent/internal/sample"
+	"github.com/hostscale/hostscale/agent/internal/session"
+	"github.com/hostscale/hostscale/internal/admin"
+	"github.com/hostscale/hostscale/internal/config"
+	"github.com/hostscale/hostscale/internal/logging"
 	"github.com/hostscale/hostscale/internal/version"
 )
 
+// MinInterval is the shortest sampling interval accepted.
+const MinInterval = 100 * time.Millisecond
+
 func main() {
-	fmt.Fprintln(os.Stderr, "hostscale-agent", version.Version+": host sampling is not part of this build")
-	os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// options are the parsed and checked flags.
+type options struct {
+	nodeID      string
+	controllers []string
+	labels      map[string]string
+	interval    time.Duration
+	buffer      time.Duration
+	mounts      []string
+	dataDir     string
+	httpAddr    string
+	log         logging.Options
+}
+
+// usageError is bad input: the process exits 2.
+type usageError struct{ error }
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale-agent: %v\n", err)
+		return 2
+	}
+	if err := serve(o, stderr); err != nil {
+		fmt.Fprintf(stderr, "hostscale-agent: %v\n", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("hostscale-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var controllers, labels, mounts string
+	var showVersion bool
+	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
+	fs.StringVar(&o.nodeID, "node-id", "", "this host's node id, a DNS label (default: the hostname, sanitized); kept in -data-dir and reused")
+	fs.StringVar(&controllers, "controllers", "127.0.0.1:7700", "comma-separated host:port list of the controllers")
+	fs.StringVar(&labels, "labels", "", "comma-separated key=value labels of this host, e.g. zone=a,tier=web")
+	fs.DurationVar(&o.interval, "interval", time.Second, "sampling interval (at least 100ms)")
+	fs.DurationVar(&o.buffer, "buffer", 60*time.Second, "how much sampling time to keep while no controller acknowledges (at least -interval)")
+	fs.StringVar(&mounts, "mounts", "", "comma-separated mount points to report (default: every real filesystem)")
+	fs.StringVar(&o.dataDir, "data-dir", "/var/lib/hostscale-agent", "directory for the agent's state (the node id)")
+	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
+	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.log.Format, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	if err := config.Parse(fs, args); err != nil {
+		return o, err
+	}
+	if showVersion {
+		fmt.Fprintln(stderr, "hostscale-agent", version.Version)
+		return o, flag.ErrHelp
+	}
+	var err error
+	if o.nodeID != "" {
+		if err := node.ValidateID(o.nodeID); err != nil {
+			return o, fmt.Errorf("-node-id: %w", err)
+		}
+	}
+	if o.controllers, err = node.ParseControllers(controllers); err != nil {
+		return o, fmt.Errorf("-controllers: %w", err)
+	}
+	if o.labels, err = node.ParseLabels(labels); err != nil {
+		return o, fmt.Errorf("-labels: %w", err)
+	}
+	switch {
+	case o.interval < MinInterval:
+		return o, fmt.Errorf("-interval: %s is below the minimum of %s", o.interval, MinInterval)
+	case o.buffer < o.interval:
+		return o, fmt.Errorf("-buffer: %s is shorter than -interval %s", o.buffer, o.interval)
+	case o.dataDir == "":
+		return o, errors.New("-data-dir: must be set")
+	}
+	for _, m := range strings.Split(mounts, ",") {
+		m = strings.TrimSpace(m)
+		if m == "" {
+			continue
+		}
+		if !filepath.IsAbs(m) {
+			return o, fmt.Errorf("-mounts: %q is not an absolute path", m)
+		}
+		o.mounts = append(o.mounts, filepath.Clean(m))
+	}
+	if o.httpAddr != "" {
+		if _, _, err := net.SplitHostPort(o.httpAddr); err != nil {
+			return o, fmt.Errorf("-http-addr: %q: expected host:port", o.httpAddr)
+		}
+	}
+	if _, err := logging.New(io.Discard, o.log, "agent", ""); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+// serve runs the agent until SIGINT or SIGTERM.
+func serve(o options, stderr io.Writer) error {
+	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+		return fmt.Errorf("-data-dir: %w", err)
+	}
+	hostname, err := os.Hostname()
+	if err != nil && o.nodeID == "" {
+		return fmt.Errorf("-node-id: not set and no hostname: %w", err)
+	}
+	id, err := node.ResolveID(o.dataDir, o.nodeID, hostname)
+	if errors.Is(err, node.ErrIDMismatch) {
+		return usageError{fmt.Errorf("-node-id: %w", err)}
+	}
+	if err != nil {
+		return fmt.Errorf("-node-id: %w", err)
+	}
+	logger, err := logging.New(stderr, o.log, "agent", id)
+	if err != nil {
+		return usageError{err}
+	}
+
+	sc := sample.DefaultConfig()
+	sc.Mounts = o.mounts
+	sc.Logger = logger
+	sampler, err := sample.New(sc)
+	if err != nil {
+		return err
+	}
+	reg := admin.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "hostscale_agent_info",
+		Help:        "The agent's version and node id; always 1.",
+		ConstLabels: prometheus.Labels{"version": version.Version, "node": id},
+	}, func() float64 { return 1 }))
+	ssc := session.DefaultConfig()
+	ssc.Node = id
+	ssc.Labels = o.labels
+	ssc.Interval = o.interval
+	ssc.Controllers = o.controllers
+	ssc.BufferSize = max(1, int(o.buffer/o.interval))
+	a, err := agent.New(agent.Config{Sampler: sampler, Session: ssc, Logger: logger, Registerer: reg})
+	if err != nil {
+		return err
+	}
+
+	var adm *admin.Server
+	if o.httpAddr != "" {
+		lis, err := net.Listen("tcp", o.httpAddr)
+		if err != nil {
+			return fmt.Errorf("-http-addr: %w", err)
+		}
+		adm = admin.New(lis, reg, a.Ready)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	logger.Info("agent starting", "version", version.Version, "controllers", strings.Join(o.controllers, ","),
+		"interval", o.interval, "buffer_samples", ssc.BufferSize, "http_addr", addrOf(adm))
+
+	// Shutdown order: a signal cancels ctx; the agent stops sampling and
+	// closes its stream, the admin server stops serving; both are awaited.
+	var wg sync.WaitGroup
+	var admErr error
+	if adm != nil {
+		wg.Go(func() {
+			if admErr = adm.Run(ctx); admErr != nil {
+				cancel()
+			}
+		})
+	}
+	runErr := a.Run(ctx)
+	cancel()
+	wg.Wait()
+	logger.Info("agent stopped")
+	return errors.Join(runErr, admErr)
+}
+
+func addrOf(s *admin.Server) string {
+	if s == nil {
+		return ""
+	}
+	return s.Addr().String()
 }
