@@ -1,12 +1,187 @@
-// Command hostscale-balancer will proxy client HTTP to pools of backends.
+// Command hostscale-balancer runs the hostscale data plane: an HTTP/1.1
+// reverse proxy serving a backend table from a file (-table), from its data
+// directory (-data-dir, the last table it applied), or later from controllers.
+//
+// Usage:
+//
+//	hostscale-balancer -table table.json [-listen 127.0.0.1:8080] [-http-addr 127.0.0.1:7802]
+//
+// SIGHUP re-reads the -table file. SIGINT and SIGTERM stop gracefully.
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hostscale/hostscale/balancer"
+	"github.com/hostscale/hostscale/balancer/admin"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "hostscale-balancer: the proxy is not part of this build")
-	os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// options are the parsed command line.
+type options struct {
+	bal       balancer.Config
+	adm       admin.Config
+	tableFile string
+	logLevel  slog.Level
+}
+
+// usageError is a bad command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{bal: balancer.DefaultConfig(), adm: admin.DefaultConfig()}
+	fs := flag.NewFlagSet("hostscale-balancer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &o.bal
+	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "proxy listen address")
+	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
+	fs.StringVar(&o.tableFile, "table", "", "serve the static table in this JSON `file` (see docs/balancer.md)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "`dir`ectory where each applied table is saved and loaded from at start")
+	trusted := fs.String("trusted-proxies", "", "comma-separated `CIDRs` whose X-Forwarded-* headers are kept and extended")
+	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "backend connect timeout")
+	fs.DurationVar(&c.HeaderTimeout, "header-timeout", c.HeaderTimeout, "time allowed to receive a request head")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "client keep-alive idle timeout, and body inactivity timeout")
+	fs.DurationVar(&c.ResponseHeaderTimeout, "response-header-timeout", c.ResponseHeaderTimeout, "time allowed for a backend's response head")
+	fs.DurationVar(&c.UpstreamIdleTimeout, "upstream-idle-timeout", c.UpstreamIdleTimeout, "idle time after which pooled backend connections close")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request or response head, in bytes")
+	fs.IntVar(&c.Health.MaxEjectionPercent, "max-ejection-percent", c.Health.MaxEjectionPercent, "largest share of a pool ejected at once")
+	fs.DurationVar(&c.SlowStart, "slow-start", c.SlowStart, "ramp-up window of backends added to a pool (0 disables)")
+	fs.BoolVar(&o.adm.Pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return nil, usageError{fmt.Sprintf("-log-level: %q is not debug, info, warn or error", *level)}
+	}
+	if *trusted != "" {
+		for _, s := range strings.Split(*trusted, ",") {
+			s = strings.TrimSpace(s)
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				a, aerr := netip.ParseAddr(s)
+				if aerr != nil {
+					return nil, usageError{fmt.Sprintf("-trusted-proxies: %q is not a CIDR or IP address", s)}
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			c.TrustedProxies = append(c.TrustedProxies, p)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	return o, nil
+}
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale-balancer: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	o.bal.Logger = log
+	o.adm.Logger = log
+	if err := serve(o, log); err != nil {
+		fmt.Fprintf(stderr, "hostscale-balancer: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(o *options, log *slog.Logger) error {
+	if o.bal.DataDir != "" {
+		if err := os.MkdirAll(o.bal.DataDir, 0o750); err != nil {
+			return fmt.Errorf("-data-dir: %w", err)
+		}
+	}
+	b, err := balancer.New(o.bal)
+	if err != nil {
+		return err
+	}
+	if ok, err := b.LoadDataDir(); err != nil {
+		return fmt.Errorf("-data-dir: %w", err)
+	} else if ok {
+		log.Info("loaded saved table", "version", b.Table().Version.String())
+	}
+	if o.tableFile != "" {
+		if err := applyFile(b, o.tableFile, log); err != nil {
+			return fmt.Errorf("-table: %w", err)
+		}
+	}
+	adm, err := admin.New(o.adm, b)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return b.Run(ctx) })
+	g.Go(func() error { return adm.Run(ctx) })
+	if o.tableFile != "" {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		g.Go(func() error {
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-hup:
+					if err := applyFile(b, o.tableFile, log); err != nil {
+						log.Error("reload table", "file", o.tableFile, "err", err)
+					}
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
+
+// applyFile applies the table in path. A table older than the one in force
+// (say, the data directory holds a newer one) is kept out with a warning.
+func applyFile(b *balancer.Balancer, path string, log *slog.Logger) error {
+	t, err := balancer.ReadTableFile(path)
+	if err != nil {
+		return err
+	}
+	err = b.Apply(t)
+	switch {
+	case errors.Is(err, balancer.ErrStaleVersion):
+		log.Warn("table file is older than the table in force; keeping the newer",
+			"file", path, "file_version", t.Version.String(), "version", b.Table().Version.String())
+		return nil
+	case errors.Is(err, balancer.ErrPersist):
+		log.Error("table applied but not saved", "err", err)
+		return nil
+	}
+	return err
 }

@@ -1,0 +1,208 @@
+// Package admin serves a balancer's operational HTTP endpoints: /metrics
+// (Prometheus text exposition), /healthz and /readyz. It reads the balancer's
+// statistics on each scrape and never touches the request path.
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hostscale/hostscale/balancer"
+)
+
+// Source is what the admin server reads from a balancer.
+type Source interface {
+	Ready() bool
+	Table() *balancer.Table
+	Stats() []balancer.BackendStats
+	Counters() balancer.Counters
+}
+
+var _ Source = (*balancer.Balancer)(nil)
+
+// Config configures a Server.
+type Config struct {
+	// Addr is the listen address ("127.0.0.1:7802").
+	Addr string
+	// Logger receives operational events; nil discards them.
+	Logger *slog.Logger
+	// Pprof serves net/http/pprof under /debug/pprof/.
+	Pprof bool
+}
+
+// DefaultConfig returns the admin defaults.
+func DefaultConfig() Config { return Config{Addr: "127.0.0.1:7802"} }
+
+// Validate reports an invalid field.
+func (c *Config) Validate() error {
+	if c.Addr == "" {
+		return errors.New("admin: Addr is empty")
+	}
+	return nil
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	handler http.Handler
+}
+
+// New returns a Server reading from src.
+func New(cfg Config, src Source) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		NewCollector(src),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !src.Ready() {
+			http.Error(w, "no table applied", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ok table %v\n", src.Table().Version)
+	})
+	if cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return &Server{cfg: cfg, log: log.With("component", "admin"), handler: mux}, nil
+}
+
+// Handler returns the endpoints' handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run listens on cfg.Addr and serves until ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("admin listen %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx is cancelled, then shuts down gracefully for
+// up to five seconds.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("serving", "addr", ln.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+// Collector exports a balancer's statistics as Prometheus metrics.
+type Collector struct{ src Source }
+
+var _ prometheus.Collector = (*Collector)(nil)
+
+// NewCollector returns a collector reading src at each scrape.
+func NewCollector(src Source) *Collector { return &Collector{src: src} }
+
+const ns = "hostscale_balancer_"
+
+var (
+	labels       = []string{"pool", "backend"}
+	descRequests = prometheus.NewDesc(ns+"backend_requests_total", "Requests finished per backend, including failed attempts.", labels, nil)
+	descErrors   = prometheus.NewDesc(ns+"backend_errors_total", "5xx answers and transport failures per backend.", labels, nil)
+	descInFlight = prometheus.NewDesc(ns+"backend_in_flight", "Requests in flight per backend.", labels, nil)
+	descEjected  = prometheus.NewDesc(ns+"backend_ejected", "1 while the backend is ejected by passive health checking.", labels, nil)
+	descDraining = prometheus.NewDesc(ns+"backend_draining", "1 while the backend is draining.", labels, nil)
+	descLatency  = prometheus.NewDesc(ns+"backend_request_duration_seconds", "Request latency per backend.", labels, nil)
+	descEWMA     = prometheus.NewDesc(ns+"backend_latency_ewma_seconds", "Exponentially weighted moving average of request latency.", labels, nil)
+	descConns    = prometheus.NewDesc(ns+"client_connections", "Client connections open.", nil, nil)
+	descAccepted = prometheus.NewDesc(ns+"client_connections_total", "Client connections accepted.", nil, nil)
+	descReqs     = prometheus.NewDesc(ns+"requests_total", "Request heads received.", nil, nil)
+	descLocal    = prometheus.NewDesc(ns+"local_replies_total", "Answers made by the balancer itself, by status code.", []string{"code"}, nil)
+	descRetries  = prometheus.NewDesc(ns+"retries_total", "Requests retried on another backend.", nil, nil)
+	descEjects   = prometheus.NewDesc(ns+"ejections_total", "Backend ejections.", nil, nil)
+	descApplied  = prometheus.NewDesc(ns+"tables_applied_total", "Tables applied.", nil, nil)
+	descRejected = prometheus.NewDesc(ns+"tables_rejected_total", "Tables refused (invalid or stale).", nil, nil)
+	descIndex    = prometheus.NewDesc(ns+"table_index", "Index of the table in force.", nil, nil)
+	descTerm     = prometheus.NewDesc(ns+"table_term", "Term of the table in force.", nil, nil)
+)
+
+// Describe sends nothing: the collector is unchecked, its series follow the table.
+func (c *Collector) Describe(chan<- *prometheus.Desc) {}
+
+// Collect reads the balancer's statistics.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.src.Stats() {
+		lv := []string{s.Pool, s.Address}
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(s.Requests), lv...)
+		ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(s.Errors), lv...)
+		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(s.InFlight), lv...)
+		ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, b2f(s.Ejected), lv...)
+		ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, b2f(s.Draining), lv...)
+		ch <- prometheus.MustNewConstMetric(descEWMA, prometheus.GaugeValue, s.LatencyEWMA.Seconds(), lv...)
+		buckets := make(map[float64]uint64, len(balancer.LatencyBuckets))
+		var cum uint64
+		for i, ub := range balancer.LatencyBuckets {
+			cum += s.LatencyCounts[i]
+			buckets[ub.Seconds()] = cum
+		}
+		cum += s.LatencyCounts[len(s.LatencyCounts)-1]
+		ch <- prometheus.MustNewConstHistogram(descLatency, cum, s.LatencySum.Seconds(), buckets, lv...)
+	}
+	k := c.src.Counters()
+	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(k.OpenConnections))
+	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(k.Connections))
+	ch <- prometheus.MustNewConstMetric(descReqs, prometheus.CounterValue, float64(k.Requests))
+	for code, n := range k.LocalReplies {
+		ch <- prometheus.MustNewConstMetric(descLocal, prometheus.CounterValue, float64(n), strconv.Itoa(code))
+	}
+	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(k.Retries))
+	ch <- prometheus.MustNewConstMetric(descEjects, prometheus.CounterValue, float64(k.Ejections))
+	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.CounterValue, float64(k.TablesApplied))
+	ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(k.TablesRejected))
+	if t := c.src.Table(); t != nil {
+		ch <- prometheus.MustNewConstMetric(descIndex, prometheus.GaugeValue, float64(t.Version.Index))
+		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(t.Version.Term))
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,218 @@
+package balancer
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// epoch anchors monotonic nanosecond timestamps used on the hot path.
+var epoch = time.Now()
+
+// monoNow returns monotonic nanoseconds since epoch.
+func monoNow() int64 { return int64(time.Since(epoch)) }
+
+// backend is the live state of one backend of one pool. It survives table
+// updates that keep the backend (same pool name and address), so its
+// connections, statistics and health carry over.
+type backend struct {
+	pool    string
+	addr    string
+	addedAt int64 // monoNow at which slow start began; 0: no slow start
+	removed atomic.Bool
+
+	stats  backendStats
+	health health
+	conns  connPool
+}
+
+// LatencyBuckets are the upper bounds of the per-backend latency histogram.
+var LatencyBuckets = []time.Duration{
+	500 * time.Microsecond, time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
+	250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2500 * time.Millisecond,
+	5 * time.Second, 10 * time.Second,
+}
+
+const ewmaAlpha = 0.1
+
+type backendStats struct {
+	requests atomic.Uint64
+	errors   atomic.Uint64
+	inflight atomic.Int64
+	latSum   atomic.Uint64 // nanoseconds
+	ewma     atomic.Uint64 // float64 bits, nanoseconds
+	buckets  [15]atomic.Uint64
+}
+
+// observe records a finished request. failed marks 5xx answers and transport
+// errors.
+func (s *backendStats) observe(d time.Duration, failed bool) {
+	s.requests.Add(1)
+	if failed {
+		s.errors.Add(1)
+	}
+	if d < 0 {
+		d = 0
+	}
+	s.latSum.Add(uint64(d))
+	i := 0
+	for i < len(LatencyBuckets) && d > LatencyBuckets[i] {
+		i++
+	}
+	s.buckets[i].Add(1)
+	for {
+		old := s.ewma.Load()
+		prev := math.Float64frombits(old)
+		next := float64(d)
+		if old != 0 {
+			next = prev + ewmaAlpha*(float64(d)-prev)
+		}
+		if s.ewma.CompareAndSwap(old, math.Float64bits(next)) {
+			return
+		}
+	}
+}
+
+// BackendStats is a point-in-time copy of one backend's counters.
+type BackendStats struct {
+	Pool    string
+	Address string
+	// Requests and Errors count finished requests since the backend joined
+	// the pool; Errors are 5xx answers and transport failures.
+	Requests uint64
+	Errors   uint64
+	InFlight int64
+	Ejected  bool
+	Draining bool
+	// LatencyEWMA is an exponentially weighted moving average of request
+	// latency (α = 0.1).
+	LatencyEWMA time.Duration
+	LatencySum  time.Duration
+	// LatencyCounts[i] counts requests with latency ≤ LatencyBuckets[i] and
+	// above the previous bound; the last entry counts the rest.
+	LatencyCounts []uint64
+}
+
+func (b *backend) snapshotStats(now int64, draining bool) BackendStats {
+	s := &b.stats
+	st := BackendStats{
+		Pool:          b.pool,
+		Address:       b.addr,
+		Requests:      s.requests.Load(),
+		Errors:        s.errors.Load(),
+		InFlight:      s.inflight.Load(),
+		Ejected:       b.health.ejected(now),
+		Draining:      draining,
+		LatencyEWMA:   time.Duration(math.Float64frombits(s.ewma.Load())),
+		LatencySum:    time.Duration(s.latSum.Load()),
+		LatencyCounts: make([]uint64, len(s.buckets)),
+	}
+	for i := range s.buckets {
+		st.LatencyCounts[i] = s.buckets[i].Load()
+	}
+	return st
+}
+
+// health is the passive health state of a backend.
+type health struct {
+	consec5xx    atomic.Int32
+	consecFail   atomic.Int32
+	ejectedUntil atomic.Int64 // monoNow; 0: never ejected
+	ejections    atomic.Int32 // consecutive ejections, for back-off
+}
+
+func (h *health) ejected(now int64) bool { return h.ejectedUntil.Load() > now }
+
+// poolState is the live state of a pool that survives table updates.
+type poolState struct {
+	name string
+	// active counts requests in flight; retries counts retries in flight.
+	active  atomic.Int64
+	retries atomic.Int64
+	// ejectMu serializes ejection decisions so the cap on ejected backends
+	// holds under concurrent failures. Only the failure path takes it.
+	ejectMu sync.Mutex
+	current atomic.Pointer[poolSnap]
+}
+
+// retryAllowed reports whether one more retry fits the budget: retries in
+// flight stay below max(minConc, budgetPct% of requests in flight).
+func retryAllowed(active, retries int64, budgetPct, minConc int) bool {
+	limit := active * int64(budgetPct) / 100
+	if limit < int64(minConc) {
+		limit = int64(minConc)
+	}
+	return retries < limit
+}
+
+// reportSuccess records a response below 500.
+func (p *poolState) reportSuccess(b *backend, now int64, base time.Duration) {
+	h := &b.health
+	if h.consec5xx.Load() != 0 {
+		h.consec5xx.Store(0)
+	}
+	if h.consecFail.Load() != 0 {
+		h.consecFail.Store(0)
+	}
+	// Forgive past ejections once the backend has served well for a while.
+	if h.ejections.Load() != 0 && now > h.ejectedUntil.Load()+int64(base) {
+		h.ejections.Store(0)
+	}
+}
+
+// report5xx records a 5xx response and may eject the backend.
+func (p *poolState) report5xx(b *backend, now int64, hc *HealthConfig) bool {
+	n := b.health.consec5xx.Add(1)
+	if hc.Consecutive5xx > 0 && int(n) >= hc.Consecutive5xx {
+		return p.tryEject(b, now, hc)
+	}
+	return false
+}
+
+// reportFailure records a failed connect or a reset before any response byte
+// and may eject the backend.
+func (p *poolState) reportFailure(b *backend, now int64, hc *HealthConfig) bool {
+	n := b.health.consecFail.Add(1)
+	if hc.ConsecutiveConnectFailures > 0 && int(n) >= hc.ConsecutiveConnectFailures {
+		return p.tryEject(b, now, hc)
+	}
+	return false
+}
+
+// tryEject ejects b unless that would put the pool over its ejection cap.
+func (p *poolState) tryEject(b *backend, now int64, hc *HealthConfig) bool {
+	p.ejectMu.Lock()
+	defer p.ejectMu.Unlock()
+	h := &b.health
+	if h.ejected(now) {
+		return false
+	}
+	snap := p.current.Load()
+	eligible, ejected := 0, 0
+	if snap != nil {
+		for i := range snap.members {
+			m := &snap.members[i]
+			if m.draining {
+				continue
+			}
+			eligible++
+			if m.b.health.ejected(now) {
+				ejected++
+			}
+		}
+	}
+	if (ejected+1)*100 > eligible*hc.MaxEjectionPercent {
+		return false
+	}
+	n := h.ejections.Add(1)
+	d := time.Duration(n) * hc.BaseEjection
+	if d > hc.MaxEjection || d <= 0 {
+		d = hc.MaxEjection
+	}
+	h.ejectedUntil.Store(now + int64(d))
+	h.consec5xx.Store(0)
+	h.consecFail.Store(0)
+	return true
+}

@@ -1,0 +1,443 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrPersist wraps a failure to write an applied table to DataDir. The table
+// is in force all the same.
+var ErrPersist = errors.New("balancer: table applied but not persisted")
+
+// TableFileName is the name of the table file inside DataDir.
+const TableFileName = "table.json"
+
+// Balancer is an HTTP/1.1 reverse proxy whose routes and backends come from
+// the Table in force. All methods are safe for concurrent use.
+type Balancer struct {
+	cfg      Config
+	log      *slog.Logger
+	trusted  trustedSet
+	dialer   net.Dialer
+	snap     atomic.Pointer[snapshot]
+	counters counters
+
+	// applyMu serializes Apply and guards the registries below. The request
+	// path never takes it: it reads snap.
+	applyMu  sync.Mutex
+	pools    map[string]*poolState
+	backends map[backendKey]*backend
+	removed  []*backend // draining after removal, until their last connection closes
+
+	connMu   sync.Mutex
+	clients  map[*clientConn]struct{}
+	shutting atomic.Bool
+	wg       sync.WaitGroup
+}
+
+type backendKey struct{ pool, addr string }
+
+// snapshot is the compiled form of one applied table. Immutable.
+type snapshot struct {
+	table  *Table
+	router *router
+	pools  []*poolSnap
+}
+
+// New returns a Balancer with no table; it answers 503 until Apply succeeds.
+func New(cfg Config) (*Balancer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	b := &Balancer{
+		cfg:      cfg,
+		log:      log.With("component", "balancer"),
+		trusted:  newTrustedSet(cfg.TrustedProxies),
+		dialer:   net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second},
+		pools:    map[string]*poolState{},
+		backends: map[backendKey]*backend{},
+		clients:  map[*clientConn]struct{}{},
+	}
+	return b, nil
+}
+
+// Table returns the table in force, or nil before the first Apply. The caller
+// must not modify it.
+func (b *Balancer) Table() *Table {
+	if s := b.snap.Load(); s != nil {
+		return s.table
+	}
+	return nil
+}
+
+// Ready reports whether a table is in force.
+func (b *Balancer) Ready() bool { return b.snap.Load() != nil }
+
+// Apply validates t and puts it in force atomically. A table older than the
+// one in force is refused with ErrStaleVersion; one with the same version is
+// accepted without effect (a controller re-sends its table on reconnect).
+// Backends that stay (same pool name and address) keep their connections,
+// health and statistics; removed ones drain: requests in flight complete, and
+// their connections close as they become idle. With DataDir set the table is
+// written there; a write failure returns an error wrapping ErrPersist with the
+// table in force.
+func (b *Balancer) Apply(t *Table) error {
+	if err := t.Validate(); err != nil {
+		b.counters.applyFailed.Add(1)
+		return err
+	}
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	cur := b.snap.Load()
+	if cur != nil {
+		switch t.Version.Compare(cur.table.Version) {
+		case -1:
+			b.counters.applyFailed.Add(1)
+			return fmt.Errorf("%w: got %v, have %v", ErrStaleVersion, t.Version, cur.table.Version)
+		case 0:
+			return nil
+		}
+	}
+	t = t.Clone()
+	now := monoNow()
+	pools := make(map[string]*poolState, len(t.Pools))
+	backends := make(map[backendKey]*backend, len(b.backends))
+	snap := &snapshot{table: t, router: newRouter()}
+	var slow int64
+	if b.cfg.SlowStart > 0 {
+		slow = int64(b.cfg.SlowStart)
+	}
+	for _, p := range t.Pools {
+		st, existed := b.pools[p.Name]
+		if !existed {
+			st = &poolState{name: p.Name}
+		}
+		pools[p.Name] = st
+		members := make([]member, 0, len(p.Backends))
+		for _, bd := range p.Backends {
+			k := backendKey{p.Name, bd.Address}
+			be := b.backends[k]
+			if be == nil {
+				be = &backend{pool: p.Name, addr: bd.Address}
+				// A backend joining a pool that already serves ramps up; the
+				// backends of a new pool (or of the first table) start at full weight.
+				if existed && slow > 0 {
+					be.addedAt = now
+				}
+			}
+			backends[k] = be
+			w := int64(bd.Weight)
+			if w == 0 {
+				w = 1
+			}
+			members = append(members, member{b: be, weight: w, draining: bd.Draining})
+		}
+		ps := newPoolSnap(st, members, p.Policy, slow, b.cfg.SlowStartMinPercent)
+		snap.pools = append(snap.pools, ps)
+		prefix := p.PathPrefix
+		if prefix == "" {
+			prefix = "/"
+		}
+		for _, h := range p.Hosts {
+			snap.router.add(h, prefix, ps)
+		}
+	}
+	snap.router.finish()
+	for k, be := range b.backends {
+		if _, ok := backends[k]; !ok {
+			be.removed.Store(true)
+			b.removed = append(b.removed, be)
+		}
+	}
+	b.pools, b.backends = pools, backends
+	for _, ps := range snap.pools {
+		ps.state.current.Store(ps)
+	}
+	b.snap.Store(snap)
+	b.counters.applied.Add(1)
+	b.log.Info("table applied", "term", t.Version.Term, "index", t.Version.Index, "pools", len(t.Pools))
+	if b.cfg.DataDir != "" {
+		if err := WriteTableFile(filepath.Join(b.cfg.DataDir, TableFileName), t); err != nil {
+			b.log.Error("persist table", "err", err)
+			return fmt.Errorf("%w: %w", ErrPersist, err)
+		}
+	}
+	return nil
+}
+
+// LoadDataDir applies the table saved in cfg.DataDir, if there is one. It
+// returns (false, nil) when there is none.
+func (b *Balancer) LoadDataDir() (bool, error) {
+	if b.cfg.DataDir == "" {
+		return false, nil
+	}
+	path := filepath.Join(b.cfg.DataDir, TableFileName)
+	t, err := ReadTableFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := b.Apply(t); err != nil && !errors.Is(err, ErrStaleVersion) {
+		return false, err
+	}
+	return true, nil
+}
+
+// Stats returns a copy of every backend's counters in the table in force,
+// ordered by pool and address. It takes no lock shared with requests.
+func (b *Balancer) Stats() []BackendStats {
+	s := b.snap.Load()
+	if s == nil {
+		return nil
+	}
+	now := monoNow()
+	var out []BackendStats
+	for _, ps := range s.pools {
+		for i := range ps.members {
+			m := &ps.members[i]
+			out = append(out, m.b.snapshotStats(now, m.draining))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Pool != out[j].Pool {
+			return out[i].Pool < out[j].Pool
+		}
+		return out[i].Address < out[j].Address
+	})
+	return out
+}
+
+// Counters are balancer-wide totals.
+type Counters struct {
+	// OpenConnections is the number of client connections open now.
+	OpenConnections int64
+	// Connections counts accepted client connections.
+	Connections uint64
+	// Requests counts request heads parsed.
+	Requests uint64
+	// LocalReplies counts answers the balancer made itself, by status code.
+	LocalReplies map[int]uint64
+	Retries      uint64
+	Ejections    uint64
+	// TablesApplied and TablesRejected count Apply outcomes.
+	TablesApplied  uint64
+	TablesRejected uint64
+}
+
+// Counters returns a copy of the balancer-wide totals.
+func (b *Balancer) Counters() Counters {
+	c := &b.counters
+	out := Counters{
+		OpenConnections: c.open.Load(),
+		Connections:     c.accepted.Load(),
+		Requests:        c.requests.Load(),
+		LocalReplies:    map[int]uint64{},
+		Retries:         c.retries.Load(),
+		Ejections:       c.ejections.Load(),
+		TablesApplied:   c.applied.Load(),
+		TablesRejected:  c.applyFailed.Load(),
+	}
+	for i, code := range localCodes {
+		if n := c.local[i].Load(); n > 0 {
+			out.LocalReplies[code] = n
+		}
+	}
+	return out
+}
+
+type counters struct {
+	open        atomic.Int64
+	accepted    atomic.Uint64
+	requests    atomic.Uint64
+	retries     atomic.Uint64
+	ejections   atomic.Uint64
+	applied     atomic.Uint64
+	applyFailed atomic.Uint64
+	local       [len(localCodes)]atomic.Uint64
+}
+
+// Run listens on cfg.ListenAddr and serves until ctx is cancelled.
+func (b *Balancer) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", b.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", b.cfg.ListenAddr, err)
+	}
+	return b.Serve(ctx, ln)
+}
+
+// Serve accepts client connections on ln until ctx is cancelled, then shuts
+// down in this order: stop accepting (ln is closed), close idle client
+// connections, let requests in flight finish for up to ShutdownTimeout, close
+// what remains, close pooled backend connections. It returns after every
+// goroutine it started has ended; the error is nil after a cancel.
+func (b *Balancer) Serve(ctx context.Context, ln net.Listener) error {
+	b.log.Info("serving", "addr", ln.Addr().String())
+	janitorDone := make(chan struct{})
+	janitorCtx, stopJanitor := context.WithCancel(context.Background())
+	go func() {
+		defer close(janitorDone)
+		b.janitor(janitorCtx)
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var acceptErr error
+	var tempDelay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				if tempDelay == 0 {
+					tempDelay = 5 * time.Millisecond
+				} else if tempDelay *= 2; tempDelay > time.Second {
+					tempDelay = time.Second
+				}
+				b.log.Warn("accept", "err", err, "retry_in", tempDelay)
+				select {
+				case <-time.After(tempDelay):
+					continue
+				case <-ctx.Done():
+				}
+				break
+			}
+			acceptErr = fmt.Errorf("accept: %w", err)
+			ln.Close()
+			break
+		}
+		tempDelay = 0
+		b.startConn(c)
+	}
+	b.shutdown()
+	stopJanitor()
+	<-janitorDone
+	b.closeAllIdle()
+	return acceptErr
+}
+
+func (b *Balancer) startConn(c net.Conn) {
+	cc := newClientConn(b, c)
+	b.connMu.Lock()
+	b.clients[cc] = struct{}{}
+	b.wg.Add(1)
+	b.connMu.Unlock()
+	b.counters.open.Add(1)
+	b.counters.accepted.Add(1)
+	go func() {
+		defer func() {
+			b.connMu.Lock()
+			delete(b.clients, cc)
+			b.connMu.Unlock()
+			b.counters.open.Add(-1)
+			b.wg.Done()
+		}()
+		cc.serve()
+	}()
+}
+
+func (b *Balancer) shutdown() {
+	b.shutting.Store(true)
+	deadline := time.Now().Add(b.cfg.ShutdownTimeout)
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b.closeClients(false)
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		if time.Now().After(deadline) {
+			b.closeClients(true)
+			<-done
+			return
+		}
+	}
+}
+
+// closeClients closes idle client connections, or all with force.
+func (b *Balancer) closeClients(force bool) {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	for cc := range b.clients {
+		if force || cc.state.Load() == stateIdle {
+			cc.close()
+		}
+	}
+}
+
+// janitor closes pooled backend connections that idled too long, and those of
+// removed backends.
+func (b *Balancer) janitor(ctx context.Context) {
+	period := b.cfg.UpstreamIdleTimeout / 4
+	if period > time.Second {
+		period = time.Second
+	}
+	if period < 10*time.Millisecond {
+		period = 10 * time.Millisecond
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var list []*backend
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := monoNow()
+		b.applyMu.Lock()
+		list = list[:0]
+		for _, be := range b.backends {
+			list = append(list, be)
+		}
+		kept := b.removed[:0]
+		for _, be := range b.removed {
+			list = append(list, be)
+			if be.stats.inflight.Load() > 0 {
+				kept = append(kept, be)
+			}
+		}
+		clear(b.removed[len(kept):])
+		b.removed = kept
+		b.applyMu.Unlock()
+		for _, be := range list {
+			be.conns.closeIdle(now, int64(b.cfg.UpstreamIdleTimeout), be.removed.Load())
+		}
+	}
+}
+
+func (b *Balancer) closeAllIdle() {
+	b.applyMu.Lock()
+	list := make([]*backend, 0, len(b.backends)+len(b.removed))
+	for _, be := range b.backends {
+		list = append(list, be)
+	}
+	list = append(list, b.removed...)
+	b.applyMu.Unlock()
+	for _, be := range list {
+		be.conns.closeIdle(0, 0, true)
+	}
+}

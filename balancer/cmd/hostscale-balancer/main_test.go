@@ -1,0 +1,366 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/hostscale/hostscale/balancer/internal/wstest"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hostscale-balancer-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "hostscale-balancer")
+	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func TestParseFlags_defaults(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:8080", o.bal.ListenAddr)
+	require.Equal(t, "127.0.0.1:7802", o.adm.Addr)
+	o, err = parseFlags([]string{"-trusted-proxies", "10.0.0.0/8, 192.168.1.1"}, io.Discard)
+	require.NoError(t, err)
+	require.Len(t, o.bal.TrustedProxies, 2)
+	require.Equal(t, "192.168.1.1/32", o.bal.TrustedProxies[1].String())
+}
+
+func writeTable(t *testing.T, dir, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, "table.json")
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+	return p
+}
+
+func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
+	dir := t.TempDir()
+	badTable := writeTable(t, dir, `{"version": {"term": 1, "index": 1}, "pools": [
+  {"name": "web", "hosts": ["*"], "backends": [{"address": "not-an-address"}]}
+]}`)
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-trusted-proxies", "10.0.0.0/33"}, 2, `-trusted-proxies: "10.0.0.0/33" is not a CIDR`},
+		{[]string{"-connect-timeout", "soon"}, 2, `invalid value "soon" for flag -connect-timeout`},
+		{[]string{"-header-timeout", "0s"}, 2, "HeaderTimeout must be positive"},
+		{[]string{"-log-level", "loud"}, 2, "-log-level"},
+		{[]string{"extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,
+			"-table: " + badTable + ": balancer: invalid table: pools[0].backends[0].address"},
+		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", filepath.Join(dir, "missing.json")}, 1,
+			"-table: read table: open " + filepath.Join(dir, "missing.json")},
+	}
+	for _, tc := range tests {
+		cmd := exec.Command(binPath, tc.args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		require.True(t, errors.As(err, &ee), "%v: %v", tc.args, err)
+		require.Equal(t, tc.code, ee.ExitCode(), "%v: %s", tc.args, stderr.String())
+		require.Contains(t, stderr.String(), tc.want, tc.args)
+	}
+}
+
+// proc is a running balancer binary.
+type proc struct {
+	cmd          *exec.Cmd
+	proxy, admin string
+	mu           sync.Mutex
+	log          bytes.Buffer
+	done         chan struct{}
+}
+
+var servingRE = regexp.MustCompile(`msg=serving component=(\w+) addr=(\S+)`)
+
+func startBinary(t *testing.T, args ...string) *proc {
+	t.Helper()
+	args = append([]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, args...)
+	p := &proc{cmd: exec.Command(binPath, args...), done: make(chan struct{})}
+	stderr, err := p.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, p.cmd.Start())
+	addrs := make(chan [2]string, 2)
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.log.WriteString(line + "\n")
+			p.mu.Unlock()
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				addrs <- [2]string{m[1], m[2]}
+			}
+		}
+	}()
+	t.Cleanup(func() { p.stop(t) })
+	deadline := time.After(10 * time.Second)
+	for p.proxy == "" || p.admin == "" {
+		select {
+		case a := <-addrs:
+			if a[0] == "balancer" {
+				p.proxy = a[1]
+			} else {
+				p.admin = a[1]
+			}
+		case <-deadline:
+			t.Fatalf("binary did not start: %s", p.logs())
+		}
+	}
+	return p
+}
+
+func (p *proc) logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop(t *testing.T) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("binary did not stop on SIGTERM")
+	}
+	err := p.cmd.Wait()
+	require.NoError(t, err, p.logs())
+}
+
+// peakRSS returns the process's peak resident set size (VmHWM).
+func (p *proc) peakRSS(t *testing.T) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	require.NoError(t, err)
+	m := regexp.MustCompile(`VmHWM:\s+(\d+) kB`).FindSubmatch(b)
+	require.NotNil(t, m)
+	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return kb << 10
+}
+
+func startServer(t *testing.T, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+func tableJSON(index int, addrs ...string) string {
+	var bs []string
+	for _, a := range addrs {
+		bs = append(bs, fmt.Sprintf(`{"address": %q}`, a))
+	}
+	return fmt.Sprintf(`{"version": {"term": 1, "index": %d}, "pools": [
+  {"name": "web", "hosts": ["*"], "backends": [%s]}
+]}`, index, strings.Join(bs, ", "))
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestBinary_servesStaticTableAndAdminEndpoints(t *testing.T) {
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello "+r.Header.Get("X-Forwarded-For"))
+	}))
+	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(7, be)))
+	code, body := get(t, "http://"+p.proxy+"/")
+	require.Equal(t, 200, code)
+	require.Equal(t, "hello 127.0.0.1", body)
+
+	code, body = get(t, "http://"+p.admin+"/healthz")
+	require.Equal(t, 200, code)
+	code, body = get(t, "http://"+p.admin+"/readyz")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, "1/7")
+	// The request is counted once the proxy has finished it, which may be
+	// just after the client read the answer.
+	want := fmt.Sprintf(`hostscale_balancer_backend_requests_total{backend=%q,pool="web"} 1`, be)
+	require.Eventually(t, func() bool {
+		code, body = get(t, "http://"+p.admin+"/metrics")
+		return code == 200 && strings.Contains(body, want)
+	}, 5*time.Second, 20*time.Millisecond, "metrics never counted the request")
+	require.Contains(t, body, "hostscale_balancer_table_index 7")
+	require.Contains(t, body, "hostscale_balancer_backend_request_duration_seconds_bucket")
+	require.Contains(t, body, "go_goroutines")
+}
+
+func TestBinary_dataDirServesLastTableAfterRestart(t *testing.T) {
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "saved") }))
+	dataDir := t.TempDir()
+	p := startBinary(t, "-data-dir", dataDir, "-table", writeTable(t, t.TempDir(), tableJSON(3, be)))
+	p.stop(t)
+	_, err := os.Stat(filepath.Join(dataDir, "table.json"))
+	require.NoError(t, err)
+
+	p = startBinary(t, "-data-dir", dataDir)
+	code, body := get(t, "http://"+p.proxy+"/")
+	require.Equal(t, 200, code)
+	require.Equal(t, "saved", body)
+	_, body = get(t, "http://"+p.admin+"/readyz")
+	require.Contains(t, body, "1/3")
+}
+
+// pattern yields n deterministic bytes without holding them in memory.
+type pattern struct{ n, off int64 }
+
+func (p *pattern) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	if rem := p.n - p.off; int64(len(b)) > rem {
+		b = b[:rem]
+	}
+	for i := range b {
+		x := uint64(p.off + int64(i))
+		b[i] = byte(x*2654435761>>13) ^ byte(x>>20)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+func digest(r io.Reader) (int64, string, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	return n, hex.EncodeToString(h.Sum(nil)), err
+}
+
+// TestBinary_largeTransfersStreamWithBoundedMemory moves a body up and down
+// through the real binary and checks bytes and peak RSS. HOSTSCALE_SLOW=1 moves
+// 1 GiB each way; the default run moves 64 MiB and asserts the same bound.
+func TestBinary_largeTransfersStreamWithBoundedMemory(t *testing.T) {
+	size := int64(64 << 20)
+	if os.Getenv("HOSTSCALE_SLOW") == "1" {
+		size = 1 << 30
+	}
+	const rssLimit = 64 << 20
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/download":
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+			io.Copy(w, &pattern{n: size})
+		case "/upload":
+			n, sum, err := digest(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			fmt.Fprintf(w, "%d %s", n, sum)
+		default:
+			wstest.EchoHandler("").ServeHTTP(w, r)
+		}
+	}))
+	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(1, be)))
+	_, want, _ := digest(&pattern{n: size})
+	tr := &http.Transport{DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Minute}
+
+	resp, err := c.Get("http://" + p.proxy + "/download")
+	require.NoError(t, err)
+	n, sum, err := digest(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, size, n)
+	require.Equal(t, want, sum, "download is byte-exact")
+
+	req, err := http.NewRequest("POST", "http://"+p.proxy+"/upload", &pattern{n: size})
+	require.NoError(t, err)
+	req.ContentLength = size
+	resp, err = c.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, fmt.Sprintf("%d %s", size, want), string(body), "upload is byte-exact")
+
+	ws, err := wstest.Dial(p.proxy, "app.example", "/ws", 5*time.Second)
+	require.NoError(t, err)
+	got, err := ws.Echo([]byte("through the binary"), 5*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "through the binary", string(got))
+	ws.Close()
+
+	rss := p.peakRSS(t)
+	t.Logf("moved %d MiB each way; balancer peak RSS %.1f MiB", size>>20, float64(rss)/(1<<20))
+	require.Less(t, rss, int64(rssLimit))
+}
+
+func TestBinary_sighupReloadsTableFile(t *testing.T) {
+	a := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "a") }))
+	b := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "b") }))
+	dir := t.TempDir()
+	file := writeTable(t, dir, tableJSON(1, a))
+	p := startBinary(t, "-table", file)
+	_, body := get(t, "http://"+p.proxy+"/")
+	require.Equal(t, "a", body)
+
+	writeTable(t, dir, tableJSON(2, b))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		_, body := get(t, "http://"+p.proxy+"/")
+		return body == "b"
+	}, 10*time.Second, 10*time.Millisecond)
+
+	// A broken file is logged and the table in force stays.
+	writeTable(t, dir, `{"pools": [`)
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(p.logs(), "reload table") }, 10*time.Second, 10*time.Millisecond)
+	_, body = get(t, "http://"+p.proxy+"/")
+	require.Equal(t, "b", body)
+}

@@ -1,0 +1,629 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/hostscale/hostscale/balancer/internal/h1"
+)
+
+const (
+	stateIdle int32 = iota
+	stateActive
+)
+
+// clientConn serves one client connection: requests are read, routed and
+// proxied one after another (HTTP/1.1 keep-alive, pipelining in order).
+type clientConn struct {
+	side
+	b       *Balancer
+	state   atomic.Int32
+	peer    string
+	trusted bool
+	req     h1.Request
+	resp    h1.Response
+	scratch [24]byte
+	// linger: an error answer was sent while the client may still be
+	// sending; drain before closing so the answer is not lost to a reset.
+	linger bool
+}
+
+// Lingering close bounds (the answer to a rejected request must reach a
+// client still writing, as RFC 9112 §9.6 advises).
+const (
+	lingerTime  = time.Second
+	lingerBytes = 4 << 20
+)
+
+func (cc *clientConn) lingerClose() {
+	closeWrite(cc.c)
+	_ = cc.c.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, cc.c, lingerBytes)
+}
+
+func newClientConn(b *Balancer, c net.Conn) *clientConn {
+	cc := &clientConn{b: b}
+	cc.init(c)
+	ip := peerAddr(c)
+	cc.peer = ip.String()
+	cc.trusted = ip.IsValid() && b.trusted.contains(ip)
+	return cc
+}
+
+// close may be called from any goroutine; it unblocks serve.
+func (cc *clientConn) close() { cc.c.Close() }
+
+func (cc *clientConn) serve() {
+	defer func() {
+		if r := recover(); r != nil {
+			cc.b.log.Error("panic serving connection", "peer", cc.peer, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+		if cc.linger {
+			cc.lingerClose()
+		}
+		cc.c.Close()
+		cc.release()
+	}()
+	cfg := &cc.b.cfg
+	for first := true; ; first = false {
+		cc.state.Store(stateIdle)
+		if cc.b.shutting.Load() {
+			return
+		}
+		headLen, err := cc.readHead(first)
+		if err != nil {
+			switch {
+			case errors.Is(err, h1.ErrHeadTooLarge):
+				cc.replyLocal(431, false)
+			case isTimeout(err) && cc.rd.Buffered() > 0:
+				cc.replyLocal(408, false)
+			}
+			return
+		}
+		cc.state.Store(stateActive)
+		cc.b.counters.requests.Add(1)
+		if err := h1.ParseRequest(cc.rd.Peek(headLen), &cc.req, cfg.MaxHeaders); err != nil {
+			cc.replyLocal(statusForParseError(err), false)
+			return
+		}
+		if !cc.handle(headLen) {
+			return
+		}
+	}
+}
+
+func statusForParseError(err error) int {
+	switch {
+	case errors.Is(err, h1.ErrTooManyHeaders):
+		return 431
+	case errors.Is(err, h1.ErrUnsupportedTransferEncoding):
+		return 501
+	case errors.Is(err, h1.ErrVersion):
+		return 505
+	}
+	return 400
+}
+
+// readHead waits for a complete request head and returns its length. A new
+// connection gets HeaderTimeout from accept; a kept-alive one may idle for
+// IdleTimeout and then gets HeaderTimeout from the first byte of the head.
+func (cc *clientConn) readHead(first bool) (int, error) {
+	cfg := &cc.b.cfg
+	if head, ok := cc.rd.Head(); ok {
+		return len(head), nil
+	}
+	started := first || cc.rd.Buffered() > 0
+	if started {
+		cc.rdl.exact(cc.c.SetReadDeadline, monoNow(), cfg.HeaderTimeout)
+	} else {
+		cc.extendRead(monoNow(), cfg.IdleTimeout)
+	}
+	for {
+		n, err := cc.rd.Fill(cfg.MaxHeaderBytes)
+		if n > 0 {
+			if head, ok := cc.rd.Head(); ok {
+				return len(head), nil
+			}
+			if !started && cc.rd.Buffered() > 0 {
+				started = true
+				cc.rdl.exact(cc.c.SetReadDeadline, monoNow(), cfg.HeaderTimeout)
+			}
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+type outcomeKind uint8
+
+const (
+	// outDone: the client got a response (or its connection is broken).
+	outDone outcomeKind = iota
+	// outRetry: nothing reached the client and the backend saw no complete
+	// exchange; another backend may be tried.
+	outRetry
+	// outFailed: nothing reached the client, and the request cannot be sent again.
+	outFailed
+)
+
+type outcome struct {
+	kind outcomeKind
+	keep bool // outDone: the client connection stays open
+	// outRetry details.
+	connect bool // the connect failed: nothing was sent
+	stale   bool // a reused connection failed before any response byte
+	timeout bool
+	// outFailed: the status to answer, and whether the request body was
+	// (partly) consumed.
+	code         int
+	bodyConsumed bool
+}
+
+// handle proxies the request whose head (headLen bytes) is at the front of the
+// read buffer and reports whether the connection stays open.
+func (cc *clientConn) handle(headLen int) bool {
+	b := cc.b
+	req := &cc.req
+	snap := b.snap.Load()
+	var ps *poolSnap
+	if snap != nil {
+		ps = snap.router.lookup(req.Host, req.Target)
+	}
+	if ps == nil {
+		code := 404
+		if snap == nil {
+			code = 503
+		}
+		return cc.replySkippingBody(code, headLen, false)
+	}
+	buffered := int64(cc.rd.Buffered() - headLen)
+	replayable := !req.Chunked && (req.ContentLength <= 0 || buffered >= req.ContentLength)
+	idempotent := h1.IsIdempotent(req.Method)
+	st := ps.state
+	st.active.Add(1)
+	defer st.active.Add(-1)
+	var exclude *backend
+	retried, staleRetried, counted := false, false, false
+	defer func() {
+		if counted {
+			st.retries.Add(-1)
+		}
+	}()
+	for {
+		be := ps.picker.pick(monoNow(), exclude)
+		if be == nil {
+			code := 503
+			if exclude != nil {
+				code = 502
+			}
+			return cc.replySkippingBody(code, headLen, false)
+		}
+		out := cc.attempt(ps, be, headLen, replayable, staleRetried)
+		switch out.kind {
+		case outDone:
+			return out.keep
+		case outFailed:
+			return cc.replySkippingBody(out.code, headLen, out.bodyConsumed)
+		}
+		rc := &b.cfg.Retry
+		if out.stale && !staleRetried && (idempotent && replayable) {
+			// A kept-alive connection the backend had closed: not a failure
+			// of the backend, so try again on a fresh connection, outside
+			// the retry budget.
+			staleRetried = true
+			continue
+		}
+		may := rc.Enabled && !retried && (out.connect || idempotent && replayable)
+		if may {
+			may = retryAllowed(st.active.Load(), st.retries.Load(), rc.BudgetPercent, rc.MinConcurrent)
+		}
+		if !may {
+			code := 502
+			if out.timeout {
+				code = 504
+			}
+			return cc.replySkippingBody(code, headLen, false)
+		}
+		retried = true
+		exclude = be
+		b.counters.retries.Add(1)
+		st.retries.Add(1)
+		counted = true
+	}
+}
+
+// attempt sends the request to be and relays the response.
+// With fresh it dials a new connection instead of reusing a pooled one.
+func (cc *clientConn) attempt(ps *poolSnap, be *backend, headLen int, replayable, fresh bool) outcome {
+	b := cc.b
+	cfg := &b.cfg
+	st := ps.state
+	req := &cc.req
+	start := monoNow()
+	be.stats.inflight.Add(1)
+	defer be.stats.inflight.Add(-1)
+
+	var uc *upConn
+	if !fresh {
+		uc = be.conns.get(start, int64(cfg.UpstreamIdleTimeout))
+	}
+	if uc != nil && !(h1.IsIdempotent(req.Method) && replayable) && !uc.alive() {
+		// This request could not be sent again after a failure: do not risk
+		// it on a connection the backend already closed.
+		uc.close()
+		uc = be.conns.get(start, int64(cfg.UpstreamIdleTimeout))
+		if uc != nil && !uc.alive() {
+			uc.close()
+			uc = nil
+		}
+	}
+	reused := uc != nil
+	if uc == nil {
+		var err error
+		uc, err = b.dial(be)
+		if err != nil {
+			be.stats.observe(time.Duration(monoNow()-start), true)
+			b.reportFailure(st, be)
+			b.log.Debug("connect failed", "pool", be.pool, "backend", be.addr, "err", err)
+			return outcome{kind: outRetry, connect: true, timeout: isTimeout(err)}
+		}
+	}
+	// Everything needed from the request head after it was forwarded.
+	isHead := string(req.Method) == "HEAD"
+	clientMinor := req.Minor
+	clientKeep := req.KeepAlive
+	upgrade := req.Upgrade
+	hasBody := req.HasBody()
+	chunkedReq := req.Chunked
+	bodyLen := req.ContentLength
+
+	writeRequestHead(uc.bw, req, cc.peer, cc.trusted, cc.scratch[:])
+	consumed := headLen
+	streaming := hasBody && !replayable
+	if hasBody && replayable {
+		body := cc.rd.Peek(headLen + int(bodyLen))[headLen:]
+		uc.bw.Write(body)
+		consumed += len(body)
+	}
+	if err := flush(&uc.side, cfg.IdleTimeout); err != nil {
+		uc.close()
+		if !reused {
+			b.reportFailure(st, be)
+		}
+		be.stats.observe(time.Duration(monoNow()-start), !reused)
+		return outcome{kind: outRetry, stale: reused}
+	}
+	var bodyDone chan error
+	if streaming {
+		cc.rd.Discard(headLen)
+		consumed = 0
+		bodyDone = make(chan error, 1)
+		go cc.sendBody(uc, chunkedReq, bodyLen, bodyDone)
+	}
+	// abortBody stops a body still streaming and reports whether the body
+	// was sent whole.
+	abortBody := func() error {
+		if bodyDone == nil {
+			return nil
+		}
+		var err error
+		select {
+		case err = <-bodyDone:
+		default:
+			// Stop reading the client and writing the backend; neither
+			// connection is reused after an unfinished body.
+			_ = cc.c.SetReadDeadline(time.Unix(1, 0))
+			_ = uc.c.SetWriteDeadline(time.Unix(1, 0))
+			err = <-bodyDone
+			// The body may have been sent whole just before; both
+			// connections then stay usable, with fresh deadlines.
+			cc.rdl.last = 0
+			uc.wdl.last = 0
+		}
+		bodyDone = nil
+		return err
+	}
+
+	resp := &cc.resp
+	uc.extendRead(monoNow(), cfg.ResponseHeaderTimeout)
+	var respLen int
+	for {
+		n, got, err := readResponseHead(uc, cfg.MaxHeaderBytes)
+		if err == nil {
+			err = h1.ParseResponse(uc.rd.Peek(n), resp, cfg.MaxHeaders)
+			if err != nil {
+				got = 1
+			}
+		}
+		if err != nil {
+			uc.c.Close() // unblocks a body still being sent
+			bodyErr := abortBody()
+			uc.release()
+			elapsed := time.Duration(monoNow() - start)
+			timeout := isTimeout(err)
+			switch {
+			case bodyErr != nil:
+				// The client's body failed (malformed, or the client went away
+				// or stalled): not the backend's fault, and the client
+				// connection is unusable.
+				be.stats.observe(elapsed, false)
+				if isFramingError(bodyErr) {
+					cc.writeLocal(400, false)
+				}
+				return outcome{kind: outDone}
+			case got == 0 && !streaming && !timeout && reused:
+				// A kept-alive connection closed under us: the backend never
+				// saw this request.
+				be.stats.observe(elapsed, false)
+				return outcome{kind: outRetry, stale: true}
+			}
+			be.stats.observe(elapsed, true)
+			b.reportFailure(st, be)
+			b.log.Debug("backend response failed", "pool", be.pool, "backend", be.addr, "err", err)
+			switch {
+			case timeout:
+				return outcome{kind: outFailed, code: 504, bodyConsumed: streaming}
+			case got == 0 && !streaming:
+				return outcome{kind: outRetry}
+			}
+			return outcome{kind: outFailed, code: 502, bodyConsumed: streaming}
+		}
+		if resp.Status >= 100 && resp.Status < 200 && resp.Status != 101 {
+			if clientMinor == 1 {
+				writeResponseHead(cc.bw, resp, clientMinor, false, -1, false, cc.scratch[:])
+				_ = flush(&cc.side, cfg.IdleTimeout)
+			}
+			uc.rd.Discard(n)
+			continue
+		}
+		respLen = n
+		break
+	}
+	// Committed to this backend: the request is no longer needed.
+	if consumed > 0 {
+		cc.rd.Discard(consumed)
+	}
+
+	status := resp.Status
+	if status == 101 {
+		if !upgrade {
+			uc.c.Close()
+			abortBody()
+			uc.release()
+			be.stats.observe(time.Duration(monoNow()-start), true)
+			return outcome{kind: outFailed, code: 502, bodyConsumed: streaming}
+		}
+		return cc.tunnel(uc, respLen, start)
+	}
+	noBody := isHead || status == 204 || status == 304
+	closing := !clientKeep || b.shutting.Load()
+	upKeep := resp.KeepAlive
+	chunkedOut := false
+	length := int64(-1)
+	switch {
+	case noBody:
+		length = resp.ContentLength
+	case resp.Chunked:
+		if clientMinor == 1 {
+			chunkedOut = true
+		} else {
+			closing = true
+		}
+	case resp.ContentLength >= 0:
+		length = resp.ContentLength
+	default:
+		closing, upKeep = true, false
+	}
+	writeResponseHead(cc.bw, resp, clientMinor, chunkedOut, length, closing, cc.scratch[:])
+	uc.rd.Discard(respLen)
+
+	var err error
+	switch {
+	case noBody:
+	case resp.Chunked:
+		err = copyChunked(&cc.side, &uc.side, chunkedOut, cfg.IdleTimeout)
+	case length >= 0:
+		err = copyFixed(&cc.side, &uc.side, length, cfg.IdleTimeout)
+	default:
+		err = copyUntilEOF(&cc.side, &uc.side, cfg.IdleTimeout)
+	}
+	if err == nil {
+		err = flush(&cc.side, cfg.IdleTimeout)
+	}
+	if abortBody() != nil {
+		closing, upKeep = true, false
+	}
+	failed := status >= 500 || err != nil
+	be.stats.observe(time.Duration(monoNow()-start), failed)
+	now := monoNow()
+	if status >= 500 {
+		if st.report5xx(be, now, &cfg.Health) {
+			b.ejected(be)
+		}
+	} else if err == nil {
+		st.reportSuccess(be, now, cfg.Health.BaseEjection)
+	}
+	if err != nil || !upKeep || uc.rd.Buffered() != 0 {
+		uc.close()
+	} else {
+		be.conns.put(uc, now, cfg.MaxIdlePerBackend)
+	}
+	if err != nil {
+		return outcome{kind: outDone}
+	}
+	return outcome{kind: outDone, keep: !closing}
+}
+
+// sendBody streams the request body to the backend; it runs beside the
+// response read so a backend may answer (or ask for 100-continue) early.
+func (cc *clientConn) sendBody(uc *upConn, chunked bool, n int64, done chan<- error) {
+	defer func() {
+		if r := recover(); r != nil {
+			cc.b.log.Error("panic sending body", "panic", fmt.Sprint(r))
+			done <- fmt.Errorf("panic: %v", r)
+		}
+	}()
+	idle := cc.b.cfg.IdleTimeout
+	var err error
+	if chunked {
+		err = copyChunked(&uc.side, &cc.side, true, idle)
+	} else {
+		err = copyFixed(&uc.side, &cc.side, n, idle)
+	}
+	if err == nil {
+		err = flush(&uc.side, idle)
+	}
+	if err != nil {
+		// Unblock the response read: the backend will never see the whole request.
+		uc.c.Close()
+	}
+	done <- err
+}
+
+// tunnel relays an upgraded connection (WebSocket) both ways until both
+// directions end. Table updates do not affect it.
+func (cc *clientConn) tunnel(uc *upConn, respLen int, start int64) outcome {
+	writeResponseHead(cc.bw, &cc.resp, 1, false, -1, false, cc.scratch[:])
+	uc.rd.Discard(respLen)
+	err := cc.bw.Flush()
+	uc.be.stats.observe(time.Duration(monoNow()-start), false)
+	if err != nil {
+		uc.close()
+		return outcome{kind: outDone}
+	}
+	cc.rdl.exact(cc.c.SetReadDeadline, 0, 0)
+	cc.wdl.exact(cc.c.SetWriteDeadline, 0, 0)
+	uc.rdl.exact(uc.c.SetReadDeadline, 0, 0)
+	uc.wdl.exact(uc.c.SetWriteDeadline, 0, 0)
+	done := make(chan error, 1)
+	go func() {
+		err := pipe(&uc.side, &cc.side)
+		if err != nil {
+			uc.c.Close()
+			cc.c.Close()
+		} else {
+			closeWrite(uc.c)
+		}
+		done <- err
+	}()
+	if err := pipe(&cc.side, &uc.side); err != nil {
+		uc.c.Close()
+		cc.c.Close()
+	} else {
+		closeWrite(cc.c)
+	}
+	<-done
+	uc.close()
+	return outcome{kind: outDone}
+}
+
+func isFramingError(err error) bool {
+	return errors.Is(err, h1.ErrMalformed) || errors.Is(err, h1.ErrLineTooLong) ||
+		errors.Is(err, errTrailer) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+func readResponseHead(uc *upConn, max int) (n, got int, err error) {
+	got = uc.rd.Buffered()
+	for {
+		if head, ok := uc.rd.Head(); ok {
+			return len(head), got + 1, nil
+		}
+		k, err := uc.rd.Fill(max)
+		got += k
+		if err != nil {
+			if err == io.EOF && got > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, got, err
+		}
+	}
+}
+
+func (b *Balancer) reportFailure(st *poolState, be *backend) {
+	if st.reportFailure(be, monoNow(), &b.cfg.Health) {
+		b.ejected(be)
+	}
+}
+
+func (b *Balancer) ejected(be *backend) {
+	b.counters.ejections.Add(1)
+	b.log.Warn("backend ejected", "pool", be.pool, "backend", be.addr,
+		"ejections", be.health.ejections.Load())
+}
+
+// replySkippingBody answers with a local status. The connection stays open
+// when the request allows it and its body, if any, is already buffered (and is
+// skipped); consumed reports a body partly read already.
+func (cc *clientConn) replySkippingBody(code, headLen int, consumed bool) bool {
+	req := &cc.req
+	keep := req.KeepAlive && req.Minor == 1 && !consumed && !cc.b.shutting.Load()
+	if keep {
+		switch {
+		case !req.HasBody():
+			cc.rd.Discard(headLen)
+		case !req.Chunked && int64(cc.rd.Buffered()-headLen) >= req.ContentLength:
+			cc.rd.Discard(headLen + int(req.ContentLength))
+		default:
+			keep = false
+		}
+	}
+	cc.writeLocal(code, keep)
+	return keep
+}
+
+// replyLocal answers a request that could not be parsed; the connection closes.
+func (cc *clientConn) replyLocal(code int, keep bool) { cc.writeLocal(code, keep) }
+
+func (cc *clientConn) writeLocal(code int, keep bool) {
+	i := localIndex(code)
+	cc.b.counters.local[i].Add(1)
+	r := &localReplies[i]
+	msg := r.close
+	if keep {
+		msg = r.keep
+	} else {
+		cc.linger = true
+	}
+	cc.bw.Write(msg)
+	_ = flush(&cc.side, cc.b.cfg.IdleTimeout)
+}
+
+var localCodes = [...]int{400, 404, 408, 431, 501, 502, 503, 504, 505, 500}
+
+var localText = map[int]string{
+	400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+	431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
+	503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+	500: "Internal Server Error",
+}
+
+type localReply struct{ keep, close []byte }
+
+var localReplies = func() (out [len(localCodes)]localReply) {
+	for i, code := range localCodes {
+		text := localText[code]
+		body := strconv.Itoa(code) + " " + text + "\n"
+		head := "HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n" +
+			"Content-Type: text/plain; charset=utf-8\r\n" +
+			"Content-Length: " + strconv.Itoa(len(body)) + "\r\n"
+		out[i].keep = []byte(head + "\r\n" + body)
+		out[i].close = []byte(head + "Connection: close\r\n\r\n" + body)
+	}
+	return out
+}()
+
+func localIndex(code int) int {
+	for i, c := range localCodes {
+		if c == code {
+			return i
+		}
+	}
+	return len(localCodes) - 1
+}

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Compares nginx, HAProxy and hostscale-balancer as HTTP/1.1 reverse proxies in
+# front of the same two backends. Each proxy is pinned to one core (PROXY_CPU),
+# wrk and the backends to the other (LOAD_CPU). Prints, per proxy: requests/s,
+# p50 and p99 latency, and the proxy's CPU time per request (utime+stime from
+# /proc/PID/stat over the measured run, divided by the requests wrk completed).
+#
+# With ROUNDS > 1 the proxies take turns ROUNDS times and each proxy's row is
+# its median round by CPU per request, which damps noise from other work on
+# the machine.
+#
+# Env: DURATION (10s), WARMUP (2s), CONNS (64), ROUNDS (3), PROXY_CPU (0),
+#      LOAD_CPU (1), PROXIES ("nginx haproxy hostscale"),
+#      OUT (bench/results/proxy-<time>.txt).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-64}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PROXIES=${PROXIES:-"nginx haproxy hostscale"}
+ROUNDS=${ROUNDS:-3}
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+run=$(mktemp -d /tmp/hostscale-bench.XXXXXX)
+mkdir -p "$root/bench/results"
+OUT=${OUT:-$root/bench/results/proxy-$(date +%Y%m%d-%H%M%S).txt}
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+PATH=$PATH:/usr/sbin
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$run"
+}
+trap cleanup EXIT
+
+render() { sed "s#@RUN@#$run#g" "$1" > "$2"; }
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+# cpu_ticks PID... prints utime+stime of the processes, in clock ticks.
+cpu_ticks() {
+    local sum=0 p
+    for p in "$@"; do
+        # Fields after the ")" of comm: utime is the 12th, stime the 13th.
+        local f
+        f=$(sed 's/^.*) //' "/proc/$p/stat")
+        set -- $f
+        sum=$((sum + ${12} + ${13}))
+        shift $#
+    done
+    echo "$sum"
+}
+
+# pid_tree PID prints PID and its children (nginx workers).
+pid_tree() { echo "$1"; pgrep -P "$1" || true; }
+
+echo "building hostscale-balancer" >&2
+(cd "$root/balancer" && GOWORK=off go build -trimpath -o "$run/hostscale-balancer" ./cmd/hostscale-balancer)
+
+render "$here/proxy/backend.nginx.conf" "$run/backend.conf"
+taskset -c "$LOAD_CPU" nginx -c "$run/backend.conf" -e "$run/backend.error.log" &
+pids+=($!)
+wait_port 19001
+wait_port 19002
+
+start_proxy() {
+    case $1 in
+    nginx)
+        render "$here/proxy/nginx.conf" "$run/nginx.conf"
+        taskset -c "$PROXY_CPU" nginx -c "$run/nginx.conf" -e "$run/nginx.error.log" &
+        echo $! > "$run/pid"; port=18081 ;;
+    haproxy)
+        render "$here/proxy/haproxy.cfg" "$run/haproxy.cfg"
+        taskset -c "$PROXY_CPU" haproxy -db -f "$run/haproxy.cfg" &
+        echo $! > "$run/pid"; port=18082 ;;
+    hostscale)
+        taskset -c "$PROXY_CPU" "$run/hostscale-balancer" -listen 127.0.0.1:18083 \
+            -http-addr 127.0.0.1:17802 -table "$here/proxy/table.json" -log-level warn &
+        echo $! > "$run/pid"; port=18083 ;;
+    esac
+    pids+=("$(cat "$run/pid")")
+    wait_port "$port"
+}
+
+results=()
+for round in $(seq 1 "$ROUNDS"); do
+for proxy in $PROXIES; do
+    start_proxy "$proxy"
+    pid=$(cat "$run/pid")
+    url="http://127.0.0.1:$port/"
+    curl -fsS "$url" >/dev/null 2>&1 || { echo "$proxy: $url does not answer" >&2; exit 1; }
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+    mapfile -t tree < <(pid_tree "$pid")
+    t0=$(cpu_ticks "${tree[@]}")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" > "$run/$proxy.wrk"
+    t1=$(cpu_ticks "${tree[@]}")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    reqs=$(awk '/requests in/ {print $1}' "$run/$proxy.wrk")
+    rps=$(awk '/Requests\/sec:/ {print $2}' "$run/$proxy.wrk")
+    p50=$(awk '$1=="50%" {print $2}' "$run/$proxy.wrk")
+    p99=$(awk '$1=="99%" {print $2}' "$run/$proxy.wrk")
+    errs=$(awk '/Non-2xx|Socket errors/ {print}' "$run/$proxy.wrk" | tr '\n' ' ')
+    hz=$(getconf CLK_TCK)
+    us=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    echo "round $round: $proxy $rps rps, $us us/req" >&2
+    results+=("$proxy $rps $p50 $p99 $us $reqs ${errs:-}")
+done
+done
+
+# median picks, for one proxy, the row of its median round by CPU per request.
+median() {
+    local rows=() r
+    for r in "${results[@]}"; do
+        [ "${r%% *}" = "$1" ] && rows+=("$r")
+    done
+    printf '%s\n' "${rows[@]}" | sort -k5,5 -g | awk -v n=${#rows[@]} 'NR == int((n + 1) / 2)'
+}
+rows=()
+for proxy in $PROXIES; do rows+=("$(median "$proxy")"); done
+
+{
+    echo "# bench/proxy.sh $(date -u +%FT%TZ) conns=$CONNS duration=$DURATION rounds=$ROUNDS (median) proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+    printf '%-10s %10s %9s %9s %12s %10s %s\n' proxy rps p50 p99 cpu_us/req requests notes
+    base=""
+    for r in "${rows[@]}"; do
+        set -- $r
+        [ "$1" = haproxy ] && base=$5
+    done
+    for r in "${rows[@]}"; do
+        set -- $r
+        name=$1 rps=$2 p50=$3 p99=$4 us=$5 reqs=$6
+        shift 6
+        ratio=""
+        [ -n "$base" ] && ratio=$(awk -v a="$us" -v b="$base" 'BEGIN { printf "%.2fx haproxy", a / b }')
+        printf '%-10s %10s %9s %9s %12s %10s %s %s\n' "$name" "$rps" "$p50" "$p99" "$us" "$reqs" "$ratio" "$*"
+    done
+} | tee "$OUT"
