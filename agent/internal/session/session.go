@@ -226,6 +226,13 @@ func (s *Session) Run(ctx context.Context) error {
 		// After a stream that was welcomed ends, the same controller is
 		// tried again first: it was the leader a moment ago.
 		wait := s.backoff(failures)
+		if redirects > 0 {
+			// A controller answered and named a leader that is gone: the
+			// cluster is electing a new one, which takes about a second.
+			// Keep asking often instead of backing off as from a dead
+			// cluster.
+			wait = min(wait, electionRetry*s.cfg.BackoffBase)
+		}
 		failures++
 		redirects = 0
 		t := time.NewTimer(wait)
@@ -237,6 +244,10 @@ func (s *Session) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// electionRetry bounds, in units of BackoffBase, the wait after a redirect
+// to a leader that could not be reached.
+const electionRetry = 4
 
 // backoff returns the wait after the n-th consecutive failure (from 0).
 func (s *Session) backoff(n int) time.Duration {
