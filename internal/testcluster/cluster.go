@@ -274,7 +274,8 @@ func (c *Cluster) AddNode(ctx context.Context, id string) (*Node, error) {
 }
 
 // WaitLeader waits until every running node names the same leader, the
-// leader has caught up, and every node knows the leader's API address. It
+// leader has caught up, every node knows the leader's API address, and
+// every running member's API address is in the state. It
 // returns the leader and how long that took.
 func (c *Cluster) WaitLeader(ctx context.Context, timeout time.Duration) (*Node, time.Duration, error) {
 	start := time.Now()
@@ -302,6 +303,17 @@ func (c *Cluster) WaitLeader(ctx context.Context, timeout time.Duration) (*Node,
 			if st.Id == want {
 				if !st.LeaderReady {
 					return fmt.Errorf("leader %s is catching up", n.ID)
+				}
+				// Every running member has announced its API address:
+				// the cluster writes nothing more on its own.
+				for _, r := range running {
+					found := false
+					for _, m := range st.Members {
+						found = found || (m.Id == r.ID && m.ApiAddress != "")
+					}
+					if !found {
+						return fmt.Errorf("%s has not announced its API address yet", r.ID)
+					}
 				}
 				leader = n
 			}
