@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc"
 
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
@@ -90,7 +92,10 @@ func main() {
 				results = append(results, runBare(store, n, *size, *warmup, *duration))
 			}
 			if strings.Contains(*modes, "api") {
-				results = append(results, runAPI(store, n, *via, *warmup, *duration))
+				results = append(results, runAPI(store, n, *via, *warmup, *duration, false))
+			}
+			if strings.Contains(*modes, "read") {
+				results = append(results, runAPI(store, n, *via, *warmup, *duration, true))
 			}
 		}
 	}
@@ -250,7 +255,10 @@ func runBare(store string, clients, size int, warmup, d time.Duration) result {
 // runAPI measures CreatePool/DeletePool calls through gRPC on three
 // controllers; each writer creates and deletes its own pool in turn, so
 // every call is a committed write and the state stays small.
-func runAPI(store string, clients int, via string, warmup, d time.Duration) result {
+//
+// With reads set it measures GetPool calls instead: the cost of the gRPC
+// path alone, for comparison.
+func runAPI(store string, clients int, via string, warmup, d time.Duration, reads bool) result {
 	dir := tempDir()
 	defer os.RemoveAll(dir)
 	var cfgs []server.Config
@@ -318,6 +326,13 @@ func runAPI(store string, clients int, via string, warmup, d time.Duration) resu
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		var err error
+		if reads {
+			_, err = c.GetPool(cctx, &pb.GetPoolRequest{Pool: "bench-0"})
+			if status.Code(err) == codes.NotFound {
+				err = nil
+			}
+			return err
+		}
 		if seq%2 == 0 {
 			_, err = c.CreatePool(cctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
 				Name: name, PathPrefix: "/" + name,
@@ -329,6 +344,9 @@ func runAPI(store string, clients int, via string, warmup, d time.Duration) resu
 		return err
 	})
 	r.store, r.mode = store, "API via "+via
+	if reads {
+		r.mode = "reads via " + via
+	}
 	for _, s := range servers {
 		if s.IsLeader() {
 			r.applyMean = meanApply(s.HTTPAddr())
