@@ -25,9 +25,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc"
 
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server"
