@@ -23,7 +23,7 @@ BINARIES := \
 	agent/cmd/hostscale-agent \
 	balancer/cmd/hostscale-balancer
 
-.PHONY: all build tools proto lint vet fmt-check gen-check test test-unit bench soak cluster cluster-down clean
+.PHONY: all build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -79,6 +79,10 @@ test-unit:
 ## bench: write throughput and latency, API vs bare raft (see docs/benchmarks.md)
 bench: build
 	cd controller && go run ./internal/raftbench $(BENCH_ARGS)
+
+## bench-proxy: the balancer against nginx and HAProxy, one core each (installs them)
+bench-proxy:
+	bash bench/proxy.sh
 
 ## soak: the slow end-to-end suites
 soak:
