@@ -259,32 +259,9 @@ func runBare(store string, clients, size int, warmup, d time.Duration) result {
 // With reads set it measures GetPool calls instead: the cost of the gRPC
 // path alone, for comparison.
 func runAPI(store string, clients int, via string, warmup, d time.Duration, reads bool) result {
-	dir := tempDir()
-	defer os.RemoveAll(dir)
-	var cfgs []server.Config
-	var peers []raftnode.Peer
-	for i := range 3 {
-		cfg := server.DefaultConfig()
-		cfg.ID, cfg.DataDir = fmt.Sprintf("c%d", i), filepath.Join(dir, fmt.Sprintf("c%d", i))
-		cfg.GRPCListener, cfg.RaftListener, cfg.HTTPListener = listen(), listen(), listen()
-		cfg.Raft.LogStore = store
-		peers = append(peers, raftnode.Peer{ID: cfg.ID, Address: cfg.RaftListener.Addr().String()})
-		cfgs = append(cfgs, cfg)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var servers []*server.Server
-	for _, cfg := range cfgs {
-		cfg.Peers = peers
-		s, err := server.New(cfg)
-		if err != nil {
-			log.Fatal(err)
-		}
-		servers = append(servers, s)
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = s.Run(ctx) }()
-	}
-	defer func() { cancel(); wg.Wait() }()
+	servers, stop := startControllers(store)
+	defer stop()
+	ctx := context.Background()
 	var conns []*grpc.ClientConn
 	for _, s := range servers {
 		c, err := grpcx.Dial(s.APIAddr())
@@ -382,4 +359,39 @@ func meanApply(httpAddr string) time.Duration {
 		return 0
 	}
 	return time.Duration(sum / count * float64(time.Second))
+}
+
+// startControllers starts three controllers in this process, bootstrapped
+// as one cluster with the given log store, and returns them with the
+// function that stops them and removes their data.
+func startControllers(store string) ([]*server.Server, func()) {
+	dir := tempDir()
+	var cfgs []server.Config
+	var peers []raftnode.Peer
+	for i := range 3 {
+		cfg := server.DefaultConfig()
+		cfg.ID, cfg.DataDir = fmt.Sprintf("c%d", i), filepath.Join(dir, fmt.Sprintf("c%d", i))
+		cfg.GRPCListener, cfg.RaftListener, cfg.HTTPListener = listen(), listen(), listen()
+		cfg.Raft.LogStore = store
+		peers = append(peers, raftnode.Peer{ID: cfg.ID, Address: cfg.RaftListener.Addr().String()})
+		cfgs = append(cfgs, cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var servers []*server.Server
+	for _, cfg := range cfgs {
+		cfg.Peers = peers
+		s, err := server.New(cfg)
+		if err != nil {
+			log.Fatal(err)
+		}
+		servers = append(servers, s)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	}
+	return servers, func() {
+		cancel()
+		wg.Wait()
+		os.RemoveAll(dir)
+	}
 }

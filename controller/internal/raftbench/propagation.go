@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -25,31 +23,10 @@ import (
 // changes, the delay from the write's start and from its return to each
 // watcher's acknowledgement is recorded.
 func runPropagation(watchers, writes int) {
-	dir := tempDir()
-	defer os.RemoveAll(dir)
-	var cfgs []server.Config
-	var peers []raftnode.Peer
-	for i := range 3 {
-		cfg := server.DefaultConfig()
-		cfg.ID, cfg.DataDir = fmt.Sprintf("c%d", i), filepath.Join(dir, fmt.Sprintf("c%d", i))
-		cfg.GRPCListener, cfg.RaftListener, cfg.HTTPListener = listen(), listen(), listen()
-		peers = append(peers, raftnode.Peer{ID: cfg.ID, Address: cfg.RaftListener.Addr().String()})
-		cfgs = append(cfgs, cfg)
-	}
+	servers, stop := startControllers(raftnode.StoreWAL)
+	defer stop()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var servers []*server.Server
-	for _, cfg := range cfgs {
-		cfg.Peers = peers
-		s, err := server.New(cfg)
-		if err != nil {
-			log.Fatal(err)
-		}
-		servers = append(servers, s)
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = s.Run(ctx) }()
-	}
-	defer func() { cancel(); wg.Wait() }()
+	defer cancel()
 	var leader *server.Server
 	for leader == nil {
 		for _, s := range servers {
