@@ -199,3 +199,23 @@ func Quantile(vs []float64, q float64) float64 {
 	i := int(math.Ceil(q*float64(len(vs)))) - 1
 	return vs[max(0, min(i, len(vs)-1))]
 }
+
+// Latest returns the time and values of node's newest sample without
+// copying its window.
+func (s *Store) Latest(node string) (time.Time, [NumSeries]float64, bool) {
+	var vs [NumSeries]float64
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r := s.nodes[node]
+	if r == nil {
+		return time.Time{}, vs, false
+	}
+	l, ok := r.last()
+	if !ok {
+		return time.Time{}, vs, false
+	}
+	for i, v := range l.v {
+		vs[i] = float64(v)
+	}
+	return time.Unix(0, l.t).UTC(), vs, true
+}

@@ -80,3 +80,16 @@ func BenchmarkStore_Add(b *testing.B) {
 		s.Add(names[i%len(names)], smp)
 	}
 }
+
+func TestStore_Latest(t *testing.T) {
+	s := New(4)
+	_, _, ok := s.Latest("n1")
+	require.False(t, ok)
+	s.Add("n1", sample(1, 10))
+	s.Add("n1", sample(2, 20))
+	at, vs, ok := s.Latest("n1")
+	require.True(t, ok)
+	require.Equal(t, t0.Add(2*time.Second), at)
+	require.Equal(t, 20.0, vs[CPUPercent])
+	require.Equal(t, 91.0, vs[DiskUsedPercent])
+}
