@@ -62,6 +62,8 @@ type Config struct {
 	// MetricsWindow is how much sample history the leader keeps per node
 	// (at one sample a second).
 	MetricsWindow time.Duration
+	// AlertInterval is how often the leader evaluates the alerting rules.
+	AlertInterval time.Duration
 }
 
 // DefaultConfig returns the defaults of the hostscale-controller flags.
@@ -76,6 +78,7 @@ func DefaultConfig() Config {
 		ProbeInterval: time.Second,
 		HeartbeatTTL:  10 * time.Second,
 		MetricsWindow: 5 * time.Minute,
+		AlertInterval: 5 * time.Second,
 	}
 }
 
@@ -92,6 +95,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatTTL < 100*time.Millisecond {
 		return errors.New("-heartbeat-ttl: at least 100ms")
+	}
+	if c.AlertInterval < 10*time.Millisecond {
+		return errors.New("-alert-interval: at least 10ms")
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
@@ -202,7 +208,7 @@ func New(cfg Config) (s *Server, err error) {
 		Nodes:     s.nodeStatuses,
 		SetStatus: s.setNodeStatus,
 		Logger:    logger,
-	})
+	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
@@ -228,6 +234,7 @@ func New(cfg Config) (s *Server, err error) {
 	s.acks = endpoint.NewTableAcks()
 	register(&pb.BalancerService_ServiceDesc, &endpoint.Balancers{Core: s.core, Acks: s.acks})
 	register(&pb.NodeService_ServiceDesc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
+	register(&pb.AlertService_ServiceDesc, &endpoint.Alerts{Core: s.core})
 	register(&pb.MetricsService_ServiceDesc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
 	peerv1.RegisterPeerServiceServer(s.grpc, peer)
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))

@@ -79,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.Raft.SnapshotInterval, "snapshot-interval", cfg.Raft.SnapshotInterval, "how often to check whether a snapshot is due")
 	fs.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", cfg.HeartbeatTTL, "a node whose agent sends nothing this long is marked down")
 	fs.DurationVar(&cfg.MetricsWindow, "metrics-window", cfg.MetricsWindow, "sample history the leader keeps per node (one sample a second)")
+	fs.DurationVar(&cfg.AlertInterval, "alert-interval", cfg.AlertInterval, "how often the leader evaluates the alerting rules")
 	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
 	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")

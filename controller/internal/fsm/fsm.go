@@ -70,7 +70,8 @@ func New(logger *slog.Logger) *FSM {
 }
 
 func newState() *pb.State {
-	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}, Nodes: map[string]*pb.Node{}}
+	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}, Nodes: map[string]*pb.Node{},
+		AlertRules: map[string]*pb.AlertRule{}, Alerts: map[string]*pb.Alert{}}
 }
 
 // Read calls fn with the state and the index it reflects, under a read lock.
@@ -168,6 +169,14 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.registerNode(c.RegisterNode, cmd, index)
 	case *pb.Command_SetNodeStatus:
 		return f.setNodeStatus(c.SetNodeStatus, cmd, index)
+	case *pb.Command_PutAlertRule:
+		return f.putAlertRule(c.PutAlertRule, index)
+	case *pb.Command_DeleteAlertRule:
+		return f.deleteAlertRule(c.DeleteAlertRule)
+	case *pb.Command_AlertTransitions:
+		return f.alertTransitions(c.AlertTransitions)
+	case *pb.Command_InitAlertRules:
+		return f.initAlertRules(c.InitAlertRules, index)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}
@@ -266,6 +275,12 @@ func Decode(r io.Reader) (*pb.State, error) {
 	}
 	if st.Nodes == nil {
 		st.Nodes = map[string]*pb.Node{}
+	}
+	if st.AlertRules == nil {
+		st.AlertRules = map[string]*pb.AlertRule{}
+	}
+	if st.Alerts == nil {
+		st.Alerts = map[string]*pb.Alert{}
 	}
 	return st, nil
 }

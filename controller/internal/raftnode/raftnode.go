@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	raftwal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/hostscale/hostscale/internal/logging"
 )
@@ -244,7 +245,12 @@ func openStores(cfg Config, closers *[]io.Closer) (raft.LogStore, raft.StableSto
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, nil, fmt.Errorf("data dir: %w", err)
 		}
-		w, err := raftwal.Open(dir, raftwal.WithLogger(logging.HCLog(cfg.Logger, "wal")))
+		// The WAL does not close the metadata database it opens itself
+		// (hashicorp/raft-wal#28): open it here and close it after the WAL,
+		// so that a node can be reopened in the same process.
+		meta := &metadb.BoltMetaDB{}
+		*closers = append(*closers, meta)
+		w, err := raftwal.Open(dir, raftwal.WithLogger(logging.HCLog(cfg.Logger, "wal")), raftwal.WithMetaStore(meta))
 		if err != nil {
 			return nil, nil, fmt.Errorf("open wal log store: %w", err)
 		}

@@ -43,6 +43,10 @@ type Command struct {
 	//	*Command_RemoveBackend
 	//	*Command_RegisterNode
 	//	*Command_SetNodeStatus
+	//	*Command_PutAlertRule
+	//	*Command_DeleteAlertRule
+	//	*Command_AlertTransitions
+	//	*Command_InitAlertRules
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -171,6 +175,42 @@ func (x *Command) GetSetNodeStatus() *SetNodeStatusCommand {
 	return nil
 }
 
+func (x *Command) GetPutAlertRule() *PutAlertRuleCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_PutAlertRule); ok {
+			return x.PutAlertRule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteAlertRule() *DeleteAlertRuleCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_DeleteAlertRule); ok {
+			return x.DeleteAlertRule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAlertTransitions() *AlertTransitionsCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_AlertTransitions); ok {
+			return x.AlertTransitions
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetInitAlertRules() *InitAlertRulesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_InitAlertRules); ok {
+			return x.InitAlertRules
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -207,6 +247,22 @@ type Command_SetNodeStatus struct {
 	SetNodeStatus *SetNodeStatusCommand `protobuf:"bytes,17,opt,name=set_node_status,json=setNodeStatus,proto3,oneof"`
 }
 
+type Command_PutAlertRule struct {
+	PutAlertRule *PutAlertRuleCommand `protobuf:"bytes,18,opt,name=put_alert_rule,json=putAlertRule,proto3,oneof"`
+}
+
+type Command_DeleteAlertRule struct {
+	DeleteAlertRule *DeleteAlertRuleCommand `protobuf:"bytes,19,opt,name=delete_alert_rule,json=deleteAlertRule,proto3,oneof"`
+}
+
+type Command_AlertTransitions struct {
+	AlertTransitions *AlertTransitionsCommand `protobuf:"bytes,20,opt,name=alert_transitions,json=alertTransitions,proto3,oneof"`
+}
+
+type Command_InitAlertRules struct {
+	InitAlertRules *InitAlertRulesCommand `protobuf:"bytes,21,opt,name=init_alert_rules,json=initAlertRules,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -222,6 +278,14 @@ func (*Command_RemoveBackend) isCommand_Command() {}
 func (*Command_RegisterNode) isCommand_Command() {}
 
 func (*Command_SetNodeStatus) isCommand_Command() {}
+
+func (*Command_PutAlertRule) isCommand_Command() {}
+
+func (*Command_DeleteAlertRule) isCommand_Command() {}
+
+func (*Command_AlertTransitions) isCommand_Command() {}
+
+func (*Command_InitAlertRules) isCommand_Command() {}
 
 // SetMemberCommand records the API address of a controller.
 type SetMemberCommand struct {
@@ -620,11 +684,208 @@ func (x *SetNodeStatusCommand) GetStatus() NodeStatus {
 	return NodeStatus_NODE_STATUS_UNSPECIFIED
 }
 
+// PutAlertRuleCommand creates (create set) or replaces a rule.
+type PutAlertRuleCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rule          *AlertRule             `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	Create        bool                   `protobuf:"varint,2,opt,name=create,proto3" json:"create,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAlertRuleCommand) Reset() {
+	*x = PutAlertRuleCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAlertRuleCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAlertRuleCommand) ProtoMessage() {}
+
+func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAlertRuleCommand.ProtoReflect.Descriptor instead.
+func (*PutAlertRuleCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PutAlertRuleCommand) GetRule() *AlertRule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+func (x *PutAlertRuleCommand) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+type DeleteAlertRuleCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rule          string                 `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAlertRuleCommand) Reset() {
+	*x = DeleteAlertRuleCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAlertRuleCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAlertRuleCommand) ProtoMessage() {}
+
+func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAlertRuleCommand.ProtoReflect.Descriptor instead.
+func (*DeleteAlertRuleCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DeleteAlertRuleCommand) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+// AlertTransitionsCommand records one evaluation round's transitions: the
+// alerts as they are after it, and the fingerprints that ended.
+type AlertTransitionsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Alerts        []*Alert               `protobuf:"bytes,1,rep,name=alerts,proto3" json:"alerts,omitempty"`
+	Ended         []string               `protobuf:"bytes,2,rep,name=ended,proto3" json:"ended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlertTransitionsCommand) Reset() {
+	*x = AlertTransitionsCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlertTransitionsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlertTransitionsCommand) ProtoMessage() {}
+
+func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlertTransitionsCommand.ProtoReflect.Descriptor instead.
+func (*AlertTransitionsCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AlertTransitionsCommand) GetAlerts() []*Alert {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
+}
+
+func (x *AlertTransitionsCommand) GetEnded() []string {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
+}
+
+// InitAlertRulesCommand installs the default rules once, when the cluster
+// has never had rules.
+type InitAlertRulesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rules         []*AlertRule           `protobuf:"bytes,1,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InitAlertRulesCommand) Reset() {
+	*x = InitAlertRulesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InitAlertRulesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InitAlertRulesCommand) ProtoMessage() {}
+
+func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InitAlertRulesCommand.ProtoReflect.Descriptor instead.
+func (*InitAlertRulesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *InitAlertRulesCommand) GetRules() []*AlertRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
 var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\x9f\x05\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xe5\a\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -641,7 +902,11 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"addBackend\x12K\n" +
 	"\x0eremove_backend\x18\x0f \x01(\v2\".hostscale.v1.RemoveBackendCommandH\x00R\rremoveBackend\x12H\n" +
 	"\rregister_node\x18\x10 \x01(\v2!.hostscale.v1.RegisterNodeCommandH\x00R\fregisterNode\x12L\n" +
-	"\x0fset_node_status\x18\x11 \x01(\v2\".hostscale.v1.SetNodeStatusCommandH\x00R\rsetNodeStatusB\t\n" +
+	"\x0fset_node_status\x18\x11 \x01(\v2\".hostscale.v1.SetNodeStatusCommandH\x00R\rsetNodeStatus\x12I\n" +
+	"\x0eput_alert_rule\x18\x12 \x01(\v2!.hostscale.v1.PutAlertRuleCommandH\x00R\fputAlertRule\x12R\n" +
+	"\x11delete_alert_rule\x18\x13 \x01(\v2$.hostscale.v1.DeleteAlertRuleCommandH\x00R\x0fdeleteAlertRule\x12T\n" +
+	"\x11alert_transitions\x18\x14 \x01(\v2%.hostscale.v1.AlertTransitionsCommandH\x00R\x10alertTransitions\x12O\n" +
+	"\x10init_alert_rules\x18\x15 \x01(\v2#.hostscale.v1.InitAlertRulesCommandH\x00R\x0einitAlertRulesB\t\n" +
 	"\acommand\"F\n" +
 	"\x10SetMemberCommand\x122\n" +
 	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\"%\n" +
@@ -666,7 +931,17 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
 	"\x14SetNodeStatusCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x120\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x18.hostscale.v1.NodeStatusR\x06statusB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\x06status\x18\x02 \x01(\x0e2\x18.hostscale.v1.NodeStatusR\x06status\"Z\n" +
+	"\x13PutAlertRuleCommand\x12+\n" +
+	"\x04rule\x18\x01 \x01(\v2\x17.hostscale.v1.AlertRuleR\x04rule\x12\x16\n" +
+	"\x06create\x18\x02 \x01(\bR\x06create\",\n" +
+	"\x16DeleteAlertRuleCommand\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\tR\x04rule\"\\\n" +
+	"\x17AlertTransitionsCommand\x12+\n" +
+	"\x06alerts\x18\x01 \x03(\v2\x13.hostscale.v1.AlertR\x06alerts\x12\x14\n" +
+	"\x05ended\x18\x02 \x03(\tR\x05ended\"F\n" +
+	"\x15InitAlertRulesCommand\x12-\n" +
+	"\x05rules\x18\x01 \x03(\v2\x17.hostscale.v1.AlertRuleR\x05rulesB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_command_proto_rawDescOnce sync.Once
@@ -680,27 +955,33 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_hostscale_v1_command_proto_goTypes = []any{
-	(*Command)(nil),               // 0: hostscale.v1.Command
-	(*SetMemberCommand)(nil),      // 1: hostscale.v1.SetMemberCommand
-	(*DeleteMemberCommand)(nil),   // 2: hostscale.v1.DeleteMemberCommand
-	(*CreatePoolCommand)(nil),     // 3: hostscale.v1.CreatePoolCommand
-	(*DeletePoolCommand)(nil),     // 4: hostscale.v1.DeletePoolCommand
-	(*AddBackendCommand)(nil),     // 5: hostscale.v1.AddBackendCommand
-	(*RemoveBackendCommand)(nil),  // 6: hostscale.v1.RemoveBackendCommand
-	(*RegisterNodeCommand)(nil),   // 7: hostscale.v1.RegisterNodeCommand
-	(*SetNodeStatusCommand)(nil),  // 8: hostscale.v1.SetNodeStatusCommand
-	nil,                           // 9: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*MemberRecord)(nil),          // 11: hostscale.v1.MemberRecord
-	(*Pool)(nil),                  // 12: hostscale.v1.Pool
-	(*Backend)(nil),               // 13: hostscale.v1.Backend
-	(*NodeFacts)(nil),             // 14: hostscale.v1.NodeFacts
-	(NodeStatus)(0),               // 15: hostscale.v1.NodeStatus
+	(*Command)(nil),                 // 0: hostscale.v1.Command
+	(*SetMemberCommand)(nil),        // 1: hostscale.v1.SetMemberCommand
+	(*DeleteMemberCommand)(nil),     // 2: hostscale.v1.DeleteMemberCommand
+	(*CreatePoolCommand)(nil),       // 3: hostscale.v1.CreatePoolCommand
+	(*DeletePoolCommand)(nil),       // 4: hostscale.v1.DeletePoolCommand
+	(*AddBackendCommand)(nil),       // 5: hostscale.v1.AddBackendCommand
+	(*RemoveBackendCommand)(nil),    // 6: hostscale.v1.RemoveBackendCommand
+	(*RegisterNodeCommand)(nil),     // 7: hostscale.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),    // 8: hostscale.v1.SetNodeStatusCommand
+	(*PutAlertRuleCommand)(nil),     // 9: hostscale.v1.PutAlertRuleCommand
+	(*DeleteAlertRuleCommand)(nil),  // 10: hostscale.v1.DeleteAlertRuleCommand
+	(*AlertTransitionsCommand)(nil), // 11: hostscale.v1.AlertTransitionsCommand
+	(*InitAlertRulesCommand)(nil),   // 12: hostscale.v1.InitAlertRulesCommand
+	nil,                             // 13: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
+	(*MemberRecord)(nil),            // 15: hostscale.v1.MemberRecord
+	(*Pool)(nil),                    // 16: hostscale.v1.Pool
+	(*Backend)(nil),                 // 17: hostscale.v1.Backend
+	(*NodeFacts)(nil),               // 18: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                 // 19: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),               // 20: hostscale.v1.AlertRule
+	(*Alert)(nil),                   // 21: hostscale.v1.Alert
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	10, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	14, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
 	2,  // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
 	3,  // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
@@ -709,17 +990,24 @@ var file_hostscale_v1_command_proto_depIdxs = []int32{
 	6,  // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
 	7,  // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
 	8,  // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
-	11, // 9: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	12, // 10: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	13, // 11: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	14, // 12: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	9,  // 13: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	15, // 14: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	9,  // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
+	10, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
+	11, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
+	12, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
+	15, // 13: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	16, // 14: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	17, // 15: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	18, // 16: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	13, // 17: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	19, // 18: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	20, // 19: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	21, // 20: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	20, // 21: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -728,6 +1016,7 @@ func file_hostscale_v1_command_proto_init() {
 		return
 	}
 	file_hostscale_v1_agent_proto_init()
+	file_hostscale_v1_alert_proto_init()
 	file_hostscale_v1_node_proto_init()
 	file_hostscale_v1_pool_proto_init()
 	file_hostscale_v1_state_proto_init()
@@ -740,6 +1029,10 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_RemoveBackend)(nil),
 		(*Command_RegisterNode)(nil),
 		(*Command_SetNodeStatus)(nil),
+		(*Command_PutAlertRule)(nil),
+		(*Command_DeleteAlertRule)(nil),
+		(*Command_AlertTransitions)(nil),
+		(*Command_InitAlertRules)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -747,7 +1040,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -39,10 +39,15 @@ type State struct {
 	Nodes map[string]*Node `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The Raft index and term of the last change to any pool: the version
 	// of the balancers' table.
-	PoolsIndex    uint64 `protobuf:"varint,7,opt,name=pools_index,json=poolsIndex,proto3" json:"pools_index,omitempty"`
-	PoolsTerm     uint64 `protobuf:"varint,8,opt,name=pools_term,json=poolsTerm,proto3" json:"pools_term,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PoolsIndex uint64 `protobuf:"varint,7,opt,name=pools_index,json=poolsIndex,proto3" json:"pools_index,omitempty"`
+	PoolsTerm  uint64 `protobuf:"varint,8,opt,name=pools_term,json=poolsTerm,proto3" json:"pools_term,omitempty"`
+	// Alerting rules by name, and alerts by fingerprint.
+	AlertRules map[string]*AlertRule `protobuf:"bytes,9,rep,name=alert_rules,json=alertRules,proto3" json:"alert_rules,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Alerts     map[string]*Alert     `protobuf:"bytes,10,rep,name=alerts,proto3" json:"alerts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the default rules were installed (they are, once).
+	AlertRulesInitialized bool `protobuf:"varint,11,opt,name=alert_rules_initialized,json=alertRulesInitialized,proto3" json:"alert_rules_initialized,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
@@ -129,6 +134,27 @@ func (x *State) GetPoolsTerm() uint64 {
 		return x.PoolsTerm
 	}
 	return 0
+}
+
+func (x *State) GetAlertRules() map[string]*AlertRule {
+	if x != nil {
+		return x.AlertRules
+	}
+	return nil
+}
+
+func (x *State) GetAlerts() map[string]*Alert {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
+}
+
+func (x *State) GetAlertRulesInitialized() bool {
+	if x != nil {
+		return x.AlertRulesInitialized
+	}
+	return false
 }
 
 // MemberRecord is what the state knows of a controller beyond Raft.
@@ -268,7 +294,7 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xe5\x04\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xc4\a\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
@@ -279,7 +305,12 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\vpools_index\x18\a \x01(\x04R\n" +
 	"poolsIndex\x12\x1d\n" +
 	"\n" +
-	"pools_term\x18\b \x01(\x04R\tpoolsTerm\x1aV\n" +
+	"pools_term\x18\b \x01(\x04R\tpoolsTerm\x12D\n" +
+	"\valert_rules\x18\t \x03(\v2#.hostscale.v1.State.AlertRulesEntryR\n" +
+	"alertRules\x127\n" +
+	"\x06alerts\x18\n" +
+	" \x03(\v2\x1f.hostscale.v1.State.AlertsEntryR\x06alerts\x126\n" +
+	"\x17alert_rules_initialized\x18\v \x01(\bR\x15alertRulesInitialized\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
@@ -290,7 +321,13 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12(\n" +
-	"\x05value\x18\x02 \x01(\v2\x12.hostscale.v1.NodeR\x05value:\x028\x01\"?\n" +
+	"\x05value\x18\x02 \x01(\v2\x12.hostscale.v1.NodeR\x05value:\x028\x01\x1aV\n" +
+	"\x0fAlertRulesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.hostscale.v1.AlertRuleR\x05value:\x028\x01\x1aN\n" +
+	"\vAlertsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
+	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.AlertR\x05value:\x028\x01\"?\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
@@ -315,7 +352,7 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
 	(*MemberRecord)(nil),          // 1: hostscale.v1.MemberRecord
@@ -323,24 +360,32 @@ var file_hostscale_v1_state_proto_goTypes = []any{
 	nil,                           // 3: hostscale.v1.State.MembersEntry
 	nil,                           // 4: hostscale.v1.State.PoolsEntry
 	nil,                           // 5: hostscale.v1.State.NodesEntry
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 7: hostscale.v1.Pool
-	(*Node)(nil),                  // 8: hostscale.v1.Node
+	nil,                           // 6: hostscale.v1.State.AlertRulesEntry
+	nil,                           // 7: hostscale.v1.State.AlertsEntry
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 9: hostscale.v1.Pool
+	(*Node)(nil),                  // 10: hostscale.v1.Node
+	(*AlertRule)(nil),             // 11: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 12: hostscale.v1.Alert
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
-	3, // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
-	4, // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
-	2, // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
-	5, // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
-	6, // 4: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	1, // 5: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	7, // 6: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	8, // 7: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	3,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
+	4,  // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
+	2,  // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
+	5,  // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
+	6,  // 4: hostscale.v1.State.alert_rules:type_name -> hostscale.v1.State.AlertRulesEntry
+	7,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
+	8,  // 6: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	1,  // 7: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	9,  // 8: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	10, // 9: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	11, // 10: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
+	12, // 11: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -348,6 +393,7 @@ func file_hostscale_v1_state_proto_init() {
 	if File_hostscale_v1_state_proto != nil {
 		return
 	}
+	file_hostscale_v1_alert_proto_init()
 	file_hostscale_v1_node_proto_init()
 	file_hostscale_v1_pool_proto_init()
 	type x struct{}
@@ -356,7 +402,7 @@ func file_hostscale_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

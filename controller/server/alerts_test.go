@@ -1,0 +1,230 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/controller/server"
+	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func startAlertCluster(t *testing.T) *testcluster.Cluster {
+	t.Helper()
+	return testcluster.Start(t, testcluster.Options{
+		Nodes: 3,
+		Launcher: servertest.Launcher{Configure: func(c *server.Config) {
+			c.HeartbeatTTL = 5 * time.Second
+			c.AlertInterval = 100 * time.Millisecond
+		}},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+	})
+}
+
+// feed streams cpu samples for node to the cluster's leader every 100ms
+// until ctx ends; cpu(i) gives the i-th value.
+func feed(t *testing.T, ctx context.Context, c *testcluster.Cluster, node string, cpu func(i int) float64) {
+	t.Helper()
+	go func() {
+		for i := 0; ctx.Err() == nil; {
+			leader, _, err := c.WaitLeader(ctx, 10*time.Second)
+			if err != nil {
+				return
+			}
+			s, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)
+			if err != nil {
+				continue
+			}
+			if s.Send(hello(node)) != nil {
+				continue
+			}
+			if first, err := s.Recv(); err != nil || first.GetWelcome() == nil {
+				continue
+			}
+			for ; ctx.Err() == nil; i++ {
+				if s.Send(batch(uint64(i+1), sampleAt(time.Now(), cpu(i)))) != nil {
+					break
+				}
+				if _, err := s.Recv(); err != nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}()
+}
+
+func alertOf(ctx context.Context, n *testcluster.Node, rule string) (*pb.Alert, error) {
+	resp, err := pb.NewAlertServiceClient(n.Conn()).ListAlerts(ctx, &pb.ListAlertsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range resp.Alerts {
+		if a.Rule == rule {
+			return a, nil
+		}
+	}
+	return nil, fmt.Errorf("no %s alert", rule)
+}
+
+func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
+	c := startAlertCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	alertsAPI := pb.NewAlertServiceClient(leader.Conn())
+
+	// The defaults are installed once.
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+		r, err := alertsAPI.ListRules(ctx, &pb.ListRulesRequest{})
+		if err == nil && len(r.Rules) < 4 {
+			err = fmt.Errorf("%d rules", len(r.Rules))
+		}
+		return err
+	}))
+	_, err := alertsAPI.CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
+		Name: "cpu-hot", Metric: "cpu_percent", Op: ">", Threshold: 90, For: durationpb.New(time.Second),
+		Annotations: map[string]string{"summary": "CPU on {{ .Node }} is {{ .Value }}"}, Severity: pb.Severity_SEVERITY_CRITICAL,
+	}})
+	require.NoError(t, err)
+
+	var hot = true
+	fctx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
+	feed(t, fctx, c, "busy-1", func(int) float64 {
+		if hot {
+			return 97
+		}
+		return 10
+	})
+
+	var pendingSeen bool
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, leader, "cpu-hot")
+		if err != nil {
+			return err
+		}
+		pendingSeen = pendingSeen || a.State == pb.AlertState_ALERT_STATE_PENDING
+		if a.State != pb.AlertState_ALERT_STATE_FIRING {
+			return fmt.Errorf("cpu-hot is %v", a.State)
+		}
+		return nil
+	}))
+	firing, err := alertOf(ctx, leader, "cpu-hot")
+	require.NoError(t, err)
+	require.Equal(t, "busy-1", firing.Node)
+	require.Equal(t, 97.0, firing.Value)
+	require.Equal(t, "CPU on busy-1 is 97", firing.Annotations["summary"])
+	require.GreaterOrEqual(t, firing.FiredAt.AsTime().Sub(firing.ActiveSince.AsTime()), time.Second, "fired after `for`")
+
+	// Stop every controller and start them again: still firing, with its
+	// original start time.
+	stopFeed()
+	for _, n := range c.Nodes() {
+		n.Stop()
+	}
+	for _, n := range c.Nodes() {
+		n.Restart()
+	}
+	leader = waitLeader(t, c)
+	for _, n := range c.Running() {
+		a, err := alertOf(ctx, n, "cpu-hot")
+		require.NoError(t, err)
+		require.Equal(t, pb.AlertState_ALERT_STATE_FIRING, a.State, n.ID)
+		require.True(t, a.ActiveSince.AsTime().Equal(firing.ActiveSince.AsTime()), n.ID)
+		require.True(t, a.FiredAt.AsTime().Equal(firing.FiredAt.AsTime()), "not fired again on %s", n.ID)
+	}
+
+	// Back under the threshold: resolved.
+	hot = false
+	fctx, stopFeed = context.WithCancel(ctx)
+	defer stopFeed()
+	feed(t, fctx, c, "busy-1", func(int) float64 { return 10 })
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, leader, "cpu-hot")
+		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
+			err = fmt.Errorf("cpu-hot is %v", a.State)
+		}
+		return err
+	}))
+}
+
+func TestAlerts_flappingInsideForNeverFires(t *testing.T) {
+	c := startAlertCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	_, err := pb.NewAlertServiceClient(leader.Conn()).CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
+		Name: "cpu-flap", Metric: "cpu_percent", Op: ">", Threshold: 90, For: durationpb.New(time.Second),
+	}})
+	require.NoError(t, err)
+	fctx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
+	// Above for 400ms, below for 200ms: never above for a whole second.
+	feed(t, fctx, c, "flappy-1", func(i int) float64 {
+		if i%6 < 4 {
+			return 95
+		}
+		return 20
+	})
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		if a, err := alertOf(ctx, leader, "cpu-flap"); err == nil {
+			require.NotEqual(t, pb.AlertState_ALERT_STATE_FIRING, a.State, "a value flapping inside `for` fired")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
+	c := startAlertCluster(t)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+	api := pb.NewAlertServiceClient(f.Conn())
+	good := func() *pb.AlertRule {
+		return &pb.AlertRule{Name: "ok", Metric: "cpu_percent", Op: ">", Threshold: 90, For: durationpb.New(time.Minute)}
+	}
+	for name, tc := range map[string]struct {
+		mutate func(r *pb.AlertRule)
+		field  string
+	}{
+		"unknown metric":   {func(r *pb.AlertRule) { r.Metric = "cpu" }, "rule.metric"},
+		"unknown operator": {func(r *pb.AlertRule) { r.Op = "=>" }, "rule.op"},
+		"negative for":     {func(r *pb.AlertRule) { r.For = durationpb.New(-time.Second) }, "rule.for"},
+		"invalid selector": {func(r *pb.AlertRule) { r.Selector = "tier in web" }, "rule.selector"},
+		"bad template":     {func(r *pb.AlertRule) { r.Annotations = map[string]string{"summary": "{{ .Value "} }, "rule.annotations.summary"},
+		"bad name":         {func(r *pb.AlertRule) { r.Name = "Not OK" }, "rule.name"},
+		"unknown severity": {func(r *pb.AlertRule) { r.Severity = 42 }, "rule.severity"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := good()
+			tc.mutate(r)
+			_, err := api.CreateRule(ctx, &pb.CreateRuleRequest{Rule: r})
+			require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+			require.Contains(t, status.Convert(err).Message(), tc.field)
+		})
+	}
+	_, err := api.CreateRule(ctx, &pb.CreateRuleRequest{})
+	require.Equal(t, codes.InvalidArgument, status.Code(err))
+	rules, err := api.ListRules(ctx, &pb.ListRulesRequest{Consistent: true})
+	require.NoError(t, err)
+	for _, r := range rules.Rules {
+		require.NotEqual(t, "ok", r.Name)
+	}
+	_, err = api.UpdateRule(ctx, &pb.UpdateRuleRequest{Rule: good()})
+	require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+	_, err = api.CreateRule(ctx, &pb.CreateRuleRequest{Rule: good()})
+	require.NoError(t, err)
+	_, err = api.CreateRule(ctx, &pb.CreateRuleRequest{Rule: good()})
+	require.Equal(t, codes.AlreadyExists, status.Code(err))
+	_, err = api.DeleteRule(ctx, &pb.DeleteRuleRequest{Rule: "ok"})
+	require.NoError(t, err)
+}
