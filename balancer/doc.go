@@ -12,6 +12,6 @@
 // restart.
 //
 // Tables are immutable snapshots swapped atomically; the request path never
-// takes a lock that Apply holds. The package exposes plain Go types only: a
-// controller client converts its wire messages into a Table.
+// takes a lock that Apply holds. The package exposes plain Go types only:
+// balancer/watch converts the controllers' wire messages into a Table.
 package balancer

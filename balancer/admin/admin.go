@@ -40,6 +40,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool
+	// Collectors are served on /metrics beside the balancer's own metrics
+	// (a controller watcher's, say).
+	Collectors []prometheus.Collector
 }
 
 // DefaultConfig returns the admin defaults.
@@ -75,6 +78,11 @@ func New(cfg Config, src Source) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		NewCollector(src),
 	)
+	for _, c := range cfg.Collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("admin: register collector: %w", err)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

@@ -1,11 +1,15 @@
 // Command hostscale-balancer runs the hostscale data plane: an HTTP/1.1
-// reverse proxy serving a backend table from a file (-table), from its data
-// directory (-data-dir, the last table it applied), or later from controllers.
+// reverse proxy serving a backend table from the controller cluster
+// (-controllers), from a file (-table), or from its data directory
+// (-data-dir, the last table it applied).
 //
 // Usage:
 //
+//	hostscale-balancer -controllers 10.0.0.1:7800,10.0.0.2:7800 -data-dir /var/lib/hostscale-balancer
 //	hostscale-balancer -table table.json [-listen 127.0.0.1:8080] [-http-addr 127.0.0.1:7802]
 //
+// The data directory's table is applied first, then -table; tables from the
+// controllers are applied when they are newer than the table in force.
 // SIGHUP re-reads the -table file. SIGINT and SIGTERM stop gracefully.
 package main
 
@@ -26,6 +30,8 @@ import (
 
 	"github.com/hostscale/hostscale/balancer"
 	"github.com/hostscale/hostscale/balancer/admin"
+	"github.com/hostscale/hostscale/balancer/watch"
+	"github.com/hostscale/hostscale/internal/version"
 )
 
 func main() {
@@ -38,6 +44,11 @@ type options struct {
 	adm       admin.Config
 	tableFile string
 	logLevel  slog.Level
+	// controllers are the controllers' gRPC addresses; none means static
+	// and saved tables only.
+	controllers []string
+	// name is the balancer's name to the controllers.
+	name string
 }
 
 // usageError is a bad command line: exit status 2.
@@ -54,6 +65,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
 	fs.StringVar(&o.tableFile, "table", "", "serve the static table in this JSON `file` (see docs/balancer.md)")
 	fs.StringVar(&c.DataDir, "data-dir", "", "`dir`ectory where each applied table is saved and loaded from at start")
+	controllers := fs.String("controllers", "", "comma-separated gRPC `addresses` (host:port) of controllers to take tables from (empty: none)")
+	fs.StringVar(&o.name, "name", "", "this balancer's `name` to the controllers, a DNS label (default: the hostname, sanitized)")
 	trusted := fs.String("trusted-proxies", "", "comma-separated `CIDRs` whose X-Forwarded-* headers are kept and extended")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "backend connect timeout")
 	fs.DurationVar(&c.HeaderTimeout, "header-timeout", c.HeaderTimeout, "time allowed to receive a request head")
@@ -65,11 +78,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&c.SlowStart, "slow-start", c.SlowStart, "ramp-up window of backends added to a pool (0 disables)")
 	fs.BoolVar(&o.adm.Pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
 		return nil, usageError{err.Error()}
+	}
+	if *showVersion {
+		fmt.Fprintln(stderr, "hostscale-balancer", version.Version)
+		return nil, flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
 		return nil, usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
@@ -89,6 +107,19 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 				p = netip.PrefixFrom(a, a.BitLen())
 			}
 			c.TrustedProxies = append(c.TrustedProxies, p)
+		}
+	}
+	var err error
+	if o.controllers, err = watch.ParseControllers(*controllers); err != nil {
+		return nil, usageError{"-controllers: " + err.Error()}
+	}
+	if o.name != "" && !watch.ValidName(o.name) {
+		return nil, usageError{fmt.Sprintf("-name: %q is not a DNS label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)", o.name)}
+	}
+	if o.name == "" && len(o.controllers) > 0 {
+		host, _ := os.Hostname()
+		if o.name = watch.NameFromHostname(host); o.name == "" {
+			return nil, usageError{fmt.Sprintf("-name: cannot make a name of the hostname %q; set -name", host)}
 		}
 	}
 	if err := c.Validate(); err != nil {
@@ -136,16 +167,29 @@ func serve(o *options, log *slog.Logger) error {
 			return fmt.Errorf("-table: %w", err)
 		}
 	}
+	var w *watch.Watcher
+	if len(o.controllers) > 0 {
+		cfg := watch.DefaultConfig()
+		cfg.Controllers, cfg.Name, cfg.Balancer, cfg.Logger = o.controllers, o.name, b, log
+		if w, err = watch.New(cfg); err != nil {
+			return err
+		}
+		o.adm.Collectors = append(o.adm.Collectors, w)
+	}
 	adm, err := admin.New(o.adm, b)
 	if err != nil {
 		return err
 	}
+	log.Info("starting", "version", version.Version, "name", o.name, "controllers", strings.Join(o.controllers, ","))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.Run(ctx) })
 	g.Go(func() error { return adm.Run(ctx) })
+	if w != nil {
+		g.Go(func() error { return w.Run(ctx) })
+	}
 	if o.tableFile != "" {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -25,6 +26,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hostscale/hostscale/balancer/internal/wstest"
+	"github.com/hostscale/hostscale/balancer/watch"
+	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	"github.com/hostscale/hostscale/internal/version"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 var binPath string
@@ -45,7 +51,13 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		err := goleak.Find(
+			// grpc-go's resolver and balancer goroutines of closed client
+			// connections (the in-process controllers') exit asynchronously.
+			goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		)
+		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			code = 1
 		}
@@ -62,6 +74,31 @@ func TestParseFlags_defaults(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, o.bal.TrustedProxies, 2)
 	require.Equal(t, "192.168.1.1/32", o.bal.TrustedProxies[1].String())
+}
+
+func TestParseFlags_controllersAndName(t *testing.T) {
+	o, err := parseFlags([]string{"-controllers", " 10.0.0.1:7800, ctl-2:7800,10.0.0.1:7800", "-name", "edge-1"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, []string{"10.0.0.1:7800", "ctl-2:7800"}, o.controllers)
+	require.Equal(t, "edge-1", o.name)
+
+	host, err := os.Hostname()
+	require.NoError(t, err)
+	o, err = parseFlags([]string{"-controllers", "10.0.0.1:7800"}, io.Discard)
+	if want := watch.NameFromHostname(host); want != "" {
+		require.NoError(t, err)
+		require.Equal(t, want, o.name, "the default name is the sanitized hostname")
+	}
+
+	o, err = parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	require.Empty(t, o.controllers, "no controller unless asked")
+}
+
+func TestBinary_versionPrintsAndExits(t *testing.T) {
+	out, err := exec.Command(binPath, "-version").CombinedOutput()
+	require.NoError(t, err)
+	require.Equal(t, "hostscale-balancer "+version.Version+"\n", string(out))
 }
 
 func writeTable(t *testing.T, dir, body string) string {
@@ -86,6 +123,9 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-header-timeout", "0s"}, 2, "HeaderTimeout must be positive"},
 		{[]string{"-log-level", "loud"}, 2, "-log-level"},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1" is not host:port`},
+		{[]string{"-controllers", "10.0.0.1:7800,10.0.0.2:0"}, 2, `-controllers: "10.0.0.2:0": port must be 1-65535`},
+		{[]string{"-name", "Edge 1"}, 2, `-name: "Edge 1" is not a DNS label`},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,
 			"-table: " + badTable + ": balancer: invalid table: pools[0].backends[0].address"},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", filepath.Join(dir, "missing.json")}, 1,
@@ -363,4 +403,50 @@ func TestBinary_sighupReloadsTableFile(t *testing.T) {
 	require.Eventually(t, func() bool { return strings.Contains(p.logs(), "reload table") }, 10*time.Second, 10*time.Millisecond)
 	_, body = get(t, "http://"+p.proxy+"/")
 	require.Equal(t, "b", body)
+}
+
+// TestBinary_controllersFeedTablesNewerThanTheStaticOne runs the binary with
+// a -table file and -controllers against an in-process cluster: the file's
+// table serves until the cluster has a newer one.
+func TestBinary_controllersFeedTablesNewerThanTheStaticOne(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes: 3, Launcher: servertest.Launcher{},
+		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leader, _, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	var controllers []string
+	for _, n := range c.Nodes() {
+		controllers = append(controllers, n.GRPCAddr)
+	}
+	static := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "static") }))
+	fromCluster := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "from cluster") }))
+
+	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(1, static)),
+		"-controllers", strings.Join(controllers, ","), "-name", "edge-bin", "-data-dir", t.TempDir())
+	metric := `hostscale_balancer_controller_connected{controller="`
+	require.Eventually(t, func() bool {
+		_, body := get(t, "http://"+p.admin+"/metrics")
+		return strings.Contains(body, "\n"+metric) && regexp.MustCompile(regexp.QuoteMeta(metric)+`[^"]+"} 1`).MatchString(body)
+	}, 10*time.Second, 20*time.Millisecond, "never connected: %s", p.logs())
+	// The cluster's table (no pools yet) is not newer than the file's.
+	_, body := get(t, "http://"+p.proxy+"/")
+	require.Equal(t, "static", body)
+
+	created, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", Backends: []*pb.Backend{{Address: fromCluster}}}})
+	require.NoError(t, err)
+	require.Greater(t, created.Index, uint64(1))
+	require.Eventually(t, func() bool {
+		_, body := get(t, "http://"+p.proxy+"/")
+		return body == "from cluster"
+	}, 10*time.Second, 20*time.Millisecond, "logs: %s", p.logs())
+	_, body = get(t, "http://"+p.admin+"/readyz")
+	require.Contains(t, body, fmt.Sprintf("/%d", created.Index))
+	_, body = get(t, "http://"+p.admin+"/metrics")
+	require.Contains(t, body, `hostscale_balancer_controller_tables_total{result="applied"} 1`)
+	p.stop(t)
+	require.Contains(t, p.logs(), "controllers="+strings.Join(controllers, ","))
 }

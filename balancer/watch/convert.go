@@ -1,0 +1,162 @@
+package watch
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/hostscale/hostscale/balancer"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// DefaultWeight is the weight given to a backend whose wire weight is 0.
+// It is the controller's default, so that backends with and without an
+// explicit weight keep the shares the controller meant.
+const DefaultWeight = 100
+
+// errNoVersion marks a wire table without a version: it can be neither
+// ordered nor acknowledged.
+var errNoVersion = errors.New("table has no version")
+
+// FromProto converts a controller's wire table into a balancer.Table. A pool
+// without hosts routes any host ("*"); a backend weight of 0 becomes
+// DefaultWeight. Errors wrap balancer.ErrInvalidTable and name the field, as
+// Table.Validate does; FromProto does not validate what Apply will. It does
+// not retain t.
+func FromProto(t *pb.Table) (*balancer.Table, error) {
+	if t == nil {
+		return nil, fmt.Errorf("%w: nil table", balancer.ErrInvalidTable)
+	}
+	if t.Version == nil {
+		return nil, fmt.Errorf("%w: %w", balancer.ErrInvalidTable, errNoVersion)
+	}
+	out := &balancer.Table{
+		Version: versionFromProto(t.Version),
+		Pools:   make([]balancer.Pool, 0, len(t.GetPools())),
+	}
+	for i, p := range t.GetPools() {
+		pool := balancer.Pool{
+			Name:       p.GetName(),
+			Hosts:      append([]string(nil), p.GetHosts()...),
+			PathPrefix: p.GetPathPrefix(),
+			Backends:   make([]balancer.Backend, 0, len(p.GetBackends())),
+		}
+		if len(pool.Hosts) == 0 {
+			pool.Hosts = []string{"*"}
+		}
+		switch p.GetPolicy() {
+		case pb.Policy_POLICY_UNSPECIFIED, pb.Policy_POLICY_LEAST_REQUEST:
+			pool.Policy = balancer.PolicyLeastRequest
+		case pb.Policy_POLICY_ROUND_ROBIN:
+			pool.Policy = balancer.PolicyRoundRobin
+		default:
+			return nil, fmt.Errorf("%w: pools[%d].policy: unknown policy %d", balancer.ErrInvalidTable, i, p.GetPolicy())
+		}
+		for j, b := range p.GetBackends() {
+			w := uint64(b.GetWeight())
+			if w == 0 {
+				w = DefaultWeight
+			}
+			if w > balancer.MaxWeight {
+				return nil, fmt.Errorf("%w: pools[%d].backends[%d].weight: %d is above %d",
+					balancer.ErrInvalidTable, i, j, w, balancer.MaxWeight)
+			}
+			pool.Backends = append(pool.Backends, balancer.Backend{
+				Address:  b.GetAddress(),
+				Weight:   int(w),
+				Draining: b.GetDraining(),
+			})
+		}
+		out.Pools = append(out.Pools, pool)
+	}
+	return out, nil
+}
+
+func versionFromProto(v *pb.TableVersion) balancer.Version {
+	return balancer.Version{Term: v.GetTerm(), Index: v.GetIndex()}
+}
+
+func versionToProto(v balancer.Version) *pb.TableVersion {
+	return &pb.TableVersion{Term: v.Term, Index: v.Index}
+}
+
+// ParseControllers parses a comma-separated list of host:port addresses.
+// Spaces around an entry are ignored and duplicates dropped; an empty list
+// is not an error (it means no controller).
+func ParseControllers(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range strings.Split(s, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if err := checkAddr(a); err != nil {
+			return nil, err
+		}
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func checkAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", a)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("%q: port must be 1-65535", a)
+	}
+	return nil
+}
+
+// ValidName reports whether name can name a balancer to the controllers: a
+// DNS label, [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters.
+func ValidName(name string) bool {
+	if len(name) == 0 || len(name) > 63 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' && i > 0 && i < len(name)-1:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// NameFromHostname turns a host name into a balancer name: lowercased, every
+// run of other characters (dots included) replaced by one '-', trimmed of
+// '-' at both ends and cut to 63 characters. It returns "" when nothing
+// usable is left.
+func NameFromHostname(hostname string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(hostname) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+			dash = false
+			continue
+		}
+		if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	name := strings.TrimRight(b.String(), "-")
+	if len(name) > 63 {
+		name = strings.TrimRight(name[:63], "-")
+	}
+	return name
+}

@@ -1,0 +1,126 @@
+package watch
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/balancer"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func TestFromProto_mapsPoliciesWeightsAndAnyHost(t *testing.T) {
+	in := &pb.Table{
+		Version: &pb.TableVersion{Term: 3, Index: 42},
+		Pools: []*pb.TablePool{
+			{Name: "web", Hosts: []string{"example.com", "*.example.com"}, PathPrefix: "/", Policy: pb.Policy_POLICY_ROUND_ROBIN,
+				Backends: []*pb.TableBackend{{Address: "10.0.0.1:80", Weight: 7}, {Address: "10.0.0.2:80", Draining: true}}},
+			{Name: "api", PathPrefix: "/api", Policy: pb.Policy_POLICY_LEAST_REQUEST},
+			{Name: "old", Hosts: []string{"old.example"}, Policy: pb.Policy_POLICY_UNSPECIFIED,
+				Backends: []*pb.TableBackend{{Address: "[fd00::1]:8080", Weight: 1000}}},
+		},
+	}
+	got, err := FromProto(in)
+	require.NoError(t, err)
+	want := &balancer.Table{
+		Version: balancer.Version{Term: 3, Index: 42},
+		Pools: []balancer.Pool{
+			{Name: "web", Hosts: []string{"example.com", "*.example.com"}, PathPrefix: "/", Policy: balancer.PolicyRoundRobin,
+				Backends: []balancer.Backend{{Address: "10.0.0.1:80", Weight: 7}, {Address: "10.0.0.2:80", Weight: DefaultWeight, Draining: true}}},
+			{Name: "api", Hosts: []string{"*"}, PathPrefix: "/api", Policy: balancer.PolicyLeastRequest, Backends: []balancer.Backend{}},
+			{Name: "old", Hosts: []string{"old.example"}, Policy: balancer.PolicyLeastRequest,
+				Backends: []balancer.Backend{{Address: "[fd00::1]:8080", Weight: 1000}}},
+		},
+	}
+	require.Equal(t, want, got)
+	require.NoError(t, got.Validate())
+
+	// The result shares nothing with the message.
+	in.Pools[0].Hosts[0] = "changed.example"
+	require.Equal(t, "example.com", got.Pools[0].Hosts[0])
+}
+
+func TestFromProto_emptyTableIsValid(t *testing.T) {
+	got, err := FromProto(&pb.Table{Version: &pb.TableVersion{}})
+	require.NoError(t, err)
+	require.Empty(t, got.Pools)
+	require.NoError(t, got.Validate())
+}
+
+func TestFromProto_rejectsWhatCannotBeMapped(t *testing.T) {
+	tests := []struct {
+		name string
+		in   *pb.Table
+		want string
+	}{
+		{"nil table", nil, "nil table"},
+		{"no version", &pb.Table{}, "no version"},
+		{"unknown policy", &pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+			{Name: "a"}, {Name: "b", Policy: pb.Policy(9)}}}, "pools[1].policy: unknown policy 9"},
+		{"weight too large", &pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+			{Name: "a", Backends: []*pb.TableBackend{{Address: "10.0.0.1:1", Weight: balancer.MaxWeight + 1}}}}},
+			"pools[0].backends[0].weight: 10001 is above 10000"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := FromProto(tc.in)
+			require.ErrorIs(t, err, balancer.ErrInvalidTable)
+			require.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestFromProto_hostNameBackendFailsValidation(t *testing.T) {
+	// Controllers accept host names in backend addresses; the balancer
+	// routes to IP addresses only, so Apply refuses such a table.
+	got, err := FromProto(&pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+		{Name: "a", Backends: []*pb.TableBackend{{Address: "db.internal:5432"}}}}})
+	require.NoError(t, err)
+	err = got.Validate()
+	require.ErrorIs(t, err, balancer.ErrInvalidTable)
+	require.Contains(t, err.Error(), "pools[0].backends[0].address")
+}
+
+func TestParseControllers(t *testing.T) {
+	got, err := ParseControllers(" 10.0.0.1:7800, ctl-2.example:7800,,10.0.0.1:7800,[fd00::1]:7800 ")
+	require.NoError(t, err)
+	require.Equal(t, []string{"10.0.0.1:7800", "ctl-2.example:7800", "[fd00::1]:7800"}, got)
+
+	got, err = ParseControllers("")
+	require.NoError(t, err)
+	require.Empty(t, got)
+
+	for in, want := range map[string]string{
+		"10.0.0.1":        `"10.0.0.1" is not host:port`,
+		":7800":           `":7800" has no host`,
+		"10.0.0.1:0":      "port must be 1-65535",
+		"10.0.0.1:http":   "port must be 1-65535",
+		"a:1,b:70000":     `"b:70000": port must be 1-65535`,
+		"10.0.0.1:1:2:3:": "is not host:port",
+	} {
+		_, err := ParseControllers(in)
+		require.ErrorContains(t, err, want, in)
+	}
+}
+
+func TestNameFromHostnameAndValidName(t *testing.T) {
+	for in, want := range map[string]string{
+		"edge-1":                       "edge-1",
+		"Edge_1.DC2.example.com":       "edge-1-dc2-example-com",
+		"--x--":                        "x",
+		"...":                          "",
+		strings.Repeat("a", 70):        strings.Repeat("a", 63),
+		strings.Repeat("a", 62) + ".b": strings.Repeat("a", 62),
+	} {
+		got := NameFromHostname(in)
+		require.Equal(t, want, got, in)
+		require.True(t, got == "" || ValidName(got), got)
+	}
+	require.True(t, ValidName("a"))
+	require.False(t, ValidName(""))
+	require.False(t, ValidName("Edge"))
+	require.False(t, ValidName("-a"))
+	require.False(t, ValidName("a-"))
+	require.False(t, ValidName(strings.Repeat("a", 64)))
+}

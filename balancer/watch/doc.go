@@ -1,0 +1,17 @@
+// Package watch keeps a balancer's table in step with the controller
+// cluster.
+//
+// A Watcher holds one BalancerService.WatchTable stream to one controller at
+// a time: any controller serves it from its own replicated state, leader or
+// follower. It asks only for tables newer than the one in force, converts
+// each table it receives into a balancer.Table, applies it, and acknowledges
+// the applied version (or the reason a table was refused) with AckTable.
+// When the stream fails it moves on to the next controller in its list after
+// a jittered exponential back-off.
+//
+// It never takes a table away: while no controller answers, the table in
+// force stays in force, and with a data directory it survives a restart of
+// the balancer. It never applies a table older than the one in force
+// (balancer.Balancer.Apply refuses it). It does not write to the cluster
+// beyond acknowledgements.
+package watch
