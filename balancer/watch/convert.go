@@ -3,9 +3,9 @@ package watch
 import (
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
-	"strings"
+
+	"github.com/hostscale/hostscale/internal/hostport"
+	"github.com/hostscale/hostscale/internal/names"
 
 	"github.com/hostscale/hostscale/balancer"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -85,78 +85,14 @@ func versionToProto(v balancer.Version) *pb.TableVersion {
 // ParseControllers parses a comma-separated list of host:port addresses.
 // Spaces around an entry are ignored and duplicates dropped; an empty list
 // is not an error (it means no controller).
-func ParseControllers(s string) ([]string, error) {
-	var out []string
-	seen := map[string]bool{}
-	for _, a := range strings.Split(s, ",") {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		if err := checkAddr(a); err != nil {
-			return nil, err
-		}
-		if !seen[a] {
-			seen[a] = true
-			out = append(out, a)
-		}
-	}
-	return out, nil
-}
-
-func checkAddr(a string) error {
-	host, port, err := net.SplitHostPort(a)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port", a)
-	}
-	if host == "" {
-		return fmt.Errorf("%q has no host", a)
-	}
-	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return fmt.Errorf("%q: port must be 1-65535", a)
-	}
-	return nil
-}
+func ParseControllers(s string) ([]string, error) { return hostport.ParseList(s) }
 
 // ValidName reports whether name can name a balancer to the controllers: a
 // DNS label, [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters.
-func ValidName(name string) bool {
-	if len(name) == 0 || len(name) > 63 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0 && i < len(name)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func ValidName(name string) bool { return names.Check(name) == nil }
 
 // NameFromHostname turns a host name into a balancer name: lowercased, every
 // run of other characters (dots included) replaced by one '-', trimmed of
 // '-' at both ends and cut to 63 characters. It returns "" when nothing
 // usable is left.
-func NameFromHostname(hostname string) string {
-	var b strings.Builder
-	dash := false
-	for _, r := range strings.ToLower(hostname) {
-		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
-			b.WriteRune(r)
-			dash = false
-			continue
-		}
-		if !dash && b.Len() > 0 {
-			b.WriteByte('-')
-			dash = true
-		}
-	}
-	name := strings.TrimRight(b.String(), "-")
-	if len(name) > 63 {
-		name = strings.TrimRight(name[:63], "-")
-	}
-	return name
-}
+func NameFromHostname(hostname string) string { return names.FromHostname(hostname) }

@@ -92,12 +92,12 @@ func TestParseControllers(t *testing.T) {
 	require.Empty(t, got)
 
 	for in, want := range map[string]string{
-		"10.0.0.1":        `"10.0.0.1" is not host:port`,
-		":7800":           `":7800" has no host`,
+		"10.0.0.1":        `"10.0.0.1": expected host:port`,
+		":7800":           `":7800": missing host`,
 		"10.0.0.1:0":      "port must be 1-65535",
 		"10.0.0.1:http":   "port must be 1-65535",
 		"a:1,b:70000":     `"b:70000": port must be 1-65535`,
-		"10.0.0.1:1:2:3:": "is not host:port",
+		"10.0.0.1:1:2:3:": "expected host:port",
 	} {
 		_, err := ParseControllers(in)
 		require.ErrorContains(t, err, want, in)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hostscale/hostscale/balancer"
 	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/hostport"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -91,7 +92,7 @@ func (c *Config) Validate() error {
 		return errors.New("watch: ConnectTimeout and AckTimeout must be positive")
 	}
 	for _, a := range c.Controllers {
-		if err := checkAddr(a); err != nil {
+		if err := hostport.Check(a); err != nil {
 			return fmt.Errorf("watch: controller %w", err)
 		}
 	}

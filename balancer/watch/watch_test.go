@@ -304,7 +304,7 @@ func TestConfig_Validate(t *testing.T) {
 		want string
 	}{
 		{func(c *Config) { c.Controllers = nil }, "Controllers"},
-		{func(c *Config) { c.Controllers = []string{"ctl"} }, `"ctl" is not host:port`},
+		{func(c *Config) { c.Controllers = []string{"ctl"} }, `"ctl": expected host:port`},
 		{func(c *Config) { c.Name = "Edge 1" }, `Name "Edge 1" is not a DNS label`},
 		{func(c *Config) { c.Balancer = nil }, "Balancer"},
 		{func(c *Config) { c.BackoffMax = c.BackoffMin / 2 }, "BackoffMin"},

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/hostscale/hostscale/internal/names"
 )
 
 // IDFile is the name of the file, in the data directory, that keeps the
@@ -14,7 +16,7 @@ import (
 const IDFile = "node-id"
 
 // MaxIDLength is the longest node id: the length of a DNS label.
-const MaxIDLength = 63
+const MaxIDLength = names.MaxLength
 
 // ErrIDMismatch is returned by ResolveID when the id asked for differs from
 // the stored one.
@@ -23,49 +25,11 @@ var ErrIDMismatch = errors.New("node id differs from the stored one")
 // ValidateID reports whether id is a DNS label (RFC 1123): 1 to 63
 // lowercase letters, digits and '-', starting and ending with a letter or
 // digit.
-func ValidateID(id string) error {
-	if id == "" {
-		return errors.New("must not be empty")
-	}
-	if len(id) > MaxIDLength {
-		return fmt.Errorf("%q is longer than %d characters", id, MaxIDLength)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0 && i < len(id)-1:
-		default:
-			return fmt.Errorf("%q is not a DNS label (lowercase letters, digits and '-', starting and ending with a letter or digit)", id)
-		}
-	}
-	return nil
-}
+func ValidateID(id string) error { return names.Check(id) }
 
-// SanitizeID turns a hostname into a DNS label: lowercased, every run of
-// other characters (dots included, so that web1.dc1 and web1.dc2 stay
-// apart) replaced by one '-', trimmed of '-' at both ends and cut to 63
-// characters. It returns "" when nothing usable is left.
-func SanitizeID(hostname string) string {
-	var b strings.Builder
-	dash := false
-	for _, r := range strings.ToLower(hostname) {
-		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
-			b.WriteRune(r)
-			dash = false
-			continue
-		}
-		if !dash && b.Len() > 0 {
-			b.WriteByte('-')
-			dash = true
-		}
-	}
-	id := strings.TrimRight(b.String(), "-")
-	if len(id) > MaxIDLength {
-		id = strings.TrimRight(id[:MaxIDLength], "-")
-	}
-	return id
-}
+// SanitizeID turns a hostname into a DNS label (see names.FromHostname).
+// It returns "" when nothing usable is left.
+func SanitizeID(hostname string) string { return names.FromHostname(hostname) }
 
 // ResolveID returns the node id of an agent whose data directory is dir,
 // and writes it there when it was not stored yet. The stored id wins; a
