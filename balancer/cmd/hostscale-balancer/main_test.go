@@ -123,7 +123,7 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-header-timeout", "0s"}, 2, "HeaderTimeout must be positive"},
 		{[]string{"-log-level", "loud"}, 2, "-log-level"},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
-		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1" is not host:port`},
+		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1": expected host:port`},
 		{[]string{"-controllers", "10.0.0.1:7800,10.0.0.2:0"}, 2, `-controllers: "10.0.0.2:0": port must be 1-65535`},
 		{[]string{"-name", "Edge 1"}, 2, `-name: "Edge 1" is not a DNS label`},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,
