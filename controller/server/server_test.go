@@ -117,6 +117,10 @@ func TestCluster_writeThroughFollowerIsSeenEverywhere(t *testing.T) {
 	// Forwarded errors keep their code.
 	_, err = f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web")})
 	require.Equal(t, codes.AlreadyExists, status.Code(err), err)
+	// Prefixes match whole segments: "/web/" is the route "/web" already has.
+	_, err = f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "web2", PathPrefix: "/web/"}})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), err)
+	require.Contains(t, err.Error(), `already served by pool "web"`)
 	_, err = f.Pools().AddBackend(ctx, &pb.AddBackendRequest{Pool: "nope", Backend: &pb.Backend{Address: "127.0.0.1:1"}})
 	require.Equal(t, codes.NotFound, status.Code(err), err)
 }
@@ -419,8 +423,12 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("ok", "127.0.0.1:80", "nohost")})
 			return err
 		}, codes.InvalidArgument, "pool.backends[1].address"},
+		"CreatePool backend host name": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("ok", "backend.example.com:80")})
+			return err
+		}, codes.InvalidArgument, "pool.backends[0].address"},
 		"CreatePool bad weight": {func() error {
-			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Backends: []*pb.Backend{{Address: "a:1", Weight: 5000}}}})
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Backends: []*pb.Backend{{Address: "10.0.0.1:1", Weight: 5000}}}})
 			return err
 		}, codes.InvalidArgument, "pool.backends[0].weight"},
 		"CreatePool bad path": {func() error {

@@ -3,6 +3,7 @@ package endpoint
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -70,6 +71,11 @@ func checkBackend(field string, b *pb.Backend) error {
 	if err := checkAddress(field+".address", b.Address); err != nil {
 		return err
 	}
+	// Balancers dial what the table says and resolve no names: a backend
+	// is a literal IP address.
+	if host, _, _ := net.SplitHostPort(b.Address); !isIP(host) {
+		return invalid(field+".address", "%q: the host must be an IP address", b.Address)
+	}
 	if b.Weight > MaxWeight {
 		return invalid(field+".weight", "at most %d, got %d", MaxWeight, b.Weight)
 	}
@@ -103,6 +109,12 @@ func normalizePool(p *pb.Pool) error {
 	if !strings.HasPrefix(p.PathPrefix, "/") || len(p.PathPrefix) > 1024 || strings.ContainsAny(p.PathPrefix, " ?#\t\r\n") {
 		return invalid("pool.path_prefix", "%q must start with '/' and hold no spaces, '?' or '#'", p.PathPrefix)
 	}
+	// Prefixes match whole path segments: "/api/" and "/api" are one route.
+	if trimmed := strings.TrimRight(p.PathPrefix, "/"); trimmed != "" {
+		p.PathPrefix = trimmed
+	} else {
+		p.PathPrefix = "/"
+	}
 	switch p.Policy {
 	case pb.Policy_POLICY_UNSPECIFIED:
 		p.Policy = pb.Policy_POLICY_LEAST_REQUEST
@@ -126,4 +138,9 @@ func normalizePool(p *pb.Pool) error {
 	}
 	p.CreateIndex, p.ModifyIndex = 0, 0
 	return nil
+}
+
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
 }
