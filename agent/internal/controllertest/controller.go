@@ -4,10 +4,13 @@
 package controllertest
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -35,6 +38,10 @@ type Behaviour struct {
 	// Poison fails a batch holding the sample with this Processes value
 	// with RESOURCE_EXHAUSTED.
 	Poison uint32
+	// Invalid fails a batch holding the sample with this Processes value
+	// with INVALID_ARGUMENT naming the sample's field in a BadRequest
+	// detail, as the controller does for a value no host can produce.
+	Invalid uint32
 }
 
 // Controller is an AgentService on a loopback port whose answers a
@@ -176,9 +183,16 @@ func (f *Controller) Connect(stream pb.AgentService_ConnectServer) error {
 				if b.ExhaustAbove > 0 && len(batch.GetSamples()) > b.ExhaustAbove {
 					return status.Errorf(codes.ResourceExhausted, "batch of %d over %d", len(batch.GetSamples()), b.ExhaustAbove)
 				}
-				for _, s := range batch.GetSamples() {
+				for i, s := range batch.GetSamples() {
 					if b.Poison != 0 && s.GetProcesses() == b.Poison {
 						return status.Error(codes.ResourceExhausted, "poison sample")
+					}
+					if b.Invalid != 0 && s.GetProcesses() == b.Invalid {
+						field := fmt.Sprintf("samples[%d].processes", i)
+						st, _ := status.New(codes.InvalidArgument, field+": refused").WithDetails(&errdetails.BadRequest{
+							FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: "refused"}},
+						})
+						return st.Err()
 					}
 				}
 				f.mu.Lock()

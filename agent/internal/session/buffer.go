@@ -89,3 +89,17 @@ func (b *buffer) unsend() {
 		e.seq = 0
 	}
 }
+
+// dropInBatch drops the i-th sample sent in batch seq, if there is one.
+func (b *buffer) dropInBatch(seq uint64, i int) bool {
+	for j, e := range b.items {
+		if e.seq == seq {
+			if k := j + i; k < len(b.items) && b.items[k].seq == seq {
+				b.items = append(b.items[:k], b.items[k+1:]...)
+				return true
+			}
+			return false
+		}
+	}
+	return false
+}

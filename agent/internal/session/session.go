@@ -1,6 +1,9 @@
 package session
 
 import (
+	"regexp"
+	"strconv"
+
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -520,6 +525,9 @@ func (s *Session) ack(st *stream, a *pb.Ack) {
 // order: later batches are cut at half its size, and a batch of a single
 // sample is dropped rather than sent again.
 func (s *Session) failed(st *stream, err error) result {
+	if status.Code(err) == codes.InvalidArgument && len(st.flights) > 0 {
+		s.dropRefused(st, err)
+	}
 	if status.Code(err) == codes.ResourceExhausted && len(st.flights) > 0 {
 		n := st.flights[0].n
 		if n <= 1 {
@@ -539,6 +547,41 @@ func (s *Session) failed(st *stream, err error) result {
 		}
 	}
 	return result{err: err}
+}
+
+// refusedSample matches the field the controller names when it refuses one
+// sample of a batch, e.g. "samples[3].cpu_percent".
+var refusedSample = regexp.MustCompile(`^samples\[(\d+)\]`)
+
+// dropRefused drops the sample an INVALID_ARGUMENT names in its BadRequest
+// detail, from the oldest unacknowledged batch (the controller reads
+// batches in order), so that one bad reading is not sent again on every
+// reconnect.
+func (s *Session) dropRefused(st *stream, err error) {
+	for _, d := range status.Convert(err).Details() {
+		br, ok := d.(*errdetails.BadRequest)
+		if !ok {
+			continue
+		}
+		for _, v := range br.GetFieldViolations() {
+			m := refusedSample.FindStringSubmatch(v.GetField())
+			if m == nil {
+				continue
+			}
+			i, _ := strconv.Atoi(m[1])
+			s.mu.Lock()
+			dropped := s.buf.dropInBatch(st.flights[0].seq, i)
+			left := len(s.buf.items)
+			s.mu.Unlock()
+			if dropped {
+				s.m.dropped.Inc()
+				s.m.buffered.Set(float64(left))
+				s.log.Error("controller refused a sample; dropped it", "controller", st.addr,
+					"field", v.GetField(), "reason", v.GetDescription())
+			}
+			return
+		}
+	}
 }
 
 // streamErr turns the io.EOF that a Send returns on a broken stream into

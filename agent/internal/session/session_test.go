@@ -357,6 +357,24 @@ func TestSession_dropsASingleSampleTheControllerCannotTake(t *testing.T) {
 	require.Equal(t, 1.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
 }
 
+func TestSession_dropsASampleTheControllerRefusesAsInvalid(t *testing.T) {
+	c := controllertest.Start(t, "c1")
+	c.Set(controllertest.Behaviour{Invalid: 3})
+	reg := prometheus.NewRegistry()
+	cfg := testConfig(c.Addr())
+	cfg.Registerer = reg
+	s, err := New(cfg)
+	require.NoError(t, err)
+	src := sample.NewFake()
+	offer(t, s, src, 4)
+	running(t, s)
+
+	require.Eventually(t, func() bool { return s.Buffered() == 0 }, wait, 5*time.Millisecond)
+	nums, _ := c.Received()
+	require.Equal(t, []uint32{1, 2, 4}, nums)
+	require.Equal(t, 1.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
+}
+
 func TestSession_givesUpOnSilentControllerAndStopsOnCancel(t *testing.T) {
 	// A port whose backlog accepts connections that nobody ever answers.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
