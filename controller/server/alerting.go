@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/internal/alerts"
 	"github.com/hostscale/hostscale/controller/internal/endpoint"
@@ -86,4 +89,81 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 			"reason", string(t.Reason), "fingerprint", t.Fingerprint.String(), "summary", t.Alert.Annotations["summary"])
 	}
 	return nil
+}
+
+// dispatchConfig routes every alert to the log and to each configured
+// webhook and Alertmanager, grouped by alert name.
+func (s *Server) dispatchConfig() alerts.DispatchConfig {
+	cfg := alerts.DispatchConfig{
+		Receivers: []alerts.Receiver{{Name: "log", Kind: alerts.ReceiverLog, SendResolved: true}},
+		Route: alerts.Route{
+			Receiver:       "log",
+			GroupBy:        []string{alerts.LabelAlertName},
+			GroupWait:      s.cfg.AlertGroupWait,
+			GroupInterval:  s.cfg.AlertGroupInterval,
+			RepeatInterval: s.cfg.AlertRepeatInterval,
+			Routes:         []alerts.Route{{Receiver: "log", Continue: true}},
+		},
+	}
+	add := func(r alerts.Receiver) {
+		cfg.Receivers = append(cfg.Receivers, r)
+		cfg.Route.Routes = append(cfg.Route.Routes, alerts.Route{Receiver: r.Name, Continue: true})
+	}
+	for i, u := range s.cfg.AlertWebhooks {
+		add(alerts.Receiver{Name: fmt.Sprintf("webhook-%d", i), Kind: alerts.ReceiverWebhook, URL: u, SendResolved: true})
+	}
+	if s.cfg.AlertmanagerURL != "" {
+		add(alerts.Receiver{Name: "alertmanager", Kind: alerts.ReceiverAlertmanager, URL: s.cfg.AlertmanagerURL, SendResolved: true})
+	}
+	return cfg
+}
+
+// notifyAlerts is the leader loop that delivers notifications: each round
+// it plans from the alerts and the delivery records in Raft, sends what is
+// due, and records each delivery through Raft, so that no later leader
+// sends it again. A leader that dies between a send and its record leaves
+// the notification to be sent again under the same idempotency key.
+func (s *Server) notifyAlerts(ctx context.Context) error {
+	d, err := alerts.NewDispatcher(s.dispatchConfig())
+	if err != nil {
+		return err
+	}
+	senders := alerts.Senders{Log: alerts.LogSender{Logger: s.logger}, HTTP: &alerts.HTTPSender{Retry: alerts.DefaultRetry()}}
+	t := time.NewTicker(s.cfg.AlertInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		current := map[alerts.Fingerprint]alerts.Alert{}
+		var ledger alerts.Ledger
+		s.fsm.Read(func(st *pb.State) {
+			for _, a := range st.Alerts {
+				if x, ok := endpoint.AlertFromPB(a); ok {
+					current[x.Fingerprint] = x
+				}
+			}
+			for _, r := range st.AlertDeliveries {
+				ledger.Record(alerts.Delivery{Key: r.Key, Receiver: r.Receiver, GroupKey: r.GroupKey, AlertKeys: r.AlertKeys, At: r.At.AsTime()})
+			}
+		})
+		plan := d.Plan(time.Now(), current, nil, ledger)
+		for _, n := range plan.Notifications {
+			if err := senders.Send(ctx, n); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				s.logger.Warn("alert notification failed", "receiver", n.Receiver.Name, "key", n.Key, "err", err)
+				continue
+			}
+			dl := n.Delivery(time.Now())
+			if _, err := s.core.Apply(&pb.Command{Command: &pb.Command_RecordAlertDeliveries{RecordAlertDeliveries: &pb.RecordAlertDeliveriesCommand{
+				Deliveries: []*pb.AlertDelivery{{Key: dl.Key, Receiver: dl.Receiver, GroupKey: dl.GroupKey, AlertKeys: dl.AlertKeys, At: timestamppb.New(dl.At)}},
+			}}}); err != nil {
+				return err
+			}
+		}
+	}
 }

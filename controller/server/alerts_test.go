@@ -2,7 +2,11 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,13 +21,16 @@ import (
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
-func startAlertCluster(t *testing.T) *testcluster.Cluster {
+func startAlertCluster(t *testing.T, webhooks ...string) *testcluster.Cluster {
 	t.Helper()
 	return testcluster.Start(t, testcluster.Options{
 		Nodes: 3,
 		Launcher: servertest.Launcher{Configure: func(c *server.Config) {
 			c.HeartbeatTTL = 5 * time.Second
 			c.AlertInterval = 100 * time.Millisecond
+			c.AlertGroupWait = 100 * time.Millisecond
+			c.AlertGroupInterval = 200 * time.Millisecond
+			c.AlertWebhooks = webhooks
 		}},
 		HeartbeatTimeout: 500 * time.Millisecond,
 		ElectionTimeout:  500 * time.Millisecond,
@@ -76,8 +83,48 @@ func alertOf(ctx context.Context, n *testcluster.Node, rule string) (*pb.Alert, 
 	return nil, fmt.Errorf("no %s alert", rule)
 }
 
+// webhookReceiver counts Alertmanager webhook deliveries by status and
+// idempotency key.
+type webhookReceiver struct {
+	mu     sync.Mutex
+	bodies []map[string]any
+	keys   map[string]int
+}
+
+func (w *webhookReceiver) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	var body map[string]any
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		http.Error(rw, err.Error(), 400)
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.bodies = append(w.bodies, body)
+	w.keys[r.Header.Get("Idempotency-Key")]++
+	rw.WriteHeader(200)
+}
+
+// count returns how many deliveries had the given status (firing,
+// resolved) for the alert name.
+func (w *webhookReceiver) count(status, alertname string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, b := range w.bodies {
+		if b["status"] == status && b["version"] == "4" {
+			if gl, _ := b["groupLabels"].(map[string]any); gl["alertname"] == alertname {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
-	c := startAlertCluster(t)
+	rcv := &webhookReceiver{keys: map[string]int{}}
+	hook := httptest.NewServer(rcv)
+	defer hook.Close()
+	c := startAlertCluster(t, hook.URL)
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
 	alertsAPI := pb.NewAlertServiceClient(leader.Conn())
@@ -124,6 +171,12 @@ func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
 	require.Equal(t, 97.0, firing.Value)
 	require.Equal(t, "CPU on busy-1 is 97", firing.Annotations["summary"])
 	require.GreaterOrEqual(t, firing.FiredAt.AsTime().Sub(firing.ActiveSince.AsTime()), time.Second, "fired after `for`")
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(context.Context) error {
+		if n := rcv.count("firing", "cpu-hot"); n != 1 {
+			return fmt.Errorf("%d firing deliveries", n)
+		}
+		return nil
+	}))
 
 	// Stop every controller and start them again: still firing, with its
 	// original start time.
@@ -143,7 +196,8 @@ func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
 		require.True(t, a.FiredAt.AsTime().Equal(firing.FiredAt.AsTime()), "not fired again on %s", n.ID)
 	}
 
-	// Back under the threshold: resolved.
+	// Back under the threshold: resolved, delivered once; the firing
+	// notification was not sent again by the restarted cluster.
 	hot = false
 	fctx, stopFeed = context.WithCancel(ctx)
 	defer stopFeed()
@@ -153,8 +207,17 @@ func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
 		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
 			err = fmt.Errorf("cpu-hot is %v", a.State)
 		}
+		if err == nil && rcv.count("resolved", "cpu-hot") != 1 {
+			err = fmt.Errorf("%d resolved deliveries", rcv.count("resolved", "cpu-hot"))
+		}
 		return err
 	}))
+	time.Sleep(500 * time.Millisecond) // five more notifier rounds: nothing else may arrive
+	require.Equal(t, 1, rcv.count("firing", "cpu-hot"))
+	require.Equal(t, 1, rcv.count("resolved", "cpu-hot"))
+	for k, n := range rcv.keys {
+		require.Equal(t, 1, n, "key %s delivered %d times", k, n)
+	}
 }
 
 func TestAlerts_flappingInsideForNeverFires(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
+	"github.com/hostscale/hostscale/controller/internal/alerts"
 	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/controller/internal/leader"
@@ -62,8 +63,15 @@ type Config struct {
 	// MetricsWindow is how much sample history the leader keeps per node
 	// (at one sample a second).
 	MetricsWindow time.Duration
-	// AlertInterval is how often the leader evaluates the alerting rules.
+	// AlertInterval is how often the leader evaluates the alerting rules
+	// and plans notifications.
 	AlertInterval time.Duration
+	// AlertWebhooks receive the Alertmanager webhook payload (version 4);
+	// AlertmanagerURL, when set, is an Alertmanager to push alerts to.
+	AlertWebhooks   []string
+	AlertmanagerURL string
+	// Grouping of notifications, as in Alertmanager's route.
+	AlertGroupWait, AlertGroupInterval, AlertRepeatInterval time.Duration
 }
 
 // DefaultConfig returns the defaults of the hostscale-controller flags.
@@ -79,6 +87,10 @@ func DefaultConfig() Config {
 		HeartbeatTTL:  10 * time.Second,
 		MetricsWindow: 5 * time.Minute,
 		AlertInterval: 5 * time.Second,
+
+		AlertGroupWait:      10 * time.Second,
+		AlertGroupInterval:  5 * time.Minute,
+		AlertRepeatInterval: 4 * time.Hour,
 	}
 }
 
@@ -98,6 +110,9 @@ func (c Config) Validate() error {
 	}
 	if c.AlertInterval < 10*time.Millisecond {
 		return errors.New("-alert-interval: at least 10ms")
+	}
+	if _, err := alerts.NewDispatcher((&Server{cfg: c}).dispatchConfig()); err != nil {
+		return fmt.Errorf("alert delivery: %w", err)
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
@@ -208,7 +223,7 @@ func New(cfg Config) (s *Server, err error) {
 		Nodes:     s.nodeStatuses,
 		SetStatus: s.setNodeStatus,
 		Logger:    logger,
-	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts})
+	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.

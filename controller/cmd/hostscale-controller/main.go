@@ -9,8 +9,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -80,6 +82,12 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", cfg.HeartbeatTTL, "a node whose agent sends nothing this long is marked down")
 	fs.DurationVar(&cfg.MetricsWindow, "metrics-window", cfg.MetricsWindow, "sample history the leader keeps per node (one sample a second)")
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", cfg.AlertInterval, "how often the leader evaluates the alerting rules")
+	var webhooks string
+	fs.StringVar(&webhooks, "alert-webhook", "", "comma-separated URLs that receive alert notifications (Alertmanager webhook payload, version 4)")
+	fs.StringVar(&cfg.AlertmanagerURL, "alertmanager", "", "base URL of an Alertmanager to push alerts to (POST /api/v2/alerts)")
+	fs.DurationVar(&cfg.AlertGroupWait, "alert-group-wait", cfg.AlertGroupWait, "how long a new alert group waits for more alerts before its first notification")
+	fs.DurationVar(&cfg.AlertGroupInterval, "alert-group-interval", cfg.AlertGroupInterval, "how long a notified group waits before a notification about its changes (new or resolved alerts)")
+	fs.DurationVar(&cfg.AlertRepeatInterval, "alert-repeat-interval", cfg.AlertRepeatInterval, "how often a still-firing group is notified again")
 	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
 	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")
@@ -90,6 +98,20 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	if showVersion {
 		fmt.Fprintln(stderr, "hostscale-controller", version.Version)
 		return cfg, logOpts, flag.ErrHelp
+	}
+	for _, u := range strings.Split(webhooks, ",") {
+		if u = strings.TrimSpace(u); u == "" {
+			continue
+		}
+		if err := checkURL(u); err != nil {
+			return cfg, logOpts, fmt.Errorf("-alert-webhook: %w", err)
+		}
+		cfg.AlertWebhooks = append(cfg.AlertWebhooks, u)
+	}
+	if cfg.AlertmanagerURL != "" {
+		if err := checkURL(cfg.AlertmanagerURL); err != nil {
+			return cfg, logOpts, fmt.Errorf("-alertmanager: %w", err)
+		}
 	}
 	p, err := raftnode.ParsePeers(peers)
 	if err != nil {
@@ -124,4 +146,13 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		}
 	}
 	return cfg, logOpts, nil
+}
+
+// checkURL accepts absolute http and https URLs.
+func checkURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http(s) URL", s)
+	}
+	return nil
 }

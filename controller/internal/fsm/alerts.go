@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"time"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -61,5 +63,27 @@ func (f *FSM) initAlertRules(c *pb.InitAlertRulesCommand, index uint64) error {
 		f.state.AlertRules[r.Name] = r
 	}
 	f.state.AlertRulesInitialized = true
+	return nil
+}
+
+// DeliveryRetention is how long delivery records are kept (by command
+// time): longer than any repeat interval.
+const DeliveryRetention = 24 * time.Hour
+
+func (f *FSM) recordAlertDeliveries(c *pb.RecordAlertDeliveriesCommand, cmd *pb.Command) error {
+	for _, d := range c.GetDeliveries() {
+		if d.GetKey() == "" || d.GetAt() == nil {
+			return status.Error(codes.InvalidArgument, "deliveries.key and deliveries.at: must be set")
+		}
+		f.state.AlertDeliveries = append(f.state.AlertDeliveries, proto.Clone(d).(*pb.AlertDelivery))
+	}
+	horizon := cmd.GetTime().AsTime().Add(-DeliveryRetention)
+	drop := 0
+	for drop < len(f.state.AlertDeliveries) && f.state.AlertDeliveries[drop].GetAt().AsTime().Before(horizon) {
+		drop++
+	}
+	if drop > 0 {
+		f.state.AlertDeliveries = append(f.state.AlertDeliveries[:0:0], f.state.AlertDeliveries[drop:]...)
+	}
 	return nil
 }

@@ -177,6 +177,8 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.alertTransitions(c.AlertTransitions)
 	case *pb.Command_InitAlertRules:
 		return f.initAlertRules(c.InitAlertRules, index)
+	case *pb.Command_RecordAlertDeliveries:
+		return f.recordAlertDeliveries(c.RecordAlertDeliveries, cmd)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}

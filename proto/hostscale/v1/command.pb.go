@@ -47,6 +47,7 @@ type Command struct {
 	//	*Command_DeleteAlertRule
 	//	*Command_AlertTransitions
 	//	*Command_InitAlertRules
+	//	*Command_RecordAlertDeliveries
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -211,6 +212,15 @@ func (x *Command) GetInitAlertRules() *InitAlertRulesCommand {
 	return nil
 }
 
+func (x *Command) GetRecordAlertDeliveries() *RecordAlertDeliveriesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_RecordAlertDeliveries); ok {
+			return x.RecordAlertDeliveries
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -263,6 +273,10 @@ type Command_InitAlertRules struct {
 	InitAlertRules *InitAlertRulesCommand `protobuf:"bytes,21,opt,name=init_alert_rules,json=initAlertRules,proto3,oneof"`
 }
 
+type Command_RecordAlertDeliveries struct {
+	RecordAlertDeliveries *RecordAlertDeliveriesCommand `protobuf:"bytes,22,opt,name=record_alert_deliveries,json=recordAlertDeliveries,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -286,6 +300,8 @@ func (*Command_DeleteAlertRule) isCommand_Command() {}
 func (*Command_AlertTransitions) isCommand_Command() {}
 
 func (*Command_InitAlertRules) isCommand_Command() {}
+
+func (*Command_RecordAlertDeliveries) isCommand_Command() {}
 
 // SetMemberCommand records the API address of a controller.
 type SetMemberCommand struct {
@@ -881,11 +897,57 @@ func (x *InitAlertRulesCommand) GetRules() []*AlertRule {
 	return nil
 }
 
+// RecordAlertDeliveriesCommand records notifications a receiver took, so
+// that no leader sends them again.
+type RecordAlertDeliveriesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deliveries    []*AlertDelivery       `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordAlertDeliveriesCommand) Reset() {
+	*x = RecordAlertDeliveriesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordAlertDeliveriesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordAlertDeliveriesCommand) ProtoMessage() {}
+
+func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordAlertDeliveriesCommand.ProtoReflect.Descriptor instead.
+func (*RecordAlertDeliveriesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RecordAlertDeliveriesCommand) GetDeliveries() []*AlertDelivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
 var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xe5\a\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xcb\b\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -906,7 +968,8 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x0eput_alert_rule\x18\x12 \x01(\v2!.hostscale.v1.PutAlertRuleCommandH\x00R\fputAlertRule\x12R\n" +
 	"\x11delete_alert_rule\x18\x13 \x01(\v2$.hostscale.v1.DeleteAlertRuleCommandH\x00R\x0fdeleteAlertRule\x12T\n" +
 	"\x11alert_transitions\x18\x14 \x01(\v2%.hostscale.v1.AlertTransitionsCommandH\x00R\x10alertTransitions\x12O\n" +
-	"\x10init_alert_rules\x18\x15 \x01(\v2#.hostscale.v1.InitAlertRulesCommandH\x00R\x0einitAlertRulesB\t\n" +
+	"\x10init_alert_rules\x18\x15 \x01(\v2#.hostscale.v1.InitAlertRulesCommandH\x00R\x0einitAlertRules\x12d\n" +
+	"\x17record_alert_deliveries\x18\x16 \x01(\v2*.hostscale.v1.RecordAlertDeliveriesCommandH\x00R\x15recordAlertDeliveriesB\t\n" +
 	"\acommand\"F\n" +
 	"\x10SetMemberCommand\x122\n" +
 	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\"%\n" +
@@ -941,7 +1004,11 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x06alerts\x18\x01 \x03(\v2\x13.hostscale.v1.AlertR\x06alerts\x12\x14\n" +
 	"\x05ended\x18\x02 \x03(\tR\x05ended\"F\n" +
 	"\x15InitAlertRulesCommand\x12-\n" +
-	"\x05rules\x18\x01 \x03(\v2\x17.hostscale.v1.AlertRuleR\x05rulesB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\x05rules\x18\x01 \x03(\v2\x17.hostscale.v1.AlertRuleR\x05rules\"[\n" +
+	"\x1cRecordAlertDeliveriesCommand\x12;\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\n" +
+	"deliveriesB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_command_proto_rawDescOnce sync.Once
@@ -955,33 +1022,35 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_hostscale_v1_command_proto_goTypes = []any{
-	(*Command)(nil),                 // 0: hostscale.v1.Command
-	(*SetMemberCommand)(nil),        // 1: hostscale.v1.SetMemberCommand
-	(*DeleteMemberCommand)(nil),     // 2: hostscale.v1.DeleteMemberCommand
-	(*CreatePoolCommand)(nil),       // 3: hostscale.v1.CreatePoolCommand
-	(*DeletePoolCommand)(nil),       // 4: hostscale.v1.DeletePoolCommand
-	(*AddBackendCommand)(nil),       // 5: hostscale.v1.AddBackendCommand
-	(*RemoveBackendCommand)(nil),    // 6: hostscale.v1.RemoveBackendCommand
-	(*RegisterNodeCommand)(nil),     // 7: hostscale.v1.RegisterNodeCommand
-	(*SetNodeStatusCommand)(nil),    // 8: hostscale.v1.SetNodeStatusCommand
-	(*PutAlertRuleCommand)(nil),     // 9: hostscale.v1.PutAlertRuleCommand
-	(*DeleteAlertRuleCommand)(nil),  // 10: hostscale.v1.DeleteAlertRuleCommand
-	(*AlertTransitionsCommand)(nil), // 11: hostscale.v1.AlertTransitionsCommand
-	(*InitAlertRulesCommand)(nil),   // 12: hostscale.v1.InitAlertRulesCommand
-	nil,                             // 13: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
-	(*MemberRecord)(nil),            // 15: hostscale.v1.MemberRecord
-	(*Pool)(nil),                    // 16: hostscale.v1.Pool
-	(*Backend)(nil),                 // 17: hostscale.v1.Backend
-	(*NodeFacts)(nil),               // 18: hostscale.v1.NodeFacts
-	(NodeStatus)(0),                 // 19: hostscale.v1.NodeStatus
-	(*AlertRule)(nil),               // 20: hostscale.v1.AlertRule
-	(*Alert)(nil),                   // 21: hostscale.v1.Alert
+	(*Command)(nil),                      // 0: hostscale.v1.Command
+	(*SetMemberCommand)(nil),             // 1: hostscale.v1.SetMemberCommand
+	(*DeleteMemberCommand)(nil),          // 2: hostscale.v1.DeleteMemberCommand
+	(*CreatePoolCommand)(nil),            // 3: hostscale.v1.CreatePoolCommand
+	(*DeletePoolCommand)(nil),            // 4: hostscale.v1.DeletePoolCommand
+	(*AddBackendCommand)(nil),            // 5: hostscale.v1.AddBackendCommand
+	(*RemoveBackendCommand)(nil),         // 6: hostscale.v1.RemoveBackendCommand
+	(*RegisterNodeCommand)(nil),          // 7: hostscale.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),         // 8: hostscale.v1.SetNodeStatusCommand
+	(*PutAlertRuleCommand)(nil),          // 9: hostscale.v1.PutAlertRuleCommand
+	(*DeleteAlertRuleCommand)(nil),       // 10: hostscale.v1.DeleteAlertRuleCommand
+	(*AlertTransitionsCommand)(nil),      // 11: hostscale.v1.AlertTransitionsCommand
+	(*InitAlertRulesCommand)(nil),        // 12: hostscale.v1.InitAlertRulesCommand
+	(*RecordAlertDeliveriesCommand)(nil), // 13: hostscale.v1.RecordAlertDeliveriesCommand
+	nil,                                  // 14: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 15: google.protobuf.Timestamp
+	(*MemberRecord)(nil),                 // 16: hostscale.v1.MemberRecord
+	(*Pool)(nil),                         // 17: hostscale.v1.Pool
+	(*Backend)(nil),                      // 18: hostscale.v1.Backend
+	(*NodeFacts)(nil),                    // 19: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                      // 20: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),                    // 21: hostscale.v1.AlertRule
+	(*Alert)(nil),                        // 22: hostscale.v1.Alert
+	(*AlertDelivery)(nil),                // 23: hostscale.v1.AlertDelivery
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	14, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	15, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
 	2,  // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
 	3,  // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
@@ -994,20 +1063,22 @@ var file_hostscale_v1_command_proto_depIdxs = []int32{
 	10, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
 	11, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
 	12, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
-	15, // 13: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	16, // 14: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	17, // 15: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	18, // 16: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	13, // 17: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	19, // 18: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	20, // 19: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
-	21, // 20: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
-	20, // 21: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	13, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
+	16, // 14: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	17, // 15: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	18, // 16: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	19, // 17: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	14, // 18: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	20, // 19: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	21, // 20: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	22, // 21: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	21, // 22: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	23, // 23: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -1033,6 +1104,7 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_DeleteAlertRule)(nil),
 		(*Command_AlertTransitions)(nil),
 		(*Command_InitAlertRules)(nil),
+		(*Command_RecordAlertDeliveries)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1040,7 +1112,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

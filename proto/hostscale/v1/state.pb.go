@@ -46,8 +46,10 @@ type State struct {
 	Alerts     map[string]*Alert     `protobuf:"bytes,10,rep,name=alerts,proto3" json:"alerts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Whether the default rules were installed (they are, once).
 	AlertRulesInitialized bool `protobuf:"varint,11,opt,name=alert_rules_initialized,json=alertRulesInitialized,proto3" json:"alert_rules_initialized,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Notifications delivered in the last day, oldest first.
+	AlertDeliveries []*AlertDelivery `protobuf:"bytes,12,rep,name=alert_deliveries,json=alertDeliveries,proto3" json:"alert_deliveries,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
@@ -157,6 +159,91 @@ func (x *State) GetAlertRulesInitialized() bool {
 	return false
 }
 
+func (x *State) GetAlertDeliveries() []*AlertDelivery {
+	if x != nil {
+		return x.AlertDeliveries
+	}
+	return nil
+}
+
+// AlertDelivery is one notification a receiver took.
+type AlertDelivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notification's idempotency key.
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Receiver      string                 `protobuf:"bytes,2,opt,name=receiver,proto3" json:"receiver,omitempty"`
+	GroupKey      string                 `protobuf:"bytes,3,opt,name=group_key,json=groupKey,proto3" json:"group_key,omitempty"`
+	AlertKeys     []string               `protobuf:"bytes,4,rep,name=alert_keys,json=alertKeys,proto3" json:"alert_keys,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlertDelivery) Reset() {
+	*x = AlertDelivery{}
+	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlertDelivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlertDelivery) ProtoMessage() {}
+
+func (x *AlertDelivery) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlertDelivery.ProtoReflect.Descriptor instead.
+func (*AlertDelivery) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AlertDelivery) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *AlertDelivery) GetReceiver() string {
+	if x != nil {
+		return x.Receiver
+	}
+	return ""
+}
+
+func (x *AlertDelivery) GetGroupKey() string {
+	if x != nil {
+		return x.GroupKey
+	}
+	return ""
+}
+
+func (x *AlertDelivery) GetAlertKeys() []string {
+	if x != nil {
+		return x.AlertKeys
+	}
+	return nil
+}
+
+func (x *AlertDelivery) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 // MemberRecord is what the state knows of a controller beyond Raft.
 type MemberRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -168,7 +255,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	mi := &file_hostscale_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -180,7 +267,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	mi := &file_hostscale_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -193,7 +280,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -227,7 +314,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_hostscale_v1_state_proto_msgTypes[2]
+	mi := &file_hostscale_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +326,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_state_proto_msgTypes[2]
+	mi := &file_hostscale_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +339,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -294,7 +381,7 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xc4\a\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\x8c\b\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
@@ -310,7 +397,8 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"alertRules\x127\n" +
 	"\x06alerts\x18\n" +
 	" \x03(\v2\x1f.hostscale.v1.State.AlertsEntryR\x06alerts\x126\n" +
-	"\x17alert_rules_initialized\x18\v \x01(\bR\x15alertRulesInitialized\x1aV\n" +
+	"\x17alert_rules_initialized\x18\v \x01(\bR\x15alertRulesInitialized\x12F\n" +
+	"\x10alert_deliveries\x18\f \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\x0falertDeliveries\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
@@ -327,7 +415,14 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x17.hostscale.v1.AlertRuleR\x05value:\x028\x01\x1aN\n" +
 	"\vAlertsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
-	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.AlertR\x05value:\x028\x01\"?\n" +
+	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.AlertR\x05value:\x028\x01\"\xa5\x01\n" +
+	"\rAlertDelivery\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
+	"\breceiver\x18\x02 \x01(\tR\breceiver\x12\x1b\n" +
+	"\tgroup_key\x18\x03 \x01(\tR\bgroupKey\x12\x1d\n" +
+	"\n" +
+	"alert_keys\x18\x04 \x03(\tR\talertKeys\x12*\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"?\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
@@ -352,40 +447,43 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
-	(*MemberRecord)(nil),          // 1: hostscale.v1.MemberRecord
-	(*AppliedRequest)(nil),        // 2: hostscale.v1.AppliedRequest
-	nil,                           // 3: hostscale.v1.State.MembersEntry
-	nil,                           // 4: hostscale.v1.State.PoolsEntry
-	nil,                           // 5: hostscale.v1.State.NodesEntry
-	nil,                           // 6: hostscale.v1.State.AlertRulesEntry
-	nil,                           // 7: hostscale.v1.State.AlertsEntry
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 9: hostscale.v1.Pool
-	(*Node)(nil),                  // 10: hostscale.v1.Node
-	(*AlertRule)(nil),             // 11: hostscale.v1.AlertRule
-	(*Alert)(nil),                 // 12: hostscale.v1.Alert
+	(*AlertDelivery)(nil),         // 1: hostscale.v1.AlertDelivery
+	(*MemberRecord)(nil),          // 2: hostscale.v1.MemberRecord
+	(*AppliedRequest)(nil),        // 3: hostscale.v1.AppliedRequest
+	nil,                           // 4: hostscale.v1.State.MembersEntry
+	nil,                           // 5: hostscale.v1.State.PoolsEntry
+	nil,                           // 6: hostscale.v1.State.NodesEntry
+	nil,                           // 7: hostscale.v1.State.AlertRulesEntry
+	nil,                           // 8: hostscale.v1.State.AlertsEntry
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 10: hostscale.v1.Pool
+	(*Node)(nil),                  // 11: hostscale.v1.Node
+	(*AlertRule)(nil),             // 12: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 13: hostscale.v1.Alert
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
-	3,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
-	4,  // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
-	2,  // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
-	5,  // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
-	6,  // 4: hostscale.v1.State.alert_rules:type_name -> hostscale.v1.State.AlertRulesEntry
-	7,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
-	8,  // 6: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	1,  // 7: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	9,  // 8: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	10, // 9: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
-	11, // 10: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
-	12, // 11: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	4,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
+	5,  // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
+	3,  // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
+	6,  // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
+	7,  // 4: hostscale.v1.State.alert_rules:type_name -> hostscale.v1.State.AlertRulesEntry
+	8,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
+	1,  // 6: hostscale.v1.State.alert_deliveries:type_name -> hostscale.v1.AlertDelivery
+	9,  // 7: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
+	9,  // 8: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	2,  // 9: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	10, // 10: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	11, // 11: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	12, // 12: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
+	13, // 13: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -402,7 +500,7 @@ func file_hostscale_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
