@@ -139,7 +139,11 @@ func (s *Server) notifyAlerts(ctx context.Context) error {
 		}
 		current := map[alerts.Fingerprint]alerts.Alert{}
 		var ledger alerts.Ledger
+		var silences []alerts.Silence
 		s.fsm.Read(func(st *pb.State) {
+			for _, x := range st.Silences {
+				silences = append(silences, endpoint.SilenceFromPB(x))
+			}
 			for _, a := range st.Alerts {
 				if x, ok := endpoint.AlertFromPB(a); ok {
 					current[x.Fingerprint] = x
@@ -149,7 +153,7 @@ func (s *Server) notifyAlerts(ctx context.Context) error {
 				ledger.Record(alerts.Delivery{Key: r.Key, Receiver: r.Receiver, GroupKey: r.GroupKey, AlertKeys: r.AlertKeys, At: r.At.AsTime()})
 			}
 		})
-		plan := d.Plan(time.Now(), current, nil, ledger)
+		plan := d.Plan(time.Now(), current, silences, ledger)
 		for _, n := range plan.Notifications {
 			if err := senders.Send(ctx, n); err != nil {
 				if ctx.Err() != nil {

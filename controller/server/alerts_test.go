@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/controller/server/servertest"
@@ -290,4 +291,109 @@ func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
 	require.Equal(t, codes.AlreadyExists, status.Code(err))
 	_, err = api.DeleteRule(ctx, &pb.DeleteRuleRequest{Rule: "ok"})
 	require.NoError(t, err)
+}
+
+func TestAlerts_leaderKilledBeforeDeliveryDeliversOnce(t *testing.T) {
+	rcv := &webhookReceiver{keys: map[string]int{}}
+	hook := httptest.NewServer(rcv)
+	defer hook.Close()
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes: 3,
+		Launcher: servertest.Launcher{Configure: func(c *server.Config) {
+			c.HeartbeatTTL = 30 * time.Second
+			c.AlertInterval = 100 * time.Millisecond
+			// The first notification of a group waits 1.5s: long enough to
+			// kill the leader after the transition and before the send.
+			c.AlertGroupWait = 1500 * time.Millisecond
+			c.AlertGroupInterval = 200 * time.Millisecond
+			c.AlertWebhooks = []string{hook.URL}
+		}},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	_, err := pb.NewAlertServiceClient(leader.Conn()).CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
+		Name: "cpu-now", Metric: "cpu_percent", Op: ">", Threshold: 90,
+	}})
+	require.NoError(t, err)
+	fctx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
+	feed(t, fctx, c, "hot-1", func(int) float64 { return 99 })
+
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, leader, "cpu-now")
+		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
+			err = fmt.Errorf("cpu-now is %v", a.State)
+		}
+		return err
+	}))
+	require.Zero(t, rcv.count("firing", "cpu-now"), "still inside group_wait")
+	leader.Kill()
+	waitLeader(t, c)
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if n := rcv.count("firing", "cpu-now"); n != 1 {
+			return fmt.Errorf("%d firing deliveries", n)
+		}
+		return nil
+	}))
+	time.Sleep(time.Second) // ten more notifier rounds on the new leader
+	require.Equal(t, 1, rcv.count("firing", "cpu-now"), "delivered exactly once across the failover")
+}
+
+func TestAlerts_silenceSuppressesDeliveryWhileItLasts(t *testing.T) {
+	rcv := &webhookReceiver{keys: map[string]int{}}
+	hook := httptest.NewServer(rcv)
+	defer hook.Close()
+	c := startAlertCluster(t, hook.URL)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	api := pb.NewAlertServiceClient(follower(c, leader).Conn())
+
+	// Bad silences are refused and store nothing.
+	_, err := api.CreateSilence(ctx, &pb.CreateSilenceRequest{Silence: &pb.Silence{EndsAt: timestamppb.New(time.Now().Add(time.Hour))}})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	_, err = api.CreateSilence(ctx, &pb.CreateSilenceRequest{Silence: &pb.Silence{
+		Matchers: []*pb.SilenceMatcher{{Name: "alertname", Value: "x", IsEqual: true}},
+		StartsAt: timestamppb.New(time.Now()), EndsAt: timestamppb.New(time.Now().Add(-time.Hour)),
+	}})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+
+	ends := time.Now().Add(3 * time.Second)
+	sil, err := api.CreateSilence(ctx, &pb.CreateSilenceRequest{Silence: &pb.Silence{
+		Matchers: []*pb.SilenceMatcher{{Name: "alertname", Value: "cpu-quiet", IsEqual: true}},
+		EndsAt:   timestamppb.New(ends), CreatedBy: "test", Comment: "maintenance",
+	}})
+	require.NoError(t, err)
+	list, err := api.ListSilences(ctx, &pb.ListSilencesRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, list.Silences, 1)
+	require.Equal(t, sil.Silence.Id, list.Silences[0].Id)
+
+	_, err = api.CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{Name: "cpu-quiet", Metric: "cpu_percent", Op: ">", Threshold: 90}})
+	require.NoError(t, err)
+	fctx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
+	feed(t, fctx, c, "muted-1", func(int) float64 { return 99 })
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, leader, "cpu-quiet")
+		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
+			err = fmt.Errorf("cpu-quiet is %v", a.State)
+		}
+		return err
+	}))
+	for time.Now().Before(ends.Add(-200 * time.Millisecond)) {
+		require.Zero(t, rcv.count("firing", "cpu-quiet"), "delivered while silenced")
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(context.Context) error {
+		if n := rcv.count("firing", "cpu-quiet"); n != 1 {
+			return fmt.Errorf("%d firing deliveries after the silence", n)
+		}
+		return nil
+	}))
+	_, err = api.DeleteSilence(ctx, &pb.DeleteSilenceRequest{Silence: sil.Silence.Id})
+	require.NoError(t, err)
+	_, err = api.DeleteSilence(ctx, &pb.DeleteSilenceRequest{Silence: sil.Silence.Id})
+	require.Equal(t, codes.NotFound, status.Code(err))
 }

@@ -87,3 +87,19 @@ func (f *FSM) recordAlertDeliveries(c *pb.RecordAlertDeliveriesCommand, cmd *pb.
 	}
 	return nil
 }
+
+func (f *FSM) putSilence(c *pb.PutSilenceCommand) error {
+	if c.GetSilence().GetId() == "" {
+		return status.Error(codes.InvalidArgument, "silence.id: must not be empty")
+	}
+	f.state.Silences[c.Silence.Id] = proto.Clone(c.Silence).(*pb.Silence)
+	return nil
+}
+
+func (f *FSM) deleteSilence(c *pb.DeleteSilenceCommand) error {
+	if _, ok := f.state.Silences[c.GetSilence()]; !ok {
+		return status.Errorf(codes.NotFound, "silence %q not found", c.GetSilence())
+	}
+	delete(f.state.Silences, c.GetSilence())
+	return nil
+}

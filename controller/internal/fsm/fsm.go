@@ -71,7 +71,7 @@ func New(logger *slog.Logger) *FSM {
 
 func newState() *pb.State {
 	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}, Nodes: map[string]*pb.Node{},
-		AlertRules: map[string]*pb.AlertRule{}, Alerts: map[string]*pb.Alert{}}
+		AlertRules: map[string]*pb.AlertRule{}, Alerts: map[string]*pb.Alert{}, Silences: map[string]*pb.Silence{}}
 }
 
 // Read calls fn with the state and the index it reflects, under a read lock.
@@ -179,6 +179,10 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.initAlertRules(c.InitAlertRules, index)
 	case *pb.Command_RecordAlertDeliveries:
 		return f.recordAlertDeliveries(c.RecordAlertDeliveries, cmd)
+	case *pb.Command_PutSilence:
+		return f.putSilence(c.PutSilence)
+	case *pb.Command_DeleteSilence:
+		return f.deleteSilence(c.DeleteSilence)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}

@@ -180,6 +180,459 @@ func (AlertState) EnumDescriptor() ([]byte, []int) {
 	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{2}
 }
 
+// SilenceMatcher selects alerts by one label, as in Alertmanager.
+type SilenceMatcher struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// Value is an RE2 expression anchored at both ends.
+	IsRegex bool `protobuf:"varint,3,opt,name=is_regex,json=isRegex,proto3" json:"is_regex,omitempty"`
+	// False negates the match (!= or !~).
+	IsEqual       bool `protobuf:"varint,4,opt,name=is_equal,json=isEqual,proto3" json:"is_equal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SilenceMatcher) Reset() {
+	*x = SilenceMatcher{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SilenceMatcher) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SilenceMatcher) ProtoMessage() {}
+
+func (x *SilenceMatcher) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SilenceMatcher.ProtoReflect.Descriptor instead.
+func (*SilenceMatcher) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SilenceMatcher) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SilenceMatcher) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *SilenceMatcher) GetIsRegex() bool {
+	if x != nil {
+		return x.IsRegex
+	}
+	return false
+}
+
+func (x *SilenceMatcher) GetIsEqual() bool {
+	if x != nil {
+		return x.IsEqual
+	}
+	return false
+}
+
+// Silence mutes matching alerts' notifications for a while.
+type Silence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Made by the server (a DNS label); empty on create.
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Matchers      []*SilenceMatcher      `protobuf:"bytes,2,rep,name=matchers,proto3" json:"matchers,omitempty"`
+	StartsAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
+	EndsAt        *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=ends_at,json=endsAt,proto3" json:"ends_at,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Comment       string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Silence) Reset() {
+	*x = Silence{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Silence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Silence) ProtoMessage() {}
+
+func (x *Silence) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Silence.ProtoReflect.Descriptor instead.
+func (*Silence) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Silence) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Silence) GetMatchers() []*SilenceMatcher {
+	if x != nil {
+		return x.Matchers
+	}
+	return nil
+}
+
+func (x *Silence) GetStartsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartsAt
+	}
+	return nil
+}
+
+func (x *Silence) GetEndsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndsAt
+	}
+	return nil
+}
+
+func (x *Silence) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Silence) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type CreateSilenceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Silence       *Silence               `protobuf:"bytes,2,opt,name=silence,proto3" json:"silence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSilenceRequest) Reset() {
+	*x = CreateSilenceRequest{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSilenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSilenceRequest) ProtoMessage() {}
+
+func (x *CreateSilenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSilenceRequest.ProtoReflect.Descriptor instead.
+func (*CreateSilenceRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateSilenceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CreateSilenceRequest) GetSilence() *Silence {
+	if x != nil {
+		return x.Silence
+	}
+	return nil
+}
+
+type CreateSilenceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Silence       *Silence               `protobuf:"bytes,1,opt,name=silence,proto3" json:"silence,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSilenceResponse) Reset() {
+	*x = CreateSilenceResponse{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSilenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSilenceResponse) ProtoMessage() {}
+
+func (x *CreateSilenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSilenceResponse.ProtoReflect.Descriptor instead.
+func (*CreateSilenceResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreateSilenceResponse) GetSilence() *Silence {
+	if x != nil {
+		return x.Silence
+	}
+	return nil
+}
+
+func (x *CreateSilenceResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type DeleteSilenceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Silence       string                 `protobuf:"bytes,2,opt,name=silence,proto3" json:"silence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSilenceRequest) Reset() {
+	*x = DeleteSilenceRequest{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSilenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSilenceRequest) ProtoMessage() {}
+
+func (x *DeleteSilenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSilenceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSilenceRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteSilenceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DeleteSilenceRequest) GetSilence() string {
+	if x != nil {
+		return x.Silence
+	}
+	return ""
+}
+
+type DeleteSilenceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSilenceResponse) Reset() {
+	*x = DeleteSilenceResponse{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSilenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSilenceResponse) ProtoMessage() {}
+
+func (x *DeleteSilenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSilenceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSilenceResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeleteSilenceResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type ListSilencesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistent    bool                   `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSilencesRequest) Reset() {
+	*x = ListSilencesRequest{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSilencesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSilencesRequest) ProtoMessage() {}
+
+func (x *ListSilencesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSilencesRequest.ProtoReflect.Descriptor instead.
+func (*ListSilencesRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListSilencesRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type ListSilencesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Silences      []*Silence             `protobuf:"bytes,1,rep,name=silences,proto3" json:"silences,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSilencesResponse) Reset() {
+	*x = ListSilencesResponse{}
+	mi := &file_hostscale_v1_alert_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSilencesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSilencesResponse) ProtoMessage() {}
+
+func (x *ListSilencesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_alert_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSilencesResponse.ProtoReflect.Descriptor instead.
+func (*ListSilencesResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListSilencesResponse) GetSilences() []*Silence {
+	if x != nil {
+		return x.Silences
+	}
+	return nil
+}
+
+func (x *ListSilencesResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 // AlertRule raises an alert per matching node whose metric compares true
 // with the threshold for the whole `for` duration.
 type AlertRule struct {
@@ -207,7 +660,7 @@ type AlertRule struct {
 
 func (x *AlertRule) Reset() {
 	*x = AlertRule{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[0]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -219,7 +672,7 @@ func (x *AlertRule) String() string {
 func (*AlertRule) ProtoMessage() {}
 
 func (x *AlertRule) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[0]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -232,7 +685,7 @@ func (x *AlertRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertRule.ProtoReflect.Descriptor instead.
 func (*AlertRule) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{0}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AlertRule) GetName() string {
@@ -341,7 +794,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[1]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +806,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[1]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +819,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Alert) GetFingerprint() string {
@@ -456,7 +909,7 @@ type CreateRuleRequest struct {
 
 func (x *CreateRuleRequest) Reset() {
 	*x = CreateRuleRequest{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[2]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +921,7 @@ func (x *CreateRuleRequest) String() string {
 func (*CreateRuleRequest) ProtoMessage() {}
 
 func (x *CreateRuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[2]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +934,7 @@ func (x *CreateRuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRuleRequest.ProtoReflect.Descriptor instead.
 func (*CreateRuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateRuleRequest) GetRequestId() string {
@@ -508,7 +961,7 @@ type CreateRuleResponse struct {
 
 func (x *CreateRuleResponse) Reset() {
 	*x = CreateRuleResponse{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[3]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +973,7 @@ func (x *CreateRuleResponse) String() string {
 func (*CreateRuleResponse) ProtoMessage() {}
 
 func (x *CreateRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[3]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +986,7 @@ func (x *CreateRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRuleResponse.ProtoReflect.Descriptor instead.
 func (*CreateRuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateRuleResponse) GetRule() *AlertRule {
@@ -560,7 +1013,7 @@ type UpdateRuleRequest struct {
 
 func (x *UpdateRuleRequest) Reset() {
 	*x = UpdateRuleRequest{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[4]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +1025,7 @@ func (x *UpdateRuleRequest) String() string {
 func (*UpdateRuleRequest) ProtoMessage() {}
 
 func (x *UpdateRuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[4]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +1038,7 @@ func (x *UpdateRuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRuleRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateRuleRequest) GetRequestId() string {
@@ -612,7 +1065,7 @@ type UpdateRuleResponse struct {
 
 func (x *UpdateRuleResponse) Reset() {
 	*x = UpdateRuleResponse{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[5]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +1077,7 @@ func (x *UpdateRuleResponse) String() string {
 func (*UpdateRuleResponse) ProtoMessage() {}
 
 func (x *UpdateRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[5]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +1090,7 @@ func (x *UpdateRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRuleResponse.ProtoReflect.Descriptor instead.
 func (*UpdateRuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateRuleResponse) GetRule() *AlertRule {
@@ -664,7 +1117,7 @@ type DeleteRuleRequest struct {
 
 func (x *DeleteRuleRequest) Reset() {
 	*x = DeleteRuleRequest{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[6]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +1129,7 @@ func (x *DeleteRuleRequest) String() string {
 func (*DeleteRuleRequest) ProtoMessage() {}
 
 func (x *DeleteRuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[6]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +1142,7 @@ func (x *DeleteRuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRuleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteRuleRequest) GetRequestId() string {
@@ -715,7 +1168,7 @@ type DeleteRuleResponse struct {
 
 func (x *DeleteRuleResponse) Reset() {
 	*x = DeleteRuleResponse{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[7]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +1180,7 @@ func (x *DeleteRuleResponse) String() string {
 func (*DeleteRuleResponse) ProtoMessage() {}
 
 func (x *DeleteRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[7]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +1193,7 @@ func (x *DeleteRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRuleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteRuleResponse) GetIndex() uint64 {
@@ -759,7 +1212,7 @@ type ListRulesRequest struct {
 
 func (x *ListRulesRequest) Reset() {
 	*x = ListRulesRequest{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[8]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +1224,7 @@ func (x *ListRulesRequest) String() string {
 func (*ListRulesRequest) ProtoMessage() {}
 
 func (x *ListRulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[8]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1237,7 @@ func (x *ListRulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRulesRequest.ProtoReflect.Descriptor instead.
 func (*ListRulesRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListRulesRequest) GetConsistent() bool {
@@ -804,7 +1257,7 @@ type ListRulesResponse struct {
 
 func (x *ListRulesResponse) Reset() {
 	*x = ListRulesResponse{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[9]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +1269,7 @@ func (x *ListRulesResponse) String() string {
 func (*ListRulesResponse) ProtoMessage() {}
 
 func (x *ListRulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[9]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +1282,7 @@ func (x *ListRulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRulesResponse.ProtoReflect.Descriptor instead.
 func (*ListRulesResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListRulesResponse) GetRules() []*AlertRule {
@@ -857,7 +1310,7 @@ type ListAlertsRequest struct {
 
 func (x *ListAlertsRequest) Reset() {
 	*x = ListAlertsRequest{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[10]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1322,7 @@ func (x *ListAlertsRequest) String() string {
 func (*ListAlertsRequest) ProtoMessage() {}
 
 func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[10]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1335,7 @@ func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAlertsRequest.ProtoReflect.Descriptor instead.
 func (*ListAlertsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListAlertsRequest) GetState() AlertState {
@@ -909,7 +1362,7 @@ type ListAlertsResponse struct {
 
 func (x *ListAlertsResponse) Reset() {
 	*x = ListAlertsResponse{}
-	mi := &file_hostscale_v1_alert_proto_msgTypes[11]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1374,7 @@ func (x *ListAlertsResponse) String() string {
 func (*ListAlertsResponse) ProtoMessage() {}
 
 func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_alert_proto_msgTypes[11]
+	mi := &file_hostscale_v1_alert_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1387,7 @@ func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAlertsResponse.ProtoReflect.Descriptor instead.
 func (*ListAlertsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_alert_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAlertsResponse) GetAlerts() []*Alert {
@@ -955,7 +1408,40 @@ var File_hostscale_v1_alert_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/alert.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x04\n" +
+	"\x18hostscale/v1/alert.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n" +
+	"\x0eSilenceMatcher\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x19\n" +
+	"\bis_regex\x18\x03 \x01(\bR\aisRegex\x12\x19\n" +
+	"\bis_equal\x18\x04 \x01(\bR\aisEqual\"\xfa\x01\n" +
+	"\aSilence\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x128\n" +
+	"\bmatchers\x18\x02 \x03(\v2\x1c.hostscale.v1.SilenceMatcherR\bmatchers\x127\n" +
+	"\tstarts_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bstartsAt\x123\n" +
+	"\aends_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06endsAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x05 \x01(\tR\tcreatedBy\x12\x18\n" +
+	"\acomment\x18\x06 \x01(\tR\acomment\"f\n" +
+	"\x14CreateSilenceRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12/\n" +
+	"\asilence\x18\x02 \x01(\v2\x15.hostscale.v1.SilenceR\asilence\"^\n" +
+	"\x15CreateSilenceResponse\x12/\n" +
+	"\asilence\x18\x01 \x01(\v2\x15.hostscale.v1.SilenceR\asilence\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"O\n" +
+	"\x14DeleteSilenceRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
+	"\asilence\x18\x02 \x01(\tR\asilence\"-\n" +
+	"\x15DeleteSilenceResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"5\n" +
+	"\x13ListSilencesRequest\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x01 \x01(\bR\n" +
+	"consistent\"_\n" +
+	"\x14ListSilencesResponse\x121\n" +
+	"\bsilences\x18\x01 \x03(\v2\x15.hostscale.v1.SilenceR\bsilences\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xdd\x04\n" +
 	"\tAlertRule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1b.hostscale.v1.AlertRuleKindR\x04kind\x12\x16\n" +
@@ -1046,7 +1532,7 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"\x17ALERT_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ALERT_STATE_PENDING\x10\x01\x12\x16\n" +
 	"\x12ALERT_STATE_FIRING\x10\x02\x12\x18\n" +
-	"\x14ALERT_STATE_RESOLVED\x10\x032\xa0\x03\n" +
+	"\x14ALERT_STATE_RESOLVED\x10\x032\xab\x05\n" +
 	"\fAlertService\x12O\n" +
 	"\n" +
 	"CreateRule\x12\x1f.hostscale.v1.CreateRuleRequest\x1a .hostscale.v1.CreateRuleResponse\x12O\n" +
@@ -1056,7 +1542,10 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"DeleteRule\x12\x1f.hostscale.v1.DeleteRuleRequest\x1a .hostscale.v1.DeleteRuleResponse\x12L\n" +
 	"\tListRules\x12\x1e.hostscale.v1.ListRulesRequest\x1a\x1f.hostscale.v1.ListRulesResponse\x12O\n" +
 	"\n" +
-	"ListAlerts\x12\x1f.hostscale.v1.ListAlertsRequest\x1a .hostscale.v1.ListAlertsResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"ListAlerts\x12\x1f.hostscale.v1.ListAlertsRequest\x1a .hostscale.v1.ListAlertsResponse\x12X\n" +
+	"\rCreateSilence\x12\".hostscale.v1.CreateSilenceRequest\x1a#.hostscale.v1.CreateSilenceResponse\x12X\n" +
+	"\rDeleteSilence\x12\".hostscale.v1.DeleteSilenceRequest\x1a#.hostscale.v1.DeleteSilenceResponse\x12U\n" +
+	"\fListSilences\x12!.hostscale.v1.ListSilencesRequest\x1a\".hostscale.v1.ListSilencesResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_alert_proto_rawDescOnce sync.Once
@@ -1071,65 +1560,85 @@ func file_hostscale_v1_alert_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_alert_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostscale_v1_alert_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_hostscale_v1_alert_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_hostscale_v1_alert_proto_goTypes = []any{
 	(AlertRuleKind)(0),            // 0: hostscale.v1.AlertRuleKind
 	(Severity)(0),                 // 1: hostscale.v1.Severity
 	(AlertState)(0),               // 2: hostscale.v1.AlertState
-	(*AlertRule)(nil),             // 3: hostscale.v1.AlertRule
-	(*Alert)(nil),                 // 4: hostscale.v1.Alert
-	(*CreateRuleRequest)(nil),     // 5: hostscale.v1.CreateRuleRequest
-	(*CreateRuleResponse)(nil),    // 6: hostscale.v1.CreateRuleResponse
-	(*UpdateRuleRequest)(nil),     // 7: hostscale.v1.UpdateRuleRequest
-	(*UpdateRuleResponse)(nil),    // 8: hostscale.v1.UpdateRuleResponse
-	(*DeleteRuleRequest)(nil),     // 9: hostscale.v1.DeleteRuleRequest
-	(*DeleteRuleResponse)(nil),    // 10: hostscale.v1.DeleteRuleResponse
-	(*ListRulesRequest)(nil),      // 11: hostscale.v1.ListRulesRequest
-	(*ListRulesResponse)(nil),     // 12: hostscale.v1.ListRulesResponse
-	(*ListAlertsRequest)(nil),     // 13: hostscale.v1.ListAlertsRequest
-	(*ListAlertsResponse)(nil),    // 14: hostscale.v1.ListAlertsResponse
-	nil,                           // 15: hostscale.v1.AlertRule.LabelsEntry
-	nil,                           // 16: hostscale.v1.AlertRule.AnnotationsEntry
-	nil,                           // 17: hostscale.v1.Alert.LabelsEntry
-	nil,                           // 18: hostscale.v1.Alert.AnnotationsEntry
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*SilenceMatcher)(nil),        // 3: hostscale.v1.SilenceMatcher
+	(*Silence)(nil),               // 4: hostscale.v1.Silence
+	(*CreateSilenceRequest)(nil),  // 5: hostscale.v1.CreateSilenceRequest
+	(*CreateSilenceResponse)(nil), // 6: hostscale.v1.CreateSilenceResponse
+	(*DeleteSilenceRequest)(nil),  // 7: hostscale.v1.DeleteSilenceRequest
+	(*DeleteSilenceResponse)(nil), // 8: hostscale.v1.DeleteSilenceResponse
+	(*ListSilencesRequest)(nil),   // 9: hostscale.v1.ListSilencesRequest
+	(*ListSilencesResponse)(nil),  // 10: hostscale.v1.ListSilencesResponse
+	(*AlertRule)(nil),             // 11: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 12: hostscale.v1.Alert
+	(*CreateRuleRequest)(nil),     // 13: hostscale.v1.CreateRuleRequest
+	(*CreateRuleResponse)(nil),    // 14: hostscale.v1.CreateRuleResponse
+	(*UpdateRuleRequest)(nil),     // 15: hostscale.v1.UpdateRuleRequest
+	(*UpdateRuleResponse)(nil),    // 16: hostscale.v1.UpdateRuleResponse
+	(*DeleteRuleRequest)(nil),     // 17: hostscale.v1.DeleteRuleRequest
+	(*DeleteRuleResponse)(nil),    // 18: hostscale.v1.DeleteRuleResponse
+	(*ListRulesRequest)(nil),      // 19: hostscale.v1.ListRulesRequest
+	(*ListRulesResponse)(nil),     // 20: hostscale.v1.ListRulesResponse
+	(*ListAlertsRequest)(nil),     // 21: hostscale.v1.ListAlertsRequest
+	(*ListAlertsResponse)(nil),    // 22: hostscale.v1.ListAlertsResponse
+	nil,                           // 23: hostscale.v1.AlertRule.LabelsEntry
+	nil,                           // 24: hostscale.v1.AlertRule.AnnotationsEntry
+	nil,                           // 25: hostscale.v1.Alert.LabelsEntry
+	nil,                           // 26: hostscale.v1.Alert.AnnotationsEntry
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
 }
 var file_hostscale_v1_alert_proto_depIdxs = []int32{
-	0,  // 0: hostscale.v1.AlertRule.kind:type_name -> hostscale.v1.AlertRuleKind
-	19, // 1: hostscale.v1.AlertRule.for:type_name -> google.protobuf.Duration
-	15, // 2: hostscale.v1.AlertRule.labels:type_name -> hostscale.v1.AlertRule.LabelsEntry
-	16, // 3: hostscale.v1.AlertRule.annotations:type_name -> hostscale.v1.AlertRule.AnnotationsEntry
-	1,  // 4: hostscale.v1.AlertRule.severity:type_name -> hostscale.v1.Severity
-	17, // 5: hostscale.v1.Alert.labels:type_name -> hostscale.v1.Alert.LabelsEntry
-	18, // 6: hostscale.v1.Alert.annotations:type_name -> hostscale.v1.Alert.AnnotationsEntry
-	2,  // 7: hostscale.v1.Alert.state:type_name -> hostscale.v1.AlertState
-	20, // 8: hostscale.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
-	20, // 9: hostscale.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
-	20, // 10: hostscale.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
-	20, // 11: hostscale.v1.Alert.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 12: hostscale.v1.CreateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
-	3,  // 13: hostscale.v1.CreateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
-	3,  // 14: hostscale.v1.UpdateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
-	3,  // 15: hostscale.v1.UpdateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
-	3,  // 16: hostscale.v1.ListRulesResponse.rules:type_name -> hostscale.v1.AlertRule
-	2,  // 17: hostscale.v1.ListAlertsRequest.state:type_name -> hostscale.v1.AlertState
-	4,  // 18: hostscale.v1.ListAlertsResponse.alerts:type_name -> hostscale.v1.Alert
-	5,  // 19: hostscale.v1.AlertService.CreateRule:input_type -> hostscale.v1.CreateRuleRequest
-	7,  // 20: hostscale.v1.AlertService.UpdateRule:input_type -> hostscale.v1.UpdateRuleRequest
-	9,  // 21: hostscale.v1.AlertService.DeleteRule:input_type -> hostscale.v1.DeleteRuleRequest
-	11, // 22: hostscale.v1.AlertService.ListRules:input_type -> hostscale.v1.ListRulesRequest
-	13, // 23: hostscale.v1.AlertService.ListAlerts:input_type -> hostscale.v1.ListAlertsRequest
-	6,  // 24: hostscale.v1.AlertService.CreateRule:output_type -> hostscale.v1.CreateRuleResponse
-	8,  // 25: hostscale.v1.AlertService.UpdateRule:output_type -> hostscale.v1.UpdateRuleResponse
-	10, // 26: hostscale.v1.AlertService.DeleteRule:output_type -> hostscale.v1.DeleteRuleResponse
-	12, // 27: hostscale.v1.AlertService.ListRules:output_type -> hostscale.v1.ListRulesResponse
-	14, // 28: hostscale.v1.AlertService.ListAlerts:output_type -> hostscale.v1.ListAlertsResponse
-	24, // [24:29] is the sub-list for method output_type
-	19, // [19:24] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	3,  // 0: hostscale.v1.Silence.matchers:type_name -> hostscale.v1.SilenceMatcher
+	27, // 1: hostscale.v1.Silence.starts_at:type_name -> google.protobuf.Timestamp
+	27, // 2: hostscale.v1.Silence.ends_at:type_name -> google.protobuf.Timestamp
+	4,  // 3: hostscale.v1.CreateSilenceRequest.silence:type_name -> hostscale.v1.Silence
+	4,  // 4: hostscale.v1.CreateSilenceResponse.silence:type_name -> hostscale.v1.Silence
+	4,  // 5: hostscale.v1.ListSilencesResponse.silences:type_name -> hostscale.v1.Silence
+	0,  // 6: hostscale.v1.AlertRule.kind:type_name -> hostscale.v1.AlertRuleKind
+	28, // 7: hostscale.v1.AlertRule.for:type_name -> google.protobuf.Duration
+	23, // 8: hostscale.v1.AlertRule.labels:type_name -> hostscale.v1.AlertRule.LabelsEntry
+	24, // 9: hostscale.v1.AlertRule.annotations:type_name -> hostscale.v1.AlertRule.AnnotationsEntry
+	1,  // 10: hostscale.v1.AlertRule.severity:type_name -> hostscale.v1.Severity
+	25, // 11: hostscale.v1.Alert.labels:type_name -> hostscale.v1.Alert.LabelsEntry
+	26, // 12: hostscale.v1.Alert.annotations:type_name -> hostscale.v1.Alert.AnnotationsEntry
+	2,  // 13: hostscale.v1.Alert.state:type_name -> hostscale.v1.AlertState
+	27, // 14: hostscale.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
+	27, // 15: hostscale.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
+	27, // 16: hostscale.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
+	27, // 17: hostscale.v1.Alert.updated_at:type_name -> google.protobuf.Timestamp
+	11, // 18: hostscale.v1.CreateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
+	11, // 19: hostscale.v1.CreateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
+	11, // 20: hostscale.v1.UpdateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
+	11, // 21: hostscale.v1.UpdateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
+	11, // 22: hostscale.v1.ListRulesResponse.rules:type_name -> hostscale.v1.AlertRule
+	2,  // 23: hostscale.v1.ListAlertsRequest.state:type_name -> hostscale.v1.AlertState
+	12, // 24: hostscale.v1.ListAlertsResponse.alerts:type_name -> hostscale.v1.Alert
+	13, // 25: hostscale.v1.AlertService.CreateRule:input_type -> hostscale.v1.CreateRuleRequest
+	15, // 26: hostscale.v1.AlertService.UpdateRule:input_type -> hostscale.v1.UpdateRuleRequest
+	17, // 27: hostscale.v1.AlertService.DeleteRule:input_type -> hostscale.v1.DeleteRuleRequest
+	19, // 28: hostscale.v1.AlertService.ListRules:input_type -> hostscale.v1.ListRulesRequest
+	21, // 29: hostscale.v1.AlertService.ListAlerts:input_type -> hostscale.v1.ListAlertsRequest
+	5,  // 30: hostscale.v1.AlertService.CreateSilence:input_type -> hostscale.v1.CreateSilenceRequest
+	7,  // 31: hostscale.v1.AlertService.DeleteSilence:input_type -> hostscale.v1.DeleteSilenceRequest
+	9,  // 32: hostscale.v1.AlertService.ListSilences:input_type -> hostscale.v1.ListSilencesRequest
+	14, // 33: hostscale.v1.AlertService.CreateRule:output_type -> hostscale.v1.CreateRuleResponse
+	16, // 34: hostscale.v1.AlertService.UpdateRule:output_type -> hostscale.v1.UpdateRuleResponse
+	18, // 35: hostscale.v1.AlertService.DeleteRule:output_type -> hostscale.v1.DeleteRuleResponse
+	20, // 36: hostscale.v1.AlertService.ListRules:output_type -> hostscale.v1.ListRulesResponse
+	22, // 37: hostscale.v1.AlertService.ListAlerts:output_type -> hostscale.v1.ListAlertsResponse
+	6,  // 38: hostscale.v1.AlertService.CreateSilence:output_type -> hostscale.v1.CreateSilenceResponse
+	8,  // 39: hostscale.v1.AlertService.DeleteSilence:output_type -> hostscale.v1.DeleteSilenceResponse
+	10, // 40: hostscale.v1.AlertService.ListSilences:output_type -> hostscale.v1.ListSilencesResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_alert_proto_init() }
@@ -1143,7 +1652,7 @@ func file_hostscale_v1_alert_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_alert_proto_rawDesc), len(file_hostscale_v1_alert_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   16,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

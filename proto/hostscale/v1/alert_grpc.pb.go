@@ -19,11 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AlertService_CreateRule_FullMethodName = "/hostscale.v1.AlertService/CreateRule"
-	AlertService_UpdateRule_FullMethodName = "/hostscale.v1.AlertService/UpdateRule"
-	AlertService_DeleteRule_FullMethodName = "/hostscale.v1.AlertService/DeleteRule"
-	AlertService_ListRules_FullMethodName  = "/hostscale.v1.AlertService/ListRules"
-	AlertService_ListAlerts_FullMethodName = "/hostscale.v1.AlertService/ListAlerts"
+	AlertService_CreateRule_FullMethodName    = "/hostscale.v1.AlertService/CreateRule"
+	AlertService_UpdateRule_FullMethodName    = "/hostscale.v1.AlertService/UpdateRule"
+	AlertService_DeleteRule_FullMethodName    = "/hostscale.v1.AlertService/DeleteRule"
+	AlertService_ListRules_FullMethodName     = "/hostscale.v1.AlertService/ListRules"
+	AlertService_ListAlerts_FullMethodName    = "/hostscale.v1.AlertService/ListAlerts"
+	AlertService_CreateSilence_FullMethodName = "/hostscale.v1.AlertService/CreateSilence"
+	AlertService_DeleteSilence_FullMethodName = "/hostscale.v1.AlertService/DeleteSilence"
+	AlertService_ListSilences_FullMethodName  = "/hostscale.v1.AlertService/ListSilences"
 )
 
 // AlertServiceClient is the client API for AlertService service.
@@ -47,6 +50,13 @@ type AlertServiceClient interface {
 	ListRules(ctx context.Context, in *ListRulesRequest, opts ...grpc.CallOption) (*ListRulesResponse, error)
 	// ListAlerts lists the pending, firing and recently resolved alerts.
 	ListAlerts(ctx context.Context, in *ListAlertsRequest, opts ...grpc.CallOption) (*ListAlertsResponse, error)
+	// CreateSilence mutes the notifications of the alerts its matchers
+	// select between starts_at and ends_at; evaluation goes on.
+	CreateSilence(ctx context.Context, in *CreateSilenceRequest, opts ...grpc.CallOption) (*CreateSilenceResponse, error)
+	// DeleteSilence ends a silence.
+	DeleteSilence(ctx context.Context, in *DeleteSilenceRequest, opts ...grpc.CallOption) (*DeleteSilenceResponse, error)
+	// ListSilences lists silences, expired ones included.
+	ListSilences(ctx context.Context, in *ListSilencesRequest, opts ...grpc.CallOption) (*ListSilencesResponse, error)
 }
 
 type alertServiceClient struct {
@@ -107,6 +117,36 @@ func (c *alertServiceClient) ListAlerts(ctx context.Context, in *ListAlertsReque
 	return out, nil
 }
 
+func (c *alertServiceClient) CreateSilence(ctx context.Context, in *CreateSilenceRequest, opts ...grpc.CallOption) (*CreateSilenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateSilenceResponse)
+	err := c.cc.Invoke(ctx, AlertService_CreateSilence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *alertServiceClient) DeleteSilence(ctx context.Context, in *DeleteSilenceRequest, opts ...grpc.CallOption) (*DeleteSilenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteSilenceResponse)
+	err := c.cc.Invoke(ctx, AlertService_DeleteSilence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *alertServiceClient) ListSilences(ctx context.Context, in *ListSilencesRequest, opts ...grpc.CallOption) (*ListSilencesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSilencesResponse)
+	err := c.cc.Invoke(ctx, AlertService_ListSilences_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AlertServiceServer is the server API for AlertService service.
 // All implementations must embed UnimplementedAlertServiceServer
 // for forward compatibility.
@@ -128,6 +168,13 @@ type AlertServiceServer interface {
 	ListRules(context.Context, *ListRulesRequest) (*ListRulesResponse, error)
 	// ListAlerts lists the pending, firing and recently resolved alerts.
 	ListAlerts(context.Context, *ListAlertsRequest) (*ListAlertsResponse, error)
+	// CreateSilence mutes the notifications of the alerts its matchers
+	// select between starts_at and ends_at; evaluation goes on.
+	CreateSilence(context.Context, *CreateSilenceRequest) (*CreateSilenceResponse, error)
+	// DeleteSilence ends a silence.
+	DeleteSilence(context.Context, *DeleteSilenceRequest) (*DeleteSilenceResponse, error)
+	// ListSilences lists silences, expired ones included.
+	ListSilences(context.Context, *ListSilencesRequest) (*ListSilencesResponse, error)
 	mustEmbedUnimplementedAlertServiceServer()
 }
 
@@ -152,6 +199,15 @@ func (UnimplementedAlertServiceServer) ListRules(context.Context, *ListRulesRequ
 }
 func (UnimplementedAlertServiceServer) ListAlerts(context.Context, *ListAlertsRequest) (*ListAlertsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAlerts not implemented")
+}
+func (UnimplementedAlertServiceServer) CreateSilence(context.Context, *CreateSilenceRequest) (*CreateSilenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateSilence not implemented")
+}
+func (UnimplementedAlertServiceServer) DeleteSilence(context.Context, *DeleteSilenceRequest) (*DeleteSilenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteSilence not implemented")
+}
+func (UnimplementedAlertServiceServer) ListSilences(context.Context, *ListSilencesRequest) (*ListSilencesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSilences not implemented")
 }
 func (UnimplementedAlertServiceServer) mustEmbedUnimplementedAlertServiceServer() {}
 func (UnimplementedAlertServiceServer) testEmbeddedByValue()                      {}
@@ -264,6 +320,60 @@ func _AlertService_ListAlerts_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AlertService_CreateSilence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateSilenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AlertServiceServer).CreateSilence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AlertService_CreateSilence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AlertServiceServer).CreateSilence(ctx, req.(*CreateSilenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AlertService_DeleteSilence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteSilenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AlertServiceServer).DeleteSilence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AlertService_DeleteSilence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AlertServiceServer).DeleteSilence(ctx, req.(*DeleteSilenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AlertService_ListSilences_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSilencesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AlertServiceServer).ListSilences(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AlertService_ListSilences_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AlertServiceServer).ListSilences(ctx, req.(*ListSilencesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AlertService_ServiceDesc is the grpc.ServiceDesc for AlertService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -290,6 +400,18 @@ var AlertService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAlerts",
 			Handler:    _AlertService_ListAlerts_Handler,
+		},
+		{
+			MethodName: "CreateSilence",
+			Handler:    _AlertService_CreateSilence_Handler,
+		},
+		{
+			MethodName: "DeleteSilence",
+			Handler:    _AlertService_DeleteSilence_Handler,
+		},
+		{
+			MethodName: "ListSilences",
+			Handler:    _AlertService_ListSilences_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -48,6 +48,8 @@ type Command struct {
 	//	*Command_AlertTransitions
 	//	*Command_InitAlertRules
 	//	*Command_RecordAlertDeliveries
+	//	*Command_PutSilence
+	//	*Command_DeleteSilence
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -221,6 +223,24 @@ func (x *Command) GetRecordAlertDeliveries() *RecordAlertDeliveriesCommand {
 	return nil
 }
 
+func (x *Command) GetPutSilence() *PutSilenceCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_PutSilence); ok {
+			return x.PutSilence
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteSilence() *DeleteSilenceCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_DeleteSilence); ok {
+			return x.DeleteSilence
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -277,6 +297,14 @@ type Command_RecordAlertDeliveries struct {
 	RecordAlertDeliveries *RecordAlertDeliveriesCommand `protobuf:"bytes,22,opt,name=record_alert_deliveries,json=recordAlertDeliveries,proto3,oneof"`
 }
 
+type Command_PutSilence struct {
+	PutSilence *PutSilenceCommand `protobuf:"bytes,23,opt,name=put_silence,json=putSilence,proto3,oneof"`
+}
+
+type Command_DeleteSilence struct {
+	DeleteSilence *DeleteSilenceCommand `protobuf:"bytes,24,opt,name=delete_silence,json=deleteSilence,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -302,6 +330,10 @@ func (*Command_AlertTransitions) isCommand_Command() {}
 func (*Command_InitAlertRules) isCommand_Command() {}
 
 func (*Command_RecordAlertDeliveries) isCommand_Command() {}
+
+func (*Command_PutSilence) isCommand_Command() {}
+
+func (*Command_DeleteSilence) isCommand_Command() {}
 
 // SetMemberCommand records the API address of a controller.
 type SetMemberCommand struct {
@@ -943,11 +975,99 @@ func (x *RecordAlertDeliveriesCommand) GetDeliveries() []*AlertDelivery {
 	return nil
 }
 
+type PutSilenceCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Silence       *Silence               `protobuf:"bytes,1,opt,name=silence,proto3" json:"silence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutSilenceCommand) Reset() {
+	*x = PutSilenceCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutSilenceCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutSilenceCommand) ProtoMessage() {}
+
+func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutSilenceCommand.ProtoReflect.Descriptor instead.
+func (*PutSilenceCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PutSilenceCommand) GetSilence() *Silence {
+	if x != nil {
+		return x.Silence
+	}
+	return nil
+}
+
+type DeleteSilenceCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Silence       string                 `protobuf:"bytes,1,opt,name=silence,proto3" json:"silence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSilenceCommand) Reset() {
+	*x = DeleteSilenceCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSilenceCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSilenceCommand) ProtoMessage() {}
+
+func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSilenceCommand.ProtoReflect.Descriptor instead.
+func (*DeleteSilenceCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteSilenceCommand) GetSilence() string {
+	if x != nil {
+		return x.Silence
+	}
+	return ""
+}
+
 var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xcb\b\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xdc\t\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -969,7 +1089,10 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x11delete_alert_rule\x18\x13 \x01(\v2$.hostscale.v1.DeleteAlertRuleCommandH\x00R\x0fdeleteAlertRule\x12T\n" +
 	"\x11alert_transitions\x18\x14 \x01(\v2%.hostscale.v1.AlertTransitionsCommandH\x00R\x10alertTransitions\x12O\n" +
 	"\x10init_alert_rules\x18\x15 \x01(\v2#.hostscale.v1.InitAlertRulesCommandH\x00R\x0einitAlertRules\x12d\n" +
-	"\x17record_alert_deliveries\x18\x16 \x01(\v2*.hostscale.v1.RecordAlertDeliveriesCommandH\x00R\x15recordAlertDeliveriesB\t\n" +
+	"\x17record_alert_deliveries\x18\x16 \x01(\v2*.hostscale.v1.RecordAlertDeliveriesCommandH\x00R\x15recordAlertDeliveries\x12B\n" +
+	"\vput_silence\x18\x17 \x01(\v2\x1f.hostscale.v1.PutSilenceCommandH\x00R\n" +
+	"putSilence\x12K\n" +
+	"\x0edelete_silence\x18\x18 \x01(\v2\".hostscale.v1.DeleteSilenceCommandH\x00R\rdeleteSilenceB\t\n" +
 	"\acommand\"F\n" +
 	"\x10SetMemberCommand\x122\n" +
 	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\"%\n" +
@@ -1008,7 +1131,11 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x1cRecordAlertDeliveriesCommand\x12;\n" +
 	"\n" +
 	"deliveries\x18\x01 \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\n" +
-	"deliveriesB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"deliveries\"D\n" +
+	"\x11PutSilenceCommand\x12/\n" +
+	"\asilence\x18\x01 \x01(\v2\x15.hostscale.v1.SilenceR\asilence\"0\n" +
+	"\x14DeleteSilenceCommand\x12\x18\n" +
+	"\asilence\x18\x01 \x01(\tR\asilenceB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_command_proto_rawDescOnce sync.Once
@@ -1022,7 +1149,7 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_hostscale_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: hostscale.v1.Command
 	(*SetMemberCommand)(nil),             // 1: hostscale.v1.SetMemberCommand
@@ -1038,19 +1165,22 @@ var file_hostscale_v1_command_proto_goTypes = []any{
 	(*AlertTransitionsCommand)(nil),      // 11: hostscale.v1.AlertTransitionsCommand
 	(*InitAlertRulesCommand)(nil),        // 12: hostscale.v1.InitAlertRulesCommand
 	(*RecordAlertDeliveriesCommand)(nil), // 13: hostscale.v1.RecordAlertDeliveriesCommand
-	nil,                                  // 14: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 15: google.protobuf.Timestamp
-	(*MemberRecord)(nil),                 // 16: hostscale.v1.MemberRecord
-	(*Pool)(nil),                         // 17: hostscale.v1.Pool
-	(*Backend)(nil),                      // 18: hostscale.v1.Backend
-	(*NodeFacts)(nil),                    // 19: hostscale.v1.NodeFacts
-	(NodeStatus)(0),                      // 20: hostscale.v1.NodeStatus
-	(*AlertRule)(nil),                    // 21: hostscale.v1.AlertRule
-	(*Alert)(nil),                        // 22: hostscale.v1.Alert
-	(*AlertDelivery)(nil),                // 23: hostscale.v1.AlertDelivery
+	(*PutSilenceCommand)(nil),            // 14: hostscale.v1.PutSilenceCommand
+	(*DeleteSilenceCommand)(nil),         // 15: hostscale.v1.DeleteSilenceCommand
+	nil,                                  // 16: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 17: google.protobuf.Timestamp
+	(*MemberRecord)(nil),                 // 18: hostscale.v1.MemberRecord
+	(*Pool)(nil),                         // 19: hostscale.v1.Pool
+	(*Backend)(nil),                      // 20: hostscale.v1.Backend
+	(*NodeFacts)(nil),                    // 21: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                      // 22: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),                    // 23: hostscale.v1.AlertRule
+	(*Alert)(nil),                        // 24: hostscale.v1.Alert
+	(*AlertDelivery)(nil),                // 25: hostscale.v1.AlertDelivery
+	(*Silence)(nil),                      // 26: hostscale.v1.Silence
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	15, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	17, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
 	2,  // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
 	3,  // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
@@ -1064,21 +1194,24 @@ var file_hostscale_v1_command_proto_depIdxs = []int32{
 	11, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
 	12, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
 	13, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
-	16, // 14: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	17, // 15: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	18, // 16: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	19, // 17: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	14, // 18: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	20, // 19: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	21, // 20: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
-	22, // 21: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
-	21, // 22: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
-	23, // 23: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	14, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
+	15, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
+	18, // 16: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	19, // 17: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	20, // 18: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	21, // 19: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	16, // 20: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	22, // 21: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	23, // 22: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	24, // 23: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	23, // 24: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	25, // 25: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
+	26, // 26: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -1105,6 +1238,8 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_AlertTransitions)(nil),
 		(*Command_InitAlertRules)(nil),
 		(*Command_RecordAlertDeliveries)(nil),
+		(*Command_PutSilence)(nil),
+		(*Command_DeleteSilence)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1112,7 +1247,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -48,8 +48,10 @@ type State struct {
 	AlertRulesInitialized bool `protobuf:"varint,11,opt,name=alert_rules_initialized,json=alertRulesInitialized,proto3" json:"alert_rules_initialized,omitempty"`
 	// Notifications delivered in the last day, oldest first.
 	AlertDeliveries []*AlertDelivery `protobuf:"bytes,12,rep,name=alert_deliveries,json=alertDeliveries,proto3" json:"alert_deliveries,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Silences by id.
+	Silences      map[string]*Silence `protobuf:"bytes,13,rep,name=silences,proto3" json:"silences,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
@@ -162,6 +164,13 @@ func (x *State) GetAlertRulesInitialized() bool {
 func (x *State) GetAlertDeliveries() []*AlertDelivery {
 	if x != nil {
 		return x.AlertDeliveries
+	}
+	return nil
+}
+
+func (x *State) GetSilences() map[string]*Silence {
+	if x != nil {
+		return x.Silences
 	}
 	return nil
 }
@@ -381,7 +390,7 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\x8c\b\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\x9f\t\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
@@ -398,7 +407,8 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x06alerts\x18\n" +
 	" \x03(\v2\x1f.hostscale.v1.State.AlertsEntryR\x06alerts\x126\n" +
 	"\x17alert_rules_initialized\x18\v \x01(\bR\x15alertRulesInitialized\x12F\n" +
-	"\x10alert_deliveries\x18\f \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\x0falertDeliveries\x1aV\n" +
+	"\x10alert_deliveries\x18\f \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\x0falertDeliveries\x12=\n" +
+	"\bsilences\x18\r \x03(\v2!.hostscale.v1.State.SilencesEntryR\bsilences\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
@@ -415,7 +425,10 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x17.hostscale.v1.AlertRuleR\x05value:\x028\x01\x1aN\n" +
 	"\vAlertsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
-	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.AlertR\x05value:\x028\x01\"\xa5\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.AlertR\x05value:\x028\x01\x1aR\n" +
+	"\rSilencesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.hostscale.v1.SilenceR\x05value:\x028\x01\"\xa5\x01\n" +
 	"\rAlertDelivery\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
 	"\breceiver\x18\x02 \x01(\tR\breceiver\x12\x1b\n" +
@@ -447,7 +460,7 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
 	(*AlertDelivery)(nil),         // 1: hostscale.v1.AlertDelivery
@@ -458,11 +471,13 @@ var file_hostscale_v1_state_proto_goTypes = []any{
 	nil,                           // 6: hostscale.v1.State.NodesEntry
 	nil,                           // 7: hostscale.v1.State.AlertRulesEntry
 	nil,                           // 8: hostscale.v1.State.AlertsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 10: hostscale.v1.Pool
-	(*Node)(nil),                  // 11: hostscale.v1.Node
-	(*AlertRule)(nil),             // 12: hostscale.v1.AlertRule
-	(*Alert)(nil),                 // 13: hostscale.v1.Alert
+	nil,                           // 9: hostscale.v1.State.SilencesEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 11: hostscale.v1.Pool
+	(*Node)(nil),                  // 12: hostscale.v1.Node
+	(*AlertRule)(nil),             // 13: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 14: hostscale.v1.Alert
+	(*Silence)(nil),               // 15: hostscale.v1.Silence
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
 	4,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
@@ -472,18 +487,20 @@ var file_hostscale_v1_state_proto_depIdxs = []int32{
 	7,  // 4: hostscale.v1.State.alert_rules:type_name -> hostscale.v1.State.AlertRulesEntry
 	8,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
 	1,  // 6: hostscale.v1.State.alert_deliveries:type_name -> hostscale.v1.AlertDelivery
-	9,  // 7: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
-	9,  // 8: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	2,  // 9: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	10, // 10: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	11, // 11: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
-	12, // 12: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
-	13, // 13: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	9,  // 7: hostscale.v1.State.silences:type_name -> hostscale.v1.State.SilencesEntry
+	10, // 8: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
+	10, // 9: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	2,  // 10: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	11, // 11: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	12, // 12: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	13, // 13: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
+	14, // 14: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
+	15, // 15: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -500,7 +517,7 @@ func file_hostscale_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
