@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,11 +145,12 @@ func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
 	}})
 	require.NoError(t, err)
 
-	var hot = true
+	var hot atomic.Bool
+	hot.Store(true)
 	fctx, stopFeed := context.WithCancel(ctx)
 	defer stopFeed()
 	feed(t, fctx, c, "busy-1", func(int) float64 {
-		if hot {
+		if hot.Load() {
 			return 97
 		}
 		return 10
@@ -199,7 +201,7 @@ func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
 
 	// Back under the threshold: resolved, delivered once; the firing
 	// notification was not sent again by the restarted cluster.
-	hot = false
+	hot.Store(false)
 	fctx, stopFeed = context.WithCancel(ctx)
 	defer stopFeed()
 	feed(t, fctx, c, "busy-1", func(int) float64 { return 10 })
