@@ -91,9 +91,13 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 	return nil
 }
 
-// dispatchConfig routes every alert to the log and to each configured
-// webhook and Alertmanager, grouped by alert name.
+// dispatchConfig is the delivery file's routing when one is given;
+// otherwise every alert goes to the log and to each configured webhook and
+// Alertmanager, grouped by alert name.
 func (s *Server) dispatchConfig() alerts.DispatchConfig {
+	if s.cfg.AlertDelivery != nil {
+		return *s.cfg.AlertDelivery
+	}
 	cfg := alerts.DispatchConfig{
 		Receivers: []alerts.Receiver{{Name: "log", Kind: alerts.ReceiverLog, SendResolved: true}},
 		Route: alerts.Route{

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/controller/internal/alertconfig"
 	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/testcluster"
@@ -168,6 +169,7 @@ func TestAlerts_highCPUFiresSurvivesFullRestartAndResolves(t *testing.T) {
 		}
 		return nil
 	}))
+	require.True(t, pendingSeen, "pending before firing")
 	firing, err := alertOf(ctx, leader, "cpu-hot")
 	require.NoError(t, err)
 	require.Equal(t, "busy-1", firing.Node)
@@ -398,4 +400,50 @@ func TestAlerts_silenceSuppressesDeliveryWhileItLasts(t *testing.T) {
 	require.NoError(t, err)
 	_, err = api.DeleteSilence(ctx, &pb.DeleteSilenceRequest{Silence: sil.Silence.Id})
 	require.Equal(t, codes.NotFound, status.Code(err))
+}
+
+func TestAlerts_routedByLabelsToTheirReceivers(t *testing.T) {
+	pager, ops := &webhookReceiver{keys: map[string]int{}}, &webhookReceiver{keys: map[string]int{}}
+	pagerSrv, opsSrv := httptest.NewServer(pager), httptest.NewServer(ops)
+	defer pagerSrv.Close()
+	defer opsSrv.Close()
+	delivery, err := alertconfig.Parse([]byte(fmt.Sprintf(`{
+	  "receivers": [
+	    {"name": "ops", "kind": "webhook", "url": %q, "send_resolved": true},
+	    {"name": "pager", "kind": "webhook", "url": %q, "send_resolved": true}
+	  ],
+	  "route": {"receiver": "ops", "group_by": ["alertname"], "group_wait": "100ms", "group_interval": "200ms",
+	    "routes": [{"matchers": ["severity=critical"], "receiver": "pager"}]}
+	}`, opsSrv.URL, pagerSrv.URL)))
+	require.NoError(t, err)
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes: 3,
+		Launcher: servertest.Launcher{Configure: func(c *server.Config) {
+			c.AlertInterval = 100 * time.Millisecond
+			c.AlertDelivery = &delivery
+		}},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	api := pb.NewAlertServiceClient(leader.Conn())
+	for _, r := range []*pb.AlertRule{
+		{Name: "cpu-page", Metric: "cpu_percent", Op: ">", Threshold: 90, Severity: pb.Severity_SEVERITY_CRITICAL},
+		{Name: "cpu-note", Metric: "cpu_percent", Op: ">", Threshold: 80, Severity: pb.Severity_SEVERITY_WARNING},
+	} {
+		_, err := api.CreateRule(ctx, &pb.CreateRuleRequest{Rule: r})
+		require.NoError(t, err)
+	}
+	fctx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
+	feed(t, fctx, c, "routed-1", func(int) float64 { return 95 })
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if pager.count("firing", "cpu-page") != 1 || ops.count("firing", "cpu-note") != 1 {
+			return fmt.Errorf("pager %d, ops %d", pager.count("firing", "cpu-page"), ops.count("firing", "cpu-note"))
+		}
+		return nil
+	}))
+	require.Zero(t, pager.count("firing", "cpu-note"), "a warning does not page")
+	require.Zero(t, ops.count("firing", "cpu-page"), "the critical alert went to the pager only")
 }

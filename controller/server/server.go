@@ -72,6 +72,9 @@ type Config struct {
 	AlertmanagerURL string
 	// Grouping of notifications, as in Alertmanager's route.
 	AlertGroupWait, AlertGroupInterval, AlertRepeatInterval time.Duration
+	// AlertDelivery, when set, replaces the receivers and routing built
+	// from the fields above (see the alertconfig package).
+	AlertDelivery *alerts.DispatchConfig
 }
 
 // DefaultConfig returns the defaults of the hostscale-controller flags.

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hostscale/hostscale/controller/internal/alertconfig"
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/internal/config"
@@ -82,7 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", cfg.HeartbeatTTL, "a node whose agent sends nothing this long is marked down")
 	fs.DurationVar(&cfg.MetricsWindow, "metrics-window", cfg.MetricsWindow, "sample history the leader keeps per node (one sample a second)")
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", cfg.AlertInterval, "how often the leader evaluates the alerting rules")
-	var webhooks string
+	var webhooks, deliveryFile string
+	fs.StringVar(&deliveryFile, "alert-config", "", "JSON `file` of alert receivers and label routing (docs/controller.md); replaces -alert-webhook and -alertmanager")
 	fs.StringVar(&webhooks, "alert-webhook", "", "comma-separated URLs that receive alert notifications (Alertmanager webhook payload, version 4)")
 	fs.StringVar(&cfg.AlertmanagerURL, "alertmanager", "", "base URL of an Alertmanager to push alerts to (POST /api/v2/alerts)")
 	fs.DurationVar(&cfg.AlertGroupWait, "alert-group-wait", cfg.AlertGroupWait, "how long a new alert group waits for more alerts before its first notification")
@@ -112,6 +114,13 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		if err := checkURL(cfg.AlertmanagerURL); err != nil {
 			return cfg, logOpts, fmt.Errorf("-alertmanager: %w", err)
 		}
+	}
+	if deliveryFile != "" {
+		dc, err := alertconfig.Load(deliveryFile)
+		if err != nil {
+			return cfg, logOpts, fmt.Errorf("-alert-config: %w", err)
+		}
+		cfg.AlertDelivery = &dc
 	}
 	p, err := raftnode.ParsePeers(peers)
 	if err != nil {

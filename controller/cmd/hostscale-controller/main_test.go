@@ -58,6 +58,7 @@ func TestRun_badFlagsAndConfigStopWithAMessage(t *testing.T) {
 		"unknown config key": {[]string{"-config", conf("id = c1\ndata-dir = /tmp/x\nraft-adr = 1\n")}, ".conf:3: unknown key \"raft-adr\""},
 		"bad config value":   {[]string{"-config", conf("id = c1\nelection-timeout = forever\n")}, ".conf:2: election-timeout"},
 		"missing config":     {[]string{"-config", filepath.Join(dir, "none.conf")}, "config file"},
+		"bad alert config":   {[]string{"-id", "c1", "-data-dir", dir, "-alert-config", conf(`{"route": {"receiver": "nobody"}, "receivers": []}`)}, "route.receiver"},
 		"bad webhook":        {[]string{"-id", "c1", "-data-dir", dir, "-alert-webhook", "ftp://x"}, "-alert-webhook"},
 		"bad alertmanager":   {[]string{"-id", "c1", "-data-dir", dir, "-alertmanager", "localhost"}, "-alertmanager"},
 	} {
