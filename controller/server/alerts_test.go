@@ -447,3 +447,28 @@ func TestAlerts_routedByLabelsToTheirReceivers(t *testing.T) {
 	require.Zero(t, pager.count("firing", "cpu-note"), "a warning does not page")
 	require.Zero(t, ops.count("firing", "cpu-page"), "the critical alert went to the pager only")
 }
+
+func TestAlerts_defaultNodeDownRuleFires(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes: 3,
+		Launcher: servertest.Launcher{Configure: func(c *server.Config) {
+			c.HeartbeatTTL = time.Second
+			c.AlertInterval = 100 * time.Millisecond
+		}},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	sctx, cancel := context.WithCancel(ctx)
+	_, first := agentStream(t, sctx, leader.Conn(), "gone-1")
+	require.NotNil(t, first.GetWelcome())
+	cancel() // the agent dies
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, leader, "node-down")
+		if err == nil && (a.State != pb.AlertState_ALERT_STATE_FIRING || a.Node != "gone-1") {
+			err = fmt.Errorf("node-down is %v on %q", a.State, a.Node)
+		}
+		return err
+	}))
+}
