@@ -49,17 +49,13 @@ func (s *Server) evaluateAlerts(ctx context.Context) error {
 
 func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.Time) error {
 	var rules []alerts.Rule
-	current := map[alerts.Fingerprint]alerts.Alert{}
+	var current map[alerts.Fingerprint]alerts.Alert
 	var nodes []alerts.NodeInfo
 	s.fsm.Read(func(st *pb.State) {
 		for _, r := range st.AlertRules {
 			rules = append(rules, endpoint.RuleFromPB(r))
 		}
-		for _, a := range st.Alerts {
-			if x, ok := endpoint.AlertFromPB(a); ok {
-				current[x.Fingerprint] = x
-			}
-		}
+		current = alertsOf(st)
 		for _, n := range st.Nodes {
 			status := alerts.NodeUp
 			if n.Status == pb.NodeStatus_NODE_STATUS_DOWN {
@@ -141,18 +137,14 @@ func (s *Server) notifyAlerts(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		current := map[alerts.Fingerprint]alerts.Alert{}
+		var current map[alerts.Fingerprint]alerts.Alert
 		var ledger alerts.Ledger
 		var silences []alerts.Silence
 		s.fsm.Read(func(st *pb.State) {
 			for _, x := range st.Silences {
 				silences = append(silences, endpoint.SilenceFromPB(x))
 			}
-			for _, a := range st.Alerts {
-				if x, ok := endpoint.AlertFromPB(a); ok {
-					current[x.Fingerprint] = x
-				}
-			}
+			current = alertsOf(st)
 			for _, r := range st.AlertDeliveries {
 				ledger.Record(alerts.Delivery{Key: r.Key, Receiver: r.Receiver, GroupKey: r.GroupKey, AlertKeys: r.AlertKeys, At: r.At.AsTime()})
 			}
@@ -174,4 +166,15 @@ func (s *Server) notifyAlerts(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// alertsOf returns the alerts of a state by fingerprint.
+func alertsOf(st *pb.State) map[alerts.Fingerprint]alerts.Alert {
+	out := make(map[alerts.Fingerprint]alerts.Alert, len(st.Alerts))
+	for _, a := range st.Alerts {
+		if x, ok := endpoint.AlertFromPB(a); ok {
+			out[x.Fingerprint] = x
+		}
+	}
+	return out
 }
