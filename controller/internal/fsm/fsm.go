@@ -70,8 +70,32 @@ func New(logger *slog.Logger) *FSM {
 }
 
 func newState() *pb.State {
-	return &pb.State{Members: map[string]*pb.MemberRecord{}, Pools: map[string]*pb.Pool{}, Nodes: map[string]*pb.Node{},
-		AlertRules: map[string]*pb.AlertRule{}, Alerts: map[string]*pb.Alert{}, Silences: map[string]*pb.Silence{}}
+	st := &pb.State{}
+	ensureMaps(st)
+	return st
+}
+
+// ensureMaps gives a state every map it may be missing (a decoded State
+// has none for empty maps), so that Apply can write into them.
+func ensureMaps(st *pb.State) {
+	if st.Members == nil {
+		st.Members = map[string]*pb.MemberRecord{}
+	}
+	if st.Pools == nil {
+		st.Pools = map[string]*pb.Pool{}
+	}
+	if st.Nodes == nil {
+		st.Nodes = map[string]*pb.Node{}
+	}
+	if st.AlertRules == nil {
+		st.AlertRules = map[string]*pb.AlertRule{}
+	}
+	if st.Alerts == nil {
+		st.Alerts = map[string]*pb.Alert{}
+	}
+	if st.Silences == nil {
+		st.Silences = map[string]*pb.Silence{}
+	}
 }
 
 // Read calls fn with the state and the index it reflects, under a read lock.
@@ -273,21 +297,7 @@ func Decode(r io.Reader) (*pb.State, error) {
 	if err := checkState(st); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	if st.Members == nil {
-		st.Members = map[string]*pb.MemberRecord{}
-	}
-	if st.Pools == nil {
-		st.Pools = map[string]*pb.Pool{}
-	}
-	if st.Nodes == nil {
-		st.Nodes = map[string]*pb.Node{}
-	}
-	if st.AlertRules == nil {
-		st.AlertRules = map[string]*pb.AlertRule{}
-	}
-	if st.Alerts == nil {
-		st.Alerts = map[string]*pb.Alert{}
-	}
+	ensureMaps(st)
 	return st, nil
 }
 

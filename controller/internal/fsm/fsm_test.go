@@ -123,6 +123,24 @@ func TestFSM_SnapshotRestore_roundTripsTheWholeState(t *testing.T) {
 	require.True(t, b.apply(addBackend("r2", "web", "10.0.0.1:80")).Repeated)
 }
 
+func TestFSM_Restore_ofAnEmptyStateAcceptsEveryCommand(t *testing.T) {
+	data, err := Encode(&pb.State{})
+	require.NoError(t, err)
+	f := New(nil)
+	require.NoError(t, f.Restore(io.NopCloser(bytes.NewReader(data))))
+	a := &applier{t: t, f: f}
+	for _, cmd := range []*pb.Command{
+		createPool("", "web"),
+		{Command: &pb.Command_SetMember{SetMember: &pb.SetMemberCommand{Member: &pb.MemberRecord{Id: "c1"}}}},
+		{Command: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNodeCommand{Node: "n1"}}},
+		{Command: &pb.Command_PutAlertRule{PutAlertRule: &pb.PutAlertRuleCommand{Rule: &pb.AlertRule{Name: "r"}, Create: true}}},
+		{Command: &pb.Command_AlertTransitions{AlertTransitions: &pb.AlertTransitionsCommand{Alerts: []*pb.Alert{{Fingerprint: "1"}}}}},
+		{Command: &pb.Command_PutSilence{PutSilence: &pb.PutSilenceCommand{Silence: &pb.Silence{Id: "s"}}}},
+	} {
+		require.NoError(t, a.apply(cmd).Err)
+	}
+}
+
 func TestFSM_Restore_rejectsGarbageAndKeepsState(t *testing.T) {
 	a := &applier{t: t, f: New(nil)}
 	a.apply(createPool("r1", "web"))
