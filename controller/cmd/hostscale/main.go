@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -37,6 +38,10 @@ commands:
   snapshot restore FILE           replace the whole state with FILE's snapshot
   pools                           list pools
   nodes [SELECTOR]                list nodes (label selector: tier=web,zone!=b)
+  rules                           list alerting rules
+  alerts                          list pending, firing and resolved alerts
+  silence DURATION MATCHER...     silence alerts for a while (matchers: alertname=cpu-high node=~web-.*)
+  unsilence ID                    end a silence
 `
 
 func main() {
@@ -70,7 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), out: stdout, json: *asJSON}
+	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn),
+		alerts: pb.NewAlertServiceClient(conn), out: stdout, json: *asJSON}
 	err = c.do(ctx, fs.Args())
 	var ue usageError
 	switch {
@@ -103,6 +109,7 @@ type cli struct {
 	cluster pb.ClusterServiceClient
 	pools   pb.PoolServiceClient
 	nodes   pb.NodeServiceClient
+	alerts  pb.AlertServiceClient
 	out     io.Writer
 	json    bool
 }
@@ -243,6 +250,77 @@ func (c *cli) do(ctx context.Context, args []string) error {
 				n.Latest.GetCpuPercent(), n.Latest.GetMemoryUsedPercent(), n.Latest.GetLoad1(), seen, orDash(strings.Join(labels, ",")))
 		}
 		return w.Flush()
+	case "rules":
+		if err := nargs(0, 0); err != nil {
+			return err
+		}
+		resp, err := c.alerts.ListRules(ctx, &pb.ListRulesRequest{Consistent: true})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tEXPR\tFOR\tSELECTOR\tSEVERITY")
+		for _, r := range resp.Rules {
+			expr := fmt.Sprintf("%s %s %g", r.Metric, r.Op, r.Threshold)
+			if r.Kind == pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN {
+				expr = "node down"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", r.Name, expr, r.For.AsDuration(), orDash(r.Selector),
+				strings.ToLower(strings.TrimPrefix(r.Severity.String(), "SEVERITY_")))
+		}
+		return w.Flush()
+	case "alerts":
+		if err := nargs(0, 0); err != nil {
+			return err
+		}
+		resp, err := c.alerts.ListAlerts(ctx, &pb.ListAlertsRequest{Consistent: true})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "RULE\tNODE\tSTATE\tVALUE\tSINCE")
+		for _, a := range resp.Alerts {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%g\t%s\n", a.Rule, orDash(a.Node), strings.ToLower(strings.TrimPrefix(a.State.String(), "ALERT_STATE_")),
+				a.Value, a.ActiveSince.AsTime().Format(time.RFC3339))
+		}
+		return w.Flush()
+	case "silence":
+		if len(rest) < 2 {
+			return usageError("silence: want DURATION and at least one MATCHER")
+		}
+		d, err := time.ParseDuration(rest[0])
+		if err != nil || d <= 0 {
+			return usageError(fmt.Sprintf("silence: %q is not a positive duration", rest[0]))
+		}
+		sil := &pb.Silence{EndsAt: timestamppb.New(time.Now().Add(d)), CreatedBy: os.Getenv("USER")}
+		for _, m := range rest[1:] {
+			pm, err := parseMatcher(m)
+			if err != nil {
+				return usageError("silence: " + err.Error())
+			}
+			sil.Matchers = append(sil.Matchers, pm)
+		}
+		resp, err := c.alerts.CreateSilence(ctx, &pb.CreateSilenceRequest{Silence: sil})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "silence %s until %s\n", resp.Silence.Id, resp.Silence.EndsAt.AsTime().Format(time.RFC3339))
+		return nil
+	case "unsilence":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		if _, err := c.alerts.DeleteSilence(ctx, &pb.DeleteSilenceRequest{Silence: rest[0]}); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "silence %s ended\n", rest[0])
+		return nil
 	}
 	return usageError(fmt.Sprintf("unknown command %q", cmd))
 }
@@ -350,4 +428,14 @@ func (c *cli) snapshotRestore(ctx context.Context, path string) error {
 	}
 	fmt.Fprintf(c.out, "restored %d bytes; the state is now at index %d\n", resp.Size, resp.Index)
 	return nil
+}
+
+// parseMatcher parses name=value, name!=value, name=~re or name!~re.
+func parseMatcher(s string) (*pb.SilenceMatcher, error) {
+	for _, op := range []string{"!~", "=~", "!=", "="} {
+		if name, value, ok := strings.Cut(s, op); ok && name != "" {
+			return &pb.SilenceMatcher{Name: name, Value: value, IsEqual: op == "=" || op == "=~", IsRegex: op == "=~" || op == "!~"}, nil
+		}
+	}
+	return nil, fmt.Errorf("%q is not name=value, name!=value, name=~re or name!~re", s)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,6 +64,22 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "nodes", "tier=web")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "NAME")
+
+	code, out, errs = hostscale("-addr", addr, "rules")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "node-down")
+	code, out, errs = hostscale("-addr", addr, "silence", "1h", "alertname=host-cpu-high", "node=~web-.*")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "silence s-")
+	id := strings.Fields(out)[1]
+	code, _, errs = hostscale("-addr", addr, "unsilence", id)
+	require.Equal(t, 0, code, errs)
+	code, _, errs = hostscale("-addr", addr, "alerts")
+	require.Equal(t, 0, code, errs)
+	code, _, _ = hostscale("-addr", addr, "silence", "soon", "a=b")
+	require.Equal(t, 2, code)
+	code, _, _ = hostscale("-addr", addr, "silence", "1h", "nomatcher")
+	require.Equal(t, 2, code)
 
 	// Failures: usage errors exit 2, failed calls exit 1 naming the code.
 	code, _, errs = hostscale("-addr", addr, "nodes", "tier in web")
