@@ -230,25 +230,29 @@ func TestAlerts_flappingInsideForNeverFires(t *testing.T) {
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
 	_, err := pb.NewAlertServiceClient(leader.Conn()).CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
-		Name: "cpu-flap", Metric: "cpu_percent", Op: ">", Threshold: 90, For: durationpb.New(time.Second),
+		Name: "cpu-flap", Metric: "cpu_percent", Op: ">", Threshold: 90, For: durationpb.New(2 * time.Second),
 	}})
 	require.NoError(t, err)
 	fctx, stopFeed := context.WithCancel(ctx)
 	defer stopFeed()
-	// Above for 400ms, below for 200ms: never above for a whole second.
+	// Above for 400ms, below for 200ms: never above for the whole `for`
+	// (2s, so that a stalled feeder on a loaded machine does not fire it).
 	feed(t, fctx, c, "flappy-1", func(i int) float64 {
 		if i%6 < 4 {
 			return 95
 		}
 		return 20
 	})
-	deadline := time.Now().Add(4 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	pendingSeen := false
 	for time.Now().Before(deadline) {
 		if a, err := alertOf(ctx, leader, "cpu-flap"); err == nil {
 			require.NotEqual(t, pb.AlertState_ALERT_STATE_FIRING, a.State, "a value flapping inside `for` fired")
+			pendingSeen = pendingSeen || a.State == pb.AlertState_ALERT_STATE_PENDING
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
+	require.True(t, pendingSeen, "the condition held now and then: the alert went pending and was reset")
 }
 
 func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
