@@ -57,7 +57,7 @@ type FSM struct {
 	watched  bool // someone holds changed: replace it at the next change
 }
 
-var _ raft.FSM = (*FSM)(nil)
+var _ raft.BatchingFSM = (*FSM)(nil)
 
 // New returns an FSM over an empty State. logger may be nil.
 func New(logger *slog.Logger) *FSM {
@@ -142,25 +142,48 @@ func (f *FSM) notifyLocked() {
 
 // Apply applies one committed log entry and returns a *Result.
 func (f *FSM) Apply(l *raft.Log) any {
-	var cmd pb.Command
-	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
-		panic(fmt.Sprintf("fsm: cannot decode the command at index %d: %v", l.Index, err))
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies committed entries in order under one lock and wakes
+// watchers once (raft.BatchingFSM); it returns a *Result for each, and nil
+// for entries that are not commands.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	cmds := make([]*pb.Command, len(logs))
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		cmds[i] = new(pb.Command)
+		if err := proto.Unmarshal(l.Data, cmds[i]); err != nil {
+			panic(fmt.Sprintf("fsm: cannot decode the command at index %d: %v", l.Index, err))
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer f.notifyLocked()
+	out := make([]any, len(logs))
+	for i, l := range logs {
+		if cmds[i] != nil {
+			out[i] = f.applyLocked(l, cmds[i])
+		}
+	}
+	return out
+}
+
+func (f *FSM) applyLocked(l *raft.Log, cmd *pb.Command) *Result {
 	f.state.AppliedIndex, f.state.AppliedTerm = l.Index, l.Term
 	if id := cmd.GetRequestId(); id != "" {
 		if prev, ok := f.requests[id]; ok {
 			return &Result{Index: prev.Index, Err: errorOf(prev), Repeated: true}
 		}
 	}
-	err := f.dispatch(&cmd, l.Index)
-	if err == nil && changesPools(&cmd) {
+	err := f.dispatch(cmd, l.Index)
+	if err == nil && changesPools(cmd) {
 		f.state.PoolsIndex, f.state.PoolsTerm = l.Index, l.Term
 	}
 	if id := cmd.GetRequestId(); id != "" {
-		f.remember(&cmd, l.Index, err)
+		f.remember(cmd, l.Index, err)
 	}
 	return &Result{Index: l.Index, Err: err}
 }
