@@ -90,18 +90,18 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 // dispatchConfig is the delivery file's routing when one is given;
 // otherwise every alert goes to the log and to each configured webhook and
 // Alertmanager, grouped by alert name.
-func (s *Server) dispatchConfig() alerts.DispatchConfig {
-	if s.cfg.AlertDelivery != nil {
-		return *s.cfg.AlertDelivery
+func dispatchConfig(c Config) alerts.DispatchConfig {
+	if c.AlertDelivery != nil {
+		return *c.AlertDelivery
 	}
 	cfg := alerts.DispatchConfig{
 		Receivers: []alerts.Receiver{{Name: "log", Kind: alerts.ReceiverLog, SendResolved: true}},
 		Route: alerts.Route{
 			Receiver:       "log",
 			GroupBy:        []string{alerts.LabelAlertName},
-			GroupWait:      s.cfg.AlertGroupWait,
-			GroupInterval:  s.cfg.AlertGroupInterval,
-			RepeatInterval: s.cfg.AlertRepeatInterval,
+			GroupWait:      c.AlertGroupWait,
+			GroupInterval:  c.AlertGroupInterval,
+			RepeatInterval: c.AlertRepeatInterval,
 			Routes:         []alerts.Route{{Receiver: "log", Continue: true}},
 		},
 	}
@@ -109,11 +109,11 @@ func (s *Server) dispatchConfig() alerts.DispatchConfig {
 		cfg.Receivers = append(cfg.Receivers, r)
 		cfg.Route.Routes = append(cfg.Route.Routes, alerts.Route{Receiver: r.Name, Continue: true})
 	}
-	for i, u := range s.cfg.AlertWebhooks {
+	for i, u := range c.AlertWebhooks {
 		add(alerts.Receiver{Name: fmt.Sprintf("webhook-%d", i), Kind: alerts.ReceiverWebhook, URL: u, SendResolved: true})
 	}
-	if s.cfg.AlertmanagerURL != "" {
-		add(alerts.Receiver{Name: "alertmanager", Kind: alerts.ReceiverAlertmanager, URL: s.cfg.AlertmanagerURL, SendResolved: true})
+	if c.AlertmanagerURL != "" {
+		add(alerts.Receiver{Name: "alertmanager", Kind: alerts.ReceiverAlertmanager, URL: c.AlertmanagerURL, SendResolved: true})
 	}
 	return cfg
 }
@@ -124,7 +124,7 @@ func (s *Server) dispatchConfig() alerts.DispatchConfig {
 // sends it again. A leader that dies between a send and its record leaves
 // the notification to be sent again under the same idempotency key.
 func (s *Server) notifyAlerts(ctx context.Context) error {
-	d, err := alerts.NewDispatcher(s.dispatchConfig())
+	d, err := alerts.NewDispatcher(dispatchConfig(s.cfg))
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func (c Config) Validate() error {
 	if c.AlertInterval < 10*time.Millisecond {
 		return errors.New("-alert-interval: at least 10ms")
 	}
-	if _, err := alerts.NewDispatcher((&Server{cfg: c}).dispatchConfig()); err != nil {
+	if _, err := alerts.NewDispatcher(dispatchConfig(c)); err != nil {
 		return fmt.Errorf("alert delivery: %w", err)
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {

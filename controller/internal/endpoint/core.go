@@ -214,5 +214,3 @@ func newIDPrefix() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:]) + "-"
 }
-
-func timeUntil(t time.Time) time.Duration { return time.Until(t) }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -232,7 +233,7 @@ func (f *Forwarder) Call(ctx context.Context, addr, method string, req, resp pro
 	s.mu.Unlock()
 	fr := &peerv1.ForwardRequest{Id: id, Method: method, Request: data, ForwardedBy: f.id}
 	if dl, ok := ctx.Deadline(); ok {
-		fr.Timeout = durationpb.New(timeUntil(dl))
+		fr.Timeout = durationpb.New(time.Until(dl))
 	}
 	s.sendMu.Lock()
 	err = s.stream.Send(fr)

@@ -4,24 +4,18 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
-	"strconv"
 	"strings"
+
+	"github.com/hostscale/hostscale/internal/hostport"
+	"github.com/hostscale/hostscale/internal/names"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
-var labelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
 // checkName checks a resource name: a DNS label of at most 63 characters.
 func checkName(field, name string) error {
-	switch {
-	case name == "":
-		return invalid(field, "must not be empty")
-	case len(name) > 63:
-		return invalid(field, "at most 63 characters, got %d", len(name))
-	case !labelRE.MatchString(name):
-		return invalid(field, "%q is not a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit", name)
+	if err := names.Check(name); err != nil {
+		return invalid(field, "%v", err)
 	}
 	return nil
 }
@@ -31,15 +25,11 @@ func checkAddress(field, addr string) error {
 	if addr == "" {
 		return invalid(field, "must not be empty")
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return invalid(field, "%q is not host:port", addr)
+	if err := hostport.Check(addr); err != nil {
+		return invalid(field, "%v", err)
 	}
-	if host == "" || len(host) > 253 || strings.ContainsAny(host, " /\t\r\n") {
+	if host, _, _ := net.SplitHostPort(addr); len(host) > 253 || strings.ContainsAny(host, " /\t\r\n") {
 		return invalid(field, "%q has no valid host", addr)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return invalid(field, "%q: port must be 1-65535", addr)
 	}
 	return nil
 }
@@ -51,7 +41,7 @@ func checkHost(field, h string) error {
 		return invalid(field, "%q is not a host name", h)
 	}
 	for _, l := range strings.Split(name, ".") {
-		if len(l) > 63 || !labelRE.MatchString(l) {
+		if names.Check(l) != nil {
 			return invalid(field, "%q is not a lowercase host name (a wildcard may only lead: *.example.com)", h)
 		}
 	}
