@@ -46,21 +46,23 @@ func TestRun_badFlagsAndConfigStopWithAMessage(t *testing.T) {
 		args []string
 		want string
 	}{
-		"unknown flag":       {[]string{"-bogus"}, "-bogus"},
-		"missing id":         {[]string{"-data-dir", dir}, "-id"},
-		"missing data dir":   {[]string{"-id", "c1"}, "-data-dir"},
-		"bad duration":       {[]string{"-id", "c1", "-data-dir", dir, "-heartbeat-timeout", "soon"}, "heartbeat-timeout"},
-		"bad peers":          {[]string{"-id", "c1", "-data-dir", dir, "-peers", "c1"}, "-peers"},
-		"peers without self": {[]string{"-id", "c1", "-data-dir", dir, "-peers", "c2=127.0.0.1:1"}, `does not list this node's -id "c1"`},
-		"bad log store":      {[]string{"-id", "c1", "-data-dir", dir, "-log-store", "tape"}, "-log-store"},
-		"bad log level":      {[]string{"-id", "c1", "-data-dir", dir, "-log-level", "loud"}, "-log-level"},
-		"stray argument":     {[]string{"-id", "c1", "extra"}, `unexpected argument "extra"`},
-		"unknown config key": {[]string{"-config", conf("id = c1\ndata-dir = /tmp/x\nraft-adr = 1\n")}, ".conf:3: unknown key \"raft-adr\""},
-		"bad config value":   {[]string{"-config", conf("id = c1\nelection-timeout = forever\n")}, ".conf:2: election-timeout"},
-		"missing config":     {[]string{"-config", filepath.Join(dir, "none.conf")}, "config file"},
-		"bad alert config":   {[]string{"-id", "c1", "-data-dir", dir, "-alert-config", conf(`{"route": {"receiver": "nobody"}, "receivers": []}`)}, "route.receiver"},
-		"bad webhook":        {[]string{"-id", "c1", "-data-dir", dir, "-alert-webhook", "ftp://x"}, "-alert-webhook"},
-		"bad alertmanager":   {[]string{"-id", "c1", "-data-dir", dir, "-alertmanager", "localhost"}, "-alertmanager"},
+		"unknown flag":        {[]string{"-bogus"}, "-bogus"},
+		"missing id":          {[]string{"-data-dir", dir}, "-id"},
+		"missing data dir":    {[]string{"-id", "c1"}, "-data-dir"},
+		"bad duration":        {[]string{"-id", "c1", "-data-dir", dir, "-heartbeat-timeout", "soon"}, "heartbeat-timeout"},
+		"bad peers":           {[]string{"-id", "c1", "-data-dir", dir, "-peers", "c1"}, "-peers"},
+		"peers without self":  {[]string{"-id", "c1", "-data-dir", dir, "-peers", "c2=127.0.0.1:1"}, `does not list this node's -id "c1"`},
+		"bad log store":       {[]string{"-id", "c1", "-data-dir", dir, "-log-store", "tape"}, "-log-store"},
+		"bad log level":       {[]string{"-id", "c1", "-data-dir", dir, "-log-level", "loud"}, "-log-level"},
+		"stray argument":      {[]string{"-id", "c1", "extra"}, `unexpected argument "extra"`},
+		"unknown config key":  {[]string{"-config", conf("id = c1\ndata-dir = /tmp/x\nraft-adr = 1\n")}, ".conf:3: unknown key \"raft-adr\""},
+		"bad config value":    {[]string{"-config", conf("id = c1\nelection-timeout = forever\n")}, ".conf:2: election-timeout"},
+		"missing config":      {[]string{"-config", filepath.Join(dir, "none.conf")}, "config file"},
+		"bad alert config":    {[]string{"-id", "c1", "-data-dir", dir, "-alert-config", conf(`{"route": {"receiver": "nobody"}, "receivers": []}`)}, "route.receiver"},
+		"tiny heartbeat ttl":  {[]string{"-id", "c1", "-data-dir", dir, "-heartbeat-ttl", "1ms"}, "-heartbeat-ttl"},
+		"huge metrics window": {[]string{"-id", "c1", "-data-dir", dir, "-metrics-window", "48h"}, "-metrics-window"},
+		"bad webhook":         {[]string{"-id", "c1", "-data-dir", dir, "-alert-webhook", "ftp://x"}, "-alert-webhook"},
+		"bad alertmanager":    {[]string{"-id", "c1", "-data-dir", dir, "-alertmanager", "localhost"}, "-alertmanager"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -174,4 +176,12 @@ func TestParseFlags_shippedExampleConfigIsValid(t *testing.T) {
 	require.Len(t, cfg.Peers, 3)
 	require.Equal(t, "10.0.0.1:7700", cfg.GRPCAdvertise)
 	require.Equal(t, 10*time.Second, cfg.HeartbeatTTL)
+}
+
+func TestRun_badAlertIntervalStopsWithAMessage(t *testing.T) {
+	var stderr bytes.Buffer
+	code := run([]string{"-id", "c1", "-data-dir", t.TempDir(), "-alert-interval", "1ms",
+		"-grpc-addr", "127.0.0.1:0", "-raft-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, &stderr)
+	require.NotZero(t, code)
+	require.Contains(t, stderr.String(), "-alert-interval")
 }
