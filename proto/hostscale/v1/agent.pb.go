@@ -549,6 +549,162 @@ func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// InstanceReport is every instance the agent runs or stops, sent after
+// the Welcome and whenever one changes.
+type InstanceReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instances     []*InstanceStatus      `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceReport) Reset() {
+	*x = InstanceReport{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceReport) ProtoMessage() {}
+
+func (x *InstanceReport) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceReport.ProtoReflect.Descriptor instead.
+func (*InstanceReport) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *InstanceReport) GetInstances() []*InstanceStatus {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// InstanceStatus is what the agent knows of one of its instances.
+type InstanceStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Pool  string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	// host:port it serves on.
+	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	State         InstanceState          `protobuf:"varint,4,opt,name=state,proto3,enum=hostscale.v1.InstanceState" json:"state,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	ExitCode      int32                  `protobuf:"varint,6,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Restarts      uint32                 `protobuf:"varint,7,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	Message       string                 `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	Pid           uint32                 `protobuf:"varint,9,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceStatus) Reset() {
+	*x = InstanceStatus{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceStatus) ProtoMessage() {}
+
+func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
+func (*InstanceStatus) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *InstanceStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InstanceStatus) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *InstanceStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *InstanceStatus) GetState() InstanceState {
+	if x != nil {
+		return x.State
+	}
+	return InstanceState_INSTANCE_STATE_UNSPECIFIED
+}
+
+func (x *InstanceStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *InstanceStatus) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *InstanceStatus) GetRestarts() uint32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *InstanceStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *InstanceStatus) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Message:
@@ -556,6 +712,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Hello
 	//	*ConnectRequest_Samples
 	//	*ConnectRequest_Heartbeat
+	//	*ConnectRequest_Instances
 	Message       isConnectRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -563,7 +720,7 @@ type ConnectRequest struct {
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +732,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +745,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConnectRequest) GetMessage() isConnectRequest_Message {
@@ -625,6 +782,15 @@ func (x *ConnectRequest) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *ConnectRequest) GetInstances() *InstanceReport {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectRequest_Instances); ok {
+			return x.Instances
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Message interface {
 	isConnectRequest_Message()
 }
@@ -641,11 +807,143 @@ type ConnectRequest_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
 }
 
+type ConnectRequest_Instances struct {
+	Instances *InstanceReport `protobuf:"bytes,4,opt,name=instances,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Message() {}
 
 func (*ConnectRequest_Samples) isConnectRequest_Message() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Message() {}
+
+func (*ConnectRequest_Instances) isConnectRequest_Message() {}
+
+// Assignment is one instance an agent must run.
+type Assignment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	Pool          string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	Template      *InstanceTemplate      `protobuf:"bytes,3,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Assignment) Reset() {
+	*x = Assignment{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Assignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Assignment) ProtoMessage() {}
+
+func (x *Assignment) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
+func (*Assignment) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Assignment) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *Assignment) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *Assignment) GetTemplate() *InstanceTemplate {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+// Assignments is the whole set of instances the agent must run: it
+// starts what is missing and stops what is not listed. The stamp orders
+// them: an agent ignores a set older than the newest it applied, so a
+// deposed leader cannot undo a newer leader's decision.
+type Assignments struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The leader's term and the Raft index of the state the set is from.
+	Term          uint64        `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	Index         uint64        `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Instances     []*Assignment `protobuf:"bytes,3,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Assignments) Reset() {
+	*x = Assignments{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Assignments) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Assignments) ProtoMessage() {}
+
+func (x *Assignments) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
+func (*Assignments) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Assignments) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *Assignments) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Assignments) GetInstances() []*Assignment {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
 
 // Welcome accepts a Hello.
 type Welcome struct {
@@ -663,7 +961,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +973,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +986,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Welcome) GetController() string {
@@ -733,7 +1031,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +1043,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +1056,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -794,7 +1092,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1104,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1117,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Redirect) GetLeaderId() string {
@@ -843,6 +1141,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Welcome
 	//	*ConnectResponse_Ack
 	//	*ConnectResponse_Redirect
+	//	*ConnectResponse_Assignments
 	Message       isConnectResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -850,7 +1149,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1161,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1174,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConnectResponse) GetMessage() isConnectResponse_Message {
@@ -912,6 +1211,15 @@ func (x *ConnectResponse) GetRedirect() *Redirect {
 	return nil
 }
 
+func (x *ConnectResponse) GetAssignments() *Assignments {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectResponse_Assignments); ok {
+			return x.Assignments
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Message interface {
 	isConnectResponse_Message()
 }
@@ -928,17 +1236,23 @@ type ConnectResponse_Redirect struct {
 	Redirect *Redirect `protobuf:"bytes,3,opt,name=redirect,proto3,oneof"`
 }
 
+type ConnectResponse_Assignments struct {
+	Assignments *Assignments `protobuf:"bytes,4,opt,name=assignments,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Message() {}
 
 func (*ConnectResponse_Ack) isConnectResponse_Message() {}
 
 func (*ConnectResponse_Redirect) isConnectResponse_Message() {}
 
+func (*ConnectResponse_Assignments) isConnectResponse_Message() {}
+
 var File_hostscale_v1_agent_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/agent.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n" +
+	"\x18hostscale/v1/agent.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"\x89\x02\n" +
 	"\tNodeFacts\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1b\n" +
 	"\tcpu_count\x18\x02 \x01(\rR\bcpuCount\x12!\n" +
@@ -988,12 +1302,34 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\asamples\x18\x02 \x03(\v2\x14.hostscale.v1.SampleR\asamples\";\n" +
 	"\tHeartbeat\x12.\n" +
-	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xb8\x01\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"L\n" +
+	"\x0eInstanceReport\x12:\n" +
+	"\tinstances\x18\x01 \x03(\v2\x1c.hostscale.v1.InstanceStatusR\tinstances\"\x98\x02\n" +
+	"\x0eInstanceStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x121\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1b.hostscale.v1.InstanceStateR\x05state\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
+	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x1a\n" +
+	"\brestarts\x18\a \x01(\rR\brestarts\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessage\x12\x10\n" +
+	"\x03pid\x18\t \x01(\rR\x03pid\"\xf6\x01\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.hostscale.v1.HelloH\x00R\x05hello\x125\n" +
 	"\asamples\x18\x02 \x01(\v2\x19.hostscale.v1.SampleBatchH\x00R\asamples\x127\n" +
-	"\theartbeat\x18\x03 \x01(\v2\x17.hostscale.v1.HeartbeatH\x00R\theartbeatB\t\n" +
-	"\amessage\"\x9a\x01\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x17.hostscale.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
+	"\tinstances\x18\x04 \x01(\v2\x1c.hostscale.v1.InstanceReportH\x00R\tinstancesB\t\n" +
+	"\amessage\"x\n" +
+	"\n" +
+	"Assignment\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12:\n" +
+	"\btemplate\x18\x03 \x01(\v2\x1e.hostscale.v1.InstanceTemplateR\btemplate\"o\n" +
+	"\vAssignments\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x126\n" +
+	"\tinstances\x18\x03 \x03(\v2\x18.hostscale.v1.AssignmentR\tinstances\"\x9a\x01\n" +
 	"\aWelcome\x12\x1e\n" +
 	"\n" +
 	"controller\x18\x01 \x01(\tR\n" +
@@ -1007,11 +1343,12 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\brejected\x18\x03 \x01(\rR\brejected\"N\n" +
 	"\bRedirect\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12%\n" +
-	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\"\xac\x01\n" +
+	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\"\xeb\x01\n" +
 	"\x0fConnectResponse\x121\n" +
 	"\awelcome\x18\x01 \x01(\v2\x15.hostscale.v1.WelcomeH\x00R\awelcome\x12%\n" +
 	"\x03ack\x18\x02 \x01(\v2\x11.hostscale.v1.AckH\x00R\x03ack\x124\n" +
-	"\bredirect\x18\x03 \x01(\v2\x16.hostscale.v1.RedirectH\x00R\bredirectB\t\n" +
+	"\bredirect\x18\x03 \x01(\v2\x16.hostscale.v1.RedirectH\x00R\bredirect\x12=\n" +
+	"\vassignments\x18\x04 \x01(\v2\x19.hostscale.v1.AssignmentsH\x00R\vassignmentsB\t\n" +
 	"\amessage2Z\n" +
 	"\fAgentService\x12J\n" +
 	"\aConnect\x12\x1c.hostscale.v1.ConnectRequest\x1a\x1d.hostscale.v1.ConnectResponse(\x010\x01B?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
@@ -1028,7 +1365,7 @@ func file_hostscale_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_agent_proto_rawDescData
 }
 
-var file_hostscale_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_hostscale_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_hostscale_v1_agent_proto_goTypes = []any{
 	(*NodeFacts)(nil),             // 0: hostscale.v1.NodeFacts
 	(*DiskUsage)(nil),             // 1: hostscale.v1.DiskUsage
@@ -1036,38 +1373,51 @@ var file_hostscale_v1_agent_proto_goTypes = []any{
 	(*Hello)(nil),                 // 3: hostscale.v1.Hello
 	(*SampleBatch)(nil),           // 4: hostscale.v1.SampleBatch
 	(*Heartbeat)(nil),             // 5: hostscale.v1.Heartbeat
-	(*ConnectRequest)(nil),        // 6: hostscale.v1.ConnectRequest
-	(*Welcome)(nil),               // 7: hostscale.v1.Welcome
-	(*Ack)(nil),                   // 8: hostscale.v1.Ack
-	(*Redirect)(nil),              // 9: hostscale.v1.Redirect
-	(*ConnectResponse)(nil),       // 10: hostscale.v1.ConnectResponse
-	nil,                           // 11: hostscale.v1.Hello.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*InstanceReport)(nil),        // 6: hostscale.v1.InstanceReport
+	(*InstanceStatus)(nil),        // 7: hostscale.v1.InstanceStatus
+	(*ConnectRequest)(nil),        // 8: hostscale.v1.ConnectRequest
+	(*Assignment)(nil),            // 9: hostscale.v1.Assignment
+	(*Assignments)(nil),           // 10: hostscale.v1.Assignments
+	(*Welcome)(nil),               // 11: hostscale.v1.Welcome
+	(*Ack)(nil),                   // 12: hostscale.v1.Ack
+	(*Redirect)(nil),              // 13: hostscale.v1.Redirect
+	(*ConnectResponse)(nil),       // 14: hostscale.v1.ConnectResponse
+	nil,                           // 15: hostscale.v1.Hello.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(InstanceState)(0),            // 18: hostscale.v1.InstanceState
+	(*InstanceTemplate)(nil),      // 19: hostscale.v1.InstanceTemplate
 }
 var file_hostscale_v1_agent_proto_depIdxs = []int32{
-	12, // 0: hostscale.v1.NodeFacts.boot_time:type_name -> google.protobuf.Timestamp
-	12, // 1: hostscale.v1.Sample.time:type_name -> google.protobuf.Timestamp
+	16, // 0: hostscale.v1.NodeFacts.boot_time:type_name -> google.protobuf.Timestamp
+	16, // 1: hostscale.v1.Sample.time:type_name -> google.protobuf.Timestamp
 	1,  // 2: hostscale.v1.Sample.disks:type_name -> hostscale.v1.DiskUsage
 	0,  // 3: hostscale.v1.Hello.facts:type_name -> hostscale.v1.NodeFacts
-	11, // 4: hostscale.v1.Hello.labels:type_name -> hostscale.v1.Hello.LabelsEntry
-	13, // 5: hostscale.v1.Hello.interval:type_name -> google.protobuf.Duration
+	15, // 4: hostscale.v1.Hello.labels:type_name -> hostscale.v1.Hello.LabelsEntry
+	17, // 5: hostscale.v1.Hello.interval:type_name -> google.protobuf.Duration
 	2,  // 6: hostscale.v1.SampleBatch.samples:type_name -> hostscale.v1.Sample
-	12, // 7: hostscale.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	3,  // 8: hostscale.v1.ConnectRequest.hello:type_name -> hostscale.v1.Hello
-	4,  // 9: hostscale.v1.ConnectRequest.samples:type_name -> hostscale.v1.SampleBatch
-	5,  // 10: hostscale.v1.ConnectRequest.heartbeat:type_name -> hostscale.v1.Heartbeat
-	13, // 11: hostscale.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
-	7,  // 12: hostscale.v1.ConnectResponse.welcome:type_name -> hostscale.v1.Welcome
-	8,  // 13: hostscale.v1.ConnectResponse.ack:type_name -> hostscale.v1.Ack
-	9,  // 14: hostscale.v1.ConnectResponse.redirect:type_name -> hostscale.v1.Redirect
-	6,  // 15: hostscale.v1.AgentService.Connect:input_type -> hostscale.v1.ConnectRequest
-	10, // 16: hostscale.v1.AgentService.Connect:output_type -> hostscale.v1.ConnectResponse
-	16, // [16:17] is the sub-list for method output_type
-	15, // [15:16] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	16, // 7: hostscale.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	7,  // 8: hostscale.v1.InstanceReport.instances:type_name -> hostscale.v1.InstanceStatus
+	18, // 9: hostscale.v1.InstanceStatus.state:type_name -> hostscale.v1.InstanceState
+	16, // 10: hostscale.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	3,  // 11: hostscale.v1.ConnectRequest.hello:type_name -> hostscale.v1.Hello
+	4,  // 12: hostscale.v1.ConnectRequest.samples:type_name -> hostscale.v1.SampleBatch
+	5,  // 13: hostscale.v1.ConnectRequest.heartbeat:type_name -> hostscale.v1.Heartbeat
+	6,  // 14: hostscale.v1.ConnectRequest.instances:type_name -> hostscale.v1.InstanceReport
+	19, // 15: hostscale.v1.Assignment.template:type_name -> hostscale.v1.InstanceTemplate
+	9,  // 16: hostscale.v1.Assignments.instances:type_name -> hostscale.v1.Assignment
+	17, // 17: hostscale.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
+	11, // 18: hostscale.v1.ConnectResponse.welcome:type_name -> hostscale.v1.Welcome
+	12, // 19: hostscale.v1.ConnectResponse.ack:type_name -> hostscale.v1.Ack
+	13, // 20: hostscale.v1.ConnectResponse.redirect:type_name -> hostscale.v1.Redirect
+	10, // 21: hostscale.v1.ConnectResponse.assignments:type_name -> hostscale.v1.Assignments
+	8,  // 22: hostscale.v1.AgentService.Connect:input_type -> hostscale.v1.ConnectRequest
+	14, // 23: hostscale.v1.AgentService.Connect:output_type -> hostscale.v1.ConnectResponse
+	23, // [23:24] is the sub-list for method output_type
+	22, // [22:23] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_agent_proto_init() }
@@ -1075,15 +1425,18 @@ func file_hostscale_v1_agent_proto_init() {
 	if File_hostscale_v1_agent_proto != nil {
 		return
 	}
-	file_hostscale_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
+	file_hostscale_v1_pool_proto_init()
+	file_hostscale_v1_agent_proto_msgTypes[8].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_Samples)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
+		(*ConnectRequest_Instances)(nil),
 	}
-	file_hostscale_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
+	file_hostscale_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Ack)(nil),
 		(*ConnectResponse_Redirect)(nil),
+		(*ConnectResponse_Assignments)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1091,7 +1444,7 @@ func file_hostscale_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_agent_proto_rawDesc), len(file_hostscale_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

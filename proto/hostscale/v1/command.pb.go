@@ -50,6 +50,13 @@ type Command struct {
 	//	*Command_RecordAlertDeliveries
 	//	*Command_PutSilence
 	//	*Command_DeleteSilence
+	//	*Command_ScalePool
+	//	*Command_PlaceInstances
+	//	*Command_DrainInstances
+	//	*Command_StopInstances
+	//	*Command_ReportInstances
+	//	*Command_DeleteInstances
+	//	*Command_DrainNode
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -241,6 +248,69 @@ func (x *Command) GetDeleteSilence() *DeleteSilenceCommand {
 	return nil
 }
 
+func (x *Command) GetScalePool() *ScalePoolCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_ScalePool); ok {
+			return x.ScalePool
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPlaceInstances() *PlaceInstancesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_PlaceInstances); ok {
+			return x.PlaceInstances
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDrainInstances() *DrainInstancesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_DrainInstances); ok {
+			return x.DrainInstances
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetStopInstances() *StopInstancesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_StopInstances); ok {
+			return x.StopInstances
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetReportInstances() *ReportInstancesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_ReportInstances); ok {
+			return x.ReportInstances
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteInstances() *DeleteInstancesCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_DeleteInstances); ok {
+			return x.DeleteInstances
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDrainNode() *DrainNodeCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_DrainNode); ok {
+			return x.DrainNode
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -305,6 +375,34 @@ type Command_DeleteSilence struct {
 	DeleteSilence *DeleteSilenceCommand `protobuf:"bytes,24,opt,name=delete_silence,json=deleteSilence,proto3,oneof"`
 }
 
+type Command_ScalePool struct {
+	ScalePool *ScalePoolCommand `protobuf:"bytes,25,opt,name=scale_pool,json=scalePool,proto3,oneof"`
+}
+
+type Command_PlaceInstances struct {
+	PlaceInstances *PlaceInstancesCommand `protobuf:"bytes,26,opt,name=place_instances,json=placeInstances,proto3,oneof"`
+}
+
+type Command_DrainInstances struct {
+	DrainInstances *DrainInstancesCommand `protobuf:"bytes,27,opt,name=drain_instances,json=drainInstances,proto3,oneof"`
+}
+
+type Command_StopInstances struct {
+	StopInstances *StopInstancesCommand `protobuf:"bytes,28,opt,name=stop_instances,json=stopInstances,proto3,oneof"`
+}
+
+type Command_ReportInstances struct {
+	ReportInstances *ReportInstancesCommand `protobuf:"bytes,29,opt,name=report_instances,json=reportInstances,proto3,oneof"`
+}
+
+type Command_DeleteInstances struct {
+	DeleteInstances *DeleteInstancesCommand `protobuf:"bytes,30,opt,name=delete_instances,json=deleteInstances,proto3,oneof"`
+}
+
+type Command_DrainNode struct {
+	DrainNode *DrainNodeCommand `protobuf:"bytes,31,opt,name=drain_node,json=drainNode,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -335,6 +433,458 @@ func (*Command_PutSilence) isCommand_Command() {}
 
 func (*Command_DeleteSilence) isCommand_Command() {}
 
+func (*Command_ScalePool) isCommand_Command() {}
+
+func (*Command_PlaceInstances) isCommand_Command() {}
+
+func (*Command_DrainInstances) isCommand_Command() {}
+
+func (*Command_StopInstances) isCommand_Command() {}
+
+func (*Command_ReportInstances) isCommand_Command() {}
+
+func (*Command_DeleteInstances) isCommand_Command() {}
+
+func (*Command_DrainNode) isCommand_Command() {}
+
+type ScalePoolCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Desired       uint32                 `protobuf:"varint,2,opt,name=desired,proto3" json:"desired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScalePoolCommand) Reset() {
+	*x = ScalePoolCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScalePoolCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScalePoolCommand) ProtoMessage() {}
+
+func (x *ScalePoolCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScalePoolCommand.ProtoReflect.Descriptor instead.
+func (*ScalePoolCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ScalePoolCommand) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *ScalePoolCommand) GetDesired() uint32 {
+	if x != nil {
+		return x.Desired
+	}
+	return 0
+}
+
+// Placement is one new instance of a pool on a node.
+type Placement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Placement) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *Placement) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// PlaceInstancesCommand creates instances, each with the next id of its
+// pool, in the PENDING state.
+type PlaceInstancesCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The term of the leader that decided it.
+	Term          uint64       `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	Placements    []*Placement `protobuf:"bytes,2,rep,name=placements,proto3" json:"placements,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceInstancesCommand) Reset() {
+	*x = PlaceInstancesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceInstancesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceInstancesCommand) ProtoMessage() {}
+
+func (x *PlaceInstancesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceInstancesCommand.ProtoReflect.Descriptor instead.
+func (*PlaceInstancesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PlaceInstancesCommand) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *PlaceInstancesCommand) GetPlacements() []*Placement {
+	if x != nil {
+		return x.Placements
+	}
+	return nil
+}
+
+// DrainInstancesCommand takes instances out of the tables, the first step
+// of their removal.
+type DrainInstancesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Term          uint64                 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	Instances     []string               `protobuf:"bytes,2,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainInstancesCommand) Reset() {
+	*x = DrainInstancesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainInstancesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainInstancesCommand) ProtoMessage() {}
+
+func (x *DrainInstancesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainInstancesCommand.ProtoReflect.Descriptor instead.
+func (*DrainInstancesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DrainInstancesCommand) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *DrainInstancesCommand) GetInstances() []string {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// StopInstancesCommand tells the instances' agents to stop them.
+type StopInstancesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Term          uint64                 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	Instances     []string               `protobuf:"bytes,2,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopInstancesCommand) Reset() {
+	*x = StopInstancesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopInstancesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopInstancesCommand) ProtoMessage() {}
+
+func (x *StopInstancesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopInstancesCommand.ProtoReflect.Descriptor instead.
+func (*StopInstancesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StopInstancesCommand) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *StopInstancesCommand) GetInstances() []string {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// ReportInstancesCommand records what a node's agent reported of its
+// instances; an instance being stopped that the agent no longer runs is
+// forgotten.
+type ReportInstancesCommand struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Node      string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Instances []*InstanceStatus      `protobuf:"bytes,2,rep,name=instances,proto3" json:"instances,omitempty"`
+	// Whether the report lists every instance the agent has (instances of
+	// this node it omits and that are being stopped are gone).
+	Complete      bool `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportInstancesCommand) Reset() {
+	*x = ReportInstancesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportInstancesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportInstancesCommand) ProtoMessage() {}
+
+func (x *ReportInstancesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportInstancesCommand.ProtoReflect.Descriptor instead.
+func (*ReportInstancesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReportInstancesCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReportInstancesCommand) GetInstances() []*InstanceStatus {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+func (x *ReportInstancesCommand) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+// DeleteInstancesCommand forgets instances, e.g. those of a node that went
+// down.
+type DeleteInstancesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instances     []string               `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteInstancesCommand) Reset() {
+	*x = DeleteInstancesCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteInstancesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteInstancesCommand) ProtoMessage() {}
+
+func (x *DeleteInstancesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteInstancesCommand.ProtoReflect.Descriptor instead.
+func (*DeleteInstancesCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeleteInstancesCommand) GetInstances() []string {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+func (x *DeleteInstancesCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type DrainNodeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Drain         bool                   `protobuf:"varint,2,opt,name=drain,proto3" json:"drain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeCommand) Reset() {
+	*x = DrainNodeCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeCommand) ProtoMessage() {}
+
+func (x *DrainNodeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeCommand.ProtoReflect.Descriptor instead.
+func (*DrainNodeCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DrainNodeCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainNodeCommand) GetDrain() bool {
+	if x != nil {
+		return x.Drain
+	}
+	return false
+}
+
 // SetMemberCommand records the API address of a controller.
 type SetMemberCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -345,7 +895,7 @@ type SetMemberCommand struct {
 
 func (x *SetMemberCommand) Reset() {
 	*x = SetMemberCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +907,7 @@ func (x *SetMemberCommand) String() string {
 func (*SetMemberCommand) ProtoMessage() {}
 
 func (x *SetMemberCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +920,7 @@ func (x *SetMemberCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberCommand.ProtoReflect.Descriptor instead.
 func (*SetMemberCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetMemberCommand) GetMember() *MemberRecord {
@@ -390,7 +940,7 @@ type DeleteMemberCommand struct {
 
 func (x *DeleteMemberCommand) Reset() {
 	*x = DeleteMemberCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +952,7 @@ func (x *DeleteMemberCommand) String() string {
 func (*DeleteMemberCommand) ProtoMessage() {}
 
 func (x *DeleteMemberCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +965,7 @@ func (x *DeleteMemberCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMemberCommand.ProtoReflect.Descriptor instead.
 func (*DeleteMemberCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteMemberCommand) GetId() string {
@@ -434,7 +984,7 @@ type CreatePoolCommand struct {
 
 func (x *CreatePoolCommand) Reset() {
 	*x = CreatePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +996,7 @@ func (x *CreatePoolCommand) String() string {
 func (*CreatePoolCommand) ProtoMessage() {}
 
 func (x *CreatePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +1009,7 @@ func (x *CreatePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolCommand.ProtoReflect.Descriptor instead.
 func (*CreatePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreatePoolCommand) GetPool() *Pool {
@@ -478,7 +1028,7 @@ type DeletePoolCommand struct {
 
 func (x *DeletePoolCommand) Reset() {
 	*x = DeletePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +1040,7 @@ func (x *DeletePoolCommand) String() string {
 func (*DeletePoolCommand) ProtoMessage() {}
 
 func (x *DeletePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +1053,7 @@ func (x *DeletePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolCommand.ProtoReflect.Descriptor instead.
 func (*DeletePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeletePoolCommand) GetPool() string {
@@ -523,7 +1073,7 @@ type AddBackendCommand struct {
 
 func (x *AddBackendCommand) Reset() {
 	*x = AddBackendCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +1085,7 @@ func (x *AddBackendCommand) String() string {
 func (*AddBackendCommand) ProtoMessage() {}
 
 func (x *AddBackendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +1098,7 @@ func (x *AddBackendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendCommand.ProtoReflect.Descriptor instead.
 func (*AddBackendCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AddBackendCommand) GetPool() string {
@@ -575,7 +1125,7 @@ type RemoveBackendCommand struct {
 
 func (x *RemoveBackendCommand) Reset() {
 	*x = RemoveBackendCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +1137,7 @@ func (x *RemoveBackendCommand) String() string {
 func (*RemoveBackendCommand) ProtoMessage() {}
 
 func (x *RemoveBackendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +1150,7 @@ func (x *RemoveBackendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendCommand.ProtoReflect.Descriptor instead.
 func (*RemoveBackendCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveBackendCommand) GetPool() string {
@@ -630,7 +1180,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +1192,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +1205,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterNodeCommand) GetNode() string {
@@ -690,7 +1240,7 @@ type SetNodeStatusCommand struct {
 
 func (x *SetNodeStatusCommand) Reset() {
 	*x = SetNodeStatusCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	mi := &file_hostscale_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +1252,7 @@ func (x *SetNodeStatusCommand) String() string {
 func (*SetNodeStatusCommand) ProtoMessage() {}
 
 func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	mi := &file_hostscale_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +1265,7 @@ func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStatusCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeStatusCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetNodeStatusCommand) GetNode() string {
@@ -743,7 +1293,7 @@ type PutAlertRuleCommand struct {
 
 func (x *PutAlertRuleCommand) Reset() {
 	*x = PutAlertRuleCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	mi := &file_hostscale_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +1305,7 @@ func (x *PutAlertRuleCommand) String() string {
 func (*PutAlertRuleCommand) ProtoMessage() {}
 
 func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	mi := &file_hostscale_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +1318,7 @@ func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAlertRuleCommand.ProtoReflect.Descriptor instead.
 func (*PutAlertRuleCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PutAlertRuleCommand) GetRule() *AlertRule {
@@ -794,7 +1344,7 @@ type DeleteAlertRuleCommand struct {
 
 func (x *DeleteAlertRuleCommand) Reset() {
 	*x = DeleteAlertRuleCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	mi := &file_hostscale_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1356,7 @@ func (x *DeleteAlertRuleCommand) String() string {
 func (*DeleteAlertRuleCommand) ProtoMessage() {}
 
 func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	mi := &file_hostscale_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1369,7 @@ func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAlertRuleCommand.ProtoReflect.Descriptor instead.
 func (*DeleteAlertRuleCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteAlertRuleCommand) GetRule() string {
@@ -841,7 +1391,7 @@ type AlertTransitionsCommand struct {
 
 func (x *AlertTransitionsCommand) Reset() {
 	*x = AlertTransitionsCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	mi := &file_hostscale_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1403,7 @@ func (x *AlertTransitionsCommand) String() string {
 func (*AlertTransitionsCommand) ProtoMessage() {}
 
 func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	mi := &file_hostscale_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1416,7 @@ func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertTransitionsCommand.ProtoReflect.Descriptor instead.
 func (*AlertTransitionsCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AlertTransitionsCommand) GetAlerts() []*Alert {
@@ -894,7 +1444,7 @@ type InitAlertRulesCommand struct {
 
 func (x *InitAlertRulesCommand) Reset() {
 	*x = InitAlertRulesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	mi := &file_hostscale_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1456,7 @@ func (x *InitAlertRulesCommand) String() string {
 func (*InitAlertRulesCommand) ProtoMessage() {}
 
 func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	mi := &file_hostscale_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1469,7 @@ func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitAlertRulesCommand.ProtoReflect.Descriptor instead.
 func (*InitAlertRulesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InitAlertRulesCommand) GetRules() []*AlertRule {
@@ -940,7 +1490,7 @@ type RecordAlertDeliveriesCommand struct {
 
 func (x *RecordAlertDeliveriesCommand) Reset() {
 	*x = RecordAlertDeliveriesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	mi := &file_hostscale_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1502,7 @@ func (x *RecordAlertDeliveriesCommand) String() string {
 func (*RecordAlertDeliveriesCommand) ProtoMessage() {}
 
 func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	mi := &file_hostscale_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1515,7 @@ func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordAlertDeliveriesCommand.ProtoReflect.Descriptor instead.
 func (*RecordAlertDeliveriesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RecordAlertDeliveriesCommand) GetDeliveries() []*AlertDelivery {
@@ -984,7 +1534,7 @@ type PutSilenceCommand struct {
 
 func (x *PutSilenceCommand) Reset() {
 	*x = PutSilenceCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	mi := &file_hostscale_v1_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1546,7 @@ func (x *PutSilenceCommand) String() string {
 func (*PutSilenceCommand) ProtoMessage() {}
 
 func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	mi := &file_hostscale_v1_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1559,7 @@ func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSilenceCommand.ProtoReflect.Descriptor instead.
 func (*PutSilenceCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutSilenceCommand) GetSilence() *Silence {
@@ -1028,7 +1578,7 @@ type DeleteSilenceCommand struct {
 
 func (x *DeleteSilenceCommand) Reset() {
 	*x = DeleteSilenceCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	mi := &file_hostscale_v1_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1590,7 @@ func (x *DeleteSilenceCommand) String() string {
 func (*DeleteSilenceCommand) ProtoMessage() {}
 
 func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	mi := &file_hostscale_v1_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1603,7 @@ func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSilenceCommand.ProtoReflect.Descriptor instead.
 func (*DeleteSilenceCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteSilenceCommand) GetSilence() string {
@@ -1067,7 +1617,7 @@ var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xdc\t\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xf1\r\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1092,8 +1642,44 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x17record_alert_deliveries\x18\x16 \x01(\v2*.hostscale.v1.RecordAlertDeliveriesCommandH\x00R\x15recordAlertDeliveries\x12B\n" +
 	"\vput_silence\x18\x17 \x01(\v2\x1f.hostscale.v1.PutSilenceCommandH\x00R\n" +
 	"putSilence\x12K\n" +
-	"\x0edelete_silence\x18\x18 \x01(\v2\".hostscale.v1.DeleteSilenceCommandH\x00R\rdeleteSilenceB\t\n" +
-	"\acommand\"F\n" +
+	"\x0edelete_silence\x18\x18 \x01(\v2\".hostscale.v1.DeleteSilenceCommandH\x00R\rdeleteSilence\x12?\n" +
+	"\n" +
+	"scale_pool\x18\x19 \x01(\v2\x1e.hostscale.v1.ScalePoolCommandH\x00R\tscalePool\x12N\n" +
+	"\x0fplace_instances\x18\x1a \x01(\v2#.hostscale.v1.PlaceInstancesCommandH\x00R\x0eplaceInstances\x12N\n" +
+	"\x0fdrain_instances\x18\x1b \x01(\v2#.hostscale.v1.DrainInstancesCommandH\x00R\x0edrainInstances\x12K\n" +
+	"\x0estop_instances\x18\x1c \x01(\v2\".hostscale.v1.StopInstancesCommandH\x00R\rstopInstances\x12Q\n" +
+	"\x10report_instances\x18\x1d \x01(\v2$.hostscale.v1.ReportInstancesCommandH\x00R\x0freportInstances\x12Q\n" +
+	"\x10delete_instances\x18\x1e \x01(\v2$.hostscale.v1.DeleteInstancesCommandH\x00R\x0fdeleteInstances\x12?\n" +
+	"\n" +
+	"drain_node\x18\x1f \x01(\v2\x1e.hostscale.v1.DrainNodeCommandH\x00R\tdrainNodeB\t\n" +
+	"\acommand\"@\n" +
+	"\x10ScalePoolCommand\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
+	"\adesired\x18\x02 \x01(\rR\adesired\"3\n" +
+	"\tPlacement\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"d\n" +
+	"\x15PlaceInstancesCommand\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x127\n" +
+	"\n" +
+	"placements\x18\x02 \x03(\v2\x17.hostscale.v1.PlacementR\n" +
+	"placements\"I\n" +
+	"\x15DrainInstancesCommand\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x1c\n" +
+	"\tinstances\x18\x02 \x03(\tR\tinstances\"H\n" +
+	"\x14StopInstancesCommand\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x1c\n" +
+	"\tinstances\x18\x02 \x03(\tR\tinstances\"\x84\x01\n" +
+	"\x16ReportInstancesCommand\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12:\n" +
+	"\tinstances\x18\x02 \x03(\v2\x1c.hostscale.v1.InstanceStatusR\tinstances\x12\x1a\n" +
+	"\bcomplete\x18\x03 \x01(\bR\bcomplete\"N\n" +
+	"\x16DeleteInstancesCommand\x12\x1c\n" +
+	"\tinstances\x18\x01 \x03(\tR\tinstances\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
+	"\x10DrainNodeCommand\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05drain\x18\x02 \x01(\bR\x05drain\"F\n" +
 	"\x10SetMemberCommand\x122\n" +
 	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\"%\n" +
 	"\x13DeleteMemberCommand\x12\x0e\n" +
@@ -1149,69 +1735,87 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_hostscale_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: hostscale.v1.Command
-	(*SetMemberCommand)(nil),             // 1: hostscale.v1.SetMemberCommand
-	(*DeleteMemberCommand)(nil),          // 2: hostscale.v1.DeleteMemberCommand
-	(*CreatePoolCommand)(nil),            // 3: hostscale.v1.CreatePoolCommand
-	(*DeletePoolCommand)(nil),            // 4: hostscale.v1.DeletePoolCommand
-	(*AddBackendCommand)(nil),            // 5: hostscale.v1.AddBackendCommand
-	(*RemoveBackendCommand)(nil),         // 6: hostscale.v1.RemoveBackendCommand
-	(*RegisterNodeCommand)(nil),          // 7: hostscale.v1.RegisterNodeCommand
-	(*SetNodeStatusCommand)(nil),         // 8: hostscale.v1.SetNodeStatusCommand
-	(*PutAlertRuleCommand)(nil),          // 9: hostscale.v1.PutAlertRuleCommand
-	(*DeleteAlertRuleCommand)(nil),       // 10: hostscale.v1.DeleteAlertRuleCommand
-	(*AlertTransitionsCommand)(nil),      // 11: hostscale.v1.AlertTransitionsCommand
-	(*InitAlertRulesCommand)(nil),        // 12: hostscale.v1.InitAlertRulesCommand
-	(*RecordAlertDeliveriesCommand)(nil), // 13: hostscale.v1.RecordAlertDeliveriesCommand
-	(*PutSilenceCommand)(nil),            // 14: hostscale.v1.PutSilenceCommand
-	(*DeleteSilenceCommand)(nil),         // 15: hostscale.v1.DeleteSilenceCommand
-	nil,                                  // 16: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 17: google.protobuf.Timestamp
-	(*MemberRecord)(nil),                 // 18: hostscale.v1.MemberRecord
-	(*Pool)(nil),                         // 19: hostscale.v1.Pool
-	(*Backend)(nil),                      // 20: hostscale.v1.Backend
-	(*NodeFacts)(nil),                    // 21: hostscale.v1.NodeFacts
-	(NodeStatus)(0),                      // 22: hostscale.v1.NodeStatus
-	(*AlertRule)(nil),                    // 23: hostscale.v1.AlertRule
-	(*Alert)(nil),                        // 24: hostscale.v1.Alert
-	(*AlertDelivery)(nil),                // 25: hostscale.v1.AlertDelivery
-	(*Silence)(nil),                      // 26: hostscale.v1.Silence
+	(*ScalePoolCommand)(nil),             // 1: hostscale.v1.ScalePoolCommand
+	(*Placement)(nil),                    // 2: hostscale.v1.Placement
+	(*PlaceInstancesCommand)(nil),        // 3: hostscale.v1.PlaceInstancesCommand
+	(*DrainInstancesCommand)(nil),        // 4: hostscale.v1.DrainInstancesCommand
+	(*StopInstancesCommand)(nil),         // 5: hostscale.v1.StopInstancesCommand
+	(*ReportInstancesCommand)(nil),       // 6: hostscale.v1.ReportInstancesCommand
+	(*DeleteInstancesCommand)(nil),       // 7: hostscale.v1.DeleteInstancesCommand
+	(*DrainNodeCommand)(nil),             // 8: hostscale.v1.DrainNodeCommand
+	(*SetMemberCommand)(nil),             // 9: hostscale.v1.SetMemberCommand
+	(*DeleteMemberCommand)(nil),          // 10: hostscale.v1.DeleteMemberCommand
+	(*CreatePoolCommand)(nil),            // 11: hostscale.v1.CreatePoolCommand
+	(*DeletePoolCommand)(nil),            // 12: hostscale.v1.DeletePoolCommand
+	(*AddBackendCommand)(nil),            // 13: hostscale.v1.AddBackendCommand
+	(*RemoveBackendCommand)(nil),         // 14: hostscale.v1.RemoveBackendCommand
+	(*RegisterNodeCommand)(nil),          // 15: hostscale.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),         // 16: hostscale.v1.SetNodeStatusCommand
+	(*PutAlertRuleCommand)(nil),          // 17: hostscale.v1.PutAlertRuleCommand
+	(*DeleteAlertRuleCommand)(nil),       // 18: hostscale.v1.DeleteAlertRuleCommand
+	(*AlertTransitionsCommand)(nil),      // 19: hostscale.v1.AlertTransitionsCommand
+	(*InitAlertRulesCommand)(nil),        // 20: hostscale.v1.InitAlertRulesCommand
+	(*RecordAlertDeliveriesCommand)(nil), // 21: hostscale.v1.RecordAlertDeliveriesCommand
+	(*PutSilenceCommand)(nil),            // 22: hostscale.v1.PutSilenceCommand
+	(*DeleteSilenceCommand)(nil),         // 23: hostscale.v1.DeleteSilenceCommand
+	nil,                                  // 24: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 25: google.protobuf.Timestamp
+	(*InstanceStatus)(nil),               // 26: hostscale.v1.InstanceStatus
+	(*MemberRecord)(nil),                 // 27: hostscale.v1.MemberRecord
+	(*Pool)(nil),                         // 28: hostscale.v1.Pool
+	(*Backend)(nil),                      // 29: hostscale.v1.Backend
+	(*NodeFacts)(nil),                    // 30: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                      // 31: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),                    // 32: hostscale.v1.AlertRule
+	(*Alert)(nil),                        // 33: hostscale.v1.Alert
+	(*AlertDelivery)(nil),                // 34: hostscale.v1.AlertDelivery
+	(*Silence)(nil),                      // 35: hostscale.v1.Silence
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	17, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
-	1,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
-	2,  // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
-	3,  // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
-	4,  // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
-	5,  // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
-	6,  // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
-	7,  // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
-	8,  // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
-	9,  // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
-	10, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
-	11, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
-	12, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
-	13, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
-	14, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
-	15, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
-	18, // 16: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	19, // 17: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	20, // 18: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	21, // 19: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	16, // 20: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	22, // 21: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	23, // 22: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
-	24, // 23: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
-	23, // 24: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
-	25, // 25: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
-	26, // 26: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	25, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	9,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
+	10, // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
+	11, // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
+	12, // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
+	13, // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
+	14, // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
+	15, // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
+	16, // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
+	17, // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
+	18, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
+	19, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
+	20, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
+	21, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
+	22, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
+	23, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
+	1,  // 16: hostscale.v1.Command.scale_pool:type_name -> hostscale.v1.ScalePoolCommand
+	3,  // 17: hostscale.v1.Command.place_instances:type_name -> hostscale.v1.PlaceInstancesCommand
+	4,  // 18: hostscale.v1.Command.drain_instances:type_name -> hostscale.v1.DrainInstancesCommand
+	5,  // 19: hostscale.v1.Command.stop_instances:type_name -> hostscale.v1.StopInstancesCommand
+	6,  // 20: hostscale.v1.Command.report_instances:type_name -> hostscale.v1.ReportInstancesCommand
+	7,  // 21: hostscale.v1.Command.delete_instances:type_name -> hostscale.v1.DeleteInstancesCommand
+	8,  // 22: hostscale.v1.Command.drain_node:type_name -> hostscale.v1.DrainNodeCommand
+	2,  // 23: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
+	26, // 24: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
+	27, // 25: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	28, // 26: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	29, // 27: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	30, // 28: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	24, // 29: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	31, // 30: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	32, // 31: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	33, // 32: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	32, // 33: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	34, // 34: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
+	35, // 35: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -1240,6 +1844,13 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_RecordAlertDeliveries)(nil),
 		(*Command_PutSilence)(nil),
 		(*Command_DeleteSilence)(nil),
+		(*Command_ScalePool)(nil),
+		(*Command_PlaceInstances)(nil),
+		(*Command_DrainInstances)(nil),
+		(*Command_StopInstances)(nil),
+		(*Command_ReportInstances)(nil),
+		(*Command_DeleteInstances)(nil),
+		(*Command_DrainNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1247,7 +1858,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -144,9 +144,12 @@ type Node struct {
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
 	Latest        *Sample                `protobuf:"bytes,8,opt,name=latest,proto3" json:"latest,omitempty"`
 	// Which controller the agent streams to.
-	Controller    string `protobuf:"bytes,9,opt,name=controller,proto3" json:"controller,omitempty"`
-	CreateIndex   uint64 `protobuf:"varint,10,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	Controller  string `protobuf:"bytes,9,opt,name=controller,proto3" json:"controller,omitempty"`
+	CreateIndex uint64 `protobuf:"varint,10,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Set by DrainNode: the node keeps the DRAINING status when its agent
+	// reconnects, until a DrainNode with undo.
+	Drain         bool `protobuf:"varint,12,opt,name=drain,proto3" json:"drain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +261,125 @@ func (x *Node) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Node) GetDrain() bool {
+	if x != nil {
+		return x.Drain
+	}
+	return false
+}
+
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Undo          bool                   `protobuf:"varint,3,opt,name=undo,proto3" json:"undo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_hostscale_v1_node_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_node_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DrainNodeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DrainNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainNodeRequest) GetUndo() bool {
+	if x != nil {
+		return x.Undo
+	}
+	return false
+}
+
+type DrainNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeResponse) Reset() {
+	*x = DrainNodeResponse{}
+	mi := &file_hostscale_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeResponse) ProtoMessage() {}
+
+func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DrainNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *DrainNodeResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only nodes in this status; unspecified: all.
@@ -273,7 +395,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[1]
+	mi := &file_hostscale_v1_node_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +407,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[1]
+	mi := &file_hostscale_v1_node_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +420,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListNodesRequest) GetStatus() NodeStatus {
@@ -347,7 +469,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[2]
+	mi := &file_hostscale_v1_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -359,7 +481,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[2]
+	mi := &file_hostscale_v1_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -372,7 +494,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -406,7 +528,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[3]
+	mi := &file_hostscale_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +540,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[3]
+	mi := &file_hostscale_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +553,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetNodeRequest) GetNode() string {
@@ -458,7 +580,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[4]
+	mi := &file_hostscale_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +592,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[4]
+	mi := &file_hostscale_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +605,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -524,7 +646,7 @@ type QueryMetricsRequest struct {
 
 func (x *QueryMetricsRequest) Reset() {
 	*x = QueryMetricsRequest{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[5]
+	mi := &file_hostscale_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +658,7 @@ func (x *QueryMetricsRequest) String() string {
 func (*QueryMetricsRequest) ProtoMessage() {}
 
 func (x *QueryMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[5]
+	mi := &file_hostscale_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +671,7 @@ func (x *QueryMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryMetricsRequest.ProtoReflect.Descriptor instead.
 func (*QueryMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *QueryMetricsRequest) GetMetric() string {
@@ -604,7 +726,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[6]
+	mi := &file_hostscale_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +738,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[6]
+	mi := &file_hostscale_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +751,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MetricPoint) GetTime() *timestamppb.Timestamp {
@@ -662,7 +784,7 @@ type QueryMetricsResponse struct {
 
 func (x *QueryMetricsResponse) Reset() {
 	*x = QueryMetricsResponse{}
-	mi := &file_hostscale_v1_node_proto_msgTypes[7]
+	mi := &file_hostscale_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +796,7 @@ func (x *QueryMetricsResponse) String() string {
 func (*QueryMetricsResponse) ProtoMessage() {}
 
 func (x *QueryMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_node_proto_msgTypes[7]
+	mi := &file_hostscale_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +809,7 @@ func (x *QueryMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryMetricsResponse.ProtoReflect.Descriptor instead.
 func (*QueryMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *QueryMetricsResponse) GetMetric() string {
@@ -736,7 +858,7 @@ var File_hostscale_v1_node_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x17hostscale/v1/node.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\"\xbe\x04\n" +
+	"\x17hostscale/v1/node.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\"\xd4\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.hostscale.v1.Node.LabelsEntryR\x06labels\x12-\n" +
@@ -754,10 +876,19 @@ const file_hostscale_v1_node_proto_rawDesc = "" +
 	"controller\x12!\n" +
 	"\fcreate_index\x18\n" +
 	" \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x1a9\n" +
+	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x12\x14\n" +
+	"\x05drain\x18\f \x01(\bR\x05drain\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbc\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
+	"\x10DrainNodeRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
+	"\x04undo\x18\x03 \x01(\bR\x04undo\"Q\n" +
+	"\x11DrainNodeResponse\x12&\n" +
+	"\x04node\x18\x01 \x01(\v2\x12.hostscale.v1.NodeR\x04node\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xbc\x01\n" +
 	"\x10ListNodesRequest\x120\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x18.hostscale.v1.NodeStatusR\x06status\x12\x1a\n" +
 	"\bselector\x18\x02 \x01(\tR\bselector\x12\x1b\n" +
@@ -806,10 +937,11 @@ const file_hostscale_v1_node_proto_rawDesc = "" +
 	"\x15AGGREGATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rAGGREGATE_AVG\x10\x01\x12\x11\n" +
 	"\rAGGREGATE_MAX\x10\x02\x12\x11\n" +
-	"\rAGGREGATE_P95\x10\x032\xa3\x01\n" +
+	"\rAGGREGATE_P95\x10\x032\xf1\x01\n" +
 	"\vNodeService\x12L\n" +
 	"\tListNodes\x12\x1e.hostscale.v1.ListNodesRequest\x1a\x1f.hostscale.v1.ListNodesResponse\x12F\n" +
-	"\aGetNode\x12\x1c.hostscale.v1.GetNodeRequest\x1a\x1d.hostscale.v1.GetNodeResponse2g\n" +
+	"\aGetNode\x12\x1c.hostscale.v1.GetNodeRequest\x1a\x1d.hostscale.v1.GetNodeResponse\x12L\n" +
+	"\tDrainNode\x12\x1e.hostscale.v1.DrainNodeRequest\x1a\x1f.hostscale.v1.DrainNodeResponse2g\n" +
 	"\x0eMetricsService\x12U\n" +
 	"\fQueryMetrics\x12!.hostscale.v1.QueryMetricsRequest\x1a\".hostscale.v1.QueryMetricsResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
@@ -826,51 +958,56 @@ func file_hostscale_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hostscale_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_hostscale_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_hostscale_v1_node_proto_goTypes = []any{
 	(NodeStatus)(0),               // 0: hostscale.v1.NodeStatus
 	(Aggregate)(0),                // 1: hostscale.v1.Aggregate
 	(*Node)(nil),                  // 2: hostscale.v1.Node
-	(*ListNodesRequest)(nil),      // 3: hostscale.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 4: hostscale.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),        // 5: hostscale.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),       // 6: hostscale.v1.GetNodeResponse
-	(*QueryMetricsRequest)(nil),   // 7: hostscale.v1.QueryMetricsRequest
-	(*MetricPoint)(nil),           // 8: hostscale.v1.MetricPoint
-	(*QueryMetricsResponse)(nil),  // 9: hostscale.v1.QueryMetricsResponse
-	nil,                           // 10: hostscale.v1.Node.LabelsEntry
-	(*NodeFacts)(nil),             // 11: hostscale.v1.NodeFacts
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*Sample)(nil),                // 13: hostscale.v1.Sample
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*DrainNodeRequest)(nil),      // 3: hostscale.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),     // 4: hostscale.v1.DrainNodeResponse
+	(*ListNodesRequest)(nil),      // 5: hostscale.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 6: hostscale.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),        // 7: hostscale.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),       // 8: hostscale.v1.GetNodeResponse
+	(*QueryMetricsRequest)(nil),   // 9: hostscale.v1.QueryMetricsRequest
+	(*MetricPoint)(nil),           // 10: hostscale.v1.MetricPoint
+	(*QueryMetricsResponse)(nil),  // 11: hostscale.v1.QueryMetricsResponse
+	nil,                           // 12: hostscale.v1.Node.LabelsEntry
+	(*NodeFacts)(nil),             // 13: hostscale.v1.NodeFacts
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*Sample)(nil),                // 15: hostscale.v1.Sample
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
 }
 var file_hostscale_v1_node_proto_depIdxs = []int32{
-	10, // 0: hostscale.v1.Node.labels:type_name -> hostscale.v1.Node.LabelsEntry
-	11, // 1: hostscale.v1.Node.facts:type_name -> hostscale.v1.NodeFacts
+	12, // 0: hostscale.v1.Node.labels:type_name -> hostscale.v1.Node.LabelsEntry
+	13, // 1: hostscale.v1.Node.facts:type_name -> hostscale.v1.NodeFacts
 	0,  // 2: hostscale.v1.Node.status:type_name -> hostscale.v1.NodeStatus
-	12, // 3: hostscale.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	12, // 4: hostscale.v1.Node.registered:type_name -> google.protobuf.Timestamp
-	12, // 5: hostscale.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	13, // 6: hostscale.v1.Node.latest:type_name -> hostscale.v1.Sample
-	0,  // 7: hostscale.v1.ListNodesRequest.status:type_name -> hostscale.v1.NodeStatus
-	2,  // 8: hostscale.v1.ListNodesResponse.nodes:type_name -> hostscale.v1.Node
-	2,  // 9: hostscale.v1.GetNodeResponse.node:type_name -> hostscale.v1.Node
-	14, // 10: hostscale.v1.QueryMetricsRequest.window:type_name -> google.protobuf.Duration
-	1,  // 11: hostscale.v1.QueryMetricsRequest.aggregate:type_name -> hostscale.v1.Aggregate
-	14, // 12: hostscale.v1.QueryMetricsRequest.step:type_name -> google.protobuf.Duration
-	12, // 13: hostscale.v1.MetricPoint.time:type_name -> google.protobuf.Timestamp
-	8,  // 14: hostscale.v1.QueryMetricsResponse.points:type_name -> hostscale.v1.MetricPoint
-	3,  // 15: hostscale.v1.NodeService.ListNodes:input_type -> hostscale.v1.ListNodesRequest
-	5,  // 16: hostscale.v1.NodeService.GetNode:input_type -> hostscale.v1.GetNodeRequest
-	7,  // 17: hostscale.v1.MetricsService.QueryMetrics:input_type -> hostscale.v1.QueryMetricsRequest
-	4,  // 18: hostscale.v1.NodeService.ListNodes:output_type -> hostscale.v1.ListNodesResponse
-	6,  // 19: hostscale.v1.NodeService.GetNode:output_type -> hostscale.v1.GetNodeResponse
-	9,  // 20: hostscale.v1.MetricsService.QueryMetrics:output_type -> hostscale.v1.QueryMetricsResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	14, // 3: hostscale.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	14, // 4: hostscale.v1.Node.registered:type_name -> google.protobuf.Timestamp
+	14, // 5: hostscale.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	15, // 6: hostscale.v1.Node.latest:type_name -> hostscale.v1.Sample
+	2,  // 7: hostscale.v1.DrainNodeResponse.node:type_name -> hostscale.v1.Node
+	0,  // 8: hostscale.v1.ListNodesRequest.status:type_name -> hostscale.v1.NodeStatus
+	2,  // 9: hostscale.v1.ListNodesResponse.nodes:type_name -> hostscale.v1.Node
+	2,  // 10: hostscale.v1.GetNodeResponse.node:type_name -> hostscale.v1.Node
+	16, // 11: hostscale.v1.QueryMetricsRequest.window:type_name -> google.protobuf.Duration
+	1,  // 12: hostscale.v1.QueryMetricsRequest.aggregate:type_name -> hostscale.v1.Aggregate
+	16, // 13: hostscale.v1.QueryMetricsRequest.step:type_name -> google.protobuf.Duration
+	14, // 14: hostscale.v1.MetricPoint.time:type_name -> google.protobuf.Timestamp
+	10, // 15: hostscale.v1.QueryMetricsResponse.points:type_name -> hostscale.v1.MetricPoint
+	5,  // 16: hostscale.v1.NodeService.ListNodes:input_type -> hostscale.v1.ListNodesRequest
+	7,  // 17: hostscale.v1.NodeService.GetNode:input_type -> hostscale.v1.GetNodeRequest
+	3,  // 18: hostscale.v1.NodeService.DrainNode:input_type -> hostscale.v1.DrainNodeRequest
+	9,  // 19: hostscale.v1.MetricsService.QueryMetrics:input_type -> hostscale.v1.QueryMetricsRequest
+	6,  // 20: hostscale.v1.NodeService.ListNodes:output_type -> hostscale.v1.ListNodesResponse
+	8,  // 21: hostscale.v1.NodeService.GetNode:output_type -> hostscale.v1.GetNodeResponse
+	4,  // 22: hostscale.v1.NodeService.DrainNode:output_type -> hostscale.v1.DrainNodeResponse
+	11, // 23: hostscale.v1.MetricsService.QueryMetrics:output_type -> hostscale.v1.QueryMetricsResponse
+	20, // [20:24] is the sub-list for method output_type
+	16, // [16:20] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_node_proto_init() }
@@ -885,7 +1022,7 @@ func file_hostscale_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_node_proto_rawDesc), len(file_hostscale_v1_node_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -9,6 +9,8 @@ package hostscalev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -72,6 +74,75 @@ func (x Policy) Number() protoreflect.EnumNumber {
 // Deprecated: Use Policy.Descriptor instead.
 func (Policy) EnumDescriptor() ([]byte, []int) {
 	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{0}
+}
+
+// InstanceState is where an instance is in its life.
+type InstanceState int32
+
+const (
+	InstanceState_INSTANCE_STATE_UNSPECIFIED InstanceState = 0
+	// Placed on a node; its agent has not reported it yet.
+	InstanceState_INSTANCE_STATE_PENDING InstanceState = 1
+	// Its process runs and has not passed a health check yet.
+	InstanceState_INSTANCE_STATE_STARTING InstanceState = 2
+	// Passing health checks: in the balancers' tables.
+	InstanceState_INSTANCE_STATE_HEALTHY InstanceState = 3
+	// Failing health checks after having passed: out of the tables.
+	InstanceState_INSTANCE_STATE_UNHEALTHY InstanceState = 4
+	// Sent its stop signal, not exited yet.
+	InstanceState_INSTANCE_STATE_STOPPING InstanceState = 5
+	// Its process exited; see exit_code and message. The agent restarts it
+	// after a back-off unless it is being stopped.
+	InstanceState_INSTANCE_STATE_EXITED InstanceState = 6
+)
+
+// Enum value maps for InstanceState.
+var (
+	InstanceState_name = map[int32]string{
+		0: "INSTANCE_STATE_UNSPECIFIED",
+		1: "INSTANCE_STATE_PENDING",
+		2: "INSTANCE_STATE_STARTING",
+		3: "INSTANCE_STATE_HEALTHY",
+		4: "INSTANCE_STATE_UNHEALTHY",
+		5: "INSTANCE_STATE_STOPPING",
+		6: "INSTANCE_STATE_EXITED",
+	}
+	InstanceState_value = map[string]int32{
+		"INSTANCE_STATE_UNSPECIFIED": 0,
+		"INSTANCE_STATE_PENDING":     1,
+		"INSTANCE_STATE_STARTING":    2,
+		"INSTANCE_STATE_HEALTHY":     3,
+		"INSTANCE_STATE_UNHEALTHY":   4,
+		"INSTANCE_STATE_STOPPING":    5,
+		"INSTANCE_STATE_EXITED":      6,
+	}
+)
+
+func (x InstanceState) Enum() *InstanceState {
+	p := new(InstanceState)
+	*p = x
+	return p
+}
+
+func (x InstanceState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InstanceState) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostscale_v1_pool_proto_enumTypes[1].Descriptor()
+}
+
+func (InstanceState) Type() protoreflect.EnumType {
+	return &file_hostscale_v1_pool_proto_enumTypes[1]
+}
+
+func (x InstanceState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InstanceState.Descriptor instead.
+func (InstanceState) EnumDescriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{1}
 }
 
 // Backend is one address a pool sends requests to.
@@ -143,8 +214,22 @@ type Pool struct {
 	Policy     Policy     `protobuf:"varint,4,opt,name=policy,proto3,enum=hostscale.v1.Policy" json:"policy,omitempty"`
 	Backends   []*Backend `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
 	// The Raft index that created the pool, and the one that last changed it.
-	CreateIndex   uint64 `protobuf:"varint,6,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64 `protobuf:"varint,7,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	CreateIndex uint64 `protobuf:"varint,6,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,7,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// A pool with a template runs instances on agents instead of (or
+	// besides) static backends: its table is its healthy instances.
+	Template *InstanceTemplate `protobuf:"bytes,8,opt,name=template,proto3" json:"template,omitempty"`
+	// Placement constraint: the label selector a node must match to run
+	// the pool's instances ("tier=web,zone!=b"). Empty: any node.
+	Selector string `protobuf:"bytes,9,opt,name=selector,proto3" json:"selector,omitempty"`
+	// Bounds of desired, and the number of instances wanted. With a
+	// template, max defaults to 100 and must be at least min; desired is
+	// set by ScalePool (and starts at min when unset).
+	Min     uint32 `protobuf:"varint,10,opt,name=min,proto3" json:"min,omitempty"`
+	Max     uint32 `protobuf:"varint,11,opt,name=max,proto3" json:"max,omitempty"`
+	Desired uint32 `protobuf:"varint,12,opt,name=desired,proto3" json:"desired,omitempty"`
+	// The number the next instance's id gets: "<pool>-<n>".
+	NextInstance  uint64 `protobuf:"varint,13,opt,name=next_instance,json=nextInstance,proto3" json:"next_instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -228,6 +313,346 @@ func (x *Pool) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Pool) GetTemplate() *InstanceTemplate {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+func (x *Pool) GetSelector() string {
+	if x != nil {
+		return x.Selector
+	}
+	return ""
+}
+
+func (x *Pool) GetMin() uint32 {
+	if x != nil {
+		return x.Min
+	}
+	return 0
+}
+
+func (x *Pool) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *Pool) GetDesired() uint32 {
+	if x != nil {
+		return x.Desired
+	}
+	return 0
+}
+
+func (x *Pool) GetNextInstance() uint64 {
+	if x != nil {
+		return x.NextInstance
+	}
+	return 0
+}
+
+// InstanceTemplate is how the agent's process driver runs one instance.
+type InstanceTemplate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The program: an absolute path, or a name looked up in the agent's PATH.
+	Command string   `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Args    []string `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// Extra environment; the agent also sets PORT (the port the instance
+	// must listen on), HOSTSCALE_INSTANCE, HOSTSCALE_POOL and HOSTSCALE_NODE.
+	Env map[string]string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Absolute working directory; empty: the instance's own directory under
+	// the agent's data dir.
+	WorkingDir string `protobuf:"bytes,4,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
+	// HTTP path the agent GETs on the instance's port; a 2xx or 3xx answer
+	// is healthy. Empty: healthy once the port accepts a TCP connection.
+	HealthPath string `protobuf:"bytes,5,opt,name=health_path,json=healthPath,proto3" json:"health_path,omitempty"`
+	// Between health checks (default 1s, 100ms to 1m).
+	HealthInterval *durationpb.Duration `protobuf:"bytes,6,opt,name=health_interval,json=healthInterval,proto3" json:"health_interval,omitempty"`
+	// Signal sent to stop an instance: SIGTERM (default), SIGINT, SIGQUIT,
+	// SIGHUP, SIGUSR1 or SIGUSR2; SIGKILL follows after stop_grace.
+	StopSignal string `protobuf:"bytes,7,opt,name=stop_signal,json=stopSignal,proto3" json:"stop_signal,omitempty"`
+	// How long a stopping instance gets before SIGKILL (default 10s, at
+	// most 10m).
+	StopGrace     *durationpb.Duration `protobuf:"bytes,8,opt,name=stop_grace,json=stopGrace,proto3" json:"stop_grace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceTemplate) Reset() {
+	*x = InstanceTemplate{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceTemplate) ProtoMessage() {}
+
+func (x *InstanceTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceTemplate.ProtoReflect.Descriptor instead.
+func (*InstanceTemplate) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *InstanceTemplate) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *InstanceTemplate) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *InstanceTemplate) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *InstanceTemplate) GetWorkingDir() string {
+	if x != nil {
+		return x.WorkingDir
+	}
+	return ""
+}
+
+func (x *InstanceTemplate) GetHealthPath() string {
+	if x != nil {
+		return x.HealthPath
+	}
+	return ""
+}
+
+func (x *InstanceTemplate) GetHealthInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HealthInterval
+	}
+	return nil
+}
+
+func (x *InstanceTemplate) GetStopSignal() string {
+	if x != nil {
+		return x.StopSignal
+	}
+	return ""
+}
+
+func (x *InstanceTemplate) GetStopGrace() *durationpb.Duration {
+	if x != nil {
+		return x.StopGrace
+	}
+	return nil
+}
+
+// Instance is one process of a pool, run by one node's agent.
+type Instance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<pool>-<n>".
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Pool string `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// host:port the balancers send it requests to (the agent's
+	// -advertise-addr and the port it gave the instance).
+	Address string        `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	State   InstanceState `protobuf:"varint,5,opt,name=state,proto3,enum=hostscale.v1.InstanceState" json:"state,omitempty"`
+	// When the state last changed (the agent's clock).
+	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	// The last exit code; -1 when killed by a signal.
+	ExitCode int32 `protobuf:"varint,7,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// Times the process was started again after it exited.
+	Restarts uint32 `protobuf:"varint,8,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	// Why it is in its state, e.g. "exited with code 1; restart 3 in 4s".
+	Message string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	Pid     uint32 `protobuf:"varint,10,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Chosen for removal: out of the tables, stopped once every balancer
+	// acknowledged a table without it (or the drain deadline passed).
+	Draining      bool                   `protobuf:"varint,11,opt,name=draining,proto3" json:"draining,omitempty"`
+	DrainingSince *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=draining_since,json=drainingSince,proto3" json:"draining_since,omitempty"`
+	// The Raft index of the table without it.
+	DrainIndex uint64 `protobuf:"varint,13,opt,name=drain_index,json=drainIndex,proto3" json:"drain_index,omitempty"`
+	// Its agent is told to stop it; it is forgotten once it has exited.
+	Stop bool `protobuf:"varint,14,opt,name=stop,proto3" json:"stop,omitempty"`
+	// The term of the leader that placed it.
+	Term          uint64 `protobuf:"varint,15,opt,name=term,proto3" json:"term,omitempty"`
+	CreateIndex   uint64 `protobuf:"varint,16,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex   uint64 `protobuf:"varint,17,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Instance) Reset() {
+	*x = Instance{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Instance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Instance) ProtoMessage() {}
+
+func (x *Instance) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Instance.ProtoReflect.Descriptor instead.
+func (*Instance) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Instance) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Instance) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *Instance) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Instance) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Instance) GetState() InstanceState {
+	if x != nil {
+		return x.State
+	}
+	return InstanceState_INSTANCE_STATE_UNSPECIFIED
+}
+
+func (x *Instance) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Instance) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *Instance) GetRestarts() uint32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *Instance) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Instance) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Instance) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Instance) GetDrainingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DrainingSince
+	}
+	return nil
+}
+
+func (x *Instance) GetDrainIndex() uint64 {
+	if x != nil {
+		return x.DrainIndex
+	}
+	return 0
+}
+
+func (x *Instance) GetStop() bool {
+	if x != nil {
+		return x.Stop
+	}
+	return false
+}
+
+func (x *Instance) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *Instance) GetCreateIndex() uint64 {
+	if x != nil {
+		return x.CreateIndex
+	}
+	return 0
+}
+
+func (x *Instance) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
 type CreatePoolRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -239,7 +664,7 @@ type CreatePoolRequest struct {
 
 func (x *CreatePoolRequest) Reset() {
 	*x = CreatePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +676,7 @@ func (x *CreatePoolRequest) String() string {
 func (*CreatePoolRequest) ProtoMessage() {}
 
 func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +689,7 @@ func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolRequest.ProtoReflect.Descriptor instead.
 func (*CreatePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreatePoolRequest) GetRequestId() string {
@@ -291,7 +716,7 @@ type CreatePoolResponse struct {
 
 func (x *CreatePoolResponse) Reset() {
 	*x = CreatePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +728,7 @@ func (x *CreatePoolResponse) String() string {
 func (*CreatePoolResponse) ProtoMessage() {}
 
 func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +741,7 @@ func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolResponse.ProtoReflect.Descriptor instead.
 func (*CreatePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreatePoolResponse) GetPool() *Pool {
@@ -343,7 +768,7 @@ type GetPoolRequest struct {
 
 func (x *GetPoolRequest) Reset() {
 	*x = GetPoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +780,7 @@ func (x *GetPoolRequest) String() string {
 func (*GetPoolRequest) ProtoMessage() {}
 
 func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +793,7 @@ func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolRequest.ProtoReflect.Descriptor instead.
 func (*GetPoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetPoolRequest) GetPool() string {
@@ -395,7 +820,7 @@ type GetPoolResponse struct {
 
 func (x *GetPoolResponse) Reset() {
 	*x = GetPoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +832,7 @@ func (x *GetPoolResponse) String() string {
 func (*GetPoolResponse) ProtoMessage() {}
 
 func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +845,7 @@ func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolResponse.ProtoReflect.Descriptor instead.
 func (*GetPoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetPoolResponse) GetPool() *Pool {
@@ -450,7 +875,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +887,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +900,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListPoolsRequest) GetPageSize() int32 {
@@ -511,7 +936,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +948,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +961,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -570,7 +995,7 @@ type DeletePoolRequest struct {
 
 func (x *DeletePoolRequest) Reset() {
 	*x = DeletePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +1007,7 @@ func (x *DeletePoolRequest) String() string {
 func (*DeletePoolRequest) ProtoMessage() {}
 
 func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +1020,7 @@ func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolRequest.ProtoReflect.Descriptor instead.
 func (*DeletePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeletePoolRequest) GetRequestId() string {
@@ -621,7 +1046,7 @@ type DeletePoolResponse struct {
 
 func (x *DeletePoolResponse) Reset() {
 	*x = DeletePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +1058,7 @@ func (x *DeletePoolResponse) String() string {
 func (*DeletePoolResponse) ProtoMessage() {}
 
 func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +1071,7 @@ func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolResponse.ProtoReflect.Descriptor instead.
 func (*DeletePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeletePoolResponse) GetIndex() uint64 {
@@ -667,7 +1092,7 @@ type AddBackendRequest struct {
 
 func (x *AddBackendRequest) Reset() {
 	*x = AddBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +1104,7 @@ func (x *AddBackendRequest) String() string {
 func (*AddBackendRequest) ProtoMessage() {}
 
 func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +1117,7 @@ func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendRequest.ProtoReflect.Descriptor instead.
 func (*AddBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AddBackendRequest) GetRequestId() string {
@@ -726,7 +1151,7 @@ type AddBackendResponse struct {
 
 func (x *AddBackendResponse) Reset() {
 	*x = AddBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +1163,7 @@ func (x *AddBackendResponse) String() string {
 func (*AddBackendResponse) ProtoMessage() {}
 
 func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +1176,7 @@ func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendResponse.ProtoReflect.Descriptor instead.
 func (*AddBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AddBackendResponse) GetPool() *Pool {
@@ -780,7 +1205,7 @@ type RemoveBackendRequest struct {
 
 func (x *RemoveBackendRequest) Reset() {
 	*x = RemoveBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1217,7 @@ func (x *RemoveBackendRequest) String() string {
 func (*RemoveBackendRequest) ProtoMessage() {}
 
 func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1230,7 @@ func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendRequest.ProtoReflect.Descriptor instead.
 func (*RemoveBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveBackendRequest) GetRequestId() string {
@@ -839,7 +1264,7 @@ type RemoveBackendResponse struct {
 
 func (x *RemoveBackendResponse) Reset() {
 	*x = RemoveBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1276,7 @@ func (x *RemoveBackendResponse) String() string {
 func (*RemoveBackendResponse) ProtoMessage() {}
 
 func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1289,7 @@ func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendResponse.ProtoReflect.Descriptor instead.
 func (*RemoveBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveBackendResponse) GetPool() *Pool {
@@ -881,14 +1306,241 @@ func (x *RemoveBackendResponse) GetIndex() uint64 {
 	return 0
 }
 
+type ScalePoolRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Pool      string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	// The number of instances wanted, within the pool's min and max.
+	Desired       uint32 `protobuf:"varint,3,opt,name=desired,proto3" json:"desired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScalePoolRequest) Reset() {
+	*x = ScalePoolRequest{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScalePoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScalePoolRequest) ProtoMessage() {}
+
+func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScalePoolRequest.ProtoReflect.Descriptor instead.
+func (*ScalePoolRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ScalePoolRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ScalePoolRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *ScalePoolRequest) GetDesired() uint32 {
+	if x != nil {
+		return x.Desired
+	}
+	return 0
+}
+
+type ScalePoolResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          *Pool                  `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScalePoolResponse) Reset() {
+	*x = ScalePoolResponse{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScalePoolResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScalePoolResponse) ProtoMessage() {}
+
+func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScalePoolResponse.ProtoReflect.Descriptor instead.
+func (*ScalePoolResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ScalePoolResponse) GetPool() *Pool {
+	if x != nil {
+		return x.Pool
+	}
+	return nil
+}
+
+func (x *ScalePoolResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type ListInstancesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this pool's instances; empty: every pool's.
+	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Only those placed on this node; empty: every node's.
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Consistent    bool   `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstancesRequest) Reset() {
+	*x = ListInstancesRequest{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstancesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstancesRequest) ProtoMessage() {}
+
+func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
+func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListInstancesRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type ListInstancesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instances     []*Instance            `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstancesResponse) Reset() {
+	*x = ListInstancesResponse{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstancesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstancesResponse) ProtoMessage() {}
+
+func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
+func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListInstancesResponse) GetInstances() []*Instance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+func (x *ListInstancesResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_hostscale_v1_pool_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\n" +
-	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\";\n" +
+	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xf8\x01\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xb3\x03\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -897,7 +1549,50 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x06policy\x18\x04 \x01(\x0e2\x14.hostscale.v1.PolicyR\x06policy\x121\n" +
 	"\bbackends\x18\x05 \x03(\v2\x15.hostscale.v1.BackendR\bbackends\x12!\n" +
 	"\fcreate_index\x18\x06 \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\"Z\n" +
+	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\x12:\n" +
+	"\btemplate\x18\b \x01(\v2\x1e.hostscale.v1.InstanceTemplateR\btemplate\x12\x1a\n" +
+	"\bselector\x18\t \x01(\tR\bselector\x12\x10\n" +
+	"\x03min\x18\n" +
+	" \x01(\rR\x03min\x12\x10\n" +
+	"\x03max\x18\v \x01(\rR\x03max\x12\x18\n" +
+	"\adesired\x18\f \x01(\rR\adesired\x12#\n" +
+	"\rnext_instance\x18\r \x01(\x04R\fnextInstance\"\x94\x03\n" +
+	"\x10InstanceTemplate\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x129\n" +
+	"\x03env\x18\x03 \x03(\v2'.hostscale.v1.InstanceTemplate.EnvEntryR\x03env\x12\x1f\n" +
+	"\vworking_dir\x18\x04 \x01(\tR\n" +
+	"workingDir\x12\x1f\n" +
+	"\vhealth_path\x18\x05 \x01(\tR\n" +
+	"healthPath\x12B\n" +
+	"\x0fhealth_interval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0ehealthInterval\x12\x1f\n" +
+	"\vstop_signal\x18\a \x01(\tR\n" +
+	"stopSignal\x128\n" +
+	"\n" +
+	"stop_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x04\n" +
+	"\bInstance\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x121\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x1b.hostscale.v1.InstanceStateR\x05state\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
+	"\texit_code\x18\a \x01(\x05R\bexitCode\x12\x1a\n" +
+	"\brestarts\x18\b \x01(\rR\brestarts\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\x12\x10\n" +
+	"\x03pid\x18\n" +
+	" \x01(\rR\x03pid\x12\x1a\n" +
+	"\bdraining\x18\v \x01(\bR\bdraining\x12A\n" +
+	"\x0edraining_since\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rdrainingSince\x12\x1f\n" +
+	"\vdrain_index\x18\r \x01(\x04R\n" +
+	"drainIndex\x12\x12\n" +
+	"\x04stop\x18\x0e \x01(\bR\x04stop\x12\x12\n" +
+	"\x04term\x18\x0f \x01(\x04R\x04term\x12!\n" +
+	"\fcreate_index\x18\x10 \x01(\x04R\vcreateIndex\x12!\n" +
+	"\fmodify_index\x18\x11 \x01(\x04R\vmodifyIndex\"Z\n" +
 	"\x11CreatePoolRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12&\n" +
@@ -945,11 +1640,36 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\"U\n" +
 	"\x15RemoveBackendResponse\x12&\n" +
 	"\x04pool\x18\x01 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"_\n" +
+	"\x10ScalePoolRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x18\n" +
+	"\adesired\x18\x03 \x01(\rR\adesired\"Q\n" +
+	"\x11ScalePoolResponse\x12&\n" +
+	"\x04pool\x18\x01 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"^\n" +
+	"\x14ListInstancesRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x03 \x01(\bR\n" +
+	"consistent\"c\n" +
+	"\x15ListInstancesResponse\x124\n" +
+	"\tinstances\x18\x01 \x03(\v2\x16.hostscale.v1.InstanceR\tinstances\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index*R\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14POLICY_LEAST_REQUEST\x10\x01\x12\x16\n" +
-	"\x12POLICY_ROUND_ROBIN\x10\x022\xf0\x03\n" +
+	"\x12POLICY_ROUND_ROBIN\x10\x02*\xda\x01\n" +
+	"\rInstanceState\x12\x1e\n" +
+	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16INSTANCE_STATE_PENDING\x10\x01\x12\x1b\n" +
+	"\x17INSTANCE_STATE_STARTING\x10\x02\x12\x1a\n" +
+	"\x16INSTANCE_STATE_HEALTHY\x10\x03\x12\x1c\n" +
+	"\x18INSTANCE_STATE_UNHEALTHY\x10\x04\x12\x1b\n" +
+	"\x17INSTANCE_STATE_STOPPING\x10\x05\x12\x19\n" +
+	"\x15INSTANCE_STATE_EXITED\x10\x062\x98\x05\n" +
 	"\vPoolService\x12O\n" +
 	"\n" +
 	"CreatePool\x12\x1f.hostscale.v1.CreatePoolRequest\x1a .hostscale.v1.CreatePoolResponse\x12F\n" +
@@ -959,7 +1679,9 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"DeletePool\x12\x1f.hostscale.v1.DeletePoolRequest\x1a .hostscale.v1.DeletePoolResponse\x12O\n" +
 	"\n" +
 	"AddBackend\x12\x1f.hostscale.v1.AddBackendRequest\x1a .hostscale.v1.AddBackendResponse\x12X\n" +
-	"\rRemoveBackend\x12\".hostscale.v1.RemoveBackendRequest\x1a#.hostscale.v1.RemoveBackendResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\rRemoveBackend\x12\".hostscale.v1.RemoveBackendRequest\x1a#.hostscale.v1.RemoveBackendResponse\x12L\n" +
+	"\tScalePool\x12\x1e.hostscale.v1.ScalePoolRequest\x1a\x1f.hostscale.v1.ScalePoolResponse\x12X\n" +
+	"\rListInstances\x12\".hostscale.v1.ListInstancesRequest\x1a#.hostscale.v1.ListInstancesResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_pool_proto_rawDescOnce sync.Once
@@ -973,52 +1695,75 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_pool_proto_rawDescData
 }
 
-var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_hostscale_v1_pool_proto_goTypes = []any{
 	(Policy)(0),                   // 0: hostscale.v1.Policy
-	(*Backend)(nil),               // 1: hostscale.v1.Backend
-	(*Pool)(nil),                  // 2: hostscale.v1.Pool
-	(*CreatePoolRequest)(nil),     // 3: hostscale.v1.CreatePoolRequest
-	(*CreatePoolResponse)(nil),    // 4: hostscale.v1.CreatePoolResponse
-	(*GetPoolRequest)(nil),        // 5: hostscale.v1.GetPoolRequest
-	(*GetPoolResponse)(nil),       // 6: hostscale.v1.GetPoolResponse
-	(*ListPoolsRequest)(nil),      // 7: hostscale.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),     // 8: hostscale.v1.ListPoolsResponse
-	(*DeletePoolRequest)(nil),     // 9: hostscale.v1.DeletePoolRequest
-	(*DeletePoolResponse)(nil),    // 10: hostscale.v1.DeletePoolResponse
-	(*AddBackendRequest)(nil),     // 11: hostscale.v1.AddBackendRequest
-	(*AddBackendResponse)(nil),    // 12: hostscale.v1.AddBackendResponse
-	(*RemoveBackendRequest)(nil),  // 13: hostscale.v1.RemoveBackendRequest
-	(*RemoveBackendResponse)(nil), // 14: hostscale.v1.RemoveBackendResponse
+	(InstanceState)(0),            // 1: hostscale.v1.InstanceState
+	(*Backend)(nil),               // 2: hostscale.v1.Backend
+	(*Pool)(nil),                  // 3: hostscale.v1.Pool
+	(*InstanceTemplate)(nil),      // 4: hostscale.v1.InstanceTemplate
+	(*Instance)(nil),              // 5: hostscale.v1.Instance
+	(*CreatePoolRequest)(nil),     // 6: hostscale.v1.CreatePoolRequest
+	(*CreatePoolResponse)(nil),    // 7: hostscale.v1.CreatePoolResponse
+	(*GetPoolRequest)(nil),        // 8: hostscale.v1.GetPoolRequest
+	(*GetPoolResponse)(nil),       // 9: hostscale.v1.GetPoolResponse
+	(*ListPoolsRequest)(nil),      // 10: hostscale.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),     // 11: hostscale.v1.ListPoolsResponse
+	(*DeletePoolRequest)(nil),     // 12: hostscale.v1.DeletePoolRequest
+	(*DeletePoolResponse)(nil),    // 13: hostscale.v1.DeletePoolResponse
+	(*AddBackendRequest)(nil),     // 14: hostscale.v1.AddBackendRequest
+	(*AddBackendResponse)(nil),    // 15: hostscale.v1.AddBackendResponse
+	(*RemoveBackendRequest)(nil),  // 16: hostscale.v1.RemoveBackendRequest
+	(*RemoveBackendResponse)(nil), // 17: hostscale.v1.RemoveBackendResponse
+	(*ScalePoolRequest)(nil),      // 18: hostscale.v1.ScalePoolRequest
+	(*ScalePoolResponse)(nil),     // 19: hostscale.v1.ScalePoolResponse
+	(*ListInstancesRequest)(nil),  // 20: hostscale.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil), // 21: hostscale.v1.ListInstancesResponse
+	nil,                           // 22: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
-	1,  // 1: hostscale.v1.Pool.backends:type_name -> hostscale.v1.Backend
-	2,  // 2: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	2,  // 3: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	2,  // 4: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
-	2,  // 5: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
-	1,  // 6: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
-	2,  // 7: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
-	2,  // 8: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
-	3,  // 9: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	5,  // 10: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	7,  // 11: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	9,  // 12: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	11, // 13: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	13, // 14: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	4,  // 15: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	6,  // 16: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	8,  // 17: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	10, // 18: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	12, // 19: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	14, // 20: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 1: hostscale.v1.Pool.backends:type_name -> hostscale.v1.Backend
+	4,  // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
+	22, // 3: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	23, // 4: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	23, // 5: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	1,  // 6: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
+	24, // 7: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	24, // 8: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	3,  // 9: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	3,  // 10: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	3,  // 11: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
+	3,  // 12: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
+	2,  // 13: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
+	3,  // 14: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
+	3,  // 15: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
+	3,  // 16: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
+	5,  // 17: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
+	6,  // 18: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	8,  // 19: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	10, // 20: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	12, // 21: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	14, // 22: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	16, // 23: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	18, // 24: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	20, // 25: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	7,  // 26: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	9,  // 27: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	11, // 28: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	13, // 29: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	15, // 30: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	17, // 31: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	19, // 32: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	21, // 33: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -1031,8 +1776,8 @@ func file_hostscale_v1_pool_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   14,
+			NumEnums:      2,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	PoolService_DeletePool_FullMethodName    = "/hostscale.v1.PoolService/DeletePool"
 	PoolService_AddBackend_FullMethodName    = "/hostscale.v1.PoolService/AddBackend"
 	PoolService_RemoveBackend_FullMethodName = "/hostscale.v1.PoolService/RemoveBackend"
+	PoolService_ScalePool_FullMethodName     = "/hostscale.v1.PoolService/ScalePool"
+	PoolService_ListInstances_FullMethodName = "/hostscale.v1.PoolService/ListInstances"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -51,6 +53,13 @@ type PoolServiceClient interface {
 	AddBackend(ctx context.Context, in *AddBackendRequest, opts ...grpc.CallOption) (*AddBackendResponse, error)
 	// RemoveBackend removes a static backend from a pool.
 	RemoveBackend(ctx context.Context, in *RemoveBackendRequest, opts ...grpc.CallOption) (*RemoveBackendResponse, error)
+	// ScalePool sets the number of instances a pool with a template runs.
+	// FAILED_PRECONDITION for a pool of static backends; INVALID_ARGUMENT
+	// outside the pool's min and max.
+	ScalePool(ctx context.Context, in *ScalePoolRequest, opts ...grpc.CallOption) (*ScalePoolResponse, error)
+	// ListInstances lists the instances of one pool, or of every pool, or
+	// those on one node, in id order.
+	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 }
 
 type poolServiceClient struct {
@@ -121,6 +130,26 @@ func (c *poolServiceClient) RemoveBackend(ctx context.Context, in *RemoveBackend
 	return out, nil
 }
 
+func (c *poolServiceClient) ScalePool(ctx context.Context, in *ScalePoolRequest, opts ...grpc.CallOption) (*ScalePoolResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ScalePoolResponse)
+	err := c.cc.Invoke(ctx, PoolService_ScalePool_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *poolServiceClient) ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInstancesResponse)
+	err := c.cc.Invoke(ctx, PoolService_ListInstances_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -145,6 +174,13 @@ type PoolServiceServer interface {
 	AddBackend(context.Context, *AddBackendRequest) (*AddBackendResponse, error)
 	// RemoveBackend removes a static backend from a pool.
 	RemoveBackend(context.Context, *RemoveBackendRequest) (*RemoveBackendResponse, error)
+	// ScalePool sets the number of instances a pool with a template runs.
+	// FAILED_PRECONDITION for a pool of static backends; INVALID_ARGUMENT
+	// outside the pool's min and max.
+	ScalePool(context.Context, *ScalePoolRequest) (*ScalePoolResponse, error)
+	// ListInstances lists the instances of one pool, or of every pool, or
+	// those on one node, in id order.
+	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -172,6 +208,12 @@ func (UnimplementedPoolServiceServer) AddBackend(context.Context, *AddBackendReq
 }
 func (UnimplementedPoolServiceServer) RemoveBackend(context.Context, *RemoveBackendRequest) (*RemoveBackendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveBackend not implemented")
+}
+func (UnimplementedPoolServiceServer) ScalePool(context.Context, *ScalePoolRequest) (*ScalePoolResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ScalePool not implemented")
+}
+func (UnimplementedPoolServiceServer) ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListInstances not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -302,6 +344,42 @@ func _PoolService_RemoveBackend_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_ScalePool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScalePoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).ScalePool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_ScalePool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).ScalePool(ctx, req.(*ScalePoolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PoolService_ListInstances_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInstancesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).ListInstances(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_ListInstances_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).ListInstances(ctx, req.(*ListInstancesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -332,6 +410,14 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveBackend",
 			Handler:    _PoolService_RemoveBackend_Handler,
+		},
+		{
+			MethodName: "ScalePool",
+			Handler:    _PoolService_ScalePool_Handler,
+		},
+		{
+			MethodName: "ListInstances",
+			Handler:    _PoolService_ListInstances_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -49,7 +49,9 @@ type State struct {
 	// Notifications delivered in the last day, oldest first.
 	AlertDeliveries []*AlertDelivery `protobuf:"bytes,12,rep,name=alert_deliveries,json=alertDeliveries,proto3" json:"alert_deliveries,omitempty"`
 	// Silences by id.
-	Silences      map[string]*Silence `protobuf:"bytes,13,rep,name=silences,proto3" json:"silences,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Silences map[string]*Silence `protobuf:"bytes,13,rep,name=silences,proto3" json:"silences,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Instances by id.
+	Instances     map[string]*Instance `protobuf:"bytes,14,rep,name=instances,proto3" json:"instances,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -171,6 +173,13 @@ func (x *State) GetAlertDeliveries() []*AlertDelivery {
 func (x *State) GetSilences() map[string]*Silence {
 	if x != nil {
 		return x.Silences
+	}
+	return nil
+}
+
+func (x *State) GetInstances() map[string]*Instance {
+	if x != nil {
+		return x.Instances
 	}
 	return nil
 }
@@ -390,7 +399,8 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\x9f\t\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xb7\n" +
+	"\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
@@ -408,7 +418,8 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	" \x03(\v2\x1f.hostscale.v1.State.AlertsEntryR\x06alerts\x126\n" +
 	"\x17alert_rules_initialized\x18\v \x01(\bR\x15alertRulesInitialized\x12F\n" +
 	"\x10alert_deliveries\x18\f \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\x0falertDeliveries\x12=\n" +
-	"\bsilences\x18\r \x03(\v2!.hostscale.v1.State.SilencesEntryR\bsilences\x1aV\n" +
+	"\bsilences\x18\r \x03(\v2!.hostscale.v1.State.SilencesEntryR\bsilences\x12@\n" +
+	"\tinstances\x18\x0e \x03(\v2\".hostscale.v1.State.InstancesEntryR\tinstances\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
@@ -428,7 +439,10 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.AlertR\x05value:\x028\x01\x1aR\n" +
 	"\rSilencesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
-	"\x05value\x18\x02 \x01(\v2\x15.hostscale.v1.SilenceR\x05value:\x028\x01\"\xa5\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.hostscale.v1.SilenceR\x05value:\x028\x01\x1aT\n" +
+	"\x0eInstancesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.hostscale.v1.InstanceR\x05value:\x028\x01\"\xa5\x01\n" +
 	"\rAlertDelivery\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
 	"\breceiver\x18\x02 \x01(\tR\breceiver\x12\x1b\n" +
@@ -460,7 +474,7 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
 	(*AlertDelivery)(nil),         // 1: hostscale.v1.AlertDelivery
@@ -472,12 +486,14 @@ var file_hostscale_v1_state_proto_goTypes = []any{
 	nil,                           // 7: hostscale.v1.State.AlertRulesEntry
 	nil,                           // 8: hostscale.v1.State.AlertsEntry
 	nil,                           // 9: hostscale.v1.State.SilencesEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 11: hostscale.v1.Pool
-	(*Node)(nil),                  // 12: hostscale.v1.Node
-	(*AlertRule)(nil),             // 13: hostscale.v1.AlertRule
-	(*Alert)(nil),                 // 14: hostscale.v1.Alert
-	(*Silence)(nil),               // 15: hostscale.v1.Silence
+	nil,                           // 10: hostscale.v1.State.InstancesEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 12: hostscale.v1.Pool
+	(*Node)(nil),                  // 13: hostscale.v1.Node
+	(*AlertRule)(nil),             // 14: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 15: hostscale.v1.Alert
+	(*Silence)(nil),               // 16: hostscale.v1.Silence
+	(*Instance)(nil),              // 17: hostscale.v1.Instance
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
 	4,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
@@ -488,19 +504,21 @@ var file_hostscale_v1_state_proto_depIdxs = []int32{
 	8,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
 	1,  // 6: hostscale.v1.State.alert_deliveries:type_name -> hostscale.v1.AlertDelivery
 	9,  // 7: hostscale.v1.State.silences:type_name -> hostscale.v1.State.SilencesEntry
-	10, // 8: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
-	10, // 9: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	2,  // 10: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	11, // 11: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	12, // 12: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
-	13, // 13: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
-	14, // 14: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
-	15, // 15: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	10, // 8: hostscale.v1.State.instances:type_name -> hostscale.v1.State.InstancesEntry
+	11, // 9: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
+	11, // 10: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	2,  // 11: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	12, // 12: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	13, // 13: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	14, // 14: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
+	15, // 15: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
+	16, // 16: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
+	17, // 17: hostscale.v1.State.InstancesEntry.value:type_name -> hostscale.v1.Instance
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -517,7 +535,7 @@ func file_hostscale_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
