@@ -21,7 +21,8 @@ BINARIES := \
 	controller/cmd/hostscale-controller \
 	controller/cmd/hostscale \
 	agent/cmd/hostscale-agent \
-	balancer/cmd/hostscale-balancer
+	balancer/cmd/hostscale-balancer \
+	internal/cmd/hostscale-demo
 
 .PHONY: all build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 

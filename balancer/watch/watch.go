@@ -60,6 +60,11 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// AckTimeout bounds each AckTable call.
 	AckTimeout time.Duration
+	// AckInterval is how often the version in force is acknowledged again
+	// while a stream is open, so that a new controller leader soon knows
+	// every balancer that is watching (it waits for their acknowledgements
+	// before it stops a removed instance).
+	AckInterval time.Duration
 	// Dial opens a client connection to a controller; nil means
 	// grpcx.Dial. Each attempt gets its own connection, closed when the
 	// attempt ends.
@@ -74,6 +79,7 @@ func DefaultConfig() Config {
 		BackoffMax:     5 * time.Second,
 		ConnectTimeout: 5 * time.Second,
 		AckTimeout:     5 * time.Second,
+		AckInterval:    5 * time.Second,
 	}
 }
 
@@ -88,8 +94,8 @@ func (c *Config) Validate() error {
 		return errors.New("watch: Balancer must be set")
 	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
 		return errors.New("watch: need 0 < BackoffMin <= BackoffMax")
-	case c.ConnectTimeout <= 0 || c.AckTimeout <= 0:
-		return errors.New("watch: ConnectTimeout and AckTimeout must be positive")
+	case c.ConnectTimeout <= 0 || c.AckTimeout <= 0 || c.AckInterval <= 0:
+		return errors.New("watch: ConnectTimeout, AckTimeout and AckInterval must be positive")
 	}
 	for _, a := range c.Controllers {
 		if err := hostport.Check(a); err != nil {
@@ -295,6 +301,20 @@ func (w *Watcher) attempt(ctx context.Context, addr string) result {
 	if have != nil {
 		w.ack(ctx, client, addr, have.Version, "")
 	}
+	wg.Go(func() {
+		t := time.NewTicker(w.cfg.AckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+				if in := w.cfg.Balancer.Table(); in != nil {
+					w.ack(sctx, client, addr, in.Version, "")
+				}
+			}
+		}
+	})
 
 	gotTable := false
 	for {

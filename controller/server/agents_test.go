@@ -59,6 +59,14 @@ func agentStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn, node 
 	require.NoError(t, s.Send(hello(node)))
 	first, err := s.Recv()
 	require.NoError(t, err)
+	if first.GetWelcome() != nil {
+		// The leader sends the node's assignments right after the
+		// Welcome: none here.
+		a, err := s.Recv()
+		require.NoError(t, err)
+		require.NotNil(t, a.GetAssignments(), "%v", a)
+		require.Empty(t, a.GetAssignments().Instances)
+	}
 	return s, first
 }
 

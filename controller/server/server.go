@@ -72,6 +72,9 @@ type Config struct {
 	AlertmanagerURL string
 	// Grouping of notifications, as in Alertmanager's route.
 	AlertGroupWait, AlertGroupInterval, AlertRepeatInterval time.Duration
+	// DrainDeadline: an instance out of the tables is stopped once every
+	// balancer acknowledged a table without it, or after this long.
+	DrainDeadline time.Duration
 	// AlertDelivery, when set, replaces the receivers and routing built
 	// from the fields above (see the alertconfig package).
 	AlertDelivery *alerts.DispatchConfig
@@ -90,6 +93,7 @@ func DefaultConfig() Config {
 		HeartbeatTTL:  10 * time.Second,
 		MetricsWindow: 5 * time.Minute,
 		AlertInterval: 5 * time.Second,
+		DrainDeadline: 10 * time.Second,
 
 		AlertGroupWait:      10 * time.Second,
 		AlertGroupInterval:  5 * time.Minute,
@@ -116,6 +120,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := alerts.NewDispatcher(dispatchConfig(c)); err != nil {
 		return fmt.Errorf("alert delivery: %w", err)
+	}
+	if c.DrainDeadline < 0 || c.DrainDeadline > time.Hour {
+		return errors.New("-drain-deadline: between 0 and 1h")
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
@@ -220,13 +227,15 @@ func New(cfg Config) (s *Server, err error) {
 		Forwarder:    endpoint.NewForwarder(cfg.ID, s.conns),
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
+	s.acks = endpoint.NewTableAcks()
 	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
 		Hub:       s.hub,
 		TTL:       cfg.HeartbeatTTL,
 		Nodes:     s.nodeStatuses,
 		SetStatus: s.setNodeStatus,
 		Logger:    logger,
-	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts})
+	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts},
+		s.schedulerLoop())
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
@@ -249,7 +258,6 @@ func New(cfg Config) (s *Server, err error) {
 		MaxBatch:      endpoint.DefaultMaxBatch,
 		MaxFuture:     endpoint.DefaultMaxFuture,
 	})
-	s.acks = endpoint.NewTableAcks()
 	register(&pb.BalancerService_ServiceDesc, &endpoint.Balancers{Core: s.core, Acks: s.acks})
 	register(&pb.NodeService_ServiceDesc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
 	register(&pb.AlertService_ServiceDesc, &endpoint.Alerts{Core: s.core})

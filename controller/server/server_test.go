@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/testcluster"
@@ -445,6 +446,62 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Backends: []*pb.Backend{{Address: "10.0.0.1:1", Weight: 5000}}}})
 			return err
 		}, codes.InvalidArgument, "pool.backends[0].weight"},
+		"CreatePool template without command": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Args: []string{"x"}}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.command"},
+		"CreatePool template sets PORT": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app", Env: map[string]string{"PORT": "1"}}}})
+			return err
+		}, codes.InvalidArgument, `pool.template.env["PORT"]`},
+		"CreatePool template bad signal": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app", StopSignal: "SIGSTOP"}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.stop_signal"},
+		"CreatePool template relative dir": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app", WorkingDir: "srv"}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.working_dir"},
+		"CreatePool template bad health path": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app", HealthPath: "healthz"}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.health_path"},
+		"CreatePool template health interval too short": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app", HealthInterval: durationpb.New(time.Millisecond)}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.health_interval"},
+		"CreatePool min above max": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, Min: 5, Max: 2}})
+			return err
+		}, codes.InvalidArgument, "pool.max"},
+		"CreatePool desired above max": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, Max: 2, Desired: 3}})
+			return err
+		}, codes.InvalidArgument, "pool.desired"},
+		"CreatePool bad selector": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, Selector: "tier in (web"}})
+			return err
+		}, codes.InvalidArgument, "pool.selector"},
+		"CreatePool min without template": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Min: 1}})
+			return err
+		}, codes.InvalidArgument, "pool.template"},
+		"ScalePool unknown pool": {func() error {
+			_, err := f.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "nope", Desired: 1})
+			return err
+		}, codes.NotFound, "nope"},
+		"ScalePool bad pool name": {func() error {
+			_, err := f.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "No_Pool", Desired: 1})
+			return err
+		}, codes.InvalidArgument, "pool"},
+		"DrainNode unknown node": {func() error {
+			_, err := f.Nodes().DrainNode(ctx, &pb.DrainNodeRequest{Node: "nope"})
+			return err
+		}, codes.NotFound, "nope"},
+		"ListInstances bad node": {func() error {
+			_, err := f.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Node: "-x"})
+			return err
+		}, codes.InvalidArgument, "node"},
 		"CreatePool bad path": {func() error {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", PathPrefix: "api"}})
 			return err

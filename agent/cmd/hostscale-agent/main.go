@@ -1,6 +1,6 @@
 // Command hostscale-agent runs on every host: it samples the host's
-// resources and streams them to the controller leader, and serves
-// /metrics, /healthz and /readyz.
+// resources and streams them to the controller leader, runs the instances
+// the leader assigns to it, and serves /metrics, /healthz and /readyz.
 package main
 
 import (
@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hostscale/hostscale/agent/internal/agent"
+	"github.com/hostscale/hostscale/agent/internal/driver"
 	"github.com/hostscale/hostscale/agent/internal/node"
 	"github.com/hostscale/hostscale/agent/internal/sample"
 	"github.com/hostscale/hostscale/agent/internal/session"
@@ -47,6 +49,8 @@ type options struct {
 	mounts      []string
 	dataDir     string
 	httpAddr    string
+	advertise   string
+	stopOnExit  bool
 	log         logging.Options
 }
 
@@ -87,6 +91,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.buffer, "buffer", 60*time.Second, "how much sampling time to keep while no controller acknowledges (at least -interval)")
 	fs.StringVar(&mounts, "mounts", "", "comma-separated mount points to report (default: every real filesystem)")
 	fs.StringVar(&o.dataDir, "data-dir", "/var/lib/hostscale-agent", "directory for the agent's state (the node id)")
+	fs.StringVar(&o.advertise, "advertise-addr", "127.0.0.1", "IP address balancers reach this host's instances on; each instance gets a free port on it")
+	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.log.Format, "log-format", "text", "log format: text or json")
@@ -127,6 +133,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("-mounts: %q is not an absolute path", m)
 		}
 		o.mounts = append(o.mounts, filepath.Clean(m))
+	}
+	if _, err := netip.ParseAddr(o.advertise); err != nil {
+		return o, fmt.Errorf("-advertise-addr: %q is not an IP address", o.advertise)
 	}
 	if o.httpAddr != "" {
 		if _, _, err := net.SplitHostPort(o.httpAddr); err != nil {
@@ -173,7 +182,14 @@ func serve(o options, stderr io.Writer) error {
 		Help:        "The agent's version and node id; always 1.",
 		ConstLabels: prometheus.Labels{"version": version.Version, "node": id},
 	}, func() float64 { return 1 }))
+	dc := driver.DefaultConfig()
+	dc.DataDir, dc.AdvertiseAddr, dc.Node, dc.Logger = o.dataDir, o.advertise, id, logger
+	drv, err := driver.New(dc)
+	if err != nil {
+		return err
+	}
 	ssc := session.DefaultConfig()
+	ssc.Instances = drv
 	ssc.Node = id
 	ssc.Labels = o.labels
 	ssc.Interval = o.interval
@@ -211,11 +227,17 @@ func serve(o options, stderr io.Writer) error {
 			}
 		})
 	}
+	var drvErr error
+	wg.Go(func() { drvErr = drv.Run(ctx) })
 	runErr := a.Run(ctx)
 	cancel()
 	wg.Wait()
+	if o.stopOnExit {
+		logger.Info("stopping every instance (-stop-instances-on-exit)")
+		drv.StopAll(context.Background())
+	}
 	logger.Info("agent stopped")
-	return errors.Join(runErr, admErr)
+	return errors.Join(runErr, admErr, drvErr)
 }
 
 func addrOf(s *admin.Server) string {

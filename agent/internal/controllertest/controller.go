@@ -59,6 +59,7 @@ type Controller struct {
 	hellos     []*pb.Hello
 	batches    []*pb.SampleBatch // accepted ones
 	heartbeats int
+	reports    int
 	open       int
 	drop       chan struct{}
 }
@@ -177,6 +178,10 @@ func (f *Controller) Connect(stream pb.AgentService_ConnectServer) error {
 			case *pb.ConnectRequest_Heartbeat:
 				f.mu.Lock()
 				f.heartbeats++
+				f.mu.Unlock()
+			case *pb.ConnectRequest_Instances:
+				f.mu.Lock()
+				f.reports++
 				f.mu.Unlock()
 			case *pb.ConnectRequest_Samples:
 				batch := m.Samples

@@ -32,6 +32,17 @@ type FactSource interface {
 	Facts(ctx context.Context) (*pb.NodeFacts, error)
 }
 
+// Instances is the agent's process driver as the session sees it.
+type Instances interface {
+	// Assign applies the assignments the leader sent; it reports false
+	// when it ignored them as older than ones it applied.
+	Assign(a *pb.Assignments) bool
+	// Report lists every instance the driver has.
+	Report() *pb.InstanceReport
+	// Changed returns a channel closed at the next change of the report.
+	Changed() <-chan struct{}
+}
+
 // DefaultMaxBatch is the batch size used when a Welcome names none.
 const DefaultMaxBatch = 100
 
@@ -49,6 +60,9 @@ type Config struct {
 	Interval time.Duration
 	// Controllers are the host:port addresses tried in turn.
 	Controllers []string
+	// Instances, when set, receives the leader's assignments, and its
+	// reports are sent after the Welcome and on every change.
+	Instances Instances
 	// Facts, when set, is asked for the host's facts before every Hello;
 	// when it fails, the last facts it gave are sent again.
 	Facts FactSource
@@ -431,6 +445,13 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 	defer hb.Stop()
 	ackCheck := time.NewTicker(max(s.cfg.AckTimeout/4, time.Millisecond))
 	defer ackCheck.Stop()
+	var instChanged <-chan struct{}
+	if s.cfg.Instances != nil {
+		instChanged = s.cfg.Instances.Changed()
+		if err := s.sendReport(st); err != nil {
+			return s.failed(st, err)
+		}
+	}
 	for {
 		sent, err := s.sendPending(st)
 		if err != nil {
@@ -447,6 +468,13 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 			switch m := m.GetMessage().(type) {
 			case *pb.ConnectResponse_Ack:
 				s.ack(st, m.Ack)
+			case *pb.ConnectResponse_Assignments:
+				if s.cfg.Instances == nil {
+					s.log.Warn("assignments received, but this agent runs no instances", "controller", st.addr)
+				} else if !s.cfg.Instances.Assign(m.Assignments) {
+					s.log.Warn("ignored assignments older than those applied", "controller", st.addr,
+						"term", m.Assignments.GetTerm(), "index", m.Assignments.GetIndex())
+				}
 			case *pb.ConnectResponse_Redirect:
 				return result{redirect: m.Redirect.GetLeaderAddress(), leaderID: m.Redirect.GetLeaderId(),
 					err: fmt.Errorf("controller %s stopped leading; leader %q at %q", st.addr, m.Redirect.GetLeaderId(), m.Redirect.GetLeaderAddress())}
@@ -455,6 +483,12 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 			}
 		case err := <-st.errc:
 			return s.failed(st, err)
+		case <-instChanged:
+			instChanged = s.cfg.Instances.Changed()
+			if err := s.sendReport(st); err != nil {
+				return s.failed(st, err)
+			}
+			hb.Reset(hbEvery)
 		case <-hb.C:
 			err := st.rpc.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Heartbeat{
 				Heartbeat: &pb.Heartbeat{Time: timestamppb.Now()}}})
@@ -469,6 +503,15 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 			}
 		}
 	}
+}
+
+// sendReport sends the driver's report of its instances.
+func (s *Session) sendReport(st *stream) error {
+	err := st.rpc.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Instances{Instances: s.cfg.Instances.Report()}})
+	if err != nil {
+		return s.streamErr(st, err)
+	}
+	return nil
 }
 
 // sendPending sends batches of unsent samples while the in-flight window

@@ -83,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", cfg.HeartbeatTTL, "a node whose agent sends nothing this long is marked down")
 	fs.DurationVar(&cfg.MetricsWindow, "metrics-window", cfg.MetricsWindow, "sample history the leader keeps per node (one sample a second)")
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", cfg.AlertInterval, "how often the leader evaluates the alerting rules")
+	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "how long a removed instance waits for every balancer to acknowledge a table without it before it is stopped anyway")
 	var webhooks, deliveryFile string
 	fs.StringVar(&deliveryFile, "alert-config", "", "JSON `file` of alert receivers and label routing (docs/controller.md); replaces -alert-webhook and -alertmanager")
 	fs.StringVar(&webhooks, "alert-webhook", "", "comma-separated URLs that receive alert notifications (Alertmanager webhook payload, version 4)")

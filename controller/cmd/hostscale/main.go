@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -37,6 +38,13 @@ commands:
   snapshot save FILE              write a snapshot of the whole state to FILE
   snapshot restore FILE           replace the whole state with FILE's snapshot
   pools                           list pools
+  create-pool FILE                create a pool from its JSON (FILE or - for stdin), e.g.
+                                  {"name":"web","template":{"command":"hostscale-demo","health_path":"/healthz"},"desired":2}
+  delete-pool POOL                delete a pool (its instances stop)
+  scale POOL N                    run N instances of a pool with a template
+  instances [POOL]                list instances: node, address, state, restarts
+  drain NODE                      move a node's instances elsewhere; no new placements
+  undrain NODE                    let a drained node take placements again
   nodes [SELECTOR]                list nodes (label selector: tier=web,zone!=b)
   rules                           list alerting rules
   alerts                          list pending, firing and resolved alerts
@@ -219,6 +227,75 @@ func (c *cli) do(ctx context.Context, args []string) error {
 				strings.ToLower(strings.TrimPrefix(p.Policy.String(), "POLICY_")), len(p.Backends))
 		}
 		return w.Flush()
+	case "create-pool":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		return c.createPool(ctx, rest[0])
+	case "delete-pool":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		_, err := c.pools.DeletePool(ctx, &pb.DeletePoolRequest{Pool: rest[0]})
+		return err
+	case "scale":
+		if err := nargs(2, 2); err != nil {
+			return err
+		}
+		n, err := strconv.ParseUint(rest[1], 10, 32)
+		if err != nil {
+			return usageError(fmt.Sprintf("scale: %q is not a number of instances", rest[1]))
+		}
+		resp, err := c.pools.ScalePool(ctx, &pb.ScalePoolRequest{Pool: rest[0], Desired: uint32(n)})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		fmt.Fprintf(c.out, "pool %s: %d instances wanted (index %d)\n", resp.Pool.GetName(), resp.Pool.GetDesired(), resp.Index)
+		return nil
+	case "instances":
+		if err := nargs(0, 1); err != nil {
+			return err
+		}
+		req := &pb.ListInstancesRequest{Consistent: true}
+		if len(rest) == 1 {
+			req.Pool = rest[0]
+		}
+		resp, err := c.pools.ListInstances(ctx, req)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "ID\tNODE\tADDRESS\tSTATE\tRESTARTS\tMESSAGE")
+		for _, in := range resp.Instances {
+			st := strings.ToLower(strings.TrimPrefix(in.State.String(), "INSTANCE_STATE_"))
+			switch {
+			case in.Stop:
+				st += ",stop"
+			case in.Draining:
+				st += ",draining"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", in.Id, in.Node, orDash(in.Address), st, in.Restarts, orDash(in.Message))
+		}
+		return w.Flush()
+	case "drain", "undrain":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		resp, err := c.nodes.DrainNode(ctx, &pb.DrainNodeRequest{Node: rest[0], Undo: cmd == "undrain"})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		fmt.Fprintf(c.out, "node %s: %s\n", resp.Node.GetName(), strings.ToLower(strings.TrimPrefix(resp.Node.GetStatus().String(), "NODE_STATUS_")))
+		return nil
 	case "nodes":
 		if err := nargs(0, 1); err != nil {
 			return err
@@ -342,6 +419,34 @@ func (c *cli) printJSON(m proto.Message) error {
 	}
 	_, err = fmt.Fprintln(c.out, string(b))
 	return err
+}
+
+// createPool creates the pool a JSON file (hostscale.v1.Pool in protojson)
+// describes.
+func (c *cli) createPool(ctx context.Context, path string) error {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return err
+	}
+	p := &pb.Pool{}
+	if err := protojson.Unmarshal(data, p); err != nil {
+		return fmt.Errorf("%s: not a pool: %w", path, err)
+	}
+	resp, err := c.pools.CreatePool(ctx, &pb.CreatePoolRequest{Pool: p})
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(resp)
+	}
+	fmt.Fprintf(c.out, "pool %s created (index %d)\n", resp.Pool.GetName(), resp.Index)
+	return nil
 }
 
 func orDash(s string) string {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
+	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/internal/labels"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -98,6 +100,11 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 		return err
 	}
 
+	asg := assignmentSender{node: hello.Node, term: term}
+	if err := asg.send(stream, a.Core.FSM); err != nil {
+		return err
+	}
+
 	msgs := make(chan *pb.ConnectRequest)
 	errc := make(chan error, 1)
 	go func() {
@@ -115,7 +122,12 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 		}
 	}()
 	for {
+		changed := a.Core.FSM.Changed()
 		select {
+		case <-changed:
+			if err := asg.send(stream, a.Core.FSM); err != nil {
+				return err
+			}
 		case err := <-errc:
 			return err
 		case <-ctx.Done():
@@ -138,6 +150,14 @@ func (a *Agents) handle(stream pb.AgentService_ConnectServer, node string, m *pb
 		return status.Error(codes.FailedPrecondition, "hello: sent twice on one stream")
 	case *pb.ConnectRequest_Heartbeat:
 		a.Hub.Seen(node, now)
+	case *pb.ConnectRequest_Instances:
+		if err := checkReport(msg.Instances); err != nil {
+			return err
+		}
+		a.Hub.Seen(node, now)
+		if err := a.report(node, msg.Instances); err != nil {
+			return err
+		}
 	case *pb.ConnectRequest_Samples:
 		b := msg.Samples
 		if len(b.Samples) > a.MaxBatch {
@@ -289,4 +309,111 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 		}
 	}
 	return nil
+}
+
+// assignmentSender sends an agent its assignments whenever they change.
+type assignmentSender struct {
+	node string
+	term uint64
+	last []*pb.Assignment
+	sent bool
+}
+
+// send sends the node's assignments unless they are those sent last.
+func (s *assignmentSender) send(stream pb.AgentService_ConnectServer, f *fsm.FSM) error {
+	var list []*pb.Assignment
+	idx := f.Read(func(st *pb.State) {
+		list = Assignments(st, s.node)
+	})
+	if s.sent && slices.EqualFunc(list, s.last, func(a, b *pb.Assignment) bool { return proto.Equal(a, b) }) {
+		return nil
+	}
+	s.last, s.sent = list, true
+	return stream.Send(&pb.ConnectResponse{Message: &pb.ConnectResponse_Assignments{Assignments: &pb.Assignments{
+		Term: s.term, Index: idx, Instances: list,
+	}}})
+}
+
+// Assignments lists the instances a node must run, in id order: those
+// placed on it and not being stopped.
+func Assignments(st *pb.State, node string) []*pb.Assignment {
+	var ins []*pb.Instance
+	for _, in := range st.Instances {
+		if in.Node == node && !in.Stop {
+			ins = append(ins, in)
+		}
+	}
+	fsm.SortInstances(ins)
+	out := make([]*pb.Assignment, 0, len(ins))
+	for _, in := range ins {
+		p := st.Pools[in.Pool]
+		if p == nil || p.Template == nil {
+			continue
+		}
+		out = append(out, &pb.Assignment{Instance: in.Id, Pool: in.Pool, Template: proto.CloneOf(p.Template)})
+	}
+	return out
+}
+
+// maxReported bounds the instances of one report.
+const maxReported = 10000
+
+func checkReport(r *pb.InstanceReport) error {
+	if len(r.Instances) > maxReported {
+		return status.Errorf(codes.ResourceExhausted, "instances: a report of %d instances exceeds the limit of %d", len(r.Instances), maxReported)
+	}
+	for i, in := range r.Instances {
+		f := fmt.Sprintf("instances[%d]", i)
+		if in.GetId() == "" || len(in.Id) > 128 {
+			return invalid(f+".id", "must be 1-128 characters")
+		}
+		if in.Address != "" {
+			if err := checkAddress(f+".address", in.Address); err != nil {
+				return err
+			}
+		}
+		if _, ok := pb.InstanceState_name[int32(in.State)]; !ok || in.State == pb.InstanceState_INSTANCE_STATE_UNSPECIFIED {
+			return invalid(f+".state", "unknown state %d", in.State)
+		}
+		if len(in.Message) > 1024 {
+			return invalid(f+".message", "at most 1024 characters")
+		}
+		if in.Since != nil && in.Since.CheckValid() != nil {
+			return invalid(f+".since", "must be a valid timestamp")
+		}
+	}
+	return nil
+}
+
+// report writes what an agent reported of its instances when it differs
+// from the state: a changed instance, or one being stopped that the agent
+// no longer has.
+func (a *Agents) report(node string, r *pb.InstanceReport) error {
+	need := false
+	a.Core.FSM.Read(func(st *pb.State) {
+		seen := make(map[string]bool, len(r.Instances))
+		for _, s := range r.Instances {
+			seen[s.Id] = true
+			in := st.Instances[s.Id]
+			if in == nil || in.Node != node {
+				continue
+			}
+			if in.Address != s.Address || in.State != s.State || in.ExitCode != s.ExitCode || in.Restarts != s.Restarts ||
+				in.Message != s.Message || in.Pid != s.Pid {
+				need = true
+			}
+		}
+		for id, in := range st.Instances {
+			if in.Node == node && in.Stop && !seen[id] {
+				need = true
+			}
+		}
+	})
+	if !need {
+		return nil
+	}
+	_, err := a.Core.Apply(&pb.Command{Command: &pb.Command_ReportInstances{ReportInstances: &pb.ReportInstancesCommand{
+		Node: node, Instances: r.Instances, Complete: true,
+	}}})
+	return err
 }

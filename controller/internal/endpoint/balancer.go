@@ -9,6 +9,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -34,13 +36,28 @@ func Table(st *pb.State) *pb.Table {
 		names = append(names, n)
 	}
 	slices.Sort(names)
+	pools := make(map[string]*pb.TablePool, len(names))
 	for _, n := range names {
 		p := st.Pools[n]
 		tp := &pb.TablePool{Name: p.Name, Hosts: slices.Clone(p.Hosts), PathPrefix: p.PathPrefix, Policy: p.Policy}
 		for _, b := range p.Backends {
 			tp.Backends = append(tp.Backends, &pb.TableBackend{Address: b.Address, Weight: b.Weight})
 		}
+		pools[n] = tp
 		t.Pools = append(t.Pools, tp)
+	}
+	// A pool's instances are in its table while they are healthy and not
+	// being removed.
+	var routable []*pb.Instance
+	for _, in := range st.Instances {
+		if fsm.Routable(in) && pools[in.Pool] != nil {
+			routable = append(routable, in)
+		}
+	}
+	fsm.SortInstances(routable)
+	for _, in := range routable {
+		tp := pools[in.Pool]
+		tp.Backends = append(tp.Backends, &pb.TableBackend{Address: in.Address, Weight: DefaultWeight})
 	}
 	return t
 }
@@ -87,7 +104,7 @@ func (s *Balancers) table(st *pb.State) *pb.Table {
 	return t
 }
 
-func (s *Balancers) AckTable(_ context.Context, req *pb.AckTableRequest) (*pb.AckTableResponse, error) {
+func (s *Balancers) AckTable(ctx context.Context, req *pb.AckTableRequest) (*pb.AckTableResponse, error) {
 	if err := checkName("balancer", req.Balancer); err != nil {
 		return nil, err
 	}
@@ -98,7 +115,15 @@ func (s *Balancers) AckTable(_ context.Context, req *pb.AckTableRequest) (*pb.Ac
 		return nil, invalid("error", "at most 4096 characters")
 	}
 	s.Acks.Record(req.Balancer, req.Version, req.Error)
-	return &pb.AckTableResponse{}, nil
+	// The leader waits for every balancer's acknowledgement before it stops
+	// a removed instance: pass it on. The table is in force whether or not
+	// the leader hears of it, so a failure to forward is not the
+	// balancer's error.
+	resp := &pb.AckTableResponse{}
+	if _, err := s.Core.LeaderOnly(ctx, req, resp); err != nil {
+		s.Core.Logger.Debug("forward table acknowledgement to the leader", "balancer", req.Balancer, "err", err)
+	}
+	return resp, nil
 }
 
 // TableAcks remembers the newest version each balancer acknowledged to
@@ -147,4 +172,17 @@ func (a *TableAcks) Changed() <-chan struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.notify
+}
+
+// AllAcked reports whether every balancer heard from within ttl before now
+// acknowledged a table at index or newer.
+func (a *TableAcks) AllAcked(index uint64, now time.Time, ttl time.Duration) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ack := range a.acks {
+		if now.Sub(ack.Time) <= ttl && ack.Version.GetIndex() < index {
+			return false
+		}
+	}
+	return true
 }

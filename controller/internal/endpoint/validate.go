@@ -127,7 +127,7 @@ func normalizePool(p *pb.Pool) error {
 		}
 	}
 	p.CreateIndex, p.ModifyIndex = 0, 0
-	return nil
+	return normalizeInstances(p)
 }
 
 func isIP(host string) bool {

@@ -55,6 +55,9 @@ type FSM struct {
 	requests map[string]*pb.AppliedRequest
 	changed  chan struct{}
 	watched  bool // someone holds changed: replace it at the next change
+	// tableDirty is set by a command that changed the balancers' table
+	// beyond what changesPools tells from its type.
+	tableDirty bool
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -95,6 +98,9 @@ func ensureMaps(st *pb.State) {
 	}
 	if st.Silences == nil {
 		st.Silences = map[string]*pb.Silence{}
+	}
+	if st.Instances == nil {
+		st.Instances = map[string]*pb.Instance{}
 	}
 }
 
@@ -178,8 +184,9 @@ func (f *FSM) applyLocked(l *raft.Log, cmd *pb.Command) *Result {
 			return &Result{Index: prev.Index, Err: errorOf(prev), Repeated: true}
 		}
 	}
+	f.tableDirty = false
 	err := f.dispatch(cmd, l.Index)
-	if err == nil && changesPools(cmd) {
+	if err == nil && (changesPools(cmd) || f.tableDirty) {
 		f.state.PoolsIndex, f.state.PoolsTerm = l.Index, l.Term
 	}
 	if id := cmd.GetRequestId(); id != "" {
@@ -230,6 +237,23 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.putSilence(c.PutSilence)
 	case *pb.Command_DeleteSilence:
 		return f.deleteSilence(c.DeleteSilence)
+	case *pb.Command_ScalePool:
+		return f.scalePool(c.ScalePool, index)
+	case *pb.Command_PlaceInstances:
+		return f.placeInstances(c.PlaceInstances, cmd, index)
+	case *pb.Command_DrainInstances:
+		return f.drainInstances(c.DrainInstances.GetInstances(), cmd, index, false)
+	case *pb.Command_StopInstances:
+		return f.drainInstances(c.StopInstances.GetInstances(), cmd, index, true)
+	case *pb.Command_ReportInstances:
+		return f.reportInstances(c.ReportInstances, index)
+	case *pb.Command_DeleteInstances:
+		for _, id := range c.DeleteInstances.GetInstances() {
+			f.deleteInstance(id)
+		}
+		return nil
+	case *pb.Command_DrainNode:
+		return f.drainNode(c.DrainNode, cmd, index)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}
@@ -338,6 +362,11 @@ func checkState(st *pb.State) error {
 	for k, n := range st.Nodes {
 		if n.GetName() != k {
 			return fmt.Errorf("node %q is stored under key %q", n.GetName(), k)
+		}
+	}
+	for k, in := range st.Instances {
+		if in.GetId() != k {
+			return fmt.Errorf("instance %q is stored under key %q", in.GetId(), k)
 		}
 	}
 	seen := map[string]bool{}

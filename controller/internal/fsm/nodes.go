@@ -22,7 +22,7 @@ func (f *FSM) registerNode(c *pb.RegisterNodeCommand, cmd *pb.Command, index uin
 	n.Facts = proto.Clone(c.GetFacts()).(*pb.NodeFacts)
 	n.Labels = maps.Clone(c.GetLabels())
 	if n.Status != pb.NodeStatus_NODE_STATUS_UP && n.Status != pb.NodeStatus_NODE_STATUS_DRAINING {
-		n.Status, n.StatusTime = pb.NodeStatus_NODE_STATUS_UP, cmd.GetTime()
+		n.Status, n.StatusTime = upStatus(n), cmd.GetTime()
 	}
 	n.ModifyIndex = index
 	return nil
@@ -36,8 +36,20 @@ func (f *FSM) setNodeStatus(c *pb.SetNodeStatusCommand, cmd *pb.Command, index u
 	if c.Status == pb.NodeStatus_NODE_STATUS_UNSPECIFIED {
 		return status.Error(codes.InvalidArgument, "status: must be set")
 	}
-	if n.Status != c.Status {
-		n.Status, n.StatusTime, n.ModifyIndex = c.Status, cmd.GetTime(), index
+	st := c.Status
+	if st == pb.NodeStatus_NODE_STATUS_UP {
+		st = upStatus(n)
+	}
+	if n.Status != st {
+		n.Status, n.StatusTime, n.ModifyIndex = st, cmd.GetTime(), index
 	}
 	return nil
+}
+
+// upStatus is the status of a live node: DRAINING while a drain is on.
+func upStatus(n *pb.Node) pb.NodeStatus {
+	if n.Drain {
+		return pb.NodeStatus_NODE_STATUS_DRAINING
+	}
+	return pb.NodeStatus_NODE_STATUS_UP
 }

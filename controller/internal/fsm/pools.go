@@ -34,6 +34,9 @@ func (f *FSM) createPool(c *pb.CreatePoolCommand, index uint64) error {
 	}
 	p = proto.Clone(p).(*pb.Pool)
 	p.CreateIndex, p.ModifyIndex = index, index
+	if p.NextInstance == 0 {
+		p.NextInstance = 1
+	}
 	f.state.Pools[p.Name] = p
 	return nil
 }
@@ -43,6 +46,13 @@ func (f *FSM) deletePool(c *pb.DeletePoolCommand) error {
 		return status.Errorf(codes.NotFound, "pool %q not found", c.GetPool())
 	}
 	delete(f.state.Pools, c.GetPool())
+	// Its instances are forgotten: no assignment names them any more, so
+	// their agents stop them.
+	for id, in := range f.state.Instances {
+		if in.Pool == c.GetPool() {
+			delete(f.state.Instances, id)
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,97 @@
+package driver
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Config configures a Driver. Zero durations and counts mean their
+// defaults (see DefaultConfig).
+type Config struct {
+	// DataDir is the agent's data directory; the driver keeps its state
+	// file and one directory per instance under DataDir/instances/.
+	DataDir string
+	// AdvertiseAddr is the IP (or host name) balancers reach instances on,
+	// without a port. Each instance gets a free TCP port on it.
+	AdvertiseAddr string
+	// Node is the node's name, passed to instances in HOSTSCALE_NODE.
+	Node string
+	// Logger receives the driver's records; nil discards them.
+	Logger *slog.Logger
+	// Restart back-off of an instance that exited while wanted: the first
+	// restart waits RestartBase, each next one twice as long up to
+	// RestartMax; the wait is back to RestartBase once an instance stayed
+	// up for RestartReset.
+	RestartBase, RestartMax, RestartReset time.Duration
+	// LogMaxBytes bounds each instance's stdout.log and stderr.log: a file
+	// that reached it has its newest LogMaxBytes kept in <file>.1
+	// (replacing any older one) and starts again empty.
+	LogMaxBytes int64
+	// UnhealthyAfter is the number of consecutive failed health checks
+	// that turn a HEALTHY instance UNHEALTHY.
+	UnhealthyAfter int
+	// Now is the clock of the `since` timestamps; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns a Config with every default set; DataDir and
+// AdvertiseAddr are left for the caller.
+func DefaultConfig() Config {
+	return Config{
+		RestartBase:    500 * time.Millisecond,
+		RestartMax:     30 * time.Second,
+		RestartReset:   10 * time.Second,
+		LogMaxBytes:    1 << 20,
+		UnhealthyAfter: 3,
+	}
+}
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.RestartBase == 0 {
+		c.RestartBase = d.RestartBase
+	}
+	if c.RestartMax == 0 {
+		c.RestartMax = max(d.RestartMax, c.RestartBase)
+	}
+	if c.RestartReset == 0 {
+		c.RestartReset = d.RestartReset
+	}
+	if c.LogMaxBytes == 0 {
+		c.LogMaxBytes = d.LogMaxBytes
+	}
+	if c.UnhealthyAfter == 0 {
+		c.UnhealthyAfter = d.UnhealthyAfter
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Validate reports the first field that makes the config unusable. Zero
+// values stand for their defaults and are valid.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.DataDir == "":
+		return errors.New("driver: DataDir must be set")
+	case c.AdvertiseAddr == "":
+		return errors.New("driver: AdvertiseAddr must be set")
+	case c.RestartBase < 0 || c.RestartMax < c.RestartBase:
+		return errors.New("driver: need 0 < RestartBase <= RestartMax")
+	case c.RestartReset < 0:
+		return errors.New("driver: RestartReset must not be negative")
+	case c.LogMaxBytes < 0:
+		return errors.New("driver: LogMaxBytes must not be negative")
+	case c.UnhealthyAfter < 0:
+		return errors.New("driver: UnhealthyAfter must not be negative")
+	}
+	if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err == nil {
+		return errors.New("driver: AdvertiseAddr must be an IP or host without a port")
+	}
+	return nil
+}

@@ -1,0 +1,252 @@
+package endpoint
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/internal/labels"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Defaults and bounds of a pool with an instance template.
+const (
+	DefaultMaxInstances   = 100
+	MaxInstances          = 1000
+	DefaultHealthInterval = time.Second
+	DefaultStopGrace      = 10 * time.Second
+	maxTemplateString     = 4096
+	maxTemplateArgs       = 256
+	maxTemplateEnv        = 256
+)
+
+// stopSignals are the signals a template may name.
+var stopSignals = map[string]bool{"SIGTERM": true, "SIGINT": true, "SIGQUIT": true, "SIGHUP": true, "SIGUSR1": true, "SIGUSR2": true}
+
+// normalizeInstances checks the instance fields of a pool and fills their
+// defaults.
+func normalizeInstances(p *pb.Pool) error {
+	p.NextInstance = 0
+	if p.Template == nil {
+		switch {
+		case p.Min != 0 || p.Max != 0 || p.Desired != 0:
+			return invalid("pool.template", "must be set for min, max or desired to mean anything")
+		case p.Selector != "":
+			return invalid("pool.template", "must be set for a placement selector to mean anything")
+		}
+		return nil
+	}
+	if err := normalizeTemplate("pool.template", p.Template); err != nil {
+		return err
+	}
+	if _, err := labels.Parse(p.Selector); err != nil {
+		return invalid("pool.selector", "%v", err)
+	}
+	if p.Max == 0 {
+		p.Max = max(DefaultMaxInstances, p.Min)
+	}
+	switch {
+	case p.Max > MaxInstances:
+		return invalid("pool.max", "at most %d, got %d", MaxInstances, p.Max)
+	case p.Min > p.Max:
+		return invalid("pool.max", "must be >= min (%d), got %d", p.Min, p.Max)
+	}
+	if p.Desired == 0 {
+		p.Desired = p.Min
+	}
+	if p.Desired < p.Min || p.Desired > p.Max {
+		return invalid("pool.desired", "%d is outside min %d and max %d", p.Desired, p.Min, p.Max)
+	}
+	return nil
+}
+
+func normalizeTemplate(field string, t *pb.InstanceTemplate) error {
+	switch {
+	case strings.TrimSpace(t.Command) == "":
+		return invalid(field+".command", "must not be empty")
+	case len(t.Command) > maxTemplateString || strings.ContainsRune(t.Command, 0):
+		return invalid(field+".command", "must be at most %d characters without NUL", maxTemplateString)
+	case len(t.Args) > maxTemplateArgs:
+		return invalid(field+".args", "at most %d arguments, got %d", maxTemplateArgs, len(t.Args))
+	case len(t.Env) > maxTemplateEnv:
+		return invalid(field+".env", "at most %d variables, got %d", maxTemplateEnv, len(t.Env))
+	}
+	for i, a := range t.Args {
+		if len(a) > maxTemplateString || strings.ContainsRune(a, 0) {
+			return invalid(fmt.Sprintf("%s.args[%d]", field, i), "must be at most %d characters without NUL", maxTemplateString)
+		}
+	}
+	for k, v := range t.Env {
+		f := fmt.Sprintf("%s.env[%q]", field, k)
+		switch {
+		case k == "" || len(k) > 256 || strings.ContainsAny(k, "=\x00"):
+			return invalid(f, "a variable name must be 1-256 characters without '=' or NUL")
+		case k == "PORT" || strings.HasPrefix(k, "HOSTSCALE_"):
+			return invalid(f, "PORT and HOSTSCALE_* are set by the agent")
+		case len(v) > maxTemplateString || strings.ContainsRune(v, 0):
+			return invalid(f, "the value must be at most %d characters without NUL", maxTemplateString)
+		}
+	}
+	if t.WorkingDir != "" && (!filepath.IsAbs(t.WorkingDir) || strings.ContainsRune(t.WorkingDir, 0)) {
+		return invalid(field+".working_dir", "%q is not an absolute path", t.WorkingDir)
+	}
+	if t.HealthPath != "" && (!strings.HasPrefix(t.HealthPath, "/") || len(t.HealthPath) > 1024 || strings.ContainsAny(t.HealthPath, " #\t\r\n\x00")) {
+		return invalid(field+".health_path", "%q must start with '/' and hold no spaces or '#'", t.HealthPath)
+	}
+	iv, err := duration(field+".health_interval", t.HealthInterval, DefaultHealthInterval, 100*time.Millisecond, time.Minute)
+	if err != nil {
+		return err
+	}
+	t.HealthInterval = durationpb.New(iv)
+	if t.StopSignal == "" {
+		t.StopSignal = "SIGTERM"
+	}
+	t.StopSignal = strings.ToUpper(t.StopSignal)
+	if !strings.HasPrefix(t.StopSignal, "SIG") {
+		t.StopSignal = "SIG" + t.StopSignal
+	}
+	if !stopSignals[t.StopSignal] {
+		return invalid(field+".stop_signal", "%q is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2", t.StopSignal)
+	}
+	g, err := duration(field+".stop_grace", t.StopGrace, DefaultStopGrace, 0, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	t.StopGrace = durationpb.New(g)
+	return nil
+}
+
+// duration checks an optional duration field and returns it, or def when
+// it is unset.
+func duration(field string, d *durationpb.Duration, def, lo, hi time.Duration) (time.Duration, error) {
+	if d == nil {
+		return def, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, invalid(field, "%v", err)
+	}
+	v := d.AsDuration()
+	if v == 0 {
+		return def, nil
+	}
+	if v < lo || v > hi {
+		return 0, invalid(field, "%v is outside %v to %v", v, lo, hi)
+	}
+	return v, nil
+}
+
+func (s *Pools) ScalePool(ctx context.Context, req *pb.ScalePoolRequest) (*pb.ScalePoolResponse, error) {
+	id, err := requestID(req.RequestId)
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	if err := checkName("pool", req.Pool); err != nil {
+		return nil, err
+	}
+	if req.Desired > MaxInstances {
+		return nil, invalid("desired", "at most %d, got %d", MaxInstances, req.Desired)
+	}
+	// Refuse what the state machine would refuse without a Raft write; it
+	// checks again, against the state the command meets.
+	var err2 error
+	s.Core.FSM.Read(func(st *pb.State) {
+		p := st.Pools[req.Pool]
+		switch {
+		case p == nil:
+			err2 = status.Errorf(codes.NotFound, "pool %q not found", req.Pool)
+		case p.Template == nil:
+			err2 = status.Errorf(codes.FailedPrecondition, "pool %q has no instance template: its backends are static", p.Name)
+		case req.Desired < p.Min || req.Desired > p.Max:
+			err2 = invalid("desired", "%d is outside the pool's min %d and max %d", req.Desired, p.Min, p.Max)
+		}
+	})
+	if err2 != nil {
+		return nil, err2
+	}
+	resp := &pb.ScalePoolResponse{}
+	res, fwd, err := s.Core.Write(ctx, req, resp, &pb.Command{
+		RequestId: id,
+		Command:   &pb.Command_ScalePool{ScalePool: &pb.ScalePoolCommand{Pool: req.Pool, Desired: req.Desired}},
+	})
+	if fwd || err != nil {
+		return orNil(resp, err)
+	}
+	resp.Pool, resp.Index = s.pool(req.Pool)
+	resp.Index = max(resp.Index, res.Index)
+	return resp, nil
+}
+
+func (s *Pools) ListInstances(ctx context.Context, req *pb.ListInstancesRequest) (*pb.ListInstancesResponse, error) {
+	if req.Pool != "" {
+		if err := checkName("pool", req.Pool); err != nil {
+			return nil, err
+		}
+	}
+	if req.Node != "" {
+		if err := checkName("node", req.Node); err != nil {
+			return nil, err
+		}
+	}
+	resp := &pb.ListInstancesResponse{}
+	if fwd, err := s.Core.Consistent(ctx, req.Consistent, req, resp); fwd || err != nil {
+		return orNil(resp, err)
+	}
+	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
+		for _, in := range st.Instances {
+			if (req.Pool == "" || in.Pool == req.Pool) && (req.Node == "" || in.Node == req.Node) {
+				resp.Instances = append(resp.Instances, in)
+			}
+		}
+		resp.Instances = cloneAll(resp.Instances)
+	})
+	fsm.SortInstances(resp.Instances)
+	return resp, nil
+}
+
+func cloneAll(ins []*pb.Instance) []*pb.Instance {
+	out := make([]*pb.Instance, len(ins))
+	for i, in := range ins {
+		out[i] = proto.CloneOf(in)
+	}
+	return out
+}
+
+func (s *Nodes) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.DrainNodeResponse, error) {
+	id, err := requestID(req.RequestId)
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	if err := checkName("node", req.Node); err != nil {
+		return nil, err
+	}
+	known := false
+	s.Core.FSM.Read(func(st *pb.State) { known = st.Nodes[req.Node] != nil })
+	if !known {
+		return nil, status.Errorf(codes.NotFound, "node %q not found", req.Node)
+	}
+	resp := &pb.DrainNodeResponse{}
+	res, fwd, err := s.Core.Write(ctx, req, resp, &pb.Command{
+		RequestId: id,
+		Command:   &pb.Command_DrainNode{DrainNode: &pb.DrainNodeCommand{Node: req.Node, Drain: !req.Undo}},
+	})
+	if fwd || err != nil {
+		return orNil(resp, err)
+	}
+	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
+		if n := st.Nodes[req.Node]; n != nil {
+			resp.Node = s.withLive(n)
+		}
+	})
+	resp.Index = max(resp.Index, res.Index)
+	return resp, nil
+}

@@ -1,0 +1,116 @@
+package fsm
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func templatePool(a *applier) {
+	a.t.Helper()
+	require.NoError(a.t, a.apply(&pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{
+		Pool: &pb.Pool{Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app"}, Max: 10, Desired: 1},
+	}}}).Err)
+	require.NoError(a.t, a.apply(&pb.Command{Command: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNodeCommand{
+		Node: "n1", Facts: &pb.NodeFacts{}}}}).Err)
+}
+
+func place(a *applier, n int) {
+	a.t.Helper()
+	c := &pb.PlaceInstancesCommand{Term: 3}
+	for range n {
+		c.Placements = append(c.Placements, &pb.Placement{Pool: "web", Node: "n1"})
+	}
+	require.NoError(a.t, a.apply(&pb.Command{Command: &pb.Command_PlaceInstances{PlaceInstances: c}}).Err)
+}
+
+func report(a *applier, node string, ins ...*pb.InstanceStatus) {
+	a.t.Helper()
+	require.NoError(a.t, a.apply(&pb.Command{Command: &pb.Command_ReportInstances{ReportInstances: &pb.ReportInstancesCommand{
+		Node: node, Instances: ins, Complete: true}}}).Err)
+}
+
+func poolsIndex(f *FSM) (idx uint64) {
+	f.Read(func(st *pb.State) { idx = st.PoolsIndex })
+	return idx
+}
+
+func TestInstances_lifecycleMovesTheTableVersion(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	templatePool(a)
+	place(a, 2)
+	st := a.f.Clone()
+	require.Len(t, st.Instances, 2)
+	require.Equal(t, pb.InstanceState_INSTANCE_STATE_PENDING, st.Instances["web-1"].State)
+	require.Equal(t, uint64(3), st.Instances["web-2"].Term)
+	require.Equal(t, uint64(3), st.Pools["web"].NextInstance)
+
+	v := poolsIndex(a.f)
+	starting := &pb.InstanceStatus{Id: "web-1", Address: "127.0.0.2:4000", State: pb.InstanceState_INSTANCE_STATE_STARTING}
+	report(a, "n1", starting)
+	require.Equal(t, v, poolsIndex(a.f), "a starting instance is not in the table")
+
+	report(a, "n1", &pb.InstanceStatus{Id: "web-1", Address: "127.0.0.2:4000", State: pb.InstanceState_INSTANCE_STATE_HEALTHY})
+	require.Greater(t, poolsIndex(a.f), v, "a healthy one enters it")
+	v = poolsIndex(a.f)
+
+	// Another node cannot report this node's instance.
+	report(a, "n2", &pb.InstanceStatus{Id: "web-1", State: pb.InstanceState_INSTANCE_STATE_EXITED})
+	require.Equal(t, pb.InstanceState_INSTANCE_STATE_HEALTHY, a.f.Clone().Instances["web-1"].State)
+
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DrainInstances{DrainInstances: &pb.DrainInstancesCommand{
+		Instances: []string{"web-1", "gone"}}}}).Err)
+	require.Greater(t, poolsIndex(a.f), v, "a draining one leaves the table")
+	in := a.f.Clone().Instances["web-1"]
+	require.True(t, in.Draining)
+	require.Equal(t, poolsIndex(a.f), in.DrainIndex)
+
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_StopInstances{StopInstances: &pb.StopInstancesCommand{
+		Instances: []string{"web-1"}}}}).Err)
+	require.True(t, a.f.Clone().Instances["web-1"].Stop)
+	// Still reported: kept. Then gone from a complete report: forgotten.
+	report(a, "n1", &pb.InstanceStatus{Id: "web-1", State: pb.InstanceState_INSTANCE_STATE_STOPPING})
+	require.Contains(t, a.f.Clone().Instances, "web-1")
+	report(a, "n1")
+	st = a.f.Clone()
+	require.NotContains(t, st.Instances, "web-1")
+	require.Contains(t, st.Instances, "web-2", "not being stopped: kept though unreported")
+}
+
+func TestInstances_scaleAndDeletePool(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	templatePool(a)
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_ScalePool{ScalePool: &pb.ScalePoolCommand{Pool: "web", Desired: 4}}}).Err)
+	require.Equal(t, uint32(4), a.f.Clone().Pools["web"].Desired)
+	err := a.apply(&pb.Command{Command: &pb.Command_ScalePool{ScalePool: &pb.ScalePoolCommand{Pool: "web", Desired: 11}}}).Err
+	require.Equal(t, codes.InvalidArgument, status.Code(err))
+	require.NoError(t, a.apply(createPool("", "static")).Err)
+	err = a.apply(&pb.Command{Command: &pb.Command_ScalePool{ScalePool: &pb.ScalePoolCommand{Pool: "static", Desired: 1}}}).Err
+	require.Equal(t, codes.FailedPrecondition, status.Code(err))
+
+	err = a.apply(&pb.Command{Command: &pb.Command_PlaceInstances{PlaceInstances: &pb.PlaceInstancesCommand{
+		Placements: []*pb.Placement{{Pool: "web", Node: "n1"}, {Pool: "web", Node: "nope"}}}}}).Err
+	require.Equal(t, codes.FailedPrecondition, status.Code(err))
+	require.Empty(t, a.f.Clone().Instances, "a placement command applies whole or not at all")
+
+	place(a, 2)
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DeletePool{DeletePool: &pb.DeletePoolCommand{Pool: "web"}}}).Err)
+	require.Empty(t, a.f.Clone().Instances)
+}
+
+func TestInstances_drainIsStickyAcrossDownAndUp(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	templatePool(a)
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DrainNode{DrainNode: &pb.DrainNodeCommand{Node: "n1", Drain: true}}}).Err)
+	status := func() pb.NodeStatus { return a.f.Clone().Nodes["n1"].Status }
+	require.Equal(t, pb.NodeStatus_NODE_STATUS_DRAINING, status())
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_SetNodeStatus{SetNodeStatus: &pb.SetNodeStatusCommand{Node: "n1", Status: pb.NodeStatus_NODE_STATUS_DOWN}}}).Err)
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_SetNodeStatus{SetNodeStatus: &pb.SetNodeStatusCommand{Node: "n1", Status: pb.NodeStatus_NODE_STATUS_UP}}}).Err)
+	require.Equal(t, pb.NodeStatus_NODE_STATUS_DRAINING, status())
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DrainNode{DrainNode: &pb.DrainNodeCommand{Node: "n1"}}}).Err)
+	require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, status())
+}

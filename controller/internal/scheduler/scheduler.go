@@ -1,0 +1,327 @@
+// Package scheduler is the leader loop that makes the instances of pools
+// with a template match what is wanted: it places missing instances on
+// live nodes that match a pool's selector, spreading each pool across
+// nodes and preferring free CPU and memory; it removes surplus instances in
+// two steps (out of the tables, then stopped once every balancer
+// acknowledged a table without them, or a deadline passed); it forgets the
+// instances of nodes that went down, and moves those of draining nodes.
+//
+// Every decision is a Raft command stamped with the leader's term; the
+// loop keeps no state of its own, so a new leader carries on where the old
+// one stopped.
+package scheduler
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/internal/labels"
+	"github.com/hostscale/hostscale/internal/logging"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Inputs is what a plan is made from besides the state.
+type Inputs struct {
+	Now time.Time
+	// Live reports whether a node's agent streams to this leader, and its
+	// latest sample (nil when none).
+	Live func(node string) (connected bool, latest *pb.Sample)
+	// Acked reports whether every balancer acknowledged a table at index
+	// or newer.
+	Acked func(index uint64) bool
+	// DrainDeadline: an instance out of the tables this long is stopped
+	// even if a balancer did not acknowledge.
+	DrainDeadline time.Duration
+}
+
+// Plan is one round's decisions.
+type Plan struct {
+	// Lost instances (their node is down or gone) to forget.
+	Lost []string
+	// New instances to create.
+	Place []*pb.Placement
+	// Instances to take out of the tables.
+	Drain []string
+	// Drained instances to stop.
+	Stop []string
+	// Unplaced counts, by pool, instances wanted that no node can take.
+	Unplaced map[string]int
+}
+
+// Empty reports whether the plan changes nothing.
+func (p *Plan) Empty() bool {
+	return len(p.Lost) == 0 && len(p.Place) == 0 && len(p.Drain) == 0 && len(p.Stop) == 0
+}
+
+// Make plans one round over st.
+func Make(st *pb.State, in Inputs) *Plan {
+	plan := &Plan{Unplaced: map[string]int{}}
+	byPool := map[string][]*pb.Instance{}
+	// perNode counts each pool's active instances on each node, including
+	// this round's placements.
+	perNode := map[string]map[string]int{}
+	for _, inst := range st.Instances {
+		n := st.Nodes[inst.Node]
+		if n == nil || n.Status == pb.NodeStatus_NODE_STATUS_DOWN {
+			plan.Lost = append(plan.Lost, inst.Id)
+			continue
+		}
+		if inst.Draining && !inst.Stop {
+			if in.Acked(inst.DrainIndex) || in.Now.Sub(inst.DrainingSince.AsTime()) >= in.DrainDeadline {
+				plan.Stop = append(plan.Stop, inst.Id)
+			}
+		}
+		if inst.Draining || inst.Stop {
+			continue
+		}
+		byPool[inst.Pool] = append(byPool[inst.Pool], inst)
+		if perNode[inst.Pool] == nil {
+			perNode[inst.Pool] = map[string]int{}
+		}
+		perNode[inst.Pool][inst.Node]++
+	}
+	slices.Sort(plan.Lost)
+	slices.Sort(plan.Stop)
+
+	pools := make([]string, 0, len(st.Pools))
+	for name, p := range st.Pools {
+		if p.Template != nil {
+			pools = append(pools, name)
+		}
+	}
+	slices.Sort(pools)
+	for _, name := range pools {
+		p := st.Pools[name]
+		var good, moving []*pb.Instance
+		for _, inst := range byPool[name] {
+			if st.Nodes[inst.Node].Status == pb.NodeStatus_NODE_STATUS_DRAINING {
+				moving = append(moving, inst)
+			} else {
+				good = append(good, inst)
+			}
+		}
+		want := int(p.Desired)
+		switch {
+		case len(good) < want:
+			if perNode[name] == nil {
+				perNode[name] = map[string]int{}
+			}
+			placed := place(st, in, p, want-len(good), perNode[name])
+			plan.Place = append(plan.Place, placed...)
+			if short := want - len(good) - len(placed); short > 0 {
+				plan.Unplaced[name] = short
+			}
+		case len(good) > want:
+			plan.Drain = append(plan.Drain, surplus(good, len(good)-want, perNode[name])...)
+		}
+		// A draining node's instances leave once their replacements serve.
+		if len(moving) > 0 && countHealthy(good) >= want {
+			for _, inst := range moving {
+				plan.Drain = append(plan.Drain, inst.Id)
+			}
+		}
+	}
+	return plan
+}
+
+func countHealthy(ins []*pb.Instance) int {
+	n := 0
+	for _, in := range ins {
+		if in.State == pb.InstanceState_INSTANCE_STATE_HEALTHY {
+			n++
+		}
+	}
+	return n
+}
+
+// place chooses nodes for n new instances of p, one at a time: the node
+// with the fewest of the pool's instances, then the most free CPU and
+// memory, then by name.
+func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int) []*pb.Placement {
+	sel, err := labels.Parse(p.Selector)
+	if err != nil {
+		return nil
+	}
+	type cand struct {
+		name string
+		free float64
+	}
+	var cands []cand
+	for name, node := range st.Nodes {
+		if node.Status != pb.NodeStatus_NODE_STATUS_UP || !sel.Matches(node.Labels) {
+			continue
+		}
+		connected, latest := in.Live(name)
+		if !connected {
+			continue
+		}
+		free := 200.0
+		if latest != nil {
+			free = (100 - latest.CpuPercent) + (100 - latest.MemoryUsedPercent)
+		}
+		cands = append(cands, cand{name, free})
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	out := make([]*pb.Placement, 0, n)
+	for range n {
+		best := slices.MinFunc(cands, func(a, b cand) int {
+			if c := cmp.Compare(count[a.name], count[b.name]); c != 0 {
+				return c
+			}
+			if c := cmp.Compare(b.free, a.free); c != 0 {
+				return c
+			}
+			return strings.Compare(a.name, b.name)
+		})
+		count[best.name]++
+		out = append(out, &pb.Placement{Pool: p.Name, Node: best.name})
+	}
+	return out
+}
+
+// surplus chooses n instances to remove: those not serving first, then from
+// the node with the most of the pool's instances, then the newest.
+func surplus(ins []*pb.Instance, n int, count map[string]int) []string {
+	ins = slices.Clone(ins)
+	count = maps.Clone(count)
+	before := func(a, b *pb.Instance) bool {
+		ah, bh := a.State == pb.InstanceState_INSTANCE_STATE_HEALTHY, b.State == pb.InstanceState_INSTANCE_STATE_HEALTHY
+		if ah != bh {
+			return bh
+		}
+		if count[a.Node] != count[b.Node] {
+			return count[a.Node] > count[b.Node]
+		}
+		return seq(a.Id) > seq(b.Id)
+	}
+	var out []string
+	for range n {
+		best := 0
+		for i := range ins {
+			if before(ins[i], ins[best]) {
+				best = i
+			}
+		}
+		victim := ins[best]
+		out = append(out, victim.Id)
+		count[victim.Node]--
+		ins = slices.Delete(ins, best, best+1)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// seq is the number at the end of an instance id.
+func seq(id string) uint64 {
+	n, _ := strconv.ParseUint(id[strings.LastIndexByte(id, '-')+1:], 10, 64)
+	return n
+}
+
+// Loop runs the scheduler while this node leads.
+type Loop struct {
+	FSM *fsm.FSM
+	// Live: as in Inputs.
+	Live func(node string) (bool, *pb.Sample)
+	// Acked reports whether every balancer acknowledged a table at index
+	// or newer; since is when this leadership's loop started.
+	Acked func(index uint64, since time.Time) bool
+	// AckChanged returns a channel closed at the next acknowledgement.
+	AckChanged func() <-chan struct{}
+	// Apply writes a command through Raft on this leader.
+	Apply func(cmd *pb.Command) error
+	// Term is the leadership's term, stamped on every decision.
+	Term          func() uint64
+	DrainDeadline time.Duration
+	// Interval bounds the time between rounds when nothing changes (for
+	// deadlines and samples).
+	Interval time.Duration
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+func (l *Loop) Name() string { return "scheduler" }
+
+// Run plans and applies rounds until ctx is cancelled.
+func (l *Loop) Run(ctx context.Context) error {
+	log := logging.OrDiscard(l.Logger)
+	now := l.Now
+	if now == nil {
+		now = time.Now
+	}
+	start := now()
+	acked := func(index uint64) bool { return l.Acked(index, start) }
+	t := time.NewTicker(l.Interval)
+	defer t.Stop()
+	warned := map[string]int{}
+	for {
+		changed := l.FSM.Changed()
+		ackChanged := l.AckChanged()
+		var plan *Plan
+		l.FSM.Read(func(st *pb.State) {
+			plan = Make(st, Inputs{Now: now(), Live: l.Live, Acked: acked, DrainDeadline: l.DrainDeadline})
+		})
+		if err := l.apply(plan, log); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Warn("scheduler round failed", "err", err)
+		}
+		for pool, n := range plan.Unplaced {
+			if warned[pool] != n {
+				log.Warn("no node can take the pool's instances", "pool", pool, "unplaced", n)
+			}
+		}
+		warned = plan.Unplaced
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-ackChanged:
+		case <-t.C:
+		}
+	}
+}
+
+func (l *Loop) apply(p *Plan, log *slog.Logger) error {
+	term := l.Term()
+	if len(p.Lost) > 0 {
+		if err := l.Apply(&pb.Command{Command: &pb.Command_DeleteInstances{DeleteInstances: &pb.DeleteInstancesCommand{
+			Instances: p.Lost, Reason: "node down"}}}); err != nil {
+			return err
+		}
+		log.Info("instances lost with their node", "instances", strings.Join(p.Lost, ","))
+	}
+	if len(p.Stop) > 0 {
+		if err := l.Apply(&pb.Command{Command: &pb.Command_StopInstances{StopInstances: &pb.StopInstancesCommand{
+			Term: term, Instances: p.Stop}}}); err != nil {
+			return err
+		}
+		log.Info("stopping instances", "instances", strings.Join(p.Stop, ","))
+	}
+	if len(p.Drain) > 0 {
+		if err := l.Apply(&pb.Command{Command: &pb.Command_DrainInstances{DrainInstances: &pb.DrainInstancesCommand{
+			Term: term, Instances: p.Drain}}}); err != nil {
+			return err
+		}
+		log.Info("instances out of the tables", "instances", strings.Join(p.Drain, ","))
+	}
+	if len(p.Place) > 0 {
+		if err := l.Apply(&pb.Command{Command: &pb.Command_PlaceInstances{PlaceInstances: &pb.PlaceInstancesCommand{
+			Term: term, Placements: p.Place}}}); err != nil {
+			return err
+		}
+		for _, pl := range p.Place {
+			log.Info("instance placed", "pool", pl.Pool, "node", pl.Node)
+		}
+	}
+	return nil
+}

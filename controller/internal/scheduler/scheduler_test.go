@@ -1,0 +1,126 @@
+package scheduler
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func state(nodes map[string]pb.NodeStatus, desired uint32, ins ...*pb.Instance) *pb.State {
+	st := &pb.State{Nodes: map[string]*pb.Node{}, Instances: map[string]*pb.Instance{}, Pools: map[string]*pb.Pool{
+		"web": {Name: "web", Template: &pb.InstanceTemplate{Command: "app"}, Selector: "tier=web", Max: 10, Desired: desired},
+	}}
+	for n, s := range nodes {
+		st.Nodes[n] = &pb.Node{Name: n, Status: s, Labels: map[string]string{"tier": "web"}}
+	}
+	for _, in := range ins {
+		st.Instances[in.Id] = in
+	}
+	return st
+}
+
+func inst(id, node string, s pb.InstanceState) *pb.Instance {
+	return &pb.Instance{Id: id, Pool: "web", Node: node, State: s, Address: "127.0.0.1:1"}
+}
+
+func inputs(samples map[string]*pb.Sample) Inputs {
+	return Inputs{
+		Now:           t0,
+		Live:          func(n string) (bool, *pb.Sample) { return true, samples[n] },
+		Acked:         func(uint64) bool { return false },
+		DrainDeadline: 10 * time.Second,
+	}
+}
+
+const (
+	up       = pb.NodeStatus_NODE_STATUS_UP
+	down     = pb.NodeStatus_NODE_STATUS_DOWN
+	draining = pb.NodeStatus_NODE_STATUS_DRAINING
+	healthy  = pb.InstanceState_INSTANCE_STATE_HEALTHY
+	starting = pb.InstanceState_INSTANCE_STATE_STARTING
+)
+
+func nodesOf(pl []*pb.Placement) map[string]int {
+	out := map[string]int{}
+	for _, p := range pl {
+		out[p.Node]++
+	}
+	return out
+}
+
+func TestPlaceSpreadsThenPrefersFreeHosts(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up, "c": down}, 5)
+	busy := map[string]*pb.Sample{"a": {CpuPercent: 90, MemoryUsedPercent: 50}, "b": {CpuPercent: 10, MemoryUsedPercent: 50}}
+	p := Make(st, inputs(busy))
+	// Spread 3 and 2; the odd one goes to the freer host b; never to c (down).
+	require.Equal(t, map[string]int{"a": 2, "b": 3}, nodesOf(p.Place))
+	require.Empty(t, p.Drain)
+}
+
+func TestPlaceHonoursSelectorAndLiveness(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up, "d": draining}, 2)
+	st.Nodes["b"].Labels["tier"] = "db"
+	in := inputs(nil)
+	in.Live = func(n string) (bool, *pb.Sample) { return n != "a", nil }
+	p := Make(st, in)
+	require.Empty(t, p.Place, "a is not connected, b does not match, d is draining")
+	require.Equal(t, 2, p.Unplaced["web"])
+}
+
+func TestSurplusRemovesNotServingFirstThenFromTheFullestNode(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2,
+		inst("web-1", "a", healthy), inst("web-2", "a", healthy), inst("web-3", "a", healthy),
+		inst("web-4", "b", healthy), inst("web-5", "b", starting))
+	p := Make(st, inputs(nil))
+	require.Empty(t, p.Place)
+	// web-5 is not serving; then a has 3 against b's 1: its newest go.
+	require.Equal(t, []string{"web-2", "web-3", "web-5"}, p.Drain)
+}
+
+func TestLostInstancesAreForgottenAndReplaced(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": down}, 2, inst("web-1", "a", healthy), inst("web-2", "b", healthy))
+	p := Make(st, inputs(nil))
+	require.Equal(t, []string{"web-2"}, p.Lost)
+	require.Equal(t, map[string]int{"a": 1}, nodesOf(p.Place))
+}
+
+func TestDrainedInstanceStopsAfterAckOrDeadline(t *testing.T) {
+	d := inst("web-1", "a", healthy)
+	d.Draining, d.DrainIndex, d.DrainingSince = true, 40, timestamppb.New(t0.Add(-5*time.Second))
+	st := state(map[string]pb.NodeStatus{"a": up}, 0, d)
+	in := inputs(nil)
+	require.Empty(t, Make(st, in).Stop, "not acknowledged, deadline not passed")
+	in.Acked = func(i uint64) bool { return i <= 40 }
+	require.Equal(t, []string{"web-1"}, Make(st, in).Stop)
+	in.Acked = func(uint64) bool { return false }
+	in.Now = t0.Add(5 * time.Second)
+	require.Equal(t, []string{"web-1"}, Make(st, in).Stop, "deadline passed")
+	d.Stop = true
+	require.Empty(t, Make(st, in).Stop, "already stopping")
+}
+
+func TestDrainingNodeMovesAfterReplacementsServe(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": draining, "b": up}, 2, inst("web-1", "a", healthy), inst("web-2", "a", healthy))
+	p := Make(st, inputs(nil))
+	require.Equal(t, map[string]int{"b": 2}, nodesOf(p.Place))
+	require.Empty(t, p.Drain, "the old ones serve until the new ones do")
+
+	st.Instances["web-3"] = inst("web-3", "b", healthy)
+	st.Instances["web-4"] = inst("web-4", "b", starting)
+	require.Empty(t, Make(st, inputs(nil)).Drain)
+	st.Instances["web-4"].State = healthy
+	p = Make(st, inputs(nil))
+	require.Empty(t, p.Place)
+	require.Equal(t, []string{"web-1", "web-2"}, p.Drain)
+}
+
+func TestSteadyStateMakesNoPlan(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2, inst("web-1", "a", healthy), inst("web-2", "b", starting))
+	require.True(t, Make(st, inputs(nil)).Empty())
+}

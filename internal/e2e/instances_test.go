@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func perNode(ins []*pb.Instance) map[string]int {
+	out := map[string]int{}
+	for _, in := range ins {
+		out[in.Node]++
+	}
+	return out
+}
+
+// TestInstances_spreadServeAndScaleUnderLoad: a pool of 4 runs 2 and 2 on
+// two hosts and every instance answers through the balancer; scaling to 8
+// and then to 2 under steady load fails no request, and each host runs
+// exactly its assigned processes after each step.
+func TestInstances_spreadServeAndScaleUnderLoad(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	f.createPool("web", 4, nil)
+	ins := f.settled("web", 4, 30*time.Second)
+	require.Equal(t, map[string]int{"host-a": 2, "host-b": 2}, perNode(ins))
+
+	l := f.startLoad(4)
+	defer l.end()
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(context.Context) error {
+		if n := len(l.served()); n != 4 {
+			return fmt.Errorf("%d distinct instances answered", n)
+		}
+		return nil
+	}))
+
+	for _, n := range []uint32{8, 2} {
+		start := time.Now()
+		_, err := f.pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: n})
+		require.NoError(t, err)
+		ins = f.settled("web", int(n), 30*time.Second)
+		t.Logf("scaled to %d in %v: %v", n, time.Since(start).Round(time.Millisecond), perNode(ins))
+		require.Equal(t, map[string]int{"host-a": int(n) / 2, "host-b": int(n) / 2}, perNode(ins))
+		l.served()
+		require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(context.Context) error {
+			by := l.served()
+			for _, in := range ins {
+				if by[in.Id] == 0 {
+					return fmt.Errorf("%s got no request (%v)", in.Id, by)
+				}
+			}
+			if len(by) != len(ins) {
+				return fmt.Errorf("answers from %v, want only %d instances", by, len(ins))
+			}
+			return nil
+		}))
+	}
+	l.end()
+	t.Logf("%d requests, %d failed", l.ok.Load(), l.failed.Load())
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+	require.Greater(t, l.ok.Load(), int64(100))
+}
+
+// TestInstances_agentLossRestartAndCrashes: an instance killed is started
+// again; a command that always exits is backed off and says why; an agent
+// restarted while its instances run adopts them (none twice, none lost);
+// an agent killed with its instances has them run on the other host within
+// TTL + 10s, and then no request fails.
+func TestInstances_agentLossRestartAndCrashes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	f.createPool("web", 4, nil)
+	ins := f.settled("web", 4, 30*time.Second)
+
+	// A killed instance comes back with its restart counted.
+	victim := ins[0]
+	require.NoError(t, killPid(int(victim.Pid)))
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(ctx context.Context) error {
+		for _, in := range f.instances("web") {
+			if in.Id == victim.Id && (in.Restarts != 1 || in.State != pb.InstanceState_INSTANCE_STATE_HEALTHY || in.Pid == victim.Pid) {
+				return fmt.Errorf("%s: %v, %d restarts, pid %d", in.Id, in.State, in.Restarts, in.Pid)
+			}
+		}
+		return nil
+	}))
+	ins = f.settled("web", 4, 10*time.Second)
+
+	// A command that always exits is backed off, not spun.
+	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "broken", PathPrefix: "/broken", Selector: "tier=web", Desired: 1,
+		Template: &pb.InstanceTemplate{Command: "/bin/sh", Args: []string{"-c", "exit 3"}},
+	}})
+	require.NoError(t, err)
+	began := time.Now()
+	var broken *pb.Instance
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+		bi := f.instances("broken")
+		if len(bi) != 1 || bi[0].Restarts < 3 {
+			return fmt.Errorf("broken: %v", bi)
+		}
+		broken = bi[0]
+		return nil
+	}))
+	elapsed := time.Since(began)
+	t.Logf("always-exiting instance: %d restarts in %v, state %v: %q", broken.Restarts, elapsed.Round(time.Millisecond), broken.State, broken.Message)
+	require.Less(t, float64(broken.Restarts), elapsed.Seconds()*2+2, "backed off, not spun")
+	require.Contains(t, broken.Message, "code 3")
+	_, err = f.pools().DeletePool(ctx, &pb.DeletePoolRequest{Pool: "broken"})
+	require.NoError(t, err)
+
+	// Restart host-a's agent while its instances run: adopted, not doubled.
+	a := f.agents["host-a"]
+	before := map[string]uint32{}
+	for _, in := range ins {
+		before[in.Id] = in.Pid
+	}
+	a.stop(t)
+	require.Equal(t, 4, len(runningInstances()), "instances outlive their agent")
+	f.startAgent(a)
+	f.waitAgent("host-a")
+	ins = f.settled("web", 4, 20*time.Second)
+	for _, in := range ins {
+		require.Equal(t, before[in.Id], in.Pid, "%s was adopted, not started again", in.Id)
+	}
+
+	// Kill host-b's agent and its instances: they run on host-a within
+	// TTL + 10s; once the table has them, no request fails.
+	b := f.agents["host-b"]
+	b.kill()
+	killed := time.Now()
+	require.Equal(t, 2, f.killInstances("host-b"))
+	ins = f.settledOn("web", 4, map[string]int{"host-a": 4}, ttl+10*time.Second)
+	t.Logf("host-b's instances run on host-a %v after the kill", time.Since(killed).Round(time.Millisecond))
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if v := f.balancerSees(ins); v != "" {
+			return fmt.Errorf("%s", v)
+		}
+		return nil
+	}))
+	l := f.startLoad(4)
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if n := l.ok.Load(); n < 500 {
+			return fmt.Errorf("%d requests so far", n)
+		}
+		return nil
+	}))
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests after the table update: %v", l.errs)
+	require.Len(t, l.served(), 4)
+}
+
+// TestInstances_leaderKilledDuringScaleOutAndDrain: the new leader finishes
+// a scale-out the old one began, no instance runs twice; a drained node's
+// instances move to the other one with no failed request.
+func TestInstances_leaderKilledDuringScaleOutAndDrain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	f.createPool("web", 2, nil)
+	f.settled("web", 2, 30*time.Second)
+
+	l := f.startLoad(4)
+	defer l.end()
+	old := f.leader()
+	_, err := old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 6})
+	require.NoError(t, err)
+	old.Kill()
+	ins := f.settled("web", 6, 30*time.Second)
+	require.Equal(t, map[string]int{"host-a": 3, "host-b": 3}, perNode(ins))
+	for id, n := range runningInstances() {
+		require.Equal(t, 1, n, "%s runs once", id)
+	}
+	old.Restart()
+
+	_, err = f.leader().Nodes().DrainNode(ctx, &pb.DrainNodeRequest{Node: "host-a"})
+	require.NoError(t, err)
+	f.settledOn("web", 6, map[string]int{"host-b": 6}, 40*time.Second)
+	l.end()
+	t.Logf("%d requests, %d failed", l.ok.Load(), l.failed.Load())
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+
+	// Undrained, the node takes placements again.
+	_, err = f.leader().Nodes().DrainNode(ctx, &pb.DrainNodeRequest{Node: "host-a", Undo: true})
+	require.NoError(t, err)
+	_, err = f.pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 8})
+	require.NoError(t, err)
+	f.settledOn("web", 8, map[string]int{"host-a": 2, "host-b": 6}, 30*time.Second)
+}
