@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -88,6 +88,10 @@ bench-proxy:
 ## soak: the slow end-to-end suites
 soak:
 	@for m in $(MODULES); do (cd $$m && HOSTSCALE_SLOW=1 go test -race -count=1 -timeout 60m ./...); done
+
+## dev: build, then run a controller, an agent, a balancer on 127.0.0.1:8080 and the demo pool (Ctrl-C stops all)
+dev: build
+	scripts/dev.sh
 
 ## cluster: three controllers in the background on 127.0.0.1:7700/7710/7720
 cluster: build

@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+)
+
+// TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll runs the README's
+// first command as a newcomer would, from the repository root: `make dev`
+// builds everything and starts it; a request to 127.0.0.1:8080 is answered
+// by an instance of the demo pool; Ctrl-C (SIGINT to the foreground process
+// group) stops every process it started, the instances included.
+func TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make is not installed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	root, err := filepath.Abs("../..")
+	require.NoError(t, err)
+	p := &proc{name: "make dev", cmd: exec.Command("make", "dev"), done: make(chan struct{})}
+	p.cmd.Dir = root
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := p.cmd.StdoutPipe()
+	require.NoError(t, err)
+	p.cmd.Stderr = p.cmd.Stdout
+	require.NoError(t, p.cmd.Start())
+	go func() {
+		defer close(p.done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := out.Read(buf)
+			p.mu.Lock()
+			p.logs.Write(buf[:n])
+			p.mu.Unlock()
+			if err != nil {
+				break
+			}
+		}
+		_ = p.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		// Ctrl-C first, so that the agent stops the instances; SIGKILL
+		// if that does not end it.
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGINT)
+		select {
+		case <-p.done:
+		case <-time.After(20 * time.Second):
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+		for pid := range instanceProcs() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			t.Logf("make dev output:\n%s", tail(p.log(), 60))
+		}
+	})
+
+	var answer string
+	require.NoError(t, testcluster.Eventually(ctx, 6*time.Minute, func(context.Context) error {
+		select {
+		case <-p.done:
+			return fmt.Errorf("make dev exited")
+		default:
+		}
+		if !strings.Contains(p.log(), "Ctrl-C stops everything") {
+			return fmt.Errorf("no banner yet")
+		}
+		resp, err := http.Get("http://127.0.0.1:8080/")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		answer = string(body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, body)
+		}
+		return nil
+	}), "make dev output:\n%s", p.log())
+	require.True(t, strings.HasPrefix(answer, "served by demo-"), answer)
+	require.Contains(t, p.log(), "grpcurl -plaintext 127.0.0.1:7700")
+	require.Len(t, instanceProcs(), 2, "the demo pool runs 2 instances")
+
+	// Ctrl-C: the terminal sends SIGINT to the whole foreground group.
+	require.NoError(t, syscall.Kill(-p.cmd.Process.Pid, syscall.SIGINT))
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("make dev did not stop within 30s of Ctrl-C")
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if n := len(instanceProcs()); n != 0 {
+			return fmt.Errorf("%d instances still run", n)
+		}
+		if err := syscall.Kill(-p.cmd.Process.Pid, 0); err != syscall.ESRCH {
+			return fmt.Errorf("a process of make dev's group still runs (%v)", err)
+		}
+		return nil
+	}))
+	_, err = http.Get("http://127.0.0.1:8080/")
+	require.Error(t, err, "the balancer is gone")
+}

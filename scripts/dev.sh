@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# make dev: a whole hostscale on loopback, in the foreground, until Ctrl-C.
+#   controller  dev         gRPC 127.0.0.1:7700 (Raft 7701, HTTP 7702), one node
+#   agent       dev-host    admin 127.0.0.1:7703, runs the demo pool's instances
+#   balancer    dev-lb      HTTP 127.0.0.1:8080, admin 127.0.0.1:8081
+#   pool        demo        2 instances of bin/hostscale-demo
+# State and logs go to .dev/ (emptied at each start). Ctrl-C stops every
+# process started here, the instances included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+dir=.dev
+rm -rf "$dir"
+mkdir -p "$dir"
+
+pids=()
+stopping=0
+stop_all() {
+	[ "$stopping" = 1 ] && return
+	stopping=1
+	trap - INT TERM
+	echo
+	echo "stopping hostscale dev mode..."
+	# The agent first: it stops the instances (-stop-instances-on-exit).
+	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+	echo "stopped."
+}
+trap 'stop_all; exit 130' INT TERM
+trap stop_all EXIT
+
+start() { # name, then the command
+	local name=$1
+	shift
+	"$@" >"$dir/$name.log" 2>&1 &
+	pids+=($!)
+}
+
+wait_for() { # what, url
+	for _ in $(seq 1 200); do
+		if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	echo "dev: $1 did not come up within 20s; its log:" >&2
+	tail -n 20 "$dir/$1.log" >&2
+	exit 1
+}
+
+for port in 7700 7701 7702 7703 8080 8081; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		echo "dev: 127.0.0.1:$port is in use (make cluster-down? another make dev?)" >&2
+		exit 1
+	fi
+done
+
+start controller bin/hostscale-controller -id dev -data-dir "$dir/controller" -peers dev=127.0.0.1:7701 \
+	-grpc-addr 127.0.0.1:7700 -raft-addr 127.0.0.1:7701 -http-addr 127.0.0.1:7702 -heartbeat-ttl 5s -drain-deadline 5s
+wait_for controller http://127.0.0.1:7702/readyz
+start agent bin/hostscale-agent -node-id dev-host -controllers 127.0.0.1:7700 -data-dir "$dir/agent" \
+	-advertise-addr 127.0.0.1 -http-addr 127.0.0.1:7703 -labels tier=web -stop-instances-on-exit
+start balancer bin/hostscale-balancer -listen 127.0.0.1:8080 -http-addr 127.0.0.1:8081 -controllers 127.0.0.1:7700 \
+	-name dev-lb -data-dir "$dir/balancer"
+wait_for agent http://127.0.0.1:7703/readyz
+
+bin/hostscale -addr 127.0.0.1:7700 create-pool - >/dev/null <<JSON
+{"name": "demo", "template": {"command": "$root/bin/hostscale-demo", "healthPath": "/healthz",
+ "healthInterval": "0.5s", "stopGrace": "5s", "env": {"DEMO_CPU": "2ms"}},
+ "min": 1, "max": 10, "desired": 2}
+JSON
+for _ in $(seq 1 300); do
+	if curl -fsS -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; then break; fi
+	sleep 0.1
+done
+
+cat <<'MSG'
+
+hostscale dev mode is up: one controller, one agent, a balancer and the demo pool.
+
+  curl http://127.0.0.1:8080/                   # answered by an instance of the demo pool
+  bin/hostscale instances demo                  # where they run, and their state
+  bin/hostscale scale demo 4                    # two more; watch curl answer from them
+  bin/hostscale nodes                           # the host and its latest sample
+
+  grpcurl -plaintext 127.0.0.1:7700 list
+  grpcurl -plaintext 127.0.0.1:7700 hostscale.v1.NodeService/ListNodes
+  grpcurl -plaintext -d '{"pool":"demo"}' 127.0.0.1:7700 hostscale.v1.PoolService/GetPool
+  grpcurl -plaintext -d '{"pool":"demo","desired":3}' 127.0.0.1:7700 hostscale.v1.PoolService/ScalePool
+  grpcurl -plaintext -d '{"pool":"demo"}' 127.0.0.1:7700 hostscale.v1.PoolService/ListInstances
+
+  metrics: http://127.0.0.1:7702/metrics (controller), :7703 (agent), :8081 (balancer)
+  logs:    .dev/*.log, instance output under .dev/agent/instances/
+
+Ctrl-C stops everything.
+MSG
+
+# Run until Ctrl-C, or until one of the processes dies.
+set +e
+wait -n "${pids[@]}"
+echo "dev: a process exited; see $dir/*.log" >&2
+exit 1
