@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev bench-instances build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -92,6 +92,10 @@ soak:
 ## dev: build, then run a controller, an agent, a balancer on 127.0.0.1:8080 and the demo pool (Ctrl-C stops all)
 dev: build
 	scripts/dev.sh
+
+## bench-instances: ScalePool to serving, and removal to exit, with every binary (docs/benchmarks.md)
+bench-instances:
+	cd internal && HOSTSCALE_BENCH=1 go test -count=1 -v -run TestBench_scaleLatency ./e2e/ | grep -E 'ScalePool|^(---|ok|FAIL)'
 
 ## cluster: three controllers in the background on 127.0.0.1:7700/7710/7720
 cluster: build

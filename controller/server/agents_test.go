@@ -216,6 +216,10 @@ func TestAgents_newLeaderStartsTTLClocksAfresh(t *testing.T) {
 	}))
 }
 
+func report(ins ...*pb.InstanceStatus) *pb.ConnectRequest {
+	return &pb.ConnectRequest{Message: &pb.ConnectRequest_Instances{Instances: &pb.InstanceReport{Instances: ins}}}
+}
+
 // rawCodec sends bytes as they are.
 type rawCodec struct{}
 
@@ -271,6 +275,10 @@ func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
 		"over the batch limit": {[]*pb.ConnectRequest{hello("bad-1"), batch(1, tooMany...)}, codes.ResourceExhausted, "samples"},
 		"hello twice":          {[]*pb.ConnectRequest{hello("bad-1"), hello("bad-1")}, codes.FailedPrecondition, "hello"},
 		"empty message":        {[]*pb.ConnectRequest{hello("bad-1"), {}}, codes.InvalidArgument, "message"},
+		"instance without id":  {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{State: pb.InstanceState_INSTANCE_STATE_HEALTHY})}, codes.InvalidArgument, "instances[0].id"},
+		"instance bad address": {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1", State: pb.InstanceState_INSTANCE_STATE_HEALTHY, Address: "nowhere"})}, codes.InvalidArgument, "instances[0].address"},
+		"instance bad state":   {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1", State: 99})}, codes.InvalidArgument, "instances[0].state"},
+		"instance no state":    {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1"})}, codes.InvalidArgument, "instances[0].state"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			s, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)
