@@ -216,7 +216,9 @@ type Sample struct {
 	TcpConnections          uint32                 `protobuf:"varint,16,opt,name=tcp_connections,json=tcpConnections,proto3" json:"tcp_connections,omitempty"`
 	Processes               uint32                 `protobuf:"varint,17,opt,name=processes,proto3" json:"processes,omitempty"`
 	// Taken while the agent had no controller, and sent after it reconnected.
-	Late          bool `protobuf:"varint,18,opt,name=late,proto3" json:"late,omitempty"`
+	Late bool `protobuf:"varint,18,opt,name=late,proto3" json:"late,omitempty"`
+	// The instances the agent runs, over the same interval.
+	Instances     []*InstanceUsage `protobuf:"bytes,19,rep,name=instances,proto3" json:"instances,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +379,75 @@ func (x *Sample) GetLate() bool {
 	return false
 }
 
+func (x *Sample) GetInstances() []*InstanceUsage {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// InstanceUsage is one instance's resource use.
+type InstanceUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// CPU time over wall time, in percent of one core.
+	CpuPercent    float64 `protobuf:"fixed64,2,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	RssBytes      uint64  `protobuf:"varint,3,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceUsage) Reset() {
+	*x = InstanceUsage{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceUsage) ProtoMessage() {}
+
+func (x *InstanceUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceUsage.ProtoReflect.Descriptor instead.
+func (*InstanceUsage) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *InstanceUsage) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InstanceUsage) GetCpuPercent() float64 {
+	if x != nil {
+		return x.CpuPercent
+	}
+	return 0
+}
+
+func (x *InstanceUsage) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
 // Hello registers the agent on a new stream.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -392,7 +463,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[3]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +475,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[3]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +488,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Hello) GetNode() string {
@@ -461,7 +532,7 @@ type SampleBatch struct {
 
 func (x *SampleBatch) Reset() {
 	*x = SampleBatch{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[4]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +544,7 @@ func (x *SampleBatch) String() string {
 func (*SampleBatch) ProtoMessage() {}
 
 func (x *SampleBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[4]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +557,7 @@ func (x *SampleBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SampleBatch.ProtoReflect.Descriptor instead.
 func (*SampleBatch) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SampleBatch) GetSeq() uint64 {
@@ -514,7 +585,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +597,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +610,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -560,7 +631,7 @@ type InstanceReport struct {
 
 func (x *InstanceReport) Reset() {
 	*x = InstanceReport{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +643,7 @@ func (x *InstanceReport) String() string {
 func (*InstanceReport) ProtoMessage() {}
 
 func (x *InstanceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +656,7 @@ func (x *InstanceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceReport.ProtoReflect.Descriptor instead.
 func (*InstanceReport) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InstanceReport) GetInstances() []*InstanceStatus {
@@ -614,7 +685,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +697,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +710,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -720,7 +791,7 @@ type ConnectRequest struct {
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +803,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +816,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConnectRequest) GetMessage() isConnectRequest_Message {
@@ -831,7 +902,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +914,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +927,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetInstance() string {
@@ -896,7 +967,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +979,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +992,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Assignments) GetTerm() uint64 {
@@ -961,7 +1032,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1044,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1057,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Welcome) GetController() string {
@@ -1031,7 +1102,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1114,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1127,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -1092,7 +1163,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1175,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1188,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Redirect) GetLeaderId() string {
@@ -1149,7 +1220,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1232,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1245,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ConnectResponse) GetMessage() isConnectResponse_Message {
@@ -1268,7 +1339,7 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"used_bytes\x18\x03 \x01(\x04R\tusedBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
-	"totalBytes\"\xe7\x05\n" +
+	"totalBytes\"\xa2\x06\n" +
 	"\x06Sample\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
 	"\vcpu_percent\x18\x02 \x01(\x01R\n" +
@@ -1289,7 +1360,13 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\x17net_tx_bytes_per_second\x18\x0f \x01(\x01R\x13netTxBytesPerSecond\x12'\n" +
 	"\x0ftcp_connections\x18\x10 \x01(\rR\x0etcpConnections\x12\x1c\n" +
 	"\tprocesses\x18\x11 \x01(\rR\tprocesses\x12\x12\n" +
-	"\x04late\x18\x12 \x01(\bR\x04late\"\xf5\x01\n" +
+	"\x04late\x18\x12 \x01(\bR\x04late\x129\n" +
+	"\tinstances\x18\x13 \x03(\v2\x1b.hostscale.v1.InstanceUsageR\tinstances\"]\n" +
+	"\rInstanceUsage\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vcpu_percent\x18\x02 \x01(\x01R\n" +
+	"cpuPercent\x12\x1b\n" +
+	"\trss_bytes\x18\x03 \x01(\x04R\brssBytes\"\xf5\x01\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x05facts\x18\x02 \x01(\v2\x17.hostscale.v1.NodeFactsR\x05facts\x127\n" +
@@ -1365,59 +1442,61 @@ func file_hostscale_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_agent_proto_rawDescData
 }
 
-var file_hostscale_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_hostscale_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_hostscale_v1_agent_proto_goTypes = []any{
 	(*NodeFacts)(nil),             // 0: hostscale.v1.NodeFacts
 	(*DiskUsage)(nil),             // 1: hostscale.v1.DiskUsage
 	(*Sample)(nil),                // 2: hostscale.v1.Sample
-	(*Hello)(nil),                 // 3: hostscale.v1.Hello
-	(*SampleBatch)(nil),           // 4: hostscale.v1.SampleBatch
-	(*Heartbeat)(nil),             // 5: hostscale.v1.Heartbeat
-	(*InstanceReport)(nil),        // 6: hostscale.v1.InstanceReport
-	(*InstanceStatus)(nil),        // 7: hostscale.v1.InstanceStatus
-	(*ConnectRequest)(nil),        // 8: hostscale.v1.ConnectRequest
-	(*Assignment)(nil),            // 9: hostscale.v1.Assignment
-	(*Assignments)(nil),           // 10: hostscale.v1.Assignments
-	(*Welcome)(nil),               // 11: hostscale.v1.Welcome
-	(*Ack)(nil),                   // 12: hostscale.v1.Ack
-	(*Redirect)(nil),              // 13: hostscale.v1.Redirect
-	(*ConnectResponse)(nil),       // 14: hostscale.v1.ConnectResponse
-	nil,                           // 15: hostscale.v1.Hello.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(InstanceState)(0),            // 18: hostscale.v1.InstanceState
-	(*InstanceTemplate)(nil),      // 19: hostscale.v1.InstanceTemplate
+	(*InstanceUsage)(nil),         // 3: hostscale.v1.InstanceUsage
+	(*Hello)(nil),                 // 4: hostscale.v1.Hello
+	(*SampleBatch)(nil),           // 5: hostscale.v1.SampleBatch
+	(*Heartbeat)(nil),             // 6: hostscale.v1.Heartbeat
+	(*InstanceReport)(nil),        // 7: hostscale.v1.InstanceReport
+	(*InstanceStatus)(nil),        // 8: hostscale.v1.InstanceStatus
+	(*ConnectRequest)(nil),        // 9: hostscale.v1.ConnectRequest
+	(*Assignment)(nil),            // 10: hostscale.v1.Assignment
+	(*Assignments)(nil),           // 11: hostscale.v1.Assignments
+	(*Welcome)(nil),               // 12: hostscale.v1.Welcome
+	(*Ack)(nil),                   // 13: hostscale.v1.Ack
+	(*Redirect)(nil),              // 14: hostscale.v1.Redirect
+	(*ConnectResponse)(nil),       // 15: hostscale.v1.ConnectResponse
+	nil,                           // 16: hostscale.v1.Hello.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(InstanceState)(0),            // 19: hostscale.v1.InstanceState
+	(*InstanceTemplate)(nil),      // 20: hostscale.v1.InstanceTemplate
 }
 var file_hostscale_v1_agent_proto_depIdxs = []int32{
-	16, // 0: hostscale.v1.NodeFacts.boot_time:type_name -> google.protobuf.Timestamp
-	16, // 1: hostscale.v1.Sample.time:type_name -> google.protobuf.Timestamp
+	17, // 0: hostscale.v1.NodeFacts.boot_time:type_name -> google.protobuf.Timestamp
+	17, // 1: hostscale.v1.Sample.time:type_name -> google.protobuf.Timestamp
 	1,  // 2: hostscale.v1.Sample.disks:type_name -> hostscale.v1.DiskUsage
-	0,  // 3: hostscale.v1.Hello.facts:type_name -> hostscale.v1.NodeFacts
-	15, // 4: hostscale.v1.Hello.labels:type_name -> hostscale.v1.Hello.LabelsEntry
-	17, // 5: hostscale.v1.Hello.interval:type_name -> google.protobuf.Duration
-	2,  // 6: hostscale.v1.SampleBatch.samples:type_name -> hostscale.v1.Sample
-	16, // 7: hostscale.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	7,  // 8: hostscale.v1.InstanceReport.instances:type_name -> hostscale.v1.InstanceStatus
-	18, // 9: hostscale.v1.InstanceStatus.state:type_name -> hostscale.v1.InstanceState
-	16, // 10: hostscale.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
-	3,  // 11: hostscale.v1.ConnectRequest.hello:type_name -> hostscale.v1.Hello
-	4,  // 12: hostscale.v1.ConnectRequest.samples:type_name -> hostscale.v1.SampleBatch
-	5,  // 13: hostscale.v1.ConnectRequest.heartbeat:type_name -> hostscale.v1.Heartbeat
-	6,  // 14: hostscale.v1.ConnectRequest.instances:type_name -> hostscale.v1.InstanceReport
-	19, // 15: hostscale.v1.Assignment.template:type_name -> hostscale.v1.InstanceTemplate
-	9,  // 16: hostscale.v1.Assignments.instances:type_name -> hostscale.v1.Assignment
-	17, // 17: hostscale.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
-	11, // 18: hostscale.v1.ConnectResponse.welcome:type_name -> hostscale.v1.Welcome
-	12, // 19: hostscale.v1.ConnectResponse.ack:type_name -> hostscale.v1.Ack
-	13, // 20: hostscale.v1.ConnectResponse.redirect:type_name -> hostscale.v1.Redirect
-	10, // 21: hostscale.v1.ConnectResponse.assignments:type_name -> hostscale.v1.Assignments
-	8,  // 22: hostscale.v1.AgentService.Connect:input_type -> hostscale.v1.ConnectRequest
-	14, // 23: hostscale.v1.AgentService.Connect:output_type -> hostscale.v1.ConnectResponse
-	23, // [23:24] is the sub-list for method output_type
-	22, // [22:23] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	3,  // 3: hostscale.v1.Sample.instances:type_name -> hostscale.v1.InstanceUsage
+	0,  // 4: hostscale.v1.Hello.facts:type_name -> hostscale.v1.NodeFacts
+	16, // 5: hostscale.v1.Hello.labels:type_name -> hostscale.v1.Hello.LabelsEntry
+	18, // 6: hostscale.v1.Hello.interval:type_name -> google.protobuf.Duration
+	2,  // 7: hostscale.v1.SampleBatch.samples:type_name -> hostscale.v1.Sample
+	17, // 8: hostscale.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	8,  // 9: hostscale.v1.InstanceReport.instances:type_name -> hostscale.v1.InstanceStatus
+	19, // 10: hostscale.v1.InstanceStatus.state:type_name -> hostscale.v1.InstanceState
+	17, // 11: hostscale.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	4,  // 12: hostscale.v1.ConnectRequest.hello:type_name -> hostscale.v1.Hello
+	5,  // 13: hostscale.v1.ConnectRequest.samples:type_name -> hostscale.v1.SampleBatch
+	6,  // 14: hostscale.v1.ConnectRequest.heartbeat:type_name -> hostscale.v1.Heartbeat
+	7,  // 15: hostscale.v1.ConnectRequest.instances:type_name -> hostscale.v1.InstanceReport
+	20, // 16: hostscale.v1.Assignment.template:type_name -> hostscale.v1.InstanceTemplate
+	10, // 17: hostscale.v1.Assignments.instances:type_name -> hostscale.v1.Assignment
+	18, // 18: hostscale.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
+	12, // 19: hostscale.v1.ConnectResponse.welcome:type_name -> hostscale.v1.Welcome
+	13, // 20: hostscale.v1.ConnectResponse.ack:type_name -> hostscale.v1.Ack
+	14, // 21: hostscale.v1.ConnectResponse.redirect:type_name -> hostscale.v1.Redirect
+	11, // 22: hostscale.v1.ConnectResponse.assignments:type_name -> hostscale.v1.Assignments
+	9,  // 23: hostscale.v1.AgentService.Connect:input_type -> hostscale.v1.ConnectRequest
+	15, // 24: hostscale.v1.AgentService.Connect:output_type -> hostscale.v1.ConnectResponse
+	24, // [24:25] is the sub-list for method output_type
+	23, // [23:24] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_agent_proto_init() }
@@ -1426,13 +1505,13 @@ func file_hostscale_v1_agent_proto_init() {
 		return
 	}
 	file_hostscale_v1_pool_proto_init()
-	file_hostscale_v1_agent_proto_msgTypes[8].OneofWrappers = []any{
+	file_hostscale_v1_agent_proto_msgTypes[9].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_Samples)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Instances)(nil),
 	}
-	file_hostscale_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
+	file_hostscale_v1_agent_proto_msgTypes[15].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Ack)(nil),
 		(*ConnectResponse_Redirect)(nil),
@@ -1444,7 +1523,7 @@ func file_hostscale_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_agent_proto_rawDesc), len(file_hostscale_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -9,6 +9,7 @@ package hostscalev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -472,11 +473,204 @@ func (*AckTableResponse) Descriptor() ([]byte, []int) {
 	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{7}
 }
 
+// BackendCounters are a backend's counters since it joined the balancer's
+// table; they only grow while it stays.
+type BackendCounters struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Pool     string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Address  string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Requests uint64                 `protobuf:"varint,3,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors   uint64                 `protobuf:"varint,4,opt,name=errors,proto3" json:"errors,omitempty"`
+	InFlight int64                  `protobuf:"varint,5,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Requests per latency bucket (the request's bucket_bounds), the last
+	// one counting the rest.
+	LatencyCounts []uint64 `protobuf:"varint,6,rep,packed,name=latency_counts,json=latencyCounts,proto3" json:"latency_counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendCounters) Reset() {
+	*x = BackendCounters{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendCounters) ProtoMessage() {}
+
+func (x *BackendCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendCounters.ProtoReflect.Descriptor instead.
+func (*BackendCounters) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BackendCounters) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *BackendCounters) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BackendCounters) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *BackendCounters) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *BackendCounters) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *BackendCounters) GetLatencyCounts() []uint64 {
+	if x != nil {
+		return x.LatencyCounts
+	}
+	return nil
+}
+
+type ReportStatsRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Balancer string                 `protobuf:"bytes,1,opt,name=balancer,proto3" json:"balancer,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// Upper bounds of the latency buckets, in seconds, ascending.
+	BucketBounds  []float64          `protobuf:"fixed64,3,rep,packed,name=bucket_bounds,json=bucketBounds,proto3" json:"bucket_bounds,omitempty"`
+	Backends      []*BackendCounters `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportStatsRequest) Reset() {
+	*x = ReportStatsRequest{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportStatsRequest) ProtoMessage() {}
+
+func (x *ReportStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportStatsRequest.ProtoReflect.Descriptor instead.
+func (*ReportStatsRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReportStatsRequest) GetBalancer() string {
+	if x != nil {
+		return x.Balancer
+	}
+	return ""
+}
+
+func (x *ReportStatsRequest) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *ReportStatsRequest) GetBucketBounds() []float64 {
+	if x != nil {
+		return x.BucketBounds
+	}
+	return nil
+}
+
+func (x *ReportStatsRequest) GetBackends() []*BackendCounters {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+type ReportStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportStatsResponse) Reset() {
+	*x = ReportStatsResponse{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportStatsResponse) ProtoMessage() {}
+
+func (x *ReportStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportStatsResponse.ProtoReflect.Descriptor instead.
+func (*ReportStatsResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{10}
+}
+
 var File_hostscale_v1_balancer_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\n" +
-	"\x1bhostscale/v1/balancer.proto\x12\fhostscale.v1\x1a\x17hostscale/v1/pool.proto\"8\n" +
+	"\x1bhostscale/v1/balancer.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"8\n" +
 	"\fTableVersion\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\\\n" +
@@ -506,11 +700,25 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\bbalancer\x18\x01 \x01(\tR\bbalancer\x124\n" +
 	"\aversion\x18\x02 \x01(\v2\x1a.hostscale.v1.TableVersionR\aversion\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\"\x12\n" +
-	"\x10AckTableResponse2\xaf\x01\n" +
+	"\x10AckTableResponse\"\xb7\x01\n" +
+	"\x0fBackendCounters\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
+	"\brequests\x18\x03 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x04 \x01(\x04R\x06errors\x12\x1b\n" +
+	"\tin_flight\x18\x05 \x01(\x03R\binFlight\x12%\n" +
+	"\x0elatency_counts\x18\x06 \x03(\x04R\rlatencyCounts\"\xc0\x01\n" +
+	"\x12ReportStatsRequest\x12\x1a\n" +
+	"\bbalancer\x18\x01 \x01(\tR\bbalancer\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
+	"\rbucket_bounds\x18\x03 \x03(\x01R\fbucketBounds\x129\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1d.hostscale.v1.BackendCountersR\bbackends\"\x15\n" +
+	"\x13ReportStatsResponse2\x83\x02\n" +
 	"\x0fBalancerService\x12Q\n" +
 	"\n" +
 	"WatchTable\x12\x1f.hostscale.v1.WatchTableRequest\x1a .hostscale.v1.WatchTableResponse0\x01\x12I\n" +
-	"\bAckTable\x12\x1d.hostscale.v1.AckTableRequest\x1a\x1e.hostscale.v1.AckTableResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\bAckTable\x12\x1d.hostscale.v1.AckTableRequest\x1a\x1e.hostscale.v1.AckTableResponse\x12R\n" +
+	"\vReportStats\x12 .hostscale.v1.ReportStatsRequest\x1a!.hostscale.v1.ReportStatsResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_balancer_proto_rawDescOnce sync.Once
@@ -524,35 +732,43 @@ func file_hostscale_v1_balancer_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_balancer_proto_rawDescData
 }
 
-var file_hostscale_v1_balancer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_hostscale_v1_balancer_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_hostscale_v1_balancer_proto_goTypes = []any{
-	(*TableVersion)(nil),       // 0: hostscale.v1.TableVersion
-	(*TableBackend)(nil),       // 1: hostscale.v1.TableBackend
-	(*TablePool)(nil),          // 2: hostscale.v1.TablePool
-	(*Table)(nil),              // 3: hostscale.v1.Table
-	(*WatchTableRequest)(nil),  // 4: hostscale.v1.WatchTableRequest
-	(*WatchTableResponse)(nil), // 5: hostscale.v1.WatchTableResponse
-	(*AckTableRequest)(nil),    // 6: hostscale.v1.AckTableRequest
-	(*AckTableResponse)(nil),   // 7: hostscale.v1.AckTableResponse
-	(Policy)(0),                // 8: hostscale.v1.Policy
+	(*TableVersion)(nil),          // 0: hostscale.v1.TableVersion
+	(*TableBackend)(nil),          // 1: hostscale.v1.TableBackend
+	(*TablePool)(nil),             // 2: hostscale.v1.TablePool
+	(*Table)(nil),                 // 3: hostscale.v1.Table
+	(*WatchTableRequest)(nil),     // 4: hostscale.v1.WatchTableRequest
+	(*WatchTableResponse)(nil),    // 5: hostscale.v1.WatchTableResponse
+	(*AckTableRequest)(nil),       // 6: hostscale.v1.AckTableRequest
+	(*AckTableResponse)(nil),      // 7: hostscale.v1.AckTableResponse
+	(*BackendCounters)(nil),       // 8: hostscale.v1.BackendCounters
+	(*ReportStatsRequest)(nil),    // 9: hostscale.v1.ReportStatsRequest
+	(*ReportStatsResponse)(nil),   // 10: hostscale.v1.ReportStatsResponse
+	(Policy)(0),                   // 11: hostscale.v1.Policy
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_hostscale_v1_balancer_proto_depIdxs = []int32{
-	8, // 0: hostscale.v1.TablePool.policy:type_name -> hostscale.v1.Policy
-	1, // 1: hostscale.v1.TablePool.backends:type_name -> hostscale.v1.TableBackend
-	0, // 2: hostscale.v1.Table.version:type_name -> hostscale.v1.TableVersion
-	2, // 3: hostscale.v1.Table.pools:type_name -> hostscale.v1.TablePool
-	0, // 4: hostscale.v1.WatchTableRequest.have:type_name -> hostscale.v1.TableVersion
-	3, // 5: hostscale.v1.WatchTableResponse.table:type_name -> hostscale.v1.Table
-	0, // 6: hostscale.v1.AckTableRequest.version:type_name -> hostscale.v1.TableVersion
-	4, // 7: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
-	6, // 8: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
-	5, // 9: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
-	7, // 10: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	11, // 0: hostscale.v1.TablePool.policy:type_name -> hostscale.v1.Policy
+	1,  // 1: hostscale.v1.TablePool.backends:type_name -> hostscale.v1.TableBackend
+	0,  // 2: hostscale.v1.Table.version:type_name -> hostscale.v1.TableVersion
+	2,  // 3: hostscale.v1.Table.pools:type_name -> hostscale.v1.TablePool
+	0,  // 4: hostscale.v1.WatchTableRequest.have:type_name -> hostscale.v1.TableVersion
+	3,  // 5: hostscale.v1.WatchTableResponse.table:type_name -> hostscale.v1.Table
+	0,  // 6: hostscale.v1.AckTableRequest.version:type_name -> hostscale.v1.TableVersion
+	12, // 7: hostscale.v1.ReportStatsRequest.time:type_name -> google.protobuf.Timestamp
+	8,  // 8: hostscale.v1.ReportStatsRequest.backends:type_name -> hostscale.v1.BackendCounters
+	4,  // 9: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
+	6,  // 10: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
+	9,  // 11: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
+	5,  // 12: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
+	7,  // 13: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
+	10, // 14: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_balancer_proto_init() }
@@ -567,7 +783,7 @@ func file_hostscale_v1_balancer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_balancer_proto_rawDesc), len(file_hostscale_v1_balancer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

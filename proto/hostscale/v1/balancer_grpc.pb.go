@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BalancerService_WatchTable_FullMethodName = "/hostscale.v1.BalancerService/WatchTable"
-	BalancerService_AckTable_FullMethodName   = "/hostscale.v1.BalancerService/AckTable"
+	BalancerService_WatchTable_FullMethodName  = "/hostscale.v1.BalancerService/WatchTable"
+	BalancerService_AckTable_FullMethodName    = "/hostscale.v1.BalancerService/AckTable"
+	BalancerService_ReportStats_FullMethodName = "/hostscale.v1.BalancerService/ReportStats"
 )
 
 // BalancerServiceClient is the client API for BalancerService service.
@@ -36,6 +37,9 @@ type BalancerServiceClient interface {
 	WatchTable(ctx context.Context, in *WatchTableRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTableResponse], error)
 	// AckTable reports the version a balancer applied.
 	AckTable(ctx context.Context, in *AckTableRequest, opts ...grpc.CallOption) (*AckTableResponse, error)
+	// ReportStats sends a balancer's per-backend counters (cumulative) to
+	// the leader, for the autoscaler; a follower passes them on.
+	ReportStats(ctx context.Context, in *ReportStatsRequest, opts ...grpc.CallOption) (*ReportStatsResponse, error)
 }
 
 type balancerServiceClient struct {
@@ -75,6 +79,16 @@ func (c *balancerServiceClient) AckTable(ctx context.Context, in *AckTableReques
 	return out, nil
 }
 
+func (c *balancerServiceClient) ReportStats(ctx context.Context, in *ReportStatsRequest, opts ...grpc.CallOption) (*ReportStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportStatsResponse)
+	err := c.cc.Invoke(ctx, BalancerService_ReportStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BalancerServiceServer is the server API for BalancerService service.
 // All implementations must embed UnimplementedBalancerServiceServer
 // for forward compatibility.
@@ -88,6 +102,9 @@ type BalancerServiceServer interface {
 	WatchTable(*WatchTableRequest, grpc.ServerStreamingServer[WatchTableResponse]) error
 	// AckTable reports the version a balancer applied.
 	AckTable(context.Context, *AckTableRequest) (*AckTableResponse, error)
+	// ReportStats sends a balancer's per-backend counters (cumulative) to
+	// the leader, for the autoscaler; a follower passes them on.
+	ReportStats(context.Context, *ReportStatsRequest) (*ReportStatsResponse, error)
 	mustEmbedUnimplementedBalancerServiceServer()
 }
 
@@ -103,6 +120,9 @@ func (UnimplementedBalancerServiceServer) WatchTable(*WatchTableRequest, grpc.Se
 }
 func (UnimplementedBalancerServiceServer) AckTable(context.Context, *AckTableRequest) (*AckTableResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AckTable not implemented")
+}
+func (UnimplementedBalancerServiceServer) ReportStats(context.Context, *ReportStatsRequest) (*ReportStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportStats not implemented")
 }
 func (UnimplementedBalancerServiceServer) mustEmbedUnimplementedBalancerServiceServer() {}
 func (UnimplementedBalancerServiceServer) testEmbeddedByValue()                         {}
@@ -154,6 +174,24 @@ func _BalancerService_AckTable_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BalancerService_ReportStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BalancerServiceServer).ReportStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BalancerService_ReportStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BalancerServiceServer).ReportStats(ctx, req.(*ReportStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BalancerService_ServiceDesc is the grpc.ServiceDesc for BalancerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +202,10 @@ var BalancerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AckTable",
 			Handler:    _BalancerService_AckTable_Handler,
+		},
+		{
+			MethodName: "ReportStats",
+			Handler:    _BalancerService_ReportStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -57,6 +57,8 @@ type Command struct {
 	//	*Command_ReportInstances
 	//	*Command_DeleteInstances
 	//	*Command_DrainNode
+	//	*Command_RecordScaleEvent
+	//	*Command_RecordProviderResult
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -311,6 +313,24 @@ func (x *Command) GetDrainNode() *DrainNodeCommand {
 	return nil
 }
 
+func (x *Command) GetRecordScaleEvent() *RecordScaleEventCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_RecordScaleEvent); ok {
+			return x.RecordScaleEvent
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRecordProviderResult() *RecordProviderResultCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_RecordProviderResult); ok {
+			return x.RecordProviderResult
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -403,6 +423,14 @@ type Command_DrainNode struct {
 	DrainNode *DrainNodeCommand `protobuf:"bytes,31,opt,name=drain_node,json=drainNode,proto3,oneof"`
 }
 
+type Command_RecordScaleEvent struct {
+	RecordScaleEvent *RecordScaleEventCommand `protobuf:"bytes,32,opt,name=record_scale_event,json=recordScaleEvent,proto3,oneof"`
+}
+
+type Command_RecordProviderResult struct {
+	RecordProviderResult *RecordProviderResultCommand `protobuf:"bytes,33,opt,name=record_provider_result,json=recordProviderResult,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -447,6 +475,118 @@ func (*Command_DeleteInstances) isCommand_Command() {}
 
 func (*Command_DrainNode) isCommand_Command() {}
 
+func (*Command_RecordScaleEvent) isCommand_Command() {}
+
+func (*Command_RecordProviderResult) isCommand_Command() {}
+
+// RecordScaleEventCommand records one evaluation of a pool and, when it
+// acted, sets the pool's desired count.
+type RecordScaleEventCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *ScaleEvent            `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordScaleEventCommand) Reset() {
+	*x = RecordScaleEventCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordScaleEventCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordScaleEventCommand) ProtoMessage() {}
+
+func (x *RecordScaleEventCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordScaleEventCommand.ProtoReflect.Descriptor instead.
+func (*RecordScaleEventCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RecordScaleEventCommand) GetEvent() *ScaleEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// RecordProviderResultCommand records a provider call's outcome in its
+// event.
+type RecordProviderResultCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Event         string                 `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Result        *ProviderResult        `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordProviderResultCommand) Reset() {
+	*x = RecordProviderResultCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordProviderResultCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordProviderResultCommand) ProtoMessage() {}
+
+func (x *RecordProviderResultCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordProviderResultCommand.ProtoReflect.Descriptor instead.
+func (*RecordProviderResultCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RecordProviderResultCommand) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *RecordProviderResultCommand) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *RecordProviderResultCommand) GetResult() *ProviderResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 type ScalePoolCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
@@ -457,7 +597,7 @@ type ScalePoolCommand struct {
 
 func (x *ScalePoolCommand) Reset() {
 	*x = ScalePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	mi := &file_hostscale_v1_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +609,7 @@ func (x *ScalePoolCommand) String() string {
 func (*ScalePoolCommand) ProtoMessage() {}
 
 func (x *ScalePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	mi := &file_hostscale_v1_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +622,7 @@ func (x *ScalePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolCommand.ProtoReflect.Descriptor instead.
 func (*ScalePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ScalePoolCommand) GetPool() string {
@@ -510,7 +650,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	mi := &file_hostscale_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +662,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	mi := &file_hostscale_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +675,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Placement) GetPool() string {
@@ -565,7 +705,7 @@ type PlaceInstancesCommand struct {
 
 func (x *PlaceInstancesCommand) Reset() {
 	*x = PlaceInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	mi := &file_hostscale_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +717,7 @@ func (x *PlaceInstancesCommand) String() string {
 func (*PlaceInstancesCommand) ProtoMessage() {}
 
 func (x *PlaceInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	mi := &file_hostscale_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +730,7 @@ func (x *PlaceInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceInstancesCommand.ProtoReflect.Descriptor instead.
 func (*PlaceInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PlaceInstancesCommand) GetTerm() uint64 {
@@ -619,7 +759,7 @@ type DrainInstancesCommand struct {
 
 func (x *DrainInstancesCommand) Reset() {
 	*x = DrainInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	mi := &file_hostscale_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +771,7 @@ func (x *DrainInstancesCommand) String() string {
 func (*DrainInstancesCommand) ProtoMessage() {}
 
 func (x *DrainInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	mi := &file_hostscale_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +784,7 @@ func (x *DrainInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainInstancesCommand.ProtoReflect.Descriptor instead.
 func (*DrainInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DrainInstancesCommand) GetTerm() uint64 {
@@ -672,7 +812,7 @@ type StopInstancesCommand struct {
 
 func (x *StopInstancesCommand) Reset() {
 	*x = StopInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +824,7 @@ func (x *StopInstancesCommand) String() string {
 func (*StopInstancesCommand) ProtoMessage() {}
 
 func (x *StopInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +837,7 @@ func (x *StopInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopInstancesCommand.ProtoReflect.Descriptor instead.
 func (*StopInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StopInstancesCommand) GetTerm() uint64 {
@@ -730,7 +870,7 @@ type ReportInstancesCommand struct {
 
 func (x *ReportInstancesCommand) Reset() {
 	*x = ReportInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +882,7 @@ func (x *ReportInstancesCommand) String() string {
 func (*ReportInstancesCommand) ProtoMessage() {}
 
 func (x *ReportInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +895,7 @@ func (x *ReportInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportInstancesCommand.ProtoReflect.Descriptor instead.
 func (*ReportInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportInstancesCommand) GetNode() string {
@@ -791,7 +931,7 @@ type DeleteInstancesCommand struct {
 
 func (x *DeleteInstancesCommand) Reset() {
 	*x = DeleteInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +943,7 @@ func (x *DeleteInstancesCommand) String() string {
 func (*DeleteInstancesCommand) ProtoMessage() {}
 
 func (x *DeleteInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +956,7 @@ func (x *DeleteInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstancesCommand.ProtoReflect.Descriptor instead.
 func (*DeleteInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteInstancesCommand) GetInstances() []string {
@@ -843,7 +983,7 @@ type DrainNodeCommand struct {
 
 func (x *DrainNodeCommand) Reset() {
 	*x = DrainNodeCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +995,7 @@ func (x *DrainNodeCommand) String() string {
 func (*DrainNodeCommand) ProtoMessage() {}
 
 func (x *DrainNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1008,7 @@ func (x *DrainNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeCommand.ProtoReflect.Descriptor instead.
 func (*DrainNodeCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DrainNodeCommand) GetNode() string {
@@ -895,7 +1035,7 @@ type SetMemberCommand struct {
 
 func (x *SetMemberCommand) Reset() {
 	*x = SetMemberCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1047,7 @@ func (x *SetMemberCommand) String() string {
 func (*SetMemberCommand) ProtoMessage() {}
 
 func (x *SetMemberCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1060,7 @@ func (x *SetMemberCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberCommand.ProtoReflect.Descriptor instead.
 func (*SetMemberCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMemberCommand) GetMember() *MemberRecord {
@@ -940,7 +1080,7 @@ type DeleteMemberCommand struct {
 
 func (x *DeleteMemberCommand) Reset() {
 	*x = DeleteMemberCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1092,7 @@ func (x *DeleteMemberCommand) String() string {
 func (*DeleteMemberCommand) ProtoMessage() {}
 
 func (x *DeleteMemberCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1105,7 @@ func (x *DeleteMemberCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMemberCommand.ProtoReflect.Descriptor instead.
 func (*DeleteMemberCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteMemberCommand) GetId() string {
@@ -984,7 +1124,7 @@ type CreatePoolCommand struct {
 
 func (x *CreatePoolCommand) Reset() {
 	*x = CreatePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1136,7 @@ func (x *CreatePoolCommand) String() string {
 func (*CreatePoolCommand) ProtoMessage() {}
 
 func (x *CreatePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1149,7 @@ func (x *CreatePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolCommand.ProtoReflect.Descriptor instead.
 func (*CreatePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreatePoolCommand) GetPool() *Pool {
@@ -1028,7 +1168,7 @@ type DeletePoolCommand struct {
 
 func (x *DeletePoolCommand) Reset() {
 	*x = DeletePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1180,7 @@ func (x *DeletePoolCommand) String() string {
 func (*DeletePoolCommand) ProtoMessage() {}
 
 func (x *DeletePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1193,7 @@ func (x *DeletePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolCommand.ProtoReflect.Descriptor instead.
 func (*DeletePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeletePoolCommand) GetPool() string {
@@ -1073,7 +1213,7 @@ type AddBackendCommand struct {
 
 func (x *AddBackendCommand) Reset() {
 	*x = AddBackendCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1225,7 @@ func (x *AddBackendCommand) String() string {
 func (*AddBackendCommand) ProtoMessage() {}
 
 func (x *AddBackendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1238,7 @@ func (x *AddBackendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendCommand.ProtoReflect.Descriptor instead.
 func (*AddBackendCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AddBackendCommand) GetPool() string {
@@ -1125,7 +1265,7 @@ type RemoveBackendCommand struct {
 
 func (x *RemoveBackendCommand) Reset() {
 	*x = RemoveBackendCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	mi := &file_hostscale_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1277,7 @@ func (x *RemoveBackendCommand) String() string {
 func (*RemoveBackendCommand) ProtoMessage() {}
 
 func (x *RemoveBackendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	mi := &file_hostscale_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1290,7 @@ func (x *RemoveBackendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendCommand.ProtoReflect.Descriptor instead.
 func (*RemoveBackendCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveBackendCommand) GetPool() string {
@@ -1180,7 +1320,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	mi := &file_hostscale_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1332,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	mi := &file_hostscale_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1345,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterNodeCommand) GetNode() string {
@@ -1240,7 +1380,7 @@ type SetNodeStatusCommand struct {
 
 func (x *SetNodeStatusCommand) Reset() {
 	*x = SetNodeStatusCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[16]
+	mi := &file_hostscale_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1392,7 @@ func (x *SetNodeStatusCommand) String() string {
 func (*SetNodeStatusCommand) ProtoMessage() {}
 
 func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[16]
+	mi := &file_hostscale_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1405,7 @@ func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStatusCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeStatusCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetNodeStatusCommand) GetNode() string {
@@ -1293,7 +1433,7 @@ type PutAlertRuleCommand struct {
 
 func (x *PutAlertRuleCommand) Reset() {
 	*x = PutAlertRuleCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[17]
+	mi := &file_hostscale_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1445,7 @@ func (x *PutAlertRuleCommand) String() string {
 func (*PutAlertRuleCommand) ProtoMessage() {}
 
 func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[17]
+	mi := &file_hostscale_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1458,7 @@ func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAlertRuleCommand.ProtoReflect.Descriptor instead.
 func (*PutAlertRuleCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutAlertRuleCommand) GetRule() *AlertRule {
@@ -1344,7 +1484,7 @@ type DeleteAlertRuleCommand struct {
 
 func (x *DeleteAlertRuleCommand) Reset() {
 	*x = DeleteAlertRuleCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[18]
+	mi := &file_hostscale_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1496,7 @@ func (x *DeleteAlertRuleCommand) String() string {
 func (*DeleteAlertRuleCommand) ProtoMessage() {}
 
 func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[18]
+	mi := &file_hostscale_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1509,7 @@ func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAlertRuleCommand.ProtoReflect.Descriptor instead.
 func (*DeleteAlertRuleCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteAlertRuleCommand) GetRule() string {
@@ -1391,7 +1531,7 @@ type AlertTransitionsCommand struct {
 
 func (x *AlertTransitionsCommand) Reset() {
 	*x = AlertTransitionsCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[19]
+	mi := &file_hostscale_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1543,7 @@ func (x *AlertTransitionsCommand) String() string {
 func (*AlertTransitionsCommand) ProtoMessage() {}
 
 func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[19]
+	mi := &file_hostscale_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1556,7 @@ func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertTransitionsCommand.ProtoReflect.Descriptor instead.
 func (*AlertTransitionsCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AlertTransitionsCommand) GetAlerts() []*Alert {
@@ -1444,7 +1584,7 @@ type InitAlertRulesCommand struct {
 
 func (x *InitAlertRulesCommand) Reset() {
 	*x = InitAlertRulesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[20]
+	mi := &file_hostscale_v1_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1596,7 @@ func (x *InitAlertRulesCommand) String() string {
 func (*InitAlertRulesCommand) ProtoMessage() {}
 
 func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[20]
+	mi := &file_hostscale_v1_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1609,7 @@ func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitAlertRulesCommand.ProtoReflect.Descriptor instead.
 func (*InitAlertRulesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{20}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *InitAlertRulesCommand) GetRules() []*AlertRule {
@@ -1490,7 +1630,7 @@ type RecordAlertDeliveriesCommand struct {
 
 func (x *RecordAlertDeliveriesCommand) Reset() {
 	*x = RecordAlertDeliveriesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[21]
+	mi := &file_hostscale_v1_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1642,7 @@ func (x *RecordAlertDeliveriesCommand) String() string {
 func (*RecordAlertDeliveriesCommand) ProtoMessage() {}
 
 func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[21]
+	mi := &file_hostscale_v1_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1655,7 @@ func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordAlertDeliveriesCommand.ProtoReflect.Descriptor instead.
 func (*RecordAlertDeliveriesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{21}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RecordAlertDeliveriesCommand) GetDeliveries() []*AlertDelivery {
@@ -1534,7 +1674,7 @@ type PutSilenceCommand struct {
 
 func (x *PutSilenceCommand) Reset() {
 	*x = PutSilenceCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[22]
+	mi := &file_hostscale_v1_command_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1686,7 @@ func (x *PutSilenceCommand) String() string {
 func (*PutSilenceCommand) ProtoMessage() {}
 
 func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[22]
+	mi := &file_hostscale_v1_command_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1699,7 @@ func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSilenceCommand.ProtoReflect.Descriptor instead.
 func (*PutSilenceCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{22}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutSilenceCommand) GetSilence() *Silence {
@@ -1578,7 +1718,7 @@ type DeleteSilenceCommand struct {
 
 func (x *DeleteSilenceCommand) Reset() {
 	*x = DeleteSilenceCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[23]
+	mi := &file_hostscale_v1_command_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1730,7 @@ func (x *DeleteSilenceCommand) String() string {
 func (*DeleteSilenceCommand) ProtoMessage() {}
 
 func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[23]
+	mi := &file_hostscale_v1_command_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1743,7 @@ func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSilenceCommand.ProtoReflect.Descriptor instead.
 func (*DeleteSilenceCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{23}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteSilenceCommand) GetSilence() string {
@@ -1617,7 +1757,7 @@ var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xf1\r\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xab\x0f\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1651,8 +1791,16 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x10report_instances\x18\x1d \x01(\v2$.hostscale.v1.ReportInstancesCommandH\x00R\x0freportInstances\x12Q\n" +
 	"\x10delete_instances\x18\x1e \x01(\v2$.hostscale.v1.DeleteInstancesCommandH\x00R\x0fdeleteInstances\x12?\n" +
 	"\n" +
-	"drain_node\x18\x1f \x01(\v2\x1e.hostscale.v1.DrainNodeCommandH\x00R\tdrainNodeB\t\n" +
-	"\acommand\"@\n" +
+	"drain_node\x18\x1f \x01(\v2\x1e.hostscale.v1.DrainNodeCommandH\x00R\tdrainNode\x12U\n" +
+	"\x12record_scale_event\x18  \x01(\v2%.hostscale.v1.RecordScaleEventCommandH\x00R\x10recordScaleEvent\x12a\n" +
+	"\x16record_provider_result\x18! \x01(\v2).hostscale.v1.RecordProviderResultCommandH\x00R\x14recordProviderResultB\t\n" +
+	"\acommand\"I\n" +
+	"\x17RecordScaleEventCommand\x12.\n" +
+	"\x05event\x18\x01 \x01(\v2\x18.hostscale.v1.ScaleEventR\x05event\"}\n" +
+	"\x1bRecordProviderResultCommand\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x14\n" +
+	"\x05event\x18\x02 \x01(\tR\x05event\x124\n" +
+	"\x06result\x18\x03 \x01(\v2\x1c.hostscale.v1.ProviderResultR\x06result\"@\n" +
 	"\x10ScalePoolCommand\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
 	"\adesired\x18\x02 \x01(\rR\adesired\"3\n" +
@@ -1735,87 +1883,95 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_hostscale_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: hostscale.v1.Command
-	(*ScalePoolCommand)(nil),             // 1: hostscale.v1.ScalePoolCommand
-	(*Placement)(nil),                    // 2: hostscale.v1.Placement
-	(*PlaceInstancesCommand)(nil),        // 3: hostscale.v1.PlaceInstancesCommand
-	(*DrainInstancesCommand)(nil),        // 4: hostscale.v1.DrainInstancesCommand
-	(*StopInstancesCommand)(nil),         // 5: hostscale.v1.StopInstancesCommand
-	(*ReportInstancesCommand)(nil),       // 6: hostscale.v1.ReportInstancesCommand
-	(*DeleteInstancesCommand)(nil),       // 7: hostscale.v1.DeleteInstancesCommand
-	(*DrainNodeCommand)(nil),             // 8: hostscale.v1.DrainNodeCommand
-	(*SetMemberCommand)(nil),             // 9: hostscale.v1.SetMemberCommand
-	(*DeleteMemberCommand)(nil),          // 10: hostscale.v1.DeleteMemberCommand
-	(*CreatePoolCommand)(nil),            // 11: hostscale.v1.CreatePoolCommand
-	(*DeletePoolCommand)(nil),            // 12: hostscale.v1.DeletePoolCommand
-	(*AddBackendCommand)(nil),            // 13: hostscale.v1.AddBackendCommand
-	(*RemoveBackendCommand)(nil),         // 14: hostscale.v1.RemoveBackendCommand
-	(*RegisterNodeCommand)(nil),          // 15: hostscale.v1.RegisterNodeCommand
-	(*SetNodeStatusCommand)(nil),         // 16: hostscale.v1.SetNodeStatusCommand
-	(*PutAlertRuleCommand)(nil),          // 17: hostscale.v1.PutAlertRuleCommand
-	(*DeleteAlertRuleCommand)(nil),       // 18: hostscale.v1.DeleteAlertRuleCommand
-	(*AlertTransitionsCommand)(nil),      // 19: hostscale.v1.AlertTransitionsCommand
-	(*InitAlertRulesCommand)(nil),        // 20: hostscale.v1.InitAlertRulesCommand
-	(*RecordAlertDeliveriesCommand)(nil), // 21: hostscale.v1.RecordAlertDeliveriesCommand
-	(*PutSilenceCommand)(nil),            // 22: hostscale.v1.PutSilenceCommand
-	(*DeleteSilenceCommand)(nil),         // 23: hostscale.v1.DeleteSilenceCommand
-	nil,                                  // 24: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 25: google.protobuf.Timestamp
-	(*InstanceStatus)(nil),               // 26: hostscale.v1.InstanceStatus
-	(*MemberRecord)(nil),                 // 27: hostscale.v1.MemberRecord
-	(*Pool)(nil),                         // 28: hostscale.v1.Pool
-	(*Backend)(nil),                      // 29: hostscale.v1.Backend
-	(*NodeFacts)(nil),                    // 30: hostscale.v1.NodeFacts
-	(NodeStatus)(0),                      // 31: hostscale.v1.NodeStatus
-	(*AlertRule)(nil),                    // 32: hostscale.v1.AlertRule
-	(*Alert)(nil),                        // 33: hostscale.v1.Alert
-	(*AlertDelivery)(nil),                // 34: hostscale.v1.AlertDelivery
-	(*Silence)(nil),                      // 35: hostscale.v1.Silence
+	(*RecordScaleEventCommand)(nil),      // 1: hostscale.v1.RecordScaleEventCommand
+	(*RecordProviderResultCommand)(nil),  // 2: hostscale.v1.RecordProviderResultCommand
+	(*ScalePoolCommand)(nil),             // 3: hostscale.v1.ScalePoolCommand
+	(*Placement)(nil),                    // 4: hostscale.v1.Placement
+	(*PlaceInstancesCommand)(nil),        // 5: hostscale.v1.PlaceInstancesCommand
+	(*DrainInstancesCommand)(nil),        // 6: hostscale.v1.DrainInstancesCommand
+	(*StopInstancesCommand)(nil),         // 7: hostscale.v1.StopInstancesCommand
+	(*ReportInstancesCommand)(nil),       // 8: hostscale.v1.ReportInstancesCommand
+	(*DeleteInstancesCommand)(nil),       // 9: hostscale.v1.DeleteInstancesCommand
+	(*DrainNodeCommand)(nil),             // 10: hostscale.v1.DrainNodeCommand
+	(*SetMemberCommand)(nil),             // 11: hostscale.v1.SetMemberCommand
+	(*DeleteMemberCommand)(nil),          // 12: hostscale.v1.DeleteMemberCommand
+	(*CreatePoolCommand)(nil),            // 13: hostscale.v1.CreatePoolCommand
+	(*DeletePoolCommand)(nil),            // 14: hostscale.v1.DeletePoolCommand
+	(*AddBackendCommand)(nil),            // 15: hostscale.v1.AddBackendCommand
+	(*RemoveBackendCommand)(nil),         // 16: hostscale.v1.RemoveBackendCommand
+	(*RegisterNodeCommand)(nil),          // 17: hostscale.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),         // 18: hostscale.v1.SetNodeStatusCommand
+	(*PutAlertRuleCommand)(nil),          // 19: hostscale.v1.PutAlertRuleCommand
+	(*DeleteAlertRuleCommand)(nil),       // 20: hostscale.v1.DeleteAlertRuleCommand
+	(*AlertTransitionsCommand)(nil),      // 21: hostscale.v1.AlertTransitionsCommand
+	(*InitAlertRulesCommand)(nil),        // 22: hostscale.v1.InitAlertRulesCommand
+	(*RecordAlertDeliveriesCommand)(nil), // 23: hostscale.v1.RecordAlertDeliveriesCommand
+	(*PutSilenceCommand)(nil),            // 24: hostscale.v1.PutSilenceCommand
+	(*DeleteSilenceCommand)(nil),         // 25: hostscale.v1.DeleteSilenceCommand
+	nil,                                  // 26: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 27: google.protobuf.Timestamp
+	(*ScaleEvent)(nil),                   // 28: hostscale.v1.ScaleEvent
+	(*ProviderResult)(nil),               // 29: hostscale.v1.ProviderResult
+	(*InstanceStatus)(nil),               // 30: hostscale.v1.InstanceStatus
+	(*MemberRecord)(nil),                 // 31: hostscale.v1.MemberRecord
+	(*Pool)(nil),                         // 32: hostscale.v1.Pool
+	(*Backend)(nil),                      // 33: hostscale.v1.Backend
+	(*NodeFacts)(nil),                    // 34: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                      // 35: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),                    // 36: hostscale.v1.AlertRule
+	(*Alert)(nil),                        // 37: hostscale.v1.Alert
+	(*AlertDelivery)(nil),                // 38: hostscale.v1.AlertDelivery
+	(*Silence)(nil),                      // 39: hostscale.v1.Silence
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	25, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
-	9,  // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
-	10, // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
-	11, // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
-	12, // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
-	13, // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
-	14, // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
-	15, // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
-	16, // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
-	17, // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
-	18, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
-	19, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
-	20, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
-	21, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
-	22, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
-	23, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
-	1,  // 16: hostscale.v1.Command.scale_pool:type_name -> hostscale.v1.ScalePoolCommand
-	3,  // 17: hostscale.v1.Command.place_instances:type_name -> hostscale.v1.PlaceInstancesCommand
-	4,  // 18: hostscale.v1.Command.drain_instances:type_name -> hostscale.v1.DrainInstancesCommand
-	5,  // 19: hostscale.v1.Command.stop_instances:type_name -> hostscale.v1.StopInstancesCommand
-	6,  // 20: hostscale.v1.Command.report_instances:type_name -> hostscale.v1.ReportInstancesCommand
-	7,  // 21: hostscale.v1.Command.delete_instances:type_name -> hostscale.v1.DeleteInstancesCommand
-	8,  // 22: hostscale.v1.Command.drain_node:type_name -> hostscale.v1.DrainNodeCommand
-	2,  // 23: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
-	26, // 24: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
-	27, // 25: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	28, // 26: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	29, // 27: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	30, // 28: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	24, // 29: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	31, // 30: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	32, // 31: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
-	33, // 32: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
-	32, // 33: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
-	34, // 34: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
-	35, // 35: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	27, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	11, // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
+	12, // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
+	13, // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
+	14, // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
+	15, // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
+	16, // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
+	17, // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
+	18, // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
+	19, // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
+	20, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
+	21, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
+	22, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
+	23, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
+	24, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
+	25, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
+	3,  // 16: hostscale.v1.Command.scale_pool:type_name -> hostscale.v1.ScalePoolCommand
+	5,  // 17: hostscale.v1.Command.place_instances:type_name -> hostscale.v1.PlaceInstancesCommand
+	6,  // 18: hostscale.v1.Command.drain_instances:type_name -> hostscale.v1.DrainInstancesCommand
+	7,  // 19: hostscale.v1.Command.stop_instances:type_name -> hostscale.v1.StopInstancesCommand
+	8,  // 20: hostscale.v1.Command.report_instances:type_name -> hostscale.v1.ReportInstancesCommand
+	9,  // 21: hostscale.v1.Command.delete_instances:type_name -> hostscale.v1.DeleteInstancesCommand
+	10, // 22: hostscale.v1.Command.drain_node:type_name -> hostscale.v1.DrainNodeCommand
+	1,  // 23: hostscale.v1.Command.record_scale_event:type_name -> hostscale.v1.RecordScaleEventCommand
+	2,  // 24: hostscale.v1.Command.record_provider_result:type_name -> hostscale.v1.RecordProviderResultCommand
+	28, // 25: hostscale.v1.RecordScaleEventCommand.event:type_name -> hostscale.v1.ScaleEvent
+	29, // 26: hostscale.v1.RecordProviderResultCommand.result:type_name -> hostscale.v1.ProviderResult
+	4,  // 27: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
+	30, // 28: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
+	31, // 29: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	32, // 30: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	33, // 31: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	34, // 32: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	26, // 33: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	35, // 34: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	36, // 35: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	37, // 36: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	36, // 37: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	38, // 38: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
+	39, // 39: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -1851,6 +2007,8 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_ReportInstances)(nil),
 		(*Command_DeleteInstances)(nil),
 		(*Command_DrainNode)(nil),
+		(*Command_RecordScaleEvent)(nil),
+		(*Command_RecordProviderResult)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1858,7 +2016,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -76,6 +76,176 @@ func (Policy) EnumDescriptor() ([]byte, []int) {
 	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{0}
 }
 
+// ScalingMetric is what the autoscaler compares with the target.
+type ScalingMetric int32
+
+const (
+	ScalingMetric_SCALING_METRIC_UNSPECIFIED ScalingMetric = 0
+	// CPU percent of the hosts the pool's ready instances run on (0-100).
+	ScalingMetric_SCALING_METRIC_HOST_CPU ScalingMetric = 1
+	// CPU percent of each ready instance's process (100 = one core).
+	ScalingMetric_SCALING_METRIC_INSTANCE_CPU ScalingMetric = 2
+	// Requests per second the balancers send each ready instance.
+	ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE ScalingMetric = 3
+	// The 95th percentile of the pool's request latency at the balancers,
+	// in milliseconds.
+	ScalingMetric_SCALING_METRIC_P95_LATENCY_MS ScalingMetric = 4
+)
+
+// Enum value maps for ScalingMetric.
+var (
+	ScalingMetric_name = map[int32]string{
+		0: "SCALING_METRIC_UNSPECIFIED",
+		1: "SCALING_METRIC_HOST_CPU",
+		2: "SCALING_METRIC_INSTANCE_CPU",
+		3: "SCALING_METRIC_REQUESTS_PER_INSTANCE",
+		4: "SCALING_METRIC_P95_LATENCY_MS",
+	}
+	ScalingMetric_value = map[string]int32{
+		"SCALING_METRIC_UNSPECIFIED":           0,
+		"SCALING_METRIC_HOST_CPU":              1,
+		"SCALING_METRIC_INSTANCE_CPU":          2,
+		"SCALING_METRIC_REQUESTS_PER_INSTANCE": 3,
+		"SCALING_METRIC_P95_LATENCY_MS":        4,
+	}
+)
+
+func (x ScalingMetric) Enum() *ScalingMetric {
+	p := new(ScalingMetric)
+	*p = x
+	return p
+}
+
+func (x ScalingMetric) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ScalingMetric) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostscale_v1_pool_proto_enumTypes[1].Descriptor()
+}
+
+func (ScalingMetric) Type() protoreflect.EnumType {
+	return &file_hostscale_v1_pool_proto_enumTypes[1]
+}
+
+func (x ScalingMetric) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ScalingMetric.Descriptor instead.
+func (ScalingMetric) EnumDescriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{1}
+}
+
+// RateLimitKind says how a rate policy counts.
+type RateLimitKind int32
+
+const (
+	RateLimitKind_RATE_LIMIT_KIND_UNSPECIFIED RateLimitKind = 0
+	// At most `value` instances per period.
+	RateLimitKind_RATE_LIMIT_KIND_INSTANCES RateLimitKind = 1
+	// At most `value` percent of the count at the start of the period.
+	RateLimitKind_RATE_LIMIT_KIND_PERCENT RateLimitKind = 2
+)
+
+// Enum value maps for RateLimitKind.
+var (
+	RateLimitKind_name = map[int32]string{
+		0: "RATE_LIMIT_KIND_UNSPECIFIED",
+		1: "RATE_LIMIT_KIND_INSTANCES",
+		2: "RATE_LIMIT_KIND_PERCENT",
+	}
+	RateLimitKind_value = map[string]int32{
+		"RATE_LIMIT_KIND_UNSPECIFIED": 0,
+		"RATE_LIMIT_KIND_INSTANCES":   1,
+		"RATE_LIMIT_KIND_PERCENT":     2,
+	}
+)
+
+func (x RateLimitKind) Enum() *RateLimitKind {
+	p := new(RateLimitKind)
+	*p = x
+	return p
+}
+
+func (x RateLimitKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RateLimitKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostscale_v1_pool_proto_enumTypes[2].Descriptor()
+}
+
+func (RateLimitKind) Type() protoreflect.EnumType {
+	return &file_hostscale_v1_pool_proto_enumTypes[2]
+}
+
+func (x RateLimitKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RateLimitKind.Descriptor instead.
+func (RateLimitKind) EnumDescriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{2}
+}
+
+// SelectPolicy chooses between several rate limits of one direction.
+type SelectPolicy int32
+
+const (
+	// MAX.
+	SelectPolicy_SELECT_POLICY_UNSPECIFIED SelectPolicy = 0
+	// The limit allowing the largest change.
+	SelectPolicy_SELECT_POLICY_MAX SelectPolicy = 1
+	// The limit allowing the smallest change.
+	SelectPolicy_SELECT_POLICY_MIN SelectPolicy = 2
+	// No change in this direction.
+	SelectPolicy_SELECT_POLICY_DISABLED SelectPolicy = 3
+)
+
+// Enum value maps for SelectPolicy.
+var (
+	SelectPolicy_name = map[int32]string{
+		0: "SELECT_POLICY_UNSPECIFIED",
+		1: "SELECT_POLICY_MAX",
+		2: "SELECT_POLICY_MIN",
+		3: "SELECT_POLICY_DISABLED",
+	}
+	SelectPolicy_value = map[string]int32{
+		"SELECT_POLICY_UNSPECIFIED": 0,
+		"SELECT_POLICY_MAX":         1,
+		"SELECT_POLICY_MIN":         2,
+		"SELECT_POLICY_DISABLED":    3,
+	}
+)
+
+func (x SelectPolicy) Enum() *SelectPolicy {
+	p := new(SelectPolicy)
+	*p = x
+	return p
+}
+
+func (x SelectPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SelectPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostscale_v1_pool_proto_enumTypes[3].Descriptor()
+}
+
+func (SelectPolicy) Type() protoreflect.EnumType {
+	return &file_hostscale_v1_pool_proto_enumTypes[3]
+}
+
+func (x SelectPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SelectPolicy.Descriptor instead.
+func (SelectPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{3}
+}
+
 // InstanceState is where an instance is in its life.
 type InstanceState int32
 
@@ -129,11 +299,11 @@ func (x InstanceState) String() string {
 }
 
 func (InstanceState) Descriptor() protoreflect.EnumDescriptor {
-	return file_hostscale_v1_pool_proto_enumTypes[1].Descriptor()
+	return file_hostscale_v1_pool_proto_enumTypes[4].Descriptor()
 }
 
 func (InstanceState) Type() protoreflect.EnumType {
-	return &file_hostscale_v1_pool_proto_enumTypes[1]
+	return &file_hostscale_v1_pool_proto_enumTypes[4]
 }
 
 func (x InstanceState) Number() protoreflect.EnumNumber {
@@ -142,7 +312,7 @@ func (x InstanceState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use InstanceState.Descriptor instead.
 func (InstanceState) EnumDescriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
 }
 
 // Backend is one address a pool sends requests to.
@@ -229,9 +399,13 @@ type Pool struct {
 	Max     uint32 `protobuf:"varint,11,opt,name=max,proto3" json:"max,omitempty"`
 	Desired uint32 `protobuf:"varint,12,opt,name=desired,proto3" json:"desired,omitempty"`
 	// The number the next instance's id gets: "<pool>-<n>".
-	NextInstance  uint64 `protobuf:"varint,13,opt,name=next_instance,json=nextInstance,proto3" json:"next_instance,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NextInstance uint64 `protobuf:"varint,13,opt,name=next_instance,json=nextInstance,proto3" json:"next_instance,omitempty"`
+	// The autoscaler's policy; unset: desired changes only by ScalePool.
+	Scaling *ScalingPolicy `protobuf:"bytes,14,opt,name=scaling,proto3" json:"scaling,omitempty"`
+	// The number the next scale event's id gets.
+	NextScaleEvent uint64 `protobuf:"varint,15,opt,name=next_scale_event,json=nextScaleEvent,proto3" json:"next_scale_event,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -355,6 +529,753 @@ func (x *Pool) GetNextInstance() uint64 {
 	return 0
 }
 
+func (x *Pool) GetScaling() *ScalingPolicy {
+	if x != nil {
+		return x.Scaling
+	}
+	return nil
+}
+
+func (x *Pool) GetNextScaleEvent() uint64 {
+	if x != nil {
+		return x.NextScaleEvent
+	}
+	return 0
+}
+
+// RateLimit bounds how fast the autoscaler changes a pool, as the HPA's
+// scaling policies do.
+type RateLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          RateLimitKind          `protobuf:"varint,1,opt,name=kind,proto3,enum=hostscale.v1.RateLimitKind" json:"kind,omitempty"`
+	Value         uint32                 `protobuf:"varint,2,opt,name=value,proto3" json:"value,omitempty"`
+	Period        *durationpb.Duration   `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimit) Reset() {
+	*x = RateLimit{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimit) ProtoMessage() {}
+
+func (x *RateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
+func (*RateLimit) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RateLimit) GetKind() RateLimitKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RateLimitKind_RATE_LIMIT_KIND_UNSPECIFIED
+}
+
+func (x *RateLimit) GetValue() uint32 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *RateLimit) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
+// ScalingPolicy is how the autoscaler sizes a pool: desired =
+// ceil(ready × observed / target), kept when within the tolerance, clamped
+// by min and max, the stabilization windows and the rate limits.
+type ScalingPolicy struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Metric ScalingMetric          `protobuf:"varint,1,opt,name=metric,proto3,enum=hostscale.v1.ScalingMetric" json:"metric,omitempty"`
+	// The value per instance (or host) to hold the metric at; > 0.
+	Target float64 `protobuf:"fixed64,2,opt,name=target,proto3" json:"target,omitempty"`
+	// The ratio observed/target within 1 ± tolerance causes no change.
+	// Unset: 0.1.
+	Tolerance *float64 `protobuf:"fixed64,3,opt,name=tolerance,proto3,oneof" json:"tolerance,omitempty"`
+	// The highest recommendation over this window is applied when scaling
+	// down, the lowest when scaling up. Unset: 0s up, 300s down.
+	ScaleUpStabilization   *durationpb.Duration `protobuf:"bytes,4,opt,name=scale_up_stabilization,json=scaleUpStabilization,proto3" json:"scale_up_stabilization,omitempty"`
+	ScaleDownStabilization *durationpb.Duration `protobuf:"bytes,5,opt,name=scale_down_stabilization,json=scaleDownStabilization,proto3" json:"scale_down_stabilization,omitempty"`
+	// Unset: up +100 % or +4 instances per 15s (the larger), down 1
+	// instance per 60s.
+	ScaleUpLimits   []*RateLimit `protobuf:"bytes,6,rep,name=scale_up_limits,json=scaleUpLimits,proto3" json:"scale_up_limits,omitempty"`
+	ScaleDownLimits []*RateLimit `protobuf:"bytes,7,rep,name=scale_down_limits,json=scaleDownLimits,proto3" json:"scale_down_limits,omitempty"`
+	ScaleUpSelect   SelectPolicy `protobuf:"varint,8,opt,name=scale_up_select,json=scaleUpSelect,proto3,enum=hostscale.v1.SelectPolicy" json:"scale_up_select,omitempty"`
+	ScaleDownSelect SelectPolicy `protobuf:"varint,9,opt,name=scale_down_select,json=scaleDownSelect,proto3,enum=hostscale.v1.SelectPolicy" json:"scale_down_select,omitempty"`
+	// How often the pool is evaluated (default 5s, 1s to 10m).
+	EvaluationPeriod *durationpb.Duration `protobuf:"bytes,10,opt,name=evaluation_period,json=evaluationPeriod,proto3" json:"evaluation_period,omitempty"`
+	// The window the metric is averaged over (default 10s, at least the
+	// agents' sample interval); a new leader acts only after one whole
+	// window of its own samples.
+	Window *durationpb.Duration `protobuf:"bytes,11,opt,name=window,proto3" json:"window,omitempty"`
+	// After an instance becomes healthy, its metrics are ignored this long
+	// (its boot-time CPU spike), as the HPA's CPU initialization period
+	// (default 15s).
+	InitializationPeriod *durationpb.Duration `protobuf:"bytes,12,opt,name=initialization_period,json=initializationPeriod,proto3" json:"initialization_period,omitempty"`
+	// Called once per decision that changes desired (besides the pool's own
+	// instances, when it has a template).
+	Provider      *ScaleProvider `protobuf:"bytes,13,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScalingPolicy) Reset() {
+	*x = ScalingPolicy{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScalingPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScalingPolicy) ProtoMessage() {}
+
+func (x *ScalingPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScalingPolicy.ProtoReflect.Descriptor instead.
+func (*ScalingPolicy) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ScalingPolicy) GetMetric() ScalingMetric {
+	if x != nil {
+		return x.Metric
+	}
+	return ScalingMetric_SCALING_METRIC_UNSPECIFIED
+}
+
+func (x *ScalingPolicy) GetTarget() float64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *ScalingPolicy) GetTolerance() float64 {
+	if x != nil && x.Tolerance != nil {
+		return *x.Tolerance
+	}
+	return 0
+}
+
+func (x *ScalingPolicy) GetScaleUpStabilization() *durationpb.Duration {
+	if x != nil {
+		return x.ScaleUpStabilization
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetScaleDownStabilization() *durationpb.Duration {
+	if x != nil {
+		return x.ScaleDownStabilization
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetScaleUpLimits() []*RateLimit {
+	if x != nil {
+		return x.ScaleUpLimits
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetScaleDownLimits() []*RateLimit {
+	if x != nil {
+		return x.ScaleDownLimits
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetScaleUpSelect() SelectPolicy {
+	if x != nil {
+		return x.ScaleUpSelect
+	}
+	return SelectPolicy_SELECT_POLICY_UNSPECIFIED
+}
+
+func (x *ScalingPolicy) GetScaleDownSelect() SelectPolicy {
+	if x != nil {
+		return x.ScaleDownSelect
+	}
+	return SelectPolicy_SELECT_POLICY_UNSPECIFIED
+}
+
+func (x *ScalingPolicy) GetEvaluationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.EvaluationPeriod
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetInitializationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.InitializationPeriod
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetProvider() *ScaleProvider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+// ScaleProvider acts on a decision beyond this fleet, e.g. adds hosts
+// through a cloud API.
+type ScaleProvider struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Provider:
+	//
+	//	*ScaleProvider_Exec
+	//	*ScaleProvider_Webhook
+	Provider      isScaleProvider_Provider `protobuf_oneof:"provider"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleProvider) Reset() {
+	*x = ScaleProvider{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleProvider) ProtoMessage() {}
+
+func (x *ScaleProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleProvider.ProtoReflect.Descriptor instead.
+func (*ScaleProvider) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ScaleProvider) GetProvider() isScaleProvider_Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+func (x *ScaleProvider) GetExec() *ExecProvider {
+	if x != nil {
+		if x, ok := x.Provider.(*ScaleProvider_Exec); ok {
+			return x.Exec
+		}
+	}
+	return nil
+}
+
+func (x *ScaleProvider) GetWebhook() *WebhookProvider {
+	if x != nil {
+		if x, ok := x.Provider.(*ScaleProvider_Webhook); ok {
+			return x.Webhook
+		}
+	}
+	return nil
+}
+
+type isScaleProvider_Provider interface {
+	isScaleProvider_Provider()
+}
+
+type ScaleProvider_Exec struct {
+	Exec *ExecProvider `protobuf:"bytes,1,opt,name=exec,proto3,oneof"`
+}
+
+type ScaleProvider_Webhook struct {
+	Webhook *WebhookProvider `protobuf:"bytes,2,opt,name=webhook,proto3,oneof"`
+}
+
+func (*ScaleProvider_Exec) isScaleProvider_Provider() {}
+
+func (*ScaleProvider_Webhook) isScaleProvider_Provider() {}
+
+// ExecProvider runs a command with HOSTSCALE_POOL, HOSTSCALE_DESIRED,
+// HOSTSCALE_CURRENT and HOSTSCALE_EVENT_ID in its environment; exit code 0
+// is success.
+type ExecProvider struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Command string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Args    []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// Default 30s, at most 10m.
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecProvider) Reset() {
+	*x = ExecProvider{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecProvider) ProtoMessage() {}
+
+func (x *ExecProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecProvider.ProtoReflect.Descriptor instead.
+func (*ExecProvider) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ExecProvider) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *ExecProvider) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ExecProvider) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// WebhookProvider POSTs the ScaleEvent as JSON, with an
+// X-Hostscale-Signature: sha256=<hex HMAC-SHA256 of the body with secret>
+// header and an Idempotency-Key (the event id); a 2xx answer is success.
+type WebhookProvider struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Url    string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	Secret string                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// Default 10s, at most 1m.
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebhookProvider) Reset() {
+	*x = WebhookProvider{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookProvider) ProtoMessage() {}
+
+func (x *WebhookProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookProvider.ProtoReflect.Descriptor instead.
+func (*WebhookProvider) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WebhookProvider) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *WebhookProvider) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *WebhookProvider) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// ScaleEvent is one evaluation of a pool by the autoscaler.
+type ScaleEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<pool>-<n>".
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Pool   string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	Time   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	Metric ScalingMetric          `protobuf:"varint,4,opt,name=metric,proto3,enum=hostscale.v1.ScalingMetric" json:"metric,omitempty"`
+	// The metric per ready instance (or host), over the window.
+	Observed map[string]float64 `protobuf:"bytes,5,rep,name=observed,proto3" json:"observed,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// Their average, compared with the target.
+	ObservedValue float64 `protobuf:"fixed64,6,opt,name=observed_value,json=observedValue,proto3" json:"observed_value,omitempty"`
+	Target        float64 `protobuf:"fixed64,7,opt,name=target,proto3" json:"target,omitempty"`
+	// Instances counted (not being removed), and those ready: healthy and
+	// past the initialization period.
+	Current uint32 `protobuf:"varint,8,opt,name=current,proto3" json:"current,omitempty"`
+	Ready   uint32 `protobuf:"varint,9,opt,name=ready,proto3" json:"ready,omitempty"`
+	// ceil(ready × observed / target), before any rule.
+	RawDesired uint32 `protobuf:"varint,10,opt,name=raw_desired,json=rawDesired,proto3" json:"raw_desired,omitempty"`
+	// After the tolerance and min/max: what the windows remember.
+	Recommendation uint32 `protobuf:"varint,11,opt,name=recommendation,proto3" json:"recommendation,omitempty"`
+	// The final decision.
+	Desired uint32 `protobuf:"varint,12,opt,name=desired,proto3" json:"desired,omitempty"`
+	// The rule that decided, when one did: "tolerance", "min", "max",
+	// "rate", "window", "no-data", "warming-up" (a new leader's first
+	// window), "stale".
+	LimitedBy string `protobuf:"bytes,13,opt,name=limited_by,json=limitedBy,proto3" json:"limited_by,omitempty"`
+	// In words.
+	Reason string `protobuf:"bytes,14,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Whether desired differs from the pool's desired before it.
+	Acted bool `protobuf:"varint,15,opt,name=acted,proto3" json:"acted,omitempty"`
+	// The term of the leader that decided.
+	Term uint64 `protobuf:"varint,16,opt,name=term,proto3" json:"term,omitempty"`
+	// The provider call for an acting decision, when the pool has one.
+	Provider      *ProviderResult `protobuf:"bytes,17,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleEvent) Reset() {
+	*x = ScaleEvent{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleEvent) ProtoMessage() {}
+
+func (x *ScaleEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleEvent.ProtoReflect.Descriptor instead.
+func (*ScaleEvent) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ScaleEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ScaleEvent) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *ScaleEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *ScaleEvent) GetMetric() ScalingMetric {
+	if x != nil {
+		return x.Metric
+	}
+	return ScalingMetric_SCALING_METRIC_UNSPECIFIED
+}
+
+func (x *ScaleEvent) GetObserved() map[string]float64 {
+	if x != nil {
+		return x.Observed
+	}
+	return nil
+}
+
+func (x *ScaleEvent) GetObservedValue() float64 {
+	if x != nil {
+		return x.ObservedValue
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetTarget() float64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetCurrent() uint32 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetReady() uint32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetRawDesired() uint32 {
+	if x != nil {
+		return x.RawDesired
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetRecommendation() uint32 {
+	if x != nil {
+		return x.Recommendation
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetDesired() uint32 {
+	if x != nil {
+		return x.Desired
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetLimitedBy() string {
+	if x != nil {
+		return x.LimitedBy
+	}
+	return ""
+}
+
+func (x *ScaleEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ScaleEvent) GetActed() bool {
+	if x != nil {
+		return x.Acted
+	}
+	return false
+}
+
+func (x *ScaleEvent) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *ScaleEvent) GetProvider() *ProviderResult {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+// ProviderResult is the outcome of a provider call.
+type ProviderResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "exec" or "webhook".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Finished (succeeded, or given up after the attempts).
+	Done       bool   `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
+	Ok         bool   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	Attempts   uint32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	ExitCode   int32  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	HttpStatus int32  `protobuf:"varint,6,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	// Bounded output of the command, or the answer's body.
+	Output        string                 `protobuf:"bytes,7,opt,name=output,proto3" json:"output,omitempty"`
+	Error         string                 `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderResult) Reset() {
+	*x = ProviderResult{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderResult) ProtoMessage() {}
+
+func (x *ProviderResult) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderResult.ProtoReflect.Descriptor instead.
+func (*ProviderResult) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ProviderResult) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ProviderResult) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *ProviderResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *ProviderResult) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *ProviderResult) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *ProviderResult) GetHttpStatus() int32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *ProviderResult) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *ProviderResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ProviderResult) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 // InstanceTemplate is how the agent's process driver runs one instance.
 type InstanceTemplate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -384,7 +1305,7 @@ type InstanceTemplate struct {
 
 func (x *InstanceTemplate) Reset() {
 	*x = InstanceTemplate{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +1317,7 @@ func (x *InstanceTemplate) String() string {
 func (*InstanceTemplate) ProtoMessage() {}
 
 func (x *InstanceTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[2]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +1330,7 @@ func (x *InstanceTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceTemplate.ProtoReflect.Descriptor instead.
 func (*InstanceTemplate) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InstanceTemplate) GetCommand() string {
@@ -506,7 +1427,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +1439,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[3]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +1452,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Instance) GetId() string {
@@ -664,7 +1585,7 @@ type CreatePoolRequest struct {
 
 func (x *CreatePoolRequest) Reset() {
 	*x = CreatePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +1597,7 @@ func (x *CreatePoolRequest) String() string {
 func (*CreatePoolRequest) ProtoMessage() {}
 
 func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +1610,7 @@ func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolRequest.ProtoReflect.Descriptor instead.
 func (*CreatePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreatePoolRequest) GetRequestId() string {
@@ -716,7 +1637,7 @@ type CreatePoolResponse struct {
 
 func (x *CreatePoolResponse) Reset() {
 	*x = CreatePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +1649,7 @@ func (x *CreatePoolResponse) String() string {
 func (*CreatePoolResponse) ProtoMessage() {}
 
 func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +1662,7 @@ func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolResponse.ProtoReflect.Descriptor instead.
 func (*CreatePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreatePoolResponse) GetPool() *Pool {
@@ -768,7 +1689,7 @@ type GetPoolRequest struct {
 
 func (x *GetPoolRequest) Reset() {
 	*x = GetPoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +1701,7 @@ func (x *GetPoolRequest) String() string {
 func (*GetPoolRequest) ProtoMessage() {}
 
 func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +1714,7 @@ func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolRequest.ProtoReflect.Descriptor instead.
 func (*GetPoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetPoolRequest) GetPool() string {
@@ -820,7 +1741,7 @@ type GetPoolResponse struct {
 
 func (x *GetPoolResponse) Reset() {
 	*x = GetPoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1753,7 @@ func (x *GetPoolResponse) String() string {
 func (*GetPoolResponse) ProtoMessage() {}
 
 func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1766,7 @@ func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolResponse.ProtoReflect.Descriptor instead.
 func (*GetPoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetPoolResponse) GetPool() *Pool {
@@ -875,7 +1796,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1808,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1821,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListPoolsRequest) GetPageSize() int32 {
@@ -936,7 +1857,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1869,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1882,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -995,7 +1916,7 @@ type DeletePoolRequest struct {
 
 func (x *DeletePoolRequest) Reset() {
 	*x = DeletePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1928,7 @@ func (x *DeletePoolRequest) String() string {
 func (*DeletePoolRequest) ProtoMessage() {}
 
 func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1941,7 @@ func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolRequest.ProtoReflect.Descriptor instead.
 func (*DeletePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeletePoolRequest) GetRequestId() string {
@@ -1046,7 +1967,7 @@ type DeletePoolResponse struct {
 
 func (x *DeletePoolResponse) Reset() {
 	*x = DeletePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1979,7 @@ func (x *DeletePoolResponse) String() string {
 func (*DeletePoolResponse) ProtoMessage() {}
 
 func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1992,7 @@ func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolResponse.ProtoReflect.Descriptor instead.
 func (*DeletePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeletePoolResponse) GetIndex() uint64 {
@@ -1092,7 +2013,7 @@ type AddBackendRequest struct {
 
 func (x *AddBackendRequest) Reset() {
 	*x = AddBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +2025,7 @@ func (x *AddBackendRequest) String() string {
 func (*AddBackendRequest) ProtoMessage() {}
 
 func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +2038,7 @@ func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendRequest.ProtoReflect.Descriptor instead.
 func (*AddBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AddBackendRequest) GetRequestId() string {
@@ -1151,7 +2072,7 @@ type AddBackendResponse struct {
 
 func (x *AddBackendResponse) Reset() {
 	*x = AddBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +2084,7 @@ func (x *AddBackendResponse) String() string {
 func (*AddBackendResponse) ProtoMessage() {}
 
 func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +2097,7 @@ func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendResponse.ProtoReflect.Descriptor instead.
 func (*AddBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AddBackendResponse) GetPool() *Pool {
@@ -1205,7 +2126,7 @@ type RemoveBackendRequest struct {
 
 func (x *RemoveBackendRequest) Reset() {
 	*x = RemoveBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +2138,7 @@ func (x *RemoveBackendRequest) String() string {
 func (*RemoveBackendRequest) ProtoMessage() {}
 
 func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +2151,7 @@ func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendRequest.ProtoReflect.Descriptor instead.
 func (*RemoveBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RemoveBackendRequest) GetRequestId() string {
@@ -1264,7 +2185,7 @@ type RemoveBackendResponse struct {
 
 func (x *RemoveBackendResponse) Reset() {
 	*x = RemoveBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +2197,7 @@ func (x *RemoveBackendResponse) String() string {
 func (*RemoveBackendResponse) ProtoMessage() {}
 
 func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +2210,7 @@ func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendResponse.ProtoReflect.Descriptor instead.
 func (*RemoveBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveBackendResponse) GetPool() *Pool {
@@ -1318,7 +2239,7 @@ type ScalePoolRequest struct {
 
 func (x *ScalePoolRequest) Reset() {
 	*x = ScalePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +2251,7 @@ func (x *ScalePoolRequest) String() string {
 func (*ScalePoolRequest) ProtoMessage() {}
 
 func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +2264,7 @@ func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolRequest.ProtoReflect.Descriptor instead.
 func (*ScalePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ScalePoolRequest) GetRequestId() string {
@@ -1377,7 +2298,7 @@ type ScalePoolResponse struct {
 
 func (x *ScalePoolResponse) Reset() {
 	*x = ScalePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +2310,7 @@ func (x *ScalePoolResponse) String() string {
 func (*ScalePoolResponse) ProtoMessage() {}
 
 func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +2323,7 @@ func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolResponse.ProtoReflect.Descriptor instead.
 func (*ScalePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ScalePoolResponse) GetPool() *Pool {
@@ -1432,7 +2353,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +2365,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +2378,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListInstancesRequest) GetPool() string {
@@ -1491,7 +2412,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +2424,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +2437,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -1533,6 +2454,129 @@ func (x *ListInstancesResponse) GetIndex() uint64 {
 	return 0
 }
 
+type ListScaleEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// At most this many (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Only the evaluations that changed desired.
+	ActedOnly     bool `protobuf:"varint,3,opt,name=acted_only,json=actedOnly,proto3" json:"acted_only,omitempty"`
+	Consistent    bool `protobuf:"varint,4,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListScaleEventsRequest) Reset() {
+	*x = ListScaleEventsRequest{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListScaleEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListScaleEventsRequest) ProtoMessage() {}
+
+func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListScaleEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListScaleEventsRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListScaleEventsRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *ListScaleEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListScaleEventsRequest) GetActedOnly() bool {
+	if x != nil {
+		return x.ActedOnly
+	}
+	return false
+}
+
+func (x *ListScaleEventsRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type ListScaleEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first.
+	Events        []*ScaleEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	Index         uint64        `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListScaleEventsResponse) Reset() {
+	*x = ListScaleEventsResponse{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListScaleEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListScaleEventsResponse) ProtoMessage() {}
+
+func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListScaleEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListScaleEventsResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListScaleEventsResponse) GetEvents() []*ScaleEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListScaleEventsResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_hostscale_v1_pool_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_pool_proto_rawDesc = "" +
@@ -1540,7 +2584,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xb3\x03\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x94\x04\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -1556,7 +2600,79 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	" \x01(\rR\x03min\x12\x10\n" +
 	"\x03max\x18\v \x01(\rR\x03max\x12\x18\n" +
 	"\adesired\x18\f \x01(\rR\adesired\x12#\n" +
-	"\rnext_instance\x18\r \x01(\x04R\fnextInstance\"\x94\x03\n" +
+	"\rnext_instance\x18\r \x01(\x04R\fnextInstance\x125\n" +
+	"\ascaling\x18\x0e \x01(\v2\x1b.hostscale.v1.ScalingPolicyR\ascaling\x12(\n" +
+	"\x10next_scale_event\x18\x0f \x01(\x04R\x0enextScaleEvent\"\x85\x01\n" +
+	"\tRateLimit\x12/\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xc9\x06\n" +
+	"\rScalingPolicy\x123\n" +
+	"\x06metric\x18\x01 \x01(\x0e2\x1b.hostscale.v1.ScalingMetricR\x06metric\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\x01R\x06target\x12!\n" +
+	"\ttolerance\x18\x03 \x01(\x01H\x00R\ttolerance\x88\x01\x01\x12O\n" +
+	"\x16scale_up_stabilization\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x14scaleUpStabilization\x12S\n" +
+	"\x18scale_down_stabilization\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x16scaleDownStabilization\x12?\n" +
+	"\x0fscale_up_limits\x18\x06 \x03(\v2\x17.hostscale.v1.RateLimitR\rscaleUpLimits\x12C\n" +
+	"\x11scale_down_limits\x18\a \x03(\v2\x17.hostscale.v1.RateLimitR\x0fscaleDownLimits\x12B\n" +
+	"\x0fscale_up_select\x18\b \x01(\x0e2\x1a.hostscale.v1.SelectPolicyR\rscaleUpSelect\x12F\n" +
+	"\x11scale_down_select\x18\t \x01(\x0e2\x1a.hostscale.v1.SelectPolicyR\x0fscaleDownSelect\x12F\n" +
+	"\x11evaluation_period\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10evaluationPeriod\x121\n" +
+	"\x06window\x18\v \x01(\v2\x19.google.protobuf.DurationR\x06window\x12N\n" +
+	"\x15initialization_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x14initializationPeriod\x127\n" +
+	"\bprovider\x18\r \x01(\v2\x1b.hostscale.v1.ScaleProviderR\bproviderB\f\n" +
+	"\n" +
+	"_tolerance\"\x88\x01\n" +
+	"\rScaleProvider\x120\n" +
+	"\x04exec\x18\x01 \x01(\v2\x1a.hostscale.v1.ExecProviderH\x00R\x04exec\x129\n" +
+	"\awebhook\x18\x02 \x01(\v2\x1d.hostscale.v1.WebhookProviderH\x00R\awebhookB\n" +
+	"\n" +
+	"\bprovider\"q\n" +
+	"\fExecProvider\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"p\n" +
+	"\x0fWebhookProvider\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x83\x05\n" +
+	"\n" +
+	"ScaleEvent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
+	"\x06metric\x18\x04 \x01(\x0e2\x1b.hostscale.v1.ScalingMetricR\x06metric\x12B\n" +
+	"\bobserved\x18\x05 \x03(\v2&.hostscale.v1.ScaleEvent.ObservedEntryR\bobserved\x12%\n" +
+	"\x0eobserved_value\x18\x06 \x01(\x01R\robservedValue\x12\x16\n" +
+	"\x06target\x18\a \x01(\x01R\x06target\x12\x18\n" +
+	"\acurrent\x18\b \x01(\rR\acurrent\x12\x14\n" +
+	"\x05ready\x18\t \x01(\rR\x05ready\x12\x1f\n" +
+	"\vraw_desired\x18\n" +
+	" \x01(\rR\n" +
+	"rawDesired\x12&\n" +
+	"\x0erecommendation\x18\v \x01(\rR\x0erecommendation\x12\x18\n" +
+	"\adesired\x18\f \x01(\rR\adesired\x12\x1d\n" +
+	"\n" +
+	"limited_by\x18\r \x01(\tR\tlimitedBy\x12\x16\n" +
+	"\x06reason\x18\x0e \x01(\tR\x06reason\x12\x14\n" +
+	"\x05acted\x18\x0f \x01(\bR\x05acted\x12\x12\n" +
+	"\x04term\x18\x10 \x01(\x04R\x04term\x128\n" +
+	"\bprovider\x18\x11 \x01(\v2\x1c.hostscale.v1.ProviderResultR\bprovider\x1a;\n" +
+	"\rObservedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x80\x02\n" +
+	"\x0eProviderResult\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04done\x18\x02 \x01(\bR\x04done\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\rR\battempts\x12\x1b\n" +
+	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x12\x1f\n" +
+	"\vhttp_status\x18\x06 \x01(\x05R\n" +
+	"httpStatus\x12\x16\n" +
+	"\x06output\x18\a \x01(\tR\x06output\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12.\n" +
+	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x94\x03\n" +
 	"\x10InstanceTemplate\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x129\n" +
@@ -1657,11 +2773,37 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"consistent\"c\n" +
 	"\x15ListInstancesResponse\x124\n" +
 	"\tinstances\x18\x01 \x03(\v2\x16.hostscale.v1.InstanceR\tinstances\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x88\x01\n" +
+	"\x16ListScaleEventsRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"acted_only\x18\x03 \x01(\bR\tactedOnly\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x04 \x01(\bR\n" +
+	"consistent\"a\n" +
+	"\x17ListScaleEventsResponse\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.hostscale.v1.ScaleEventR\x06events\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index*R\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14POLICY_LEAST_REQUEST\x10\x01\x12\x16\n" +
-	"\x12POLICY_ROUND_ROBIN\x10\x02*\xda\x01\n" +
+	"\x12POLICY_ROUND_ROBIN\x10\x02*\xba\x01\n" +
+	"\rScalingMetric\x12\x1e\n" +
+	"\x1aSCALING_METRIC_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17SCALING_METRIC_HOST_CPU\x10\x01\x12\x1f\n" +
+	"\x1bSCALING_METRIC_INSTANCE_CPU\x10\x02\x12(\n" +
+	"$SCALING_METRIC_REQUESTS_PER_INSTANCE\x10\x03\x12!\n" +
+	"\x1dSCALING_METRIC_P95_LATENCY_MS\x10\x04*l\n" +
+	"\rRateLimitKind\x12\x1f\n" +
+	"\x1bRATE_LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19RATE_LIMIT_KIND_INSTANCES\x10\x01\x12\x1b\n" +
+	"\x17RATE_LIMIT_KIND_PERCENT\x10\x02*w\n" +
+	"\fSelectPolicy\x12\x1d\n" +
+	"\x19SELECT_POLICY_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11SELECT_POLICY_MAX\x10\x01\x12\x15\n" +
+	"\x11SELECT_POLICY_MIN\x10\x02\x12\x1a\n" +
+	"\x16SELECT_POLICY_DISABLED\x10\x03*\xda\x01\n" +
 	"\rInstanceState\x12\x1e\n" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INSTANCE_STATE_PENDING\x10\x01\x12\x1b\n" +
@@ -1669,7 +2811,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_HEALTHY\x10\x03\x12\x1c\n" +
 	"\x18INSTANCE_STATE_UNHEALTHY\x10\x04\x12\x1b\n" +
 	"\x17INSTANCE_STATE_STOPPING\x10\x05\x12\x19\n" +
-	"\x15INSTANCE_STATE_EXITED\x10\x062\x98\x05\n" +
+	"\x15INSTANCE_STATE_EXITED\x10\x062\xf8\x05\n" +
 	"\vPoolService\x12O\n" +
 	"\n" +
 	"CreatePool\x12\x1f.hostscale.v1.CreatePoolRequest\x1a .hostscale.v1.CreatePoolResponse\x12F\n" +
@@ -1681,7 +2823,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"AddBackend\x12\x1f.hostscale.v1.AddBackendRequest\x1a .hostscale.v1.AddBackendResponse\x12X\n" +
 	"\rRemoveBackend\x12\".hostscale.v1.RemoveBackendRequest\x1a#.hostscale.v1.RemoveBackendResponse\x12L\n" +
 	"\tScalePool\x12\x1e.hostscale.v1.ScalePoolRequest\x1a\x1f.hostscale.v1.ScalePoolResponse\x12X\n" +
-	"\rListInstances\x12\".hostscale.v1.ListInstancesRequest\x1a#.hostscale.v1.ListInstancesResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\rListInstances\x12\".hostscale.v1.ListInstancesRequest\x1a#.hostscale.v1.ListInstancesResponse\x12^\n" +
+	"\x0fListScaleEvents\x12$.hostscale.v1.ListScaleEventsRequest\x1a%.hostscale.v1.ListScaleEventsResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_pool_proto_rawDescOnce sync.Once
@@ -1695,75 +2838,114 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_pool_proto_rawDescData
 }
 
-var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_hostscale_v1_pool_proto_goTypes = []any{
-	(Policy)(0),                   // 0: hostscale.v1.Policy
-	(InstanceState)(0),            // 1: hostscale.v1.InstanceState
-	(*Backend)(nil),               // 2: hostscale.v1.Backend
-	(*Pool)(nil),                  // 3: hostscale.v1.Pool
-	(*InstanceTemplate)(nil),      // 4: hostscale.v1.InstanceTemplate
-	(*Instance)(nil),              // 5: hostscale.v1.Instance
-	(*CreatePoolRequest)(nil),     // 6: hostscale.v1.CreatePoolRequest
-	(*CreatePoolResponse)(nil),    // 7: hostscale.v1.CreatePoolResponse
-	(*GetPoolRequest)(nil),        // 8: hostscale.v1.GetPoolRequest
-	(*GetPoolResponse)(nil),       // 9: hostscale.v1.GetPoolResponse
-	(*ListPoolsRequest)(nil),      // 10: hostscale.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),     // 11: hostscale.v1.ListPoolsResponse
-	(*DeletePoolRequest)(nil),     // 12: hostscale.v1.DeletePoolRequest
-	(*DeletePoolResponse)(nil),    // 13: hostscale.v1.DeletePoolResponse
-	(*AddBackendRequest)(nil),     // 14: hostscale.v1.AddBackendRequest
-	(*AddBackendResponse)(nil),    // 15: hostscale.v1.AddBackendResponse
-	(*RemoveBackendRequest)(nil),  // 16: hostscale.v1.RemoveBackendRequest
-	(*RemoveBackendResponse)(nil), // 17: hostscale.v1.RemoveBackendResponse
-	(*ScalePoolRequest)(nil),      // 18: hostscale.v1.ScalePoolRequest
-	(*ScalePoolResponse)(nil),     // 19: hostscale.v1.ScalePoolResponse
-	(*ListInstancesRequest)(nil),  // 20: hostscale.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil), // 21: hostscale.v1.ListInstancesResponse
-	nil,                           // 22: hostscale.v1.InstanceTemplate.EnvEntry
-	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(Policy)(0),                     // 0: hostscale.v1.Policy
+	(ScalingMetric)(0),              // 1: hostscale.v1.ScalingMetric
+	(RateLimitKind)(0),              // 2: hostscale.v1.RateLimitKind
+	(SelectPolicy)(0),               // 3: hostscale.v1.SelectPolicy
+	(InstanceState)(0),              // 4: hostscale.v1.InstanceState
+	(*Backend)(nil),                 // 5: hostscale.v1.Backend
+	(*Pool)(nil),                    // 6: hostscale.v1.Pool
+	(*RateLimit)(nil),               // 7: hostscale.v1.RateLimit
+	(*ScalingPolicy)(nil),           // 8: hostscale.v1.ScalingPolicy
+	(*ScaleProvider)(nil),           // 9: hostscale.v1.ScaleProvider
+	(*ExecProvider)(nil),            // 10: hostscale.v1.ExecProvider
+	(*WebhookProvider)(nil),         // 11: hostscale.v1.WebhookProvider
+	(*ScaleEvent)(nil),              // 12: hostscale.v1.ScaleEvent
+	(*ProviderResult)(nil),          // 13: hostscale.v1.ProviderResult
+	(*InstanceTemplate)(nil),        // 14: hostscale.v1.InstanceTemplate
+	(*Instance)(nil),                // 15: hostscale.v1.Instance
+	(*CreatePoolRequest)(nil),       // 16: hostscale.v1.CreatePoolRequest
+	(*CreatePoolResponse)(nil),      // 17: hostscale.v1.CreatePoolResponse
+	(*GetPoolRequest)(nil),          // 18: hostscale.v1.GetPoolRequest
+	(*GetPoolResponse)(nil),         // 19: hostscale.v1.GetPoolResponse
+	(*ListPoolsRequest)(nil),        // 20: hostscale.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 21: hostscale.v1.ListPoolsResponse
+	(*DeletePoolRequest)(nil),       // 22: hostscale.v1.DeletePoolRequest
+	(*DeletePoolResponse)(nil),      // 23: hostscale.v1.DeletePoolResponse
+	(*AddBackendRequest)(nil),       // 24: hostscale.v1.AddBackendRequest
+	(*AddBackendResponse)(nil),      // 25: hostscale.v1.AddBackendResponse
+	(*RemoveBackendRequest)(nil),    // 26: hostscale.v1.RemoveBackendRequest
+	(*RemoveBackendResponse)(nil),   // 27: hostscale.v1.RemoveBackendResponse
+	(*ScalePoolRequest)(nil),        // 28: hostscale.v1.ScalePoolRequest
+	(*ScalePoolResponse)(nil),       // 29: hostscale.v1.ScalePoolResponse
+	(*ListInstancesRequest)(nil),    // 30: hostscale.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),   // 31: hostscale.v1.ListInstancesResponse
+	(*ListScaleEventsRequest)(nil),  // 32: hostscale.v1.ListScaleEventsRequest
+	(*ListScaleEventsResponse)(nil), // 33: hostscale.v1.ListScaleEventsResponse
+	nil,                             // 34: hostscale.v1.ScaleEvent.ObservedEntry
+	nil,                             // 35: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 37: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
-	2,  // 1: hostscale.v1.Pool.backends:type_name -> hostscale.v1.Backend
-	4,  // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
-	22, // 3: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	23, // 4: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	23, // 5: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
-	1,  // 6: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	24, // 7: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	24, // 8: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
-	3,  // 9: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	3,  // 10: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	3,  // 11: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
-	3,  // 12: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
-	2,  // 13: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
-	3,  // 14: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
-	3,  // 15: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
-	3,  // 16: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
-	5,  // 17: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
-	6,  // 18: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	8,  // 19: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	10, // 20: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	12, // 21: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	14, // 22: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	16, // 23: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	18, // 24: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	20, // 25: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	7,  // 26: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	9,  // 27: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	11, // 28: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	13, // 29: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	15, // 30: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	17, // 31: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	19, // 32: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	21, // 33: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	5,  // 1: hostscale.v1.Pool.backends:type_name -> hostscale.v1.Backend
+	14, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
+	8,  // 3: hostscale.v1.Pool.scaling:type_name -> hostscale.v1.ScalingPolicy
+	2,  // 4: hostscale.v1.RateLimit.kind:type_name -> hostscale.v1.RateLimitKind
+	36, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
+	1,  // 6: hostscale.v1.ScalingPolicy.metric:type_name -> hostscale.v1.ScalingMetric
+	36, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
+	36, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
+	7,  // 9: hostscale.v1.ScalingPolicy.scale_up_limits:type_name -> hostscale.v1.RateLimit
+	7,  // 10: hostscale.v1.ScalingPolicy.scale_down_limits:type_name -> hostscale.v1.RateLimit
+	3,  // 11: hostscale.v1.ScalingPolicy.scale_up_select:type_name -> hostscale.v1.SelectPolicy
+	3,  // 12: hostscale.v1.ScalingPolicy.scale_down_select:type_name -> hostscale.v1.SelectPolicy
+	36, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
+	36, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
+	36, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
+	9,  // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
+	10, // 17: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
+	11, // 18: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
+	36, // 19: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	36, // 20: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	37, // 21: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 22: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
+	34, // 23: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	13, // 24: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
+	37, // 25: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	35, // 26: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	36, // 27: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	36, // 28: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	4,  // 29: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
+	37, // 30: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	37, // 31: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	6,  // 32: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 33: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 34: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 35: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
+	5,  // 36: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
+	6,  // 37: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 38: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 39: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
+	15, // 40: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
+	12, // 41: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
+	16, // 42: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	18, // 43: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	20, // 44: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	22, // 45: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	24, // 46: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	26, // 47: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	28, // 48: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	30, // 49: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	32, // 50: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	17, // 51: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	19, // 52: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	21, // 53: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	23, // 54: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	25, // 55: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	27, // 56: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	29, // 57: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	31, // 58: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	33, // 59: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	51, // [51:60] is the sub-list for method output_type
+	42, // [42:51] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -1771,13 +2953,18 @@ func file_hostscale_v1_pool_proto_init() {
 	if File_hostscale_v1_pool_proto != nil {
 		return
 	}
+	file_hostscale_v1_pool_proto_msgTypes[3].OneofWrappers = []any{}
+	file_hostscale_v1_pool_proto_msgTypes[4].OneofWrappers = []any{
+		(*ScaleProvider_Exec)(nil),
+		(*ScaleProvider_Webhook)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   21,
+			NumEnums:      5,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,14 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PoolService_CreatePool_FullMethodName    = "/hostscale.v1.PoolService/CreatePool"
-	PoolService_GetPool_FullMethodName       = "/hostscale.v1.PoolService/GetPool"
-	PoolService_ListPools_FullMethodName     = "/hostscale.v1.PoolService/ListPools"
-	PoolService_DeletePool_FullMethodName    = "/hostscale.v1.PoolService/DeletePool"
-	PoolService_AddBackend_FullMethodName    = "/hostscale.v1.PoolService/AddBackend"
-	PoolService_RemoveBackend_FullMethodName = "/hostscale.v1.PoolService/RemoveBackend"
-	PoolService_ScalePool_FullMethodName     = "/hostscale.v1.PoolService/ScalePool"
-	PoolService_ListInstances_FullMethodName = "/hostscale.v1.PoolService/ListInstances"
+	PoolService_CreatePool_FullMethodName      = "/hostscale.v1.PoolService/CreatePool"
+	PoolService_GetPool_FullMethodName         = "/hostscale.v1.PoolService/GetPool"
+	PoolService_ListPools_FullMethodName       = "/hostscale.v1.PoolService/ListPools"
+	PoolService_DeletePool_FullMethodName      = "/hostscale.v1.PoolService/DeletePool"
+	PoolService_AddBackend_FullMethodName      = "/hostscale.v1.PoolService/AddBackend"
+	PoolService_RemoveBackend_FullMethodName   = "/hostscale.v1.PoolService/RemoveBackend"
+	PoolService_ScalePool_FullMethodName       = "/hostscale.v1.PoolService/ScalePool"
+	PoolService_ListInstances_FullMethodName   = "/hostscale.v1.PoolService/ListInstances"
+	PoolService_ListScaleEvents_FullMethodName = "/hostscale.v1.PoolService/ListScaleEvents"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -60,6 +61,10 @@ type PoolServiceClient interface {
 	// ListInstances lists the instances of one pool, or of every pool, or
 	// those on one node, in id order.
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
+	// ListScaleEvents answers "why did it scale?": the autoscaler's
+	// evaluations of a pool, newest first, each with its inputs, what it
+	// decided and which rule limited it.
+	ListScaleEvents(ctx context.Context, in *ListScaleEventsRequest, opts ...grpc.CallOption) (*ListScaleEventsResponse, error)
 }
 
 type poolServiceClient struct {
@@ -150,6 +155,16 @@ func (c *poolServiceClient) ListInstances(ctx context.Context, in *ListInstances
 	return out, nil
 }
 
+func (c *poolServiceClient) ListScaleEvents(ctx context.Context, in *ListScaleEventsRequest, opts ...grpc.CallOption) (*ListScaleEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListScaleEventsResponse)
+	err := c.cc.Invoke(ctx, PoolService_ListScaleEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -181,6 +196,10 @@ type PoolServiceServer interface {
 	// ListInstances lists the instances of one pool, or of every pool, or
 	// those on one node, in id order.
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
+	// ListScaleEvents answers "why did it scale?": the autoscaler's
+	// evaluations of a pool, newest first, each with its inputs, what it
+	// decided and which rule limited it.
+	ListScaleEvents(context.Context, *ListScaleEventsRequest) (*ListScaleEventsResponse, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -214,6 +233,9 @@ func (UnimplementedPoolServiceServer) ScalePool(context.Context, *ScalePoolReque
 }
 func (UnimplementedPoolServiceServer) ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstances not implemented")
+}
+func (UnimplementedPoolServiceServer) ListScaleEvents(context.Context, *ListScaleEventsRequest) (*ListScaleEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListScaleEvents not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -380,6 +402,24 @@ func _PoolService_ListInstances_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_ListScaleEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListScaleEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).ListScaleEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_ListScaleEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).ListScaleEvents(ctx, req.(*ListScaleEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -418,6 +458,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListInstances",
 			Handler:    _PoolService_ListInstances_Handler,
+		},
+		{
+			MethodName: "ListScaleEvents",
+			Handler:    _PoolService_ListScaleEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

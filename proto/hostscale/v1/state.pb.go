@@ -51,7 +51,9 @@ type State struct {
 	// Silences by id.
 	Silences map[string]*Silence `protobuf:"bytes,13,rep,name=silences,proto3" json:"silences,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Instances by id.
-	Instances     map[string]*Instance `protobuf:"bytes,14,rep,name=instances,proto3" json:"instances,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Instances map[string]*Instance `protobuf:"bytes,14,rep,name=instances,proto3" json:"instances,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Each pool's recent scale events, oldest first, by pool.
+	ScaleEvents   map[string]*ScaleEvents `protobuf:"bytes,15,rep,name=scale_events,json=scaleEvents,proto3" json:"scale_events,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +186,57 @@ func (x *State) GetInstances() map[string]*Instance {
 	return nil
 }
 
+func (x *State) GetScaleEvents() map[string]*ScaleEvents {
+	if x != nil {
+		return x.ScaleEvents
+	}
+	return nil
+}
+
+type ScaleEvents struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*ScaleEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleEvents) Reset() {
+	*x = ScaleEvents{}
+	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleEvents) ProtoMessage() {}
+
+func (x *ScaleEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleEvents.ProtoReflect.Descriptor instead.
+func (*ScaleEvents) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ScaleEvents) GetEvents() []*ScaleEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // AlertDelivery is one notification a receiver took.
 type AlertDelivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -199,7 +252,7 @@ type AlertDelivery struct {
 
 func (x *AlertDelivery) Reset() {
 	*x = AlertDelivery{}
-	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	mi := &file_hostscale_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +264,7 @@ func (x *AlertDelivery) String() string {
 func (*AlertDelivery) ProtoMessage() {}
 
 func (x *AlertDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_state_proto_msgTypes[1]
+	mi := &file_hostscale_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +277,7 @@ func (x *AlertDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertDelivery.ProtoReflect.Descriptor instead.
 func (*AlertDelivery) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AlertDelivery) GetKey() string {
@@ -273,7 +326,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_hostscale_v1_state_proto_msgTypes[2]
+	mi := &file_hostscale_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +338,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_state_proto_msgTypes[2]
+	mi := &file_hostscale_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +351,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -332,7 +385,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_hostscale_v1_state_proto_msgTypes[3]
+	mi := &file_hostscale_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +397,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_state_proto_msgTypes[3]
+	mi := &file_hostscale_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +410,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -399,8 +452,7 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xb7\n" +
-	"\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xdb\v\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
@@ -419,7 +471,8 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x17alert_rules_initialized\x18\v \x01(\bR\x15alertRulesInitialized\x12F\n" +
 	"\x10alert_deliveries\x18\f \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\x0falertDeliveries\x12=\n" +
 	"\bsilences\x18\r \x03(\v2!.hostscale.v1.State.SilencesEntryR\bsilences\x12@\n" +
-	"\tinstances\x18\x0e \x03(\v2\".hostscale.v1.State.InstancesEntryR\tinstances\x1aV\n" +
+	"\tinstances\x18\x0e \x03(\v2\".hostscale.v1.State.InstancesEntryR\tinstances\x12G\n" +
+	"\fscale_events\x18\x0f \x03(\v2$.hostscale.v1.State.ScaleEventsEntryR\vscaleEvents\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
@@ -442,7 +495,12 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x15.hostscale.v1.SilenceR\x05value:\x028\x01\x1aT\n" +
 	"\x0eInstancesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
-	"\x05value\x18\x02 \x01(\v2\x16.hostscale.v1.InstanceR\x05value:\x028\x01\"\xa5\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.hostscale.v1.InstanceR\x05value:\x028\x01\x1aY\n" +
+	"\x10ScaleEventsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.hostscale.v1.ScaleEventsR\x05value:\x028\x01\"?\n" +
+	"\vScaleEvents\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.hostscale.v1.ScaleEventR\x06events\"\xa5\x01\n" +
 	"\rAlertDelivery\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
 	"\breceiver\x18\x02 \x01(\tR\breceiver\x12\x1b\n" +
@@ -474,51 +532,57 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
-	(*AlertDelivery)(nil),         // 1: hostscale.v1.AlertDelivery
-	(*MemberRecord)(nil),          // 2: hostscale.v1.MemberRecord
-	(*AppliedRequest)(nil),        // 3: hostscale.v1.AppliedRequest
-	nil,                           // 4: hostscale.v1.State.MembersEntry
-	nil,                           // 5: hostscale.v1.State.PoolsEntry
-	nil,                           // 6: hostscale.v1.State.NodesEntry
-	nil,                           // 7: hostscale.v1.State.AlertRulesEntry
-	nil,                           // 8: hostscale.v1.State.AlertsEntry
-	nil,                           // 9: hostscale.v1.State.SilencesEntry
-	nil,                           // 10: hostscale.v1.State.InstancesEntry
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 12: hostscale.v1.Pool
-	(*Node)(nil),                  // 13: hostscale.v1.Node
-	(*AlertRule)(nil),             // 14: hostscale.v1.AlertRule
-	(*Alert)(nil),                 // 15: hostscale.v1.Alert
-	(*Silence)(nil),               // 16: hostscale.v1.Silence
-	(*Instance)(nil),              // 17: hostscale.v1.Instance
+	(*ScaleEvents)(nil),           // 1: hostscale.v1.ScaleEvents
+	(*AlertDelivery)(nil),         // 2: hostscale.v1.AlertDelivery
+	(*MemberRecord)(nil),          // 3: hostscale.v1.MemberRecord
+	(*AppliedRequest)(nil),        // 4: hostscale.v1.AppliedRequest
+	nil,                           // 5: hostscale.v1.State.MembersEntry
+	nil,                           // 6: hostscale.v1.State.PoolsEntry
+	nil,                           // 7: hostscale.v1.State.NodesEntry
+	nil,                           // 8: hostscale.v1.State.AlertRulesEntry
+	nil,                           // 9: hostscale.v1.State.AlertsEntry
+	nil,                           // 10: hostscale.v1.State.SilencesEntry
+	nil,                           // 11: hostscale.v1.State.InstancesEntry
+	nil,                           // 12: hostscale.v1.State.ScaleEventsEntry
+	(*ScaleEvent)(nil),            // 13: hostscale.v1.ScaleEvent
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 15: hostscale.v1.Pool
+	(*Node)(nil),                  // 16: hostscale.v1.Node
+	(*AlertRule)(nil),             // 17: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 18: hostscale.v1.Alert
+	(*Silence)(nil),               // 19: hostscale.v1.Silence
+	(*Instance)(nil),              // 20: hostscale.v1.Instance
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
-	4,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
-	5,  // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
-	3,  // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
-	6,  // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
-	7,  // 4: hostscale.v1.State.alert_rules:type_name -> hostscale.v1.State.AlertRulesEntry
-	8,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
-	1,  // 6: hostscale.v1.State.alert_deliveries:type_name -> hostscale.v1.AlertDelivery
-	9,  // 7: hostscale.v1.State.silences:type_name -> hostscale.v1.State.SilencesEntry
-	10, // 8: hostscale.v1.State.instances:type_name -> hostscale.v1.State.InstancesEntry
-	11, // 9: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
-	11, // 10: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	2,  // 11: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	12, // 12: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	13, // 13: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
-	14, // 14: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
-	15, // 15: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
-	16, // 16: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
-	17, // 17: hostscale.v1.State.InstancesEntry.value:type_name -> hostscale.v1.Instance
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	5,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
+	6,  // 1: hostscale.v1.State.pools:type_name -> hostscale.v1.State.PoolsEntry
+	4,  // 2: hostscale.v1.State.requests:type_name -> hostscale.v1.AppliedRequest
+	7,  // 3: hostscale.v1.State.nodes:type_name -> hostscale.v1.State.NodesEntry
+	8,  // 4: hostscale.v1.State.alert_rules:type_name -> hostscale.v1.State.AlertRulesEntry
+	9,  // 5: hostscale.v1.State.alerts:type_name -> hostscale.v1.State.AlertsEntry
+	2,  // 6: hostscale.v1.State.alert_deliveries:type_name -> hostscale.v1.AlertDelivery
+	10, // 7: hostscale.v1.State.silences:type_name -> hostscale.v1.State.SilencesEntry
+	11, // 8: hostscale.v1.State.instances:type_name -> hostscale.v1.State.InstancesEntry
+	12, // 9: hostscale.v1.State.scale_events:type_name -> hostscale.v1.State.ScaleEventsEntry
+	13, // 10: hostscale.v1.ScaleEvents.events:type_name -> hostscale.v1.ScaleEvent
+	14, // 11: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
+	14, // 12: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	3,  // 13: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	15, // 14: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	16, // 15: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	17, // 16: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
+	18, // 17: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
+	19, // 18: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
+	20, // 19: hostscale.v1.State.InstancesEntry.value:type_name -> hostscale.v1.Instance
+	1,  // 20: hostscale.v1.State.ScaleEventsEntry.value:type_name -> hostscale.v1.ScaleEvents
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -535,7 +599,7 @@ func file_hostscale_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
