@@ -472,11 +472,14 @@ func TestProxy_retriesStopWhenTheBudgetIsSpent(t *testing.T) {
 
 	// Raising the floor lets them through again.
 	cfg.Retry.MinConcurrent = 1
-	_, addr = startBalancer(t, cfg, oneTable(1, PolicyRoundRobin, deadAddr, live.addr))
+	b2, addr := startBalancer(t, cfg, oneTable(1, PolicyRoundRobin, deadAddr, live.addr))
+	st2 := b2.snap.Load().pools[0].state
 	for i := 0; i < 10; i++ {
+		t.Logf("DIAG before %d: active=%d retries=%d", i, st2.active.Load(), st2.retries.Load())
 		resp, err := c.Get("http://" + addr + "/")
 		require.NoError(t, err)
 		resp.Body.Close()
 		require.Equal(t, 200, resp.StatusCode)
 	}
+	_ = b2
 }

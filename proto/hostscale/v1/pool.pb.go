@@ -1010,9 +1010,12 @@ type ScaleEvent struct {
 	// The term of the leader that decided.
 	Term uint64 `protobuf:"varint,16,opt,name=term,proto3" json:"term,omitempty"`
 	// The provider call for an acting decision, when the pool has one.
-	Provider      *ProviderResult `protobuf:"bytes,17,opt,name=provider,proto3" json:"provider,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Provider *ProviderResult `protobuf:"bytes,17,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The pool's desired before this decision: an acting event changed it by
+	// desired - previous_desired (the rate limits count these).
+	PreviousDesired uint32 `protobuf:"varint,18,opt,name=previous_desired,json=previousDesired,proto3" json:"previous_desired,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ScaleEvent) Reset() {
@@ -1162,6 +1165,13 @@ func (x *ScaleEvent) GetProvider() *ProviderResult {
 		return x.Provider
 	}
 	return nil
+}
+
+func (x *ScaleEvent) GetPreviousDesired() uint32 {
+	if x != nil {
+		return x.PreviousDesired
+	}
+	return 0
 }
 
 // ProviderResult is the outcome of a provider call.
@@ -2636,7 +2646,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x0fWebhookProvider\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x83\x05\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xae\x05\n" +
 	"\n" +
 	"ScaleEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -2658,7 +2668,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x06reason\x18\x0e \x01(\tR\x06reason\x12\x14\n" +
 	"\x05acted\x18\x0f \x01(\bR\x05acted\x12\x12\n" +
 	"\x04term\x18\x10 \x01(\x04R\x04term\x128\n" +
-	"\bprovider\x18\x11 \x01(\v2\x1c.hostscale.v1.ProviderResultR\bprovider\x1a;\n" +
+	"\bprovider\x18\x11 \x01(\v2\x1c.hostscale.v1.ProviderResultR\bprovider\x12)\n" +
+	"\x10previous_desired\x18\x12 \x01(\rR\x0fpreviousDesired\x1a;\n" +
 	"\rObservedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x80\x02\n" +
