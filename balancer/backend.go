@@ -147,6 +147,22 @@ func retryAllowed(active, retries int64, budgetPct, minConc int) bool {
 	return retries < limit
 }
 
+// reserveRetry takes one retry slot if the budget has room and reports
+// whether it did; the caller gives it back with retries.Add(-1). Check and
+// take are one compare-and-swap so that concurrent failures cannot all pass
+// the check and overrun the budget together.
+func (p *poolState) reserveRetry(budgetPct, minConc int) bool {
+	for {
+		r := p.retries.Load()
+		if !retryAllowed(p.active.Load(), r, budgetPct, minConc) {
+			return false
+		}
+		if p.retries.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
 // reportSuccess records a response below 500.
 func (p *poolState) reportSuccess(b *backend, now int64, base time.Duration) {
 	h := &b.health

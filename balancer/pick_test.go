@@ -2,6 +2,8 @@ package balancer
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,6 +208,33 @@ func TestRetryBudget_isShareOfActiveWithMinimum(t *testing.T) {
 	require.True(t, retryAllowed(100, 19, 20, 3))
 	require.False(t, retryAllowed(100, 20, 20, 3), "20%% of 100 in flight")
 	require.False(t, retryAllowed(100, 0, 0, 0), "budget 0 disables retries")
+}
+
+func TestRetryBudget_concurrentReservationsNeverOverrunIt(t *testing.T) {
+	var st poolState
+	st.active.Store(100) // 20% of 100: 20 retries in flight at most
+	const workers = 64
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for j := 0; j < 10; j++ {
+				if st.reserveRetry(20, 3) {
+					granted.Add(1)
+				}
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	require.Equal(t, int64(20), granted.Load())
+	require.Equal(t, int64(20), st.retries.Load())
+	st.retries.Add(-1)
+	require.True(t, st.reserveRetry(20, 3), "a released slot can be taken again")
 }
 
 func TestRouter_hostsAndPrefixes(t *testing.T) {

@@ -222,7 +222,7 @@ func (cc *clientConn) handle(headLen int) bool {
 		}
 		may := rc.Enabled && !retried && (out.connect || idempotent && replayable)
 		if may {
-			may = retryAllowed(st.active.Load(), st.retries.Load(), rc.BudgetPercent, rc.MinConcurrent)
+			may = st.reserveRetry(rc.BudgetPercent, rc.MinConcurrent)
 		}
 		if !may {
 			code := 502
@@ -234,7 +234,6 @@ func (cc *clientConn) handle(headLen int) bool {
 		retried = true
 		exclude = be
 		b.counters.retries.Add(1)
-		st.retries.Add(1)
 		counted = true
 	}
 }

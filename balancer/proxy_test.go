@@ -454,32 +454,40 @@ func TestProxy_retriesStopWhenTheBudgetIsSpent(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Health.ConsecutiveConnectFailures = 0
 	cfg.Retry.MinConcurrent = 0
+	// get sends one GET with no other request of the pool in flight. The
+	// balancer releases a request's budget after its response is written,
+	// so the client can see the response first; and the client drops the
+	// connection (the body is not read), so the next request may run on
+	// another connection before that release. Waiting for it keeps the
+	// previous request out of the next one's budget.
+	get := func(st *poolState, addr string, c *http.Client) int {
+		t.Helper()
+		resp, err := c.Get("http://" + addr + "/")
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Eventually(t, func() bool { return st.active.Load() == 0 && st.retries.Load() == 0 },
+			5*time.Second, time.Millisecond, "request and retries in flight are released")
+		return resp.StatusCode
+	}
 	b, addr := startBalancer(t, cfg, oneTable(1, PolicyRoundRobin, deadAddr, live.addr))
 	st := b.snap.Load().pools[0].state
 	c := testClient(t, 1)
 	codes := map[int]int{}
 	for i := 0; i < 10; i++ {
-		resp, err := c.Get("http://" + addr + "/")
-		require.NoError(t, err)
-		resp.Body.Close()
-		codes[resp.StatusCode]++
+		codes[get(st, addr, c)]++
 	}
 	// With no other request in flight, 20% of one request allows no retry
 	// once the minimum is 0: the requests that hit the dead backend fail.
 	require.Equal(t, 5, codes[502], "%v", codes)
 	require.Equal(t, 5, codes[200], "%v", codes)
-	require.Zero(t, st.retries.Load(), "retries in flight are released")
+	require.Zero(t, b.counters.retries.Load())
 
 	// Raising the floor lets them through again.
 	cfg.Retry.MinConcurrent = 1
-	b2, addr := startBalancer(t, cfg, oneTable(1, PolicyRoundRobin, deadAddr, live.addr))
-	st2 := b2.snap.Load().pools[0].state
+	b, addr = startBalancer(t, cfg, oneTable(1, PolicyRoundRobin, deadAddr, live.addr))
+	st = b.snap.Load().pools[0].state
 	for i := 0; i < 10; i++ {
-		t.Logf("DIAG before %d: active=%d retries=%d", i, st2.active.Load(), st2.retries.Load())
-		resp, err := c.Get("http://" + addr + "/")
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, 200, resp.StatusCode)
+		require.Equal(t, 200, get(st, addr, c), "request %d", i)
 	}
-	_ = b2
+	require.Equal(t, uint64(5), b.counters.retries.Load(), "the dead backend's requests were retried")
 }

@@ -18,6 +18,9 @@ import (
 // Hub is safe for concurrent use.
 type Hub struct {
 	Store *metricstore.Store
+	// Instances holds each instance's usage from its agent's samples, by
+	// instance id: cpu_percent (of one core) and memory_used_bytes (RSS).
+	Instances *metricstore.Store
 
 	mu      sync.Mutex
 	nodes   map[string]*live
@@ -33,7 +36,7 @@ type live struct {
 
 // NewHub returns a hub whose sample windows hold capacity samples a node.
 func NewHub(capacity int) *Hub {
-	return &Hub{Store: metricstore.New(capacity), nodes: map[string]*live{}}
+	return &Hub{Store: metricstore.New(capacity), Instances: metricstore.New(capacity), nodes: map[string]*live{}}
 }
 
 func (h *Hub) node(name string) *live {
@@ -78,8 +81,12 @@ func (h *Hub) Seen(name string, now time.Time) {
 	}
 }
 
-// Sampled records a sample as the node's latest if it is newer.
+// Sampled records a sample as the node's latest if it is newer, and the
+// usage of the instances it carries.
 func (h *Hub) Sampled(name string, s *pb.Sample) {
+	for _, u := range s.Instances {
+		h.Instances.Add(u.Id, &pb.Sample{Time: s.Time, CpuPercent: u.CpuPercent, MemoryUsedBytes: u.RssBytes})
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	l := h.node(name)
@@ -124,4 +131,5 @@ func (h *Hub) Reset() {
 	h.nodes = map[string]*live{}
 	h.mu.Unlock()
 	h.Store.Reset()
+	h.Instances.Reset()
 }

@@ -297,6 +297,18 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 			return err
 		}
 	}
+	if len(s.Instances) > maxReported {
+		return invalid(field+".instances", "at most %d instances", maxReported)
+	}
+	for i, u := range s.Instances {
+		f := fmt.Sprintf("instances[%d]", i)
+		if u.GetId() == "" || len(u.Id) > 128 {
+			return invalid(fmt.Sprintf("%s.%s.id", field, f), "must be 1-128 characters")
+		}
+		if err := check(f+".cpu_percent", u.CpuPercent, 100*maxCores); err != nil {
+			return err
+		}
+	}
 	if len(s.Disks) > maxDisks {
 		return invalid(field+".disks", "at most %d disks", maxDisks)
 	}

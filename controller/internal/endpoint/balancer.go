@@ -2,14 +2,19 @@ package endpoint
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/controller/internal/lbstats"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -19,6 +24,8 @@ type Balancers struct {
 	pb.UnimplementedBalancerServiceServer
 	Core *Core
 	Acks *TableAcks
+	// Stats receives the balancers' counters on the leader.
+	Stats *lbstats.Store
 
 	// cache is the table of the newest pools index built so far, shared
 	// by every watcher: it is never modified once built.
@@ -123,6 +130,47 @@ func (s *Balancers) AckTable(ctx context.Context, req *pb.AckTableRequest) (*pb.
 	if _, err := s.Core.LeaderOnly(ctx, req, resp); err != nil {
 		s.Core.Logger.Debug("forward table acknowledgement to the leader", "balancer", req.Balancer, "err", err)
 	}
+	return resp, nil
+}
+
+// Limits of a stats report.
+const (
+	maxReportedBackends = 10000
+	maxBuckets          = 64
+)
+
+func (s *Balancers) ReportStats(ctx context.Context, req *pb.ReportStatsRequest) (*pb.ReportStatsResponse, error) {
+	if err := checkName("balancer", req.Balancer); err != nil {
+		return nil, err
+	}
+	if len(req.Backends) > maxReportedBackends {
+		return nil, status.Errorf(codes.ResourceExhausted, "backends: %d backends exceed the limit of %d", len(req.Backends), maxReportedBackends)
+	}
+	if len(req.BucketBounds) > maxBuckets {
+		return nil, invalid("bucket_bounds", "at most %d buckets", maxBuckets)
+	}
+	for i, b := range req.BucketBounds {
+		if math.IsNaN(b) || math.IsInf(b, 0) || b <= 0 || (i > 0 && b <= req.BucketBounds[i-1]) {
+			return nil, invalid(fmt.Sprintf("bucket_bounds[%d]", i), "bounds must be positive, finite and ascending")
+		}
+	}
+	for i, b := range req.Backends {
+		f := fmt.Sprintf("backends[%d]", i)
+		if err := checkName(f+".pool", b.GetPool()); err != nil {
+			return nil, err
+		}
+		if err := checkAddress(f+".address", b.GetAddress()); err != nil {
+			return nil, err
+		}
+		if len(b.LatencyCounts) != 0 && len(b.LatencyCounts) != len(req.BucketBounds)+1 {
+			return nil, invalid(f+".latency_counts", "%d counts for %d bounds (want bounds + 1)", len(b.LatencyCounts), len(req.BucketBounds))
+		}
+	}
+	resp := &pb.ReportStatsResponse{}
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
+	s.Stats.Record(req.Balancer, time.Now(), req)
 	return resp, nil
 }
 

@@ -250,3 +250,34 @@ func (s *Nodes) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.Dr
 	resp.Index = max(resp.Index, res.Index)
 	return resp, nil
 }
+
+func (s *Pools) ListScaleEvents(ctx context.Context, req *pb.ListScaleEventsRequest) (*pb.ListScaleEventsResponse, error) {
+	if err := checkName("pool", req.Pool); err != nil {
+		return nil, err
+	}
+	size := int(req.PageSize)
+	switch {
+	case size < 0 || size > maxPageSize:
+		return nil, invalid("page_size", "must be 0 to %d", maxPageSize)
+	case size == 0:
+		size = 50
+	}
+	resp := &pb.ListScaleEventsResponse{}
+	if fwd, err := s.Core.Consistent(ctx, req.Consistent, req, resp); fwd || err != nil {
+		return orNil(resp, err)
+	}
+	found := false
+	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
+		found = st.Pools[req.Pool] != nil
+		evs := st.ScaleEvents[req.Pool].GetEvents()
+		for i := len(evs) - 1; i >= 0 && len(resp.Events) < size; i-- {
+			if !req.ActedOnly || evs[i].Acted {
+				resp.Events = append(resp.Events, proto.CloneOf(evs[i]))
+			}
+		}
+	})
+	if !found {
+		return nil, status.Errorf(codes.NotFound, "pool %q not found", req.Pool)
+	}
+	return resp, nil
+}

@@ -102,6 +102,9 @@ func ensureMaps(st *pb.State) {
 	if st.Instances == nil {
 		st.Instances = map[string]*pb.Instance{}
 	}
+	if st.ScaleEvents == nil {
+		st.ScaleEvents = map[string]*pb.ScaleEvents{}
+	}
 }
 
 // Read calls fn with the state and the index it reflects, under a read lock.
@@ -254,6 +257,10 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return nil
 	case *pb.Command_DrainNode:
 		return f.drainNode(c.DrainNode, cmd, index)
+	case *pb.Command_RecordScaleEvent:
+		return f.recordScaleEvent(c.RecordScaleEvent, cmd, index)
+	case *pb.Command_RecordProviderResult:
+		return f.recordProviderResult(c.RecordProviderResult)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}

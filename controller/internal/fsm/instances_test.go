@@ -114,3 +114,36 @@ func TestInstances_drainIsStickyAcrossDownAndUp(t *testing.T) {
 	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DrainNode{DrainNode: &pb.DrainNodeCommand{Node: "n1"}}}).Err)
 	require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, status())
 }
+
+func TestScaleEvents_actingEventSetsDesiredAndOldOnesExpire(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	templatePool(a)
+	rec := func(ev *pb.ScaleEvent) error {
+		return a.apply(&pb.Command{Command: &pb.Command_RecordScaleEvent{RecordScaleEvent: &pb.RecordScaleEventCommand{Event: ev}}}).Err
+	}
+	require.NoError(t, rec(&pb.ScaleEvent{Pool: "web", PreviousDesired: 1, Desired: 3, Acted: true}))
+	st := a.f.Clone()
+	require.Equal(t, uint32(3), st.Pools["web"].Desired)
+	require.Equal(t, "web-1", st.ScaleEvents["web"].Events[0].Id)
+
+	// Decided against a desired count that changed since: kept, not applied.
+	require.NoError(t, rec(&pb.ScaleEvent{Pool: "web", PreviousDesired: 1, Desired: 5, Acted: true}))
+	st = a.f.Clone()
+	require.Equal(t, uint32(3), st.Pools["web"].Desired)
+	require.False(t, st.ScaleEvents["web"].Events[1].Acted)
+	require.Contains(t, st.ScaleEvents["web"].Events[1].Reason, "not applied")
+
+	require.Error(t, rec(&pb.ScaleEvent{Pool: "web", PreviousDesired: 3, Desired: 50, Acted: true}), "beyond max")
+	require.Error(t, rec(&pb.ScaleEvent{Pool: "nope"}))
+
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_RecordProviderResult{RecordProviderResult: &pb.RecordProviderResultCommand{
+		Pool: "web", Event: "web-1", Result: &pb.ProviderResult{Kind: "exec", Ok: true, Done: true}}}}).Err)
+	require.True(t, a.f.Clone().ScaleEvents["web"].Events[0].Provider.Ok)
+
+	// An hour later the old events are gone.
+	a.index += 4000
+	require.NoError(t, rec(&pb.ScaleEvent{Pool: "web", PreviousDesired: 3, Desired: 3}))
+	evs := a.f.Clone().ScaleEvents["web"].Events
+	require.Len(t, evs, 1)
+	require.Equal(t, "web-4", evs[0].Id)
+}

@@ -37,6 +37,9 @@ func (f *FSM) createPool(c *pb.CreatePoolCommand, index uint64) error {
 	if p.NextInstance == 0 {
 		p.NextInstance = 1
 	}
+	if p.NextScaleEvent == 0 {
+		p.NextScaleEvent = 1
+	}
 	f.state.Pools[p.Name] = p
 	return nil
 }
@@ -46,6 +49,7 @@ func (f *FSM) deletePool(c *pb.DeletePoolCommand) error {
 		return status.Errorf(codes.NotFound, "pool %q not found", c.GetPool())
 	}
 	delete(f.state.Pools, c.GetPool())
+	delete(f.state.ScaleEvents, c.GetPool())
 	// Its instances are forgotten: no assignment names them any more, so
 	// their agents stop them.
 	for id, in := range f.state.Instances {
