@@ -195,7 +195,7 @@ func serve(o options, stderr io.Writer) error {
 	ssc.Interval = o.interval
 	ssc.Controllers = o.controllers
 	ssc.BufferSize = max(1, int(o.buffer/o.interval))
-	a, err := agent.New(agent.Config{Sampler: sampler, Session: ssc, Logger: logger, Registerer: reg})
+	a, err := agent.New(agent.Config{Sampler: sampler, Session: ssc, Logger: logger, Registerer: reg, Usage: drv.Usage})
 	if err != nil {
 		return err
 	}

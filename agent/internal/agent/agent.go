@@ -13,6 +13,7 @@ import (
 	"github.com/hostscale/hostscale/agent/internal/sample"
 	"github.com/hostscale/hostscale/agent/internal/session"
 	"github.com/hostscale/hostscale/internal/logging"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 var _ session.FactSource = (sample.Sampler)(nil)
@@ -30,6 +31,10 @@ type Config struct {
 	// Registerer receives the agent's and the session's metrics; nil
 	// registers none.
 	Registerer prometheus.Registerer
+	// Usage, when set, is called once per sample and its result becomes
+	// the sample's Instances: the CPU and memory of the instances the
+	// agent runs. It must not block; the sample owns what it returns.
+	Usage func() []*pb.InstanceUsage
 }
 
 // Validate reports the first field that makes the config unusable.
@@ -144,6 +149,9 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 		if failing {
 			a.log.Info("sampling the host again")
 			failing = false
+		}
+		if a.cfg.Usage != nil {
+			s.Instances = a.cfg.Usage()
 		}
 		a.samples.Inc()
 		// The gauges keep their own copy: the session owns s and marks

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,8 +15,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/hostscale/hostscale/agent/internal/controllertest"
 	"github.com/hostscale/hostscale/agent/internal/sample"
 	"github.com/hostscale/hostscale/agent/internal/session"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 func TestMain(m *testing.M) {
@@ -79,6 +82,47 @@ hostscale_host_disk_used_percent{mount="/"} 40
 	fake.SetErr(nil)
 	taken := fake.Taken()
 	require.Eventually(t, func() bool { return fake.Taken() > taken }, 5*time.Second, 5*time.Millisecond)
+}
+
+func TestAgent_samplesCarryInstanceUsage(t *testing.T) {
+	c := controllertest.Start(t, "c1")
+	var calls atomic.Uint64
+	usage := func() []*pb.InstanceUsage {
+		n := calls.Add(1)
+		return []*pb.InstanceUsage{
+			{Id: "web-1", CpuPercent: float64(n), RssBytes: n << 20},
+			{Id: "web-2", CpuPercent: 150, RssBytes: 1 << 30},
+		}
+	}
+	sc := session.DefaultConfig()
+	sc.Node = "n1"
+	sc.Controllers = []string{c.Addr()}
+	sc.Interval = 10 * time.Millisecond
+	a, err := New(Config{Sampler: sample.NewFake(), Session: sc, Usage: usage})
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { require.NoError(t, a.Run(ctx)) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	require.Eventually(t, func() bool { return len(c.Samples()) >= 5 }, 10*time.Second, 5*time.Millisecond)
+	// Each sample has a reading of its own, taken as it was, in order.
+	prev := 0.0
+	for _, s := range c.Samples() {
+		in := s.GetInstances()
+		require.Len(t, in, 2, "sample %d", s.GetProcesses())
+		require.Equal(t, "web-1", in[0].GetId())
+		require.Greater(t, in[0].GetCpuPercent(), prev)
+		prev = in[0].GetCpuPercent()
+		require.EqualValues(t, uint64(prev)<<20, in[0].GetRssBytes())
+		require.Equal(t, "web-2", in[1].GetId())
+		require.InDelta(t, 150.0, in[1].GetCpuPercent(), 0)
+		require.EqualValues(t, 1<<30, in[1].GetRssBytes())
+	}
 }
 
 func TestConfig_Validate(t *testing.T) {

@@ -6,9 +6,10 @@
 // environment and working directory, health checking it (STARTING,
 // HEALTHY, UNHEALTHY), restarting it with exponential back-off when it
 // exits, stopping what is no longer assigned (stop signal, grace,
-// SIGKILL), bounding its stdout and stderr logs, and keeping
-// DataDir/instances/state.json so that a restarted agent adopts the
-// processes it left running instead of starting them twice.
+// SIGKILL), bounding its stdout and stderr logs, measuring its CPU and
+// resident memory (Usage), and keeping DataDir/instances/state.json so
+// that a restarted agent adopts the processes it left running instead of
+// starting them twice.
 //
 // Assignment sets are fenced by their (term, index) stamp: a set older than
 // the newest applied one is ignored, so a deposed leader cannot undo a newer

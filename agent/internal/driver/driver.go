@@ -32,8 +32,8 @@ var ErrRunning = errors.New("driver: already running")
 const logCheckInterval = 200 * time.Millisecond
 
 // Driver runs the instances assigned to this agent. Assign, Report,
-// Changed and StopAll are safe for concurrent use, with each other and
-// with Run.
+// Usage, Changed and StopAll are safe for concurrent use, with each other
+// and with Run.
 type Driver struct {
 	cfg       Config
 	log       *slog.Logger
@@ -55,6 +55,9 @@ type Driver struct {
 
 	saveMu   sync.Mutex // serializes writes of the state file
 	savedGen uint64     // gen of the last state written (or read)
+
+	usageMu sync.Mutex           // serializes Usage
+	usage   map[string]usageMark // by instance: the last CPU reading of its process
 }
 
 // instance is one assigned (or adopted) instance. Its fields are guarded

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 //	          SIGTERM or SIGINT make it print "got signal ...", wait
 //	          DRIVER_TEST_STOP_DELAY (a duration, default none) and exit 0
 //	slowstop  serve, but ignoring SIGTERM
+//	spin      serve, while busy-looping on one core
 //	exit1     exit with code 1 at once
 //
 // DRIVER_TEST_SPAM=n makes it write n bytes to stdout and to stderr first.
@@ -67,7 +69,10 @@ func runApp(mode string) int {
 	case "slowstop":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ignoring SIGTERM")
-	case "serve":
+	case "serve", "spin":
+		if mode == "spin" {
+			go spin()
+		}
 		ch := make(chan os.Signal, 1)
 		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
 		go func() {
@@ -104,6 +109,16 @@ func runApp(mode string) int {
 	}
 	fmt.Fprintln(os.Stderr, http.Serve(ln, mux))
 	return 2
+}
+
+// spinSink keeps spin's loop from being optimized away.
+var spinSink atomic.Uint64
+
+// spin keeps one core busy until the process exits.
+func spin() {
+	for i := uint64(0); ; i++ {
+		spinSink.Store(i)
+	}
 }
 
 // orphanWatch ends an app whose test process is gone, or that ran for
