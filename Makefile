@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev bench-instances build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev load bench-instances build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -92,6 +92,11 @@ soak:
 ## dev: build, then run a controller, an agent, a balancer on 127.0.0.1:8080 and the demo pool (Ctrl-C stops all)
 dev: build
 	scripts/dev.sh
+
+## load: with `make dev` running, traffic in steps at 127.0.0.1:8080 (watch the demo pool scale)
+load:
+	@test -x bin/hostscale || $(MAKE) build
+	bin/hostscale load -url http://127.0.0.1:8080/ -pool demo -rates 20,150,300,150,0,0 -step 20s
 
 ## bench-instances: ScalePool to serving, and removal to exit, with every binary (docs/benchmarks.md)
 bench-instances:

@@ -102,7 +102,19 @@ func (p *p2cPicker) pick(now int64, exclude *backend) *backend {
 			au, bu := a.usable(now, exclude, strict), b.usable(now, exclude, strict)
 			switch {
 			case au && bu:
-				if p.load(b, now) < p.load(a, now) {
+				// A backend in slow start enters the comparison with the
+				// probability of its ramp, then competes at its full
+				// weight: it gets a growing share of the requests at once,
+				// whatever the concurrency (comparing in-flight counts
+				// against a tenth of the weight would starve it while
+				// few requests are in flight).
+				if !p.ps.admitted(a, now) {
+					return b.b
+				}
+				if !p.ps.admitted(b, now) {
+					return a.b
+				}
+				if p.load(b) < p.load(a) {
 					return b.b
 				}
 				return a.b
@@ -125,8 +137,16 @@ func (p *p2cPicker) pick(now int64, exclude *backend) *backend {
 	}
 }
 
-func (p *p2cPicker) load(m *member, now int64) int64 {
-	return (m.b.stats.inflight.Load() + 1) * 1_000_000_000 / p.ps.effWeight(m, now)
+// load is the member's requests in flight per unit of its full weight.
+func (p *p2cPicker) load(m *member) int64 {
+	return (m.b.stats.inflight.Load() + 1) * 1_000_000_000 / (m.weight * 1000)
+}
+
+// admitted draws whether a member in slow start takes part in a
+// comparison: with the probability of its ramp (always after it).
+func (ps *poolSnap) admitted(m *member, now int64) bool {
+	f := ps.effWeight(m, now) * 1000 / (m.weight * 1000)
+	return f >= 1000 || rand.Int64N(1000) < f
 }
 
 // wrrPicker is smooth weighted round robin (as in nginx): each pick adds every

@@ -116,11 +116,28 @@ func TestSlowStart_rampsNewBackendWeight(t *testing.T) {
 	got := counts(ps, 1100, 1000)
 	require.Equal(t, 100, got[fresh], "a new backend gets 10%% of its share at first")
 
-	// Least-request also defers to slow start at equal load.
+	// Least-request gives a backend in slow start the ramp's share of
+	// the comparisons from the start, even when few requests are in flight
+	// (it would otherwise lose every comparison against a tenth of its
+	// weight), then competes at its full weight.
 	ps = newPoolSnap(st, []member{{b: old, weight: 1}, {b: fresh, weight: 1}}, PolicyLeastRequest, window, 10)
 	old.stats.inflight.Store(3)
-	require.Same(t, old, ps.picker.pick(1000, nil))
-	require.Same(t, fresh, ps.picker.pick(1000+window, nil))
+	n := 0
+	for range 10000 {
+		if ps.picker.pick(1000, nil) == fresh {
+			n++
+		}
+	}
+	require.InDelta(t, 1000, n, 300, "about 10%% of the picks at first")
+	n = 0
+	for range 10000 {
+		if ps.picker.pick(1000+window/2, nil) == fresh {
+			n++
+		}
+	}
+	require.InDelta(t, 5000, n, 500, "about half at mid-ramp")
+	require.Same(t, fresh, ps.picker.pick(1000+window, nil), "after the ramp, the lower load wins")
+	old.stats.inflight.Store(0)
 }
 
 func TestApply_slowStartOnlyForBackendsJoiningAnExistingPool(t *testing.T) {

@@ -3,7 +3,8 @@
 #   controller  dev         gRPC 127.0.0.1:7700 (Raft 7701, HTTP 7702), one node
 #   agent       dev-host    admin 127.0.0.1:7703, runs the demo pool's instances
 #   balancer    dev-lb      HTTP 127.0.0.1:8080, admin 127.0.0.1:8081
-#   pool        demo        2 instances of bin/hostscale-demo
+#   pool        demo        2 instances of bin/hostscale-demo, autoscaled (1-6) on
+#                           40 requests/s per instance
 # State and logs go to .dev/ (emptied at each start). Ctrl-C stops every
 # process started here, the instances included.
 set -euo pipefail
@@ -65,7 +66,11 @@ wait_for agent http://127.0.0.1:7703/readyz
 bin/hostscale -addr 127.0.0.1:7700 create-pool - >/dev/null <<JSON
 {"name": "demo", "template": {"command": "$root/bin/hostscale-demo", "healthPath": "/healthz",
  "healthInterval": "0.5s", "stopGrace": "5s", "env": {"DEMO_CPU": "2ms"}},
- "min": 1, "max": 10, "desired": 2}
+ "min": 1, "max": 6, "desired": 2,
+ "scaling": {"metric": "SCALING_METRIC_REQUESTS_PER_INSTANCE", "target": 40,
+  "evaluationPeriod": "2s", "window": "6s", "initializationPeriod": "3s",
+  "scaleDownStabilization": "20s",
+  "scaleDownLimits": [{"kind": "RATE_LIMIT_KIND_PERCENT", "value": 50, "period": "5s"}]}}
 JSON
 for _ in $(seq 1 300); do
 	if curl -fsS -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; then break; fi
@@ -80,6 +85,8 @@ hostscale dev mode is up: one controller, one agent, a balancer and the demo poo
   bin/hostscale instances demo                  # where they run, and their state
   bin/hostscale scale demo 4                    # two more; watch curl answer from them
   bin/hostscale nodes                           # the host and its latest sample
+  make load                                     # traffic in steps: watch the pool scale out and back in
+  bin/hostscale events demo                     # why it scaled: every evaluation, its inputs and rule
 
   grpcurl -plaintext 127.0.0.1:7700 list
   grpcurl -plaintext 127.0.0.1:7700 hostscale.v1.NodeService/ListNodes

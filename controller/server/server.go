@@ -26,6 +26,7 @@ import (
 	"github.com/hostscale/hostscale/controller/internal/alerts"
 	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/controller/internal/lbstats"
 	"github.com/hostscale/hostscale/controller/internal/leader"
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/internal/admin"
@@ -145,6 +146,7 @@ type Server struct {
 	conns    *grpcx.ConnPool
 	hub      *agents.Hub
 	acks     *endpoint.TableAcks
+	lbstats  *lbstats.Store
 	notifyCh chan bool
 
 	reachMu sync.Mutex
@@ -228,6 +230,7 @@ func New(cfg Config) (s *Server, err error) {
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
 	s.acks = endpoint.NewTableAcks()
+	s.lbstats = lbstats.New(11 * time.Minute)
 	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
 		Hub:       s.hub,
 		TTL:       cfg.HeartbeatTTL,
@@ -235,7 +238,7 @@ func New(cfg Config) (s *Server, err error) {
 		SetStatus: s.setNodeStatus,
 		Logger:    logger,
 	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts},
-		s.schedulerLoop())
+		s.schedulerLoop(), leader.LoopFunc{N: "autoscaler", F: s.runAutoscaler})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
@@ -258,7 +261,7 @@ func New(cfg Config) (s *Server, err error) {
 		MaxBatch:      endpoint.DefaultMaxBatch,
 		MaxFuture:     endpoint.DefaultMaxFuture,
 	})
-	register(&pb.BalancerService_ServiceDesc, &endpoint.Balancers{Core: s.core, Acks: s.acks})
+	register(&pb.BalancerService_ServiceDesc, &endpoint.Balancers{Core: s.core, Acks: s.acks, Stats: s.lbstats})
 	register(&pb.NodeService_ServiceDesc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
 	register(&pb.AlertService_ServiceDesc, &endpoint.Alerts{Core: s.core})
 	register(&pb.MetricsService_ServiceDesc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})

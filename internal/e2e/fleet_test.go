@@ -160,9 +160,15 @@ type fleet struct {
 type agentProc struct {
 	*proc
 	node, ip, dataDir string
+	args              []string
 }
 
 func newFleet(t *testing.T, ctx context.Context, agents int) *fleet {
+	return newFleetArgs(t, ctx, agents, nil)
+}
+
+// newFleetArgs is newFleet with extra flags for each agent, by index.
+func newFleetArgs(t *testing.T, ctx context.Context, agents int, agentArgs func(i int) []string) *fleet {
 	f := &fleet{t: t, ctx: ctx, bin: binaries(t), agents: map[string]*agentProc{}}
 	f.cl = testcluster.Start(t, testcluster.Options{
 		Launcher: testcluster.BinaryLauncher{Path: filepath.Join(f.bin, "hostscale-controller")},
@@ -178,6 +184,9 @@ func newFleet(t *testing.T, ctx context.Context, agents int) *fleet {
 	for i := range agents {
 		node := fmt.Sprintf("host-%c", 'a'+i)
 		a := &agentProc{node: node, ip: fmt.Sprintf("127.0.0.%d", 2+i), dataDir: t.TempDir()}
+		if agentArgs != nil {
+			a.args = agentArgs(i)
+		}
 		f.agents[node] = a
 		f.startAgent(a)
 	}
@@ -192,8 +201,9 @@ func newFleet(t *testing.T, ctx context.Context, agents int) *fleet {
 }
 
 func (f *fleet) startAgent(a *agentProc) {
-	a.proc = startProc(f.t, a.node, filepath.Join(f.bin, "hostscale-agent"), "-node-id", a.node, "-controllers", f.controllers,
-		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", "")
+	args := append([]string{"-node-id", a.node, "-controllers", f.controllers,
+		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", ""}, a.args...)
+	a.proc = startProc(f.t, a.node, filepath.Join(f.bin, "hostscale-agent"), args...)
 }
 
 // waitAgent waits until node's agent streams to the leader.
@@ -458,4 +468,34 @@ func (f *fleet) balancerSees(ins []*pb.Instance) string {
 		return fmt.Sprintf("balancer routes to %v, want %v", have, want)
 	}
 	return ""
+}
+
+// startRateLoad sends rps requests a second through the balancer, each in
+// its own goroutine (at most 256 at once), until ended.
+func (f *fleet) startRateLoad(rps int) *load {
+	l := &load{by: map[string]int{}, stop: make(chan struct{})}
+	sem := make(chan struct{}, 256)
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	l.wg.Go(func() {
+		t := time.NewTicker(time.Second / time.Duration(rps))
+		defer t.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-t.C:
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				l.failed.Add(1) // the balancer cannot keep up
+				continue
+			}
+			l.wg.Go(func() {
+				defer func() { <-sem }()
+				l.one(c, "http://"+f.lbAddr+"/")
+			})
+		}
+	})
+	return l
 }

@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,6 +53,7 @@ type options struct {
 	httpAddr    string
 	advertise   string
 	stopOnExit  bool
+	cpus        []int
 	log         logging.Options
 }
 
@@ -81,7 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("hostscale-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var controllers, labels, mounts string
+	var controllers, labels, mounts, cpus string
 	var showVersion bool
 	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
 	fs.StringVar(&o.nodeID, "node-id", "", "this host's node id, a DNS label (default: the hostname, sanitized); kept in -data-dir and reused")
@@ -91,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.buffer, "buffer", 60*time.Second, "how much sampling time to keep while no controller acknowledges (at least -interval)")
 	fs.StringVar(&mounts, "mounts", "", "comma-separated mount points to report (default: every real filesystem)")
 	fs.StringVar(&o.dataDir, "data-dir", "/var/lib/hostscale-agent", "directory for the agent's state (the node id)")
+	fs.StringVar(&cpus, "cpus", "", "cores whose use is this host's CPU, e.g. 0-3,6 (an agent per cpuset of a larger machine; default: every core)")
 	fs.StringVar(&o.advertise, "advertise-addr", "127.0.0.1", "IP address balancers reach this host's instances on; each instance gets a free port on it")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
@@ -134,6 +138,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 		o.mounts = append(o.mounts, filepath.Clean(m))
 	}
+	if o.cpus, err = parseCPUs(cpus, runtime.NumCPU()); err != nil {
+		return o, fmt.Errorf("-cpus: %w", err)
+	}
 	if _, err := netip.ParseAddr(o.advertise); err != nil {
 		return o, fmt.Errorf("-advertise-addr: %q is not an IP address", o.advertise)
 	}
@@ -171,6 +178,7 @@ func serve(o options, stderr io.Writer) error {
 
 	sc := sample.DefaultConfig()
 	sc.Mounts = o.mounts
+	sc.CPUs = o.cpus
 	sc.Logger = logger
 	sampler, err := sample.New(sc)
 	if err != nil {
@@ -238,6 +246,38 @@ func serve(o options, stderr io.Writer) error {
 	}
 	logger.Info("agent stopped")
 	return errors.Join(runErr, admErr, drvErr)
+}
+
+// parseCPUs reads a core list such as "0-3,6", each below n.
+func parseCPUs(s string, n int) ([]int, error) {
+	var out []int
+	seen := map[int]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b := a
+		var err2 error
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a {
+			return nil, fmt.Errorf("%q is not a core or a range of cores (0-3)", part)
+		}
+		for c := a; c <= b; c++ {
+			if c >= n {
+				return nil, fmt.Errorf("core %d: this machine has cores 0-%d", c, n-1)
+			}
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
 }
 
 func addrOf(s *admin.Server) string {

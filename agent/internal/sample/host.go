@@ -32,6 +32,10 @@ type Config struct {
 	// and bind mounts are skipped); when the host has none, "/" is
 	// reported.
 	Mounts []string
+	// CPUs, when set, are the cores (by index) whose use is the host's:
+	// cpu_percent is their average and cpu_core_percent lists them alone,
+	// as for a host that is one cpuset of a larger machine.
+	CPUs []int
 	// Refresh is how often the lists of mounts, disks and network
 	// interfaces are read again.
 	Refresh time.Duration
@@ -123,6 +127,9 @@ func (h *Host) Sample(ctx context.Context) (*pb.Sample, error) {
 	h.prevAt = now
 
 	if ts, err := cpu.TimesWithContext(ctx, true); h.check("cpu", err) {
+		if len(h.cfg.CPUs) > 0 {
+			ts = pickCPUs(ts, h.cfg.CPUs)
+		}
 		if len(ts) == len(h.prevCPU) {
 			s.CpuPercent = cpuPercent(sumTimes(h.prevCPU), sumTimes(ts))
 			s.CpuCorePercent = make([]float64, len(ts))
@@ -296,4 +303,16 @@ func (h *Host) netCounters(ctx context.Context) counters {
 		}
 	}
 	return c
+}
+
+// pickCPUs returns the times of the chosen cores, in the order given;
+// cores the host does not have are left out.
+func pickCPUs(ts []cpu.TimesStat, cores []int) []cpu.TimesStat {
+	out := make([]cpu.TimesStat, 0, len(cores))
+	for _, c := range cores {
+		if c >= 0 && c < len(ts) {
+			out = append(out, ts[c])
+		}
+	}
+	return out
 }

@@ -43,6 +43,9 @@ commands:
   delete-pool POOL                delete a pool (its instances stop)
   scale POOL N                    run N instances of a pool with a template
   instances [POOL]                list instances: node, address, state, restarts
+  events POOL [-acted]            the autoscaler's evaluations of a pool, newest first: why it scaled
+  load [-rates 20,100,200,0] [-step 30s] [-url http://127.0.0.1:8080/]
+                                  send requests at each rate for a step, printing what answered
   drain NODE                      move a node's instances elsewhere; no new placements
   undrain NODE                    let a drained node take placements again
   nodes [SELECTOR]                list nodes (label selector: tier=web,zone!=b)
@@ -283,6 +286,30 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", in.Id, in.Node, orDash(in.Address), st, in.Restarts, orDash(in.Message))
 		}
 		return w.Flush()
+	case "events":
+		if len(rest) < 1 || len(rest) > 2 || (len(rest) == 2 && rest[1] != "-acted") {
+			return usageError("events: want POOL [-acted]")
+		}
+		resp, err := c.pools.ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: rest[0], ActedOnly: len(rest) == 2, PageSize: 50})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "ID\tTIME\tOBSERVED\tTARGET\tREADY\tRAW\tDESIRED\tLIMITED BY\tREASON")
+		for _, ev := range resp.Events {
+			change := fmt.Sprintf("%d", ev.Desired)
+			if ev.Acted {
+				change = fmt.Sprintf("%d→%d", ev.PreviousDesired, ev.Desired)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%.1f\t%.1f\t%d/%d\t%d\t%s\t%s\t%s\n", ev.Id, ev.Time.AsTime().Local().Format("15:04:05"),
+				ev.ObservedValue, ev.Target, ev.Ready, ev.Current, ev.RawDesired, change, orDash(ev.LimitedBy), ev.Reason)
+		}
+		return w.Flush()
+	case "load":
+		return c.load(ctx, rest)
 	case "drain", "undrain":
 		if err := nargs(1, 1); err != nil {
 			return err

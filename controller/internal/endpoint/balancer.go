@@ -64,7 +64,11 @@ func Table(st *pb.State) *pb.Table {
 	fsm.SortInstances(routable)
 	for _, in := range routable {
 		tp := pools[in.Pool]
-		tp.Backends = append(tp.Backends, &pb.TableBackend{Address: in.Address, Weight: DefaultWeight})
+		w := in.Weight
+		if w == 0 {
+			w = DefaultWeight
+		}
+		tp.Backends = append(tp.Backends, &pb.TableBackend{Address: in.Address, Weight: w})
 	}
 	return t
 }

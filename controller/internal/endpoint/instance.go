@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/hostscale/hostscale/controller/internal/autoscale"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/internal/labels"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -34,13 +36,28 @@ var stopSignals = map[string]bool{"SIGTERM": true, "SIGINT": true, "SIGQUIT": tr
 // normalizeInstances checks the instance fields of a pool and fills their
 // defaults.
 func normalizeInstances(p *pb.Pool) error {
-	p.NextInstance = 0
+	p.NextInstance, p.NextScaleEvent = 0, 0
+	if err := checkScaling(p); err != nil {
+		return err
+	}
 	if p.Template == nil {
 		switch {
 		case p.Min != 0 || p.Max != 0 || p.Desired != 0:
 			return invalid("pool.template", "must be set for min, max or desired to mean anything")
 		case p.Selector != "":
 			return invalid("pool.template", "must be set for a placement selector to mean anything")
+		case p.LoadAwareWeights:
+			return invalid("pool.template", "must be set for load-aware weights: they weigh instances")
+		case p.Scaling != nil && p.Scaling.Provider == nil:
+			return invalid("pool.scaling.provider", "a pool without a template scales only through a provider")
+		}
+		if p.Scaling != nil {
+			if p.Max == 0 {
+				p.Max = DefaultMaxInstances
+			}
+			if p.Desired == 0 {
+				p.Desired = p.Min
+			}
 		}
 		return nil
 	}
@@ -121,6 +138,28 @@ func normalizeTemplate(field string, t *pb.InstanceTemplate) error {
 		return err
 	}
 	t.StopGrace = durationpb.New(g)
+	return nil
+}
+
+// MaxScalingWindow bounds a scaling policy's metric window: the leader
+// keeps the balancers' counters a little longer.
+const MaxScalingWindow = 10 * time.Minute
+
+// checkScaling validates a pool's scaling policy.
+func checkScaling(p *pb.Pool) error {
+	if p.Scaling == nil {
+		return nil
+	}
+	if err := autoscale.Validate("pool.scaling", p.Scaling); err != nil {
+		var fe *autoscale.FieldError
+		if errors.As(err, &fe) {
+			return invalid(fe.Field, "%s", fe.Msg)
+		}
+		return invalid("pool.scaling", "%v", err)
+	}
+	if w := p.Scaling.Window; w != nil && w.AsDuration() > MaxScalingWindow {
+		return invalid("pool.scaling.window", "at most %v", MaxScalingWindow)
+	}
 	return nil
 }
 

@@ -261,6 +261,8 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.recordScaleEvent(c.RecordScaleEvent, cmd, index)
 	case *pb.Command_RecordProviderResult:
 		return f.recordProviderResult(c.RecordProviderResult)
+	case *pb.Command_SetInstanceWeights:
+		return f.setInstanceWeights(c.SetInstanceWeights, index)
 	default:
 		panic(fmt.Sprintf("fsm: unknown command type at index %d (%T): a newer controller wrote it; upgrade this node", index, cmd.Command))
 	}

@@ -176,3 +176,17 @@ func SortInstances(ins []*pb.Instance) {
 		return 0
 	})
 }
+
+func (f *FSM) setInstanceWeights(c *pb.SetInstanceWeightsCommand, index uint64) error {
+	for id, w := range c.GetWeights() {
+		in := f.state.Instances[id]
+		if in == nil || in.Weight == w {
+			continue
+		}
+		in.Weight, in.ModifyIndex = w, index
+		if Routable(in) {
+			f.tableDirty = true
+		}
+	}
+	return nil
+}

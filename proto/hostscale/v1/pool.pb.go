@@ -404,8 +404,12 @@ type Pool struct {
 	Scaling *ScalingPolicy `protobuf:"bytes,14,opt,name=scaling,proto3" json:"scaling,omitempty"`
 	// The number the next scale event's id gets.
 	NextScaleEvent uint64 `protobuf:"varint,15,opt,name=next_scale_event,json=nextScaleEvent,proto3" json:"next_scale_event,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Weigh each instance in the tables by its host's CPU load (from the
+	// agents' samples): 100 on an idle host down to 10 on a saturated one,
+	// so a hot host gets less traffic before the autoscaler acts.
+	LoadAwareWeights bool `protobuf:"varint,16,opt,name=load_aware_weights,json=loadAwareWeights,proto3" json:"load_aware_weights,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -541,6 +545,13 @@ func (x *Pool) GetNextScaleEvent() uint64 {
 		return x.NextScaleEvent
 	}
 	return 0
+}
+
+func (x *Pool) GetLoadAwareWeights() bool {
+	if x != nil {
+		return x.LoadAwareWeights
+	}
+	return false
 }
 
 // RateLimit bounds how fast the autoscaler changes a pool, as the HPA's
@@ -1428,9 +1439,11 @@ type Instance struct {
 	// Its agent is told to stop it; it is forgotten once it has exited.
 	Stop bool `protobuf:"varint,14,opt,name=stop,proto3" json:"stop,omitempty"`
 	// The term of the leader that placed it.
-	Term          uint64 `protobuf:"varint,15,opt,name=term,proto3" json:"term,omitempty"`
-	CreateIndex   uint64 `protobuf:"varint,16,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64 `protobuf:"varint,17,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	Term        uint64 `protobuf:"varint,15,opt,name=term,proto3" json:"term,omitempty"`
+	CreateIndex uint64 `protobuf:"varint,16,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,17,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Its weight in the tables with load_aware_weights (0: the default, 100).
+	Weight        uint32 `protobuf:"varint,18,opt,name=weight,proto3" json:"weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1580,6 +1593,13 @@ func (x *Instance) GetCreateIndex() uint64 {
 func (x *Instance) GetModifyIndex() uint64 {
 	if x != nil {
 		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *Instance) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
 	}
 	return 0
 }
@@ -2594,7 +2614,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x94\x04\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xc2\x04\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -2612,7 +2632,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\adesired\x18\f \x01(\rR\adesired\x12#\n" +
 	"\rnext_instance\x18\r \x01(\x04R\fnextInstance\x125\n" +
 	"\ascaling\x18\x0e \x01(\v2\x1b.hostscale.v1.ScalingPolicyR\ascaling\x12(\n" +
-	"\x10next_scale_event\x18\x0f \x01(\x04R\x0enextScaleEvent\"\x85\x01\n" +
+	"\x10next_scale_event\x18\x0f \x01(\x04R\x0enextScaleEvent\x12,\n" +
+	"\x12load_aware_weights\x18\x10 \x01(\bR\x10loadAwareWeights\"\x85\x01\n" +
 	"\tRateLimit\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
@@ -2699,7 +2720,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"stop_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x04\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
@@ -2719,7 +2740,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x04stop\x18\x0e \x01(\bR\x04stop\x12\x12\n" +
 	"\x04term\x18\x0f \x01(\x04R\x04term\x12!\n" +
 	"\fcreate_index\x18\x10 \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\x11 \x01(\x04R\vmodifyIndex\"Z\n" +
+	"\fmodify_index\x18\x11 \x01(\x04R\vmodifyIndex\x12\x16\n" +
+	"\x06weight\x18\x12 \x01(\rR\x06weight\"Z\n" +
 	"\x11CreatePoolRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12&\n" +

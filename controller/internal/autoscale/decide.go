@@ -1,0 +1,455 @@
+package autoscale
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// The values of ScaleEvent.limited_by. An event names the last rule that
+// changed the count on its way from raw_desired to desired, so that the
+// reader sees what decided; it is empty when the metric decided alone (no
+// rule changed raw_desired). The three holds are named whenever they
+// apply: the metric did not decide then, whatever the numbers say.
+const (
+	// |ratio − 1| within the tolerance: the pool's desired is kept.
+	LimitedByTolerance = "tolerance"
+	// The pool's bounds.
+	LimitedByMin = "min"
+	LimitedByMax = "max"
+	// A scale-up or scale-down limit, or a disabled direction.
+	LimitedByRate = "rate"
+	// A stabilization window's lowest (up) or highest (down)
+	// recommendation.
+	LimitedByWindow = "window"
+	// Holds: no ready instance with data; a scale-down on stale data; a
+	// new leader's first window.
+	LimitedByNoData    = "no-data"
+	LimitedByStale     = "stale"
+	LimitedByWarmingUp = "warming-up"
+)
+
+// Input is everything one evaluation of a pool depends on.
+type Input struct {
+	// The evaluation's time; the windows and rate periods end here.
+	Now  time.Time
+	Pool string
+	// The pool's policy, with Defaults applied (Decide applies them again,
+	// so a nil or partial policy is safe). Must not be modified during the
+	// call.
+	Policy *pb.ScalingPolicy
+	// The pool's bounds.
+	Min, Max uint32
+	// The pool's desired count now: the HPA's currentReplicas. It
+	// includes instances still starting, so a raw count computed from the
+	// ready ones alone does not add them a second time.
+	Desired uint32
+	// Instances that exist and are not being removed (recorded only).
+	Current uint32
+	// Instances healthy and past the initialization period.
+	Ready uint32
+	// The metric per ready instance (or host), averaged over the window.
+	// NaN, infinite and negative values are dropped; none left is no data.
+	// Not retained: the event gets a copy.
+	Values map[string]float64
+	// Some ready instance has no fresh data: a scale-down is held.
+	Stale bool
+	// The leader has not had one whole window of its own samples yet:
+	// nothing changes.
+	WarmingUp bool
+	// This pool's recent scale events, from any leader and term (their
+	// order does not matter). Their recommendations feed the windows,
+	// their acted changes the rate limits. Not retained.
+	Events []*pb.ScaleEvent
+}
+
+// Decide evaluates a pool and returns the evaluation as a ScaleEvent with
+// every field set except id and term (the FSM numbers events, the leader
+// knows its term) and provider: time (= Now), pool, metric, observed,
+// observed_value (their mean), target, current, ready, raw_desired,
+// recommendation, desired, previous_desired (= Desired), limited_by,
+// reason and acted (desired != Desired).
+//
+// The steps, in order (the HPA's):
+//
+//  1. No ready instance or no value: hold at Desired ("no-data"); raw and
+//     recommendation are Desired too, as the metric has no opinion.
+//  2. raw = ceil(Ready × mean(Values) / target).
+//  3. |ratio − 1| ≤ tolerance: recommendation = Desired ("tolerance");
+//     otherwise recommendation = raw.
+//  4. recommendation < Desired with Stale data: hold ("stale"); WarmingUp:
+//     hold ("warming-up"). Both record raw and recommendation.
+//  5. Stabilization: between the lowest recommendation of the scale-up
+//     window and the highest of the scale-down window, as close to
+//     Desired as they allow ("window").
+//  6. Rate: at most the scale-up limit above Desired, at least the
+//     scale-down limit below it ("rate").
+//  7. Clamp into [Min, Max] ("min", "max"); Min wins if Min > Max.
+//
+// A hold leaves desired at Desired even outside [Min, Max]: a hold never
+// acts. Events stamped after Now (a new leader whose clock is behind the
+// old one's) count in the windows and periods: they are recent. Decide is
+// pure and deterministic, and safe for concurrent use.
+func Decide(in Input) *pb.ScaleEvent {
+	pol := Defaults(in.Policy)
+	if pol == nil {
+		pol = Defaults(&pb.ScalingPolicy{})
+	}
+	ev := &pb.ScaleEvent{
+		Pool:            in.Pool,
+		Time:            timestamppb.New(in.Now),
+		Metric:          pol.Metric,
+		Target:          pol.Target,
+		Current:         in.Current,
+		Ready:           in.Ready,
+		PreviousDesired: in.Desired,
+		Observed:        map[string]float64{},
+	}
+	// Summed in key order: a float sum depends on its order, and the same
+	// input must give the same decision on every run.
+	keys := make([]string, 0, len(in.Values))
+	for k, v := range in.Values {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			continue
+		}
+		keys = append(keys, k)
+		ev.Observed[k] = v
+	}
+	slices.Sort(keys)
+	sum := 0.0
+	for _, k := range keys {
+		sum += in.Values[k]
+	}
+	if len(keys) > 0 {
+		ev.ObservedValue = sum / float64(len(keys))
+	}
+
+	d := &decision{in: in, pol: pol, ev: ev}
+	if len(keys) == 0 || in.Ready == 0 || !(pol.Target > 0) || math.IsInf(pol.Target, 0) {
+		why := fmt.Sprintf("no data: %d ready of %d, %d with a value", in.Ready, in.Current, len(keys))
+		if !(pol.Target > 0) || math.IsInf(pol.Target, 0) {
+			why = fmt.Sprintf("no valid target (%v)", pol.Target)
+		}
+		ev.RawDesired, ev.Recommendation = in.Desired, in.Desired
+		return d.hold(LimitedByNoData, why)
+	}
+
+	ratio := ev.ObservedValue / pol.Target
+	ev.RawDesired = ceilCount(float64(in.Ready) * ratio)
+	d.v = ev.RawDesired
+	d.say("observed %s against a target of %s (ratio %.2f) over %d ready of %d: want %d",
+		metricValue(pol.Metric, ev.ObservedValue), number(pol.Target), ratio, in.Ready, in.Current, d.v)
+
+	// The epsilon keeps a ratio of exactly 1 ± tolerance, which float
+	// division may put a hair outside, within the tolerance.
+	if tol := pol.GetTolerance(); math.Abs(ratio-1) <= tol+1e-9 {
+		d.set(LimitedByTolerance, in.Desired)
+		d.say("within the %s%% tolerance: keep %d", number(tol*100), in.Desired)
+	}
+	ev.Recommendation = d.v
+
+	if d.v < in.Desired && in.Stale {
+		return d.hold(LimitedByStale, fmt.Sprintf("some ready instance has no fresh data: no scale-down below %d", in.Desired))
+	}
+	if in.WarmingUp {
+		return d.hold(LimitedByWarmingUp, fmt.Sprintf("this leader has not had one window (%s) of data yet: hold at %d",
+			duration(pol.Window.AsDuration()), in.Desired))
+	}
+	d.stabilize()
+	d.rate()
+	d.bounds()
+
+	ev.Desired = d.v
+	ev.Acted = ev.Desired != in.Desired
+	ev.LimitedBy = d.by
+	if ev.Acted {
+		ev.Reason = strings.Join(d.why, "; ") + fmt.Sprintf(" → %d", ev.Desired)
+	} else {
+		ev.Reason = strings.Join(d.why, "; ") + fmt.Sprintf(" → stays at %d", ev.Desired)
+	}
+	return ev
+}
+
+// decision is one evaluation on its way from raw to desired.
+type decision struct {
+	in  Input
+	pol *pb.ScalingPolicy
+	ev  *pb.ScaleEvent
+	v   uint32   // the count so far
+	by  string   // the last rule that changed v
+	why []string // the reason's clauses
+}
+
+// set moves the count to v, naming rule when it changes it.
+func (d *decision) set(rule string, v uint32) {
+	if v != d.v {
+		d.v, d.by = v, rule
+	}
+}
+
+func (d *decision) say(format string, args ...any) {
+	d.why = append(d.why, fmt.Sprintf(format, args...))
+}
+
+// hold ends the decision at the pool's desired, naming rule.
+func (d *decision) hold(rule, why string) *pb.ScaleEvent {
+	d.why = append(d.why, why)
+	d.ev.Desired, d.ev.Acted, d.ev.LimitedBy = d.in.Desired, false, rule
+	d.ev.Reason = strings.Join(d.why, "; ")
+	return d.ev
+}
+
+// feedsWindows reports whether an event's recommendation counts in the
+// stabilization windows: not when it was held for lack of trustworthy
+// data (the HPA records no recommendation when it cannot read the
+// metric), as its recommendation says nothing about the load.
+func feedsWindows(e *pb.ScaleEvent) bool {
+	if e.GetTime() == nil {
+		return false
+	}
+	switch e.LimitedBy {
+	case LimitedByNoData, LimitedByStale, LimitedByWarmingUp:
+		return false
+	}
+	return true
+}
+
+// stabilize is the HPA's stabilizeRecommendationWithBehaviors: the count
+// moves from Desired towards the recommendation only as far as the lowest
+// recommendation of the scale-up window (when rising) and the highest of
+// the scale-down window (when falling) allow.
+func (d *decision) stabilize() {
+	rec := d.v
+	up, down := rec, rec
+	upW := d.pol.ScaleUpStabilization.AsDuration()
+	downW := d.pol.ScaleDownStabilization.AsDuration()
+	for _, e := range d.in.Events {
+		if !feedsWindows(e) {
+			continue
+		}
+		t := e.Time.AsTime()
+		if upW > 0 && t.After(d.in.Now.Add(-upW)) {
+			up = min(up, e.Recommendation)
+		}
+		if downW > 0 && t.After(d.in.Now.Add(-downW)) {
+			down = max(down, e.Recommendation)
+		}
+	}
+	r := d.in.Desired
+	if r < up {
+		r = up
+	}
+	if r > down {
+		r = down
+	}
+	if r == rec {
+		return
+	}
+	d.set(LimitedByWindow, r)
+	if r < rec {
+		d.say("the lowest recommendation of the last %s is %d", duration(upW), up)
+	} else {
+		d.say("the highest recommendation of the last %s is %d", duration(downW), down)
+	}
+}
+
+// rate is the HPA's convertDesiredReplicasWithBehaviorRate without its
+// min/max part (bounds does that after it).
+func (d *decision) rate() {
+	desired := int64(d.in.Desired)
+	switch {
+	case int64(d.v) > desired:
+		lim, clause := d.limit(true)
+		if int64(d.v) > lim {
+			d.set(LimitedByRate, uint32(lim))
+		}
+		d.say("%s", clause)
+	case int64(d.v) < desired:
+		lim, clause := d.limit(false)
+		if int64(d.v) < lim {
+			d.set(LimitedByRate, uint32(lim))
+		}
+		d.say("%s", clause)
+	}
+}
+
+// limit returns the highest (up) or lowest (down) count the rate limits
+// allow now, never beyond Desired in the other direction, and a clause
+// naming the limit that decided. Each limit measures from the count at
+// the start of its period: Desired less the instances acting events added
+// within the period (up), or plus those they removed (down).
+func (d *decision) limit(up bool) (int64, string) {
+	desired := int64(d.in.Desired)
+	limits, sel, dir := d.pol.ScaleDownLimits, d.pol.ScaleDownSelect, "down"
+	if up {
+		limits, sel, dir = d.pol.ScaleUpLimits, d.pol.ScaleUpSelect, "up"
+	}
+	if sel == pb.SelectPolicy_SELECT_POLICY_DISABLED {
+		return desired, fmt.Sprintf("scaling %s is disabled", dir)
+	}
+	// MAX picks the limit allowing the largest change: the highest count
+	// up, the lowest down; MIN the other way round.
+	higher := up == (sel != pb.SelectPolicy_SELECT_POLICY_MIN)
+	var (
+		best    int64
+		chosen  *pb.RateLimit
+		changed int64
+	)
+	for _, l := range limits {
+		period := l.GetPeriod().AsDuration()
+		moved := d.changedWithin(period, up)
+		var p int64
+		switch l.GetKind() {
+		case pb.RateLimitKind_RATE_LIMIT_KIND_INSTANCES:
+			if up {
+				p = desired - moved + int64(l.Value)
+			} else {
+				p = desired + moved - int64(l.Value)
+			}
+		case pb.RateLimitKind_RATE_LIMIT_KIND_PERCENT:
+			// Rounded towards more change, as the HPA does, so that a
+			// small pool can always move by one.
+			if up {
+				p = ceilDiv((desired-moved)*(100+int64(l.Value)), 100)
+			} else {
+				p = floorDiv((desired+moved)*(100-int64(l.Value)), 100)
+			}
+		default:
+			continue // unvalidated policy: ignore what cannot be read
+		}
+		if chosen == nil || (higher && p > best) || (!higher && p < best) {
+			best, chosen, changed = p, l, moved
+		}
+	}
+	if chosen == nil {
+		return desired, fmt.Sprintf("no scale-%s limit", dir)
+	}
+	// Changes already made in the period can put the limit behind
+	// Desired: no further change until they age out of it.
+	if up {
+		best = max(best, desired)
+	} else {
+		best = min(best, desired)
+	}
+	best = min(max(best, 0), math.MaxUint32)
+	clause := fmt.Sprintf("rate limit %s allows %d", describeLimit(chosen, up), best)
+	if changed > 0 {
+		verb := "removed"
+		if up {
+			verb = "added"
+		}
+		clause += fmt.Sprintf(" (%d %s in the last %s)", changed, verb, duration(chosen.GetPeriod().AsDuration()))
+	}
+	return best, clause
+}
+
+// changedWithin sums the instances that acting events within the period
+// before Now added (up) or removed (down).
+func (d *decision) changedWithin(period time.Duration, up bool) int64 {
+	cutoff := d.in.Now.Add(-period)
+	var n int64
+	for _, e := range d.in.Events {
+		if !e.GetActed() || e.GetTime() == nil || !e.Time.AsTime().After(cutoff) {
+			continue
+		}
+		change := int64(e.Desired) - int64(e.PreviousDesired)
+		if !up {
+			change = -change
+		}
+		n += max(change, 0)
+	}
+	return n
+}
+
+// bounds clamps the count into the pool's min and max.
+func (d *decision) bounds() {
+	if d.v > d.in.Max {
+		d.set(LimitedByMax, d.in.Max)
+		d.say("the pool's max is %d", d.in.Max)
+	}
+	if d.v < d.in.Min {
+		d.set(LimitedByMin, d.in.Min)
+		d.say("the pool's min is %d", d.in.Min)
+	}
+}
+
+// ceilCount is ceil(x) as a count, saturating; the epsilon keeps float
+// noise (2 × 1.1 / 1.1 = 2.0000000000000004) from adding an instance.
+func ceilCount(x float64) uint32 {
+	c := math.Ceil(x - 1e-9)
+	switch {
+	case !(c > 0):
+		return 0
+	case c >= math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(c)
+}
+
+// ceilDiv and floorDiv divide by b > 0, rounding up or down (Go's /
+// truncates towards zero).
+func ceilDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a > 0 {
+		q++
+	}
+	return q
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// describeLimit writes a limit as "+100%/15s" or "-1/60s".
+func describeLimit(l *pb.RateLimit, up bool) string {
+	sign, unit := "-", ""
+	if up {
+		sign = "+"
+	}
+	if l.GetKind() == pb.RateLimitKind_RATE_LIMIT_KIND_PERCENT {
+		unit = "%"
+	}
+	return fmt.Sprintf("%s%d%s/%s", sign, l.GetValue(), unit, duration(l.GetPeriod().AsDuration()))
+}
+
+// duration writes whole seconds as "300s", the unit the policy docs use.
+func duration(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", int64(d/time.Second))
+	}
+	return d.String()
+}
+
+// number writes a value with one decimal, or three significant digits
+// below 1 so that small targets stay readable.
+func number(v float64) string {
+	if math.Abs(v) < 1 && v != 0 {
+		return fmt.Sprintf("%.3g", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// metricValue writes an observed value with its unit.
+func metricValue(m pb.ScalingMetric, v float64) string {
+	switch m {
+	case pb.ScalingMetric_SCALING_METRIC_HOST_CPU:
+		return number(v) + "% host CPU"
+	case pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU:
+		return number(v) + "% CPU per instance"
+	case pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE:
+		return number(v) + " req/s per instance"
+	case pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS:
+		return number(v) + " ms p95 latency"
+	}
+	return number(v)
+}

@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// fastPolicy is a scaling policy with the windows shortened for tests.
+func fastPolicy(metric pb.ScalingMetric, target float64) *pb.ScalingPolicy {
+	return &pb.ScalingPolicy{
+		Metric: metric, Target: target,
+		EvaluationPeriod:       durationpb.New(time.Second),
+		Window:                 durationpb.New(3 * time.Second),
+		InitializationPeriod:   durationpb.New(2 * time.Second),
+		ScaleDownStabilization: durationpb.New(8 * time.Second),
+		ScaleDownLimits: []*pb.RateLimit{{Kind: pb.RateLimitKind_RATE_LIMIT_KIND_PERCENT, Value: 100, Period: durationpb.New(time.Second)}},
+	}
+}
+
+func (f *fleet) createScaledPool(name string, pol *pb.ScalingPolicy, env map[string]string) {
+	f.t.Helper()
+	_, err := f.pools().CreatePool(f.ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: name, PathPrefix: "/",
+		Template: &pb.InstanceTemplate{
+			Command: f.bin + "/hostscale-demo", Env: env, HealthPath: "/healthz",
+			HealthInterval: durationpb.New(200 * time.Millisecond), StopGrace: durationpb.New(5 * time.Second),
+		},
+		Selector: "tier=web", Min: 1, Max: 6, Desired: 1, Scaling: pol,
+	}})
+	require.NoError(f.t, err)
+}
+
+// scaleCycle drives load until the pool has at least 3 instances all
+// serving, then stops it and waits for the pool to come back to 1; no
+// request may fail throughout.
+func scaleCycle(t *testing.T, f *fleet, l *load, probeRPS int) {
+	ctx := f.ctx
+	began := time.Now()
+	var ins []*pb.Instance
+	require.NoError(t, testcluster.Eventually(ctx, 60*time.Second, func(context.Context) error {
+		ins = f.instances("web")
+		if len(ins) < 3 {
+			return fmt.Errorf("%d instances", len(ins))
+		}
+		for _, in := range ins {
+			if in.State != pb.InstanceState_INSTANCE_STATE_HEALTHY {
+				return fmt.Errorf("%s is %v", in.Id, in.State)
+			}
+		}
+		return nil
+	}))
+	t.Logf("scaled out to %d instances %v after the load started", len(ins), time.Since(began).Round(time.Millisecond))
+	l.served()
+	by := map[string]int{}
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(context.Context) error {
+		for id, n := range l.served() {
+			by[id] += n
+		}
+		for _, in := range ins {
+			if by[in.Id] == 0 {
+				return fmt.Errorf("%s got no request (%v)", in.Id, by)
+			}
+		}
+		return nil
+	}))
+	t.Logf("all %d receive traffic %v after the load started", len(ins), time.Since(began).Round(time.Millisecond))
+	require.Less(t, time.Since(began), 45*time.Second)
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests under load: %v", l.errs)
+
+	probe := f.startRateLoad(probeRPS)
+	stopped := time.Now()
+	f.settled("web", 1, 60*time.Second)
+	t.Logf("back to 1 instance %v after the load stopped", time.Since(stopped).Round(time.Millisecond))
+	probe.end()
+	require.Zero(t, probe.failed.Load(), "failed requests while scaling in: %v", probe.errs)
+
+	evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", ActedOnly: true, PageSize: 100})
+	require.NoError(t, err)
+	require.NotEmpty(t, evs.Events)
+	for _, ev := range evs.Events {
+		require.NotEmpty(t, ev.Observed, "%v", ev)
+		require.NotEmpty(t, ev.Reason)
+		t.Logf("%s %d→%d observed %.1f target %.1f limited by %q: %s", ev.Id, ev.PreviousDesired, ev.Desired, ev.ObservedValue, ev.Target, ev.LimitedBy, ev.Reason)
+	}
+}
+
+// TestAutoscale_requestsPerInstance: under 100 requests/s with a target
+// of 20 per instance the pool grows from 1 to at least 3, every instance
+// serves, nothing fails; without load it shrinks back to 1.
+func TestAutoscale_requestsPerInstance(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	f.createScaledPool("web", fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 20), nil)
+	f.settled("web", 1, 30*time.Second)
+	l := f.startRateLoad(100)
+	defer l.end()
+	scaleCycle(t, f, l, 5)
+}
+
+// TestLoadAwareWeights_trafficLeavesABusyHost: two agents, each the host
+// of one core (-cpus); a process outside hostscale holds host-b's core
+// busy; with load-aware weights the balancer sends host-b's instances far
+// less traffic, before any scaling.
+func TestLoadAwareWeights_trafficLeavesABusyHost(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two cores")
+	}
+	if _, err := exec.LookPath("taskset"); err != nil {
+		t.Skip("taskset (util-linux) is not installed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFleetArgs(t, ctx, 2, func(i int) []string { return []string{"-cpus", strconv.Itoa(i)} })
+	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/", Selector: "tier=web", Desired: 4, Max: 10, LoadAwareWeights: true,
+		Template: &pb.InstanceTemplate{Command: f.bin + "/hostscale-demo", HealthPath: "/healthz", HealthInterval: durationpb.New(200 * time.Millisecond)},
+	}})
+	require.NoError(t, err)
+	ins := f.settledOn("web", 4, map[string]int{"host-a": 2, "host-b": 2}, 30*time.Second)
+	node := map[string]string{}
+	for _, in := range ins {
+		node[in.Id] = in.Node
+	}
+	share := func(l *load) float64 {
+		by := l.served()
+		total, b := 0, 0
+		for id, n := range by {
+			total += n
+			if node[id] == "host-b" {
+				b += n
+			}
+		}
+		return float64(b) / float64(max(total, 1))
+	}
+
+	l := f.startRateLoad(100)
+	defer l.end()
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		if l.ok.Load() < 300 {
+			return fmt.Errorf("%d requests so far", l.ok.Load())
+		}
+		return nil
+	}))
+	before := share(l)
+
+	spin := exec.Command("taskset", "-c", "1", "sh", "-c", "while :; do :; done")
+	require.NoError(t, spin.Start())
+	t.Cleanup(func() { _ = spin.Process.Kill(); _ = spin.Wait() })
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		for _, in := range f.instances("web") {
+			if in.Node == "host-b" && (in.Weight == 0 || in.Weight > 30) {
+				return fmt.Errorf("%s on the busy host weighs %d", in.Id, in.Weight)
+			}
+		}
+		return nil
+	}))
+	share(l)
+	var after float64
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		n := l.ok.Load()
+		for l.ok.Load() < n+300 {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		after = share(l)
+		if after > 0.2 {
+			return fmt.Errorf("the busy host still takes %.0f%% of requests", after*100)
+		}
+		return nil
+	}))
+	t.Logf("host-b's share of requests: %.0f%% idle, %.0f%% with its core held busy", before*100, after*100)
+	require.Greater(t, before, 0.3)
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+}
