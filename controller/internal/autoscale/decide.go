@@ -148,7 +148,7 @@ func Decide(in Input) *pb.ScaleEvent {
 
 	// The epsilon keeps a ratio of exactly 1 ± tolerance, which float
 	// division may put a hair outside, within the tolerance.
-	if tol := pol.GetTolerance(); math.Abs(ratio-1) <= tol+1e-9 {
+	if tol := pol.GetTolerance(); math.Abs(ratio-1) <= tol+1e-9 && d.v != in.Desired {
 		d.set(LimitedByTolerance, in.Desired)
 		d.say("within the %s%% tolerance: keep %d", number(tol*100), in.Desired)
 	}

@@ -46,21 +46,21 @@ func DefaultScaleDownLimits() []*pb.RateLimit {
 
 // Bounds Validate enforces.
 const (
-	MaxStabilization       = time.Hour
-	MinEvaluationPeriod    = time.Second
-	MaxEvaluationPeriod    = 10 * time.Minute
-	MinWindow              = time.Second
-	MaxWindow              = time.Hour
+	MaxStabilization        = time.Hour
+	MinEvaluationPeriod     = time.Second
+	MaxEvaluationPeriod     = 10 * time.Minute
+	MinWindow               = time.Second
+	MaxWindow               = time.Hour
 	MaxInitializationPeriod = time.Hour
-	MinLimitPeriod         = time.Second
-	MaxLimitPeriod         = 30 * time.Minute
-	MaxLimitPercent        = 1000
-	MaxLimits              = 10 // per direction
-	MaxExecTimeout         = 10 * time.Minute
-	MaxWebhookTimeout      = time.Minute
-	maxProviderString      = 4096
-	maxExecArgs            = 256
-	maxWebhookSecret       = 1024
+	MinLimitPeriod          = time.Second
+	MaxLimitPeriod          = 30 * time.Minute
+	MaxLimitPercent         = 1000
+	MaxLimits               = 10 // per direction
+	MaxExecTimeout          = 10 * time.Minute
+	MaxWebhookTimeout       = time.Minute
+	maxProviderString       = 4096
+	maxExecArgs             = 256
+	maxWebhookSecret        = 1024
 )
 
 // Defaults returns a copy of p with every unset field given its default:
@@ -160,9 +160,9 @@ func Validate(prefix string, p *pb.ScalingPolicy) error {
 		}
 	}
 	durations := []struct {
-		name    string
-		d       *durationpb.Duration
-		lo, hi  time.Duration
+		name   string
+		d      *durationpb.Duration
+		lo, hi time.Duration
 	}{
 		{"scale_up_stabilization", p.ScaleUpStabilization, 0, MaxStabilization},
 		{"scale_down_stabilization", p.ScaleDownStabilization, 0, MaxStabilization},

@@ -160,6 +160,18 @@ func checkScaling(p *pb.Pool) error {
 	if w := p.Scaling.Window; w != nil && w.AsDuration() > MaxScalingWindow {
 		return invalid("pool.scaling.window", "at most %v", MaxScalingWindow)
 	}
+	// The windows and rate periods read the events kept in the state: at
+	// most fsm.MaxScaleEvents of them, one per evaluation.
+	d := autoscale.Defaults(p.Scaling)
+	kept := time.Duration(fsm.MaxScaleEvents-10) * d.EvaluationPeriod.AsDuration()
+	longest := max(d.ScaleUpStabilization.AsDuration(), d.ScaleDownStabilization.AsDuration())
+	for _, l := range append(d.ScaleUpLimits, d.ScaleDownLimits...) {
+		longest = max(longest, l.Period.AsDuration())
+	}
+	if longest > kept {
+		return invalid("pool.scaling.evaluation_period", "%v keeps %v of decisions, shorter than the longest window or rate period (%v)",
+			d.EvaluationPeriod.AsDuration(), kept, longest)
+	}
 	return nil
 }
 

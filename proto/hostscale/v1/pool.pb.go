@@ -1006,7 +1006,8 @@ type ScaleEvent struct {
 	Ready   uint32 `protobuf:"varint,9,opt,name=ready,proto3" json:"ready,omitempty"`
 	// ceil(ready × observed / target), before any rule.
 	RawDesired uint32 `protobuf:"varint,10,opt,name=raw_desired,json=rawDesired,proto3" json:"raw_desired,omitempty"`
-	// After the tolerance and min/max: what the windows remember.
+	// After the tolerance (before min/max, as the HPA's): what the
+	// stabilization windows remember.
 	Recommendation uint32 `protobuf:"varint,11,opt,name=recommendation,proto3" json:"recommendation,omitempty"`
 	// The final decision.
 	Desired uint32 `protobuf:"varint,12,opt,name=desired,proto3" json:"desired,omitempty"`
