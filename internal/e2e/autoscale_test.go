@@ -2,7 +2,15 @@ package e2e
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -282,6 +290,127 @@ func TestAutoscale_bootSpikeDoesNotChainScaleUps(t *testing.T) {
 		}
 	}
 	require.True(t, sawStarting, "an evaluation saw the new instance as not ready")
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+}
+
+// TestAutoscale_leaderKilledMidScaleOutAndProviders: the new leader
+// carries on a scale-out the old one began, within the rate allowance
+// counted across both; it scales nothing down in its first window; a
+// webhook provider is called once per decision (counted at the receiver,
+// across the kill), with a valid signature; a failing exec provider is
+// retried, its error recorded, and the loop goes on.
+func TestAutoscale_leaderKilledMidScaleOutAndProviders(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const secret = "s3cret"
+	var mu sync.Mutex
+	calls := map[string]int{} // by idempotency key
+	badSig := 0
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write(body)
+		if r.Header.Get("X-Hostscale-Signature") != "sha256="+hex.EncodeToString(mac.Sum(nil)) {
+			badSig++
+		}
+		calls[r.Header.Get("Idempotency-Key")]++
+	}))
+	defer hook.Close()
+
+	f := newFleet(t, ctx, 2)
+	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 10)
+	pol.ScaleUpLimits = []*pb.RateLimit{{Kind: pb.RateLimitKind_RATE_LIMIT_KIND_INSTANCES, Value: 2, Period: durationpb.New(10 * time.Second)}}
+	pol.Provider = &pb.ScaleProvider{Provider: &pb.ScaleProvider_Webhook{Webhook: &pb.WebhookProvider{Url: hook.URL, Secret: secret}}}
+	f.createScaledPool("web", pol, nil)
+	f.settled("web", 1, 30*time.Second)
+	// A second pool whose provider always fails.
+	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "failing", PathPrefix: "/failing", Selector: "tier=web", Min: 2, Max: 4, Desired: 3,
+		Template: &pb.InstanceTemplate{Command: f.bin + "/hostscale-demo", HealthPath: "/healthz", HealthInterval: durationpb.New(200 * time.Millisecond)},
+		Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, Target: 10,
+			EvaluationPeriod: durationpb.New(time.Second), Window: durationpb.New(3 * time.Second), ScaleDownStabilization: durationpb.New(time.Second),
+			Provider: &pb.ScaleProvider{Provider: &pb.ScaleProvider_Exec{Exec: &pb.ExecProvider{Command: "/bin/sh", Args: []string{"-c", "echo no capacity >&2; exit 7"}}}}},
+	}})
+	require.NoError(t, err)
+
+	l := f.startRateLoad(100) // target 10 per instance: wants 10, +2 per 10s allowed
+	defer l.end()
+	// The first scale-up (1 → 3), then kill the leader at once.
+	var first *pb.ScaleEvent
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", ActedOnly: true})
+		if err != nil || len(evs.Events) == 0 {
+			return fmt.Errorf("no scale-up yet (%v)", err)
+		}
+		first = evs.Events[len(evs.Events)-1]
+		return nil
+	}))
+	require.Equal(t, uint32(3), first.Desired, first.Reason)
+	old := f.leader()
+	old.Kill()
+	killed := time.Now()
+	next := f.leader()
+	t.Logf("leader %s killed after the first scale-up; %s leads %v later", old.ID, next.ID, time.Since(killed).Round(time.Millisecond))
+
+	// Within the first rate period nothing goes beyond 3, whoever leads;
+	// then the new leader carries on to 5.
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(first.Time.AsTime()) < 9*time.Second {
+		n := len(f.instances("web"))
+		require.LessOrEqual(t, n, 3, "over the +2/10s allowance counted across both leaders")
+		<-tick.C
+	}
+	f.settledOn("web", 5, nil, 30*time.Second)
+	old.Restart()
+
+	evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", PageSize: 1000})
+	require.NoError(t, err)
+	acted := 0
+	for _, ev := range evs.Events {
+		if ev.Term != first.Term && ev.Time.AsTime().Sub(killed) < 3*time.Second && ev.Acted {
+			require.GreaterOrEqual(t, ev.Desired, ev.PreviousDesired, "no scale-down in the new leader's first window: %s", ev.Reason)
+		}
+		if ev.Acted {
+			acted++
+		}
+	}
+	// Each decision's call reached the receiver once, signed.
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(calls) != acted {
+			return fmt.Errorf("%d decisions, %d distinct calls", acted, len(calls))
+		}
+		return nil
+	}))
+	mu.Lock()
+	for key, n := range calls {
+		require.Equal(t, 1, n, "%s called %d times", key, n)
+	}
+	require.Zero(t, badSig)
+	mu.Unlock()
+
+	// The failing provider: retried with back-off, its error kept, and its
+	// pool still evaluated.
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		r, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "failing", ActedOnly: true, PageSize: 1000})
+		if err != nil {
+			return err
+		}
+		for _, ev := range r.Events {
+			if p := ev.Provider; p != nil && p.Attempts >= 2 && !p.Ok && p.ExitCode == 7 && strings.Contains(p.Output, "no capacity") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no retried failure recorded yet: %v", r.Events)
+	}))
+	r, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "failing", PageSize: 1})
+	require.NoError(t, err)
+	require.Less(t, time.Since(r.Events[0].Time.AsTime()), 5*time.Second, "the loop still evaluates the pool")
 	l.end()
 	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
 }
