@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev load bench-instances build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev load bench-instances bench-autoscale build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -101,6 +101,10 @@ load:
 ## bench-instances: ScalePool to serving, and removal to exit, with every binary (docs/benchmarks.md)
 bench-instances:
 	cd internal && HOSTSCALE_BENCH=1 go test -count=1 -v -run TestBench_scaleLatency ./e2e/ | grep -E 'ScalePool|^(---|ok|FAIL)'
+
+## bench-autoscale: load step to a new instance serving, median of 5 (docs/benchmarks.md)
+bench-autoscale:
+	cd internal && HOSTSCALE_BENCH=1 go test -count=1 -v -run TestBench_autoscaleReaction ./e2e/ | grep -E 'run [0-9]|reaction|^(---|ok|FAIL)'
 
 ## cluster: three controllers in the background on 127.0.0.1:7700/7710/7720
 cluster: build
