@@ -19,7 +19,7 @@ stopping=0
 stop_all() {
 	[ "$stopping" = 1 ] && return
 	stopping=1
-	trap - INT TERM
+	trap - INT TERM HUP
 	echo
 	echo "stopping hostscale dev mode..."
 	# The agent first: it stops the instances (-stop-instances-on-exit).
@@ -27,7 +27,7 @@ stop_all() {
 	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 	echo "stopped."
 }
-trap 'stop_all; exit 130' INT TERM
+trap 'stop_all; exit 130' INT TERM HUP
 trap stop_all EXIT
 
 start() { # name, then the command
