@@ -210,12 +210,16 @@ func TestCluster_tableCommittedOnLeaderReachesBalancerWatchingFollower(t *testin
 	require.Eventually(t, func() bool { return l.tableAck(f.ID, "edge-1").GetIndex() == removed.Index },
 		5*time.Second, 10*time.Millisecond)
 
+	// Stats reports go to the follower, which passes them on to the leader.
+	require.Eventually(t, func() bool { return w.Status().StatsReports >= 1 }, 5*time.Second, 10*time.Millisecond)
+
 	st := w.Status()
 	require.Equal(t, f.GRPCAddr, st.Controller)
 	require.Equal(t, f.ID, st.ControllerID)
 	require.Zero(t, st.Refused)
 	require.Zero(t, st.AckFailures)
 	require.Zero(t, st.Failures)
+	require.Zero(t, st.StatsFailures, "the controllers take the reports")
 }
 
 func TestCluster_everyControllerKilledUnderLoad(t *testing.T) {

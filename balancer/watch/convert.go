@@ -3,6 +3,9 @@ package watch
 import (
 	"errors"
 	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/internal/hostport"
 	"github.com/hostscale/hostscale/internal/names"
@@ -80,6 +83,38 @@ func versionFromProto(v *pb.TableVersion) balancer.Version {
 
 func versionToProto(v balancer.Version) *pb.TableVersion {
 	return &pb.TableVersion{Term: v.Term, Index: v.Index}
+}
+
+// bucketBounds converts latency bucket bounds to seconds.
+func bucketBounds(buckets []time.Duration) []float64 {
+	out := make([]float64, len(buckets))
+	for i, b := range buckets {
+		out[i] = b.Seconds()
+	}
+	return out
+}
+
+// statsToProto builds a stats report of the backends' counters taken at
+// now. The request shares bounds, which must not change; it does not
+// retain stats.
+func statsToProto(name string, bounds []float64, stats []balancer.BackendStats, now time.Time) *pb.ReportStatsRequest {
+	req := &pb.ReportStatsRequest{
+		Balancer:     name,
+		Time:         timestamppb.New(now),
+		BucketBounds: bounds,
+		Backends:     make([]*pb.BackendCounters, 0, len(stats)),
+	}
+	for _, s := range stats {
+		req.Backends = append(req.Backends, &pb.BackendCounters{
+			Pool:          s.Pool,
+			Address:       s.Address,
+			Requests:      s.Requests,
+			Errors:        s.Errors,
+			InFlight:      s.InFlight,
+			LatencyCounts: append([]uint64(nil), s.LatencyCounts...),
+		})
+	}
+	return req
 }
 
 // ParseControllers parses a comma-separated list of host:port addresses.

@@ -3,8 +3,11 @@ package watch
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/balancer"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -123,4 +126,33 @@ func TestNameFromHostnameAndValidName(t *testing.T) {
 	require.False(t, ValidName("-a"))
 	require.False(t, ValidName("a-"))
 	require.False(t, ValidName(strings.Repeat("a", 64)))
+}
+
+func TestStatsToProto_copiesCountersWithBoundsInSeconds(t *testing.T) {
+	bounds := bucketBounds([]time.Duration{500 * time.Microsecond, 250 * time.Millisecond, 2 * time.Second})
+	require.Equal(t, []float64{0.0005, 0.25, 2}, bounds)
+	now := time.Date(2025, 3, 1, 12, 0, 0, 7, time.UTC)
+	stats := []balancer.BackendStats{
+		{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, Ejected: true,
+			LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: []uint64{4, 3, 2, 1}},
+		{Pool: "web", Address: "[fd00::1]:8080", LatencyCounts: []uint64{0, 0, 0, 0}},
+	}
+	got := statsToProto("edge-1", bounds, stats, now)
+	want := &pb.ReportStatsRequest{
+		Balancer:     "edge-1",
+		Time:         timestamppb.New(now),
+		BucketBounds: []float64{0.0005, 0.25, 2},
+		Backends: []*pb.BackendCounters{
+			{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, LatencyCounts: []uint64{4, 3, 2, 1}},
+			{Pool: "web", Address: "[fd00::1]:8080", LatencyCounts: []uint64{0, 0, 0, 0}},
+		},
+	}
+	require.True(t, proto.Equal(want, got), "got %v", got)
+
+	// The request does not share the counters.
+	stats[0].LatencyCounts[0] = 99
+	require.Equal(t, uint64(4), got.Backends[0].LatencyCounts[0])
+
+	// A balancer without a table reports no backends.
+	require.Empty(t, statsToProto("edge-1", bounds, nil, now).Backends)
 }

@@ -6,6 +6,8 @@
 // follower. It asks only for tables newer than the one in force, converts
 // each table it receives into a balancer.Table, applies it, and acknowledges
 // the applied version (or the reason a table was refused) with AckTable.
+// While the stream is open it also sends the balancer's cumulative
+// per-backend counters with ReportStats, for the controllers' autoscaler.
 // When the stream fails it moves on to the next controller in its list after
 // a jittered exponential back-off.
 //
@@ -13,5 +15,5 @@
 // force stays in force, and with a data directory it survives a restart of
 // the balancer. It never applies a table older than the one in force
 // (balancer.Balancer.Apply refuses it). It does not write to the cluster
-// beyond acknowledgements.
+// beyond acknowledgements and stats reports.
 package watch

@@ -14,13 +14,18 @@ var (
 		[]string{"result"}, nil)
 	ackFailuresDesc = prometheus.NewDesc("hostscale_balancer_controller_ack_failures_total",
 		"AckTable calls that failed.", nil, nil)
+	statsReportsDesc = prometheus.NewDesc("hostscale_balancer_controller_stats_reports_total",
+		"ReportStats calls: per-backend counters sent to the controller (calls cut short by the end of their stream aside).", nil, nil)
+	statsFailuresDesc = prometheus.NewDesc("hostscale_balancer_controller_stats_failures_total",
+		"ReportStats calls that failed; they are not retried.", nil, nil)
 )
 
 var _ prometheus.Collector = (*Watcher)(nil)
 
 // Describe implements prometheus.Collector.
 func (w *Watcher) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connectedDesc, streamsDesc, failuresDesc, tablesDesc, ackFailuresDesc} {
+	for _, d := range []*prometheus.Desc{connectedDesc, streamsDesc, failuresDesc, tablesDesc, ackFailuresDesc,
+		statsReportsDesc, statsFailuresDesc} {
 		ch <- d
 	}
 }
@@ -41,4 +46,6 @@ func (w *Watcher) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(tablesDesc, prometheus.CounterValue, float64(s.Stale), "stale")
 	ch <- prometheus.MustNewConstMetric(tablesDesc, prometheus.CounterValue, float64(s.Refused), "refused")
 	ch <- prometheus.MustNewConstMetric(ackFailuresDesc, prometheus.CounterValue, float64(s.AckFailures))
+	ch <- prometheus.MustNewConstMetric(statsReportsDesc, prometheus.CounterValue, float64(s.StatsReports))
+	ch <- prometheus.MustNewConstMetric(statsFailuresDesc, prometheus.CounterValue, float64(s.StatsFailures))
 }

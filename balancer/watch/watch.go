@@ -31,12 +31,21 @@ type Target interface {
 	Apply(t *balancer.Table) error
 	// Table returns the table in force, or nil.
 	Table() *balancer.Table
+	// Stats returns the cumulative counters of every backend of the table
+	// in force, with LatencyCounts per balancer.LatencyBuckets. The Watcher
+	// does not retain the slice.
+	Stats() []balancer.BackendStats
 }
 
 var _ Target = (*balancer.Balancer)(nil)
 
 // maxAckError is the longest refusal reason a controller accepts.
 const maxAckError = 4096
+
+// MinStatsInterval is the shortest Config.StatsInterval: a controller takes
+// a report from every balancer, and its autoscaler looks at rates over
+// seconds.
+const MinStatsInterval = 100 * time.Millisecond
 
 // Config configures a Watcher.
 type Config struct {
@@ -58,13 +67,20 @@ type Config struct {
 	// ConnectTimeout bounds opening a connection and a stream to one
 	// controller.
 	ConnectTimeout time.Duration
-	// AckTimeout bounds each AckTable call.
+	// AckTimeout bounds each AckTable and ReportStats call.
 	AckTimeout time.Duration
 	// AckInterval is how often the version in force is acknowledged again
 	// while a stream is open, so that a new controller leader soon knows
 	// every balancer that is watching (it waits for their acknowledgements
 	// before it stops a removed instance).
 	AckInterval time.Duration
+	// StatsInterval is how often the balancer's per-backend counters
+	// (Target.Stats) are sent with ReportStats while a stream is open, on
+	// the stream's connection; 0 sends none, otherwise it is at least
+	// MinStatsInterval. A failed report is never retried: the counters are
+	// cumulative, so the next one carries everything a lost one did. Ticks
+	// that come while a report is in flight are dropped.
+	StatsInterval time.Duration
 	// Dial opens a client connection to a controller; nil means
 	// grpcx.Dial. Each attempt gets its own connection, closed when the
 	// attempt ends.
@@ -80,6 +96,7 @@ func DefaultConfig() Config {
 		ConnectTimeout: 5 * time.Second,
 		AckTimeout:     5 * time.Second,
 		AckInterval:    5 * time.Second,
+		StatsInterval:  time.Second,
 	}
 }
 
@@ -96,6 +113,8 @@ func (c *Config) Validate() error {
 		return errors.New("watch: need 0 < BackoffMin <= BackoffMax")
 	case c.ConnectTimeout <= 0 || c.AckTimeout <= 0 || c.AckInterval <= 0:
 		return errors.New("watch: ConnectTimeout, AckTimeout and AckInterval must be positive")
+	case c.StatsInterval < 0 || (c.StatsInterval > 0 && c.StatsInterval < MinStatsInterval):
+		return fmt.Errorf("watch: StatsInterval %v must be 0 (no reports) or at least %v", c.StatsInterval, MinStatsInterval)
 	}
 	for _, a := range c.Controllers {
 		if err := hostport.Check(a); err != nil {
@@ -113,6 +132,9 @@ type Watcher struct {
 	log *slog.Logger
 	// jitter returns a random int64 in [0, n); tests replace it.
 	jitter func(n int64) int64
+	// bounds are balancer.LatencyBuckets in seconds, sent with every
+	// report; read-only.
+	bounds []float64
 
 	mu sync.Mutex
 	st Status
@@ -134,7 +156,12 @@ type Status struct {
 	Applied, Stale, Refused uint64
 	// AckFailures counts AckTable calls that failed.
 	AckFailures uint64
-	// LastError is the last failure, refusal or failed acknowledgement.
+	// StatsReports counts ReportStats calls, leaving out those cut short
+	// by the end of their stream; StatsFailures counts those of them that
+	// failed, an older controller's UNIMPLEMENTED included.
+	StatsReports, StatsFailures uint64
+	// LastError is the last failure, refusal or failed acknowledgement
+	// (not a failed stats report: the next tick sends another).
 	LastError string
 }
 
@@ -155,6 +182,7 @@ func New(cfg Config) (*Watcher, error) {
 		cfg:    cfg,
 		log:    log.With("component", "watch", "balancer", cfg.Name),
 		jitter: rand.Int64N,
+		bounds: bucketBounds(balancer.LatencyBuckets),
 	}, nil
 }
 
@@ -280,13 +308,20 @@ func (w *Watcher) attempt(ctx context.Context, addr string) result {
 	w.log.Info("watching tables", "controller", addr, "have", versionString(have))
 
 	// Leave a controller as soon as its connection stops being ready,
-	// rather than when a draining controller finally cuts the stream.
+	// rather than when a draining controller finally cuts the stream. The
+	// stream can be open before the connection says Ready (grpc hands the
+	// new picker to waiting calls before it publishes the state), so only
+	// leaving Ready, or failing, counts.
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel(nil)
 	wg.Go(func() {
+		wasReady := false
 		for s := conn.GetState(); ; s = conn.GetState() {
-			if s != connectivity.Ready {
+			switch {
+			case s == connectivity.Ready:
+				wasReady = true
+			case wasReady || s == connectivity.TransientFailure || s == connectivity.Shutdown:
 				cancel(fmt.Errorf("%w (%s)", errLeft, s))
 				return
 			}
@@ -315,6 +350,10 @@ func (w *Watcher) attempt(ctx context.Context, addr string) result {
 			}
 		}
 	})
+
+	if w.cfg.StatsInterval > 0 {
+		wg.Go(func() { w.reportStats(sctx, client, addr) })
+	}
 
 	gotTable := false
 	for {
@@ -375,6 +414,50 @@ func (w *Watcher) ack(ctx context.Context, client pb.BalancerServiceClient, addr
 	if err != nil && ctx.Err() == nil {
 		w.update(func(s *Status) { s.AckFailures++; s.LastError = fmt.Sprintf("ack %v to %s: %v", v, addr, err) })
 		w.log.Warn("acknowledge table", "controller", addr, "version", v.String(), "err", err)
+	}
+}
+
+// reportStats sends the balancer's counters every StatsInterval until ctx
+// ends (with the stream) or the controller answers UNIMPLEMENTED: an older
+// controller has no use for them, so this stream stops asking. Failures are
+// counted and logged once per streak, never retried.
+func (w *Watcher) reportStats(ctx context.Context, client pb.BalancerServiceClient, addr string) {
+	t := time.NewTicker(w.cfg.StatsInterval)
+	defer t.Stop()
+	failing := 0 // failed reports in a row
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, w.cfg.AckTimeout)
+		_, err := client.ReportStats(rctx, statsToProto(w.cfg.Name, w.bounds, w.cfg.Balancer.Stats(), time.Now()))
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return // the stream ended, cutting the call short: not a failure
+		}
+		w.update(func(s *Status) {
+			s.StatsReports++
+			if err != nil {
+				s.StatsFailures++
+			}
+		})
+		switch code := status.Code(err); {
+		case err == nil:
+			if failing > 0 {
+				w.log.Debug("stats reports go through again", "controller", addr, "failures", failing)
+			}
+			failing = 0
+		case code == codes.Unimplemented:
+			w.log.Info("controller takes no stats reports; none more on this stream", "controller", addr, "err", err)
+			return
+		default:
+			if failing == 0 {
+				w.log.Debug("report stats failed; the next tick sends fresh counters", "controller", addr, "code", code.String(), "err", err)
+			}
+			failing++
+		}
 	}
 }
 

@@ -52,6 +52,9 @@ type fakeController struct {
 	mu      sync.Mutex
 	watches []*pb.WatchTableRequest
 	acks    []*pb.AckTableRequest
+	reports []*pb.ReportStatsRequest
+	// reportErr, when set, answers every ReportStats call.
+	reportErr error
 }
 
 func startFake(t *testing.T) *fakeController {
@@ -90,6 +93,37 @@ func (f *fakeController) AckTable(_ context.Context, req *pb.AckTableRequest) (*
 	f.acks = append(f.acks, proto.Clone(req).(*pb.AckTableRequest))
 	f.mu.Unlock()
 	return &pb.AckTableResponse{}, nil
+}
+
+// ReportStats records every call, failed ones included.
+func (f *fakeController) ReportStats(_ context.Context, req *pb.ReportStatsRequest) (*pb.ReportStatsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reports = append(f.reports, proto.Clone(req).(*pb.ReportStatsRequest))
+	if f.reportErr != nil {
+		return nil, f.reportErr
+	}
+	return &pb.ReportStatsResponse{}, nil
+}
+
+func (f *fakeController) setReportErr(err error) {
+	f.mu.Lock()
+	f.reportErr = err
+	f.mu.Unlock()
+}
+
+func (f *fakeController) Reports() []*pb.ReportStatsRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*pb.ReportStatsRequest(nil), f.reports...)
+}
+
+// waitReports waits until the controller holds n stats reports and returns them.
+func (f *fakeController) waitReports(t *testing.T, n int) []*pb.ReportStatsRequest {
+	t.Helper()
+	require.Eventually(t, func() bool { return len(f.Reports()) >= n }, 5*time.Second, 5*time.Millisecond,
+		"waiting for %d stats reports, have %d", n, len(f.Reports()))
+	return f.Reports()
 }
 
 func (f *fakeController) Watches() []*pb.WatchTableRequest {
@@ -309,6 +343,8 @@ func TestConfig_Validate(t *testing.T) {
 		{func(c *Config) { c.Balancer = nil }, "Balancer"},
 		{func(c *Config) { c.BackoffMax = c.BackoffMin / 2 }, "BackoffMin"},
 		{func(c *Config) { c.AckTimeout = 0 }, "AckTimeout"},
+		{func(c *Config) { c.StatsInterval = -time.Second }, "StatsInterval -1s must be 0 (no reports) or at least 100ms"},
+		{func(c *Config) { c.StatsInterval = 50 * time.Millisecond }, "StatsInterval 50ms"},
 	} {
 		cfg := testConfig(b, "127.0.0.1:7800")
 		require.NoError(t, cfg.Validate())
@@ -316,4 +352,7 @@ func TestConfig_Validate(t *testing.T) {
 		_, err := New(cfg)
 		require.ErrorContains(t, err, tc.want)
 	}
+	cfg := testConfig(b, "127.0.0.1:7800")
+	cfg.StatsInterval = 0
+	require.NoError(t, cfg.Validate(), "0 turns stats reports off")
 }

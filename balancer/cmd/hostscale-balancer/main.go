@@ -25,6 +25,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -49,6 +50,9 @@ type options struct {
 	controllers []string
 	// name is the balancer's name to the controllers.
 	name string
+	// statsInterval is how often per-backend counters are reported to the
+	// controller; 0: never.
+	statsInterval time.Duration
 }
 
 // usageError is a bad command line: exit status 2.
@@ -57,7 +61,7 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	o := &options{bal: balancer.DefaultConfig(), adm: admin.DefaultConfig()}
+	o := &options{bal: balancer.DefaultConfig(), adm: admin.DefaultConfig(), statsInterval: watch.DefaultConfig().StatsInterval}
 	fs := flag.NewFlagSet("hostscale-balancer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &o.bal
@@ -67,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.DataDir, "data-dir", "", "`dir`ectory where each applied table is saved and loaded from at start")
 	controllers := fs.String("controllers", "", "comma-separated gRPC `addresses` (host:port) of controllers to take tables from (empty: none)")
 	fs.StringVar(&o.name, "name", "", "this balancer's `name` to the controllers, a DNS label (default: the hostname, sanitized)")
+	fs.DurationVar(&o.statsInterval, "stats-interval", o.statsInterval, "how often per-backend counters are reported to the controller (0 disables)")
 	trusted := fs.String("trusted-proxies", "", "comma-separated `CIDRs` whose X-Forwarded-* headers are kept and extended")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "backend connect timeout")
 	fs.DurationVar(&c.HeaderTimeout, "header-timeout", c.HeaderTimeout, "time allowed to receive a request head")
@@ -122,6 +127,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			return nil, usageError{fmt.Sprintf("-name: cannot make a name of the hostname %q; set -name", host)}
 		}
 	}
+	if o.statsInterval < 0 || (o.statsInterval > 0 && o.statsInterval < watch.MinStatsInterval) {
+		return nil, usageError{fmt.Sprintf("-stats-interval: %v must be 0 (no reports) or at least %v", o.statsInterval, watch.MinStatsInterval)}
+	}
 	if err := c.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -171,6 +179,7 @@ func serve(o *options, log *slog.Logger) error {
 	if len(o.controllers) > 0 {
 		cfg := watch.DefaultConfig()
 		cfg.Controllers, cfg.Name, cfg.Balancer, cfg.Logger = o.controllers, o.name, b, log
+		cfg.StatsInterval = o.statsInterval
 		if w, err = watch.New(cfg); err != nil {
 			return err
 		}

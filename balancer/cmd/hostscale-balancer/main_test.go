@@ -70,6 +70,15 @@ func TestParseFlags_defaults(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:8080", o.bal.ListenAddr)
 	require.Equal(t, "127.0.0.1:7802", o.adm.Addr)
+	require.Equal(t, time.Second, o.statsInterval)
+	for _, tc := range []struct {
+		arg  string
+		want time.Duration
+	}{{"0", 0}, {"100ms", 100 * time.Millisecond}, {"5s", 5 * time.Second}} {
+		o, err := parseFlags([]string{"-stats-interval", tc.arg}, io.Discard)
+		require.NoError(t, err, tc.arg)
+		require.Equal(t, tc.want, o.statsInterval, tc.arg)
+	}
 	o, err = parseFlags([]string{"-trusted-proxies", "10.0.0.0/8, 192.168.1.1"}, io.Discard)
 	require.NoError(t, err)
 	require.Len(t, o.bal.TrustedProxies, 2)
@@ -126,6 +135,8 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1": expected host:port`},
 		{[]string{"-controllers", "10.0.0.1:7800,10.0.0.2:0"}, 2, `-controllers: "10.0.0.2:0": port must be 1-65535`},
 		{[]string{"-name", "Edge 1"}, 2, `-name: "Edge 1" is not a DNS label`},
+		{[]string{"-stats-interval", "-1s"}, 2, "-stats-interval: -1s must be 0 (no reports) or at least 100ms"},
+		{[]string{"-stats-interval", "50ms"}, 2, "-stats-interval: 50ms must be 0 (no reports) or at least 100ms"},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,
 			"-table: " + badTable + ": balancer: invalid table: pools[0].backends[0].address"},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", filepath.Join(dir, "missing.json")}, 1,
@@ -447,6 +458,8 @@ func TestBinary_controllersFeedTablesNewerThanTheStaticOne(t *testing.T) {
 	require.Contains(t, body, fmt.Sprintf("/%d", created.Index))
 	_, body = get(t, "http://"+p.admin+"/metrics")
 	require.Contains(t, body, `hostscale_balancer_controller_tables_total{result="applied"} 1`)
+	require.Contains(t, body, "hostscale_balancer_controller_stats_reports_total")
+	require.Contains(t, body, "hostscale_balancer_controller_stats_failures_total")
 	p.stop(t)
 	require.Contains(t, p.logs(), "controllers="+strings.Join(controllers, ","))
 }
