@@ -9,11 +9,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
-	"os/exec"
-	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -32,7 +35,7 @@ func fastPolicy(metric pb.ScalingMetric, target float64) *pb.ScalingPolicy {
 		Window:                 durationpb.New(3 * time.Second),
 		InitializationPeriod:   durationpb.New(2 * time.Second),
 		ScaleDownStabilization: durationpb.New(8 * time.Second),
-		ScaleDownLimits: []*pb.RateLimit{{Kind: pb.RateLimitKind_RATE_LIMIT_KIND_PERCENT, Value: 100, Period: durationpb.New(time.Second)}},
+		ScaleDownLimits:        []*pb.RateLimit{{Kind: pb.RateLimitKind_RATE_LIMIT_KIND_PERCENT, Value: 100, Period: durationpb.New(time.Second)}},
 	}
 }
 
@@ -335,6 +338,17 @@ func TestAutoscale_leaderKilledMidScaleOutAndProviders(t *testing.T) {
 			Provider: &pb.ScaleProvider{Provider: &pb.ScaleProvider_Exec{Exec: &pb.ExecProvider{Command: "/bin/sh", Args: []string{"-c", "echo no capacity >&2; exit 7"}}}}},
 	}})
 	require.NoError(t, err)
+	// And one whose exec provider records each call in a file.
+	callsFile := filepath.Join(t.TempDir(), "calls")
+	_, err = f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "execd", PathPrefix: "/execd", Selector: "tier=web", Min: 1, Max: 4, Desired: 3,
+		Template: &pb.InstanceTemplate{Command: f.bin + "/hostscale-demo", HealthPath: "/healthz", HealthInterval: durationpb.New(200 * time.Millisecond)},
+		Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, Target: 10,
+			EvaluationPeriod: durationpb.New(time.Second), Window: durationpb.New(3 * time.Second), ScaleDownStabilization: durationpb.New(time.Second),
+			Provider: &pb.ScaleProvider{Provider: &pb.ScaleProvider_Exec{Exec: &pb.ExecProvider{Command: "/bin/sh",
+				Args: []string{"-c", `echo "$HOSTSCALE_EVENT_ID $HOSTSCALE_POOL $HOSTSCALE_CURRENT $HOSTSCALE_DESIRED" >> ` + callsFile}}}}},
+	}})
+	require.NoError(t, err)
 
 	l := f.startRateLoad(100) // target 10 per instance: wants 10, +2 per 10s allowed
 	defer l.end()
@@ -393,6 +407,33 @@ func TestAutoscale_leaderKilledMidScaleOutAndProviders(t *testing.T) {
 	}
 	require.Zero(t, badSig)
 	mu.Unlock()
+
+	// The exec provider ran once per decision of its pool, with the
+	// decision in its environment.
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		r, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "execd", ActedOnly: true, PageSize: 1000})
+		if err != nil {
+			return err
+		}
+		if len(r.Events) == 0 {
+			return fmt.Errorf("execd has not scaled yet")
+		}
+		var want []string
+		for _, ev := range r.Events {
+			want = append(want, fmt.Sprintf("%s execd %d %d", ev.Id, ev.PreviousDesired, ev.Desired))
+		}
+		data, _ := os.ReadFile(callsFile)
+		got := strings.Fields(strings.ReplaceAll(string(data), " ", "_"))
+		for i := range want {
+			want[i] = strings.ReplaceAll(want[i], " ", "_")
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(want, got) {
+			return fmt.Errorf("exec calls %v, decisions %v", got, want)
+		}
+		return nil
+	}))
 
 	// The failing provider: retried with back-off, its error kept, and its
 	// pool still evaluated.
