@@ -486,6 +486,48 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Min: 1}})
 			return err
 		}, codes.InvalidArgument, "pool.template"},
+		"UpdatePool unknown pool": {func() error {
+			_, err := f.Pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: &pb.Pool{Name: "nope"}})
+			return err
+		}, codes.NotFound, "nope"},
+		"UpdatePool bad template": {func() error {
+			_, err := f.Pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: &pb.Pool{Name: "nope", Template: &pb.InstanceTemplate{StopGrace: durationpb.New(time.Hour)}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.command"},
+		"CreatePool bad scaling target": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: -1}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling.target"},
+		"CreatePool scaling window too long": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, Window: durationpb.New(time.Hour)}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling.window"},
+		"CreatePool scaling evaluations too rare for the window": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, EvaluationPeriod: durationpb.New(time.Second), ScaleDownStabilization: durationpb.New(time.Hour)}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling"},
+		"CreatePool webhook without url": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50,
+					Provider: &pb.ScaleProvider{Provider: &pb.ScaleProvider_Webhook{Webhook: &pb.WebhookProvider{}}}}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling.provider.webhook.url"},
+		"ReportStats bad bounds": {func() error {
+			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb", BucketBounds: []float64{2, 1}})
+			return err
+		}, codes.InvalidArgument, "bucket_bounds[1]"},
+		"ReportStats bad address": {func() error {
+			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
+				Backends: []*pb.BackendCounters{{Pool: "web", Address: "nowhere"}}})
+			return err
+		}, codes.InvalidArgument, "backends[0].address"},
+		"ListScaleEvents unknown pool": {func() error {
+			_, err := f.Pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "nope"})
+			return err
+		}, codes.NotFound, "nope"},
 		"ScalePool unknown pool": {func() error {
 			_, err := f.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "nope", Desired: 1})
 			return err

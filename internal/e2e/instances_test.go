@@ -194,3 +194,43 @@ func TestInstances_leaderKilledDuringScaleOutAndDrain(t *testing.T) {
 	require.NoError(t, err)
 	f.settledOn("web", 8, map[string]int{"host-a": 2, "host-b": 6}, 30*time.Second)
 }
+
+// TestInstances_newTemplateReplacesInstancesWithoutFailures: UpdatePool
+// with a new template starts new instances, then takes the old ones out of
+// the tables and stops them, under load with no failed request.
+func TestInstances_newTemplateReplacesInstancesWithoutFailures(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	f.createPool("web", 3, nil)
+	old := f.settled("web", 3, 30*time.Second)
+	l := f.startLoad(4)
+	defer l.end()
+
+	p, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+	require.NoError(t, err)
+	p.Pool.Template.Args = []string{"-latency", "1ms"}
+	p.Pool.Desired = 0 // keep the count
+	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: p.Pool})
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 40*time.Second, func(context.Context) error {
+		ins := f.settled("web", 3, 40*time.Second)
+		for _, in := range ins {
+			for _, o := range old {
+				if in.Id == o.Id {
+					return fmt.Errorf("%s of the old template still runs", in.Id)
+				}
+			}
+		}
+		return nil
+	}))
+	for _, env := range instanceProcs() {
+		require.NotContains(t, []string{old[0].Id, old[1].Id, old[2].Id}, env["HOSTSCALE_INSTANCE"])
+	}
+	l.end()
+	t.Logf("%d requests, %d failed", l.ok.Load(), l.failed.Load())
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+
+	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: &pb.Pool{Name: "web", Template: &pb.InstanceTemplate{}}})
+	require.Error(t, err, "a bad template is refused")
+}

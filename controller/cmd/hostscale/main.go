@@ -40,6 +40,8 @@ commands:
   pools                           list pools
   create-pool FILE                create a pool from its JSON (FILE or - for stdin), e.g.
                                   {"name":"web","template":{"command":"hostscale-demo","health_path":"/healthz"},"desired":2}
+  update-pool FILE                replace a pool's specification from its JSON (FILE or -); a new
+                                  template replaces the instances, new ones first
   delete-pool POOL                delete a pool (its instances stop)
   scale POOL N                    run N instances of a pool with a template
   instances [POOL]                list instances: node, address, state, restarts
@@ -230,11 +232,11 @@ func (c *cli) do(ctx context.Context, args []string) error {
 				strings.ToLower(strings.TrimPrefix(p.Policy.String(), "POLICY_")), len(p.Backends))
 		}
 		return w.Flush()
-	case "create-pool":
+	case "create-pool", "update-pool":
 		if err := nargs(1, 1); err != nil {
 			return err
 		}
-		return c.createPool(ctx, rest[0])
+		return c.putPool(ctx, rest[0], cmd == "update-pool")
 	case "delete-pool":
 		if err := nargs(1, 1); err != nil {
 			return err
@@ -448,9 +450,9 @@ func (c *cli) printJSON(m proto.Message) error {
 	return err
 }
 
-// createPool creates the pool a JSON file (hostscale.v1.Pool in protojson)
-// describes.
-func (c *cli) createPool(ctx context.Context, path string) error {
+// putPool creates, or updates, the pool a JSON file (hostscale.v1.Pool in
+// protojson) describes.
+func (c *cli) putPool(ctx context.Context, path string, update bool) error {
 	var data []byte
 	var err error
 	if path == "-" {
@@ -464,6 +466,17 @@ func (c *cli) createPool(ctx context.Context, path string) error {
 	p := &pb.Pool{}
 	if err := protojson.Unmarshal(data, p); err != nil {
 		return fmt.Errorf("%s: not a pool: %w", path, err)
+	}
+	if update {
+		resp, err := c.pools.UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: p})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		fmt.Fprintf(c.out, "pool %s updated (index %d)\n", resp.Pool.GetName(), resp.Index)
+		return nil
 	}
 	resp, err := c.pools.CreatePool(ctx, &pb.CreatePoolRequest{Pool: p})
 	if err != nil {

@@ -58,6 +58,35 @@ func (s *Pools) CreatePool(ctx context.Context, req *pb.CreatePoolRequest) (*pb.
 	return resp, nil
 }
 
+func (s *Pools) UpdatePool(ctx context.Context, req *pb.UpdatePoolRequest) (*pb.UpdatePoolResponse, error) {
+	id, err := requestID(req.RequestId)
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	keep := req.Pool != nil && req.Pool.Desired == 0
+	if err := normalizePool(req.Pool); err != nil {
+		return nil, err
+	}
+	if keep {
+		req.Pool.Desired = 0 // the state machine keeps the current count
+	}
+	if p, _ := s.pool(req.Pool.Name); p == nil {
+		return nil, status.Errorf(codes.NotFound, "pool %q not found", req.Pool.Name)
+	}
+	resp := &pb.UpdatePoolResponse{}
+	res, fwd, err := s.Core.Write(ctx, req, resp, &pb.Command{
+		RequestId: id,
+		Command:   &pb.Command_UpdatePool{UpdatePool: &pb.UpdatePoolCommand{Pool: req.Pool}},
+	})
+	if fwd || err != nil {
+		return orNil(resp, err)
+	}
+	resp.Pool, resp.Index = s.pool(req.Pool.Name)
+	resp.Index = max(resp.Index, res.Index)
+	return resp, nil
+}
+
 func (s *Pools) GetPool(ctx context.Context, req *pb.GetPoolRequest) (*pb.GetPoolResponse, error) {
 	if err := checkName("pool", req.Pool); err != nil {
 		return nil, err

@@ -261,6 +261,8 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.recordScaleEvent(c.RecordScaleEvent, cmd, index)
 	case *pb.Command_RecordProviderResult:
 		return f.recordProviderResult(c.RecordProviderResult)
+	case *pb.Command_UpdatePool:
+		return f.updatePool(c.UpdatePool, index)
 	case *pb.Command_SetInstanceWeights:
 		return f.setInstanceWeights(c.SetInstanceWeights, index)
 	default:
@@ -271,7 +273,7 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 // changesPools reports whether cmd is one that changes the balancers' table.
 func changesPools(cmd *pb.Command) bool {
 	switch cmd.Command.(type) {
-	case *pb.Command_CreatePool, *pb.Command_DeletePool, *pb.Command_AddBackend, *pb.Command_RemoveBackend:
+	case *pb.Command_CreatePool, *pb.Command_UpdatePool, *pb.Command_DeletePool, *pb.Command_AddBackend, *pb.Command_RemoveBackend:
 		return true
 	}
 	return false

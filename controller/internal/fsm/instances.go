@@ -66,7 +66,7 @@ func (f *FSM) placeInstances(c *pb.PlaceInstancesCommand, cmd *pb.Command, index
 		f.state.Instances[id] = &pb.Instance{
 			Id: id, Pool: p.Name, Node: pl.Node,
 			State: pb.InstanceState_INSTANCE_STATE_PENDING, Since: cmd.GetTime(),
-			Term: c.Term, CreateIndex: index, ModifyIndex: index,
+			Term: c.Term, CreateIndex: index, ModifyIndex: index, TemplateIndex: p.TemplateIndex,
 		}
 	}
 	return nil

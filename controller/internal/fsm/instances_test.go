@@ -147,3 +147,38 @@ func TestScaleEvents_actingEventSetsDesiredAndOldOnesExpire(t *testing.T) {
 	require.Len(t, evs, 1)
 	require.Equal(t, "web-4", evs[0].Id)
 }
+
+func TestUpdatePool_keepsCountersAndMarksANewTemplate(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	templatePool(a)
+	place(a, 1)
+	before := a.f.Clone().Pools["web"]
+	require.NotZero(t, before.TemplateIndex)
+	require.Equal(t, before.TemplateIndex, a.f.Clone().Instances["web-1"].TemplateIndex)
+	update := func(p *pb.Pool) error {
+		return a.apply(&pb.Command{Command: &pb.Command_UpdatePool{UpdatePool: &pb.UpdatePoolCommand{Pool: p}}}).Err
+	}
+	// Same template, new bounds: desired kept, clamped into them.
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_ScalePool{ScalePool: &pb.ScalePoolCommand{Pool: "web", Desired: 5}}}).Err)
+	require.NoError(t, update(&pb.Pool{Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app"}, Max: 3}))
+	p := a.f.Clone().Pools["web"]
+	require.Equal(t, uint32(3), p.Desired)
+	require.Equal(t, before.TemplateIndex, p.TemplateIndex, "same template")
+	require.Equal(t, before.NextInstance, p.NextInstance)
+	require.Equal(t, before.CreateIndex, p.CreateIndex)
+
+	require.NoError(t, update(&pb.Pool{Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app", Args: []string{"-v2"}}, Max: 3, Desired: 2}))
+	p = a.f.Clone().Pools["web"]
+	require.Equal(t, uint32(2), p.Desired)
+	require.Greater(t, p.TemplateIndex, before.TemplateIndex, "a new template")
+	require.Len(t, a.f.Clone().Instances, 1, "the old instance runs until it is replaced")
+
+	require.NoError(t, a.apply(createPool("", "other")).Err)
+	err := update(&pb.Pool{Name: "web", PathPrefix: "/other", Template: &pb.InstanceTemplate{Command: "app"}})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "the route is taken")
+	require.Equal(t, codes.NotFound, status.Code(update(&pb.Pool{Name: "nope"})))
+
+	// Without a template, its instances are forgotten.
+	require.NoError(t, update(&pb.Pool{Name: "web", PathPrefix: "/"}))
+	require.Empty(t, a.f.Clone().Instances)
+}

@@ -34,11 +34,46 @@ func (f *FSM) createPool(c *pb.CreatePoolCommand, index uint64) error {
 	}
 	p = proto.Clone(p).(*pb.Pool)
 	p.CreateIndex, p.ModifyIndex = index, index
+	if p.Template != nil {
+		p.TemplateIndex = index
+	}
 	if p.NextInstance == 0 {
 		p.NextInstance = 1
 	}
 	if p.NextScaleEvent == 0 {
 		p.NextScaleEvent = 1
+	}
+	f.state.Pools[p.Name] = p
+	return nil
+}
+
+func (f *FSM) updatePool(c *pb.UpdatePoolCommand, index uint64) error {
+	np := c.GetPool()
+	old, err := f.pool(np.GetName())
+	if err != nil {
+		return err
+	}
+	if other, route := f.routeTaken(np); other != "" {
+		return status.Errorf(codes.FailedPrecondition, "pool.hosts: the route %s is already served by pool %q", route, other)
+	}
+	p := proto.CloneOf(np)
+	p.CreateIndex, p.ModifyIndex = old.CreateIndex, index
+	p.NextInstance, p.NextScaleEvent = old.NextInstance, old.NextScaleEvent
+	if p.Desired == 0 {
+		p.Desired = min(max(old.Desired, p.Min), p.Max)
+	}
+	switch {
+	case p.Template == nil:
+		p.TemplateIndex = 0
+		for id, in := range f.state.Instances {
+			if in.Pool == p.Name {
+				f.deleteInstance(id)
+			}
+		}
+	case old.Template == nil || !proto.Equal(old.Template, p.Template):
+		p.TemplateIndex = index
+	default:
+		p.TemplateIndex = old.TemplateIndex
 	}
 	f.state.Pools[p.Name] = p
 	return nil
@@ -107,7 +142,7 @@ func (f *FSM) routeTaken(p *pb.Pool) (pool, route string) {
 		hosts = []string{""}
 	}
 	for _, other := range f.state.Pools {
-		if other.GetPathPrefix() != p.GetPathPrefix() {
+		if other.GetName() == p.GetName() || other.GetPathPrefix() != p.GetPathPrefix() {
 			continue
 		}
 		oh := other.GetHosts()

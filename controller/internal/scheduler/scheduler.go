@@ -101,7 +101,9 @@ func Make(st *pb.State, in Inputs) *Plan {
 		p := st.Pools[name]
 		var good, moving []*pb.Instance
 		for _, inst := range byPool[name] {
-			if st.Nodes[inst.Node].Status == pb.NodeStatus_NODE_STATUS_DRAINING {
+			// Instances on a draining node, or of an older template, are
+			// replaced: they serve until their replacements do.
+			if st.Nodes[inst.Node].Status == pb.NodeStatus_NODE_STATUS_DRAINING || inst.TemplateIndex < p.TemplateIndex {
 				moving = append(moving, inst)
 			} else {
 				good = append(good, inst)
@@ -128,6 +130,7 @@ func Make(st *pb.State, in Inputs) *Plan {
 			}
 		}
 	}
+	slices.Sort(plan.Drain)
 	return plan
 }
 

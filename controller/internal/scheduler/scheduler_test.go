@@ -124,3 +124,19 @@ func TestSteadyStateMakesNoPlan(t *testing.T) {
 	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2, inst("web-1", "a", healthy), inst("web-2", "b", starting))
 	require.True(t, Make(st, inputs(nil)).Empty())
 }
+
+func TestOlderTemplateIsReplacedOnceTheNewServes(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2, inst("web-1", "a", healthy), inst("web-2", "b", healthy))
+	st.Pools["web"].TemplateIndex = 9 // the instances have 0: an older template
+	p := Make(st, inputs(nil))
+	require.Equal(t, map[string]int{"a": 1, "b": 1}, nodesOf(p.Place))
+	require.Empty(t, p.Drain)
+	for _, id := range []string{"web-3", "web-4"} {
+		in := inst(id, "a", healthy)
+		in.TemplateIndex = 9
+		st.Instances[id] = in
+	}
+	p = Make(st, inputs(nil))
+	require.Empty(t, p.Place)
+	require.Equal(t, []string{"web-1", "web-2"}, p.Drain)
+}

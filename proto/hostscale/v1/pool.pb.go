@@ -408,8 +408,11 @@ type Pool struct {
 	// agents' samples): 100 on an idle host down to 10 on a saturated one,
 	// so a hot host gets less traffic before the autoscaler acts.
 	LoadAwareWeights bool `protobuf:"varint,16,opt,name=load_aware_weights,json=loadAwareWeights,proto3" json:"load_aware_weights,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The Raft index of the last change of the template: instances placed
+	// before it run an older template and are replaced.
+	TemplateIndex uint64 `protobuf:"varint,17,opt,name=template_index,json=templateIndex,proto3" json:"template_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -552,6 +555,13 @@ func (x *Pool) GetLoadAwareWeights() bool {
 		return x.LoadAwareWeights
 	}
 	return false
+}
+
+func (x *Pool) GetTemplateIndex() uint64 {
+	if x != nil {
+		return x.TemplateIndex
+	}
+	return 0
 }
 
 // RateLimit bounds how fast the autoscaler changes a pool, as the HPA's
@@ -1444,7 +1454,9 @@ type Instance struct {
 	CreateIndex uint64 `protobuf:"varint,16,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
 	ModifyIndex uint64 `protobuf:"varint,17,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
 	// Its weight in the tables with load_aware_weights (0: the default, 100).
-	Weight        uint32 `protobuf:"varint,18,opt,name=weight,proto3" json:"weight,omitempty"`
+	Weight uint32 `protobuf:"varint,18,opt,name=weight,proto3" json:"weight,omitempty"`
+	// The pool's template_index when it was placed.
+	TemplateIndex uint64 `protobuf:"varint,19,opt,name=template_index,json=templateIndex,proto3" json:"template_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1605,6 +1617,13 @@ func (x *Instance) GetWeight() uint32 {
 	return 0
 }
 
+func (x *Instance) GetTemplateIndex() uint64 {
+	if x != nil {
+		return x.TemplateIndex
+	}
+	return 0
+}
+
 type CreatePoolRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1710,6 +1729,112 @@ func (x *CreatePoolResponse) GetIndex() uint64 {
 	return 0
 }
 
+type UpdatePoolRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The pool's new specification, named by pool.name; the indexes and
+	// counters are ignored.
+	Pool          *Pool `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePoolRequest) Reset() {
+	*x = UpdatePoolRequest{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePoolRequest) ProtoMessage() {}
+
+func (x *UpdatePoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePoolRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePoolRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UpdatePoolRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *UpdatePoolRequest) GetPool() *Pool {
+	if x != nil {
+		return x.Pool
+	}
+	return nil
+}
+
+type UpdatePoolResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          *Pool                  `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePoolResponse) Reset() {
+	*x = UpdatePoolResponse{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePoolResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePoolResponse) ProtoMessage() {}
+
+func (x *UpdatePoolResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePoolResponse.ProtoReflect.Descriptor instead.
+func (*UpdatePoolResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdatePoolResponse) GetPool() *Pool {
+	if x != nil {
+		return x.Pool
+	}
+	return nil
+}
+
+func (x *UpdatePoolResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type GetPoolRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
@@ -1720,7 +1845,7 @@ type GetPoolRequest struct {
 
 func (x *GetPoolRequest) Reset() {
 	*x = GetPoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1857,7 @@ func (x *GetPoolRequest) String() string {
 func (*GetPoolRequest) ProtoMessage() {}
 
 func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1870,7 @@ func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolRequest.ProtoReflect.Descriptor instead.
 func (*GetPoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPoolRequest) GetPool() string {
@@ -1772,7 +1897,7 @@ type GetPoolResponse struct {
 
 func (x *GetPoolResponse) Reset() {
 	*x = GetPoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1909,7 @@ func (x *GetPoolResponse) String() string {
 func (*GetPoolResponse) ProtoMessage() {}
 
 func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1922,7 @@ func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolResponse.ProtoReflect.Descriptor instead.
 func (*GetPoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetPoolResponse) GetPool() *Pool {
@@ -1827,7 +1952,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +1964,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +1977,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListPoolsRequest) GetPageSize() int32 {
@@ -1888,7 +2013,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2025,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2038,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -1947,7 +2072,7 @@ type DeletePoolRequest struct {
 
 func (x *DeletePoolRequest) Reset() {
 	*x = DeletePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1959,7 +2084,7 @@ func (x *DeletePoolRequest) String() string {
 func (*DeletePoolRequest) ProtoMessage() {}
 
 func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1972,7 +2097,7 @@ func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolRequest.ProtoReflect.Descriptor instead.
 func (*DeletePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeletePoolRequest) GetRequestId() string {
@@ -1998,7 +2123,7 @@ type DeletePoolResponse struct {
 
 func (x *DeletePoolResponse) Reset() {
 	*x = DeletePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2135,7 @@ func (x *DeletePoolResponse) String() string {
 func (*DeletePoolResponse) ProtoMessage() {}
 
 func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2148,7 @@ func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolResponse.ProtoReflect.Descriptor instead.
 func (*DeletePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeletePoolResponse) GetIndex() uint64 {
@@ -2044,7 +2169,7 @@ type AddBackendRequest struct {
 
 func (x *AddBackendRequest) Reset() {
 	*x = AddBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2181,7 @@ func (x *AddBackendRequest) String() string {
 func (*AddBackendRequest) ProtoMessage() {}
 
 func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2194,7 @@ func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendRequest.ProtoReflect.Descriptor instead.
 func (*AddBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AddBackendRequest) GetRequestId() string {
@@ -2103,7 +2228,7 @@ type AddBackendResponse struct {
 
 func (x *AddBackendResponse) Reset() {
 	*x = AddBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2240,7 @@ func (x *AddBackendResponse) String() string {
 func (*AddBackendResponse) ProtoMessage() {}
 
 func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2128,7 +2253,7 @@ func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendResponse.ProtoReflect.Descriptor instead.
 func (*AddBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddBackendResponse) GetPool() *Pool {
@@ -2157,7 +2282,7 @@ type RemoveBackendRequest struct {
 
 func (x *RemoveBackendRequest) Reset() {
 	*x = RemoveBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2294,7 @@ func (x *RemoveBackendRequest) String() string {
 func (*RemoveBackendRequest) ProtoMessage() {}
 
 func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2307,7 @@ func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendRequest.ProtoReflect.Descriptor instead.
 func (*RemoveBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveBackendRequest) GetRequestId() string {
@@ -2216,7 +2341,7 @@ type RemoveBackendResponse struct {
 
 func (x *RemoveBackendResponse) Reset() {
 	*x = RemoveBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2353,7 @@ func (x *RemoveBackendResponse) String() string {
 func (*RemoveBackendResponse) ProtoMessage() {}
 
 func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2366,7 @@ func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendResponse.ProtoReflect.Descriptor instead.
 func (*RemoveBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveBackendResponse) GetPool() *Pool {
@@ -2270,7 +2395,7 @@ type ScalePoolRequest struct {
 
 func (x *ScalePoolRequest) Reset() {
 	*x = ScalePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2407,7 @@ func (x *ScalePoolRequest) String() string {
 func (*ScalePoolRequest) ProtoMessage() {}
 
 func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2420,7 @@ func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolRequest.ProtoReflect.Descriptor instead.
 func (*ScalePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ScalePoolRequest) GetRequestId() string {
@@ -2329,7 +2454,7 @@ type ScalePoolResponse struct {
 
 func (x *ScalePoolResponse) Reset() {
 	*x = ScalePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2466,7 @@ func (x *ScalePoolResponse) String() string {
 func (*ScalePoolResponse) ProtoMessage() {}
 
 func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2479,7 @@ func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolResponse.ProtoReflect.Descriptor instead.
 func (*ScalePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ScalePoolResponse) GetPool() *Pool {
@@ -2384,7 +2509,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2521,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2534,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListInstancesRequest) GetPool() string {
@@ -2443,7 +2568,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2580,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2593,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -2499,7 +2624,7 @@ type ListScaleEventsRequest struct {
 
 func (x *ListScaleEventsRequest) Reset() {
 	*x = ListScaleEventsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +2636,7 @@ func (x *ListScaleEventsRequest) String() string {
 func (*ListScaleEventsRequest) ProtoMessage() {}
 
 func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +2649,7 @@ func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScaleEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListScaleEventsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListScaleEventsRequest) GetPool() string {
@@ -2566,7 +2691,7 @@ type ListScaleEventsResponse struct {
 
 func (x *ListScaleEventsResponse) Reset() {
 	*x = ListScaleEventsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2703,7 @@ func (x *ListScaleEventsResponse) String() string {
 func (*ListScaleEventsResponse) ProtoMessage() {}
 
 func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2716,7 @@ func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScaleEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListScaleEventsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListScaleEventsResponse) GetEvents() []*ScaleEvent {
@@ -2615,7 +2740,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xc2\x04\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xe9\x04\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -2634,7 +2759,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\rnext_instance\x18\r \x01(\x04R\fnextInstance\x125\n" +
 	"\ascaling\x18\x0e \x01(\v2\x1b.hostscale.v1.ScalingPolicyR\ascaling\x12(\n" +
 	"\x10next_scale_event\x18\x0f \x01(\x04R\x0enextScaleEvent\x12,\n" +
-	"\x12load_aware_weights\x18\x10 \x01(\bR\x10loadAwareWeights\"\x85\x01\n" +
+	"\x12load_aware_weights\x18\x10 \x01(\bR\x10loadAwareWeights\x12%\n" +
+	"\x0etemplate_index\x18\x11 \x01(\x04R\rtemplateIndex\"\x85\x01\n" +
 	"\tRateLimit\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
@@ -2721,7 +2847,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"stop_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x04\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
@@ -2742,12 +2868,20 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x04term\x18\x0f \x01(\x04R\x04term\x12!\n" +
 	"\fcreate_index\x18\x10 \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\x11 \x01(\x04R\vmodifyIndex\x12\x16\n" +
-	"\x06weight\x18\x12 \x01(\rR\x06weight\"Z\n" +
+	"\x06weight\x18\x12 \x01(\rR\x06weight\x12%\n" +
+	"\x0etemplate_index\x18\x13 \x01(\x04R\rtemplateIndex\"Z\n" +
 	"\x11CreatePoolRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12&\n" +
 	"\x04pool\x18\x02 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\"R\n" +
 	"\x12CreatePoolResponse\x12&\n" +
+	"\x04pool\x18\x01 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"Z\n" +
+	"\x11UpdatePoolRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12&\n" +
+	"\x04pool\x18\x02 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\"R\n" +
+	"\x12UpdatePoolResponse\x12&\n" +
 	"\x04pool\x18\x01 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"D\n" +
 	"\x0eGetPoolRequest\x12\x12\n" +
@@ -2845,12 +2979,14 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_HEALTHY\x10\x03\x12\x1c\n" +
 	"\x18INSTANCE_STATE_UNHEALTHY\x10\x04\x12\x1b\n" +
 	"\x17INSTANCE_STATE_STOPPING\x10\x05\x12\x19\n" +
-	"\x15INSTANCE_STATE_EXITED\x10\x062\xf8\x05\n" +
+	"\x15INSTANCE_STATE_EXITED\x10\x062\xc9\x06\n" +
 	"\vPoolService\x12O\n" +
 	"\n" +
 	"CreatePool\x12\x1f.hostscale.v1.CreatePoolRequest\x1a .hostscale.v1.CreatePoolResponse\x12F\n" +
 	"\aGetPool\x12\x1c.hostscale.v1.GetPoolRequest\x1a\x1d.hostscale.v1.GetPoolResponse\x12L\n" +
 	"\tListPools\x12\x1e.hostscale.v1.ListPoolsRequest\x1a\x1f.hostscale.v1.ListPoolsResponse\x12O\n" +
+	"\n" +
+	"UpdatePool\x12\x1f.hostscale.v1.UpdatePoolRequest\x1a .hostscale.v1.UpdatePoolResponse\x12O\n" +
 	"\n" +
 	"DeletePool\x12\x1f.hostscale.v1.DeletePoolRequest\x1a .hostscale.v1.DeletePoolResponse\x12O\n" +
 	"\n" +
@@ -2873,7 +3009,7 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_hostscale_v1_pool_proto_goTypes = []any{
 	(Policy)(0),                     // 0: hostscale.v1.Policy
 	(ScalingMetric)(0),              // 1: hostscale.v1.ScalingMetric
@@ -2893,26 +3029,28 @@ var file_hostscale_v1_pool_proto_goTypes = []any{
 	(*Instance)(nil),                // 15: hostscale.v1.Instance
 	(*CreatePoolRequest)(nil),       // 16: hostscale.v1.CreatePoolRequest
 	(*CreatePoolResponse)(nil),      // 17: hostscale.v1.CreatePoolResponse
-	(*GetPoolRequest)(nil),          // 18: hostscale.v1.GetPoolRequest
-	(*GetPoolResponse)(nil),         // 19: hostscale.v1.GetPoolResponse
-	(*ListPoolsRequest)(nil),        // 20: hostscale.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 21: hostscale.v1.ListPoolsResponse
-	(*DeletePoolRequest)(nil),       // 22: hostscale.v1.DeletePoolRequest
-	(*DeletePoolResponse)(nil),      // 23: hostscale.v1.DeletePoolResponse
-	(*AddBackendRequest)(nil),       // 24: hostscale.v1.AddBackendRequest
-	(*AddBackendResponse)(nil),      // 25: hostscale.v1.AddBackendResponse
-	(*RemoveBackendRequest)(nil),    // 26: hostscale.v1.RemoveBackendRequest
-	(*RemoveBackendResponse)(nil),   // 27: hostscale.v1.RemoveBackendResponse
-	(*ScalePoolRequest)(nil),        // 28: hostscale.v1.ScalePoolRequest
-	(*ScalePoolResponse)(nil),       // 29: hostscale.v1.ScalePoolResponse
-	(*ListInstancesRequest)(nil),    // 30: hostscale.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),   // 31: hostscale.v1.ListInstancesResponse
-	(*ListScaleEventsRequest)(nil),  // 32: hostscale.v1.ListScaleEventsRequest
-	(*ListScaleEventsResponse)(nil), // 33: hostscale.v1.ListScaleEventsResponse
-	nil,                             // 34: hostscale.v1.ScaleEvent.ObservedEntry
-	nil,                             // 35: hostscale.v1.InstanceTemplate.EnvEntry
-	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 37: google.protobuf.Timestamp
+	(*UpdatePoolRequest)(nil),       // 18: hostscale.v1.UpdatePoolRequest
+	(*UpdatePoolResponse)(nil),      // 19: hostscale.v1.UpdatePoolResponse
+	(*GetPoolRequest)(nil),          // 20: hostscale.v1.GetPoolRequest
+	(*GetPoolResponse)(nil),         // 21: hostscale.v1.GetPoolResponse
+	(*ListPoolsRequest)(nil),        // 22: hostscale.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 23: hostscale.v1.ListPoolsResponse
+	(*DeletePoolRequest)(nil),       // 24: hostscale.v1.DeletePoolRequest
+	(*DeletePoolResponse)(nil),      // 25: hostscale.v1.DeletePoolResponse
+	(*AddBackendRequest)(nil),       // 26: hostscale.v1.AddBackendRequest
+	(*AddBackendResponse)(nil),      // 27: hostscale.v1.AddBackendResponse
+	(*RemoveBackendRequest)(nil),    // 28: hostscale.v1.RemoveBackendRequest
+	(*RemoveBackendResponse)(nil),   // 29: hostscale.v1.RemoveBackendResponse
+	(*ScalePoolRequest)(nil),        // 30: hostscale.v1.ScalePoolRequest
+	(*ScalePoolResponse)(nil),       // 31: hostscale.v1.ScalePoolResponse
+	(*ListInstancesRequest)(nil),    // 32: hostscale.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),   // 33: hostscale.v1.ListInstancesResponse
+	(*ListScaleEventsRequest)(nil),  // 34: hostscale.v1.ListScaleEventsRequest
+	(*ListScaleEventsResponse)(nil), // 35: hostscale.v1.ListScaleEventsResponse
+	nil,                             // 36: hostscale.v1.ScaleEvent.ObservedEntry
+	nil,                             // 37: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),     // 38: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
@@ -2920,66 +3058,70 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	14, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
 	8,  // 3: hostscale.v1.Pool.scaling:type_name -> hostscale.v1.ScalingPolicy
 	2,  // 4: hostscale.v1.RateLimit.kind:type_name -> hostscale.v1.RateLimitKind
-	36, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
+	38, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
 	1,  // 6: hostscale.v1.ScalingPolicy.metric:type_name -> hostscale.v1.ScalingMetric
-	36, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
-	36, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
+	38, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
+	38, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
 	7,  // 9: hostscale.v1.ScalingPolicy.scale_up_limits:type_name -> hostscale.v1.RateLimit
 	7,  // 10: hostscale.v1.ScalingPolicy.scale_down_limits:type_name -> hostscale.v1.RateLimit
 	3,  // 11: hostscale.v1.ScalingPolicy.scale_up_select:type_name -> hostscale.v1.SelectPolicy
 	3,  // 12: hostscale.v1.ScalingPolicy.scale_down_select:type_name -> hostscale.v1.SelectPolicy
-	36, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
-	36, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
-	36, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
+	38, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
+	38, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
+	38, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
 	9,  // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
 	10, // 17: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
 	11, // 18: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
-	36, // 19: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
-	36, // 20: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
-	37, // 21: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	38, // 19: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	38, // 20: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	39, // 21: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 22: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
-	34, // 23: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	36, // 23: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
 	13, // 24: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
-	37, // 25: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
-	35, // 26: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	36, // 27: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	36, // 28: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	39, // 25: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	37, // 26: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	38, // 27: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	38, // 28: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
 	4,  // 29: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	37, // 30: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	37, // 31: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	39, // 30: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	39, // 31: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
 	6,  // 32: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
 	6,  // 33: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 34: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 35: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
-	5,  // 36: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
-	6,  // 37: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 38: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 39: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
-	15, // 40: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
-	12, // 41: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
-	16, // 42: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	18, // 43: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	20, // 44: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	22, // 45: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	24, // 46: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	26, // 47: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	28, // 48: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	30, // 49: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	32, // 50: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
-	17, // 51: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	19, // 52: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	21, // 53: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	23, // 54: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	25, // 55: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	27, // 56: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	29, // 57: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	31, // 58: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	33, // 59: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
-	51, // [51:60] is the sub-list for method output_type
-	42, // [42:51] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	6,  // 34: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 35: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 36: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 37: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
+	5,  // 38: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
+	6,  // 39: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 40: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 41: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
+	15, // 42: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
+	12, // 43: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
+	16, // 44: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	20, // 45: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	22, // 46: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	18, // 47: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
+	24, // 48: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	26, // 49: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	28, // 50: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	30, // 51: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	32, // 52: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	34, // 53: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	17, // 54: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	21, // 55: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	23, // 56: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	19, // 57: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
+	25, // 58: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	27, // 59: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	29, // 60: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	31, // 61: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	33, // 62: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	35, // 63: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	54, // [54:64] is the sub-list for method output_type
+	44, // [44:54] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -2998,7 +3140,7 @@ func file_hostscale_v1_pool_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

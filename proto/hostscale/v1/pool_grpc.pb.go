@@ -22,6 +22,7 @@ const (
 	PoolService_CreatePool_FullMethodName      = "/hostscale.v1.PoolService/CreatePool"
 	PoolService_GetPool_FullMethodName         = "/hostscale.v1.PoolService/GetPool"
 	PoolService_ListPools_FullMethodName       = "/hostscale.v1.PoolService/ListPools"
+	PoolService_UpdatePool_FullMethodName      = "/hostscale.v1.PoolService/UpdatePool"
 	PoolService_DeletePool_FullMethodName      = "/hostscale.v1.PoolService/DeletePool"
 	PoolService_AddBackend_FullMethodName      = "/hostscale.v1.PoolService/AddBackend"
 	PoolService_RemoveBackend_FullMethodName   = "/hostscale.v1.PoolService/RemoveBackend"
@@ -47,6 +48,14 @@ type PoolServiceClient interface {
 	GetPool(ctx context.Context, in *GetPoolRequest, opts ...grpc.CallOption) (*GetPoolResponse, error)
 	// ListPools lists pools in name order, a page at a time.
 	ListPools(ctx context.Context, in *ListPoolsRequest, opts ...grpc.CallOption) (*ListPoolsResponse, error)
+	// UpdatePool replaces a pool's specification (routes, policy, static
+	// backends, template, selector, min, max, scaling, load-aware weights).
+	// Its desired count is kept (clamped into the new min and max) unless the
+	// request sets one. A new template replaces the running instances: new
+	// ones are started, and the old ones are taken out of the tables and
+	// stopped once the new ones are healthy. NOT_FOUND when there is no such
+	// pool.
+	UpdatePool(ctx context.Context, in *UpdatePoolRequest, opts ...grpc.CallOption) (*UpdatePoolResponse, error)
 	// DeletePool removes a pool and its backends.
 	DeletePool(ctx context.Context, in *DeletePoolRequest, opts ...grpc.CallOption) (*DeletePoolResponse, error)
 	// AddBackend adds a static backend to a pool. ALREADY_EXISTS when the
@@ -99,6 +108,16 @@ func (c *poolServiceClient) ListPools(ctx context.Context, in *ListPoolsRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListPoolsResponse)
 	err := c.cc.Invoke(ctx, PoolService_ListPools_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *poolServiceClient) UpdatePool(ctx context.Context, in *UpdatePoolRequest, opts ...grpc.CallOption) (*UpdatePoolResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdatePoolResponse)
+	err := c.cc.Invoke(ctx, PoolService_UpdatePool_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +201,14 @@ type PoolServiceServer interface {
 	GetPool(context.Context, *GetPoolRequest) (*GetPoolResponse, error)
 	// ListPools lists pools in name order, a page at a time.
 	ListPools(context.Context, *ListPoolsRequest) (*ListPoolsResponse, error)
+	// UpdatePool replaces a pool's specification (routes, policy, static
+	// backends, template, selector, min, max, scaling, load-aware weights).
+	// Its desired count is kept (clamped into the new min and max) unless the
+	// request sets one. A new template replaces the running instances: new
+	// ones are started, and the old ones are taken out of the tables and
+	// stopped once the new ones are healthy. NOT_FOUND when there is no such
+	// pool.
+	UpdatePool(context.Context, *UpdatePoolRequest) (*UpdatePoolResponse, error)
 	// DeletePool removes a pool and its backends.
 	DeletePool(context.Context, *DeletePoolRequest) (*DeletePoolResponse, error)
 	// AddBackend adds a static backend to a pool. ALREADY_EXISTS when the
@@ -218,6 +245,9 @@ func (UnimplementedPoolServiceServer) GetPool(context.Context, *GetPoolRequest) 
 }
 func (UnimplementedPoolServiceServer) ListPools(context.Context, *ListPoolsRequest) (*ListPoolsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPools not implemented")
+}
+func (UnimplementedPoolServiceServer) UpdatePool(context.Context, *UpdatePoolRequest) (*UpdatePoolResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdatePool not implemented")
 }
 func (UnimplementedPoolServiceServer) DeletePool(context.Context, *DeletePoolRequest) (*DeletePoolResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeletePool not implemented")
@@ -308,6 +338,24 @@ func _PoolService_ListPools_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(PoolServiceServer).ListPools(ctx, req.(*ListPoolsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PoolService_UpdatePool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdatePoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).UpdatePool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_UpdatePool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).UpdatePool(ctx, req.(*UpdatePoolRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -438,6 +486,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPools",
 			Handler:    _PoolService_ListPools_Handler,
+		},
+		{
+			MethodName: "UpdatePool",
+			Handler:    _PoolService_UpdatePool_Handler,
 		},
 		{
 			MethodName: "DeletePool",
