@@ -195,10 +195,12 @@ func TestInstances_leaderKilledDuringScaleOutAndDrain(t *testing.T) {
 	f.settledOn("web", 8, map[string]int{"host-a": 2, "host-b": 6}, 30*time.Second)
 }
 
-// TestInstances_newTemplateReplacesInstancesWithoutFailures: UpdatePool
-// with a new template starts new instances, then takes the old ones out of
-// the tables and stops them, under load with no failed request.
-func TestInstances_newTemplateReplacesInstancesWithoutFailures(t *testing.T) {
+// TestInstances_newTemplateThenControllersLost: UpdatePool with a new
+// template starts new instances, then takes the old ones out of the tables
+// and stops them, under load with no failed request; then every
+// controller stops: the instances keep running and serving, and when the
+// controllers return nothing is restarted.
+func TestInstances_newTemplateThenControllersLost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	f := newFleet(t, ctx, 2)
@@ -233,4 +235,29 @@ func TestInstances_newTemplateReplacesInstancesWithoutFailures(t *testing.T) {
 
 	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: &pb.Pool{Name: "web", Template: &pb.InstanceTemplate{}}})
 	require.Error(t, err, "a bad template is refused")
+
+	// Losing every controller stops no instance, and the balancer keeps
+	// serving on its last table; when they return, nothing is restarted.
+	before := f.settled("web", 3, 10*time.Second)
+	for _, n := range f.cl.Nodes() {
+		n.Stop()
+	}
+	l = f.startLoad(4)
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		if l.ok.Load() < 500 {
+			return fmt.Errorf("%d requests so far", l.ok.Load())
+		}
+		return nil
+	}))
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests without controllers: %v", l.errs)
+	require.Len(t, l.served(), 3)
+	for _, n := range f.cl.Nodes() {
+		n.Restart()
+	}
+	after := f.settled("web", 3, 30*time.Second)
+	for i := range after {
+		require.Equal(t, before[i].Id, after[i].Id)
+		require.Equal(t, before[i].Pid, after[i].Pid, "%s kept running", after[i].Id)
+	}
 }

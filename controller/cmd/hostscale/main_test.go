@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -80,6 +81,44 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 2, code)
 	code, _, _ = hostscale("-addr", addr, "silence", "1h", "nomatcher")
 	require.Equal(t, 2, code)
+
+	// Pools with instances: create from JSON, scale, list, events, update.
+	poolFile := filepath.Join(t.TempDir(), "pool.json")
+	require.NoError(t, os.WriteFile(poolFile, []byte(`{"name": "app", "pathPrefix": "/app", "template": {"command": "true"}, "max": 5,
+		"scaling": {"metric": "SCALING_METRIC_REQUESTS_PER_INSTANCE", "target": 10}}`), 0o600))
+	code, out, errs = hostscale("-addr", addr, "create-pool", poolFile)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "pool app created")
+	code, out, errs = hostscale("-addr", addr, "scale", "app", "3")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "3 instances wanted")
+	code, out, errs = hostscale("-addr", addr, "instances", "app")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "ADDRESS")
+	code, out, errs = hostscale("-addr", addr, "events", "app", "-acted")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "LIMITED BY")
+	code, out, errs = hostscale("-addr", addr, "update-pool", poolFile)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "pool app updated")
+	code, _, errs = hostscale("-addr", addr, "scale", "app", "9")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "InvalidArgument: desired")
+	code, _, _ = hostscale("-addr", addr, "scale", "app", "many")
+	require.Equal(t, 2, code)
+	code, _, _ = hostscale("-addr", addr, "events")
+	require.Equal(t, 2, code)
+	code, _, _ = hostscale("-addr", addr, "load", "-rates", "fast")
+	require.Equal(t, 2, code)
+	require.NoError(t, os.WriteFile(poolFile, []byte(`{"name": "app", "bogus": 1}`), 0o600))
+	code, _, errs = hostscale("-addr", addr, "create-pool", poolFile)
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "not a pool")
+	code, _, errs = hostscale("-addr", addr, "drain", "nosuchnode")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "NotFound")
+	code, _, errs = hostscale("-addr", addr, "delete-pool", "app")
+	require.Equal(t, 0, code, errs)
 
 	// Failures: usage errors exit 2, failed calls exit 1 naming the code.
 	code, _, errs = hostscale("-addr", addr, "nodes", "tier in web")
