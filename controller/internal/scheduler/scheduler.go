@@ -247,6 +247,9 @@ type Loop struct {
 	// Interval bounds the time between rounds when nothing changes (for
 	// deadlines and samples).
 	Interval time.Duration
+	// MinGap spaces rounds during a burst of changes, so that a busy state
+	// machine is not read whole on every write (default 20ms).
+	MinGap time.Duration
 	Logger   *slog.Logger
 	Now      func() time.Time
 }
@@ -265,7 +268,12 @@ func (l *Loop) Run(ctx context.Context) error {
 	t := time.NewTicker(l.Interval)
 	defer t.Stop()
 	warned := map[string]int{}
+	gap := l.MinGap
+	if gap <= 0 {
+		gap = 20 * time.Millisecond
+	}
 	for {
+		began := time.Now()
 		changed := l.FSM.Changed()
 		ackChanged := l.AckChanged()
 		var plan *Plan
@@ -290,6 +298,15 @@ func (l *Loop) Run(ctx context.Context) error {
 		case <-changed:
 		case <-ackChanged:
 		case <-t.C:
+		}
+		if wait := gap - time.Since(began); wait > 0 {
+			pause := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				pause.Stop()
+				return nil
+			case <-pause.C:
+			}
 		}
 	}
 }
