@@ -250,8 +250,8 @@ type Loop struct {
 	// MinGap spaces rounds during a burst of changes, so that a busy state
 	// machine is not read whole on every write (default 20ms).
 	MinGap time.Duration
-	Logger   *slog.Logger
-	Now      func() time.Time
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 func (l *Loop) Name() string { return "scheduler" }
