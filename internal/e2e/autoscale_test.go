@@ -455,3 +455,20 @@ func TestAutoscale_leaderKilledMidScaleOutAndProviders(t *testing.T) {
 	l.end()
 	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
 }
+
+// TestAutoscale_p95Latency: instances of fixed capacity (one request at a
+// time, 20ms each: 50 requests/s) queue under 120 requests/s, and the
+// balancers' p95 rises over the 100ms target; the pool grows to at least
+// 3; with a trickle of requests the p95 falls back to about 20ms and the
+// pool shrinks.
+func TestAutoscale_p95Latency(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	f.createScaledPool("web", fastPolicy(pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS, 100),
+		map[string]string{"DEMO_LATENCY": "20ms", "DEMO_CONCURRENCY": "1"})
+	f.settled("web", 1, 30*time.Second)
+	l := f.startRateLoad(120)
+	defer l.end()
+	scaleCycle(t, f, l, 5, 2)
+}

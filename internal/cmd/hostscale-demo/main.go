@@ -19,6 +19,7 @@
 //	                else the hostname
 //	-cpu            busy CPU work per request, on one core (DEMO_CPU)
 //	-latency        sleep per request, after the CPU work (DEMO_LATENCY)
+//	-concurrency    requests served at once, the others queue (DEMO_CONCURRENCY)
 //	-startup-delay  sleep before listening, like a slow-booting app
 //	                (DEMO_STARTUP_DELAY)
 //	-startup-cpu    once listening, burn one core for this long in the
@@ -106,6 +107,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return 1
 	}
 	d := &demo{name: cfg.name, cpu: cfg.cpu, latency: cfg.latency, started: started}
+	if cfg.concurrency > 0 {
+		d.slots = make(chan struct{}, cfg.concurrency)
+	}
 	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(stderr, "hostscale-demo %s listening on %s\n", cfg.name, ln.Addr())
 
@@ -152,6 +156,7 @@ type config struct {
 	latency      time.Duration
 	startupDelay time.Duration
 	startupCPU   time.Duration
+	concurrency  int
 }
 
 // parseConfig reads the flags in args, then the environment for what the
@@ -175,6 +180,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	for _, d := range durations {
 		fs.DurationVar(d.p, d.flag, 0, d.usage+" (env "+d.env+")")
 	}
+	fs.IntVar(&c.concurrency, "concurrency", 0, "serve at most this many requests to / at once, queueing the others, as an app of fixed capacity (0: no limit; env DEMO_CONCURRENCY)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -202,6 +208,18 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		}
 	}
 
+	if !set["concurrency"] {
+		if v := getenv("DEMO_CONCURRENCY"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return c, fmt.Errorf("DEMO_CONCURRENCY: %q is not a number", v)
+			}
+			c.concurrency = n
+		}
+	}
+	if c.concurrency < 0 {
+		return c, fmt.Errorf("-concurrency: %d is negative", c.concurrency)
+	}
 	if c.addr == "" {
 		c.addr = defaultAddr
 		if p := getenv("PORT"); p != "" {
@@ -230,6 +248,8 @@ type demo struct {
 	cpu     time.Duration
 	latency time.Duration
 	started time.Time
+	// slots, when set, bounds the requests served at once.
+	slots chan struct{}
 
 	requests atomic.Int64 // requests to / accepted, ever
 	inFlight atomic.Int64 // requests to / not yet answered
@@ -265,6 +285,14 @@ func (d *demo) serveWork(w http.ResponseWriter, r *http.Request) {
 	d.requests.Add(1)
 	d.inFlight.Add(1)
 	defer d.inFlight.Add(-1)
+	if d.slots != nil {
+		select {
+		case d.slots <- struct{}{}:
+			defer func() { <-d.slots }()
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	// Both stop early when the client goes away; shutdown does not cancel
 	// r.Context(), so in-flight requests run to the end while draining.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -193,6 +194,8 @@ func TestRun_badFlagOrEnv_exits2NamingIt(t *testing.T) {
 		{name: "unitless DEMO_STARTUP_CPU", env: map[string]string{"DEMO_STARTUP_CPU": "3"}, want: "DEMO_STARTUP_CPU"},
 		{name: "bad PORT", env: map[string]string{"PORT": "http"}, want: "PORT"},
 		{name: "PORT out of range", env: map[string]string{"PORT": "70000"}, want: "PORT"},
+		{name: "bad DEMO_CONCURRENCY", env: map[string]string{"DEMO_CONCURRENCY": "many"}, want: "DEMO_CONCURRENCY"},
+		{name: "negative concurrency", args: []string{"-concurrency=-2"}, want: "-concurrency"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,4 +348,23 @@ func TestBurnCPU_stopsWhenContextIsDone(t *testing.T) {
 	begin := time.Now()
 	burnCPU(ctx, time.Hour)
 	require.Less(t, time.Since(begin), 5*time.Second)
+}
+
+func TestServeWork_concurrencyQueuesTheRest(t *testing.T) {
+	d := &demo{name: "web-1", latency: 200 * time.Millisecond, started: time.Now(), slots: make(chan struct{}, 1)}
+	srv := httptest.NewServer(d.routes())
+	defer srv.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			resp, err := http.Get(srv.URL + "/")
+			if err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	// One at a time: three requests of 200ms take at least 600ms.
+	require.GreaterOrEqual(t, time.Since(start), 600*time.Millisecond)
 }
