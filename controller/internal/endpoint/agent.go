@@ -325,14 +325,20 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 
 // assignmentSender sends an agent its assignments whenever they change.
 type assignmentSender struct {
-	node string
-	term uint64
-	last []*pb.Assignment
-	sent bool
+	node    string
+	term    uint64
+	last    []*pb.Assignment
+	version uint64 // the state machine's AssignmentsVersion of last
+	sent    bool
 }
 
 // send sends the node's assignments unless they are those sent last.
 func (s *assignmentSender) send(stream pb.AgentService_ConnectServer, f *fsm.FSM) error {
+	v := f.AssignmentsVersion()
+	if s.sent && v == s.version {
+		return nil
+	}
+	s.version = v
 	var list []*pb.Assignment
 	idx := f.Read(func(st *pb.State) {
 		list = Assignments(st, s.node)

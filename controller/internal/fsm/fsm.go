@@ -58,6 +58,9 @@ type FSM struct {
 	// tableDirty is set by a command that changed the balancers' table
 	// beyond what changesPools tells from its type.
 	tableDirty bool
+	// assignVersion grows with every command that may change what some
+	// agent must run; it is local to this process (not replicated).
+	assignVersion uint64
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -192,6 +195,9 @@ func (f *FSM) applyLocked(l *raft.Log, cmd *pb.Command) *Result {
 	if err == nil && (changesPools(cmd) || f.tableDirty) {
 		f.state.PoolsIndex, f.state.PoolsTerm = l.Index, l.Term
 	}
+	if err == nil && changesAssignments(cmd) {
+		f.assignVersion++
+	}
 	if id := cmd.GetRequestId(); id != "" {
 		f.remember(cmd, l.Index, err)
 	}
@@ -279,6 +285,26 @@ func changesPools(cmd *pb.Command) bool {
 	return false
 }
 
+// changesAssignments reports whether cmd may change the instances some
+// agent must run (or their template).
+func changesAssignments(cmd *pb.Command) bool {
+	switch cmd.Command.(type) {
+	case *pb.Command_PlaceInstances, *pb.Command_StopInstances, *pb.Command_DeleteInstances,
+		*pb.Command_UpdatePool, *pb.Command_DeletePool:
+		return true
+	}
+	return false
+}
+
+// AssignmentsVersion changes whenever the instances some agent must run
+// may have changed (placements, stops, deletions, pool updates, a
+// restore); equal versions mean equal assignments.
+func (f *FSM) AssignmentsVersion() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.assignVersion
+}
+
 func (f *FSM) remember(cmd *pb.Command, index uint64, err error) {
 	st := status.Convert(err)
 	r := &pb.AppliedRequest{
@@ -329,6 +355,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.reqs, f.head, st.Requests = st.Requests, 0, nil
 	f.state = st
+	f.assignVersion++
 	f.requests = make(map[string]*pb.AppliedRequest, len(f.reqs))
 	for _, r := range f.reqs {
 		f.requests[r.RequestId] = r

@@ -182,3 +182,17 @@ func TestUpdatePool_keepsCountersAndMarksANewTemplate(t *testing.T) {
 	require.NoError(t, update(&pb.Pool{Name: "web", PathPrefix: "/"}))
 	require.Empty(t, a.f.Clone().Instances)
 }
+
+func TestAssignmentsVersion_movesOnlyWithWhatAgentsRun(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	templatePool(a)
+	v := a.f.AssignmentsVersion()
+	place(a, 1)
+	require.Greater(t, a.f.AssignmentsVersion(), v, "a placement")
+	v = a.f.AssignmentsVersion()
+	report(a, "n1", &pb.InstanceStatus{Id: "web-1", State: pb.InstanceState_INSTANCE_STATE_HEALTHY, Address: "127.0.0.1:1"})
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DrainInstances{DrainInstances: &pb.DrainInstancesCommand{Instances: []string{"web-1"}}}}).Err)
+	require.Equal(t, v, a.f.AssignmentsVersion(), "reports and draining change no assignment")
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_StopInstances{StopInstances: &pb.StopInstancesCommand{Instances: []string{"web-1"}}}}).Err)
+	require.Greater(t, a.f.AssignmentsVersion(), v, "a stop")
+}
