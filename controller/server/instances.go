@@ -41,7 +41,10 @@ func (s *Server) schedulerLoop() *scheduler.Loop {
 			return term
 		},
 		DrainDeadline: s.cfg.DrainDeadline,
-		Interval:      time.Second,
-		Logger:        s.logger,
+		// Agents reconnect within a few hundred ms of a failover; a node
+		// that does not within a heartbeat TTL is about to be marked down.
+		Settle:   s.cfg.HeartbeatTTL,
+		Interval: time.Second,
+		Logger:   s.logger,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -95,6 +96,31 @@ func TestDriver_restartsKilledInstance(t *testing.T) {
 		return s.GetState() == exited && s.GetExitCode() == -1 && s.GetPid() == 0 &&
 			strings.Contains(s.GetMessage(), "killed by SIGKILL; restart 1 in")
 	}), "the exit was never reported")
+}
+
+func TestDriver_restartAvoidsItsPortTakenOnAnotherAddress(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, t.TempDir())
+	cfg.RestartBase = time.Second
+	d := newDriver(t, cfg)
+	run(t, d)
+	require.True(t, d.Assign(stamp(1, 1, assignment("web-1", "web", app(t, "serve")))))
+	before := waitHealthy(t, d, "web-1")
+	_, port, err := net.SplitHostPort(before.GetAddress())
+	require.NoError(t, err)
+
+	// While the instance is down, something else takes its port on another
+	// address of the host; an app binding ":$PORT" could not start there.
+	require.NoError(t, syscall.Kill(int(before.GetPid()), syscall.SIGKILL))
+	eventually(t, 5*time.Second, func() bool { return inState(d, "web-1", exited) })
+	other, err := net.Listen("tcp", net.JoinHostPort("127.0.0.9", port))
+	require.NoError(t, err)
+	defer other.Close()
+	eventually(t, 15*time.Second, func() bool {
+		s := status(d, "web-1")
+		return s.GetState() == healthy && s.GetPid() != before.GetPid()
+	}, "web-1 not restarted")
+	require.NotEqual(t, before.GetAddress(), status(d, "web-1").GetAddress())
 }
 
 func TestDriver_backsOffCommandThatAlwaysExits(t *testing.T) {

@@ -215,16 +215,19 @@ func (d *Driver) start(in *instance) error {
 	return nil
 }
 
-// pickPort reserves a free TCP port on the advertise address for in: the
-// port it had, while that is free, so that a restart keeps its address;
-// else one the kernel picks. Either way no other instance has it.
+// pickPort reserves a free TCP port for in: the port it had, while that is
+// free, so that a restart keeps its address; else one the kernel picks.
+// Ports are tried on every address (the wildcard), not only on the
+// advertise address: an app that binds ":$PORT", as most do, must not meet
+// a port taken on another address of the host (another agent's instance on
+// another loopback address, say). Either way no other instance has it.
 func (d *Driver) pickPort(in *instance, prev int) (int, error) {
 	for attempt := range 10 {
 		port := 0
-		if attempt == 0 && prev != 0 && portFree(d.address(prev)) {
+		if attempt == 0 && prev != 0 && portFree(net.JoinHostPort("", strconv.Itoa(prev))) {
 			port = prev
 		} else {
-			ln, err := net.Listen("tcp", d.address(0))
+			ln, err := net.Listen("tcp", ":0")
 			if err != nil {
 				return 0, fmt.Errorf("pick a port: %w", err)
 			}

@@ -245,11 +245,11 @@ func (s *Session) Run(ctx context.Context) error {
 		// After a stream that was welcomed ends, the same controller is
 		// tried again first: it was the leader a moment ago.
 		wait := s.backoff(failures)
-		if redirects > 0 {
-			// A controller answered and named a leader that is gone: the
-			// cluster is electing a new one, which takes about a second.
-			// Keep asking often instead of backing off as from a dead
-			// cluster.
+		if redirects > 0 || r.electing {
+			// A controller answered and named a leader that is gone, or
+			// knew of none: the cluster is electing a new one, which takes
+			// about a second. Keep asking often instead of backing off as
+			// from a dead cluster.
 			wait = min(wait, electionRetry*s.cfg.BackoffBase)
 		}
 		failures++
@@ -305,6 +305,8 @@ type result struct {
 	// redirect is the leader a Redirect named ("" for none or unknown).
 	redirect string
 	leaderID string
+	// electing: a controller answered with a Redirect naming no leader.
+	electing bool
 	err      error
 }
 
@@ -399,7 +401,8 @@ func (s *Session) attempt(ctx context.Context, addr string) result {
 			w = m.Welcome
 		case *pb.ConnectResponse_Redirect:
 			return result{redirect: m.Redirect.GetLeaderAddress(), leaderID: m.Redirect.GetLeaderId(),
-				err: fmt.Errorf("redirected by %s to leader %q at %q", addr, m.Redirect.GetLeaderId(), m.Redirect.GetLeaderAddress())}
+				electing: m.Redirect.GetLeaderAddress() == "",
+				err:      fmt.Errorf("redirected by %s to leader %q at %q", addr, m.Redirect.GetLeaderId(), m.Redirect.GetLeaderAddress())}
 		default:
 			return result{err: fmt.Errorf("controller %s answered the Hello with %T, not a Welcome", addr, m)}
 		}

@@ -182,6 +182,24 @@ func TestSession_redirectWithoutLeaderTriesNextControllerAfterBackoff(t *testing
 	require.GreaterOrEqual(t, gap, 180*time.Millisecond, "an unknown leader is a failure: back off")
 }
 
+func TestSession_keepsAskingOftenWhileTheClusterElects(t *testing.T) {
+	// Every controller answers, none knows a leader: an election is on.
+	// The waits stay short instead of growing as from a dead cluster.
+	c1 := controllertest.Start(t, "c1")
+	c2 := controllertest.Start(t, "c2")
+	for _, c := range []*controllertest.Controller{c1, c2} {
+		c.Set(controllertest.Behaviour{Redirect: &pb.Redirect{}})
+	}
+	cfg := testConfig(c1.Addr(), c2.Addr())
+	cfg.BackoffBase, cfg.BackoffMax = 50*time.Millisecond, 10*time.Second
+	s, err := New(cfg)
+	require.NoError(t, err)
+	running(t, s)
+	// Growing waits (50ms doubling) would need over 6s for ten attempts;
+	// capped at four bases they take about 2s.
+	require.Eventually(t, func() bool { return len(c1.Attempts())+len(c2.Attempts()) >= 10 }, 4*time.Second, 10*time.Millisecond)
+}
+
 func TestSession_buffersWhileAllControllersDownAndSendsLateInOrder(t *testing.T) {
 	c := controllertest.Start(t, "c1")
 	reg := prometheus.NewRegistry()

@@ -39,6 +39,10 @@ type Inputs struct {
 	// DrainDeadline: an instance out of the tables this long is stopped
 	// even if a balancer did not acknowledge.
 	DrainDeadline time.Duration
+	// Settling is set while a new leader waits for the agents to reconnect
+	// to it: nothing is placed while an up node that could take a pool's
+	// instances has not, so that one early agent does not get them all.
+	Settling bool
 }
 
 // Plan is one round's decisions.
@@ -163,6 +167,9 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int) []*
 		}
 		connected, latest := in.Live(name)
 		if !connected {
+			if in.Settling {
+				return nil
+			}
 			continue
 		}
 		free := 200.0
@@ -250,6 +257,9 @@ type Loop struct {
 	// MinGap spaces rounds during a burst of changes, so that a busy state
 	// machine is not read whole on every write (default 20ms).
 	MinGap time.Duration
+	// Settle is how long a new leader waits, at most, for the agents of up
+	// nodes to reconnect before it places instances without them.
+	Settle time.Duration
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -278,7 +288,8 @@ func (l *Loop) Run(ctx context.Context) error {
 		ackChanged := l.AckChanged()
 		var plan *Plan
 		l.FSM.Read(func(st *pb.State) {
-			plan = Make(st, Inputs{Now: now(), Live: l.Live, Acked: acked, DrainDeadline: l.DrainDeadline})
+			t := now()
+			plan = Make(st, Inputs{Now: t, Live: l.Live, Acked: acked, DrainDeadline: l.DrainDeadline, Settling: t.Sub(start) < l.Settle})
 		})
 		if err := l.apply(plan, log); err != nil {
 			if ctx.Err() != nil {

@@ -140,3 +140,13 @@ func TestOlderTemplateIsReplacedOnceTheNewServes(t *testing.T) {
 	require.Empty(t, p.Place)
 	require.Equal(t, []string{"web-1", "web-2"}, p.Drain)
 }
+
+func TestSettlingLeaderWaitsForEveryUpNodeBeforePlacing(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 4)
+	in := inputs(nil)
+	in.Live = func(n string) (bool, *pb.Sample) { return n == "a", nil }
+	in.Settling = true
+	require.Empty(t, Make(st, in).Place, "b's agent has not reconnected yet")
+	in.Settling = false
+	require.Equal(t, map[string]int{"a": 4}, nodesOf(Make(st, in).Place), "after the settle time, without b")
+}
