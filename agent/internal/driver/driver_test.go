@@ -2,9 +2,9 @@ package driver
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
-	"net"
 	"strings"
 	"syscall"
 	"testing"
