@@ -259,7 +259,7 @@ func TestAutoscale_bootSpikeDoesNotChainScaleUps(t *testing.T) {
 	pol.ScaleDownStabilization = durationpb.New(time.Minute)
 	f.createScaledPool("web", pol, map[string]string{"DEMO_CPU": "10ms", "DEMO_STARTUP_CPU": "4s"})
 	f.settled("web", 1, 30*time.Second)
-	l := f.startRateLoad(60) // 60 % of a core on one instance: ratio 1.5, want 2
+	l := f.startRateLoad(60) // 60 % of a core on one instance: ratio 1.5, want 2 (3 on a busy machine)
 	defer l.end()
 
 	var first *pb.ScaleEvent
@@ -274,21 +274,22 @@ func TestAutoscale_bootSpikeDoesNotChainScaleUps(t *testing.T) {
 		first = evs.Events[len(evs.Events)-1]
 		return nil
 	}))
-	require.Equal(t, uint32(2), first.Desired, "%s", first.Reason)
-	// Past the new instance's spike and its initialization period, and
-	// some evaluations after: still 2.
+	require.GreaterOrEqual(t, first.Desired, uint32(2), "%s", first.Reason)
+	// Past the new instances' spike and their initialization period, and
+	// some evaluations after: no further scale-up (counted, the spikes of
+	// the new instances would average far above the target).
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); <-tick.C {
 		p, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
 		require.NoError(t, err)
-		require.LessOrEqual(t, p.Pool.Desired, uint32(2), "a boot spike chained a scale-up")
+		require.LessOrEqual(t, p.Pool.Desired, first.Desired, "a boot spike chained a scale-up")
 	}
 	evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", PageSize: 1000})
 	require.NoError(t, err)
 	sawStarting := false
 	for _, ev := range evs.Events {
-		if ev.Current == 2 && ev.Ready == 1 {
+		if ev.Current == first.Desired && ev.Ready == 1 {
 			sawStarting = true // the new instance was counted, not averaged
 		}
 	}

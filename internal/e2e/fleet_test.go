@@ -29,7 +29,7 @@ import (
 )
 
 // ttl is the controllers' heartbeat TTL in these tests.
-const ttl = 3 * time.Second
+const ttl = 5 * time.Second
 
 var (
 	buildOnce sync.Once
@@ -202,7 +202,7 @@ func newFleetArgs(t *testing.T, ctx context.Context, agents int, agentArgs func(
 
 func (f *fleet) startAgent(a *agentProc) {
 	args := append([]string{"-node-id", a.node, "-controllers", f.controllers,
-		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", ""}, a.args...)
+		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", "", "-log-level", "debug"}, a.args...)
 	a.proc = startProc(f.t, a.node, filepath.Join(f.bin, "hostscale-agent"), args...)
 }
 
