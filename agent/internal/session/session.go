@@ -220,6 +220,10 @@ func (s *Session) Run(ctx context.Context) error {
 	idx := 0
 	failures := 0
 	redirects := 0
+	// answered is when the cluster last showed it is alive but leaderless
+	// for the moment: a stream to the leader ended, or a controller
+	// redirected to a leader that could not be reached or knew none.
+	var answered time.Time
 	addr := s.cfg.Controllers[0]
 	for {
 		r := s.attempt(ctx, addr)
@@ -245,11 +249,15 @@ func (s *Session) Run(ctx context.Context) error {
 		// After a stream that was welcomed ends, the same controller is
 		// tried again first: it was the leader a moment ago.
 		wait := s.backoff(failures)
-		if redirects > 0 || r.electing {
-			// A controller answered and named a leader that is gone, or
-			// knew of none: the cluster is electing a new one, which takes
-			// about a second. Keep asking often instead of backing off as
-			// from a dead cluster.
+		if r.welcomed || redirects > 0 || r.electing {
+			answered = time.Now()
+		}
+		if time.Since(answered) < electionWindow {
+			// The leader just went away, or a controller answered and
+			// named a leader that is gone, or knew of none: the cluster is
+			// electing a new one, which takes about a second. Keep asking
+			// often, also of the controllers that do not answer (the old
+			// leader), instead of backing off as from a dead cluster.
 			wait = min(wait, electionRetry*s.cfg.BackoffBase)
 		}
 		failures++
@@ -264,9 +272,13 @@ func (s *Session) Run(ctx context.Context) error {
 	}
 }
 
-// electionRetry bounds, in units of BackoffBase, the wait after a redirect
-// to a leader that could not be reached.
-const electionRetry = 4
+// electionRetry bounds, in units of BackoffBase, the wait between attempts
+// for electionWindow after the cluster last showed it was electing a
+// leader.
+const (
+	electionRetry  = 4
+	electionWindow = 10 * time.Second
+)
 
 // backoff returns the wait after the n-th consecutive failure (from 0).
 func (s *Session) backoff(n int) time.Duration {
