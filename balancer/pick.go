@@ -145,6 +145,9 @@ func (p *p2cPicker) load(m *member) int64 {
 // admitted draws whether a member in slow start takes part in a
 // comparison: with the probability of its ramp (always after it).
 func (ps *poolSnap) admitted(m *member, now int64) bool {
+	if ps.slowStart == 0 || m.b.addedAt == 0 || now-m.b.addedAt >= ps.slowStart {
+		return true
+	}
 	f := ps.effWeight(m, now) * 1000 / (m.weight * 1000)
 	return f >= 1000 || rand.Int64N(1000) < f
 }
