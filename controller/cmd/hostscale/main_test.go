@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,6 +120,19 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, _, errs = hostscale("-addr", addr, "drain", "nosuchnode")
 	require.Equal(t, 1, code)
 	require.Contains(t, errs, "NotFound")
+	// load: steady rates against a web server, one line a second.
+	var served atomic.Int64
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		served.Add(1)
+		w.Header().Set("X-Instance", "app-1")
+	}))
+	defer web.Close()
+	code, out, errs = hostscale("-addr", addr, "load", "-url", web.URL, "-rates", "40,0", "-step", "2s", "-pool", "app")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "ANSWERED BY")
+	require.Contains(t, out, "app-1:")
+	require.InDelta(t, 80, served.Load(), 40, "40 requests a second for 2s")
+
 	code, _, errs = hostscale("-addr", addr, "delete-pool", "app")
 	require.Equal(t, 0, code, errs)
 
