@@ -206,8 +206,13 @@ func (s *Pools) ScalePool(ctx context.Context, req *pb.ScalePoolRequest) (*pb.Sc
 	if req.Desired > MaxInstances {
 		return nil, invalid("desired", "at most %d, got %d", MaxInstances, req.Desired)
 	}
-	// Refuse what the state machine would refuse without a Raft write; it
-	// checks again, against the state the command meets.
+	resp := &pb.ScalePoolResponse{}
+	// On the leader (whose state holds every committed pool), refuse what
+	// the state machine would refuse without a Raft write; it checks
+	// again, against the state the command meets.
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
 	var err2 error
 	s.Core.FSM.Read(func(st *pb.State) {
 		p := st.Pools[req.Pool]
@@ -223,7 +228,6 @@ func (s *Pools) ScalePool(ctx context.Context, req *pb.ScalePoolRequest) (*pb.Sc
 	if err2 != nil {
 		return nil, err2
 	}
-	resp := &pb.ScalePoolResponse{}
 	res, fwd, err := s.Core.Write(ctx, req, resp, &pb.Command{
 		RequestId: id,
 		Command:   &pb.Command_ScalePool{ScalePool: &pb.ScalePoolCommand{Pool: req.Pool, Desired: req.Desired}},
@@ -280,12 +284,16 @@ func (s *Nodes) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.Dr
 	if err := checkName("node", req.Node); err != nil {
 		return nil, err
 	}
+	resp := &pb.DrainNodeResponse{}
+	// Checked on the leader, whose state holds every registered node.
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
 	known := false
 	s.Core.FSM.Read(func(st *pb.State) { known = st.Nodes[req.Node] != nil })
 	if !known {
 		return nil, status.Errorf(codes.NotFound, "node %q not found", req.Node)
 	}
-	resp := &pb.DrainNodeResponse{}
 	res, fwd, err := s.Core.Write(ctx, req, resp, &pb.Command{
 		RequestId: id,
 		Command:   &pb.Command_DrainNode{DrainNode: &pb.DrainNodeCommand{Node: req.Node, Drain: !req.Undo}},

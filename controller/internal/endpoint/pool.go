@@ -71,10 +71,14 @@ func (s *Pools) UpdatePool(ctx context.Context, req *pb.UpdatePoolRequest) (*pb.
 	if keep {
 		req.Pool.Desired = 0 // the state machine keeps the current count
 	}
+	resp := &pb.UpdatePoolResponse{}
+	// Checked on the leader, whose state holds every committed pool.
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
 	if p, _ := s.pool(req.Pool.Name); p == nil {
 		return nil, status.Errorf(codes.NotFound, "pool %q not found", req.Pool.Name)
 	}
-	resp := &pb.UpdatePoolResponse{}
 	res, fwd, err := s.Core.Write(ctx, req, resp, &pb.Command{
 		RequestId: id,
 		Command:   &pb.Command_UpdatePool{UpdatePool: &pb.UpdatePoolCommand{Pool: req.Pool}},
