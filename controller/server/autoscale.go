@@ -66,8 +66,10 @@ func (a *autoscaler) round(ctx context.Context, now time.Time) {
 	var pending []*pb.ScaleEvent
 	live := map[string]bool{}
 	a.s.fsm.Read(func(st *pb.State) {
-		for id := range st.Instances {
+		byPool := map[string][]*pb.Instance{}
+		for id, inst := range st.Instances {
 			live[id] = true
+			byPool[inst.Pool] = append(byPool[inst.Pool], inst)
 		}
 		for name, p := range st.Pools {
 			if p.Scaling == nil {
@@ -85,10 +87,8 @@ func (a *autoscaler) round(ctx context.Context, now time.Time) {
 				continue
 			}
 			in := poolInputs{pool: proto.CloneOf(p), policy: pol}
-			for _, inst := range st.Instances {
-				if inst.Pool == name {
-					in.instances = append(in.instances, proto.CloneOf(inst))
-				}
+			for _, inst := range byPool[name] {
+				in.instances = append(in.instances, proto.CloneOf(inst))
 			}
 			for _, ev := range st.ScaleEvents[name].GetEvents() {
 				in.events = append(in.events, proto.CloneOf(ev))

@@ -416,8 +416,7 @@ func (a *Agents) report(node string, r *pb.InstanceReport) error {
 			if in == nil || in.Node != node {
 				continue
 			}
-			if in.Address != s.Address || in.State != s.State || in.ExitCode != s.ExitCode || in.Restarts != s.Restarts ||
-				in.Message != s.Message || in.Pid != s.Pid {
+			if !fsm.Reflects(in, s) {
 				need = true
 			}
 		}

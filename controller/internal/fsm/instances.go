@@ -101,8 +101,7 @@ func (f *FSM) reportInstances(c *pb.ReportInstancesCommand, index uint64) error 
 			continue
 		}
 		was, oldAddr := Routable(in), in.Address
-		in.Address, in.State, in.Since = s.Address, s.State, s.Since
-		in.ExitCode, in.Restarts, in.Message, in.Pid = s.ExitCode, s.Restarts, s.Message, s.Pid
+		applyStatus(in, s)
 		f.touchInstance(in, was, oldAddr, index)
 	}
 	if !c.Complete {
@@ -114,6 +113,19 @@ func (f *FSM) reportInstances(c *pb.ReportInstancesCommand, index uint64) error 
 		}
 	}
 	return nil
+}
+
+// applyStatus copies what an agent reports of an instance into it.
+func applyStatus(in *pb.Instance, s *pb.InstanceStatus) {
+	in.Address, in.State, in.Since = s.Address, s.State, s.Since
+	in.ExitCode, in.Restarts, in.Message, in.Pid = s.ExitCode, s.Restarts, s.Message, s.Pid
+}
+
+// Reflects reports whether in already holds what s reports (the time of
+// the state aside): applying s would change nothing that matters.
+func Reflects(in *pb.Instance, s *pb.InstanceStatus) bool {
+	return in.Address == s.Address && in.State == s.State && in.ExitCode == s.ExitCode &&
+		in.Restarts == s.Restarts && in.Message == s.Message && in.Pid == s.Pid
 }
 
 func (f *FSM) deleteInstance(id string) {

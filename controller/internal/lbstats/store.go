@@ -34,6 +34,8 @@ type Store struct {
 
 	mu     sync.Mutex
 	series map[string]*series // by balancer, pool and address
+	// pruneAt is when series nobody reports are next looked for.
+	pruneAt time.Time
 }
 
 // New returns a store keeping keep of history.
@@ -66,7 +68,12 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			sr.points = append(sr.points[:0:0], sr.points[cut:]...)
 		}
 	}
-	// Series no balancer reported for a while are forgotten.
+	// Series no balancer reported for a while are forgotten, looked for a
+	// few times per Keep rather than at every report.
+	if at.Before(s.pruneAt) {
+		return
+	}
+	s.pruneAt = at.Add(s.Keep / 10)
 	for k, sr := range s.series {
 		if at.Sub(sr.points[len(sr.points)-1].at) > s.Keep {
 			delete(s.series, k)
