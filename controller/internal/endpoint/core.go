@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,6 +50,12 @@ type Core struct {
 	Metrics *Metrics
 	// Forwarder carries forwarded unary calls to the leader.
 	Forwarder *Forwarder
+	// MaxInflight is how many entries Apply keeps in Raft at once before
+	// it batches the commands that wait (DefaultMaxInflight when 0).
+	MaxInflight int
+
+	proposerOnce sync.Once
+	proposer     *proposer
 }
 
 // LeaderAPI returns the leader's id and API address as this node knows
@@ -149,29 +156,18 @@ func (c *Core) Write(ctx context.Context, req, resp proto.Message, cmd *pb.Comma
 var errNotLeader = status.Error(codes.Unavailable, "apply: this node is not the leader; retry")
 
 // Apply proposes cmd on this node, which must lead, stamped with the
-// current time, and waits until it is applied. The error is the command's
-// own outcome or a raft failure mapped to a status.
+// current time, and waits until it is applied. Commands proposed together
+// may share one Raft entry. The error is the command's own outcome or a
+// raft failure mapped to a status.
 func (c *Core) Apply(cmd *pb.Command) (*fsm.Result, error) {
-	cmd.Time = timestamppb.Now()
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "encode command: %v", err)
-	}
-	start := time.Now()
-	f := c.Raft.Apply(data, c.ApplyTimeout)
-	if err := f.Error(); err != nil {
-		c.Metrics.applied(start, "error")
-		if err == raft.ErrNotLeader {
-			return nil, errNotLeader
+	c.proposerOnce.Do(func() {
+		c.proposer = &proposer{raft: c.Raft, timeout: c.ApplyTimeout, maxInflight: c.MaxInflight, metrics: c.Metrics}
+		if c.proposer.maxInflight <= 0 {
+			c.proposer.maxInflight = DefaultMaxInflight
 		}
-		return nil, raftError("apply", err)
-	}
-	c.Metrics.applied(start, "ok")
-	res, ok := f.Response().(*fsm.Result)
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "apply: unexpected response %T", f.Response())
-	}
-	return res, res.Err
+	})
+	cmd.Time = timestamppb.Now()
+	return c.proposer.propose(cmd)
 }
 
 // Consistent prepares a read that asked to be consistent: it forwards the

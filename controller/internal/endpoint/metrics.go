@@ -11,6 +11,7 @@ import (
 type Metrics struct {
 	forwards *prometheus.CounterVec
 	applies  *prometheus.HistogramVec
+	batches  prometheus.Histogram
 }
 
 // NewMetrics registers the write path's metrics with reg.
@@ -25,8 +26,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from proposing a command to its application on this leader, by result.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"result"}),
+		batches: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hostscale_controller_entry_commands",
+			Help:    "Commands in each Raft entry this leader proposed: more than one when commands waited for the entry before them.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
+		}),
 	}
-	reg.MustRegister(m.forwards, m.applies)
+	reg.MustRegister(m.forwards, m.applies, m.batches)
 	return m
 }
 
@@ -39,5 +45,11 @@ func (m *Metrics) forwarded(method string) {
 func (m *Metrics) applied(start time.Time, result string) {
 	if m != nil {
 		m.applies.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	}
+}
+
+func (m *Metrics) proposed(commands int) {
+	if m != nil {
+		m.batches.Observe(float64(commands))
 	}
 }

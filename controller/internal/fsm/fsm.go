@@ -158,8 +158,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 }
 
 // ApplyBatch applies committed entries in order under one lock and wakes
-// watchers once (raft.BatchingFSM); it returns a *Result for each, and nil
-// for entries that are not commands.
+// watchers once (raft.BatchingFSM); it returns a *Result for each command
+// entry, a []*Result for a CommandBatch entry (one per command, in order),
+// and nil for entries that are not commands.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	cmds := make([]*pb.Command, len(logs))
 	for i, l := range logs {
@@ -176,9 +177,21 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	defer f.notifyLocked()
 	out := make([]any, len(logs))
 	for i, l := range logs {
-		if cmds[i] != nil {
-			out[i] = f.applyLocked(l, cmds[i])
+		if cmds[i] == nil {
+			continue
 		}
+		if b, ok := cmds[i].Command.(*pb.Command_Batch); ok {
+			rs := make([]*Result, len(b.Batch.GetCommands()))
+			for j, c := range b.Batch.GetCommands() {
+				if _, nested := c.Command.(*pb.Command_Batch); nested {
+					panic(fmt.Sprintf("fsm: the command batch at index %d holds a batch", l.Index))
+				}
+				rs[j] = f.applyLocked(l, c)
+			}
+			out[i] = rs
+			continue
+		}
+		out[i] = f.applyLocked(l, cmds[i])
 	}
 	return out
 }

@@ -79,6 +79,50 @@ func TestFSM_Apply_repeatedRequestIDAppliesOnce(t *testing.T) {
 	})
 }
 
+func TestFSM_Apply_batchAppliesEachCommandInOrderWithItsOwnResult(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	batch := &pb.Command{Command: &pb.Command_Batch{Batch: &pb.CommandBatch{Commands: []*pb.Command{
+		createPool("b1", "web"),
+		addBackend("b2", "web", "10.0.0.1:80"), // sees the pool the command before it made
+		createPool("b3", "web"),                // fails alone
+		createPool("b1", "api"),                // a repeated id: the first outcome, not applied
+		createPool("b4", "api"),
+	}}}}
+	for _, c := range batch.GetBatch().Commands {
+		c.Time = timestamppb.New(epoch)
+	}
+	data, err := proto.Marshal(batch)
+	require.NoError(t, err)
+	out := a.f.Apply(&raft.Log{Index: 7, Term: 2, Type: raft.LogCommand, Data: data})
+	rs, ok := out.([]*Result)
+	require.True(t, ok, "a batch answers one result per command, got %T", out)
+	require.Len(t, rs, 5)
+	require.NoError(t, rs[0].Err)
+	require.NoError(t, rs[1].Err)
+	require.Equal(t, codes.AlreadyExists, status.Code(rs[2].Err))
+	require.NoError(t, rs[3].Err)
+	require.True(t, rs[3].Repeated)
+	require.NoError(t, rs[4].Err)
+	for _, r := range rs {
+		require.EqualValues(t, 7, r.Index)
+	}
+	a.f.Read(func(s *pb.State) {
+		require.Len(t, s.Pools, 2)
+		require.Len(t, s.Pools["web"].Backends, 1)
+		require.EqualValues(t, 7, s.AppliedIndex)
+		require.EqualValues(t, 7, s.PoolsIndex)
+	})
+	// The batch's request ids are remembered like any others.
+	again := a.apply(createPool("b4", "api"))
+	require.True(t, again.Repeated)
+	require.EqualValues(t, 7, again.Index)
+
+	// A batch inside a batch is not something this controller writes.
+	nested, err := proto.Marshal(&pb.Command{Command: &pb.Command_Batch{Batch: &pb.CommandBatch{Commands: []*pb.Command{batch}}}})
+	require.NoError(t, err)
+	require.Panics(t, func() { a.f.Apply(&raft.Log{Index: 9, Term: 2, Type: raft.LogCommand, Data: nested}) })
+}
+
 func TestFSM_Apply_requestIDsExpireByCountAndAge(t *testing.T) {
 	a := &applier{t: t, f: New(nil)}
 	a.apply(&pb.Command{RequestId: "old", Time: timestamppb.New(epoch), Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: &pb.Pool{Name: "a", PathPrefix: "/a"}}}})

@@ -15,7 +15,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,12 +56,30 @@ func main() {
 	clientsFlag := flag.String("clients", "1,64", "concurrent writers, comma-separated")
 	storesFlag := flag.String("stores", "wal,boltdb", "log stores, comma-separated: wal, boltdb")
 	size := flag.Int("size", 100, "payload bytes per bare raft entry")
+	rounds := flag.Int("rounds", 1, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
+	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
 	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, propagation")
 	watchers := flag.Int("watchers", 100, "propagation: watching balancers")
 	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	traceFile := flag.String("trace", "", "write an execution trace of one second of the measured API load to this file")
+	memprofile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file")
 	flag.Parse()
+	traceOut = *traceFile
+	if *memprofile != "" {
+		runtime.MemProfileRate = 64 << 10
+		defer func() {
+			f, err := os.Create(*memprofile)
+			if err != nil {
+				log.Fatal(err)
+			}
+			defer f.Close()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				log.Fatal(err)
+			}
+		}()
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -88,19 +108,25 @@ func main() {
 			log.Fatalf("-stores: %q is not wal or boltdb", store)
 		}
 		for _, n := range clients {
-			if strings.Contains(*modes, "bare") {
-				results = append(results, runBare(store, n, *size, *warmup, *duration))
-			}
-			if strings.Contains(*modes, "api") {
-				results = append(results, runAPI(store, n, *via, *warmup, *duration, false))
-			}
-			if strings.Contains(*modes, "read") {
-				results = append(results, runAPI(store, n, *via, *warmup, *duration, true))
+			for range max(*rounds, 1) {
+				if strings.Contains(*modes, "bare") {
+					results = append(results, runBare(store, n, *size, *warmup, *duration))
+				}
+				if strings.Contains(*modes, "api") {
+					results = append(results, runAPI(store, n, *via, *conns, *warmup, *duration, false))
+				}
+				if strings.Contains(*modes, "read") {
+					results = append(results, runAPI(store, n, *via, *conns, *warmup, *duration, true))
+				}
 			}
 		}
 	}
 	if len(results) > 0 {
 		report(os.Stdout, results)
+		if *rounds > 1 {
+			fmt.Println()
+			summarize(os.Stdout, results)
+		}
 	}
 }
 
@@ -126,6 +152,62 @@ func report(w io.Writer, rs []result) {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%v\t%v\t%d\t%s\t%s\t%s\t\n", r.store, r.clients, r.mode, r.rate(),
 			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99, apply)
+	}
+	tw.Flush()
+}
+
+// summarize prints, for each store, client count and mode, the median of
+// the rounds' writes/s and p99 and of their ratios to the bare raft round
+// run just before.
+func summarize(w io.Writer, rs []result) {
+	type key struct {
+		store, mode string
+		clients     int
+	}
+	var keys []key
+	rates, p99s, ratios, ratiosP99 := map[key][]float64{}, map[key][]float64{}, map[key][]float64{}, map[key][]float64{}
+	bare := map[string]result{}
+	for _, r := range rs {
+		k := key{r.store, r.mode, r.clients}
+		if _, ok := rates[k]; !ok {
+			keys = append(keys, k)
+		}
+		rates[k] = append(rates[k], r.rate())
+		p99s[k] = append(p99s[k], float64(r.p99))
+		bk := fmt.Sprintf("%s/%d", r.store, r.clients)
+		if r.mode == "bare raft" {
+			bare[bk] = r
+		} else if b, ok := bare[bk]; ok {
+			ratios[k] = append(ratios[k], r.rate()/b.rate())
+			ratiosP99[k] = append(ratiosP99[k], float64(r.p99)/float64(b.p99))
+		}
+	}
+	median := func(v []float64) float64 {
+		if len(v) == 0 {
+			return 0
+		}
+		v = slices.Clone(v)
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "store\tclients\tmode\trounds\tmedian writes/s\tmedian p99\tmedian ratio writes/s\tmedian ratio p99\tratios writes/s\t")
+	for _, k := range keys {
+		ratio, ratioP99, all := "", "", ""
+		if len(ratios[k]) > 0 {
+			ratio = fmt.Sprintf("%.2fx", median(ratios[k]))
+			ratioP99 = fmt.Sprintf("%.2fx", median(ratiosP99[k]))
+			var each []string
+			for _, x := range ratios[k] {
+				each = append(each, fmt.Sprintf("%.2f", x))
+			}
+			all = strings.Join(each, " ")
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%v\t%s\t%s\t%s\t\n", k.store, k.clients, k.mode, len(rates[k]), median(rates[k]),
+			time.Duration(median(p99s[k])).Round(10*time.Microsecond), ratio, ratioP99, all)
 	}
 	tw.Flush()
 }
@@ -166,7 +248,19 @@ func load(n int, warmup, d time.Duration, write func(worker, seq int) error) res
 	time.Sleep(warmup)
 	measuring.Store(true)
 	start := time.Now()
-	time.Sleep(d)
+	if traceOut != "" && traceNow {
+		f, err := os.Create(traceOut)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := trace.Start(f); err != nil {
+			log.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		trace.Stop()
+		f.Close()
+	}
+	time.Sleep(d - time.Since(start))
 	stop.Store(true)
 	elapsed := time.Since(start)
 	wg.Wait()
@@ -179,6 +273,11 @@ func load(n int, warmup, d time.Duration, write func(worker, seq int) error) res
 	}
 	return result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99)}
 }
+
+var (
+	traceOut string
+	traceNow bool
+)
 
 type nopFSM struct{ applied atomic.Uint64 }
 
@@ -258,24 +357,29 @@ func runBare(store string, clients, size int, warmup, d time.Duration) result {
 //
 // With reads set it measures GetPool calls instead: the cost of the gRPC
 // path alone, for comparison.
-func runAPI(store string, clients int, via string, warmup, d time.Duration, reads bool) result {
+func runAPI(store string, clients int, via string, perNode int, warmup, d time.Duration, reads bool) result {
 	servers, stop := startControllers(store)
 	defer stop()
 	ctx := context.Background()
-	var conns []*grpc.ClientConn
+	// conns[i] holds perNode connections to servers[i].
+	var conns [][]*grpc.ClientConn
 	for _, s := range servers {
-		c, err := grpcx.Dial(s.APIAddr())
-		if err != nil {
-			log.Fatal(err)
+		var cs []*grpc.ClientConn
+		for range perNode {
+			c, err := grpcx.Dial(s.APIAddr())
+			if err != nil {
+				log.Fatal(err)
+			}
+			defer c.Close()
+			cs = append(cs, c)
 		}
-		defer c.Close()
-		conns = append(conns, c)
+		conns = append(conns, cs)
 	}
 	// Wait until every node knows the leader's address and the leader is ready.
 	for {
 		ready := 0
-		for _, c := range conns {
-			st, err := pb.NewClusterServiceClient(c).GetStatus(ctx, &pb.GetStatusRequest{})
+		for _, cs := range conns {
+			st, err := pb.NewClusterServiceClient(cs[0]).GetStatus(ctx, &pb.GetStatusRequest{})
 			if err == nil && st.Leader.GetApiAddress() != "" {
 				ready++
 			}
@@ -289,38 +393,54 @@ func runAPI(store string, clients int, via string, warmup, d time.Duration, read
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	targets := conns
-	if via == "leader" {
-		for i, s := range servers {
-			if s.IsLeader() {
-				targets = []*grpc.ClientConn{conns[i]}
-			}
+	var targets []*grpc.ClientConn
+	for i, s := range servers {
+		if via != "leader" || s.IsLeader() {
+			targets = append(targets, conns[i]...)
 		}
 	}
-	r := load(clients, warmup, d, func(w, seq int) error {
-		c := pb.NewPoolServiceClient(targets[w%len(targets)])
+	// Each writer builds its requests once, as a client would reuse them.
+	type writer struct {
+		c      pb.PoolServiceClient
+		create *pb.CreatePoolRequest
+		del    *pb.DeletePoolRequest
+	}
+	writers := make([]writer, clients)
+	for w := range writers {
 		name := fmt.Sprintf("bench-%d", w)
+		writers[w] = writer{
+			// Writers spread evenly over the connections, and so over the nodes.
+			c: pb.NewPoolServiceClient(targets[w%len(targets)]),
+			create: &pb.CreatePoolRequest{Pool: &pb.Pool{
+				Name: name, PathPrefix: "/" + name,
+				Backends: []*pb.Backend{{Address: "10.0.0.1:8080"}},
+			}},
+			del: &pb.DeletePoolRequest{Pool: name},
+		}
+	}
+	get := &pb.GetPoolRequest{Pool: "bench-0"}
+	traceNow = true
+	defer func() { traceNow = false }()
+	r := load(clients, warmup, d, func(w, seq int) error {
+		wr := writers[w]
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		var err error
-		if reads {
-			_, err = c.GetPool(cctx, &pb.GetPoolRequest{Pool: "bench-0"})
+		switch {
+		case reads:
+			_, err = wr.c.GetPool(cctx, get)
 			if status.Code(err) == codes.NotFound {
 				err = nil
 			}
-			return err
-		}
-		if seq%2 == 0 {
-			_, err = c.CreatePool(cctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-				Name: name, PathPrefix: "/" + name,
-				Backends: []*pb.Backend{{Address: "10.0.0.1:8080"}},
-			}})
-		} else {
-			_, err = c.DeletePool(cctx, &pb.DeletePoolRequest{Pool: name})
+		case seq%2 == 0:
+			_, err = wr.c.CreatePool(cctx, wr.create)
+		default:
+			_, err = wr.c.DeletePool(cctx, wr.del)
 		}
 		return err
 	})
 	r.store, r.mode = store, "API via "+via
+
 	if reads {
 		r.mode = "reads via " + via
 	}

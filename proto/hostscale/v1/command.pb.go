@@ -61,6 +61,7 @@ type Command struct {
 	//	*Command_RecordProviderResult
 	//	*Command_SetInstanceWeights
 	//	*Command_UpdatePool
+	//	*Command_Batch
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -351,6 +352,15 @@ func (x *Command) GetUpdatePool() *UpdatePoolCommand {
 	return nil
 }
 
+func (x *Command) GetBatch() *CommandBatch {
+	if x != nil {
+		if x, ok := x.Command.(*Command_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -459,6 +469,10 @@ type Command_UpdatePool struct {
 	UpdatePool *UpdatePoolCommand `protobuf:"bytes,35,opt,name=update_pool,json=updatePool,proto3,oneof"`
 }
 
+type Command_Batch struct {
+	Batch *CommandBatch `protobuf:"bytes,36,opt,name=batch,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -511,6 +525,56 @@ func (*Command_SetInstanceWeights) isCommand_Command() {}
 
 func (*Command_UpdatePool) isCommand_Command() {}
 
+func (*Command_Batch) isCommand_Command() {}
+
+// CommandBatch is one log entry holding commands the leader received at the
+// same time, applied in order at the entry's index as if each were an entry
+// of its own; each keeps its own request id, time and result. The batch
+// itself has no request id and does not nest.
+type CommandBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandBatch) Reset() {
+	*x = CommandBatch{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandBatch) ProtoMessage() {}
+
+func (x *CommandBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandBatch.ProtoReflect.Descriptor instead.
+func (*CommandBatch) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CommandBatch) GetCommands() []*Command {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
 // UpdatePoolCommand replaces a pool's specification; desired 0 keeps the
 // current count (clamped into min and max).
 type UpdatePoolCommand struct {
@@ -522,7 +586,7 @@ type UpdatePoolCommand struct {
 
 func (x *UpdatePoolCommand) Reset() {
 	*x = UpdatePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	mi := &file_hostscale_v1_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +598,7 @@ func (x *UpdatePoolCommand) String() string {
 func (*UpdatePoolCommand) ProtoMessage() {}
 
 func (x *UpdatePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[1]
+	mi := &file_hostscale_v1_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +611,7 @@ func (x *UpdatePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePoolCommand.ProtoReflect.Descriptor instead.
 func (*UpdatePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UpdatePoolCommand) GetPool() *Pool {
@@ -568,7 +632,7 @@ type SetInstanceWeightsCommand struct {
 
 func (x *SetInstanceWeightsCommand) Reset() {
 	*x = SetInstanceWeightsCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	mi := &file_hostscale_v1_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +644,7 @@ func (x *SetInstanceWeightsCommand) String() string {
 func (*SetInstanceWeightsCommand) ProtoMessage() {}
 
 func (x *SetInstanceWeightsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[2]
+	mi := &file_hostscale_v1_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +657,7 @@ func (x *SetInstanceWeightsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetInstanceWeightsCommand.ProtoReflect.Descriptor instead.
 func (*SetInstanceWeightsCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SetInstanceWeightsCommand) GetWeights() map[string]uint32 {
@@ -614,7 +678,7 @@ type RecordScaleEventCommand struct {
 
 func (x *RecordScaleEventCommand) Reset() {
 	*x = RecordScaleEventCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	mi := &file_hostscale_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +690,7 @@ func (x *RecordScaleEventCommand) String() string {
 func (*RecordScaleEventCommand) ProtoMessage() {}
 
 func (x *RecordScaleEventCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[3]
+	mi := &file_hostscale_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +703,7 @@ func (x *RecordScaleEventCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordScaleEventCommand.ProtoReflect.Descriptor instead.
 func (*RecordScaleEventCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RecordScaleEventCommand) GetEvent() *ScaleEvent {
@@ -662,7 +726,7 @@ type RecordProviderResultCommand struct {
 
 func (x *RecordProviderResultCommand) Reset() {
 	*x = RecordProviderResultCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	mi := &file_hostscale_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +738,7 @@ func (x *RecordProviderResultCommand) String() string {
 func (*RecordProviderResultCommand) ProtoMessage() {}
 
 func (x *RecordProviderResultCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[4]
+	mi := &file_hostscale_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +751,7 @@ func (x *RecordProviderResultCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordProviderResultCommand.ProtoReflect.Descriptor instead.
 func (*RecordProviderResultCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RecordProviderResultCommand) GetPool() string {
@@ -721,7 +785,7 @@ type ScalePoolCommand struct {
 
 func (x *ScalePoolCommand) Reset() {
 	*x = ScalePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	mi := &file_hostscale_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +797,7 @@ func (x *ScalePoolCommand) String() string {
 func (*ScalePoolCommand) ProtoMessage() {}
 
 func (x *ScalePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[5]
+	mi := &file_hostscale_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +810,7 @@ func (x *ScalePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolCommand.ProtoReflect.Descriptor instead.
 func (*ScalePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ScalePoolCommand) GetPool() string {
@@ -774,7 +838,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +850,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[6]
+	mi := &file_hostscale_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +863,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Placement) GetPool() string {
@@ -829,7 +893,7 @@ type PlaceInstancesCommand struct {
 
 func (x *PlaceInstancesCommand) Reset() {
 	*x = PlaceInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +905,7 @@ func (x *PlaceInstancesCommand) String() string {
 func (*PlaceInstancesCommand) ProtoMessage() {}
 
 func (x *PlaceInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[7]
+	mi := &file_hostscale_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +918,7 @@ func (x *PlaceInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceInstancesCommand.ProtoReflect.Descriptor instead.
 func (*PlaceInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PlaceInstancesCommand) GetTerm() uint64 {
@@ -883,7 +947,7 @@ type DrainInstancesCommand struct {
 
 func (x *DrainInstancesCommand) Reset() {
 	*x = DrainInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +959,7 @@ func (x *DrainInstancesCommand) String() string {
 func (*DrainInstancesCommand) ProtoMessage() {}
 
 func (x *DrainInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[8]
+	mi := &file_hostscale_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +972,7 @@ func (x *DrainInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainInstancesCommand.ProtoReflect.Descriptor instead.
 func (*DrainInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DrainInstancesCommand) GetTerm() uint64 {
@@ -936,7 +1000,7 @@ type StopInstancesCommand struct {
 
 func (x *StopInstancesCommand) Reset() {
 	*x = StopInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1012,7 @@ func (x *StopInstancesCommand) String() string {
 func (*StopInstancesCommand) ProtoMessage() {}
 
 func (x *StopInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[9]
+	mi := &file_hostscale_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1025,7 @@ func (x *StopInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopInstancesCommand.ProtoReflect.Descriptor instead.
 func (*StopInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StopInstancesCommand) GetTerm() uint64 {
@@ -994,7 +1058,7 @@ type ReportInstancesCommand struct {
 
 func (x *ReportInstancesCommand) Reset() {
 	*x = ReportInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1070,7 @@ func (x *ReportInstancesCommand) String() string {
 func (*ReportInstancesCommand) ProtoMessage() {}
 
 func (x *ReportInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[10]
+	mi := &file_hostscale_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1083,7 @@ func (x *ReportInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportInstancesCommand.ProtoReflect.Descriptor instead.
 func (*ReportInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportInstancesCommand) GetNode() string {
@@ -1055,7 +1119,7 @@ type DeleteInstancesCommand struct {
 
 func (x *DeleteInstancesCommand) Reset() {
 	*x = DeleteInstancesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1131,7 @@ func (x *DeleteInstancesCommand) String() string {
 func (*DeleteInstancesCommand) ProtoMessage() {}
 
 func (x *DeleteInstancesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[11]
+	mi := &file_hostscale_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1144,7 @@ func (x *DeleteInstancesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstancesCommand.ProtoReflect.Descriptor instead.
 func (*DeleteInstancesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteInstancesCommand) GetInstances() []string {
@@ -1107,7 +1171,7 @@ type DrainNodeCommand struct {
 
 func (x *DrainNodeCommand) Reset() {
 	*x = DrainNodeCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1183,7 @@ func (x *DrainNodeCommand) String() string {
 func (*DrainNodeCommand) ProtoMessage() {}
 
 func (x *DrainNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[12]
+	mi := &file_hostscale_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1196,7 @@ func (x *DrainNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeCommand.ProtoReflect.Descriptor instead.
 func (*DrainNodeCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DrainNodeCommand) GetNode() string {
@@ -1159,7 +1223,7 @@ type SetMemberCommand struct {
 
 func (x *SetMemberCommand) Reset() {
 	*x = SetMemberCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1235,7 @@ func (x *SetMemberCommand) String() string {
 func (*SetMemberCommand) ProtoMessage() {}
 
 func (x *SetMemberCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[13]
+	mi := &file_hostscale_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1248,7 @@ func (x *SetMemberCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberCommand.ProtoReflect.Descriptor instead.
 func (*SetMemberCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetMemberCommand) GetMember() *MemberRecord {
@@ -1204,7 +1268,7 @@ type DeleteMemberCommand struct {
 
 func (x *DeleteMemberCommand) Reset() {
 	*x = DeleteMemberCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1280,7 @@ func (x *DeleteMemberCommand) String() string {
 func (*DeleteMemberCommand) ProtoMessage() {}
 
 func (x *DeleteMemberCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[14]
+	mi := &file_hostscale_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1293,7 @@ func (x *DeleteMemberCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMemberCommand.ProtoReflect.Descriptor instead.
 func (*DeleteMemberCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteMemberCommand) GetId() string {
@@ -1248,7 +1312,7 @@ type CreatePoolCommand struct {
 
 func (x *CreatePoolCommand) Reset() {
 	*x = CreatePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	mi := &file_hostscale_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1324,7 @@ func (x *CreatePoolCommand) String() string {
 func (*CreatePoolCommand) ProtoMessage() {}
 
 func (x *CreatePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[15]
+	mi := &file_hostscale_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1337,7 @@ func (x *CreatePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolCommand.ProtoReflect.Descriptor instead.
 func (*CreatePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreatePoolCommand) GetPool() *Pool {
@@ -1292,7 +1356,7 @@ type DeletePoolCommand struct {
 
 func (x *DeletePoolCommand) Reset() {
 	*x = DeletePoolCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[16]
+	mi := &file_hostscale_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1368,7 @@ func (x *DeletePoolCommand) String() string {
 func (*DeletePoolCommand) ProtoMessage() {}
 
 func (x *DeletePoolCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[16]
+	mi := &file_hostscale_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1381,7 @@ func (x *DeletePoolCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolCommand.ProtoReflect.Descriptor instead.
 func (*DeletePoolCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeletePoolCommand) GetPool() string {
@@ -1337,7 +1401,7 @@ type AddBackendCommand struct {
 
 func (x *AddBackendCommand) Reset() {
 	*x = AddBackendCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[17]
+	mi := &file_hostscale_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1413,7 @@ func (x *AddBackendCommand) String() string {
 func (*AddBackendCommand) ProtoMessage() {}
 
 func (x *AddBackendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[17]
+	mi := &file_hostscale_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1426,7 @@ func (x *AddBackendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendCommand.ProtoReflect.Descriptor instead.
 func (*AddBackendCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddBackendCommand) GetPool() string {
@@ -1389,7 +1453,7 @@ type RemoveBackendCommand struct {
 
 func (x *RemoveBackendCommand) Reset() {
 	*x = RemoveBackendCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[18]
+	mi := &file_hostscale_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1465,7 @@ func (x *RemoveBackendCommand) String() string {
 func (*RemoveBackendCommand) ProtoMessage() {}
 
 func (x *RemoveBackendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[18]
+	mi := &file_hostscale_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1478,7 @@ func (x *RemoveBackendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendCommand.ProtoReflect.Descriptor instead.
 func (*RemoveBackendCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveBackendCommand) GetPool() string {
@@ -1444,7 +1508,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[19]
+	mi := &file_hostscale_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1520,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[19]
+	mi := &file_hostscale_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1533,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterNodeCommand) GetNode() string {
@@ -1504,7 +1568,7 @@ type SetNodeStatusCommand struct {
 
 func (x *SetNodeStatusCommand) Reset() {
 	*x = SetNodeStatusCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[20]
+	mi := &file_hostscale_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1580,7 @@ func (x *SetNodeStatusCommand) String() string {
 func (*SetNodeStatusCommand) ProtoMessage() {}
 
 func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[20]
+	mi := &file_hostscale_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1593,7 @@ func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStatusCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeStatusCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{20}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetNodeStatusCommand) GetNode() string {
@@ -1557,7 +1621,7 @@ type PutAlertRuleCommand struct {
 
 func (x *PutAlertRuleCommand) Reset() {
 	*x = PutAlertRuleCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[21]
+	mi := &file_hostscale_v1_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1633,7 @@ func (x *PutAlertRuleCommand) String() string {
 func (*PutAlertRuleCommand) ProtoMessage() {}
 
 func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[21]
+	mi := &file_hostscale_v1_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1646,7 @@ func (x *PutAlertRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAlertRuleCommand.ProtoReflect.Descriptor instead.
 func (*PutAlertRuleCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{21}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutAlertRuleCommand) GetRule() *AlertRule {
@@ -1608,7 +1672,7 @@ type DeleteAlertRuleCommand struct {
 
 func (x *DeleteAlertRuleCommand) Reset() {
 	*x = DeleteAlertRuleCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[22]
+	mi := &file_hostscale_v1_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1684,7 @@ func (x *DeleteAlertRuleCommand) String() string {
 func (*DeleteAlertRuleCommand) ProtoMessage() {}
 
 func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[22]
+	mi := &file_hostscale_v1_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1697,7 @@ func (x *DeleteAlertRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAlertRuleCommand.ProtoReflect.Descriptor instead.
 func (*DeleteAlertRuleCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{22}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteAlertRuleCommand) GetRule() string {
@@ -1655,7 +1719,7 @@ type AlertTransitionsCommand struct {
 
 func (x *AlertTransitionsCommand) Reset() {
 	*x = AlertTransitionsCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[23]
+	mi := &file_hostscale_v1_command_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1731,7 @@ func (x *AlertTransitionsCommand) String() string {
 func (*AlertTransitionsCommand) ProtoMessage() {}
 
 func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[23]
+	mi := &file_hostscale_v1_command_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1744,7 @@ func (x *AlertTransitionsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertTransitionsCommand.ProtoReflect.Descriptor instead.
 func (*AlertTransitionsCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{23}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AlertTransitionsCommand) GetAlerts() []*Alert {
@@ -1708,7 +1772,7 @@ type InitAlertRulesCommand struct {
 
 func (x *InitAlertRulesCommand) Reset() {
 	*x = InitAlertRulesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[24]
+	mi := &file_hostscale_v1_command_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1784,7 @@ func (x *InitAlertRulesCommand) String() string {
 func (*InitAlertRulesCommand) ProtoMessage() {}
 
 func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[24]
+	mi := &file_hostscale_v1_command_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1797,7 @@ func (x *InitAlertRulesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitAlertRulesCommand.ProtoReflect.Descriptor instead.
 func (*InitAlertRulesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{24}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InitAlertRulesCommand) GetRules() []*AlertRule {
@@ -1754,7 +1818,7 @@ type RecordAlertDeliveriesCommand struct {
 
 func (x *RecordAlertDeliveriesCommand) Reset() {
 	*x = RecordAlertDeliveriesCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[25]
+	mi := &file_hostscale_v1_command_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +1830,7 @@ func (x *RecordAlertDeliveriesCommand) String() string {
 func (*RecordAlertDeliveriesCommand) ProtoMessage() {}
 
 func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[25]
+	mi := &file_hostscale_v1_command_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +1843,7 @@ func (x *RecordAlertDeliveriesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordAlertDeliveriesCommand.ProtoReflect.Descriptor instead.
 func (*RecordAlertDeliveriesCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{25}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RecordAlertDeliveriesCommand) GetDeliveries() []*AlertDelivery {
@@ -1798,7 +1862,7 @@ type PutSilenceCommand struct {
 
 func (x *PutSilenceCommand) Reset() {
 	*x = PutSilenceCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[26]
+	mi := &file_hostscale_v1_command_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +1874,7 @@ func (x *PutSilenceCommand) String() string {
 func (*PutSilenceCommand) ProtoMessage() {}
 
 func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[26]
+	mi := &file_hostscale_v1_command_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +1887,7 @@ func (x *PutSilenceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSilenceCommand.ProtoReflect.Descriptor instead.
 func (*PutSilenceCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{26}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutSilenceCommand) GetSilence() *Silence {
@@ -1842,7 +1906,7 @@ type DeleteSilenceCommand struct {
 
 func (x *DeleteSilenceCommand) Reset() {
 	*x = DeleteSilenceCommand{}
-	mi := &file_hostscale_v1_command_proto_msgTypes[27]
+	mi := &file_hostscale_v1_command_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1918,7 @@ func (x *DeleteSilenceCommand) String() string {
 func (*DeleteSilenceCommand) ProtoMessage() {}
 
 func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_command_proto_msgTypes[27]
+	mi := &file_hostscale_v1_command_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1931,7 @@ func (x *DeleteSilenceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSilenceCommand.ProtoReflect.Descriptor instead.
 func (*DeleteSilenceCommand) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{27}
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteSilenceCommand) GetSilence() string {
@@ -1881,7 +1945,7 @@ var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\xcc\x10\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\x80\x11\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1920,8 +1984,11 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x16record_provider_result\x18! \x01(\v2).hostscale.v1.RecordProviderResultCommandH\x00R\x14recordProviderResult\x12[\n" +
 	"\x14set_instance_weights\x18\" \x01(\v2'.hostscale.v1.SetInstanceWeightsCommandH\x00R\x12setInstanceWeights\x12B\n" +
 	"\vupdate_pool\x18# \x01(\v2\x1f.hostscale.v1.UpdatePoolCommandH\x00R\n" +
-	"updatePoolB\t\n" +
-	"\acommand\";\n" +
+	"updatePool\x122\n" +
+	"\x05batch\x18$ \x01(\v2\x1a.hostscale.v1.CommandBatchH\x00R\x05batchB\t\n" +
+	"\acommand\"A\n" +
+	"\fCommandBatch\x121\n" +
+	"\bcommands\x18\x01 \x03(\v2\x15.hostscale.v1.CommandR\bcommands\";\n" +
 	"\x11UpdatePoolCommand\x12&\n" +
 	"\x04pool\x18\x01 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\"\xa7\x01\n" +
 	"\x19SetInstanceWeightsCommand\x12N\n" +
@@ -2017,102 +2084,105 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_hostscale_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: hostscale.v1.Command
-	(*UpdatePoolCommand)(nil),            // 1: hostscale.v1.UpdatePoolCommand
-	(*SetInstanceWeightsCommand)(nil),    // 2: hostscale.v1.SetInstanceWeightsCommand
-	(*RecordScaleEventCommand)(nil),      // 3: hostscale.v1.RecordScaleEventCommand
-	(*RecordProviderResultCommand)(nil),  // 4: hostscale.v1.RecordProviderResultCommand
-	(*ScalePoolCommand)(nil),             // 5: hostscale.v1.ScalePoolCommand
-	(*Placement)(nil),                    // 6: hostscale.v1.Placement
-	(*PlaceInstancesCommand)(nil),        // 7: hostscale.v1.PlaceInstancesCommand
-	(*DrainInstancesCommand)(nil),        // 8: hostscale.v1.DrainInstancesCommand
-	(*StopInstancesCommand)(nil),         // 9: hostscale.v1.StopInstancesCommand
-	(*ReportInstancesCommand)(nil),       // 10: hostscale.v1.ReportInstancesCommand
-	(*DeleteInstancesCommand)(nil),       // 11: hostscale.v1.DeleteInstancesCommand
-	(*DrainNodeCommand)(nil),             // 12: hostscale.v1.DrainNodeCommand
-	(*SetMemberCommand)(nil),             // 13: hostscale.v1.SetMemberCommand
-	(*DeleteMemberCommand)(nil),          // 14: hostscale.v1.DeleteMemberCommand
-	(*CreatePoolCommand)(nil),            // 15: hostscale.v1.CreatePoolCommand
-	(*DeletePoolCommand)(nil),            // 16: hostscale.v1.DeletePoolCommand
-	(*AddBackendCommand)(nil),            // 17: hostscale.v1.AddBackendCommand
-	(*RemoveBackendCommand)(nil),         // 18: hostscale.v1.RemoveBackendCommand
-	(*RegisterNodeCommand)(nil),          // 19: hostscale.v1.RegisterNodeCommand
-	(*SetNodeStatusCommand)(nil),         // 20: hostscale.v1.SetNodeStatusCommand
-	(*PutAlertRuleCommand)(nil),          // 21: hostscale.v1.PutAlertRuleCommand
-	(*DeleteAlertRuleCommand)(nil),       // 22: hostscale.v1.DeleteAlertRuleCommand
-	(*AlertTransitionsCommand)(nil),      // 23: hostscale.v1.AlertTransitionsCommand
-	(*InitAlertRulesCommand)(nil),        // 24: hostscale.v1.InitAlertRulesCommand
-	(*RecordAlertDeliveriesCommand)(nil), // 25: hostscale.v1.RecordAlertDeliveriesCommand
-	(*PutSilenceCommand)(nil),            // 26: hostscale.v1.PutSilenceCommand
-	(*DeleteSilenceCommand)(nil),         // 27: hostscale.v1.DeleteSilenceCommand
-	nil,                                  // 28: hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
-	nil,                                  // 29: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
-	(*Pool)(nil),                         // 31: hostscale.v1.Pool
-	(*ScaleEvent)(nil),                   // 32: hostscale.v1.ScaleEvent
-	(*ProviderResult)(nil),               // 33: hostscale.v1.ProviderResult
-	(*InstanceStatus)(nil),               // 34: hostscale.v1.InstanceStatus
-	(*MemberRecord)(nil),                 // 35: hostscale.v1.MemberRecord
-	(*Backend)(nil),                      // 36: hostscale.v1.Backend
-	(*NodeFacts)(nil),                    // 37: hostscale.v1.NodeFacts
-	(NodeStatus)(0),                      // 38: hostscale.v1.NodeStatus
-	(*AlertRule)(nil),                    // 39: hostscale.v1.AlertRule
-	(*Alert)(nil),                        // 40: hostscale.v1.Alert
-	(*AlertDelivery)(nil),                // 41: hostscale.v1.AlertDelivery
-	(*Silence)(nil),                      // 42: hostscale.v1.Silence
+	(*CommandBatch)(nil),                 // 1: hostscale.v1.CommandBatch
+	(*UpdatePoolCommand)(nil),            // 2: hostscale.v1.UpdatePoolCommand
+	(*SetInstanceWeightsCommand)(nil),    // 3: hostscale.v1.SetInstanceWeightsCommand
+	(*RecordScaleEventCommand)(nil),      // 4: hostscale.v1.RecordScaleEventCommand
+	(*RecordProviderResultCommand)(nil),  // 5: hostscale.v1.RecordProviderResultCommand
+	(*ScalePoolCommand)(nil),             // 6: hostscale.v1.ScalePoolCommand
+	(*Placement)(nil),                    // 7: hostscale.v1.Placement
+	(*PlaceInstancesCommand)(nil),        // 8: hostscale.v1.PlaceInstancesCommand
+	(*DrainInstancesCommand)(nil),        // 9: hostscale.v1.DrainInstancesCommand
+	(*StopInstancesCommand)(nil),         // 10: hostscale.v1.StopInstancesCommand
+	(*ReportInstancesCommand)(nil),       // 11: hostscale.v1.ReportInstancesCommand
+	(*DeleteInstancesCommand)(nil),       // 12: hostscale.v1.DeleteInstancesCommand
+	(*DrainNodeCommand)(nil),             // 13: hostscale.v1.DrainNodeCommand
+	(*SetMemberCommand)(nil),             // 14: hostscale.v1.SetMemberCommand
+	(*DeleteMemberCommand)(nil),          // 15: hostscale.v1.DeleteMemberCommand
+	(*CreatePoolCommand)(nil),            // 16: hostscale.v1.CreatePoolCommand
+	(*DeletePoolCommand)(nil),            // 17: hostscale.v1.DeletePoolCommand
+	(*AddBackendCommand)(nil),            // 18: hostscale.v1.AddBackendCommand
+	(*RemoveBackendCommand)(nil),         // 19: hostscale.v1.RemoveBackendCommand
+	(*RegisterNodeCommand)(nil),          // 20: hostscale.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),         // 21: hostscale.v1.SetNodeStatusCommand
+	(*PutAlertRuleCommand)(nil),          // 22: hostscale.v1.PutAlertRuleCommand
+	(*DeleteAlertRuleCommand)(nil),       // 23: hostscale.v1.DeleteAlertRuleCommand
+	(*AlertTransitionsCommand)(nil),      // 24: hostscale.v1.AlertTransitionsCommand
+	(*InitAlertRulesCommand)(nil),        // 25: hostscale.v1.InitAlertRulesCommand
+	(*RecordAlertDeliveriesCommand)(nil), // 26: hostscale.v1.RecordAlertDeliveriesCommand
+	(*PutSilenceCommand)(nil),            // 27: hostscale.v1.PutSilenceCommand
+	(*DeleteSilenceCommand)(nil),         // 28: hostscale.v1.DeleteSilenceCommand
+	nil,                                  // 29: hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
+	nil,                                  // 30: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 31: google.protobuf.Timestamp
+	(*Pool)(nil),                         // 32: hostscale.v1.Pool
+	(*ScaleEvent)(nil),                   // 33: hostscale.v1.ScaleEvent
+	(*ProviderResult)(nil),               // 34: hostscale.v1.ProviderResult
+	(*InstanceStatus)(nil),               // 35: hostscale.v1.InstanceStatus
+	(*MemberRecord)(nil),                 // 36: hostscale.v1.MemberRecord
+	(*Backend)(nil),                      // 37: hostscale.v1.Backend
+	(*NodeFacts)(nil),                    // 38: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                      // 39: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),                    // 40: hostscale.v1.AlertRule
+	(*Alert)(nil),                        // 41: hostscale.v1.Alert
+	(*AlertDelivery)(nil),                // 42: hostscale.v1.AlertDelivery
+	(*Silence)(nil),                      // 43: hostscale.v1.Silence
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	30, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
-	13, // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
-	14, // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
-	15, // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
-	16, // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
-	17, // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
-	18, // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
-	19, // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
-	20, // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
-	21, // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
-	22, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
-	23, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
-	24, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
-	25, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
-	26, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
-	27, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
-	5,  // 16: hostscale.v1.Command.scale_pool:type_name -> hostscale.v1.ScalePoolCommand
-	7,  // 17: hostscale.v1.Command.place_instances:type_name -> hostscale.v1.PlaceInstancesCommand
-	8,  // 18: hostscale.v1.Command.drain_instances:type_name -> hostscale.v1.DrainInstancesCommand
-	9,  // 19: hostscale.v1.Command.stop_instances:type_name -> hostscale.v1.StopInstancesCommand
-	10, // 20: hostscale.v1.Command.report_instances:type_name -> hostscale.v1.ReportInstancesCommand
-	11, // 21: hostscale.v1.Command.delete_instances:type_name -> hostscale.v1.DeleteInstancesCommand
-	12, // 22: hostscale.v1.Command.drain_node:type_name -> hostscale.v1.DrainNodeCommand
-	3,  // 23: hostscale.v1.Command.record_scale_event:type_name -> hostscale.v1.RecordScaleEventCommand
-	4,  // 24: hostscale.v1.Command.record_provider_result:type_name -> hostscale.v1.RecordProviderResultCommand
-	2,  // 25: hostscale.v1.Command.set_instance_weights:type_name -> hostscale.v1.SetInstanceWeightsCommand
-	1,  // 26: hostscale.v1.Command.update_pool:type_name -> hostscale.v1.UpdatePoolCommand
-	31, // 27: hostscale.v1.UpdatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	28, // 28: hostscale.v1.SetInstanceWeightsCommand.weights:type_name -> hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
-	32, // 29: hostscale.v1.RecordScaleEventCommand.event:type_name -> hostscale.v1.ScaleEvent
-	33, // 30: hostscale.v1.RecordProviderResultCommand.result:type_name -> hostscale.v1.ProviderResult
-	6,  // 31: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
-	34, // 32: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
-	35, // 33: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	31, // 34: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	36, // 35: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	37, // 36: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	29, // 37: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	38, // 38: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	39, // 39: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
-	40, // 40: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
-	39, // 41: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
-	41, // 42: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
-	42, // 43: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	31, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	14, // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
+	15, // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
+	16, // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
+	17, // 4: hostscale.v1.Command.delete_pool:type_name -> hostscale.v1.DeletePoolCommand
+	18, // 5: hostscale.v1.Command.add_backend:type_name -> hostscale.v1.AddBackendCommand
+	19, // 6: hostscale.v1.Command.remove_backend:type_name -> hostscale.v1.RemoveBackendCommand
+	20, // 7: hostscale.v1.Command.register_node:type_name -> hostscale.v1.RegisterNodeCommand
+	21, // 8: hostscale.v1.Command.set_node_status:type_name -> hostscale.v1.SetNodeStatusCommand
+	22, // 9: hostscale.v1.Command.put_alert_rule:type_name -> hostscale.v1.PutAlertRuleCommand
+	23, // 10: hostscale.v1.Command.delete_alert_rule:type_name -> hostscale.v1.DeleteAlertRuleCommand
+	24, // 11: hostscale.v1.Command.alert_transitions:type_name -> hostscale.v1.AlertTransitionsCommand
+	25, // 12: hostscale.v1.Command.init_alert_rules:type_name -> hostscale.v1.InitAlertRulesCommand
+	26, // 13: hostscale.v1.Command.record_alert_deliveries:type_name -> hostscale.v1.RecordAlertDeliveriesCommand
+	27, // 14: hostscale.v1.Command.put_silence:type_name -> hostscale.v1.PutSilenceCommand
+	28, // 15: hostscale.v1.Command.delete_silence:type_name -> hostscale.v1.DeleteSilenceCommand
+	6,  // 16: hostscale.v1.Command.scale_pool:type_name -> hostscale.v1.ScalePoolCommand
+	8,  // 17: hostscale.v1.Command.place_instances:type_name -> hostscale.v1.PlaceInstancesCommand
+	9,  // 18: hostscale.v1.Command.drain_instances:type_name -> hostscale.v1.DrainInstancesCommand
+	10, // 19: hostscale.v1.Command.stop_instances:type_name -> hostscale.v1.StopInstancesCommand
+	11, // 20: hostscale.v1.Command.report_instances:type_name -> hostscale.v1.ReportInstancesCommand
+	12, // 21: hostscale.v1.Command.delete_instances:type_name -> hostscale.v1.DeleteInstancesCommand
+	13, // 22: hostscale.v1.Command.drain_node:type_name -> hostscale.v1.DrainNodeCommand
+	4,  // 23: hostscale.v1.Command.record_scale_event:type_name -> hostscale.v1.RecordScaleEventCommand
+	5,  // 24: hostscale.v1.Command.record_provider_result:type_name -> hostscale.v1.RecordProviderResultCommand
+	3,  // 25: hostscale.v1.Command.set_instance_weights:type_name -> hostscale.v1.SetInstanceWeightsCommand
+	2,  // 26: hostscale.v1.Command.update_pool:type_name -> hostscale.v1.UpdatePoolCommand
+	1,  // 27: hostscale.v1.Command.batch:type_name -> hostscale.v1.CommandBatch
+	0,  // 28: hostscale.v1.CommandBatch.commands:type_name -> hostscale.v1.Command
+	32, // 29: hostscale.v1.UpdatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	29, // 30: hostscale.v1.SetInstanceWeightsCommand.weights:type_name -> hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
+	33, // 31: hostscale.v1.RecordScaleEventCommand.event:type_name -> hostscale.v1.ScaleEvent
+	34, // 32: hostscale.v1.RecordProviderResultCommand.result:type_name -> hostscale.v1.ProviderResult
+	7,  // 33: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
+	35, // 34: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
+	36, // 35: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	32, // 36: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	37, // 37: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	38, // 38: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	30, // 39: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	39, // 40: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	40, // 41: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	41, // 42: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	40, // 43: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	42, // 44: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
+	43, // 45: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -2152,6 +2222,7 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_RecordProviderResult)(nil),
 		(*Command_SetInstanceWeights)(nil),
 		(*Command_UpdatePool)(nil),
+		(*Command_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2159,7 +2230,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
