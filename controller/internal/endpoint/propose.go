@@ -65,15 +65,19 @@ func (p *proposer) propose(cmd *pb.Command) (*fsm.Result, error) {
 	}
 	p.mu.Unlock()
 	if send {
-		p.send()
+		// This goroutine waits for the entry itself, as a caller of
+		// raft.Apply would: an idle leader adds no hop.
+		if batch, f := p.send(); batch != nil {
+			p.complete(batch, f)
+		}
 	}
 	<-pr.done
 	return pr.res, pr.err
 }
 
 // send proposes what is queued as one entry, holding one of the inflight
-// places, which it releases when the queue is empty.
-func (p *proposer) send() {
+// places; when nothing is queued it releases the place and returns nil.
+func (p *proposer) send() ([]*proposal, raft.ApplyFuture) {
 	p.mu.Lock()
 	n, bytes := 0, 0
 	for n < len(p.queue) && n < maxBatchCommands {
@@ -89,7 +93,7 @@ func (p *proposer) send() {
 		p.queue = nil
 		p.inflight--
 		p.mu.Unlock()
-		return
+		return nil, nil
 	}
 	p.mu.Unlock()
 
@@ -107,17 +111,29 @@ func (p *proposer) send() {
 		data, err = proto.Marshal(&pb.Command{Command: &pb.Command_Batch{Batch: b}})
 	}
 	if err != nil {
-		p.finish(batch, nil, status.Errorf(codes.Internal, "encode command: %v", err))
-		p.send()
-		return
+		return batch, failedFuture{status.Errorf(codes.Internal, "encode command: %v", err)}
 	}
 	p.metrics.proposed(len(batch))
-	f := p.raft.Apply(data, p.timeout)
-	go func() {
-		p.finish(batch, f.Response, f.Error())
-		p.send()
-	}()
+	return batch, p.raft.Apply(data, p.timeout)
 }
+
+// complete waits for a batch's entry and hands out its results; then it
+// proposes the commands that queued meanwhile, and leaves the wait for
+// them to a new goroutine.
+func (p *proposer) complete(batch []*proposal, f raft.ApplyFuture) {
+	err := f.Error()
+	p.finish(batch, f.Response, err)
+	if next, nf := p.send(); next != nil {
+		go p.complete(next, nf)
+	}
+}
+
+// failedFuture is the future of an entry that could not be proposed.
+type failedFuture struct{ err error }
+
+func (f failedFuture) Error() error  { return f.err }
+func (f failedFuture) Index() uint64 { return 0 }
+func (f failedFuture) Response() any { return nil }
 
 // finish hands each proposal of a batch its result.
 func (p *proposer) finish(batch []*proposal, response func() any, err error) {

@@ -401,7 +401,6 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 	}
 	// Each writer builds its requests once, as a client would reuse them.
 	type writer struct {
-		c      pb.PoolServiceClient
 		create *pb.CreatePoolRequest
 		del    *pb.DeletePoolRequest
 	}
@@ -409,8 +408,6 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 	for w := range writers {
 		name := fmt.Sprintf("bench-%d", w)
 		writers[w] = writer{
-			// Writers spread evenly over the connections, and so over the nodes.
-			c: pb.NewPoolServiceClient(targets[w%len(targets)]),
 			create: &pb.CreatePoolRequest{Pool: &pb.Pool{
 				Name: name, PathPrefix: "/" + name,
 				Backends: []*pb.Backend{{Address: "10.0.0.1:8080"}},
@@ -418,24 +415,30 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 			del: &pb.DeletePoolRequest{Pool: name},
 		}
 	}
+	var pools []pb.PoolServiceClient
+	for _, t := range targets {
+		pools = append(pools, pb.NewPoolServiceClient(t))
+	}
 	get := &pb.GetPoolRequest{Pool: "bench-0"}
 	traceNow = true
 	defer func() { traceNow = false }()
 	r := load(clients, warmup, d, func(w, seq int) error {
-		wr := writers[w]
+		// Each writer's calls go round the connections, and so the nodes:
+		// with -via all, two thirds of them are forwarded, one writer's too.
+		wr, c := writers[w], pools[(w+seq)%len(pools)]
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		var err error
 		switch {
 		case reads:
-			_, err = wr.c.GetPool(cctx, get)
+			_, err = c.GetPool(cctx, get)
 			if status.Code(err) == codes.NotFound {
 				err = nil
 			}
 		case seq%2 == 0:
-			_, err = wr.c.CreatePool(cctx, wr.create)
+			_, err = c.CreatePool(cctx, wr.create)
 		default:
-			_, err = wr.c.DeletePool(cctx, wr.del)
+			_, err = c.DeletePool(cctx, wr.del)
 		}
 		return err
 	})
