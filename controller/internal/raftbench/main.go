@@ -56,7 +56,7 @@ func main() {
 	clientsFlag := flag.String("clients", "1,64", "concurrent writers, comma-separated")
 	storesFlag := flag.String("stores", "wal,boltdb", "log stores, comma-separated: wal, boltdb")
 	size := flag.Int("size", 100, "payload bytes per bare raft entry")
-	rounds := flag.Int("rounds", 1, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
+	rounds := flag.Int("rounds", 3, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
 	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
 	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, propagation")
