@@ -43,18 +43,20 @@ func main() {
 
 // options are the parsed and checked flags.
 type options struct {
-	nodeID      string
-	controllers []string
-	labels      map[string]string
-	interval    time.Duration
-	buffer      time.Duration
-	mounts      []string
-	dataDir     string
-	httpAddr    string
-	advertise   string
-	stopOnExit  bool
-	cpus        []int
-	log         logging.Options
+	nodeID       string
+	controllers  []string
+	labels       map[string]string
+	interval     time.Duration
+	buffer       time.Duration
+	mounts       []string
+	dataDir      string
+	httpAddr     string
+	advertise    string
+	stopOnExit   bool
+	dirRetention time.Duration
+	dirsKept     int
+	cpus         []int
+	log          logging.Options
 }
 
 // usageError is bad input: the process exits 2.
@@ -96,6 +98,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "/var/lib/hostscale-agent", "directory for the agent's state (the node id)")
 	fs.StringVar(&cpus, "cpus", "", "cores whose use is this host's CPU, e.g. 0-3,6 (an agent per cpuset of a larger machine; default: every core)")
 	fs.StringVar(&o.advertise, "advertise-addr", "127.0.0.1", "IP address balancers reach this host's instances on; each instance gets a free port on it")
+	fs.DurationVar(&o.dirRetention, "instance-dir-retention", time.Hour, "keep the directory and logs of an instance this agent no longer runs until nothing in it changed for this long")
+	fs.IntVar(&o.dirsKept, "instance-dirs-kept", 50, "keep the directories of at most this many instances this agent no longer runs, the most recently changed")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
@@ -127,6 +131,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-buffer: %s is shorter than -interval %s", o.buffer, o.interval)
 	case o.dataDir == "":
 		return o, errors.New("-data-dir: must be set")
+	case o.dirRetention <= 0:
+		return o, fmt.Errorf("-instance-dir-retention: %s is not a positive duration", o.dirRetention)
+	case o.dirsKept < 1:
+		return o, fmt.Errorf("-instance-dirs-kept: %d is below 1", o.dirsKept)
 	}
 	for _, m := range strings.Split(mounts, ",") {
 		m = strings.TrimSpace(m)
@@ -192,6 +200,7 @@ func serve(o options, stderr io.Writer) error {
 	}, func() float64 { return 1 }))
 	dc := driver.DefaultConfig()
 	dc.DataDir, dc.AdvertiseAddr, dc.Node, dc.Logger = o.dataDir, o.advertise, id, logger
+	dc.DirRetention, dc.DirsKept = o.dirRetention, o.dirsKept
 	drv, err := driver.New(dc)
 	if err != nil {
 		return err

@@ -253,6 +253,8 @@ func TestAgent_badFlagsExit2NamingTheFlag(t *testing.T) {
 		{"cpusBeyondTheMachine", []string{"-cpus", "4096"}, "-cpus"},
 		{"advertiseNotAnIP", []string{"-advertise-addr", "host.example"}, "-advertise-addr"},
 		{"badLogLevel", []string{"-log-level", "loud"}, "-log-level"},
+		{"zeroDirRetention", []string{"-instance-dir-retention", "0s"}, "-instance-dir-retention"},
+		{"noDirsKept", []string{"-instance-dirs-kept", "0"}, "-instance-dirs-kept"},
 		{"unknownFlag", []string{"-no-such-flag"}, "-no-such-flag"},
 		{"unknownConfigKey", []string{"-config", conf}, `agent.conf:2: unknown key "no-such-key"`},
 	}

@@ -32,6 +32,12 @@ type Config struct {
 	// UnhealthyAfter is the number of consecutive failed health checks
 	// that turn a HEALTHY instance UNHEALTHY.
 	UnhealthyAfter int
+	// DirRetention and DirsKept bound the directories (and logs) of
+	// instances the driver no longer has: each is removed once nothing in
+	// it changed for DirRetention, and beyond the DirsKept most recently
+	// changed ones.
+	DirRetention time.Duration
+	DirsKept     int
 	// Now is the clock of the `since` timestamps; nil means time.Now.
 	Now func() time.Time
 }
@@ -45,6 +51,8 @@ func DefaultConfig() Config {
 		RestartReset:   10 * time.Second,
 		LogMaxBytes:    1 << 20,
 		UnhealthyAfter: 3,
+		DirRetention:   time.Hour,
+		DirsKept:       50,
 	}
 }
 
@@ -65,6 +73,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.UnhealthyAfter == 0 {
 		c.UnhealthyAfter = d.UnhealthyAfter
+	}
+	if c.DirRetention == 0 {
+		c.DirRetention = d.DirRetention
+	}
+	if c.DirsKept == 0 {
+		c.DirsKept = d.DirsKept
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -89,6 +103,10 @@ func (c Config) Validate() error {
 		return errors.New("driver: LogMaxBytes must not be negative")
 	case c.UnhealthyAfter < 0:
 		return errors.New("driver: UnhealthyAfter must not be negative")
+	case c.DirRetention < 0:
+		return errors.New("driver: DirRetention must not be negative")
+	case c.DirsKept < 0:
+		return errors.New("driver: DirsKept must not be negative")
 	}
 	if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err == nil {
 		return errors.New("driver: AdvertiseAddr must be an IP or host without a port")

@@ -31,6 +31,10 @@ var ErrRunning = errors.New("driver: already running")
 // logCheckInterval is how often Run looks at the instances' log sizes.
 const logCheckInterval = 200 * time.Millisecond
 
+// dirCheckInterval is how often Run looks for instance directories to
+// remove.
+const dirCheckInterval = time.Minute
+
 // Driver runs the instances assigned to this agent. Assign, Report,
 // Usage, Changed and StopAll are safe for concurrent use, with each other
 // and with Run.
@@ -174,10 +178,16 @@ func (d *Driver) Run(ctx context.Context) error {
 
 	t := time.NewTicker(logCheckInterval)
 	defer t.Stop()
+	d.collectDirs()
+	lastGC := time.Now()
 	for {
 		select {
 		case <-t.C:
 			d.rotateLogs()
+			if time.Since(lastGC) >= dirCheckInterval {
+				d.collectDirs()
+				lastGC = time.Now()
+			}
 			continue
 		case <-ctx.Done():
 		}

@@ -394,3 +394,50 @@ func TestDriver_Changed_closesOnChange(t *testing.T) {
 		t.Fatal("not closed when an instance was added")
 	}
 }
+
+func TestDriver_removesDirectoriesOfOldInstances(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	cfg := testConfig(t, dataDir)
+	cfg.DirRetention, cfg.DirsKept = time.Hour, 1
+	d := newDriver(t, cfg)
+	require.True(t, d.Assign(stamp(1, 1, assignment("web-1", "web", app(t, "serve")))))
+
+	inst := filepath.Join(dataDir, "instances")
+	mkdir := func(name string, age time.Duration) string {
+		dir := filepath.Join(inst, name)
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		log := filepath.Join(dir, "stdout.log")
+		require.NoError(t, os.WriteFile(log, []byte("out\n"), 0o644))
+		at := time.Now().Add(-age)
+		require.NoError(t, os.Chtimes(log, at, at))
+		require.NoError(t, os.Chtimes(dir, at, at))
+		return dir
+	}
+	web1 := mkdir("web-1", 3*time.Hour)    // assigned: kept however old
+	stale := mkdir("web-0", 2*time.Hour)   // past the retention
+	older := mkdir("api-3", 2*time.Minute) // recent, but one more than DirsKept
+	newest := mkdir("api-4", time.Minute)  // the one kept
+	notID := mkdir("not an id", 3*time.Hour)
+	require.NoError(t, os.WriteFile(filepath.Join(inst, "notes.txt"), []byte("x"), 0o644))
+
+	run(t, d) // collects at start
+	waitHealthy(t, d, "web-1")
+	for _, path := range []string{web1, newest, notID, filepath.Join(inst, "notes.txt")} {
+		_, err := os.Stat(path)
+		require.NoError(t, err, "kept")
+	}
+	for _, dir := range []string{stale, older} {
+		require.NoDirExists(t, dir, "removed")
+	}
+
+	// Once web-1 is unassigned and stopped, its directory is the newest
+	// old one: it stays, and api-4 goes.
+	require.True(t, d.Assign(stamp(1, 2)))
+	eventually(t, 10*time.Second, func() bool { return status(d, "web-1") == nil }, "web-1 still reported")
+	d.collectDirs()
+	require.DirExists(t, web1)
+	require.NoDirExists(t, newest)
+	_, err := os.Stat(filepath.Join(inst, "state.json"))
+	require.NoError(t, err, "the state file is not an instance's")
+}

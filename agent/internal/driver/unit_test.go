@@ -127,13 +127,15 @@ func TestConfig_Validate(t *testing.T) {
 	ok := Config{DataDir: "/d", AdvertiseAddr: "127.0.0.1"}
 	require.NoError(t, ok.Validate())
 	for name, mod := range map[string]func(*Config){
-		"no data dir":       func(c *Config) { c.DataDir = "" },
-		"no advertise addr": func(c *Config) { c.AdvertiseAddr = "" },
-		"addr with port":    func(c *Config) { c.AdvertiseAddr = "127.0.0.1:80" },
-		"max below base":    func(c *Config) { c.RestartBase, c.RestartMax = time.Second, time.Millisecond },
-		"negative base":     func(c *Config) { c.RestartBase = -1 },
-		"negative log size": func(c *Config) { c.LogMaxBytes = -1 },
-		"negative checks":   func(c *Config) { c.UnhealthyAfter = -1 },
+		"no data dir":        func(c *Config) { c.DataDir = "" },
+		"no advertise addr":  func(c *Config) { c.AdvertiseAddr = "" },
+		"addr with port":     func(c *Config) { c.AdvertiseAddr = "127.0.0.1:80" },
+		"max below base":     func(c *Config) { c.RestartBase, c.RestartMax = time.Second, time.Millisecond },
+		"negative base":      func(c *Config) { c.RestartBase = -1 },
+		"negative log size":  func(c *Config) { c.LogMaxBytes = -1 },
+		"negative checks":    func(c *Config) { c.UnhealthyAfter = -1 },
+		"negative retention": func(c *Config) { c.DirRetention = -1 },
+		"negative kept":      func(c *Config) { c.DirsKept = -1 },
 	} {
 		c := ok
 		mod(&c)
