@@ -50,9 +50,6 @@ type Core struct {
 	Metrics *Metrics
 	// Forwarder carries forwarded unary calls to the leader.
 	Forwarder *Forwarder
-	// MaxInflight is how many entries Apply keeps in Raft at once before
-	// it batches the commands that wait (DefaultMaxInflight when 0).
-	MaxInflight int
 
 	proposerOnce sync.Once
 	proposer     *proposer
@@ -161,10 +158,7 @@ var errNotLeader = status.Error(codes.Unavailable, "apply: this node is not the 
 // raft failure mapped to a status.
 func (c *Core) Apply(cmd *pb.Command) (*fsm.Result, error) {
 	c.proposerOnce.Do(func() {
-		c.proposer = &proposer{raft: c.Raft, timeout: c.ApplyTimeout, maxInflight: c.MaxInflight, metrics: c.Metrics}
-		if c.proposer.maxInflight <= 0 {
-			c.proposer.maxInflight = DefaultMaxInflight
-		}
+		c.proposer = &proposer{raft: c.Raft, timeout: c.ApplyTimeout, metrics: c.Metrics}
 	})
 	cmd.Time = timestamppb.Now()
 	return c.proposer.propose(cmd)

@@ -22,10 +22,10 @@ import (
 // commands of a batch, and the commands arriving during one log write all
 // go with the next.
 const (
-	// DefaultMaxInflight is how many entries the proposer keeps in Raft at
-	// once. One measured best on the write benchmark (docs/benchmarks.md):
-	// with more, batches are smaller and the writes per second fewer.
-	DefaultMaxInflight = 1
+	// maxInflight is how many entries the proposer keeps in Raft at once.
+	// One measured best on the write benchmark (docs/benchmarks.md): with
+	// more, batches are smaller and the writes per second fewer.
+	maxInflight = 1
 	// maxBatchCommands and maxBatchBytes bound one batch entry; a command
 	// larger than maxBatchBytes goes alone.
 	maxBatchCommands = 1024
@@ -44,10 +44,9 @@ type proposal struct {
 // proposer batches the commands of concurrent Apply calls. Its zero value
 // is not usable: Core builds it on first use.
 type proposer struct {
-	raft        *raft.Raft
-	timeout     time.Duration
-	maxInflight int
-	metrics     *Metrics
+	raft    *raft.Raft
+	timeout time.Duration
+	metrics *Metrics
 
 	mu       sync.Mutex
 	queue    []*proposal
@@ -59,7 +58,7 @@ func (p *proposer) propose(cmd *pb.Command) (*fsm.Result, error) {
 	pr := &proposal{cmd: cmd, size: proto.Size(cmd), start: time.Now(), done: make(chan struct{})}
 	p.mu.Lock()
 	p.queue = append(p.queue, pr)
-	send := p.inflight < p.maxInflight
+	send := p.inflight < maxInflight
 	if send {
 		p.inflight++
 	}
