@@ -482,6 +482,14 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, Selector: "tier in (web"}})
 			return err
 		}, codes.InvalidArgument, "pool.selector"},
+		"CreatePool huge max_surge": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, MaxSurge: 1 << 30}})
+			return err
+		}, codes.InvalidArgument, "pool.max_surge"},
+		"CreatePool max_surge without template": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", MaxSurge: 1}})
+			return err
+		}, codes.InvalidArgument, "pool.template"},
 		"CreatePool min without template": {func() error {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Min: 1}})
 			return err

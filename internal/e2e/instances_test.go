@@ -233,6 +233,52 @@ func TestInstances_newTemplateThenControllersLost(t *testing.T) {
 	t.Logf("%d requests, %d failed", l.ok.Load(), l.failed.Load())
 	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
 
+	// With max_surge 1 the next template rolls one instance at a time:
+	// never more than 4 in the tables or starting, and no request fails.
+	blue := f.settled("web", 3, 10*time.Second)
+	p, err = f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+	require.NoError(t, err)
+	p.Pool.Template.Args = []string{"-latency", "2ms"}
+	p.Pool.Desired, p.Pool.MaxSurge = 0, 1
+	l = f.startLoad(4)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	most := make(chan int, 1)
+	go func() {
+		peak := 0
+		for watchCtx.Err() == nil {
+			r, err := f.pools().ListInstances(watchCtx, &pb.ListInstancesRequest{Pool: "web", Consistent: true})
+			if err == nil {
+				active := 0
+				for _, in := range r.Instances {
+					if !in.Draining && !in.Stop {
+						active++
+					}
+				}
+				peak = max(peak, active)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		most <- peak
+	}()
+	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: p.Pool})
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 40*time.Second, func(context.Context) error {
+		for _, in := range f.settled("web", 3, 40*time.Second) {
+			for _, o := range blue {
+				if in.Id == o.Id {
+					return fmt.Errorf("%s of the previous template still runs", in.Id)
+				}
+			}
+		}
+		return nil
+	}))
+	stopWatch()
+	peak := <-most
+	l.end()
+	t.Logf("rolling: at most %d instances at once; %d requests, %d failed", peak, l.ok.Load(), l.failed.Load())
+	require.LessOrEqual(t, peak, 4, "desired 3 plus max_surge 1")
+	require.Zero(t, l.failed.Load(), "failed requests while rolling: %v", l.errs)
+
 	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: &pb.Pool{Name: "web", Template: &pb.InstanceTemplate{}}})
 	require.Error(t, err, "a bad template is refused")
 

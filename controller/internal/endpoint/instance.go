@@ -48,6 +48,8 @@ func normalizeInstances(p *pb.Pool) error {
 			return invalid("pool.template", "must be set for a placement selector to mean anything")
 		case p.LoadAwareWeights:
 			return invalid("pool.template", "must be set for load-aware weights: they weigh instances")
+		case p.MaxSurge != 0:
+			return invalid("pool.template", "must be set for max_surge to mean anything")
 		case p.Scaling != nil && p.Scaling.Provider == nil:
 			return invalid("pool.scaling.provider", "a pool without a template scales only through a provider")
 		}
@@ -75,6 +77,8 @@ func normalizeInstances(p *pb.Pool) error {
 		return invalid("pool.max", "at most %d, got %d", MaxInstances, p.Max)
 	case p.Min > p.Max:
 		return invalid("pool.max", "must be >= min (%d), got %d", p.Min, p.Max)
+	case p.MaxSurge > MaxInstances:
+		return invalid("pool.max_surge", "at most %d, got %d", MaxInstances, p.MaxSurge)
 	}
 	if p.Desired == 0 {
 		p.Desired = p.Min

@@ -119,23 +119,59 @@ func Make(st *pb.State, in Inputs) *Plan {
 			if perNode[name] == nil {
 				perNode[name] = map[string]int{}
 			}
-			placed := place(st, in, p, want-len(good), perNode[name])
+			n := want - len(good)
+			if p.MaxSurge > 0 && len(moving) > 0 {
+				// Rolling: at most want+MaxSurge instances run, old
+				// ones included.
+				n = min(n, max(0, want+int(p.MaxSurge)-len(good)-len(moving)))
+			}
+			placed := place(st, in, p, n, perNode[name])
 			plan.Place = append(plan.Place, placed...)
-			if short := want - len(good) - len(placed); short > 0 {
+			if short := n - len(placed); short > 0 {
 				plan.Unplaced[name] = short
 			}
 		case len(good) > want:
 			plan.Drain = append(plan.Drain, surplus(good, len(good)-want, perNode[name])...)
 		}
-		// A draining node's instances leave once their replacements serve.
-		if len(moving) > 0 && countHealthy(good) >= want {
-			for _, inst := range moving {
-				plan.Drain = append(plan.Drain, inst.Id)
-			}
-		}
+		plan.Drain = append(plan.Drain, replaced(moving, countHealthy(good), want, p.MaxSurge > 0)...)
 	}
 	slices.Sort(plan.Drain)
 	return plan
+}
+
+// replaced chooses which of the instances being replaced (moving) leave,
+// given the replacements that serve: all of them once those are enough, or,
+// rolling, as many as keep the pool's serving instances at want, those not
+// serving first, then the oldest.
+func replaced(moving []*pb.Instance, serving, want int, rolling bool) []string {
+	n := 0
+	switch {
+	case serving >= want:
+		n = len(moving)
+	case rolling:
+		// Those not serving leave first: they cost no capacity.
+		h := countHealthy(moving)
+		n = len(moving) - h + min(h, max(0, serving+h-want))
+	}
+	if n == 0 {
+		return nil
+	}
+	moving = slices.Clone(moving)
+	slices.SortStableFunc(moving, func(a, b *pb.Instance) int {
+		ah, bh := a.State == pb.InstanceState_INSTANCE_STATE_HEALTHY, b.State == pb.InstanceState_INSTANCE_STATE_HEALTHY
+		if ah != bh {
+			if bh {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(seq(a.Id), seq(b.Id))
+	})
+	out := make([]string, n)
+	for i := range n {
+		out[i] = moving[i].Id
+	}
+	return out
 }
 
 func countHealthy(ins []*pb.Instance) int {

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -149,4 +150,84 @@ func TestSettlingLeaderWaitsForEveryUpNodeBeforePlacing(t *testing.T) {
 	require.Empty(t, Make(st, in).Place, "b's agent has not reconnected yet")
 	in.Settling = false
 	require.Equal(t, map[string]int{"a": 4}, nodesOf(Make(st, in).Place), "after the settle time, without b")
+}
+
+// roll applies plans to st until the plan is empty: placements start as
+// STARTING and are HEALTHY one round later unless stuck says otherwise;
+// drained instances leave. It checks after every round that at most
+// running instances run and at least serving serve, and returns the rounds.
+func roll(t *testing.T, st *pb.State, running, serving int, stuck func(id string) bool) int {
+	t.Helper()
+	p := st.Pools["web"]
+	next := 100
+	for round := 1; round <= 50; round++ {
+		for _, in := range st.Instances {
+			if in.State == starting && !stuck(in.Id) {
+				in.State = healthy
+			}
+		}
+		plan := Make(st, inputs(nil))
+		if plan.Empty() {
+			return round
+		}
+		for _, id := range plan.Drain {
+			delete(st.Instances, id)
+		}
+		for _, pl := range plan.Place {
+			next++
+			in := inst("web-"+strconv.Itoa(next), pl.Node, starting)
+			in.TemplateIndex = p.TemplateIndex
+			st.Instances[in.Id] = in
+		}
+		nServing := 0
+		for _, in := range st.Instances {
+			if in.State == healthy {
+				nServing++
+			}
+		}
+		require.LessOrEqual(t, len(st.Instances), running, "round %d: too many instances run", round)
+		require.GreaterOrEqual(t, nServing, serving, "round %d: too few serve", round)
+	}
+	t.Fatal("no steady state after 50 rounds")
+	return 0
+}
+
+func TestOlderTemplateRollsMaxSurgeAtATime(t *testing.T) {
+	var old []*pb.Instance
+	for i := 1; i <= 4; i++ {
+		old = append(old, inst("web-"+strconv.Itoa(i), []string{"a", "b"}[i%2], healthy))
+	}
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 4, old...)
+	st.Pools["web"].TemplateIndex, st.Pools["web"].MaxSurge = 9, 1
+
+	first := Make(st, inputs(nil))
+	require.Len(t, first.Place, 1, "one replacement at a time")
+	require.Empty(t, first.Drain)
+
+	rounds := roll(t, st, 5, 4, func(string) bool { return false })
+	require.Len(t, st.Instances, 4)
+	for _, in := range st.Instances {
+		require.EqualValues(t, 9, in.TemplateIndex, in.Id)
+		require.Equal(t, healthy, in.State)
+	}
+	t.Logf("rolled 4 instances in %d rounds", rounds)
+
+	// Blue/green (max_surge 0) starts every replacement at once.
+	st = state(map[string]pb.NodeStatus{"a": up, "b": up}, 4, old...)
+	st.Pools["web"].TemplateIndex = 9
+	require.Len(t, Make(st, inputs(nil)).Place, 4)
+}
+
+func TestRollingStallsOnAReplacementThatNeverServes(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 3,
+		inst("web-1", "a", healthy), inst("web-2", "b", healthy), inst("web-3", "a", starting))
+	st.Pools["web"].TemplateIndex, st.Pools["web"].MaxSurge = 9, 2
+
+	// The old instance that does not serve leaves at once; the healthy
+	// ones stay while no replacement serves.
+	roll(t, st, 5, 2, func(id string) bool { return id != "web-1" && id != "web-2" })
+	require.Contains(t, st.Instances, "web-1")
+	require.Contains(t, st.Instances, "web-2")
+	require.NotContains(t, st.Instances, "web-3")
+	require.Len(t, st.Instances, 5, "two old serving, three stuck replacements: desired plus the surge")
 }

@@ -411,6 +411,11 @@ type Pool struct {
 	// The Raft index of the last change of the template: instances placed
 	// before it run an older template and are replaced.
 	TemplateIndex uint64 `protobuf:"varint,17,opt,name=template_index,json=templateIndex,proto3" json:"template_index,omitempty"`
+	// How many instances beyond desired may run while instances are
+	// replaced (a new template, a draining node): the old ones leave as
+	// their replacements turn healthy, so a pool rolls this many at a time.
+	// 0: every replacement starts at once (blue/green).
+	MaxSurge      uint32 `protobuf:"varint,18,opt,name=max_surge,json=maxSurge,proto3" json:"max_surge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +565,13 @@ func (x *Pool) GetLoadAwareWeights() bool {
 func (x *Pool) GetTemplateIndex() uint64 {
 	if x != nil {
 		return x.TemplateIndex
+	}
+	return 0
+}
+
+func (x *Pool) GetMaxSurge() uint32 {
+	if x != nil {
+		return x.MaxSurge
 	}
 	return 0
 }
@@ -2740,7 +2752,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xe9\x04\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x86\x05\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -2760,7 +2772,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\ascaling\x18\x0e \x01(\v2\x1b.hostscale.v1.ScalingPolicyR\ascaling\x12(\n" +
 	"\x10next_scale_event\x18\x0f \x01(\x04R\x0enextScaleEvent\x12,\n" +
 	"\x12load_aware_weights\x18\x10 \x01(\bR\x10loadAwareWeights\x12%\n" +
-	"\x0etemplate_index\x18\x11 \x01(\x04R\rtemplateIndex\"\x85\x01\n" +
+	"\x0etemplate_index\x18\x11 \x01(\x04R\rtemplateIndex\x12\x1b\n" +
+	"\tmax_surge\x18\x12 \x01(\rR\bmaxSurge\"\x85\x01\n" +
 	"\tRateLimit\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
