@@ -482,6 +482,16 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, Selector: "tier in (web"}})
 			return err
 		}, codes.InvalidArgument, "pool.selector"},
+		"CreatePool reserves more cores than any node": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app",
+				Resources: &pb.InstanceResources{CpuMillicores: 1 << 31}}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.resources.cpu_millicores"},
+		"CreatePool reserves more memory than any node": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app",
+				Resources: &pb.InstanceResources{MemoryBytes: 1 << 62}}}})
+			return err
+		}, codes.InvalidArgument, "pool.template.resources.memory_bytes"},
 		"CreatePool huge max_surge": {func() error {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"}, MaxSurge: 1 << 30}})
 			return err

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -306,4 +307,30 @@ func TestInstances_newTemplateThenControllersLost(t *testing.T) {
 		require.Equal(t, before[i].Id, after[i].Id)
 		require.Equal(t, before[i].Pid, after[i].Pid, "%s kept running", after[i].Id)
 	}
+}
+
+// Reservations bound placement by each host's cores as its agent reports
+// them: host-a (one core, -cpus 0) takes one 1-core instance, host-b (two)
+// takes two, and a fourth is not placed.
+func TestInstances_reservationsBoundPlacementByHostCores(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two cores")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFleetArgs(t, ctx, 2, func(i int) []string { return []string{"-cpus", []string{"0", "0-1"}[i]} })
+	f.createPool("web", 0, nil)
+	p, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+	require.NoError(t, err)
+	p.Pool.Template.Resources = &pb.InstanceResources{CpuMillicores: 1000}
+	p.Pool.Desired = 4
+	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: p.Pool})
+	require.NoError(t, err)
+	ins := f.settledOn("web", 3, map[string]int{"host-a": 1, "host-b": 2}, 40*time.Second)
+	for _, in := range ins {
+		require.EqualValues(t, 1000, in.Resources.GetCpuMillicores(), in.Id)
+	}
+	got, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+	require.NoError(t, err)
+	require.EqualValues(t, 4, got.Pool.Desired, "the fourth is wanted, and waits for room")
 }

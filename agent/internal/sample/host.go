@@ -203,6 +203,9 @@ func (h *Host) Facts(ctx context.Context) (*pb.NodeFacts, error) {
 		return nil, fmt.Errorf("cpu count: %w", err)
 	}
 	f.CpuCount = uint32(n)
+	if len(h.cfg.CPUs) > 0 {
+		f.CpuCount = uint32(len(h.cfg.CPUs)) // the host is this cpuset
+	}
 	m, err := mem.VirtualMemoryWithContext(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("memory: %w", err)

@@ -51,3 +51,13 @@ func TestHost_Facts(t *testing.T) {
 	require.NotEmpty(t, f.GetAgentVersion())
 	require.True(t, f.GetBootTime().AsTime().Before(time.Now()))
 }
+
+func TestHost_Facts_cpusetCountsItsCores(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.CPUs = []int{0}
+	h, err := New(cfg)
+	require.NoError(t, err)
+	f, err := h.Facts(context.Background())
+	require.NoError(t, err)
+	require.EqualValues(t, 1, f.GetCpuCount(), "an agent of one core reports one")
+}

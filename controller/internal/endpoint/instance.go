@@ -28,6 +28,9 @@ const (
 	maxTemplateString     = 4096
 	maxTemplateArgs       = 256
 	maxTemplateEnv        = 256
+	// An instance reserves at most 1,024 cores and 1 PiB.
+	maxReservedMillicores = 1024 * 1000
+	maxReservedMemory     = 1 << 50
 )
 
 // stopSignals are the signals a template may name.
@@ -142,6 +145,16 @@ func normalizeTemplate(field string, t *pb.InstanceTemplate) error {
 		return err
 	}
 	t.StopGrace = durationpb.New(g)
+	if r := t.Resources; r != nil {
+		switch {
+		case r.CpuMillicores > maxReservedMillicores:
+			return invalid(field+".resources.cpu_millicores", "at most %d, got %d", maxReservedMillicores, r.CpuMillicores)
+		case r.MemoryBytes > maxReservedMemory:
+			return invalid(field+".resources.memory_bytes", "at most %d, got %d", uint64(maxReservedMemory), r.MemoryBytes)
+		case r.CpuMillicores == 0 && r.MemoryBytes == 0:
+			t.Resources = nil // reserves nothing
+		}
+	}
 	return nil
 }
 

@@ -67,6 +67,7 @@ func (f *FSM) placeInstances(c *pb.PlaceInstancesCommand, cmd *pb.Command, index
 			Id: id, Pool: p.Name, Node: pl.Node,
 			State: pb.InstanceState_INSTANCE_STATE_PENDING, Since: cmd.GetTime(),
 			Term: c.Term, CreateIndex: index, ModifyIndex: index, TemplateIndex: p.TemplateIndex,
+			Resources: proto.CloneOf(p.Template.Resources),
 		}
 	}
 	return nil

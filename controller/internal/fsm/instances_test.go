@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -172,6 +173,14 @@ func TestUpdatePool_keepsCountersAndMarksANewTemplate(t *testing.T) {
 	require.Equal(t, uint32(2), p.Desired)
 	require.Greater(t, p.TemplateIndex, before.TemplateIndex, "a new template")
 	require.Len(t, a.f.Clone().Instances, 1, "the old instance runs until it is replaced")
+
+	// A placed instance keeps the reservation of its template.
+	res := &pb.InstanceResources{CpuMillicores: 500, MemoryBytes: 1 << 28}
+	require.NoError(t, update(&pb.Pool{Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app", Args: []string{"-v2"}, Resources: res}, Max: 3, Desired: 2}))
+	require.Greater(t, a.f.Clone().Pools["web"].TemplateIndex, p.TemplateIndex, "a new reservation is a new template")
+	place(a, 1)
+	require.True(t, proto.Equal(res, a.f.Clone().Instances["web-2"].Resources))
+	require.Nil(t, a.f.Clone().Instances["web-1"].Resources)
 
 	require.NoError(t, a.apply(createPool("", "other")).Err)
 	err := update(&pb.Pool{Name: "web", PathPrefix: "/other", Template: &pb.InstanceTemplate{Command: "app"}})

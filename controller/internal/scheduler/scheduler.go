@@ -71,12 +71,17 @@ func Make(st *pb.State, in Inputs) *Plan {
 	// perNode counts each pool's active instances on each node, including
 	// this round's placements.
 	perNode := map[string]map[string]int{}
+	// reserved sums, by node, the resources its instances reserve, until
+	// they are gone (draining and stopping ones included), and this
+	// round's placements.
+	reserved := map[string]*pb.InstanceResources{}
 	for _, inst := range st.Instances {
 		n := st.Nodes[inst.Node]
 		if n == nil || n.Status == pb.NodeStatus_NODE_STATUS_DOWN {
 			plan.Lost = append(plan.Lost, inst.Id)
 			continue
 		}
+		reserve(reserved, inst.Node, inst.Resources)
 		if inst.Draining && !inst.Stop {
 			if in.Acked(inst.DrainIndex) || in.Now.Sub(inst.DrainingSince.AsTime()) >= in.DrainDeadline {
 				plan.Stop = append(plan.Stop, inst.Id)
@@ -125,7 +130,7 @@ func Make(st *pb.State, in Inputs) *Plan {
 				// ones included.
 				n = min(n, max(0, want+int(p.MaxSurge)-len(good)-len(moving)))
 			}
-			placed := place(st, in, p, n, perNode[name])
+			placed := place(st, in, p, n, perNode[name], reserved)
 			plan.Place = append(plan.Place, placed...)
 			if short := n - len(placed); short > 0 {
 				plan.Unplaced[name] = short
@@ -184,10 +189,37 @@ func countHealthy(ins []*pb.Instance) int {
 	return n
 }
 
-// place chooses nodes for n new instances of p, one at a time: the node
-// with the fewest of the pool's instances, then the most free CPU and
-// memory, then by name.
-func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int) []*pb.Placement {
+// reserve adds r to node's reservations.
+func reserve(reserved map[string]*pb.InstanceResources, node string, r *pb.InstanceResources) {
+	if r == nil {
+		return
+	}
+	sum := reserved[node]
+	if sum == nil {
+		sum = &pb.InstanceResources{}
+		reserved[node] = sum
+	}
+	sum.CpuMillicores += r.CpuMillicores
+	sum.MemoryBytes += r.MemoryBytes
+}
+
+// fits reports whether node has room for r besides what it has reserved:
+// within its cores and memory as its agent reported them. A node whose
+// facts are unknown takes no reservation.
+func fits(node *pb.Node, reserved *pb.InstanceResources, r *pb.InstanceResources) bool {
+	if r.GetCpuMillicores() == 0 && r.GetMemoryBytes() == 0 {
+		return true
+	}
+	cpu := uint64(node.GetFacts().GetCpuCount()) * 1000
+	return uint64(reserved.GetCpuMillicores())+uint64(r.GetCpuMillicores()) <= cpu &&
+		reserved.GetMemoryBytes()+r.GetMemoryBytes() <= node.GetFacts().GetMemoryBytes()
+}
+
+// place chooses nodes for n new instances of p, one at a time, among
+// those with room for its reservation: the node with the fewest of the
+// pool's instances, then the most free CPU and memory, then by name. It
+// adds each placement to count and reserved.
+func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, reserved map[string]*pb.InstanceResources) []*pb.Placement {
 	sel, err := labels.Parse(p.Selector)
 	if err != nil {
 		return nil
@@ -217,8 +249,13 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int) []*
 	if len(cands) == 0 {
 		return nil
 	}
+	res := p.Template.GetResources()
 	out := make([]*pb.Placement, 0, n)
 	for range n {
+		cands = slices.DeleteFunc(cands, func(c cand) bool { return !fits(st.Nodes[c.name], reserved[c.name], res) })
+		if len(cands) == 0 {
+			break
+		}
 		best := slices.MinFunc(cands, func(a, b cand) int {
 			if c := cmp.Compare(count[a.name], count[b.name]); c != 0 {
 				return c
@@ -229,6 +266,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int) []*
 			return strings.Compare(a.name, b.name)
 		})
 		count[best.name]++
+		reserve(reserved, best.name, res)
 		out = append(out, &pb.Placement{Pool: p.Name, Node: best.name})
 	}
 	return out

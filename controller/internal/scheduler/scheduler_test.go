@@ -231,3 +231,34 @@ func TestRollingStallsOnAReplacementThatNeverServes(t *testing.T) {
 	require.NotContains(t, st.Instances, "web-3")
 	require.Len(t, st.Instances, 5, "two old serving, three stuck replacements: desired plus the surge")
 }
+
+func TestPlaceKeepsReservationsWithinEachNode(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up, "c": up}, 5)
+	for name, cores := range map[string]uint32{"a": 2, "b": 4} {
+		st.Nodes[name].Facts = &pb.NodeFacts{CpuCount: cores, MemoryBytes: 8 << 30}
+	}
+	// c's agent reported no facts: it takes no reservation.
+	st.Pools["web"].Template.Resources = &pb.InstanceResources{CpuMillicores: 1500, MemoryBytes: 1 << 30}
+	// A draining instance of another pool still holds its share of b.
+	other := inst("api-1", "b", healthy)
+	other.Pool, other.Draining, other.Resources = "api", true, &pb.InstanceResources{CpuMillicores: 1000}
+	st.Instances[other.Id] = other
+
+	p := Make(st, inputs(nil))
+	// a: 1.5 of 2 cores, b: 1 + 2×1.5 = 4 of 4 cores.
+	require.Equal(t, map[string]int{"a": 1, "b": 2}, nodesOf(p.Place))
+	require.Equal(t, 2, p.Unplaced["web"])
+
+	// Memory counts too.
+	st = state(map[string]pb.NodeStatus{"a": up}, 3)
+	st.Nodes["a"].Facts = &pb.NodeFacts{CpuCount: 64, MemoryBytes: 5 << 30}
+	st.Pools["web"].Template.Resources = &pb.InstanceResources{MemoryBytes: 2 << 30}
+	p = Make(st, inputs(nil))
+	require.Len(t, p.Place, 2)
+	require.Equal(t, 1, p.Unplaced["web"])
+
+	// Without a reservation, any live node takes instances.
+	st.Pools["web"].Template.Resources = nil
+	st.Nodes["a"].Facts = nil
+	require.Len(t, Make(st, inputs(nil)).Place, 3)
+}

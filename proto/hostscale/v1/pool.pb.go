@@ -1342,7 +1342,9 @@ type InstanceTemplate struct {
 	StopSignal string `protobuf:"bytes,7,opt,name=stop_signal,json=stopSignal,proto3" json:"stop_signal,omitempty"`
 	// How long a stopping instance gets before SIGKILL (default 10s, at
 	// most 10m).
-	StopGrace     *durationpb.Duration `protobuf:"bytes,8,opt,name=stop_grace,json=stopGrace,proto3" json:"stop_grace,omitempty"`
+	StopGrace *durationpb.Duration `protobuf:"bytes,8,opt,name=stop_grace,json=stopGrace,proto3" json:"stop_grace,omitempty"`
+	// What each instance reserves on its node; unset: nothing.
+	Resources     *InstanceResources `protobuf:"bytes,9,opt,name=resources,proto3" json:"resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1433,6 +1435,71 @@ func (x *InstanceTemplate) GetStopGrace() *durationpb.Duration {
 	return nil
 }
 
+func (x *InstanceTemplate) GetResources() *InstanceResources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// InstanceResources is what an instance reserves on its node. The
+// scheduler places an instance on a node only while the reservations of
+// every instance the node runs (draining ones included) leave room for it
+// within the node's cores and memory, as its agent reported them. They are
+// reservations for placement, not limits on the process.
+type InstanceResources struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Thousandths of a core (1000: one core).
+	CpuMillicores uint32 `protobuf:"varint,1,opt,name=cpu_millicores,json=cpuMillicores,proto3" json:"cpu_millicores,omitempty"`
+	MemoryBytes   uint64 `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceResources) Reset() {
+	*x = InstanceResources{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceResources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceResources) ProtoMessage() {}
+
+func (x *InstanceResources) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceResources.ProtoReflect.Descriptor instead.
+func (*InstanceResources) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *InstanceResources) GetCpuMillicores() uint32 {
+	if x != nil {
+		return x.CpuMillicores
+	}
+	return 0
+}
+
+func (x *InstanceResources) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
 // Instance is one process of a pool, run by one node's agent.
 type Instance struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1469,13 +1536,15 @@ type Instance struct {
 	Weight uint32 `protobuf:"varint,18,opt,name=weight,proto3" json:"weight,omitempty"`
 	// The pool's template_index when it was placed.
 	TemplateIndex uint64 `protobuf:"varint,19,opt,name=template_index,json=templateIndex,proto3" json:"template_index,omitempty"`
+	// The template's reservation when it was placed.
+	Resources     *InstanceResources `protobuf:"bytes,20,opt,name=resources,proto3" json:"resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1556,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1569,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Instance) GetId() string {
@@ -1636,6 +1705,13 @@ func (x *Instance) GetTemplateIndex() uint64 {
 	return 0
 }
 
+func (x *Instance) GetResources() *InstanceResources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
 type CreatePoolRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1647,7 +1723,7 @@ type CreatePoolRequest struct {
 
 func (x *CreatePoolRequest) Reset() {
 	*x = CreatePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1735,7 @@ func (x *CreatePoolRequest) String() string {
 func (*CreatePoolRequest) ProtoMessage() {}
 
 func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1748,7 @@ func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolRequest.ProtoReflect.Descriptor instead.
 func (*CreatePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreatePoolRequest) GetRequestId() string {
@@ -1699,7 +1775,7 @@ type CreatePoolResponse struct {
 
 func (x *CreatePoolResponse) Reset() {
 	*x = CreatePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1787,7 @@ func (x *CreatePoolResponse) String() string {
 func (*CreatePoolResponse) ProtoMessage() {}
 
 func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1800,7 @@ func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolResponse.ProtoReflect.Descriptor instead.
 func (*CreatePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreatePoolResponse) GetPool() *Pool {
@@ -1753,7 +1829,7 @@ type UpdatePoolRequest struct {
 
 func (x *UpdatePoolRequest) Reset() {
 	*x = UpdatePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +1841,7 @@ func (x *UpdatePoolRequest) String() string {
 func (*UpdatePoolRequest) ProtoMessage() {}
 
 func (x *UpdatePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +1854,7 @@ func (x *UpdatePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePoolRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdatePoolRequest) GetRequestId() string {
@@ -1805,7 +1881,7 @@ type UpdatePoolResponse struct {
 
 func (x *UpdatePoolResponse) Reset() {
 	*x = UpdatePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1893,7 @@ func (x *UpdatePoolResponse) String() string {
 func (*UpdatePoolResponse) ProtoMessage() {}
 
 func (x *UpdatePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1906,7 @@ func (x *UpdatePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePoolResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdatePoolResponse) GetPool() *Pool {
@@ -1857,7 +1933,7 @@ type GetPoolRequest struct {
 
 func (x *GetPoolRequest) Reset() {
 	*x = GetPoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1945,7 @@ func (x *GetPoolRequest) String() string {
 func (*GetPoolRequest) ProtoMessage() {}
 
 func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +1958,7 @@ func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolRequest.ProtoReflect.Descriptor instead.
 func (*GetPoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetPoolRequest) GetPool() string {
@@ -1909,7 +1985,7 @@ type GetPoolResponse struct {
 
 func (x *GetPoolResponse) Reset() {
 	*x = GetPoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +1997,7 @@ func (x *GetPoolResponse) String() string {
 func (*GetPoolResponse) ProtoMessage() {}
 
 func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2010,7 @@ func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolResponse.ProtoReflect.Descriptor instead.
 func (*GetPoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetPoolResponse) GetPool() *Pool {
@@ -1964,7 +2040,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2052,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2065,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListPoolsRequest) GetPageSize() int32 {
@@ -2025,7 +2101,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2113,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2126,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -2084,7 +2160,7 @@ type DeletePoolRequest struct {
 
 func (x *DeletePoolRequest) Reset() {
 	*x = DeletePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2172,7 @@ func (x *DeletePoolRequest) String() string {
 func (*DeletePoolRequest) ProtoMessage() {}
 
 func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2185,7 @@ func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolRequest.ProtoReflect.Descriptor instead.
 func (*DeletePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeletePoolRequest) GetRequestId() string {
@@ -2135,7 +2211,7 @@ type DeletePoolResponse struct {
 
 func (x *DeletePoolResponse) Reset() {
 	*x = DeletePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2223,7 @@ func (x *DeletePoolResponse) String() string {
 func (*DeletePoolResponse) ProtoMessage() {}
 
 func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2236,7 @@ func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolResponse.ProtoReflect.Descriptor instead.
 func (*DeletePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeletePoolResponse) GetIndex() uint64 {
@@ -2181,7 +2257,7 @@ type AddBackendRequest struct {
 
 func (x *AddBackendRequest) Reset() {
 	*x = AddBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2269,7 @@ func (x *AddBackendRequest) String() string {
 func (*AddBackendRequest) ProtoMessage() {}
 
 func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2282,7 @@ func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendRequest.ProtoReflect.Descriptor instead.
 func (*AddBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddBackendRequest) GetRequestId() string {
@@ -2240,7 +2316,7 @@ type AddBackendResponse struct {
 
 func (x *AddBackendResponse) Reset() {
 	*x = AddBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2328,7 @@ func (x *AddBackendResponse) String() string {
 func (*AddBackendResponse) ProtoMessage() {}
 
 func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2341,7 @@ func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendResponse.ProtoReflect.Descriptor instead.
 func (*AddBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AddBackendResponse) GetPool() *Pool {
@@ -2294,7 +2370,7 @@ type RemoveBackendRequest struct {
 
 func (x *RemoveBackendRequest) Reset() {
 	*x = RemoveBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2382,7 @@ func (x *RemoveBackendRequest) String() string {
 func (*RemoveBackendRequest) ProtoMessage() {}
 
 func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2395,7 @@ func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendRequest.ProtoReflect.Descriptor instead.
 func (*RemoveBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveBackendRequest) GetRequestId() string {
@@ -2353,7 +2429,7 @@ type RemoveBackendResponse struct {
 
 func (x *RemoveBackendResponse) Reset() {
 	*x = RemoveBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2441,7 @@ func (x *RemoveBackendResponse) String() string {
 func (*RemoveBackendResponse) ProtoMessage() {}
 
 func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2454,7 @@ func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendResponse.ProtoReflect.Descriptor instead.
 func (*RemoveBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveBackendResponse) GetPool() *Pool {
@@ -2407,7 +2483,7 @@ type ScalePoolRequest struct {
 
 func (x *ScalePoolRequest) Reset() {
 	*x = ScalePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2419,7 +2495,7 @@ func (x *ScalePoolRequest) String() string {
 func (*ScalePoolRequest) ProtoMessage() {}
 
 func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2432,7 +2508,7 @@ func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolRequest.ProtoReflect.Descriptor instead.
 func (*ScalePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ScalePoolRequest) GetRequestId() string {
@@ -2466,7 +2542,7 @@ type ScalePoolResponse struct {
 
 func (x *ScalePoolResponse) Reset() {
 	*x = ScalePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2554,7 @@ func (x *ScalePoolResponse) String() string {
 func (*ScalePoolResponse) ProtoMessage() {}
 
 func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2567,7 @@ func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolResponse.ProtoReflect.Descriptor instead.
 func (*ScalePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ScalePoolResponse) GetPool() *Pool {
@@ -2521,7 +2597,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2609,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2622,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListInstancesRequest) GetPool() string {
@@ -2580,7 +2656,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2668,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2681,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -2636,7 +2712,7 @@ type ListScaleEventsRequest struct {
 
 func (x *ListScaleEventsRequest) Reset() {
 	*x = ListScaleEventsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2648,7 +2724,7 @@ func (x *ListScaleEventsRequest) String() string {
 func (*ListScaleEventsRequest) ProtoMessage() {}
 
 func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2661,7 +2737,7 @@ func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScaleEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListScaleEventsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{29}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListScaleEventsRequest) GetPool() string {
@@ -2703,7 +2779,7 @@ type ListScaleEventsResponse struct {
 
 func (x *ListScaleEventsResponse) Reset() {
 	*x = ListScaleEventsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2791,7 @@ func (x *ListScaleEventsResponse) String() string {
 func (*ListScaleEventsResponse) ProtoMessage() {}
 
 func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2804,7 @@ func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScaleEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListScaleEventsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{30}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListScaleEventsResponse) GetEvents() []*ScaleEvent {
@@ -2844,7 +2920,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"httpStatus\x12\x16\n" +
 	"\x06output\x18\a \x01(\tR\x06output\x12\x14\n" +
 	"\x05error\x18\b \x01(\tR\x05error\x12.\n" +
-	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x94\x03\n" +
+	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xd3\x03\n" +
 	"\x10InstanceTemplate\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x129\n" +
@@ -2857,10 +2933,14 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\vstop_signal\x18\a \x01(\tR\n" +
 	"stopSignal\x128\n" +
 	"\n" +
-	"stop_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x1a6\n" +
+	"stop_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x12=\n" +
+	"\tresources\x18\t \x01(\v2\x1f.hostscale.v1.InstanceResourcesR\tresources\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"]\n" +
+	"\x11InstanceResources\x12%\n" +
+	"\x0ecpu_millicores\x18\x01 \x01(\rR\rcpuMillicores\x12!\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x04R\vmemoryBytes\"\x92\x05\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
@@ -2882,7 +2962,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\fcreate_index\x18\x10 \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\x11 \x01(\x04R\vmodifyIndex\x12\x16\n" +
 	"\x06weight\x18\x12 \x01(\rR\x06weight\x12%\n" +
-	"\x0etemplate_index\x18\x13 \x01(\x04R\rtemplateIndex\"Z\n" +
+	"\x0etemplate_index\x18\x13 \x01(\x04R\rtemplateIndex\x12=\n" +
+	"\tresources\x18\x14 \x01(\v2\x1f.hostscale.v1.InstanceResourcesR\tresources\"Z\n" +
 	"\x11CreatePoolRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12&\n" +
@@ -3022,7 +3103,7 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_hostscale_v1_pool_proto_goTypes = []any{
 	(Policy)(0),                     // 0: hostscale.v1.Policy
 	(ScalingMetric)(0),              // 1: hostscale.v1.ScalingMetric
@@ -3039,31 +3120,32 @@ var file_hostscale_v1_pool_proto_goTypes = []any{
 	(*ScaleEvent)(nil),              // 12: hostscale.v1.ScaleEvent
 	(*ProviderResult)(nil),          // 13: hostscale.v1.ProviderResult
 	(*InstanceTemplate)(nil),        // 14: hostscale.v1.InstanceTemplate
-	(*Instance)(nil),                // 15: hostscale.v1.Instance
-	(*CreatePoolRequest)(nil),       // 16: hostscale.v1.CreatePoolRequest
-	(*CreatePoolResponse)(nil),      // 17: hostscale.v1.CreatePoolResponse
-	(*UpdatePoolRequest)(nil),       // 18: hostscale.v1.UpdatePoolRequest
-	(*UpdatePoolResponse)(nil),      // 19: hostscale.v1.UpdatePoolResponse
-	(*GetPoolRequest)(nil),          // 20: hostscale.v1.GetPoolRequest
-	(*GetPoolResponse)(nil),         // 21: hostscale.v1.GetPoolResponse
-	(*ListPoolsRequest)(nil),        // 22: hostscale.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 23: hostscale.v1.ListPoolsResponse
-	(*DeletePoolRequest)(nil),       // 24: hostscale.v1.DeletePoolRequest
-	(*DeletePoolResponse)(nil),      // 25: hostscale.v1.DeletePoolResponse
-	(*AddBackendRequest)(nil),       // 26: hostscale.v1.AddBackendRequest
-	(*AddBackendResponse)(nil),      // 27: hostscale.v1.AddBackendResponse
-	(*RemoveBackendRequest)(nil),    // 28: hostscale.v1.RemoveBackendRequest
-	(*RemoveBackendResponse)(nil),   // 29: hostscale.v1.RemoveBackendResponse
-	(*ScalePoolRequest)(nil),        // 30: hostscale.v1.ScalePoolRequest
-	(*ScalePoolResponse)(nil),       // 31: hostscale.v1.ScalePoolResponse
-	(*ListInstancesRequest)(nil),    // 32: hostscale.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),   // 33: hostscale.v1.ListInstancesResponse
-	(*ListScaleEventsRequest)(nil),  // 34: hostscale.v1.ListScaleEventsRequest
-	(*ListScaleEventsResponse)(nil), // 35: hostscale.v1.ListScaleEventsResponse
-	nil,                             // 36: hostscale.v1.ScaleEvent.ObservedEntry
-	nil,                             // 37: hostscale.v1.InstanceTemplate.EnvEntry
-	(*durationpb.Duration)(nil),     // 38: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
+	(*InstanceResources)(nil),       // 15: hostscale.v1.InstanceResources
+	(*Instance)(nil),                // 16: hostscale.v1.Instance
+	(*CreatePoolRequest)(nil),       // 17: hostscale.v1.CreatePoolRequest
+	(*CreatePoolResponse)(nil),      // 18: hostscale.v1.CreatePoolResponse
+	(*UpdatePoolRequest)(nil),       // 19: hostscale.v1.UpdatePoolRequest
+	(*UpdatePoolResponse)(nil),      // 20: hostscale.v1.UpdatePoolResponse
+	(*GetPoolRequest)(nil),          // 21: hostscale.v1.GetPoolRequest
+	(*GetPoolResponse)(nil),         // 22: hostscale.v1.GetPoolResponse
+	(*ListPoolsRequest)(nil),        // 23: hostscale.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 24: hostscale.v1.ListPoolsResponse
+	(*DeletePoolRequest)(nil),       // 25: hostscale.v1.DeletePoolRequest
+	(*DeletePoolResponse)(nil),      // 26: hostscale.v1.DeletePoolResponse
+	(*AddBackendRequest)(nil),       // 27: hostscale.v1.AddBackendRequest
+	(*AddBackendResponse)(nil),      // 28: hostscale.v1.AddBackendResponse
+	(*RemoveBackendRequest)(nil),    // 29: hostscale.v1.RemoveBackendRequest
+	(*RemoveBackendResponse)(nil),   // 30: hostscale.v1.RemoveBackendResponse
+	(*ScalePoolRequest)(nil),        // 31: hostscale.v1.ScalePoolRequest
+	(*ScalePoolResponse)(nil),       // 32: hostscale.v1.ScalePoolResponse
+	(*ListInstancesRequest)(nil),    // 33: hostscale.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),   // 34: hostscale.v1.ListInstancesResponse
+	(*ListScaleEventsRequest)(nil),  // 35: hostscale.v1.ListScaleEventsRequest
+	(*ListScaleEventsResponse)(nil), // 36: hostscale.v1.ListScaleEventsResponse
+	nil,                             // 37: hostscale.v1.ScaleEvent.ObservedEntry
+	nil,                             // 38: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
@@ -3071,70 +3153,72 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	14, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
 	8,  // 3: hostscale.v1.Pool.scaling:type_name -> hostscale.v1.ScalingPolicy
 	2,  // 4: hostscale.v1.RateLimit.kind:type_name -> hostscale.v1.RateLimitKind
-	38, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
+	39, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
 	1,  // 6: hostscale.v1.ScalingPolicy.metric:type_name -> hostscale.v1.ScalingMetric
-	38, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
-	38, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
+	39, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
+	39, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
 	7,  // 9: hostscale.v1.ScalingPolicy.scale_up_limits:type_name -> hostscale.v1.RateLimit
 	7,  // 10: hostscale.v1.ScalingPolicy.scale_down_limits:type_name -> hostscale.v1.RateLimit
 	3,  // 11: hostscale.v1.ScalingPolicy.scale_up_select:type_name -> hostscale.v1.SelectPolicy
 	3,  // 12: hostscale.v1.ScalingPolicy.scale_down_select:type_name -> hostscale.v1.SelectPolicy
-	38, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
-	38, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
-	38, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
+	39, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
+	39, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
+	39, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
 	9,  // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
 	10, // 17: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
 	11, // 18: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
-	38, // 19: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
-	38, // 20: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
-	39, // 21: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	39, // 19: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	39, // 20: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	40, // 21: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 22: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
-	36, // 23: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	37, // 23: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
 	13, // 24: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
-	39, // 25: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
-	37, // 26: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	38, // 27: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	38, // 28: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
-	4,  // 29: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	39, // 30: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	39, // 31: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
-	6,  // 32: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	6,  // 33: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 34: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	6,  // 35: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 36: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 37: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
-	5,  // 38: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
-	6,  // 39: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 40: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 41: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
-	15, // 42: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
-	12, // 43: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
-	16, // 44: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	20, // 45: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	22, // 46: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	18, // 47: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
-	24, // 48: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	26, // 49: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	28, // 50: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	30, // 51: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	32, // 52: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	34, // 53: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
-	17, // 54: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	21, // 55: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	23, // 56: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	19, // 57: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
-	25, // 58: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	27, // 59: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	29, // 60: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	31, // 61: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	33, // 62: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	35, // 63: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
-	54, // [54:64] is the sub-list for method output_type
-	44, // [44:54] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	40, // 25: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	38, // 26: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	39, // 27: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	39, // 28: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	15, // 29: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
+	4,  // 30: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
+	40, // 31: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	40, // 32: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	15, // 33: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
+	6,  // 34: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 35: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 36: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 37: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 38: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 39: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
+	5,  // 40: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
+	6,  // 41: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 42: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 43: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
+	16, // 44: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
+	12, // 45: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
+	17, // 46: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	21, // 47: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	23, // 48: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	19, // 49: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
+	25, // 50: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	27, // 51: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	29, // 52: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	31, // 53: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	33, // 54: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	35, // 55: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	18, // 56: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	22, // 57: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	24, // 58: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	20, // 59: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
+	26, // 60: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	28, // 61: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	30, // 62: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	32, // 63: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	34, // 64: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	36, // 65: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	56, // [56:66] is the sub-list for method output_type
+	46, // [46:56] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -3153,7 +3237,7 @@ func file_hostscale_v1_pool_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
