@@ -162,13 +162,9 @@ func replaced(moving []*pb.Instance, serving, want int, rolling bool) []string {
 		return nil
 	}
 	moving = slices.Clone(moving)
-	slices.SortStableFunc(moving, func(a, b *pb.Instance) int {
-		ah, bh := a.State == pb.InstanceState_INSTANCE_STATE_HEALTHY, b.State == pb.InstanceState_INSTANCE_STATE_HEALTHY
-		if ah != bh {
-			if bh {
-				return -1
-			}
-			return 1
+	slices.SortFunc(moving, func(a, b *pb.Instance) int {
+		if c := notServingFirst(a, b); c != 0 {
+			return c
 		}
 		return cmp.Compare(seq(a.Id), seq(b.Id))
 	})
@@ -177,6 +173,20 @@ func replaced(moving []*pb.Instance, serving, want int, rolling bool) []string {
 		out[i] = moving[i].Id
 	}
 	return out
+}
+
+// notServingFirst orders an instance that does not serve before one that
+// does, and is 0 when both serve or neither does.
+func notServingFirst(a, b *pb.Instance) int {
+	ah, bh := a.State == pb.InstanceState_INSTANCE_STATE_HEALTHY, b.State == pb.InstanceState_INSTANCE_STATE_HEALTHY
+	switch {
+	case ah == bh:
+		return 0
+	case bh:
+		return -1
+	default:
+		return 1
+	}
 }
 
 func countHealthy(ins []*pb.Instance) int {
@@ -278,9 +288,8 @@ func surplus(ins []*pb.Instance, n int, count map[string]int) []string {
 	ins = slices.Clone(ins)
 	count = maps.Clone(count)
 	before := func(a, b *pb.Instance) bool {
-		ah, bh := a.State == pb.InstanceState_INSTANCE_STATE_HEALTHY, b.State == pb.InstanceState_INSTANCE_STATE_HEALTHY
-		if ah != bh {
-			return bh
+		if c := notServingFirst(a, b); c != 0 {
+			return c < 0
 		}
 		if count[a.Node] != count[b.Node] {
 			return count[a.Node] > count[b.Node]
