@@ -327,3 +327,67 @@ func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
 	require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, st)
 	require.Equal(t, 5.0, node.Latest.GetCpuPercent())
 }
+
+// An assignment change applied while the leader handles an agent's report
+// (the two may even share a Raft entry) still reaches the agent, with no
+// later change to carry it.
+func TestAgents_assignmentsChangedDuringAReportAreSent(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	s, first := agentStream(t, ctx, leader.Conn(), "n1")
+	require.NotNil(t, first.GetWelcome())
+	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app"}, Max: 50, Desired: 1}})
+	require.NoError(t, err)
+
+	latest := make(chan []string, 100)
+	go func() {
+		for {
+			m, err := s.Recv()
+			if err != nil {
+				return
+			}
+			if a := m.GetAssignments(); a != nil {
+				var ids []string
+				for _, as := range a.Instances {
+					ids = append(ids, as.Instance)
+				}
+				latest <- ids
+			}
+		}
+	}()
+	waitAssigned := func(n int) error {
+		// Within the heartbeat TTL: no node-down write comes to help.
+		deadline := time.After(testTTL / 2)
+		for {
+			select {
+			case ids := <-latest:
+				if len(ids) == n {
+					return nil
+				}
+			case <-deadline:
+				return fmt.Errorf("no assignments of %d instances", n)
+			}
+		}
+	}
+	require.NoError(t, waitAssigned(1))
+
+	restarts := uint32(0)
+	for n := 2; n <= 12; n++ {
+		_, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: uint32(n)})
+		require.NoError(t, err)
+		// Reports that each change web-1 keep the handler busy until
+		// the placement is applied, and stop then.
+		for {
+			restarts++
+			require.NoError(t, s.Send(report(&pb.InstanceStatus{Id: "web-1", Pool: "web", State: pb.InstanceState_INSTANCE_STATE_STARTING, Restarts: restarts})))
+			r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "web"})
+			require.NoError(t, err)
+			if len(r.Instances) == n {
+				break
+			}
+		}
+		require.NoError(t, waitAssigned(n), "round %d", n)
+	}
+}

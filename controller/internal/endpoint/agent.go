@@ -100,7 +100,11 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 		return err
 	}
 
+	// Subscribe to changes before each read of the assignments, and
+	// again only once a change was seen: a change while a message is
+	// handled is then not lost.
 	asg := assignmentSender{node: hello.Node, term: term}
+	changed := a.Core.FSM.Changed()
 	if err := asg.send(stream, a.Core.FSM); err != nil {
 		return err
 	}
@@ -122,9 +126,9 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 		}
 	}()
 	for {
-		changed := a.Core.FSM.Changed()
 		select {
 		case <-changed:
+			changed = a.Core.FSM.Changed()
 			if err := asg.send(stream, a.Core.FSM); err != nil {
 				return err
 			}
