@@ -333,4 +333,10 @@ func TestInstances_reservationsBoundPlacementByHostCores(t *testing.T) {
 	got, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
 	require.NoError(t, err)
 	require.EqualValues(t, 4, got.Pool.Desired, "the fourth is wanted, and waits for room")
+	for node, cores := range map[string]uint32{"host-a": 1, "host-b": 2} {
+		n, err := f.cl.Running()[0].Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: node})
+		require.NoError(t, err)
+		require.Equal(t, cores, n.Node.Facts.GetCpuCount(), node)
+		require.EqualValues(t, cores*1000, n.Node.Reserved.GetCpuMillicores(), "%s reports what its instances reserve", node)
+	}
 }

@@ -320,7 +320,7 @@ func (s *Nodes) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.Dr
 	}
 	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
 		if n := st.Nodes[req.Node]; n != nil {
-			resp.Node = s.withLive(n)
+			resp.Node = s.withLive(n, fsm.Reserved(st))
 		}
 	})
 	resp.Index = max(resp.Index, res.Index)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
+	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/internal/labels"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -44,9 +45,11 @@ func (s *Nodes) liveFromLeader(ctx context.Context, req, resp proto.Message) boo
 	return s.Core.forward(fctx, req, resp) == nil
 }
 
-// withLive returns a copy of n with the leader's live fields.
-func (s *Nodes) withLive(n *pb.Node) *pb.Node {
+// withLive returns a copy of n with the leader's live fields and its
+// reservations (from fsm.Reserved).
+func (s *Nodes) withLive(n *pb.Node, reserved map[string]*pb.InstanceResources) *pb.Node {
 	n = proto.Clone(n).(*pb.Node)
+	n.Reserved = proto.CloneOf(reserved[n.Name])
 	if s.Leading() {
 		if seen, latest := s.Hub.Live(n.Name); !seen.IsZero() {
 			n.LastHeartbeat, n.Latest = timestamppb.New(seen), latest
@@ -72,7 +75,7 @@ func (s *Nodes) GetNode(ctx context.Context, req *pb.GetNodeRequest) (*pb.GetNod
 	var n *pb.Node
 	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
 		if x := st.Nodes[req.Node]; x != nil {
-			n = s.withLive(x)
+			n = s.withLive(x, fsm.Reserved(st))
 		}
 	})
 	if n == nil {
@@ -113,8 +116,9 @@ func (s *Nodes) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.Li
 			names = names[:size]
 			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(names[size-1]))
 		}
+		reserved := fsm.Reserved(st)
 		for _, name := range names {
-			resp.Nodes = append(resp.Nodes, s.withLive(st.Nodes[name]))
+			resp.Nodes = append(resp.Nodes, s.withLive(st.Nodes[name], reserved))
 		}
 	})
 	return resp, nil

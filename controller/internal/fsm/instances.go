@@ -11,6 +11,31 @@ import (
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
+// Reserved sums, by node, what the instances of st reserve on it, until
+// they are gone (draining and stopping ones included). Nodes whose
+// instances reserve nothing are absent.
+func Reserved(st *pb.State) map[string]*pb.InstanceResources {
+	out := map[string]*pb.InstanceResources{}
+	for _, in := range st.Instances {
+		AddReserved(out, in.Node, in.Resources)
+	}
+	return out
+}
+
+// AddReserved adds r to node's sum in reserved.
+func AddReserved(reserved map[string]*pb.InstanceResources, node string, r *pb.InstanceResources) {
+	if r == nil {
+		return
+	}
+	sum := reserved[node]
+	if sum == nil {
+		sum = &pb.InstanceResources{}
+		reserved[node] = sum
+	}
+	sum.CpuMillicores += r.CpuMillicores
+	sum.MemoryBytes += r.MemoryBytes
+}
+
 // Routable reports whether balancers send requests to an instance: it is
 // healthy, has an address, and is not being removed.
 func Routable(in *pb.Instance) bool {

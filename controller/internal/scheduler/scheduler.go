@@ -71,17 +71,15 @@ func Make(st *pb.State, in Inputs) *Plan {
 	// perNode counts each pool's active instances on each node, including
 	// this round's placements.
 	perNode := map[string]map[string]int{}
-	// reserved sums, by node, the resources its instances reserve, until
-	// they are gone (draining and stopping ones included), and this
-	// round's placements.
-	reserved := map[string]*pb.InstanceResources{}
+	// reserved sums, by node, what its instances reserve, and this round's
+	// placements.
+	reserved := fsm.Reserved(st)
 	for _, inst := range st.Instances {
 		n := st.Nodes[inst.Node]
 		if n == nil || n.Status == pb.NodeStatus_NODE_STATUS_DOWN {
 			plan.Lost = append(plan.Lost, inst.Id)
 			continue
 		}
-		reserve(reserved, inst.Node, inst.Resources)
 		if inst.Draining && !inst.Stop {
 			if in.Acked(inst.DrainIndex) || in.Now.Sub(inst.DrainingSince.AsTime()) >= in.DrainDeadline {
 				plan.Stop = append(plan.Stop, inst.Id)
@@ -199,20 +197,6 @@ func countHealthy(ins []*pb.Instance) int {
 	return n
 }
 
-// reserve adds r to node's reservations.
-func reserve(reserved map[string]*pb.InstanceResources, node string, r *pb.InstanceResources) {
-	if r == nil {
-		return
-	}
-	sum := reserved[node]
-	if sum == nil {
-		sum = &pb.InstanceResources{}
-		reserved[node] = sum
-	}
-	sum.CpuMillicores += r.CpuMillicores
-	sum.MemoryBytes += r.MemoryBytes
-}
-
 // fits reports whether node has room for r besides what it has reserved:
 // within its cores and memory as its agent reported them. A node whose
 // facts are unknown takes no reservation.
@@ -276,7 +260,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 			return strings.Compare(a.name, b.name)
 		})
 		count[best.name]++
-		reserve(reserved, best.name, res)
+		fsm.AddReserved(reserved, best.name, res)
 		out = append(out, &pb.Placement{Pool: p.Name, Node: best.name})
 	}
 	return out

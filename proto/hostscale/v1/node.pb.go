@@ -149,7 +149,10 @@ type Node struct {
 	ModifyIndex uint64 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
 	// Set by DrainNode: the node keeps the DRAINING status when its agent
 	// reconnects, until a DrainNode with undo.
-	Drain         bool `protobuf:"varint,12,opt,name=drain,proto3" json:"drain,omitempty"`
+	Drain bool `protobuf:"varint,12,opt,name=drain,proto3" json:"drain,omitempty"`
+	// What the instances on the node reserve (InstanceTemplate.resources),
+	// draining and stopping ones included: worked out when read, not stored.
+	Reserved      *InstanceResources `protobuf:"bytes,13,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -266,6 +269,13 @@ func (x *Node) GetDrain() bool {
 		return x.Drain
 	}
 	return false
+}
+
+func (x *Node) GetReserved() *InstanceResources {
+	if x != nil {
+		return x.Reserved
+	}
+	return nil
 }
 
 type DrainNodeRequest struct {
@@ -858,7 +868,7 @@ var File_hostscale_v1_node_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x17hostscale/v1/node.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\"\xd4\x04\n" +
+	"\x17hostscale/v1/node.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x17hostscale/v1/pool.proto\"\x91\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.hostscale.v1.Node.LabelsEntryR\x06labels\x12-\n" +
@@ -877,7 +887,8 @@ const file_hostscale_v1_node_proto_rawDesc = "" +
 	"\fcreate_index\x18\n" +
 	" \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x12\x14\n" +
-	"\x05drain\x18\f \x01(\bR\x05drain\x1a9\n" +
+	"\x05drain\x18\f \x01(\bR\x05drain\x12;\n" +
+	"\breserved\x18\r \x01(\v2\x1f.hostscale.v1.InstanceResourcesR\breserved\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
@@ -976,7 +987,8 @@ var file_hostscale_v1_node_proto_goTypes = []any{
 	(*NodeFacts)(nil),             // 13: hostscale.v1.NodeFacts
 	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 	(*Sample)(nil),                // 15: hostscale.v1.Sample
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*InstanceResources)(nil),     // 16: hostscale.v1.InstanceResources
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
 }
 var file_hostscale_v1_node_proto_depIdxs = []int32{
 	12, // 0: hostscale.v1.Node.labels:type_name -> hostscale.v1.Node.LabelsEntry
@@ -986,28 +998,29 @@ var file_hostscale_v1_node_proto_depIdxs = []int32{
 	14, // 4: hostscale.v1.Node.registered:type_name -> google.protobuf.Timestamp
 	14, // 5: hostscale.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
 	15, // 6: hostscale.v1.Node.latest:type_name -> hostscale.v1.Sample
-	2,  // 7: hostscale.v1.DrainNodeResponse.node:type_name -> hostscale.v1.Node
-	0,  // 8: hostscale.v1.ListNodesRequest.status:type_name -> hostscale.v1.NodeStatus
-	2,  // 9: hostscale.v1.ListNodesResponse.nodes:type_name -> hostscale.v1.Node
-	2,  // 10: hostscale.v1.GetNodeResponse.node:type_name -> hostscale.v1.Node
-	16, // 11: hostscale.v1.QueryMetricsRequest.window:type_name -> google.protobuf.Duration
-	1,  // 12: hostscale.v1.QueryMetricsRequest.aggregate:type_name -> hostscale.v1.Aggregate
-	16, // 13: hostscale.v1.QueryMetricsRequest.step:type_name -> google.protobuf.Duration
-	14, // 14: hostscale.v1.MetricPoint.time:type_name -> google.protobuf.Timestamp
-	10, // 15: hostscale.v1.QueryMetricsResponse.points:type_name -> hostscale.v1.MetricPoint
-	5,  // 16: hostscale.v1.NodeService.ListNodes:input_type -> hostscale.v1.ListNodesRequest
-	7,  // 17: hostscale.v1.NodeService.GetNode:input_type -> hostscale.v1.GetNodeRequest
-	3,  // 18: hostscale.v1.NodeService.DrainNode:input_type -> hostscale.v1.DrainNodeRequest
-	9,  // 19: hostscale.v1.MetricsService.QueryMetrics:input_type -> hostscale.v1.QueryMetricsRequest
-	6,  // 20: hostscale.v1.NodeService.ListNodes:output_type -> hostscale.v1.ListNodesResponse
-	8,  // 21: hostscale.v1.NodeService.GetNode:output_type -> hostscale.v1.GetNodeResponse
-	4,  // 22: hostscale.v1.NodeService.DrainNode:output_type -> hostscale.v1.DrainNodeResponse
-	11, // 23: hostscale.v1.MetricsService.QueryMetrics:output_type -> hostscale.v1.QueryMetricsResponse
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	16, // 7: hostscale.v1.Node.reserved:type_name -> hostscale.v1.InstanceResources
+	2,  // 8: hostscale.v1.DrainNodeResponse.node:type_name -> hostscale.v1.Node
+	0,  // 9: hostscale.v1.ListNodesRequest.status:type_name -> hostscale.v1.NodeStatus
+	2,  // 10: hostscale.v1.ListNodesResponse.nodes:type_name -> hostscale.v1.Node
+	2,  // 11: hostscale.v1.GetNodeResponse.node:type_name -> hostscale.v1.Node
+	17, // 12: hostscale.v1.QueryMetricsRequest.window:type_name -> google.protobuf.Duration
+	1,  // 13: hostscale.v1.QueryMetricsRequest.aggregate:type_name -> hostscale.v1.Aggregate
+	17, // 14: hostscale.v1.QueryMetricsRequest.step:type_name -> google.protobuf.Duration
+	14, // 15: hostscale.v1.MetricPoint.time:type_name -> google.protobuf.Timestamp
+	10, // 16: hostscale.v1.QueryMetricsResponse.points:type_name -> hostscale.v1.MetricPoint
+	5,  // 17: hostscale.v1.NodeService.ListNodes:input_type -> hostscale.v1.ListNodesRequest
+	7,  // 18: hostscale.v1.NodeService.GetNode:input_type -> hostscale.v1.GetNodeRequest
+	3,  // 19: hostscale.v1.NodeService.DrainNode:input_type -> hostscale.v1.DrainNodeRequest
+	9,  // 20: hostscale.v1.MetricsService.QueryMetrics:input_type -> hostscale.v1.QueryMetricsRequest
+	6,  // 21: hostscale.v1.NodeService.ListNodes:output_type -> hostscale.v1.ListNodesResponse
+	8,  // 22: hostscale.v1.NodeService.GetNode:output_type -> hostscale.v1.GetNodeResponse
+	4,  // 23: hostscale.v1.NodeService.DrainNode:output_type -> hostscale.v1.DrainNodeResponse
+	11, // 24: hostscale.v1.MetricsService.QueryMetrics:output_type -> hostscale.v1.QueryMetricsResponse
+	21, // [21:25] is the sub-list for method output_type
+	17, // [17:21] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_node_proto_init() }
@@ -1016,6 +1029,7 @@ func file_hostscale_v1_node_proto_init() {
 		return
 	}
 	file_hostscale_v1_agent_proto_init()
+	file_hostscale_v1_pool_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
