@@ -136,13 +136,10 @@ func main() {
 func report(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "store\tclients\tmode\twrites/s\tp50\tp99\terrors\tratio writes/s\tratio p99\tleader apply mean\t")
-	bare := map[string]result{}
-	for _, r := range rs {
-		key := fmt.Sprintf("%s/%d", r.store, r.clients)
+	bare := bareBefore(rs)
+	for i, r := range rs {
 		ratio, ratioP99 := "", ""
-		if r.mode == "bare raft" {
-			bare[key] = r
-		} else if b, ok := bare[key]; ok {
+		if b := bare[i]; b != nil {
 			ratio = fmt.Sprintf("%.2fx", r.rate()/b.rate())
 			ratioP99 = fmt.Sprintf("%.2fx", float64(r.p99)/float64(b.p99))
 		}
@@ -156,6 +153,23 @@ func report(w io.Writer, rs []result) {
 	tw.Flush()
 }
 
+// bareBefore returns, for each API result, the bare raft result of the
+// same store and client count run last before it (nil for bare results and
+// when there is none).
+func bareBefore(rs []result) []*result {
+	out := make([]*result, len(rs))
+	last := map[string]*result{}
+	for i := range rs {
+		key := fmt.Sprintf("%s/%d", rs[i].store, rs[i].clients)
+		if rs[i].mode == "bare raft" {
+			last[key] = &rs[i]
+		} else {
+			out[i] = last[key]
+		}
+	}
+	return out
+}
+
 // summarize prints, for each store, client count and mode, the median of
 // the rounds' writes/s and p99 and of their ratios to the bare raft round
 // run just before.
@@ -166,18 +180,15 @@ func summarize(w io.Writer, rs []result) {
 	}
 	var keys []key
 	rates, p99s, ratios, ratiosP99 := map[key][]float64{}, map[key][]float64{}, map[key][]float64{}, map[key][]float64{}
-	bare := map[string]result{}
-	for _, r := range rs {
+	bare := bareBefore(rs)
+	for i, r := range rs {
 		k := key{r.store, r.mode, r.clients}
 		if _, ok := rates[k]; !ok {
 			keys = append(keys, k)
 		}
 		rates[k] = append(rates[k], r.rate())
 		p99s[k] = append(p99s[k], float64(r.p99))
-		bk := fmt.Sprintf("%s/%d", r.store, r.clients)
-		if r.mode == "bare raft" {
-			bare[bk] = r
-		} else if b, ok := bare[bk]; ok {
+		if b := bare[i]; b != nil {
 			ratios[k] = append(ratios[k], r.rate()/b.rate())
 			ratiosP99[k] = append(ratiosP99[k], float64(r.p99)/float64(b.p99))
 		}
@@ -214,7 +225,7 @@ func summarize(w io.Writer, rs []result) {
 
 // load runs n writers calling write until warmup+d has passed and returns
 // the figures of the last d.
-func load(n int, warmup, d time.Duration, write func(worker, seq int) error) result {
+func load(n int, warmup, d time.Duration, tracePath string, write func(worker, seq int) error) result {
 	var (
 		measuring atomic.Bool
 		stop      atomic.Bool
@@ -248,8 +259,8 @@ func load(n int, warmup, d time.Duration, write func(worker, seq int) error) res
 	time.Sleep(warmup)
 	measuring.Store(true)
 	start := time.Now()
-	if traceOut != "" && traceNow {
-		f, err := os.Create(traceOut)
+	if tracePath != "" {
+		f, err := os.Create(tracePath)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -274,10 +285,8 @@ func load(n int, warmup, d time.Duration, write func(worker, seq int) error) res
 	return result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99)}
 }
 
-var (
-	traceOut string
-	traceNow bool
-)
+// traceOut is -trace: runAPI traces its load.
+var traceOut string
 
 type nopFSM struct{ applied atomic.Uint64 }
 
@@ -344,7 +353,7 @@ func runBare(store string, clients, size int, warmup, d time.Duration) result {
 		time.Sleep(10 * time.Millisecond)
 	}
 	payload := make([]byte, size)
-	r := load(clients, warmup, d, func(_, _ int) error {
+	r := load(clients, warmup, d, "", func(_, _ int) error {
 		return leader.Apply(payload, 10*time.Second).Error()
 	})
 	r.store, r.mode = store, "bare raft"
@@ -420,9 +429,7 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 		pools = append(pools, pb.NewPoolServiceClient(t))
 	}
 	get := &pb.GetPoolRequest{Pool: "bench-0"}
-	traceNow = true
-	defer func() { traceNow = false }()
-	r := load(clients, warmup, d, func(w, seq int) error {
+	r := load(clients, warmup, d, traceOut, func(w, seq int) error {
 		// Each writer's calls go round the connections, and so the nodes:
 		// with -via all, two thirds of them are forwarded, one writer's too.
 		wr, c := writers[w], pools[(w+seq)%len(pools)]
