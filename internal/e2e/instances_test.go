@@ -104,7 +104,9 @@ func TestInstances_agentLossRestartAndCrashes(t *testing.T) {
 	var broken *pb.Instance
 	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
 		bi := f.instances("broken")
-		if len(bi) != 1 || bi[0].Restarts < 3 {
+		// Between a restart and its exit the instance is briefly
+		// STARTING: wait for the exit that follows the third restart.
+		if len(bi) != 1 || bi[0].Restarts < 3 || bi[0].State != pb.InstanceState_INSTANCE_STATE_EXITED {
 			return fmt.Errorf("broken: %v", bi)
 		}
 		broken = bi[0]
