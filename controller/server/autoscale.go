@@ -208,7 +208,15 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 	case pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU:
 		idx, _ := metricstore.SeriesIndex("cpu_percent")
 		for _, inst := range ready {
-			v, fresh := average(a.s.hub.Instances.Series(inst.Id, idx, from), now)
+			// Only samples taken after the instance's initialization
+			// period count: a window reaching back into it would average
+			// in the tail of a boot spike.
+			initEnd := inst.Since.AsTime().Add(init)
+			v, fresh := average(a.s.hub.Instances.Series(inst.Id, idx, later(from, initEnd)), now)
+			if math.IsNaN(v) && now.Sub(initEnd) <= freshFor {
+				ai.Ready-- // just past it, no sample of its own yet
+				continue
+			}
 			if !fresh {
 				ai.Stale = true
 			}
@@ -237,6 +245,14 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 		}
 	}
 	return ai
+}
+
+// later is the later of two times.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // average is the mean of points, and whether the newest is fresh; NaN
