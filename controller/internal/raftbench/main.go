@@ -59,11 +59,12 @@ func main() {
 	rounds := flag.Int("rounds", 3, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
 	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
-	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, propagation")
+	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation")
 	watchers := flag.Int("watchers", 100, "propagation: watching balancers")
 	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	traceFile := flag.String("trace", "", "write an execution trace of one second of the measured API load to this file")
+	flag.BoolVar(&consistentReads, "consistent", false, "reads mode: consistent reads, which followers forward to the leader and the leader confirms with a quorum")
 	memprofile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file")
 	flag.Parse()
 	traceOut = *traceFile
@@ -285,8 +286,12 @@ func load(n int, warmup, d time.Duration, tracePath string, write func(worker, s
 	return result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99)}
 }
 
-// traceOut is -trace: runAPI traces its load.
-var traceOut string
+// traceOut is -trace: runAPI traces its load. consistentReads is
+// -consistent: the reads mode's calls ask to be consistent.
+var (
+	traceOut        string
+	consistentReads bool
+)
 
 type nopFSM struct{ applied atomic.Uint64 }
 
@@ -428,7 +433,7 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 	for _, t := range targets {
 		pools = append(pools, pb.NewPoolServiceClient(t))
 	}
-	get := &pb.GetPoolRequest{Pool: "bench-0"}
+	get := &pb.GetPoolRequest{Pool: "bench-0", Consistent: consistentReads}
 	r := load(clients, warmup, d, traceOut, func(w, seq int) error {
 		// Each writer's calls go round the connections, and so the nodes:
 		// with -via all, two thirds of them are forwarded, one writer's too.
