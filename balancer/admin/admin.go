@@ -1,25 +1,22 @@
-// Package admin serves a balancer's operational HTTP endpoints: /metrics
-// (Prometheus text exposition), /healthz and /readyz. It reads the balancer's
-// statistics on each scrape and never touches the request path.
+// Package admin serves a balancer's operational HTTP endpoints (/metrics,
+// /healthz, /readyz, optionally /debug/pprof/) through internal/admin. It
+// reads the balancer's statistics on each scrape and never touches the
+// request path.
 package admin
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"strconv"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/hostscale/hostscale/balancer"
+	"github.com/hostscale/hostscale/internal/admin"
 )
 
 // Source is what the admin server reads from a balancer.
@@ -56,11 +53,11 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Server is the admin HTTP server.
+// Server is the admin HTTP server: the shared endpoints
+// (internal/admin) with the balancer's metrics and readiness.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	handler http.Handler
+	cfg Config
+	srv *admin.Server
 }
 
 // New returns a Server reading from src.
@@ -68,44 +65,28 @@ func New(cfg Config, src Source) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		NewCollector(src),
-	)
+	reg := admin.NewRegistry()
+	reg.MustRegister(NewCollector(src))
 	for _, c := range cfg.Collectors {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("admin: register collector: %w", err)
 		}
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !src.Ready() {
-			http.Error(w, "no table applied", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintf(w, "ok table %v\n", src.Table().Version)
-	})
-	if cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	return &Server{cfg: cfg, log: log.With("component", "admin"), handler: mux}, nil
+	return &Server{cfg: cfg, srv: admin.NewWith(nil, reg, admin.Options{
+		Ready: func() error {
+			if !src.Ready() {
+				return errors.New("no table applied")
+			}
+			return nil
+		},
+		Detail: func() string { return fmt.Sprintf("table %v", src.Table().Version) },
+		Pprof:  cfg.Pprof,
+		Logger: cfg.Logger,
+	})}, nil
 }
 
 // Handler returns the endpoints' handler.
-func (s *Server) Handler() http.Handler { return s.handler }
+func (s *Server) Handler() http.Handler { return s.srv.Handler() }
 
 // Run listens on cfg.Addr and serves until ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error {
@@ -117,25 +98,9 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve serves on ln until ctx is cancelled, then shuts down gracefully for
-// up to five seconds.
+// Serve serves on ln until ctx is cancelled, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	s.log.Info("serving", "addr", ln.Addr().String())
-	select {
-	case err := <-errc:
-		return fmt.Errorf("admin serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
-	<-errc
-	return nil
+	return s.srv.Serve(ctx, ln)
 }
 
 // Collector exports a balancer's statistics as Prometheus metrics.

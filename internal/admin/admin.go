@@ -1,23 +1,43 @@
 // Package admin serves a binary's operational HTTP endpoints: /metrics in
-// the Prometheus text format, /healthz (the process is alive) and /readyz
-// (the process can do its job, as its component defines it).
+// the Prometheus text format, /healthz (the process is alive), /readyz
+// (the process can do its job, as its component defines it) and, when
+// asked, /debug/pprof/.
 package admin
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hostscale/hostscale/internal/logging"
 )
 
 // ReadyFunc reports why the component is not ready, or nil when it is.
 type ReadyFunc func() error
+
+// Options are what a component adds to the endpoints.
+type Options struct {
+	// Ready decides /readyz; nil is always ready.
+	Ready ReadyFunc
+	// Detail, when set, follows "ready" in /readyz's answer (the table a
+	// balancer serves, say).
+	Detail func() string
+	// Pprof serves net/http/pprof under /debug/pprof/. The server then
+	// has no write timeout: net/http/pprof refuses a profile longer than
+	// it, and the default CPU profile takes 30s.
+	Pprof bool
+	// Logger receives "serving"; nil discards it.
+	Logger *slog.Logger
+}
 
 // NewRegistry returns a registry with the Go runtime and process collectors.
 func NewRegistry() *prometheus.Registry {
@@ -28,47 +48,76 @@ func NewRegistry() *prometheus.Registry {
 
 // Server is the admin HTTP server.
 type Server struct {
-	srv *http.Server
-	lis net.Listener
+	handler      http.Handler
+	lis          net.Listener
+	logger       *slog.Logger
+	writeTimeout time.Duration
 }
 
 // New returns a server on lis, ready to Run. ready may be nil (always
 // ready).
 func New(lis net.Listener, reg prometheus.Gatherer, ready ReadyFunc) *Server {
+	return NewWith(lis, reg, Options{Ready: ready})
+}
+
+// NewWith returns a server with opts. lis may be nil for a server that
+// only Serves or hands out its Handler.
+func NewWith(lis net.Listener, reg prometheus.Gatherer, opts Options) *Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ready != nil {
-			if err := ready(); err != nil {
+		if opts.Ready != nil {
+			if err := opts.Ready(); err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
 		}
+		if opts.Detail != nil {
+			_, _ = fmt.Fprintf(w, "ready %s\n", opts.Detail())
+			return
+		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return &Server{
-		lis: lis,
-		srv: &http.Server{
-			Handler:           mux,
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxHeaderBytes:    64 << 10,
-		},
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	s := &Server{handler: mux, lis: lis, logger: logging.OrDiscard(opts.Logger).With("component", "admin"), writeTimeout: 30 * time.Second}
+	if opts.Pprof {
+		s.writeTimeout = 0
+	}
+	return s
 }
 
-// Addr is the bound address.
+// Handler returns the endpoints' handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Addr is the bound address of the listener given to New.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 
-// Run serves until ctx is cancelled, then shuts down within a few seconds.
-func (s *Server) Run(ctx context.Context) error {
+// Run serves on the listener given to New until ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error { return s.Serve(ctx, s.lis) }
+
+// Serve serves on lis until ctx is cancelled, then shuts down within a few
+// seconds.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      s.writeTimeout,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.lis) }()
+	go func() { errc <- srv.Serve(lis) }()
+	s.logger.Info("serving", "addr", lis.Addr().String())
 	select {
 	case err := <-errc:
 		return fmt.Errorf("admin http: %w", err)
@@ -76,7 +125,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	err := s.srv.Shutdown(sctx)
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		_ = srv.Close()
+	}
 	if e := <-errc; !errors.Is(e, http.ErrServerClosed) && err == nil {
 		err = e
 	}

@@ -56,3 +56,38 @@ func TestServer_endpoints(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 }
+
+// With options: the readiness detail follows "ready", and pprof is served
+// only when asked, its profiles past the server's write timeout.
+func TestServer_options(t *testing.T) {
+	serve := func(opts Options) string {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		s := NewWith(lis, NewRegistry(), opts)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		t.Cleanup(func() {
+			http.DefaultClient.CloseIdleConnections()
+			cancel()
+			require.NoError(t, <-done)
+		})
+		return "http://" + s.Addr().String()
+	}
+	plain := serve(Options{})
+	code, _ := get(t, plain+"/debug/pprof/")
+	require.Equal(t, 404, code)
+	code, body := get(t, plain+"/readyz")
+	require.Equal(t, 200, code)
+	require.Equal(t, "ready\n", body)
+
+	full := serve(Options{Pprof: true, Detail: func() string { return "table 2/5" }})
+	code, body = get(t, full+"/readyz")
+	require.Equal(t, 200, code)
+	require.Equal(t, "ready table 2/5\n", body)
+	code, body = get(t, full+"/debug/pprof/")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, "goroutine")
+	code, _ = get(t, full+"/debug/pprof/profile?seconds=1")
+	require.Equal(t, 200, code)
+}
