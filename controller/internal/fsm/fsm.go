@@ -53,8 +53,11 @@ type FSM struct {
 	reqs     []*pb.AppliedRequest
 	head     int
 	requests map[string]*pb.AppliedRequest
-	changed  chan struct{}
-	watched  bool // someone holds changed: replace it at the next change
+	// routes indexes the pools by the routes they serve, for the check
+	// that two pools never serve one route.
+	routes  map[route]string
+	changed chan struct{}
+	watched bool // someone holds changed: replace it at the next change
 	// tableDirty is set by a command that changed the balancers' table
 	// beyond what changesPools tells from its type.
 	tableDirty bool
@@ -71,6 +74,7 @@ func New(logger *slog.Logger) *FSM {
 		logger:   logging.OrDiscard(logger),
 		state:    newState(),
 		requests: map[string]*pb.AppliedRequest{},
+		routes:   map[route]string{},
 		changed:  make(chan struct{}),
 	}
 }
@@ -368,6 +372,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.reqs, f.head, st.Requests = st.Requests, 0, nil
 	f.state = st
+	f.reindexRoutes()
 	f.assignVersion++
 	f.requests = make(map[string]*pb.AppliedRequest, len(f.reqs))
 	for _, r := range f.reqs {

@@ -228,6 +228,46 @@ func TestFSM_CreatePool_rejectsATakenRoute(t *testing.T) {
 	require.Equal(t, codes.FailedPrecondition, status.Code(a.apply(pool("e", "/")).Err))
 }
 
+// A route is free again once its pool is deleted or moved to another,
+// and a restored state's routes are taken.
+func TestFSM_routesFollowPoolChanges(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	pool := func(name, prefix string, hosts ...string) *pb.Pool {
+		return &pb.Pool{Name: name, PathPrefix: prefix, Hosts: hosts}
+	}
+	create := func(p *pb.Pool) error {
+		return a.apply(&pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: p}}}).Err
+	}
+	update := func(p *pb.Pool) error {
+		return a.apply(&pb.Command{Command: &pb.Command_UpdatePool{UpdatePool: &pb.UpdatePoolCommand{Pool: p}}}).Err
+	}
+	del := func(name string) error {
+		return a.apply(&pb.Command{Command: &pb.Command_DeletePool{DeletePool: &pb.DeletePoolCommand{Pool: name}}}).Err
+	}
+	require.NoError(t, create(pool("a", "/", "x.example.com", "y.example.com")))
+	require.Equal(t, codes.FailedPrecondition, status.Code(create(pool("b", "/", "y.example.com"))))
+	require.NoError(t, update(pool("a", "/", "x.example.com")), "a pool may keep its own routes")
+	require.NoError(t, create(pool("b", "/", "y.example.com")), "y.example.com / left pool a")
+	require.Equal(t, codes.FailedPrecondition, status.Code(create(pool("c", "/", "x.example.com"))))
+	require.NoError(t, update(pool("a", "/v2", "x.example.com")))
+	require.NoError(t, create(pool("c", "/", "x.example.com")), "x.example.com / left pool a")
+	require.NoError(t, del("b"))
+	require.NoError(t, create(pool("d", "/", "y.example.com")), "pool b's route is free")
+	require.Equal(t, codes.FailedPrecondition, status.Code(update(pool("d", "/v2", "x.example.com"))), "pool a serves it")
+
+	snap, err := a.f.Snapshot()
+	require.NoError(t, err)
+	sink := &memSink{}
+	require.NoError(t, snap.Persist(sink))
+	restored := &applier{t: t, f: New(nil), index: a.index}
+	require.NoError(t, restored.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
+	for _, r := range []*pb.Pool{pool("e", "/v2", "x.example.com"), pool("e", "/", "x.example.com"), pool("e", "/", "y.example.com")} {
+		res := restored.apply(&pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: r}}})
+		require.Equal(t, codes.FailedPrecondition, status.Code(res.Err), "%s %s", r.Hosts, r.PathPrefix)
+	}
+	require.NoError(t, restored.apply(&pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: pool("e", "/")}}}).Err)
+}
+
 func TestFSM_Changed_closesOnApply(t *testing.T) {
 	a := &applier{t: t, f: New(nil)}
 	ch := a.f.Changed()

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -44,6 +45,7 @@ func (f *FSM) createPool(c *pb.CreatePoolCommand, index uint64) error {
 		p.NextScaleEvent = 1
 	}
 	f.state.Pools[p.Name] = p
+	f.indexRoutes(p)
 	return nil
 }
 
@@ -75,14 +77,18 @@ func (f *FSM) updatePool(c *pb.UpdatePoolCommand, index uint64) error {
 	default:
 		p.TemplateIndex = old.TemplateIndex
 	}
+	f.unindexRoutes(old)
 	f.state.Pools[p.Name] = p
+	f.indexRoutes(p)
 	return nil
 }
 
 func (f *FSM) deletePool(c *pb.DeletePoolCommand) error {
-	if _, ok := f.state.Pools[c.GetPool()]; !ok {
+	old, ok := f.state.Pools[c.GetPool()]
+	if !ok {
 		return status.Errorf(codes.NotFound, "pool %q not found", c.GetPool())
 	}
+	f.unindexRoutes(old)
 	delete(f.state.Pools, c.GetPool())
 	delete(f.state.ScaleEvents, c.GetPool())
 	// Its instances are forgotten: no assignment names them any more, so
@@ -134,28 +140,61 @@ func (f *FSM) removeBackend(c *pb.RemoveBackendCommand, index uint64) error {
 	return nil
 }
 
-// routeTaken returns a pool that already serves one of p's routes (host and
-// path prefix), and that route.
-func (f *FSM) routeTaken(p *pb.Pool) (pool, route string) {
-	hosts := p.GetHosts()
-	if len(hosts) == 0 {
-		hosts = []string{""}
+// route is one (host, path prefix) a pool serves; host "" is any host.
+type route struct{ host, path string }
+
+// routesOf lists p's routes.
+func routesOf(p *pb.Pool) []route {
+	if len(p.GetHosts()) == 0 {
+		return []route{{"", p.GetPathPrefix()}}
 	}
-	for _, other := range f.state.Pools {
-		if other.GetName() == p.GetName() || other.GetPathPrefix() != p.GetPathPrefix() {
-			continue
+	rs := make([]route, len(p.GetHosts()))
+	for i, h := range p.GetHosts() {
+		rs[i] = route{h, p.GetPathPrefix()}
+	}
+	return rs
+}
+
+// indexRoutes records p as the pool serving its routes; unindexRoutes
+// forgets the routes p serves.
+func (f *FSM) indexRoutes(p *pb.Pool) {
+	for _, r := range routesOf(p) {
+		f.routes[r] = p.GetName()
+	}
+}
+
+func (f *FSM) unindexRoutes(p *pb.Pool) {
+	for _, r := range routesOf(p) {
+		if f.routes[r] == p.GetName() {
+			delete(f.routes, r)
 		}
-		oh := other.GetHosts()
-		if len(oh) == 0 {
-			oh = []string{""}
-		}
-		for _, h := range hosts {
-			if slices.Contains(oh, h) {
-				if h == "" {
-					h = "(any host)"
-				}
-				return other.GetName(), fmt.Sprintf("%s %s", h, p.GetPathPrefix())
+	}
+}
+
+// reindexRoutes rebuilds the route index from the state's pools, in name
+// order, so a state that holds a route twice indexes the same pool on
+// every replica.
+func (f *FSM) reindexRoutes() {
+	f.routes = make(map[route]string, len(f.state.Pools))
+	for _, name := range slices.Sorted(maps.Keys(f.state.Pools)) {
+		for _, r := range routesOf(f.state.Pools[name]) {
+			if _, taken := f.routes[r]; !taken {
+				f.routes[r] = name
 			}
+		}
+	}
+}
+
+// routeTaken returns a pool other than p that already serves one of p's
+// routes (host and path prefix), and that route.
+func (f *FSM) routeTaken(p *pb.Pool) (pool, where string) {
+	for _, r := range routesOf(p) {
+		if other, ok := f.routes[r]; ok && other != p.GetName() {
+			h := r.host
+			if h == "" {
+				h = "(any host)"
+			}
+			return other, fmt.Sprintf("%s %s", h, r.path)
 		}
 	}
 	return "", ""
