@@ -78,6 +78,10 @@ func TestCluster_concurrentWritesShareEntriesAndKeepTheirOwnResults(t *testing.T
 
 	// The leader proposed fewer entries than commands.
 	entries, commands := entryCommands(t, leader.HTTPAddr)
+	resp, err := http.Get("http://" + leader.HTTPAddr + "/debug/pprof/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "pprof only when asked")
 	t.Logf("leader proposed %.0f commands in %.0f entries", commands, entries)
 	require.GreaterOrEqual(t, commands, float64(writers*each*2))
 	require.Less(t, entries, commands, "concurrent writes went one entry each")

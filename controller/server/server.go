@@ -43,6 +43,8 @@ type Config struct {
 	// Addresses to bind. A pre-bound listener, when set, is used instead.
 	GRPCAddr, RaftAddr, HTTPAddr             string
 	GRPCListener, RaftListener, HTTPListener net.Listener
+	// Pprof serves net/http/pprof on the HTTP address.
+	Pprof bool
 	// Addresses other nodes use to reach this one, when they differ from
 	// the bound ones (e.g. binding 0.0.0.0).
 	GRPCAdvertise, RaftAdvertise string
@@ -202,7 +204,7 @@ func New(cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.admin = admin.New(httpLis, s.registry, s.ready)
+	s.admin = admin.NewWith(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof})
 
 	rc := cfg.Raft
 	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers

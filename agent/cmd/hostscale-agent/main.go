@@ -51,6 +51,7 @@ type options struct {
 	mounts       []string
 	dataDir      string
 	httpAddr     string
+	pprof        bool
 	advertise    string
 	stopOnExit   bool
 	dirRetention time.Duration
@@ -102,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.dirsKept, "instance-dirs-kept", driver.DefaultConfig().DirsKept, "keep the directories of at most this many instances this agent no longer runs, the most recently changed")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.log.Format, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
@@ -223,7 +225,7 @@ func serve(o options, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("-http-addr: %w", err)
 		}
-		adm = admin.New(lis, reg, a.Ready)
+		adm = admin.NewWith(lis, reg, admin.Options{Ready: a.Ready, Pprof: o.pprof})
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

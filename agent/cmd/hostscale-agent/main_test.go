@@ -184,6 +184,8 @@ func TestAgent_streamsRealSamplesAndKeepsNodeID(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	code, _ = get(t, "http://"+p.addr()+"/healthz")
 	require.Equal(t, http.StatusOK, code)
+	code, _ = get(t, "http://"+p.addr()+"/debug/pprof/")
+	require.Equal(t, http.StatusNotFound, code, "pprof only with -pprof")
 	code, metrics := get(t, "http://"+p.addr()+"/metrics")
 	require.Equal(t, http.StatusOK, code)
 	for _, want := range []string{"hostscale_agent_connected 1", "hostscale_agent_samples_total ",
@@ -211,10 +213,13 @@ func TestAgent_readyOnlyWithLeader(t *testing.T) {
 	c := controllertest.Start(t, "c1")
 	c.Stop()
 	p := start(t, "-controllers", c.Addr(), "-interval", "100ms", "-data-dir", t.TempDir(),
-		"-http-addr", "127.0.0.1:0", "-node-id", "n1")
+		"-http-addr", "127.0.0.1:0", "-node-id", "n1", "-pprof")
 	require.Eventually(t, func() bool { return p.addr() != "" }, 5*time.Second, 10*time.Millisecond)
 	code, body := get(t, "http://"+p.addr()+"/readyz")
 	require.Equal(t, http.StatusServiceUnavailable, code, body)
+	code, body = get(t, "http://"+p.addr()+"/debug/pprof/")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "goroutine")
 	// Sampling goes on without a controller.
 	require.Eventually(t, func() bool {
 		_, m := get(t, "http://"+p.addr()+"/metrics")

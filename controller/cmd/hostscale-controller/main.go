@@ -71,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "address of the gRPC API")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "address of the Raft transport")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "address of /metrics, /healthz and /readyz")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
 	fs.StringVar(&cfg.GRPCAdvertise, "grpc-advertise", "", "gRPC address other nodes and clients use, when it differs from -grpc-addr")
 	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address other nodes use, when it differs from -raft-addr")
 	fs.StringVar(&peers, "peers", "", "bootstrap peers, this node included: id=raft-host:port,... (used only with an empty -data-dir; empty: join with AddMember)")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,12 +93,16 @@ func TestBinary_badConfigKeyExitsNonZero(t *testing.T) {
 func TestBinaryCluster_electsFailsOverAndSurvivesFullRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}})
+	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Args: []string{"-pprof"}})
 
 	leader, took, err := c.WaitLeader(ctx, 10*time.Second)
 	require.NoError(t, err)
 	t.Logf("first leader %s after %v", leader.ID, took)
 	require.Less(t, took, 3*time.Second, "one leader within 3s of start")
+	resp, err := http.Get("http://" + leader.HTTPAddr + "/debug/pprof/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "-pprof serves /debug/pprof/")
 
 	// Writes through a follower land.
 	var via *testcluster.Node
