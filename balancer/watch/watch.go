@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostscale/hostscale/balancer"
+	"github.com/hostscale/hostscale/internal/backoff"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/hostport"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -241,11 +242,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 
 // backoff returns the wait after the n-th consecutive failure (from 0).
 func (w *Watcher) backoff(n int) time.Duration {
-	d := w.cfg.BackoffMin
-	for i := 0; i < n && d < w.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, w.cfg.BackoffMax)
+	d := backoff.Exponential(w.cfg.BackoffMin, w.cfg.BackoffMax, n)
 	half := d / 2
 	return half + time.Duration(w.jitter(int64(d-half)+1))
 }

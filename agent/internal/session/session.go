@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/internal/backoff"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -282,12 +283,8 @@ const (
 
 // backoff returns the wait after the n-th consecutive failure (from 0).
 func (s *Session) backoff(n int) time.Duration {
-	base, limit := s.cfg.BackoffBase, s.cfg.BackoffMax
-	d := base
-	for i := 0; i < n && d < limit; i++ {
-		d *= 2
-	}
-	d = min(d, limit)
+	base := s.cfg.BackoffBase
+	d := backoff.Exponential(base, s.cfg.BackoffMax, n)
 	if d <= base {
 		return base
 	}

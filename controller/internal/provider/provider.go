@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/internal/backoff"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -50,11 +51,7 @@ const ellipsis = "…"
 // (1-based) before the next: 1s, 2s, 4s, 8s, ... capped at MaxBackoff.
 // An attempt below 1 counts as 1.
 func Backoff(attempt int) time.Duration {
-	n := max(attempt, 1) - 1
-	if n >= 30 {
-		return MaxBackoff
-	}
-	return min(BaseBackoff<<n, MaxBackoff)
+	return backoff.Exponential(BaseBackoff, MaxBackoff, attempt-1)
 }
 
 // Call makes one attempt of provider p for event ev and returns its
