@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,8 @@ type options struct {
 	dataDir      string
 	httpAddr     string
 	pprof        bool
+	cgroups      string
+	cgroupParent string
 	advertise    string
 	stopOnExit   bool
 	dirRetention time.Duration
@@ -100,6 +103,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&cpus, "cpus", "", "cores whose use is this host's CPU, e.g. 0-3,6 (an agent per cpuset of a larger machine; default: every core)")
 	fs.StringVar(&o.advertise, "advertise-addr", "127.0.0.1", "IP address balancers reach this host's instances on; each instance gets a free port on it")
 	fs.DurationVar(&o.dirRetention, "instance-dir-retention", driver.DefaultConfig().DirRetention, "keep the directory and logs of an instance this agent no longer runs until nothing in it changed for this long")
+	fs.StringVar(&o.cgroups, "cgroups", driver.DefaultConfig().Cgroups, "hold instances to their template's resources (a CPU quota, a memory limit) in cgroups: auto (where the cgroup file system lets the agent), on (or fail) or off")
+	fs.StringVar(&o.cgroupParent, "cgroup-parent", driver.DefaultConfig().CgroupParent, "cgroup, relative to /sys/fs/cgroup, under which each limited instance gets a group (<parent>/<node>/<instance>)")
 	fs.IntVar(&o.dirsKept, "instance-dirs-kept", driver.DefaultConfig().DirsKept, "keep the directories of at most this many instances this agent no longer runs, the most recently changed")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
@@ -137,6 +142,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-instance-dir-retention: %s is not a positive duration", o.dirRetention)
 	case o.dirsKept < 1:
 		return o, fmt.Errorf("-instance-dirs-kept: %d is below 1", o.dirsKept)
+	case o.cgroups != driver.CgroupsAuto && o.cgroups != driver.CgroupsOn && o.cgroups != driver.CgroupsOff:
+		return o, fmt.Errorf("-cgroups: %q is not auto, on or off", o.cgroups)
+	case o.cgroupParent == "" || filepath.IsAbs(o.cgroupParent) || slices.Contains(strings.Split(o.cgroupParent, "/"), ".."):
+		return o, fmt.Errorf("-cgroup-parent: %q is not a path relative to the cgroup root", o.cgroupParent)
 	}
 	for _, m := range strings.Split(mounts, ",") {
 		m = strings.TrimSpace(m)
@@ -203,6 +212,7 @@ func serve(o options, stderr io.Writer) error {
 	dc := driver.DefaultConfig()
 	dc.DataDir, dc.AdvertiseAddr, dc.Node, dc.Logger = o.dataDir, o.advertise, id, logger
 	dc.DirRetention, dc.DirsKept = o.dirRetention, o.dirsKept
+	dc.Cgroups, dc.CgroupParent = o.cgroups, o.cgroupParent
 	drv, err := driver.New(dc)
 	if err != nil {
 		return err

@@ -260,6 +260,9 @@ func TestAgent_badFlagsExit2NamingTheFlag(t *testing.T) {
 		{"badLogLevel", []string{"-log-level", "loud"}, "-log-level"},
 		{"zeroDirRetention", []string{"-instance-dir-retention", "0s"}, "-instance-dir-retention"},
 		{"noDirsKept", []string{"-instance-dirs-kept", "0"}, "-instance-dirs-kept"},
+		{"badCgroups", []string{"-cgroups", "maybe"}, "-cgroups"},
+		{"absoluteCgroupParent", []string{"-cgroup-parent", "/sys/fs/cgroup/x"}, "-cgroup-parent"},
+		{"escapingCgroupParent", []string{"-cgroup-parent", "a/../.."}, "-cgroup-parent"},
 		{"unknownFlag", []string{"-no-such-flag"}, "-no-such-flag"},
 		{"unknownConfigKey", []string{"-config", conf}, `agent.conf:2: unknown key "no-such-key"`},
 	}

@@ -2,8 +2,12 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -38,6 +42,13 @@ type Config struct {
 	// changed ones.
 	DirRetention time.Duration
 	DirsKept     int
+	// Cgroups decides whether instances are held to their template's
+	// reservations (cores, memory) in cgroups: CgroupsAuto (the default),
+	// CgroupsOn or CgroupsOff. CgroupRoot is where the cgroup file system
+	// is mounted (/sys/fs/cgroup); CgroupParent the group, relative to
+	// it, under which each such instance gets a group of its own
+	// ("hostscale").
+	Cgroups, CgroupRoot, CgroupParent string
 	// Now is the clock of the `since` timestamps; nil means time.Now.
 	Now func() time.Time
 }
@@ -53,6 +64,9 @@ func DefaultConfig() Config {
 		UnhealthyAfter: 3,
 		DirRetention:   time.Hour,
 		DirsKept:       50,
+		Cgroups:        CgroupsAuto,
+		CgroupRoot:     "/sys/fs/cgroup",
+		CgroupParent:   "hostscale",
 	}
 }
 
@@ -79,6 +93,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DirsKept == 0 {
 		c.DirsKept = d.DirsKept
+	}
+	if c.Cgroups == "" {
+		c.Cgroups = d.Cgroups
+	}
+	if c.CgroupRoot == "" {
+		c.CgroupRoot = d.CgroupRoot
+	}
+	if c.CgroupParent == "" {
+		c.CgroupParent = d.CgroupParent
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -107,6 +130,10 @@ func (c Config) Validate() error {
 		return errors.New("driver: DirRetention must not be negative")
 	case c.DirsKept < 0:
 		return errors.New("driver: DirsKept must not be negative")
+	case c.Cgroups != CgroupsAuto && c.Cgroups != CgroupsOn && c.Cgroups != CgroupsOff:
+		return fmt.Errorf("driver: Cgroups is %q, not %s, %s or %s", c.Cgroups, CgroupsAuto, CgroupsOn, CgroupsOff)
+	case filepath.IsAbs(c.CgroupParent) || slices.Contains(strings.Split(c.CgroupParent, "/"), ".."):
+		return fmt.Errorf("driver: CgroupParent %q must be a path relative to the cgroup root, without ..", c.CgroupParent)
 	}
 	if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err == nil {
 		return errors.New("driver: AdvertiseAddr must be an IP or host without a port")

@@ -62,6 +62,8 @@ type Driver struct {
 
 	usageMu sync.Mutex           // serializes Usage
 	usage   map[string]usageMark // by instance: the last CPU reading of its process
+
+	cg *cgroups // nil: reservations are not enforced
 }
 
 // instance is one assigned (or adopted) instance. Its fields are guarded
@@ -109,6 +111,24 @@ func New(cfg Config) (*Driver, error) {
 	d.statePath = filepath.Join(d.dir, "state.json")
 	if err := os.MkdirAll(d.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
+	}
+	if cfg.Cgroups != CgroupsOff {
+		// A group per node: agents sharing a host (tests, several
+		// loopback nodes) never touch each other's instance groups.
+		parent := cfg.CgroupParent
+		if checkID(cfg.Node) == nil {
+			parent = filepath.Join(parent, cfg.Node)
+		}
+		cg, err := openCgroups(cfg.CgroupRoot, parent)
+		switch {
+		case err == nil:
+			d.cg = cg
+			d.log.Info("instance reservations are enforced in cgroups", "v2", cg.v2, "parent", parent)
+		case cfg.Cgroups == CgroupsOn:
+			return nil, fmt.Errorf("driver: cgroups: %w", err)
+		default:
+			d.log.Warn("instance reservations are not enforced: no usable cgroups", "err", err)
+		}
 	}
 	if err := d.load(); err != nil {
 		return nil, err

@@ -8,14 +8,23 @@ import (
 	"time"
 )
 
-// collectDirs removes the directories of instances the driver no longer
-// has: those where nothing changed for DirRetention, and the oldest beyond
-// DirsKept. It holds the driver's lock throughout, so that an instance
+// collectDirs removes the cgroups and the directories of instances the
+// driver no longer has: the groups at once, the directories once nothing
+// in them changed for DirRetention, and the oldest beyond DirsKept. It holds the driver's lock throughout, so that an instance
 // assigned meanwhile cannot lose the directory it is given; a directory
 // holds at most four bounded log files.
 func (d *Driver) collectDirs() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.cg != nil {
+		// Groups whose instance exited while the agent was down, or
+		// whose last process outlived it.
+		for _, id := range d.cg.groups() {
+			if d.instances[id] == nil {
+				d.removeGroup(id, true)
+			}
+		}
+	}
 	entries, err := os.ReadDir(d.dir)
 	if err != nil {
 		d.log.Warn("cannot list instance directories", "dir", d.dir, "err", err)

@@ -27,6 +27,7 @@ import (
 //	          DRIVER_TEST_STOP_DELAY (a duration, default none) and exit 0
 //	slowstop  serve, but ignoring SIGTERM
 //	spin      serve, while busy-looping on one core
+//	hog       serve, while taking 4 MiB more memory every 10ms, up to 1 GiB
 //	exit1     exit with code 1 at once
 //
 // DRIVER_TEST_SPAM=n makes it write n bytes to stdout and to stderr first.
@@ -69,9 +70,12 @@ func runApp(mode string) int {
 	case "slowstop":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ignoring SIGTERM")
-	case "serve", "spin":
-		if mode == "spin" {
+	case "serve", "spin", "hog":
+		switch mode {
+		case "spin":
 			go spin()
+		case "hog":
+			go hog()
 		}
 		ch := make(chan os.Signal, 1)
 		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
@@ -118,6 +122,21 @@ var spinSink atomic.Uint64
 func spin() {
 	for i := uint64(0); ; i++ {
 		spinSink.Store(i)
+	}
+}
+
+// hogged keeps hog's memory reachable.
+var hogged [][]byte
+
+// hog takes memory, touching every page, until it has 1 GiB.
+func hog() {
+	for range 256 {
+		b := make([]byte, 4<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		hogged = append(hogged, b)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -192,8 +192,24 @@ func (d *Driver) start(in *instance) error {
 		// stopping it reaches its children too.
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
-	if err := cmd.Start(); err != nil {
+	grouped, err := d.prepareGroup(id, tmpl.GetResources())
+	if err != nil {
 		return err
+	}
+	if err := cmd.Start(); err != nil {
+		d.removeGroup(id, grouped)
+		return err
+	}
+	if grouped {
+		if err := d.cg.join(id, cmd.Process.Pid); err != nil {
+			if d.cfg.Cgroups == CgroupsOn {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				d.removeGroup(id, grouped)
+				return err
+			}
+			d.log.Warn("instance runs without its limits", "instance", id, "err", err)
+		}
 	}
 	p := &proc{pid: cmd.Process.Pid, started: time.Now(), done: make(chan struct{})}
 	// Unreaped, the child is at least a zombie: its stat is readable.
@@ -203,6 +219,10 @@ func (d *Driver) start(in *instance) error {
 	go func() {
 		err := cmd.Wait()
 		p.code, p.why = describeExit(cmd.ProcessState, err)
+		if grouped && d.cg.oomKills(id) > 0 {
+			p.why = fmt.Sprintf("%s: out of memory at its reservation of %s", p.why, sizeOf(tmpl.GetResources().GetMemoryBytes()))
+		}
+		d.removeGroup(id, grouped)
 		close(p.done)
 	}()
 
@@ -213,6 +233,43 @@ func (d *Driver) start(in *instance) error {
 	d.mu.Unlock()
 	d.log.Info("started instance", "instance", id, "pool", pool, "pid", p.pid, "port", port)
 	return nil
+}
+
+// prepareGroup makes the cgroup that holds instance id to r, when r
+// reserves anything and reservations are enforced; it reports whether it
+// did. Where the group cannot be made, the instance does not start under
+// CgroupsOn and starts without limits otherwise.
+func (d *Driver) prepareGroup(id string, r *pb.InstanceResources) (bool, error) {
+	if d.cg == nil || !limited(r) {
+		return false, nil
+	}
+	if err := d.cg.prepare(id, r); err != nil {
+		d.removeGroup(id, true)
+		if d.cfg.Cgroups == CgroupsOn {
+			return false, err
+		}
+		d.log.Warn("instance runs without its limits", "instance", id, "err", err)
+		return false, nil
+	}
+	return true, nil
+}
+
+// sizeOf writes n bytes in MiB when it is a whole number of them.
+func sizeOf(n uint64) string {
+	if n > 0 && n%(1<<20) == 0 {
+		return strconv.FormatUint(n>>20, 10) + " MiB"
+	}
+	return strconv.FormatUint(n, 10) + " bytes"
+}
+
+// removeGroup removes instance id's cgroup, if it has one.
+func (d *Driver) removeGroup(id string, grouped bool) {
+	if !grouped {
+		return
+	}
+	if err := d.cg.remove(id); err != nil {
+		d.log.Debug("cannot remove an instance's cgroup yet", "instance", id, "err", err)
+	}
 }
 
 // pickPort reserves a free TCP port for in: the port it had, while that is
