@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -168,14 +169,14 @@ func (a *autoscaler) weigh(ctx context.Context, now time.Time) {
 	}
 }
 
-// input gathers one pool's metric over its window.
+// input gathers one pool's metrics over its window.
 func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 	pol := in.policy
 	window := pol.Window.AsDuration()
 	init := pol.InitializationPeriod.AsDuration()
 	ai := autoscale.Input{
 		Now: now, Pool: in.pool.Name, Policy: pol, Min: in.pool.Min, Max: in.pool.Max, Desired: in.pool.Desired,
-		Events: in.events, Values: map[string]float64{},
+		Events:    in.events,
 		WarmingUp: now.Sub(a.start) < window,
 	}
 	var ready []*pb.Instance
@@ -188,40 +189,56 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 			ready = append(ready, inst)
 		}
 	}
-	ai.Ready = uint32(len(ready))
+	cpuIdx, _ := metricstore.SeriesIndex("cpu_percent")
+	// On instance CPU, only samples taken after an instance's
+	// initialization period count: a window reaching back into it would
+	// average in the tail of a boot spike. An instance just past it, with
+	// no sample of its own yet, is not ready yet.
+	initEnd := func(inst *pb.Instance) time.Time { return inst.Since.AsTime().Add(init) }
 	from := now.Add(-window)
-	switch pol.Metric {
+	if pol.Metric == pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU ||
+		slices.ContainsFunc(pol.Metrics, func(m *pb.MetricTarget) bool { return m.GetMetric() == pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU }) {
+		ready = slices.DeleteFunc(ready, func(inst *pb.Instance) bool {
+			end := initEnd(inst)
+			return now.Sub(end) <= freshFor && len(a.s.hub.Instances.Series(inst.Id, cpuIdx, later(from, end))) == 0
+		})
+	}
+	ai.Ready = uint32(len(ready))
+	ai.Values, ai.Stale = a.values(in, pol.Metric, ready, initEnd, from, now, window)
+	for _, m := range pol.Metrics {
+		v, stale := a.values(in, m.GetMetric(), ready, initEnd, from, now, window)
+		ai.More = append(ai.More, autoscale.MetricValues{Values: v, Stale: stale})
+	}
+	return ai
+}
+
+// values is one metric per ready instance (or host), averaged since from,
+// and whether some ready one's data is missing or old.
+func (a *autoscaler) values(in poolInputs, metric pb.ScalingMetric, ready []*pb.Instance, initEnd func(*pb.Instance) time.Time, from, now time.Time, window time.Duration) (map[string]float64, bool) {
+	values, stale := map[string]float64{}, false
+	cpuIdx, _ := metricstore.SeriesIndex("cpu_percent")
+	switch metric {
 	case pb.ScalingMetric_SCALING_METRIC_HOST_CPU:
-		idx, _ := metricstore.SeriesIndex("cpu_percent")
 		for _, inst := range ready {
-			if _, ok := ai.Values[inst.Node]; ok {
+			if _, ok := values[inst.Node]; ok {
 				continue
 			}
-			v, fresh := average(a.s.hub.Store.Series(inst.Node, idx, from), now)
+			v, fresh := average(a.s.hub.Store.Series(inst.Node, cpuIdx, from), now)
 			if !fresh {
-				ai.Stale = true
+				stale = true
 			}
 			if !math.IsNaN(v) {
-				ai.Values[inst.Node] = v
+				values[inst.Node] = v
 			}
 		}
 	case pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU:
-		idx, _ := metricstore.SeriesIndex("cpu_percent")
 		for _, inst := range ready {
-			// Only samples taken after the instance's initialization
-			// period count: a window reaching back into it would average
-			// in the tail of a boot spike.
-			initEnd := inst.Since.AsTime().Add(init)
-			v, fresh := average(a.s.hub.Instances.Series(inst.Id, idx, later(from, initEnd)), now)
-			if math.IsNaN(v) && now.Sub(initEnd) <= freshFor {
-				ai.Ready-- // just past it, no sample of its own yet
-				continue
-			}
+			v, fresh := average(a.s.hub.Instances.Series(inst.Id, cpuIdx, later(from, initEnd(inst))), now)
 			if !fresh {
-				ai.Stale = true
+				stale = true
 			}
 			if !math.IsNaN(v) {
-				ai.Values[inst.Id] = v
+				values[inst.Id] = v
 			}
 		}
 	case pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE:
@@ -229,22 +246,22 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 		for _, inst := range ready {
 			u, ok := usage[inst.Address]
 			if !ok || now.Sub(u.Newest) > freshFor {
-				ai.Stale = true
+				stale = true
 				continue
 			}
-			ai.Values[inst.Id] = u.RequestsPerSecond
+			values[inst.Id] = u.RequestsPerSecond
 		}
 		if len(usage) == 0 && len(ready) > 0 {
 			// No balancer reports this pool: no traffic data at all.
-			ai.Values = map[string]float64{}
+			values = map[string]float64{}
 		}
 	case pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS:
 		_, bounds, hist := a.s.lbstats.Window(in.pool.Name, now, window)
 		if q := lbstats.Quantile(bounds, hist, 0.95); !math.IsNaN(q) && len(ready) > 0 {
-			ai.Values["p95"] = q * 1000
+			values["p95"] = q * 1000
 		}
 	}
-	return ai
+	return values, stale
 }
 
 // later is the later of two times.

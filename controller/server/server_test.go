@@ -517,6 +517,12 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: -1}}})
 			return err
 		}, codes.InvalidArgument, "pool.scaling.target"},
+		"CreatePool repeated further metric": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, Metrics: []*pb.MetricTarget{
+					{Metric: pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS, Target: 200}, {Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 60}}}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling.metrics[1].metric"},
 		"CreatePool scaling window too long": {func() error {
 			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
 				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, Window: durationpb.New(time.Hour)}}})

@@ -148,6 +148,47 @@ func TestAutoscale_requestsPerInstance(t *testing.T) {
 	scaleCycle(t, f, l, 5, 1)
 }
 
+// TestAutoscale_severalMetrics: a policy on requests per instance (a
+// target the load never nears) with instance CPU as a further metric;
+// CPU-heavy requests grow the pool, and the event says the CPU decided,
+// with both metrics' evaluations. No request fails.
+func TestAutoscale_severalMetrics(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 1000)
+	pol.Metrics = []*pb.MetricTarget{{Metric: pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU, Target: 30}}
+	f.createScaledPool("web", pol, map[string]string{"DEMO_CPU": "10ms"})
+	f.settled("web", 1, 30*time.Second)
+	l := f.startRateLoad(60) // 60 % of a core on one instance: CPU wants 2 or more, requests 1
+	defer l.end()
+
+	var first *pb.ScaleEvent
+	require.NoError(t, testcluster.Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
+		evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", ActedOnly: true})
+		if err != nil {
+			return err
+		}
+		if len(evs.Events) == 0 {
+			return fmt.Errorf("no scale-up yet")
+		}
+		first = evs.Events[len(evs.Events)-1]
+		return nil
+	}))
+	t.Logf("%s: %s", first.Id, first.Reason)
+	require.GreaterOrEqual(t, first.Desired, uint32(2))
+	require.Equal(t, pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU, first.Metric, "the CPU decided")
+	require.Len(t, first.Metrics, 2)
+	require.Equal(t, pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, first.Metrics[0].Metric)
+	if !first.Metrics[0].NoData { // the balancer's first report may come later
+		require.EqualValues(t, 1, first.Metrics[0].Recommendation, "requests alone keep one instance")
+	}
+	require.Equal(t, pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU, first.Metrics[1].Metric)
+	require.GreaterOrEqual(t, first.Metrics[1].Recommendation, first.Desired)
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+}
+
 // TestLoadAwareWeights_trafficLeavesABusyHost: two agents, each the host
 // of one core (-cpus); a process outside hostscale holds host-b's core
 // busy; with load-aware weights the balancer sends host-b's instances far

@@ -514,3 +514,76 @@ func FuzzDecide(f *testing.F) {
 		}
 	})
 }
+
+// With several metrics each is evaluated on its own and the pool takes
+// the most any asks for; a metric without data or with stale data holds a
+// scale-down, never a scale-up.
+func TestDecide_severalMetricsTakeTheLargest(t *testing.T) {
+	rps := pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE
+	cpu := pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU
+	withRPS := func(p *pb.ScalingPolicy) { p.Metrics = []*pb.MetricTarget{{Metric: rps, Target: 20}} }
+	more := func(v float64, stale bool) []MetricValues {
+		return []MetricValues{{Values: vals(2, v), Stale: stale}}
+	}
+
+	// CPU at its target (ratio 1), requests at twice theirs: 4.
+	in := input(2, 2, 100, withRPS)
+	in.More = more(40, false)
+	ev := Decide(in)
+	require.EqualValues(t, 4, ev.Desired, ev.Reason)
+	require.Equal(t, rps, ev.Metric, "the metric that asked for the most is shown")
+	require.Equal(t, 40.0, ev.ObservedValue)
+	require.Equal(t, 20.0, ev.Target)
+	require.EqualValues(t, 4, ev.RawDesired)
+	require.Len(t, ev.Metrics, 2)
+	require.Equal(t, cpu, ev.Metrics[0].Metric, "the policy's own metric first")
+	require.EqualValues(t, 2, ev.Metrics[0].Recommendation)
+	require.EqualValues(t, 4, ev.Metrics[1].Recommendation)
+	require.Contains(t, ev.Reason, "the most any metric asks for is 4 (req/s per instance)")
+
+	// CPU asks for 6, requests for 1: 6.
+	in = input(2, 2, 300, withRPS)
+	in.More = more(5, false)
+	ev = Decide(in)
+	require.EqualValues(t, 6, ev.Desired, ev.Reason)
+	require.EqualValues(t, 6, ev.Recommendation)
+	require.Equal(t, cpu, ev.Metric)
+
+	// Both low: the larger of two scale-downs.
+	in = input(4, 4, 25, append(fastDown, withRPS)...)
+	in.More = more(10, false)
+	ev = Decide(in)
+	require.EqualValues(t, 2, ev.Desired, ev.Reason)
+	require.Equal(t, rps, ev.Metric)
+
+	// Requests have no data: CPU may scale up, not down.
+	in = input(2, 2, 200, withRPS)
+	in.More = []MetricValues{{}}
+	ev = Decide(in)
+	require.EqualValues(t, 4, ev.Desired, ev.Reason)
+	require.True(t, ev.Metrics[1].NoData)
+	in = input(4, 4, 25, append(fastDown, withRPS)...)
+	in.More = []MetricValues{{}}
+	ev = Decide(in)
+	require.EqualValues(t, 4, ev.Desired, ev.Reason)
+	require.Equal(t, LimitedByNoData, ev.LimitedBy)
+	require.Contains(t, ev.Reason, "req/s per instance has no data: no scale-down below 4")
+
+	// Stale requests hold a scale-down too.
+	in = input(4, 4, 25, append(fastDown, withRPS)...)
+	in.More = more(10, true)
+	ev = Decide(in)
+	require.EqualValues(t, 4, ev.Desired, ev.Reason)
+	require.Equal(t, LimitedByStale, ev.LimitedBy)
+
+	// No metric has data: held, the policy's own metric shown.
+	in = input(3, 0, 0, withRPS)
+	in.More = []MetricValues{{}}
+	ev = Decide(in)
+	require.EqualValues(t, 3, ev.Desired)
+	require.Equal(t, LimitedByNoData, ev.LimitedBy)
+	require.Equal(t, cpu, ev.Metric)
+
+	// One metric alone records no per-metric list.
+	require.Empty(t, Decide(input(2, 2, 100)).Metrics)
+}

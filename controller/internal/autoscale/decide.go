@@ -60,6 +60,9 @@ type Input struct {
 	Values map[string]float64
 	// Some ready instance has no fresh data: a scale-down is held.
 	Stale bool
+	// The values of the policy's further metrics (Policy.metrics), in
+	// their order, gathered as Values and Stale are.
+	More []MetricValues
 	// The leader has not had one whole window of its own samples yet:
 	// nothing changes.
 	WarmingUp bool
@@ -67,6 +70,13 @@ type Input struct {
 	// order does not matter). Their recommendations feed the windows,
 	// their acted changes the rate limits. Not retained.
 	Events []*pb.ScaleEvent
+}
+
+// MetricValues are one further metric's values per ready instance (or
+// host) and whether some are missing or old.
+type MetricValues struct {
+	Values map[string]float64
+	Stale  bool
 }
 
 // Decide evaluates a pool and returns the evaluation as a ScaleEvent with
@@ -78,19 +88,22 @@ type Input struct {
 //
 // The steps, in order (the HPA's):
 //
-//  1. No ready instance or no value: hold at Desired ("no-data"); raw and
-//     recommendation are Desired too, as the metric has no opinion.
-//  2. raw = ceil(Ready × mean(Values) / target).
-//  3. |ratio − 1| ≤ tolerance: recommendation = Desired ("tolerance");
-//     otherwise recommendation = raw.
-//  4. recommendation < Desired with Stale data: hold ("stale"); WarmingUp:
-//     hold ("warming-up"). Both record raw and recommendation.
-//  5. Stabilization: between the lowest recommendation of the scale-up
+//  1. No ready instance or no value, for every metric: hold at Desired
+//     ("no-data"); raw and recommendation are Desired too, as no metric
+//     has an opinion.
+//  2. For each metric with data: raw = ceil(Ready × mean(values) /
+//     target); |ratio − 1| ≤ tolerance: its recommendation = Desired,
+//     otherwise raw. The largest recommendation is the pool's ("tolerance"
+//     when it is the tolerance's), and the event shows that metric.
+//  3. recommendation < Desired while some metric has no data ("no-data")
+//     or stale data ("stale"): hold; WarmingUp: hold ("warming-up"). They
+//     record raw and recommendation.
+//  4. Stabilization: between the lowest recommendation of the scale-up
 //     window and the highest of the scale-down window, as close to
 //     Desired as they allow ("window").
-//  6. Rate: at most the scale-up limit above Desired, at least the
+//  5. Rate: at most the scale-up limit above Desired, at least the
 //     scale-down limit below it ("rate").
-//  7. Clamp into [Min, Max] ("min", "max"); Min wins if Min > Max.
+//  6. Clamp into [Min, Max] ("min", "max"); Min wins if Min > Max.
 //
 // A hold leaves desired at Desired even outside [Min, Max]: a hold never
 // acts. Events stamped after Now (a new leader whose clock is behind the
@@ -104,58 +117,69 @@ func Decide(in Input) *pb.ScaleEvent {
 	ev := &pb.ScaleEvent{
 		Pool:            in.Pool,
 		Time:            timestamppb.New(in.Now),
-		Metric:          pol.Metric,
-		Target:          pol.Target,
 		Current:         in.Current,
 		Ready:           in.Ready,
 		PreviousDesired: in.Desired,
-		Observed:        map[string]float64{},
 	}
-	// Summed in key order: a float sum depends on its order, and the same
-	// input must give the same decision on every run.
-	keys := make([]string, 0, len(in.Values))
-	for k, v := range in.Values {
-		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
-			continue
+	evals := []*evaluation{evaluate(in, pol.Metric, pol.Target, pol.GetTolerance(), in.Values, in.Stale)}
+	for i, m := range pol.Metrics {
+		var mv MetricValues
+		if i < len(in.More) {
+			mv = in.More[i]
 		}
-		keys = append(keys, k)
-		ev.Observed[k] = v
+		evals = append(evals, evaluate(in, m.GetMetric(), m.GetTarget(), pol.GetTolerance(), mv.Values, mv.Stale))
 	}
-	slices.Sort(keys)
-	sum := 0.0
-	for _, k := range keys {
-		sum += in.Values[k]
+	// The metric that asks for the most decides (the first of equals);
+	// with no metric's data, the policy's own is shown.
+	win := evals[0]
+	for _, e := range evals {
+		if !e.noData && (win.noData || e.rec > win.rec) {
+			win = e
+		}
 	}
-	if len(keys) > 0 {
-		ev.ObservedValue = sum / float64(len(keys))
+	ev.Metric, ev.Target, ev.Observed, ev.ObservedValue = win.metric, win.target, win.observed, win.mean
+	if len(evals) > 1 {
+		for _, e := range evals {
+			ev.Metrics = append(ev.Metrics, &pb.MetricEvaluation{
+				Metric: e.metric, Target: e.target, ObservedValue: e.mean,
+				RawDesired: e.raw, Recommendation: e.rec, NoData: e.noData, Stale: e.stale,
+			})
+		}
 	}
 
 	d := &decision{in: in, pol: pol, ev: ev}
-	if len(keys) == 0 || in.Ready == 0 || !(pol.Target > 0) || math.IsInf(pol.Target, 0) {
-		why := fmt.Sprintf("no data: %d ready of %d, %d with a value", in.Ready, in.Current, len(keys))
-		if !(pol.Target > 0) || math.IsInf(pol.Target, 0) {
-			why = fmt.Sprintf("no valid target (%v)", pol.Target)
-		}
+	if win.noData {
 		ev.RawDesired, ev.Recommendation = in.Desired, in.Desired
-		return d.hold(LimitedByNoData, why)
+		return d.hold(LimitedByNoData, win.why)
 	}
-
-	ratio := ev.ObservedValue / pol.Target
-	ev.RawDesired = ceilCount(float64(in.Ready) * ratio)
-	d.v = ev.RawDesired
-	d.say("observed %s against a target of %s (ratio %.2f) over %d ready of %d: want %d",
-		metricValue(pol.Metric, ev.ObservedValue), number(pol.Target), ratio, in.Ready, in.Current, d.v)
-
-	// The epsilon keeps a ratio of exactly 1 ± tolerance, which float
-	// division may put a hair outside, within the tolerance.
-	if tol := pol.GetTolerance(); math.Abs(ratio-1) <= tol+1e-9 && d.v != in.Desired {
-		d.set(LimitedByTolerance, in.Desired)
-		d.say("within the %s%% tolerance: keep %d", number(tol*100), in.Desired)
+	for _, e := range evals {
+		if e.noData {
+			d.say("%s: %s", metricName(e.metric), e.why)
+			continue
+		}
+		d.why = append(d.why, e.clauses...)
+	}
+	ev.RawDesired = win.raw
+	d.v = win.raw
+	if win.rec != win.raw {
+		d.set(LimitedByTolerance, win.rec)
+	}
+	if len(evals) > 1 {
+		d.say("the most any metric asks for is %d (%s)", win.rec, metricName(win.metric))
 	}
 	ev.Recommendation = d.v
 
-	if d.v < in.Desired && in.Stale {
-		return d.hold(LimitedByStale, fmt.Sprintf("some ready instance has no fresh data: no scale-down below %d", in.Desired))
+	if d.v < in.Desired {
+		for _, e := range evals {
+			if e.noData {
+				return d.hold(LimitedByNoData, fmt.Sprintf("%s has no data: no scale-down below %d", metricName(e.metric), in.Desired))
+			}
+		}
+		for _, e := range evals {
+			if e.stale {
+				return d.hold(LimitedByStale, fmt.Sprintf("some ready instance has no fresh data: no scale-down below %d", in.Desired))
+			}
+		}
 	}
 	if in.WarmingUp {
 		return d.hold(LimitedByWarmingUp, fmt.Sprintf("this leader has not had one window (%s) of data yet: hold at %d",
@@ -174,6 +198,65 @@ func Decide(in Input) *pb.ScaleEvent {
 		ev.Reason = strings.Join(d.why, "; ") + fmt.Sprintf(" → stays at %d", ev.Desired)
 	}
 	return ev
+}
+
+// evaluation is one metric's view of the pool.
+type evaluation struct {
+	metric   pb.ScalingMetric
+	target   float64
+	observed map[string]float64
+	mean     float64
+	raw, rec uint32
+	noData   bool
+	stale    bool
+	// why: the reason there is no data; clauses: the reason's clauses for
+	// the count asked for.
+	why     string
+	clauses []string
+}
+
+// evaluate computes what one metric asks for: raw = ceil(Ready ×
+// mean(values) / target), and its recommendation after the tolerance.
+func evaluate(in Input, metric pb.ScalingMetric, target, tol float64, values map[string]float64, stale bool) *evaluation {
+	e := &evaluation{metric: metric, target: target, observed: map[string]float64{}, stale: stale}
+	// Summed in key order: a float sum depends on its order, and the same
+	// input must give the same decision on every run.
+	keys := make([]string, 0, len(values))
+	for k, v := range values {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			continue
+		}
+		keys = append(keys, k)
+		e.observed[k] = v
+	}
+	slices.Sort(keys)
+	sum := 0.0
+	for _, k := range keys {
+		sum += values[k]
+	}
+	if len(keys) > 0 {
+		e.mean = sum / float64(len(keys))
+	}
+	if len(keys) == 0 || in.Ready == 0 || !(target > 0) || math.IsInf(target, 0) {
+		e.noData = true
+		e.why = fmt.Sprintf("no data: %d ready of %d, %d with a value", in.Ready, in.Current, len(keys))
+		if !(target > 0) || math.IsInf(target, 0) {
+			e.why = fmt.Sprintf("no valid target (%v)", target)
+		}
+		return e
+	}
+	ratio := e.mean / target
+	e.raw = ceilCount(float64(in.Ready) * ratio)
+	e.rec = e.raw
+	e.clauses = append(e.clauses, fmt.Sprintf("observed %s against a target of %s (ratio %.2f) over %d ready of %d: want %d",
+		metricValue(metric, e.mean), number(target), ratio, in.Ready, in.Current, e.raw))
+	// The epsilon keeps a ratio of exactly 1 ± tolerance, which float
+	// division may put a hair outside, within the tolerance.
+	if math.Abs(ratio-1) <= tol+1e-9 && e.raw != in.Desired {
+		e.rec = in.Desired
+		e.clauses = append(e.clauses, fmt.Sprintf("within the %s%% tolerance: keep %d", number(tol*100), in.Desired))
+	}
+	return e
 }
 
 // decision is one evaluation on its way from raw to desired.
@@ -440,6 +523,21 @@ func number(v float64) string {
 }
 
 // metricValue writes an observed value with its unit.
+// metricName names a metric in a reason.
+func metricName(m pb.ScalingMetric) string {
+	switch m {
+	case pb.ScalingMetric_SCALING_METRIC_HOST_CPU:
+		return "host CPU"
+	case pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU:
+		return "CPU per instance"
+	case pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE:
+		return "req/s per instance"
+	case pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS:
+		return "p95 latency"
+	}
+	return m.String()
+}
+
 func metricValue(m pb.ScalingMetric, v float64) string {
 	switch m {
 	case pb.ScalingMetric_SCALING_METRIC_HOST_CPU:

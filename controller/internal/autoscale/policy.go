@@ -52,15 +52,17 @@ const (
 	MinWindow               = time.Second
 	MaxWindow               = time.Hour
 	MaxInitializationPeriod = time.Hour
-	MinLimitPeriod          = time.Second
-	MaxLimitPeriod          = 30 * time.Minute
-	MaxLimitPercent         = 1000
-	MaxLimits               = 10 // per direction
-	MaxExecTimeout          = 10 * time.Minute
-	MaxWebhookTimeout       = time.Minute
-	maxProviderString       = 4096
-	maxExecArgs             = 256
-	maxWebhookSecret        = 1024
+	// MaxMetrics bounds a policy's further metrics.
+	MaxMetrics        = 3
+	MinLimitPeriod    = time.Second
+	MaxLimitPeriod    = 30 * time.Minute
+	MaxLimitPercent   = 1000
+	MaxLimits         = 10 // per direction
+	MaxExecTimeout    = 10 * time.Minute
+	MaxWebhookTimeout = time.Minute
+	maxProviderString = 4096
+	maxExecArgs       = 256
+	maxWebhookSecret  = 1024
 )
 
 // Defaults returns a copy of p with every unset field given its default:
@@ -142,17 +144,25 @@ func Validate(prefix string, p *pb.ScalingPolicy) error {
 		return nil
 	}
 	f := func(name string) string { return join(prefix, name) }
-	switch _, known := pb.ScalingMetric_name[int32(p.Metric)]; {
-	case p.Metric == pb.ScalingMetric_SCALING_METRIC_UNSPECIFIED:
-		return fieldErr(f("metric"), "must be set")
-	case !known:
-		return fieldErr(f("metric"), "unknown metric %d", p.Metric)
+	if err := checkMetric(prefix, p.Metric, p.Target); err != nil {
+		return err
 	}
-	switch {
-	case math.IsNaN(p.Target) || p.Target <= 0:
-		return fieldErr(f("target"), "must be > 0")
-	case math.IsInf(p.Target, 0):
-		return fieldErr(f("target"), "must be finite")
+	if len(p.Metrics) > MaxMetrics {
+		return fieldErr(f("metrics"), "at most %d further metrics, got %d", MaxMetrics, len(p.Metrics))
+	}
+	seen := map[pb.ScalingMetric]bool{p.Metric: true}
+	for i, m := range p.Metrics {
+		mf := fmt.Sprintf("%s[%d]", f("metrics"), i)
+		if m == nil {
+			return fieldErr(mf, "must be set")
+		}
+		if err := checkMetric(mf, m.Metric, m.Target); err != nil {
+			return err
+		}
+		if seen[m.Metric] {
+			return fieldErr(mf+".metric", "%v is already a metric of the policy", m.Metric)
+		}
+		seen[m.Metric] = true
 	}
 	if p.Tolerance != nil {
 		if t := *p.Tolerance; math.IsNaN(t) || t < 0 || t >= 1 {
@@ -192,6 +202,23 @@ func Validate(prefix string, p *pb.ScalingPolicy) error {
 	}
 	if p.Provider != nil {
 		return checkProvider(f("provider"), p.Provider)
+	}
+	return nil
+}
+
+// checkMetric checks a metric and its target under prefix.
+func checkMetric(prefix string, m pb.ScalingMetric, target float64) error {
+	switch _, known := pb.ScalingMetric_name[int32(m)]; {
+	case m == pb.ScalingMetric_SCALING_METRIC_UNSPECIFIED:
+		return fieldErr(join(prefix, "metric"), "must be set")
+	case !known:
+		return fieldErr(join(prefix, "metric"), "unknown metric %d", m)
+	}
+	switch {
+	case math.IsNaN(target) || target <= 0:
+		return fieldErr(join(prefix, "target"), "must be > 0")
+	case math.IsInf(target, 0):
+		return fieldErr(join(prefix, "target"), "must be finite")
 	}
 	return nil
 }

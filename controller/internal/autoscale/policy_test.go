@@ -99,6 +99,9 @@ func TestValidate_acceptsGoodPolicies(t *testing.T) {
 	exec(func(x *pb.ExecProvider) { x.Command = "add-hosts"; x.Timeout = nil })(p)
 	require.NoError(t, Validate("pool.scaling", p))
 	require.NoError(t, Validate("pool.scaling", Defaults(good())), "defaults are valid")
+	p = good()
+	p.Metrics = []*pb.MetricTarget{{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 70}, {Metric: pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS, Target: 250}}
+	require.NoError(t, Validate("pool.scaling", p), "further metrics")
 	require.NoError(t, Validate("pool.scaling", Defaults(&pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 70})))
 }
 
@@ -111,6 +114,19 @@ func TestValidate_namesBadField(t *testing.T) {
 		msg   string
 	}{
 		{"metric unset", func(p *pb.ScalingPolicy) { p.Metric = 0 }, "pool.scaling.metric", "must be set"},
+		{"further metric unset", func(p *pb.ScalingPolicy) { p.Metrics = []*pb.MetricTarget{{Target: 1}} }, "pool.scaling.metrics[0].metric", "must be set"},
+		{"further metric nil", func(p *pb.ScalingPolicy) { p.Metrics = []*pb.MetricTarget{nil} }, "pool.scaling.metrics[0]", "must be set"},
+		{"further target zero", func(p *pb.ScalingPolicy) {
+			p.Metrics = []*pb.MetricTarget{{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 70}, {Metric: pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS}}
+		}, "pool.scaling.metrics[1].target", "must be > 0"},
+		{"further metric repeats the policy's", func(p *pb.ScalingPolicy) {
+			p.Metrics = []*pb.MetricTarget{{Metric: p.Metric, Target: 5}}
+		}, "pool.scaling.metrics[0].metric", "already a metric of the policy"},
+		{"too many further metrics", func(p *pb.ScalingPolicy) {
+			for range MaxMetrics + 1 {
+				p.Metrics = append(p.Metrics, &pb.MetricTarget{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 1})
+			}
+		}, "pool.scaling.metrics", "at most 3 further metrics"},
 		{"metric unknown", func(p *pb.ScalingPolicy) { p.Metric = 99 }, "pool.scaling.metric", "unknown metric 99"},
 		{"target zero", func(p *pb.ScalingPolicy) { p.Target = 0 }, "pool.scaling.target", "must be > 0"},
 		{"target negative", func(p *pb.ScalingPolicy) { p.Target = -1 }, "pool.scaling.target", "must be > 0"},

@@ -671,7 +671,13 @@ type ScalingPolicy struct {
 	InitializationPeriod *durationpb.Duration `protobuf:"bytes,12,opt,name=initialization_period,json=initializationPeriod,proto3" json:"initialization_period,omitempty"`
 	// Called once per decision that changes desired (besides the pool's own
 	// instances, when it has a template).
-	Provider      *ScaleProvider `protobuf:"bytes,13,opt,name=provider,proto3" json:"provider,omitempty"`
+	Provider *ScaleProvider `protobuf:"bytes,13,opt,name=provider,proto3" json:"provider,omitempty"`
+	// Further metrics, each with its own target. Each is evaluated as
+	// metric and target are, and the pool takes the largest count any of
+	// them asks for, as the HPA does with several metrics. A metric whose
+	// data is missing or stale holds a scale-down but not a scale-up. At
+	// most 3; no metric twice, the policy's own included.
+	Metrics       []*MetricTarget `protobuf:"bytes,14,rep,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -797,6 +803,165 @@ func (x *ScalingPolicy) GetProvider() *ScaleProvider {
 	return nil
 }
 
+func (x *ScalingPolicy) GetMetrics() []*MetricTarget {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+// MetricTarget is one more metric of a scaling policy and the value per
+// instance (or host) to hold it at.
+type MetricTarget struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Metric ScalingMetric          `protobuf:"varint,1,opt,name=metric,proto3,enum=hostscale.v1.ScalingMetric" json:"metric,omitempty"`
+	// > 0.
+	Target        float64 `protobuf:"fixed64,2,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricTarget) Reset() {
+	*x = MetricTarget{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricTarget) ProtoMessage() {}
+
+func (x *MetricTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricTarget.ProtoReflect.Descriptor instead.
+func (*MetricTarget) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MetricTarget) GetMetric() ScalingMetric {
+	if x != nil {
+		return x.Metric
+	}
+	return ScalingMetric_SCALING_METRIC_UNSPECIFIED
+}
+
+func (x *MetricTarget) GetTarget() float64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+// MetricEvaluation is one metric's part of a scale event.
+type MetricEvaluation struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Metric ScalingMetric          `protobuf:"varint,1,opt,name=metric,proto3,enum=hostscale.v1.ScalingMetric" json:"metric,omitempty"`
+	Target float64                `protobuf:"fixed64,2,opt,name=target,proto3" json:"target,omitempty"`
+	// The average over the ready instances (or hosts).
+	ObservedValue float64 `protobuf:"fixed64,3,opt,name=observed_value,json=observedValue,proto3" json:"observed_value,omitempty"`
+	// ceil(ready × observed / target), and after the tolerance.
+	RawDesired     uint32 `protobuf:"varint,4,opt,name=raw_desired,json=rawDesired,proto3" json:"raw_desired,omitempty"`
+	Recommendation uint32 `protobuf:"varint,5,opt,name=recommendation,proto3" json:"recommendation,omitempty"`
+	// No value for any ready instance: the metric had no say.
+	NoData bool `protobuf:"varint,6,opt,name=no_data,json=noData,proto3" json:"no_data,omitempty"`
+	// Some ready instance's data was missing or old.
+	Stale         bool `protobuf:"varint,7,opt,name=stale,proto3" json:"stale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricEvaluation) Reset() {
+	*x = MetricEvaluation{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricEvaluation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricEvaluation) ProtoMessage() {}
+
+func (x *MetricEvaluation) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricEvaluation.ProtoReflect.Descriptor instead.
+func (*MetricEvaluation) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MetricEvaluation) GetMetric() ScalingMetric {
+	if x != nil {
+		return x.Metric
+	}
+	return ScalingMetric_SCALING_METRIC_UNSPECIFIED
+}
+
+func (x *MetricEvaluation) GetTarget() float64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *MetricEvaluation) GetObservedValue() float64 {
+	if x != nil {
+		return x.ObservedValue
+	}
+	return 0
+}
+
+func (x *MetricEvaluation) GetRawDesired() uint32 {
+	if x != nil {
+		return x.RawDesired
+	}
+	return 0
+}
+
+func (x *MetricEvaluation) GetRecommendation() uint32 {
+	if x != nil {
+		return x.Recommendation
+	}
+	return 0
+}
+
+func (x *MetricEvaluation) GetNoData() bool {
+	if x != nil {
+		return x.NoData
+	}
+	return false
+}
+
+func (x *MetricEvaluation) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
 // ScaleProvider acts on a decision beyond this fleet, e.g. adds hosts
 // through a cloud API.
 type ScaleProvider struct {
@@ -812,7 +977,7 @@ type ScaleProvider struct {
 
 func (x *ScaleProvider) Reset() {
 	*x = ScaleProvider{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +989,7 @@ func (x *ScaleProvider) String() string {
 func (*ScaleProvider) ProtoMessage() {}
 
 func (x *ScaleProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[4]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1002,7 @@ func (x *ScaleProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleProvider.ProtoReflect.Descriptor instead.
 func (*ScaleProvider) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ScaleProvider) GetProvider() isScaleProvider_Provider {
@@ -896,7 +1061,7 @@ type ExecProvider struct {
 
 func (x *ExecProvider) Reset() {
 	*x = ExecProvider{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +1073,7 @@ func (x *ExecProvider) String() string {
 func (*ExecProvider) ProtoMessage() {}
 
 func (x *ExecProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[5]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +1086,7 @@ func (x *ExecProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProvider.ProtoReflect.Descriptor instead.
 func (*ExecProvider) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExecProvider) GetCommand() string {
@@ -960,7 +1125,7 @@ type WebhookProvider struct {
 
 func (x *WebhookProvider) Reset() {
 	*x = WebhookProvider{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1137,7 @@ func (x *WebhookProvider) String() string {
 func (*WebhookProvider) ProtoMessage() {}
 
 func (x *WebhookProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[6]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1150,7 @@ func (x *WebhookProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookProvider.ProtoReflect.Descriptor instead.
 func (*WebhookProvider) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WebhookProvider) GetUrl() string {
@@ -1048,13 +1213,18 @@ type ScaleEvent struct {
 	// The pool's desired before this decision: an acting event changed it by
 	// desired - previous_desired (the rate limits count these).
 	PreviousDesired uint32 `protobuf:"varint,18,opt,name=previous_desired,json=previousDesired,proto3" json:"previous_desired,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With further metrics (ScalingPolicy.metrics): each one's evaluation,
+	// the policy's own metric first. metric, observed, observed_value,
+	// target and raw_desired above are then those of the metric that asked
+	// for the most.
+	Metrics       []*MetricEvaluation `protobuf:"bytes,19,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ScaleEvent) Reset() {
 	*x = ScaleEvent{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1236,7 @@ func (x *ScaleEvent) String() string {
 func (*ScaleEvent) ProtoMessage() {}
 
 func (x *ScaleEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[7]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1249,7 @@ func (x *ScaleEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleEvent.ProtoReflect.Descriptor instead.
 func (*ScaleEvent) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ScaleEvent) GetId() string {
@@ -1208,6 +1378,13 @@ func (x *ScaleEvent) GetPreviousDesired() uint32 {
 	return 0
 }
 
+func (x *ScaleEvent) GetMetrics() []*MetricEvaluation {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
 // ProviderResult is the outcome of a provider call.
 type ProviderResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1229,7 +1406,7 @@ type ProviderResult struct {
 
 func (x *ProviderResult) Reset() {
 	*x = ProviderResult{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1418,7 @@ func (x *ProviderResult) String() string {
 func (*ProviderResult) ProtoMessage() {}
 
 func (x *ProviderResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[8]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1431,7 @@ func (x *ProviderResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProviderResult.ProtoReflect.Descriptor instead.
 func (*ProviderResult) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProviderResult) GetKind() string {
@@ -1351,7 +1528,7 @@ type InstanceTemplate struct {
 
 func (x *InstanceTemplate) Reset() {
 	*x = InstanceTemplate{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1540,7 @@ func (x *InstanceTemplate) String() string {
 func (*InstanceTemplate) ProtoMessage() {}
 
 func (x *InstanceTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[9]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1553,7 @@ func (x *InstanceTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceTemplate.ProtoReflect.Descriptor instead.
 func (*InstanceTemplate) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InstanceTemplate) GetCommand() string {
@@ -1458,7 +1635,7 @@ type InstanceResources struct {
 
 func (x *InstanceResources) Reset() {
 	*x = InstanceResources{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1647,7 @@ func (x *InstanceResources) String() string {
 func (*InstanceResources) ProtoMessage() {}
 
 func (x *InstanceResources) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[10]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1660,7 @@ func (x *InstanceResources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceResources.ProtoReflect.Descriptor instead.
 func (*InstanceResources) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InstanceResources) GetCpuMillicores() uint32 {
@@ -1544,7 +1721,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1733,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[11]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1746,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Instance) GetId() string {
@@ -1723,7 +1900,7 @@ type CreatePoolRequest struct {
 
 func (x *CreatePoolRequest) Reset() {
 	*x = CreatePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1912,7 @@ func (x *CreatePoolRequest) String() string {
 func (*CreatePoolRequest) ProtoMessage() {}
 
 func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[12]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1925,7 @@ func (x *CreatePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolRequest.ProtoReflect.Descriptor instead.
 func (*CreatePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreatePoolRequest) GetRequestId() string {
@@ -1775,7 +1952,7 @@ type CreatePoolResponse struct {
 
 func (x *CreatePoolResponse) Reset() {
 	*x = CreatePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1964,7 @@ func (x *CreatePoolResponse) String() string {
 func (*CreatePoolResponse) ProtoMessage() {}
 
 func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[13]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1977,7 @@ func (x *CreatePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePoolResponse.ProtoReflect.Descriptor instead.
 func (*CreatePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreatePoolResponse) GetPool() *Pool {
@@ -1829,7 +2006,7 @@ type UpdatePoolRequest struct {
 
 func (x *UpdatePoolRequest) Reset() {
 	*x = UpdatePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2018,7 @@ func (x *UpdatePoolRequest) String() string {
 func (*UpdatePoolRequest) ProtoMessage() {}
 
 func (x *UpdatePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[14]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2031,7 @@ func (x *UpdatePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePoolRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdatePoolRequest) GetRequestId() string {
@@ -1881,7 +2058,7 @@ type UpdatePoolResponse struct {
 
 func (x *UpdatePoolResponse) Reset() {
 	*x = UpdatePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2070,7 @@ func (x *UpdatePoolResponse) String() string {
 func (*UpdatePoolResponse) ProtoMessage() {}
 
 func (x *UpdatePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[15]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2083,7 @@ func (x *UpdatePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePoolResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UpdatePoolResponse) GetPool() *Pool {
@@ -1933,7 +2110,7 @@ type GetPoolRequest struct {
 
 func (x *GetPoolRequest) Reset() {
 	*x = GetPoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2122,7 @@ func (x *GetPoolRequest) String() string {
 func (*GetPoolRequest) ProtoMessage() {}
 
 func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[16]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2135,7 @@ func (x *GetPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolRequest.ProtoReflect.Descriptor instead.
 func (*GetPoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{16}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetPoolRequest) GetPool() string {
@@ -1985,7 +2162,7 @@ type GetPoolResponse struct {
 
 func (x *GetPoolResponse) Reset() {
 	*x = GetPoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1997,7 +2174,7 @@ func (x *GetPoolResponse) String() string {
 func (*GetPoolResponse) ProtoMessage() {}
 
 func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[17]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2010,7 +2187,7 @@ func (x *GetPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoolResponse.ProtoReflect.Descriptor instead.
 func (*GetPoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{17}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetPoolResponse) GetPool() *Pool {
@@ -2040,7 +2217,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2229,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[18]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2242,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{18}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListPoolsRequest) GetPageSize() int32 {
@@ -2101,7 +2278,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2290,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[19]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2303,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{19}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -2160,7 +2337,7 @@ type DeletePoolRequest struct {
 
 func (x *DeletePoolRequest) Reset() {
 	*x = DeletePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2349,7 @@ func (x *DeletePoolRequest) String() string {
 func (*DeletePoolRequest) ProtoMessage() {}
 
 func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[20]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2362,7 @@ func (x *DeletePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolRequest.ProtoReflect.Descriptor instead.
 func (*DeletePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{20}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeletePoolRequest) GetRequestId() string {
@@ -2211,7 +2388,7 @@ type DeletePoolResponse struct {
 
 func (x *DeletePoolResponse) Reset() {
 	*x = DeletePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2400,7 @@ func (x *DeletePoolResponse) String() string {
 func (*DeletePoolResponse) ProtoMessage() {}
 
 func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[21]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2413,7 @@ func (x *DeletePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePoolResponse.ProtoReflect.Descriptor instead.
 func (*DeletePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{21}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeletePoolResponse) GetIndex() uint64 {
@@ -2257,7 +2434,7 @@ type AddBackendRequest struct {
 
 func (x *AddBackendRequest) Reset() {
 	*x = AddBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2446,7 @@ func (x *AddBackendRequest) String() string {
 func (*AddBackendRequest) ProtoMessage() {}
 
 func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[22]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2459,7 @@ func (x *AddBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendRequest.ProtoReflect.Descriptor instead.
 func (*AddBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{22}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AddBackendRequest) GetRequestId() string {
@@ -2316,7 +2493,7 @@ type AddBackendResponse struct {
 
 func (x *AddBackendResponse) Reset() {
 	*x = AddBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2505,7 @@ func (x *AddBackendResponse) String() string {
 func (*AddBackendResponse) ProtoMessage() {}
 
 func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[23]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2518,7 @@ func (x *AddBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddBackendResponse.ProtoReflect.Descriptor instead.
 func (*AddBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{23}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddBackendResponse) GetPool() *Pool {
@@ -2370,7 +2547,7 @@ type RemoveBackendRequest struct {
 
 func (x *RemoveBackendRequest) Reset() {
 	*x = RemoveBackendRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2559,7 @@ func (x *RemoveBackendRequest) String() string {
 func (*RemoveBackendRequest) ProtoMessage() {}
 
 func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[24]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2572,7 @@ func (x *RemoveBackendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendRequest.ProtoReflect.Descriptor instead.
 func (*RemoveBackendRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{24}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveBackendRequest) GetRequestId() string {
@@ -2429,7 +2606,7 @@ type RemoveBackendResponse struct {
 
 func (x *RemoveBackendResponse) Reset() {
 	*x = RemoveBackendResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2618,7 @@ func (x *RemoveBackendResponse) String() string {
 func (*RemoveBackendResponse) ProtoMessage() {}
 
 func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[25]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2631,7 @@ func (x *RemoveBackendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveBackendResponse.ProtoReflect.Descriptor instead.
 func (*RemoveBackendResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{25}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveBackendResponse) GetPool() *Pool {
@@ -2483,7 +2660,7 @@ type ScalePoolRequest struct {
 
 func (x *ScalePoolRequest) Reset() {
 	*x = ScalePoolRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2672,7 @@ func (x *ScalePoolRequest) String() string {
 func (*ScalePoolRequest) ProtoMessage() {}
 
 func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[26]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2685,7 @@ func (x *ScalePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolRequest.ProtoReflect.Descriptor instead.
 func (*ScalePoolRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{26}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ScalePoolRequest) GetRequestId() string {
@@ -2542,7 +2719,7 @@ type ScalePoolResponse struct {
 
 func (x *ScalePoolResponse) Reset() {
 	*x = ScalePoolResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2731,7 @@ func (x *ScalePoolResponse) String() string {
 func (*ScalePoolResponse) ProtoMessage() {}
 
 func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[27]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +2744,7 @@ func (x *ScalePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScalePoolResponse.ProtoReflect.Descriptor instead.
 func (*ScalePoolResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{27}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ScalePoolResponse) GetPool() *Pool {
@@ -2597,7 +2774,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2786,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[28]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2799,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{28}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListInstancesRequest) GetPool() string {
@@ -2656,7 +2833,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +2845,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[29]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2858,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{29}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -2712,7 +2889,7 @@ type ListScaleEventsRequest struct {
 
 func (x *ListScaleEventsRequest) Reset() {
 	*x = ListScaleEventsRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2901,7 @@ func (x *ListScaleEventsRequest) String() string {
 func (*ListScaleEventsRequest) ProtoMessage() {}
 
 func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[30]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2914,7 @@ func (x *ListScaleEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScaleEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListScaleEventsRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{30}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListScaleEventsRequest) GetPool() string {
@@ -2779,7 +2956,7 @@ type ListScaleEventsResponse struct {
 
 func (x *ListScaleEventsResponse) Reset() {
 	*x = ListScaleEventsResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[31]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2791,7 +2968,7 @@ func (x *ListScaleEventsResponse) String() string {
 func (*ListScaleEventsResponse) ProtoMessage() {}
 
 func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[31]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2804,7 +2981,7 @@ func (x *ListScaleEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScaleEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListScaleEventsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{31}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListScaleEventsResponse) GetEvents() []*ScaleEvent {
@@ -2853,7 +3030,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\tRateLimit\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
-	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xc9\x06\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xff\x06\n" +
 	"\rScalingPolicy\x123\n" +
 	"\x06metric\x18\x01 \x01(\x0e2\x1b.hostscale.v1.ScalingMetricR\x06metric\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\x01R\x06target\x12!\n" +
@@ -2868,9 +3045,22 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\x10evaluationPeriod\x121\n" +
 	"\x06window\x18\v \x01(\v2\x19.google.protobuf.DurationR\x06window\x12N\n" +
 	"\x15initialization_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x14initializationPeriod\x127\n" +
-	"\bprovider\x18\r \x01(\v2\x1b.hostscale.v1.ScaleProviderR\bproviderB\f\n" +
+	"\bprovider\x18\r \x01(\v2\x1b.hostscale.v1.ScaleProviderR\bprovider\x124\n" +
+	"\ametrics\x18\x0e \x03(\v2\x1a.hostscale.v1.MetricTargetR\ametricsB\f\n" +
 	"\n" +
-	"_tolerance\"\x88\x01\n" +
+	"_tolerance\"[\n" +
+	"\fMetricTarget\x123\n" +
+	"\x06metric\x18\x01 \x01(\x0e2\x1b.hostscale.v1.ScalingMetricR\x06metric\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\x01R\x06target\"\xfe\x01\n" +
+	"\x10MetricEvaluation\x123\n" +
+	"\x06metric\x18\x01 \x01(\x0e2\x1b.hostscale.v1.ScalingMetricR\x06metric\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\x01R\x06target\x12%\n" +
+	"\x0eobserved_value\x18\x03 \x01(\x01R\robservedValue\x12\x1f\n" +
+	"\vraw_desired\x18\x04 \x01(\rR\n" +
+	"rawDesired\x12&\n" +
+	"\x0erecommendation\x18\x05 \x01(\rR\x0erecommendation\x12\x17\n" +
+	"\ano_data\x18\x06 \x01(\bR\x06noData\x12\x14\n" +
+	"\x05stale\x18\a \x01(\bR\x05stale\"\x88\x01\n" +
 	"\rScaleProvider\x120\n" +
 	"\x04exec\x18\x01 \x01(\v2\x1a.hostscale.v1.ExecProviderH\x00R\x04exec\x129\n" +
 	"\awebhook\x18\x02 \x01(\v2\x1d.hostscale.v1.WebhookProviderH\x00R\awebhookB\n" +
@@ -2883,7 +3073,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x0fWebhookProvider\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xae\x05\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xe8\x05\n" +
 	"\n" +
 	"ScaleEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -2906,7 +3096,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x05acted\x18\x0f \x01(\bR\x05acted\x12\x12\n" +
 	"\x04term\x18\x10 \x01(\x04R\x04term\x128\n" +
 	"\bprovider\x18\x11 \x01(\v2\x1c.hostscale.v1.ProviderResultR\bprovider\x12)\n" +
-	"\x10previous_desired\x18\x12 \x01(\rR\x0fpreviousDesired\x1a;\n" +
+	"\x10previous_desired\x18\x12 \x01(\rR\x0fpreviousDesired\x128\n" +
+	"\ametrics\x18\x13 \x03(\v2\x1e.hostscale.v1.MetricEvaluationR\ametrics\x1a;\n" +
 	"\rObservedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x80\x02\n" +
@@ -3103,7 +3294,7 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_hostscale_v1_pool_proto_goTypes = []any{
 	(Policy)(0),                     // 0: hostscale.v1.Policy
 	(ScalingMetric)(0),              // 1: hostscale.v1.ScalingMetric
@@ -3114,111 +3305,117 @@ var file_hostscale_v1_pool_proto_goTypes = []any{
 	(*Pool)(nil),                    // 6: hostscale.v1.Pool
 	(*RateLimit)(nil),               // 7: hostscale.v1.RateLimit
 	(*ScalingPolicy)(nil),           // 8: hostscale.v1.ScalingPolicy
-	(*ScaleProvider)(nil),           // 9: hostscale.v1.ScaleProvider
-	(*ExecProvider)(nil),            // 10: hostscale.v1.ExecProvider
-	(*WebhookProvider)(nil),         // 11: hostscale.v1.WebhookProvider
-	(*ScaleEvent)(nil),              // 12: hostscale.v1.ScaleEvent
-	(*ProviderResult)(nil),          // 13: hostscale.v1.ProviderResult
-	(*InstanceTemplate)(nil),        // 14: hostscale.v1.InstanceTemplate
-	(*InstanceResources)(nil),       // 15: hostscale.v1.InstanceResources
-	(*Instance)(nil),                // 16: hostscale.v1.Instance
-	(*CreatePoolRequest)(nil),       // 17: hostscale.v1.CreatePoolRequest
-	(*CreatePoolResponse)(nil),      // 18: hostscale.v1.CreatePoolResponse
-	(*UpdatePoolRequest)(nil),       // 19: hostscale.v1.UpdatePoolRequest
-	(*UpdatePoolResponse)(nil),      // 20: hostscale.v1.UpdatePoolResponse
-	(*GetPoolRequest)(nil),          // 21: hostscale.v1.GetPoolRequest
-	(*GetPoolResponse)(nil),         // 22: hostscale.v1.GetPoolResponse
-	(*ListPoolsRequest)(nil),        // 23: hostscale.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 24: hostscale.v1.ListPoolsResponse
-	(*DeletePoolRequest)(nil),       // 25: hostscale.v1.DeletePoolRequest
-	(*DeletePoolResponse)(nil),      // 26: hostscale.v1.DeletePoolResponse
-	(*AddBackendRequest)(nil),       // 27: hostscale.v1.AddBackendRequest
-	(*AddBackendResponse)(nil),      // 28: hostscale.v1.AddBackendResponse
-	(*RemoveBackendRequest)(nil),    // 29: hostscale.v1.RemoveBackendRequest
-	(*RemoveBackendResponse)(nil),   // 30: hostscale.v1.RemoveBackendResponse
-	(*ScalePoolRequest)(nil),        // 31: hostscale.v1.ScalePoolRequest
-	(*ScalePoolResponse)(nil),       // 32: hostscale.v1.ScalePoolResponse
-	(*ListInstancesRequest)(nil),    // 33: hostscale.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),   // 34: hostscale.v1.ListInstancesResponse
-	(*ListScaleEventsRequest)(nil),  // 35: hostscale.v1.ListScaleEventsRequest
-	(*ListScaleEventsResponse)(nil), // 36: hostscale.v1.ListScaleEventsResponse
-	nil,                             // 37: hostscale.v1.ScaleEvent.ObservedEntry
-	nil,                             // 38: hostscale.v1.InstanceTemplate.EnvEntry
-	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*MetricTarget)(nil),            // 9: hostscale.v1.MetricTarget
+	(*MetricEvaluation)(nil),        // 10: hostscale.v1.MetricEvaluation
+	(*ScaleProvider)(nil),           // 11: hostscale.v1.ScaleProvider
+	(*ExecProvider)(nil),            // 12: hostscale.v1.ExecProvider
+	(*WebhookProvider)(nil),         // 13: hostscale.v1.WebhookProvider
+	(*ScaleEvent)(nil),              // 14: hostscale.v1.ScaleEvent
+	(*ProviderResult)(nil),          // 15: hostscale.v1.ProviderResult
+	(*InstanceTemplate)(nil),        // 16: hostscale.v1.InstanceTemplate
+	(*InstanceResources)(nil),       // 17: hostscale.v1.InstanceResources
+	(*Instance)(nil),                // 18: hostscale.v1.Instance
+	(*CreatePoolRequest)(nil),       // 19: hostscale.v1.CreatePoolRequest
+	(*CreatePoolResponse)(nil),      // 20: hostscale.v1.CreatePoolResponse
+	(*UpdatePoolRequest)(nil),       // 21: hostscale.v1.UpdatePoolRequest
+	(*UpdatePoolResponse)(nil),      // 22: hostscale.v1.UpdatePoolResponse
+	(*GetPoolRequest)(nil),          // 23: hostscale.v1.GetPoolRequest
+	(*GetPoolResponse)(nil),         // 24: hostscale.v1.GetPoolResponse
+	(*ListPoolsRequest)(nil),        // 25: hostscale.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 26: hostscale.v1.ListPoolsResponse
+	(*DeletePoolRequest)(nil),       // 27: hostscale.v1.DeletePoolRequest
+	(*DeletePoolResponse)(nil),      // 28: hostscale.v1.DeletePoolResponse
+	(*AddBackendRequest)(nil),       // 29: hostscale.v1.AddBackendRequest
+	(*AddBackendResponse)(nil),      // 30: hostscale.v1.AddBackendResponse
+	(*RemoveBackendRequest)(nil),    // 31: hostscale.v1.RemoveBackendRequest
+	(*RemoveBackendResponse)(nil),   // 32: hostscale.v1.RemoveBackendResponse
+	(*ScalePoolRequest)(nil),        // 33: hostscale.v1.ScalePoolRequest
+	(*ScalePoolResponse)(nil),       // 34: hostscale.v1.ScalePoolResponse
+	(*ListInstancesRequest)(nil),    // 35: hostscale.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),   // 36: hostscale.v1.ListInstancesResponse
+	(*ListScaleEventsRequest)(nil),  // 37: hostscale.v1.ListScaleEventsRequest
+	(*ListScaleEventsResponse)(nil), // 38: hostscale.v1.ListScaleEventsResponse
+	nil,                             // 39: hostscale.v1.ScaleEvent.ObservedEntry
+	nil,                             // 40: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
 	5,  // 1: hostscale.v1.Pool.backends:type_name -> hostscale.v1.Backend
-	14, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
+	16, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
 	8,  // 3: hostscale.v1.Pool.scaling:type_name -> hostscale.v1.ScalingPolicy
 	2,  // 4: hostscale.v1.RateLimit.kind:type_name -> hostscale.v1.RateLimitKind
-	39, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
+	41, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
 	1,  // 6: hostscale.v1.ScalingPolicy.metric:type_name -> hostscale.v1.ScalingMetric
-	39, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
-	39, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
+	41, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
+	41, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
 	7,  // 9: hostscale.v1.ScalingPolicy.scale_up_limits:type_name -> hostscale.v1.RateLimit
 	7,  // 10: hostscale.v1.ScalingPolicy.scale_down_limits:type_name -> hostscale.v1.RateLimit
 	3,  // 11: hostscale.v1.ScalingPolicy.scale_up_select:type_name -> hostscale.v1.SelectPolicy
 	3,  // 12: hostscale.v1.ScalingPolicy.scale_down_select:type_name -> hostscale.v1.SelectPolicy
-	39, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
-	39, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
-	39, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
-	9,  // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
-	10, // 17: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
-	11, // 18: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
-	39, // 19: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
-	39, // 20: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
-	40, // 21: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
-	1,  // 22: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
-	37, // 23: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
-	13, // 24: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
-	40, // 25: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
-	38, // 26: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	39, // 27: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	39, // 28: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
-	15, // 29: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
-	4,  // 30: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	40, // 31: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	40, // 32: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
-	15, // 33: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
-	6,  // 34: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	6,  // 35: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 36: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	6,  // 37: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 38: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 39: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
-	5,  // 40: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
-	6,  // 41: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 42: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 43: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
-	16, // 44: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
-	12, // 45: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
-	17, // 46: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	21, // 47: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	23, // 48: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	19, // 49: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
-	25, // 50: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	27, // 51: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	29, // 52: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	31, // 53: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	33, // 54: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	35, // 55: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
-	18, // 56: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	22, // 57: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	24, // 58: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	20, // 59: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
-	26, // 60: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	28, // 61: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	30, // 62: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	32, // 63: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	34, // 64: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	36, // 65: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
-	56, // [56:66] is the sub-list for method output_type
-	46, // [46:56] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	41, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
+	41, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
+	41, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
+	11, // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
+	9,  // 17: hostscale.v1.ScalingPolicy.metrics:type_name -> hostscale.v1.MetricTarget
+	1,  // 18: hostscale.v1.MetricTarget.metric:type_name -> hostscale.v1.ScalingMetric
+	1,  // 19: hostscale.v1.MetricEvaluation.metric:type_name -> hostscale.v1.ScalingMetric
+	12, // 20: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
+	13, // 21: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
+	41, // 22: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	41, // 23: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	42, // 24: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 25: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
+	39, // 26: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	15, // 27: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
+	10, // 28: hostscale.v1.ScaleEvent.metrics:type_name -> hostscale.v1.MetricEvaluation
+	42, // 29: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	40, // 30: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	41, // 31: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	41, // 32: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	17, // 33: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
+	4,  // 34: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
+	42, // 35: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	42, // 36: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	17, // 37: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
+	6,  // 38: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 39: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 40: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 41: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 42: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 43: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
+	5,  // 44: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
+	6,  // 45: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 46: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 47: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
+	18, // 48: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
+	14, // 49: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
+	19, // 50: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	23, // 51: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	25, // 52: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	21, // 53: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
+	27, // 54: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	29, // 55: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	31, // 56: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	33, // 57: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	35, // 58: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	37, // 59: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	20, // 60: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	24, // 61: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	26, // 62: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	22, // 63: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
+	28, // 64: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	30, // 65: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	32, // 66: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	34, // 67: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	36, // 68: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	38, // 69: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	60, // [60:70] is the sub-list for method output_type
+	50, // [50:60] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -3227,7 +3424,7 @@ func file_hostscale_v1_pool_proto_init() {
 		return
 	}
 	file_hostscale_v1_pool_proto_msgTypes[3].OneofWrappers = []any{}
-	file_hostscale_v1_pool_proto_msgTypes[4].OneofWrappers = []any{
+	file_hostscale_v1_pool_proto_msgTypes[6].OneofWrappers = []any{
 		(*ScaleProvider_Exec)(nil),
 		(*ScaleProvider_Webhook)(nil),
 	}
@@ -3237,7 +3434,7 @@ func file_hostscale_v1_pool_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
