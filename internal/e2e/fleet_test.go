@@ -170,6 +170,10 @@ func newFleet(t *testing.T, ctx context.Context, agents int) *fleet {
 // newFleetArgs is newFleet with extra flags for each agent, by index.
 func newFleetArgs(t *testing.T, ctx context.Context, agents int, agentArgs func(i int) []string) *fleet {
 	f := &fleet{t: t, ctx: ctx, bin: binaries(t), agents: map[string]*agentProc{}}
+	// Cleanups run last-registered first: this one runs after every agent
+	// is gone. An instance killed while its agent lived may have been
+	// started again, and would outlive the agent into the next test.
+	t.Cleanup(func() { f.killInstances("") })
 	f.cl = testcluster.Start(t, testcluster.Options{
 		Launcher: testcluster.BinaryLauncher{Path: filepath.Join(f.bin, "hostscale-controller")},
 		Args:     []string{"-heartbeat-ttl", ttl.String(), "-drain-deadline", "5s"},
