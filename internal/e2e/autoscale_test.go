@@ -52,6 +52,25 @@ func (f *fleet) createScaledPool(name string, pol *pb.ScalingPolicy, env map[str
 	require.NoError(f.t, err)
 }
 
+// firstScaleEvent waits for pool's first acting scale event (the oldest;
+// events are listed newest first) and returns it.
+func (f *fleet) firstScaleEvent(pool string, timeout time.Duration) *pb.ScaleEvent {
+	f.t.Helper()
+	var first *pb.ScaleEvent
+	require.NoError(f.t, testcluster.Eventually(f.ctx, timeout, func(ctx context.Context) error {
+		evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: pool, ActedOnly: true})
+		if err != nil {
+			return err
+		}
+		if len(evs.Events) == 0 {
+			return fmt.Errorf("no scale event has acted yet")
+		}
+		first = evs.Events[len(evs.Events)-1]
+		return nil
+	}))
+	return first
+}
+
 // scaleCycle drives load until the pool has at least 3 instances all
 // serving, then stops it and waits for the pool to come back to at most
 // inTo; no request may fail throughout.
@@ -163,18 +182,7 @@ func TestAutoscale_severalMetrics(t *testing.T) {
 	l := f.startRateLoad(60) // 60 % of a core on one instance: CPU wants 2 or more, requests 1
 	defer l.end()
 
-	var first *pb.ScaleEvent
-	require.NoError(t, testcluster.Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
-		evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", ActedOnly: true})
-		if err != nil {
-			return err
-		}
-		if len(evs.Events) == 0 {
-			return fmt.Errorf("no scale-up yet")
-		}
-		first = evs.Events[len(evs.Events)-1]
-		return nil
-	}))
+	first := f.firstScaleEvent("web", 60*time.Second)
 	t.Logf("%s: %s", first.Id, first.Reason)
 	require.GreaterOrEqual(t, first.Desired, uint32(2))
 	require.Equal(t, pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU, first.Metric, "the CPU decided")
@@ -305,18 +313,7 @@ func TestAutoscale_bootSpikeDoesNotChainScaleUps(t *testing.T) {
 	l := f.startRateLoad(60) // 60 % of a core on one instance: ratio 1.5, want 2 (3 on a busy machine)
 	defer l.end()
 
-	var first *pb.ScaleEvent
-	require.NoError(t, testcluster.Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
-		evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", ActedOnly: true})
-		if err != nil {
-			return err
-		}
-		if len(evs.Events) == 0 {
-			return fmt.Errorf("no scale-up yet")
-		}
-		first = evs.Events[len(evs.Events)-1]
-		return nil
-	}))
+	first := f.firstScaleEvent("web", 60*time.Second)
 	require.GreaterOrEqual(t, first.Desired, uint32(2), "%s", first.Reason)
 	// Past the new instances' spike and their initialization period, and
 	// some evaluations after: no further scale-up (counted, the spikes of
