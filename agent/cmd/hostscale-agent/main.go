@@ -213,6 +213,7 @@ func serve(o options, stderr io.Writer) error {
 	dc.DataDir, dc.AdvertiseAddr, dc.Node, dc.Logger = o.dataDir, o.advertise, id, logger
 	dc.DirRetention, dc.DirsKept = o.dirRetention, o.dirsKept
 	dc.Cgroups, dc.CgroupParent = o.cgroups, o.cgroupParent
+	dc.Registerer = reg
 	drv, err := driver.New(dc)
 	if err != nil {
 		return err

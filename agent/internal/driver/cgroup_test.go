@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -156,6 +158,7 @@ func realCgroups(t *testing.T) Config {
 // says so; their groups are gone once they are.
 func TestDriver_enforcesReservationsInCgroups(t *testing.T) {
 	cfg := realCgroups(t)
+	cfg.Registerer = prometheus.NewRegistry()
 	d := newDriver(t, cfg)
 	run(t, d)
 	spin := app(t, "spin")
@@ -199,6 +202,8 @@ func TestDriver_enforcesReservationsInCgroups(t *testing.T) {
 		return strings.Contains(status(d, "hog-1").GetMessage(), "out of memory at its reservation of 64 MiB")
 	}, "hog-1 was not killed for its memory: %v", status(d, "hog-1"))
 	t.Logf("hog-1: %s", status(d, "hog-1").GetMessage())
+	require.GreaterOrEqual(t, testutil.ToFloat64(d.exits.WithLabelValues("hog", "oom")), 1.0, "the OOM kill is counted")
+	require.Zero(t, testutil.ToFloat64(d.exits.WithLabelValues("hog", "signal")), "as an OOM kill, not a signal")
 
 	require.True(t, d.Assign(stamp(1, 2)))
 	eventually(t, 20*time.Second, func() bool { return len(d.Report().GetInstances()) == 0 })

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Driver. Zero durations and counts mean their
@@ -49,6 +51,8 @@ type Config struct {
 	// it, under which each such instance gets a group of its own
 	// ("hostscale").
 	Cgroups, CgroupRoot, CgroupParent string
+	// Registerer receives the driver's metrics; nil: none.
+	Registerer prometheus.Registerer
 	// Now is the clock of the `since` timestamps; nil means time.Now.
 	Now func() time.Time
 }

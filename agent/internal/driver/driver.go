@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -63,7 +64,8 @@ type Driver struct {
 	usageMu sync.Mutex           // serializes Usage
 	usage   map[string]usageMark // by instance: the last CPU reading of its process
 
-	cg *cgroups // nil: reservations are not enforced
+	cg    *cgroups               // nil: reservations are not enforced
+	exits *prometheus.CounterVec // nil without a Registerer
 }
 
 // instance is one assigned (or adopted) instance. Its fields are guarded
@@ -107,6 +109,15 @@ func New(cfg Config) (*Driver, error) {
 		client:    newHealthClient(),
 		instances: make(map[string]*instance),
 		changed:   make(chan struct{}),
+	}
+	if cfg.Registerer != nil {
+		d.exits = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hostscale_agent_instance_exits_total",
+			Help: "Instance exits the agent did not ask for, by pool and why: code, signal, oom (at the memory reservation), unknown (adopted).",
+		}, []string{"pool", "why"})
+		if err := cfg.Registerer.Register(d.exits); err != nil {
+			return nil, fmt.Errorf("driver: %w", err)
+		}
 	}
 	d.statePath = filepath.Join(d.dir, "state.json")
 	if err := os.MkdirAll(d.dir, 0o755); err != nil {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -81,6 +83,7 @@ func TestDriver_restartsKilledInstance(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t, t.TempDir())
 	cfg.RestartBase = 300 * time.Millisecond // long enough for the recorder to see EXITED
+	cfg.Registerer = prometheus.NewRegistry()
 	d := newDriver(t, cfg)
 	run(t, d)
 	rec := record(t, d)
@@ -96,6 +99,7 @@ func TestDriver_restartsKilledInstance(t *testing.T) {
 		return s.GetState() == exited && s.GetExitCode() == -1 && s.GetPid() == 0 &&
 			strings.Contains(s.GetMessage(), "killed by SIGKILL; restart 1 in")
 	}), "the exit was never reported")
+	require.Equal(t, 1.0, testutil.ToFloat64(d.exits.WithLabelValues("web", "signal")), "the kill is counted")
 }
 
 func TestDriver_restartAvoidsItsPortTakenOnAnotherAddress(t *testing.T) {
@@ -127,6 +131,7 @@ func TestDriver_backsOffCommandThatAlwaysExits(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t, t.TempDir())
 	cfg.RestartBase, cfg.RestartMax = 100*time.Millisecond, 400*time.Millisecond
+	cfg.Registerer = prometheus.NewRegistry()
 	d := newDriver(t, cfg)
 	run(t, d)
 	began := time.Now()
@@ -140,6 +145,7 @@ func TestDriver_backsOffCommandThatAlwaysExits(t *testing.T) {
 	require.EqualValues(t, 1, s.GetExitCode())
 	require.Contains(t, s.GetMessage(), "exited with code 1; restart")
 	require.Contains(t, s.GetMessage(), "in 400ms")
+	require.GreaterOrEqual(t, testutil.ToFloat64(d.exits.WithLabelValues("bad", "code")), 5.0)
 }
 
 func TestDriver_killsInstanceThatOutlivesItsStopGrace(t *testing.T) {

@@ -23,6 +23,7 @@ type proc struct {
 	// Set before done is closed.
 	code int32  // exit code, -1 when unknown or killed by a signal
 	why  string // "exited with code 1", "killed by SIGKILL", ...
+	oom  bool   // killed by the kernel at its memory limit
 }
 
 // exited reports whether done is closed.

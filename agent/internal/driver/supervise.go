@@ -220,6 +220,7 @@ func (d *Driver) start(in *instance) error {
 		err := cmd.Wait()
 		p.code, p.why = describeExit(cmd.ProcessState, err)
 		if grouped && d.cg.oomKills(id) > 0 {
+			p.oom = true
 			p.why = fmt.Sprintf("%s: out of memory at its reservation of %s", p.why, sizeOf(tmpl.GetResources().GetMemoryBytes()))
 		}
 		d.removeGroup(id, grouped)
@@ -448,9 +449,11 @@ func (d *Driver) exited(in *instance, p *proc) {
 		in.retryAt = time.Time{}
 		d.setStateLocked(in, pb.InstanceState_INSTANCE_STATE_EXITED, p.why+"; stopped, and assigned again")
 	case !d.assigned:
+		d.countExit(in, p)
 		in.retryAt = time.Time{}
 		d.setStateLocked(in, pb.InstanceState_INSTANCE_STATE_EXITED, p.why+"; waiting for assignments to restart it")
 	default:
+		d.countExit(in, p)
 		delay := d.backoffLocked(in, time.Since(p.started))
 		d.setStateLocked(in, pb.InstanceState_INSTANCE_STATE_EXITED,
 			fmt.Sprintf("%s; restart %d in %s", p.why, in.restarts+1, delay))
@@ -459,6 +462,26 @@ func (d *Driver) exited(in *instance, p *proc) {
 	d.mu.Unlock()
 	d.log.Info("instance exited", "instance", in.id, "pid", p.pid, "why", p.why)
 	d.saveOrLog()
+}
+
+// countExit counts an exit the driver did not ask for, by pool and why:
+// "oom" (the kernel, at the memory reservation), "signal", "code" (the
+// process exited), "unknown" (an adopted process, whose status is not
+// ours to read).
+func (d *Driver) countExit(in *instance, p *proc) {
+	if d.exits == nil {
+		return
+	}
+	why := "code"
+	switch {
+	case p.oom:
+		why = "oom"
+	case p.adopted:
+		why = "unknown"
+	case p.code == -1:
+		why = "signal"
+	}
+	d.exits.WithLabelValues(in.pool, why).Inc()
 }
 
 func (d *Driver) saveOrLog() {
