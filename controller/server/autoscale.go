@@ -144,7 +144,6 @@ func weightFor(cpu float64) uint32 {
 // weigh writes the weights of the instances of pools with load-aware
 // weights that changed.
 func (a *autoscaler) weigh(ctx context.Context, now time.Time) {
-	idx, _ := metricstore.SeriesIndex("cpu_percent")
 	changes := map[string]uint32{}
 	a.s.fsm.Read(func(st *pb.State) {
 		for _, inst := range st.Instances {
@@ -152,7 +151,7 @@ func (a *autoscaler) weigh(ctx context.Context, now time.Time) {
 			if p == nil || !p.LoadAwareWeights {
 				continue
 			}
-			cpu, _ := average(a.s.hub.Store.Series(inst.Node, idx, now.Add(-weighWindow)), now)
+			cpu, _ := average(a.s.hub.Store.Series(inst.Node, metricstore.CPUPercent, now.Add(-weighWindow)), now)
 			if math.IsNaN(cpu) {
 				continue
 			}
@@ -189,41 +188,46 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 			ready = append(ready, inst)
 		}
 	}
-	cpuIdx, _ := metricstore.SeriesIndex("cpu_percent")
-	// On instance CPU, only samples taken after an instance's
-	// initialization period count: a window reaching back into it would
-	// average in the tail of a boot spike. An instance just past it, with
-	// no sample of its own yet, is not ready yet.
-	initEnd := func(inst *pb.Instance) time.Time { return inst.Since.AsTime().Add(init) }
-	from := now.Add(-window)
+	// An instance just past its initialization period, with no instance
+	// CPU sample of its own yet (see instanceCPUFrom), is not ready yet.
 	if pol.Metric == pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU ||
 		slices.ContainsFunc(pol.Metrics, func(m *pb.MetricTarget) bool { return m.GetMetric() == pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU }) {
 		ready = slices.DeleteFunc(ready, func(inst *pb.Instance) bool {
-			end := initEnd(inst)
-			return now.Sub(end) <= freshFor && len(a.s.hub.Instances.Series(inst.Id, cpuIdx, later(from, end))) == 0
+			from := instanceCPUFrom(inst, now.Add(-window), init)
+			return now.Sub(from) <= freshFor && len(a.s.hub.Instances.Series(inst.Id, metricstore.CPUPercent, from)) == 0
 		})
 	}
 	ai.Ready = uint32(len(ready))
-	ai.Values, ai.Stale = a.values(in, pol.Metric, ready, initEnd, from, now, window)
+	ai.Values, ai.Stale = a.values(in, pol.Metric, ready, now)
 	for _, m := range pol.Metrics {
-		v, stale := a.values(in, m.GetMetric(), ready, initEnd, from, now, window)
+		v, stale := a.values(in, m.GetMetric(), ready, now)
 		ai.More = append(ai.More, autoscale.MetricValues{Values: v, Stale: stale})
 	}
 	return ai
 }
 
-// values is one metric per ready instance (or host), averaged since from,
-// and whether some ready one's data is missing or old.
-func (a *autoscaler) values(in poolInputs, metric pb.ScalingMetric, ready []*pb.Instance, initEnd func(*pb.Instance) time.Time, from, now time.Time, window time.Duration) (map[string]float64, bool) {
+// instanceCPUFrom is where an instance's CPU average over the window from
+// windowStart begins: only samples taken after its initialization period
+// count, as a window reaching back into it would average in the tail of a
+// boot spike.
+func instanceCPUFrom(inst *pb.Instance, windowStart time.Time, init time.Duration) time.Time {
+	return later(windowStart, inst.Since.AsTime().Add(init))
+}
+
+// values is one metric per ready instance (or host), averaged over the
+// policy's window ending at now, and whether some ready one's data is
+// missing or old.
+func (a *autoscaler) values(in poolInputs, metric pb.ScalingMetric, ready []*pb.Instance, now time.Time) (map[string]float64, bool) {
+	window := in.policy.Window.AsDuration()
+	from := now.Add(-window)
 	values, stale := map[string]float64{}, false
-	cpuIdx, _ := metricstore.SeriesIndex("cpu_percent")
 	switch metric {
 	case pb.ScalingMetric_SCALING_METRIC_HOST_CPU:
 		for _, inst := range ready {
 			if _, ok := values[inst.Node]; ok {
 				continue
 			}
-			v, fresh := average(a.s.hub.Store.Series(inst.Node, cpuIdx, from), now)
+			v, fresh := average(a.s.hub.Store.Series(inst.Node, metricstore.CPUPercent, from), now)
 			if !fresh {
 				stale = true
 			}
@@ -233,7 +237,7 @@ func (a *autoscaler) values(in poolInputs, metric pb.ScalingMetric, ready []*pb.
 		}
 	case pb.ScalingMetric_SCALING_METRIC_INSTANCE_CPU:
 		for _, inst := range ready {
-			v, fresh := average(a.s.hub.Instances.Series(inst.Id, cpuIdx, later(from, initEnd(inst))), now)
+			v, fresh := average(a.s.hub.Instances.Series(inst.Id, metricstore.CPUPercent, instanceCPUFrom(inst, from, in.policy.InitializationPeriod.AsDuration())), now)
 			if !fresh {
 				stale = true
 			}
