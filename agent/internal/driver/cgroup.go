@@ -39,8 +39,8 @@ const cpuPeriodMicros = 100_000
 // of its own, named by its id, under the parent group.
 type cgroups struct {
 	v2 bool
-	// dirs are the parent groups: one on v2, the cpu and the memory
-	// controller's on v1.
+	// The parent groups of the cpu and the memory controllers: one and
+	// the same on v2.
 	cpu, memory string
 }
 
@@ -54,12 +54,11 @@ func openCgroups(root, parent string) (*cgroups, error) {
 		}
 		// The controllers must be enabled in every group from the root
 		// down to the parent, for the parent's children.
-		rel, _ := filepath.Rel(root, dir)
 		at := root
-		for _, part := range append([]string{""}, strings.Split(rel, string(filepath.Separator))...) {
+		for _, part := range append([]string{""}, strings.Split(filepath.Clean(parent), string(filepath.Separator))...) {
 			at = filepath.Join(at, part)
 			ctl := filepath.Join(at, "cgroup.subtree_control")
-			if has, _ := controllersEnabled(ctl); has {
+			if controllersEnabled(ctl) {
 				continue
 			}
 			if err := writeControl(ctl, "+cpu +memory"); err != nil {
@@ -84,13 +83,10 @@ func openCgroups(root, parent string) (*cgroups, error) {
 
 // controllersEnabled reports whether a cgroup.subtree_control file lists
 // cpu and memory.
-func controllersEnabled(path string) (bool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return false, err
-	}
+func controllersEnabled(path string) bool {
+	b, _ := os.ReadFile(path)
 	f := strings.Fields(string(b))
-	return slices.Contains(f, "cpu") && slices.Contains(f, "memory"), nil
+	return slices.Contains(f, "cpu") && slices.Contains(f, "memory")
 }
 
 // limited reports whether r asks for any limit.

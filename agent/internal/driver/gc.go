@@ -10,9 +10,10 @@ import (
 
 // collectDirs removes the cgroups and the directories of instances the
 // driver no longer has: the groups at once, the directories once nothing
-// in them changed for DirRetention, and the oldest beyond DirsKept. It holds the driver's lock throughout, so that an instance
-// assigned meanwhile cannot lose the directory it is given; a directory
-// holds at most four bounded log files.
+// in them changed for DirRetention, and the oldest beyond DirsKept. It
+// holds the driver's lock throughout, so that an instance assigned
+// meanwhile cannot lose the directory it is given; a directory holds at
+// most four bounded log files.
 func (d *Driver) collectDirs() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
