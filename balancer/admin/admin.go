@@ -72,7 +72,7 @@ func New(cfg Config, src Source) (*Server, error) {
 			return nil, fmt.Errorf("admin: register collector: %w", err)
 		}
 	}
-	return &Server{cfg: cfg, srv: admin.NewWith(nil, reg, admin.Options{
+	return &Server{cfg: cfg, srv: admin.New(nil, reg, admin.Options{
 		Ready: func() error {
 			if !src.Ready() {
 				return errors.New("no table applied")

@@ -204,7 +204,7 @@ func New(cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.admin = admin.NewWith(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof})
+	s.admin = admin.New(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof})
 
 	rc := cfg.Raft
 	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers

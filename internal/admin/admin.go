@@ -54,15 +54,10 @@ type Server struct {
 	writeTimeout time.Duration
 }
 
-// New returns a server on lis, ready to Run. ready may be nil (always
-// ready).
-func New(lis net.Listener, reg prometheus.Gatherer, ready ReadyFunc) *Server {
-	return NewWith(lis, reg, Options{Ready: ready})
-}
-
-// NewWith returns a server with opts. lis may be nil for a server that
-// only Serves or hands out its Handler.
-func NewWith(lis net.Listener, reg prometheus.Gatherer, opts Options) *Server {
+// New returns a server on lis, ready to Run, serving reg's metrics and
+// what opts add. lis may be nil for a server that only Serves or hands out
+// its Handler.
+func New(lis net.Listener, reg prometheus.Gatherer, opts Options) *Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -28,12 +28,12 @@ func TestServer_endpoints(t *testing.T) {
 	require.NoError(t, err)
 	var notReady atomic.Bool
 	notReady.Store(true)
-	s := New(lis, NewRegistry(), func() error {
+	s := New(lis, NewRegistry(), Options{Ready: func() error {
 		if notReady.Load() {
 			return errors.New("no leader known")
 		}
 		return nil
-	})
+	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -63,7 +63,7 @@ func TestServer_options(t *testing.T) {
 	serve := func(opts Options) string {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		s := NewWith(lis, NewRegistry(), opts)
+		s := New(lis, NewRegistry(), opts)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx) }()

@@ -236,7 +236,7 @@ func serve(o options, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("-http-addr: %w", err)
 		}
-		adm = admin.NewWith(lis, reg, admin.Options{Ready: a.Ready, Pprof: o.pprof})
+		adm = admin.New(lis, reg, admin.Options{Ready: a.Ready, Pprof: o.pprof})
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
