@@ -146,10 +146,12 @@ type Server struct {
 	leader   *leader.Manager
 	core     *endpoint.Core
 	conns    *grpcx.ConnPool
-	hub      *agents.Hub
-	acks     *endpoint.TableAcks
-	lbstats  *lbstats.Store
-	notifyCh chan bool
+	// stopForwards ends the calls followers forwarded to the Raft port.
+	stopForwards context.CancelFunc
+	hub          *agents.Hub
+	acks         *endpoint.TableAcks
+	lbstats      *lbstats.Store
+	notifyCh     chan bool
 
 	reachMu sync.Mutex
 	reached map[string]time.Time
@@ -219,6 +221,7 @@ func New(cfg Config) (s *Server, err error) {
 	if s.grpc, err = grpcx.NewServer(gc); err != nil {
 		return nil, err
 	}
+	metrics := endpoint.NewMetrics(s.registry)
 	s.core = &endpoint.Core{
 		ID:           cfg.ID,
 		APIAddr:      s.APIAddr(),
@@ -227,8 +230,10 @@ func New(cfg Config) (s *Server, err error) {
 		Conns:        s.conns,
 		ApplyTimeout: 10 * time.Second,
 		Logger:       logger,
-		Metrics:      endpoint.NewMetrics(s.registry),
-		Forwarder:    endpoint.NewForwarder(cfg.ID, s.conns),
+		Metrics:      metrics,
+		Forwarder: endpoint.NewForwarder(endpoint.ForwarderOptions{
+			ID: cfg.ID, Conns: s.conns, MaxMessageSize: maxMessageSize(cfg.GRPC), Metrics: metrics,
+		}),
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
 	s.acks = endpoint.NewTableAcks()
@@ -268,6 +273,10 @@ func New(cfg Config) (s *Server, err error) {
 	register(&pb.AlertService_ServiceDesc, &endpoint.Alerts{Core: s.core})
 	register(&pb.MetricsService_ServiceDesc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
 	peerv1.RegisterPeerServiceServer(s.grpc, peer)
+	peer.MaxMessageSize = maxMessageSize(cfg.GRPC)
+	forwardCtx, stopForwards := context.WithCancel(context.Background())
+	s.stopForwards = stopForwards
+	s.node.ServeForwards(func(conn net.Conn) { peer.ServeConn(forwardCtx, conn) })
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))
 	return s, nil
 }
@@ -329,8 +338,20 @@ func (s *Server) Run(ctx context.Context) error {
 // Close shuts Raft down and closes its stores and client connections. Run
 // calls it on the way out.
 func (s *Server) Close() error {
+	if s.stopForwards != nil {
+		s.stopForwards()
+	}
 	err := s.node.Close()
 	s.core.Forwarder.Close()
 	_ = s.conns.Close()
 	return err
+}
+
+// maxMessageSize is the largest message the API takes or sends, which
+// bounds a forwarded call's request and answer too.
+func maxMessageSize(c grpcx.ServerConfig) int {
+	if n := max(c.MaxRecvMessageSize, c.MaxSendMessageSize); n > 0 {
+		return n
+	}
+	return grpcx.DefaultMaxMessageSize
 }

@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -124,6 +126,14 @@ func TestCluster_writeThroughFollowerIsSeenEverywhere(t *testing.T) {
 	require.Contains(t, err.Error(), `already served by pool "web"`)
 	_, err = f.Pools().AddBackend(ctx, &pb.AddBackendRequest{Pool: "nope", Backend: &pb.Backend{Address: "127.0.0.1:1"}})
 	require.Equal(t, codes.NotFound, status.Code(err), err)
+	// The follower forwarded over the leader's Raft port, not its API.
+	resp2, err := http.Get("http://" + f.HTTPAddr + "/metrics")
+	require.NoError(t, err)
+	defer resp2.Body.Close()
+	body, err := io.ReadAll(resp2.Body)
+	require.NoError(t, err)
+	require.Contains(t, string(body), `hostscale_controller_forwarded_total{grpc_method="/hostscale.v1.PoolService/CreatePool",transport="raft"} 3`)
+	require.NotContains(t, string(body), `transport="api"`)
 }
 
 func TestCluster_retriedRequestIDAppliesOnceAcrossLeaderKill(t *testing.T) {

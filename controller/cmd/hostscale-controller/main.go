@@ -69,7 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.StringVar(&cfg.ID, "id", "", "this server's id, unique in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required)")
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "address of the gRPC API")
-	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "address of the Raft transport")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "address of the Raft transport, which also carries the calls followers forward to the leader")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "address of /metrics, /healthz and /readyz")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
 	fs.StringVar(&cfg.GRPCAdvertise, "grpc-advertise", "", "gRPC address other nodes and clients use, when it differs from -grpc-addr")

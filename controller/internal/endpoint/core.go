@@ -104,19 +104,21 @@ func (c *Core) LeaderConn(ctx context.Context) (*grpc.ClientConn, context.Contex
 // forward invokes the unary method being served in ctx on the leader, with
 // req, and decodes the leader's answer into resp.
 func (c *Core) forward(ctx context.Context, req, resp proto.Message) error {
+	if by := forwardedBy(ctx); by != "" {
+		return status.Errorf(codes.Unavailable, "forwarded by %s to %s, which does not lead; retry", by, c.ID)
+	}
 	method, ok := grpc.Method(ctx)
 	if !ok {
 		return status.Error(codes.Internal, "forward: no method in context")
 	}
-	if by := forwardedBy(ctx); by != "" {
-		return status.Errorf(codes.Unavailable, "forwarded by %s to %s, which does not lead; retry", by, c.ID)
+	raftAddr, lid := c.Raft.LeaderWithID()
+	if lid == "" || raftAddr == "" {
+		return status.Error(codes.Unavailable, "no leader is known; retry")
 	}
-	_, addr, err := c.LeaderAPI()
-	if err != nil {
-		return err
-	}
-	c.Metrics.forwarded(method)
-	return c.Forwarder.Call(ctx, addr, method, req, resp)
+	return c.Forwarder.Call(ctx, Leader{RaftAddr: string(raftAddr), APIAddr: func() (string, error) {
+		_, addr, err := c.LeaderAPI()
+		return addr, err
+	}}, method, req, resp)
 }
 
 // IsLeader reports whether this node leads.

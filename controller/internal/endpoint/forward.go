@@ -8,26 +8,28 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
 	peerv1 "github.com/hostscale/hostscale/proto/hostscale/peer/v1"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 )
 
-// Peer serves hostscale.peer.v1.PeerService on the leader: it runs the
-// calls followers forward on their Forward streams through the same
-// handlers a direct call reaches, many at a time.
+// Peer runs on the leader the calls followers forward, on connections to
+// its Raft port (ServeConn) or on Forward streams to its API
+// (hostscale.peer.v1.PeerService), through the same handlers a direct call
+// reaches.
 type Peer struct {
 	peerv1.UnimplementedPeerServiceServer
+	// MaxMessageSize bounds a forwarded request, as the gRPC server bounds
+	// a direct one (0: the gRPC default).
+	MaxMessageSize int
+
 	methods map[string]peerMethod
 	logger  *slog.Logger
 }
@@ -114,22 +116,16 @@ func (p *Peer) call(ctx context.Context, req *peerv1.ForwardRequest) (resp *peer
 	return resp
 }
 
-// Forwarder sends a follower's forwarded calls to the leader over one
-// long-lived Forward stream per leader address, so that a forwarded call
-// costs a message each way rather than a call of its own. It is safe for
-// concurrent use.
-type Forwarder struct {
-	id    string
+// streamForwarder sends a follower's forwarded calls to the leader's API
+// over one long-lived Forward stream per leader address, so that a
+// forwarded call costs a message each way rather than a call of its own.
+// It serves leaders that do not take forwarded calls on their Raft port.
+type streamForwarder struct {
 	conns *grpcx.ConnPool
 
 	mu      sync.Mutex
 	streams map[string]*fwdStream
 	closed  bool
-}
-
-// NewForwarder returns a forwarder that names itself id to the leader.
-func NewForwarder(id string, conns *grpcx.ConnPool) *Forwarder {
-	return &Forwarder{id: id, conns: conns, streams: map[string]*fwdStream{}}
 }
 
 type fwdStream struct {
@@ -146,7 +142,7 @@ type fwdStream struct {
 
 var errForwarderClosed = errors.New("forwarder closed")
 
-func (f *Forwarder) get(addr string) (*fwdStream, error) {
+func (f *streamForwarder) get(addr string) (*fwdStream, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -171,7 +167,7 @@ func (f *Forwarder) get(addr string) (*fwdStream, error) {
 	return s, nil
 }
 
-func (f *Forwarder) receive(addr string, s *fwdStream) {
+func (f *streamForwarder) receive(addr string, s *fwdStream) {
 	defer close(s.done)
 	for {
 		r, err := s.stream.Recv()
@@ -190,7 +186,7 @@ func (f *Forwarder) receive(addr string, s *fwdStream) {
 }
 
 // drop retires a broken stream and fails its pending calls.
-func (f *Forwarder) drop(addr string, s *fwdStream, err error) {
+func (f *streamForwarder) drop(addr string, s *fwdStream, err error) {
 	f.mu.Lock()
 	if f.streams[addr] == s {
 		delete(f.streams, addr)
@@ -209,14 +205,9 @@ func (f *Forwarder) drop(addr string, s *fwdStream, err error) {
 	}
 }
 
-// Call runs method on the leader at addr with req and decodes its answer
-// into resp; the error is the leader's status, or UNAVAILABLE when the
-// stream broke (the call may or may not have run: requests carry ids).
-func (f *Forwarder) Call(ctx context.Context, addr, method string, req, resp proto.Message) error {
-	data, err := proto.Marshal(req)
-	if err != nil {
-		return status.Errorf(codes.Internal, "encode request: %v", err)
-	}
+// call sends fr to the leader whose API is at addr and decodes its answer
+// into resp, as Forwarder.Call.
+func (f *streamForwarder) call(ctx context.Context, addr string, fr *peerv1.ForwardRequest, resp proto.Message) error {
 	s, err := f.get(addr)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "connect to leader %s: %v", addr, err)
@@ -231,10 +222,7 @@ func (f *Forwarder) Call(ctx context.Context, addr, method string, req, resp pro
 	id := s.next
 	s.pending[id] = ch
 	s.mu.Unlock()
-	fr := &peerv1.ForwardRequest{Id: id, Method: method, Request: data, ForwardedBy: f.id}
-	if dl, ok := ctx.Deadline(); ok {
-		fr.Timeout = durationpb.New(time.Until(dl))
-	}
+	fr.Id = id
 	s.sendMu.Lock()
 	err = s.stream.Send(fr)
 	s.sendMu.Unlock()
@@ -246,17 +234,7 @@ func (f *Forwarder) Call(ctx context.Context, addr, method string, req, resp pro
 	}
 	select {
 	case r := <-ch:
-		if len(r.Status) > 0 {
-			var sp spb.Status
-			if err := proto.Unmarshal(r.Status, &sp); err != nil {
-				return status.Errorf(codes.Internal, "decode forwarded status: %v", err)
-			}
-			return status.ErrorProto(&sp)
-		}
-		if err := proto.Unmarshal(r.Response, resp); err != nil {
-			return status.Errorf(codes.Internal, "decode forwarded response: %v", err)
-		}
-		return nil
+		return decodeForwarded(r, resp)
 	case <-ctx.Done():
 		s.mu.Lock()
 		delete(s.pending, id)
@@ -265,8 +243,8 @@ func (f *Forwarder) Call(ctx context.Context, addr, method string, req, resp pro
 	}
 }
 
-// Close ends every stream and waits for their receivers.
-func (f *Forwarder) Close() {
+// close ends every stream and waits for their receivers.
+func (f *streamForwarder) close() {
 	f.mu.Lock()
 	f.closed = true
 	streams := f.streams

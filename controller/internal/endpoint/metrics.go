@@ -19,8 +19,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hostscale_controller_forwarded_total",
-			Help: "Calls this follower forwarded to the leader, by method.",
-		}, []string{"grpc_method"}),
+			Help: "Calls this follower forwarded to the leader, by method and transport: raft (a connection to the leader's Raft port) or api (a Forward stream to its API, for a leader that does not take them on its Raft port).",
+		}, []string{"grpc_method", "transport"}),
 		applies: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hostscale_controller_apply_seconds",
 			Help:    "Time from proposing a command to its application on this leader, by result.",
@@ -36,9 +36,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) forwarded(method string) {
+func (m *Metrics) forwarded(method, transport string) {
 	if m != nil {
-		m.forwards.WithLabelValues(method).Inc()
+		m.forwards.WithLabelValues(method, transport).Inc()
 	}
 }
 

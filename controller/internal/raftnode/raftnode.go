@@ -139,7 +139,14 @@ type Node struct {
 	Transport *raft.NetworkTransport
 	Snapshots raft.SnapshotStore
 	closers   []io.Closer
+	stream    *streamLayer
 }
+
+// ServeForwards makes the Raft port take calls forwarded by followers
+// (connections opened with DialForward): h runs once per connection, after
+// the handshake, and must return when the connection is closed, which
+// Close does. Until it is set, forwarding connections are refused.
+func (n *Node) ServeForwards(h func(net.Conn)) { n.stream.forward.Store(&h) }
 
 // New opens the stores under cfg.DataDir, starts Raft with fsm, and
 // bootstraps the cluster from cfg.Peers when the stores are empty.
@@ -191,8 +198,9 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 		}
 		adv = advertiseAddr(cfg.Advertise)
 	}
+	n.stream = newStreamLayer(cfg.Listener, adv, firstByteTimeout)
 	n.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  &streamLayer{Listener: cfg.Listener, advertise: adv},
+		Stream:  n.stream,
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  hl.Named("transport"),
@@ -290,17 +298,3 @@ type advertiseAddr string
 
 func (a advertiseAddr) Network() string { return "tcp" }
 func (a advertiseAddr) String() string  { return string(a) }
-
-// streamLayer is raft's TCP stream layer over a listener bound by the
-// caller, so that tests and binaries can choose ports before raft starts.
-type streamLayer struct {
-	net.Listener
-	advertise net.Addr
-}
-
-func (s *streamLayer) Addr() net.Addr { return s.advertise }
-
-func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", string(addr))
-}

@@ -1,0 +1,38 @@
+//go:build unix
+
+package endpoint
+
+import (
+	"net"
+	"syscall"
+)
+
+// connAlive reports whether the peer of an idle connection has not closed
+// it: a peek that would block means it is open; end of file or an error
+// means it is gone. It costs one system call, and spares a call sent on a
+// connection the leader closed while it sat idle.
+func connAlive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := true
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+			alive = true
+		case err != nil || n == 0:
+			alive = false
+		default:
+			alive = false // an idle connection has nothing to read
+		}
+		return true
+	})
+	return err == nil && alive
+}

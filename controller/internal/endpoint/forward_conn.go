@@ -1,0 +1,306 @@
+package endpoint
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/internal/grpcx"
+	peerv1 "github.com/hostscale/hostscale/proto/hostscale/peer/v1"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+)
+
+// A forwarding connection on the Raft port carries one call at a time: the
+// follower writes a frame holding a ForwardRequest and reads back a frame
+// holding the ForwardResponse. A frame is a 4-byte big-endian length and
+// that many bytes. One call per connection at a time spares the goroutine
+// hand-offs of a multiplexed stream, which cost more than the call itself
+// when the leader is otherwise idle; a follower keeps a pool of them.
+const (
+	// frameOverhead is room for a forwarded message's envelope beyond the
+	// message size limit.
+	frameOverhead = 64 << 10
+	// maxIdleForwardConns bounds the connections a follower keeps open to
+	// the leader between calls.
+	maxIdleForwardConns = 32
+	// forwardDialTimeout bounds connecting to the leader and the handshake.
+	forwardDialTimeout = 5 * time.Second
+	// unsupportedFor is how long a leader that refused a forwarding
+	// connection is served over its API's Forward stream instead.
+	unsupportedFor = 30 * time.Second
+)
+
+func writeFrame(w io.Writer, m proto.Message) error {
+	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 4, 4+proto.Size(m)), m)
+	if err != nil {
+		return err
+	}
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+	_, err = w.Write(b)
+	return err
+}
+
+func readFrame(r *bufio.Reader, max int, buf *[]byte, m proto.Message) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if uint64(n) > uint64(max) {
+		return fmt.Errorf("frame of %d bytes is over the limit of %d", n, max)
+	}
+	if cap(*buf) < int(n) {
+		*buf = make([]byte, n)
+	}
+	b := (*buf)[:n]
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("decode frame: %w", err)
+	}
+	return nil
+}
+
+// ServeConn runs the calls a follower forwards on conn, one at a time,
+// until conn fails or is closed. ctx bounds every call. A frame over the
+// size limit or one that does not decode ends the connection.
+func (p *Peer) ServeConn(ctx context.Context, conn net.Conn) {
+	r := bufio.NewReader(conn)
+	var buf []byte
+	for {
+		req := &peerv1.ForwardRequest{}
+		if err := readFrame(r, p.maxFrame(), &buf, req); err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				p.logger.Warn("forwarding connection ended", "remote", conn.RemoteAddr().String(), "err", err)
+			}
+			return
+		}
+		if err := writeFrame(conn, p.call(ctx, req)); err != nil {
+			return
+		}
+	}
+}
+
+func (p *Peer) maxFrame() int {
+	if p.MaxMessageSize > 0 {
+		return p.MaxMessageSize + frameOverhead
+	}
+	return grpcx.DefaultMaxMessageSize + frameOverhead
+}
+
+// Forwarder sends a follower's forwarded calls to the leader: over
+// connections to the leader's Raft port where the leader takes them, and
+// otherwise over a Forward stream to its API. It is safe for concurrent
+// use.
+type Forwarder struct {
+	id             string
+	maxMessageSize int
+	metrics        *Metrics
+	stream         *streamForwarder
+
+	mu          sync.Mutex
+	idle        map[string][]*forwardConn
+	unsupported map[string]time.Time
+	closed      bool
+}
+
+type forwardConn struct {
+	net.Conn
+	r   *bufio.Reader
+	buf []byte
+}
+
+// ForwarderOptions configure a Forwarder.
+type ForwarderOptions struct {
+	// ID names this node to the leader.
+	ID string
+	// Conns reaches the leader's API, for leaders that do not take
+	// forwarded calls on their Raft port.
+	Conns *grpcx.ConnPool
+	// MaxMessageSize bounds an answer (0: the gRPC default).
+	MaxMessageSize int
+	// Metrics counts the calls forwarded (nil: not counted).
+	Metrics *Metrics
+}
+
+// NewForwarder returns a Forwarder.
+func NewForwarder(o ForwarderOptions) *Forwarder {
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = grpcx.DefaultMaxMessageSize
+	}
+	return &Forwarder{
+		id: o.ID, maxMessageSize: o.MaxMessageSize, metrics: o.Metrics,
+		stream:      &streamForwarder{conns: o.Conns, streams: map[string]*fwdStream{}},
+		idle:        map[string][]*forwardConn{},
+		unsupported: map[string]time.Time{},
+	}
+}
+
+// Leader names where a forwarded call goes: the leader's Raft address, and
+// a function giving its API address for a leader that does not take
+// forwarded calls on its Raft port.
+type Leader struct {
+	RaftAddr string
+	APIAddr  func() (string, error)
+}
+
+// Call runs method on the leader with req and decodes its answer into resp;
+// the error is the leader's status, or UNAVAILABLE when the connection
+// broke (the call may or may not have run: requests carry ids).
+func (f *Forwarder) Call(ctx context.Context, leader Leader, method string, req, resp proto.Message) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode request: %v", err)
+	}
+	fr := &peerv1.ForwardRequest{Method: method, Request: data, ForwardedBy: f.id}
+	if dl, ok := ctx.Deadline(); ok {
+		fr.Timeout = durationpb.New(time.Until(dl))
+	}
+	if !f.isUnsupported(leader.RaftAddr) {
+		err := f.callConn(ctx, leader.RaftAddr, fr, resp)
+		if !errors.Is(err, raftnode.ErrForwardUnsupported) {
+			f.metrics.forwarded(method, "raft")
+			return err
+		}
+		f.markUnsupported(leader.RaftAddr)
+	}
+	addr, err := leader.APIAddr()
+	if err != nil {
+		return err
+	}
+	f.metrics.forwarded(method, "api")
+	return f.stream.call(ctx, addr, fr, resp)
+}
+
+func (f *Forwarder) callConn(ctx context.Context, addr string, fr *peerv1.ForwardRequest, resp proto.Message) error {
+	c, err := f.conn(ctx, addr)
+	if err != nil {
+		if errors.Is(err, raftnode.ErrForwardUnsupported) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return status.Errorf(codes.Unavailable, "connect to leader at %s: %v; retry", addr, err)
+	}
+	// The context ends the call by failing the connection's I/O.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	out := &peerv1.ForwardResponse{}
+	err = writeFrame(c, fr)
+	if err == nil {
+		err = readFrame(c.r, f.maxMessageSize+frameOverhead, &c.buf, out)
+	}
+	if !stop() {
+		c.Close()
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	if err != nil {
+		c.Close()
+		return status.Errorf(codes.Unavailable, "forward to leader at %s: %v; retry", addr, err)
+	}
+	f.put(addr, c)
+	return decodeForwarded(out, resp)
+}
+
+func decodeForwarded(r *peerv1.ForwardResponse, resp proto.Message) error {
+	if len(r.Status) > 0 {
+		var sp spb.Status
+		if err := proto.Unmarshal(r.Status, &sp); err != nil {
+			return status.Errorf(codes.Internal, "decode forwarded status: %v", err)
+		}
+		return status.ErrorProto(&sp)
+	}
+	if err := proto.Unmarshal(r.Response, resp); err != nil {
+		return status.Errorf(codes.Internal, "decode forwarded response: %v", err)
+	}
+	return nil
+}
+
+// conn returns an idle connection to addr that is still open, or dials one.
+func (f *Forwarder) conn(ctx context.Context, addr string) (*forwardConn, error) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil, errForwarderClosed
+	}
+	for other, cs := range f.idle {
+		if other != addr { // the leader moved
+			for _, c := range cs {
+				c.Close()
+			}
+			delete(f.idle, other)
+		}
+	}
+	for cs := f.idle[addr]; len(cs) > 0; cs = f.idle[addr] {
+		c := cs[len(cs)-1]
+		f.idle[addr] = cs[:len(cs)-1]
+		if c.r.Buffered() == 0 && connAlive(c.Conn) {
+			f.mu.Unlock()
+			return c, nil
+		}
+		c.Close()
+	}
+	f.mu.Unlock()
+	conn, err := raftnode.DialForward(ctx, addr, forwardDialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return &forwardConn{Conn: conn, r: bufio.NewReader(conn)}, nil
+}
+
+func (f *Forwarder) put(addr string, c *forwardConn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || len(f.idle[addr]) >= maxIdleForwardConns {
+		c.Close()
+		return
+	}
+	f.idle[addr] = append(f.idle[addr], c)
+}
+
+func (f *Forwarder) isUnsupported(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	until, ok := f.unsupported[addr]
+	if ok && time.Now().After(until) {
+		delete(f.unsupported, addr)
+		return false
+	}
+	return ok
+}
+
+func (f *Forwarder) markUnsupported(addr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unsupported[addr] = time.Now().Add(unsupportedFor)
+}
+
+// Close closes the idle connections and ends every stream.
+func (f *Forwarder) Close() {
+	f.mu.Lock()
+	f.closed = true
+	for addr, cs := range f.idle {
+		for _, c := range cs {
+			c.Close()
+		}
+		delete(f.idle, addr)
+	}
+	f.mu.Unlock()
+	f.stream.close()
+}

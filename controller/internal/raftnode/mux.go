@@ -1,0 +1,244 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The Raft port also carries calls that followers forward to the leader,
+// as Consul's server port does. A connection's first byte says which:
+// Raft's own RPC types are small numbers, and a forwarding connection opens
+// with forwardPreamble, to which the server answers forwardAccept before
+// the first call. A server that does not take forwarded calls (an older
+// version, or one still starting) closes the connection instead, and the
+// dialer gets ErrForwardUnsupported.
+var forwardPreamble = [...]byte{0xF5, 'h', 's', 'f', 1}
+
+const forwardAccept byte = 1
+
+// firstByteTimeout bounds how long an accepted connection may stay silent
+// before it says what it carries.
+const firstByteTimeout = 10 * time.Second
+
+// ErrForwardUnsupported is returned by DialForward when the server at the
+// address does not take forwarded calls on its Raft port.
+var ErrForwardUnsupported = errors.New("server does not take forwarded calls on its raft port")
+
+// DialForward opens a forwarding connection to the Raft port at addr. The
+// handshake is bounded by ctx and by timeout.
+func DialForward(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = conn.SetDeadline(deadline)
+	if _, err := conn.Write(forwardPreamble[:]); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+		conn.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", ErrForwardUnsupported, err)
+	}
+	if ack[0] != forwardAccept {
+		conn.Close()
+		return nil, fmt.Errorf("%w: answered %#x", ErrForwardUnsupported, ack[0])
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+// streamLayer is raft's TCP stream layer over a listener bound by the
+// caller, so that tests and binaries can choose ports before raft starts.
+// It sorts accepted connections by their first byte: Raft's go to Raft,
+// forwarding ones to the handler set with Node.ServeForwards.
+type streamLayer struct {
+	lis       net.Listener
+	advertise net.Addr
+	// silence is how long an accepted connection may stay silent before
+	// it says what it carries (firstByteTimeout).
+	silence time.Duration
+
+	raftConns chan net.Conn
+	forward   atomic.Pointer[func(net.Conn)]
+
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{} // accepted, not yet handed to Raft
+	closed   bool
+	closedCh chan struct{}
+	wg       sync.WaitGroup
+}
+
+func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration) *streamLayer {
+	s := &streamLayer{
+		lis: lis, advertise: advertise, silence: silence,
+		raftConns: make(chan net.Conn),
+		conns:     map[net.Conn]struct{}{},
+		closedCh:  make(chan struct{}),
+	}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s
+}
+
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	return d.Dial("tcp", string(addr))
+}
+
+// Accept returns the next connection that carries Raft's RPCs.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.raftConns:
+		return c, nil
+	case <-s.closedCh:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting, closes the connections not handed to Raft (the
+// forwarding ones too) and waits for their handlers to return.
+func (s *streamLayer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closedCh)
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	err := s.lis.Close()
+	s.wg.Wait()
+	return err
+}
+
+func (s *streamLayer) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *streamLayer) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *streamLayer) acceptLoop() {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := s.lis.Accept()
+		if err != nil {
+			select {
+			case <-s.closedCh:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// A transient failure (out of descriptors): back off as
+			// net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			select {
+			case <-s.closedCh:
+				return
+			case <-time.After(delay):
+			}
+			continue
+		}
+		delay = 0
+		if !s.track(c) {
+			c.Close()
+			return
+		}
+		s.wg.Add(1)
+		go s.sort(c)
+	}
+}
+
+// sort reads c's first byte and hands c to Raft or to the forward handler.
+func (s *streamLayer) sort(c net.Conn) {
+	defer s.wg.Done()
+	_ = c.SetReadDeadline(time.Now().Add(s.silence))
+	var first [1]byte
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		s.untrack(c)
+		c.Close()
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if first[0] == forwardPreamble[0] {
+		defer s.untrack(c)
+		defer c.Close()
+		s.serveForward(c)
+		return
+	}
+	s.untrack(c)
+	select {
+	case s.raftConns <- &prefixConn{Conn: c, first: first[0], pending: true}:
+	case <-s.closedCh:
+		c.Close()
+	}
+}
+
+func (s *streamLayer) serveForward(c net.Conn) {
+	h := s.forward.Load()
+	if h == nil {
+		return // not taking forwarded calls yet: the dialer sees the close
+	}
+	_ = c.SetReadDeadline(time.Now().Add(s.silence))
+	rest := make([]byte, len(forwardPreamble)-1)
+	if _, err := io.ReadFull(c, rest); err != nil || string(rest) != string(forwardPreamble[1:]) {
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if _, err := c.Write([]byte{forwardAccept}); err != nil {
+		return
+	}
+	(*h)(c)
+}
+
+// prefixConn gives back the byte read to sort the connection.
+type prefixConn struct {
+	net.Conn
+	first   byte
+	pending bool
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if p.pending && len(b) > 0 {
+		p.pending = false
+		b[0] = p.first
+		return 1, nil
+	}
+	return p.Conn.Read(b)
+}
