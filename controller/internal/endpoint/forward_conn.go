@@ -34,7 +34,7 @@ const (
 	frameOverhead = 64 << 10
 	// maxIdleForwardConns bounds the connections a follower keeps open to
 	// the leader between calls.
-	maxIdleForwardConns = 32
+	maxIdleForwardConns = 128
 	// forwardDialTimeout bounds connecting to the leader and the handshake.
 	forwardDialTimeout = 5 * time.Second
 	// unsupportedFor is how long a leader that refused a forwarding
