@@ -2,8 +2,11 @@ package server_test
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/testcluster"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -641,4 +645,62 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 	pools, err := leader.Pools().ListPools(ctx, &pb.ListPoolsRequest{})
 	require.NoError(t, err)
 	require.Empty(t, pools.Pools)
+}
+
+// TestCluster_garbageOnTheRaftPortChangesNothing sends what is neither Raft
+// nor a well-formed forwarded call to the leader's Raft port: each
+// connection is dropped, and the cluster goes on committing.
+func TestCluster_garbageOnTheRaftPortChangesNothing(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+
+	send := func(conn net.Conn, b []byte) {
+		t.Helper()
+		_, _ = conn.Write(b)
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadAll(conn)
+		var ne net.Error
+		require.False(t, errors.As(err, &ne) && ne.Timeout(), "the connection should be dropped")
+		conn.Close()
+	}
+	frame := func(b []byte) []byte { return append(binary.BigEndian.AppendUint32(nil, uint32(len(b))), b...) }
+	// Random bytes, starting with the forwarding byte or not.
+	for _, b := range [][]byte{
+		[]byte("\xf5GET / HTTP/1.1\r\n\r\n"),
+		[]byte("\x7fELF\x02\x01\x01garbage"),
+	} {
+		conn, err := net.Dial("tcp", leader.RaftAddr)
+		require.NoError(t, err)
+		send(conn, b)
+	}
+	// A well-formed handshake, then frames that are not calls.
+	for _, b := range [][]byte{
+		binary.BigEndian.AppendUint32(nil, 1<<31), // over the size limit
+		frame([]byte("\xff\xff\xff\xff")),         // not a ForwardRequest
+		frame(nil)[:2],                            // cut short
+	} {
+		conn, err := raftnode.DialForward(ctx, leader.RaftAddr, 5*time.Second)
+		require.NoError(t, err)
+		if len(b) == 2 {
+			_, _ = conn.Write(b)
+			require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+			b = nil
+		}
+		send(conn, b)
+	}
+
+	// The cluster goes on: a write through a follower commits, and it is the
+	// only pool.
+	f := follower(c, leader)
+	_, err := retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{RequestId: "after-garbage", Pool: pool("web", "127.0.0.1:9001")})
+	})
+	require.NoError(t, err)
+	pools, err := leader.Pools().ListPools(ctx, &pb.ListPoolsRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, pools.Pools, 1)
+	for _, n := range c.Running() {
+		require.True(t, n.Running(), n.ID)
+	}
 }
