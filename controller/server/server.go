@@ -250,6 +250,7 @@ func New(cfg Config) (s *Server, err error) {
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
 	peer := endpoint.NewPeer(logger)
+	peer.MaxMessageSize = maxMessageSize(cfg.GRPC)
 	register := func(desc *grpc.ServiceDesc, impl any) {
 		s.grpc.RegisterService(desc, impl)
 		peer.Register(desc, impl)
@@ -273,7 +274,6 @@ func New(cfg Config) (s *Server, err error) {
 	register(&pb.AlertService_ServiceDesc, &endpoint.Alerts{Core: s.core})
 	register(&pb.MetricsService_ServiceDesc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})
 	peerv1.RegisterPeerServiceServer(s.grpc, peer)
-	peer.MaxMessageSize = maxMessageSize(cfg.GRPC)
 	forwardCtx, stopForwards := context.WithCancel(context.Background())
 	s.stopForwards = stopForwards
 	s.node.ServeForwards(func(conn net.Conn) { peer.ServeConn(forwardCtx, conn) })
