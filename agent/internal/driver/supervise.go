@@ -180,27 +180,39 @@ func (d *Driver) start(in *instance) error {
 		"HOSTSCALE_POOL="+pool,
 		"HOSTSCALE_NODE="+d.cfg.Node,
 	)
-	cmd := &exec.Cmd{
-		Path:   path,
-		Args:   append([]string{tmpl.GetCommand()}, tmpl.GetArgs()...),
-		Env:    env,
-		Dir:    wd,
-		Stdout: stdout, // *os.File: handed to the child as is, no copying goroutine
-		Stderr: stderr,
-		// A group of its own: a signal to the agent's group (Ctrl-C, a
-		// service manager stopping the agent) does not reach it, and
-		// stopping it reaches its children too.
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	newCmd := func() *exec.Cmd {
+		return &exec.Cmd{
+			Path:   path,
+			Args:   append([]string{tmpl.GetCommand()}, tmpl.GetArgs()...),
+			Env:    env,
+			Dir:    wd,
+			Stdout: stdout, // *os.File: handed to the child as is, no copying goroutine
+			Stderr: stderr,
+			// A group of its own: a signal to the agent's group (Ctrl-C, a
+			// service manager stopping the agent) does not reach it, and
+			// stopping it reaches its children too.
+			SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		}
 	}
 	grouped, err := d.prepareGroup(id, tmpl.GetResources())
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
+	var (
+		cmd  *exec.Cmd
+		born bool // in its group from the start
+	)
+	if grouped {
+		cmd, born, err = d.cg.start(id, newCmd)
+	} else {
+		cmd = newCmd()
+		err = cmd.Start()
+	}
+	if err != nil {
 		d.removeGroup(id, grouped)
 		return err
 	}
-	if grouped {
+	if grouped && !born {
 		if err := d.cg.join(id, cmd.Process.Pid); err != nil {
 			if d.cfg.Cgroups == CgroupsOn {
 				_ = cmd.Process.Kill()
