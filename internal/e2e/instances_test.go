@@ -3,7 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -332,6 +336,21 @@ func TestInstances_reservationsBoundPlacementByHostCores(t *testing.T) {
 	for _, in := range ins {
 		require.EqualValues(t, 1000, in.Resources.GetCpuMillicores(), in.Id)
 	}
+	// Where the agents enforce reservations (-cgroups auto finds usable
+	// cgroups), each instance runs in its group with a quota of one core.
+	for _, in := range ins {
+		if !strings.Contains(f.agents[in.Node].log(), "instance reservations are enforced in cgroups") {
+			t.Logf("%s: its agent does not enforce reservations here", in.Node)
+			continue
+		}
+		dir, v2 := cpuGroup(t, int(in.Pid))
+		require.True(t, strings.HasSuffix(dir, "/hostscale/"+in.Node+"/"+in.Id), "%s runs in %s", in.Id, dir)
+		if v2 {
+			require.Equal(t, "100000 100000", readTrimmed(t, filepath.Join("/sys/fs/cgroup", dir, "cpu.max")), in.Id)
+		} else {
+			require.Equal(t, "100000", readTrimmed(t, filepath.Join("/sys/fs/cgroup/cpu", dir, "cpu.cfs_quota_us")), in.Id)
+		}
+	}
 	got, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
 	require.NoError(t, err)
 	require.EqualValues(t, 4, got.Pool.Desired, "the fourth is wanted, and waits for room")
@@ -341,4 +360,34 @@ func TestInstances_reservationsBoundPlacementByHostCores(t *testing.T) {
 		require.Equal(t, cores, n.Node.Facts.GetCpuCount(), node)
 		require.EqualValues(t, cores*1000, n.Node.Reserved.GetCpuMillicores(), "%s reports what its instances reserve", node)
 	}
+}
+
+// cpuGroup returns the cgroup of pid that holds its CPU quota, from
+// /proc/<pid>/cgroup: the unified hierarchy's (v2) or the v1 cpu
+// controller's.
+func cpuGroup(t *testing.T, pid int) (dir string, v2 bool) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		if slices.Contains(strings.Split(f[1], ","), "cpu") {
+			return f[2], false
+		}
+		if f[0] == "0" && f[1] == "" {
+			dir = f[2]
+		}
+	}
+	require.NotEmpty(t, dir, "no cpu cgroup in %s", b)
+	return dir, true
+}
+
+func readTrimmed(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return strings.TrimSpace(string(b))
 }
