@@ -49,34 +49,21 @@ func TestCgroups_v2ProcessIsBornInItsGroup(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, strings.Split(strings.TrimSpace(string(b)), "\n"), "0::/"+rel)
 
-	// Without a group to clone into, the process starts as elsewhere and
-	// is not born in one.
-	cmd, born, err = c.start("gone", func() *exec.Cmd {
-		cmd := exec.Command("/bin/true")
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-		return cmd
-	})
-	require.NoError(t, err)
-	require.False(t, born)
-	require.NoError(t, cmd.Wait())
-	// A group the kernel refuses to clone into (here a plain directory,
-	// as an older kernel refuses the flag): the process starts as
-	// elsewhere.
+	// Without a group to clone into, or with one the kernel refuses (here
+	// a plain directory, as an older kernel refuses the flag), the process
+	// starts as elsewhere and is not born in one.
 	plain := &cgroups{v2: true, cpu: t.TempDir()}
 	require.NoError(t, os.Mkdir(filepath.Join(plain.cpu, "web-1"), 0o755))
-	cmd, born, err = plain.start("web-1", func() *exec.Cmd {
-		cmd := exec.Command("/bin/true")
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-		return cmd
-	})
-	require.NoError(t, err)
-	require.False(t, born)
-	require.NoError(t, cmd.Wait())
+	for _, tc := range []struct {
+		c  *cgroups
+		id string
+	}{{c, "gone"}, {plain, "web-1"}} {
+		cmd, born, err := tc.c.start(tc.id, func() *exec.Cmd { return exec.Command("/bin/true") })
+		require.NoError(t, err, tc.id)
+		require.False(t, born, tc.id)
+		require.NoError(t, cmd.Wait())
+	}
 	// A command that cannot start fails with its own error.
-	_, _, err = c.start("web-1", func() *exec.Cmd {
-		cmd := exec.Command(filepath.Join(t.TempDir(), "missing"))
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-		return cmd
-	})
+	_, _, err = c.start("web-1", func() *exec.Cmd { return exec.Command(filepath.Join(t.TempDir(), "missing")) })
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
