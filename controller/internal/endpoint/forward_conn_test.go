@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,13 +51,26 @@ func testPeer() *Peer {
 type raftPort struct {
 	lis      net.Listener
 	accepted atomic.Int32
-	conns    chan net.Conn
+
+	mu    sync.Mutex
+	conns []net.Conn
 }
 
-func newRaftPort(t *testing.T, peer *Peer) *raftPort {
+// closeConns closes the connections accepted so far, as a leader that
+// goes away does.
+func (r *raftPort) closeConns() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
+}
+
+func newRaftPort(t testing.TB, peer *Peer) *raftPort {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	r := &raftPort{lis: lis, conns: make(chan net.Conn, 16)}
+	r := &raftPort{lis: lis}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -66,7 +81,9 @@ func newRaftPort(t *testing.T, peer *Peer) *raftPort {
 				return
 			}
 			r.accepted.Add(1)
-			r.conns <- c
+			r.mu.Lock()
+			r.conns = append(r.conns, c)
+			r.mu.Unlock()
 			go func() {
 				defer c.Close()
 				pre := make([]byte, 5)
@@ -84,15 +101,12 @@ func newRaftPort(t *testing.T, peer *Peer) *raftPort {
 		cancel()
 		lis.Close()
 		<-done
-		close(r.conns)
-		for c := range r.conns {
-			c.Close()
-		}
+		r.closeConns()
 	})
 	return r
 }
 
-func newTestForwarder(t *testing.T) (*Forwarder, *prometheus.Registry) {
+func newTestForwarder(t testing.TB) (*Forwarder, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
 	conns := grpcx.NewConnPool()
 	f := NewForwarder(ForwarderOptions{ID: "f1", Conns: conns, MaxMessageSize: 1 << 20, Metrics: NewMetrics(reg)})
@@ -155,9 +169,7 @@ func TestForwarder_callsOverTheRaftPortReuseConnections(t *testing.T) {
 
 	// The leader closes the idle connection: the next call dials afresh
 	// rather than failing on it.
-	for len(port.conns) > 0 {
-		(<-port.conns).Close()
-	}
+	port.closeConns()
 	require.Eventually(t, func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -168,12 +180,14 @@ func TestForwarder_callsOverTheRaftPortReuseConnections(t *testing.T) {
 	require.Zero(t, forwarded(t, reg, "api"))
 }
 
-func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {
-	// A Raft port that reads the preamble as an unknown RPC type and hangs
-	// up, as a leader that does not take forwarded calls there does.
+// legacyLeader stands for a leader that does not take forwarded calls on
+// its Raft port: the port reads the preamble as an unknown RPC type and
+// hangs up; its API serves the Forward stream. dials counts the
+// connections to the Raft port.
+func legacyLeader(tb testing.TB) (leader Leader, dials *atomic.Int32) {
 	old, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var dials atomic.Int32
+	require.NoError(tb, err)
+	dials = new(atomic.Int32)
 	go func() {
 		for {
 			c, err := old.Accept()
@@ -185,18 +199,19 @@ func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {
 			c.Close()
 		}
 	}()
-	defer old.Close()
-
-	// Its API serves the Forward stream.
+	tb.Cleanup(func() { old.Close() })
 	api, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
+	require.NoError(tb, err)
 	srv := grpc.NewServer()
 	peerv1.RegisterPeerServiceServer(srv, testPeer())
 	go func() { _ = srv.Serve(api) }()
-	defer srv.Stop()
+	tb.Cleanup(srv.Stop)
+	return Leader{RaftAddr: old.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}, dials
+}
 
+func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {
+	leader, dials := legacyLeader(t)
 	f, reg := newTestForwarder(t)
-	leader := Leader{RaftAddr: old.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}
 	for range 3 {
 		resp := &healthpb.HealthCheckResponse{}
 		require.NoError(t, f.Call(context.Background(), leader, checkMethod, &healthpb.HealthCheckRequest{}, resp))
@@ -205,6 +220,41 @@ func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {
 	require.EqualValues(t, 1, dials.Load(), "the refusal is remembered")
 	require.EqualValues(t, 3, forwarded(t, reg, "api"))
 	require.Zero(t, forwarded(t, reg, "raft"))
+}
+
+// BenchmarkForwarder_Call forwards a small call over each transport, on
+// loopback, without a disk: one caller at a time, and 64 at once.
+func BenchmarkForwarder_Call(b *testing.B) {
+	for _, transport := range []string{"raft", "api"} {
+		leader, _ := legacyLeader(b)
+		if transport == "raft" {
+			leader = Leader{RaftAddr: newRaftPort(b, testPeer()).lis.Addr().String(), APIAddr: noAPI}
+		}
+		call := func(f *Forwarder) {
+			if err := f.Call(context.Background(), leader, checkMethod, &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{}); err != nil {
+				b.Error(err) // Fatal may not be called from RunParallel's goroutines
+			}
+		}
+		b.Run(transport+"/1", func(b *testing.B) {
+			f, _ := newTestForwarder(b)
+			call(f)
+			b.ResetTimer()
+			for b.Loop() {
+				call(f)
+			}
+		})
+		b.Run(transport+"/64", func(b *testing.B) {
+			f, _ := newTestForwarder(b)
+			call(f)
+			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					call(f)
+				}
+			})
+		})
+	}
 }
 
 func TestPeer_ServeConn_garbageEndsTheConnectionOnly(t *testing.T) {
