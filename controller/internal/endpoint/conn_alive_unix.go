@@ -20,18 +20,13 @@ func connAlive(c net.Conn) bool {
 	if err != nil {
 		return false
 	}
-	alive := true
+	var alive bool
 	err = rc.Read(func(fd uintptr) bool {
 		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
-			alive = true
-		case err != nil || n == 0:
-			alive = false
-		default:
-			alive = false // an idle connection has nothing to read
-		}
+		// Only "would block" is alive: end of file, an error, or bytes an
+		// idle connection should not have all mean it is gone.
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
 		return true
 	})
 	return err == nil && alive
