@@ -251,6 +251,7 @@ func New(cfg Config) (s *Server, err error) {
 	// the followers' Forward streams.
 	peer := endpoint.NewPeer(logger)
 	peer.MaxMessageSize = maxMessageSize(cfg.GRPC)
+	peer.Metrics = metrics
 	register := func(desc *grpc.ServiceDesc, impl any) {
 		s.grpc.RegisterService(desc, impl)
 		peer.Register(desc, impl)

@@ -133,8 +133,19 @@ func TestCluster_writeThroughFollowerIsSeenEverywhere(t *testing.T) {
 	_, err = f.Pools().AddBackend(ctx, &pb.AddBackendRequest{Pool: "nope", Backend: &pb.Backend{Address: "127.0.0.1:1"}})
 	require.Equal(t, codes.NotFound, status.Code(err), err)
 	// The followers forwarded over the leader's Raft port, never its API.
-	raft := regexp.MustCompile(`\nhostscale_controller_forwarded_total\{grpc_method="[^"]+",transport="raft"\} ([0-9]+)\n`)
-	forwarded := 0
+	raft := regexp.MustCompile(`(?m)^hostscale_controller_forwarded_total\{grpc_method="[^"]+",transport="raft"\} ([0-9]+)$`)
+	// Each forwarded call is timed on its follower, and on the leader that ran it.
+	waited := regexp.MustCompile(`(?m)^hostscale_controller_forward_wait_seconds_count\{transport="raft"\} ([0-9]+)$`)
+	served := regexp.MustCompile(`(?m)^hostscale_controller_forward_serve_seconds_count ([0-9]+)$`)
+	forwarded, waits, serves := 0, 0, 0
+	sum := func(re *regexp.Regexp, body string) int {
+		n := 0
+		for _, m := range re.FindAllStringSubmatch(body, -1) {
+			v, _ := strconv.Atoi(m[1])
+			n += v
+		}
+		return n
+	}
 	for _, n := range c.Running() {
 		resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
 		require.NoError(t, err)
@@ -142,14 +153,15 @@ func TestCluster_writeThroughFollowerIsSeenEverywhere(t *testing.T) {
 		resp.Body.Close()
 		require.NoError(t, err)
 		require.NotContains(t, string(body), `transport="api"`, n.ID)
-		for _, m := range raft.FindAllStringSubmatch(string(body), -1) {
-			v, _ := strconv.Atoi(m[1])
-			forwarded += v
-		}
+		forwarded += sum(raft, string(body))
+		waits += sum(waited, string(body))
+		serves += sum(served, string(body))
 	}
 	// The creates and the consistent reads on the followers: at least the
 	// reads of the node that did not lead throughout.
 	require.GreaterOrEqual(t, forwarded, 1)
+	require.Equal(t, forwarded, waits)
+	require.GreaterOrEqual(t, serves, 1)
 }
 
 func TestCluster_retriedRequestIDAppliesOnceAcrossLeaderKill(t *testing.T) {

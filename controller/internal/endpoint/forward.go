@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,6 +30,8 @@ type Peer struct {
 	// MaxMessageSize bounds a forwarded request, as the gRPC server bounds
 	// a direct one (0: the gRPC default).
 	MaxMessageSize int
+	// Metrics, when set, times the calls run here.
+	Metrics *Metrics
 
 	methods map[string]peerMethod
 	logger  *slog.Logger
@@ -77,6 +80,7 @@ func (p *Peer) Forward(stream peerv1.PeerService_ForwardServer) error {
 }
 
 func (p *Peer) call(ctx context.Context, req *peerv1.ForwardRequest) (resp *peerv1.ForwardResponse) {
+	defer p.Metrics.served(time.Now())
 	resp = &peerv1.ForwardResponse{Id: req.Id}
 	fail := func(err error) *peerv1.ForwardResponse {
 		resp.Response = nil

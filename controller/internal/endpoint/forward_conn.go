@@ -173,9 +173,10 @@ func (f *Forwarder) Call(ctx context.Context, leader Leader, method string, req,
 		fr.Timeout = durationpb.New(time.Until(dl))
 	}
 	if !f.isUnsupported(leader.RaftAddr) {
+		start := time.Now()
 		err := f.callConn(ctx, leader.RaftAddr, fr, resp)
 		if !errors.Is(err, raftnode.ErrForwardUnsupported) {
-			f.metrics.forwarded(method, "raft")
+			f.metrics.forwarded(method, "raft", start)
 			return err
 		}
 		f.markUnsupported(leader.RaftAddr)
@@ -184,8 +185,10 @@ func (f *Forwarder) Call(ctx context.Context, leader Leader, method string, req,
 	if err != nil {
 		return err
 	}
-	f.metrics.forwarded(method, "api")
-	return f.stream.call(ctx, addr, fr, resp)
+	start := time.Now()
+	err = f.stream.call(ctx, addr, fr, resp)
+	f.metrics.forwarded(method, "api", start)
+	return err
 }
 
 func (f *Forwarder) callConn(ctx context.Context, addr string, fr *peerv1.ForwardRequest, resp proto.Message) error {

@@ -138,6 +138,53 @@ func forwarded(t *testing.T, reg *prometheus.Registry, transport string) float64
 	return 0
 }
 
+// histogram returns the count and sum of the histogram name in reg, of
+// the series with label transport when it is set.
+func histogram(t *testing.T, reg *prometheus.Registry, name, transport string) (uint64, float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := transport == ""
+			for _, l := range m.GetLabel() {
+				match = match || l.GetName() == "transport" && l.GetValue() == transport
+			}
+			if match {
+				return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return 0, 0
+}
+
+func TestForwarder_timesTheWaitAndTheLeadersShare(t *testing.T) {
+	peer := testPeer()
+	leaderReg := prometheus.NewRegistry()
+	peer.Metrics = NewMetrics(leaderReg)
+	port := newRaftPort(t, peer)
+	f, reg := newTestForwarder(t)
+	leader := Leader{RaftAddr: port.lis.Addr().String(), APIAddr: noAPI}
+	for range 4 {
+		require.NoError(t, f.Call(context.Background(), leader, checkMethod, &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{}))
+	}
+	// A call the leader fails is timed too.
+	err := f.Call(context.Background(), leader, checkMethod, &healthpb.HealthCheckRequest{Service: "nope"}, &healthpb.HealthCheckResponse{})
+	require.Equal(t, codes.NotFound, status.Code(err))
+
+	waits, waited := histogram(t, reg, "hostscale_controller_forward_wait_seconds", "raft")
+	serves, served := histogram(t, leaderReg, "hostscale_controller_forward_serve_seconds", "")
+	require.EqualValues(t, 5, waits)
+	require.EqualValues(t, 5, serves)
+	require.Positive(t, served)
+	require.Greater(t, waited, served, "the follower's wait holds the leader's share and the hop")
+	n, _ := histogram(t, reg, "hostscale_controller_forward_wait_seconds", "api")
+	require.Zero(t, n)
+}
+
 func TestForwarder_callsOverTheRaftPortReuseConnections(t *testing.T) {
 	port := newRaftPort(t, testPeer())
 	f, reg := newTestForwarder(t)
@@ -220,6 +267,8 @@ func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {
 	require.EqualValues(t, 1, dials.Load(), "the refusal is remembered")
 	require.EqualValues(t, 3, forwarded(t, reg, "api"))
 	require.Zero(t, forwarded(t, reg, "raft"))
+	waits, _ := histogram(t, reg, "hostscale_controller_forward_wait_seconds", "api")
+	require.EqualValues(t, 3, waits)
 }
 
 // BenchmarkForwarder_Call forwards a small call over each transport, on

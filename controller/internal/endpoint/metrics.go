@@ -10,9 +10,15 @@ import (
 // nothing.
 type Metrics struct {
 	forwards *prometheus.CounterVec
+	waits    *prometheus.HistogramVec
+	serves   prometheus.Histogram
 	applies  *prometheus.HistogramVec
 	batches  prometheus.Histogram
 }
+
+// forwardBuckets resolve a forwarding hop on a LAN, tens of microseconds,
+// as well as a call that waits seconds for Raft.
+var forwardBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
 // NewMetrics registers the write path's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -21,6 +27,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hostscale_controller_forwarded_total",
 			Help: "Calls this follower forwarded to the leader, by method and transport: raft (a connection to the leader's Raft port) or api (a Forward stream to its API, for a leader that does not take them on its Raft port).",
 		}, []string{"grpc_method", "transport"}),
+		waits: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hostscale_controller_forward_wait_seconds",
+			Help:    "Time this follower waited for the leader's answer to a call it forwarded, by transport; the leader's share is hostscale_controller_forward_serve_seconds on the leader.",
+			Buckets: forwardBuckets,
+		}, []string{"transport"}),
+		serves: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hostscale_controller_forward_serve_seconds",
+			Help:    "Time this leader took to run calls followers forwarded to it, from the decoded request to the encoded answer.",
+			Buckets: forwardBuckets,
+		}),
 		applies: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hostscale_controller_apply_seconds",
 			Help:    "Time from proposing a command to its application on this leader, by result.",
@@ -32,13 +48,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}),
 	}
-	reg.MustRegister(m.forwards, m.applies, m.batches)
+	reg.MustRegister(m.forwards, m.waits, m.serves, m.applies, m.batches)
 	return m
 }
 
-func (m *Metrics) forwarded(method, transport string) {
+// forwarded counts a call forwarded to the leader since start.
+func (m *Metrics) forwarded(method, transport string, start time.Time) {
 	if m != nil {
 		m.forwards.WithLabelValues(method, transport).Inc()
+		m.waits.WithLabelValues(transport).Observe(time.Since(start).Seconds())
+	}
+}
+
+// served records a forwarded call this leader ran since start.
+func (m *Metrics) served(start time.Time) {
+	if m != nil {
+		m.serves.Observe(time.Since(start).Seconds())
 	}
 }
 

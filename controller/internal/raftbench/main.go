@@ -44,8 +44,13 @@ type result struct {
 	errors      int64
 	elapsed     time.Duration
 	p50, p99    time.Duration
+	mean        time.Duration
+	// idle is the writers' measured mean idle time before each write.
+	idle time.Duration
 	// applyMean is the leader's mean propose-to-apply time (API only).
 	applyMean time.Duration
+	// stages splits an API write's mean time (API writes only).
+	stages *stages
 }
 
 func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
@@ -56,10 +61,11 @@ func main() {
 	clientsFlag := flag.String("clients", "1,64", "concurrent writers, comma-separated")
 	storesFlag := flag.String("stores", "wal,boltdb", "log stores, comma-separated: wal, boltdb")
 	size := flag.Int("size", 100, "payload bytes per bare raft entry")
+	idle := flag.Duration("idle", 0, "also run bare raft with each writer idle this long before each Apply, as a client's own time between writes leaves the machine; its latencies are the Applies' alone")
 	rounds := flag.Int("rounds", 3, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
 	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
-	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation")
+	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation, wake (a loopback round trip, back to back and after idling: what a hop costs on this machine)")
 	watchers := flag.Int("watchers", 100, "propagation: watching balancers")
 	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -99,6 +105,9 @@ func main() {
 		}
 		clients = append(clients, n)
 	}
+	if strings.Contains(*modes, "wake") {
+		runWake(os.Stdout)
+	}
 	if strings.Contains(*modes, "propagation") {
 		runPropagation(*watchers, *changes)
 	}
@@ -111,7 +120,10 @@ func main() {
 		for _, n := range clients {
 			for range max(*rounds, 1) {
 				if strings.Contains(*modes, "bare") {
-					results = append(results, runBare(store, n, *size, *warmup, *duration))
+					results = append(results, runBare(store, n, *size, 0, *warmup, *duration))
+					if *idle > 0 {
+						results = append(results, runBare(store, n, *size, *idle, *warmup, *duration))
+					}
 				}
 				if strings.Contains(*modes, "api") {
 					results = append(results, runAPI(store, n, *via, *conns, *warmup, *duration, false))
@@ -152,19 +164,57 @@ func report(w io.Writer, rs []result) {
 			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99, apply)
 	}
 	tw.Flush()
+	reportStages(w, rs, bare)
+}
+
+// reportStages prints where the API writes' time went, beside the mean
+// bare raft Apply of the round before, back to back and, with -idle, after
+// its writers' idle time.
+func reportStages(w io.Writer, rs []result, bare []*result) {
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
+	var tw *tabwriter.Writer
+	var idleBare *result
+	for i := range rs {
+		r := &rs[i]
+		if strings.HasPrefix(r.mode, "bare raft, idle") {
+			idleBare = r
+		}
+		st := r.stages
+		if st == nil {
+			continue
+		}
+		if tw == nil {
+			fmt.Fprintln(w, "\nWhere an API write's time goes, mean µs per write (forwarding: per forwarded call in brackets):")
+			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "store\tclients\tmode\tclient call\tgRPC client<->server\tforwarding\tforwarded\thandlers\tRaft propose->apply\tbare raft Apply\tbare raft Apply after idle (idle)\t")
+		}
+		bareMean, idleMean := "", ""
+		if b := bare[i]; b != nil {
+			bareMean = us(b.mean)
+		}
+		if b := idleBare; b != nil && b.store == r.store && b.clients == r.clients {
+			idleMean = fmt.Sprintf("%s (%s)", us(b.mean), us(b.idle))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s (%s)\t%.0f%%\t%s\t%s\t%s\t%s\t\n", r.store, r.clients, r.mode, us(r.mean),
+			us(st.grpc), us(st.forwarding), us(st.perForward), 100*st.forwardedShare, us(st.handlers), us(st.raft), bareMean, idleMean)
+	}
+	if tw != nil {
+		tw.Flush()
+	}
 }
 
 // bareBefore returns, for each API result, the bare raft result of the
-// same store and client count run last before it (nil for bare results and
-// when there is none).
+// same store and client count run last before it (nil for bare results,
+// idle ones included, and when there is none).
 func bareBefore(rs []result) []*result {
 	out := make([]*result, len(rs))
 	last := map[string]*result{}
 	for i := range rs {
 		key := fmt.Sprintf("%s/%d", rs[i].store, rs[i].clients)
-		if rs[i].mode == "bare raft" {
+		switch {
+		case rs[i].mode == "bare raft":
 			last[key] = &rs[i]
-		} else {
+		case !strings.HasPrefix(rs[i].mode, "bare raft"):
 			out[i] = last[key]
 		}
 	}
@@ -225,14 +275,23 @@ func summarize(w io.Writer, rs []result) {
 }
 
 // load runs n writers calling write until warmup+d has passed and returns
-// the figures of the last d.
-func load(n int, warmup, d time.Duration, tracePath string, write func(worker, seq int) error) result {
+// the figures of the last d. mark, when set, runs as the measured time
+// starts.
+func load(n int, warmup, d time.Duration, tracePath string, mark func(), write func(worker, seq int) error) result {
+	return loadIdle(n, 0, warmup, d, tracePath, mark, write)
+}
+
+// loadIdle is load with each writer idle for idle before each write; the
+// latencies are the writes' alone.
+func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(), write func(worker, seq int) error) result {
 	var (
 		measuring atomic.Bool
 		stop      atomic.Bool
 		errs      atomic.Int64
 		mu        sync.Mutex
 		lat       []time.Duration
+		idled     atomic.Int64
+		idles     atomic.Int64
 		wg        sync.WaitGroup
 	)
 	for w := range n {
@@ -241,6 +300,14 @@ func load(n int, warmup, d time.Duration, tracePath string, write func(worker, s
 			defer wg.Done()
 			var mine []time.Duration
 			for seq := 0; !stop.Load(); seq++ {
+				if idle > 0 {
+					s := time.Now()
+					time.Sleep(idle)
+					if measuring.Load() {
+						idled.Add(int64(time.Since(s)))
+						idles.Add(1)
+					}
+				}
 				start := time.Now()
 				err := write(w, seq)
 				if !measuring.Load() {
@@ -258,6 +325,9 @@ func load(n int, warmup, d time.Duration, tracePath string, write func(worker, s
 		}()
 	}
 	time.Sleep(warmup)
+	if mark != nil {
+		mark()
+	}
 	measuring.Store(true)
 	start := time.Now()
 	if tracePath != "" {
@@ -283,7 +353,19 @@ func load(n int, warmup, d time.Duration, tracePath string, write func(worker, s
 		}
 		return lat[int(p*float64(len(lat)-1))]
 	}
-	return result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99)}
+	var sum time.Duration
+	for _, l := range lat {
+		sum += l
+	}
+	mean := time.Duration(0)
+	if len(lat) > 0 {
+		mean = sum / time.Duration(len(lat))
+	}
+	r := result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99), mean: mean}
+	if idles.Load() > 0 {
+		r.idle = time.Duration(idled.Load() / idles.Load())
+	}
+	return r
 }
 
 // traceOut is -trace: runAPI traces its load. consistentReads is
@@ -323,7 +405,7 @@ func tempDir() string {
 // runBare measures raft.Apply on the leader of a three-node cluster built
 // by the controller's own raftnode package: same stores, cache, transport
 // and timings, with a state machine that does nothing.
-func runBare(store string, clients, size int, warmup, d time.Duration) result {
+func runBare(store string, clients, size int, idle, warmup, d time.Duration) result {
 	dir := tempDir()
 	defer os.RemoveAll(dir)
 	var lis []net.Listener
@@ -358,10 +440,15 @@ func runBare(store string, clients, size int, warmup, d time.Duration) result {
 		time.Sleep(10 * time.Millisecond)
 	}
 	payload := make([]byte, size)
-	r := load(clients, warmup, d, "", func(_, _ int) error {
+	r := loadIdle(clients, idle, warmup, d, "", nil, func(_, _ int) error {
 		return leader.Apply(payload, 10*time.Second).Error()
 	})
 	r.store, r.mode = store, "bare raft"
+	if idle > 0 {
+		// Named by the flag, so that the rounds' summary groups them; the
+		// idle time measured is in the stages table.
+		r.mode = fmt.Sprintf("bare raft, idle %v", idle)
+	}
 	return r
 }
 
@@ -434,7 +521,13 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 		pools = append(pools, pb.NewPoolServiceClient(t))
 	}
 	get := &pb.GetPoolRequest{Pool: "bench-0", Consistent: consistentReads}
-	r := load(clients, warmup, d, traceOut, func(w, seq int) error {
+	before := make([]map[string]float64, len(servers))
+	mark := func() {
+		for i, s := range servers {
+			before[i] = scrape(s.HTTPAddr())
+		}
+	}
+	r := load(clients, warmup, d, traceOut, mark, func(w, seq int) error {
 		// Each writer's calls go round the connections, and so the nodes:
 		// with -via all, two thirds of them are forwarded, one writer's too.
 		wr, c := writers[w], pools[(w+seq)%len(pools)]
@@ -459,41 +552,137 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 	if reads {
 		r.mode = "reads via " + via
 	}
-	for _, s := range servers {
+	var deltas []map[string]float64
+	leader := -1
+	for i, s := range servers {
+		deltas = append(deltas, delta(scrape(s.HTTPAddr()), before[i]))
 		if s.IsLeader() {
-			r.applyMean = meanApply(s.HTTPAddr())
+			leader = i
+		}
+	}
+	if leader >= 0 {
+		r.applyMean = meanOf(deltas[leader], "hostscale_controller_apply_seconds", `{result="ok"}`)
+		if !reads {
+			r.stages = split(deltas, leader, r.mean)
 		}
 	}
 	return r
 }
 
-// meanApply reads the leader's hostscale_controller_apply_seconds from its
-// /metrics: the mean time from proposing a command to its application.
-func meanApply(httpAddr string) time.Duration {
+// stages split an API write's mean time, as the client saw it, by where it
+// went: every part is a mean over all writes, forwarded or not.
+type stages struct {
+	// grpc is the client's call less the handling on the node it called:
+	// the client library, HTTP/2 on both ends and loopback.
+	grpc time.Duration
+	// forwarding is the hop from follower to leader and back, less the
+	// leader's share; perForward is the same per forwarded call.
+	forwarding, perForward time.Duration
+	forwardedShare         float64
+	// handlers is the handlers' own work on both nodes, less Raft and the
+	// forwarding hop.
+	handlers time.Duration
+	// raft is the time from proposing a command to its application on
+	// the leader, waiting for other entries included.
+	raft time.Duration
+}
+
+var writeMethods = []string{"/hostscale.v1.PoolService/CreatePool", "/hostscale.v1.PoolService/DeletePool"}
+
+// split works out an API run's stages from the metrics each node gathered
+// in the measured time (deltas, the leader's at index leader) and the
+// client's mean call.
+func split(deltas []map[string]float64, leader int, client time.Duration) *stages {
+	handled := func(m map[string]float64) (sum, count float64) {
+		for _, method := range writeMethods {
+			l := `{grpc_method="` + method + `"}`
+			sum += m["grpc_server_handling_seconds_sum"+l]
+			count += m["grpc_server_handling_seconds_count"+l]
+		}
+		return sum, count
+	}
+	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+	leaderSum, leaderCount := handled(deltas[leader])
+	var followerSum, followerCount, waitSum, waitCount float64
+	for i, m := range deltas {
+		if i == leader {
+			continue
+		}
+		s, c := handled(m)
+		followerSum, followerCount = followerSum+s, followerCount+c
+		for _, t := range []string{"raft", "api"} {
+			l := `{transport="` + t + `"}`
+			waitSum += m["hostscale_controller_forward_wait_seconds_sum"+l]
+			waitCount += m["hostscale_controller_forward_wait_seconds_count"+l]
+		}
+	}
+	calls := leaderCount + followerCount
+	if calls == 0 {
+		return nil
+	}
+	mean := func(sum, count float64) float64 {
+		if count == 0 {
+			return 0
+		}
+		return sum / count
+	}
+	apply := mean(deltas[leader]["hostscale_controller_apply_seconds_sum"+`{result="ok"}`],
+		deltas[leader]["hostscale_controller_apply_seconds_count"+`{result="ok"}`])
+	serve := mean(deltas[leader]["hostscale_controller_forward_serve_seconds_sum"], deltas[leader]["hostscale_controller_forward_serve_seconds_count"])
+	wait := mean(waitSum, waitCount)
+	direct, viaFollower := mean(leaderSum, leaderCount), mean(followerSum, followerCount)
+	share := followerCount / calls
+	st := &stages{
+		raft:           sec(apply),
+		forwardedShare: share,
+		perForward:     sec(wait - serve),
+		forwarding:     sec(share * (wait - serve)),
+		handlers:       sec((1-share)*(direct-apply) + share*((serve-apply)+(viaFollower-wait))),
+	}
+	st.grpc = client - sec((1-share)*direct+share*viaFollower)
+	return st
+}
+
+// scrape reads every sample of a node's /metrics, keyed by name and labels
+// as printed.
+func scrape(httpAddr string) map[string]float64 {
+	out := map[string]float64{}
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
 	if err != nil {
-		return 0
+		return out
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var sum, count float64
 	for _, line := range strings.Split(string(body), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 2 {
+		if line == "" || line[0] == '#' {
 			continue
 		}
-		v, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case `hostscale_controller_apply_seconds_sum{result="ok"}`:
-			sum = v
-		case `hostscale_controller_apply_seconds_count{result="ok"}`:
-			count = v
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
 		}
 	}
-	if count == 0 {
+	return out
+}
+
+func delta(after, before map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range after {
+		out[k] = v - before[k]
+	}
+	return out
+}
+
+// meanOf returns the mean of histogram name's series with labels in m.
+func meanOf(m map[string]float64, name, labels string) time.Duration {
+	c := m[name+"_count"+labels]
+	if c == 0 {
 		return 0
 	}
-	return time.Duration(sum / count * float64(time.Second))
+	return time.Duration(m[name+"_sum"+labels] / c * float64(time.Second))
 }
 
 // startControllers starts three controllers in this process, bootstrapped
