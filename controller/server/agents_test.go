@@ -391,3 +391,42 @@ func TestAgents_assignmentsChangedDuringAReportAreSent(t *testing.T) {
 		require.NoError(t, waitAssigned(n), "round %d", n)
 	}
 }
+
+// An agent that goes away mid-stream leaves nothing behind on the leader,
+// however its cancellation meets the handler's reading: the handler ends,
+// the node is no longer attached, and the server stops gracefully. (A
+// handler that missed the cancellation kept the node attached and held a
+// graceful stop forever.)
+func TestAgents_cancelledStreamsEndTheirHandlers(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	nodes := pb.NewNodeServiceClient(leader.Conn())
+	heartbeat := &pb.ConnectRequest{Message: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{}}}
+	for i := range 40 {
+		sctx, cancel := context.WithCancel(ctx)
+		s, first := agentStream(t, sctx, leader.Conn(), "gone")
+		require.NotNil(t, first.GetWelcome(), "round %d: %v", i, first)
+		// The handler is busy with earlier messages when the agent goes.
+		for range 50 + i%7*40 {
+			if s.Send(heartbeat) != nil {
+				break
+			}
+		}
+		cancel()
+		require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			n, err := nodes.GetNode(ctx, &pb.GetNodeRequest{Node: "gone"})
+			if err == nil && n.Node.Controller != "" {
+				err = fmt.Errorf("round %d: still attached to %s", i, n.Node.Controller)
+			}
+			return err
+		}))
+	}
+	done := make(chan struct{})
+	go func() { leader.Stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the leader did not stop")
+	}
+}

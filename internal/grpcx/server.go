@@ -119,7 +119,8 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 }
 
 // Serve serves on lis until ctx is cancelled, then stops gracefully, forcing
-// the stop after grace. It returns nil after a stop caused by ctx.
+// the stop after grace. It returns nil after a stop caused by ctx, unless
+// handlers outlived the forced stop (see Stop).
 func (s *Server) Serve(ctx context.Context, lis net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.Server.Serve(lis) }()
@@ -129,13 +130,19 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, grace time.Duratio
 	case <-ctx.Done():
 	}
 	s.Health.Shutdown()
-	Stop(s.Server, grace)
+	err := Stop(s.Server, grace)
 	<-errc
-	return nil
+	return err
 }
 
-// Stop stops s gracefully, and forcibly once grace has passed.
-func Stop(s *grpc.Server, grace time.Duration) {
+// stopWait bounds the wait, after a forced stop, for handlers that ignore
+// the end of their calls' contexts.
+var stopWait = 5 * time.Second
+
+// Stop stops s gracefully, and forcibly once grace has passed: that ends
+// every call's context. It returns an error, and leaves them behind, when
+// handlers still run stopWait after that.
+func Stop(s *grpc.Server, grace time.Duration) error {
 	done := make(chan struct{})
 	go func() {
 		s.GracefulStop()
@@ -145,9 +152,17 @@ func Stop(s *grpc.Server, grace time.Duration) {
 	defer t.Stop()
 	select {
 	case <-done:
+		return nil
 	case <-t.C:
-		s.Stop()
-		<-done
+	}
+	s.Stop()
+	w := time.NewTimer(stopWait)
+	defer w.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-w.C:
+		return fmt.Errorf("grpc: handlers still running %v after the forced stop; left behind", stopWait)
 	}
 }
 

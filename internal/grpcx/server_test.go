@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,13 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// stuck holds the handler of "stuck" calls, which ignore their context,
+// until a test closes it.
+var stuck = make(chan struct{})
+
+// entered counts the "wait" and "stuck" calls that reached their handler.
+var entered atomic.Int32
+
 // testService has one unary method that panics on "panic" and echoes
 // anything else.
 var testService = grpc.ServiceDesc{
@@ -35,8 +43,16 @@ var testService = grpc.ServiceDesc{
 				return nil, err
 			}
 			h := func(ctx context.Context, req any) (any, error) {
-				if req.(*wrapperspb.StringValue).Value == "panic" {
+				switch req.(*wrapperspb.StringValue).Value {
+				case "panic":
 					panic("boom")
+				case "wait":
+					entered.Add(1)
+					<-ctx.Done()
+					return nil, ctx.Err()
+				case "stuck":
+					entered.Add(1)
+					<-stuck
 				}
 				return req, nil
 			}
@@ -150,4 +166,58 @@ func TestServerConfig_Validate(t *testing.T) {
 	c = DefaultServerConfig()
 	c.KeepaliveMinTime = 0
 	require.Error(t, c.Validate())
+}
+
+// A graceful stop waits for calls up to the grace, then ends their
+// contexts; a handler that ignores its context does not hold the server
+// for ever.
+func TestServe_stopEndsCallsAfterTheGraceAndLeavesStuckHandlers(t *testing.T) {
+	defer func(d time.Duration) { stopWait = d }(stopWait)
+	stopWait = 200 * time.Millisecond
+	serve := func(calls ...string) (error, time.Duration, []error) {
+		s, err := NewServer(DefaultServerConfig())
+		require.NoError(t, err)
+		s.RegisterService(&testService, struct{}{})
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, lis, 300*time.Millisecond) }()
+		conn, err := Dial(lis.Addr().String())
+		require.NoError(t, err)
+		defer conn.Close()
+		entered.Store(0)
+		errs := make(chan error, len(calls))
+		for _, c := range calls {
+			go func() { errs <- echo(context.Background(), conn, c) }()
+		}
+		// Every call has reached its handler before the stop.
+		require.Eventually(t, func() bool {
+			return int(entered.Load()) == len(calls)
+		}, 5*time.Second, 5*time.Millisecond)
+		start := time.Now()
+		cancel()
+		err = <-done
+		took := time.Since(start)
+		var callErrs []error
+		for range calls {
+			callErrs = append(callErrs, <-errs)
+		}
+		return err, took, callErrs
+	}
+
+	// A call that waits on its context ends with the forced stop.
+	err, took, callErrs := serve("wait")
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, took, 300*time.Millisecond, "the grace was given")
+	require.Less(t, took, 300*time.Millisecond+stopWait)
+	require.Equal(t, codes.Unavailable, status.Code(callErrs[0]), callErrs[0])
+
+	// One that ignores it is left behind, and said so.
+	err, took, _ = serve("stuck")
+	require.ErrorContains(t, err, "handlers still running")
+	require.GreaterOrEqual(t, took, 300*time.Millisecond+stopWait)
+	close(stuck)
+	// goleak (TestMain) checks that the stuck handler's goroutines end
+	// once it returns.
 }

@@ -173,6 +173,8 @@ func (f *Controller) Connect(stream pb.AgentService_ConnectServer) error {
 			return status.Error(codes.Unavailable, "dropped by test")
 		case err := <-errc:
 			return err
+		case <-stream.Context().Done():
+			return stream.Context().Err()
 		case m := <-in:
 			switch m := m.GetMessage().(type) {
 			case *pb.ConnectRequest_Heartbeat:

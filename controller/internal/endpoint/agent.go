@@ -134,6 +134,10 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 			}
 		case err := <-errc:
 			return err
+		case <-stream.Context().Done():
+			// The agent went away or the server is stopping; the reader
+			// may have ended without a word.
+			return status.FromContextError(stream.Context().Err()).Err()
 		case <-ctx.Done():
 			if lctx.Err() != nil {
 				return status.Error(codes.Unavailable, "this controller is no longer the leader; reconnect")

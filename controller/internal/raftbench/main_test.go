@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A run where the client's calls took 1000 µs on average: the leader ran a
+// third of them directly in 700 µs, 600 of which were Raft; the followers
+// ran the other two thirds in 900 µs, 800 of which they waited for the
+// leader, which spent 650 µs on each.
+func TestSplit_stagesAddUpToTheClientsCall(t *testing.T) {
+	const create = `{grpc_method="/hostscale.v1.PoolService/CreatePool"}`
+	const del = `{grpc_method="/hostscale.v1.PoolService/DeletePool"}`
+	leader := map[string]float64{
+		"grpc_server_handling_seconds_sum" + create:                    50 * 700e-6,
+		"grpc_server_handling_seconds_count" + create:                  50,
+		"grpc_server_handling_seconds_sum" + del:                       50 * 700e-6,
+		"grpc_server_handling_seconds_count" + del:                     50,
+		`hostscale_controller_apply_seconds_sum{result="ok"}`:          300 * 600e-6,
+		`hostscale_controller_apply_seconds_count{result="ok"}`:        300,
+		"hostscale_controller_forward_serve_seconds_sum":               200 * 650e-6,
+		"hostscale_controller_forward_serve_seconds_count":             200,
+		`hostscale_controller_apply_seconds_sum{result="error"}`:       1,
+		`hostscale_controller_forward_wait_seconds_count{x="ignored"}`: 7,
+	}
+	follower := func(transport string) map[string]float64 {
+		return map[string]float64{
+			"grpc_server_handling_seconds_sum" + create:                                      100 * 900e-6,
+			"grpc_server_handling_seconds_count" + create:                                    100,
+			`hostscale_controller_forward_wait_seconds_sum{transport="` + transport + `"}`:   100 * 800e-6,
+			`hostscale_controller_forward_wait_seconds_count{transport="` + transport + `"}`: 100,
+		}
+	}
+	st := split([]map[string]float64{follower("raft"), leader, follower("api")}, 1, 1000*time.Microsecond)
+	require.NotNil(t, st)
+	us := func(f float64) time.Duration { return time.Duration(f * float64(time.Microsecond)) }
+	near := func(want, got time.Duration) {
+		t.Helper()
+		require.InDelta(t, float64(want), float64(got), float64(time.Microsecond), "want %v, got %v", want, got)
+	}
+	require.InDelta(t, 2.0/3, st.forwardedShare, 1e-9)
+	near(600*time.Microsecond, st.raft)
+	near(150*time.Microsecond, st.perForward)
+	near(100*time.Microsecond, st.forwarding)
+	// Direct: 700-600 on the leader; forwarded: 650-600 on the leader
+	// and 900-800 on the follower.
+	near(us(100.0/3+150.0*2/3), st.handlers)
+	// 1000 less the mean handling on the node called: 700/3 + 900*2/3.
+	near(us(1000-(700.0/3+1800.0/3)), st.grpc)
+	near(1000*time.Microsecond, st.grpc+st.forwarding+st.handlers+st.raft)
+
+	require.Nil(t, split([]map[string]float64{{}, {}, {}}, 0, time.Millisecond), "no calls, no split")
+}
+
+func TestScrape_readsSamplesAndSkipsTheRest(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, strings.Join([]string{
+			"# HELP a_seconds A.",
+			"# TYPE a_seconds histogram",
+			`a_seconds_sum{result="ok"} 0.25`,
+			"b_total 3",
+			"not a sample",
+			"",
+			"c_value NaN",
+		}, "\n"))
+	}))
+	defer srv.Close()
+	m := scrape(strings.TrimPrefix(srv.URL, "http://"))
+	require.Equal(t, 0.25, m[`a_seconds_sum{result="ok"}`])
+	require.Equal(t, 3.0, m["b_total"])
+	require.NotContains(t, m, "not a")
+	require.Len(t, m, 3)
+	require.Empty(t, scrape("127.0.0.1:1"), "nothing listening: no samples")
+
+	d := delta(map[string]float64{"x": 5, "y": 1}, map[string]float64{"x": 2})
+	require.Equal(t, map[string]float64{"x": 3, "y": 1}, d)
+	require.Equal(t, 250*time.Millisecond, meanOf(map[string]float64{"a_sum": 1, "a_count": 4}, "a", ""))
+	require.Zero(t, meanOf(map[string]float64{}, "a", ""))
+}
