@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,8 +25,8 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // stuck holds the handler of "stuck" calls, which ignore their context,
-// until a test closes it.
-var stuck = make(chan struct{})
+// until the test that made it closes it.
+var stuck chan struct{}
 
 // entered counts the "wait" and "stuck" calls that reached their handler.
 var entered atomic.Int32
@@ -61,7 +62,9 @@ var testService = grpc.ServiceDesc{
 	}},
 }
 
-func start(t *testing.T, cfg ServerConfig) *grpc.ClientConn {
+// serve serves the test service and returns a connection to it and the
+// function that cancels Serve and returns its result.
+func serve(t *testing.T, cfg ServerConfig, grace time.Duration) (*grpc.ClientConn, func() error) {
 	t.Helper()
 	s, err := NewServer(cfg)
 	require.NoError(t, err)
@@ -70,14 +73,31 @@ func start(t *testing.T, cfg ServerConfig) *grpc.ClientConn {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, lis, time.Second) }()
+	go func() { done <- s.Serve(ctx, lis, grace) }()
 	conn, err := Dial(lis.Addr().String())
 	require.NoError(t, err)
+	var (
+		once    sync.Once
+		stopErr error
+	)
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			stopErr = <-done
+		})
+		return stopErr
+	}
 	t.Cleanup(func() {
 		conn.Close()
-		cancel()
-		require.NoError(t, <-done)
+		_ = stop()
 	})
+	return conn, stop
+}
+
+func start(t *testing.T, cfg ServerConfig) *grpc.ClientConn {
+	t.Helper()
+	conn, stop := serve(t, cfg, time.Second)
+	t.Cleanup(func() { require.NoError(t, stop()) })
 	return conn
 }
 
@@ -173,19 +193,10 @@ func TestServerConfig_Validate(t *testing.T) {
 // for ever.
 func TestServe_stopEndsCallsAfterTheGraceAndLeavesStuckHandlers(t *testing.T) {
 	defer func(d time.Duration) { stopWait = d }(stopWait)
-	stopWait = 200 * time.Millisecond
-	serve := func(calls ...string) (error, time.Duration, []error) {
-		s, err := NewServer(DefaultServerConfig())
-		require.NoError(t, err)
-		s.RegisterService(&testService, struct{}{})
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- s.Serve(ctx, lis, 300*time.Millisecond) }()
-		conn, err := Dial(lis.Addr().String())
-		require.NoError(t, err)
-		defer conn.Close()
+	stopWait = time.Second
+	stuck = make(chan struct{})
+	run := func(calls ...string) (error, time.Duration, []error) {
+		conn, stop := serve(t, DefaultServerConfig(), 300*time.Millisecond)
 		entered.Store(0)
 		errs := make(chan error, len(calls))
 		for _, c := range calls {
@@ -196,8 +207,7 @@ func TestServe_stopEndsCallsAfterTheGraceAndLeavesStuckHandlers(t *testing.T) {
 			return int(entered.Load()) == len(calls)
 		}, 5*time.Second, 5*time.Millisecond)
 		start := time.Now()
-		cancel()
-		err = <-done
+		err := stop()
 		took := time.Since(start)
 		var callErrs []error
 		for range calls {
@@ -207,14 +217,14 @@ func TestServe_stopEndsCallsAfterTheGraceAndLeavesStuckHandlers(t *testing.T) {
 	}
 
 	// A call that waits on its context ends with the forced stop.
-	err, took, callErrs := serve("wait")
+	err, took, callErrs := run("wait")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, took, 300*time.Millisecond, "the grace was given")
 	require.Less(t, took, 300*time.Millisecond+stopWait)
 	require.Equal(t, codes.Unavailable, status.Code(callErrs[0]), callErrs[0])
 
 	// One that ignores it is left behind, and said so.
-	err, took, _ = serve("stuck")
+	err, took, _ = run("stuck")
 	require.ErrorContains(t, err, "handlers still running")
 	require.GreaterOrEqual(t, took, 300*time.Millisecond+stopWait)
 	close(stuck)
