@@ -128,6 +128,13 @@ func TestDecide_singleEvaluation(t *testing.T) {
 		{name: "desired above a lowered max comes down to it at once", in: input(10, 10, 100), edit: func(in *Input) { in.Max = 6 },
 			raw: 10, rec: 10, desired: 6, limitedBy: "max"},
 		{name: "no load goes to min", in: input(3, 3, 0, fastDown...), raw: 0, rec: 0, desired: 1, limitedBy: "min"},
+		// A pool of none reports nothing: autoscaling never empties one.
+		{name: "no load with a min of 0 keeps one instance", in: input(3, 3, 0, fastDown...), edit: func(in *Input) { in.Min = 0 },
+			raw: 0, rec: 0, desired: 1, limitedBy: "min", reason: "autoscaling keeps at least 1 instance"},
+		{name: "a pool of one with a min of 0 stays at one", in: input(1, 1, 0, fastDown...), edit: func(in *Input) { in.Min = 0 },
+			raw: 0, rec: 0, desired: 1, limitedBy: "min"},
+		{name: "a max of 0 still empties the pool", in: input(2, 2, 100), edit: func(in *Input) { in.Min, in.Max = 0, 0 },
+			raw: 2, rec: 2, desired: 0, limitedBy: "max", reason: "the pool's max is 0"},
 
 		// One value for the pool (p95 latency) scales with the ready count.
 		{name: "p95 latency above its target", in: Input{
@@ -236,6 +243,8 @@ func TestDecide_holds(t *testing.T) {
 			raw: 1, rec: 1, limitedBy: "warming-up"},
 		{name: "warming up is named even when the metric agrees", in: input(4, 4, 100), edit: func(in *Input) { in.WarmingUp = true },
 			raw: 4, rec: 4, limitedBy: "warming-up"},
+		{name: "a pool an operator emptied stays empty", in: input(0, 0, 0), edit: func(in *Input) { in.Min, in.Values = 0, nil },
+			raw: 0, rec: 0, limitedBy: "no-data", reason: "no data: 0 ready of 0"},
 		{name: "a hold does not act even outside the bounds", in: input(4, 4, 200),
 			edit: func(in *Input) { in.WarmingUp, in.Max = true, 3 }, raw: 8, rec: 8, limitedBy: "warming-up"},
 	}

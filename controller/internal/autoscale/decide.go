@@ -103,7 +103,8 @@ type MetricValues struct {
 //     Desired as they allow ("window").
 //  5. Rate: at most the scale-up limit above Desired, at least the
 //     scale-down limit below it ("rate").
-//  6. Clamp into [Min, Max] ("min", "max"); Min wins if Min > Max.
+//  6. Clamp into [Min, Max] ("min", "max"); Min wins if Min > Max. Never
+//     below MinInstances ("min") unless Max is below it.
 //
 // A hold leaves desired at Desired even outside [Min, Max]: a hold never
 // acts. Events stamped after Now (a new leader whose clock is behind the
@@ -460,7 +461,18 @@ func (d *decision) bounds() {
 		d.set(LimitedByMin, d.in.Min)
 		d.say("the pool's min is %d", d.in.Min)
 	}
+	if d.v < MinInstances && d.in.Max >= MinInstances {
+		d.set(LimitedByMin, MinInstances)
+		d.say("autoscaling keeps at least %d instance: without one no metric would show the load come back", MinInstances)
+	}
 }
+
+// MinInstances is the fewest instances autoscaling leaves a pool, whatever
+// its min: a pool of none reports no metric, so nothing would ever scale
+// it up again. (The HPA's minReplicas defaults to 1 for the same reason.)
+// An operator's ScalePool to 0 stands: with no instance ready the
+// autoscaler holds.
+const MinInstances = 1
 
 // ceilCount is ceil(x) as a count, saturating; the epsilon keeps float
 // noise (2 × 1.1 / 1.1 = 2.0000000000000004) from adding an instance.
