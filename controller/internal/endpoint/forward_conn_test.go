@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -119,28 +120,10 @@ func newTestForwarder(t testing.TB) (*Forwarder, *prometheus.Registry) {
 
 func noAPI() (string, error) { return "", status.Error(codes.Unavailable, "no API address") }
 
-func forwarded(t *testing.T, reg *prometheus.Registry, transport string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "hostscale_controller_forwarded_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "transport" && l.GetValue() == transport {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
-// histogram returns the count and sum of the histogram name in reg, of
-// the series with label transport when it is set.
-func histogram(t *testing.T, reg *prometheus.Registry, name, transport string) (uint64, float64) {
+// series returns the first series of the metric name in reg whose
+// transport label is transport (any series when transport is empty), or
+// nil.
+func series(t *testing.T, reg *prometheus.Registry, name, transport string) *dto.Metric {
 	t.Helper()
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
@@ -154,11 +137,24 @@ func histogram(t *testing.T, reg *prometheus.Registry, name, transport string) (
 				match = match || l.GetName() == "transport" && l.GetValue() == transport
 			}
 			if match {
-				return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+				return m
 			}
 		}
 	}
-	return 0, 0
+	return nil
+}
+
+func forwarded(t *testing.T, reg *prometheus.Registry, transport string) float64 {
+	t.Helper()
+	return series(t, reg, "hostscale_controller_forwarded_total", transport).GetCounter().GetValue()
+}
+
+// histogram returns the count and sum of the histogram name in reg, of
+// the series with label transport when it is set.
+func histogram(t *testing.T, reg *prometheus.Registry, name, transport string) (uint64, float64) {
+	t.Helper()
+	h := series(t, reg, name, transport).GetHistogram()
+	return h.GetSampleCount(), h.GetSampleSum()
 }
 
 func TestForwarder_timesTheWaitAndTheLeadersShare(t *testing.T) {
