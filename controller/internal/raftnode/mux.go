@@ -85,6 +85,11 @@ type streamLayer struct {
 	closed   bool
 	closedCh chan struct{}
 	wg       sync.WaitGroup
+	// The forwarding connections being served, and their handlers; once
+	// fwdStopped, no handler starts.
+	fwd        map[net.Conn]struct{}
+	fwdStopped bool
+	fwdWG      sync.WaitGroup
 }
 
 func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration) *streamLayer {
@@ -93,6 +98,7 @@ func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration)
 		raftConns: make(chan net.Conn),
 		conns:     map[net.Conn]struct{}{},
 		closedCh:  make(chan struct{}),
+		fwd:       map[net.Conn]struct{}{},
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -221,10 +227,38 @@ func (s *streamLayer) serveForward(c net.Conn) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	s.mu.Lock()
+	if s.fwdStopped {
+		s.mu.Unlock()
+		return
+	}
+	s.fwd[c] = struct{}{}
+	s.fwdWG.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.fwd, c)
+		s.mu.Unlock()
+		s.fwdWG.Done()
+	}()
 	if _, err := c.Write([]byte{forwardAccept}); err != nil {
 		return
 	}
 	(*h)(c)
+}
+
+// stopForwards refuses forwarding connections from now on, closes those
+// being served and waits for their handlers to return. Node.Close calls it
+// before Raft shuts down: a handler may be waiting for a command it
+// proposed, and only a running Raft answers it (hashicorp/raft#498).
+func (s *streamLayer) stopForwards() {
+	s.mu.Lock()
+	s.fwdStopped = true
+	for c := range s.fwd {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.fwdWG.Wait()
 }
 
 // prefixConn gives back the byte read to sort the connection.

@@ -275,9 +275,13 @@ func openStores(cfg Config, closers *[]io.Closer) (raft.LogStore, raft.StableSto
 	return logs, stable, nil
 }
 
-// Close shuts Raft down and closes the transport and the stores, in that
-// order: raft must stop using the stores before they close.
+// Close ends the calls forwarded to this node, then shuts Raft down and
+// closes the transport and the stores, in that order: a forwarded call may
+// wait on Raft, and Raft must stop using the stores before they close.
 func (n *Node) Close() error {
+	if n.stream != nil {
+		n.stream.stopForwards()
+	}
 	var err error
 	if n.Raft != nil {
 		err = n.Raft.Shutdown().Error()

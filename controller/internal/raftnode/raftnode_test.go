@@ -1,0 +1,70 @@
+package raftnode
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/require"
+)
+
+type countFSM struct{}
+
+func (countFSM) Apply(*raft.Log) any                 { return nil }
+func (countFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, io.ErrUnexpectedEOF }
+func (countFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
+
+// A forwarded call may be waiting for a command it proposed when the node
+// closes. Close ends such calls while Raft still runs, so that their
+// commands are answered: a command proposed just before Raft shuts down
+// may otherwise never be (hashicorp/raft#498), and Close waited for ever.
+func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	cfg := DefaultConfig()
+	cfg.ID, cfg.DataDir, cfg.Listener = "n1", t.TempDir(), lis
+	cfg.Peers = []Peer{{ID: "n1", Address: lis.Addr().String()}}
+	n, err := New(cfg, countFSM{})
+	require.NoError(t, err)
+	select {
+	case <-n.LeaderCh():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no leader")
+	}
+
+	type exit struct {
+		state    raft.RaftState
+		applyErr error
+	}
+	exits := make(chan exit, 1)
+	started := make(chan struct{})
+	n.ServeForwards(func(c net.Conn) {
+		close(started)
+		_, _ = io.Copy(io.Discard, c) // until Close ends the connection
+		// The call now proposes a command, as a forwarded write does.
+		exits <- exit{n.State(), n.Apply([]byte("write"), time.Second).Error()}
+	})
+	c, err := DialForward(context.Background(), lis.Addr().String(), time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	<-started
+
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	e := <-exits
+	require.Equal(t, raft.Leader, e.state, "the call ended before Raft shut down")
+	require.NoError(t, e.applyErr, "and its command was answered")
+
+	// A closed node refuses forwarded calls.
+	_, err = DialForward(context.Background(), lis.Addr().String(), time.Second)
+	require.Error(t, err)
+}
