@@ -11,11 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-type countFSM struct{}
+type nopFSM struct{}
 
-func (countFSM) Apply(*raft.Log) any                 { return nil }
-func (countFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, io.ErrUnexpectedEOF }
-func (countFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
+func (nopFSM) Apply(*raft.Log) any                 { return nil }
+func (nopFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, io.ErrUnexpectedEOF }
+func (nopFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
 
 // A forwarded call may be waiting for a command it proposed when the node
 // closes. Close ends such calls while Raft still runs, so that their
@@ -27,7 +27,7 @@ func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.ID, cfg.DataDir, cfg.Listener = "n1", t.TempDir(), lis
 	cfg.Peers = []Peer{{ID: "n1", Address: lis.Addr().String()}}
-	n, err := New(cfg, countFSM{})
+	n, err := New(cfg, nopFSM{})
 	require.NoError(t, err)
 	select {
 	case <-n.LeaderCh():
