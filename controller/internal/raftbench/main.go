@@ -587,48 +587,41 @@ type stages struct {
 	raft time.Duration
 }
 
-var writeMethods = []string{"/hostscale.v1.PoolService/CreatePool", "/hostscale.v1.PoolService/DeletePool"}
+// writeLabels are the label sets of the gRPC methods the API writes call.
+var writeLabels = []string{
+	`{grpc_method="/hostscale.v1.PoolService/CreatePool"}`,
+	`{grpc_method="/hostscale.v1.PoolService/DeletePool"}`,
+}
+
+// forwardLabels are the label sets of the followers' forward waits.
+var forwardLabels = []string{`{transport="raft"}`, `{transport="api"}`}
 
 // split works out an API run's stages from the metrics each node gathered
 // in the measured time (deltas, the leader's at index leader) and the
 // client's mean call.
 func split(deltas []map[string]float64, leader int, client time.Duration) *stages {
-	handled := func(m map[string]float64) (sum, count float64) {
-		for _, method := range writeMethods {
-			l := `{grpc_method="` + method + `"}`
-			sum += m["grpc_server_handling_seconds_sum"+l]
-			count += m["grpc_server_handling_seconds_count"+l]
-		}
-		return sum, count
-	}
+	const (
+		handling = "grpc_server_handling_seconds"
+		waiting  = "hostscale_controller_forward_wait_seconds"
+	)
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
-	leaderSum, leaderCount := handled(deltas[leader])
+	leaderSum, leaderCount := totals(deltas[leader], handling, writeLabels...)
 	var followerSum, followerCount, waitSum, waitCount float64
 	for i, m := range deltas {
 		if i == leader {
 			continue
 		}
-		s, c := handled(m)
+		s, c := totals(m, handling, writeLabels...)
 		followerSum, followerCount = followerSum+s, followerCount+c
-		for _, t := range []string{"raft", "api"} {
-			l := `{transport="` + t + `"}`
-			waitSum += m["hostscale_controller_forward_wait_seconds_sum"+l]
-			waitCount += m["hostscale_controller_forward_wait_seconds_count"+l]
-		}
+		s, c = totals(m, waiting, forwardLabels...)
+		waitSum, waitCount = waitSum+s, waitCount+c
 	}
 	calls := leaderCount + followerCount
 	if calls == 0 {
 		return nil
 	}
-	mean := func(sum, count float64) float64 {
-		if count == 0 {
-			return 0
-		}
-		return sum / count
-	}
-	apply := mean(deltas[leader]["hostscale_controller_apply_seconds_sum"+`{result="ok"}`],
-		deltas[leader]["hostscale_controller_apply_seconds_count"+`{result="ok"}`])
-	serve := mean(deltas[leader]["hostscale_controller_forward_serve_seconds_sum"], deltas[leader]["hostscale_controller_forward_serve_seconds_count"])
+	apply := mean(totals(deltas[leader], "hostscale_controller_apply_seconds", `{result="ok"}`))
+	serve := mean(totals(deltas[leader], "hostscale_controller_forward_serve_seconds", ""))
 	wait := mean(waitSum, waitCount)
 	direct, viaFollower := mean(leaderSum, leaderCount), mean(followerSum, followerCount)
 	share := followerCount / calls
@@ -641,6 +634,24 @@ func split(deltas []map[string]float64, leader int, client time.Duration) *stage
 	}
 	st.grpc = client - sec((1-share)*direct+share*viaFollower)
 	return st
+}
+
+// totals returns the sum and count of the histogram name in m over the
+// given label sets ("" for a histogram without labels).
+func totals(m map[string]float64, name string, labels ...string) (sum, count float64) {
+	for _, l := range labels {
+		sum += m[name+"_sum"+l]
+		count += m[name+"_count"+l]
+	}
+	return sum, count
+}
+
+// mean is sum/count, 0 without a count.
+func mean(sum, count float64) float64 {
+	if count == 0 {
+		return 0
+	}
+	return sum / count
 }
 
 // scrape reads every sample of a node's /metrics, keyed by name and labels
@@ -678,11 +689,7 @@ func delta(after, before map[string]float64) map[string]float64 {
 
 // meanOf returns the mean of histogram name's series with labels in m.
 func meanOf(m map[string]float64, name, labels string) time.Duration {
-	c := m[name+"_count"+labels]
-	if c == 0 {
-		return 0
-	}
-	return time.Duration(m[name+"_sum"+labels] / c * float64(time.Second))
+	return time.Duration(mean(totals(m, name, labels)) * float64(time.Second))
 }
 
 // startControllers starts three controllers in this process, bootstrapped
