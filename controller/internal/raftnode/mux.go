@@ -80,14 +80,15 @@ type streamLayer struct {
 	raftConns chan net.Conn
 	forward   atomic.Pointer[func(net.Conn)]
 
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{} // accepted, not yet handed to Raft
+	mu sync.Mutex
+	// conns are the accepted connections not handed to Raft; true marks
+	// those a forward handler serves.
+	conns    map[net.Conn]bool
 	closed   bool
 	closedCh chan struct{}
 	wg       sync.WaitGroup
-	// The forwarding connections being served, and their handlers; once
-	// fwdStopped, no handler starts.
-	fwd        map[net.Conn]struct{}
+	// fwdWG counts the forward handlers running; once fwdStopped, none
+	// starts.
 	fwdStopped bool
 	fwdWG      sync.WaitGroup
 }
@@ -96,9 +97,8 @@ func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration)
 	s := &streamLayer{
 		lis: lis, advertise: advertise, silence: silence,
 		raftConns: make(chan net.Conn),
-		conns:     map[net.Conn]struct{}{},
+		conns:     map[net.Conn]bool{},
 		closedCh:  make(chan struct{}),
-		fwd:       map[net.Conn]struct{}{},
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -147,7 +147,7 @@ func (s *streamLayer) track(c net.Conn) bool {
 	if s.closed {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = false
 	return true
 }
 
@@ -232,15 +232,10 @@ func (s *streamLayer) serveForward(c net.Conn) {
 		s.mu.Unlock()
 		return
 	}
-	s.fwd[c] = struct{}{}
+	s.conns[c] = true
 	s.fwdWG.Add(1)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.fwd, c)
-		s.mu.Unlock()
-		s.fwdWG.Done()
-	}()
+	defer s.fwdWG.Done()
 	if _, err := c.Write([]byte{forwardAccept}); err != nil {
 		return
 	}
@@ -254,8 +249,10 @@ func (s *streamLayer) serveForward(c net.Conn) {
 func (s *streamLayer) stopForwards() {
 	s.mu.Lock()
 	s.fwdStopped = true
-	for c := range s.fwd {
-		c.Close()
+	for c, served := range s.conns {
+		if served {
+			c.Close()
+		}
 	}
 	s.mu.Unlock()
 	s.fwdWG.Wait()
