@@ -9,6 +9,7 @@ package hostscalev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -141,12 +142,16 @@ func (x *TableBackend) GetDraining() bool {
 
 // TablePool is the routing part of a pool.
 type TablePool struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Hosts         []string               `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	PathPrefix    string                 `protobuf:"bytes,3,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
-	Policy        Policy                 `protobuf:"varint,4,opt,name=policy,proto3,enum=hostscale.v1.Policy" json:"policy,omitempty"`
-	Backends      []*TableBackend        `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Hosts      []string               `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	PathPrefix string                 `protobuf:"bytes,3,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	Policy     Policy                 `protobuf:"varint,4,opt,name=policy,proto3,enum=hostscale.v1.Policy" json:"policy,omitempty"`
+	Backends   []*TableBackend        `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
+	// While the pool has no backend to take a request, a balancer holds the
+	// request this long for one to appear (a pool scaled to zero starting
+	// an instance) before answering 503. Unset: 503 at once.
+	HoldWhenEmpty *durationpb.Duration `protobuf:"bytes,6,opt,name=hold_when_empty,json=holdWhenEmpty,proto3" json:"hold_when_empty,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -212,6 +217,13 @@ func (x *TablePool) GetPolicy() Policy {
 func (x *TablePool) GetBackends() []*TableBackend {
 	if x != nil {
 		return x.Backends
+	}
+	return nil
+}
+
+func (x *TablePool) GetHoldWhenEmpty() *durationpb.Duration {
+	if x != nil {
+		return x.HoldWhenEmpty
 	}
 	return nil
 }
@@ -566,8 +578,10 @@ type ReportStatsRequest struct {
 	Balancer string                 `protobuf:"bytes,1,opt,name=balancer,proto3" json:"balancer,omitempty"`
 	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// Upper bounds of the latency buckets, in seconds, ascending.
-	BucketBounds  []float64          `protobuf:"fixed64,3,rep,packed,name=bucket_bounds,json=bucketBounds,proto3" json:"bucket_bounds,omitempty"`
-	Backends      []*BackendCounters `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	BucketBounds []float64          `protobuf:"fixed64,3,rep,packed,name=bucket_bounds,json=bucketBounds,proto3" json:"bucket_bounds,omitempty"`
+	Backends     []*BackendCounters `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// Every pool of the balancer's table, with or without backends.
+	Pools         []*PoolCounters `protobuf:"bytes,5,rep,name=pools,proto3" json:"pools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -630,6 +644,78 @@ func (x *ReportStatsRequest) GetBackends() []*BackendCounters {
 	return nil
 }
 
+func (x *ReportStatsRequest) GetPools() []*PoolCounters {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+// PoolCounters are what a balancer knows of a pool beyond its backends:
+// the requests that found no backend to take them.
+type PoolCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Requests held now, waiting for a backend (TablePool.hold_when_empty).
+	Waiting uint32 `protobuf:"varint,2,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Requests that found no backend, held or not, since the pool joined the
+	// balancer's table; it only grows while the pool stays.
+	Unserved      uint64 `protobuf:"varint,3,opt,name=unserved,proto3" json:"unserved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolCounters) Reset() {
+	*x = PoolCounters{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolCounters) ProtoMessage() {}
+
+func (x *PoolCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolCounters.ProtoReflect.Descriptor instead.
+func (*PoolCounters) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PoolCounters) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *PoolCounters) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *PoolCounters) GetUnserved() uint64 {
+	if x != nil {
+		return x.Unserved
+	}
+	return 0
+}
+
 type ReportStatsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -638,7 +724,7 @@ type ReportStatsResponse struct {
 
 func (x *ReportStatsResponse) Reset() {
 	*x = ReportStatsResponse{}
-	mi := &file_hostscale_v1_balancer_proto_msgTypes[10]
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +736,7 @@ func (x *ReportStatsResponse) String() string {
 func (*ReportStatsResponse) ProtoMessage() {}
 
 func (x *ReportStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_balancer_proto_msgTypes[10]
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,28 +749,29 @@ func (x *ReportStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatsResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatsResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{11}
 }
 
 var File_hostscale_v1_balancer_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\n" +
-	"\x1bhostscale/v1/balancer.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"8\n" +
+	"\x1bhostscale/v1/balancer.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"8\n" +
 	"\fTableVersion\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\\\n" +
 	"\fTableBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\x1a\n" +
-	"\bdraining\x18\x03 \x01(\bR\bdraining\"\xbc\x01\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\"\xff\x01\n" +
 	"\tTablePool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
 	"\vpath_prefix\x18\x03 \x01(\tR\n" +
 	"pathPrefix\x12,\n" +
 	"\x06policy\x18\x04 \x01(\x0e2\x14.hostscale.v1.PolicyR\x06policy\x126\n" +
-	"\bbackends\x18\x05 \x03(\v2\x1a.hostscale.v1.TableBackendR\bbackends\"l\n" +
+	"\bbackends\x18\x05 \x03(\v2\x1a.hostscale.v1.TableBackendR\bbackends\x12A\n" +
+	"\x0fhold_when_empty\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rholdWhenEmpty\"l\n" +
 	"\x05Table\x124\n" +
 	"\aversion\x18\x01 \x01(\v2\x1a.hostscale.v1.TableVersionR\aversion\x12-\n" +
 	"\x05pools\x18\x02 \x03(\v2\x17.hostscale.v1.TablePoolR\x05pools\"_\n" +
@@ -707,12 +794,17 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\brequests\x18\x03 \x01(\x04R\brequests\x12\x16\n" +
 	"\x06errors\x18\x04 \x01(\x04R\x06errors\x12\x1b\n" +
 	"\tin_flight\x18\x05 \x01(\x03R\binFlight\x12%\n" +
-	"\x0elatency_counts\x18\x06 \x03(\x04R\rlatencyCounts\"\xc0\x01\n" +
+	"\x0elatency_counts\x18\x06 \x03(\x04R\rlatencyCounts\"\xf2\x01\n" +
 	"\x12ReportStatsRequest\x12\x1a\n" +
 	"\bbalancer\x18\x01 \x01(\tR\bbalancer\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
 	"\rbucket_bounds\x18\x03 \x03(\x01R\fbucketBounds\x129\n" +
-	"\bbackends\x18\x04 \x03(\v2\x1d.hostscale.v1.BackendCountersR\bbackends\"\x15\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1d.hostscale.v1.BackendCountersR\bbackends\x120\n" +
+	"\x05pools\x18\x05 \x03(\v2\x1a.hostscale.v1.PoolCountersR\x05pools\"X\n" +
+	"\fPoolCounters\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
+	"\awaiting\x18\x02 \x01(\rR\awaiting\x12\x1a\n" +
+	"\bunserved\x18\x03 \x01(\x04R\bunserved\"\x15\n" +
 	"\x13ReportStatsResponse2\x83\x02\n" +
 	"\x0fBalancerService\x12Q\n" +
 	"\n" +
@@ -732,7 +824,7 @@ func file_hostscale_v1_balancer_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_balancer_proto_rawDescData
 }
 
-var file_hostscale_v1_balancer_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_hostscale_v1_balancer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_hostscale_v1_balancer_proto_goTypes = []any{
 	(*TableVersion)(nil),          // 0: hostscale.v1.TableVersion
 	(*TableBackend)(nil),          // 1: hostscale.v1.TableBackend
@@ -744,31 +836,35 @@ var file_hostscale_v1_balancer_proto_goTypes = []any{
 	(*AckTableResponse)(nil),      // 7: hostscale.v1.AckTableResponse
 	(*BackendCounters)(nil),       // 8: hostscale.v1.BackendCounters
 	(*ReportStatsRequest)(nil),    // 9: hostscale.v1.ReportStatsRequest
-	(*ReportStatsResponse)(nil),   // 10: hostscale.v1.ReportStatsResponse
-	(Policy)(0),                   // 11: hostscale.v1.Policy
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*PoolCounters)(nil),          // 10: hostscale.v1.PoolCounters
+	(*ReportStatsResponse)(nil),   // 11: hostscale.v1.ReportStatsResponse
+	(Policy)(0),                   // 12: hostscale.v1.Policy
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_hostscale_v1_balancer_proto_depIdxs = []int32{
-	11, // 0: hostscale.v1.TablePool.policy:type_name -> hostscale.v1.Policy
+	12, // 0: hostscale.v1.TablePool.policy:type_name -> hostscale.v1.Policy
 	1,  // 1: hostscale.v1.TablePool.backends:type_name -> hostscale.v1.TableBackend
-	0,  // 2: hostscale.v1.Table.version:type_name -> hostscale.v1.TableVersion
-	2,  // 3: hostscale.v1.Table.pools:type_name -> hostscale.v1.TablePool
-	0,  // 4: hostscale.v1.WatchTableRequest.have:type_name -> hostscale.v1.TableVersion
-	3,  // 5: hostscale.v1.WatchTableResponse.table:type_name -> hostscale.v1.Table
-	0,  // 6: hostscale.v1.AckTableRequest.version:type_name -> hostscale.v1.TableVersion
-	12, // 7: hostscale.v1.ReportStatsRequest.time:type_name -> google.protobuf.Timestamp
-	8,  // 8: hostscale.v1.ReportStatsRequest.backends:type_name -> hostscale.v1.BackendCounters
-	4,  // 9: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
-	6,  // 10: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
-	9,  // 11: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
-	5,  // 12: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
-	7,  // 13: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
-	10, // 14: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 2: hostscale.v1.TablePool.hold_when_empty:type_name -> google.protobuf.Duration
+	0,  // 3: hostscale.v1.Table.version:type_name -> hostscale.v1.TableVersion
+	2,  // 4: hostscale.v1.Table.pools:type_name -> hostscale.v1.TablePool
+	0,  // 5: hostscale.v1.WatchTableRequest.have:type_name -> hostscale.v1.TableVersion
+	3,  // 6: hostscale.v1.WatchTableResponse.table:type_name -> hostscale.v1.Table
+	0,  // 7: hostscale.v1.AckTableRequest.version:type_name -> hostscale.v1.TableVersion
+	14, // 8: hostscale.v1.ReportStatsRequest.time:type_name -> google.protobuf.Timestamp
+	8,  // 9: hostscale.v1.ReportStatsRequest.backends:type_name -> hostscale.v1.BackendCounters
+	10, // 10: hostscale.v1.ReportStatsRequest.pools:type_name -> hostscale.v1.PoolCounters
+	4,  // 11: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
+	6,  // 12: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
+	9,  // 13: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
+	5,  // 14: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
+	7,  // 15: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
+	11, // 16: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_balancer_proto_init() }
@@ -783,7 +879,7 @@ func file_hostscale_v1_balancer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_balancer_proto_rawDesc), len(file_hostscale_v1_balancer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

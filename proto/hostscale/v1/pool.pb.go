@@ -677,9 +677,19 @@ type ScalingPolicy struct {
 	// them asks for, as the HPA does with several metrics. A metric whose
 	// data is missing or stale holds a scale-down but not a scale-up. At
 	// most 3; no metric twice, the policy's own included.
-	Metrics       []*MetricTarget `protobuf:"bytes,14,rep,name=metrics,proto3" json:"metrics,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Metrics []*MetricTarget `protobuf:"bytes,14,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	// Scale to zero: once the pool's balancers have routed it no request
+	// for this long (1s to 24h), autoscaling takes it to 0 instances; the
+	// first request that comes for it then is held at the balancer while
+	// autoscaling starts one instance again. A pool min above 0 keeps that
+	// many instead. Unset: autoscaling keeps at least one instance.
+	ScaleToZeroAfter *durationpb.Duration `protobuf:"bytes,15,opt,name=scale_to_zero_after,json=scaleToZeroAfter,proto3" json:"scale_to_zero_after,omitempty"`
+	// With scale_to_zero_after: how long a balancer holds a request for the
+	// pool while it has no instance, before answering 503 (default 30s, 1s
+	// to 5m).
+	ActivationTimeout *durationpb.Duration `protobuf:"bytes,16,opt,name=activation_timeout,json=activationTimeout,proto3" json:"activation_timeout,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ScalingPolicy) Reset() {
@@ -806,6 +816,20 @@ func (x *ScalingPolicy) GetProvider() *ScaleProvider {
 func (x *ScalingPolicy) GetMetrics() []*MetricTarget {
 	if x != nil {
 		return x.Metrics
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetScaleToZeroAfter() *durationpb.Duration {
+	if x != nil {
+		return x.ScaleToZeroAfter
+	}
+	return nil
+}
+
+func (x *ScalingPolicy) GetActivationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ActivationTimeout
 	}
 	return nil
 }
@@ -3030,7 +3054,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\tRateLimit\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
-	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xff\x06\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\x93\b\n" +
 	"\rScalingPolicy\x123\n" +
 	"\x06metric\x18\x01 \x01(\x0e2\x1b.hostscale.v1.ScalingMetricR\x06metric\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\x01R\x06target\x12!\n" +
@@ -3046,7 +3070,9 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x06window\x18\v \x01(\v2\x19.google.protobuf.DurationR\x06window\x12N\n" +
 	"\x15initialization_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x14initializationPeriod\x127\n" +
 	"\bprovider\x18\r \x01(\v2\x1b.hostscale.v1.ScaleProviderR\bprovider\x124\n" +
-	"\ametrics\x18\x0e \x03(\v2\x1a.hostscale.v1.MetricTargetR\ametricsB\f\n" +
+	"\ametrics\x18\x0e \x03(\v2\x1a.hostscale.v1.MetricTargetR\ametrics\x12H\n" +
+	"\x13scale_to_zero_after\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\x10scaleToZeroAfter\x12H\n" +
+	"\x12activation_timeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\x11activationTimeoutB\f\n" +
 	"\n" +
 	"_tolerance\"[\n" +
 	"\fMetricTarget\x123\n" +
@@ -3359,63 +3385,65 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	41, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
 	11, // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
 	9,  // 17: hostscale.v1.ScalingPolicy.metrics:type_name -> hostscale.v1.MetricTarget
-	1,  // 18: hostscale.v1.MetricTarget.metric:type_name -> hostscale.v1.ScalingMetric
-	1,  // 19: hostscale.v1.MetricEvaluation.metric:type_name -> hostscale.v1.ScalingMetric
-	12, // 20: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
-	13, // 21: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
-	41, // 22: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
-	41, // 23: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
-	42, // 24: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
-	1,  // 25: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
-	39, // 26: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
-	15, // 27: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
-	10, // 28: hostscale.v1.ScaleEvent.metrics:type_name -> hostscale.v1.MetricEvaluation
-	42, // 29: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
-	40, // 30: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	41, // 31: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	41, // 32: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
-	17, // 33: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
-	4,  // 34: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	42, // 35: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	42, // 36: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
-	17, // 37: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
-	6,  // 38: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	6,  // 39: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 40: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
-	6,  // 41: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 42: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 43: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
-	5,  // 44: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
-	6,  // 45: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 46: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
-	6,  // 47: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
-	18, // 48: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
-	14, // 49: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
-	19, // 50: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	23, // 51: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	25, // 52: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	21, // 53: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
-	27, // 54: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	29, // 55: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	31, // 56: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	33, // 57: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	35, // 58: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	37, // 59: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
-	20, // 60: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	24, // 61: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	26, // 62: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	22, // 63: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
-	28, // 64: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	30, // 65: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	32, // 66: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	34, // 67: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	36, // 68: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	38, // 69: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
-	60, // [60:70] is the sub-list for method output_type
-	50, // [50:60] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	41, // 18: hostscale.v1.ScalingPolicy.scale_to_zero_after:type_name -> google.protobuf.Duration
+	41, // 19: hostscale.v1.ScalingPolicy.activation_timeout:type_name -> google.protobuf.Duration
+	1,  // 20: hostscale.v1.MetricTarget.metric:type_name -> hostscale.v1.ScalingMetric
+	1,  // 21: hostscale.v1.MetricEvaluation.metric:type_name -> hostscale.v1.ScalingMetric
+	12, // 22: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
+	13, // 23: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
+	41, // 24: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	41, // 25: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	42, // 26: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 27: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
+	39, // 28: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	15, // 29: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
+	10, // 30: hostscale.v1.ScaleEvent.metrics:type_name -> hostscale.v1.MetricEvaluation
+	42, // 31: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	40, // 32: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	41, // 33: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	41, // 34: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	17, // 35: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
+	4,  // 36: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
+	42, // 37: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	42, // 38: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	17, // 39: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
+	6,  // 40: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 41: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 42: hostscale.v1.UpdatePoolRequest.pool:type_name -> hostscale.v1.Pool
+	6,  // 43: hostscale.v1.UpdatePoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 44: hostscale.v1.GetPoolResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 45: hostscale.v1.ListPoolsResponse.pools:type_name -> hostscale.v1.Pool
+	5,  // 46: hostscale.v1.AddBackendRequest.backend:type_name -> hostscale.v1.Backend
+	6,  // 47: hostscale.v1.AddBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 48: hostscale.v1.RemoveBackendResponse.pool:type_name -> hostscale.v1.Pool
+	6,  // 49: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
+	18, // 50: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
+	14, // 51: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
+	19, // 52: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	23, // 53: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	25, // 54: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	21, // 55: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
+	27, // 56: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	29, // 57: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	31, // 58: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	33, // 59: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	35, // 60: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	37, // 61: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	20, // 62: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	24, // 63: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	26, // 64: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	22, // 65: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
+	28, // 66: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	30, // 67: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	32, // 68: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	34, // 69: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	36, // 70: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	38, // 71: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	62, // [62:72] is the sub-list for method output_type
+	52, // [52:62] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
