@@ -49,6 +49,9 @@ func (s *Server) runAutoscaler(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-s.lbstats.Demand():
+			// A balancer holds a request: a pool scaled to zero is
+			// activated now, not at the next tick.
 		}
 		a.round(ctx, time.Now())
 	}
@@ -84,7 +87,9 @@ func (a *autoscaler) round(ctx context.Context, now time.Time) {
 					}
 				}
 			}
-			if now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
+			// A pool scaled to zero with requests waiting is due at once.
+			activate := p.Desired == 0 && pol.ScaleToZeroAfter != nil && a.s.lbstats.Activity(name, now, freshFor).Waiting > 0
+			if !activate && now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
 				continue
 			}
 			in := poolInputs{pool: proto.CloneOf(p), policy: pol}
@@ -177,6 +182,10 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 		Now: now, Pool: in.pool.Name, Policy: pol, Min: in.pool.Min, Max: in.pool.Max, Desired: in.pool.Desired,
 		Events:    in.events,
 		WarmingUp: now.Sub(a.start) < window,
+	}
+	if pol.ScaleToZeroAfter != nil {
+		act := a.s.lbstats.Activity(in.pool.Name, now, freshFor)
+		ai.Waiting, ai.Idle, ai.IdleKnown = act.Waiting, act.Idle, act.Known
 	}
 	var ready []*pb.Instance
 	for _, inst := range in.instances {

@@ -586,6 +586,16 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 				Backends: []*pb.BackendCounters{{Pool: "web", Address: "nowhere"}}})
 			return err
 		}, codes.InvalidArgument, "backends[0].address"},
+		"ReportStats bad pool name": {func() error {
+			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
+				Pools: []*pb.PoolCounters{{Pool: "web"}, {Pool: "Web!", Waiting: 1}}})
+			return err
+		}, codes.InvalidArgument, "pools[1].pool"},
+		"CreatePool activation timeout without scaling to zero": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok", Template: &pb.InstanceTemplate{Command: "app"},
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, ActivationTimeout: durationpb.New(time.Second)}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling.activation_timeout"},
 		"ListScaleEvents unknown pool": {func() error {
 			_, err := f.Pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "nope"})
 			return err

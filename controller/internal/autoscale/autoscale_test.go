@@ -596,3 +596,73 @@ func TestDecide_severalMetricsTakeTheLargest(t *testing.T) {
 	// One metric alone records no per-metric list.
 	require.Empty(t, Decide(input(2, 2, 100)).Metrics)
 }
+
+func TestDecide_scaleToZero(t *testing.T) {
+	zero := func(p *pb.ScalingPolicy) { p.ScaleToZeroAfter = durationpb.New(5 * time.Minute) }
+	tests := []struct {
+		name      string
+		in        Input
+		edit      func(*Input)
+		desired   uint32
+		acted     bool
+		limitedBy string
+		reason    string
+	}{
+		{name: "idle long enough goes to 0 at once", in: input(3, 3, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 0, 6*time.Minute, true },
+			desired: 0, acted: true, limitedBy: "idle", reason: "no request for 360s (scale_to_zero_after 300s) → 0"},
+		{name: "idle exactly the period goes to 0", in: input(1, 1, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 0, 5*time.Minute, true },
+			desired: 0, acted: true, limitedBy: "idle"},
+		{name: "idle on a new leader's first window still goes to 0", in: input(1, 1, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown, in.WarmingUp, in.Values = 0, 5*time.Minute, true, true, nil },
+			desired: 0, acted: true, limitedBy: "idle"},
+		{name: "idle not long enough keeps one", in: input(1, 1, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 0, 4*time.Minute, true },
+			desired: 1, limitedBy: "min", reason: "autoscaling keeps at least 1 instance"},
+		{name: "idle unknown keeps one", in: input(1, 1, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle = 0, time.Hour },
+			desired: 1, limitedBy: "min"},
+		{name: "a waiting request keeps an idle pool", in: input(1, 1, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown, in.Waiting = 0, time.Hour, true, 1 },
+			desired: 1, limitedBy: "min"},
+		{name: "a min above 0 keeps an idle pool", in: input(2, 2, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 2, time.Hour, true },
+			desired: 2, limitedBy: "min"},
+		{name: "without scale_to_zero_after idle keeps one", in: input(1, 1, 0),
+			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 0, time.Hour, true },
+			desired: 1, limitedBy: "min"},
+		{name: "a waiting request activates a pool of 0", in: input(0, 0, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 3 },
+			desired: 1, acted: true, limitedBy: "activation", reason: "3 requests wait for an instance at the balancers → 1"},
+		{name: "activation on a new leader's first window", in: input(0, 0, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting, in.WarmingUp = 0, nil, 1, true },
+			desired: 1, acted: true, limitedBy: "activation", reason: "1 request waits"},
+		{name: "activation to a min above 1", in: input(0, 0, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 2, nil, 1 },
+			desired: 2, acted: true, limitedBy: "activation"},
+		{name: "no activation with a max of 0", in: input(0, 0, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Max, in.Values, in.Waiting = 0, 0, nil, 1 },
+			desired: 0, limitedBy: "no-data"},
+		{name: "no activation without scale_to_zero_after", in: input(0, 0, 0),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 1 },
+			desired: 0, limitedBy: "no-data"},
+		{name: "a pool of 0 with nothing waiting stays", in: input(0, 0, 0, zero),
+			edit:    func(in *Input) { in.Min, in.Values, in.Idle, in.IdleKnown = 0, nil, time.Hour, true },
+			desired: 0, limitedBy: "no-data"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			tt.edit(&in)
+			ev := Decide(in)
+			require.Equal(t, tt.desired, ev.Desired, ev.Reason)
+			require.Equal(t, tt.acted, ev.Acted, ev.Reason)
+			require.Equal(t, tt.limitedBy, ev.LimitedBy, ev.Reason)
+			require.Contains(t, ev.Reason, tt.reason)
+			if tt.limitedBy == "idle" || tt.limitedBy == "activation" {
+				require.Equal(t, tt.desired, ev.Recommendation, "the rule's count is the recommendation the windows see")
+			}
+		})
+	}
+}

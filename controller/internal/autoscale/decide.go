@@ -33,6 +33,11 @@ const (
 	LimitedByNoData    = "no-data"
 	LimitedByStale     = "stale"
 	LimitedByWarmingUp = "warming-up"
+	// Scale to zero (ScalingPolicy.scale_to_zero_after): no request for
+	// that long takes the pool to 0; a request waiting for a pool of 0
+	// brings it back to 1 (or its min).
+	LimitedByIdle       = "idle"
+	LimitedByActivation = "activation"
 )
 
 // Input is everything one evaluation of a pool depends on.
@@ -66,6 +71,13 @@ type Input struct {
 	// The leader has not had one whole window of its own samples yet:
 	// nothing changes.
 	WarmingUp bool
+	// Scale to zero. Waiting is the requests the balancers hold for want
+	// of an instance, or turned away lately; Idle is how long they have
+	// routed the pool no request, known (IdleKnown) only when every
+	// balancer that reports the pool does so afresh.
+	Waiting   uint64
+	Idle      time.Duration
+	IdleKnown bool
 	// This pool's recent scale events, from any leader and term (their
 	// order does not matter). Their recommendations feed the windows,
 	// their acted changes the rate limits. Not retained.
@@ -86,7 +98,14 @@ type MetricValues struct {
 // recommendation, desired, previous_desired (= Desired), limited_by,
 // reason and acted (desired != Desired).
 //
-// The steps, in order (the HPA's):
+// With scale_to_zero_after set, two rules come first and decide alone:
+// requests waiting (Waiting > 0) for a pool whose Desired is 0 bring it
+// to max(Min, 1) at once ("activation"); a pool of Min 0 and no waiting
+// request that has been idle for scale_to_zero_after goes to 0 at once,
+// from any count ("idle"). Neither is held by missing data or a new
+// leader's first window: the idle time is this leader's own observation.
+//
+// Then the steps, in order (the HPA's):
 //
 //  1. No ready instance or no value, for every metric: hold at Desired
 //     ("no-data"); raw and recommendation are Desired too, as no metric
@@ -104,7 +123,8 @@ type MetricValues struct {
 //  5. Rate: at most the scale-up limit above Desired, at least the
 //     scale-down limit below it ("rate").
 //  6. Clamp into [Min, Max] ("min", "max"); Min wins if Min > Max. Never
-//     below MinInstances ("min") unless Max is below it.
+//     below MinInstances ("min") unless Max is below it: only the idle
+//     rule takes a pool to 0.
 //
 // A hold leaves desired at Desired even outside [Min, Max]: a hold never
 // acts. Events stamped after Now (a new leader whose clock is behind the
@@ -149,6 +169,9 @@ func Decide(in Input) *pb.ScaleEvent {
 	}
 
 	d := &decision{in: in, pol: pol, ev: ev}
+	if ev, ok := d.zero(); ok {
+		return ev
+	}
 	if win.noData {
 		ev.RawDesired, ev.Recommendation = in.Desired, in.Desired
 		return d.hold(LimitedByNoData, win.why)
@@ -467,11 +490,44 @@ func (d *decision) bounds() {
 	}
 }
 
+// zero applies the scale-to-zero rules; ok reports whether one decided.
+func (d *decision) zero() (*pb.ScaleEvent, bool) {
+	in, ev := d.in, d.ev
+	after := d.pol.GetScaleToZeroAfter()
+	if after == nil {
+		return nil, false
+	}
+	var v uint32
+	switch {
+	case in.Desired == 0 && in.Waiting > 0 && in.Max >= MinInstances:
+		v = max(in.Min, MinInstances)
+		ev.LimitedBy = LimitedByActivation
+		ev.Reason = fmt.Sprintf("%d %s for an instance at the balancers → %d", in.Waiting, plural(in.Waiting, "request waits", "requests wait"), v)
+	case in.Desired > 0 && in.Min == 0 && in.Waiting == 0 && in.IdleKnown && in.Idle >= after.AsDuration():
+		ev.LimitedBy = LimitedByIdle
+		ev.Reason = fmt.Sprintf("no request for %s (scale_to_zero_after %s) → 0", duration(in.Idle.Truncate(time.Second)), duration(after.AsDuration()))
+	default:
+		return nil, false
+	}
+	ev.RawDesired, ev.Recommendation, ev.Desired = v, v, v
+	ev.Acted = v != in.Desired
+	return ev, true
+}
+
+// plural picks the singular or the plural form for n.
+func plural(n uint64, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
 // MinInstances is the fewest instances autoscaling leaves a pool, whatever
 // its min: a pool of none reports no metric, so nothing would ever scale
 // it up again. (The HPA's minReplicas defaults to 1 for the same reason.)
-// An operator's ScalePool to 0 stands: with no instance ready the
-// autoscaler holds.
+// A pool that scales to zero is woken by the requests its balancers hold
+// instead. An operator's ScalePool to 0 stands, unless the pool scales to
+// zero: with no instance ready the autoscaler holds.
 const MinInstances = 1
 
 // ceilCount is ceil(x) as a count, saturating; the epsilon keeps float

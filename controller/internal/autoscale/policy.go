@@ -25,6 +25,9 @@ const (
 	DefaultEvaluationPeriod       = 5 * time.Second
 	DefaultWindow                 = 10 * time.Second
 	DefaultInitializationPeriod   = 15 * time.Second
+	// DefaultActivationTimeout is how long balancers hold a request for a
+	// pool scaled to zero (Knative's activator waits as long by default).
+	DefaultActivationTimeout = 30 * time.Second
 )
 
 // DefaultScaleUpLimits are the scale-up limits of a policy that sets none:
@@ -52,6 +55,10 @@ const (
 	MinWindow               = time.Second
 	MaxWindow               = time.Hour
 	MaxInitializationPeriod = time.Hour
+	MinScaleToZeroAfter     = time.Second
+	MaxScaleToZeroAfter     = 24 * time.Hour
+	MinActivationTimeout    = time.Second
+	MaxActivationTimeout    = 5 * time.Minute
 	// MaxMetrics bounds a policy's further metrics.
 	MaxMetrics        = 3
 	MinLimitPeriod    = time.Second
@@ -68,7 +75,8 @@ const (
 // Defaults returns a copy of p with every unset field given its default:
 // tolerance 0.1; stabilization 0s up and 300s down; scale-up limits +100 %
 // and +4 instances per 15s, scale-down limits 1 instance per 60s; selects
-// MAX; evaluation period 5s; window 10s; initialization period 15s. A
+// MAX; evaluation period 5s; window 10s; initialization period 15s; with
+// scale_to_zero_after, an activation timeout of 30s. A
 // duration is unset when nil (an explicit 0s stabilization means none), a
 // limit list when empty. The provider is left as it is: its timeouts are
 // the provider package's. Defaults(nil) is nil; p is not modified, and
@@ -86,6 +94,9 @@ func Defaults(p *pb.ScalingPolicy) *pb.ScalingPolicy {
 	setDuration(&d.EvaluationPeriod, DefaultEvaluationPeriod)
 	setDuration(&d.Window, DefaultWindow)
 	setDuration(&d.InitializationPeriod, DefaultInitializationPeriod)
+	if d.ScaleToZeroAfter != nil {
+		setDuration(&d.ActivationTimeout, DefaultActivationTimeout)
+	}
 	if len(d.ScaleUpLimits) == 0 {
 		d.ScaleUpLimits = DefaultScaleUpLimits()
 	}
@@ -179,6 +190,8 @@ func Validate(prefix string, p *pb.ScalingPolicy) error {
 		{"evaluation_period", p.EvaluationPeriod, MinEvaluationPeriod, MaxEvaluationPeriod},
 		{"window", p.Window, MinWindow, MaxWindow},
 		{"initialization_period", p.InitializationPeriod, 0, MaxInitializationPeriod},
+		{"scale_to_zero_after", p.ScaleToZeroAfter, MinScaleToZeroAfter, MaxScaleToZeroAfter},
+		{"activation_timeout", p.ActivationTimeout, MinActivationTimeout, MaxActivationTimeout},
 	}
 	for _, d := range durations {
 		if d.d == nil {
@@ -187,6 +200,9 @@ func Validate(prefix string, p *pb.ScalingPolicy) error {
 		if err := checkDuration(f(d.name), d.d, d.lo, d.hi); err != nil {
 			return err
 		}
+	}
+	if p.ActivationTimeout != nil && p.ScaleToZeroAfter == nil {
+		return fieldErr(f("activation_timeout"), "only a pool that scales to zero is activated: set scale_to_zero_after")
 	}
 	if err := checkLimits(f("scale_up_limits"), p.ScaleUpLimits); err != nil {
 		return err

@@ -30,12 +30,18 @@ func TestDefaults_fillsEveryUnsetField(t *testing.T) {
 	require.Equal(t, 5*time.Second, d.EvaluationPeriod.AsDuration())
 	require.Equal(t, 10*time.Second, d.Window.AsDuration())
 	require.Equal(t, 15*time.Second, d.InitializationPeriod.AsDuration())
+	require.Nil(t, d.ScaleToZeroAfter, "scaling to zero is chosen, never a default")
+	require.Nil(t, d.ActivationTimeout, "no activation without scaling to zero")
 	require.Equal(t, pb.ScalingMetric_SCALING_METRIC_HOST_CPU, d.Metric)
 	require.Equal(t, 60.0, d.Target)
 
 	require.True(t, proto.Equal(&pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 60}, in), "input modified")
 	require.True(t, proto.Equal(d, Defaults(d)), "not idempotent")
 	require.Nil(t, Defaults(nil))
+
+	z := Defaults(&pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 60, ScaleToZeroAfter: durationpb.New(time.Minute)})
+	require.Equal(t, time.Minute, z.ScaleToZeroAfter.AsDuration())
+	require.Equal(t, 30*time.Second, z.ActivationTimeout.AsDuration(), "a pool that scales to zero is activated within 30s by default")
 }
 
 func TestDefaults_keepsSetFields(t *testing.T) {
@@ -51,6 +57,8 @@ func TestDefaults_keepsSetFields(t *testing.T) {
 		EvaluationPeriod:       durationpb.New(time.Second),
 		Window:                 durationpb.New(3 * time.Second),
 		InitializationPeriod:   durationpb.New(0),
+		ScaleToZeroAfter:       durationpb.New(time.Hour),
+		ActivationTimeout:      durationpb.New(time.Second),
 		Provider:               &pb.ScaleProvider{Provider: &pb.ScaleProvider_Exec{Exec: &pb.ExecProvider{Command: "scale"}}},
 	}
 	require.True(t, proto.Equal(in, Defaults(in)))
@@ -70,6 +78,8 @@ func good() *pb.ScalingPolicy {
 		EvaluationPeriod:       durationpb.New(10 * time.Minute),
 		Window:                 durationpb.New(time.Second),
 		InitializationPeriod:   durationpb.New(time.Hour),
+		ScaleToZeroAfter:       durationpb.New(24 * time.Hour),
+		ActivationTimeout:      durationpb.New(5 * time.Minute),
 		Provider: &pb.ScaleProvider{Provider: &pb.ScaleProvider_Exec{Exec: &pb.ExecProvider{
 			Command: "/usr/local/bin/add-hosts", Args: []string{"--pool", "web"}, Timeout: durationpb.New(10 * time.Minute),
 		}}},
@@ -153,6 +163,18 @@ func TestValidate_namesBadField(t *testing.T) {
 			"pool.scaling.initialization_period", "at most 1h0m0s"},
 		{"initialization period negative", func(p *pb.ScalingPolicy) { p.InitializationPeriod = d(-time.Second) },
 			"pool.scaling.initialization_period", "must not be negative"},
+		{"scale to zero after under 1s", func(p *pb.ScalingPolicy) { p.ScaleToZeroAfter = d(500 * time.Millisecond) },
+			"pool.scaling.scale_to_zero_after", "must be 1s to 24h0m0s"},
+		{"scale to zero after over 24h", func(p *pb.ScalingPolicy) { p.ScaleToZeroAfter = d(25 * time.Hour) },
+			"pool.scaling.scale_to_zero_after", "must be 1s to 24h0m0s"},
+		{"scale to zero after invalid", func(p *pb.ScalingPolicy) { p.ScaleToZeroAfter = &durationpb.Duration{Seconds: 1, Nanos: -1} },
+			"pool.scaling.scale_to_zero_after", "not a valid duration"},
+		{"activation timeout over 5m", func(p *pb.ScalingPolicy) { p.ActivationTimeout = d(6 * time.Minute) },
+			"pool.scaling.activation_timeout", "must be 1s to 5m0s"},
+		{"activation timeout 0", func(p *pb.ScalingPolicy) { p.ActivationTimeout = d(0) },
+			"pool.scaling.activation_timeout", "must be 1s to 5m0s"},
+		{"activation timeout without scale to zero", func(p *pb.ScalingPolicy) { p.ScaleToZeroAfter = nil },
+			"pool.scaling.activation_timeout", "set scale_to_zero_after"},
 		{"limit nil", func(p *pb.ScalingPolicy) { p.ScaleUpLimits[1] = nil }, "pool.scaling.scale_up_limits[1]", "must be set"},
 		{"limit kind unset", func(p *pb.ScalingPolicy) { p.ScaleUpLimits[0].Kind = 0 }, "pool.scaling.scale_up_limits[0].kind", "must be set"},
 		{"limit kind unknown", func(p *pb.ScalingPolicy) { p.ScaleDownLimits[0].Kind = 7 }, "pool.scaling.scale_down_limits[0].kind", "unknown kind 7"},

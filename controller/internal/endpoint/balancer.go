@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hostscale/hostscale/controller/internal/autoscale"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/controller/internal/lbstats"
 
@@ -47,6 +48,11 @@ func Table(st *pb.State) *pb.Table {
 	for _, n := range names {
 		p := st.Pools[n]
 		tp := &pb.TablePool{Name: p.Name, Hosts: slices.Clone(p.Hosts), PathPrefix: p.PathPrefix, Policy: p.Policy}
+		if p.Scaling.GetScaleToZeroAfter() != nil {
+			// A pool that scales to zero is woken by the requests its
+			// balancers hold.
+			tp.HoldWhenEmpty = autoscale.Defaults(p.Scaling).ActivationTimeout
+		}
 		for _, b := range p.Backends {
 			tp.Backends = append(tp.Backends, &pb.TableBackend{Address: b.Address, Weight: b.Weight})
 		}
@@ -168,6 +174,14 @@ func (s *Balancers) ReportStats(ctx context.Context, req *pb.ReportStatsRequest)
 		}
 		if len(b.LatencyCounts) != 0 && len(b.LatencyCounts) != len(req.BucketBounds)+1 {
 			return nil, invalid(f+".latency_counts", "%d counts for %d bounds (want bounds + 1)", len(b.LatencyCounts), len(req.BucketBounds))
+		}
+	}
+	if len(req.Pools) > maxReportedBackends {
+		return nil, status.Errorf(codes.ResourceExhausted, "pools: %d pools exceed the limit of %d", len(req.Pools), maxReportedBackends)
+	}
+	for i, p := range req.Pools {
+		if err := checkName(fmt.Sprintf("pools[%d].pool", i), p.GetPool()); err != nil {
+			return nil, err
 		}
 	}
 	resp := &pb.ReportStatsResponse{}

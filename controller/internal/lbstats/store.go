@@ -32,15 +32,55 @@ type Store struct {
 	// Keep bounds the history kept per series.
 	Keep time.Duration
 
-	mu     sync.Mutex
-	series map[string]*series // by balancer, pool and address
+	mu       sync.Mutex
+	series   map[string]*series   // by balancer, pool and address
+	activity map[string]*activity // by balancer and pool
 	// pruneAt is when series nobody reports are next looked for.
 	pruneAt time.Time
+	// demand is signalled when a report shows requests that found no
+	// backend.
+	demand chan struct{}
+}
+
+// activity is what one balancer's reports say of one pool's requests.
+type activity struct {
+	pool string
+	// The first and the newest report that named the pool.
+	first, last time.Time
+	// The newest report that showed a request: a backend's counter moved
+	// or a request in flight, or a request that found no backend.
+	active time.Time
+	// The pool's counters in the newest report.
+	waiting  uint32
+	unserved uint64
+	// turned is how many requests found no backend between the two
+	// reports before turnedAt.
+	turned   uint64
+	turnedAt time.Time
 }
 
 // New returns a store keeping keep of history.
 func New(keep time.Duration) *Store {
-	return &Store{Keep: keep, series: map[string]*series{}}
+	return &Store{Keep: keep, series: map[string]*series{}, activity: map[string]*activity{}, demand: make(chan struct{}, 1)}
+}
+
+// Demand is signalled, without blocking, after a report showing requests
+// held or turned away for want of a backend: a pool scaled to zero may
+// need activating at once rather than at its next evaluation.
+func (s *Store) Demand() <-chan struct{} { return s.demand }
+
+// pool returns the activity of a pool as a balancer reports it, made on
+// the first report; it marks the report's time.
+func (s *Store) pool(balancer, pool string, at time.Time) (*activity, bool) {
+	k := balancer + "\x00" + pool
+	a := s.activity[k]
+	fresh := a == nil
+	if fresh {
+		a = &activity{pool: pool, first: at}
+		s.activity[k] = a
+	}
+	a.last = at
+	return a, fresh
 }
 
 // Record adds a balancer's report, stamped with the leader's clock at
@@ -55,6 +95,13 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			sr = &series{pool: b.Pool, address: b.Address}
 			s.series[k] = sr
 		}
+		// A backend's first report counts as activity when it has served
+		// requests: when, is not known, and keeping the pool is the safe
+		// side.
+		a, _ := s.pool(balancer, b.Pool, at)
+		if n := len(sr.points); b.InFlight > 0 || (n == 0 && b.Requests > 0) || (n > 0 && sr.points[n-1].requests != b.Requests) {
+			a.active = at
+		}
 		if !slices.Equal(sr.bounds, req.BucketBounds) {
 			// New buckets: the old points cannot be compared.
 			sr.bounds, sr.points = slices.Clone(req.BucketBounds), nil
@@ -68,6 +115,35 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			sr.points = append(sr.points[:0:0], sr.points[cut:]...)
 		}
 	}
+	demand := false
+	for _, p := range req.Pools {
+		a, fresh := s.pool(balancer, p.Pool, at)
+		if p.Waiting > 0 {
+			a.active = at
+			demand = true
+		}
+		switch {
+		case fresh:
+			// Requests turned away before this leader heard of them are
+			// old news, but the pool has had requests.
+			if p.Unserved > 0 {
+				a.active = at
+			}
+		case p.Unserved != a.unserved:
+			a.turned, a.turnedAt, a.active = p.Unserved-a.unserved, at, at
+			if p.Unserved < a.unserved {
+				a.turned = p.Unserved // the pool left the table and came back
+			}
+			demand = demand || a.turned > 0
+		}
+		a.waiting, a.unserved = p.Waiting, p.Unserved
+	}
+	if demand {
+		select {
+		case s.demand <- struct{}{}:
+		default:
+		}
+	}
 	// Series no balancer reported for a while are forgotten, looked for a
 	// few times per Keep rather than at every report.
 	if at.Before(s.pruneAt) {
@@ -79,6 +155,62 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			delete(s.series, k)
 		}
 	}
+	for k, a := range s.activity {
+		if at.Sub(a.last) > s.Keep {
+			delete(s.activity, k)
+		}
+	}
+}
+
+// Activity is what the balancers' reports say of a pool's demand.
+type Activity struct {
+	// Waiting is, summed over balancers, the requests each holds now for
+	// want of a backend or, when more, those it found no backend for in
+	// its latest report within fresh.
+	Waiting uint64
+	// Idle is how long no balancer has shown a request for the pool,
+	// counted from the first report this store has of it. Known is false
+	// when no balancer reports the pool, or one that did has not for
+	// longer than fresh: it may be routing requests it cannot report.
+	Idle  time.Duration
+	Known bool
+}
+
+// Activity returns the demand for pool at now; reports older than fresh
+// count for Idle's Known only.
+func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out Activity
+	seen, stale := false, false
+	for _, a := range s.activity {
+		if a.pool != pool {
+			continue
+		}
+		if now.Sub(a.last) > fresh {
+			stale = true
+			continue
+		}
+		// A held request was turned away too: count it once.
+		w := uint64(a.waiting)
+		if now.Sub(a.turnedAt) <= fresh {
+			w = max(w, a.turned)
+		}
+		out.Waiting += w
+		idle := now.Sub(a.first)
+		if !a.active.IsZero() {
+			idle = now.Sub(a.active)
+		}
+		if !seen || idle < out.Idle {
+			out.Idle = idle
+		}
+		seen = true
+	}
+	out.Known = seen && !stale
+	if !out.Known {
+		out.Idle = 0
+	}
+	return out
 }
 
 // Usage is a backend's traffic over a window, summed over balancers.
@@ -187,4 +319,5 @@ func (s *Store) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.series = map[string]*series{}
+	s.activity = map[string]*activity{}
 }

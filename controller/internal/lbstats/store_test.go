@@ -57,3 +57,83 @@ func TestQuantile(t *testing.T) {
 	require.InDelta(t, 0.4, Quantile(bounds, []uint64{0, 0, 0, 10}, 0.95), 1e-9)
 	require.True(t, math.IsNaN(Quantile(bounds, []uint64{0, 0, 0, 0}, 0.95)))
 }
+
+func pools(ps ...*pb.PoolCounters) *pb.ReportStatsRequest {
+	return &pb.ReportStatsRequest{Pools: ps}
+}
+
+func TestActivity_idleAndWaitingOverBalancers(t *testing.T) {
+	const fresh = 5 * time.Second
+	s := New(time.Minute)
+	require.False(t, s.Activity("web", t0, fresh).Known, "no report: unknown")
+
+	// lb1 routes web to a backend whose counter stops moving at t0+2s.
+	for i := range 3 {
+		s.Record("lb1", t0.Add(time.Duration(i)*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: uint64(10 * i)}))
+	}
+	for i := 3; i <= 10; i++ {
+		s.Record("lb1", t0.Add(time.Duration(i)*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 20}))
+	}
+	a := s.Activity("web", t0.Add(10*time.Second), fresh)
+	require.True(t, a.Known)
+	require.Equal(t, 8*time.Second, a.Idle, "idle since the last report whose counter moved")
+	require.Zero(t, a.Waiting)
+
+	// lb2 first reports web at t0+6s with nothing in flight: idle since.
+	s.Record("lb2", t0.Add(6*time.Second), pools(&pb.PoolCounters{Pool: "web"}))
+	a = s.Activity("web", t0.Add(10*time.Second), fresh)
+	require.Equal(t, 4*time.Second, a.Idle, "the shortest idle of all balancers")
+
+	// A request in flight (a long download, a websocket) is activity.
+	s.Record("lb2", t0.Add(11*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 0, InFlight: 1}))
+	require.Zero(t, s.Activity("web", t0.Add(11*time.Second), fresh).Idle)
+
+	// lb1 stops reporting: it may be routing requests it cannot report.
+	a = s.Activity("web", t0.Add(16*time.Second), fresh)
+	require.False(t, a.Known)
+	require.Zero(t, a.Idle)
+}
+
+func TestActivity_requestsThatFoundNoBackendWakeThePool(t *testing.T) {
+	const fresh = 5 * time.Second
+	s := New(time.Minute)
+	s.Record("lb1", t0, pools(&pb.PoolCounters{Pool: "web", Unserved: 7}))
+	select {
+	case <-s.Demand():
+		t.Fatal("requests turned away before the store heard of the pool are not demand")
+	default:
+	}
+	a := s.Activity("web", t0.Add(time.Second), fresh)
+	require.Zero(t, a.Waiting)
+	require.Equal(t, time.Second, a.Idle, "but they are activity")
+
+	// A request held now.
+	s.Record("lb1", t0.Add(2*time.Second), pools(&pb.PoolCounters{Pool: "web", Waiting: 1, Unserved: 8}))
+	select {
+	case <-s.Demand():
+	default:
+		t.Fatal("a held request is demand")
+	}
+	a = s.Activity("web", t0.Add(2*time.Second), fresh)
+	require.Equal(t, uint64(1), a.Waiting, "held and turned away is one request")
+	require.Zero(t, a.Idle)
+
+	// Two more turned away between reports, none held now; another
+	// balancer holds two.
+	s.Record("lb1", t0.Add(3*time.Second), pools(&pb.PoolCounters{Pool: "web", Unserved: 10}))
+	s.Record("lb2", t0.Add(3*time.Second), pools(&pb.PoolCounters{Pool: "web", Waiting: 2, Unserved: 2}))
+	require.Equal(t, uint64(4), s.Activity("web", t0.Add(3*time.Second), fresh).Waiting)
+	s.Record("lb1", t0.Add(7*time.Second), pools(&pb.PoolCounters{Pool: "web", Unserved: 10}))
+	s.Record("lb2", t0.Add(7*time.Second), pools(&pb.PoolCounters{Pool: "web", Waiting: 2, Unserved: 2}))
+	require.Equal(t, uint64(2), s.Activity("web", t0.Add(3*time.Second+fresh+time.Millisecond), fresh).Waiting,
+		"turned-away requests count only within fresh")
+
+	// The pool left lb1's table and came back: its counter restarted.
+	s.Record("lb1", t0.Add(8*time.Second), pools(&pb.PoolCounters{Pool: "web", Unserved: 1}))
+	s.Record("lb2", t0.Add(8*time.Second), pools(&pb.PoolCounters{Pool: "web", Unserved: 2}))
+	require.Equal(t, uint64(1), s.Activity("web", t0.Add(8*time.Second), fresh).Waiting)
+	require.Zero(t, s.Activity("other", t0.Add(8*time.Second), fresh).Waiting)
+
+	s.Reset()
+	require.False(t, s.Activity("web", t0.Add(8*time.Second), fresh).Known)
+}

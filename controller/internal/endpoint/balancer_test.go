@@ -1,0 +1,39 @@
+package endpoint
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+func TestTable_poolsThatScaleToZeroAreHeldWhenEmpty(t *testing.T) {
+	policy := func(zero, activation time.Duration) *pb.ScalingPolicy {
+		p := &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, Target: 20}
+		if zero > 0 {
+			p.ScaleToZeroAfter = durationpb.New(zero)
+		}
+		if activation > 0 {
+			p.ActivationTimeout = durationpb.New(activation)
+		}
+		return p
+	}
+	st := &pb.State{PoolsIndex: 7, PoolsTerm: 2, Pools: map[string]*pb.Pool{
+		"a-default": {Name: "a-default", Scaling: policy(time.Minute, 0)},
+		"b-set":     {Name: "b-set", Scaling: policy(time.Minute, 5*time.Second)},
+		"c-never":   {Name: "c-never", Scaling: policy(0, 0)},
+		"d-static":  {Name: "d-static", Backends: []*pb.Backend{{Address: "127.0.0.1:9001"}}},
+	}}
+	tb := Table(st)
+	require.Len(t, tb.Pools, 4)
+	hold := map[string]time.Duration{}
+	for _, p := range tb.Pools {
+		if p.HoldWhenEmpty != nil {
+			hold[p.Name] = p.HoldWhenEmpty.AsDuration()
+		}
+	}
+	require.Equal(t, map[string]time.Duration{"a-default": 30 * time.Second, "b-set": 5 * time.Second}, hold)
+}
