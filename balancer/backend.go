@@ -135,6 +135,35 @@ type poolState struct {
 	// holds under concurrent failures. Only the failure path takes it.
 	ejectMu sync.Mutex
 	current atomic.Pointer[poolSnap]
+
+	// waiting counts requests held for a backend now; unserved counts the
+	// requests that found none; held counts ended holds by outcome.
+	waiting  atomic.Int64
+	unserved atomic.Uint64
+	held     [heldOutcomes]atomic.Uint64
+}
+
+// How a held request stopped waiting (HeldCounts).
+const (
+	heldServed = iota
+	heldTimedOut
+	heldClosed
+	heldRemoved
+	heldOutcomes
+)
+
+func (p *poolState) snapshotStats() PoolStats {
+	return PoolStats{
+		Pool:     p.name,
+		Waiting:  p.waiting.Load(),
+		Unserved: p.unserved.Load(),
+		Held: HeldCounts{
+			Served:   p.held[heldServed].Load(),
+			TimedOut: p.held[heldTimedOut].Load(),
+			Closed:   p.held[heldClosed].Load(),
+			Removed:  p.held[heldRemoved].Load(),
+		},
+	}
 }
 
 // retryAllowed reports whether one more retry fits the budget: retries in

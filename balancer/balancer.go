@@ -43,6 +43,13 @@ type Balancer struct {
 	clients  map[*clientConn]struct{}
 	shutting atomic.Bool
 	wg       sync.WaitGroup
+
+	// closing is closed when shutdown begins: held requests stop waiting.
+	closing   chan struct{}
+	closeOnce sync.Once
+	// held is signalled (without blocking) when a request starts waiting
+	// for a backend; see Held.
+	held chan struct{}
 }
 
 type backendKey struct{ pool, addr string }
@@ -52,6 +59,9 @@ type snapshot struct {
 	table  *Table
 	router *router
 	pools  []*poolSnap
+	// replaced is closed once a newer snapshot is in force: requests held
+	// for a backend look their route up again.
+	replaced chan struct{}
 }
 
 // New returns a Balancer with no table; it answers 503 until Apply succeeds.
@@ -71,6 +81,8 @@ func New(cfg Config) (*Balancer, error) {
 		pools:    map[string]*poolState{},
 		backends: map[backendKey]*backend{},
 		clients:  map[*clientConn]struct{}{},
+		closing:  make(chan struct{}),
+		held:     make(chan struct{}, 1),
 	}
 	return b, nil
 }
@@ -116,7 +128,7 @@ func (b *Balancer) Apply(t *Table) error {
 	now := monoNow()
 	pools := make(map[string]*poolState, len(t.Pools))
 	backends := make(map[backendKey]*backend, len(b.backends))
-	snap := &snapshot{table: t, router: newRouter()}
+	snap := &snapshot{table: t, router: newRouter(), replaced: make(chan struct{})}
 	var slow int64
 	if b.cfg.SlowStart > 0 {
 		slow = int64(b.cfg.SlowStart)
@@ -147,6 +159,7 @@ func (b *Balancer) Apply(t *Table) error {
 			members = append(members, member{b: be, weight: w, draining: bd.Draining})
 		}
 		ps := newPoolSnap(st, members, p.Policy, slow, b.cfg.SlowStartMinPercent)
+		ps.hold = p.HoldWhenEmpty
 		snap.pools = append(snap.pools, ps)
 		prefix := p.PathPrefix
 		if prefix == "" {
@@ -168,6 +181,9 @@ func (b *Balancer) Apply(t *Table) error {
 		ps.state.current.Store(ps)
 	}
 	b.snap.Store(snap)
+	if cur != nil {
+		close(cur.replaced)
+	}
 	b.counters.applied.Add(1)
 	b.log.Info("table applied", "term", t.Version.Term, "index", t.Version.Index, "pools", len(t.Pools))
 	if b.cfg.DataDir != "" {
@@ -221,6 +237,67 @@ func (b *Balancer) Stats() []BackendStats {
 		return out[i].Address < out[j].Address
 	})
 	return out
+}
+
+// PoolStats is a point-in-time copy of one pool's counters beyond its
+// backends: the requests that found no backend to take them. Counters are
+// cumulative since the pool joined the table in force (a pool that leaves
+// the table and comes back starts from zero), like BackendStats.
+type PoolStats struct {
+	Pool string
+	// Waiting is the number of requests held now, waiting for a backend
+	// (Pool.HoldWhenEmpty).
+	Waiting int64
+	// Unserved counts the requests routed to the pool that found no backend
+	// to take them, held or not, whatever became of them.
+	Unserved uint64
+	// Held counts the held requests that stopped waiting, by how.
+	Held HeldCounts
+}
+
+// HeldCounts count held requests by how their wait ended.
+type HeldCounts struct {
+	// Served: a table gave the request's route a backend, which it was
+	// sent to.
+	Served uint64
+	// TimedOut: the pool's HoldWhenEmpty passed; the request was answered 503.
+	TimedOut uint64
+	// Closed: the balancer began shutting down; the request was answered 503.
+	Closed uint64
+	// Removed: a table without the request's route came; the request was
+	// answered 404, as a new one would be.
+	Removed uint64
+}
+
+// PoolStats returns the counters of every pool of the table in force,
+// ordered by pool name, with or without backends. It takes no lock shared
+// with requests.
+func (b *Balancer) PoolStats() []PoolStats {
+	s := b.snap.Load()
+	if s == nil {
+		return nil
+	}
+	out := make([]PoolStats, 0, len(s.pools))
+	for _, ps := range s.pools {
+		out = append(out, ps.state.snapshotStats())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Pool < out[j].Pool })
+	return out
+}
+
+// Held returns a channel that receives a value when a request starts
+// waiting for a backend (Pool.HoldWhenEmpty), so that a stats report can
+// tell the controllers at once that a pool scaled to zero is wanted. The
+// channel has a buffer of one and is signalled without blocking: several
+// holds before the receiver reads give one value, and the values are
+// meant for one receiver. PoolStats has the counts.
+func (b *Balancer) Held() <-chan struct{} { return b.held }
+
+func (b *Balancer) signalHeld() {
+	select {
+	case b.held <- struct{}{}:
+	default:
+	}
 }
 
 // Counters are balancer-wide totals.
@@ -283,9 +360,10 @@ func (b *Balancer) Run(ctx context.Context) error {
 }
 
 // Serve accepts client connections on ln until ctx is cancelled, then shuts
-// down in this order: stop accepting (ln is closed), close idle client
-// connections, let requests in flight finish for up to ShutdownTimeout, close
-// what remains, close pooled backend connections. It returns after every
+// down in this order: stop accepting (ln is closed), answer 503 to requests
+// held for a backend, close idle client connections, let requests in flight
+// finish for up to ShutdownTimeout, close what remains, close pooled backend
+// connections. It returns after every
 // goroutine it started has ended; the error is nil after a cancel.
 func (b *Balancer) Serve(ctx context.Context, ln net.Listener) error {
 	b.log.Info("serving", "addr", ln.Addr().String())
@@ -357,6 +435,7 @@ func (b *Balancer) startConn(c net.Conn) {
 
 func (b *Balancer) shutdown() {
 	b.shutting.Store(true)
+	b.closeOnce.Do(func() { close(b.closing) })
 	deadline := time.Now().Add(b.cfg.ShutdownTimeout)
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()

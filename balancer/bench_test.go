@@ -17,6 +17,8 @@ func FuzzDecodeTable(f *testing.F) {
 	f.Add([]byte(`{"version": {"term": 1, "index": 2}, "pools": [{"name": "web", "hosts": ["*"], "backends": [{"address": "127.0.0.1:80", "weight": 2}]}]}`))
 	f.Add([]byte(`{"pools": [{"name": "a", "hosts": ["*.x.org"], "path_prefix": "/api", "policy": "round_robin", "backends": [{"address": "[::1]:1", "draining": true}]}]}`))
 	f.Add([]byte(`{"pools": [{"name": "a", "hosts": ["x"]}, {"name": "a", "hosts": ["x"]}]}`))
+	f.Add([]byte(`{"pools": [{"name": "a", "hosts": ["x"], "hold_when_empty": "1m30s"}, {"name": "b", "hosts": ["*"], "hold_when_empty": "5x"}]}`))
+	f.Add([]byte(`{"pools": [{"name": "a", "hosts": ["x"], "hold_when_empty": 30}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tbl, err := DecodeTable(data, "fuzz.json")
 		if err != nil {

@@ -6,10 +6,11 @@
 // power of two choices, or smooth weighted round robin), keep-alive connection
 // pools per backend, passive health (ejection with back-off, capped per pool),
 // retries within a budget, slow start, draining, X-Forwarded-* handling,
-// streaming of bodies both ways, WebSocket tunnelling, and per-backend
-// statistics. It never needs a controller to keep serving: the table in force
-// stays until a newer one is applied, and with a data directory it survives a
-// restart.
+// streaming of bodies both ways, WebSocket tunnelling, holding requests for
+// a pool that has no backend yet (a pool scaled to zero), and per-backend and
+// per-pool statistics. It never needs a controller to keep serving: the table
+// in force stays until a newer one is applied, and with a data directory it
+// survives a restart.
 //
 // Tables are immutable snapshots swapped atomically; the request path never
 // takes a lock that Apply holds. The package exposes plain Go types only:

@@ -3,6 +3,7 @@ package balancer
 import (
 	"math/rand/v2"
 	"sync"
+	"time"
 )
 
 // picker chooses a backend for one request. Implementations are safe for
@@ -34,6 +35,8 @@ type poolSnap struct {
 	// starting share in thousandths.
 	slowStart int64
 	slowMin   int64
+	// hold is the pool's HoldWhenEmpty.
+	hold time.Duration
 }
 
 func newPoolSnap(st *poolState, members []member, policy Policy, slowStart int64, slowMinPct int) *poolSnap {

@@ -183,6 +183,19 @@ func (cc *clientConn) handle(headLen int) bool {
 		}
 		return cc.replySkippingBody(code, headLen, false)
 	}
+	be := ps.picker.pick(monoNow(), nil)
+	if be == nil {
+		// No backend can take a request: the pool has none, or only draining
+		// ones (ejected ones are picked when nothing else is).
+		ps.state.unserved.Add(1)
+		if ps.hold <= 0 {
+			return cc.replySkippingBody(503, headLen, false)
+		}
+		var code int
+		if ps, be, code = cc.hold(snap, ps); be == nil {
+			return cc.replySkippingBody(code, headLen, false)
+		}
+	}
 	buffered := int64(cc.rd.Buffered() - headLen)
 	replayable := !req.Chunked && (req.ContentLength <= 0 || buffered >= req.ContentLength)
 	idempotent := h1.IsIdempotent(req.Method)
@@ -197,14 +210,6 @@ func (cc *clientConn) handle(headLen int) bool {
 		}
 	}()
 	for {
-		be := ps.picker.pick(monoNow(), exclude)
-		if be == nil {
-			code := 503
-			if exclude != nil {
-				code = 502
-			}
-			return cc.replySkippingBody(code, headLen, false)
-		}
 		out := cc.attempt(ps, be, headLen, replayable, staleRetried)
 		switch out.kind {
 		case outDone:
@@ -218,23 +223,90 @@ func (cc *clientConn) handle(headLen int) bool {
 			// of the backend, so try again on a fresh connection, outside
 			// the retry budget.
 			staleRetried = true
-			continue
+		} else {
+			may := rc.Enabled && !retried && (out.connect || idempotent && replayable)
+			if may {
+				may = st.reserveRetry(rc.BudgetPercent, rc.MinConcurrent)
+			}
+			if !may {
+				code := 502
+				if out.timeout {
+					code = 504
+				}
+				return cc.replySkippingBody(code, headLen, false)
+			}
+			retried = true
+			exclude = be
+			b.counters.retries.Add(1)
+			counted = true
 		}
-		may := rc.Enabled && !retried && (out.connect || idempotent && replayable)
-		if may {
-			may = st.reserveRetry(rc.BudgetPercent, rc.MinConcurrent)
-		}
-		if !may {
-			code := 502
-			if out.timeout {
-				code = 504
+		if be = ps.picker.pick(monoNow(), exclude); be == nil {
+			code := 503
+			if exclude != nil {
+				code = 502
 			}
 			return cc.replySkippingBody(code, headLen, false)
 		}
-		retried = true
-		exclude = be
-		b.counters.retries.Add(1)
-		counted = true
+	}
+}
+
+// hold keeps a request whose pool ps (in snap) has no backend to take it
+// until a newer table routes it to a pool with one, and returns that pool and
+// a backend picked from it. Otherwise it returns a nil backend and the
+// status to answer: 503 once the pool's hold has passed since the wait began
+// or when the balancer shuts down, 404 when a table no longer routes the
+// request (as for a request arriving then). Each table is judged as if the
+// request arrived with it: its route may lead to another pool, whose hold
+// then bounds the wait. Nothing of the request beyond its head is read
+// meanwhile, and the caller then proxies it as any other.
+func (cc *clientConn) hold(snap *snapshot, ps *poolSnap) (*poolSnap, *backend, int) {
+	b := cc.b
+	req := &cc.req
+	st := ps.state
+	st.waiting.Add(1)
+	defer func() { st.waiting.Add(-1) }()
+	b.signalHeld()
+	start := time.Now()
+	timer := time.NewTimer(ps.hold)
+	defer timer.Stop()
+	for {
+		select {
+		case <-snap.replaced:
+		case <-timer.C:
+			st.held[heldTimedOut].Add(1)
+			return nil, nil, 503
+		case <-b.closing:
+			st.held[heldClosed].Add(1)
+			return nil, nil, 503
+		}
+		snap = b.snap.Load()
+		next := snap.router.lookup(req.Host, req.Target)
+		if next == nil {
+			st.held[heldRemoved].Add(1)
+			return nil, nil, 404
+		}
+		if be := next.picker.pick(monoNow(), nil); be != nil {
+			st.held[heldServed].Add(1)
+			return next, be, 0
+		}
+		if next.state != st {
+			// Another pool takes the route now (or the pool left the table
+			// and came back): the request waits on its account.
+			next.state.unserved.Add(1)
+			next.state.waiting.Add(1)
+			st.waiting.Add(-1)
+			st = next.state
+			b.signalHeld()
+		}
+		if next.hold != ps.hold {
+			left := next.hold - time.Since(start)
+			if left <= 0 {
+				st.held[heldTimedOut].Add(1)
+				return nil, nil, 503
+			}
+			timer.Reset(left)
+		}
+		ps = next
 	}
 }
 

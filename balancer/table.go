@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ErrStaleVersion is returned by Apply for a table older than the one in force.
@@ -74,7 +75,18 @@ type Pool struct {
 	PathPrefix string    `json:"path_prefix,omitempty"`
 	Policy     Policy    `json:"policy,omitempty"`
 	Backends   []Backend `json:"backends"`
+	// HoldWhenEmpty is how long a request routed to the pool waits for a
+	// backend while the pool has none that can take it (no backend, or only
+	// draining ones): a pool scaled to zero gets the time to start an
+	// instance and the balancer a table that names it. The request is then
+	// answered 503. Zero answers 503 at once; at most MaxHoldWhenEmpty. The
+	// table file spells it as a duration string ("hold_when_empty": "30s"),
+	// which DecodeTable and WriteTableFile handle.
+	HoldWhenEmpty time.Duration `json:"-"`
 }
+
+// MaxHoldWhenEmpty is the longest Pool.HoldWhenEmpty.
+const MaxHoldWhenEmpty = 5 * time.Minute
 
 // Backend is one upstream instance of a pool.
 type Backend struct {
@@ -104,7 +116,7 @@ func (t *Table) Clone() *Table {
 }
 
 // Validate checks the table's consistency: pool names, hosts, prefixes,
-// policies, backend addresses and weights, and that no two pools claim the same
+// policies, hold times, backend addresses and weights, and that no two pools claim the same
 // route. Errors wrap ErrInvalidTable and name the field ("pools[1].backends[0].address").
 func (t *Table) Validate() error {
 	if t == nil {
@@ -128,6 +140,9 @@ func (t *Table) Validate() error {
 		case "", PolicyLeastRequest, PolicyRoundRobin:
 		default:
 			return f(".policy", "%q is not %q or %q", p.Policy, PolicyLeastRequest, PolicyRoundRobin)
+		}
+		if p.HoldWhenEmpty < 0 || p.HoldWhenEmpty > MaxHoldWhenEmpty {
+			return f(".hold_when_empty", "%v is outside 0..%v", p.HoldWhenEmpty, MaxHoldWhenEmpty)
 		}
 		prefix := p.PathPrefix
 		if prefix == "" {

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -16,7 +19,7 @@ func validTable() *Table {
 			{Name: "web", Hosts: []string{"example.com", "*.example.com"}, Policy: PolicyLeastRequest,
 				Backends: []Backend{{Address: "127.0.0.1:9001", Weight: 2}, {Address: "127.0.0.1:9002"}}},
 			{Name: "api", Hosts: []string{"example.com"}, PathPrefix: "/api", Policy: PolicyRoundRobin,
-				Backends: []Backend{{Address: "[::1]:9003", Draining: true}}},
+				Backends: []Backend{{Address: "[::1]:9003", Draining: true}}, HoldWhenEmpty: 90 * time.Second},
 		},
 	}
 }
@@ -43,6 +46,9 @@ func TestTable_Validate(t *testing.T) {
 		{"duplicate backend", func(t *Table) { t.Pools[0].Backends[1].Address = "127.0.0.1:9001" }, "pools[0].backends[1].address"},
 		{"negative weight", func(t *Table) { t.Pools[0].Backends[1].Weight = -1 }, "pools[0].backends[1].weight"},
 		{"huge weight", func(t *Table) { t.Pools[0].Backends[1].Weight = MaxWeight + 1 }, "pools[0].backends[1].weight"},
+		{"longest hold", func(t *Table) { t.Pools[0].HoldWhenEmpty = MaxHoldWhenEmpty }, ""},
+		{"negative hold", func(t *Table) { t.Pools[1].HoldWhenEmpty = -time.Second }, "pools[1].hold_when_empty: -1s is outside 0..5m0s"},
+		{"hold over 5 minutes", func(t *Table) { t.Pools[0].HoldWhenEmpty = MaxHoldWhenEmpty + time.Nanosecond }, "pools[0].hold_when_empty: 5m0.000000001s is outside"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -114,6 +120,57 @@ func TestDecodeTable_namesPositionAndField(t *testing.T) {
 
 	_, err = DecodeTable([]byte(``), "t.json")
 	require.ErrorContains(t, err, "empty")
+}
+
+func TestDecodeTable_holdWhenEmptyIsADurationString(t *testing.T) {
+	doc := func(hold string) []byte {
+		return []byte("{\n  \"pools\": [\n    {\"name\": \"web\", \"hosts\": [\"*\"]},\n" +
+			"    {\"name\": \"idle\", \"hosts\": [\"idle.example\"],\n     \"hold_when_empty\": " + hold + "}\n  ]\n}")
+	}
+	for in, want := range map[string]time.Duration{`"1m30s"`: 90 * time.Second, `"250ms"`: 250 * time.Millisecond, `"0s"`: 0, `null`: 0} {
+		tbl, err := DecodeTable(doc(in), "t.json")
+		require.NoError(t, err, in)
+		require.Zero(t, tbl.Pools[0].HoldWhenEmpty, "absent")
+		require.Equal(t, want, tbl.Pools[1].HoldWhenEmpty, in)
+	}
+
+	// A value that is not a duration string names the file, the line and
+	// column of the value, and the field.
+	for in, want := range map[string]string{
+		`"5x"`:   `t.json: 5:25: field pools[1].hold_when_empty: "5x" is not a duration string`,
+		`30`:     `t.json: 5:25: field pools[1].hold_when_empty: 30 is not a duration string`,
+		`""`:     `t.json: 5:25: field pools[1].hold_when_empty: "" is not a duration string`,
+		`["1s"]`: `t.json: 5:25: field pools[1].hold_when_empty: ["1s"] is not a duration string`,
+	} {
+		_, err := DecodeTable(doc(in), "t.json")
+		require.ErrorContains(t, err, want, in)
+	}
+	// Out of range is the table's validation, naming the field.
+	_, err := DecodeTable(doc(`"-1s"`), "t.json")
+	require.ErrorContains(t, err, "t.json: balancer: invalid table: pools[1].hold_when_empty: -1s is outside 0..5m0s")
+	_, err = DecodeTable(doc(`"6m"`), "t.json")
+	require.ErrorIs(t, err, ErrInvalidTable)
+
+	// The position is found past other members, nested values and pools.
+	_, err = DecodeTable([]byte(`{"version": {"term": 1, "index": 2}, "pools": [null, {"name": "a", "hosts": ["x"], "backends": [{"address": "127.0.0.1:1"}], "hold_when_empty": "1s"}, {"name": "b", "hosts": ["*"], "hold_when_empty": "forever"}]}`), "t.json")
+	require.ErrorContains(t, err, `t.json: 1:201: field pools[2].hold_when_empty: "forever" is not a duration string`)
+}
+
+func TestTableFile_spellsEveryPoolField(t *testing.T) {
+	// The file's form of a pool must follow Pool field for field.
+	require.Equal(t, reflect.TypeFor[Pool]().NumField(), reflect.TypeFor[poolDoc]().NumField())
+	for i := range reflect.TypeFor[Pool]().NumField() {
+		require.Equal(t, reflect.TypeFor[Pool]().Field(i).Name, reflect.TypeFor[poolDoc]().Field(i).Name)
+	}
+}
+
+func TestTableFile_holdWhenEmptyIsWrittenAsADurationString(t *testing.T) {
+	path := filepath.Join(t.TempDir(), TableFileName)
+	require.NoError(t, WriteTableFile(path, validTable()))
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Contains(t, string(data), `"hold_when_empty": "1m30s"`)
+	require.Equal(t, 1, strings.Count(string(data), "hold_when_empty"), "a pool without a hold has no key")
 }
 
 func TestTableFile_writeIsAtomicAndRoundTrips(t *testing.T) {

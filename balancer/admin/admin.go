@@ -24,6 +24,7 @@ type Source interface {
 	Ready() bool
 	Table() *balancer.Table
 	Stats() []balancer.BackendStats
+	PoolStats() []balancer.PoolStats
 	Counters() balancer.Counters
 }
 
@@ -122,6 +123,9 @@ var (
 	descDraining = prometheus.NewDesc(ns+"backend_draining", "1 while the backend is draining.", labels, nil)
 	descLatency  = prometheus.NewDesc(ns+"backend_request_duration_seconds", "Request latency per backend.", labels, nil)
 	descEWMA     = prometheus.NewDesc(ns+"backend_latency_ewma_seconds", "Exponentially weighted moving average of request latency.", labels, nil)
+	descWaiting  = prometheus.NewDesc(ns+"waiting_requests", "Requests held now, waiting for the pool to have a backend.", []string{"pool"}, nil)
+	descHeld     = prometheus.NewDesc(ns+"held_requests_total", "Requests held for a backend whose wait ended, by outcome: served (a backend appeared), timeout (503 after the hold), closed (503 at shutdown), removed (404: the route left the table).", []string{"pool", "outcome"}, nil)
+	descUnserved = prometheus.NewDesc(ns+"unserved_requests_total", "Requests that found no backend in their pool, held or not.", []string{"pool"}, nil)
 	descConns    = prometheus.NewDesc(ns+"client_connections", "Client connections open.", nil, nil)
 	descAccepted = prometheus.NewDesc(ns+"client_connections_total", "Client connections accepted.", nil, nil)
 	descReqs     = prometheus.NewDesc(ns+"requests_total", "Request heads received.", nil, nil)
@@ -155,6 +159,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		cum += s.LatencyCounts[len(s.LatencyCounts)-1]
 		ch <- prometheus.MustNewConstHistogram(descLatency, cum, s.LatencySum.Seconds(), buckets, lv...)
+	}
+	for _, p := range c.src.PoolStats() {
+		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(p.Waiting), p.Pool)
+		ch <- prometheus.MustNewConstMetric(descUnserved, prometheus.CounterValue, float64(p.Unserved), p.Pool)
+		for _, o := range []struct {
+			name string
+			n    uint64
+		}{{"served", p.Held.Served}, {"timeout", p.Held.TimedOut}, {"closed", p.Held.Closed}, {"removed", p.Held.Removed}} {
+			ch <- prometheus.MustNewConstMetric(descHeld, prometheus.CounterValue, float64(o.n), p.Pool, o.name)
+		}
 	}
 	k := c.src.Counters()
 	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(k.OpenConnections))

@@ -21,13 +21,15 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeSource struct {
 	table *balancer.Table
 	stats []balancer.BackendStats
+	pools []balancer.PoolStats
 }
 
 var _ Source = (*fakeSource)(nil)
 
-func (f *fakeSource) Ready() bool                    { return f.table != nil }
-func (f *fakeSource) Table() *balancer.Table         { return f.table }
-func (f *fakeSource) Stats() []balancer.BackendStats { return f.stats }
+func (f *fakeSource) Ready() bool                     { return f.table != nil }
+func (f *fakeSource) Table() *balancer.Table          { return f.table }
+func (f *fakeSource) Stats() []balancer.BackendStats  { return f.stats }
+func (f *fakeSource) PoolStats() []balancer.PoolStats { return f.pools }
 func (f *fakeSource) Counters() balancer.Counters {
 	return balancer.Counters{Requests: 9, LocalReplies: map[int]uint64{404: 2}}
 }
@@ -54,6 +56,8 @@ func TestServer_endpoints(t *testing.T) {
 	counts[0], counts[len(counts)-1] = 3, 1
 	src.stats = []balancer.BackendStats{{Pool: "web", Address: "127.0.0.1:1", Requests: 4, Errors: 1,
 		InFlight: 2, Ejected: true, LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: counts}}
+	src.pools = []balancer.PoolStats{{Pool: "web", Unserved: 6}, {Pool: "idle", Waiting: 2, Unserved: 9,
+		Held: balancer.HeldCounts{Served: 3, TimedOut: 2, Closed: 1, Removed: 1}}}
 	code, body := do(t, h, "/readyz")
 	require.Equal(t, 200, code)
 	require.Contains(t, body, "2/5")
@@ -70,6 +74,15 @@ func TestServer_endpoints(t *testing.T) {
 		`hostscale_balancer_local_replies_total{code="404"} 2`,
 		`hostscale_balancer_requests_total 9`,
 		`hostscale_balancer_table_index 5`,
+		`hostscale_balancer_waiting_requests{pool="idle"} 2`,
+		`hostscale_balancer_waiting_requests{pool="web"} 0`,
+		`hostscale_balancer_unserved_requests_total{pool="idle"} 9`,
+		`hostscale_balancer_unserved_requests_total{pool="web"} 6`,
+		`hostscale_balancer_held_requests_total{outcome="served",pool="idle"} 3`,
+		`hostscale_balancer_held_requests_total{outcome="timeout",pool="idle"} 2`,
+		`hostscale_balancer_held_requests_total{outcome="closed",pool="idle"} 1`,
+		`hostscale_balancer_held_requests_total{outcome="removed",pool="idle"} 1`,
+		`hostscale_balancer_held_requests_total{outcome="served",pool="web"} 0`,
 	} {
 		require.Contains(t, body, want)
 	}

@@ -3,6 +3,7 @@ package watch
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -25,7 +26,7 @@ var errNoVersion = errors.New("table has no version")
 
 // FromProto converts a controller's wire table into a balancer.Table. A pool
 // without hosts routes any host ("*"); a backend weight of 0 becomes
-// DefaultWeight. Errors wrap balancer.ErrInvalidTable and name the field, as
+// DefaultWeight; an unset hold_when_empty is no hold. Errors wrap balancer.ErrInvalidTable and name the field, as
 // Table.Validate does; FromProto does not validate what Apply will. It does
 // not retain t.
 func FromProto(t *pb.Table) (*balancer.Table, error) {
@@ -48,6 +49,13 @@ func FromProto(t *pb.Table) (*balancer.Table, error) {
 		}
 		if len(pool.Hosts) == 0 {
 			pool.Hosts = []string{"*"}
+		}
+		if d := p.GetHoldWhenEmpty(); d != nil {
+			if err := d.CheckValid(); err != nil {
+				return nil, fmt.Errorf("%w: pools[%d].hold_when_empty: %v", balancer.ErrInvalidTable, i, err)
+			}
+			// Out of range is Validate's to say, with the bounds.
+			pool.HoldWhenEmpty = d.AsDuration()
 		}
 		switch p.GetPolicy() {
 		case pb.Policy_POLICY_UNSPECIFIED, pb.Policy_POLICY_LEAST_REQUEST:
@@ -94,15 +102,23 @@ func bucketBounds(buckets []time.Duration) []float64 {
 	return out
 }
 
-// statsToProto builds a stats report of the backends' counters taken at
-// now. The request shares bounds, which must not change; it does not
-// retain stats.
-func statsToProto(name string, bounds []float64, stats []balancer.BackendStats, now time.Time) *pb.ReportStatsRequest {
+// statsToProto builds a stats report of the backends' and pools' counters
+// taken at now. The request shares bounds, which must not change; it does
+// not retain stats or pools.
+func statsToProto(name string, bounds []float64, stats []balancer.BackendStats, pools []balancer.PoolStats, now time.Time) *pb.ReportStatsRequest {
 	req := &pb.ReportStatsRequest{
 		Balancer:     name,
 		Time:         timestamppb.New(now),
 		BucketBounds: bounds,
 		Backends:     make([]*pb.BackendCounters, 0, len(stats)),
+		Pools:        make([]*pb.PoolCounters, 0, len(pools)),
+	}
+	for _, p := range pools {
+		waiting := uint32(math.MaxUint32)
+		if p.Waiting < math.MaxUint32 {
+			waiting = uint32(max(p.Waiting, 0))
+		}
+		req.Pools = append(req.Pools, &pb.PoolCounters{Pool: p.Pool, Waiting: waiting, Unserved: p.Unserved})
 	}
 	for _, s := range stats {
 		req.Backends = append(req.Backends, &pb.BackendCounters{

@@ -1,12 +1,14 @@
 package watch
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/balancer"
@@ -44,6 +46,30 @@ func TestFromProto_mapsPoliciesWeightsAndAnyHost(t *testing.T) {
 	require.Equal(t, "example.com", got.Pools[0].Hosts[0])
 }
 
+func TestFromProto_convertsHoldWhenEmpty(t *testing.T) {
+	got, err := FromProto(&pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+		{Name: "unset"},
+		{Name: "zero", Hosts: []string{"zero.example"}, HoldWhenEmpty: durationpb.New(0)},
+		{Name: "held", Hosts: []string{"held.example"}, HoldWhenEmpty: durationpb.New(30*time.Second + 500*time.Millisecond)},
+	}})
+	require.NoError(t, err)
+	require.Zero(t, got.Pools[0].HoldWhenEmpty)
+	require.Zero(t, got.Pools[1].HoldWhenEmpty)
+	require.Equal(t, 30*time.Second+500*time.Millisecond, got.Pools[2].HoldWhenEmpty)
+	require.NoError(t, got.Validate())
+
+	// A valid duration beyond the balancer's bounds converts, and Apply's
+	// validation refuses it naming the field.
+	got, err = FromProto(&pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+		{Name: "long", HoldWhenEmpty: durationpb.New(time.Hour)}}})
+	require.NoError(t, err)
+	require.ErrorContains(t, got.Validate(), "pools[0].hold_when_empty: 1h0m0s is outside 0..5m0s")
+	got, err = FromProto(&pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+		{Name: "neg", HoldWhenEmpty: durationpb.New(-time.Second)}}})
+	require.NoError(t, err)
+	require.ErrorIs(t, got.Validate(), balancer.ErrInvalidTable)
+}
+
 func TestFromProto_emptyTableIsValid(t *testing.T) {
 	got, err := FromProto(&pb.Table{Version: &pb.TableVersion{}})
 	require.NoError(t, err)
@@ -64,6 +90,12 @@ func TestFromProto_rejectsWhatCannotBeMapped(t *testing.T) {
 		{"weight too large", &pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
 			{Name: "a", Backends: []*pb.TableBackend{{Address: "10.0.0.1:1", Weight: balancer.MaxWeight + 1}}}}},
 			"pools[0].backends[0].weight: 10001 is above 10000"},
+		{"hold with mixed signs", &pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+			{Name: "a"}, {Name: "b", HoldWhenEmpty: &durationpb.Duration{Seconds: 1, Nanos: -1}}}},
+			"pools[1].hold_when_empty"},
+		{"hold beyond the wire's range", &pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
+			{Name: "a", HoldWhenEmpty: &durationpb.Duration{Seconds: 1 << 40}}}},
+			"pools[0].hold_when_empty"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,7 +169,12 @@ func TestStatsToProto_copiesCountersWithBoundsInSeconds(t *testing.T) {
 			LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: []uint64{4, 3, 2, 1}},
 		{Pool: "web", Address: "[fd00::1]:8080", LatencyCounts: []uint64{0, 0, 0, 0}},
 	}
-	got := statsToProto("edge-1", bounds, stats, now)
+	pools := []balancer.PoolStats{
+		{Pool: "api", Unserved: 4, Held: balancer.HeldCounts{Served: 1, TimedOut: 2}},
+		{Pool: "idle", Waiting: 3, Unserved: 7},
+		{Pool: "web"},
+	}
+	got := statsToProto("edge-1", bounds, stats, pools, now)
 	want := &pb.ReportStatsRequest{
 		Balancer:     "edge-1",
 		Time:         timestamppb.New(now),
@@ -146,6 +183,12 @@ func TestStatsToProto_copiesCountersWithBoundsInSeconds(t *testing.T) {
 			{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, LatencyCounts: []uint64{4, 3, 2, 1}},
 			{Pool: "web", Address: "[fd00::1]:8080", LatencyCounts: []uint64{0, 0, 0, 0}},
 		},
+		// Every pool, with or without backends.
+		Pools: []*pb.PoolCounters{
+			{Pool: "api", Unserved: 4},
+			{Pool: "idle", Waiting: 3, Unserved: 7},
+			{Pool: "web"},
+		},
 	}
 	require.True(t, proto.Equal(want, got), "got %v", got)
 
@@ -153,6 +196,12 @@ func TestStatsToProto_copiesCountersWithBoundsInSeconds(t *testing.T) {
 	stats[0].LatencyCounts[0] = 99
 	require.Equal(t, uint64(4), got.Backends[0].LatencyCounts[0])
 
-	// A balancer without a table reports no backends.
-	require.Empty(t, statsToProto("edge-1", bounds, nil, now).Backends)
+	// A balancer without a table reports no backends and no pools.
+	empty := statsToProto("edge-1", bounds, nil, nil, now)
+	require.Empty(t, empty.Backends)
+	require.Empty(t, empty.Pools)
+
+	// Waiting saturates at the wire's width.
+	huge := statsToProto("edge-1", bounds, nil, []balancer.PoolStats{{Pool: "a", Waiting: 1 << 40}}, now)
+	require.Equal(t, uint32(math.MaxUint32), huge.Pools[0].Waiting)
 }

@@ -7,9 +7,11 @@
 // each table it receives into a balancer.Table, applies it, and acknowledges
 // the applied version (or the reason a table was refused) with AckTable.
 // While the stream is open it also sends the balancer's cumulative
-// per-backend counters with ReportStats, for the controllers' autoscaler.
-// When the stream fails it moves on to the next controller in its list after
-// a jittered exponential back-off.
+// per-backend and per-pool counters with ReportStats, for the controllers'
+// autoscaler: every StatsInterval, and at once when a request starts
+// waiting for a backend of a pool scaled to zero. When the stream fails it
+// moves on to the next controller in its list after a jittered exponential
+// back-off.
 //
 // It never takes a table away: while no controller answers, the table in
 // force stays in force, and with a data directory it survives a restart of

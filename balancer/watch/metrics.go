@@ -15,7 +15,7 @@ var (
 	ackFailuresDesc = prometheus.NewDesc("hostscale_balancer_controller_ack_failures_total",
 		"AckTable calls that failed.", nil, nil)
 	statsReportsDesc = prometheus.NewDesc("hostscale_balancer_controller_stats_reports_total",
-		"ReportStats calls: per-backend counters sent to the controller (calls cut short by the end of their stream aside).", nil, nil)
+		"ReportStats calls: per-backend and per-pool counters sent to the controller (calls cut short by the end of their stream aside).", nil, nil)
 	statsFailuresDesc = prometheus.NewDesc("hostscale_balancer_controller_stats_failures_total",
 		"ReportStats calls that failed; they are not retried.", nil, nil)
 )

@@ -36,6 +36,12 @@ type Target interface {
 	// in force, with LatencyCounts per balancer.LatencyBuckets. The Watcher
 	// does not retain the slice.
 	Stats() []balancer.BackendStats
+	// PoolStats returns the counters of every pool of the table in force,
+	// with or without backends. The Watcher does not retain the slice.
+	PoolStats() []balancer.PoolStats
+	// Held is signalled when a request starts waiting for a backend; the
+	// Watcher then reports at once rather than at the next tick.
+	Held() <-chan struct{}
 }
 
 var _ Target = (*balancer.Balancer)(nil)
@@ -47,6 +53,12 @@ const maxAckError = 4096
 // a report from every balancer, and its autoscaler looks at rates over
 // seconds.
 const MinStatsInterval = 100 * time.Millisecond
+
+// PromptReportGap is the least time between a stats report and the next one
+// sent early because a request is held for a backend: a burst of requests
+// to a pool scaled to zero costs the controller a report or two, not one
+// per request.
+const PromptReportGap = 50 * time.Millisecond
 
 // Config configures a Watcher.
 type Config struct {
@@ -75,12 +87,14 @@ type Config struct {
 	// every balancer that is watching (it waits for their acknowledgements
 	// before it stops a removed instance).
 	AckInterval time.Duration
-	// StatsInterval is how often the balancer's per-backend counters
-	// (Target.Stats) are sent with ReportStats while a stream is open, on
-	// the stream's connection; 0 sends none, otherwise it is at least
-	// MinStatsInterval. A failed report is never retried: the counters are
-	// cumulative, so the next one carries everything a lost one did. Ticks
-	// that come while a report is in flight are dropped.
+	// StatsInterval is how often the balancer's per-backend and per-pool
+	// counters (Target.Stats, Target.PoolStats) are sent with ReportStats
+	// while a stream is open, on the stream's connection; 0 sends none,
+	// otherwise it is at least MinStatsInterval. A request held for a
+	// backend (Target.Held) is reported at once instead, at most one such
+	// report per PromptReportGap. A failed report is never retried: the
+	// counters are cumulative, so the next one carries everything a lost
+	// one did. Ticks that come while a report is in flight are dropped.
 	StatsInterval time.Duration
 	// Dial opens a client connection to a controller; nil means
 	// grpcx.Dial. Each attempt gets its own connection, closed when the
@@ -414,23 +428,54 @@ func (w *Watcher) ack(ctx context.Context, client pb.BalancerServiceClient, addr
 	}
 }
 
-// reportStats sends the balancer's counters every StatsInterval until ctx
-// ends (with the stream) or the controller answers UNIMPLEMENTED: an older
-// controller has no use for them, so this stream stops asking. Failures are
-// counted and logged once per streak, never retried.
+// reportStats sends the balancer's counters every StatsInterval, and soon
+// after a request starts waiting for a backend, until ctx ends (with the
+// stream) or the controller answers UNIMPLEMENTED: an older controller has
+// no use for them, so this stream stops asking. Failures are counted and
+// logged once per streak, never retried.
 func (w *Watcher) reportStats(ctx context.Context, client pb.BalancerServiceClient, addr string) {
 	t := time.NewTicker(w.cfg.StatsInterval)
 	defer t.Stop()
+	held := w.cfg.Balancer.Held()
+	// gap runs while a prompt report waits for PromptReportGap to pass
+	// since the last report.
+	gap := time.NewTimer(PromptReportGap)
+	gap.Stop()
+	defer gap.Stop()
+	waitingGap := false
+	var last time.Time
 	failing := 0 // failed reports in a row
 	for {
+		heldC := held
+		if waitingGap {
+			heldC = nil // one prompt report is due already
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-heldC:
+			if d := PromptReportGap - time.Since(last); d > 0 {
+				gap.Reset(d)
+				waitingGap = true
+				continue
+			}
+		case <-gap.C:
+		}
+		if waitingGap {
+			gap.Stop()
+			waitingGap = false
+		}
+		// This report covers every hold signalled so far.
+		select {
+		case <-held:
+		default:
 		}
 		rctx, cancel := context.WithTimeout(ctx, w.cfg.AckTimeout)
-		_, err := client.ReportStats(rctx, statsToProto(w.cfg.Name, w.bounds, w.cfg.Balancer.Stats(), time.Now()))
+		req := statsToProto(w.cfg.Name, w.bounds, w.cfg.Balancer.Stats(), w.cfg.Balancer.PoolStats(), time.Now())
+		_, err := client.ReportStats(rctx, req)
 		cancel()
+		last = time.Now()
 		if err != nil && ctx.Err() != nil {
 			return // the stream ended, cutting the call short: not a failure
 		}

@@ -50,8 +50,8 @@ type options struct {
 	controllers []string
 	// name is the balancer's name to the controllers.
 	name string
-	// statsInterval is how often per-backend counters are reported to the
-	// controller; 0: never.
+	// statsInterval is how often per-backend and per-pool counters are
+	// reported to the controller; 0: never.
 	statsInterval time.Duration
 }
 
@@ -71,7 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.DataDir, "data-dir", "", "`dir`ectory where each applied table is saved and loaded from at start")
 	controllers := fs.String("controllers", "", "comma-separated gRPC `addresses` (host:port) of controllers to take tables from (empty: none)")
 	fs.StringVar(&o.name, "name", "", "this balancer's `name` to the controllers, a DNS label (default: the hostname, sanitized)")
-	fs.DurationVar(&o.statsInterval, "stats-interval", o.statsInterval, "how often per-backend counters are reported to the controller (0 disables)")
+	fs.DurationVar(&o.statsInterval, "stats-interval", o.statsInterval, "how often per-backend and per-pool counters are reported to the controller (0 disables)")
 	trusted := fs.String("trusted-proxies", "", "comma-separated `CIDRs` whose X-Forwarded-* headers are kept and extended")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "backend connect timeout")
 	fs.DurationVar(&c.HeaderTimeout, "header-timeout", c.HeaderTimeout, "time allowed to receive a request head")

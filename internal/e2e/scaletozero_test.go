@@ -1,0 +1,105 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// TestAutoscale_scaleToZeroAndBack: a pool that scales to zero after 3s
+// without requests goes from 1 instance to none, its process stopped;
+// then requests sent to it are held at the balancer while the leader
+// starts an instance again, and every one is answered by it.
+func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 1)
+	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 20)
+	pol.ScaleToZeroAfter = durationpb.New(3 * time.Second)
+	pol.ActivationTimeout = durationpb.New(30 * time.Second)
+	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/",
+		Template: &pb.InstanceTemplate{
+			Command: f.bin + "/hostscale-demo", HealthPath: "/healthz",
+			HealthInterval: durationpb.New(200 * time.Millisecond), StopGrace: durationpb.New(5 * time.Second),
+		},
+		Selector: "tier=web", Min: 0, Max: 4, Desired: 1, Scaling: pol,
+	}})
+	require.NoError(t, err)
+	first := f.settled("web", 1, 30*time.Second)[0]
+
+	get := func() (string, error) {
+		c := &http.Client{Timeout: 40 * time.Second}
+		resp, err := c.Get("http://" + f.lbAddr + "/")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("%s: %s", resp.Status, body)
+		}
+		return resp.Header.Get("X-Instance"), nil
+	}
+	// Served while the pool has its instance.
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		id, err := get()
+		if err == nil && id != first.Id {
+			err = fmt.Errorf("answered by %q, want %s", id, first.Id)
+		}
+		return err
+	}))
+	served := time.Now()
+
+	// Idle: down to no instance, its process gone.
+	f.settled("web", 0, 60*time.Second)
+	t.Logf("scaled to zero %v after the last request", time.Since(served).Round(time.Millisecond))
+	idle := f.lastActed("web")
+	require.Equal(t, "idle", idle.LimitedBy, idle.Reason)
+	require.Equal(t, uint32(0), idle.Desired)
+	require.GreaterOrEqual(t, idle.Time.AsTime().Sub(served), 3*time.Second-500*time.Millisecond, "scaled to zero before scale_to_zero_after")
+
+	// Requests to the empty pool are held, then served by a new instance.
+	const clients = 5
+	var wg sync.WaitGroup
+	errs := make([]error, clients)
+	ids := make([]string, clients)
+	took := make([]time.Duration, clients)
+	start := time.Now()
+	for i := range clients {
+		wg.Go(func() {
+			ids[i], errs[i] = get()
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	for i := range clients {
+		require.NoError(t, errs[i], "request %d", i)
+		require.NotEqual(t, first.Id, ids[i], "request %d answered by the stopped instance", i)
+	}
+	t.Logf("held requests answered after %v (cold start through the balancer)", took)
+	act := f.lastActed("web")
+	require.Equal(t, "activation", act.LimitedBy, act.Reason)
+	require.Equal(t, uint32(1), act.Desired)
+	ins := f.settled("web", 1, 30*time.Second)
+	require.Equal(t, ins[0].Id, ids[0])
+}
+
+// lastActed returns the pool's newest acting scale event.
+func (f *fleet) lastActed(pool string) *pb.ScaleEvent {
+	f.t.Helper()
+	evs, err := f.pools().ListScaleEvents(f.ctx, &pb.ListScaleEventsRequest{Pool: pool, ActedOnly: true, PageSize: 1})
+	require.NoError(f.t, err)
+	require.NotEmpty(f.t, evs.Events)
+	return evs.Events[0]
+}
