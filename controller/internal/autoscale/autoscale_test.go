@@ -615,7 +615,9 @@ func TestDecide_scaleToZero(t *testing.T) {
 			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 0, 5*time.Minute, true },
 			desired: 0, acted: true, limitedBy: "idle"},
 		{name: "idle on a new leader's first window still goes to 0", in: input(1, 1, 0, zero),
-			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown, in.WarmingUp, in.Values = 0, 5*time.Minute, true, true, nil },
+			edit: func(in *Input) {
+				in.Min, in.Idle, in.IdleKnown, in.WarmingUp, in.Values = 0, 5*time.Minute, true, true, nil
+			},
 			desired: 0, acted: true, limitedBy: "idle"},
 		{name: "idle not long enough keeps one", in: input(1, 1, 0, zero),
 			edit:    func(in *Input) { in.Min, in.Idle, in.IdleKnown = 0, 4*time.Minute, true },
