@@ -5,6 +5,8 @@
 #   balancer    dev-lb      HTTP 127.0.0.1:8080, admin 127.0.0.1:8081
 #   pool        demo        2 instances of bin/hostscale-demo, autoscaled (1-6) on
 #                           40 requests/s per instance
+#   pool        sleepy      /sleepy/: scales to zero after 30s without a request,
+#                           starts with none; a request wakes it
 # State and logs go to .dev/ (emptied at each start). Ctrl-C stops every
 # process started here, the instances included.
 set -euo pipefail
@@ -72,6 +74,13 @@ bin/hostscale -addr 127.0.0.1:7700 create-pool - >/dev/null <<JSON
   "scaleDownStabilization": "20s",
   "scaleDownLimits": [{"kind": "RATE_LIMIT_KIND_PERCENT", "value": 50, "period": "5s"}]}}
 JSON
+bin/hostscale -addr 127.0.0.1:7700 create-pool - >/dev/null <<JSON
+{"name": "sleepy", "pathPrefix": "/sleepy/", "template": {"command": "$root/bin/hostscale-demo",
+ "healthPath": "/healthz", "healthInterval": "0.1s", "stopGrace": "5s"},
+ "min": 0, "max": 3,
+ "scaling": {"metric": "SCALING_METRIC_REQUESTS_PER_INSTANCE", "target": 40,
+  "evaluationPeriod": "2s", "window": "6s", "scaleToZeroAfter": "30s"}}
+JSON
 for _ in $(seq 1 300); do
 	if curl -fsS -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; then break; fi
 	sleep 0.1
@@ -87,6 +96,8 @@ hostscale dev mode is up: one controller, one agent, a balancer and the demo poo
   bin/hostscale nodes                           # the host and its latest sample
   make load                                     # traffic in steps: watch the pool scale out and back in
   bin/hostscale events demo                     # why it scaled: every evaluation, its inputs and rule
+  curl http://127.0.0.1:8080/sleepy/            # the sleepy pool has no instance: held while one starts
+  bin/hostscale events sleepy -acted            # woken ("activation"); back to 0 after 30s idle ("idle")
 
   grpcurl -plaintext 127.0.0.1:7700 list
   grpcurl -plaintext 127.0.0.1:7700 hostscale.v1.NodeService/ListNodes

@@ -92,6 +92,17 @@ func TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll(t *testing.T) {
 		return nil
 	}), "make dev output:\n%s", p.log())
 	require.True(t, strings.HasPrefix(answer, "served by demo-"), answer)
+
+	// The sleepy pool starts with no instance: a request is held while the
+	// controller starts one, then answered by it.
+	woke := time.Now()
+	resp, err := (&http.Client{Timeout: 40 * time.Second}).Get("http://127.0.0.1:8080/sleepy/")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	require.True(t, strings.HasPrefix(string(body), "served by sleepy-"), "%s", body)
+	t.Logf("the sleepy pool answered its first request after %v", time.Since(woke).Round(time.Millisecond))
 	require.Contains(t, p.log(), "grpcurl -plaintext 127.0.0.1:7700")
 	require.NotEmpty(t, instanceProcs(), "the demo pool's instances run")
 
