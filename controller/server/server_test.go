@@ -596,6 +596,12 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, ActivationTimeout: durationpb.New(time.Second)}}})
 			return err
 		}, codes.InvalidArgument, "pool.scaling.activation_timeout"},
+		"CreatePool scaling to zero without a template": {func() error {
+			_, err := f.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "ok",
+				Scaling: &pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 50, ScaleToZeroAfter: durationpb.New(time.Minute),
+					Provider: &pb.ScaleProvider{Provider: &pb.ScaleProvider_Exec{Exec: &pb.ExecProvider{Command: "scale"}}}}}})
+			return err
+		}, codes.InvalidArgument, "pool.scaling.scale_to_zero_after"},
 		"ListScaleEvents unknown pool": {func() error {
 			_, err := f.Pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "nope"})
 			return err

@@ -55,6 +55,8 @@ func normalizeInstances(p *pb.Pool) error {
 			return invalid("pool.template", "must be set for max_surge to mean anything")
 		case p.Scaling != nil && p.Scaling.Provider == nil:
 			return invalid("pool.scaling.provider", "a pool without a template scales only through a provider")
+		case p.Scaling.GetScaleToZeroAfter() != nil:
+			return invalid("pool.scaling.scale_to_zero_after", "only a pool of instances scales to zero: set a template")
 		}
 		if p.Scaling != nil {
 			if p.Max == 0 {

@@ -34,7 +34,7 @@ type Store struct {
 
 	mu       sync.Mutex
 	series   map[string]*series   // by balancer, pool and address
-	activity map[string]*activity // by balancer and pool
+	activity map[string]map[string]*activity // by pool, then balancer
 	// pruneAt is when series nobody reports are next looked for.
 	pruneAt time.Time
 	// demand is signalled when a report shows requests that found no
@@ -44,7 +44,6 @@ type Store struct {
 
 // activity is what one balancer's reports say of one pool's requests.
 type activity struct {
-	pool string
 	// The first and the newest report that named the pool.
 	first, last time.Time
 	// The newest report that showed a request: a backend's counter moved
@@ -61,7 +60,7 @@ type activity struct {
 
 // New returns a store keeping keep of history.
 func New(keep time.Duration) *Store {
-	return &Store{Keep: keep, series: map[string]*series{}, activity: map[string]*activity{}, demand: make(chan struct{}, 1)}
+	return &Store{Keep: keep, series: map[string]*series{}, activity: map[string]map[string]*activity{}, demand: make(chan struct{}, 1)}
 }
 
 // Demand is signalled, without blocking, after a report showing requests
@@ -72,12 +71,16 @@ func (s *Store) Demand() <-chan struct{} { return s.demand }
 // pool returns the activity of a pool as a balancer reports it, made on
 // the first report; it marks the report's time.
 func (s *Store) pool(balancer, pool string, at time.Time) (*activity, bool) {
-	k := balancer + "\x00" + pool
-	a := s.activity[k]
+	byBalancer := s.activity[pool]
+	if byBalancer == nil {
+		byBalancer = map[string]*activity{}
+		s.activity[pool] = byBalancer
+	}
+	a := byBalancer[balancer]
 	fresh := a == nil
 	if fresh {
-		a = &activity{pool: pool, first: at}
-		s.activity[k] = a
+		a = &activity{first: at}
+		byBalancer[balancer] = a
 	}
 	a.last = at
 	return a, fresh
@@ -155,9 +158,14 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			delete(s.series, k)
 		}
 	}
-	for k, a := range s.activity {
-		if at.Sub(a.last) > s.Keep {
-			delete(s.activity, k)
+	for pool, byBalancer := range s.activity {
+		for b, a := range byBalancer {
+			if at.Sub(a.last) > s.Keep {
+				delete(byBalancer, b)
+			}
+		}
+		if len(byBalancer) == 0 {
+			delete(s.activity, pool)
 		}
 	}
 }
@@ -183,10 +191,7 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 	defer s.mu.Unlock()
 	var out Activity
 	seen, stale := false, false
-	for _, a := range s.activity {
-		if a.pool != pool {
-			continue
-		}
+	for _, a := range s.activity[pool] {
 		if now.Sub(a.last) > fresh {
 			stale = true
 			continue
@@ -319,5 +324,5 @@ func (s *Store) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.series = map[string]*series{}
-	s.activity = map[string]*activity{}
+	s.activity = map[string]map[string]*activity{}
 }

@@ -92,6 +92,12 @@ func TestActivity_idleAndWaitingOverBalancers(t *testing.T) {
 	a = s.Activity("web", t0.Add(16*time.Second), fresh)
 	require.False(t, a.Known)
 	require.Zero(t, a.Idle)
+
+	// Once the store has forgotten lb1 (Keep), lb2's word is enough.
+	s.Record("lb2", t0.Add(80*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 0}))
+	a = s.Activity("web", t0.Add(80*time.Second), fresh)
+	require.True(t, a.Known)
+	require.Equal(t, 69*time.Second, a.Idle)
 }
 
 func TestActivity_requestsThatFoundNoBackendWakeThePool(t *testing.T) {
