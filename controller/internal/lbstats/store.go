@@ -33,7 +33,7 @@ type Store struct {
 	Keep time.Duration
 
 	mu       sync.Mutex
-	series   map[string]*series   // by balancer, pool and address
+	series   map[string]*series              // by balancer, pool and address
 	activity map[string]map[string]*activity // by pool, then balancer
 	// pruneAt is when series nobody reports are next looked for.
 	pruneAt time.Time
