@@ -50,6 +50,10 @@ type Config struct {
 	// Zero disables slow start.
 	SlowStart           time.Duration
 	SlowStartMinPercent int
+	// MaxHeldPerPool bounds the requests held at once for a pool without a
+	// backend (Pool.HoldWhenEmpty); beyond it a request is answered 503 at
+	// once, as Envoy's max_pending_requests does.
+	MaxHeldPerPool int
 
 	// Logger receives operational events; nil discards them.
 	Logger *slog.Logger
@@ -110,6 +114,7 @@ func DefaultConfig() Config {
 		},
 		SlowStart:           10 * time.Second,
 		SlowStartMinPercent: 10,
+		MaxHeldPerPool:      1024,
 	}
 }
 
@@ -150,6 +155,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: Retry.BudgetPercent must be 0..100 and MinConcurrent not negative")
 	case c.SlowStart < 0 || c.SlowStartMinPercent < 1 || c.SlowStartMinPercent > 100:
 		return errors.New("config: SlowStart must not be negative and SlowStartMinPercent must be 1..100")
+	case c.MaxHeldPerPool < 0:
+		return fmt.Errorf("config: MaxHeldPerPool must not be negative, got %d", c.MaxHeldPerPool)
 	}
 	for _, p := range c.TrustedProxies {
 		if !p.IsValid() {

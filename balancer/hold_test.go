@@ -128,6 +128,29 @@ func TestHold_requestWaitsForABackendAndIsServedByIt(t *testing.T) {
 	require.Equal(t, int64(2), be.hits.Load())
 }
 
+func TestHold_beyondMaxHeldPerPoolAnswers503AtOnce(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxHeldPerPool = 2
+	b, addr := startBalancer(t, cfg, holdTable(1, time.Minute))
+	c := testClient(t, 4)
+	held := []<-chan answer{sendGet(t, c, "http://"+addr+"/1"), sendGet(t, c, "http://"+addr+"/2")}
+	requireWaiting(t, b, "web", 2)
+
+	a := await(t, sendGet(t, c, "http://"+addr+"/3"), 10*time.Second)
+	require.NoError(t, a.err)
+	require.Equal(t, 503, a.code, "a third request while two are held")
+	require.Equal(t, PoolStats{Pool: "web", Waiting: 2, Unserved: 3}, poolStats(t, b, "web"))
+
+	be := startBackend(t, nameHandler("b1"))
+	require.NoError(t, b.Apply(holdTable(2, time.Minute, be.addr)))
+	for _, ch := range held {
+		a := await(t, ch, 10*time.Second)
+		require.NoError(t, a.err)
+		require.Equal(t, 200, a.code)
+	}
+	require.Equal(t, PoolStats{Pool: "web", Unserved: 3, Held: HeldCounts{Served: 2}}, poolStats(t, b, "web"))
+}
+
 func TestHold_answers503OnceTheHoldHasPassed(t *testing.T) {
 	const hold = 300 * time.Millisecond
 	b, addr := startBalancer(t, testConfig(t), holdTable(1, hold))

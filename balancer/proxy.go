@@ -188,7 +188,7 @@ func (cc *clientConn) handle(headLen int) bool {
 		// No backend can take a request: the pool has none, or only draining
 		// ones (ejected ones are picked when nothing else is).
 		ps.state.unserved.Add(1)
-		if ps.hold <= 0 {
+		if ps.hold <= 0 || ps.state.waiting.Load() >= int64(b.cfg.MaxHeldPerPool) {
 			return cc.replySkippingBody(503, headLen, false)
 		}
 		var code int

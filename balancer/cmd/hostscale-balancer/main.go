@@ -81,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request or response head, in bytes")
 	fs.IntVar(&c.Health.MaxEjectionPercent, "max-ejection-percent", c.Health.MaxEjectionPercent, "largest share of a pool ejected at once")
 	fs.DurationVar(&c.SlowStart, "slow-start", c.SlowStart, "ramp-up window of backends added to a pool (0 disables)")
+	fs.IntVar(&c.MaxHeldPerPool, "max-held", c.MaxHeldPerPool, "most requests held at once for a pool without a backend (hold_when_empty); beyond, 503 at once")
 	fs.BoolVar(&o.adm.Pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")

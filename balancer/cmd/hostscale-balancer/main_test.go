@@ -71,6 +71,10 @@ func TestParseFlags_defaults(t *testing.T) {
 	require.Equal(t, "127.0.0.1:8080", o.bal.ListenAddr)
 	require.Equal(t, "127.0.0.1:7802", o.adm.Addr)
 	require.Equal(t, time.Second, o.statsInterval)
+	require.Equal(t, 1024, o.bal.MaxHeldPerPool)
+	o, err = parseFlags([]string{"-max-held", "0"}, io.Discard)
+	require.NoError(t, err)
+	require.Zero(t, o.bal.MaxHeldPerPool, "0 holds no request")
 	for _, tc := range []struct {
 		arg  string
 		want time.Duration
@@ -131,6 +135,8 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-connect-timeout", "soon"}, 2, `invalid value "soon" for flag -connect-timeout`},
 		{[]string{"-header-timeout", "0s"}, 2, "HeaderTimeout must be positive"},
 		{[]string{"-log-level", "loud"}, 2, "-log-level"},
+		{[]string{"-max-held", "-1"}, 2, "MaxHeldPerPool must not be negative, got -1"},
+		{[]string{"-max-held", "many"}, 2, `invalid value "many" for flag -max-held`},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1": expected host:port`},
 		{[]string{"-controllers", "10.0.0.1:7800,10.0.0.2:0"}, 2, `-controllers: "10.0.0.2:0": port must be 1-65535`},
