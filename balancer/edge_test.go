@@ -397,13 +397,7 @@ func streamHandler() http.Handler {
 			}
 			io.Copy(w, &patternReader{n: n})
 		case "/upload":
-			h := sha256.New()
-			n, err := io.Copy(h, r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), 400)
-				return
-			}
-			fmt.Fprintf(w, "%d %s", n, hex.EncodeToString(h.Sum(nil)))
+			writeBodyDigest(w, r)
 		}
 	})
 }
@@ -464,4 +458,15 @@ func TestProxy_earlyResponseWhileBodyStreams(t *testing.T) {
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	require.NoError(t, err)
 	require.Equal(t, 413, resp.StatusCode)
+}
+
+// writeBodyDigest answers with the request body's length and sha256.
+func writeBodyDigest(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	n, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), 400)
+		return
+	}
+	fmt.Fprintf(w, "%d %s", n, hex.EncodeToString(h.Sum(nil)))
 }

@@ -313,15 +313,7 @@ func TestHold_heldRequestIsRetriedLikeAnyOther(t *testing.T) {
 }
 
 func TestHold_heldPostsReachTheBackendWithTheirWholeBody(t *testing.T) {
-	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := sha256.New()
-		n, err := io.Copy(h, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), 400)
-			return
-		}
-		fmt.Fprintf(w, "%d %s", n, hex.EncodeToString(h.Sum(nil)))
-	}))
+	be := startBackend(t, http.HandlerFunc(writeBodyDigest))
 	b, addr := startBalancer(t, testConfig(t), holdTable(1, time.Minute))
 	c := testClient(t, 3)
 	small := []byte("hello, held world")
