@@ -37,7 +37,7 @@ commands:
   transfer-leadership [ID]        hand leadership to ID, or to the best voter
   snapshot save FILE              write a snapshot of the whole state to FILE
   snapshot restore FILE           replace the whole state with FILE's snapshot
-  pools                           list pools
+  pools                           list pools: routes, backends, desired instances (min-max), autoscaling
   create-pool FILE                create a pool from its JSON (FILE or - for stdin), e.g.
                                   {"name":"web","template":{"command":"hostscale-demo","health_path":"/healthz"},"desired":2}
   update-pool FILE                replace a pool's specification from its JSON (FILE or -); a new
@@ -226,10 +226,14 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return c.printJSON(resp)
 		}
 		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tHOSTS\tPATH\tPOLICY\tBACKENDS")
+		fmt.Fprintln(w, "NAME\tHOSTS\tPATH\tPOLICY\tBACKENDS\tINSTANCES\tAUTOSCALING")
 		for _, p := range resp.Pools {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", p.Name, orDash(strings.Join(p.Hosts, ",")), p.PathPrefix,
-				strings.ToLower(strings.TrimPrefix(p.Policy.String(), "POLICY_")), len(p.Backends))
+			instances := "-"
+			if p.Template != nil || p.Scaling != nil {
+				instances = fmt.Sprintf("%d (%d-%d)", p.Desired, p.Min, p.Max)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, orDash(strings.Join(p.Hosts, ",")), p.PathPrefix,
+				strings.ToLower(strings.TrimPrefix(p.Policy.String(), "POLICY_")), len(p.Backends), instances, scalingSummary(p.Scaling))
 		}
 		return w.Flush()
 	case "create-pool", "update-pool":
@@ -588,4 +592,24 @@ func parseMatcher(s string) (*pb.SilenceMatcher, error) {
 		}
 	}
 	return nil, fmt.Errorf("%q is not name=value, name!=value, name=~re or name!~re", s)
+}
+
+// scalingSummary writes a scaling policy in a few words: its metrics and
+// targets, and when it scales to zero.
+func scalingSummary(p *pb.ScalingPolicy) string {
+	if p == nil {
+		return "-"
+	}
+	name := func(m pb.ScalingMetric) string {
+		return strings.ToLower(strings.TrimPrefix(m.String(), "SCALING_METRIC_"))
+	}
+	parts := []string{fmt.Sprintf("%s %g", name(p.Metric), p.Target)}
+	for _, m := range p.Metrics {
+		parts = append(parts, fmt.Sprintf("%s %g", name(m.GetMetric()), m.GetTarget()))
+	}
+	out := strings.Join(parts, ", ")
+	if d := p.GetScaleToZeroAfter(); d != nil {
+		out += fmt.Sprintf("; to 0 after %v idle", d.AsDuration())
+	}
+	return out
 }

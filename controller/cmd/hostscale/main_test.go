@@ -88,7 +88,7 @@ func TestCLI_againstACluster(t *testing.T) {
 	// Pools with instances: create from JSON, scale, list, events, update.
 	poolFile := filepath.Join(t.TempDir(), "pool.json")
 	require.NoError(t, os.WriteFile(poolFile, []byte(`{"name": "app", "pathPrefix": "/app", "template": {"command": "true"}, "max": 5,
-		"scaling": {"metric": "SCALING_METRIC_REQUESTS_PER_INSTANCE", "target": 10}}`), 0o600))
+		"scaling": {"metric": "SCALING_METRIC_REQUESTS_PER_INSTANCE", "target": 10, "scaleToZeroAfter": "300s"}}`), 0o600))
 	code, out, errs = hostscale("-addr", addr, "create-pool", poolFile)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "pool app created")
@@ -98,6 +98,10 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "instances", "app")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "ADDRESS")
+	code, out, errs = hostscale("-addr", addr, "pools")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `(?m)^app +- +/app +least_request +0 +3 \(0-5\) +requests_per_instance 10; to 0 after 5m0s idle$`, out)
+	require.Regexp(t, `(?m)^web +example.com +.* +0 +- +-$`, out)
 	code, out, errs = hostscale("-addr", addr, "events", "app", "-acted")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "LIMITED BY")
