@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostscale/hostscale/balancer"
+	"github.com/hostscale/hostscale/internal/promtest"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -67,21 +68,12 @@ func serveBalancer(t *testing.T, b *balancer.Balancer) string {
 	return ln.Addr().String()
 }
 
-// metricValue returns the value of the single sample of a Watcher metric.
+// metricValue returns the value of a Watcher metric.
 func metricValue(t *testing.T, w *Watcher, name string) float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(w))
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			require.Len(t, mf.GetMetric(), 1, name)
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	return promtest.Get(t, reg, name, nil)
 }
 
 func TestWatcher_reportsBackendCountersPeriodicallyOnTheOpenStream(t *testing.T) {

@@ -20,6 +20,8 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hostscale/hostscale/internal/promtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -119,30 +121,8 @@ func TestServer_panicBecomesInternalAndServerKeepsServing(t *testing.T) {
 	require.NotContains(t, status.Convert(err).Message(), "boom", "panic values stay in the log")
 	require.Contains(t, logs.String(), "boom")
 	require.NoError(t, echo(ctx, conn, "hello"))
-	require.Equal(t, 1.0, handled(t, reg, "/test.Echo/Echo", "Internal"))
-	require.Equal(t, 1.0, handled(t, reg, "/test.Echo/Echo", "OK"))
-}
-
-// handled returns grpc_server_handled_total for method and code.
-func handled(t *testing.T, reg *prometheus.Registry, method, code string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "grpc_server_handled_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["grpc_method"] == method && labels["grpc_code"] == code {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	require.Equal(t, 1.0, promtest.Get(t, reg, "grpc_server_handled_total", map[string]string{"grpc_method": "/test.Echo/Echo", "grpc_code": "Internal"}))
+	require.Equal(t, 1.0, promtest.Get(t, reg, "grpc_server_handled_total", map[string]string{"grpc_method": "/test.Echo/Echo", "grpc_code": "OK"}))
 }
 
 func TestServer_oversizeRequestIsResourceExhausted(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hostscale/hostscale/agent/internal/controllertest"
 	"github.com/hostscale/hostscale/agent/internal/sample"
+	"github.com/hostscale/hostscale/internal/promtest"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -79,7 +80,7 @@ func TestSession_sendsHelloThenSamplesInOrderThenHeartbeats(t *testing.T) {
 
 	require.Eventually(t, s.Connected, wait, 5*time.Millisecond)
 	require.NoError(t, s.Ready())
-	require.Equal(t, 1.0, metricValue(t, reg, "hostscale_agent_connected"))
+	require.Equal(t, 1.0, promtest.Get(t, reg, "hostscale_agent_connected", nil))
 	require.Len(t, c.Hellos(), 1)
 	h := c.Hellos()[0]
 	require.Equal(t, "node-1", h.GetNode())
@@ -104,8 +105,8 @@ func TestSession_sendsHelloThenSamplesInOrderThenHeartbeats(t *testing.T) {
 
 	// Idle: heartbeats about every interval.
 	require.Eventually(t, func() bool { return c.Heartbeats() >= 3 }, wait, 10*time.Millisecond)
-	require.Equal(t, 10.0, metricValue(t, reg, "hostscale_agent_samples_acked_total"))
-	require.Equal(t, 0.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
+	require.Equal(t, 10.0, promtest.Get(t, reg, "hostscale_agent_samples_acked_total", nil))
+	require.Equal(t, 0.0, promtest.Get(t, reg, "hostscale_agent_samples_dropped_total", nil))
 }
 
 func TestSession_heartbeatsWithinWelcomeTTL(t *testing.T) {
@@ -217,14 +218,14 @@ func TestSession_buffersWhileAllControllersDownAndSendsLateInOrder(t *testing.T)
 
 	c.Stop()
 	require.Eventually(t, func() bool { return !s.Connected() }, wait, 5*time.Millisecond)
-	require.Equal(t, 0.0, metricValue(t, reg, "hostscale_agent_connected"))
+	require.Equal(t, 0.0, promtest.Get(t, reg, "hostscale_agent_connected", nil))
 	offer(t, s, src, 8) // samples 3..10; the bound of 5 keeps 6..10
 	require.Equal(t, 5, s.Buffered())
-	require.Equal(t, 3.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
-	require.Equal(t, 5.0, metricValue(t, reg, "hostscale_agent_samples_buffered"))
+	require.Equal(t, 3.0, promtest.Get(t, reg, "hostscale_agent_samples_dropped_total", nil))
+	require.Equal(t, 5.0, promtest.Get(t, reg, "hostscale_agent_samples_buffered", nil))
 	// Stay down over several back-off rounds.
 	require.Eventually(t, func() bool {
-		return metricValue(t, reg, "hostscale_agent_reconnects_total") >= 4
+		return promtest.Get(t, reg, "hostscale_agent_reconnects_total", nil) >= 4
 	}, wait, 5*time.Millisecond)
 
 	c.Restart()
@@ -354,7 +355,7 @@ func TestSession_splitsBatchesOnResourceExhausted(t *testing.T) {
 	for _, n := range c.BatchSizes() {
 		require.LessOrEqual(t, n, 2)
 	}
-	require.Equal(t, 0.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
+	require.Equal(t, 0.0, promtest.Get(t, reg, "hostscale_agent_samples_dropped_total", nil))
 }
 
 func TestSession_dropsASingleSampleTheControllerCannotTake(t *testing.T) {
@@ -372,7 +373,7 @@ func TestSession_dropsASingleSampleTheControllerCannotTake(t *testing.T) {
 	require.Eventually(t, func() bool { return s.Buffered() == 0 }, wait, 5*time.Millisecond)
 	nums, _ := c.Received()
 	require.Equal(t, []uint32{1, 2, 4}, nums)
-	require.Equal(t, 1.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
+	require.Equal(t, 1.0, promtest.Get(t, reg, "hostscale_agent_samples_dropped_total", nil))
 }
 
 func TestSession_dropsASampleTheControllerRefusesAsInvalid(t *testing.T) {
@@ -390,7 +391,7 @@ func TestSession_dropsASampleTheControllerRefusesAsInvalid(t *testing.T) {
 	require.Eventually(t, func() bool { return s.Buffered() == 0 }, wait, 5*time.Millisecond)
 	nums, _ := c.Received()
 	require.Equal(t, []uint32{1, 2, 4}, nums)
-	require.Equal(t, 1.0, metricValue(t, reg, "hostscale_agent_samples_dropped_total"))
+	require.Equal(t, 1.0, promtest.Get(t, reg, "hostscale_agent_samples_dropped_total", nil))
 }
 
 func TestSession_givesUpOnSilentControllerAndStopsOnCancel(t *testing.T) {
@@ -408,7 +409,7 @@ func TestSession_givesUpOnSilentControllerAndStopsOnCancel(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	require.Eventually(t, func() bool {
-		return metricValue(t, reg, "hostscale_agent_reconnects_total") >= 2
+		return promtest.Get(t, reg, "hostscale_agent_reconnects_total", nil) >= 2
 	}, wait, 5*time.Millisecond)
 	cancel()
 	select {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/promtest"
 	peerv1 "github.com/hostscale/hostscale/proto/hostscale/peer/v1"
 )
 
@@ -120,40 +120,24 @@ func newTestForwarder(t testing.TB) (*Forwarder, *prometheus.Registry) {
 
 func noAPI() (string, error) { return "", status.Error(codes.Unavailable, "no API address") }
 
-// series returns the first series of the metric name in reg whose
-// transport label is transport (any series when transport is empty), or
-// nil.
-func series(t *testing.T, reg *prometheus.Registry, name, transport string) *dto.Metric {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := transport == ""
-			for _, l := range m.GetLabel() {
-				match = match || l.GetName() == "transport" && l.GetValue() == transport
-			}
-			if match {
-				return m
-			}
-		}
+// transport selects the series of a transport, or any when it is empty.
+func transport(name string) map[string]string {
+	if name == "" {
+		return nil
 	}
-	return nil
+	return map[string]string{"transport": name}
 }
 
-func forwarded(t *testing.T, reg *prometheus.Registry, transport string) float64 {
+func forwarded(t *testing.T, reg *prometheus.Registry, via string) float64 {
 	t.Helper()
-	return series(t, reg, "hostscale_controller_forwarded_total", transport).GetCounter().GetValue()
+	return promtest.Value(promtest.Find(t, reg, "hostscale_controller_forwarded_total", transport(via)))
 }
 
 // histogram returns the count and sum of the histogram name in reg, of
 // the series with label transport when it is set.
-func histogram(t *testing.T, reg *prometheus.Registry, name, transport string) (uint64, float64) {
+func histogram(t *testing.T, reg *prometheus.Registry, name, via string) (uint64, float64) {
 	t.Helper()
-	h := series(t, reg, name, transport).GetHistogram()
+	h := promtest.Find(t, reg, name, transport(via)).GetHistogram()
 	return h.GetSampleCount(), h.GetSampleSum()
 }
 
