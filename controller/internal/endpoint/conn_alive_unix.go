@@ -31,3 +31,25 @@ func connAlive(c net.Conn) bool {
 	})
 	return err == nil && alive
 }
+
+// peerGone reports whether the peer of a connection in use has closed or
+// reset it: a peek that finds the end of the stream or an error. Bytes
+// waiting, or none yet, mean it is still there. One system call.
+func peerGone(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	var gone bool
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		gone = (n == 0 && err == nil) || (err != nil && err != syscall.EAGAIN && err != syscall.EWOULDBLOCK && err != syscall.EINTR)
+		return true
+	})
+	return err != nil || gone
+}

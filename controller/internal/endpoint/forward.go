@@ -35,6 +35,15 @@ type Peer struct {
 
 	methods map[string]peerMethod
 	logger  *slog.Logger
+	// peerCheck replaces forwardPeerCheck when set.
+	peerCheck time.Duration
+
+	// The forwarded calls running on connections, checked by one
+	// goroutine while served counts connections being served.
+	watchMu   sync.Mutex
+	watching  map[*watchedCall]struct{}
+	served    int
+	stopWatch chan struct{}
 }
 
 type peerMethod struct {
@@ -46,7 +55,7 @@ var _ peerv1.PeerServiceServer = (*Peer)(nil)
 
 // NewPeer returns a Peer with no methods; Register adds them.
 func NewPeer(logger *slog.Logger) *Peer {
-	return &Peer{methods: map[string]peerMethod{}, logger: logging.OrDiscard(logger)}
+	return &Peer{methods: map[string]peerMethod{}, logger: logging.OrDiscard(logger), watching: map[*watchedCall]struct{}{}}
 }
 
 // Register makes the unary methods of a service callable through Forward.

@@ -81,6 +81,7 @@ func readFrame(r *bufio.Reader, max int, buf *[]byte, m proto.Message) error {
 // until conn fails or is closed. ctx bounds every call. A frame over the
 // size limit or one that does not decode ends the connection.
 func (p *Peer) ServeConn(ctx context.Context, conn net.Conn) {
+	defer p.serving()()
 	r := bufio.NewReader(conn)
 	var buf []byte
 	for {
@@ -91,8 +92,92 @@ func (p *Peer) ServeConn(ctx context.Context, conn net.Conn) {
 			}
 			return
 		}
-		if err := writeFrame(conn, p.call(ctx, req)); err != nil {
+		if err := writeFrame(conn, p.callWatched(ctx, conn, req)); err != nil {
 			return
+		}
+	}
+}
+
+// forwardPeerCheck is how often the connections of forwarded calls still
+// running are checked for their follower having hung up.
+const forwardPeerCheck = time.Second
+
+// watchedCall is a forwarded call running on a connection.
+type watchedCall struct {
+	conn   net.Conn
+	start  time.Time
+	cancel context.CancelFunc
+}
+
+// callWatched runs a forwarded call, and cancels it once its follower has
+// hung up: the follower's caller gave up (its context ended the call's
+// I/O), so nobody waits for the answer. One goroutine per Peer checks the
+// calls that have run for longer than a check period, every period, while
+// connections are served; a call costs no timer, whose start could wake a
+// sleeping thread.
+func (p *Peer) callWatched(ctx context.Context, conn net.Conn, req *peerv1.ForwardRequest) *peerv1.ForwardResponse {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c := &watchedCall{conn: conn, start: time.Now(), cancel: cancel}
+	p.watchMu.Lock()
+	p.watching[c] = struct{}{}
+	p.watchMu.Unlock()
+	defer func() {
+		p.watchMu.Lock()
+		delete(p.watching, c)
+		p.watchMu.Unlock()
+	}()
+	return p.call(ctx, req)
+}
+
+// serving counts a connection served, and starts the checks with the
+// first; the returned func ends the count, and the checks with the last.
+func (p *Peer) serving() func() {
+	p.watchMu.Lock()
+	defer p.watchMu.Unlock()
+	if p.served == 0 {
+		stop := make(chan struct{})
+		p.stopWatch = stop
+		go p.watchCalls(stop)
+	}
+	p.served++
+	return func() {
+		p.watchMu.Lock()
+		defer p.watchMu.Unlock()
+		if p.served--; p.served == 0 {
+			close(p.stopWatch)
+		}
+	}
+}
+
+// watchCalls cancels, every check period until stop, the calls older than
+// a period whose follower has hung up.
+func (p *Peer) watchCalls(stop <-chan struct{}) {
+	every := forwardPeerCheck
+	if p.peerCheck > 0 {
+		every = p.peerCheck
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var old []*watchedCall
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			old = old[:0]
+			p.watchMu.Lock()
+			for c := range p.watching {
+				if now.Sub(c.start) >= every {
+					old = append(old, c)
+				}
+			}
+			p.watchMu.Unlock()
+			for _, c := range old {
+				if peerGone(c.conn) {
+					c.cancel()
+				}
+			}
 		}
 	}
 }

@@ -27,14 +27,19 @@ import (
 
 const checkMethod = "/grpc.health.v1.Health/Check"
 
-// slowHealth answers Check, after a while for the service "slow".
+// slowHealth answers Check, for the service "slow" only once its context
+// ends (then it tells ended, when set).
 type slowHealth struct {
 	*health.Server
+	ended chan<- error
 }
 
 func (s slowHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	if req.Service == "slow" {
 		<-ctx.Done()
+		if s.ended != nil {
+			s.ended <- ctx.Err()
+		}
 		return nil, ctx.Err()
 	}
 	return s.Server.Check(ctx, req)
@@ -43,7 +48,7 @@ func (s slowHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest)
 func testPeer() *Peer {
 	p := NewPeer(nil)
 	p.MaxMessageSize = 1 << 20
-	p.Register(&healthpb.Health_ServiceDesc, slowHealth{health.NewServer()})
+	p.Register(&healthpb.Health_ServiceDesc, slowHealth{Server: health.NewServer()})
 	return p
 }
 
@@ -139,6 +144,38 @@ func histogram(t *testing.T, reg *prometheus.Registry, name, via string) (uint64
 	t.Helper()
 	h := promtest.Find(t, reg, name, transport(via)).GetHistogram()
 	return h.GetSampleCount(), h.GetSampleSum()
+}
+
+func TestPeer_ServeConn_cancelsACallItsFollowerGaveUpOn(t *testing.T) {
+	ended := make(chan error, 1)
+	peer := NewPeer(nil)
+	peer.peerCheck = 20 * time.Millisecond
+	peer.Register(&healthpb.Health_ServiceDesc, slowHealth{Server: health.NewServer(), ended: ended})
+	port := newRaftPort(t, peer)
+	f, _ := newTestForwarder(t)
+	leader := Leader{RaftAddr: port.lis.Addr().String(), APIAddr: noAPI}
+
+	// The call has no deadline: only the follower hanging up can end it.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	err := f.Call(ctx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
+	require.Equal(t, codes.Canceled, status.Code(err), err)
+	select {
+	case err := <-ended:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader still runs a call its follower gave up on")
+	}
+
+	// A call that outlives several checks with its follower still there
+	// is not cancelled.
+	start := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err = f.Call(ctx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), err)
+	require.ErrorIs(t, <-ended, context.DeadlineExceeded, "ended by its deadline, not by a check")
+	require.GreaterOrEqual(t, time.Since(start), 250*time.Millisecond)
 }
 
 func TestForwarder_timesTheWaitAndTheLeadersShare(t *testing.T) {
