@@ -19,7 +19,8 @@ import (
 // TestAutoscale_scaleToZeroAndBack: a pool that scales to zero after 3s
 // without requests goes from 1 instance to none, its process stopped;
 // then requests sent to it are held at the balancer while the leader
-// starts an instance again, and every one is answered by it.
+// starts an instance again, and every one is answered by it. The same
+// again with the leader killed as the request is sent.
 func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -93,6 +94,19 @@ func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
 	require.Equal(t, uint32(1), act.Desired)
 	ins := f.settled("web", 1, 30*time.Second)
 	require.Equal(t, ins[0].Id, ids[0])
+
+	// Idle again, then the leader dies: a request held meanwhile is
+	// reported to the next leader, which activates the pool.
+	f.settled("web", 0, 60*time.Second)
+	old := f.leader()
+	old.Kill()
+	start = time.Now()
+	id, err := get()
+	require.NoError(t, err, "a request held across the leader's death")
+	require.NotEqual(t, ins[0].Id, id)
+	t.Logf("with the leader %s killed as it was sent, a held request was answered after %v", old.ID, time.Since(start).Round(time.Millisecond))
+	act = f.lastActed("web")
+	require.Equal(t, "activation", act.LimitedBy, act.Reason)
 }
 
 // lastActed returns the pool's newest acting scale event.
