@@ -112,6 +112,19 @@ func Defaults(p *pb.ScalingPolicy) *pb.ScalingPolicy {
 	return d
 }
 
+// ActivationTimeout is how long balancers hold a request for a pool of
+// policy p while it has no instance: p's activation_timeout or its
+// default when p scales to zero, else 0 (no hold).
+func ActivationTimeout(p *pb.ScalingPolicy) time.Duration {
+	switch {
+	case p.GetScaleToZeroAfter() == nil:
+		return 0
+	case p.GetActivationTimeout() == nil:
+		return DefaultActivationTimeout
+	}
+	return p.GetActivationTimeout().AsDuration()
+}
+
 func setDuration(d **durationpb.Duration, def time.Duration) {
 	if *d == nil {
 		*d = durationpb.New(def)

@@ -42,6 +42,10 @@ func TestDefaults_fillsEveryUnsetField(t *testing.T) {
 	z := Defaults(&pb.ScalingPolicy{Metric: pb.ScalingMetric_SCALING_METRIC_HOST_CPU, Target: 60, ScaleToZeroAfter: durationpb.New(time.Minute)})
 	require.Equal(t, time.Minute, z.ScaleToZeroAfter.AsDuration())
 	require.Equal(t, 30*time.Second, z.ActivationTimeout.AsDuration(), "a pool that scales to zero is activated within 30s by default")
+	require.Equal(t, 30*time.Second, ActivationTimeout(&pb.ScalingPolicy{ScaleToZeroAfter: durationpb.New(time.Minute)}))
+	require.Equal(t, 5*time.Second, ActivationTimeout(&pb.ScalingPolicy{ScaleToZeroAfter: durationpb.New(time.Minute), ActivationTimeout: durationpb.New(5 * time.Second)}))
+	require.Zero(t, ActivationTimeout(in), "no hold for a pool that keeps an instance")
+	require.Zero(t, ActivationTimeout(nil))
 }
 
 func TestDefaults_keepsSetFields(t *testing.T) {

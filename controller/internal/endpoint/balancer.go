@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/hostscale/hostscale/controller/internal/autoscale"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
@@ -48,10 +49,10 @@ func Table(st *pb.State) *pb.Table {
 	for _, n := range names {
 		p := st.Pools[n]
 		tp := &pb.TablePool{Name: p.Name, Hosts: slices.Clone(p.Hosts), PathPrefix: p.PathPrefix, Policy: p.Policy}
-		if p.Scaling.GetScaleToZeroAfter() != nil {
-			// A pool that scales to zero is woken by the requests its
-			// balancers hold.
-			tp.HoldWhenEmpty = autoscale.Defaults(p.Scaling).ActivationTimeout
+		// A pool that scales to zero is woken by the requests its
+		// balancers hold.
+		if hold := autoscale.ActivationTimeout(p.Scaling); hold > 0 {
+			tp.HoldWhenEmpty = durationpb.New(hold)
 		}
 		for _, b := range p.Backends {
 			tp.Backends = append(tp.Backends, &pb.TableBackend{Address: b.Address, Weight: b.Weight})
