@@ -73,8 +73,9 @@ func Make(st *pb.State, in Inputs) *Plan {
 	perNode := map[string]map[string]int{}
 	// reserved sums, by node, what its instances reserve, and this round's
 	// placements.
-	reserved := fsm.Reserved(st)
+	reserved := map[string]*pb.InstanceResources{}
 	for _, inst := range st.Instances {
+		fsm.AddReserved(reserved, inst.Node, inst.Resources)
 		n := st.Nodes[inst.Node]
 		if n == nil || n.Status == pb.NodeStatus_NODE_STATUS_DOWN {
 			plan.Lost = append(plan.Lost, inst.Id)
