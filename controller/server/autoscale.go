@@ -87,9 +87,13 @@ func (a *autoscaler) round(ctx context.Context, now time.Time) {
 					}
 				}
 			}
-			// A pool scaled to zero with requests waiting is due at once.
-			activate := p.Desired == 0 && pol.ScaleToZeroAfter != nil && a.s.lbstats.Activity(name, now, freshFor).Waiting > 0
-			if !activate && now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
+			// A pool scaled to zero is evaluated only when requests wait
+			// for it, and then at once: asleep, it writes nothing.
+			if p.Desired == 0 && pol.ScaleToZeroAfter != nil {
+				if a.s.lbstats.Activity(name, now, freshFor).Waiting == 0 {
+					continue
+				}
+			} else if now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
 				continue
 			}
 			in := poolInputs{pool: proto.CloneOf(p), policy: pol}

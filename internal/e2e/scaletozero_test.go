@@ -69,6 +69,10 @@ func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
 	require.Equal(t, "idle", idle.LimitedBy, idle.Reason)
 	require.Equal(t, uint32(0), idle.Desired)
 	require.GreaterOrEqual(t, idle.Time.AsTime().Sub(served), 3*time.Second-500*time.Millisecond, "scaled to zero before scale_to_zero_after")
+	// Asleep, the pool is not evaluated: no event is written for it.
+	asleep := f.eventCount("web")
+	time.Sleep(3 * time.Second) // three evaluation periods
+	require.Equal(t, asleep, f.eventCount("web"), "events written for a pool asleep")
 
 	// Requests to the empty pool are held, then served by a new instance.
 	const clients = 5
@@ -107,6 +111,14 @@ func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
 	t.Logf("with the leader %s killed as it was sent, a held request was answered after %v", old.ID, time.Since(start).Round(time.Millisecond))
 	act = f.lastActed("web")
 	require.Equal(t, "activation", act.LimitedBy, act.Reason)
+}
+
+// eventCount returns how many scale events the pool has.
+func (f *fleet) eventCount(pool string) int {
+	f.t.Helper()
+	evs, err := f.pools().ListScaleEvents(f.ctx, &pb.ListScaleEventsRequest{Pool: pool, PageSize: 1000})
+	require.NoError(f.t, err)
+	return len(evs.Events)
 }
 
 // lastActed returns the pool's newest acting scale event.
