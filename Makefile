@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev load bench-instances bench-autoscale build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -105,6 +105,10 @@ bench-instances:
 ## bench-autoscale: load step to a new instance serving, median of 5 (docs/benchmarks.md)
 bench-autoscale:
 	cd internal && HOSTSCALE_BENCH=1 go test -count=1 -v -run TestBench_autoscaleReaction ./e2e/ | grep -E 'run [0-9]|reaction|^(---|ok|FAIL)'
+
+## bench-scale-to-zero: cold start of a pool scaled to zero through the balancer, three runs (docs/benchmarks.md)
+bench-scale-to-zero:
+	cd internal && go test -count=3 -v -run TestAutoscale_scaleToZeroAndBack ./e2e/ | grep -E 'scaled to zero|answered|^(---|ok|FAIL)'
 
 ## cluster: three controllers in the background on 127.0.0.1:7700/7710/7720
 cluster: build
