@@ -93,7 +93,14 @@ func (p *Peer) call(ctx context.Context, req *peerv1.ForwardRequest) (resp *peer
 	resp = &peerv1.ForwardResponse{Id: req.Id}
 	fail := func(err error) *peerv1.ForwardResponse {
 		resp.Response = nil
-		resp.Status, _ = proto.Marshal(status.Convert(err).Proto())
+		// As gRPC's server does: a handler's context error keeps its
+		// code (CANCELED, DEADLINE_EXCEEDED), anything else without a
+		// status is UNKNOWN.
+		st, ok := status.FromError(err)
+		if !ok {
+			st = status.FromContextError(err)
+		}
+		resp.Status, _ = proto.Marshal(st.Proto())
 		return resp
 	}
 	m, ok := p.methods[req.Method]
