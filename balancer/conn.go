@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hostscale/hostscale/balancer/internal/h1"
+	"github.com/hostscale/hostscale/internal/sockpeek"
 )
 
 var syscallEMFILE = syscall.EMFILE
@@ -90,18 +91,7 @@ type upConn struct {
 // sending a request that could not be sent again, to narrow the race with a
 // backend's idle timeout.
 func (uc *upConn) alive() bool {
-	if uc.rc == nil {
-		return true
-	}
-	ok := true
-	err := uc.rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = err == syscall.EAGAIN || err == syscall.EINTR
-		_ = n
-		return true
-	})
-	return ok && err == nil
+	return uc.rc == nil || sockpeek.Raw(uc.rc) == sockpeek.Empty
 }
 
 // connPool keeps idle keep-alive connections to one backend, most recently

@@ -1,0 +1,22 @@
+package endpoint
+
+import (
+	"net"
+
+	"github.com/hostscale/hostscale/internal/sockpeek"
+)
+
+// connAlive reports whether the peer of an idle connection has not closed
+// it: nothing to read means it is open; end of file, an error, or bytes an
+// idle connection should not have mean it is gone. It costs one system
+// call, and spares a call sent on a connection the leader closed while it
+// sat idle. Where it cannot peek, a closed connection fails the call
+// instead.
+func connAlive(c net.Conn) bool {
+	st := sockpeek.Conn(c)
+	return st == sockpeek.Empty || st == sockpeek.Unknown
+}
+
+// peerGone reports whether the peer of a connection in use has closed or
+// reset it. Bytes waiting, or none yet, mean it is still there.
+func peerGone(c net.Conn) bool { return sockpeek.Conn(c) == sockpeek.Closed }

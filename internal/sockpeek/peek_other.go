@@ -1,0 +1,8 @@
+//go:build !unix
+
+package sockpeek
+
+import "syscall"
+
+// Raw cannot peek on this system.
+func Raw(syscall.RawConn) State { return Unknown }
