@@ -63,6 +63,9 @@ type poolInputs struct {
 	policy    *pb.ScalingPolicy
 	instances []*pb.Instance
 	events    []*pb.ScaleEvent
+	// activity is the balancers' word on the pool, for a pool that
+	// scales to zero.
+	activity lbstats.Activity
 }
 
 func (a *autoscaler) round(ctx context.Context, now time.Time) {
@@ -89,14 +92,18 @@ func (a *autoscaler) round(ctx context.Context, now time.Time) {
 			}
 			// A pool scaled to zero is evaluated only when requests wait
 			// for it, and then at once: asleep, it writes nothing.
-			if p.Desired == 0 && pol.ScaleToZeroAfter != nil {
-				if a.s.lbstats.Activity(name, now, freshFor).Waiting == 0 {
-					continue
-				}
-			} else if now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
+			asleep := p.Desired == 0 && pol.ScaleToZeroAfter != nil
+			if !asleep && now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
 				continue
 			}
-			in := poolInputs{pool: proto.CloneOf(p), policy: pol}
+			var act lbstats.Activity
+			if pol.ScaleToZeroAfter != nil {
+				act = a.s.lbstats.Activity(name, now, freshFor)
+			}
+			if asleep && act.Waiting == 0 {
+				continue
+			}
+			in := poolInputs{pool: proto.CloneOf(p), policy: pol, activity: act}
 			for _, inst := range byPool[name] {
 				in.instances = append(in.instances, proto.CloneOf(inst))
 			}
@@ -187,10 +194,7 @@ func (a *autoscaler) input(in poolInputs, now time.Time) autoscale.Input {
 		Events:    in.events,
 		WarmingUp: now.Sub(a.start) < window,
 	}
-	if pol.ScaleToZeroAfter != nil {
-		act := a.s.lbstats.Activity(in.pool.Name, now, freshFor)
-		ai.Waiting, ai.Idle, ai.IdleKnown = act.Waiting, act.Idle, act.Known
-	}
+	ai.Waiting, ai.Idle, ai.IdleKnown = in.activity.Waiting, in.activity.Idle, in.activity.Known
 	var ready []*pb.Instance
 	for _, inst := range in.instances {
 		if inst.Draining || inst.Stop {
