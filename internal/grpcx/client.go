@@ -24,6 +24,8 @@ func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 			Timeout:             10 * time.Second,
 			PermitWithoutStream: true,
 		}),
+		grpc.WithStaticStreamWindowSize(StreamWindow),
+		grpc.WithStaticConnWindowSize(ConnWindow),
 	}
 	conn, err := grpc.NewClient("passthrough:///"+addr, append(opts, extra...)...)
 	if err != nil {

@@ -82,6 +82,19 @@ type Server struct {
 	Health *health.Server
 }
 
+// StreamWindow and ConnWindow are the HTTP/2 flow-control windows, in
+// bytes, of every stream and connection of NewServer and Dial. They are
+// fixed: gRPC's default windows start at 64 KiB and grow with an estimate of
+// the bandwidth-delay product, which sends a PING on the first data of each
+// read burst and waits for its acknowledgement. A connection carrying one
+// small call at a time never grows its window, so every call cost a PING
+// each way. Fixed windows send none, and let a stream move 1 MiB per round
+// trip: a snapshot at 2 GB/s across a 0.5 ms network.
+const (
+	StreamWindow = 1 << 20
+	ConnWindow   = 4 << 20
+)
+
 // NewServer builds a server with the config's limits and interceptors, the
 // grpc.health.v1 service and server reflection.
 func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
@@ -108,6 +121,8 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 			Time:    cfg.KeepaliveTime,
 			Timeout: cfg.KeepaliveTimeout,
 		}),
+		grpc.StaticStreamWindowSize(StreamWindow),
+		grpc.StaticConnWindowSize(ConnWindow),
 		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m)),
 		grpc.ChainStreamInterceptor(streamInterceptor(logger, m)),
 	}

@@ -211,3 +211,100 @@ func TestServe_stopEndsCallsAfterTheGraceAndLeavesStuckHandlers(t *testing.T) {
 	// goleak (TestMain) checks that the stuck handler's goroutines end
 	// once it returns.
 }
+
+// pingCounter parses the HTTP/2 frames written on a connection, after
+// skip bytes of preface, and counts the PINGs that are not
+// acknowledgements.
+type pingCounter struct {
+	mu    sync.Mutex
+	skip  int
+	buf   []byte
+	pings int
+}
+
+func (c *pingCounter) wrote(p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.skip > 0 {
+		n := min(c.skip, len(p))
+		c.skip -= n
+		p = p[n:]
+	}
+	c.buf = append(c.buf, p...)
+	for len(c.buf) >= 9 {
+		length := int(c.buf[0])<<16 | int(c.buf[1])<<8 | int(c.buf[2])
+		if len(c.buf) < 9+length {
+			return
+		}
+		if typ, flags := c.buf[3], c.buf[4]; typ == 0x6 && flags&0x1 == 0 {
+			c.pings++
+		}
+		c.buf = c.buf[9+length:]
+	}
+}
+
+func (c *pingCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pings
+}
+
+type countingConn struct {
+	net.Conn
+	c *pingCounter
+}
+
+func (cc countingConn) Write(p []byte) (int, error) {
+	n, err := cc.Conn.Write(p)
+	cc.c.wrote(p[:n])
+	return n, err
+}
+
+type countingListener struct {
+	net.Listener
+	c *pingCounter
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{conn, l.c}, nil
+}
+
+// One small call at a time is how most of the API is used; with gRPC's
+// dynamic flow control each call's data made the receiving side send a
+// PING to estimate the bandwidth, and wait for its acknowledgement.
+func TestServerAndDial_smallCallsSendNoPings(t *testing.T) {
+	s, err := NewServer(DefaultServerConfig())
+	require.NoError(t, err)
+	s.RegisterService(&testService, struct{}{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	fromServer := &pingCounter{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, countingListener{lis, fromServer}, time.Second) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+
+	fromClient := &pingCounter{skip: len("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")}
+	conn, err := Dial(lis.Addr().String(), grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{c, fromClient}, nil
+	}))
+	require.NoError(t, err)
+	defer conn.Close()
+
+	for i := range 20 {
+		require.NoError(t, echo(context.Background(), conn, strings.Repeat("x", 100+i)))
+	}
+	require.Zero(t, fromServer.count(), "PINGs from the server")
+	require.Zero(t, fromClient.count(), "PINGs from the client")
+}
