@@ -51,6 +51,10 @@ type result struct {
 	applyMean time.Duration
 	// stages splits an API write's mean time (API writes only).
 	stages *stages
+	// raft is Raft's own stages over the measured seconds; perEntry the
+	// mean commands per entry (API writes only: bare raft's are 1).
+	raft     *raftStages
+	perEntry float64
 }
 
 func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
@@ -165,6 +169,7 @@ func report(w io.Writer, rs []result) {
 	}
 	tw.Flush()
 	reportStages(w, rs, bare)
+	reportRaftStages(w, rs)
 }
 
 // reportStages prints where the API writes' time went, beside the mean
@@ -328,6 +333,7 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 	if mark != nil {
 		mark()
 	}
+	resetRaftStages()
 	measuring.Store(true)
 	start := time.Now()
 	if tracePath != "" {
@@ -361,7 +367,7 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 	if len(lat) > 0 {
 		mean = sum / time.Duration(len(lat))
 	}
-	r := result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99), mean: mean}
+	r := result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99), mean: mean, raft: readRaftStages()}
 	if idles.Load() > 0 {
 		r.idle = time.Duration(idled.Load() / idles.Load())
 	}
@@ -562,6 +568,7 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 	}
 	if leader >= 0 {
 		r.applyMean = meanOf(deltas[leader], "hostscale_controller_apply_seconds", `{result="ok"}`)
+		r.perEntry = mean(totals(deltas[leader], "hostscale_controller_entry_commands", ""))
 		if !reads {
 			r.stages = split(deltas, leader, r.mean)
 		}

@@ -84,3 +84,25 @@ func TestScrape_readsSamplesAndSkipsTheRest(t *testing.T) {
 	require.Equal(t, 250*time.Millisecond, meanOf(map[string]float64{"a_sum": 1, "a_count": 4}, "a", ""))
 	require.Zero(t, meanOf(map[string]float64{}, "a", ""))
 }
+
+// Raft's stages come from its own metrics, over the measured seconds only.
+func TestRaftStages_bareRunReportsEachStage(t *testing.T) {
+	r := runBare("wal", 1, 100, 0, 200*time.Millisecond, 500*time.Millisecond)
+	require.Positive(t, r.writes)
+	st := r.raft
+	require.NotNil(t, st)
+	for name, s := range map[string]raftStage{"dispatch": st.dispatch, "follower write": st.followerWrite, "AppendEntries": st.appendRPC, "commit": st.commit} {
+		require.Positive(t, s.n, name)
+		require.Positive(t, s.mean, name)
+		require.Less(t, s.mean, 10*time.Second, name)
+	}
+	// One writer: every entry is one write, and the warm-up's are not
+	// counted.
+	require.InDelta(t, r.writes, st.commit.n, float64(r.writes)/5+2)
+	require.Less(t, st.commit.mean, r.p99+time.Millisecond, "an Apply waits for its commit")
+
+	var out strings.Builder
+	reportRaftStages(&out, []result{r})
+	require.Contains(t, out.String(), "leader log write")
+	require.Contains(t, out.String(), "bare raft")
+}
