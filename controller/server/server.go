@@ -28,6 +28,7 @@ import (
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/controller/internal/lbstats"
 	"github.com/hostscale/hostscale/controller/internal/leader"
+	"github.com/hostscale/hostscale/controller/internal/raftmetrics"
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/internal/admin"
 	"github.com/hostscale/hostscale/internal/grpcx"
@@ -155,6 +156,9 @@ type Server struct {
 
 	reachMu sync.Mutex
 	reached map[string]time.Time
+
+	// detachRaftMetrics stops Raft's reports reaching registry.
+	detachRaftMetrics func()
 }
 
 // New binds the listeners, opens the Raft stores and starts Raft. Call Run
@@ -207,6 +211,11 @@ func New(cfg Config) (s *Server, err error) {
 		return nil, err
 	}
 	s.admin = admin.New(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof})
+
+	// Raft's own timers and counters, attached before Raft starts so that
+	// its first state change counts.
+	s.detachRaftMetrics = raftmetrics.New(s.registry).Attach()
+	toClose = append(toClose, s.detachRaftMetrics)
 
 	rc := cfg.Raft
 	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers
@@ -343,6 +352,7 @@ func (s *Server) Close() error {
 		s.stopForwards()
 	}
 	err := s.node.Close()
+	s.detachRaftMetrics()
 	s.core.Forwarder.Close()
 	_ = s.conns.Close()
 	return err

@@ -190,3 +190,67 @@ func TestRun_badAlertIntervalStopsWithAMessage(t *testing.T) {
 	require.NotZero(t, code)
 	require.Contains(t, stderr.String(), "-alert-interval")
 }
+
+// metricValue is the value of the sample series (name with its labels, as
+// printed) in a /metrics page, and whether it is there.
+func metricValue(page, series string) (float64, bool) {
+	for _, line := range strings.Split(page, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// Each process exports its own Raft's timers: the leader its commits, log
+// writes and round trips to each follower; the followers their log writes.
+func TestBinaryCluster_exportsRaftTimers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}})
+	leader, _, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	for i := range 5 {
+		_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: fmt.Sprintf("p%d", i), PathPrefix: fmt.Sprintf("/p%d", i)}})
+		require.NoError(t, err)
+	}
+	page := func(n *testcluster.Node) string {
+		resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, err = b.ReadFrom(resp.Body)
+		require.NoError(t, err)
+		return b.String()
+	}
+	at := func(p, series string) float64 {
+		t.Helper()
+		v, ok := metricValue(p, series)
+		require.True(t, ok, "%s missing", series)
+		return v
+	}
+	lp := page(leader)
+	require.GreaterOrEqual(t, at(lp, "hostscale_raft_commit_seconds_count"), 5.0)
+	require.GreaterOrEqual(t, at(lp, "hostscale_raft_leader_log_write_seconds_count"), 5.0)
+	require.Positive(t, at(lp, "hostscale_raft_fsm_apply_seconds_count"))
+	require.Equal(t, 1.0, at(lp, `hostscale_raft_state_changes_total{state="leader"}`))
+	for _, n := range c.Running() {
+		if n == leader {
+			continue
+		}
+		require.GreaterOrEqual(t, at(lp, fmt.Sprintf(`hostscale_raft_append_entries_seconds_count{peer="%s"}`, n.ID)), 1.0, n.ID)
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+			fp := page(n)
+			if v, _ := metricValue(fp, "hostscale_raft_follower_log_write_seconds_count"); v < 1 {
+				return fmt.Errorf("%s: %v follower log writes", n.ID, v)
+			}
+			if v, _ := metricValue(fp, "hostscale_raft_commit_seconds_count"); v != 0 {
+				return fmt.Errorf("%s, a follower, counts %v commits: its figures are not its own", n.ID, v)
+			}
+			return nil
+		}))
+	}
+}

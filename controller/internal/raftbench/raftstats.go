@@ -41,7 +41,7 @@ type raftStages struct {
 	// transport, the follower's queue, its log write and its answer.
 	appendRPC raftStage
 	// commit is an entry's time from dispatch to commit on the leader.
-	commit raftStage
+	commit  raftStage
 	elapsed time.Duration
 }
 
