@@ -1,19 +1,59 @@
 package grpcx
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 )
 
 // Dial returns a client connection to addr (host:port) with the message
 // limits and keepalive pings that match NewServer's policy. The connection
 // is lazy: it connects on the first call and reconnects on its own.
 func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
-	opts := []grpc.DialOption{
+	conn, err := grpc.NewClient("passthrough:///"+addr, append(dialOptions(), extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("grpc dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// DialAny is Dial for several addresses of one service, such as the
+// controllers of a cluster: the connection goes to the first of addrs, in
+// order, that accepts it, and when that one goes away, to the first that
+// accepts again. Every address must be host:port.
+func DialAny(addrs []string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("grpc dial: no address")
+	}
+	state := resolver.State{}
+	for _, a := range addrs {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return nil, fmt.Errorf("grpc dial: %q is not host:port", a)
+		}
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+	}
+	if len(addrs) == 1 {
+		return Dial(addrs[0], extra...)
+	}
+	r := manual.NewBuilderWithScheme("hostscale-any")
+	r.InitialState(state)
+	conn, err := grpc.NewClient(r.Scheme()+":///controllers", append(append(dialOptions(), grpc.WithResolvers(r)), extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("grpc dial %v: %w", addrs, err)
+	}
+	return conn, nil
+}
+
+// dialOptions are the options of every client connection.
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(DefaultMaxMessageSize),
@@ -27,9 +67,4 @@ func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithStaticStreamWindowSize(StreamWindow),
 		grpc.WithStaticConnWindowSize(ConnWindow),
 	}
-	conn, err := grpc.NewClient("passthrough:///"+addr, append(opts, extra...)...)
-	if err != nil {
-		return nil, fmt.Errorf("grpc dial %s: %w", addr, err)
-	}
-	return conn, nil
 }

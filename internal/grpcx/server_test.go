@@ -308,3 +308,72 @@ func TestServerAndDial_smallCallsSendNoPings(t *testing.T) {
 	require.Zero(t, fromServer.count(), "PINGs from the server")
 	require.Zero(t, fromClient.count(), "PINGs from the client")
 }
+
+// A client of several addresses calls the first that accepts; when that
+// one goes, the next.
+func TestDialAny_firstThatAnswersThenTheNext(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadAddr := dead.Addr().String()
+	require.NoError(t, dead.Close())
+
+	type srv struct {
+		addr   string
+		calls  *atomic.Int32
+		cancel context.CancelFunc
+		done   chan error
+	}
+	serveCounting := func() srv {
+		s, err := NewServer(DefaultServerConfig())
+		require.NoError(t, err)
+		calls := &atomic.Int32{}
+		desc := testService
+		desc.Methods = []grpc.MethodDesc{{
+			MethodName: "Echo",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				in := new(wrapperspb.StringValue)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				calls.Add(1)
+				return in, nil
+			},
+		}}
+		s.RegisterService(&desc, struct{}{})
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, lis, time.Second) }()
+		return srv{lis.Addr().String(), calls, cancel, done}
+	}
+	a, b := serveCounting(), serveCounting()
+	defer func() {
+		for _, s := range []srv{a, b} {
+			s.cancel()
+			<-s.done
+		}
+	}()
+
+	conn, err := DialAny([]string{deadAddr, a.addr, b.addr})
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		require.NoError(t, echo(ctx, conn, "x"))
+	}
+	require.EqualValues(t, 3, a.calls.Load(), "the first address that accepts takes the calls")
+	require.Zero(t, b.calls.Load())
+
+	a.cancel()
+	require.NoError(t, <-a.done)
+	a.done <- nil // for the deferred stop
+	require.Eventually(t, func() bool { return echo(ctx, conn, "x") == nil }, 10*time.Second, 20*time.Millisecond)
+	require.Positive(t, b.calls.Load(), "with the first gone, the next takes the calls")
+
+	for _, bad := range [][]string{nil, {"127.0.0.1"}, {a.addr, "nonsense"}} {
+		_, err := DialAny(bad)
+		require.Error(t, err, "%q", bad)
+	}
+}

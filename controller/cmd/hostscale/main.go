@@ -27,7 +27,9 @@ import (
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
-const usage = `usage: hostscale [-addr host:port] [-timeout d] [-json] COMMAND [ARGS]
+const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-json] COMMAND [ARGS]
+
+-addr (env HOSTSCALE_ADDR) is one controller or several: the first that answers serves the command.
 
 commands:
   status                          this node's view: leader, term, indexes, members
@@ -65,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("hostscale", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	addr := fs.String("addr", envOr("HOSTSCALE_ADDR", "127.0.0.1:7700"), "controller gRPC address (env HOSTSCALE_ADDR)")
+	addr := fs.String("addr", envOr("HOSTSCALE_ADDR", "127.0.0.1:7700"), "controller gRPC `addresses`, comma-separated: the first that answers serves the command (env HOSTSCALE_ADDR)")
 	timeout := fs.Duration("timeout", 30*time.Second, "deadline of the whole command")
 	asJSON := fs.Bool("json", false, "print responses as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -78,10 +80,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	conn, err := grpcx.Dial(*addr)
+	var addrs []string
+	for _, a := range strings.Split(*addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	conn, err := grpcx.DialAny(addrs)
 	if err != nil {
-		fmt.Fprintf(stderr, "hostscale: %v\n", err)
-		return 1
+		fmt.Fprintf(stderr, "hostscale: -addr %q: %v\n", *addr, err)
+		return 2
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)

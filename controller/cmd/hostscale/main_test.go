@@ -157,4 +157,20 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 2, code)
 	code, _, _ = hostscale()
 	require.Equal(t, 2, code)
+
+	// -addr may list several controllers: the first that answers serves.
+	// With the one listed first stopped, the next does.
+	var all []string
+	for _, n := range c.Nodes() {
+		all = append(all, n.GRPCAddr)
+	}
+	first := c.Nodes()[0]
+	first.Stop()
+	code, out, errs = hostscale("-addr", strings.Join(all, ", "), "status")
+	require.Equal(t, 0, code, errs)
+	require.True(t, strings.HasPrefix(out, "node "+c.Nodes()[1].ID+":"), out)
+	code, _, errs = hostscale("-addr", all[1]+",nonsense", "status")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, `-addr`)
+	require.Contains(t, errs, `"nonsense" is not host:port`)
 }
