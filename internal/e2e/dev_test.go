@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,14 +16,18 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 // TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll runs the README's
 // first command as a newcomer would, from the repository root: `make dev`
 // builds everything and starts it; a request to 127.0.0.1:8080 is answered
-// by an instance of the demo pool; Ctrl-C (SIGINT to the foreground process
-// group) stops every process it started, the instances included.
+// by an instance of the demo pool; killing the leading controller leaves
+// the balancer answering and writes landing; Ctrl-C (SIGINT to the
+// foreground process group) stops every process it started, the instances
+// included.
 func TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make is not installed")
@@ -105,6 +111,69 @@ func TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll(t *testing.T) {
 	t.Logf("the sleepy pool answered its first request after %v", time.Since(woke).Round(time.Millisecond))
 	require.Contains(t, p.log(), "grpcurl -plaintext 127.0.0.1:7700")
 	require.NotEmpty(t, instanceProcs(), "the demo pool's instances run")
+
+	// Kill the leading controller, as the README shows: the balancer
+	// answers throughout, and writes go on through the other two.
+	conn, err := grpcx.DialAny([]string{"127.0.0.1:7700", "127.0.0.1:7710", "127.0.0.1:7720"})
+	require.NoError(t, err)
+	defer conn.Close()
+	cluster, pools := pb.NewClusterServiceClient(conn), pb.NewPoolServiceClient(conn)
+	st, err := cluster.GetStatus(ctx, &pb.GetStatusRequest{})
+	require.NoError(t, err)
+	old := st.GetLeader().GetId()
+	require.NotEmpty(t, old, "a leader")
+	pidText, err := os.ReadFile(filepath.Join(root, ".dev", old+".pid"))
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	require.NoError(t, err)
+	served, failed := make(chan int, 1), make(chan string, 1)
+	stopLoop := make(chan struct{})
+	go func() {
+		n := 0
+		defer func() { served <- n }()
+		for {
+			select {
+			case <-stopLoop:
+				return
+			default:
+			}
+			resp, err := http.Get("http://127.0.0.1:8080/")
+			if err != nil {
+				failed <- err.Error()
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				failed <- resp.Status
+				return
+			}
+			n++
+		}
+	}()
+	killed := time.Now()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(ctx context.Context) error {
+		st, err := cluster.GetStatus(ctx, &pb.GetStatusRequest{})
+		if err != nil {
+			return err
+		}
+		if l := st.GetLeader().GetId(); l == "" || l == old {
+			return fmt.Errorf("leader %q", l)
+		}
+		_, err = pools.ScalePool(ctx, &pb.ScalePoolRequest{Pool: "demo", Desired: 2})
+		return err
+	}))
+	t.Logf("killed leader %s; a write through the others landed %v later", old, time.Since(killed).Round(time.Millisecond))
+	close(stopLoop)
+	n := <-served
+	select {
+	case f := <-failed:
+		t.Fatalf("the balancer failed a request while the leader was replaced, after %d answers: %s", n, f)
+	default:
+	}
+	require.Positive(t, n)
+	t.Logf("the balancer answered %d requests meanwhile", n)
 
 	// Ctrl-C: the terminal sends SIGINT to the whole foreground group.
 	require.NoError(t, syscall.Kill(-p.cmd.Process.Pid, syscall.SIGINT))

@@ -29,7 +29,8 @@ import (
 
 const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-json] COMMAND [ARGS]
 
--addr (env HOSTSCALE_ADDR) is one controller or several: the first that answers serves the command.
+-addr (env HOSTSCALE_ADDR) is one controller or several: the first that answers serves the
+command. The default is the three local controllers of make dev and make cluster.
 
 commands:
   status                          this node's view: leader, term, indexes, members
@@ -59,6 +60,10 @@ commands:
   unsilence ID                    end a silence
 `
 
+// defaultAddr is the controllers of `make dev` and `make cluster`, which
+// also holds a lone controller on the default -grpc-addr.
+const defaultAddr = "127.0.0.1:7700,127.0.0.1:7710,127.0.0.1:7720"
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -67,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("hostscale", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	addr := fs.String("addr", envOr("HOSTSCALE_ADDR", "127.0.0.1:7700"), "controller gRPC `addresses`, comma-separated: the first that answers serves the command (env HOSTSCALE_ADDR)")
+	addr := fs.String("addr", envOr("HOSTSCALE_ADDR", defaultAddr), "controller gRPC `addresses`, comma-separated: the first that answers serves the command (env HOSTSCALE_ADDR)")
 	timeout := fs.Duration("timeout", 30*time.Second, "deadline of the whole command")
 	asJSON := fs.Bool("json", false, "print responses as JSON")
 	if err := fs.Parse(args); err != nil {
