@@ -149,6 +149,7 @@ const (
 	heldTimedOut
 	heldClosed
 	heldRemoved
+	heldGone
 	heldOutcomes
 )
 
@@ -162,6 +163,7 @@ func (p *poolState) snapshotStats() PoolStats {
 			TimedOut: p.held[heldTimedOut].Load(),
 			Closed:   p.held[heldClosed].Load(),
 			Removed:  p.held[heldRemoved].Load(),
+			Gone:     p.held[heldGone].Load(),
 		},
 	}
 }

@@ -267,6 +267,9 @@ type HeldCounts struct {
 	// Removed: a table without the request's route came; the request was
 	// answered 404, as a new one would be.
 	Removed uint64
+	// Gone: the client closed its connection while the request waited; it
+	// was dropped unanswered, and never sent to a backend.
+	Gone uint64
 }
 
 // PoolStats returns the counters of every pool of the table in force,

@@ -381,3 +381,31 @@ func TestHold_shutdownAnswersHeldRequestsAtOnce(t *testing.T) {
 	}
 	require.Equal(t, PoolStats{Pool: "web", Unserved: 2, Held: HeldCounts{Closed: 2}}, poolStats(t, b, "web"))
 }
+
+// A client that gives up on a held request frees its place: the request is
+// dropped, no longer waits, and never reaches a backend.
+func TestHold_clientGoneWhileHeldIsDroppedAndFreesItsPlace(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxHeldPerPool = 1
+	b, addr := startBalancer(t, cfg, holdTable(1, time.Minute))
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte("GET /gone HTTP/1.1\r\nHost: example.com\r\n\r\n"))
+	require.NoError(t, err)
+	requireWaiting(t, b, "web", 1)
+	require.NoError(t, conn.Close())
+	requireWaiting(t, b, "web", 0)
+	require.Equal(t, PoolStats{Pool: "web", Unserved: 1, Held: HeldCounts{Gone: 1}}, poolStats(t, b, "web"))
+
+	// Its place under -max-held is free again: the next request waits.
+	c := testClient(t, 1)
+	ch := sendGet(t, c, "http://"+addr+"/next")
+	requireWaiting(t, b, "web", 1)
+	be := startBackend(t, nameHandler("b1"))
+	require.NoError(t, b.Apply(holdTable(2, time.Minute, be.addr)))
+	a := await(t, ch, 10*time.Second)
+	require.NoError(t, a.err)
+	require.Equal(t, 200, a.code)
+	require.Equal(t, int64(1), be.hits.Load(), "the dropped request never reached the backend")
+	require.Equal(t, PoolStats{Pool: "web", Unserved: 2, Held: HeldCounts{Served: 1, Gone: 1}}, poolStats(t, b, "web"))
+}

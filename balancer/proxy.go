@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hostscale/hostscale/balancer/internal/h1"
+	"github.com/hostscale/hostscale/internal/sockpeek"
 )
 
 const (
@@ -193,6 +194,9 @@ func (cc *clientConn) handle(headLen int) bool {
 		}
 		var code int
 		if ps, be, code = cc.hold(snap, ps); be == nil {
+			if code == clientGone {
+				return false
+			}
 			return cc.replySkippingBody(code, headLen, false)
 		}
 	}
@@ -250,6 +254,14 @@ func (cc *clientConn) handle(headLen int) bool {
 	}
 }
 
+// clientGone is hold's status for a request whose client closed its
+// connection: the request is dropped, unanswered.
+const clientGone = -1
+
+// holdPeekEvery is how often a held request's connection is checked for
+// the client's end of stream.
+const holdPeekEvery = 250 * time.Millisecond
+
 // hold keeps a request whose pool ps (in snap) has no backend to take it
 // until a newer table routes it to a pool with one, and returns that pool and
 // a backend picked from it. Otherwise it returns a nil backend and the
@@ -258,7 +270,10 @@ func (cc *clientConn) handle(headLen int) bool {
 // request (as for a request arriving then). Each table is judged as if the
 // request arrived with it: its route may lead to another pool, whose hold
 // then bounds the wait. Nothing of the request beyond its head is read
-// meanwhile, and the caller then proxies it as any other.
+// meanwhile, and the caller then proxies it as any other. A client that
+// closes its connection meanwhile (seen when nothing else of it waits to be
+// read) ends the wait with clientGone, as HAProxy's abortonclose does: it
+// no longer counts as waiting nor takes a place under -max-held.
 func (cc *clientConn) hold(snap *snapshot, ps *poolSnap) (*poolSnap, *backend, int) {
 	b := cc.b
 	req := &cc.req
@@ -269,9 +284,21 @@ func (cc *clientConn) hold(snap *snapshot, ps *poolSnap) (*poolSnap, *backend, i
 	start := time.Now()
 	timer := time.NewTimer(ps.hold)
 	defer timer.Stop()
+	var peek <-chan time.Time
+	if sockpeek.Conn(cc.c) != sockpeek.Unknown {
+		t := time.NewTicker(holdPeekEvery)
+		defer t.Stop()
+		peek = t.C
+	}
 	for {
 		select {
 		case <-snap.replaced:
+		case <-peek:
+			if sockpeek.Conn(cc.c) == sockpeek.Closed {
+				st.held[heldGone].Add(1)
+				return nil, nil, clientGone
+			}
+			continue
 		case <-timer.C:
 			st.held[heldTimedOut].Add(1)
 			return nil, nil, 503

@@ -166,7 +166,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, o := range []struct {
 			name string
 			n    uint64
-		}{{"served", p.Held.Served}, {"timeout", p.Held.TimedOut}, {"closed", p.Held.Closed}, {"removed", p.Held.Removed}} {
+		}{{"served", p.Held.Served}, {"timeout", p.Held.TimedOut}, {"closed", p.Held.Closed}, {"removed", p.Held.Removed}, {"gone", p.Held.Gone}} {
 			ch <- prometheus.MustNewConstMetric(descHeld, prometheus.CounterValue, float64(o.n), p.Pool, o.name)
 		}
 	}

@@ -57,7 +57,7 @@ func TestServer_endpoints(t *testing.T) {
 	src.stats = []balancer.BackendStats{{Pool: "web", Address: "127.0.0.1:1", Requests: 4, Errors: 1,
 		InFlight: 2, Ejected: true, LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: counts}}
 	src.pools = []balancer.PoolStats{{Pool: "web", Unserved: 6}, {Pool: "idle", Waiting: 2, Unserved: 9,
-		Held: balancer.HeldCounts{Served: 3, TimedOut: 2, Closed: 1, Removed: 1}}}
+		Held: balancer.HeldCounts{Served: 3, TimedOut: 2, Closed: 1, Removed: 1, Gone: 4}}}
 	code, body := do(t, h, "/readyz")
 	require.Equal(t, 200, code)
 	require.Contains(t, body, "2/5")
@@ -82,6 +82,7 @@ func TestServer_endpoints(t *testing.T) {
 		`hostscale_balancer_held_requests_total{outcome="timeout",pool="idle"} 2`,
 		`hostscale_balancer_held_requests_total{outcome="closed",pool="idle"} 1`,
 		`hostscale_balancer_held_requests_total{outcome="removed",pool="idle"} 1`,
+		`hostscale_balancer_held_requests_total{outcome="gone",pool="idle"} 4`,
 		`hostscale_balancer_held_requests_total{outcome="served",pool="web"} 0`,
 	} {
 		require.Contains(t, body, want)
