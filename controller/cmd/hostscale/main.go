@@ -276,6 +276,10 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return c.printJSON(resp)
 		}
 		fmt.Fprintf(c.out, "pool %s: %d instances wanted (index %d)\n", resp.Pool.GetName(), resp.Pool.GetDesired(), resp.Index)
+		if p := resp.Pool; p.GetScaling() != nil {
+			fmt.Fprintf(c.out, "note: %s is autoscaled (%d-%d, %s); its next evaluations set the count the load needs, as the HPA does after kubectl scale\n",
+				p.GetName(), p.GetMin(), p.GetMax(), scalingSummary(p.GetScaling()))
+		}
 		return nil
 	case "instances":
 		if err := nargs(0, 1); err != nil {

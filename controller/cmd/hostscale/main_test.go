@@ -95,6 +95,7 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "scale", "app", "3")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "3 instances wanted")
+	require.Contains(t, out, "note: app is autoscaled (0-5, requests_per_instance 10; to 0 after 5m0s idle)")
 	code, out, errs = hostscale("-addr", addr, "instances", "app")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "ADDRESS")
