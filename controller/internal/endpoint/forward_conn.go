@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -189,15 +190,20 @@ func (p *Peer) maxFrame() int {
 	return grpcx.DefaultMaxMessageSize + frameOverhead
 }
 
-// Forwarder sends a follower's forwarded calls to the leader: over
-// connections to the leader's Raft port where the leader takes them, and
-// otherwise over a Forward stream to its API. It is safe for concurrent
-// use.
+// Forwarder sends a follower's forwarded calls to the leader. A call made
+// while no other is in flight goes over a pooled connection to the
+// leader's Raft port, where the leader takes them: one wake-up at each end,
+// the shortest hop. Calls made while others are in flight share one Forward
+// stream to the leader's API, whose writes carry many calls per system
+// call, and so do all calls to a leader that does not take them on its Raft
+// port. It is safe for concurrent use.
 type Forwarder struct {
 	id             string
 	maxMessageSize int
 	metrics        *Metrics
 	stream         *streamForwarder
+	// inflight counts the calls under way.
+	inflight atomic.Int64
 
 	mu          sync.Mutex
 	idle        map[string][]*forwardConn
@@ -257,7 +263,14 @@ func (f *Forwarder) Call(ctx context.Context, leader Leader, method string, req,
 	if dl, ok := ctx.Deadline(); ok {
 		fr.Timeout = durationpb.New(time.Until(dl))
 	}
+	alone := f.inflight.Add(1) == 1
+	defer f.inflight.Add(-1)
 	if !f.isUnsupported(leader.RaftAddr) {
+		if !alone {
+			if addr, err := leader.APIAddr(); err == nil {
+				return f.callStream(ctx, addr, method, fr, resp)
+			}
+		}
 		start := time.Now()
 		err := f.callConn(ctx, leader.RaftAddr, fr, resp)
 		if !errors.Is(err, raftnode.ErrForwardUnsupported) {
@@ -270,8 +283,13 @@ func (f *Forwarder) Call(ctx context.Context, leader Leader, method string, req,
 	if err != nil {
 		return err
 	}
+	return f.callStream(ctx, addr, method, fr, resp)
+}
+
+// callStream forwards over the Forward stream to the leader's API at addr.
+func (f *Forwarder) callStream(ctx context.Context, addr, method string, fr *peerv1.ForwardRequest, resp proto.Message) error {
 	start := time.Now()
-	err = f.stream.call(ctx, addr, fr, resp)
+	err := f.stream.call(ctx, addr, fr, resp)
 	f.metrics.forwarded(method, "api", start)
 	return err
 }

@@ -283,6 +283,50 @@ func legacyLeader(tb testing.TB) (leader Leader, dials *atomic.Int32) {
 	return Leader{RaftAddr: old.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}, dials
 }
 
+// A call made while another is in flight shares the Forward stream to the
+// leader's API; one made alone takes the Raft port; without a known API
+// address, concurrent calls take the Raft port too.
+func TestForwarder_concurrentCallsShareTheStream(t *testing.T) {
+	peer := testPeer()
+	port := newRaftPort(t, peer)
+	api, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	peerv1.RegisterPeerServiceServer(srv, peer)
+	go func() { _ = srv.Serve(api) }()
+	t.Cleanup(srv.Stop)
+	f, reg := newTestForwarder(t)
+	leader := Leader{RaftAddr: port.lis.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}
+	ctx := context.Background()
+	check := func(l Leader) error {
+		return f.Call(ctx, l, checkMethod, &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
+	}
+
+	require.NoError(t, check(leader))
+	require.EqualValues(t, 1, forwarded(t, reg, "raft"), "alone: the Raft port")
+	require.Zero(t, forwarded(t, reg, "api"))
+
+	// A call held in flight at the leader; meanwhile three more.
+	slowCtx, stopSlow := context.WithCancel(ctx)
+	slowDone := make(chan error, 1)
+	go func() {
+		slowDone <- f.Call(slowCtx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
+	}()
+	require.Eventually(t, func() bool { return f.inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	for range 3 {
+		require.NoError(t, check(leader))
+	}
+	require.EqualValues(t, 3, forwarded(t, reg, "api"), "with a call in flight: the stream")
+	require.NoError(t, check(Leader{RaftAddr: leader.RaftAddr, APIAddr: noAPI}))
+	require.EqualValues(t, 2, forwarded(t, reg, "raft"), "no API address: the Raft port")
+
+	stopSlow()
+	require.Equal(t, codes.Canceled, status.Code(<-slowDone))
+	require.EqualValues(t, 3, forwarded(t, reg, "raft"))
+	require.NoError(t, check(leader))
+	require.EqualValues(t, 4, forwarded(t, reg, "raft"), "alone again: the Raft port")
+}
+
 func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {
 	leader, dials := legacyLeader(t)
 	f, reg := newTestForwarder(t)
