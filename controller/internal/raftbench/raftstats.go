@@ -3,18 +3,20 @@ package main
 import (
 	"fmt"
 	"io"
-	"strings"
+	"log"
 	"sync"
 	"text/tabwriter"
 	"time"
 
-	gometrics "github.com/armon/go-metrics"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hostscale/hostscale/controller/internal/raftmetrics"
 )
 
-// hashicorp/raft times its own stages through go-metrics' global sink;
-// raftStages points that sink at memory for the measured seconds of each
-// case, so that the report can say where a write's Raft time went, bare
-// and through the API alike. All three nodes of a case share the sink:
+// hashicorp/raft times its own stages; raftmetrics turns them into
+// Prometheus histograms, which raftStages reads for the measured seconds of
+// each case, so that the report can say where a write's Raft time went,
+// bare and through the API alike. All three nodes of a case feed them:
 // leader-only and follower-only figures have names of their own.
 
 // raftStage is the mean of one raft timer and how often it ran.
@@ -45,75 +47,59 @@ type raftStages struct {
 	elapsed time.Duration
 }
 
-var (
-	raftSinkMu sync.Mutex
-	raftSink   *gometrics.InmemSink
-	raftSince  time.Time
-)
+var raftStats struct {
+	sync.Mutex
+	reg    *prometheus.Registry
+	detach func()
+	since  time.Time
+}
 
 // resetRaftStages starts a new measurement.
 func resetRaftStages() {
-	raftSinkMu.Lock()
-	defer raftSinkMu.Unlock()
-	raftSink = gometrics.NewInmemSink(time.Hour, time.Hour)
-	raftSince = time.Now()
-	cfg := gometrics.DefaultConfig("")
-	cfg.EnableHostname = false
-	cfg.EnableHostnameLabel = false
-	cfg.EnableRuntimeMetrics = false
-	if _, err := gometrics.NewGlobal(cfg, raftSink); err != nil {
-		panic(err)
+	raftStats.Lock()
+	defer raftStats.Unlock()
+	if raftStats.detach != nil {
+		raftStats.detach()
 	}
+	raftStats.reg = prometheus.NewRegistry()
+	raftStats.detach = raftmetrics.New(raftStats.reg).Attach()
+	raftStats.since = time.Now()
 }
 
 // readRaftStages returns the figures since the last reset.
 func readRaftStages() *raftStages {
-	raftSinkMu.Lock()
-	defer raftSinkMu.Unlock()
-	if raftSink == nil {
+	raftStats.Lock()
+	defer raftStats.Unlock()
+	if raftStats.reg == nil {
 		return nil
 	}
-	type acc struct {
-		n   int
-		sum float64
-	}
-	sums := map[string]*acc{}
-	add := func(name string, n int, sum float64) {
-		a := sums[name]
-		if a == nil {
-			a = &acc{}
-			sums[name] = a
-		}
-		a.n += n
-		a.sum += sum
-	}
-	for _, iv := range raftSink.Data() {
-		iv.RLock()
-		for key, v := range iv.Samples {
-			name, labels, _ := strings.Cut(key, ";")
-			// AppendEntries round trips are kept per peer twice, as a
-			// name suffix and as a label; the labelled one is summed.
-			if name == "raft.replication.appendEntries.rpc" && labels == "" {
-				continue
-			}
-			add(name, v.Count, v.Sum)
-		}
-		iv.RUnlock()
+	families, err := raftStats.reg.Gather()
+	if err != nil {
+		log.Fatal(err)
 	}
 	stage := func(name string) raftStage {
-		a := sums[name]
-		if a == nil || a.n == 0 {
+		var n uint64
+		var sum float64
+		for _, f := range families {
+			if f.GetName() != name {
+				continue
+			}
+			for _, m := range f.GetMetric() { // one per peer, for round trips
+				n += m.GetHistogram().GetSampleCount()
+				sum += m.GetHistogram().GetSampleSum()
+			}
+		}
+		if n == 0 {
 			return raftStage{}
 		}
-		// go-metrics keeps timers in milliseconds.
-		return raftStage{n: a.n, mean: time.Duration(a.sum / float64(a.n) * float64(time.Millisecond))}
+		return raftStage{n: int(n), mean: time.Duration(sum / float64(n) * float64(time.Second))}
 	}
 	return &raftStages{
-		dispatch:      stage("raft.leader.dispatchLog"),
-		followerWrite: stage("raft.rpc.appendEntries.storeLogs"),
-		appendRPC:     stage("raft.replication.appendEntries.rpc"),
-		commit:        stage("raft.commitTime"),
-		elapsed:       time.Since(raftSince),
+		dispatch:      stage("hostscale_raft_leader_log_write_seconds"),
+		followerWrite: stage("hostscale_raft_follower_log_write_seconds"),
+		appendRPC:     stage("hostscale_raft_append_entries_seconds"),
+		commit:        stage("hostscale_raft_commit_seconds"),
+		elapsed:       time.Since(raftStats.since),
 	}
 }
 
