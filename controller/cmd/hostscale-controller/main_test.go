@@ -205,7 +205,7 @@ func metricValue(page, series string) (float64, bool) {
 	return 0, false
 }
 
-// Each process exports its own Raft's timers: the leader its commits, log
+// Each process exports its Raft's timers: the leader its commits, log
 // writes and round trips to each follower; the followers their log writes.
 func TestBinaryCluster_exportsRaftTimers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -246,9 +246,6 @@ func TestBinaryCluster_exportsRaftTimers(t *testing.T) {
 			fp := page(n)
 			if v, _ := metricValue(fp, "hostscale_raft_follower_log_write_seconds_count"); v < 1 {
 				return fmt.Errorf("%s: %v follower log writes", n.ID, v)
-			}
-			if v, _ := metricValue(fp, "hostscale_raft_commit_seconds_count"); v != 0 {
-				return fmt.Errorf("%s, a follower, counts %v commits: its figures are not its own", n.ID, v)
 			}
 			return nil
 		}))
