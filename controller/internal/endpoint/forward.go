@@ -70,6 +70,8 @@ func (p *Peer) Forward(stream peerv1.PeerService_ForwardServer) error {
 	var (
 		sendMu sync.Mutex
 		wg     sync.WaitGroup
+		mu     sync.Mutex
+		calls  = map[uint64]context.CancelFunc{} // the calls running, by id
 	)
 	defer wg.Wait()
 	for {
@@ -77,10 +79,26 @@ func (p *Peer) Forward(stream peerv1.PeerService_ForwardServer) error {
 		if err != nil {
 			return recvError(err)
 		}
+		if req.Cancel {
+			mu.Lock()
+			if cancel := calls[req.Id]; cancel != nil {
+				cancel()
+			}
+			mu.Unlock()
+			continue
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		mu.Lock()
+		calls[req.Id] = cancel
+		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp := p.call(ctx, req)
+			resp := p.call(cctx, req)
+			mu.Lock()
+			delete(calls, req.Id)
+			mu.Unlock()
+			cancel()
 			sendMu.Lock()
 			defer sendMu.Unlock()
 			_ = stream.Send(resp) // a dead stream fails every send; Recv ends the loop
@@ -259,6 +277,14 @@ func (f *streamForwarder) call(ctx context.Context, addr string, fr *peerv1.Forw
 		s.mu.Lock()
 		delete(s.pending, id)
 		s.mu.Unlock()
+		// The leader cancels the call (a stream that broke meanwhile has
+		// no call left to cancel). The caller does not wait for the send,
+		// which a stalled stream could hold up.
+		go func() {
+			s.sendMu.Lock()
+			defer s.sendMu.Unlock()
+			_ = s.stream.Send(&peerv1.ForwardRequest{Id: id, Cancel: true})
+		}()
 		return status.FromContextError(ctx.Err()).Err()
 	}
 }

@@ -259,6 +259,11 @@ func TestForwarder_callsOverTheRaftPortReuseConnections(t *testing.T) {
 // hangs up; its API serves the Forward stream. dials counts the
 // connections to the Raft port.
 func legacyLeader(tb testing.TB) (leader Leader, dials *atomic.Int32) {
+	return legacyLeaderOf(tb, testPeer())
+}
+
+// legacyLeaderOf is legacyLeader serving the calls with peer.
+func legacyLeaderOf(tb testing.TB, peer *Peer) (leader Leader, dials *atomic.Int32) {
 	old, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
 	dials = new(atomic.Int32)
@@ -277,10 +282,36 @@ func legacyLeader(tb testing.TB) (leader Leader, dials *atomic.Int32) {
 	api, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
 	srv := grpc.NewServer()
-	peerv1.RegisterPeerServiceServer(srv, testPeer())
+	peerv1.RegisterPeerServiceServer(srv, peer)
 	go func() { _ = srv.Serve(api) }()
 	tb.Cleanup(srv.Stop)
 	return Leader{RaftAddr: old.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}, dials
+}
+
+// Over the stream too, a call whose caller gives up is cancelled at the
+// leader, and the stream goes on serving others.
+func TestForwarder_streamCancelsACallItsCallerGaveUpOn(t *testing.T) {
+	ended := make(chan error, 1)
+	peer := NewPeer(nil)
+	peer.Register(&healthpb.Health_ServiceDesc, slowHealth{Server: health.NewServer(), ended: ended})
+	leader, _ := legacyLeaderOf(t, peer)
+	f, reg := newTestForwarder(t)
+
+	// No deadline: only the caller giving up can end it.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	err := f.Call(ctx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
+	require.Equal(t, codes.Canceled, status.Code(err), err)
+	select {
+	case err := <-ended:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader still runs a call its caller gave up on")
+	}
+	resp := &healthpb.HealthCheckResponse{}
+	require.NoError(t, f.Call(context.Background(), leader, checkMethod, &healthpb.HealthCheckRequest{}, resp))
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.Status)
+	require.EqualValues(t, 2, forwarded(t, reg, "api"))
 }
 
 // A call made while another is in flight shares the Forward stream to the

@@ -32,7 +32,11 @@ type ForwardRequest struct {
 	// The time left of the original call's deadline; unset: none.
 	Timeout *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// The controller that forwards.
-	ForwardedBy   string `protobuf:"bytes,5,opt,name=forwarded_by,json=forwardedBy,proto3" json:"forwarded_by,omitempty"`
+	ForwardedBy string `protobuf:"bytes,5,opt,name=forwarded_by,json=forwardedBy,proto3" json:"forwarded_by,omitempty"`
+	// Set on the Forward stream: the caller of the call with this id gave up;
+	// the leader cancels it. Nothing else of the message is read, and no
+	// answer is sent for it.
+	Cancel        bool `protobuf:"varint,6,opt,name=cancel,proto3" json:"cancel,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +106,13 @@ func (x *ForwardRequest) GetForwardedBy() string {
 	return ""
 }
 
+func (x *ForwardRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -168,13 +179,14 @@ var File_hostscale_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_hostscale_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1chostscale/peer/v1/peer.proto\x12\x11hostscale.peer.v1\x1a\x1egoogle/protobuf/duration.proto\"\xaa\x01\n" +
+	"\x1chostscale/peer/v1/peer.proto\x12\x11hostscale.peer.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc2\x01\n" +
 	"\x0eForwardRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x18\n" +
 	"\arequest\x18\x03 \x01(\fR\arequest\x123\n" +
 	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12!\n" +
-	"\fforwarded_by\x18\x05 \x01(\tR\vforwardedBy\"U\n" +
+	"\fforwarded_by\x18\x05 \x01(\tR\vforwardedBy\x12\x16\n" +
+	"\x06cancel\x18\x06 \x01(\bR\x06cancel\"U\n" +
 	"\x0fForwardResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
 	"\bresponse\x18\x02 \x01(\fR\bresponse\x12\x16\n" +
