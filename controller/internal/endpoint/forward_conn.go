@@ -190,13 +190,13 @@ func (p *Peer) maxFrame() int {
 	return grpcx.DefaultMaxMessageSize + frameOverhead
 }
 
-// Forwarder sends a follower's forwarded calls to the leader. A call made
-// while no other is in flight goes over a pooled connection to the
-// leader's Raft port, where the leader takes them: one wake-up at each end,
-// the shortest hop. Calls made while others are in flight share one Forward
-// stream to the leader's API, whose writes carry many calls per system
-// call, and so do all calls to a leader that does not take them on its Raft
-// port. It is safe for concurrent use.
+// Forwarder sends a follower's forwarded calls to the leader. While few
+// are in flight, each goes over a pooled connection to the leader's Raft
+// port, where the leader takes them: one wake-up at each end, the shortest
+// hop. Beyond streamAbove in flight, calls share one Forward stream to the
+// leader's API, whose writes carry many calls per system call; so do all
+// calls to a leader that does not take them on its Raft port. It is safe
+// for concurrent use.
 type Forwarder struct {
 	id             string
 	maxMessageSize int
@@ -229,6 +229,12 @@ type ForwarderOptions struct {
 	// Metrics counts the calls forwarded (nil: not counted).
 	Metrics *Metrics
 }
+
+// streamAbove is how many forwarded calls may be in flight, this one
+// included, before more take the stream. With 64 clients the stream made
+// 10-16 % more writes a second than a connection per call; with 4 and 16
+// the two measured level (docs/benchmarks.md).
+const streamAbove = 4
 
 // NewForwarder returns a Forwarder.
 func NewForwarder(o ForwarderOptions) *Forwarder {
@@ -263,10 +269,10 @@ func (f *Forwarder) Call(ctx context.Context, leader Leader, method string, req,
 	if dl, ok := ctx.Deadline(); ok {
 		fr.Timeout = durationpb.New(time.Until(dl))
 	}
-	alone := f.inflight.Add(1) == 1
+	few := f.inflight.Add(1) <= streamAbove
 	defer f.inflight.Add(-1)
 	if !f.isUnsupported(leader.RaftAddr) {
-		if !alone {
+		if !few {
 			if addr, err := leader.APIAddr(); err == nil {
 				return f.callStream(ctx, addr, method, fr, resp)
 			}

@@ -314,10 +314,10 @@ func TestForwarder_streamCancelsACallItsCallerGaveUpOn(t *testing.T) {
 	require.EqualValues(t, 2, forwarded(t, reg, "api"))
 }
 
-// A call made while another is in flight shares the Forward stream to the
-// leader's API; one made alone takes the Raft port; without a known API
-// address, concurrent calls take the Raft port too.
-func TestForwarder_concurrentCallsShareTheStream(t *testing.T) {
+// Calls made while more than streamAbove are in flight share the Forward
+// stream to the leader's API; fewer take the Raft port; without a known
+// API address, all take the Raft port.
+func TestForwarder_manyCallsInFlightShareTheStream(t *testing.T) {
 	peer := testPeer()
 	port := newRaftPort(t, peer)
 	api, err := net.Listen("tcp", "127.0.0.1:0")
@@ -337,25 +337,30 @@ func TestForwarder_concurrentCallsShareTheStream(t *testing.T) {
 	require.EqualValues(t, 1, forwarded(t, reg, "raft"), "alone: the Raft port")
 	require.Zero(t, forwarded(t, reg, "api"))
 
-	// A call held in flight at the leader; meanwhile three more.
+	// streamAbove calls held in flight at the leader; meanwhile three more.
 	slowCtx, stopSlow := context.WithCancel(ctx)
-	slowDone := make(chan error, 1)
-	go func() {
-		slowDone <- f.Call(slowCtx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
-	}()
-	require.Eventually(t, func() bool { return f.inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	slowDone := make(chan error, streamAbove)
+	for range streamAbove {
+		go func() {
+			slowDone <- f.Call(slowCtx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
+		}()
+	}
+	require.Eventually(t, func() bool { return f.inflight.Load() == streamAbove }, 5*time.Second, time.Millisecond)
 	for range 3 {
 		require.NoError(t, check(leader))
 	}
-	require.EqualValues(t, 3, forwarded(t, reg, "api"), "with a call in flight: the stream")
+	require.EqualValues(t, 3, forwarded(t, reg, "api"), "beyond streamAbove in flight: the stream")
 	require.NoError(t, check(Leader{RaftAddr: leader.RaftAddr, APIAddr: noAPI}))
 	require.EqualValues(t, 2, forwarded(t, reg, "raft"), "no API address: the Raft port")
 
 	stopSlow()
-	require.Equal(t, codes.Canceled, status.Code(<-slowDone))
-	require.EqualValues(t, 3, forwarded(t, reg, "raft"))
+	for range streamAbove {
+		require.Equal(t, codes.Canceled, status.Code(<-slowDone))
+	}
+	require.EqualValues(t, 2+streamAbove, forwarded(t, reg, "raft"), "the held calls went over the Raft port")
 	require.NoError(t, check(leader))
-	require.EqualValues(t, 4, forwarded(t, reg, "raft"), "alone again: the Raft port")
+	require.EqualValues(t, 3+streamAbove, forwarded(t, reg, "raft"), "alone again: the Raft port")
+	require.EqualValues(t, 3, forwarded(t, reg, "api"))
 }
 
 func TestForwarder_fallsBackToTheAPIForALeaderWithoutForwarding(t *testing.T) {

@@ -32,10 +32,10 @@ type PeerServiceClient interface {
 	// Forward carries the calls a follower forwards to the leader, many on
 	// one stream: each request names a hostscale.v1 method and carries its
 	// encoded request; each response carries the same id, in any order.
-	// Followers use it for calls made while others are in flight, and for a
-	// leader that does not take forwarded calls on its Raft port, where the
-	// same messages travel one call at a time, each in a frame of a 4-byte
-	// big-endian length and its bytes.
+	// Followers use it for calls made while many others are in flight, and
+	// for a leader that does not take forwarded calls on its Raft port, where
+	// the same messages travel one call at a time, each in a frame of a
+	// 4-byte big-endian length and its bytes.
 	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error)
 }
 
@@ -70,10 +70,10 @@ type PeerServiceServer interface {
 	// Forward carries the calls a follower forwards to the leader, many on
 	// one stream: each request names a hostscale.v1 method and carries its
 	// encoded request; each response carries the same id, in any order.
-	// Followers use it for calls made while others are in flight, and for a
-	// leader that does not take forwarded calls on its Raft port, where the
-	// same messages travel one call at a time, each in a frame of a 4-byte
-	// big-endian length and its bytes.
+	// Followers use it for calls made while many others are in flight, and
+	// for a leader that does not take forwarded calls on its Raft port, where
+	// the same messages travel one call at a time, each in a frame of a
+	// 4-byte big-endian length and its bytes.
 	Forward(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error
 	mustEmbedUnimplementedPeerServiceServer()
 }
