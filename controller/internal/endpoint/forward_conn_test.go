@@ -157,6 +157,23 @@ func histogram(t *testing.T, reg *prometheus.Registry, name, via string) (uint64
 	return h.GetSampleCount(), h.GetSampleSum()
 }
 
+// requireCancelledAtLeader forwards a call with no deadline, which only
+// its caller giving up can end, gives up after 100 ms, and requires the
+// leader's handler (which reports on ended) to be cancelled too.
+func requireCancelledAtLeader(t *testing.T, f *Forwarder, leader Leader, ended <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	err := f.Call(ctx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
+	require.Equal(t, codes.Canceled, status.Code(err), err)
+	select {
+	case err := <-ended:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader still runs a call its caller gave up on")
+	}
+}
+
 func TestPeer_ServeConn_cancelsACallItsFollowerGaveUpOn(t *testing.T) {
 	ended := make(chan error, 1)
 	peer := NewPeer(nil)
@@ -166,17 +183,7 @@ func TestPeer_ServeConn_cancelsACallItsFollowerGaveUpOn(t *testing.T) {
 	f, _ := newTestForwarder(t)
 	leader := Leader{RaftAddr: port.lis.Addr().String(), APIAddr: noAPI}
 
-	// The call has no deadline: only the follower hanging up can end it.
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	err := f.Call(ctx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
-	require.Equal(t, codes.Canceled, status.Code(err), err)
-	select {
-	case err := <-ended:
-		require.ErrorIs(t, err, context.Canceled)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the leader still runs a call its follower gave up on")
-	}
+	requireCancelledAtLeader(t, f, leader, ended)
 
 	// A call that outlives several checks with its follower still there
 	// is not cancelled.
@@ -297,17 +304,7 @@ func TestForwarder_streamCancelsACallItsCallerGaveUpOn(t *testing.T) {
 	leader, _ := legacyLeaderOf(t, peer)
 	f, reg := newTestForwarder(t)
 
-	// No deadline: only the caller giving up can end it.
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	err := f.Call(ctx, leader, checkMethod, &healthpb.HealthCheckRequest{Service: "slow"}, &healthpb.HealthCheckResponse{})
-	require.Equal(t, codes.Canceled, status.Code(err), err)
-	select {
-	case err := <-ended:
-		require.ErrorIs(t, err, context.Canceled)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the leader still runs a call its caller gave up on")
-	}
+	requireCancelledAtLeader(t, f, leader, ended)
 	resp := &healthpb.HealthCheckResponse{}
 	require.NoError(t, f.Call(context.Background(), leader, checkMethod, &healthpb.HealthCheckRequest{}, resp))
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.Status)
