@@ -64,20 +64,16 @@ var testService = grpc.ServiceDesc{
 	}},
 }
 
-// serve serves the test service and returns a connection to it and the
-// function that cancels Serve and returns its result.
-func serve(t *testing.T, cfg ServerConfig, grace time.Duration) (*grpc.ClientConn, func() error) {
+// serveOn serves the test service on lis and returns the function that
+// cancels Serve and returns its result; the test's cleanup calls it too.
+func serveOn(t *testing.T, cfg ServerConfig, lis net.Listener, grace time.Duration) func() error {
 	t.Helper()
 	s, err := NewServer(cfg)
 	require.NoError(t, err)
 	s.RegisterService(&testService, struct{}{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, lis, grace) }()
-	conn, err := Dial(lis.Addr().String())
-	require.NoError(t, err)
 	var (
 		once    sync.Once
 		stopErr error
@@ -89,10 +85,27 @@ func serve(t *testing.T, cfg ServerConfig, grace time.Duration) (*grpc.ClientCon
 		})
 		return stopErr
 	}
-	t.Cleanup(func() {
-		conn.Close()
-		_ = stop()
-	})
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// listen listens on a kernel-chosen loopback port.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	return lis
+}
+
+// serve serves the test service and returns a connection to it and the
+// function that cancels Serve and returns its result.
+func serve(t *testing.T, cfg ServerConfig, grace time.Duration) (*grpc.ClientConn, func() error) {
+	t.Helper()
+	lis := listen(t)
+	stop := serveOn(t, cfg, lis, grace)
+	conn, err := Dial(lis.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
 	return conn, stop
 }
 
@@ -277,19 +290,10 @@ func (l countingListener) Accept() (net.Conn, error) {
 // dynamic flow control each call's data made the receiving side send a
 // PING to estimate the bandwidth, and wait for its acknowledgement.
 func TestServerAndDial_smallCallsSendNoPings(t *testing.T) {
-	s, err := NewServer(DefaultServerConfig())
-	require.NoError(t, err)
-	s.RegisterService(&testService, struct{}{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
+	lis := listen(t)
 	fromServer := &pingCounter{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, countingListener{lis, fromServer}, time.Second) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
+	stop := serveOn(t, DefaultServerConfig(), countingListener{lis, fromServer}, time.Second)
+	defer func() { require.NoError(t, stop()) }()
 
 	fromClient := &pingCounter{skip: len("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")}
 	conn, err := Dial(lis.Addr().String(), grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
@@ -317,43 +321,22 @@ func TestDialAny_firstThatAnswersThenTheNext(t *testing.T) {
 	deadAddr := dead.Addr().String()
 	require.NoError(t, dead.Close())
 
+	// a and b serve the test service, each counting its calls.
 	type srv struct {
-		addr   string
-		calls  *atomic.Int32
-		cancel context.CancelFunc
-		done   chan error
+		addr string
+		reg  *prometheus.Registry
+		stop func() error
 	}
-	serveCounting := func() srv {
-		s, err := NewServer(DefaultServerConfig())
-		require.NoError(t, err)
-		calls := &atomic.Int32{}
-		desc := testService
-		desc.Methods = []grpc.MethodDesc{{
-			MethodName: "Echo",
-			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-				in := new(wrapperspb.StringValue)
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				calls.Add(1)
-				return in, nil
-			},
-		}}
-		s.RegisterService(&desc, struct{}{})
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- s.Serve(ctx, lis, time.Second) }()
-		return srv{lis.Addr().String(), calls, cancel, done}
+	startCounting := func() srv {
+		cfg := DefaultServerConfig()
+		cfg.Registerer = prometheus.NewRegistry()
+		lis := listen(t)
+		return srv{lis.Addr().String(), cfg.Registerer.(*prometheus.Registry), serveOn(t, cfg, lis, time.Second)}
 	}
-	a, b := serveCounting(), serveCounting()
-	defer func() {
-		for _, s := range []srv{a, b} {
-			s.cancel()
-			<-s.done
-		}
-	}()
+	calls := func(s srv) float64 {
+		return promtest.Value(promtest.Find(t, s.reg, "grpc_server_handled_total", map[string]string{"grpc_method": "/test.Echo/Echo"}))
+	}
+	a, b := startCounting(), startCounting()
 
 	conn, err := DialAny([]string{deadAddr, a.addr, b.addr})
 	require.NoError(t, err)
@@ -363,14 +346,12 @@ func TestDialAny_firstThatAnswersThenTheNext(t *testing.T) {
 	for range 3 {
 		require.NoError(t, echo(ctx, conn, "x"))
 	}
-	require.EqualValues(t, 3, a.calls.Load(), "the first address that accepts takes the calls")
-	require.Zero(t, b.calls.Load())
+	require.EqualValues(t, 3, calls(a), "the first address that accepts takes the calls")
+	require.Zero(t, calls(b))
 
-	a.cancel()
-	require.NoError(t, <-a.done)
-	a.done <- nil // for the deferred stop
+	require.NoError(t, a.stop())
 	require.Eventually(t, func() bool { return echo(ctx, conn, "x") == nil }, 10*time.Second, 20*time.Millisecond)
-	require.Positive(t, b.calls.Load(), "with the first gone, the next takes the calls")
+	require.Positive(t, calls(b), "with the first gone, the next takes the calls")
 
 	for _, bad := range [][]string{nil, {"127.0.0.1"}, {a.addr, "nonsense"}} {
 		_, err := DialAny(bad)
