@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/promtest"
@@ -470,4 +471,31 @@ func TestPeer_ServeConn_garbageEndsTheConnectionOnly(t *testing.T) {
 		require.NoError(t, readFrame(r, 1<<20, &buf, &resp))
 		require.NoError(t, decodeForwarded(&resp, &healthpb.HealthCheckResponse{}))
 	})
+}
+
+// A cancel for a call the stream does not run (done already, or never
+// sent) changes nothing, and the stream goes on serving.
+func TestPeer_Forward_cancelOfAnUnknownCallIsIgnored(t *testing.T) {
+	leader, _ := legacyLeader(t)
+	addr, err := leader.APIAddr()
+	require.NoError(t, err)
+	conn, err := grpcx.Dial(addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := peerv1.NewPeerServiceClient(conn).Forward(ctx)
+	require.NoError(t, err)
+	req, err := proto.Marshal(&healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&peerv1.ForwardRequest{Id: 99, Cancel: true}))
+	require.NoError(t, stream.Send(&peerv1.ForwardRequest{Id: 1, Method: checkMethod, Request: req}))
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, resp.Id, "no answer for the cancel, the call's answer")
+	require.Empty(t, resp.Status)
+	out := &healthpb.HealthCheckResponse{}
+	require.NoError(t, proto.Unmarshal(resp.Response, out))
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, out.Status)
+	require.NoError(t, stream.CloseSend())
 }
