@@ -69,7 +69,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
 	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
-	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation, wake (a loopback round trip, back to back and after idling: what a hop costs on this machine)")
+	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation, wake (a loopback round trip and a gRPC call, back to back and after idling: what a hop costs on this machine)")
 	watchers := flag.Int("watchers", 100, "propagation: watching balancers")
 	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -110,7 +110,7 @@ func main() {
 		clients = append(clients, n)
 	}
 	if strings.Contains(*modes, "wake") {
-		runWake(os.Stdout)
+		runWake(os.Stdout, 2000)
 	}
 	if strings.Contains(*modes, "propagation") {
 		runPropagation(*watchers, *changes)

@@ -106,3 +106,25 @@ func TestRaftStages_bareRunReportsEachStage(t *testing.T) {
 	require.Contains(t, out.String(), "leader log write")
 	require.Contains(t, out.String(), "bare raft")
 }
+
+// The wake mode prints, for the raw round trip and the gRPC call, one row
+// per idle time with the idle it measured and the calls' times.
+func TestRunWake_timesEachHopAfterEachIdle(t *testing.T) {
+	var out strings.Builder
+	runWake(&out, 20)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 1+2*len(wakeIdles), out.String())
+	for i, hop := range []string{"loopback round trip", "gRPC unary call"} {
+		for j, idle := range wakeIdles {
+			f := strings.Fields(lines[1+i*len(wakeIdles)+j])
+			require.Equal(t, hop, strings.Join(f[:len(f)-5], " "))
+			require.Equal(t, idle.String(), f[len(f)-5])
+			measured, err := time.ParseDuration(strings.Trim(f[len(f)-4], "()"))
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, measured, idle.Round(time.Microsecond), "slept at least the idle time")
+			p50, err := time.ParseDuration(f[len(f)-3])
+			require.NoError(t, err)
+			require.Positive(t, p50)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -8,18 +9,71 @@ import (
 	"slices"
 	"text/tabwriter"
 	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/hostscale/hostscale/internal/grpcx"
 )
 
-// runWake measures what a hop costs on this machine without hostscale: a
-// one-byte round trip between two goroutines over loopback TCP, back to
-// back and after the caller idled, which lets the other side's thread and
-// core go to sleep. Every hop of an API write (client to server, follower
-// to leader, and Raft's own) pays the idle case when one client writes.
-func runWake(w io.Writer) {
+// wakeIdles are the idle times runWake measures after: none (back to
+// back), less than a Raft log write, and more.
+var wakeIdles = []time.Duration{0, 100 * time.Microsecond, 2 * time.Millisecond}
+
+// runWake measures what a hop costs on this machine, first without
+// hostscale: a one-byte round trip between two goroutines over loopback
+// TCP; then a gRPC unary call (grpc.health.v1 Check) between a server and
+// client built as every hostscale binary builds them (grpcx). Each is
+// measured back to back and after the caller idled, which lets the other
+// side's threads and cores go to sleep. Every hop of an API write (client
+// to server, follower to leader, and Raft's own) pays the idle case when
+// one client writes. Each row is calls calls.
+func runWake(w io.Writer, calls int) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "hop\tsleep before (measured mean)\tp50\tp90\tmean\t")
+	for _, h := range []struct {
+		name string
+		call func() func()
+	}{{"loopback round trip", rawEcho}, {"gRPC unary call", grpcCheck}} {
+		call := h.call()
+		for _, idle := range wakeIdles {
+			st := timeCalls(calls, idle, call)
+			fmt.Fprintf(tw, "%s\t%v (%v)\t%v\t%v\t%v\t\n", h.name, idle, st.idled.Round(time.Microsecond),
+				st.p50.Round(100*time.Nanosecond), st.p90.Round(100*time.Nanosecond), st.mean.Round(100*time.Nanosecond))
+		}
+	}
+	tw.Flush()
+}
+
+// callTimes are the figures of timeCalls.
+type callTimes struct{ idled, p50, p90, mean time.Duration }
+
+// timeCalls times n calls of call, each after sleeping idle.
+func timeCalls(n int, idle time.Duration, call func()) callTimes {
+	var lat []time.Duration
+	var idled, sum time.Duration
+	for range n {
+		if idle > 0 {
+			s := time.Now()
+			time.Sleep(idle)
+			idled += time.Since(s)
+		}
+		s := time.Now()
+		call()
+		d := time.Since(s)
+		lat = append(lat, d)
+		sum += d
+	}
+	slices.Sort(lat)
+	return callTimes{idled: idled / time.Duration(n), p50: lat[n/2], p90: lat[n*9/10], mean: sum / time.Duration(n)}
+}
+
+// rawEcho starts a one-byte echo on loopback TCP and returns a call that
+// makes one round trip through it. The echo lives until the process ends.
+func rawEcho() func() {
 	l := listen()
-	defer l.Close()
 	go func() {
 		c, err := l.Accept()
+		l.Close()
 		if err != nil {
 			return
 		}
@@ -38,31 +92,36 @@ func runWake(w io.Writer) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer c.Close()
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "loopback round trip\tsleep before (measured mean)\tp50\tp90\t")
 	b := make([]byte, 1)
-	for _, idle := range []time.Duration{0, 100 * time.Microsecond, 2 * time.Millisecond} {
-		var lat []time.Duration
-		var idled time.Duration
-		for range 2000 {
-			if idle > 0 {
-				s := time.Now()
-				time.Sleep(idle)
-				idled += time.Since(s)
-			}
-			s := time.Now()
-			if _, err := c.Write(b); err != nil {
-				log.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, b); err != nil {
-				log.Fatal(err)
-			}
-			lat = append(lat, time.Since(s))
+	return func() {
+		if _, err := c.Write(b); err != nil {
+			log.Fatal(err)
 		}
-		slices.Sort(lat)
-		fmt.Fprintf(tw, "\t%v (%v)\t%v\t%v\t\n", idle, (idled / 2000).Round(time.Microsecond),
-			lat[len(lat)/2].Round(100*time.Nanosecond), lat[len(lat)*9/10].Round(100*time.Nanosecond))
+		if _, err := io.ReadFull(c, b); err != nil {
+			log.Fatal(err)
+		}
 	}
-	tw.Flush()
+}
+
+// grpcCheck starts a grpcx server on loopback and returns a call that
+// makes one health Check through a grpcx client connection to it. Both
+// live until the process ends.
+func grpcCheck() func() {
+	s, err := grpcx.NewServer(grpcx.DefaultServerConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	l := listen()
+	go func() { _ = s.Server.Serve(l) }()
+	conn, err := grpcx.Dial(l.Addr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	hc := healthpb.NewHealthClient(conn)
+	req := &healthpb.HealthCheckRequest{}
+	return func() {
+		if _, err := hc.Check(context.Background(), req); err != nil {
+			log.Fatal(err)
+		}
+	}
 }
