@@ -14,6 +14,7 @@ type Metrics struct {
 	serves   prometheus.Histogram
 	applies  *prometheus.HistogramVec
 	batches  prometheus.Histogram
+	holds    *prometheus.CounterVec
 }
 
 // forwardBuckets resolve a forwarding hop on a LAN, tens of microseconds,
@@ -47,8 +48,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Commands in each Raft entry this leader proposed: more than one when commands waited for the entry before them.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}),
+		holds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hostscale_controller_entry_holds_total",
+			Help: "Entries this leader held under load until as many commands waited as in the entry before (outcome filled) or until the hold ended (timed_out).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.forwards, m.waits, m.serves, m.applies, m.batches)
+	reg.MustRegister(m.forwards, m.waits, m.serves, m.applies, m.batches, m.holds)
 	return m
 }
 
@@ -70,6 +75,13 @@ func (m *Metrics) served(start time.Time) {
 func (m *Metrics) applied(start time.Time, result string) {
 	if m != nil {
 		m.applies.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	}
+}
+
+// heldEntry counts an entry held under load, by how its hold ended.
+func (m *Metrics) heldEntry(outcome string) {
+	if m != nil {
+		m.holds.WithLabelValues(outcome).Inc()
 	}
 }
 
