@@ -79,6 +79,9 @@ type Config struct {
 	// DrainDeadline: an instance out of the tables is stopped once every
 	// balancer acknowledged a table without it, or after this long.
 	DrainDeadline time.Duration
+	// CommitHold: under load, the longest the leader holds the next Raft
+	// entry for more writes (group commit); 0 never holds.
+	CommitHold time.Duration
 	// AlertDelivery, when set, replaces the receivers and routing built
 	// from the fields above (see the alertconfig package).
 	AlertDelivery *alerts.DispatchConfig
@@ -98,6 +101,7 @@ func DefaultConfig() Config {
 		MetricsWindow: 5 * time.Minute,
 		AlertInterval: 5 * time.Second,
 		DrainDeadline: 10 * time.Second,
+		CommitHold:    10 * time.Millisecond,
 
 		AlertGroupWait:      10 * time.Second,
 		AlertGroupInterval:  5 * time.Minute,
@@ -127,6 +131,9 @@ func (c Config) Validate() error {
 	}
 	if c.DrainDeadline < 0 || c.DrainDeadline > time.Hour {
 		return errors.New("-drain-deadline: between 0 and 1h")
+	}
+	if c.CommitHold < 0 || c.CommitHold > time.Second {
+		return errors.New("-commit-hold: between 0 and 1s")
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
@@ -238,6 +245,7 @@ func New(cfg Config) (s *Server, err error) {
 		FSM:          s.fsm,
 		Conns:        s.conns,
 		ApplyTimeout: 10 * time.Second,
+		CommitHold:   cfg.CommitHold,
 		Logger:       logger,
 		Metrics:      metrics,
 		Forwarder: endpoint.NewForwarder(endpoint.ForwarderOptions{

@@ -45,7 +45,10 @@ type Core struct {
 	LeaderReady func() bool
 	// ApplyTimeout bounds the wait to enqueue a command.
 	ApplyTimeout time.Duration
-	Logger       *slog.Logger
+	// CommitHold bounds how long, under load, the next entry is held for
+	// more commands (see the proposer); 0 never holds.
+	CommitHold time.Duration
+	Logger     *slog.Logger
 	// Metrics may be nil.
 	Metrics *Metrics
 	// Forwarder carries forwarded unary calls to the leader.
@@ -160,7 +163,7 @@ var errNotLeader = status.Error(codes.Unavailable, "apply: this node is not the 
 // raft failure mapped to a status.
 func (c *Core) Apply(cmd *pb.Command) (*fsm.Result, error) {
 	c.proposerOnce.Do(func() {
-		c.proposer = &proposer{raft: c.Raft, timeout: c.ApplyTimeout, metrics: c.Metrics}
+		c.proposer = &proposer{raft: c.Raft, timeout: c.ApplyTimeout, metrics: c.Metrics, holdMax: c.CommitHold}
 	})
 	cmd.Time = timestamppb.Now()
 	return c.proposer.propose(cmd)

@@ -25,7 +25,7 @@ import (
 // Under a sustained load (an entry of at least holdMin commands), the
 // next entry is held until as many commands wait as the last one held, or
 // for at most holdFactor times the last entry's time in Raft (and never
-// more than holdMax): the callers just answered are then mostly back with
+// more than the proposer's holdMax, -commit-hold): the callers just answered are then mostly back with
 // their next command, which would otherwise miss the entry and wait for
 // the one after it. One entry of many commands costs Raft and the cores
 // less than two of half as many, and the answers and new calls of a batch
@@ -43,9 +43,8 @@ const (
 	maxBatchCommands = 1024
 	maxBatchBytes    = 1 << 20
 
-	holdMin        = 8
-	holdFactor     = 2
-	defaultHoldMax = 10 * time.Millisecond
+	holdMin    = 8
+	holdFactor = 2
 )
 
 // applier proposes entries: *raft.Raft.
@@ -72,7 +71,7 @@ type proposer struct {
 	mu       sync.Mutex
 	queue    []*proposal
 	inflight int
-	// holdMax bounds a hold; zero is defaultHoldMax.
+	// holdMax bounds a hold; zero never holds.
 	holdMax time.Duration
 
 	// While held, the inflight place is kept for the entry being held
@@ -172,7 +171,7 @@ func (p *proposer) complete(batch []*proposal, f raft.ApplyFuture, sent time.Tim
 // Raft, when the load calls for it; it reports whether it did. The entry
 // leaves when a proposal fills it or from release.
 func (p *proposer) holdNext(n int, took time.Duration) bool {
-	if n < holdMin {
+	if n < holdMin || p.holdMax <= 0 {
 		return false
 	}
 	p.mu.Lock()
@@ -180,14 +179,10 @@ func (p *proposer) holdNext(n int, took time.Duration) bool {
 	if len(p.queue) == 0 || len(p.queue) >= n {
 		return false
 	}
-	limit := p.holdMax
-	if limit == 0 {
-		limit = defaultHoldMax
-	}
 	p.holds++
 	p.held, p.want = true, n
 	hold := p.holds
-	p.hold = time.AfterFunc(min(holdFactor*took, limit), func() { p.release(hold) })
+	p.hold = time.AfterFunc(min(holdFactor*took, p.holdMax), func() { p.release(hold) })
 	return true
 }
 

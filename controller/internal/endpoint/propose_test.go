@@ -207,3 +207,18 @@ func TestProposer_aFullQueueIsNotHeld(t *testing.T) {
 	require.Zero(t, holdsTotal(m))
 }
 
+// With no hold allowed (-commit-hold 0), the commands that waited leave
+// at once whatever the load.
+func TestProposer_noHoldAllowedNeverHolds(t *testing.T) {
+	p, r, m := newHeldProposer(0)
+	e, errs := inFlightWith(t, p, r, 10)
+	early := proposals(p, 3)
+	waitQueued(t, p, 3)
+	close(e.applied)
+	allOK(t, errs, 10)
+	e = nextEntry(t, r)
+	require.Equal(t, 3, e.commands)
+	close(e.applied)
+	allOK(t, early, 3)
+	require.Zero(t, holdsTotal(m))
+}
