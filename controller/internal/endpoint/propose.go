@@ -24,13 +24,14 @@ import (
 //
 // Under a sustained load (an entry of at least holdMin commands), the
 // next entry is held until as many commands wait as the last one held, or
-// for at most holdFactor times the last entry's time in Raft (and never
-// more than the proposer's holdMax, -commit-hold): the callers just answered are then mostly back with
-// their next command, which would otherwise miss the entry and wait for
-// the one after it. One entry of many commands costs Raft and the cores
-// less than two of half as many, and the answers and new calls of a batch
-// no longer compete for the cores with the next entry's log writes: with
-// 64 clients on two cores, writes per second rose by 15–30 %
+// for at most holdFactor times the last entry's time in Raft and never
+// more than the proposer's holdMax (-commit-hold): the callers just
+// answered are then mostly back with their next command, which would
+// otherwise miss the entry and wait for the one after it. One entry of
+// many commands costs Raft and the cores less than two of half as many,
+// and the answers and new calls of a batch no longer compete for the
+// cores with the next entry's log writes: with 64 clients on two cores,
+// writes per second rose by 6–30 % in alternated runs
 // (docs/benchmarks.md). PostgreSQL's commit_delay and commit_siblings are
 // the same idea.
 const (
