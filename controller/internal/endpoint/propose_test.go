@@ -171,54 +171,30 @@ func TestProposer_aHeldEntryLeavesWhenItsHoldEnds(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(m.holds.WithLabelValues("timed_out")))
 }
 
-// Below holdMin commands an entry, nothing is held: the commands that
-// waited leave at once.
-func TestProposer_aLightLoadIsNeverHeld(t *testing.T) {
-	p, r, m := newHeldProposer(time.Hour)
-	e, errs := inFlightWith(t, p, r, holdMin-1)
-	early := proposals(p, 3)
-	waitQueued(t, p, 3)
-	close(e.applied)
-	allOK(t, errs, holdMin-1)
-	e = nextEntry(t, r)
-	require.Equal(t, 3, e.commands)
-	close(e.applied)
-	allOK(t, early, 3)
-	require.Zero(t, holdsTotal(m))
-}
-
-func holdsTotal(m *Metrics) float64 {
-	return testutil.ToFloat64(m.holds.WithLabelValues("filled")) + testutil.ToFloat64(m.holds.WithLabelValues("timed_out"))
-}
-
-// More commands than the last entry held, waiting when it is applied,
-// leave at once.
-func TestProposer_aFullQueueIsNotHeld(t *testing.T) {
-	p, r, m := newHeldProposer(time.Hour)
-	e, errs := inFlightWith(t, p, r, 10)
-	more := proposals(p, 12)
-	waitQueued(t, p, 12)
-	close(e.applied)
-	allOK(t, errs, 10)
-	e = nextEntry(t, r)
-	require.Equal(t, 12, e.commands)
-	close(e.applied)
-	allOK(t, more, 12)
-	require.Zero(t, holdsTotal(m))
-}
-
-// With no hold allowed (-commit-hold 0), the commands that waited leave
-// at once whatever the load.
-func TestProposer_noHoldAllowedNeverHolds(t *testing.T) {
-	p, r, m := newHeldProposer(0)
-	e, errs := inFlightWith(t, p, r, 10)
-	early := proposals(p, 3)
-	waitQueued(t, p, 3)
-	close(e.applied)
-	allOK(t, errs, 10)
-	e = nextEntry(t, r)
-	require.Equal(t, 3, e.commands)
-	close(e.applied)
-	allOK(t, early, 3)
-	require.Zero(t, holdsTotal(m))
+// Nothing is held below holdMin commands an entry, when as many commands
+// as the last entry held already wait, or with no hold allowed
+// (-commit-hold 0): the commands that waited leave at once.
+func TestProposer_leavesAtOnceWhenNothingCallsForAHold(t *testing.T) {
+	for name, tc := range map[string]struct {
+		holdMax       time.Duration
+		entry, queued int
+	}{
+		"light load":      {time.Hour, holdMin - 1, 3},
+		"full queue":      {time.Hour, 10, 12},
+		"no hold allowed": {0, 10, 3},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, r, m := newHeldProposer(tc.holdMax)
+			e, errs := inFlightWith(t, p, r, tc.entry)
+			waiting := proposals(p, tc.queued)
+			waitQueued(t, p, tc.queued)
+			close(e.applied)
+			allOK(t, errs, tc.entry)
+			e = nextEntry(t, r)
+			require.Equal(t, tc.queued, e.commands)
+			close(e.applied)
+			allOK(t, waiting, tc.queued)
+			require.Zero(t, testutil.ToFloat64(m.holds.WithLabelValues("filled"))+testutil.ToFloat64(m.holds.WithLabelValues("timed_out")))
+		})
+	}
 }
