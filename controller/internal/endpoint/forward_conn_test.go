@@ -287,13 +287,19 @@ func legacyLeaderOf(tb testing.TB, peer *Peer) (leader Leader, dials *atomic.Int
 		}
 	}()
 	tb.Cleanup(func() { old.Close() })
+	return Leader{RaftAddr: old.Addr().String(), APIAddr: servePeerAPI(tb, peer)}, dials
+}
+
+// servePeerAPI serves peer's Forward stream on a loopback gRPC server,
+// stopped at the end of the test, and returns a leader's APIAddr for it.
+func servePeerAPI(tb testing.TB, peer *Peer) func() (string, error) {
 	api, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
 	srv := grpc.NewServer()
 	peerv1.RegisterPeerServiceServer(srv, peer)
 	go func() { _ = srv.Serve(api) }()
 	tb.Cleanup(srv.Stop)
-	return Leader{RaftAddr: old.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}, dials
+	return func() (string, error) { return api.Addr().String(), nil }
 }
 
 // Over the stream too, a call whose caller gives up is cancelled at the
@@ -318,14 +324,8 @@ func TestForwarder_streamCancelsACallItsCallerGaveUpOn(t *testing.T) {
 func TestForwarder_manyCallsInFlightShareTheStream(t *testing.T) {
 	peer := testPeer()
 	port := newRaftPort(t, peer)
-	api, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := grpc.NewServer()
-	peerv1.RegisterPeerServiceServer(srv, peer)
-	go func() { _ = srv.Serve(api) }()
-	t.Cleanup(srv.Stop)
 	f, reg := newTestForwarder(t)
-	leader := Leader{RaftAddr: port.lis.Addr().String(), APIAddr: func() (string, error) { return api.Addr().String(), nil }}
+	leader := Leader{RaftAddr: port.lis.Addr().String(), APIAddr: servePeerAPI(t, peer)}
 	ctx := context.Background()
 	check := func(l Leader) error {
 		return f.Call(ctx, l, checkMethod, &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
