@@ -55,6 +55,8 @@ type result struct {
 	// mean commands per entry (API writes only: bare raft's are 1).
 	raft     *raftStages
 	perEntry float64
+	// path is a write's critical path, with -critpath.
+	path *pathStats
 }
 
 func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
@@ -74,6 +76,7 @@ func main() {
 	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	traceFile := flag.String("trace", "", "write an execution trace of one second of the measured API load to this file")
+	flag.BoolVar(&critPaths, "critpath", false, "trace one second of each bare raft and API case and report where a write's critical path spends its time: on a CPU, by goroutine, waiting for one, in system calls, in network wake-ups")
 	flag.BoolVar(&consistentReads, "consistent", false, "reads mode: consistent reads, which followers forward to the leader and the leader confirms with a quorum")
 	memprofile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file")
 	flag.Parse()
@@ -170,6 +173,7 @@ func report(w io.Writer, rs []result) {
 	tw.Flush()
 	reportStages(w, rs, bare)
 	reportRaftStages(w, rs)
+	reportPaths(w, rs)
 }
 
 // reportStages prints where the API writes' time went, beside the mean
@@ -314,7 +318,9 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 					}
 				}
 				start := time.Now()
+				region := trace.StartRegion(context.Background(), writeRegion)
 				err := write(w, seq)
+				region.End()
 				if !measuring.Load() {
 					continue
 				}
@@ -374,12 +380,35 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 	return r
 }
 
-// traceOut is -trace: runAPI traces its load. consistentReads is
-// -consistent: the reads mode's calls ask to be consistent.
+// traceOut is -trace: runAPI traces its load. critPaths is -critpath.
+// consistentReads is -consistent: the reads mode's calls ask to be
+// consistent.
 var (
 	traceOut        string
+	critPaths       bool
 	consistentReads bool
 )
+
+// tracePath is where a case traces its load: traceTo, or with -critpath a
+// file in dir when traceTo is empty.
+func tracePath(traceTo, dir string) string {
+	if traceTo == "" && critPaths {
+		return filepath.Join(dir, "load.trace")
+	}
+	return traceTo
+}
+
+// addPath sets r's critical path from the trace in file, with -critpath.
+func addPath(r *result, file string) {
+	if !critPaths || file == "" {
+		return
+	}
+	p, err := criticalPathFile(file)
+	if err != nil {
+		log.Fatalf("critical path of %s: %v", file, err)
+	}
+	r.path = p
+}
 
 type nopFSM struct{ applied atomic.Uint64 }
 
@@ -446,9 +475,11 @@ func runBare(store string, clients, size int, idle, warmup, d time.Duration) res
 		time.Sleep(10 * time.Millisecond)
 	}
 	payload := make([]byte, size)
-	r := loadIdle(clients, idle, warmup, d, "", nil, func(_, _ int) error {
+	traced := tracePath("", dir)
+	r := loadIdle(clients, idle, warmup, d, traced, nil, func(_, _ int) error {
 		return leader.Apply(payload, 10*time.Second).Error()
 	})
+	addPath(&r, traced)
 	r.store, r.mode = store, "bare raft"
 	if idle > 0 {
 		// Named by the flag, so that the rounds' summary groups them; the
@@ -533,7 +564,10 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 			before[i] = scrape(s.HTTPAddr())
 		}
 	}
-	r := load(clients, warmup, d, traceOut, mark, func(w, seq int) error {
+	traceDir := tempDir()
+	defer os.RemoveAll(traceDir)
+	traced := tracePath(traceOut, traceDir)
+	r := load(clients, warmup, d, traced, mark, func(w, seq int) error {
 		// Each writer's calls go round the connections, and so the nodes:
 		// with -via all, two thirds of them are forwarded, one writer's too.
 		wr, c := writers[w], pools[(w+seq)%len(pools)]
@@ -554,6 +588,7 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 		return err
 	})
 	r.store, r.mode = store, "API via "+via
+	addPath(&r, traced)
 
 	if reads {
 		r.mode = "reads via " + via
