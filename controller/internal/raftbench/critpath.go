@@ -171,6 +171,9 @@ func readPathTrace(r io.Reader) (*pathTrace, error) {
 					tn.syscall = syscallPart(frames)
 				}
 			}
+			if to == trace.GoSyscall && tn.syscall == "" {
+				tn.syscall = partOtherSyscall
+			}
 			g.trans = append(g.trans, tn)
 		}
 	}
