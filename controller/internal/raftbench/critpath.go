@@ -324,9 +324,9 @@ func reportPaths(w io.Writer, rs []result) {
 			}
 			fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
 		}
-		row := []string{r.store, fmt.Sprint(r.clients), r.mode, fmt.Sprint(r.path.writes), fmt.Sprintf("%.0f", micros(r.path.mean))}
+		row := []string{r.store, fmt.Sprint(r.clients), r.mode, fmt.Sprint(r.path.writes), usText(r.path.mean)}
 		for _, p := range pathParts {
-			row = append(row, fmt.Sprintf("%.0f", micros(r.path.parts[p])))
+			row = append(row, usText(r.path.parts[p]))
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 	}
@@ -334,5 +334,3 @@ func reportPaths(w io.Writer, rs []result) {
 		tw.Flush()
 	}
 }
-
-func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

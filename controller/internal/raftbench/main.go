@@ -180,7 +180,6 @@ func report(w io.Writer, rs []result) {
 // bare raft Apply of the round before, back to back and, with -idle, after
 // its writers' idle time.
 func reportStages(w io.Writer, rs []result, bare []*result) {
-	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
 	var tw *tabwriter.Writer
 	var idleBare *result
 	for i := range rs {
@@ -199,18 +198,21 @@ func reportStages(w io.Writer, rs []result, bare []*result) {
 		}
 		bareMean, idleMean := "", ""
 		if b := bare[i]; b != nil {
-			bareMean = us(b.mean)
+			bareMean = usText(b.mean)
 		}
 		if b := idleBare; b != nil && b.store == r.store && b.clients == r.clients {
-			idleMean = fmt.Sprintf("%s (%s)", us(b.mean), us(b.idle))
+			idleMean = fmt.Sprintf("%s (%s)", usText(b.mean), usText(b.idle))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s (%s)\t%.0f%%\t%s\t%s\t%s\t%s\t\n", r.store, r.clients, r.mode, us(r.mean),
-			us(st.grpc), us(st.forwarding), us(st.perForward), 100*st.forwardedShare, us(st.handlers), us(st.raft), bareMean, idleMean)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s (%s)\t%.0f%%\t%s\t%s\t%s\t%s\t\n", r.store, r.clients, r.mode, usText(r.mean),
+			usText(st.grpc), usText(st.forwarding), usText(st.perForward), 100*st.forwardedShare, usText(st.handlers), usText(st.raft), bareMean, idleMean)
 	}
 	if tw != nil {
 		tw.Flush()
 	}
 }
+
+// usText is d in whole microseconds, as the tables print times.
+func usText(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
 
 // bareBefore returns, for each API result, the bare raft result of the
 // same store and client count run last before it (nil for bare results,

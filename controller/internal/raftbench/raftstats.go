@@ -29,7 +29,7 @@ func (s raftStage) String() string {
 	if s.n == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.0f", float64(s.mean)/float64(time.Microsecond))
+	return usText(s.mean)
 }
 
 // raftStages are a case's figures over its measured seconds.
