@@ -158,21 +158,19 @@ func readPathTrace(r io.Reader) (*pathTrace, error) {
 			from, to := st.Goroutine()
 			g := get(id)
 			tn := transition{at: ev.Time(), from: from, to: to, by: ev.Goroutine(), reason: st.Reason}
+			var frames []string
 			if from == trace.GoRunning && st.Stack != trace.NoStack {
 				// The goroutine's own stack: its root names it.
-				var frames []string
 				for f := range st.Stack.Frames() {
 					frames = append(frames, f.Func)
 				}
 				if len(frames) > 0 {
 					g.part = cpuPart(frames[len(frames)-1])
 				}
-				if to == trace.GoSyscall {
-					tn.syscall = syscallPart(frames)
-				}
 			}
-			if to == trace.GoSyscall && tn.syscall == "" {
-				tn.syscall = partOtherSyscall
+			if to == trace.GoSyscall {
+				// Without a stack, among the other system calls.
+				tn.syscall = syscallPart(frames)
 			}
 			g.trans = append(g.trans, tn)
 		}

@@ -113,4 +113,5 @@ func TestSyscallPart_namesTheCallByItsCaller(t *testing.T) {
 	} {
 		require.Equal(t, want, syscallPart(strings.Fields(frames)), frames)
 	}
+	require.Equal(t, partOtherSyscall, syscallPart(nil), "a call entered without a stack")
 }
