@@ -391,18 +391,20 @@ var (
 	consistentReads bool
 )
 
-// tracePath is where a case traces its load: traceTo, or with -critpath a
-// file in dir when traceTo is empty.
-func tracePath(traceTo, dir string) string {
-	if traceTo == "" && critPaths {
-		return filepath.Join(dir, "load.trace")
+// tracePath is where a case traces its load: traceTo, or with -critpath
+// and no traceTo a file in a new temporary directory, which remove
+// deletes.
+func tracePath(traceTo string) (path string, remove func()) {
+	if traceTo != "" || !critPaths {
+		return traceTo, func() {}
 	}
-	return traceTo
+	dir := tempDir()
+	return filepath.Join(dir, "load.trace"), func() { os.RemoveAll(dir) }
 }
 
 // addPath sets r's critical path from the trace in file, with -critpath.
 func addPath(r *result, file string) {
-	if !critPaths || file == "" {
+	if !critPaths {
 		return
 	}
 	p, err := criticalPathFile(file)
@@ -477,7 +479,8 @@ func runBare(store string, clients, size int, idle, warmup, d time.Duration) res
 		time.Sleep(10 * time.Millisecond)
 	}
 	payload := make([]byte, size)
-	traced := tracePath("", dir)
+	traced, remove := tracePath("")
+	defer remove()
 	r := loadIdle(clients, idle, warmup, d, traced, nil, func(_, _ int) error {
 		return leader.Apply(payload, 10*time.Second).Error()
 	})
@@ -566,9 +569,8 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 			before[i] = scrape(s.HTTPAddr())
 		}
 	}
-	traceDir := tempDir()
-	defer os.RemoveAll(traceDir)
-	traced := tracePath(traceOut, traceDir)
+	traced, remove := tracePath(traceOut)
+	defer remove()
 	r := load(clients, warmup, d, traced, mark, func(w, seq int) error {
 		// Each writer's calls go round the connections, and so the nodes:
 		// with -via all, two thirds of them are forwarded, one writer's too.
