@@ -2,9 +2,11 @@ package logging
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"strconv"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -37,7 +39,46 @@ func level(l hclog.Level) slog.Level {
 }
 
 func (a *hcAdapter) Log(lvl hclog.Level, msg string, args ...any) {
-	a.l.Log(context.Background(), level(lvl), msg, args...)
+	ctx := context.Background()
+	if a.l.Enabled(ctx, level(lvl)) {
+		a.l.Log(ctx, level(lvl), msg, values(args)...)
+	}
+}
+
+// values renders hclog's formatting types as hclog itself does (Raft logs
+// its configuration with hclog.Fmt); slog would print their parts.
+func values(args []any) []any {
+	var out []any
+	for i, v := range args {
+		var s string
+		switch v := v.(type) {
+		case hclog.Format:
+			if len(v) > 0 {
+				f, _ := v[0].(string)
+				s = fmt.Sprintf(f, v[1:]...)
+			}
+		case hclog.Hex:
+			s = "0x" + strconv.FormatUint(uint64(v), 16)
+		case hclog.Octal:
+			s = "0" + strconv.FormatUint(uint64(v), 8)
+		case hclog.Binary:
+			s = "0b" + strconv.FormatUint(uint64(v), 2)
+		case hclog.Quote:
+			s = string(v)
+		case hclog.CapturedStacktrace:
+			s = string(v)
+		default:
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), args...)
+		}
+		out[i] = s
+	}
+	if out == nil {
+		return args
+	}
+	return out
 }
 func (a *hcAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
 func (a *hcAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
@@ -57,7 +98,7 @@ func (a *hcAdapter) Name() string          { return a.name }
 func (a *hcAdapter) SetLevel(hclog.Level)  {}
 func (a *hcAdapter) GetLevel() hclog.Level { return hclog.NoLevel }
 func (a *hcAdapter) With(args ...any) hclog.Logger {
-	return &hcAdapter{l: a.l.With(args...), name: a.name, args: append(append([]any{}, a.args...), args...)}
+	return &hcAdapter{l: a.l.With(values(args)...), name: a.name, args: append(append([]any{}, a.args...), args...)}
 }
 func (a *hcAdapter) Named(name string) hclog.Logger {
 	if a.name != "" {

@@ -45,3 +45,22 @@ func TestHCLog_forwardsToSlog(t *testing.T) {
 	require.Equal(t, []any{"peer", "c2"}, h.With("peer", "c2").ImpliedArgs())
 	var _ hclog.Logger = h
 }
+
+func TestHCLog_rendersHCLogValues(t *testing.T) {
+	var buf bytes.Buffer
+	l, err := New(&buf, Options{Level: "info", Format: "text"}, "controller", "")
+	require.NoError(t, err)
+	h := HCLog(l, "raft")
+	h.Info("initial configuration", "servers", hclog.Fmt("%+v", []string{"c1", "c2"}), "flags", hclog.Hex(255),
+		"mode", hclog.Octal(8), "bits", hclog.Binary(5), "name", hclog.Quote("a b"), "empty", hclog.Format{})
+	h.With("term", hclog.Fmt("t%d", 7)).Warn("vote")
+	out := buf.String()
+	require.Contains(t, out, `servers="[c1 c2]"`)
+	require.NotContains(t, out, "%+v")
+	require.Contains(t, out, "flags=0xff")
+	require.Contains(t, out, "mode=010")
+	require.Contains(t, out, "bits=0b101")
+	require.Contains(t, out, `name="a b"`)
+	require.Contains(t, out, `empty=""`)
+	require.Contains(t, out, "term=t7")
+}
