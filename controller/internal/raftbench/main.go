@@ -69,6 +69,7 @@ func main() {
 	size := flag.Int("size", 100, "payload bytes per bare raft entry")
 	idle := flag.Duration("idle", 0, "also run bare raft with each writer idle this long before each Apply, as a client's own time between writes leaves the machine; its latencies are the Applies' alone")
 	rounds := flag.Int("rounds", 3, "bare and API cases alternate this many times per store and client count; the summary gives the median ratios")
+	reuse := flag.Bool("reuse", false, "start each case's cluster once for all its rounds, not once per round: the rounds' measurements are seconds apart, not a cluster's start, so the disk's drift weighs less on each ratio (with short -duration and many -rounds)")
 	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
 	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation, wake (a loopback round trip and a gRPC call, back to back and after idling: what a hop costs on this machine)")
@@ -125,18 +126,51 @@ func main() {
 			log.Fatalf("-stores: %q is not wal or boltdb", store)
 		}
 		for _, n := range clients {
+			// Each case's cluster: new for every round, or with -reuse
+			// one for all of them.
+			var bare *bareCluster
+			var api, read *apiCluster
 			for range max(*rounds, 1) {
 				if strings.Contains(*modes, "bare") {
-					results = append(results, runBare(store, n, *size, 0, *warmup, *duration))
+					if bare == nil {
+						bare = newBare(store, *size)
+					}
+					results = append(results, bare.measure(n, 0, *warmup, *duration))
 					if *idle > 0 {
-						results = append(results, runBare(store, n, *size, *idle, *warmup, *duration))
+						results = append(results, bare.measure(n, *idle, *warmup, *duration))
+					}
+					if !*reuse {
+						bare.close()
+						bare = nil
 					}
 				}
 				if strings.Contains(*modes, "api") {
-					results = append(results, runAPI(store, n, *via, *conns, *warmup, *duration, false))
+					if api == nil {
+						api = newAPI(store, *via, *conns)
+					}
+					results = append(results, api.measure(n, *warmup, *duration, false))
+					if !*reuse {
+						api.close()
+						api = nil
+					}
 				}
 				if strings.Contains(*modes, "read") {
-					results = append(results, runAPI(store, n, *via, *conns, *warmup, *duration, true))
+					if read == nil {
+						read = newAPI(store, *via, *conns)
+					}
+					results = append(results, read.measure(n, *warmup, *duration, true))
+					if !*reuse {
+						read.close()
+						read = nil
+					}
+				}
+			}
+			if bare != nil {
+				bare.close()
+			}
+			for _, a := range []*apiCluster{api, read} {
+				if a != nil {
+					a.close()
 				}
 			}
 		}
@@ -441,12 +475,21 @@ func tempDir() string {
 	return d
 }
 
-// runBare measures raft.Apply on the leader of a three-node cluster built
-// by the controller's own raftnode package: same stores, cache, transport
-// and timings, with a state machine that does nothing.
-func runBare(store string, clients, size int, idle, warmup, d time.Duration) result {
-	dir := tempDir()
-	defer os.RemoveAll(dir)
+// bareCluster is three nodes built by the controller's own raftnode
+// package: same stores, cache, transport and timings, with a state machine
+// that does nothing.
+type bareCluster struct {
+	store   string
+	dir     string
+	nodes   []*raftnode.Node
+	leader  *raftnode.Node
+	payload []byte
+}
+
+// newBare starts a bare cluster on store whose entries hold size bytes,
+// and waits for its leader.
+func newBare(store string, size int) *bareCluster {
+	b := &bareCluster{store: store, dir: tempDir(), payload: make([]byte, size)}
 	var lis []net.Listener
 	var peers []raftnode.Peer
 	for i := range 3 {
@@ -454,38 +497,43 @@ func runBare(store string, clients, size int, idle, warmup, d time.Duration) res
 		lis = append(lis, l)
 		peers = append(peers, raftnode.Peer{ID: fmt.Sprintf("n%d", i), Address: l.Addr().String()})
 	}
-	var nodes []*raftnode.Node
 	for i := range 3 {
 		cfg := raftnode.DefaultConfig()
-		cfg.ID, cfg.DataDir, cfg.Listener, cfg.Peers, cfg.LogStore = peers[i].ID, filepath.Join(dir, peers[i].ID), lis[i], peers, store
+		cfg.ID, cfg.DataDir, cfg.Listener, cfg.Peers, cfg.LogStore = peers[i].ID, filepath.Join(b.dir, peers[i].ID), lis[i], peers, store
 		n, err := raftnode.New(cfg, &nopFSM{})
 		if err != nil {
 			log.Fatal(err)
 		}
-		nodes = append(nodes, n)
+		b.nodes = append(b.nodes, n)
 	}
-	defer func() {
-		for _, n := range nodes {
-			n.Close()
-		}
-	}()
-	var leader *raftnode.Node
-	for leader == nil {
-		for _, n := range nodes {
+	for b.leader == nil {
+		for _, n := range b.nodes {
 			if n.State() == raft.Leader {
-				leader = n
+				b.leader = n
 			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	payload := make([]byte, size)
+	return b
+}
+
+func (b *bareCluster) close() {
+	for _, n := range b.nodes {
+		n.Close()
+	}
+	os.RemoveAll(b.dir)
+}
+
+// measure runs clients writers calling raft.Apply on the leader, each idle
+// for idle before each write.
+func (b *bareCluster) measure(clients int, idle, warmup, d time.Duration) result {
 	traced, remove := tracePath("")
 	defer remove()
 	r := loadIdle(clients, idle, warmup, d, traced, nil, func(_, _ int) error {
-		return leader.Apply(payload, 10*time.Second).Error()
+		return b.leader.Apply(b.payload, 10*time.Second).Error()
 	})
 	addPath(&r, traced)
-	r.store, r.mode = store, "bare raft"
+	r.store, r.mode = b.store, "bare raft"
 	if idle > 0 {
 		// Named by the flag, so that the rounds' summary groups them; the
 		// idle time measured is in the stages table.
@@ -494,31 +542,41 @@ func runBare(store string, clients, size int, idle, warmup, d time.Duration) res
 	return r
 }
 
-// runAPI measures CreatePool/DeletePool calls through gRPC on three
-// controllers; each writer creates and deletes its own pool in turn, so
-// every call is a committed write and the state stays small.
-//
-// With reads set it measures GetPool calls instead: the cost of the gRPC
-// path alone, for comparison.
-func runAPI(store string, clients int, via string, perNode int, warmup, d time.Duration, reads bool) result {
-	servers, stop := startControllers(store)
-	defer stop()
+// apiCluster is three controllers in this process and the clients'
+// connections to them.
+type apiCluster struct {
+	store, via string
+	servers    []*server.Server
+	stop       func()
+	conns      []*grpc.ClientConn
+	// targets are the connections the writers call, round the nodes.
+	targets []*grpc.ClientConn
+	// seqs holds each writer's next call across measurements, so that a
+	// writer whose last call created its pool deletes it next.
+	seqs []int
+}
+
+// newAPI starts three controllers on store, perNode client connections to
+// each, and waits until every node knows the leader and the leader is
+// ready. With via "leader" the writers call the leader alone.
+func newAPI(store, via string, perNode int) *apiCluster {
+	a := &apiCluster{store: store, via: via}
+	a.servers, a.stop = startControllers(store)
 	ctx := context.Background()
 	// conns[i] holds perNode connections to servers[i].
 	var conns [][]*grpc.ClientConn
-	for _, s := range servers {
+	for _, s := range a.servers {
 		var cs []*grpc.ClientConn
 		for range perNode {
 			c, err := grpcx.Dial(s.APIAddr())
 			if err != nil {
 				log.Fatal(err)
 			}
-			defer c.Close()
+			a.conns = append(a.conns, c)
 			cs = append(cs, c)
 		}
 		conns = append(conns, cs)
 	}
-	// Wait until every node knows the leader's address and the leader is ready.
 	for {
 		ready := 0
 		for _, cs := range conns {
@@ -528,7 +586,7 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 			}
 		}
 		leaderReady := false
-		for _, s := range servers {
+		for _, s := range a.servers {
 			leaderReady = leaderReady || s.IsLeader()
 		}
 		if ready == len(conns) && leaderReady {
@@ -536,12 +594,29 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var targets []*grpc.ClientConn
-	for i, s := range servers {
+	for i, s := range a.servers {
 		if via != "leader" || s.IsLeader() {
-			targets = append(targets, conns[i]...)
+			a.targets = append(a.targets, conns[i]...)
 		}
 	}
+	return a
+}
+
+func (a *apiCluster) close() {
+	for _, c := range a.conns {
+		c.Close()
+	}
+	a.stop()
+}
+
+// measure runs clients writers calling CreatePool and DeletePool in turn
+// through gRPC; each writer creates and deletes its own pool, so every
+// call is a committed write and the state stays small.
+//
+// With reads set it measures GetPool calls instead: the cost of the gRPC
+// path alone, for comparison.
+func (a *apiCluster) measure(clients int, warmup, d time.Duration, reads bool) result {
+	ctx := context.Background()
 	// Each writer builds its requests once, as a client would reuse them.
 	type writer struct {
 		create *pb.CreatePoolRequest
@@ -558,11 +633,15 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 			del: &pb.DeletePoolRequest{Pool: name},
 		}
 	}
+	for len(a.seqs) < clients {
+		a.seqs = append(a.seqs, 0)
+	}
 	var pools []pb.PoolServiceClient
-	for _, t := range targets {
+	for _, t := range a.targets {
 		pools = append(pools, pb.NewPoolServiceClient(t))
 	}
 	get := &pb.GetPoolRequest{Pool: "bench-0", Consistent: consistentReads}
+	servers := a.servers
 	before := make([]map[string]float64, len(servers))
 	mark := func() {
 		for i, s := range servers {
@@ -571,9 +650,11 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 	}
 	traced, remove := tracePath(traceOut)
 	defer remove()
-	r := load(clients, warmup, d, traced, mark, func(w, seq int) error {
+	r := load(clients, warmup, d, traced, mark, func(w, _ int) error {
 		// Each writer's calls go round the connections, and so the nodes:
 		// with -via all, two thirds of them are forwarded, one writer's too.
+		seq := a.seqs[w]
+		a.seqs[w]++
 		wr, c := writers[w], pools[(w+seq)%len(pools)]
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -591,11 +672,11 @@ func runAPI(store string, clients int, via string, perNode int, warmup, d time.D
 		}
 		return err
 	})
-	r.store, r.mode = store, "API via "+via
+	r.store, r.mode = a.store, "API via "+a.via
 	addPath(&r, traced)
 
 	if reads {
-		r.mode = "reads via " + via
+		r.mode = "reads via " + a.via
 	}
 	var deltas []map[string]float64
 	leader := -1

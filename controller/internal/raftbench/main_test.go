@@ -85,10 +85,16 @@ func TestScrape_readsSamplesAndSkipsTheRest(t *testing.T) {
 	require.Zero(t, meanOf(map[string]float64{}, "a", ""))
 }
 
-// Raft's stages come from its own metrics, over the measured seconds only.
+// Raft's stages come from its own metrics, over the measured seconds only,
+// in each measurement of a cluster that is measured again (-reuse).
 func TestRaftStages_bareRunReportsEachStage(t *testing.T) {
-	r := runBare("wal", 1, 100, 0, 200*time.Millisecond, 500*time.Millisecond)
+	b := newBare("wal", 100)
+	defer b.close()
+	first := b.measure(1, 0, 200*time.Millisecond, 500*time.Millisecond)
+	r := b.measure(1, 0, 200*time.Millisecond, 500*time.Millisecond)
+	require.Positive(t, first.writes)
 	require.Positive(t, r.writes)
+	require.InDelta(t, r.writes, r.raft.commit.n, float64(r.writes)/5+2, "the second measurement counts its own entries only")
 	st := r.raft
 	require.NotNil(t, st)
 	for name, s := range map[string]raftStage{"dispatch": st.dispatch, "follower write": st.followerWrite, "AppendEntries": st.appendRPC, "commit": st.commit} {
@@ -125,6 +131,27 @@ func TestRunWake_timesEachHopAfterEachIdle(t *testing.T) {
 			p50, err := time.ParseDuration(f[len(f)-3])
 			require.NoError(t, err)
 			require.Positive(t, p50)
+		}
+	}
+}
+
+// A cluster measured again (-reuse) goes on where its writers left off: a
+// writer whose pool exists deletes it first, so no call fails.
+func TestAPICluster_measuredTwiceWithoutErrors(t *testing.T) {
+	a := newAPI("wal", "all", 1)
+	defer a.close()
+	for i := range 2 {
+		r := a.measure(3, 100*time.Millisecond, 400*time.Millisecond, false)
+		require.Positive(t, r.writes, "measurement %d", i)
+		require.Zero(t, r.errors, "measurement %d", i)
+		require.NotNil(t, r.stages, "measurement %d", i)
+	}
+	// Warm-ups included: every node's calls all succeeded.
+	for _, s := range a.servers {
+		for k, v := range scrape(s.HTTPAddr()) {
+			if strings.HasPrefix(k, "grpc_server_handled_total{") && strings.Contains(k, "PoolService/") && !strings.Contains(k, `grpc_code="OK"`) {
+				require.Zero(t, v, k)
+			}
 		}
 	}
 }
