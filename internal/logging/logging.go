@@ -18,8 +18,10 @@ type Options struct {
 	Format string
 }
 
-// New returns a logger writing to w, tagged with the component and node.
-func New(w io.Writer, o Options, component, node string) (*slog.Logger, error) {
+// New returns a logger writing to w, tagged with the component and the
+// process's identity attrs: the agent's node, a controller's member id (a
+// controller's own lines name nodes too, so it must not call itself one).
+func New(w io.Writer, o Options, component string, identity ...any) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.Level)); err != nil {
 		return nil, fmt.Errorf("-log-level: %q is not one of debug, info, warn, error", o.Level)
@@ -34,11 +36,7 @@ func New(w io.Writer, o Options, component, node string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("-log-format: %q is not one of text, json", o.Format)
 	}
-	l := slog.New(h).With("component", component)
-	if node != "" {
-		l = l.With("node", node)
-	}
-	return l, nil
+	return slog.New(h).With(append([]any{"component", component}, identity...)...), nil
 }
 
 // OrDiscard returns l, or a logger that discards everything when l is nil.

@@ -11,24 +11,25 @@ import (
 
 func TestNew_levelsFormatsAndErrors(t *testing.T) {
 	var buf bytes.Buffer
-	l, err := New(&buf, Options{Level: "warn", Format: "json"}, "controller", "c1")
+	l, err := New(&buf, Options{Level: "warn", Format: "json"}, "controller", "member", "c1")
 	require.NoError(t, err)
 	l.Info("hidden")
-	l.Warn("shown", "pool", "web")
+	l.Warn("shown", "pool", "web", "node", "web-1")
 	require.NotContains(t, buf.String(), "hidden")
 	require.Contains(t, buf.String(), `"component":"controller"`)
-	require.Contains(t, buf.String(), `"node":"c1"`)
+	require.Contains(t, buf.String(), `"member":"c1"`)
+	require.Equal(t, 1, strings.Count(buf.String(), `"node"`), "the node a line names is the only node")
 	require.Contains(t, buf.String(), `"pool":"web"`)
 
-	_, err = New(&buf, Options{Level: "loud", Format: "text"}, "x", "")
+	_, err = New(&buf, Options{Level: "loud", Format: "text"}, "x")
 	require.ErrorContains(t, err, "-log-level")
-	_, err = New(&buf, Options{Level: "info", Format: "xml"}, "x", "")
+	_, err = New(&buf, Options{Level: "info", Format: "xml"}, "x")
 	require.ErrorContains(t, err, "-log-format")
 }
 
 func TestHCLog_forwardsToSlog(t *testing.T) {
 	var buf bytes.Buffer
-	l, err := New(&buf, Options{Level: "info", Format: "text"}, "controller", "")
+	l, err := New(&buf, Options{Level: "info", Format: "text"}, "controller")
 	require.NoError(t, err)
 	h := HCLog(l, "raft")
 	h.Debug("quiet")
@@ -48,7 +49,7 @@ func TestHCLog_forwardsToSlog(t *testing.T) {
 
 func TestHCLog_rendersHCLogValues(t *testing.T) {
 	var buf bytes.Buffer
-	l, err := New(&buf, Options{Level: "info", Format: "text"}, "controller", "")
+	l, err := New(&buf, Options{Level: "info", Format: "text"}, "controller")
 	require.NoError(t, err)
 	h := HCLog(l, "raft")
 	h.Info("initial configuration", "servers", hclog.Fmt("%+v", []string{"c1", "c2"}), "flags", hclog.Hex(255),

@@ -168,7 +168,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("-http-addr: %q: expected host:port", o.httpAddr)
 		}
 	}
-	if _, err := logging.New(io.Discard, o.log, "agent", ""); err != nil {
+	if _, err := logging.New(io.Discard, o.log, "agent"); err != nil {
 		return o, err
 	}
 	return o, nil
@@ -190,7 +190,7 @@ func serve(o options, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("-node-id: %w", err)
 	}
-	logger, err := logging.New(stderr, o.log, "agent", id)
+	logger, err := logging.New(stderr, o.log, "agent", "node", id)
 	if err != nil {
 		return usageError{err}
 	}

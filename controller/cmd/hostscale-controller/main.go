@@ -37,7 +37,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hostscale-controller: %v\n", err)
 		return 2
 	}
-	logger, err := logging.New(stderr, logOpts, "controller", cfg.ID)
+	logger, err := logging.New(stderr, logOpts, "controller", "member", cfg.ID)
 	if err != nil {
 		fmt.Fprintf(stderr, "hostscale-controller: %v\n", err)
 		return 2

@@ -418,9 +418,33 @@ func (l *Loop) apply(p *Plan, log *slog.Logger) error {
 			Term: term, Placements: p.Place}}}); err != nil {
 			return err
 		}
-		for _, pl := range p.Place {
-			log.Info("instance placed", "pool", pl.Pool, "node", pl.Node)
+		for _, g := range placedGroups(p.Place) {
+			log.Info("instances placed", "pool", g.pool, "node", g.node, "count", g.count)
 		}
 	}
 	return nil
+}
+
+// placedGroup is how many instances of a pool one round placed on a node.
+type placedGroup struct {
+	pool, node string
+	count      int
+}
+
+// placedGroups counts placements by pool and node, in the order each pair
+// first appears: the log says each once, however many instances it got.
+func placedGroups(place []*pb.Placement) []placedGroup {
+	var out []placedGroup
+	at := map[[2]string]int{}
+	for _, pl := range place {
+		k := [2]string{pl.GetPool(), pl.GetNode()}
+		i, ok := at[k]
+		if !ok {
+			i = len(out)
+			at[k] = i
+			out = append(out, placedGroup{pool: k[0], node: k[1]})
+		}
+		out[i].count++
+	}
+	return out
 }

@@ -262,3 +262,11 @@ func TestPlaceKeepsReservationsWithinEachNode(t *testing.T) {
 	st.Nodes["a"].Facts = nil
 	require.Len(t, Make(st, inputs(nil)).Place, 3)
 }
+
+func TestPlacedGroupsCountEachPoolOnEachNodeOnce(t *testing.T) {
+	got := placedGroups([]*pb.Placement{
+		{Pool: "web", Node: "h1"}, {Pool: "web", Node: "h2"}, {Pool: "web", Node: "h1"}, {Pool: "api", Node: "h1"},
+	})
+	require.Equal(t, []placedGroup{{"web", "h1", 2}, {"web", "h2", 1}, {"api", "h1", 1}}, got)
+	require.Empty(t, placedGroups(nil))
+}

@@ -39,7 +39,7 @@ func (l Launcher) Launch(spec testcluster.Spec) (testcluster.Process, error) {
 		cfg.Raft.ElectionTimeout = spec.ElectionTimeout
 	}
 	if spec.Log != nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(spec.Log, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", spec.ID)
+		cfg.Logger = slog.New(slog.NewTextHandler(spec.Log, &slog.HandlerOptions{Level: slog.LevelDebug})).With("member", spec.ID)
 	}
 	if l.Configure != nil {
 		l.Configure(&cfg)
