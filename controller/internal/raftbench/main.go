@@ -62,6 +62,10 @@ type result struct {
 func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
 
 func main() {
+	if os.Getenv(wakePeerEnv) != "" {
+		servePeer()
+		return
+	}
 	duration := flag.Duration("duration", 10*time.Second, "measured time per case")
 	warmup := flag.Duration("warmup", 2*time.Second, "unmeasured load before each case")
 	clientsFlag := flag.String("clients", "1,64", "concurrent writers, comma-separated")
@@ -72,7 +76,7 @@ func main() {
 	reuse := flag.Bool("reuse", false, "start each case's cluster once for all its rounds, not once per round: the rounds' measurements are seconds apart, not a cluster's start, so the disk's drift weighs less on each ratio (with short -duration and many -rounds)")
 	conns := flag.Int("conns", 1, "API: client connections to each node, shared by the writers")
 	via := flag.String("via", "all", "API clients call: all (spread over the three nodes; two thirds forwarded) or leader")
-	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation, wake (a loopback round trip and a gRPC call, back to back and after idling: what a hop costs on this machine)")
+	modes := flag.String("modes", "bare,api", "what to measure, comma-separated: bare, api, read (GetPool calls: the gRPC path alone), propagation, wake (a loopback round trip, a gRPC call, and a gRPC call to another process, back to back and after idling: what a hop costs on this machine)")
 	watchers := flag.Int("watchers", 100, "propagation: watching balancers")
 	changes := flag.Int("changes", 200, "propagation: table changes")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -113,14 +114,26 @@ func TestRaftStages_bareRunReportsEachStage(t *testing.T) {
 	require.Contains(t, out.String(), "bare raft")
 }
 
-// The wake mode prints, for the raw round trip and the gRPC call, one row
-// per idle time with the idle it measured and the calls' times.
+// The test binary, run again by the wake mode's other process, is that
+// process.
+func TestMain(m *testing.M) {
+	if os.Getenv(wakePeerEnv) != "" {
+		servePeer()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// The wake mode prints, for the raw round trip, the gRPC call and the gRPC
+// call to another process, one row per idle time with the idle it
+// measured and the calls' times; it returns once the other process has
+// exited.
 func TestRunWake_timesEachHopAfterEachIdle(t *testing.T) {
 	var out strings.Builder
 	runWake(&out, 20)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	require.Len(t, lines, 1+2*len(wakeIdles), out.String())
-	for i, hop := range []string{"loopback round trip", "gRPC unary call"} {
+	require.Len(t, lines, 1+3*len(wakeIdles), out.String())
+	for i, hop := range []string{"loopback round trip", "gRPC unary call", "gRPC unary call to another process"} {
 		for j, idle := range wakeIdles {
 			f := strings.Fields(lines[1+i*len(wakeIdles)+j])
 			require.Equal(t, hop, strings.Join(f[:len(f)-5], " "))

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -22,7 +26,9 @@ var wakeIdles = []time.Duration{0, 100 * time.Microsecond, 2 * time.Millisecond}
 // runWake measures what a hop costs on this machine, first without
 // hostscale: a one-byte round trip between two goroutines over loopback
 // TCP; then a gRPC unary call (grpc.health.v1 Check) between a server and
-// client built as every hostscale binary builds them (grpcx). Each is
+// client built as every hostscale binary builds them (grpcx), in this
+// process and to a server in another process (this program run again), as
+// a client and controllers on their own hosts call each other. Each is
 // measured back to back and after the caller idled, which lets the other
 // side's threads and cores go to sleep. Every hop of an API write (client
 // to server, follower to leader, and Raft's own) pays the idle case when
@@ -30,11 +36,9 @@ var wakeIdles = []time.Duration{0, 100 * time.Microsecond, 2 * time.Millisecond}
 func runWake(w io.Writer, calls int) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "hop\tsleep before (measured mean)\tp50\tp90\tmean\t")
-	for _, h := range []struct {
-		name string
-		call func() func()
-	}{{"loopback round trip", rawEcho}, {"gRPC unary call", grpcCheck}} {
-		call := h.call()
+	for _, h := range wakeHops {
+		call, stop := h.start()
+		defer stop()
 		for _, idle := range wakeIdles {
 			st := timeCalls(calls, idle, call)
 			fmt.Fprintf(tw, "%s\t%v (%v)\t%v\t%v\t%v\t\n", h.name, idle, st.idled.Round(time.Microsecond),
@@ -42,6 +46,17 @@ func runWake(w io.Writer, calls int) {
 		}
 	}
 	tw.Flush()
+}
+
+// wakeHops are the hops runWake times, each started by start, which
+// returns one call and what stops the hop.
+var wakeHops = []struct {
+	name  string
+	start func() (call, stop func())
+}{
+	{"loopback round trip", rawEcho},
+	{"gRPC unary call", grpcCheck},
+	{"gRPC unary call to another process", grpcCheckProcess},
 }
 
 // callTimes are the figures of timeCalls.
@@ -69,7 +84,7 @@ func timeCalls(n int, idle time.Duration, call func()) callTimes {
 
 // rawEcho starts a one-byte echo on loopback TCP and returns a call that
 // makes one round trip through it. The echo lives until the process ends.
-func rawEcho() func() {
+func rawEcho() (call, stop func()) {
 	l := listen()
 	go func() {
 		c, err := l.Accept()
@@ -100,20 +115,33 @@ func rawEcho() func() {
 		if _, err := io.ReadFull(c, b); err != nil {
 			log.Fatal(err)
 		}
-	}
+	}, func() { c.Close() }
 }
 
 // grpcCheck starts a grpcx server on loopback and returns a call that
-// makes one health Check through a grpcx client connection to it. Both
-// live until the process ends.
-func grpcCheck() func() {
+// makes one health Check through a grpcx client connection to it.
+func grpcCheck() (call, stop func()) {
+	s, l := startCheckServer()
+	c, stopClient := checkCall(l.Addr().String())
+	return c, func() { stopClient(); s.Stop() }
+}
+
+// startCheckServer starts a grpcx server, with its health service, on a
+// loopback port.
+func startCheckServer() (*grpcx.Server, net.Listener) {
 	s, err := grpcx.NewServer(grpcx.DefaultServerConfig())
 	if err != nil {
 		log.Fatal(err)
 	}
 	l := listen()
 	go func() { _ = s.Server.Serve(l) }()
-	conn, err := grpcx.Dial(l.Addr().String())
+	return s, l
+}
+
+// checkCall returns a call that makes one health Check through a grpcx
+// client connection to addr, and what closes the connection.
+func checkCall(addr string) (call, stop func()) {
+	conn, err := grpcx.Dial(addr)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -123,5 +151,51 @@ func grpcCheck() func() {
 		if _, err := hc.Check(context.Background(), req); err != nil {
 			log.Fatal(err)
 		}
+	}, func() { conn.Close() }
+}
+
+// wakePeerEnv, set in its environment, makes this program a peer of
+// grpcCheckProcess: servePeer instead of main.
+const wakePeerEnv = "RAFTBENCH_WAKE_PEER"
+
+// grpcCheckProcess runs this program again as a check server (servePeer)
+// and returns a call to it, and what ends the process.
+func grpcCheckProcess() (call, stop func()) {
+	exe, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
 	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), wakePeerEnv+"=1")
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		log.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	addr, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		log.Fatalf("wake peer: %v", err)
+	}
+	c, stopClient := checkCall(strings.TrimSpace(addr))
+	return c, func() {
+		stopClient()
+		in.Close()
+		_ = cmd.Wait()
+	}
+}
+
+// servePeer serves health checks on a loopback port, which it prints, until
+// its standard input closes (its parent ended or is done).
+func servePeer() {
+	s, l := startCheckServer()
+	fmt.Println(l.Addr().String())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	s.Stop()
 }
