@@ -148,24 +148,20 @@ func main() {
 						bare = nil
 					}
 				}
-				if strings.Contains(*modes, "api") {
-					if api == nil {
-						api = newAPI(store, *via, *conns)
+				for _, c := range []struct {
+					mode    string
+					cluster **apiCluster
+				}{{"api", &api}, {"read", &read}} {
+					if !strings.Contains(*modes, c.mode) {
+						continue
 					}
-					results = append(results, api.measure(n, *warmup, *duration, false))
+					if *c.cluster == nil {
+						*c.cluster = newAPI(store, *via, *conns)
+					}
+					results = append(results, (*c.cluster).measure(n, *warmup, *duration, c.mode == "read"))
 					if !*reuse {
-						api.close()
-						api = nil
-					}
-				}
-				if strings.Contains(*modes, "read") {
-					if read == nil {
-						read = newAPI(store, *via, *conns)
-					}
-					results = append(results, read.measure(n, *warmup, *duration, true))
-					if !*reuse {
-						read.close()
-						read = nil
+						(*c.cluster).close()
+						*c.cluster = nil
 					}
 				}
 			}
