@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/hostscale/hostscale/internal/freeport"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -89,17 +90,22 @@ func (c *Cluster) newNode(id string) *Node {
 	return n
 }
 
-// spec binds the node's listeners: new kernel-chosen ports the first time,
-// the same addresses on a restart.
+// spec binds the node's listeners: new ports the first time, outside the
+// kernel's ephemeral range (freeport), so that no outgoing connection takes
+// them while the node is down; the same addresses on a restart.
 func (c *Cluster) spec(n *Node) Spec {
 	c.t.Helper()
 	listen := func(addr *string) net.Listener {
 		a := *addr
-		if a == "" {
-			a = "127.0.0.1:0"
-		}
 		var l net.Listener
 		var err error
+		if a == "" {
+			if l, err = freeport.Listen(); err != nil {
+				c.t.Fatalf("testcluster: listen: %v", err)
+			}
+			*addr = l.Addr().String()
+			return l
+		}
 		// A restarted node needs its old ports; the old process may take
 		// a moment to release them.
 		for deadline := time.Now().Add(5 * time.Second); ; {

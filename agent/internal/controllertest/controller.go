@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/hostscale/hostscale/internal/freeport"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -64,23 +65,19 @@ type Controller struct {
 	drop       chan struct{}
 }
 
-// Start serves a Controller named name on a kernel-chosen loopback port
-// until the test ends. It welcomes and acknowledges everything until Set
-// says otherwise.
+// Start serves a Controller named name on a loopback port until the test
+// ends; the port is outside the kernel's ephemeral range (freeport), so
+// that Restart can bind it again. It welcomes and acknowledges everything
+// until Set says otherwise.
 func Start(t testing.TB, name string) *Controller {
 	f := &Controller{t: t, name: name, drop: make(chan struct{})}
-	f.serve("127.0.0.1:0")
+	lis, err := freeport.Listen()
+	require.NoError(t, err)
+	f.serve(lis)
 	return f
 }
 
-func (f *Controller) serve(addr string) {
-	var lis net.Listener
-	var err error
-	// A restart binds the port it had; the kernel may need a moment.
-	require.Eventually(f.t, func() bool {
-		lis, err = net.Listen("tcp", addr)
-		return err == nil
-	}, 5*time.Second, 10*time.Millisecond)
+func (f *Controller) serve(lis net.Listener) {
 	srv, err := grpcx.NewServer(grpcx.DefaultServerConfig())
 	require.NoError(f.t, err)
 	pb.RegisterAgentServiceServer(srv, f)
@@ -96,7 +93,16 @@ func (f *Controller) serve(addr string) {
 func (f *Controller) Stop() { f.srv.Stop() }
 
 // Restart serves again on the same port.
-func (f *Controller) Restart() { f.serve(f.addr) }
+func (f *Controller) Restart() {
+	var lis net.Listener
+	var err error
+	// The kernel may need a moment to release the port.
+	require.Eventually(f.t, func() bool {
+		lis, err = net.Listen("tcp", f.addr)
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
+	f.serve(lis)
+}
 
 // Set changes how the following streams are answered.
 func (f *Controller) Set(b Behaviour) {
