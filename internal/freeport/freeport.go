@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // lowest is the first port Listen tries: above the registered services most
@@ -37,20 +38,26 @@ func Listen() (net.Listener, error) {
 	return net.Listen("tcp", "127.0.0.1:0")
 }
 
+// Relisten listens on addr again, a port a stopped server of the test had,
+// retrying for up to within: the stopped server's process may take a moment
+// to release it.
+func Relisten(addr string, within time.Duration) (net.Listener, error) {
+	for deadline := time.Now().Add(within); ; time.Sleep(10 * time.Millisecond) {
+		l, err := net.Listen("tcp", addr)
+		if err == nil || time.Now().After(deadline) {
+			return l, err
+		}
+	}
+}
+
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux's
 // default when it cannot be read).
 func ephemeralLow() int {
-	b, err := os.ReadFile(rangeFile)
-	if err != nil {
-		return 32768
+	b, _ := os.ReadFile(rangeFile)
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		if n, err := strconv.Atoi(f[0]); err == nil {
+			return n
+		}
 	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 32768
-	}
-	n, err := strconv.Atoi(f[0])
-	if err != nil {
-		return 32768
-	}
-	return n
+	return 32768
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -45,9 +46,12 @@ func TestListen_belowTheEphemeralRangeAndFreeAgainOnceClosed(t *testing.T) {
 	l, err := Listen()
 	require.NoError(t, err)
 	addr := l.Addr().String()
+	_, err = Relisten(addr, 50*time.Millisecond)
+	require.Error(t, err, "a port still open cannot be bound again")
 	require.NoError(t, l.Close())
-	again, err := net.Listen("tcp", addr)
+	again, err := Relisten(addr, time.Second)
 	require.NoError(t, err, "a closed port can be bound again")
+	require.Equal(t, addr, again.Addr().String())
 	again.Close()
 }
 

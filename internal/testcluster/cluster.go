@@ -96,26 +96,16 @@ func (c *Cluster) newNode(id string) *Node {
 func (c *Cluster) spec(n *Node) Spec {
 	c.t.Helper()
 	listen := func(addr *string) net.Listener {
-		a := *addr
 		var l net.Listener
 		var err error
-		if a == "" {
-			if l, err = freeport.Listen(); err != nil {
-				c.t.Fatalf("testcluster: listen: %v", err)
-			}
-			*addr = l.Addr().String()
-			return l
-		}
-		// A restarted node needs its old ports; the old process may take
-		// a moment to release them.
-		for deadline := time.Now().Add(5 * time.Second); ; {
-			if l, err = net.Listen("tcp", a); err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
+		if *addr == "" {
+			l, err = freeport.Listen()
+		} else {
+			// A restarted node needs its old ports.
+			l, err = freeport.Relisten(*addr, 5*time.Second)
 		}
 		if err != nil {
-			c.t.Fatalf("testcluster: listen %s: %v", a, err)
+			c.t.Fatalf("testcluster: listen %s: %v", *addr, err)
 		}
 		*addr = l.Addr().String()
 		return l

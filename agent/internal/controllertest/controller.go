@@ -94,13 +94,8 @@ func (f *Controller) Stop() { f.srv.Stop() }
 
 // Restart serves again on the same port.
 func (f *Controller) Restart() {
-	var lis net.Listener
-	var err error
-	// The kernel may need a moment to release the port.
-	require.Eventually(f.t, func() bool {
-		lis, err = net.Listen("tcp", f.addr)
-		return err == nil
-	}, 5*time.Second, 10*time.Millisecond)
+	lis, err := freeport.Relisten(f.addr, 5*time.Second)
+	require.NoError(f.t, err)
 	f.serve(lis)
 }
 
