@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero bench-fleet build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
 
 all: build
 
@@ -109,6 +109,10 @@ bench-autoscale:
 ## bench-scale-to-zero: cold start of a pool scaled to zero through the balancer, three runs (docs/benchmarks.md)
 bench-scale-to-zero:
 	cd internal && go test -count=3 -v -run TestAutoscale_scaleToZeroAndBack ./e2e/ | grep -E 'scaled to zero|answered|^(---|ok|FAIL)'
+
+## bench-fleet: 1,000 simulated agents on three controllers: connect, samples, placement, failover (docs/benchmarks.md)
+bench-fleet:
+	cd internal && HOSTSCALE_BENCH=1 go test -count=1 -v -timeout 20m -run TestBench_fleetScale ./e2e/ | grep -E 'fleet:|steady:|place:|scale ±|failover:|stream failures|^(---|ok|FAIL)'
 
 ## cluster: three controllers in the background on 127.0.0.1:7700/7710/7720
 cluster: build

@@ -111,6 +111,17 @@ func (h *Hub) Live(name string) (time.Time, *pb.Sample) {
 	return l.lastSeen, s
 }
 
+// LastSeen returns when the node was last heard from; the zero time when
+// never. Unlike Live, it copies no sample.
+func (h *Hub) LastSeen(name string) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if l := h.nodes[name]; l != nil {
+		return l.lastSeen
+	}
+	return time.Time{}
+}
+
 // Connected reports whether the node has a current stream.
 func (h *Hub) Connected(name string) bool {
 	h.mu.Lock()

@@ -54,7 +54,7 @@ func (l *Liveness) Run(ctx context.Context) error {
 			if st == pb.NodeStatus_NODE_STATUS_DOWN {
 				continue
 			}
-			seen, _ := l.Hub.Live(name)
+			seen := l.Hub.LastSeen(name)
 			if seen.Before(start) {
 				seen = start
 			}

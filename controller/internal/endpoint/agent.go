@@ -100,11 +100,12 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 		return err
 	}
 
-	// Subscribe to changes before each read of the assignments, and
-	// again only once a change was seen: a change while a message is
-	// handled is then not lost.
+	// Subscribe to changes of this node's assignments before each read of
+	// them, and again only once a change was seen: a change while a
+	// message is handled is then not lost. Other nodes' changes do not
+	// wake this stream.
 	asg := assignmentSender{node: hello.Node, term: term}
-	changed := a.Core.FSM.Changed()
+	changed := a.Core.FSM.AssignmentsChanged(hello.Node)
 	if err := asg.send(stream, a.Core.FSM); err != nil {
 		return err
 	}
@@ -128,7 +129,7 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 	for {
 		select {
 		case <-changed:
-			changed = a.Core.FSM.Changed()
+			changed = a.Core.FSM.AssignmentsChanged(hello.Node)
 			if err := asg.send(stream, a.Core.FSM); err != nil {
 				return err
 			}
@@ -333,20 +334,14 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 
 // assignmentSender sends an agent its assignments whenever they change.
 type assignmentSender struct {
-	node    string
-	term    uint64
-	last    []*pb.Assignment
-	version uint64 // the state machine's AssignmentsVersion of last
-	sent    bool
+	node string
+	term uint64
+	last []*pb.Assignment
+	sent bool
 }
 
 // send sends the node's assignments unless they are those sent last.
 func (s *assignmentSender) send(stream pb.AgentService_ConnectServer, f *fsm.FSM) error {
-	v := f.AssignmentsVersion()
-	if s.sent && v == s.version {
-		return nil
-	}
-	s.version = v
 	var list []*pb.Assignment
 	idx := f.Read(func(st *pb.State) {
 		list = Assignments(st, s.node)

@@ -61,9 +61,10 @@ type FSM struct {
 	// tableDirty is set by a command that changed the balancers' table
 	// beyond what changesPools tells from its type.
 	tableDirty bool
-	// assignVersion grows with every command that may change what some
+	// assignWatch holds, per node, the channel AssignmentsChanged handed
+	// out, closed by the next command that may change what that node's
 	// agent must run; it is local to this process (not replicated).
-	assignVersion uint64
+	assignWatch map[string]chan struct{}
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -71,11 +72,12 @@ var _ raft.BatchingFSM = (*FSM)(nil)
 // New returns an FSM over an empty State. logger may be nil.
 func New(logger *slog.Logger) *FSM {
 	return &FSM{
-		logger:   logging.OrDiscard(logger),
-		state:    newState(),
-		requests: map[string]*pb.AppliedRequest{},
-		routes:   map[route]string{},
-		changed:  make(chan struct{}),
+		logger:      logging.OrDiscard(logger),
+		state:       newState(),
+		requests:    map[string]*pb.AppliedRequest{},
+		routes:      map[route]string{},
+		changed:     make(chan struct{}),
+		assignWatch: map[string]chan struct{}{},
 	}
 }
 
@@ -208,12 +210,22 @@ func (f *FSM) applyLocked(l *raft.Log, cmd *pb.Command) *Result {
 		}
 	}
 	f.tableDirty = false
+	var assigned []string
+	if len(f.assignWatch) > 0 {
+		// Before dispatch: a deletion takes the instances' nodes with it.
+		assigned = f.assignedNodes(cmd)
+	}
 	err := f.dispatch(cmd, l.Index)
 	if err == nil && (changesPools(cmd) || f.tableDirty) {
 		f.state.PoolsIndex, f.state.PoolsTerm = l.Index, l.Term
 	}
-	if err == nil && changesAssignments(cmd) {
-		f.assignVersion++
+	if err == nil {
+		for _, node := range assigned {
+			if ch := f.assignWatch[node]; ch != nil {
+				close(ch)
+				delete(f.assignWatch, node)
+			}
+		}
 	}
 	if id := cmd.GetRequestId(); id != "" {
 		f.remember(cmd, l.Index, err)
@@ -302,24 +314,57 @@ func changesPools(cmd *pb.Command) bool {
 	return false
 }
 
-// changesAssignments reports whether cmd may change the instances some
-// agent must run (or their template).
-func changesAssignments(cmd *pb.Command) bool {
-	switch cmd.Command.(type) {
-	case *pb.Command_PlaceInstances, *pb.Command_StopInstances, *pb.Command_DeleteInstances,
-		*pb.Command_UpdatePool, *pb.Command_DeletePool:
-		return true
+// assignedNodes lists the nodes whose instances to run cmd may change (or
+// their template), read from the state before cmd applies: those of the
+// instances it places, stops or deletes, and those running a pool it
+// updates or deletes. Nodes may repeat.
+func (f *FSM) assignedNodes(cmd *pb.Command) []string {
+	var nodes []string
+	ofInstances := func(ids []string) {
+		for _, id := range ids {
+			if in := f.state.Instances[id]; in != nil {
+				nodes = append(nodes, in.Node)
+			}
+		}
 	}
-	return false
+	ofPool := func(pool string) {
+		for _, in := range f.state.Instances {
+			if in.Pool == pool {
+				nodes = append(nodes, in.Node)
+			}
+		}
+	}
+	switch c := cmd.Command.(type) {
+	case *pb.Command_PlaceInstances:
+		for _, pl := range c.PlaceInstances.GetPlacements() {
+			nodes = append(nodes, pl.GetNode())
+		}
+	case *pb.Command_StopInstances:
+		ofInstances(c.StopInstances.GetInstances())
+	case *pb.Command_DeleteInstances:
+		ofInstances(c.DeleteInstances.GetInstances())
+	case *pb.Command_UpdatePool:
+		ofPool(c.UpdatePool.GetPool().GetName())
+	case *pb.Command_DeletePool:
+		ofPool(c.DeletePool.GetPool())
+	}
+	return nodes
 }
 
-// AssignmentsVersion changes whenever the instances some agent must run
-// may have changed (placements, stops, deletions, pool updates, a
-// restore); equal versions mean equal assignments.
-func (f *FSM) AssignmentsVersion() uint64 {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.assignVersion
+// AssignmentsChanged returns a channel closed at the next change that may
+// change the instances node's agent must run: a placement on it, a stop or
+// deletion of one of its instances, an update or deletion of a pool it
+// runs, a restore. Other nodes' changes, and every other write, leave it
+// open, so that a fleet's streams wake only for what concerns each.
+func (f *FSM) AssignmentsChanged(node string) <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := f.assignWatch[node]
+	if ch == nil {
+		ch = make(chan struct{})
+		f.assignWatch[node] = ch
+	}
+	return ch
 }
 
 func (f *FSM) remember(cmd *pb.Command, index uint64, err error) {
@@ -373,7 +418,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.reqs, f.head, st.Requests = st.Requests, 0, nil
 	f.state = st
 	f.reindexRoutes()
-	f.assignVersion++
+	for node, ch := range f.assignWatch {
+		close(ch)
+		delete(f.assignWatch, node)
+	}
 	f.requests = make(map[string]*pb.AppliedRequest, len(f.reqs))
 	for _, r := range f.reqs {
 		f.requests[r.RequestId] = r

@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"bytes"
+	"io"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -192,16 +194,56 @@ func TestUpdatePool_keepsCountersAndMarksANewTemplate(t *testing.T) {
 	require.Empty(t, a.f.Clone().Instances)
 }
 
-func TestAssignmentsVersion_movesOnlyWithWhatAgentsRun(t *testing.T) {
+func TestAssignmentsChanged_wakesOnlyTheNodesConcerned(t *testing.T) {
 	a := &applier{t: t, f: New(nil)}
 	templatePool(a)
-	v := a.f.AssignmentsVersion()
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNodeCommand{
+		Node: "n2", Facts: &pb.NodeFacts{}}}}).Err)
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	n1, n2 := a.f.AssignmentsChanged("n1"), a.f.AssignmentsChanged("n2")
+	require.Equal(t, n1, a.f.AssignmentsChanged("n1"), "one channel per node until it fires")
 	place(a, 1)
-	require.Greater(t, a.f.AssignmentsVersion(), v, "a placement")
-	v = a.f.AssignmentsVersion()
+	require.True(t, closed(n1), "a placement on n1")
+	require.False(t, closed(n2), "a placement on n1 leaves n2 alone")
+
+	n1 = a.f.AssignmentsChanged("n1")
 	report(a, "n1", &pb.InstanceStatus{Id: "web-1", State: pb.InstanceState_INSTANCE_STATE_HEALTHY, Address: "127.0.0.1:1"})
 	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DrainInstances{DrainInstances: &pb.DrainInstancesCommand{Instances: []string{"web-1"}}}}).Err)
-	require.Equal(t, v, a.f.AssignmentsVersion(), "reports and draining change no assignment")
+	require.Error(t, a.apply(&pb.Command{Command: &pb.Command_PlaceInstances{PlaceInstances: &pb.PlaceInstancesCommand{
+		Placements: []*pb.Placement{{Pool: "web", Node: "n1"}, {Pool: "web", Node: "nope"}}}}}).Err, "a placement that fails")
+	require.False(t, closed(n1), "reports, draining and failed commands change no assignment")
 	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_StopInstances{StopInstances: &pb.StopInstancesCommand{Instances: []string{"web-1"}}}}).Err)
-	require.Greater(t, a.f.AssignmentsVersion(), v, "a stop")
+	require.True(t, closed(n1), "a stop")
+	require.False(t, closed(n2))
+
+	n1 = a.f.AssignmentsChanged("n1")
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DeleteInstances{DeleteInstances: &pb.DeleteInstancesCommand{Instances: []string{"web-1"}}}}).Err)
+	require.True(t, closed(n1), "a deletion")
+
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_PlaceInstances{PlaceInstances: &pb.PlaceInstancesCommand{
+		Placements: []*pb.Placement{{Pool: "web", Node: "n2"}}}}}).Err)
+	require.True(t, closed(n2), "a placement on n2")
+	n1, n2 = a.f.AssignmentsChanged("n1"), a.f.AssignmentsChanged("n2")
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_UpdatePool{UpdatePool: &pb.UpdatePoolCommand{
+		Pool: &pb.Pool{Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app2"}, Max: 10}}}}).Err)
+	require.True(t, closed(n2), "an update of a pool n2 runs")
+	require.False(t, closed(n1), "n1 runs nothing of it any more")
+	n2 = a.f.AssignmentsChanged("n2")
+	require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DeletePool{DeletePool: &pb.DeletePoolCommand{Pool: "web"}}}).Err)
+	require.True(t, closed(n2), "a deletion of a pool n2 runs")
+	require.False(t, closed(n1))
+
+	snap, err := a.f.Snapshot()
+	require.NoError(t, err)
+	sink := &memSink{}
+	require.NoError(t, snap.Persist(sink))
+	require.NoError(t, a.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
+	require.True(t, closed(n1), "a restore wakes every node")
 }
