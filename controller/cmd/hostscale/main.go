@@ -64,6 +64,10 @@ commands:
 // also holds a lone controller on the default -grpc-addr.
 const defaultAddr = "127.0.0.1:7700,127.0.0.1:7710,127.0.0.1:7720"
 
+// listPageSize is the page size of the lists the CLI reads page by page
+// (pools, nodes): the API's largest.
+var listPageSize int32 = 1000
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -231,9 +235,16 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		if err := nargs(0, 0); err != nil {
 			return err
 		}
-		resp, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{PageSize: 1000, Consistent: true})
-		if err != nil {
-			return err
+		resp := &pb.ListPoolsResponse{}
+		for token := ""; ; {
+			page, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{PageSize: listPageSize, PageToken: token, Consistent: true})
+			if err != nil {
+				return err
+			}
+			resp.Pools, resp.Index = append(resp.Pools, page.Pools...), page.Index
+			if token = page.NextPageToken; token == "" {
+				break
+			}
 		}
 		if c.json {
 			return c.printJSON(resp)
@@ -350,13 +361,20 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		if err := nargs(0, 1); err != nil {
 			return err
 		}
-		req := &pb.ListNodesRequest{PageSize: 1000, Consistent: true}
+		req := &pb.ListNodesRequest{PageSize: listPageSize, Consistent: true}
 		if len(rest) == 1 {
 			req.Selector = rest[0]
 		}
-		resp, err := c.nodes.ListNodes(ctx, req)
-		if err != nil {
-			return err
+		resp := &pb.ListNodesResponse{}
+		for {
+			page, err := c.nodes.ListNodes(ctx, req)
+			if err != nil {
+				return err
+			}
+			resp.Nodes, resp.Index = append(resp.Nodes, page.Nodes...), page.Index
+			if req.PageToken = page.NextPageToken; req.PageToken == "" {
+				break
+			}
 		}
 		if c.json {
 			return c.printJSON(resp)

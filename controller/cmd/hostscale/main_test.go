@@ -68,6 +68,21 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "nodes", "tier=web")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "NAME")
+	// Lists longer than a page are read to their end.
+	for _, node := range []string{"web-1", "web-2", "db-1"} {
+		hello(t, leader, node, map[string]string{"tier": strings.TrimSuffix(strings.TrimSuffix(node, "-1"), "-2")})
+	}
+	listPageSize = 1
+	defer func() { listPageSize = 1000 }()
+	code, out, errs = hostscale("-addr", leader.GRPCAddr, "nodes", "tier=web")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `(?m)^web-1 +up`, out)
+	require.Regexp(t, `(?m)^web-2 +up`, out)
+	require.NotContains(t, out, "db-1")
+	code, out, errs = hostscale("-addr", leader.GRPCAddr, "-json", "nodes")
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, 3, strings.Count(out, `"name"`), out)
+	listPageSize = 1000
 
 	code, out, errs = hostscale("-addr", addr, "rules")
 	require.Equal(t, 0, code, errs)
@@ -99,7 +114,9 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "instances", "app")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "ADDRESS")
+	listPageSize = 1
 	code, out, errs = hostscale("-addr", addr, "pools")
+	listPageSize = 1000
 	require.Equal(t, 0, code, errs)
 	require.Regexp(t, `(?m)^app +- +/app +least_request +0 +3 \(0-5\) +requests_per_instance 10; to 0 after 5m0s idle$`, out)
 	require.Regexp(t, `(?m)^web +example.com +.* +0 +- +-$`, out)
@@ -174,4 +191,20 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, errs, `-addr`)
 	require.Contains(t, errs, `"nonsense" is not host:port`)
+}
+
+// hello registers node with labels as its agent would, and keeps its stream
+// open until the test ends.
+func hello(t *testing.T, leader *testcluster.Node, node string, labels map[string]string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)
+	require.NoError(t, err)
+	require.NoError(t, st.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Hello{Hello: &pb.Hello{
+		Node: node, Labels: labels, Facts: &pb.NodeFacts{Hostname: node, CpuCount: 2},
+	}}}))
+	m, err := st.Recv()
+	require.NoError(t, err)
+	require.NotNil(t, m.GetWelcome(), "%v", m)
 }
