@@ -343,8 +343,8 @@ type assignmentSender struct {
 // send sends the node's assignments unless they are those sent last.
 func (s *assignmentSender) send(stream pb.AgentService_ConnectServer, f *fsm.FSM) error {
 	var list []*pb.Assignment
-	idx := f.Read(func(st *pb.State) {
-		list = Assignments(st, s.node)
+	idx := f.ReadNode(s.node, func(st *pb.State, ins map[string]*pb.Instance) {
+		list = Assignments(st, ins)
 	})
 	if s.sent && slices.EqualFunc(list, s.last, func(a, b *pb.Assignment) bool { return proto.Equal(a, b) }) {
 		return nil
@@ -355,12 +355,12 @@ func (s *assignmentSender) send(stream pb.AgentService_ConnectServer, f *fsm.FSM
 	}}})
 }
 
-// Assignments lists the instances a node must run, in id order: those
-// placed on it and not being stopped.
-func Assignments(st *pb.State, node string) []*pb.Assignment {
+// Assignments lists the instances a node must run, in id order: those of
+// placed, the instances placed on it, that are not being stopped.
+func Assignments(st *pb.State, placed map[string]*pb.Instance) []*pb.Assignment {
 	var ins []*pb.Instance
-	for _, in := range st.Instances {
-		if in.Node == node && !in.Stop {
+	for _, in := range placed {
+		if !in.Stop {
 			ins = append(ins, in)
 		}
 	}
@@ -411,20 +411,16 @@ func checkReport(r *pb.InstanceReport) error {
 // no longer has.
 func (a *Agents) report(node string, r *pb.InstanceReport) error {
 	need := false
-	a.Core.FSM.Read(func(st *pb.State) {
+	a.Core.FSM.ReadNode(node, func(_ *pb.State, placed map[string]*pb.Instance) {
 		seen := make(map[string]bool, len(r.Instances))
 		for _, s := range r.Instances {
 			seen[s.Id] = true
-			in := st.Instances[s.Id]
-			if in == nil || in.Node != node {
-				continue
-			}
-			if !fsm.Reflects(in, s) {
+			if in := placed[s.Id]; in != nil && !fsm.Reflects(in, s) {
 				need = true
 			}
 		}
-		for id, in := range st.Instances {
-			if in.Node == node && in.Stop && !seen[id] {
+		for id, in := range placed {
+			if in.Stop && !seen[id] {
 				need = true
 			}
 		}

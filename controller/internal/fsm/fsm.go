@@ -61,6 +61,11 @@ type FSM struct {
 	// tableDirty is set by a command that changed the balancers' table
 	// beyond what changesPools tells from its type.
 	tableDirty bool
+	// byNode indexes state.Instances by node, so that what concerns one
+	// node of a large fleet costs that node's instances only. Instances
+	// never change node; placeInstances, deleteInstance and deletePool keep
+	// it, Restore rebuilds it.
+	byNode map[string]map[string]*pb.Instance
 	// assignWatch holds, per node, the channel AssignmentsChanged handed
 	// out, closed by the next command that may change what that node's
 	// agent must run; it is local to this process (not replicated).
@@ -78,6 +83,7 @@ func New(logger *slog.Logger) *FSM {
 		routes:      map[route]string{},
 		changed:     make(chan struct{}),
 		assignWatch: map[string]chan struct{}{},
+		byNode:      map[string]map[string]*pb.Instance{},
 	}
 }
 
@@ -122,6 +128,16 @@ func (f *FSM) Read(fn func(s *pb.State)) uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	fn(f.state)
+	return f.state.AppliedIndex
+}
+
+// ReadNode calls fn with the state and the instances placed on node (in
+// no order), under a read lock, and returns the index they reflect. fn
+// must not modify them nor retain any part of them.
+func (f *FSM) ReadNode(node string, fn func(st *pb.State, instances map[string]*pb.Instance)) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(f.state, f.byNode[node])
 	return f.state.AppliedIndex
 }
 
@@ -418,6 +434,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.reqs, f.head, st.Requests = st.Requests, 0, nil
 	f.state = st
 	f.reindexRoutes()
+	f.byNode = map[string]map[string]*pb.Instance{}
+	for _, in := range st.Instances {
+		f.indexInstance(in)
+	}
 	for node, ch := range f.assignWatch {
 		close(ch)
 		delete(f.assignWatch, node)

@@ -88,12 +88,14 @@ func (f *FSM) placeInstances(c *pb.PlaceInstancesCommand, cmd *pb.Command, index
 		}
 		id := fmt.Sprintf("%s-%d", p.Name, p.NextInstance)
 		p.NextInstance++
-		f.state.Instances[id] = &pb.Instance{
+		in := &pb.Instance{
 			Id: id, Pool: p.Name, Node: pl.Node,
 			State: pb.InstanceState_INSTANCE_STATE_PENDING, Since: cmd.GetTime(),
 			Term: c.Term, CreateIndex: index, ModifyIndex: index, TemplateIndex: p.TemplateIndex,
 			Resources: proto.CloneOf(p.Template.Resources),
 		}
+		f.state.Instances[id] = in
+		f.indexInstance(in)
 	}
 	return nil
 }
@@ -133,8 +135,8 @@ func (f *FSM) reportInstances(c *pb.ReportInstancesCommand, index uint64) error 
 	if !c.Complete {
 		return nil
 	}
-	for id, in := range f.state.Instances {
-		if in.Node == c.Node && in.Stop && !reported[id] {
+	for id, in := range f.byNode[c.Node] {
+		if in.Stop && !reported[id] {
 			f.deleteInstance(id)
 		}
 	}
@@ -162,7 +164,27 @@ func (f *FSM) deleteInstance(id string) {
 	if Routable(in) {
 		f.tableDirty = true
 	}
+	f.unindexInstance(in)
 	delete(f.state.Instances, id)
+}
+
+// indexInstance and unindexInstance keep byNode.
+func (f *FSM) indexInstance(in *pb.Instance) {
+	m := f.byNode[in.Node]
+	if m == nil {
+		m = map[string]*pb.Instance{}
+		f.byNode[in.Node] = m
+	}
+	m[in.Id] = in
+}
+
+func (f *FSM) unindexInstance(in *pb.Instance) {
+	if m := f.byNode[in.Node]; m != nil {
+		delete(m, in.Id)
+		if len(m) == 0 {
+			delete(f.byNode, in.Node)
+		}
+	}
 }
 
 func (f *FSM) drainNode(c *pb.DrainNodeCommand, cmd *pb.Command, index uint64) error {

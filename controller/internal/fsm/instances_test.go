@@ -3,6 +3,8 @@ package fsm
 import (
 	"bytes"
 	"io"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -246,4 +248,104 @@ func TestAssignmentsChanged_wakesOnlyTheNodesConcerned(t *testing.T) {
 	require.NoError(t, snap.Persist(sink))
 	require.NoError(t, a.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
 	require.True(t, closed(n1), "a restore wakes every node")
+}
+
+// TestByNode_followsEveryChangeOfTheInstances applies a long random
+// sequence of the commands that create, stop and remove instances, and
+// checks after each that the index by node holds exactly the state's
+// instances.
+func TestByNode_followsEveryChangeOfTheInstances(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	nodes := []string{"n1", "n2", "n3", "n4"}
+	for _, n := range nodes {
+		require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNodeCommand{
+			Node: n, Facts: &pb.NodeFacts{}}}}).Err)
+	}
+	pool := func(name string, template bool) *pb.Pool {
+		p := &pb.Pool{Name: name, PathPrefix: "/" + name, Max: 1000}
+		if template {
+			p.Template = &pb.InstanceTemplate{Command: "app"}
+		}
+		return p
+	}
+	for _, name := range []string{"web", "api"} {
+		require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: pool(name, true)}}}).Err)
+	}
+	check := func(step int) {
+		want := map[string]map[string]*pb.Instance{}
+		for id, in := range a.f.state.Instances {
+			if want[in.Node] == nil {
+				want[in.Node] = map[string]*pb.Instance{}
+			}
+			want[in.Node][id] = in
+		}
+		require.Equal(t, len(want), len(a.f.byNode), "step %d: nodes", step)
+		for n, ins := range want {
+			require.Equal(t, len(ins), len(a.f.byNode[n]), "step %d: node %s", step, n)
+			for id, in := range ins {
+				require.Same(t, in, a.f.byNode[n][id], "step %d: %s", step, id)
+			}
+		}
+	}
+	ids := func() []string {
+		var out []string
+		for id := range a.f.state.Instances {
+			out = append(out, id)
+		}
+		slices.Sort(out)
+		return out
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	pick := func(s []string, n int) []string {
+		var out []string
+		for range n {
+			if len(s) > 0 {
+				out = append(out, s[r.IntN(len(s))])
+			}
+		}
+		return out
+	}
+	pools := []string{"web", "api"}
+	for step := range 600 {
+		switch op := r.IntN(9); op {
+		case 0, 1, 2:
+			c := &pb.PlaceInstancesCommand{}
+			for range 1 + r.IntN(4) {
+				c.Placements = append(c.Placements, &pb.Placement{Pool: pools[r.IntN(2)], Node: nodes[r.IntN(len(nodes))]})
+			}
+			a.apply(&pb.Command{Command: &pb.Command_PlaceInstances{PlaceInstances: c}}) // fails on a pool without template
+		case 3:
+			require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_StopInstances{StopInstances: &pb.StopInstancesCommand{Instances: pick(ids(), 2)}}}).Err)
+		case 4:
+			require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_DeleteInstances{DeleteInstances: &pb.DeleteInstancesCommand{Instances: pick(ids(), 1)}}}).Err)
+		case 5:
+			// A complete report of some of a node's instances: the stopped
+			// ones it leaves out are forgotten.
+			n := nodes[r.IntN(len(nodes))]
+			var ins []*pb.InstanceStatus
+			for id, in := range a.f.byNode[n] {
+				if r.IntN(2) == 0 || !in.Stop {
+					ins = append(ins, &pb.InstanceStatus{Id: id, State: pb.InstanceState_INSTANCE_STATE_HEALTHY, Address: "127.0.0.1:1"})
+				}
+			}
+			report(a, n, ins...)
+		case 6:
+			name := pools[r.IntN(2)]
+			a.apply(&pb.Command{Command: &pb.Command_DeletePool{DeletePool: &pb.DeletePoolCommand{Pool: name}}})
+			require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_CreatePool{CreatePool: &pb.CreatePoolCommand{Pool: pool(name, true)}}}).Err)
+		case 7:
+			// Without a template its instances are forgotten; then with one
+			// again.
+			name := pools[r.IntN(2)]
+			require.NoError(t, a.apply(&pb.Command{Command: &pb.Command_UpdatePool{UpdatePool: &pb.UpdatePoolCommand{Pool: pool(name, r.IntN(2) == 0)}}}).Err)
+		case 8:
+			snap, err := a.f.Snapshot()
+			require.NoError(t, err)
+			sink := &memSink{}
+			require.NoError(t, snap.Persist(sink))
+			require.NoError(t, a.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
+		}
+		check(step)
+	}
+	require.NotEmpty(t, a.f.state.Instances, "the sequence leaves some instances")
 }
