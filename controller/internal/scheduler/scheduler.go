@@ -67,13 +67,23 @@ func (p *Plan) Empty() bool {
 // Make plans one round over st.
 func Make(st *pb.State, in Inputs) *Plan {
 	plan := &Plan{Unplaced: map[string]int{}}
-	byPool := map[string][]*pb.Instance{}
+	// Sized from a first count, so that a fleet's maps do not grow by
+	// steps in every round.
+	sizes := make(map[string]int, len(st.Pools))
+	for _, inst := range st.Instances {
+		sizes[inst.Pool]++
+	}
+	byPool := make(map[string][]*pb.Instance, len(sizes))
 	// perNode counts each pool's active instances on each node, including
 	// this round's placements.
-	perNode := map[string]map[string]int{}
+	perNode := make(map[string]map[string]int, len(sizes))
+	for pool, n := range sizes {
+		byPool[pool] = make([]*pb.Instance, 0, n)
+		perNode[pool] = make(map[string]int, min(n, len(st.Nodes)))
+	}
 	// reserved sums, by node, what its instances reserve, and this round's
 	// placements.
-	reserved := map[string]*pb.InstanceResources{}
+	reserved := make(map[string]*pb.InstanceResources, len(st.Nodes))
 	for _, inst := range st.Instances {
 		fsm.AddReserved(reserved, inst.Node, inst.Resources)
 		n := st.Nodes[inst.Node]
