@@ -29,9 +29,7 @@ type simAgent struct {
 	stats       *simStats
 
 	mu        sync.Mutex
-	leader    string            // controller of the open stream
 	instances map[string]string // assigned instance → pool
-	reports   int               // instance reports sent
 }
 
 // simStats is what a fleet of simulated agents measured.
@@ -118,9 +116,6 @@ func (a *simAgent) stream(ctx context.Context, addr string) (redirect string, er
 		return "", fmt.Errorf("first answer %T, not a welcome", first.Message)
 	}
 	a.stats.connects.Add(1)
-	a.mu.Lock()
-	a.leader = addr
-	a.mu.Unlock()
 
 	var (
 		sendMu sync.Mutex
@@ -132,7 +127,9 @@ func (a *simAgent) stream(ctx context.Context, addr string) (redirect string, er
 		defer sendMu.Unlock()
 		return st.Send(m)
 	}
-	go func() {
+	var sender sync.WaitGroup
+	defer func() { cancel(); sender.Wait() }()
+	sender.Go(func() {
 		// Agents started together do not sample in step.
 		t := time.NewTimer(rand.N(a.interval))
 		defer t.Stop()
@@ -159,7 +156,7 @@ func (a *simAgent) stream(ctx context.Context, addr string) (redirect string, er
 				return
 			}
 		}
-	}()
+	})
 	for {
 		m, err := st.Recv()
 		if err != nil {
@@ -199,7 +196,6 @@ func (a *simAgent) assign(asg *pb.Assignments) *pb.InstanceReport {
 			Address: fmt.Sprintf("127.0.0.1:%d", 20000+i), Since: timestamppb.Now(), Pid: uint32(1000 + i),
 		})
 	}
-	a.reports++
 	return r
 }
 

@@ -355,8 +355,8 @@ func (s *assignmentSender) send(stream pb.AgentService_ConnectServer, f *fsm.FSM
 	}}})
 }
 
-// Assignments lists the instances a node must run, in id order: those of
-// placed, the instances placed on it, that are not being stopped.
+// Assignments lists, in id order, what a node's agent must run of placed,
+// the instances placed on the node: all but those being stopped.
 func Assignments(st *pb.State, placed map[string]*pb.Instance) []*pb.Assignment {
 	var ins []*pb.Instance
 	for _, in := range placed {
