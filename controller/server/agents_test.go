@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"math"
 	"strings"
@@ -428,5 +429,92 @@ func TestAgents_cancelledStreamsEndTheirHandlers(t *testing.T) {
 	case <-done:
 	case <-time.After(15 * time.Second):
 		t.Fatal("the leader did not stop")
+	}
+}
+
+// ListInstances pages through a pool's instances in order, on a follower
+// as on the leader, and by node from the index by node.
+func TestPools_listInstancesPageByPage(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	for _, n := range []string{"n1", "n2"} {
+		_, first := agentStream(t, ctx, leader.Conn(), n)
+		require.NotNil(t, first.GetWelcome())
+	}
+	for _, p := range []string{"api", "web"} {
+		_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+			Name: p, PathPrefix: "/" + p, Template: &pb.InstanceTemplate{Command: "app"}, Max: 50, Desired: 6}})
+		require.NoError(t, err)
+	}
+	var all []*pb.Instance
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{})
+		if err != nil {
+			return err
+		}
+		if all = r.Instances; len(all) != 12 {
+			return fmt.Errorf("%d instances placed", len(all))
+		}
+		return nil
+	}))
+	ids := func(ins []*pb.Instance) []string {
+		var out []string
+		for _, in := range ins {
+			out = append(out, in.Id)
+		}
+		return out
+	}
+	require.Equal(t, []string{"api-1", "api-2", "api-3", "api-4", "api-5", "api-6", "web-1", "web-2", "web-3", "web-4", "web-5", "web-6"}, ids(all))
+
+	pages := func(n *testcluster.Node, req *pb.ListInstancesRequest) (got []string, count int) {
+		for {
+			r, err := n.Pools().ListInstances(ctx, req)
+			require.NoError(t, err)
+			require.LessOrEqual(t, len(r.Instances), int(req.PageSize))
+			got = append(got, ids(r.Instances)...)
+			count++
+			if req.PageToken = r.NextPageToken; req.PageToken == "" {
+				return got, count
+			}
+		}
+	}
+	got, count := pages(leader, &pb.ListInstancesRequest{PageSize: 5})
+	require.Equal(t, ids(all), got)
+	require.Equal(t, 3, count)
+	for _, n := range c.Nodes() {
+		got, _ := pages(n, &pb.ListInstancesRequest{PageSize: 4, Consistent: true})
+		require.Equal(t, ids(all), got, "on %s", n.ID)
+	}
+	got, _ = pages(leader, &pb.ListInstancesRequest{PageSize: 2, Pool: "web"})
+	require.Equal(t, ids(all[6:]), got)
+
+	var onN1 []string
+	for _, in := range all {
+		if in.Node == "n1" {
+			onN1 = append(onN1, in.Id)
+		}
+	}
+	require.NotEmpty(t, onN1)
+	got, _ = pages(leader, &pb.ListInstancesRequest{PageSize: 1, Node: "n1"})
+	require.Equal(t, onN1, got)
+	r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Node: "n1"})
+	require.NoError(t, err)
+	require.Equal(t, onN1, ids(r.Instances), "without a page size, all of them")
+
+	// A page starts after the token's instance whether or not it still
+	// exists: the token of a removed api-99 goes on with web.
+	r, err = leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{PageSize: 3,
+		PageToken: base64.RawURLEncoding.EncodeToString([]byte("api-99"))})
+	require.NoError(t, err)
+	require.Equal(t, []string{"web-1", "web-2", "web-3"}, ids(r.Instances))
+
+	for name, req := range map[string]*pb.ListInstancesRequest{
+		"page_size":  {PageSize: -1},
+		"page_token": {PageSize: 2, PageToken: "!!"},
+	} {
+		_, err := leader.Pools().ListInstances(ctx, req)
+		require.Equal(t, codes.InvalidArgument, status.Code(err), name)
+		require.Contains(t, err.Error(), name)
 	}
 }

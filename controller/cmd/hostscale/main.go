@@ -65,7 +65,7 @@ commands:
 const defaultAddr = "127.0.0.1:7700,127.0.0.1:7710,127.0.0.1:7720"
 
 // listPageSize is the page size of the lists the CLI reads page by page
-// (pools, nodes): the API's largest.
+// (pools, nodes, instances): the API's largest.
 var listPageSize int32 = 1000
 
 func main() {
@@ -296,13 +296,20 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		if err := nargs(0, 1); err != nil {
 			return err
 		}
-		req := &pb.ListInstancesRequest{Consistent: true}
+		req := &pb.ListInstancesRequest{PageSize: listPageSize, Consistent: true}
 		if len(rest) == 1 {
 			req.Pool = rest[0]
 		}
-		resp, err := c.pools.ListInstances(ctx, req)
-		if err != nil {
-			return err
+		resp := &pb.ListInstancesResponse{}
+		for {
+			page, err := c.pools.ListInstances(ctx, req)
+			if err != nil {
+				return err
+			}
+			resp.Instances, resp.Index = append(resp.Instances, page.Instances...), page.Index
+			if req.PageToken = page.NextPageToken; req.PageToken == "" {
+				break
+			}
 		}
 		if c.json {
 			return c.printJSON(resp)

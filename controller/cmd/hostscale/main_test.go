@@ -115,6 +115,13 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "ADDRESS")
 	listPageSize = 1
+	code, out, errs = hostscale("-addr", addr, "instances", "app")
+	listPageSize = 1000
+	require.Equal(t, 0, code, errs)
+	for _, id := range []string{"app-1", "app-2", "app-3"} {
+		require.Regexp(t, `(?m)^`+id+` `, out, "page by page")
+	}
+	listPageSize = 1
 	code, out, errs = hostscale("-addr", addr, "pools")
 	listPageSize = 1000
 	require.Equal(t, 0, code, errs)

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -270,20 +271,57 @@ func (s *Pools) ListInstances(ctx context.Context, req *pb.ListInstancesRequest)
 			return nil, err
 		}
 	}
+	size, after, err := pageArgs(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	if req.PageSize == 0 {
+		size = 0 // all of them, as before paging
+	}
 	resp := &pb.ListInstancesResponse{}
 	if fwd, err := s.Core.Consistent(ctx, req.Consistent, req, resp); fwd || err != nil {
 		return orNil(resp, err)
 	}
-	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
-		for _, in := range st.Instances {
-			if (req.Pool == "" || in.Pool == req.Pool) && (req.Node == "" || in.Node == req.Node) {
-				resp.Instances = append(resp.Instances, in)
+	var last *pb.Instance
+	if after != "" {
+		// The token is the last instance of the previous page: this page
+		// starts with what sorts after it, whether or not it still exists.
+		last = &pb.Instance{Id: after, Pool: poolOf(after)}
+	}
+	// A node's instances come from the state machine's index by node.
+	resp.Index = s.Core.FSM.ReadNode(req.Node, func(st *pb.State, placed map[string]*pb.Instance) {
+		all := st.Instances
+		if req.Node != "" {
+			all = placed
+		}
+		var ins []*pb.Instance
+		for _, in := range all {
+			if (req.Pool == "" || in.Pool == req.Pool) && (last == nil || fsm.CompareInstances(in, last) > 0) {
+				ins = append(ins, in)
 			}
 		}
-		resp.Instances = cloneAll(resp.Instances)
+		resp.Instances = cloneAll(pageOf(ins, size, resp))
 	})
-	fsm.SortInstances(resp.Instances)
 	return resp, nil
+}
+
+// pageOf sorts ins and keeps its first size (all when size is 0), setting
+// resp's next page token when more follow.
+func pageOf(ins []*pb.Instance, size int, resp *pb.ListInstancesResponse) []*pb.Instance {
+	fsm.SortInstances(ins)
+	if size > 0 && len(ins) > size {
+		ins = ins[:size]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(ins[size-1].Id))
+	}
+	return ins
+}
+
+// poolOf returns the pool of an instance id, "<pool>-<number>".
+func poolOf(id string) string {
+	if i := strings.LastIndexByte(id, '-'); i > 0 {
+		return id[:i]
+	}
+	return id
 }
 
 func cloneAll(ins []*pb.Instance) []*pb.Instance {

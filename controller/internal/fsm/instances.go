@@ -218,23 +218,27 @@ func PoolInstances(st *pb.State, pool string) []*pb.Instance {
 // SortInstances orders instances by pool, then by the number in their id,
 // so that web-10 comes after web-9.
 func SortInstances(ins []*pb.Instance) {
-	slices.SortFunc(ins, func(a, b *pb.Instance) int {
-		if a.Pool != b.Pool {
-			if a.Pool < b.Pool {
-				return -1
-			}
-			return 1
-		}
-		if len(a.Id) != len(b.Id) {
-			return len(a.Id) - len(b.Id)
-		}
-		if a.Id < b.Id {
+	slices.SortFunc(ins, CompareInstances)
+}
+
+// CompareInstances orders instances by pool, then by number within the
+// pool (web-2 before web-10).
+func CompareInstances(a, b *pb.Instance) int {
+	if a.Pool != b.Pool {
+		if a.Pool < b.Pool {
 			return -1
-		} else if a.Id > b.Id {
-			return 1
 		}
-		return 0
-	})
+		return 1
+	}
+	if len(a.Id) != len(b.Id) {
+		return len(a.Id) - len(b.Id)
+	}
+	if a.Id < b.Id {
+		return -1
+	} else if a.Id > b.Id {
+		return 1
+	}
+	return 0
 }
 
 func (f *FSM) setInstanceWeights(c *pb.SetInstanceWeightsCommand, index uint64) error {

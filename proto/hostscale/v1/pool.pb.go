@@ -2790,8 +2790,16 @@ type ListInstancesRequest struct {
 	// Only this pool's instances; empty: every pool's.
 	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
 	// Only those placed on this node; empty: every node's.
-	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	Consistent    bool   `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	Node       string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Consistent bool   `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// At most this many instances (1 to 1000; a larger size is taken as
+	// 1000), the rest from next_page_token. 0: every instance at once, which
+	// a fleet of more than about 30,000 instances (about 125 bytes each,
+	// more with a message) answers with RESOURCE_EXHAUSTED, over the 4 MiB
+	// message limit.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2847,10 +2855,27 @@ func (x *ListInstancesRequest) GetConsistent() bool {
 	return false
 }
 
+func (x *ListInstancesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListInstancesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListInstancesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Instances     []*Instance            `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
-	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In order of pool, then instance number.
+	Instances []*Instance `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	Index     uint64      `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// Set when more instances follow: the page_token of the next page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2897,6 +2922,13 @@ func (x *ListInstancesResponse) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *ListInstancesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type ListScaleEventsRequest struct {
@@ -3243,16 +3275,20 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\adesired\x18\x03 \x01(\rR\adesired\"Q\n" +
 	"\x11ScalePoolResponse\x12&\n" +
 	"\x04pool\x18\x01 \x01(\v2\x12.hostscale.v1.PoolR\x04pool\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"^\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x9a\x01\n" +
 	"\x14ListInstancesRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x03 \x01(\bR\n" +
-	"consistent\"c\n" +
+	"consistent\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"\x8b\x01\n" +
 	"\x15ListInstancesResponse\x124\n" +
 	"\tinstances\x18\x01 \x03(\v2\x16.hostscale.v1.InstanceR\tinstances\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\x88\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x88\x01\n" +
 	"\x16ListScaleEventsRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
