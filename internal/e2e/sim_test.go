@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -203,12 +204,7 @@ func (a *simAgent) assign(asg *pb.Assignments) *pb.InstanceReport {
 func (a *simAgent) assigned() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ids := make([]string, 0, len(a.instances))
-	for id := range a.instances {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
+	return slices.Sorted(maps.Keys(a.instances))
 }
 
 // simFleet is n simulated agents.

@@ -64,6 +64,18 @@ commands:
 // also holds a lone controller on the default -grpc-addr.
 const defaultAddr = "127.0.0.1:7700,127.0.0.1:7710,127.0.0.1:7720"
 
+// readPages calls page with each page's token, the first one empty, until
+// a page is the last (it returns no next token) or fails.
+func readPages(page func(token string) (next string, err error)) error {
+	for token := ""; ; {
+		next, err := page(token)
+		if err != nil || next == "" {
+			return err
+		}
+		token = next
+	}
+}
+
 // listPageSize is the page size of the lists the CLI reads page by page
 // (pools, nodes, instances): the API's largest.
 var listPageSize int32 = 1000
@@ -236,15 +248,12 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return err
 		}
 		resp := &pb.ListPoolsResponse{}
-		for token := ""; ; {
+		if err := readPages(func(token string) (string, error) {
 			page, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{PageSize: listPageSize, PageToken: token, Consistent: true})
-			if err != nil {
-				return err
-			}
-			resp.Pools, resp.Index = append(resp.Pools, page.Pools...), page.Index
-			if token = page.NextPageToken; token == "" {
-				break
-			}
+			resp.Pools, resp.Index = append(resp.Pools, page.GetPools()...), page.GetIndex()
+			return page.GetNextPageToken(), err
+		}); err != nil {
+			return err
 		}
 		if c.json {
 			return c.printJSON(resp)
@@ -301,15 +310,13 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			req.Pool = rest[0]
 		}
 		resp := &pb.ListInstancesResponse{}
-		for {
+		if err := readPages(func(token string) (string, error) {
+			req.PageToken = token
 			page, err := c.pools.ListInstances(ctx, req)
-			if err != nil {
-				return err
-			}
-			resp.Instances, resp.Index = append(resp.Instances, page.Instances...), page.Index
-			if req.PageToken = page.NextPageToken; req.PageToken == "" {
-				break
-			}
+			resp.Instances, resp.Index = append(resp.Instances, page.GetInstances()...), page.GetIndex()
+			return page.GetNextPageToken(), err
+		}); err != nil {
+			return err
 		}
 		if c.json {
 			return c.printJSON(resp)
@@ -373,15 +380,13 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			req.Selector = rest[0]
 		}
 		resp := &pb.ListNodesResponse{}
-		for {
+		if err := readPages(func(token string) (string, error) {
+			req.PageToken = token
 			page, err := c.nodes.ListNodes(ctx, req)
-			if err != nil {
-				return err
-			}
-			resp.Nodes, resp.Index = append(resp.Nodes, page.Nodes...), page.Index
-			if req.PageToken = page.NextPageToken; req.PageToken == "" {
-				break
-			}
+			resp.Nodes, resp.Index = append(resp.Nodes, page.GetNodes()...), page.GetIndex()
+			return page.GetNextPageToken(), err
+		}); err != nil {
+			return err
 		}
 		if c.json {
 			return c.printJSON(resp)

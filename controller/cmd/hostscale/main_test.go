@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -114,6 +115,13 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "instances", "app")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "ADDRESS")
+	require.NoError(t, testcluster.Eventually(context.Background(), 10*time.Second, func(ctx context.Context) error {
+		r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "app", Consistent: true})
+		if err == nil && len(r.Instances) != 3 {
+			err = fmt.Errorf("%d instances placed", len(r.Instances))
+		}
+		return err
+	}))
 	listPageSize = 1
 	code, out, errs = hostscale("-addr", addr, "instances", "app")
 	listPageSize = 1000
