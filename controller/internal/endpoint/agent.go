@@ -282,19 +282,20 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 		return nil
 	}
 	const pct, big = 100.0001, math.MaxFloat64
-	for name, v := range map[string]float64{
-		"cpu_percent": s.CpuPercent, "memory_used_percent": s.MemoryUsedPercent, "swap_used_percent": s.SwapUsedPercent,
-	} {
-		if err := check(name, v, pct); err != nil {
-			return err
-		}
+	// In field order, so that a sample with several bad values is always
+	// refused for the same one; arrays, since this runs for every sample.
+	type value struct {
+		name  string
+		v     float64
+		limit float64
 	}
-	for name, v := range map[string]float64{
-		"load1": s.Load1, "load5": s.Load5, "load15": s.Load15,
-		"disk_read_bytes_per_second": s.DiskReadBytesPerSecond, "disk_write_bytes_per_second": s.DiskWriteBytesPerSecond,
-		"net_rx_bytes_per_second": s.NetRxBytesPerSecond, "net_tx_bytes_per_second": s.NetTxBytesPerSecond,
+	for _, f := range [...]value{
+		{"cpu_percent", s.CpuPercent, pct}, {"load1", s.Load1, big}, {"load5", s.Load5, big}, {"load15", s.Load15, big},
+		{"memory_used_percent", s.MemoryUsedPercent, pct}, {"swap_used_percent", s.SwapUsedPercent, pct},
+		{"disk_read_bytes_per_second", s.DiskReadBytesPerSecond, big}, {"disk_write_bytes_per_second", s.DiskWriteBytesPerSecond, big},
+		{"net_rx_bytes_per_second", s.NetRxBytesPerSecond, big}, {"net_tx_bytes_per_second", s.NetTxBytesPerSecond, big},
 	} {
-		if err := check(name, v, big); err != nil {
+		if err := check(f.name, f.v, f.limit); err != nil {
 			return err
 		}
 	}
