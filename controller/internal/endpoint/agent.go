@@ -270,16 +270,26 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 	if ahead := s.Time.AsTime().Sub(now); ahead > maxFuture {
 		return invalid(field+".time", "%v ahead of the controller's clock (at most %v)", ahead.Round(time.Second), maxFuture)
 	}
-	check := func(name string, v float64, limit float64) error {
+	// check refuses v unless it lies in [0, limit]. The field is
+	// field.name, or field.name[i]sub for an element of a list (i >= 0),
+	// spelled out only when refused: this runs for every value of every
+	// sample.
+	check := func(name string, i int, sub string, v, limit float64) error {
+		var reason string
 		switch {
 		case math.IsNaN(v) || math.IsInf(v, 0):
-			return invalid(field+"."+name, "%v is not a number", v)
+			reason = fmt.Sprintf("%v is not a number", v)
 		case v < 0:
-			return invalid(field+"."+name, "%v is negative", v)
+			reason = fmt.Sprintf("%v is negative", v)
 		case v > limit:
-			return invalid(field+"."+name, "%v is above %v", v, limit)
+			reason = fmt.Sprintf("%v is above %v", v, limit)
+		default:
+			return nil
 		}
-		return nil
+		if i >= 0 {
+			name = fmt.Sprintf("%s[%d]%s", name, i, sub)
+		}
+		return invalid(field+"."+name, "%s", reason)
 	}
 	const pct, big = 100.0001, math.MaxFloat64
 	// In field order, so that a sample with several bad values is always
@@ -295,7 +305,7 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 		{"disk_read_bytes_per_second", s.DiskReadBytesPerSecond, big}, {"disk_write_bytes_per_second", s.DiskWriteBytesPerSecond, big},
 		{"net_rx_bytes_per_second", s.NetRxBytesPerSecond, big}, {"net_tx_bytes_per_second", s.NetTxBytesPerSecond, big},
 	} {
-		if err := check(f.name, f.v, f.limit); err != nil {
+		if err := check(f.name, -1, "", f.v, f.limit); err != nil {
 			return err
 		}
 	}
@@ -303,7 +313,7 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 		return invalid(field+".cpu_core_percent", "at most %d cores", maxCores)
 	}
 	for i, v := range s.CpuCorePercent {
-		if err := check(fmt.Sprintf("cpu_core_percent[%d]", i), v, pct); err != nil {
+		if err := check("cpu_core_percent", i, "", v, pct); err != nil {
 			return err
 		}
 	}
@@ -311,11 +321,10 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 		return invalid(field+".instances", "at most %d instances", maxReported)
 	}
 	for i, u := range s.Instances {
-		f := fmt.Sprintf("instances[%d]", i)
 		if u.GetId() == "" || len(u.Id) > 128 {
-			return invalid(fmt.Sprintf("%s.%s.id", field, f), "must be 1-128 characters")
+			return invalid(fmt.Sprintf("%s.instances[%d].id", field, i), "must be 1-128 characters")
 		}
-		if err := check(f+".cpu_percent", u.CpuPercent, 100*maxCores); err != nil {
+		if err := check("instances", i, ".cpu_percent", u.CpuPercent, 100*maxCores); err != nil {
 			return err
 		}
 	}
@@ -326,7 +335,7 @@ func checkSample(field string, s *pb.Sample, now time.Time, maxFuture time.Durat
 		if d.GetMount() == "" || len(d.Mount) > maxFactLength {
 			return invalid(fmt.Sprintf("%s.disks[%d].mount", field, i), "must be 1-%d characters", maxFactLength)
 		}
-		if err := check(fmt.Sprintf("disks[%d].used_percent", i), d.UsedPercent, pct); err != nil {
+		if err := check("disks", i, ".used_percent", d.UsedPercent, pct); err != nil {
 			return err
 		}
 	}
