@@ -2,7 +2,6 @@ package endpoint
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -311,7 +310,7 @@ func pageOf(ins []*pb.Instance, size int, resp *pb.ListInstancesResponse) []*pb.
 	fsm.SortInstances(ins)
 	if size > 0 && len(ins) > size {
 		ins = ins[:size]
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(ins[size-1].Id))
+		resp.NextPageToken = pageToken(ins[size-1].Id)
 	}
 	return ins
 }

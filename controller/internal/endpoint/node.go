@@ -114,7 +114,7 @@ func (s *Nodes) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.Li
 		slices.Sort(names)
 		if len(names) > size {
 			names = names[:size]
-			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(names[size-1]))
+			resp.NextPageToken = pageToken(names[size-1])
 		}
 		reserved := fsm.Reserved(st)
 		for _, name := range names {
@@ -122,6 +122,12 @@ func (s *Nodes) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.Li
 		}
 	})
 	return resp, nil
+}
+
+// pageToken is the next_page_token of a page whose last item is last;
+// pageArgs reads it back.
+func pageToken(last string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(last))
 }
 
 // pageArgs validates paging fields: the page size (default 100, at most

@@ -2,7 +2,6 @@ package endpoint
 
 import (
 	"context"
-	"encoding/base64"
 	"slices"
 
 	"google.golang.org/grpc/codes"
@@ -125,7 +124,7 @@ func (s *Pools) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.Li
 		slices.Sort(names)
 		if len(names) > size {
 			names = names[:size]
-			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(names[size-1]))
+			resp.NextPageToken = pageToken(names[size-1])
 		}
 		for _, n := range names {
 			resp.Pools = append(resp.Pools, proto.Clone(st.Pools[n]).(*pb.Pool))

@@ -63,8 +63,8 @@ type FSM struct {
 	tableDirty bool
 	// byNode indexes state.Instances by node, so that what concerns one
 	// node of a large fleet costs that node's instances only. Instances
-	// never change node; placeInstances, deleteInstance and deletePool keep
-	// it, Restore rebuilds it.
+	// never change node; placeInstances and deleteInstance keep it,
+	// Restore rebuilds it.
 	byNode map[string]map[string]*pb.Instance
 	// assignWatch holds, per node, the channel AssignmentsChanged handed
 	// out, closed by the next command that may change what that node's

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -224,21 +225,13 @@ func SortInstances(ins []*pb.Instance) {
 // CompareInstances orders instances by pool, then by number within the
 // pool (web-2 before web-10).
 func CompareInstances(a, b *pb.Instance) int {
-	if a.Pool != b.Pool {
-		if a.Pool < b.Pool {
-			return -1
-		}
-		return 1
+	if c := cmp.Compare(a.Pool, b.Pool); c != 0 {
+		return c
 	}
-	if len(a.Id) != len(b.Id) {
-		return len(a.Id) - len(b.Id)
+	if c := cmp.Compare(len(a.Id), len(b.Id)); c != 0 {
+		return c
 	}
-	if a.Id < b.Id {
-		return -1
-	} else if a.Id > b.Id {
-		return 1
-	}
-	return 0
+	return cmp.Compare(a.Id, b.Id)
 }
 
 func (f *FSM) setInstanceWeights(c *pb.SetInstanceWeightsCommand, index uint64) error {

@@ -95,8 +95,7 @@ func (f *FSM) deletePool(c *pb.DeletePoolCommand) error {
 	// their agents stop them.
 	for id, in := range f.state.Instances {
 		if in.Pool == c.GetPool() {
-			f.unindexInstance(in)
-			delete(f.state.Instances, id)
+			f.deleteInstance(id)
 		}
 	}
 	return nil
