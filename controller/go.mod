@@ -10,10 +10,11 @@ replace (
 )
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/armon/go-metrics v0.4.1
 	github.com/hashicorp/raft v1.7.3
 	github.com/hashicorp/raft-boltdb/v2 v2.3.1
-	github.com/hashicorp/raft-wal v0.4.0
+	github.com/hashicorp/raft-wal v0.4.2
 	github.com/hostscale/hostscale/internal v0.0.0-00010101000000-000000000000
 	github.com/hostscale/hostscale/proto v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
