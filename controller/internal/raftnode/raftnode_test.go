@@ -68,3 +68,18 @@ func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
 	_, err = DialForward(context.Background(), lis.Addr().String(), time.Second)
 	require.Error(t, err)
 }
+
+// Replication never pipelines (see New): a pipeline whose decoder has
+// exited blocks its sender for ever in hashicorp/raft.
+func TestNode_replicatesWithoutPipelining(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	cfg := DefaultConfig()
+	cfg.ID, cfg.DataDir, cfg.Listener = "n1", t.TempDir(), lis
+	cfg.Peers = []Peer{{ID: "n1", Address: lis.Addr().String()}}
+	n, err := New(cfg, nopFSM{})
+	require.NoError(t, err)
+	defer n.Close()
+	_, err = n.Transport.AppendEntriesPipeline("n2", raft.ServerAddress(lis.Addr().String()))
+	require.ErrorIs(t, err, raft.ErrPipelineReplicationNotSupported)
+}
