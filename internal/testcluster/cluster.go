@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,6 +29,11 @@ type Options struct {
 	HeartbeatTimeout, ElectionTimeout time.Duration
 	// Args are extra flags for process launchers.
 	Args []string
+	// Net, when set, runs node i on the Net's host i, at that host's
+	// address with the default ports (7700 gRPC, 7701 Raft, 7702 HTTP),
+	// so that a test can cut the nodes apart (Net.Partition). It needs a
+	// launcher that starts processes (BinaryLauncher).
+	Net *Net
 }
 
 // Node is one controller of the cluster. Its addresses stay the same
@@ -38,6 +44,8 @@ type Node struct {
 	GRPCAddr string
 	RaftAddr string
 	HTTPAddr string
+	// Host is the Net host the node runs on (Options.Net), or nil.
+	Host *Host
 
 	c    *Cluster
 	mu   sync.Mutex
@@ -83,18 +91,42 @@ func Start(t testing.TB, opts Options) *Cluster {
 }
 
 func (c *Cluster) newNode(id string) *Node {
+	c.t.Helper()
 	n := &Node{ID: id, DataDir: filepath.Join(c.dir, id), c: c, log: &syncBuffer{}}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if nt := c.opts.Net; nt != nil {
+		if len(c.nodes) >= len(nt.hosts) {
+			c.t.Fatalf("testcluster: node %s: the Net has only %d hosts", id, len(nt.hosts))
+		}
+		n.Host = nt.hosts[len(c.nodes)]
+		n.GRPCAddr, n.RaftAddr, n.HTTPAddr = n.Host.IP+":7700", n.Host.IP+":7701", n.Host.IP+":7702"
+	}
 	c.nodes = append(c.nodes, n)
-	c.mu.Unlock()
 	return n
 }
 
 // spec binds the node's listeners: new ports the first time, outside the
 // kernel's ephemeral range (freeport), so that no outgoing connection takes
-// them while the node is down; the same addresses on a restart.
+// them while the node is down; the same addresses on a restart. A node on
+// a Net host has its host's own address, which nothing else takes, and
+// binds it inside the host: it gets no listeners.
 func (c *Cluster) spec(n *Node) Spec {
 	c.t.Helper()
+	if n.Host != nil {
+		return Spec{
+			ID:               n.ID,
+			DataDir:          n.DataDir,
+			Host:             n.Host,
+			GRPCAddr:         n.GRPCAddr,
+			RaftAddr:         n.RaftAddr,
+			HTTPAddr:         n.HTTPAddr,
+			HeartbeatTimeout: c.opts.HeartbeatTimeout,
+			ElectionTimeout:  c.opts.ElectionTimeout,
+			Args:             c.opts.Args,
+			Log:              n.log,
+		}
+	}
 	listen := func(addr *string) net.Listener {
 		var l net.Listener
 		var err error
@@ -116,6 +148,9 @@ func (c *Cluster) spec(n *Node) Spec {
 		GRPC:             listen(&n.GRPCAddr),
 		Raft:             listen(&n.RaftAddr),
 		HTTP:             listen(&n.HTTPAddr),
+		GRPCAddr:         n.GRPCAddr,
+		RaftAddr:         n.RaftAddr,
+		HTTPAddr:         n.HTTPAddr,
 		HeartbeatTimeout: c.opts.HeartbeatTimeout,
 		ElectionTimeout:  c.opts.ElectionTimeout,
 		Args:             c.opts.Args,
@@ -221,6 +256,29 @@ func (n *Node) Kill() {
 	if p := n.process(); p != nil {
 		if err := p.Kill(); err != nil {
 			n.c.t.Errorf("testcluster: kill %s: %v", n.ID, err)
+		}
+	}
+}
+
+// Pause freezes the node's controller (SIGSTOP for a process) until
+// Resume; it fails the test for a launcher whose processes cannot pause.
+func (n *Node) Pause() {
+	n.c.t.Helper()
+	pauser, ok := n.process().(Pauser)
+	if !ok {
+		n.c.t.Fatalf("testcluster: pause %s: its launcher's processes cannot pause", n.ID)
+	}
+	if err := pauser.Pause(); err != nil {
+		n.c.t.Fatalf("testcluster: pause %s: %v", n.ID, err)
+	}
+}
+
+// Resume thaws a paused node.
+func (n *Node) Resume() {
+	n.c.t.Helper()
+	if pauser, ok := n.process().(Pauser); ok {
+		if err := pauser.Resume(); err != nil {
+			n.c.t.Fatalf("testcluster: resume %s: %v", n.ID, err)
 		}
 	}
 }
@@ -338,7 +396,14 @@ func (c *Cluster) Close() {
 	}
 	if c.t.Failed() {
 		for _, n := range c.Nodes() {
-			c.t.Logf("---- log of %s ----\n%s", n.ID, tail(n.Log(), 8000))
+			log := n.Log()
+			// The whole log outlives the test's temporary directory.
+			name := strings.NewReplacer("/", "_", " ", "_").Replace(c.t.Name())
+			where := filepath.Join(os.TempDir(), fmt.Sprintf("%s-%s-%d.log", name, n.ID, time.Now().UnixNano()))
+			if err := os.WriteFile(where, []byte(log), 0o644); err != nil {
+				where = err.Error()
+			}
+			c.t.Logf("---- log of %s (whole: %s) ----\n%s", n.ID, where, tail(log, 8000))
 		}
 	}
 }

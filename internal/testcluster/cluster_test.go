@@ -13,7 +13,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if netHelper() {
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // fakeLauncher records the specs it was given and runs nothing: each
 // process just holds its listeners until stopped.

@@ -7,6 +7,10 @@
 // nodes, and tears everything down when the test ends, leaving no process
 // or goroutine behind.
 //
+// On a Net (NewNet), each controller runs in a network namespace of its
+// own, with its own address, so that a test can partition the cluster:
+// packets between the sides are dropped, as on a real network.
+//
 // The harness depends on no controller package: a Launcher is the seam, so
 // that every module's integration tests can use it.
 package testcluster

@@ -19,8 +19,13 @@ type Spec struct {
 	DataDir string
 	// Bound listeners for the three addresses. A launcher that starts a
 	// process closes them just before it does so the process can bind the
-	// same addresses.
+	// same addresses. Nil on a Net host, where the process binds them.
 	GRPC, Raft, HTTP net.Listener
+	// The addresses: the listeners' or, on a Net host, the host's.
+	GRPCAddr, RaftAddr, HTTPAddr string
+	// Host, when set, is the Net host the controller runs on: its process
+	// runs in the host's network namespace.
+	Host *Host
 	// Peers is the bootstrap list (id=raft-addr,...); empty for a node that
 	// joins an existing cluster.
 	Peers string
@@ -42,6 +47,14 @@ type Process interface {
 	Done() <-chan struct{}
 }
 
+// Pauser is a Process that can be frozen and thawed, as a long
+// garbage-collection pause or a stalled virtual machine freezes a
+// server: its sockets stay open and their data waits.
+type Pauser interface {
+	Pause() error
+	Resume() error
+}
+
 // Launcher starts controllers.
 type Launcher interface {
 	Launch(spec Spec) (Process, error)
@@ -60,9 +73,9 @@ func (b BinaryLauncher) Launch(spec Spec) (Process, error) {
 	args := []string{
 		"-id", spec.ID,
 		"-data-dir", spec.DataDir,
-		"-grpc-addr", spec.GRPC.Addr().String(),
-		"-raft-addr", spec.Raft.Addr().String(),
-		"-http-addr", spec.HTTP.Addr().String(),
+		"-grpc-addr", spec.GRPCAddr,
+		"-raft-addr", spec.RaftAddr,
+		"-http-addr", spec.HTTPAddr,
 	}
 	if spec.Peers != "" {
 		args = append(args, "-peers", spec.Peers)
@@ -75,9 +88,14 @@ func (b BinaryLauncher) Launch(spec Spec) (Process, error) {
 	}
 	args = append(args, spec.Args...)
 	for _, l := range []net.Listener{spec.GRPC, spec.Raft, spec.HTTP} {
-		l.Close()
+		if l != nil {
+			l.Close()
+		}
 	}
 	cmd := exec.Command(b.Path, args...)
+	if spec.Host != nil {
+		cmd = spec.Host.Command(b.Path, args...)
+	}
 	cmd.Stdout, cmd.Stderr = spec.Log, spec.Log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -101,13 +119,21 @@ type binaryProcess struct {
 func (p *binaryProcess) Done() <-chan struct{} { return p.done }
 
 func (p *binaryProcess) Stop() error {
+	_ = p.cmd.Process.Signal(syscall.SIGCONT) // a paused process could not stop
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
 	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return errors.New("controller did not stop within 15s of SIGTERM; killed")
+		// SIGQUIT makes a Go program print every goroutine's stack to
+		// its log and exit: what held the stop up.
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		return errors.New("controller did not stop within 15s of SIGTERM; its goroutines are at the end of its log (SIGQUIT)")
 	}
 	var ee *exec.ExitError
 	if errors.As(p.err, &ee) && ee.ExitCode() != 0 {
@@ -115,6 +141,12 @@ func (p *binaryProcess) Stop() error {
 	}
 	return nil
 }
+
+// Pause stops the process (SIGSTOP).
+func (p *binaryProcess) Pause() error { return p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues it (SIGCONT).
+func (p *binaryProcess) Resume() error { return p.cmd.Process.Signal(syscall.SIGCONT) }
 
 func (p *binaryProcess) Kill() error {
 	_ = p.cmd.Process.Kill()

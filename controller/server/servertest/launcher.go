@@ -4,6 +4,7 @@ package servertest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
@@ -23,6 +24,9 @@ var _ testcluster.Launcher = Launcher{}
 
 // Launch starts one controller on the spec's listeners.
 func (l Launcher) Launch(spec testcluster.Spec) (testcluster.Process, error) {
+	if spec.Host != nil {
+		return nil, errors.New("servertest: a controller on a testcluster.Net host runs in the host's namespace: use testcluster.BinaryLauncher")
+	}
 	cfg := server.DefaultConfig()
 	cfg.ID, cfg.DataDir = spec.ID, spec.DataDir
 	cfg.GRPCListener, cfg.RaftListener, cfg.HTTPListener = spec.GRPC, spec.Raft, spec.HTTP

@@ -1,0 +1,457 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// netCluster starts three controller processes, each in a network
+// namespace of its own (testcluster.Net), and waits for their leader.
+func netCluster(t *testing.T, ctx context.Context) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node) {
+	t.Helper()
+	nt := testcluster.NewNet(t, 3)
+	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt})
+	leader, took, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	t.Logf("leader %s after %v", leader.ID, took)
+	return nt, c, leader
+}
+
+func routedPool(name string) *pb.CreatePoolRequest {
+	return &pb.CreatePoolRequest{Pool: &pb.Pool{Name: name, PathPrefix: "/" + name}}
+}
+
+// unavailable requires err to be what a client may retry elsewhere: the
+// node could not reach a leader or a quorum in time.
+func unavailable(t *testing.T, err error, what string) {
+	t.Helper()
+	require.Error(t, err, what)
+	code := status.Code(err)
+	require.True(t, code == codes.Unavailable || code == codes.DeadlineExceeded, "%s: %v", what, err)
+}
+
+// TestPartition_isolatedLeaderStepsDownAndTheMajorityCarriesOn: the leader
+// is cut off from both followers (its packets dropped, the process
+// running). The two elect a new leader and take writes through either of
+// them; the old one steps down and, cut off, refuses writes and consistent
+// reads instead of answering from its old state, while its local reads
+// say which index they reflect. Healed, it follows the new leader and
+// catches up, without an election: pre-vote keeps the cut-off node's
+// campaigns from deposing the leader it rejoins. The write it took as it
+// was cut off never lands.
+func TestPartition_isolatedLeaderStepsDownAndTheMajorityCarriesOn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nt, c, old := netCluster(t, ctx)
+	_, err := old.Pools().CreatePool(ctx, routedPool("before"))
+	require.NoError(t, err)
+	var majority []*testcluster.Node
+	for _, n := range c.Nodes() {
+		if n != old {
+			majority = append(majority, n)
+		}
+	}
+
+	nt.Isolate(old.Host)
+	cut := time.Now()
+	// The old leader still believes it leads for up to its lease: a
+	// write sent now cannot reach a quorum.
+	wctx, wcancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err = old.Pools().CreatePool(wctx, routedPool("lost"))
+	wcancel()
+	unavailable(t, err, "a write through the cut-off leader")
+	t.Logf("the cut-off leader's write failed after %v: %v", time.Since(cut).Round(time.Millisecond), err)
+
+	// The majority elects a new leader.
+	var leader *testcluster.Node
+	var term uint64
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		leader = nil
+		for _, n := range majority {
+			st, err := n.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Leader.GetId() == "" || st.Leader.GetId() == old.ID {
+				return fmt.Errorf("%s follows %q", n.ID, st.Leader.GetId())
+			}
+			if st.Id == st.Leader.GetId() && st.LeaderReady {
+				leader, term = n, st.Term
+			}
+		}
+		if leader == nil {
+			return fmt.Errorf("no ready leader in the majority yet")
+		}
+		return nil
+	}))
+	elected := time.Since(cut)
+	t.Logf("%s leads the majority (term %d) %v after the cut", leader.ID, term, elected.Round(time.Millisecond))
+	require.Less(t, elected, 3*time.Second, "a new leader within 3s of the cut")
+
+	// The old leader steps down: its lease ran out.
+	var oldSt *pb.GetStatusResponse
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+		st, err := old.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.State == pb.RaftState_RAFT_STATE_LEADER {
+			return fmt.Errorf("%s still leads", old.ID)
+		}
+		oldSt = st
+		return nil
+	}))
+	t.Logf("%s stepped down %v after the cut, now %v", old.ID, time.Since(cut).Round(time.Millisecond), oldSt.State)
+
+	// Writes land through both nodes of the majority.
+	var lastIndex uint64
+	for _, n := range majority {
+		resp, err := n.Pools().CreatePool(ctx, routedPool("during-"+n.ID))
+		require.NoError(t, err, "a write through %s", n.ID)
+		lastIndex = max(lastIndex, resp.Index)
+	}
+
+	// The cut-off node: writes and consistent reads fail, whatever it
+	// knew; local reads answer from its state, and say how old it is.
+	wctx, wcancel = context.WithTimeout(ctx, 3*time.Second)
+	_, err = old.Pools().CreatePool(wctx, routedPool("refused"))
+	wcancel()
+	unavailable(t, err, "a write through the cut-off node")
+	rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err = old.Pools().GetPool(rctx, &pb.GetPoolRequest{Pool: "before", Consistent: true})
+	rcancel()
+	unavailable(t, err, "a consistent read on the cut-off node")
+	local, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "before"})
+	require.NoError(t, err, "a local read on the cut-off node")
+	require.Less(t, local.Index, lastIndex, "the cut-off node's local read reflects an index before the majority's writes")
+	_, err = old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "during-" + leader.ID})
+	require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+
+	nt.Heal()
+	healed := time.Now()
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		st, err := old.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Leader.GetId() != leader.ID {
+			return fmt.Errorf("%s follows %q", old.ID, st.Leader.GetId())
+		}
+		for _, n := range majority {
+			if _, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "during-" + n.ID}); err != nil {
+				return fmt.Errorf("%s has not caught up: %w", old.ID, err)
+			}
+		}
+		return nil
+	}))
+	t.Logf("%s follows %s and has caught up %v after the heal", old.ID, leader.ID, time.Since(healed).Round(time.Millisecond))
+	// No election at the rejoin, nor for a while after it.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for until := time.Now().Add(3 * time.Second); time.Now().Before(until); <-tick.C {
+		for _, n := range c.Nodes() {
+			st, err := n.Status(ctx)
+			require.NoError(t, err)
+			require.Equal(t, leader.ID, st.Leader.GetId(), "%s's leader after the heal", n.ID)
+			require.Equal(t, term, st.Term, "%s's term after the heal", n.ID)
+		}
+	}
+	for _, n := range c.Nodes() {
+		_, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "lost", Consistent: true})
+		require.Equal(t, codes.NotFound, status.Code(err), "the cut-off leader's write, read through %s: %v", n.ID, err)
+		_, err = n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "refused", Consistent: true})
+		require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+	}
+	_, err = old.Pools().CreatePool(ctx, routedPool("after"))
+	require.NoError(t, err, "a write through the rejoined node")
+}
+
+// regOp is one operation on the register: a pool's desired count, set by
+// ScalePool and read by a consistent GetPool.
+type regOp struct {
+	write bool
+	value uint32
+	node  string
+}
+
+var registerModel = porcupine.Model{
+	Init: func() any { return uint32(0) },
+	Step: func(state, input, output any) (bool, any) {
+		in := input.(regOp)
+		if in.write {
+			return true, in.value
+		}
+		return output.(uint32) == state.(uint32), state
+	},
+	DescribeOperation: func(input, output any) string {
+		in := input.(regOp)
+		if in.write {
+			return fmt.Sprintf("write %d via %s", in.value, in.node)
+		}
+		return fmt.Sprintf("read via %s: %v", in.node, output)
+	},
+}
+
+// history records operations against the test's monotonic clock.
+type history struct {
+	start time.Time
+	mu    sync.Mutex
+	ops   []porcupine.Operation
+	// Writes answered, of them after retries, and never answered;
+	// reads answered and failed.
+	writes, retried, open, reads, failedReads int
+}
+
+func (h *history) now() int64 { return int64(time.Since(h.start)) }
+
+// retryable reports whether err is what a client retries: the node could
+// not reach a leader or a quorum in time.
+func retryable(err error) bool {
+	code := status.Code(err)
+	return code == codes.Unavailable || code == codes.DeadlineExceeded
+}
+
+// write sets the register to value, as a careful client does: with one
+// request id, retried on the next node until it is answered. Answered, it
+// took effect exactly once between the call and the answer. Never
+// answered (30s), it may take effect at any time after its call: it stays
+// open until the end of the history.
+func (h *history) write(ctx context.Context, t *testing.T, client int, nodes []*testcluster.Node, first int, seq uint64) {
+	id := fmt.Sprintf("lin-%d-%d", client, seq)
+	value := uint32(seq%1000) + 1 // within the pool's max
+	call := h.now()
+	for attempt := 0; ; attempt++ {
+		n := nodes[(first+attempt)%len(nodes)]
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := n.Pools().ScalePool(actx, &pb.ScalePoolRequest{RequestId: id, Pool: "reg", Desired: value})
+		cancel()
+		in := regOp{write: true, value: value, node: n.ID}
+		switch {
+		case err == nil:
+			h.mu.Lock()
+			h.writes++
+			if attempt > 0 {
+				h.retried++
+			}
+			h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Return: h.now()})
+			h.mu.Unlock()
+			return
+		case !retryable(err):
+			t.Errorf("write %d via %s: %v", value, n.ID, err)
+			return
+		case time.Duration(h.now()-call) > 30*time.Second:
+			h.mu.Lock()
+			h.open++
+			h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Return: math.MaxInt64})
+			h.mu.Unlock()
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// read reads the register through n with a consistent read. A failed
+// read took no effect and is left out; it reports whether it was answered.
+func (h *history) read(ctx context.Context, t *testing.T, client int, n *testcluster.Node) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	call := h.now()
+	resp, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
+	ret := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		if !retryable(err) {
+			t.Errorf("read via %s: %v", n.ID, err)
+		}
+		h.failedReads++
+		return false
+	}
+	h.reads++
+	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: regOp{node: n.ID}, Call: call, Output: resp.Pool.GetDesired(), Return: ret})
+	return true
+}
+
+// TestPartition_writesAndConsistentReadsStayLinearizable: six clients,
+// two on each node, write and read one register (a pool's desired count:
+// ScalePool, and GetPool with consistent set) while the nodes are cut
+// apart, paused and killed: the leader alone, a follower alone, every
+// node from every other, the leader frozen (SIGSTOP) and thawed, the
+// leader killed and restarted, with healing between. The
+// history of every call, with a write that failed counted as possibly
+// applied, must be linearizable (checked with porcupine), and afterwards
+// the three nodes hold the same state.
+func TestPartition_writesAndConsistentReadsStayLinearizable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	nt, c, leader := netCluster(t, ctx)
+	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
+		Template: &pb.InstanceTemplate{Command: "/bin/true"},
+	}})
+	require.NoError(t, err)
+
+	h := &history{start: time.Now()}
+	var next atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	nodes := c.Nodes()
+	for client := range 6 {
+		n := nodes[client%3]
+		rng := rand.New(rand.NewPCG(uint64(client), 1))
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Duration(5+rng.IntN(20)) * time.Millisecond):
+				}
+				if rng.IntN(2) == 0 {
+					h.write(ctx, t, client, nodes, client%3, next.Add(1))
+					continue
+				}
+				if !h.read(ctx, t, client, n) {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		})
+	}
+
+	leaderOf := func() *testcluster.Node {
+		for _, n := range c.Running() {
+			if st, err := n.Status(ctx); err == nil && st.State == pb.RaftState_RAFT_STATE_LEADER {
+				return n
+			}
+		}
+		return nil
+	}
+	faults := []struct {
+		name  string
+		apply func() func() // the fault, and what ends it
+	}{
+		{"the leader cut off", func() func() {
+			if l := leaderOf(); l != nil {
+				nt.Isolate(l.Host)
+			}
+			return nt.Heal
+		}},
+		{"a follower cut off", func() func() {
+			l := leaderOf()
+			for _, n := range nodes {
+				if n != l {
+					nt.Isolate(n.Host)
+					break
+				}
+			}
+			return nt.Heal
+		}},
+		{"every node cut off", func() func() {
+			var groups [][]*testcluster.Host
+			for _, n := range nodes {
+				groups = append(groups, []*testcluster.Host{n.Host})
+			}
+			nt.Partition(groups...)
+			return nt.Heal
+		}},
+		{"the leader paused", func() func() {
+			l := leaderOf()
+			if l == nil {
+				return func() {}
+			}
+			l.Pause()
+			return l.Resume
+		}},
+		{"the leader killed", func() func() {
+			l := leaderOf()
+			if l == nil {
+				return func() {}
+			}
+			l.Kill()
+			return l.Restart
+		}},
+	}
+	rng := rand.New(rand.NewPCG(2, 2))
+	time.Sleep(time.Second) // a calm start in the history
+	for _, i := range append(rng.Perm(len(faults)), rng.Perm(len(faults))...) {
+		f := faults[i]
+		t.Logf("%v: %s", time.Since(h.start).Round(time.Millisecond), f.name)
+		end := f.apply()
+		time.Sleep(time.Duration(1500+rng.IntN(1500)) * time.Millisecond)
+		end()
+		t.Logf("%v: healed", time.Since(h.start).Round(time.Millisecond))
+		time.Sleep(time.Duration(1000+rng.IntN(1000)) * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+
+	// Healed: a leader, and every node answers; a last consistent read
+	// through each node goes into the history.
+	_, _, err = c.WaitLeader(ctx, 15*time.Second)
+	require.NoError(t, err)
+	for i, n := range nodes {
+		require.True(t, h.read(ctx, t, 6+i, n), "a last read via %s", n.ID)
+	}
+	h.mu.Lock()
+	ops := h.ops
+	t.Logf("%d operations: %d writes answered, %d of them after retries, %d never; %d reads answered, %d failed",
+		len(ops), h.writes, h.retried, h.open, h.reads, h.failedReads)
+	require.Positive(t, h.retried, "the faults made no write retry")
+	require.Positive(t, h.failedReads, "the faults made no read fail")
+	require.Greater(t, h.writes, 200, "too few writes to mean much")
+	require.Greater(t, h.reads, 200, "too few reads to mean much")
+	h.mu.Unlock()
+
+	began := time.Now()
+	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, time.Minute)
+	t.Logf("checked in %v: %s", time.Since(began).Round(time.Millisecond), res)
+	if res != porcupine.Ok {
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("hostscale-linearizability-%d.html", time.Now().UnixNano()))
+		if err := porcupine.VisualizePath(registerModel, info, path); err == nil {
+			t.Logf("the history, drawn: %s", path)
+		}
+		t.Fatalf("the history is not linearizable: %s", res)
+	}
+
+	// The three nodes converge on one state.
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(ctx context.Context) error {
+		var want *pb.GetStatusResponse
+		for _, n := range nodes {
+			st, err := n.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if want != nil && st.AppliedIndex != want.AppliedIndex {
+				return fmt.Errorf("%s applied %d, %s %d", n.ID, st.AppliedIndex, want.Id, want.AppliedIndex)
+			}
+			want = st
+		}
+		var desired []uint32
+		for _, n := range nodes {
+			p, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg"})
+			if err != nil {
+				return err
+			}
+			desired = append(desired, p.Pool.Desired)
+		}
+		if desired[0] != desired[1] || desired[1] != desired[2] {
+			return fmt.Errorf("local reads differ: %v", desired)
+		}
+		return nil
+	}))
+}
