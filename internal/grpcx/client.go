@@ -59,9 +59,14 @@ func dialOptions() []grpc.DialOption {
 			grpc.MaxCallRecvMsgSize(DefaultMaxMessageSize),
 			grpc.MaxCallSendMsgSize(DefaultMaxMessageSize),
 		),
+		// A peer that vanished without closing the connection (a pulled
+		// cable, a host cut off) is noticed within 15 s: a ping after
+		// 10 s without a read, 5 s for its answer; gRPC also sets
+		// TCP_USER_TIMEOUT to the 5 s, so data unacknowledged that long
+		// ends the connection. Servers accept pings every 5 s.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
-			Time:                30 * time.Second,
-			Timeout:             10 * time.Second,
+			Time:                10 * time.Second,
+			Timeout:             5 * time.Second,
 			PermitWithoutStream: true,
 		}),
 		grpc.WithStaticStreamWindowSize(StreamWindow),

@@ -63,7 +63,14 @@ var httpAddrRe = regexp.MustCompile(`http_addr=(\S+)`)
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
+	return startCmd(t, exec.Command(binary, args...))
+}
+
+// startCmd starts the agent command cmd (exec.Command(binary, ...), or
+// the same in a testcluster.Net host).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, p.cmd.Start())

@@ -78,7 +78,11 @@ type Config struct {
 	// HelloTimeout bounds the wait for the answer to a Hello.
 	HelloTimeout time.Duration
 	// AckTimeout: a stream whose oldest unacknowledged batch is older than
-	// this is given up and reconnected.
+	// this is given up and reconnected. It must be well under the
+	// controllers' heartbeat TTL: a new leader marks a node down when it
+	// has not heard from it for the TTL after taking office, so an agent
+	// whose old leader vanished without closing the stream has to notice
+	// and reach the new one within that time.
 	AckTimeout time.Duration
 	// MaxInFlight bounds the batches sent and not yet acknowledged.
 	MaxInFlight int
@@ -104,7 +108,7 @@ func DefaultConfig() Config {
 		BackoffBase:  100 * time.Millisecond,
 		BackoffMax:   5 * time.Second,
 		HelloTimeout: 10 * time.Second,
-		AckTimeout:   30 * time.Second,
+		AckTimeout:   5 * time.Second,
 		MaxInFlight:  4,
 		MaxRedirects: 3,
 	}
@@ -242,13 +246,22 @@ func (s *Session) Run(ctx context.Context) error {
 			continue
 		}
 		s.logEnd(addr, r, failures)
-		if !r.welcomed {
-			// The leader may be elsewhere: try the next controller.
-			idx = (idx + 1) % len(s.cfg.Controllers)
-			addr = s.cfg.Controllers[idx]
+		if !r.welcomed || r.silent {
+			// The leader may be elsewhere: try the next controller, and
+			// not the silent one again (it may be in the list after a
+			// Redirect led to it).
+			gone := addr
+			for range len(s.cfg.Controllers) {
+				idx = (idx + 1) % len(s.cfg.Controllers)
+				if addr = s.cfg.Controllers[idx]; !r.silent || addr != gone {
+					break
+				}
+			}
 		}
 		// After a stream that was welcomed ends, the same controller is
-		// tried again first: it was the leader a moment ago.
+		// tried again first: it was the leader a moment ago. Not if it
+		// had gone silent: a controller cut off would only make the
+		// next attempt wait out its Hello timeout.
 		wait := s.backoff(failures)
 		if r.welcomed || redirects > 0 || r.electing {
 			answered = time.Now()
@@ -316,7 +329,11 @@ type result struct {
 	leaderID string
 	// electing: a controller answered with a Redirect naming no leader.
 	electing bool
-	err      error
+	// silent: the stream ended after the controller had sent nothing for
+	// AckTimeout or more: it vanished (a host cut off, a pulled cable)
+	// rather than closing the stream.
+	silent bool
+	err    error
 }
 
 // flight is a batch sent and not yet acknowledged.
@@ -336,6 +353,7 @@ type stream struct {
 	lateBefore uint64
 	maxBatch   int
 	flights    []flight
+	heard      time.Time // the last message from the controller
 }
 
 // attempt dials addr, says Hello and, once welcomed, streams until the
@@ -423,7 +441,7 @@ func (s *Session) attempt(ctx context.Context, addr string) result {
 		return result{err: fmt.Errorf("no answer to Hello within %s", s.cfg.HelloTimeout)}
 	}
 
-	st.welcomed = true
+	st.welcomed, st.heard = true, time.Now()
 	if w.GetMaxBatch() > 0 {
 		st.maxBatch = int(w.GetMaxBatch())
 	}
@@ -477,6 +495,7 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 			return result{}
 		case <-s.wake:
 		case m := <-st.msgs:
+			st.heard = time.Now()
 			switch m := m.GetMessage().(type) {
 			case *pb.ConnectResponse_Ack:
 				s.ack(st, m.Ack)
@@ -601,7 +620,7 @@ func (s *Session) failed(st *stream, err error) result {
 				"seq", st.flights[0].seq, "samples", n, "max_batch", s.splitCap)
 		}
 	}
-	return result{err: err}
+	return result{err: err, silent: st.welcomed && time.Since(st.heard) >= s.cfg.AckTimeout}
 }
 
 // refusedSample matches the field the controller names when it refuses one

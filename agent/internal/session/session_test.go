@@ -265,6 +265,26 @@ func TestSession_resendsUnacknowledgedBatchesLate(t *testing.T) {
 	require.Equal(t, []bool{false, false, true, true}, late)
 }
 
+// A controller that went silent (nothing, not even an Ack, for AckTimeout)
+// is not tried again first: a controller cut off from the network would
+// only make that attempt wait out its Hello timeout, while the new leader
+// counts down the node's heartbeat TTL.
+func TestSession_leavesASilentControllerForTheNextOne(t *testing.T) {
+	c1 := controllertest.Start(t, "c1")
+	c2 := controllertest.Start(t, "c2")
+	c1.Set(controllertest.Behaviour{NoAck: true})
+	cfg := testConfig(c1.Addr(), c2.Addr())
+	cfg.AckTimeout = 200 * time.Millisecond
+	s, err := New(cfg)
+	require.NoError(t, err)
+	running(t, s)
+	require.Eventually(t, s.Connected, wait, 5*time.Millisecond)
+	offer(t, s, sample.NewFake(), 1)
+	require.Eventually(t, func() bool { return len(c2.Attempts()) >= 1 && s.Buffered() == 0 }, wait, 5*time.Millisecond,
+		"the sample reaches c2")
+	require.Len(t, c1.Attempts(), 1, "c1 was not tried again before c2")
+}
+
 func TestSession_backsOffWhileRefusedAndResetsAfterWelcome(t *testing.T) {
 	c1 := controllertest.Start(t, "c1")
 	c2 := controllertest.Start(t, "c2")

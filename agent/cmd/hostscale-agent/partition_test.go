@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// TestAgent_leaderCutOffSilently: the leader's host drops every packet
+// (no reset, no close: a pulled cable), with the default timings of both
+// binaries. The agent, on a host of its own, must notice by itself that
+// its stream is dead and move to the new leader before that leader's
+// heartbeat TTL runs out: the node stays up in the majority's view
+// throughout, and its stream reaches the new leader.
+func TestAgent_leaderCutOffSilently(t *testing.T) {
+	ctrl := filepath.Join(t.TempDir(), "hostscale-controller")
+	out, err := exec.Command("go", "build", "-o", ctrl, "github.com/hostscale/hostscale/controller/cmd/hostscale-controller").CombinedOutput()
+	require.NoError(t, err, "build controller: %s", out)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	nt := testcluster.NewNet(t, 4) // three controllers, then the agent's host
+	cl := testcluster.Start(t, testcluster.Options{Launcher: testcluster.BinaryLauncher{Path: ctrl}, Net: nt})
+	leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
+	require.NoError(t, err)
+	var addrs []string
+	for _, n := range cl.Nodes() {
+		addrs = append(addrs, n.GRPCAddr)
+	}
+	host := nt.Hosts()[3]
+	startCmd(t, host.Command(binary, "-controllers", strings.Join(addrs, ","), "-node-id", "web-1",
+		"-data-dir", t.TempDir(), "-http-addr", "127.0.0.1:0", "-log-level", "debug"))
+
+	node := func(n *testcluster.Node) (*pb.Node, error) {
+		r, err := n.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: "web-1"})
+		if err != nil {
+			return nil, err
+		}
+		return r.Node, nil
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(context.Context) error {
+		nd, err := node(leader)
+		if err != nil {
+			return err
+		}
+		if nd.Status != pb.NodeStatus_NODE_STATUS_UP || nd.Controller != leader.ID {
+			return fmt.Errorf("web-1 is %v on %q", nd.Status, nd.Controller)
+		}
+		return nil
+	}))
+
+	nt.Isolate(leader.Host)
+	cut := time.Now()
+	var majority []*testcluster.Node
+	for _, n := range cl.Nodes() {
+		if n != leader {
+			majority = append(majority, n)
+		}
+	}
+	// For 15 s (past the TTL counted from the new leader's election), the
+	// majority never sees the node down, and the agent reaches the new
+	// leader.
+	var moved time.Duration
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(cut) < 15*time.Second {
+		<-tick.C
+		for _, n := range majority {
+			nd, err := node(n)
+			if err != nil {
+				continue // no leader yet to ask for the live fields
+			}
+			require.NotEqual(t, pb.NodeStatus_NODE_STATUS_DOWN, nd.Status, "%s sees web-1 down %v after the cut", n.ID, time.Since(cut).Round(time.Millisecond))
+			if moved == 0 && nd.Controller != "" && nd.Controller != leader.ID && nd.Status == pb.NodeStatus_NODE_STATUS_UP {
+				moved = time.Since(cut)
+				t.Logf("web-1 streams to %s %v after the cut", nd.Controller, moved.Round(time.Millisecond))
+			}
+		}
+	}
+	require.NotZero(t, moved, "the agent never reached the new leader")
+}
