@@ -109,6 +109,10 @@ func NewNet(t testing.TB, n int) *Net {
 	return nt
 }
 
+// Addr is the test process's own address on the Net: every host reaches
+// a server the test listens on there, whatever the partition.
+func (nt *Net) Addr() string { return nt.subnet + "1" }
+
 // Hosts returns the hosts in order.
 func (nt *Net) Hosts() []*Host { return append([]*Host(nil), nt.hosts...) }
 

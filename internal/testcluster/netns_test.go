@@ -121,6 +121,23 @@ func TestNet_partitionDropsPacketsBetweenGroupsAndHealRestoresThem(t *testing.T)
 	for _, h := range hs {
 		require.NoError(t, fromTest(h), "the test process reaches %s across the partition", h.Name)
 	}
+	// And every host reaches the test process.
+	l, err := net.Listen("tcp", nt.Addr()+":0")
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	out, err := helper(t, hs[0], "dial", l.Addr().String()).Output()
+	require.NoError(t, err)
+	require.Equal(t, "hello", strings.TrimSpace(string(out)), "a cut-off host reaches the test process")
 
 	// A new partition replaces the old one.
 	nt.Partition([]*Host{hs[0], hs[1]}, []*Host{hs[2]})

@@ -174,7 +174,14 @@ var servingRE = regexp.MustCompile(`msg=serving component=(\w+) addr=(\S+)`)
 func startBinary(t *testing.T, args ...string) *proc {
 	t.Helper()
 	args = append([]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, args...)
-	p := &proc{cmd: exec.Command(binPath, args...), done: make(chan struct{})}
+	return startBinaryCmd(t, exec.Command(binPath, args...))
+}
+
+// startBinaryCmd starts cmd, the balancer with its listen flags (port 0),
+// and waits for both its addresses.
+func startBinaryCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, p.cmd.Start())

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -89,6 +90,8 @@ func (s *Balancers) WatchTable(req *pb.WatchTableRequest, stream pb.BalancerServ
 	// Without a version the balancer has nothing: it gets the table even
 	// when no pool was ever written.
 	first := req.Have == nil
+	stale := time.NewTicker(WatchMaxStale / 5)
+	defer stale.Stop()
 	for {
 		changed := s.Core.FSM.Changed()
 		var t *pb.Table
@@ -108,8 +111,38 @@ func (s *Balancers) WatchTable(req *pb.WatchTableRequest, stream pb.BalancerServ
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-stale.C:
+			if err := s.Core.staleness(WatchMaxStale); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// WatchMaxStale is how long a controller that is not the leader keeps a
+// table watch open without hearing from a leader. A follower cut off from
+// the leader (or left alone after every other controller failed) could
+// otherwise feed a balancer its last table for as long as the partition
+// lasts, while the rest of the cluster moves on; ended, the watch moves
+// to another controller. Five seconds is several elections long, so a
+// routine failover leaves the watches where they are.
+var WatchMaxStale = 5 * time.Second
+
+// staleness returns UNAVAILABLE when this node does not lead and has not
+// heard from a leader for max.
+func (c *Core) staleness(max time.Duration) error {
+	if c.Raft.State() == raft.Leader {
+		return nil
+	}
+	last := c.Raft.LastContact()
+	if since := time.Since(last); last.IsZero() || since > max {
+		heard := "never heard from a leader"
+		if !last.IsZero() {
+			heard = fmt.Sprintf("has not heard from a leader for %v", since.Round(time.Millisecond))
+		}
+		return status.Errorf(codes.Unavailable, "controller %s %s: its state may be stale; watch another controller", c.ID, heard)
+	}
+	return nil
 }
 
 // table returns the table of st, built once per pools index.

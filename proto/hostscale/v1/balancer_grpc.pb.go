@@ -33,7 +33,9 @@ const (
 // tables from a follower while the leader changes.
 type BalancerServiceClient interface {
 	// WatchTable sends the full table at once (unless the balancer already
-	// has that version), then every newer version as it is committed.
+	// has that version), then every newer version as it is committed. A
+	// controller that does not lead and has not heard from a leader for 5 s
+	// ends the stream with UNAVAILABLE: its table may be stale.
 	WatchTable(ctx context.Context, in *WatchTableRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTableResponse], error)
 	// AckTable reports the version a balancer applied.
 	AckTable(ctx context.Context, in *AckTableRequest, opts ...grpc.CallOption) (*AckTableResponse, error)
@@ -98,7 +100,9 @@ func (c *balancerServiceClient) ReportStats(ctx context.Context, in *ReportStats
 // tables from a follower while the leader changes.
 type BalancerServiceServer interface {
 	// WatchTable sends the full table at once (unless the balancer already
-	// has that version), then every newer version as it is committed.
+	// has that version), then every newer version as it is committed. A
+	// controller that does not lead and has not heard from a leader for 5 s
+	// ends the stream with UNAVAILABLE: its table may be stale.
 	WatchTable(*WatchTableRequest, grpc.ServerStreamingServer[WatchTableResponse]) error
 	// AckTable reports the version a balancer applied.
 	AckTable(context.Context, *AckTableRequest) (*AckTableResponse, error)
