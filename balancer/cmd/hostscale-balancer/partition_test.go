@@ -78,7 +78,11 @@ func TestBinary_followerCutOffFromTheLeaderStopsFeedingTables(t *testing.T) {
 		return nil
 	}
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error { return serves("/before") }))
-	require.Contains(t, p.logs(), watched.GRPCAddr, "the balancer watches the follower listed first")
+	watching := func(addr string) bool {
+		_, body := get(t, "http://"+p.admin+"/metrics")
+		return strings.Contains(body, `hostscale_balancer_controller_connected{controller="`+addr+`"} 1`)
+	}
+	require.True(t, watching(watched.GRPCAddr), "the balancer watches the follower listed first")
 
 	var rest []*testcluster.Host
 	for _, n := range c.Nodes() {
@@ -100,4 +104,5 @@ func TestBinary_followerCutOffFromTheLeaderStopsFeedingTables(t *testing.T) {
 		require.Less(t, time.Since(cut), 20*time.Second, "the pool created on the majority never reached the balancer: %s", p.logs())
 	}
 	t.Logf("the majority's new pool serves through the balancer %v after the cut", time.Since(cut).Round(time.Millisecond))
+	require.False(t, watching(watched.GRPCAddr), "the balancer left the cut-off follower")
 }
