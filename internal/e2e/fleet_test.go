@@ -81,7 +81,14 @@ type proc struct {
 
 func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	return startProcCmd(t, name, exec.Command(bin, args...))
+}
+
+// startProcCmd is startProc for a command made elsewhere (in a
+// testcluster.Net host, say).
+func startProcCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	require.NoError(t, err)
 	p.cmd.Stdout = p.cmd.Stderr
@@ -205,9 +212,12 @@ func newFleetArgs(t *testing.T, ctx context.Context, agents int, agentArgs func(
 }
 
 func (f *fleet) startAgent(a *agentProc) {
-	args := append([]string{"-node-id", a.node, "-controllers", f.controllers,
+	a.proc = startProcCmd(f.t, a.node, exec.Command(filepath.Join(f.bin, "hostscale-agent"), f.agentArgs(a)...))
+}
+
+func (f *fleet) agentArgs(a *agentProc) []string {
+	return append([]string{"-node-id", a.node, "-controllers", f.controllers,
 		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", "", "-log-level", "debug"}, a.args...)
-	a.proc = startProc(f.t, a.node, filepath.Join(f.bin, "hostscale-agent"), args...)
 }
 
 // waitAgent waits until node's agent streams to the leader.
