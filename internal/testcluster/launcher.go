@@ -7,9 +7,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -58,6 +60,18 @@ type Pauser interface {
 // Launcher starts controllers.
 type Launcher interface {
 	Launch(spec Spec) (Process, error)
+}
+
+// BuildController builds the hostscale-controller binary into a
+// temporary directory of t, for a BinaryLauncher, and returns its path.
+func BuildController(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hostscale-controller")
+	out, err := exec.Command("go", "build", "-o", path, "github.com/hostscale/hostscale/controller/cmd/hostscale-controller").CombinedOutput()
+	if err != nil {
+		t.Fatalf("testcluster: build hostscale-controller: %v\n%s", err, out)
+	}
+	return path
 }
 
 // BinaryLauncher starts the hostscale-controller binary at Path.

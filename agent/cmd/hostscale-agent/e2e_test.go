@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,9 +39,7 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 // or spinning, and a dead agent marked down after the TTL (±1s) and up
 // again, under the same id, when it returns.
 func TestAgent_e2e_realBinariesAgainstARealCluster(t *testing.T) {
-	ctrl := filepath.Join(t.TempDir(), "hostscale-controller")
-	out, err := exec.Command("go", "build", "-o", ctrl, "github.com/hostscale/hostscale/controller/cmd/hostscale-controller").CombinedOutput()
-	require.NoError(t, err, "build controller: %s", out)
+	ctrl := testcluster.BuildController(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

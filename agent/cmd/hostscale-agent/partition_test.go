@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,9 +20,7 @@ import (
 // heartbeat TTL runs out: the node stays up in the majority's view
 // throughout, and its stream reaches the new leader.
 func TestAgent_leaderCutOffSilently(t *testing.T) {
-	ctrl := filepath.Join(t.TempDir(), "hostscale-controller")
-	out, err := exec.Command("go", "build", "-o", ctrl, "github.com/hostscale/hostscale/controller/cmd/hostscale-controller").CombinedOutput()
-	require.NoError(t, err, "build controller: %s", out)
+	ctrl := testcluster.BuildController(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

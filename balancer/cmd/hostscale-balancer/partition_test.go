@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,9 +24,7 @@ import (
 // serves through the balancer. The balancer serves the pools it has all
 // along, without a failed request.
 func TestBinary_followerCutOffFromTheLeaderStopsFeedingTables(t *testing.T) {
-	ctrl := filepath.Join(t.TempDir(), "hostscale-controller")
-	out, err := exec.Command("go", "build", "-o", ctrl, "github.com/hostscale/hostscale/controller/cmd/hostscale-controller").CombinedOutput()
-	require.NoError(t, err, "build controller: %s", out)
+	ctrl := testcluster.BuildController(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

@@ -17,11 +17,10 @@ func (nopFSM) Apply(*raft.Log) any                 { return nil }
 func (nopFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, io.ErrUnexpectedEOF }
 func (nopFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
 
-// A forwarded call may be waiting for a command it proposed when the node
-// closes. Close ends such calls while Raft still runs, so that their
-// commands are answered: a command proposed just before Raft shuts down
-// may otherwise never be (hashicorp/raft#498), and Close waited for ever.
-func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
+// soloNode starts a one-node cluster "n1" on a loopback port; the caller
+// closes it.
+func soloNode(t *testing.T) *Node {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	cfg := DefaultConfig()
@@ -29,6 +28,15 @@ func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
 	cfg.Peers = []Peer{{ID: "n1", Address: lis.Addr().String()}}
 	n, err := New(cfg, nopFSM{})
 	require.NoError(t, err)
+	return n
+}
+
+// A forwarded call may be waiting for a command it proposed when the node
+// closes. Close ends such calls while Raft still runs, so that their
+// commands are answered: a command proposed just before Raft shuts down
+// may otherwise never be (hashicorp/raft#498), and Close waited for ever.
+func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
+	n := soloNode(t)
 	select {
 	case <-n.LeaderCh():
 	case <-time.After(5 * time.Second):
@@ -47,7 +55,7 @@ func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
 		// The call now proposes a command, as a forwarded write does.
 		exits <- exit{n.State(), n.Apply([]byte("write"), time.Second).Error()}
 	})
-	c, err := DialForward(context.Background(), lis.Addr().String(), time.Second)
+	c, err := DialForward(context.Background(), string(n.Transport.LocalAddr()), time.Second)
 	require.NoError(t, err)
 	defer c.Close()
 	<-started
@@ -65,21 +73,15 @@ func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
 	require.NoError(t, e.applyErr, "and its command was answered")
 
 	// A closed node refuses forwarded calls.
-	_, err = DialForward(context.Background(), lis.Addr().String(), time.Second)
+	_, err = DialForward(context.Background(), string(n.Transport.LocalAddr()), time.Second)
 	require.Error(t, err)
 }
 
 // Replication never pipelines (see New): a pipeline whose decoder has
 // exited blocks its sender for ever in hashicorp/raft.
 func TestNode_replicatesWithoutPipelining(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	cfg := DefaultConfig()
-	cfg.ID, cfg.DataDir, cfg.Listener = "n1", t.TempDir(), lis
-	cfg.Peers = []Peer{{ID: "n1", Address: lis.Addr().String()}}
-	n, err := New(cfg, nopFSM{})
-	require.NoError(t, err)
+	n := soloNode(t)
 	defer n.Close()
-	_, err = n.Transport.AppendEntriesPipeline("n2", raft.ServerAddress(lis.Addr().String()))
+	_, err := n.Transport.AppendEntriesPipeline("n2", n.Transport.LocalAddr())
 	require.ErrorIs(t, err, raft.ErrPipelineReplicationNotSupported)
 }
