@@ -113,49 +113,35 @@ func (c *Cluster) newNode(id string) *Node {
 // binds it inside the host: it gets no listeners.
 func (c *Cluster) spec(n *Node) Spec {
 	c.t.Helper()
-	if n.Host != nil {
-		return Spec{
-			ID:               n.ID,
-			DataDir:          n.DataDir,
-			Host:             n.Host,
-			GRPCAddr:         n.GRPCAddr,
-			RaftAddr:         n.RaftAddr,
-			HTTPAddr:         n.HTTPAddr,
-			HeartbeatTimeout: c.opts.HeartbeatTimeout,
-			ElectionTimeout:  c.opts.ElectionTimeout,
-			Args:             c.opts.Args,
-			Log:              n.log,
-		}
-	}
-	listen := func(addr *string) net.Listener {
-		var l net.Listener
-		var err error
-		if *addr == "" {
-			l, err = freeport.Listen()
-		} else {
-			// A restarted node needs its old ports.
-			l, err = freeport.Relisten(*addr, 5*time.Second)
-		}
-		if err != nil {
-			c.t.Fatalf("testcluster: listen %s: %v", *addr, err)
-		}
-		*addr = l.Addr().String()
-		return l
-	}
-	return Spec{
+	s := Spec{
 		ID:               n.ID,
 		DataDir:          n.DataDir,
-		GRPC:             listen(&n.GRPCAddr),
-		Raft:             listen(&n.RaftAddr),
-		HTTP:             listen(&n.HTTPAddr),
-		GRPCAddr:         n.GRPCAddr,
-		RaftAddr:         n.RaftAddr,
-		HTTPAddr:         n.HTTPAddr,
+		Host:             n.Host,
 		HeartbeatTimeout: c.opts.HeartbeatTimeout,
 		ElectionTimeout:  c.opts.ElectionTimeout,
 		Args:             c.opts.Args,
 		Log:              n.log,
 	}
+	if n.Host == nil {
+		listen := func(addr *string) net.Listener {
+			var l net.Listener
+			var err error
+			if *addr == "" {
+				l, err = freeport.Listen()
+			} else {
+				// A restarted node needs its old ports.
+				l, err = freeport.Relisten(*addr, 5*time.Second)
+			}
+			if err != nil {
+				c.t.Fatalf("testcluster: listen %s: %v", *addr, err)
+			}
+			*addr = l.Addr().String()
+			return l
+		}
+		s.GRPC, s.Raft, s.HTTP = listen(&n.GRPCAddr), listen(&n.RaftAddr), listen(&n.HTTPAddr)
+	}
+	s.GRPCAddr, s.RaftAddr, s.HTTPAddr = n.GRPCAddr, n.RaftAddr, n.HTTPAddr
+	return s
 }
 
 func (c *Cluster) launch(n *Node, spec Spec) {

@@ -33,16 +33,7 @@ func netHelper() bool {
 			os.Exit(1)
 		}
 		fmt.Println("listening")
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("hello"))
-				c.Close()
-			}
-		}()
+		go serveHello(l)
 		_, _ = io.Copy(io.Discard, os.Stdin)
 	case "dial":
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -59,6 +50,18 @@ func netHelper() bool {
 		fmt.Println(string(b))
 	}
 	return true
+}
+
+// serveHello writes "hello" to every connection l accepts, until l closes.
+func serveHello(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("hello"))
+		c.Close()
+	}
 }
 
 func helper(t *testing.T, h *Host, verb, addr string) *exec.Cmd {
@@ -125,16 +128,7 @@ func TestNet_partitionDropsPacketsBetweenGroupsAndHealRestoresThem(t *testing.T)
 	l, err := net.Listen("tcp", nt.Addr()+":0")
 	require.NoError(t, err)
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hello"))
-			c.Close()
-		}
-	}()
+	go serveHello(l)
 	out, err := helper(t, hs[0], "dial", l.Addr().String()).Output()
 	require.NoError(t, err)
 	require.Equal(t, "hello", strings.TrimSpace(string(out)), "a cut-off host reaches the test process")
