@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -180,6 +182,141 @@ func TestPartition_isolatedLeaderStepsDownAndTheMajorityCarriesOn(t *testing.T) 
 	}
 	_, err = old.Pools().CreatePool(ctx, routedPool("after"))
 	require.NoError(t, err, "a write through the rejoined node")
+}
+
+// TestPartition_frozenLeaderServesNoStaleConsistentRead: the leader is
+// frozen (SIGSTOP, as a long pause of a VM or a process leaves it) and cut
+// off; the majority elects a new leader and a write lands through it.
+// Consistent reads sent to the old leader then wait in its socket and meet
+// it as it wakes still believing it leads. Each must fail or see the new
+// write: an old value is a stale read. Two things stand in the way: the
+// old leader's lease check, whose timer has expired and fires as it wakes,
+// and the quorum round (VerifyLeader) before each consistent read, which a
+// cut-off node cannot complete. The first alone wins the race here; the
+// second is what holds when the leader's Raft loop is stalled while its
+// API still answers.
+func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nt, c, old := netCluster(t, ctx)
+	_, err := old.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
+		Template: &pb.InstanceTemplate{Command: "/bin/true"},
+	}})
+	require.NoError(t, err)
+	_, err = old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
+	require.NoError(t, err)
+	// The test's connection to the old leader is up before the freeze.
+	got, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
+	require.NoError(t, err)
+	require.Equal(t, uint32(1), got.Pool.GetDesired())
+
+	old.Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			old.Resume()
+		}
+	}()
+	nt.Isolate(old.Host)
+	frozen := time.Now()
+	var leader *testcluster.Node
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		for _, n := range c.Nodes() {
+			if n == old {
+				continue
+			}
+			st, err := n.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Id == st.Leader.GetId() && st.LeaderReady {
+				leader = n
+				return nil
+			}
+		}
+		return fmt.Errorf("no ready leader in the majority yet")
+	}))
+	t.Logf("%s leads %v after %s froze", leader.ID, time.Since(frozen).Round(time.Millisecond), old.ID)
+	wrote, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
+	require.NoError(t, err)
+
+	// Every read is sent after the write was answered; they queue in the
+	// frozen node's socket and meet it as it wakes.
+	const reads = 64
+	type answer struct {
+		desired uint32
+		index   uint64
+		err     error
+	}
+	answers := make(chan answer, reads)
+	var sent sync.WaitGroup
+	for range reads {
+		sent.Add(1)
+		go func() {
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer rcancel()
+			sent.Done()
+			resp, err := old.Pools().GetPool(rctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
+			answers <- answer{resp.GetPool().GetDesired(), resp.GetIndex(), err}
+		}()
+	}
+	sent.Wait()
+	// The calls wait in the frozen node's socket: its kernel took them.
+	// Each is a HEADERS and a DATA frame of at least 30 bytes together.
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(context.Context) error {
+		queued, err := receiveQueued(old.Host, "7700")
+		if err != nil {
+			return err
+		}
+		if queued < reads*30 {
+			return fmt.Errorf("%d bytes wait in %s's socket", queued, old.ID)
+		}
+		return nil
+	}))
+	old.Resume()
+	resumed = true
+	var failed, fresh int
+	var firstErr error
+	for range reads {
+		a := <-answers
+		switch {
+		case a.err != nil:
+			unavailable(t, a.err, "a consistent read on the deposed leader")
+			failed++
+			if firstErr == nil {
+				firstErr = a.err
+			}
+		case a.desired == 2:
+			fresh++
+		default:
+			t.Errorf("stale consistent read on the deposed leader %s: desired %d at index %d, after the write at index %d was answered",
+				old.ID, a.desired, a.index, wrote.Index)
+		}
+	}
+	t.Logf("%d consistent reads on the woken deposed leader: %d failed (%v), %d saw the new write", reads, failed, firstErr, fresh)
+}
+
+// receiveQueued sums the bytes waiting to be read in the receive queues of
+// the established TCP connections to port on host.
+func receiveQueued(host *testcluster.Host, port string) (int, error) {
+	out, err := host.Command("ss", "-Htn", "state", "established", "( sport = :"+port+" )").Output()
+	if err != nil {
+		return 0, fmt.Errorf("ss: %w", err)
+	}
+	total := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, err := strconv.Atoi(f[0])
+		if err != nil {
+			return 0, fmt.Errorf("ss: receive queue %q: %w", f[0], err)
+		}
+		total += n
+	}
+	return total, nil
 }
 
 // TestPartition_oneLinkCutKeepsTheLeader: only the link between the

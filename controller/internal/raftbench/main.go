@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -57,6 +58,26 @@ type result struct {
 	perEntry float64
 	// path is a write's critical path, with -critpath.
 	path *pathStats
+	// cpu is the process's CPU time (user and system, every node and
+	// client in it) over the measured seconds; cores is that per second.
+	cpu time.Duration
+}
+
+// cpuPerWrite is the process's CPU time per measured write.
+func (r result) cpuPerWrite() time.Duration {
+	if r.writes == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.writes)
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (r result) rate() float64 { return float64(r.writes) / r.elapsed.Seconds() }
@@ -189,7 +210,7 @@ func main() {
 
 func report(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "store\tclients\tmode\twrites/s\tp50\tp99\terrors\tratio writes/s\tratio p99\tleader apply mean\t")
+	fmt.Fprintln(tw, "store\tclients\tmode\twrites/s\tp50\tp99\terrors\tratio writes/s\tratio p99\tleader apply mean\tCPU µs/write\tcores\t")
 	bare := bareBefore(rs)
 	for i, r := range rs {
 		ratio, ratioP99 := "", ""
@@ -201,8 +222,9 @@ func report(w io.Writer, rs []result) {
 		if r.applyMean > 0 {
 			apply = r.applyMean.Round(10 * time.Microsecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%v\t%v\t%d\t%s\t%s\t%s\t\n", r.store, r.clients, r.mode, r.rate(),
-			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99, apply)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%v\t%v\t%d\t%s\t%s\t%s\t%s\t%.2f\t\n", r.store, r.clients, r.mode, r.rate(),
+			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, ratio, ratioP99, apply,
+			usText(r.cpuPerWrite()), r.cpu.Seconds()/r.elapsed.Seconds())
 	}
 	tw.Flush()
 	reportStages(w, rs, bare)
@@ -275,7 +297,7 @@ func summarize(w io.Writer, rs []result) {
 		clients     int
 	}
 	var keys []key
-	rates, p99s, ratios, ratiosP99 := map[key][]float64{}, map[key][]float64{}, map[key][]float64{}, map[key][]float64{}
+	rates, p99s, ratios, ratiosP99, cpus := map[key][]float64{}, map[key][]float64{}, map[key][]float64{}, map[key][]float64{}, map[key][]float64{}
 	bare := bareBefore(rs)
 	for i, r := range rs {
 		k := key{r.store, r.mode, r.clients}
@@ -284,6 +306,7 @@ func summarize(w io.Writer, rs []result) {
 		}
 		rates[k] = append(rates[k], r.rate())
 		p99s[k] = append(p99s[k], float64(r.p99))
+		cpus[k] = append(cpus[k], float64(r.cpuPerWrite()))
 		if b := bare[i]; b != nil {
 			ratios[k] = append(ratios[k], r.rate()/b.rate())
 			ratiosP99[k] = append(ratiosP99[k], float64(r.p99)/float64(b.p99))
@@ -301,7 +324,7 @@ func summarize(w io.Writer, rs []result) {
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "store\tclients\tmode\trounds\tmedian writes/s\tmedian p99\tmedian ratio writes/s\tmedian ratio p99\tratios writes/s\t")
+	fmt.Fprintln(tw, "store\tclients\tmode\trounds\tmedian writes/s\tmedian p99\tmedian CPU µs/write\tmedian ratio writes/s\tmedian ratio p99\tratios writes/s\t")
 	for _, k := range keys {
 		ratio, ratioP99, all := "", "", ""
 		if len(ratios[k]) > 0 {
@@ -313,8 +336,8 @@ func summarize(w io.Writer, rs []result) {
 			}
 			all = strings.Join(each, " ")
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%v\t%s\t%s\t%s\t\n", k.store, k.clients, k.mode, len(rates[k]), median(rates[k]),
-			time.Duration(median(p99s[k])).Round(10*time.Microsecond), ratio, ratioP99, all)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%v\t%s\t%s\t%s\t%s\t\n", k.store, k.clients, k.mode, len(rates[k]), median(rates[k]),
+			time.Duration(median(p99s[k])).Round(10*time.Microsecond), usText(time.Duration(median(cpus[k]))), ratio, ratioP99, all)
 	}
 	tw.Flush()
 }
@@ -378,6 +401,7 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 	resetRaftStages()
 	measuring.Store(true)
 	start := time.Now()
+	cpuStart := processCPU()
 	if tracePath != "" {
 		f, err := os.Create(tracePath)
 		if err != nil {
@@ -393,6 +417,7 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 	time.Sleep(d - time.Since(start))
 	stop.Store(true)
 	elapsed := time.Since(start)
+	cpu := processCPU() - cpuStart
 	wg.Wait()
 	slices.Sort(lat)
 	q := func(p float64) time.Duration {
@@ -409,7 +434,7 @@ func loadIdle(n int, idle, warmup, d time.Duration, tracePath string, mark func(
 	if len(lat) > 0 {
 		mean = sum / time.Duration(len(lat))
 	}
-	r := result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99), mean: mean, raft: readRaftStages()}
+	r := result{clients: n, writes: len(lat), errors: errs.Load(), elapsed: elapsed, p50: q(0.50), p99: q(0.99), mean: mean, raft: readRaftStages(), cpu: cpu}
 	if idles.Load() > 0 {
 		r.idle = time.Duration(idled.Load() / idles.Load())
 	}

@@ -91,6 +91,13 @@ type streamLayer struct {
 	// starts.
 	fwdStopped bool
 	fwdWG      sync.WaitGroup
+
+	// dialed are the open connections Dial made for Raft's own RPCs.
+	// stopDials cancels dialCtx and closes them.
+	dialMu   sync.Mutex
+	dialed   map[*dialedConn]struct{}
+	dialCtx  context.Context
+	dialStop context.CancelFunc
 }
 
 func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration) *streamLayer {
@@ -99,7 +106,9 @@ func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration)
 		raftConns: make(chan net.Conn),
 		conns:     map[net.Conn]bool{},
 		closedCh:  make(chan struct{}),
+		dialed:    map[*dialedConn]struct{}{},
 	}
+	s.dialCtx, s.dialStop = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s
@@ -107,9 +116,53 @@ func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration)
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
+// Dial connects to a peer's Raft port for one of Raft's RPCs, until
+// stopDials.
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", string(addr))
+	conn, err := d.DialContext(s.dialCtx, "tcp", string(addr))
+	if err != nil {
+		return nil, err
+	}
+	s.dialMu.Lock()
+	defer s.dialMu.Unlock()
+	if err := s.dialCtx.Err(); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("dial %s: %w", addr, net.ErrClosed)
+	}
+	c := &dialedConn{Conn: conn, s: s}
+	s.dialed[c] = struct{}{}
+	return c, nil
+}
+
+// stopDials closes the connections Dial made and fails the dials in
+// progress and to come. A peer that stopped answering without closing
+// its connections (a host cut off or powered off) would otherwise hold
+// Raft's replication to it in a dial or a read for the transport's
+// timeout, and Raft.Shutdown waits for that replication to end.
+func (s *streamLayer) stopDials() {
+	s.dialMu.Lock()
+	defer s.dialMu.Unlock()
+	s.dialStop()
+	for c := range s.dialed {
+		c.Conn.Close()
+	}
+}
+
+// dialedConn is a connection Dial made; closing it forgets it.
+type dialedConn struct {
+	net.Conn
+	s    *streamLayer
+	once sync.Once
+}
+
+func (c *dialedConn) Close() error {
+	c.once.Do(func() {
+		c.s.dialMu.Lock()
+		delete(c.s.dialed, c)
+		c.s.dialMu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 // Accept returns the next connection that carries Raft's RPCs.

@@ -294,11 +294,29 @@ func (n *Node) Close() error {
 	}
 	var err error
 	if n.Raft != nil {
-		err = n.Raft.Shutdown().Error()
+		f := n.Raft.Shutdown()
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }()
+		select {
+		case err = <-done:
+		case <-time.After(shutdownGrace):
+			// Replication to a peer that stopped answering holds the
+			// shutdown in a dial or a read: end them.
+			if n.stream != nil {
+				n.stream.stopDials()
+			}
+			err = <-done
+		}
 	}
 	n.closeStores()
 	return err
 }
+
+// shutdownGrace is how long Close lets Raft shut down with its
+// connections to the peers open, before it closes them: Raft's shutdown
+// takes milliseconds unless a replication waits on a peer that went
+// silent.
+const shutdownGrace = time.Second
 
 func (n *Node) closeStores() {
 	for i := len(n.closers) - 1; i >= 0; i-- {

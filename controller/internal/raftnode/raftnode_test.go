@@ -85,3 +85,57 @@ func TestNode_replicatesWithoutPipelining(t *testing.T) {
 	_, err := n.Transport.AppendEntriesPipeline("n2", n.Transport.LocalAddr())
 	require.ErrorIs(t, err, raft.ErrPipelineReplicationNotSupported)
 }
+
+// A peer that accepts Raft's connections and never answers, as a host
+// cut off or powered off leaves them, holds the replication to it in a
+// read for the transport's timeout (10 s), and Raft's shutdown waits for
+// that replication. Close ends it after shutdownGrace.
+func TestNode_closeDoesNotWaitForAPeerThatStoppedAnswering(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c // held open, never read
+		}
+	}()
+	defer func() {
+		silent.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	}()
+
+	n := soloNode(t)
+	select {
+	case <-n.LeaderCh():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no leader")
+	}
+	require.NoError(t, n.AddNonvoter("n2", raft.ServerAddress(silent.Addr().String()), 0, 5*time.Second).Error())
+	// Replication to n2 is under way: it took a connection.
+	select {
+	case c := <-accepted:
+		accepted <- c
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection to the silent peer")
+	}
+
+	start := time.Now()
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	took := time.Since(start)
+	t.Logf("Close took %v", took.Round(time.Millisecond))
+	require.Less(t, took, shutdownGrace+2*time.Second, "Close waited on the silent peer")
+}
