@@ -10,6 +10,7 @@ replace (
 )
 
 require (
+	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hostscale/hostscale/proto v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0

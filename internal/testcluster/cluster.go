@@ -34,6 +34,10 @@ type Options struct {
 	// so that a test can cut the nodes apart (Net.Partition). It needs a
 	// launcher that starts processes (BinaryLauncher).
 	Net *Net
+	// DataDir, when set, gives the data directory of the node with the
+	// id (a StallDisk's, say); by default each node has one in the
+	// cluster's temporary directory.
+	DataDir func(id string) string
 }
 
 // Node is one controller of the cluster. Its addresses stay the same
@@ -92,7 +96,11 @@ func Start(t testing.TB, opts Options) *Cluster {
 
 func (c *Cluster) newNode(id string) *Node {
 	c.t.Helper()
-	n := &Node{ID: id, DataDir: filepath.Join(c.dir, id), c: c, log: &syncBuffer{}}
+	dir := filepath.Join(c.dir, id)
+	if c.opts.DataDir != nil {
+		dir = c.opts.DataDir(id)
+	}
+	n := &Node{ID: id, DataDir: dir, c: c, log: &syncBuffer{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if nt := c.opts.Net; nt != nil {

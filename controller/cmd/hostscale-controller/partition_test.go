@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	"github.com/hostscale/hostscale/internal/testcluster"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -295,6 +296,127 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 		}
 	}
 	t.Logf("%d consistent reads on the woken deposed leader: %d failed (%v), %d saw the new write", reads, failed, firstErr, fresh)
+}
+
+// TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead: the
+// leader's disk stops answering (testcluster.StallDisk), so hashicorp/raft's
+// leader loop, which writes the leader's log itself, waits in that write;
+// the leader's replication keeps sending heartbeats, and its API answers.
+// It is then cut off: the majority elects a new leader, which takes a
+// write. The old leader's loop cannot run its lease check, so nothing in
+// its own state says it no longer leads, and a consistent read served from
+// that state would return the old value. The quorum round before every
+// consistent read (VerifyLeader) goes through the same loop, so the read
+// fails instead. Once the disk answers and the partition heals, the old
+// leader follows, and the write it held never lands.
+func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nt := testcluster.NewNet(t, 3)
+	// Mounted before the cluster starts, so unmounted after it stopped.
+	disks := map[string]*testcluster.StallDisk{}
+	for i := range 3 {
+		disks[fmt.Sprintf("c%d", i+1)] = testcluster.NewStallDisk(t)
+	}
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt,
+		DataDir: func(id string) string { return disks[id].Dir },
+	})
+	old, took, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	t.Logf("leader %s after %v", old.ID, took)
+	// Whatever the test's end, the disks answer before the nodes stop.
+	t.Cleanup(func() {
+		for _, d := range disks {
+			d.Resume()
+		}
+	})
+	_, err = old.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
+		Template: &pb.InstanceTemplate{Command: "/bin/true"},
+	}})
+	require.NoError(t, err)
+	_, err = old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
+	require.NoError(t, err)
+
+	disk := disks[old.ID]
+	disk.Stall()
+	// A write through the leader: its log write waits on the disk, and
+	// the leader loop with it.
+	held := make(chan error, 1)
+	go func() {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer wcancel()
+		_, err := old.Pools().ScalePool(wctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 3})
+		held <- err
+	}()
+	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second))
+	nt.Isolate(old.Host)
+	cut := time.Now()
+
+	var leader *testcluster.Node
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		for _, n := range c.Nodes() {
+			if n == old {
+				continue
+			}
+			st, err := n.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Id == st.Leader.GetId() && st.LeaderReady {
+				leader = n
+				return nil
+			}
+		}
+		return fmt.Errorf("no ready leader in the majority yet")
+	}))
+	t.Logf("%s leads %v after the cut", leader.ID, time.Since(cut).Round(time.Millisecond))
+	wrote, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
+	require.NoError(t, err)
+
+	// The old leader still answers local reads, from its old state.
+	local, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg"})
+	require.NoError(t, err)
+	require.Equal(t, uint32(1), local.Pool.GetDesired(), "the old leader's local read")
+	// A consistent read must not; the node gives up on confirming its
+	// leadership after VerifyTimeout, before the caller's deadline.
+	start := time.Now()
+	rctx, rcancel := context.WithTimeout(ctx, 2*endpoint.VerifyTimeout)
+	resp, err := old.Pools().GetPool(rctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
+	rcancel()
+	if err == nil {
+		require.Equal(t, uint32(2), resp.Pool.GetDesired(),
+			"stale consistent read on the old leader, after the write at index %d was answered", wrote.Index)
+	}
+	require.Equal(t, codes.Unavailable, status.Code(err), "a consistent read on the old leader with a stalled disk: %v", err)
+	t.Logf("the consistent read on the old leader failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+
+	disk.Resume()
+	nt.Heal()
+	healed := time.Now()
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(ctx context.Context) error {
+		resp, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg"})
+		if err != nil {
+			return err
+		}
+		if resp.Pool.GetDesired() != 2 {
+			return fmt.Errorf("%s reads desired %d", old.ID, resp.Pool.GetDesired())
+		}
+		return nil
+	}))
+	t.Logf("%s caught up %v after the heal", old.ID, time.Since(healed).Round(time.Millisecond))
+	select {
+	case err := <-held:
+		unavailable(t, err, "the write the old leader held")
+	case <-ctx.Done():
+		t.Fatal("the held write was never answered")
+	}
+	for _, n := range c.Nodes() {
+		resp, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
+		require.NoError(t, err)
+		require.Equal(t, uint32(2), resp.Pool.GetDesired(), "through %s", n.ID)
+	}
 }
 
 // receiveQueued sums the bytes waiting to be read in the receive queues of
