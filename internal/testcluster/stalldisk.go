@@ -80,7 +80,8 @@ func NewStallDisk(t testing.TB) *StallDisk {
 	return d
 }
 
-// unavailable skips the test, or fails it under CI.
+// unavailable skips a test this machine cannot run, or fails it when $CI
+// is set, so that a CI run never passes by skipping.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if os.Getenv("CI") != "" {

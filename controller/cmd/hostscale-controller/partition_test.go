@@ -49,6 +49,37 @@ func unavailable(t *testing.T, err error, what string) {
 	require.True(t, code == codes.Unavailable || code == codes.DeadlineExceeded, "%s: %v", what, err)
 }
 
+// newLeader waits until every node but old follows a leader other than
+// old, and that leader is ready; it returns the leader and its term.
+func newLeader(ctx context.Context, t *testing.T, c *testcluster.Cluster, old *testcluster.Node) (*testcluster.Node, uint64) {
+	t.Helper()
+	var leader *testcluster.Node
+	var term uint64
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		leader = nil
+		for _, n := range c.Nodes() {
+			if n == old {
+				continue
+			}
+			st, err := n.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Leader.GetId() == "" || st.Leader.GetId() == old.ID {
+				return fmt.Errorf("%s follows %q", n.ID, st.Leader.GetId())
+			}
+			if st.Id == st.Leader.GetId() && st.LeaderReady {
+				leader, term = n, st.Term
+			}
+		}
+		if leader == nil {
+			return fmt.Errorf("no ready leader in the majority yet")
+		}
+		return nil
+	}))
+	return leader, term
+}
+
 // TestPartition_isolatedLeaderStepsDownAndTheMajorityCarriesOn: the leader
 // is cut off from both followers (its packets dropped, the process
 // running). The two elect a new leader and take writes through either of
@@ -82,27 +113,7 @@ func TestPartition_isolatedLeaderStepsDownAndTheMajorityCarriesOn(t *testing.T) 
 	t.Logf("the cut-off leader's write failed after %v: %v", time.Since(cut).Round(time.Millisecond), err)
 
 	// The majority elects a new leader.
-	var leader *testcluster.Node
-	var term uint64
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		leader = nil
-		for _, n := range majority {
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if st.Leader.GetId() == "" || st.Leader.GetId() == old.ID {
-				return fmt.Errorf("%s follows %q", n.ID, st.Leader.GetId())
-			}
-			if st.Id == st.Leader.GetId() && st.LeaderReady {
-				leader, term = n, st.Term
-			}
-		}
-		if leader == nil {
-			return fmt.Errorf("no ready leader in the majority yet")
-		}
-		return nil
-	}))
+	leader, term := newLeader(ctx, t, c, old)
 	elected := time.Since(cut)
 	t.Logf("%s leads the majority (term %d) %v after the cut", leader.ID, term, elected.Round(time.Millisecond))
 	require.Less(t, elected, 3*time.Second, "a new leader within 3s of the cut")
@@ -221,23 +232,7 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 	}()
 	nt.Isolate(old.Host)
 	frozen := time.Now()
-	var leader *testcluster.Node
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		for _, n := range c.Nodes() {
-			if n == old {
-				continue
-			}
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if st.Id == st.Leader.GetId() && st.LeaderReady {
-				leader = n
-				return nil
-			}
-		}
-		return fmt.Errorf("no ready leader in the majority yet")
-	}))
+	leader, _ := newLeader(ctx, t, c, old)
 	t.Logf("%s leads %v after %s froze", leader.ID, time.Since(frozen).Round(time.Millisecond), old.ID)
 	wrote, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
 	require.NoError(t, err)
@@ -354,23 +349,7 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 	nt.Isolate(old.Host)
 	cut := time.Now()
 
-	var leader *testcluster.Node
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		for _, n := range c.Nodes() {
-			if n == old {
-				continue
-			}
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if st.Id == st.Leader.GetId() && st.LeaderReady {
-				leader = n
-				return nil
-			}
-		}
-		return fmt.Errorf("no ready leader in the majority yet")
-	}))
+	leader, _ := newLeader(ctx, t, c, old)
 	t.Logf("%s leads %v after the cut", leader.ID, time.Since(cut).Round(time.Millisecond))
 	wrote, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
 	require.NoError(t, err)
