@@ -1,6 +1,8 @@
 package server
 
 import (
+	"time"
+
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,30 +14,36 @@ import (
 type raftCollector struct {
 	raft *raft.Raft
 	fsm  *fsm.FSM
+	// logWrite is how long the log store's oldest write in progress has
+	// run (raftnode.Node.LogWriteInProgress).
+	logWrite func() time.Duration
 
-	state, term, commit, applied, lastLog, leader, peers, pools *prometheus.Desc
+	state, term, commit, applied, lastLog, leader, peers, pools, logWriteDesc *prometheus.Desc
 }
 
-func newRaftCollector(r *raft.Raft, f *fsm.FSM) *raftCollector {
+func newRaftCollector(r *raft.Raft, f *fsm.FSM, logWrite func() time.Duration) *raftCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &raftCollector{
-		raft:    r,
-		fsm:     f,
-		state:   d("hostscale_raft_state", "1 for this node's current Raft state.", "state"),
-		term:    d("hostscale_raft_term", "Current Raft term."),
-		commit:  d("hostscale_raft_commit_index", "Raft commit index."),
-		applied: d("hostscale_raft_applied_index", "Raft index last applied to the state machine."),
-		lastLog: d("hostscale_raft_last_log_index", "Last Raft log index stored."),
-		leader:  d("hostscale_raft_leader", "1 when this node is the leader."),
-		peers:   d("hostscale_raft_servers", "Servers in the Raft configuration."),
-		pools:   d("hostscale_state_pools", "Pools in the replicated state."),
+		raft:     r,
+		fsm:      f,
+		logWrite: logWrite,
+		state:    d("hostscale_raft_state", "1 for this node's current Raft state.", "state"),
+		term:     d("hostscale_raft_term", "Current Raft term."),
+		commit:   d("hostscale_raft_commit_index", "Raft commit index."),
+		applied:  d("hostscale_raft_applied_index", "Raft index last applied to the state machine."),
+		lastLog:  d("hostscale_raft_last_log_index", "Last Raft log index stored."),
+		leader:   d("hostscale_raft_leader", "1 when this node is the leader."),
+		peers:    d("hostscale_raft_servers", "Servers in the Raft configuration."),
+		pools:    d("hostscale_state_pools", "Pools in the replicated state."),
+		logWriteDesc: d("hostscale_raft_log_write_in_progress_seconds",
+			"How long the oldest write to the Raft log store still running has run; 0 when none runs. Seconds mean a stalled disk."),
 	}
 }
 
 func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastLog, c.leader, c.peers, c.pools} {
+	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastLog, c.leader, c.peers, c.pools, c.logWriteDesc} {
 		ch <- d
 	}
 }
@@ -67,4 +75,5 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	pools := 0
 	c.fsm.Read(func(s *pb.State) { pools = len(s.Pools) })
 	g(c.pools, float64(pools))
+	g(c.logWriteDesc, c.logWrite().Seconds())
 }

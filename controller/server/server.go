@@ -295,7 +295,7 @@ func New(cfg Config) (s *Server, err error) {
 	forwardCtx, stopForwards := context.WithCancel(context.Background())
 	s.stopForwards = stopForwards
 	s.node.ServeForwards(func(conn net.Conn) { peer.ServeConn(forwardCtx, conn) })
-	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm))
+	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm, s.node.LogWriteInProgress))
 	return s, nil
 }
 
@@ -313,8 +313,12 @@ func (s *Server) RaftAddr() string { return string(s.node.Transport.LocalAddr())
 // HTTPAddr is the admin HTTP address.
 func (s *Server) HTTPAddr() string { return s.admin.Addr().String() }
 
-// ready is /readyz: a leader is known and, on the leader, it caught up.
+// ready is /readyz: a leader is known, on the leader it caught up, and no
+// log store write has run for raftnode.LogWriteStallLimit.
 func (s *Server) ready() error {
+	if s.node.LogWriteStalled() {
+		return fmt.Errorf("a write to the Raft log store has run for %v: the disk is stalled", s.node.LogWriteInProgress().Round(time.Second))
+	}
 	if _, id := s.node.LeaderWithID(); id == "" {
 		return errors.New("no leader known")
 	}

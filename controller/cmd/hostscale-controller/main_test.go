@@ -220,13 +220,9 @@ func TestBinaryCluster_exportsRaftTimers(t *testing.T) {
 		require.NoError(t, err)
 	}
 	page := func(n *testcluster.Node) string {
-		resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
+		_, body, err := fetch("http://" + n.HTTPAddr + "/metrics")
 		require.NoError(t, err)
-		defer resp.Body.Close()
-		var b bytes.Buffer
-		_, err = b.ReadFrom(resp.Body)
-		require.NoError(t, err)
-		return b.String()
+		return body
 	}
 	at := func(p, series string) float64 {
 		t.Helper()

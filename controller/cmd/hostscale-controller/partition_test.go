@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostscale/hostscale/controller/internal/endpoint"
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/internal/testcluster"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -346,6 +349,26 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 		held <- err
 	}()
 	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second))
+	stalled := time.Now()
+	// The node says so: /readyz fails once a log write has run for
+	// raftnode.LogWriteStallLimit, and /metrics shows how long.
+	require.NoError(t, testcluster.Eventually(ctx, 2*raftnode.LogWriteStallLimit, func(context.Context) error {
+		code, body, err := fetch("http://" + old.HTTPAddr + "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "the disk is stalled") {
+			return fmt.Errorf("/readyz: %d %q", code, body)
+		}
+		return nil
+	}))
+	t.Logf("%s not ready %v after its disk stalled", old.ID, time.Since(stalled).Round(time.Millisecond))
+	_, page, err := fetch("http://" + old.HTTPAddr + "/metrics")
+	require.NoError(t, err)
+	inProgress, ok := metricValue(page, "hostscale_raft_log_write_in_progress_seconds")
+	require.True(t, ok, "hostscale_raft_log_write_in_progress_seconds missing")
+	require.Greater(t, inProgress, raftnode.LogWriteStallLimit.Seconds())
+
 	nt.Isolate(old.Host)
 	cut := time.Now()
 
@@ -385,6 +408,9 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 		return nil
 	}))
 	t.Logf("%s caught up %v after the heal", old.ID, time.Since(healed).Round(time.Millisecond))
+	code, body, err := fetch("http://" + old.HTTPAddr + "/readyz")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code, "/readyz once the disk answers: %s", body)
 	select {
 	case err := <-held:
 		unavailable(t, err, "the write the old leader held")
@@ -396,6 +422,17 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 		require.NoError(t, err)
 		require.Equal(t, uint32(2), resp.Pool.GetDesired(), "through %s", n.ID)
 	}
+}
+
+// fetch GETs url and returns the status code and body.
+func fetch(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
 
 // receiveQueued sums the bytes waiting to be read in the receive queues of

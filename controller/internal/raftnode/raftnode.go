@@ -140,7 +140,16 @@ type Node struct {
 	Snapshots raft.SnapshotStore
 	closers   []io.Closer
 	stream    *streamLayer
+	logs      *watchedLogs
 }
+
+// LogWriteInProgress is how long the log store's oldest write still
+// running has run, or zero when none runs.
+func (n *Node) LogWriteInProgress() time.Duration { return n.logs.inProgress() }
+
+// LogWriteStalled reports a log store write running for longer than
+// LogWriteStallLimit.
+func (n *Node) LogWriteStalled() bool { return n.LogWriteInProgress() > LogWriteStallLimit }
 
 // ServeForwards makes the Raft port take calls forwarded by followers
 // (connections opened with DialForward): h runs once per connection, after
@@ -179,9 +188,16 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 			n.closeStores()
 		}
 	}()
-	logs, stable, err := openStores(cfg, &n.closers)
+	durable, stable, err := openStores(cfg, &n.closers)
 	if err != nil {
 		return nil, err
+	}
+	n.logs = newWatchedLogs(durable)
+	var logs raft.LogStore = n.logs
+	if cfg.LogCache > 0 {
+		if logs, err = raft.NewLogCache(cfg.LogCache, logs); err != nil {
+			return nil, fmt.Errorf("log cache: %w", err)
+		}
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hl.Named("snapshot"))
 	if err != nil {
@@ -274,13 +290,6 @@ func openStores(cfg Config, closers *[]io.Closer) (raft.LogStore, raft.StableSto
 		}
 		*closers = append(*closers, w)
 		logs, stable = w, w
-	}
-	if cfg.LogCache > 0 {
-		c, err := raft.NewLogCache(cfg.LogCache, logs)
-		if err != nil {
-			return nil, nil, fmt.Errorf("log cache: %w", err)
-		}
-		logs = c
 	}
 	return logs, stable, nil
 }
