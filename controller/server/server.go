@@ -79,6 +79,11 @@ type Config struct {
 	// DrainDeadline: an instance out of the tables is stopped once every
 	// balancer acknowledged a table without it, or after this long.
 	DrainDeadline time.Duration
+	// LogStallExit: a leader whose Raft log store write has run this long
+	// exits, so that another controller leads; 0: never.
+	LogStallExit time.Duration
+	// Exit ends the process (os.Exit); LogStallExit calls it.
+	Exit func(code int)
 	// CommitHold: under load, the longest the leader holds the next Raft
 	// entry for more writes (group commit); 0 never holds.
 	CommitHold time.Duration
@@ -102,6 +107,8 @@ func DefaultConfig() Config {
 		AlertInterval: 5 * time.Second,
 		DrainDeadline: 10 * time.Second,
 		CommitHold:    10 * time.Millisecond,
+		LogStallExit:  15 * time.Second,
+		Exit:          os.Exit,
 
 		AlertGroupWait:      10 * time.Second,
 		AlertGroupInterval:  5 * time.Minute,
@@ -134,6 +141,9 @@ func (c Config) Validate() error {
 	}
 	if c.CommitHold < 0 || c.CommitHold > time.Second {
 		return errors.New("-commit-hold: between 0 and 1s")
+	}
+	if err := CheckLogStallExit(c.LogStallExit); err != nil {
+		return err
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
@@ -342,6 +352,7 @@ func (s *Server) Run(ctx context.Context) error {
 		func(c context.Context) { _ = s.leader.Run(c) },
 		s.announce,
 		s.probe,
+		s.watchLogStall,
 	} {
 		loops.Add(1)
 		go func() { defer loops.Done(); f(loopCtx) }()
@@ -355,6 +366,44 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.logger.Info("controller stopped")
 	return err
+}
+
+// CheckLogStallExit accepts 0 (never) or 1s to 1h for -log-stall-exit.
+func CheckLogStallExit(d time.Duration) error {
+	if d != 0 && (d < time.Second || d > time.Hour) {
+		return errors.New("-log-stall-exit: 0 (never) or between 1s and 1h")
+	}
+	return nil
+}
+
+// watchLogStall ends the process when this node leads and a write to its
+// Raft log store has run for LogStallExit. hashicorp/raft's leader loop
+// waits in that write: the cluster commits nothing, yet the leader's
+// heartbeats go on and no other node stands for election. Once the process
+// is gone (its threads, at least, when the write holds one in the kernel),
+// the heartbeats stop, the others elect a leader within about a second,
+// and agents and balancers move to them.
+func (s *Server) watchLogStall(ctx context.Context) {
+	if s.cfg.LogStallExit <= 0 {
+		return
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		stalled := s.node.LogWriteInProgress()
+		if stalled < s.cfg.LogStallExit || !s.core.IsLeader() {
+			continue
+		}
+		s.logger.Error("the Raft log store has not finished a write: exiting so that another controller leads",
+			"stalled", stalled.Round(time.Second), "limit", s.cfg.LogStallExit, "data_dir", s.cfg.DataDir)
+		s.cfg.Exit(3)
+		return
+	}
 }
 
 // Close shuts Raft down and closes its stores and client connections. Run

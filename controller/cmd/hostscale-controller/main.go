@@ -84,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", cfg.HeartbeatTTL, "a node whose agent sends nothing this long is marked down")
 	fs.DurationVar(&cfg.MetricsWindow, "metrics-window", cfg.MetricsWindow, "sample history the leader keeps per node (one sample a second)")
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", cfg.AlertInterval, "how often the leader evaluates the alerting rules")
+	fs.DurationVar(&cfg.LogStallExit, "log-stall-exit", cfg.LogStallExit, "a leader whose Raft log store write (a stalled disk) has run this long exits, so that another controller leads; 0: never")
 	fs.DurationVar(&cfg.CommitHold, "commit-hold", cfg.CommitHold, "under load, the longest the leader holds the next Raft entry for more writes (group commit); 0: never")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "how long a removed instance waits for every balancer to acknowledge a table without it before it is stopped anyway")
 	var webhooks, deliveryFile string
@@ -149,6 +150,9 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		return cfg, logOpts, errors.New("-commit-hold: between 0 and 1s")
 	case cfg.Raft.LeaderLeaseTimeout > cfg.Raft.HeartbeatTimeout:
 		return cfg, logOpts, errors.New("-leader-lease-timeout: must not exceed -heartbeat-timeout")
+	}
+	if err := server.CheckLogStallExit(cfg.LogStallExit); err != nil {
+		return cfg, logOpts, err
 	}
 	if len(p) > 0 {
 		found := false

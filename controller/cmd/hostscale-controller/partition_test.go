@@ -296,6 +296,129 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 	t.Logf("%d consistent reads on the woken deposed leader: %d failed (%v), %d saw the new write", reads, failed, firstErr, fresh)
 }
 
+// stalledLeader starts three controllers, each on a host of its own with
+// its data directory on a StallDisk, with the extra flags args; it sets a
+// register pool's desired count to 1 through the leader, then stalls the
+// leader's disk and sends a write of 3 through it, which waits in the
+// leader's log write (its error comes on held). It returns the stalled
+// leader and its disk.
+func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node, *testcluster.StallDisk, <-chan error) {
+	t.Helper()
+	nt := testcluster.NewNet(t, 3)
+	// Mounted before the cluster starts, so unmounted after it stopped.
+	disks := map[string]*testcluster.StallDisk{}
+	for i := range 3 {
+		disks[fmt.Sprintf("c%d", i+1)] = testcluster.NewStallDisk(t)
+	}
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt, Args: args,
+		DataDir: func(id string) string { return disks[id].Dir },
+	})
+	leader, took, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	t.Logf("leader %s after %v", leader.ID, took)
+	// Whatever the test's end, the disks answer before the nodes stop.
+	t.Cleanup(func() {
+		for _, d := range disks {
+			d.Resume()
+		}
+	})
+	_, err = leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
+		Template: &pb.InstanceTemplate{Command: "/bin/true"},
+	}})
+	require.NoError(t, err)
+	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
+	require.NoError(t, err)
+
+	disk := disks[leader.ID]
+	disk.Stall()
+	held := make(chan error, 1)
+	go func() {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer wcancel()
+		_, err := leader.Pools().ScalePool(wctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 3})
+		held <- err
+	}()
+	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second))
+	return nt, c, leader, disk, held
+}
+
+// TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads: with
+// -log-stall-exit, a leader whose log write has not returned for that long
+// exits; its heartbeats stop, the other two elect a leader and take
+// writes. The write it held never lands, and, its disk back, it restarts
+// and follows.
+func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const limit = 3 * time.Second
+	_, c, old, disk, held := stalledLeader(ctx, t, "-log-stall-exit="+limit.String())
+	stalled := time.Now()
+	const exiting = "exiting so that another controller leads"
+	require.NoError(t, testcluster.Eventually(ctx, limit+10*time.Second, func(context.Context) error {
+		if !strings.Contains(old.Log(), exiting) {
+			return fmt.Errorf("%s has not given up", old.ID)
+		}
+		return nil
+	}))
+	gaveUp := time.Since(stalled)
+	require.GreaterOrEqual(t, gaveUp, limit-time.Second, "gave up before the limit")
+	// The process cannot finish exiting while the kernel holds its write,
+	// but its other threads are gone: its heartbeats stop.
+	leader, _ := newLeader(ctx, t, c, old)
+	elected := time.Since(stalled)
+	t.Logf("%s gave up %v after its disk stalled; %s leads %v after", old.ID, gaveUp.Round(time.Millisecond), leader.ID, elected.Round(time.Millisecond))
+	_, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
+	require.NoError(t, err)
+	select {
+	case err := <-held:
+		unavailable(t, err, "the write the stalled leader held")
+	case <-ctx.Done():
+		t.Fatal("the held write was never answered")
+	}
+
+	// Its disk back, the process finishes exiting; restarted, it follows.
+	disk.Resume()
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if old.Running() {
+			return fmt.Errorf("%s still runs", old.ID)
+		}
+		return nil
+	}))
+	old.Restart()
+	caughtUp(ctx, t, c, old, leader)
+}
+
+// caughtUp waits until old follows leader and its own state has the
+// register's desired count at 2, then reads 2 through every node with a
+// consistent read.
+func caughtUp(ctx context.Context, t *testing.T, c *testcluster.Cluster, old, leader *testcluster.Node) {
+	t.Helper()
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(ctx context.Context) error {
+		st, err := old.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Leader.GetId() != leader.ID {
+			return fmt.Errorf("%s follows %q", old.ID, st.Leader.GetId())
+		}
+		resp, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg"})
+		if err != nil {
+			return err
+		}
+		if resp.Pool.GetDesired() != 2 {
+			return fmt.Errorf("%s reads desired %d", old.ID, resp.Pool.GetDesired())
+		}
+		return nil
+	}))
+	for _, n := range c.Nodes() {
+		resp, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
+		require.NoError(t, err)
+		require.Equal(t, uint32(2), resp.Pool.GetDesired(), "through %s", n.ID)
+	}
+}
+
 // TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead: the
 // leader's disk stops answering (testcluster.StallDisk), so hashicorp/raft's
 // leader loop, which writes the leader's log itself, waits in that write;
@@ -310,45 +433,8 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	nt := testcluster.NewNet(t, 3)
-	// Mounted before the cluster starts, so unmounted after it stopped.
-	disks := map[string]*testcluster.StallDisk{}
-	for i := range 3 {
-		disks[fmt.Sprintf("c%d", i+1)] = testcluster.NewStallDisk(t)
-	}
-	c := testcluster.Start(t, testcluster.Options{
-		Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt,
-		DataDir: func(id string) string { return disks[id].Dir },
-	})
-	old, took, err := c.WaitLeader(ctx, 10*time.Second)
-	require.NoError(t, err)
-	t.Logf("leader %s after %v", old.ID, took)
-	// Whatever the test's end, the disks answer before the nodes stop.
-	t.Cleanup(func() {
-		for _, d := range disks {
-			d.Resume()
-		}
-	})
-	_, err = old.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
-		Template: &pb.InstanceTemplate{Command: "/bin/true"},
-	}})
-	require.NoError(t, err)
-	_, err = old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
-	require.NoError(t, err)
-
-	disk := disks[old.ID]
-	disk.Stall()
-	// A write through the leader: its log write waits on the disk, and
-	// the leader loop with it.
-	held := make(chan error, 1)
-	go func() {
-		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-		defer wcancel()
-		_, err := old.Pools().ScalePool(wctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 3})
-		held <- err
-	}()
-	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second))
+	// The leader stays however long its disk stalls.
+	nt, c, old, disk, held := stalledLeader(ctx, t, "-log-stall-exit=0")
 	stalled := time.Now()
 	// The node says so: /readyz fails once a log write has run for
 	// raftnode.LogWriteStallLimit, and /metrics shows how long.
@@ -397,16 +483,7 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 	disk.Resume()
 	nt.Heal()
 	healed := time.Now()
-	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(ctx context.Context) error {
-		resp, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg"})
-		if err != nil {
-			return err
-		}
-		if resp.Pool.GetDesired() != 2 {
-			return fmt.Errorf("%s reads desired %d", old.ID, resp.Pool.GetDesired())
-		}
-		return nil
-	}))
+	caughtUp(ctx, t, c, old, leader)
 	t.Logf("%s caught up %v after the heal", old.ID, time.Since(healed).Round(time.Millisecond))
 	code, body, err := fetch("http://" + old.HTTPAddr + "/readyz")
 	require.NoError(t, err)
@@ -416,11 +493,6 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 		unavailable(t, err, "the write the old leader held")
 	case <-ctx.Done():
 		t.Fatal("the held write was never answered")
-	}
-	for _, n := range c.Nodes() {
-		resp, err := n.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
-		require.NoError(t, err)
-		require.Equal(t, uint32(2), resp.Pool.GetDesired(), "through %s", n.ID)
 	}
 }
 
