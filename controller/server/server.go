@@ -82,7 +82,7 @@ type Config struct {
 	// LogStallExit: a leader whose Raft log store write has run this long
 	// exits, so that another controller leads; 0: never.
 	LogStallExit time.Duration
-	// Exit ends the process (os.Exit); LogStallExit calls it.
+	// Exit ends the process (os.Exit when nil); LogStallExit calls it.
 	Exit func(code int)
 	// CommitHold: under load, the longest the leader holds the next Raft
 	// entry for more writes (group commit); 0 never holds.
@@ -401,7 +401,11 @@ func (s *Server) watchLogStall(ctx context.Context) {
 		}
 		s.logger.Error("the Raft log store has not finished a write: exiting so that another controller leads",
 			"stalled", stalled.Round(time.Second), "limit", s.cfg.LogStallExit, "data_dir", s.cfg.DataDir)
-		s.cfg.Exit(3)
+		exit := s.cfg.Exit
+		if exit == nil {
+			exit = os.Exit
+		}
+		exit(3)
 		return
 	}
 }

@@ -301,8 +301,8 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 // register pool's desired count to 1 through the leader, then stalls the
 // leader's disk and sends a write of 3 through it, which waits in the
 // leader's log write (its error comes on held). It returns the stalled
-// leader and its disk.
-func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node, *testcluster.StallDisk, <-chan error) {
+// leader and every node's disk by id.
+func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node, map[string]*testcluster.StallDisk, <-chan error) {
 	t.Helper()
 	nt := testcluster.NewNet(t, 3)
 	// Mounted before the cluster starts, so unmounted after it stopped.
@@ -341,7 +341,7 @@ func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testclus
 		held <- err
 	}()
 	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second))
-	return nt, c, leader, disk, held
+	return nt, c, leader, disks, held
 }
 
 // TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads: with
@@ -353,7 +353,7 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const limit = 3 * time.Second
-	_, c, old, disk, held := stalledLeader(ctx, t, "-log-stall-exit="+limit.String())
+	_, c, old, disks, held := stalledLeader(ctx, t, "-log-stall-exit="+limit.String())
 	stalled := time.Now()
 	const exiting = "exiting so that another controller leads"
 	require.NoError(t, testcluster.Eventually(ctx, limit+10*time.Second, func(context.Context) error {
@@ -379,7 +379,7 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 	}
 
 	// Its disk back, the process finishes exiting; restarted, it follows.
-	disk.Resume()
+	disks[old.ID].Resume()
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
 		if old.Running() {
 			return fmt.Errorf("%s still runs", old.ID)
@@ -388,6 +388,30 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 	}))
 	old.Restart()
 	caughtUp(ctx, t, c, old, leader)
+
+	// A follower whose disk stalls stays: the leader commits with the
+	// other follower, and only the stalled one falls behind. (The third
+	// node, whose log holds no earlier life.)
+	var follower *testcluster.Node
+	for _, n := range c.Nodes() {
+		if n != leader && n != old {
+			follower = n
+			break
+		}
+	}
+	disks[follower.ID].Stall()
+	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 4})
+	require.NoError(t, err)
+	require.NoError(t, disks[follower.ID].WaitHeld(ctx, 10*time.Second))
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for until := time.Now().Add(limit + 2*time.Second); time.Now().Before(until); <-tick.C {
+		require.True(t, follower.Running(), "the follower %s exited over its stalled disk", follower.ID)
+		_, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 5})
+		require.NoError(t, err, "a write with one follower stalled")
+	}
+	require.NotContains(t, follower.Log(), exiting)
+	disks[follower.ID].Resume()
 }
 
 // caughtUp waits until old follows leader and its own state has the
@@ -434,7 +458,8 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// The leader stays however long its disk stalls.
-	nt, c, old, disk, held := stalledLeader(ctx, t, "-log-stall-exit=0")
+	nt, c, old, disks, held := stalledLeader(ctx, t, "-log-stall-exit=0")
+	disk := disks[old.ID]
 	stalled := time.Now()
 	// The node says so: /readyz fails once a log write has run for
 	// raftnode.LogWriteStallLimit, and /metrics shows how long.
