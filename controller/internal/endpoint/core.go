@@ -56,6 +56,8 @@ type Core struct {
 
 	proposerOnce sync.Once
 	proposer     *proposer
+	verifierOnce sync.Once
+	verifier     *verifier
 }
 
 // LeaderAPI returns the leader's id and API address as this node knows
@@ -182,26 +184,14 @@ func (c *Core) Consistent(ctx context.Context, consistent bool, req, resp proto.
 	if !c.LeaderReady() {
 		return false, status.Error(codes.Unavailable, "the new leader is catching up; retry")
 	}
-	// VerifyLeader waits for Raft's leader loop, which waits for the
+	// The quorum round waits for Raft's leader loop, which waits for the
 	// leader's own log writes: on a stalled disk, for as long as the
 	// stall. The read gives up after VerifyTimeout, or with its caller.
-	verified := make(chan error, 1)
-	go func() { verified <- c.Raft.VerifyLeader().Error() }()
-	timer := time.NewTimer(VerifyTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-verified:
-		return false, raftError("verify leader", err)
-	case <-ctx.Done():
-		return false, status.FromContextError(ctx.Err()).Err()
-	case <-timer.C:
-		return false, status.Errorf(codes.Unavailable, "verify leader: a quorum did not confirm this node's leadership within %v; retry", VerifyTimeout)
-	}
+	c.verifierOnce.Do(func() {
+		c.verifier = &verifier{verify: func() error { return c.Raft.VerifyLeader().Error() }}
+	})
+	return false, c.verifier.wait(ctx)
 }
-
-// VerifyTimeout bounds the quorum round of a consistent read on the
-// leader, which takes one round trip to the followers when all is well.
-const VerifyTimeout = 2 * time.Second
 
 // requestID returns id, or a new unique one when it is empty; it rejects
 // ids too long to remember.
