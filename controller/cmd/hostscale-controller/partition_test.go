@@ -214,12 +214,8 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	nt, c, old := netCluster(t, ctx)
-	_, err := old.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
-		Template: &pb.InstanceTemplate{Command: "/bin/true"},
-	}})
-	require.NoError(t, err)
-	_, err = old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
+	createRegister(ctx, t, old)
+	_, err := old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
 	require.NoError(t, err)
 	// The test's connection to the old leader is up before the freeze.
 	got, err := old.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "reg", Consistent: true})
@@ -323,11 +319,7 @@ func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testclus
 			d.Resume()
 		}
 	})
-	_, err = leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
-		Template: &pb.InstanceTemplate{Command: "/bin/true"},
-	}})
-	require.NoError(t, err)
+	createRegister(ctx, t, leader)
 	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
 	require.NoError(t, err)
 
@@ -519,6 +511,17 @@ func TestPartition_leaderWithAStalledDiskServesNoStaleConsistentRead(t *testing.
 	case <-ctx.Done():
 		t.Fatal("the held write was never answered")
 	}
+}
+
+// createRegister creates the pool "reg" through n: its desired count is
+// the register the tests write and read.
+func createRegister(ctx context.Context, t *testing.T, n *testcluster.Node) {
+	t.Helper()
+	_, err := n.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
+		Template: &pb.InstanceTemplate{Command: "/bin/true"},
+	}})
+	require.NoError(t, err)
 }
 
 // fetch GETs url and returns the status code and body.
@@ -736,11 +739,7 @@ func TestPartition_writesAndConsistentReadsStayLinearizable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	nt, c, leader := netCluster(t, ctx)
-	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-		Name: "reg", PathPrefix: "/reg", Min: 0, Max: 1000,
-		Template: &pb.InstanceTemplate{Command: "/bin/true"},
-	}})
-	require.NoError(t, err)
+	createRegister(ctx, t, leader)
 
 	h := &history{start: time.Now()}
 	var next atomic.Uint64
@@ -850,7 +849,7 @@ func TestPartition_writesAndConsistentReadsStayLinearizable(t *testing.T) {
 
 	// Healed: a leader, and every node answers; a last consistent read
 	// through each node goes into the history.
-	_, _, err = c.WaitLeader(ctx, 15*time.Second)
+	_, _, err := c.WaitLeader(ctx, 15*time.Second)
 	require.NoError(t, err)
 	for i, n := range nodes {
 		require.True(t, h.read(ctx, t, 6+i, n), "a last read via %s", n.ID)
