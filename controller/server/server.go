@@ -326,8 +326,8 @@ func (s *Server) HTTPAddr() string { return s.admin.Addr().String() }
 // ready is /readyz: a leader is known, on the leader it caught up, and no
 // log store write has run for raftnode.LogWriteStallLimit.
 func (s *Server) ready() error {
-	if s.node.LogWriteStalled() {
-		return fmt.Errorf("a write to the Raft log store has run for %v: the disk is stalled", s.node.LogWriteInProgress().Round(time.Second))
+	if d := s.node.LogWriteInProgress(); d > raftnode.LogWriteStallLimit {
+		return fmt.Errorf("a write to the Raft log store has run for %v: the disk is stalled", d.Round(time.Second))
 	}
 	if _, id := s.node.LeaderWithID(); id == "" {
 		return errors.New("no leader known")

@@ -28,13 +28,11 @@ func TestInstances_nodeCutOffFromTheControllers(t *testing.T) {
 	nt := testcluster.NewNet(t, 5) // three controllers, then host-a and host-b
 	f := &fleet{t: t, ctx: ctx, bin: binaries(t), agents: map[string]*agentProc{}}
 	t.Cleanup(func() { f.killInstances("") })
-	f.cl = testcluster.Start(t, testcluster.Options{
+	f.cl, _ = testcluster.StartLed(ctx, t, testcluster.Options{
 		Launcher: testcluster.BinaryLauncher{Path: filepath.Join(f.bin, "hostscale-controller")},
 		Args:     []string{"-heartbeat-ttl", ttl.String(), "-drain-deadline", "5s"},
 		Net:      nt,
-	})
-	_, _, err := f.cl.WaitLeader(ctx, 30*time.Second)
-	require.NoError(t, err)
+	}, 30*time.Second)
 	var addrs []string
 	var controllerHosts []*testcluster.Host
 	for _, n := range f.cl.Nodes() {

@@ -321,6 +321,19 @@ func (c *Cluster) AddNode(ctx context.Context, id string) (*Node, error) {
 	return n, err
 }
 
+// StartLed is Start and WaitLeader: it fails the test when no leader is
+// ready within timeout, and logs which node leads and how soon.
+func StartLed(ctx context.Context, t testing.TB, opts Options, timeout time.Duration) (*Cluster, *Node) {
+	t.Helper()
+	c := Start(t, opts)
+	leader, took, err := c.WaitLeader(ctx, timeout)
+	if err != nil {
+		t.Fatalf("testcluster: no leader: %v", err)
+	}
+	t.Logf("leader %s after %v", leader.ID, took)
+	return c, leader
+}
+
 // WaitLeader waits until every running node names the same leader, the
 // leader has caught up, every node knows the leader's API address, and
 // every running member's API address is in the state. It

@@ -25,9 +25,7 @@ func TestAgent_leaderCutOffSilently(t *testing.T) {
 	defer cancel()
 
 	nt := testcluster.NewNet(t, 4) // three controllers, then the agent's host
-	cl := testcluster.Start(t, testcluster.Options{Launcher: testcluster.BinaryLauncher{Path: ctrl}, Net: nt})
-	leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
-	require.NoError(t, err)
+	cl, leader := testcluster.StartLed(ctx, t, testcluster.Options{Launcher: testcluster.BinaryLauncher{Path: ctrl}, Net: nt}, 30*time.Second)
 	var addrs []string
 	for _, n := range cl.Nodes() {
 		addrs = append(addrs, n.GRPCAddr)

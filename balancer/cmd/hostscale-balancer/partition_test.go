@@ -29,9 +29,7 @@ func TestBinary_followerCutOffFromTheLeaderStopsFeedingTables(t *testing.T) {
 	defer cancel()
 
 	nt := testcluster.NewNet(t, 4) // three controllers, then the balancer's host
-	c := testcluster.Start(t, testcluster.Options{Launcher: testcluster.BinaryLauncher{Path: ctrl}, Net: nt})
-	leader, _, err := c.WaitLeader(ctx, 30*time.Second)
-	require.NoError(t, err)
+	c, leader := testcluster.StartLed(ctx, t, testcluster.Options{Launcher: testcluster.BinaryLauncher{Path: ctrl}, Net: nt}, 30*time.Second)
 	var watched *testcluster.Node
 	controllers := []string{}
 	for _, n := range c.Nodes() {

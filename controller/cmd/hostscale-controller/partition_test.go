@@ -32,10 +32,7 @@ import (
 func netCluster(t *testing.T, ctx context.Context) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node) {
 	t.Helper()
 	nt := testcluster.NewNet(t, 3)
-	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt})
-	leader, took, err := c.WaitLeader(ctx, 10*time.Second)
-	require.NoError(t, err)
-	t.Logf("leader %s after %v", leader.ID, took)
+	c, leader := testcluster.StartLed(ctx, t, testcluster.Options{Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt}, 10*time.Second)
 	return nt, c, leader
 }
 
@@ -306,13 +303,10 @@ func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testclus
 	for i := range 3 {
 		disks[fmt.Sprintf("c%d", i+1)] = testcluster.NewStallDisk(t)
 	}
-	c := testcluster.Start(t, testcluster.Options{
+	c, leader := testcluster.StartLed(ctx, t, testcluster.Options{
 		Nodes: 3, Launcher: testcluster.BinaryLauncher{Path: binary}, Net: nt, Args: args,
 		DataDir: func(id string) string { return disks[id].Dir },
-	})
-	leader, took, err := c.WaitLeader(ctx, 10*time.Second)
-	require.NoError(t, err)
-	t.Logf("leader %s after %v", leader.ID, took)
+	}, 10*time.Second)
 	// Whatever the test's end, the disks answer before the nodes stop.
 	t.Cleanup(func() {
 		for _, d := range disks {
@@ -320,7 +314,7 @@ func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testclus
 		}
 	})
 	createRegister(ctx, t, leader)
-	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
+	_, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
 	require.NoError(t, err)
 
 	disk := disks[leader.ID]

@@ -147,10 +147,6 @@ type Node struct {
 // running has run, or zero when none runs.
 func (n *Node) LogWriteInProgress() time.Duration { return n.logs.inProgress() }
 
-// LogWriteStalled reports a log store write running for longer than
-// LogWriteStallLimit.
-func (n *Node) LogWriteStalled() bool { return n.LogWriteInProgress() > LogWriteStallLimit }
-
 // ServeForwards makes the Raft port take calls forwarded by followers
 // (connections opened with DialForward): h runs once per connection, after
 // the handshake, and must return when the connection is closed, which

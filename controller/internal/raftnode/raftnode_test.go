@@ -31,6 +31,20 @@ func soloNode(t *testing.T) *Node {
 	return n
 }
 
+// closeWithin closes n and fails the test unless Close returns without
+// error within d.
+func closeWithin(t *testing.T, n *Node, d time.Duration) {
+	t.Helper()
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(d):
+		t.Fatal("Close did not return")
+	}
+}
+
 // A forwarded call may be waiting for a command it proposed when the node
 // closes. Close ends such calls while Raft still runs, so that their
 // commands are answered: a command proposed just before Raft shuts down
@@ -60,14 +74,7 @@ func TestNode_closeEndsForwardedCallsBeforeRaftShutsDown(t *testing.T) {
 	defer c.Close()
 	<-started
 
-	closed := make(chan error, 1)
-	go func() { closed <- n.Close() }()
-	select {
-	case err := <-closed:
-		require.NoError(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close did not return")
-	}
+	closeWithin(t, n, 10*time.Second)
 	e := <-exits
 	require.Equal(t, raft.Leader, e.state, "the call ended before Raft shut down")
 	require.NoError(t, e.applyErr, "and its command was answered")
@@ -127,14 +134,7 @@ func TestNode_closeDoesNotWaitForAPeerThatStoppedAnswering(t *testing.T) {
 	}
 
 	start := time.Now()
-	closed := make(chan error, 1)
-	go func() { closed <- n.Close() }()
-	select {
-	case err := <-closed:
-		require.NoError(t, err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("Close did not return")
-	}
+	closeWithin(t, n, 20*time.Second)
 	took := time.Since(start)
 	t.Logf("Close took %v", took.Round(time.Millisecond))
 	require.Less(t, took, shutdownGrace+2*time.Second, "Close waited on the silent peer")

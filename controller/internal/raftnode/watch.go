@@ -8,7 +8,7 @@ import (
 )
 
 // LogWriteStallLimit is how long a write to the log store may run before
-// the node calls its disk stalled (Node.LogWriteStalled): an fsync takes
+// the node calls its disk stalled (its /readyz fails): an fsync takes
 // milliseconds, a stall as long as the disk does not answer.
 const LogWriteStallLimit = 5 * time.Second
 
