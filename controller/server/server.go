@@ -401,12 +401,37 @@ func (s *Server) watchLogStall(ctx context.Context) {
 		}
 		s.logger.Error("the Raft log store has not finished a write: exiting so that another controller leads",
 			"stalled", stalled.Round(time.Second), "limit", s.cfg.LogStallExit, "data_dir", s.cfg.DataDir)
+		s.disconnect(time.Second)
 		exit := s.cfg.Exit
 		if exit == nil {
 			exit = os.Exit
 		}
 		exit(3)
 		return
+	}
+}
+
+// disconnect closes the gRPC, admin HTTP and Raft listeners and the
+// connections on them, and ends the calls under way, waiting at most d. A
+// process whose disk holds one of its threads in a write cannot finish
+// exiting until the disk answers, and its sockets stay open that long:
+// agents, balancers and clients would wait on a node nobody serves (for an
+// answer, a keepalive, a Hello) instead of being refused and going to
+// another controller at once.
+func (s *Server) disconnect(d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.grpc.Stop()
+		s.admin.Close()
+		s.node.Disconnect()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.logger.Warn("closing connections before exiting took too long", "limit", d)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,8 @@ type Server struct {
 	lis          net.Listener
 	logger       *slog.Logger
 	writeTimeout time.Duration
+	// serving is the http.Server of a running Serve, for Close.
+	serving atomic.Pointer[http.Server]
 }
 
 // New returns a server on lis, ready to Run, serving reg's metrics and
@@ -99,6 +102,14 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 // Run serves on the listener given to New until ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error { return s.Serve(ctx, s.lis) }
 
+// Close closes the listener and the connections of a running Serve at
+// once, without waiting for requests under way; Serve then returns.
+func (s *Server) Close() {
+	if srv := s.serving.Load(); srv != nil {
+		_ = srv.Close()
+	}
+}
+
 // Serve serves on lis until ctx is cancelled, then shuts down within a few
 // seconds.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
@@ -110,11 +121,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+	s.serving.Store(srv)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	s.logger.Info("serving", "addr", lis.Addr().String())
 	select {
 	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil // Close
+		}
 		return fmt.Errorf("admin http: %w", err)
 	case <-ctx.Done():
 	}

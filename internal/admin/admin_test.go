@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -90,4 +92,39 @@ func TestServer_options(t *testing.T) {
 	require.Contains(t, body, "goroutine")
 	code, _ = get(t, full+"/debug/pprof/profile?seconds=1")
 	require.Equal(t, 200, code)
+}
+
+// Close ends a running Serve at once, with a request still open on a
+// kept-alive connection: the connection is closed, Serve returns nil, and
+// the port refuses new connections.
+func TestServer_closeDropsConnectionsAtOnce(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := New(lis, NewRegistry(), Options{})
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	addr := s.Addr().String()
+	code, _ := get(t, "http://"+addr+"/healthz")
+	require.Equal(t, 200, code)
+
+	// A client that has sent half a request.
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n"))
+	require.NoError(t, err)
+
+	s.Close()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after Close")
+	}
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	// Closed: EOF, or a reset when the server left bytes unread.
+	_, err = c.Read(make([]byte, 1))
+	require.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "the connection was closed: %v", err)
+	_, err = net.DialTimeout("tcp", addr, time.Second)
+	require.Error(t, err, "the port refuses connections")
 }

@@ -162,6 +162,9 @@ type fleet struct {
 	balancer    *proc
 	lbAddr      string
 	lbDataDir   string
+	// pinned, when set, is the leader the helpers ask, without waiting
+	// for every running controller to agree: one may be hung.
+	pinned *testcluster.Node
 }
 
 type agentProc struct {
@@ -176,15 +179,25 @@ func newFleet(t *testing.T, ctx context.Context, agents int) *fleet {
 
 // newFleetArgs is newFleet with extra flags for each agent, by index.
 func newFleetArgs(t *testing.T, ctx context.Context, agents int, agentArgs func(i int) []string) *fleet {
+	return newFleetWith(t, ctx, agents, agentArgs, nil)
+}
+
+// newFleetWith is newFleetArgs whose controllers' options cluster, when
+// set, changes before they start.
+func newFleetWith(t *testing.T, ctx context.Context, agents int, agentArgs func(i int) []string, cluster func(*testcluster.Options)) *fleet {
 	f := &fleet{t: t, ctx: ctx, bin: binaries(t), agents: map[string]*agentProc{}}
 	// Cleanups run last-registered first: this one runs after every agent
 	// is gone. An instance killed while its agent lived may have been
 	// started again, and would outlive the agent into the next test.
 	t.Cleanup(func() { f.killInstances("") })
-	f.cl = testcluster.Start(t, testcluster.Options{
+	opts := testcluster.Options{
 		Launcher: testcluster.BinaryLauncher{Path: filepath.Join(f.bin, "hostscale-controller")},
 		Args:     []string{"-heartbeat-ttl", ttl.String(), "-drain-deadline", "5s"},
-	})
+	}
+	if cluster != nil {
+		cluster(&opts)
+	}
+	f.cl = testcluster.Start(t, opts)
 	_, _, err := f.cl.WaitLeader(ctx, 30*time.Second)
 	require.NoError(t, err)
 	var addrs []string
@@ -238,6 +251,9 @@ func (f *fleet) waitAgent(node string) {
 
 // leader returns the current leader.
 func (f *fleet) leader() *testcluster.Node {
+	if f.pinned != nil {
+		return f.pinned
+	}
 	n, _, err := f.cl.WaitLeader(f.ctx, 20*time.Second)
 	require.NoError(f.t, err)
 	return n

@@ -141,6 +141,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, grace time.Duratio
 	go func() { errc <- s.Server.Serve(lis) }()
 	select {
 	case err := <-errc:
+		if err == nil {
+			return nil // Stop or GracefulStop
+		}
 		return fmt.Errorf("grpc serve %s: %w", lis.Addr(), err)
 	case <-ctx.Done():
 	}

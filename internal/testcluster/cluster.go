@@ -387,6 +387,45 @@ func (c *Cluster) WaitLeader(ctx context.Context, timeout time.Duration) (*Node,
 	return leader, time.Since(start), err
 }
 
+// WaitNewLeader waits until the running nodes other than old all name one
+// leader that is not old, and that leader has caught up; it returns that
+// leader and its term. old may still run and even believe it leads (cut
+// off, or hung): it is not asked.
+func (c *Cluster) WaitNewLeader(ctx context.Context, old *Node, timeout time.Duration) (*Node, uint64, error) {
+	var leader *Node
+	var term uint64
+	err := Eventually(ctx, timeout, func(ctx context.Context) error {
+		leader = nil
+		var want string
+		for _, n := range c.Running() {
+			if n == old {
+				continue
+			}
+			st, err := n.Status(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: %w", n.ID, err)
+			}
+			id := st.Leader.GetId()
+			if id == "" || id == old.ID {
+				return fmt.Errorf("%s follows %q", n.ID, id)
+			}
+			if want == "" {
+				want = id
+			} else if id != want {
+				return fmt.Errorf("%s follows %s, another node %s", n.ID, id, want)
+			}
+			if st.Id == id && st.LeaderReady {
+				leader, term = n, st.Term
+			}
+		}
+		if leader == nil {
+			return fmt.Errorf("no ready leader but %s yet", old.ID)
+		}
+		return nil
+	})
+	return leader, term, err
+}
+
 // Close stops every node (killing those that do not stop) and closes the
 // client connections. Start registers it with t.Cleanup.
 func (c *Cluster) Close() {

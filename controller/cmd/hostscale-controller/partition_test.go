@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -49,34 +50,11 @@ func unavailable(t *testing.T, err error, what string) {
 	require.True(t, code == codes.Unavailable || code == codes.DeadlineExceeded, "%s: %v", what, err)
 }
 
-// newLeader waits until every node but old follows a leader other than
-// old, and that leader is ready; it returns the leader and its term.
+// newLeader waits for a ready leader among the nodes but old.
 func newLeader(ctx context.Context, t *testing.T, c *testcluster.Cluster, old *testcluster.Node) (*testcluster.Node, uint64) {
 	t.Helper()
-	var leader *testcluster.Node
-	var term uint64
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		leader = nil
-		for _, n := range c.Nodes() {
-			if n == old {
-				continue
-			}
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if st.Leader.GetId() == "" || st.Leader.GetId() == old.ID {
-				return fmt.Errorf("%s follows %q", n.ID, st.Leader.GetId())
-			}
-			if st.Id == st.Leader.GetId() && st.LeaderReady {
-				leader, term = n, st.Term
-			}
-		}
-		if leader == nil {
-			return fmt.Errorf("no ready leader in the majority yet")
-		}
-		return nil
-	}))
+	leader, term, err := c.WaitNewLeader(ctx, old, 10*time.Second)
+	require.NoError(t, err)
 	return leader, term
 }
 
@@ -350,6 +328,24 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 	}))
 	gaveUp := time.Since(stalled)
 	require.GreaterOrEqual(t, gaveUp, limit-time.Second, "gave up before the limit")
+	// It closed its ports as it gave up: the process may not finish
+	// exiting while the kernel holds its write, and clients, agents and
+	// balancers are refused at once, not left waiting on its open sockets.
+	require.NoError(t, testcluster.Eventually(ctx, 2*time.Second, func(context.Context) error {
+		for _, addr := range []string{old.GRPCAddr, old.HTTPAddr, old.RaftAddr} {
+			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+				c.Close()
+				return fmt.Errorf("%s still accepts on %s", old.ID, addr)
+			}
+		}
+		return nil
+	}))
+	select {
+	case err := <-held:
+		unavailable(t, err, "the write the stalled leader held")
+	case <-time.After(time.Second):
+		t.Fatal("the write the stalled leader held still waits after it gave up")
+	}
 	// The process cannot finish exiting while the kernel holds its write,
 	// but its other threads are gone: its heartbeats stop.
 	leader, _ := newLeader(ctx, t, c, old)
@@ -357,12 +353,6 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 	t.Logf("%s gave up %v after its disk stalled; %s leads %v after", old.ID, gaveUp.Round(time.Millisecond), leader.ID, elected.Round(time.Millisecond))
 	_, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
 	require.NoError(t, err)
-	select {
-	case err := <-held:
-		unavailable(t, err, "the write the stalled leader held")
-	case <-ctx.Done():
-		t.Fatal("the held write was never answered")
-	}
 
 	// Its disk back, the process finishes exiting; restarted, it follows.
 	disks[old.ID].Resume()

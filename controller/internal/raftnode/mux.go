@@ -149,6 +149,19 @@ func (s *streamLayer) stopDials() {
 	}
 }
 
+// disconnect closes the listener and every connection this layer accepted
+// and has not handed to Raft, and those Dial made, without waiting for
+// their users.
+func (s *streamLayer) disconnect() {
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	_ = s.lis.Close()
+	s.stopDials()
+}
+
 // dialedConn is a connection Dial made; closing it forgets it.
 type dialedConn struct {
 	net.Conn
@@ -190,6 +203,9 @@ func (s *streamLayer) Close() error {
 	}
 	s.mu.Unlock()
 	err := s.lis.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // disconnect closed it
+	}
 	s.wg.Wait()
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -159,4 +160,39 @@ func TestStreamLayer_garbageIsClosedAndRaftKeepsAccepting(t *testing.T) {
 	got, err := s.Accept()
 	require.NoError(t, err)
 	got.Close()
+}
+
+// disconnect closes the listener and the forwarding connections being
+// served at once, without waiting for their handlers, which may be stuck
+// (a forwarded write waiting on a stalled disk); Close later still waits
+// for them.
+func TestStreamLayer_disconnectDoesNotWaitForHandlers(t *testing.T) {
+	s := newTestLayer(t)
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	fwd := func(c net.Conn) {
+		close(entered)
+		<-release // stuck, its connection unread
+	}
+	s.forward.Store(&fwd)
+	c, err := DialForward(context.Background(), s.Addr().String(), time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	<-entered
+
+	disconnected := make(chan struct{})
+	go func() { s.disconnect(); close(disconnected) }()
+	select {
+	case <-disconnected:
+	case <-time.After(5 * time.Second):
+		t.Fatal("disconnect waited for the handler")
+	}
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	// Closed: EOF, or a reset when the server left bytes unread.
+	_, err = c.Read(make([]byte, 1))
+	require.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "the connection was closed: %v", err)
+	_, err = net.DialTimeout("tcp", s.Addr().String(), time.Second)
+	require.Error(t, err, "the port refuses connections")
+	close(release)
+	require.NoError(t, s.Close())
 }

@@ -290,6 +290,17 @@ func openStores(cfg Config, closers *[]io.Closer) (raft.LogStore, raft.StableSto
 	return logs, stable, nil
 }
 
+// Disconnect closes the Raft port and the connections on it that this
+// node opened or serves calls on, without waiting for the goroutines using
+// them: for a process about to exit that may not finish exiting, as one
+// whose disk holds a write does, so that its peers are refused at once
+// instead of waiting on connections nobody serves.
+func (n *Node) Disconnect() {
+	if n.stream != nil {
+		n.stream.disconnect()
+	}
+}
+
 // Close ends the calls forwarded to this node, then shuts Raft down and
 // closes the transport and the stores, in that order: a forwarded call may
 // wait on Raft, and Raft must stop using the stores before they close.
