@@ -261,6 +261,7 @@ func New(cfg Config) (s *Server, err error) {
 		Forwarder: endpoint.NewForwarder(endpoint.ForwarderOptions{
 			ID: cfg.ID, Conns: s.conns, MaxMessageSize: maxMessageSize(cfg.GRPC), Metrics: metrics,
 		}),
+		LogWriteInProgress: s.node.LogWriteInProgress,
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
 	s.acks = endpoint.NewTableAcks()

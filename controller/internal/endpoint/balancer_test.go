@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -36,4 +38,14 @@ func TestTable_poolsThatScaleToZeroAreHeldWhenEmpty(t *testing.T) {
 		}
 	}
 	require.Equal(t, map[string]time.Duration{"a-default": 30 * time.Second, "b-set": 5 * time.Second}, hold)
+}
+
+// A node whose Raft log write has run past the limit ends its watches,
+// leader or not: it can store no entry, so its table cannot change.
+func TestStaleness_aStalledLogWriteEndsWatches(t *testing.T) {
+	c := &Core{ID: "c2", LogWriteInProgress: func() time.Duration { return 6 * time.Second }}
+	err := c.staleness(5 * time.Second)
+	require.Equal(t, codes.Unavailable, status.Code(err))
+	require.ErrorContains(t, err, "its disk is stalled")
+	require.ErrorContains(t, err, "6s")
 }

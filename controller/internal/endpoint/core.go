@@ -53,6 +53,9 @@ type Core struct {
 	Metrics *Metrics
 	// Forwarder carries forwarded unary calls to the leader.
 	Forwarder *Forwarder
+	// LogWriteInProgress is how long this node's oldest write to its Raft
+	// log store has run (0 when none runs); nil when unknown.
+	LogWriteInProgress func() time.Duration
 
 	proposerOnce sync.Once
 	proposer     *proposer
