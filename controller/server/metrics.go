@@ -15,35 +15,39 @@ type raftCollector struct {
 	raft *raft.Raft
 	fsm  *fsm.FSM
 	// logWrite is how long the log store's oldest write in progress has
-	// run (raftnode.Node.LogWriteInProgress).
-	logWrite func() time.Duration
+	// run (raftnode.Node.LogWriteInProgress); logFailing how long its
+	// writes have failed in a row (raftnode.Node.LogWritesFailing).
+	logWrite   func() time.Duration
+	logFailing func() (time.Duration, error)
 
-	state, term, commit, applied, lastLog, leader, peers, pools, logWriteDesc *prometheus.Desc
+	state, term, commit, applied, lastLog, leader, peers, pools, logWriteDesc, logFailingDesc *prometheus.Desc
 }
 
-func newRaftCollector(r *raft.Raft, f *fsm.FSM, logWrite func() time.Duration) *raftCollector {
+func newRaftCollector(r *raft.Raft, f *fsm.FSM, logWrite func() time.Duration, logFailing func() (time.Duration, error)) *raftCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &raftCollector{
 		raft:     r,
 		fsm:      f,
-		logWrite: logWrite,
-		state:    d("hostscale_raft_state", "1 for this node's current Raft state.", "state"),
-		term:     d("hostscale_raft_term", "Current Raft term."),
-		commit:   d("hostscale_raft_commit_index", "Raft commit index."),
-		applied:  d("hostscale_raft_applied_index", "Raft index last applied to the state machine."),
-		lastLog:  d("hostscale_raft_last_log_index", "Last Raft log index stored."),
-		leader:   d("hostscale_raft_leader", "1 when this node is the leader."),
-		peers:    d("hostscale_raft_servers", "Servers in the Raft configuration."),
-		pools:    d("hostscale_state_pools", "Pools in the replicated state."),
+		logWrite: logWrite, logFailing: logFailing,
+		state:   d("hostscale_raft_state", "1 for this node's current Raft state.", "state"),
+		term:    d("hostscale_raft_term", "Current Raft term."),
+		commit:  d("hostscale_raft_commit_index", "Raft commit index."),
+		applied: d("hostscale_raft_applied_index", "Raft index last applied to the state machine."),
+		lastLog: d("hostscale_raft_last_log_index", "Last Raft log index stored."),
+		leader:  d("hostscale_raft_leader", "1 when this node is the leader."),
+		peers:   d("hostscale_raft_servers", "Servers in the Raft configuration."),
+		pools:   d("hostscale_state_pools", "Pools in the replicated state."),
 		logWriteDesc: d("hostscale_raft_log_write_in_progress_seconds",
 			"How long the oldest write to the Raft log store still running has run; 0 when none runs. Seconds mean a stalled disk."),
+		logFailingDesc: d("hostscale_raft_log_writes_failing_seconds",
+			"How long the writes to the Raft log store have failed in a row, from the first; 0 since one succeeded. Seconds mean a disk that answers with errors (full, read-only, failing)."),
 	}
 }
 
 func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastLog, c.leader, c.peers, c.pools, c.logWriteDesc} {
+	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastLog, c.leader, c.peers, c.pools, c.logWriteDesc, c.logFailingDesc} {
 		ch <- d
 	}
 }
@@ -76,4 +80,6 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	c.fsm.Read(func(s *pb.State) { pools = len(s.Pools) })
 	g(c.pools, float64(pools))
 	g(c.logWriteDesc, c.logWrite().Seconds())
+	failing, _ := c.logFailing()
+	g(c.logFailingDesc, failing.Seconds())
 }

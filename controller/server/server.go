@@ -261,7 +261,7 @@ func New(cfg Config) (s *Server, err error) {
 		Forwarder: endpoint.NewForwarder(endpoint.ForwarderOptions{
 			ID: cfg.ID, Conns: s.conns, MaxMessageSize: maxMessageSize(cfg.GRPC), Metrics: metrics,
 		}),
-		LogWriteInProgress: s.node.LogWriteInProgress,
+		LogTrouble: s.logTrouble,
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
 	s.acks = endpoint.NewTableAcks()
@@ -306,7 +306,7 @@ func New(cfg Config) (s *Server, err error) {
 	forwardCtx, stopForwards := context.WithCancel(context.Background())
 	s.stopForwards = stopForwards
 	s.node.ServeForwards(func(conn net.Conn) { peer.ServeConn(forwardCtx, conn) })
-	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm, s.node.LogWriteInProgress))
+	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm, s.node.LogWriteInProgress, s.node.LogWritesFailing))
 	return s, nil
 }
 
@@ -324,11 +324,27 @@ func (s *Server) RaftAddr() string { return string(s.node.Transport.LocalAddr())
 // HTTPAddr is the admin HTTP address.
 func (s *Server) HTTPAddr() string { return s.admin.Addr().String() }
 
-// ready is /readyz: a leader is known, on the leader it caught up, and no
-// log store write has run for raftnode.LogWriteStallLimit.
+// logTrouble is how long the writes to the Raft log store have been stuck
+// (one running) or failing (in a row), the longer of the two, and what it
+// is; zero and "" when they go through.
+func (s *Server) logTrouble() (time.Duration, string) {
+	stuck := s.node.LogWriteInProgress()
+	failing, err := s.node.LogWritesFailing()
+	switch {
+	case stuck > 0 && stuck >= failing:
+		return stuck, fmt.Sprintf("a write to the Raft log store has run for %v: the disk is stalled", stuck.Round(time.Second))
+	case failing > 0:
+		return failing, fmt.Sprintf("writes to the Raft log store have failed for %v: %v", failing.Round(time.Second), err)
+	}
+	return 0, ""
+}
+
+// ready is /readyz: a leader is known, on the leader it caught up, and the
+// writes to the log store have been neither stuck nor failing for
+// raftnode.LogWriteStallLimit.
 func (s *Server) ready() error {
-	if d := s.node.LogWriteInProgress(); d > raftnode.LogWriteStallLimit {
-		return fmt.Errorf("a write to the Raft log store has run for %v: the disk is stalled", d.Round(time.Second))
+	if d, what := s.logTrouble(); d > raftnode.LogWriteStallLimit {
+		return errors.New(what)
 	}
 	if _, id := s.node.LeaderWithID(); id == "" {
 		return errors.New("no leader known")

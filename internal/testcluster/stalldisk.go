@@ -16,7 +16,8 @@ import (
 
 // StallDisk is a directory whose writes and syncs can be held, as a disk
 // that stops answering (a cloud volume's stall, a dying drive) holds them:
-// the process writing waits in its system call. It is a FUSE mount of a
+// the process writing waits in its system call. They can also be made to
+// fail (Fail), as on a disk that answers with errors. It is a FUSE mount of a
 // temporary directory, served by the test process, so that processes
 // started by the test, in a Net host or not, use it as their data
 // directory.
@@ -30,6 +31,9 @@ type StallDisk struct {
 	stalled bool
 	resume  chan struct{}
 	held    int
+	// failing, when not zero, is what every write, sync and allocation
+	// fails with.
+	failing syscall.Errno
 	server  *fuse.Server
 }
 
@@ -99,10 +103,22 @@ func (d *StallDisk) Stall() {
 	}
 }
 
-// Resume lets the held writes and syncs through, and those to come.
+// Fail makes every write, sync and allocation from now on fail with
+// errno until Resume, as a dying disk (EIO), a full one (ENOSPC) or a
+// file system remounted read-only after errors (EROFS) does. Writes held
+// by Stall stay held.
+func (d *StallDisk) Fail(errno syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failing = errno
+}
+
+// Resume lets the held writes and syncs through, and those to come, and
+// ends Fail.
 func (d *StallDisk) Resume() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.failing = 0
 	if d.stalled {
 		d.stalled = false
 		close(d.resume)
@@ -126,20 +142,22 @@ func (d *StallDisk) WaitHeld(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
-// gate holds the caller while the disk is stalled.
-func (d *StallDisk) gate() {
+// gate holds the caller while the disk is stalled; then it returns the
+// error the call must fail with, if any.
+func (d *StallDisk) gate() syscall.Errno {
 	d.mu.Lock()
 	if !d.stalled {
-		d.mu.Unlock()
-		return
+		defer d.mu.Unlock()
+		return d.failing
 	}
 	resume := d.resume
 	d.held++
 	d.mu.Unlock()
 	<-resume
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.held--
-	d.mu.Unlock()
+	return d.failing
 }
 
 // stallNode is a loopback node whose writes and syncs pass the disk's gate.
@@ -187,7 +205,9 @@ type stallFile struct{ *fs.LoopbackFile }
 func (*stallFile) PassthroughFd() (int, bool) { return 0, false }
 
 func (n *stallNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	n.disk.gate()
+	if errno := n.disk.gate(); errno != 0 {
+		return 0, errno
+	}
 	w, ok := f.(fs.FileWriter)
 	if !ok {
 		return 0, syscall.EBADF
@@ -196,7 +216,9 @@ func (n *stallNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off
 }
 
 func (n *stallNode) Writev(ctx context.Context, f fs.FileHandle, data [][]byte, off int64) (uint32, syscall.Errno) {
-	n.disk.gate()
+	if errno := n.disk.gate(); errno != 0 {
+		return 0, errno
+	}
 	if w, ok := f.(fs.FileWritever); ok {
 		return w.Writev(ctx, data, off)
 	}
@@ -212,7 +234,9 @@ func (n *stallNode) Writev(ctx context.Context, f fs.FileHandle, data [][]byte, 
 }
 
 func (n *stallNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
-	n.disk.gate()
+	if errno := n.disk.gate(); errno != 0 {
+		return errno
+	}
 	if s, ok := f.(fs.FileFsyncer); ok {
 		return s.Fsync(ctx, flags)
 	}
@@ -220,7 +244,9 @@ func (n *stallNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) sy
 }
 
 func (n *stallNode) Allocate(ctx context.Context, f fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
-	n.disk.gate()
+	if errno := n.disk.gate(); errno != 0 {
+		return errno
+	}
 	if a, ok := f.(fs.FileAllocater); ok {
 		return a.Allocate(ctx, off, size, mode)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,4 +67,36 @@ func stringsReader(s string) *os.File {
 		w.Close()
 	}()
 	return r
+}
+
+// Fail makes writes and syncs fail with its error, in another process,
+// and nothing reaches the directory underneath; Resume ends it.
+func TestStallDisk_failsWritesUntilResumed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d := NewStallDisk(t)
+	log := filepath.Join(d.Dir, "log")
+	write := func(line string) (string, error) {
+		cmd := exec.CommandContext(ctx, "dd", "of="+log, "oflag=append", "conv=notrunc,fsync", "status=none")
+		cmd.Stdin = stringsReader(line)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	_, err := write("one\n")
+	require.NoError(t, err)
+
+	d.Fail(syscall.EIO)
+	out, err := write("two\n")
+	require.Error(t, err)
+	require.Contains(t, out, "Input/output error")
+	backing, err := os.ReadFile(filepath.Join(d.backing, "log"))
+	require.NoError(t, err)
+	require.Equal(t, "one\n", string(backing), "what reached the disk underneath")
+
+	d.Resume()
+	_, err = write("three\n")
+	require.NoError(t, err)
+	backing, err = os.ReadFile(filepath.Join(d.backing, "log"))
+	require.NoError(t, err)
+	require.Equal(t, "one\nthree\n", string(backing))
 }

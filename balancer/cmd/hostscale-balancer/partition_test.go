@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,38 +136,48 @@ func TestBinary_followerCutOffFromTheLeaderStopsFeedingTables(t *testing.T) {
 	t.Logf("the majority's new pool serves through the balancer %v after the cut", took.Round(time.Millisecond))
 }
 
-// TestBinary_followerWithAStalledDiskStopsFeedingTables: the balancer
-// watches a follower whose disk then stalls. The follower still hears the
-// leader's heartbeats, but it can store no entry, so its table stays as it
-// was while the leader and the other follower commit. Its log write
-// stalled past the watch's limit, it ends the watch, and a pool created on
-// the leader serves through the balancer; the pools it had serve all
-// along.
-func TestBinary_followerWithAStalledDiskStopsFeedingTables(t *testing.T) {
+// TestBinary_followerWithABadDiskStopsFeedingTables: the balancer watches
+// a follower whose disk then stalls, or answers every write with an error.
+// The follower still hears the leader's heartbeats, but it stores no
+// entry, so its table stays as it was while the leader and the other
+// follower commit. Its log writes stuck or failing past the watch's limit,
+// it ends the watch, and a pool created on the leader serves through the
+// balancer; the pools it had serve all along.
+func TestBinary_followerWithABadDiskStopsFeedingTables(t *testing.T) {
 	ctrl := testcluster.BuildController(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	// Mounted before the cluster starts, so unmounted after it stopped.
-	disks := map[string]*testcluster.StallDisk{}
-	for i := range 3 {
-		disks[fmt.Sprintf("c%d", i+1)] = testcluster.NewStallDisk(t)
-	}
-	c, leader := testcluster.StartLed(ctx, t, testcluster.Options{
-		Launcher: testcluster.BinaryLauncher{Path: ctrl},
-		DataDir:  func(id string) string { return disks[id].Dir },
-	}, 30*time.Second)
-	// Whatever the test's end, the disks answer before the nodes stop.
-	t.Cleanup(func() {
-		for _, d := range disks {
-			d.Resume()
-		}
-	})
-	r := newFollowerRig(ctx, t, c, leader, "127.0.0.1", "127.0.0.1", func(args ...string) *exec.Cmd { return exec.Command(binPath, args...) })
+	for _, c := range []struct {
+		name string
+		fail func(*testcluster.StallDisk)
+	}{
+		{"stalled", (*testcluster.StallDisk).Stall},
+		{"failing", func(d *testcluster.StallDisk) { d.Fail(syscall.EIO) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			// Mounted before the cluster starts, so unmounted after it stopped.
+			disks := map[string]*testcluster.StallDisk{}
+			for i := range 3 {
+				disks[fmt.Sprintf("c%d", i+1)] = testcluster.NewStallDisk(t)
+			}
+			cl, leader := testcluster.StartLed(ctx, t, testcluster.Options{
+				Launcher: testcluster.BinaryLauncher{Path: ctrl},
+				DataDir:  func(id string) string { return disks[id].Dir },
+			}, 30*time.Second)
+			// Whatever the test's end, the disks answer before the nodes stop.
+			t.Cleanup(func() {
+				for _, d := range disks {
+					d.Resume()
+				}
+			})
+			r := newFollowerRig(ctx, t, cl, leader, "127.0.0.1", "127.0.0.1", func(args ...string) *exec.Cmd { return exec.Command(binPath, args...) })
 
-	disk := disks[r.watched.ID]
-	disk.Stall()
-	stalled := time.Now()
-	took := r.newPoolServes(stalled, 20*time.Second)
-	require.Positive(t, disk.Held(), "the follower's disk still holds its write")
-	t.Logf("the leader's new pool serves through the balancer %v after the follower's disk stalled", took.Round(time.Millisecond))
+			c.fail(disks[r.watched.ID])
+			took := r.newPoolServes(time.Now(), 20*time.Second)
+			t.Logf("the leader's new pool serves through the balancer %v after the follower's disk went bad", took.Round(time.Millisecond))
+			code, body := get(t, "http://"+r.watched.HTTPAddr+"/readyz")
+			require.Equal(t, http.StatusServiceUnavailable, code, "the follower's /readyz: %s", body)
+			t.Logf("the follower's /readyz: %s", strings.TrimSpace(body))
+		})
+	}
 }

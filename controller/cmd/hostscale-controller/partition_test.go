@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -267,13 +268,11 @@ func TestPartition_frozenLeaderServesNoStaleConsistentRead(t *testing.T) {
 	t.Logf("%d consistent reads on the woken deposed leader: %d failed (%v), %d saw the new write", reads, failed, firstErr, fresh)
 }
 
-// stalledLeader starts three controllers, each on a host of its own with
-// its data directory on a StallDisk, with the extra flags args; it sets a
-// register pool's desired count to 1 through the leader, then stalls the
-// leader's disk and sends a write of 3 through it, which waits in the
-// leader's log write (its error comes on held). It returns the stalled
+// diskCluster starts three controllers, each on a host of its own with
+// its data directory on a StallDisk, with the extra flags args, and sets a
+// register pool's desired count to 1 through the leader. It returns the
 // leader and every node's disk by id.
-func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node, map[string]*testcluster.StallDisk, <-chan error) {
+func diskCluster(ctx context.Context, t *testing.T, args ...string) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node, map[string]*testcluster.StallDisk) {
 	t.Helper()
 	nt := testcluster.NewNet(t, 3)
 	// Mounted before the cluster starts, so unmounted after it stopped.
@@ -294,7 +293,15 @@ func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testclus
 	createRegister(ctx, t, leader)
 	_, err := leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 1})
 	require.NoError(t, err)
+	return nt, c, leader, disks
+}
 
+// stalledLeader is diskCluster, then it stalls the leader's disk and sends
+// a write of 3 through it, which waits in the leader's log write (its
+// error comes on held).
+func stalledLeader(ctx context.Context, t *testing.T, args ...string) (*testcluster.Net, *testcluster.Cluster, *testcluster.Node, map[string]*testcluster.StallDisk, <-chan error) {
+	t.Helper()
+	nt, c, leader, disks := diskCluster(ctx, t, args...)
 	disk := disks[leader.ID]
 	disk.Stall()
 	held := make(chan error, 1)
@@ -388,6 +395,48 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 	}
 	require.NotContains(t, follower.Log(), exiting)
 	disks[follower.ID].Resume()
+}
+
+// TestPartition_leaderWithAFailingDiskStepsDown: the leader's disk
+// answers every write with an error (EIO), as a dying disk or a file
+// system remounted read-only after errors does. The write it takes fails
+// UNAVAILABLE, saying why and that it may be retried: hashicorp/raft's
+// leader steps down when its log write fails, having sent the entry to no
+// one. The other two elect a leader and take writes, through either of
+// them. The failed node cannot save a new term, so it ends (hashicorp/raft
+// panics); its disk back, it restarts, follows and catches up.
+func TestPartition_leaderWithAFailingDiskStepsDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, c, old, disks := diskCluster(ctx, t)
+	disks[old.ID].Fail(syscall.EIO)
+	failed := time.Now()
+	_, err := old.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 3})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "could not write its Raft log")
+	require.ErrorContains(t, err, "input/output error")
+	require.ErrorContains(t, err, "retry with the same request_id")
+
+	leader, _ := newLeader(ctx, t, c, old)
+	t.Logf("%s leads %v after %s's disk failed", leader.ID, time.Since(failed).Round(time.Millisecond), old.ID)
+	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 5})
+	require.NoError(t, err)
+	for _, n := range c.Nodes() {
+		if n != leader && n != old {
+			_, err = n.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "reg", Desired: 2})
+			require.NoError(t, err, "a write through the other follower")
+		}
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if old.Running() {
+			return fmt.Errorf("%s still runs", old.ID)
+		}
+		return nil
+	}))
+
+	disks[old.ID].Resume()
+	old.Restart()
+	caughtUp(ctx, t, c, old, leader)
 }
 
 // caughtUp waits until old follows leader and its own state has the

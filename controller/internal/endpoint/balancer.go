@@ -121,23 +121,23 @@ func (s *Balancers) WatchTable(req *pb.WatchTableRequest, stream pb.BalancerServ
 
 // WatchMaxStale is how long a controller that is not the leader keeps a
 // table watch open without hearing from a leader, and how long any
-// controller keeps one open while a write to its Raft log has not
-// returned. A follower cut off from the leader (or left alone after every
+// controller keeps one open while its writes to its Raft log are stuck or
+// failing. A follower cut off from the leader (or left alone after every
 // other controller failed) could otherwise feed a balancer its last table
 // for as long as the partition lasts, while the rest of the cluster moves
-// on; so could one whose disk stalls, as it still hears the leader's
-// heartbeats but stores no entry. Ended, the watch moves to another
+// on; so could one whose disk stalls or fails, as it still hears the
+// leader's heartbeats but stores no entry. Ended, the watch moves to another
 // controller. Five seconds is several elections long, so a routine
 // failover leaves the watches where they are.
 var WatchMaxStale = 5 * time.Second
 
-// staleness returns UNAVAILABLE when a write to this node's Raft log has
-// run for more than max, or when this node does not lead and has not
-// heard from a leader for max.
+// staleness returns UNAVAILABLE when this node's writes to its Raft log
+// have been stuck or failing for more than max, or when it does not lead
+// and has not heard from a leader for max.
 func (c *Core) staleness(max time.Duration) error {
-	if c.LogWriteInProgress != nil {
-		if d := c.LogWriteInProgress(); d > max {
-			return status.Errorf(codes.Unavailable, "controller %s: a write to its Raft log has run for %v (its disk is stalled): its state may be stale; watch another controller", c.ID, d.Round(time.Millisecond))
+	if c.LogTrouble != nil {
+		if d, what := c.LogTrouble(); d > max {
+			return status.Errorf(codes.Unavailable, "controller %s: %s; its state may be stale: watch another controller", c.ID, what)
 		}
 	}
 	if c.Raft.State() == raft.Leader {

@@ -40,12 +40,17 @@ func TestTable_poolsThatScaleToZeroAreHeldWhenEmpty(t *testing.T) {
 	require.Equal(t, map[string]time.Duration{"a-default": 30 * time.Second, "b-set": 5 * time.Second}, hold)
 }
 
-// A node whose Raft log write has run past the limit ends its watches,
-// leader or not: it can store no entry, so its table cannot change.
-func TestStaleness_aStalledLogWriteEndsWatches(t *testing.T) {
-	c := &Core{ID: "c2", LogWriteInProgress: func() time.Duration { return 6 * time.Second }}
+// A node whose Raft log writes have been stuck or failing past the limit
+// ends its watches, leader or not: it can store no entry, so its table
+// cannot change.
+func TestStaleness_logTroubleEndsWatches(t *testing.T) {
+	trouble := func(d time.Duration) func() (time.Duration, string) {
+		return func() (time.Duration, string) {
+			return d, "writes to the Raft log store have failed for 6s: read-only file system"
+		}
+	}
+	c := &Core{ID: "c2", LogTrouble: trouble(6 * time.Second)}
 	err := c.staleness(5 * time.Second)
 	require.Equal(t, codes.Unavailable, status.Code(err))
-	require.ErrorContains(t, err, "its disk is stalled")
-	require.ErrorContains(t, err, "6s")
+	require.ErrorContains(t, err, "controller c2: writes to the Raft log store have failed for 6s: read-only file system")
 }

@@ -53,9 +53,10 @@ type Core struct {
 	Metrics *Metrics
 	// Forwarder carries forwarded unary calls to the leader.
 	Forwarder *Forwarder
-	// LogWriteInProgress is how long this node's oldest write to its Raft
-	// log store has run (0 when none runs); nil when unknown.
-	LogWriteInProgress func() time.Duration
+	// LogTrouble is how long this node's writes to its Raft log store
+	// have been stuck or failing, and what it is (0 and "" while they go
+	// through); nil when unknown.
+	LogTrouble func() (time.Duration, string)
 
 	proposerOnce sync.Once
 	proposer     *proposer

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
 )
 
 // invalid returns an INVALID_ARGUMENT error whose message starts with the
@@ -32,7 +34,12 @@ func raftError(op string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var store *raftnode.LogStoreError
 	switch {
+	case errors.As(err, &store):
+		// A leader whose log write failed steps down; what it carried
+		// was not sent to the others, but its log may hold it.
+		return status.Errorf(codes.Unavailable, "%s: this node could not write its Raft log (%v) and no longer leads; the write may still commit: retry with the same request_id", op, store.Err)
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 		return status.Errorf(codes.Unavailable, "%s: this node is not the leader; retry", op)
 	case errors.Is(err, raft.ErrLeadershipLost):

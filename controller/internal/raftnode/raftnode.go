@@ -147,6 +147,13 @@ type Node struct {
 // running has run, or zero when none runs.
 func (n *Node) LogWriteInProgress() time.Duration { return n.logs.inProgress() }
 
+// LogWritesFailing is how long the writes to the durable log store have
+// failed in a row, from the start of the first, and the last one's error;
+// zero and nil once one succeeded. A follower whose disk answers with
+// errors (full, read-only, dying) still hears the leader's heartbeats, but
+// stores no entry, so its state stays as it was.
+func (n *Node) LogWritesFailing() (time.Duration, error) { return n.logs.failing() }
+
 // ServeForwards makes the Raft port take calls forwarded by followers
 // (connections opened with DialForward): h runs once per connection, after
 // the handshake, and must return when the connection is closed, which
@@ -195,6 +202,7 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 			return nil, fmt.Errorf("log cache: %w", err)
 		}
 	}
+	logs = typedLogs{LogStore: logs, durable: n.logs}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hl.Named("snapshot"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshot store: %w", err)

@@ -1,6 +1,10 @@
 package raftnode
 
 import (
+	"errors"
+	"os"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +23,22 @@ func (s *blockingStore) StoreLogs(ls []*raft.Log) error {
 	<-s.release
 	return s.InmemStore.StoreLogs(ls)
 }
+
+// failingStore is an in-memory log store whose writes fail with err while
+// it is set.
+type failingStore struct {
+	*raft.InmemStore
+	err atomic.Pointer[error]
+}
+
+func (s *failingStore) StoreLogs(ls []*raft.Log) error {
+	if err := s.err.Load(); err != nil {
+		return *err
+	}
+	return s.InmemStore.StoreLogs(ls)
+}
+
+func (s *failingStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 type monotonicStore struct{ *raft.InmemStore }
 
@@ -48,11 +68,69 @@ func TestWatchedLogs_timesTheWriteInProgress(t *testing.T) {
 	require.Equal(t, uint64(1), last)
 }
 
+// Writes failing in a row show from the start of the first, with the
+// last error; one that succeeds clears them.
+func TestWatchedLogs_timesFailuresInARow(t *testing.T) {
+	s := &failingStore{InmemStore: raft.NewInmemStore()}
+	w := newWatchedLogs(s)
+	d, err := w.failing()
+	require.Zero(t, d)
+	require.NoError(t, err)
+
+	eio, erofs := errors.New("input/output error"), errors.New("read-only file system")
+	s.err.Store(&eio)
+	start := time.Now()
+	require.ErrorIs(t, w.StoreLogs([]*raft.Log{{Index: 1, Term: 1}}), eio, "the store's error is returned")
+	first, _ := w.failing()
+	require.Eventually(t, func() bool { d, _ := w.failing(); return d > first }, 5*time.Second, time.Millisecond, "it grows")
+	s.err.Store(&erofs)
+	second := time.Now()
+	require.ErrorIs(t, w.StoreLog(&raft.Log{Index: 1, Term: 1}), erofs)
+	d, err = w.failing()
+	require.ErrorIs(t, err, erofs, "the last error")
+	require.Greater(t, d, time.Since(second), "counted from the first failure")
+	require.LessOrEqual(t, d, time.Since(start))
+
+	s.err.Store(nil)
+	require.NoError(t, w.StoreLogs([]*raft.Log{{Index: 1, Term: 1}}))
+	d, err = w.failing()
+	require.Zero(t, d)
+	require.NoError(t, err)
+	require.Zero(t, w.inProgress())
+}
+
+// Behind Raft's log cache, which flattens the store's error to a string, a
+// failed write is a LogStoreError carrying the durable store's own error.
+func TestTypedLogs_failedWritesAreLogStoreErrors(t *testing.T) {
+	s := &failingStore{InmemStore: raft.NewInmemStore()}
+	w := newWatchedLogs(s)
+	cache, err := raft.NewLogCache(8, w)
+	require.NoError(t, err)
+	logs := typedLogs{LogStore: cache, durable: w}
+	require.NoError(t, logs.StoreLogs([]*raft.Log{{Index: 1, Term: 1}}))
+
+	erofs := syscall.EROFS
+	var e error = &os.PathError{Op: "write", Path: "wal/1.wal", Err: erofs}
+	s.err.Store(&e)
+	for _, err := range []error{logs.StoreLogs([]*raft.Log{{Index: 2, Term: 1}}), logs.StoreLog(&raft.Log{Index: 2, Term: 1})} {
+		var lse *LogStoreError
+		require.ErrorAs(t, err, &lse)
+		require.ErrorIs(t, err, erofs, "the durable store's error, not the cache's string")
+		require.Equal(t, "write to the Raft log store: write wal/1.wal: read-only file system", err.Error())
+	}
+}
+
 // raft-wal tells Raft its log has no gaps (raft.MonotonicLogStore); the
 // wrapper must not hide it, nor claim it for a store that does not.
 func TestWatchedLogs_passesOnMonotonic(t *testing.T) {
 	require.True(t, newWatchedLogs(monotonicStore{raft.NewInmemStore()}).IsMonotonic())
 	require.False(t, newWatchedLogs(raft.NewInmemStore()).IsMonotonic())
+	for _, durable := range []raft.LogStore{monotonicStore{raft.NewInmemStore()}, raft.NewInmemStore()} {
+		w := newWatchedLogs(durable)
+		cache, err := raft.NewLogCache(8, w)
+		require.NoError(t, err)
+		require.Equal(t, w.IsMonotonic(), typedLogs{LogStore: cache, durable: w}.IsMonotonic(), "through the cache and typedLogs")
+	}
 }
 
 // What timing a write adds to it, on an in-memory store (a real one's
