@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,7 +83,8 @@ type Config struct {
 	// LogStallExit: a leader whose Raft log store write has run this long
 	// exits, so that another controller leads; 0: never.
 	LogStallExit time.Duration
-	// Exit ends the process (os.Exit when nil); LogStallExit calls it.
+	// Exit ends the process (os.Exit when nil), with code 3 when this node
+	// gives up: LogStallExit passed, or Raft's term could not be saved.
 	Exit func(code int)
 	// CommitHold: under load, the longest the leader holds the next Raft
 	// entry for more writes (group commit); 0 never holds.
@@ -170,6 +172,8 @@ type Server struct {
 	acks         *endpoint.TableAcks
 	lbstats      *lbstats.Store
 	notifyCh     chan bool
+	// running is set once Run starts: every field is set by then.
+	running atomic.Bool
 
 	reachMu sync.Mutex
 	reached map[string]time.Time
@@ -237,6 +241,9 @@ func New(cfg Config) (s *Server, err error) {
 	rc := cfg.Raft
 	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers
 	rc.NotifyCh, rc.Logger = s.notifyCh, logger
+	rc.StableStoreFailed = func(err error) {
+		s.giveUp("the Raft stable store could not save the term or vote: exiting, as Raft cannot go on without it", "err", err)
+	}
 	if s.node, err = raftnode.New(rc, s.fsm); err != nil {
 		return nil, err
 	}
@@ -360,6 +367,7 @@ func (s *Server) ready() error {
 // background loops stop, Raft shuts down, and the stores close.
 func (s *Server) Run(ctx context.Context) error {
 	s.logger.Info("controller started", "grpc", s.APIAddr(), "raft", s.RaftAddr(), "http", s.HTTPAddr(), "data_dir", s.cfg.DataDir)
+	s.running.Store(true)
 	g, gctx := errgroup.WithContext(ctx)
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	g.Go(func() error { return s.grpc.Serve(gctx, s.grpcLis, s.cfg.ShutdownGrace) })
@@ -416,16 +424,24 @@ func (s *Server) watchLogStall(ctx context.Context) {
 		if stalled < s.cfg.LogStallExit || !s.core.IsLeader() {
 			continue
 		}
-		s.logger.Error("the Raft log store has not finished a write: exiting so that another controller leads",
-			"stalled", stalled.Round(time.Second), "limit", s.cfg.LogStallExit, "data_dir", s.cfg.DataDir)
-		s.disconnect(time.Second)
-		exit := s.cfg.Exit
-		if exit == nil {
-			exit = os.Exit
-		}
-		exit(3)
+		s.giveUp("the Raft log store has not finished a write: exiting so that another controller leads",
+			"stalled", stalled.Round(time.Second), "limit", s.cfg.LogStallExit)
 		return
 	}
+}
+
+// giveUp logs msg with args and the data directory, closes this node's
+// ports (disconnect) and ends the process with code 3 (Config.Exit).
+func (s *Server) giveUp(msg string, args ...any) {
+	s.logger.Error(msg, append(args, "data_dir", s.cfg.DataDir)...)
+	if s.running.Load() {
+		s.disconnect(time.Second)
+	}
+	exit := s.cfg.Exit
+	if exit == nil {
+		exit = os.Exit
+	}
+	exit(3)
 }
 
 // disconnect closes the gRPC, admin HTTP and Raft listeners and the

@@ -403,8 +403,9 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 // UNAVAILABLE, saying why and that it may be retried: hashicorp/raft's
 // leader steps down when its log write fails, having sent the entry to no
 // one. The other two elect a leader and take writes, through either of
-// them. The failed node cannot save a new term, so it ends (hashicorp/raft
-// panics); its disk back, it restarts, follows and catches up.
+// them. The failed node cannot save a new term, without which Raft cannot
+// go on: it says so and exits (hashicorp/raft would panic). Its disk back,
+// it restarts, follows and catches up.
 func TestPartition_leaderWithAFailingDiskStepsDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -433,6 +434,9 @@ func TestPartition_leaderWithAFailingDiskStepsDown(t *testing.T) {
 		}
 		return nil
 	}))
+	require.Contains(t, old.Log(), "the Raft stable store could not save the term or vote")
+	require.Contains(t, old.Log(), "input/output error")
+	require.NotContains(t, old.Log(), "panic:")
 
 	disks[old.ID].Resume()
 	old.Restart()

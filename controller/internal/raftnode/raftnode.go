@@ -90,6 +90,11 @@ type Config struct {
 	// NotifyCh receives true on gaining and false on losing leadership.
 	NotifyCh chan<- bool
 	Logger   *slog.Logger
+	// StableStoreFailed, when set, is called with the error of a write to
+	// the stable store (Raft's term and vote) that failed, before Raft
+	// sees it. Raft cannot go on without saving its term (hashicorp/raft
+	// panics), so a server ends the process there, saying why.
+	StableStoreFailed func(error)
 }
 
 // DefaultConfig returns the timings used on a LAN or loopback.
@@ -237,6 +242,9 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 	})
 	n.closers = append(n.closers, n.Transport)
 
+	if cfg.StableStoreFailed != nil {
+		stable = checkedStable{StableStore: stable, failed: cfg.StableStoreFailed}
+	}
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("inspect raft state: %w", err)

@@ -1,6 +1,7 @@
 package raftnode
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -146,3 +147,23 @@ func (s typedLogs) DeleteRange(lo, hi uint64) error { return s.typed(s.LogStore.
 
 // IsMonotonic passes on the store's answer, as watchedLogs does.
 func (s typedLogs) IsMonotonic() bool { return monotonic(s.LogStore) }
+
+// checkedStable is the stable store with its failed writes reported to
+// failed before Raft sees them (Config.StableStoreFailed).
+type checkedStable struct {
+	raft.StableStore
+	failed func(error)
+}
+
+func (s checkedStable) check(key []byte, err error) error {
+	if err != nil {
+		s.failed(fmt.Errorf("save Raft's %s: %w", key, err))
+	}
+	return err
+}
+
+func (s checkedStable) Set(key, val []byte) error { return s.check(key, s.StableStore.Set(key, val)) }
+
+func (s checkedStable) SetUint64(key []byte, val uint64) error {
+	return s.check(key, s.StableStore.SetUint64(key, val))
+}

@@ -156,3 +156,33 @@ func BenchmarkWatchedLogs_StoreLogs(b *testing.B) {
 		})
 	}
 }
+
+// failingStable is a stable store whose writes fail with err.
+type failingStable struct {
+	*raft.InmemStore
+	err error
+}
+
+func (s failingStable) Set([]byte, []byte) error       { return s.err }
+func (s failingStable) SetUint64([]byte, uint64) error { return s.err }
+
+// A failed write to the stable store is reported, naming the key and the
+// error, before Raft gets the error; reads pass through.
+func TestCheckedStable_reportsFailedWrites(t *testing.T) {
+	var reported []error
+	s := checkedStable{StableStore: failingStable{raft.NewInmemStore(), syscall.EIO}, failed: func(err error) { reported = append(reported, err) }}
+	require.ErrorIs(t, s.SetUint64([]byte("CurrentTerm"), 4), syscall.EIO)
+	require.ErrorIs(t, s.Set([]byte("LastVoteCand"), []byte("c2")), syscall.EIO)
+	require.Len(t, reported, 2)
+	require.EqualError(t, reported[0], "save Raft's CurrentTerm: input/output error")
+	require.ErrorIs(t, reported[1], syscall.EIO)
+	v, err := s.GetUint64([]byte("CurrentTerm"))
+	require.NoError(t, err)
+	require.Zero(t, v, "nothing was saved")
+
+	ok := checkedStable{StableStore: raft.NewInmemStore(), failed: func(err error) { t.Fatalf("reported %v", err) }}
+	require.NoError(t, ok.SetUint64([]byte("CurrentTerm"), 4))
+	v, err = ok.GetUint64([]byte("CurrentTerm"))
+	require.NoError(t, err)
+	require.Equal(t, uint64(4), v)
+}
