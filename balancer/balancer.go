@@ -50,7 +50,24 @@ type Balancer struct {
 	// held is signalled (without blocking) when a request starts waiting
 	// for a backend; see Held.
 	held chan struct{}
+
+	// pendingWrite is the applied table next to be written to DataDir;
+	// writing is true while a writer goroutine runs (see persist).
+	pendingWrite atomic.Pointer[tableWrite]
+	writing      atomic.Bool
 }
+
+// tableWrite is a table to write to DataDir; done gets the write's
+// outcome, or nil when a later table replaced it before it was written.
+type tableWrite struct {
+	t    *Table
+	done chan error
+}
+
+// persistWait bounds how long Apply waits for its table to be written to
+// DataDir. The write goes on beyond it: a stalled disk holds neither the
+// next tables nor their acknowledgements.
+const persistWait = time.Second
 
 type backendKey struct{ pool, addr string }
 
@@ -105,8 +122,10 @@ func (b *Balancer) Ready() bool { return b.snap.Load() != nil }
 // Backends that stay (same pool name and address) keep their connections,
 // health and statistics; removed ones drain: requests in flight complete, and
 // their connections close as they become idle. With DataDir set the table is
-// written there; a write failure returns an error wrapping ErrPersist with the
-// table in force.
+// written there, by a goroutine of its own: Apply returns an error wrapping
+// ErrPersist, the table in force, when the write fails within persistWait,
+// and returns nil when it takes longer (it goes on, and a later table
+// replaces this one if it comes first).
 func (b *Balancer) Apply(t *Table) error {
 	if err := t.Validate(); err != nil {
 		b.counters.applyFailed.Add(1)
@@ -187,12 +206,61 @@ func (b *Balancer) Apply(t *Table) error {
 	b.counters.applied.Add(1)
 	b.log.Info("table applied", "term", t.Version.Term, "index", t.Version.Index, "pools", len(t.Pools))
 	if b.cfg.DataDir != "" {
-		if err := WriteTableFile(filepath.Join(b.cfg.DataDir, TableFileName), t); err != nil {
-			b.log.Error("persist table", "err", err)
-			return fmt.Errorf("%w: %w", ErrPersist, err)
-		}
+		return b.persist(t)
 	}
 	return nil
+}
+
+// persist hands t, just applied, to the writer of DataDir, starting it if
+// none runs, and waits for the write if it started it (persistWait at
+// most). With applyMu held, so that the file ends with the last table
+// applied.
+func (b *Balancer) persist(t *Table) error {
+	w := &tableWrite{t: t, done: make(chan error, 1)}
+	if old := b.pendingWrite.Swap(w); old != nil {
+		old.done <- nil
+	}
+	if !b.writing.CompareAndSwap(false, true) {
+		// A write is under way (a slow or stalled disk): the writer takes
+		// this table after it.
+		return nil
+	}
+	go b.writeTables()
+	timer := time.NewTimer(persistWait)
+	defer timer.Stop()
+	select {
+	case err := <-w.done:
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrPersist, err)
+		}
+		return nil
+	case <-timer.C:
+		b.log.Warn("saving the table takes long: it is in force, and is saved once the disk answers",
+			"dir", b.cfg.DataDir, "waited", persistWait)
+		return nil
+	}
+}
+
+// writeTables writes the pending tables to DataDir until none is left.
+func (b *Balancer) writeTables() {
+	for {
+		w := b.pendingWrite.Swap(nil)
+		if w == nil {
+			b.writing.Store(false)
+			// A table handed over between the Swap and the Store found
+			// the writer running: take it, unless another writer has.
+			if b.pendingWrite.Load() == nil || !b.writing.CompareAndSwap(false, true) {
+				return
+			}
+			continue
+		}
+		err := WriteTableFile(filepath.Join(b.cfg.DataDir, TableFileName), w.t)
+		if err != nil {
+			b.counters.saveFailed.Add(1)
+			b.log.Error("persist table", "version", w.t.Version.String(), "err", err)
+		}
+		w.done <- err
+	}
 }
 
 // LoadDataDir applies the table saved in cfg.DataDir, if there is one. It
@@ -315,9 +383,11 @@ type Counters struct {
 	LocalReplies map[int]uint64
 	Retries      uint64
 	Ejections    uint64
-	// TablesApplied and TablesRejected count Apply outcomes.
+	// TablesApplied and TablesRejected count Apply outcomes;
+	// TablesNotSaved the writes to DataDir that failed.
 	TablesApplied  uint64
 	TablesRejected uint64
+	TablesNotSaved uint64
 }
 
 // Counters returns a copy of the balancer-wide totals.
@@ -332,6 +402,7 @@ func (b *Balancer) Counters() Counters {
 		Ejections:       c.ejections.Load(),
 		TablesApplied:   c.applied.Load(),
 		TablesRejected:  c.applyFailed.Load(),
+		TablesNotSaved:  c.saveFailed.Load(),
 	}
 	for i, code := range localCodes {
 		if n := c.local[i].Load(); n > 0 {
@@ -349,6 +420,7 @@ type counters struct {
 	ejections   atomic.Uint64
 	applied     atomic.Uint64
 	applyFailed atomic.Uint64
+	saveFailed  atomic.Uint64
 	local       [len(localCodes)]atomic.Uint64
 }
 

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/testcluster"
 )
 
 func validTable() *Table {
@@ -210,4 +213,43 @@ func TestBalancer_dataDirRestoresLastTable(t *testing.T) {
 	err = b3.Apply(validTable())
 	require.True(t, errors.Is(err, ErrPersist))
 	require.True(t, b3.Ready(), "a table that could not be persisted is still in force")
+	require.Equal(t, uint64(1), b3.Counters().TablesNotSaved)
+}
+
+// With the data directory's disk stalled, tables still come into force as
+// they are applied: the Apply that starts a write waits for it at most
+// persistWait, those after it not at all. Once the disk answers, the last
+// table applied is the one saved.
+func TestBalancer_stalledDataDirHoldsNoApplyBack(t *testing.T) {
+	disk := testcluster.NewStallDisk(t)
+	cfg := testConfig(t)
+	cfg.DataDir = disk.Dir
+	b, err := New(cfg)
+	require.NoError(t, err)
+	table := func(index uint64) *Table {
+		tb := validTable()
+		tb.Version.Index = index
+		return tb
+	}
+	require.NoError(t, b.Apply(table(10)))
+
+	disk.Stall()
+	start := time.Now()
+	require.NoError(t, b.Apply(table(11)), "a write that takes long is no error")
+	first := time.Since(start)
+	require.GreaterOrEqual(t, first, persistWait, "it waited for its write")
+	require.Less(t, first, persistWait+time.Second)
+	require.NoError(t, disk.WaitHeld(context.Background(), 5*time.Second))
+	start = time.Now()
+	require.NoError(t, b.Apply(table(12)))
+	require.NoError(t, b.Apply(table(13)))
+	require.Less(t, time.Since(start), persistWait, "later tables do not wait on the held write")
+	require.Equal(t, uint64(13), b.Table().Version.Index, "in force")
+
+	disk.Resume()
+	require.Eventually(t, func() bool {
+		saved, err := ReadTableFile(filepath.Join(disk.Dir, TableFileName))
+		return err == nil && saved.Version.Index == 13 && !b.writing.Load()
+	}, 10*time.Second, 10*time.Millisecond, "the last table is saved, and the writer is done")
+	require.Zero(t, b.Counters().TablesNotSaved)
 }

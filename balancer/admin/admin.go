@@ -134,6 +134,7 @@ var (
 	descEjects   = prometheus.NewDesc(ns+"ejections_total", "Backend ejections.", nil, nil)
 	descApplied  = prometheus.NewDesc(ns+"tables_applied_total", "Tables applied.", nil, nil)
 	descRejected = prometheus.NewDesc(ns+"tables_rejected_total", "Tables refused (invalid or stale).", nil, nil)
+	descNotSaved = prometheus.NewDesc(ns+"tables_not_saved_total", "Writes of applied tables to the data directory that failed.", nil, nil)
 	descIndex    = prometheus.NewDesc(ns+"table_index", "Index of the table in force.", nil, nil)
 	descTerm     = prometheus.NewDesc(ns+"table_term", "Term of the table in force.", nil, nil)
 )
@@ -181,6 +182,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEjects, prometheus.CounterValue, float64(k.Ejections))
 	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.CounterValue, float64(k.TablesApplied))
 	ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(k.TablesRejected))
+	ch <- prometheus.MustNewConstMetric(descNotSaved, prometheus.CounterValue, float64(k.TablesNotSaved))
 	if t := c.src.Table(); t != nil {
 		ch <- prometheus.MustNewConstMetric(descIndex, prometheus.GaugeValue, float64(t.Version.Index))
 		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(t.Version.Term))

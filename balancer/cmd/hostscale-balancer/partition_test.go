@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -180,4 +182,44 @@ func TestBinary_followerWithABadDiskStopsFeedingTables(t *testing.T) {
 			t.Logf("the follower's /readyz: %s", strings.TrimSpace(body))
 		})
 	}
+}
+
+// TestBinary_stalledDataDirHoldsNoTableBack: the balancer saves each table
+// it applies in its -data-dir, whose disk then stalls. Tables still come
+// into force as they arrive: a pool created on the leader serves through
+// the balancer while the write of its table is held, and so does one
+// created after it. Once the disk answers, the table saved is the last.
+func TestBinary_stalledDataDirHoldsNoTableBack(t *testing.T) {
+	ctrl := testcluster.BuildController(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	disk := testcluster.NewStallDisk(t) // before the balancer: unmounted after it stopped
+	cl, leader := testcluster.StartLed(ctx, t, testcluster.Options{Launcher: testcluster.BinaryLauncher{Path: ctrl}}, 30*time.Second)
+	r := newFollowerRig(ctx, t, cl, leader, "127.0.0.1", "127.0.0.1", func(args ...string) *exec.Cmd {
+		return exec.Command(binPath, append(args, "-data-dir", disk.Dir)...)
+	})
+	t.Cleanup(disk.Resume) // runs before the balancer stops
+	saved := func() string {
+		b, err := os.ReadFile(filepath.Join(disk.Dir, "table.json"))
+		require.NoError(t, err)
+		return string(b)
+	}
+	require.Contains(t, saved(), `"before"`)
+
+	disk.Stall()
+	for _, pool := range []string{"during", "after"} {
+		r.pool(pool)
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error { return r.serves("/" + pool) }),
+			"the pool %s through the balancer whose disk is stalled", pool)
+		require.NoError(t, r.serves("/before"))
+	}
+	require.Positive(t, disk.Held(), "the table's write is held")
+
+	disk.Resume()
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if s := saved(); !strings.Contains(s, `"after"`) {
+			return fmt.Errorf("saved table: %s", s)
+		}
+		return nil
+	}))
 }
