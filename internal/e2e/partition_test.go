@@ -209,12 +209,7 @@ func TestInstances_leaderWithAStalledDiskHandsOver(t *testing.T) {
 	// The disk back, the old leader finishes exiting; restarted, it
 	// follows, and the three agree.
 	disks[old.ID].Resume()
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
-		if old.Running() {
-			return fmt.Errorf("%s still runs", old.ID)
-		}
-		return nil
-	}))
+	require.NoError(t, old.WaitExited(ctx, 10*time.Second))
 	old.Restart()
 	f.pinned = nil
 	require.Equal(t, leader.ID, f.leader().ID)

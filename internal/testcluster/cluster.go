@@ -207,6 +207,17 @@ func (n *Node) Running() bool {
 	}
 }
 
+// WaitExited waits until the node's process has exited, by itself (a node
+// that gives up) or otherwise, or timeout.
+func (n *Node) WaitExited(ctx context.Context, timeout time.Duration) error {
+	return Eventually(ctx, timeout, func(context.Context) error {
+		if n.Running() {
+			return fmt.Errorf("%s still runs", n.ID)
+		}
+		return nil
+	})
+}
+
 // Conn returns a client connection to the node's gRPC API; it survives the
 // node's restarts.
 func (n *Node) Conn() *grpc.ClientConn {

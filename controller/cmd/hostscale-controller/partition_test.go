@@ -363,12 +363,7 @@ func TestPartition_leaderWithAStalledDiskExitsAndAnotherLeads(t *testing.T) {
 
 	// Its disk back, the process finishes exiting; restarted, it follows.
 	disks[old.ID].Resume()
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
-		if old.Running() {
-			return fmt.Errorf("%s still runs", old.ID)
-		}
-		return nil
-	}))
+	require.NoError(t, old.WaitExited(ctx, 10*time.Second))
 	old.Restart()
 	caughtUp(ctx, t, c, old, leader)
 
@@ -428,12 +423,7 @@ func TestPartition_leaderWithAFailingDiskStepsDown(t *testing.T) {
 			require.NoError(t, err, "a write through the other follower")
 		}
 	}
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
-		if old.Running() {
-			return fmt.Errorf("%s still runs", old.ID)
-		}
-		return nil
-	}))
+	require.NoError(t, old.WaitExited(ctx, 10*time.Second))
 	require.Contains(t, old.Log(), "the Raft stable store could not save the term or vote")
 	require.Contains(t, old.Log(), "input/output error")
 	require.NotContains(t, old.Log(), "panic:")
