@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -27,10 +28,12 @@ import (
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
-const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-json] COMMAND [ARGS]
+const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-retry d] [-json] COMMAND [ARGS]
 
 -addr (env HOSTSCALE_ADDR) is one controller or several: the first that answers serves the
 command. The default is the three local controllers of make dev and make cluster.
+-retry (10s) is how long a call that fails UNAVAILABLE (no leader yet, a controller gone) is
+tried again, with the same request id for a write; 0 tries once.
 
 commands:
   status                          this node's view: leader, term, indexes, members
@@ -90,11 +93,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	addr := fs.String("addr", envOr("HOSTSCALE_ADDR", defaultAddr), "controller gRPC `addresses`, comma-separated: the first that answers serves the command (env HOSTSCALE_ADDR)")
 	timeout := fs.Duration("timeout", 30*time.Second, "deadline of the whole command")
+	retry := fs.Duration("retry", 10*time.Second, "how long a call failing UNAVAILABLE (no leader yet, a controller gone) is tried again; 0: once")
 	asJSON := fs.Bool("json", false, "print responses as JSON")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if *retry < 0 {
+		fmt.Fprintf(stderr, "hostscale: -retry %v: must not be negative\n", *retry)
 		return 2
 	}
 	if fs.NArg() == 0 {
@@ -107,7 +115,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			addrs = append(addrs, a)
 		}
 	}
-	conn, err := grpcx.DialAny(addrs)
+	// A command during an election, or sent to a controller that just
+	// went, waits for the new leader instead of failing (-retry); a write
+	// keeps one request id, so it applies once.
+	conn, err := grpcx.DialAny(addrs, grpc.WithChainUnaryInterceptor(grpcx.RetryUnavailable(100*time.Millisecond, time.Second, *retry)))
 	if err != nil {
 		fmt.Fprintf(stderr, "hostscale: -addr %q: %v\n", *addr, err)
 		return 2

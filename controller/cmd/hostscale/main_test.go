@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/testcluster"
@@ -206,6 +208,39 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, errs, `-addr`)
 	require.Contains(t, errs, `"nonsense" is not host:port`)
+}
+
+// A command sent as the leader dies waits for the next leader instead of
+// failing: the follower it reaches knows no leader for a while, and the
+// CLI calls again, with the same request id, until one is elected.
+func TestCLI_writeDuringAnElection(t *testing.T) {
+	ctx := context.Background()
+	c := testcluster.Start(t, testcluster.Options{Nodes: 3, Launcher: servertest.Launcher{}})
+	leader, _, err := c.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	_, err = leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{Name: "web", Hosts: []string{"example.com"}}})
+	require.NoError(t, err)
+	var follower *testcluster.Node
+	for _, n := range c.Nodes() {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+
+	code, _, errs := hostscale("-retry", "-1s", "status")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "-retry -1s: must not be negative")
+
+	leader.Kill()
+	killed := time.Now()
+	code, _, errs = hostscale("-addr", follower.GRPCAddr, "delete-pool", "web")
+	require.Equal(t, 0, code, errs)
+	t.Logf("delete-pool answered %v after the leader was killed", time.Since(killed).Round(time.Millisecond))
+	next, _, err := c.WaitNewLeader(ctx, leader, 10*time.Second)
+	require.NoError(t, err)
+	_, err = next.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
+	require.Equal(t, codes.NotFound, status.Code(err), "the pool is gone: %v", err)
 }
 
 // hello registers node with labels as its agent would, and keeps its stream

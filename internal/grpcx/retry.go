@@ -1,0 +1,60 @@
+package grpcx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// RetryUnavailable is a unary client interceptor that calls again a call
+// that failed UNAVAILABLE (a cluster electing a leader, a leader that just
+// stepped down, a controller gone) for up to budget from its first attempt,
+// and within the call's context: first after base, then after twice as
+// long each time, up to max. Then it returns the last error.
+//
+// A request with a string field request_id left empty gets a random id
+// before the first attempt, and every attempt sends the same: a write the
+// cluster took before its answer was lost is applied once, not again.
+func RetryUnavailable(base, max, budget time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if m, ok := req.(proto.Message); ok {
+			stampRequestID(m)
+		}
+		end := time.Now().Add(budget)
+		wait := base
+		for {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if status.Code(err) != codes.Unavailable || time.Now().Add(wait).After(end) {
+				return err
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return err
+			case <-t.C:
+			}
+			wait = min(2*wait, max)
+		}
+	}
+}
+
+// stampRequestID sets m's request_id, a string field, to a random id when
+// it is empty.
+func stampRequestID(m proto.Message) {
+	r := m.ProtoReflect()
+	fd := r.Descriptor().Fields().ByName("request_id")
+	if fd == nil || fd.Kind() != protoreflect.StringKind || fd.Cardinality() == protoreflect.Repeated || r.Get(fd).String() != "" {
+		return
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	r.Set(fd, protoreflect.ValueOfString(hex.EncodeToString(b[:])))
+}
