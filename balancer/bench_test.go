@@ -49,6 +49,33 @@ func BenchmarkPick(b *testing.B) {
 	}
 }
 
+// Apply of a new table, in memory alone and saved to a data directory
+// (where the write and its syncs set the pace).
+func BenchmarkApply(b *testing.B) {
+	for _, dataDir := range []bool{false, true} {
+		name := "memory"
+		if dataDir {
+			name = "data-dir"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := testConfig(b)
+			if dataDir {
+				cfg.DataDir = b.TempDir()
+			}
+			bal, err := New(cfg)
+			require.NoError(b, err)
+			tbl := validTable()
+			b.ReportAllocs()
+			for b.Loop() {
+				tbl.Version.Index++
+				if err := bal.Apply(tbl); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkRouterLookup(b *testing.B) {
 	bal, err := New(testConfig(b))
 	require.NoError(b, err)
