@@ -67,7 +67,14 @@ func NewStallDisk(t testing.TB) *StallDisk {
 	t.Cleanup(func() {
 		d.Resume()
 		done := make(chan error, 1)
-		go func() { done <- d.server.Unmount() }()
+		go func() {
+			err := d.server.Unmount()
+			if err == nil {
+				// The serving goroutines end once the kernel has let go.
+				d.server.Wait()
+			}
+			done <- err
+		}()
 		select {
 		case err := <-done:
 			if err == nil {

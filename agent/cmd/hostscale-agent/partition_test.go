@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,4 +84,88 @@ func TestAgent_leaderCutOffSilently(t *testing.T) {
 		}
 	}
 	require.NotZero(t, moved, "the agent never reached the new leader")
+}
+
+// TestAgent_stalledDataDirKeepsTheNodeUp: the agent's -data-dir is on a
+// StallDisk, which stalls; then the leader assigns it an instance. The
+// agent cannot save the assignment while the disk holds its write, but
+// its stream goes on: for twice the heartbeat TTL every check finds the
+// node up on the leader with fresh samples and the instance reported.
+// Once the disk answers, the assignment is saved.
+func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
+	ctrl := testcluster.BuildController(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	disk := testcluster.NewStallDisk(t) // before the agent: unmounted after it stopped
+	cl, leader := testcluster.StartLed(ctx, t, testcluster.Options{
+		Launcher: testcluster.BinaryLauncher{Path: ctrl},
+		Args:     []string{"-heartbeat-ttl", e2eTTL.String()},
+	}, 30*time.Second)
+	var addrs []string
+	for _, n := range cl.Nodes() {
+		addrs = append(addrs, n.GRPCAddr)
+	}
+	agent := start(t, "-controllers", strings.Join(addrs, ","), "-interval", "200ms", "-node-id", "web-1", "-labels", "tier=web",
+		"-data-dir", disk.Dir, "-http-addr", "127.0.0.1:0", "-stop-instances-on-exit", "-log-level", "debug")
+	t.Cleanup(func() {
+		// The disk answers, and the agent stops the instance as it exits:
+		// nothing is left using the disk when it unmounts.
+		disk.Resume()
+		_ = agent.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-agent.done:
+		case <-time.After(15 * time.Second):
+			t.Error("the agent did not stop within 15 s of SIGTERM")
+		}
+	})
+	node := func() (*pb.Node, error) {
+		r, err := leader.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: "web-1"})
+		return r.GetNode(), err
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(context.Context) error {
+		nd, err := node()
+		if err != nil {
+			return err
+		}
+		if nd.Status != pb.NodeStatus_NODE_STATUS_UP {
+			return fmt.Errorf("web-1 is %v", nd.Status)
+		}
+		return nil
+	}))
+
+	disk.Stall()
+	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "sleepy", PathPrefix: "/", Selector: "tier=web", Desired: 1, Max: 1,
+		Template: &pb.InstanceTemplate{Command: "/bin/sleep", Args: []string{"600"}},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second), "the agent's write of its assignment")
+	held := time.Now()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(held) < 2*e2eTTL {
+		<-tick.C
+		nd, err := node()
+		require.NoError(t, err)
+		require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, nd.Status, "web-1 %v into the stall", time.Since(held).Round(time.Millisecond))
+		age := time.Since(nd.Latest.GetTime().AsTime())
+		require.Less(t, age, 2*time.Second, "web-1's latest sample, %v into the stall", time.Since(held).Round(time.Millisecond))
+	}
+	require.Positive(t, disk.Held(), "the write is still held")
+	r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "sleepy"})
+	require.NoError(t, err)
+	require.Len(t, r.Instances, 1)
+	require.NotEqual(t, pb.InstanceState_INSTANCE_STATE_PENDING, r.Instances[0].State, "the agent reports the instance it started")
+
+	disk.Resume()
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		b, err := os.ReadFile(filepath.Join(disk.Dir, "instances", "state.json"))
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), r.Instances[0].Id) {
+			return fmt.Errorf("state file: %s", b)
+		}
+		return nil
+	}))
 }

@@ -63,6 +63,8 @@ type Controller struct {
 	reports    int
 	open       int
 	drop       chan struct{}
+	// assign carries assignments to send on the open stream (Assign).
+	assign chan *pb.Assignments
 }
 
 // Start serves a Controller named name on a loopback port until the test
@@ -70,7 +72,7 @@ type Controller struct {
 // that Restart can bind it again. It welcomes and acknowledges everything
 // until Set says otherwise.
 func Start(t testing.TB, name string) *Controller {
-	f := &Controller{t: t, name: name, drop: make(chan struct{})}
+	f := &Controller{t: t, name: name, drop: make(chan struct{}), assign: make(chan *pb.Assignments)}
 	lis, err := freeport.Listen()
 	require.NoError(t, err)
 	f.serve(lis)
@@ -170,6 +172,10 @@ func (f *Controller) Connect(stream pb.AgentService_ConnectServer) error {
 	}()
 	for {
 		select {
+		case a := <-f.assign:
+			if err := stream.Send(&pb.ConnectResponse{Message: &pb.ConnectResponse_Assignments{Assignments: a}}); err != nil {
+				return err
+			}
 		case <-drop:
 			return status.Error(codes.Unavailable, "dropped by test")
 		case err := <-errc:
@@ -219,6 +225,17 @@ func (f *Controller) Connect(stream pb.AgentService_ConnectServer) error {
 			}
 		}
 	}
+}
+
+// Assign sends a to the agent on its open stream, waiting until one is
+// open.
+func (f *Controller) Assign(a *pb.Assignments) { f.assign <- a }
+
+// Reports counts the instance reports received.
+func (f *Controller) Reports() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reports
 }
 
 // Received returns the Processes value (the Fake's sample number) of every

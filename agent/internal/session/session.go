@@ -161,6 +161,14 @@ type Session struct {
 	facts    *pb.NodeFacts // the last facts read
 	// jitter returns a random int64 in [0, n); tests replace it.
 	jitter func(n int64) int64
+
+	// assigned is the latest assignments received and not yet handed to
+	// Instances, and from which controller; assignWake wakes the
+	// goroutine that hands them (applyAssignments).
+	assignMu     sync.Mutex
+	assigned     *pb.Assignments
+	assignedFrom string
+	assignWake   chan struct{}
 }
 
 // New returns a Session ready to Run.
@@ -172,12 +180,13 @@ func New(cfg Config) (*Session, error) {
 		cfg.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr) }
 	}
 	return &Session{
-		cfg:    cfg,
-		log:    logging.OrDiscard(cfg.Logger),
-		m:      newMetrics(cfg.Registerer),
-		wake:   make(chan struct{}, 1),
-		buf:    buffer{max: cfg.BufferSize},
-		jitter: rand.Int64N,
+		cfg:        cfg,
+		log:        logging.OrDiscard(cfg.Logger),
+		m:          newMetrics(cfg.Registerer),
+		wake:       make(chan struct{}, 1),
+		buf:        buffer{max: cfg.BufferSize},
+		jitter:     rand.Int64N,
+		assignWake: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -222,6 +231,11 @@ func (s *Session) Ready() error {
 // then returns nil. Every failure is followed by a back-off wait, except
 // that a Redirect naming a leader is followed at once.
 func (s *Session) Run(ctx context.Context) error {
+	if s.cfg.Instances != nil {
+		var wg sync.WaitGroup
+		wg.Go(func() { s.applyAssignments(ctx) })
+		defer wg.Wait()
+	}
 	idx := 0
 	failures := 0
 	redirects := 0
@@ -502,9 +516,8 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 			case *pb.ConnectResponse_Assignments:
 				if s.cfg.Instances == nil {
 					s.log.Warn("assignments received, but this agent runs no instances", "controller", st.addr)
-				} else if !s.cfg.Instances.Assign(m.Assignments) {
-					s.log.Warn("ignored assignments older than those applied", "controller", st.addr,
-						"term", m.Assignments.GetTerm(), "index", m.Assignments.GetIndex())
+				} else {
+					s.queueAssignments(m.Assignments, st.addr)
 				}
 			case *pb.ConnectResponse_Redirect:
 				return result{redirect: m.Redirect.GetLeaderAddress(), leaderID: m.Redirect.GetLeaderId(),
@@ -683,4 +696,40 @@ func helloErr(err error, timedOut *atomic.Bool, d time.Duration) error {
 		return fmt.Errorf("no answer to Hello within %s: %w", d, err)
 	}
 	return err
+}
+
+// queueAssignments hands a, received from the controller at from, to
+// applyAssignments, replacing any not applied yet: each holds every
+// instance this node is to run, so the latest is all that counts.
+func (s *Session) queueAssignments(a *pb.Assignments, from string) {
+	s.assignMu.Lock()
+	s.assigned, s.assignedFrom = a, from
+	s.assignMu.Unlock()
+	select {
+	case s.assignWake <- struct{}{}:
+	default:
+	}
+}
+
+// applyAssignments hands the assignments received to Instances, the
+// latest each time, until ctx ends. It runs apart from the stream: the
+// driver saves each assignment before it returns, and a stalled disk must
+// not hold the samples, heartbeats and instance reports, or the node would
+// be taken for dead while its instances run.
+func (s *Session) applyAssignments(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.assignWake:
+		}
+		s.assignMu.Lock()
+		a, from := s.assigned, s.assignedFrom
+		s.assigned = nil
+		s.assignMu.Unlock()
+		if a != nil && !s.cfg.Instances.Assign(a) {
+			s.log.Warn("ignored assignments older than those applied", "controller", from,
+				"term", a.GetTerm(), "index", a.GetIndex())
+		}
+	}
 }

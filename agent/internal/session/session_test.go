@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -458,4 +459,66 @@ func TestConfig_Validate(t *testing.T) {
 			require.Error(t, c.Validate())
 		})
 	}
+}
+
+// blockingInstances is an Instances whose Assign waits on release, as the
+// driver waits on a stalled disk to save what it was assigned.
+type blockingInstances struct {
+	release chan struct{}
+	mu      sync.Mutex
+	entered int
+	applied []uint64 // the index of each Assignments applied
+}
+
+func (b *blockingInstances) Assign(a *pb.Assignments) bool {
+	b.mu.Lock()
+	b.entered++
+	b.mu.Unlock()
+	<-b.release
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.applied = append(b.applied, a.GetIndex())
+	return true
+}
+
+func (b *blockingInstances) Report() *pb.InstanceReport { return &pb.InstanceReport{} }
+
+func (b *blockingInstances) Changed() <-chan struct{} { return make(chan struct{}) }
+
+func (b *blockingInstances) state() (entered int, applied []uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.entered, append([]uint64(nil), b.applied...)
+}
+
+// While the driver waits to apply assignments (its disk stalled), the
+// stream goes on: samples and heartbeats reach the controller. The
+// assignments that came meanwhile are applied after, the latest only.
+func TestSession_assignmentsDoNotHoldTheStream(t *testing.T) {
+	c := controllertest.Start(t, "c1")
+	inst := &blockingInstances{release: make(chan struct{})}
+	cfg := testConfig(c.Addr())
+	cfg.Instances = inst
+	s, err := New(cfg)
+	require.NoError(t, err)
+	running(t, s)
+	require.Eventually(t, s.Connected, wait, 5*time.Millisecond)
+
+	c.Assign(&pb.Assignments{Term: 1, Index: 1})
+	require.Eventually(t, func() bool { n, _ := inst.state(); return n == 1 }, wait, 5*time.Millisecond)
+	c.Assign(&pb.Assignments{Term: 1, Index: 2})
+	c.Assign(&pb.Assignments{Term: 1, Index: 3})
+	src := sample.NewFake()
+	offer(t, s, src, 5)
+	beats := c.Heartbeats()
+	require.Eventually(t, func() bool {
+		nums, _ := c.Received()
+		return len(nums) == 5 && c.Heartbeats() >= beats+3
+	}, wait, 5*time.Millisecond, "samples and heartbeats while Assign waits")
+
+	close(inst.release)
+	require.Eventually(t, func() bool {
+		_, applied := inst.state()
+		return slices.Equal(applied, []uint64{1, 3})
+	}, wait, 5*time.Millisecond, "the first, then the latest")
 }
