@@ -66,6 +66,11 @@ type options struct {
 // usageError is bad input: the process exits 2.
 type usageError struct{ error }
 
+// stateStallLimit is how long a write of the state file may run before
+// /readyz calls the data directory's disk stalled, as a controller does
+// for its Raft log.
+const stateStallLimit = 5 * time.Second
+
 func run(args []string, stderr io.Writer) int {
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -236,7 +241,13 @@ func serve(o options, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("-http-addr: %w", err)
 		}
-		adm = admin.New(lis, reg, admin.Options{Ready: a.Ready, Pprof: o.pprof})
+		ready := func() error {
+			if d := drv.SaveInProgress(); d > stateStallLimit {
+				return fmt.Errorf("a write of the state file in -data-dir has run for %v: the disk is stalled", d.Round(time.Second))
+			}
+			return a.Ready()
+		}
+		adm = admin.New(lis, reg, admin.Options{Ready: ready, Pprof: o.pprof})
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,8 +91,9 @@ func TestAgent_leaderCutOffSilently(t *testing.T) {
 // StallDisk, which stalls; then the leader assigns it an instance. The
 // agent cannot save the assignment while the disk holds its write, but
 // its stream goes on: for twice the heartbeat TTL every check finds the
-// node up on the leader with fresh samples and the instance reported.
-// Once the disk answers, the assignment is saved.
+// node up on the leader with fresh samples and the instance reported, and
+// the agent's /readyz says its disk is stalled. Once the disk answers, the
+// assignment is saved and the agent is ready again.
 func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 	ctrl := testcluster.BuildController(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -152,6 +154,13 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		require.Less(t, age, 2*time.Second, "web-1's latest sample, %v into the stall", time.Since(held).Round(time.Millisecond))
 	}
 	require.Positive(t, disk.Held(), "the write is still held")
+	// The agent says so: /readyz fails once the write has run for 5 s,
+	// and /metrics shows how long.
+	code, body := get(t, "http://"+agent.addr()+"/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code, body)
+	require.Contains(t, body, "the disk is stalled")
+	_, body = get(t, "http://"+agent.addr()+"/metrics")
+	require.Regexp(t, `(?m)^hostscale_agent_state_write_in_progress_seconds ([5-9]|[1-9][0-9]+)\.`, body, "at least 5 s")
 	r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "sleepy"})
 	require.NoError(t, err)
 	require.Len(t, r.Instances, 1)
@@ -159,6 +168,9 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 
 	disk.Resume()
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if code, body := get(t, "http://"+agent.addr()+"/readyz"); code != http.StatusOK {
+			return fmt.Errorf("/readyz: %d %s", code, body)
+		}
 		b, err := os.ReadFile(filepath.Join(disk.Dir, "instances", "state.json"))
 		if err != nil {
 			return err

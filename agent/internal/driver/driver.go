@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,6 +67,9 @@ type Driver struct {
 
 	cg    *cgroups               // nil: reservations are not enforced
 	exits *prometheus.CounterVec // nil without a Registerer
+	// saving is when the state file's write under way began (Unix
+	// nanoseconds), 0 while none runs.
+	saving atomic.Int64
 }
 
 // instance is one assigned (or adopted) instance. Its fields are guarded
@@ -116,6 +120,13 @@ func New(cfg Config) (*Driver, error) {
 			Help: "Instance exits the agent did not ask for, by pool and why: code, signal, oom (at the memory reservation), unknown (adopted).",
 		}, []string{"pool", "why"})
 		if err := cfg.Registerer.Register(d.exits); err != nil {
+			return nil, fmt.Errorf("driver: %w", err)
+		}
+		saving := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hostscale_agent_state_write_in_progress_seconds",
+			Help: "How long the write of the instances' state file under way has run; 0 when none runs. Seconds mean the data directory's disk is stalled.",
+		}, func() float64 { return d.SaveInProgress().Seconds() })
+		if err := cfg.Registerer.Register(saving); err != nil {
 			return nil, fmt.Errorf("driver: %w", err)
 		}
 	}
@@ -451,11 +462,25 @@ func (d *Driver) save() error {
 	if gen <= d.savedGen {
 		return nil
 	}
-	if err := writeState(d.statePath, st); err != nil {
+	d.saving.Store(time.Now().UnixNano())
+	err := writeState(d.statePath, st)
+	d.saving.Store(0)
+	if err != nil {
 		return fmt.Errorf("driver: write state %s: %w", d.statePath, err)
 	}
 	d.savedGen = gen
 	return nil
+}
+
+// SaveInProgress is how long the write of the state file under way has
+// run, zero when none runs: seconds mean the data directory's disk is
+// stalled, and the assignments wait for it.
+func (d *Driver) SaveInProgress() time.Duration {
+	began := d.saving.Load()
+	if began == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, began))
 }
 
 // rotateLogs bounds the log files of every instance with a process.
