@@ -500,6 +500,18 @@ func (f *fleet) balancerSees(ins []*pb.Instance) string {
 	return ""
 }
 
+// waitRouted waits until the balancer routes the instances' pool to
+// exactly their addresses (balancerSees), or fails the test after timeout.
+func (f *fleet) waitRouted(ins []*pb.Instance, timeout time.Duration) {
+	f.t.Helper()
+	require.NoError(f.t, testcluster.Eventually(f.ctx, timeout, func(context.Context) error {
+		if v := f.balancerSees(ins); v != "" {
+			return fmt.Errorf("%s", v)
+		}
+		return nil
+	}))
+}
+
 // startRateLoad sends rps requests a second through the balancer, each in
 // its own goroutine (at most 256 at once), until ended.
 func (f *fleet) startRateLoad(rps int) *load {

@@ -146,12 +146,7 @@ func TestInstances_agentLossRestartAndCrashes(t *testing.T) {
 	require.Equal(t, 2, f.killInstances("host-b"))
 	ins = f.settledOn("web", 4, map[string]int{"host-a": 4}, ttl+10*time.Second)
 	t.Logf("host-b's instances run on host-a %v after the kill", time.Since(killed).Round(time.Millisecond))
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
-		if v := f.balancerSees(ins); v != "" {
-			return fmt.Errorf("%s", v)
-		}
-		return nil
-	}))
+	f.waitRouted(ins, 10*time.Second)
 	l := f.startLoad(4)
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
 		if n := l.ok.Load(); n < 500 {

@@ -123,16 +123,7 @@ func TestInstances_leaderWithAStalledDiskHandsOver(t *testing.T) {
 	})
 	f.createPool("web", 1, nil)
 	first := f.settled("web", 1, 30*time.Second)
-	routes := func(ins []*pb.Instance, timeout time.Duration) {
-		t.Helper()
-		require.NoError(t, testcluster.Eventually(ctx, timeout, func(context.Context) error {
-			if v := f.balancerSees(ins); v != "" {
-				return fmt.Errorf("%s", v)
-			}
-			return nil
-		}))
-	}
-	routes(first, 10*time.Second)
+	f.waitRouted(first, 10*time.Second)
 	l := f.startLoad(2)
 	defer l.end()
 
@@ -180,7 +171,7 @@ func TestInstances_leaderWithAStalledDiskHandsOver(t *testing.T) {
 	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 2})
 	require.NoError(t, err)
 	ins := f.settled("web", 2, 30*time.Second)
-	routes(ins, 20*time.Second)
+	f.waitRouted(ins, 20*time.Second)
 	t.Logf("after %s's disk stalled: %s leads at %v; agents on it at %v; a scale-out sent then is routed by the balancer %v later",
 		old.ID, leader.ID, elected.Round(time.Millisecond), moved, time.Since(sent).Round(time.Millisecond))
 	l.served()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,12 +112,7 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		// The disk answers, and the agent stops the instance as it exits:
 		// nothing is left using the disk when it unmounts.
 		disk.Resume()
-		_ = agent.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-agent.done:
-		case <-time.After(15 * time.Second):
-			t.Error("the agent did not stop within 15 s of SIGTERM")
-		}
+		agent.stop(t)
 	})
 	node := func() (*pb.Node, error) {
 		r, err := leader.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: "web-1"})
