@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -42,6 +46,22 @@ func hello(node string) *pb.ConnectRequest {
 	}}}
 }
 
+// helloUnder is hello with the node under conds.
+func helloUnder(node string, conds ...*pb.NodeCondition) *pb.ConnectRequest {
+	h := hello(node)
+	h.GetHello().Conditions = conds
+	return h
+}
+
+func conditions(conds ...*pb.NodeCondition) *pb.ConnectRequest {
+	return &pb.ConnectRequest{Message: &pb.ConnectRequest_Conditions{Conditions: &pb.NodeConditions{Conditions: conds}}}
+}
+
+func diskPressure(since time.Time) *pb.NodeCondition {
+	return &pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE, Since: timestamppb.New(since),
+		Message: "1.0 GiB of 20.0 GiB free on the filesystem of /var/lib/hostscale-agent (5.0 %, under 10 %)"}
+}
+
 func batch(seq uint64, samples ...*pb.Sample) *pb.ConnectRequest {
 	return &pb.ConnectRequest{Message: &pb.ConnectRequest_Samples{Samples: &pb.SampleBatch{Seq: seq, Samples: samples}}}
 }
@@ -55,9 +75,15 @@ func sampleAt(t time.Time, cpu float64) *pb.Sample {
 // and the first answer.
 func agentStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn, node string) (pb.AgentService_ConnectClient, *pb.ConnectResponse) {
 	t.Helper()
+	return agentStreamWith(t, ctx, conn, hello(node))
+}
+
+// agentStreamWith is agentStream with a hello of the test's.
+func agentStreamWith(t *testing.T, ctx context.Context, conn *grpc.ClientConn, hello *pb.ConnectRequest) (pb.AgentService_ConnectClient, *pb.ConnectResponse) {
+	t.Helper()
 	s, err := pb.NewAgentServiceClient(conn).Connect(ctx)
 	require.NoError(t, err)
-	require.NoError(t, s.Send(hello(node)))
+	require.NoError(t, s.Send(hello))
 	first, err := s.Recv()
 	require.NoError(t, err)
 	if first.GetWelcome() != nil {
@@ -289,7 +315,19 @@ func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
 		"instance without id":  {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{State: pb.InstanceState_INSTANCE_STATE_HEALTHY})}, codes.InvalidArgument, "instances[0].id"},
 		"instance bad address": {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1", State: pb.InstanceState_INSTANCE_STATE_HEALTHY, Address: "nowhere"})}, codes.InvalidArgument, "instances[0].address"},
 		"instance bad state":   {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1", State: 99})}, codes.InvalidArgument, "instances[0].state"},
-		"instance no state":    {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1"})}, codes.InvalidArgument, "instances[0].state"},
+		"hello with an unknown condition": {[]*pb.ConnectRequest{helloUnder("bad-1", &pb.NodeCondition{Type: 99, Since: timestamppb.New(now)})},
+			codes.InvalidArgument, "hello.conditions[0].type"},
+		"a condition listed twice": {[]*pb.ConnectRequest{hello("bad-1"), conditions(diskPressure(now), diskPressure(now))},
+			codes.InvalidArgument, "conditions.conditions[1].type"},
+		"a condition without a start": {[]*pb.ConnectRequest{hello("bad-1"), conditions(&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_STALLED})},
+			codes.InvalidArgument, "conditions.conditions[0].since"},
+		"a condition starting tomorrow": {[]*pb.ConnectRequest{hello("bad-1"), conditions(diskPressure(now.Add(24 * time.Hour)))},
+			codes.InvalidArgument, "conditions.conditions[0].since"},
+		"a condition's message of 1 MiB": {[]*pb.ConnectRequest{hello("bad-1"), conditions(&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE,
+			Since: timestamppb.New(now), Message: strings.Repeat("x", 1<<20)})}, codes.InvalidArgument, "conditions.conditions[0].message"},
+		"a nil condition": {[]*pb.ConnectRequest{hello("bad-1"), conditions(diskPressure(now), nil)},
+			codes.InvalidArgument, "conditions.conditions[1]"},
+		"instance no state": {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1"})}, codes.InvalidArgument, "instances[0].state"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			s, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)
@@ -337,6 +375,129 @@ func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, pb.NodeStatus_NODE_STATUS_UP, st)
 	require.Equal(t, 5.0, node.Latest.GetCpuPercent())
+}
+
+// A node's conditions, from its Hello on and as its agent reports them,
+// show on every controller and keep new instances off the node; the
+// instances it has stay.
+func TestAgents_conditionsAreShownAndKeepNewInstancesAway(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+
+	began := time.Now().Add(-time.Minute).Truncate(time.Second)
+	sctx, endStreams := context.WithCancel(ctx)
+	s1, first := agentStreamWith(t, sctx, leader.Conn(), helloUnder("n1", diskPressure(began)))
+	require.NotNil(t, first.GetWelcome())
+	s2, first := agentStream(t, sctx, leader.Conn(), "n2")
+	require.NotNil(t, first.GetWelcome())
+	var mu sync.Mutex // Send is not safe for concurrent use
+	send := func(s pb.AgentService_ConnectClient, m *pb.ConnectRequest) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.NoError(t, s.Send(m))
+	}
+	// Both agents stay up and read what the leader sends.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { endStreams(); close(stop); wg.Wait() })
+	for _, s := range []pb.AgentService_ConnectClient{s1, s2} {
+		wg.Go(func() {
+			for {
+				if _, err := s.Recv(); err != nil {
+					return
+				}
+			}
+		})
+		wg.Go(func() {
+			tick := time.NewTicker(testTTL / 5)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					mu.Lock()
+					err := s.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{}}})
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}
+		})
+	}
+
+	conditionsOn := func(n *testcluster.Node, node string) []pb.NodeConditionType {
+		resp, err := n.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: node})
+		require.NoError(t, err)
+		var out []pb.NodeConditionType
+		for _, c := range resp.Node.Conditions {
+			out = append(out, c.Type)
+		}
+		return out
+	}
+	resp, err := f.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: "n1"})
+	require.NoError(t, err)
+	require.Len(t, resp.Node.Conditions, 1, "a follower shows the leader's view")
+	require.True(t, proto.Equal(diskPressure(began), resp.Node.Conditions[0]), "%v", resp.Node.Conditions[0])
+	require.Empty(t, conditionsOn(f, "n2"))
+	metrics := func() string {
+		resp, err := http.Get("http://" + leader.HTTPAddr + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(body)
+	}
+	body := metrics()
+	require.Contains(t, body, `hostscale_nodes_under_condition{condition="disk_pressure"} 1`)
+	require.Contains(t, body, `hostscale_nodes_under_condition{condition="memory_pressure"} 0`)
+
+	placed := func(want int) map[string]int {
+		t.Helper()
+		var on map[string]int
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+			r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "web"})
+			if err != nil {
+				return err
+			}
+			on = map[string]int{}
+			for _, in := range r.Instances {
+				on[in.Node]++
+			}
+			if len(r.Instances) != want {
+				return fmt.Errorf("%d instances placed, want %d", len(r.Instances), want)
+			}
+			return nil
+		}))
+		return on
+	}
+	_, err = leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app"}, Max: 50, Desired: 4}})
+	require.NoError(t, err)
+	require.Equal(t, map[string]int{"n2": 4}, placed(4), "n1 is under disk pressure")
+
+	// n1's condition ends and n2 comes under one.
+	send(s1, conditions())
+	send(s2, conditions(&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE, Since: timestamppb.Now()}))
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+		if got := conditionsOn(f, "n2"); len(got) != 1 || got[0] != pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE {
+			return fmt.Errorf("n2 shows %v", got)
+		}
+		if got := conditionsOn(f, "n1"); len(got) != 0 {
+			return fmt.Errorf("n1 shows %v", got)
+		}
+		return nil
+	}))
+	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 10})
+	require.NoError(t, err)
+	body = metrics()
+	require.Contains(t, body, `hostscale_nodes_under_condition{condition="disk_pressure"} 0`)
+	require.Contains(t, body, `hostscale_nodes_under_condition{condition="memory_pressure"} 1`)
+	// Spread alone would give n1 five of the six new ones and n2 one.
+	require.Equal(t, map[string]int{"n1": 6, "n2": 4}, placed(10), "n2's instances stay, and it takes no new one")
 }
 
 // An assignment change applied while the leader handles an agent's report

@@ -22,6 +22,7 @@ func (s *Server) schedulerLoop() *scheduler.Loop {
 			_, latest := s.hub.Live(node)
 			return s.hub.Connected(node), latest
 		},
+		Conditions: s.hub.Conditions,
 		// A new leader knows every watching balancer once each had the
 		// time to acknowledge again.
 		Acked: func(index uint64, since time.Time) bool {

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hostscale/hostscale/controller/internal/agents"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -82,4 +84,31 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	g(c.logWriteDesc, c.logWrite().Seconds())
 	failing, _ := c.logFailing()
 	g(c.logFailingDesc, failing.Seconds())
+}
+
+// conditionCollector exports, on the leader, how many nodes are under
+// each condition their agents reported.
+type conditionCollector struct {
+	hub  *agents.Hub
+	desc *prometheus.Desc
+}
+
+func newConditionCollector(hub *agents.Hub) *conditionCollector {
+	return &conditionCollector{hub: hub, desc: prometheus.NewDesc("hostscale_nodes_under_condition",
+		"On the leader: nodes whose agent reports the condition (disk_pressure, memory_pressure, disk_stalled); they take no new instance.",
+		[]string{"condition"}, nil)}
+}
+
+func (c *conditionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *conditionCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.hub.ConditionCounts()
+	for v := range pb.NodeConditionType_name {
+		t := pb.NodeConditionType(v)
+		if t == pb.NodeConditionType_NODE_CONDITION_TYPE_UNSPECIFIED {
+			continue
+		}
+		name := strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[t]), name)
+	}
 }

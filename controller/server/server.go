@@ -314,6 +314,7 @@ func New(cfg Config) (s *Server, err error) {
 	s.stopForwards = stopForwards
 	s.node.ServeForwards(func(conn net.Conn) { peer.ServeConn(forwardCtx, conn) })
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm, s.node.LogWriteInProgress, s.node.LogWritesFailing))
+	s.registry.MustRegister(newConditionCollector(s.hub))
 	return s, nil
 }
 

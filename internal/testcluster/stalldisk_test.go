@@ -100,3 +100,23 @@ func TestStallDisk_failsWritesUntilResumed(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "one\nthree\n", string(backing))
 }
+
+func TestSmallDisk_fillsAndFrees(t *testing.T) {
+	d := NewSmallDisk(t, 8<<20)
+	free, err := d.FreeBytes()
+	require.NoError(t, err)
+	require.InDelta(t, 8<<20, free, 64<<10, "a new small disk is empty")
+	require.NoError(t, d.Fill(1<<20))
+	free, err = d.FreeBytes()
+	require.NoError(t, err)
+	require.InDelta(t, 1<<20, free, 64<<10)
+	// Beyond its size, a write fails as on a full disk.
+	err = os.WriteFile(filepath.Join(d.Dir, "big"), make([]byte, 2<<20), 0o644)
+	require.ErrorIs(t, err, syscall.ENOSPC)
+	require.NoError(t, os.Remove(filepath.Join(d.Dir, "big")))
+	require.NoError(t, d.Free())
+	free, err = d.FreeBytes()
+	require.NoError(t, err)
+	require.InDelta(t, 8<<20, free, 64<<10)
+	require.NoError(t, d.Free(), "freeing twice is no error")
+}

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hostscale/hostscale/agent/internal/agent"
+	"github.com/hostscale/hostscale/agent/internal/condition"
 	"github.com/hostscale/hostscale/agent/internal/driver"
 	"github.com/hostscale/hostscale/agent/internal/node"
 	"github.com/hostscale/hostscale/agent/internal/sample"
@@ -60,6 +62,9 @@ type options struct {
 	dirRetention time.Duration
 	dirsKept     int
 	cpus         []int
+	diskFree     float64
+	memoryFree   float64
+	transition   time.Duration
 	log          logging.Options
 }
 
@@ -111,6 +116,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cgroups, "cgroups", driver.DefaultConfig().Cgroups, "hold instances to their template's resources (a CPU quota, a memory limit) in cgroups: auto (where the cgroup file system lets the agent), on (or fail) or off")
 	fs.StringVar(&o.cgroupParent, "cgroup-parent", driver.DefaultConfig().CgroupParent, "cgroup, relative to /sys/fs/cgroup, under which each limited instance gets a group (<parent>/<node>/<instance>)")
 	fs.IntVar(&o.dirsKept, "instance-dirs-kept", driver.DefaultConfig().DirsKept, "keep the directories of at most this many instances this agent no longer runs, the most recently changed")
+	fs.Float64Var(&o.diskFree, "disk-pressure-free", condition.DefaultDiskFreePercent, "percent of the -data-dir filesystem's space that must stay free: under it (or under 5 % of its inodes free) the host is under disk pressure and gets no new instances; 0 never")
+	fs.Float64Var(&o.memoryFree, "memory-pressure-free", condition.DefaultMemoryFreePercent, "percent of the host's memory that must stay available: under it the host is under memory pressure and gets no new instances; 0 never")
+	fs.DurationVar(&o.transition, "pressure-transition", condition.DefaultTransition, "how long the cause of a condition (disk or memory pressure, a stalled disk) must be gone before the condition ends")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
@@ -149,6 +157,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-instance-dirs-kept: %d is below 1", o.dirsKept)
 	case o.cgroups != driver.CgroupsAuto && o.cgroups != driver.CgroupsOn && o.cgroups != driver.CgroupsOff:
 		return o, fmt.Errorf("-cgroups: %q is not auto, on or off", o.cgroups)
+	case math.IsNaN(o.diskFree) || o.diskFree < 0 || o.diskFree >= 100:
+		return o, fmt.Errorf("-disk-pressure-free: %v is not a percentage in [0, 100)", o.diskFree)
+	case math.IsNaN(o.memoryFree) || o.memoryFree < 0 || o.memoryFree >= 100:
+		return o, fmt.Errorf("-memory-pressure-free: %v is not a percentage in [0, 100)", o.memoryFree)
+	case o.transition < 0:
+		return o, fmt.Errorf("-pressure-transition: %s is negative", o.transition)
 	case o.cgroupParent == "" || filepath.IsAbs(o.cgroupParent) || slices.Contains(strings.Split(o.cgroupParent, "/"), ".."):
 		return o, fmt.Errorf("-cgroup-parent: %q is not a path relative to the cgroup root", o.cgroupParent)
 	}
@@ -223,8 +237,17 @@ func serve(o options, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cc := condition.DefaultConfig()
+	cc.DataDir, cc.DiskFreePercent, cc.MemoryFreePercent, cc.Transition = o.dataDir, o.diskFree, o.memoryFree, o.transition
+	cc.Stalled, cc.StallLimit = drv.SaveInProgress, stateStallLimit
+	cc.Logger, cc.Registerer = logger, reg
+	mon, err := condition.New(cc)
+	if err != nil {
+		return err
+	}
 	ssc := session.DefaultConfig()
 	ssc.Instances = drv
+	ssc.Conditions = mon
 	ssc.Node = id
 	ssc.Labels = o.labels
 	ssc.Interval = o.interval
@@ -270,6 +293,10 @@ func serve(o options, stderr io.Writer) error {
 	}
 	var drvErr error
 	wg.Go(func() { drvErr = drv.Run(ctx) })
+	// A condition the host is under when the agent starts goes in its
+	// first Hello.
+	mon.Check(ctx)
+	wg.Go(func() { _ = mon.Run(ctx) })
 	runErr := a.Run(ctx)
 	cancel()
 	wg.Wait()

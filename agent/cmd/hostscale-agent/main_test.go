@@ -270,6 +270,10 @@ func TestAgent_badFlagsExit2NamingTheFlag(t *testing.T) {
 		{"badCgroups", []string{"-cgroups", "maybe"}, "-cgroups"},
 		{"absoluteCgroupParent", []string{"-cgroup-parent", "/sys/fs/cgroup/x"}, "-cgroup-parent"},
 		{"escapingCgroupParent", []string{"-cgroup-parent", "a/../.."}, "-cgroup-parent"},
+		{"diskFreeAll", []string{"-disk-pressure-free", "100"}, "-disk-pressure-free"},
+		{"diskFreeNaN", []string{"-disk-pressure-free", "NaN"}, "-disk-pressure-free"},
+		{"memoryFreeNegative", []string{"-memory-pressure-free", "-1"}, "-memory-pressure-free"},
+		{"negativeTransition", []string{"-pressure-transition", "-1s"}, "-pressure-transition"},
 		{"unknownFlag", []string{"-no-such-flag"}, "-no-such-flag"},
 		{"unknownConfigKey", []string{"-config", conf}, `agent.conf:2: unknown key "no-such-key"`},
 	}

@@ -61,6 +61,7 @@ type Controller struct {
 	batches    []*pb.SampleBatch // accepted ones
 	heartbeats int
 	reports    int
+	conditions []*pb.NodeConditions
 	open       int
 	drop       chan struct{}
 	// assign carries assignments to send on the open stream (Assign).
@@ -192,6 +193,10 @@ func (f *Controller) Connect(stream pb.AgentService_ConnectServer) error {
 				f.mu.Lock()
 				f.reports++
 				f.mu.Unlock()
+			case *pb.ConnectRequest_Conditions:
+				f.mu.Lock()
+				f.conditions = append(f.conditions, m.Conditions)
+				f.mu.Unlock()
 			case *pb.ConnectRequest_Samples:
 				batch := m.Samples
 				if b.ExhaustAbove > 0 && len(batch.GetSamples()) > b.ExhaustAbove {
@@ -236,6 +241,13 @@ func (f *Controller) Reports() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.reports
+}
+
+// Conditions returns every set of conditions sent on a stream, in order.
+func (f *Controller) Conditions() []*pb.NodeConditions {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*pb.NodeConditions(nil), f.conditions...)
 }
 
 // Received returns the Processes value (the Fake's sample number) of every

@@ -44,6 +44,14 @@ type Instances interface {
 	Changed() <-chan struct{}
 }
 
+// ConditionSource keeps the host's conditions.
+type ConditionSource interface {
+	// Conditions lists the conditions the host is under.
+	Conditions() []*pb.NodeCondition
+	// Changed returns a channel closed at the next change of Conditions.
+	Changed() <-chan struct{}
+}
+
 // DefaultMaxBatch is the batch size used when a Welcome names none.
 const DefaultMaxBatch = 100
 
@@ -64,6 +72,9 @@ type Config struct {
 	// Instances, when set, receives the leader's assignments, and its
 	// reports are sent after the Welcome and on every change.
 	Instances Instances
+	// Conditions, when set, gives the host's conditions sent in every
+	// Hello, and again on the stream whenever they change.
+	Conditions ConditionSource
 	// Facts, when set, is asked for the host's facts before every Hello;
 	// when it fails, the last facts it gave are sent again.
 	Facts FactSource
@@ -368,6 +379,9 @@ type stream struct {
 	maxBatch   int
 	flights    []flight
 	heard      time.Time // the last message from the controller
+	// condChanged is closed when the conditions last sent changed; nil
+	// without a ConditionSource.
+	condChanged <-chan struct{}
 }
 
 // attempt dials addr, says Hello and, once welcomed, streams until the
@@ -396,6 +410,12 @@ func (s *Session) attempt(ctx context.Context, addr string) result {
 		default:
 			s.log.Warn("cannot read host facts; registering without them", "err", err)
 		}
+	}
+	// Subscribed before the read, so that a change after it is sent.
+	var condChanged <-chan struct{}
+	if s.cfg.Conditions != nil {
+		condChanged = s.cfg.Conditions.Changed()
+		hello.Conditions = s.cfg.Conditions.Conditions()
 	}
 	// Controllers require facts in a Hello, even empty ones.
 	hello.Facts = s.facts
@@ -430,7 +450,7 @@ func (s *Session) attempt(ctx context.Context, addr string) result {
 			}
 		}
 	})
-	st := &stream{addr: addr, rpc: rpc, msgs: msgs, errc: errc, maxBatch: DefaultMaxBatch}
+	st := &stream{addr: addr, rpc: rpc, msgs: msgs, errc: errc, maxBatch: DefaultMaxBatch, condChanged: condChanged}
 	if err := rpc.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return result{err: helloErr(s.streamErr(st, err), &timedOut, s.cfg.HelloTimeout)}
 	}
@@ -531,6 +551,14 @@ func (s *Session) stream(ctx context.Context, st *stream, w *pb.Welcome) result 
 			instChanged = s.cfg.Instances.Changed()
 			if err := s.sendReport(st); err != nil {
 				return s.failed(st, err)
+			}
+			hb.Reset(hbEvery)
+		case <-st.condChanged:
+			st.condChanged = s.cfg.Conditions.Changed()
+			err := st.rpc.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Conditions{
+				Conditions: &pb.NodeConditions{Conditions: s.cfg.Conditions.Conditions()}}})
+			if err != nil {
+				return s.failed(st, s.streamErr(st, err))
 			}
 			hb.Reset(hbEvery)
 		case <-hb.C:

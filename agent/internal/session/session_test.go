@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hostscale/hostscale/agent/internal/controllertest"
 	"github.com/hostscale/hostscale/agent/internal/sample"
@@ -521,4 +522,67 @@ func TestSession_assignmentsDoNotHoldTheStream(t *testing.T) {
 		_, applied := inst.state()
 		return slices.Equal(applied, []uint64{1, 3})
 	}, wait, 5*time.Millisecond, "the first, then the latest")
+}
+
+// fakeConditions is a ConditionSource a test sets.
+type fakeConditions struct {
+	mu      sync.Mutex
+	list    []*pb.NodeCondition
+	changed chan struct{}
+}
+
+func newFakeConditions(list ...*pb.NodeCondition) *fakeConditions {
+	return &fakeConditions{list: list, changed: make(chan struct{})}
+}
+
+func (f *fakeConditions) Conditions() []*pb.NodeCondition {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.list)
+}
+
+func (f *fakeConditions) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *fakeConditions) set(list ...*pb.NodeCondition) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.list = list
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func TestSession_sendsConditionsInTheHelloAndOnEveryChange(t *testing.T) {
+	c := controllertest.Start(t, "c1")
+	disk := &pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE, Message: "1 GiB free"}
+	mem := &pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE, Message: "100 MiB available"}
+	conds := newFakeConditions(disk)
+	cfg := testConfig(c.Addr())
+	cfg.Conditions = conds
+	s, err := New(cfg)
+	require.NoError(t, err)
+	running(t, s)
+	require.Eventually(t, s.Connected, wait, 5*time.Millisecond)
+	require.Len(t, c.Hellos(), 1)
+	require.Len(t, c.Hellos()[0].GetConditions(), 1)
+	require.True(t, proto.Equal(disk, c.Hellos()[0].GetConditions()[0]), "the Hello carries the conditions")
+	require.Empty(t, c.Conditions(), "nothing changed since the Hello")
+
+	conds.set(disk, mem)
+	require.Eventually(t, func() bool { return len(c.Conditions()) == 1 }, wait, 5*time.Millisecond)
+	require.Len(t, c.Conditions()[0].GetConditions(), 2)
+	conds.set()
+	require.Eventually(t, func() bool { return len(c.Conditions()) == 2 }, wait, 5*time.Millisecond)
+	require.Empty(t, c.Conditions()[1].GetConditions(), "an empty set says no condition holds")
+
+	// A new stream's Hello has the set as it is then.
+	conds.set(mem)
+	require.Eventually(t, func() bool { return len(c.Conditions()) == 3 }, wait, 5*time.Millisecond)
+	c.DropStreams()
+	require.Eventually(t, func() bool { return len(c.Hellos()) == 2 && s.Connected() }, wait, 5*time.Millisecond)
+	require.Len(t, c.Hellos()[1].GetConditions(), 1)
+	require.True(t, proto.Equal(mem, c.Hellos()[1].GetConditions()[0]))
 }

@@ -403,7 +403,7 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return c.printJSON(resp)
 		}
 		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tSTATUS\tCPU%\tMEM%\tLOAD1\tRESERVED\tLAST SEEN\tLABELS")
+		fmt.Fprintln(w, "NAME\tSTATUS\tCONDITIONS\tCPU%\tMEM%\tLOAD1\tRESERVED\tLAST SEEN\tLABELS")
 		for _, n := range resp.Nodes {
 			seen := "-"
 			if n.LastHeartbeat != nil {
@@ -419,8 +419,12 @@ func (c *cli) do(ctx context.Context, args []string) error {
 				reserved = fmt.Sprintf("%.2f/%d cores %d/%d MiB", float64(r.CpuMillicores)/1000, n.Facts.GetCpuCount(),
 					r.MemoryBytes>>20, n.Facts.GetMemoryBytes()>>20)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%.1f\t%.1f\t%.2f\t%s\t%s\t%s\n", n.Name, strings.ToLower(strings.TrimPrefix(n.Status.String(), "NODE_STATUS_")),
-				n.Latest.GetCpuPercent(), n.Latest.GetMemoryUsedPercent(), n.Latest.GetLoad1(), reserved, seen, orDash(strings.Join(labels, ",")))
+			var conds []string
+			for _, c := range n.Conditions {
+				conds = append(conds, strings.ToLower(strings.TrimPrefix(c.Type.String(), "NODE_CONDITION_TYPE_")))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%.1f\t%.1f\t%.2f\t%s\t%s\t%s\n", n.Name, strings.ToLower(strings.TrimPrefix(n.Status.String(), "NODE_STATUS_")),
+				orDash(strings.Join(conds, ",")), n.Latest.GetCpuPercent(), n.Latest.GetMemoryUsedPercent(), n.Latest.GetLoad1(), reserved, seen, orDash(strings.Join(labels, ",")))
 		}
 		return w.Flush()
 	case "rules":

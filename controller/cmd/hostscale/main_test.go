@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/testcluster"
@@ -72,15 +73,18 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "NAME")
 	// Lists longer than a page are read to their end.
-	for _, node := range []string{"web-1", "web-2", "db-1"} {
-		hello(t, leader, node, map[string]string{"tier": strings.TrimSuffix(strings.TrimSuffix(node, "-1"), "-2")})
+	for _, node := range []string{"web-1", "db-1"} {
+		hello(t, leader, node, map[string]string{"tier": strings.TrimSuffix(node, "-1")})
 	}
+	hello(t, leader, "web-2", map[string]string{"tier": "web"},
+		&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE, Since: timestamppb.Now()},
+		&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_STALLED, Since: timestamppb.Now()})
 	listPageSize = 1
 	defer func() { listPageSize = 1000 }()
 	code, out, errs = hostscale("-addr", leader.GRPCAddr, "nodes", "tier=web")
 	require.Equal(t, 0, code, errs)
-	require.Regexp(t, `(?m)^web-1 +up`, out)
-	require.Regexp(t, `(?m)^web-2 +up`, out)
+	require.Regexp(t, `(?m)^web-1 +up +- `, out)
+	require.Regexp(t, `(?m)^web-2 +up +disk_pressure,disk_stalled `, out)
 	require.NotContains(t, out, "db-1")
 	code, out, errs = hostscale("-addr", leader.GRPCAddr, "-json", "nodes")
 	require.Equal(t, 0, code, errs)
@@ -245,14 +249,14 @@ func TestCLI_writeDuringAnElection(t *testing.T) {
 
 // hello registers node with labels as its agent would, and keeps its stream
 // open until the test ends.
-func hello(t *testing.T, leader *testcluster.Node, node string, labels map[string]string) {
+func hello(t *testing.T, leader *testcluster.Node, node string, labels map[string]string, conds ...*pb.NodeCondition) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	st, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)
 	require.NoError(t, err)
 	require.NoError(t, st.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Hello{Hello: &pb.Hello{
-		Node: node, Labels: labels, Facts: &pb.NodeFacts{Hostname: node, CpuCount: 2},
+		Node: node, Labels: labels, Facts: &pb.NodeFacts{Hostname: node, CpuCount: 2}, Conditions: conds,
 	}}}))
 	m, err := st.Recv()
 	require.NoError(t, err)

@@ -1,6 +1,7 @@
 // Package agents keeps what the leader knows of the agents streaming to it
-// that is not in Raft: when each was last heard, its latest sample, its
-// sample window (metricstore), which stream is current; and the liveness
+// that is not in Raft: when each was last heard, its latest sample, the
+// conditions it is under, its sample window (metricstore), which stream
+// is current; and the liveness
 // loop that marks a silent node down through Raft.
 package agents
 
@@ -28,10 +29,11 @@ type Hub struct {
 }
 
 type live struct {
-	lastSeen time.Time
-	latest   *pb.Sample
-	session  uint64
-	cancel   context.CancelFunc
+	lastSeen   time.Time
+	latest     *pb.Sample
+	conditions []*pb.NodeCondition
+	session    uint64
+	cancel     context.CancelFunc
 }
 
 // NewHub returns a hub whose sample windows hold capacity samples a node.
@@ -93,6 +95,45 @@ func (h *Hub) Sampled(name string, s *pb.Sample) {
 	if l.latest == nil || s.GetTime().AsTime().After(l.latest.GetTime().AsTime()) {
 		l.latest = s
 	}
+}
+
+// SetConditions records the conditions the node's agent reported, the
+// whole set, and returns the set it replaces.
+func (h *Hub) SetConditions(name string, conds []*pb.NodeCondition) (old []*pb.NodeCondition) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.node(name)
+	old, l.conditions = l.conditions, conds
+	return old
+}
+
+// Conditions returns a copy of the conditions the node's agent last
+// reported; nil when none.
+func (h *Hub) Conditions(name string) []*pb.NodeCondition {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.nodes[name]
+	if l == nil || len(l.conditions) == 0 {
+		return nil
+	}
+	out := make([]*pb.NodeCondition, len(l.conditions))
+	for i, c := range l.conditions {
+		out[i] = proto.CloneOf(c)
+	}
+	return out
+}
+
+// ConditionCounts counts, for each condition, the nodes under it.
+func (h *Hub) ConditionCounts() map[pb.NodeConditionType]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[pb.NodeConditionType]int{}
+	for _, l := range h.nodes {
+		for _, c := range l.conditions {
+			out[c.Type]++
+		}
+	}
+	return out
 }
 
 // Live returns when the node was last heard from and a copy of its latest

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -75,7 +76,7 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 	if hello == nil {
 		return status.Error(codes.FailedPrecondition, "message: the first message must be a hello (registration); got samples or a heartbeat before it")
 	}
-	if err := checkHello(hello); err != nil {
+	if err := checkHello(hello, a.now(), a.MaxFuture); err != nil {
 		return err
 	}
 	lctx, term := a.LeaderContext()
@@ -89,6 +90,9 @@ func (a *Agents) Connect(stream pb.AgentService_ConnectServer) error {
 	if err := a.register(hello); err != nil {
 		return err
 	}
+	// Before the stream counts as connected, so that the scheduler never
+	// sees this agent without its conditions.
+	a.setConditions(hello.Node, hello.Conditions)
 	ctx, detach := a.Hub.Attach(lctx, hello.Node, a.now())
 	defer detach()
 	if err := stream.Send(&pb.ConnectResponse{Message: &pb.ConnectResponse_Welcome{Welcome: &pb.Welcome{
@@ -159,6 +163,12 @@ func (a *Agents) handle(stream pb.AgentService_ConnectServer, node string, m *pb
 		return status.Error(codes.FailedPrecondition, "hello: sent twice on one stream")
 	case *pb.ConnectRequest_Heartbeat:
 		a.Hub.Seen(node, now)
+	case *pb.ConnectRequest_Conditions:
+		if err := checkConditions("conditions.conditions", msg.Conditions.GetConditions(), now, a.MaxFuture); err != nil {
+			return err
+		}
+		a.Hub.Seen(node, now)
+		a.setConditions(node, msg.Conditions.GetConditions())
 	case *pb.ConnectRequest_Instances:
 		if err := checkReport(msg.Instances); err != nil {
 			return err
@@ -194,6 +204,75 @@ func (a *Agents) handle(stream pb.AgentService_ConnectServer, node string, m *pb
 		return status.Error(codes.InvalidArgument, "message: empty or of an unknown kind")
 	}
 	return a.markUp(node)
+}
+
+// setConditions records the node's conditions and logs each that began
+// or ended.
+func (a *Agents) setConditions(node string, conds []*pb.NodeCondition) {
+	old := a.Hub.SetConditions(node, conds)
+	log := a.Core.Logger
+	if log == nil {
+		return
+	}
+	had := map[pb.NodeConditionType]bool{}
+	for _, c := range old {
+		had[c.Type] = true
+	}
+	for _, c := range conds {
+		if had[c.Type] {
+			delete(had, c.Type)
+			continue
+		}
+		log.Warn("a node is under a condition: no instance will be placed on it", "node", node,
+			"condition", conditionName(c.Type), "since", c.Since.AsTime(), "cause", c.Message)
+	}
+	for t := range had {
+		log.Info("a node's condition ended", "node", node, "condition", conditionName(t))
+	}
+}
+
+// conditionName is a condition's short name: disk_pressure.
+func conditionName(t pb.NodeConditionType) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
+}
+
+// maxConditions bounds the conditions of one report, and
+// maxConditionMessage each one's message.
+const (
+	maxConditions       = 16
+	maxConditionMessage = 1024
+)
+
+// checkConditions refuses a set of conditions with an unknown or repeated
+// type, a missing or future start, or a message too long.
+func checkConditions(field string, conds []*pb.NodeCondition, now time.Time, maxFuture time.Duration) error {
+	if len(conds) > maxConditions {
+		return invalid(field, "at most %d conditions, got %d", maxConditions, len(conds))
+	}
+	seen := map[pb.NodeConditionType]bool{}
+	for i, c := range conds {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if c == nil {
+			return invalid(f, "must be set")
+		}
+		if _, known := pb.NodeConditionType_name[int32(c.Type)]; !known || c.Type == pb.NodeConditionType_NODE_CONDITION_TYPE_UNSPECIFIED {
+			return invalid(f+".type", "unknown condition type %d", c.Type)
+		}
+		if seen[c.Type] {
+			return invalid(f+".type", "%s is listed twice", c.Type)
+		}
+		seen[c.Type] = true
+		if c.Since == nil || c.Since.CheckValid() != nil {
+			return invalid(f+".since", "must be a valid timestamp")
+		}
+		if ahead := c.Since.AsTime().Sub(now); ahead > maxFuture {
+			return invalid(f+".since", "%v ahead of the controller's clock (at most %v)", ahead.Round(time.Second), maxFuture)
+		}
+		if len(c.Message) > maxConditionMessage {
+			return invalid(f+".message", "at most %d bytes, got %d", maxConditionMessage, len(c.Message))
+		}
+	}
+	return nil
 }
 
 // register writes the node's registration when it is new, its facts or
@@ -232,7 +311,7 @@ func (a *Agents) markUp(node string) error {
 	return err
 }
 
-func checkHello(h *pb.Hello) error {
+func checkHello(h *pb.Hello, now time.Time, maxFuture time.Duration) error {
 	if err := checkName("hello.node", h.Node); err != nil {
 		return err
 	}
@@ -254,7 +333,7 @@ func checkHello(h *pb.Hello) error {
 	if f.CpuCount > maxCores {
 		return invalid("hello.facts.cpu_count", "at most %d, got %d", maxCores, f.CpuCount)
 	}
-	return nil
+	return checkConditions("hello.conditions", h.Conditions, now, maxFuture)
 }
 
 // checkSample rejects values no host can produce: NaN, infinities,

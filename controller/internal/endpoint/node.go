@@ -53,6 +53,7 @@ func (s *Nodes) withLive(n *pb.Node, reserved map[string]*pb.InstanceResources) 
 	if s.Leading() {
 		if seen, latest := s.Hub.Live(n.Name); !seen.IsZero() {
 			n.LastHeartbeat, n.Latest = timestamppb.New(seen), latest
+			n.Conditions = s.Hub.Conditions(n.Name)
 			if s.Hub.Connected(n.Name) {
 				n.Controller = s.Core.ID
 			}

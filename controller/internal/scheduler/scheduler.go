@@ -33,6 +33,10 @@ type Inputs struct {
 	// Live reports whether a node's agent streams to this leader, and its
 	// latest sample (nil when none).
 	Live func(node string) (connected bool, latest *pb.Sample)
+	// Conditions, when set, lists the conditions the node's agent last
+	// reported: a node under any takes no new instance (the kubelet's
+	// pressure conditions taint a node NoSchedule).
+	Conditions func(node string) []*pb.NodeCondition
 	// Acked reports whether every balancer acknowledged a table at index
 	// or newer.
 	Acked func(index uint64) bool
@@ -145,7 +149,7 @@ func Make(st *pb.State, in Inputs) *Plan {
 				plan.Unplaced[name] = short
 			}
 		case len(good) > want:
-			plan.Drain = append(plan.Drain, surplus(good, len(good)-want, perNode[name])...)
+			plan.Drain = append(plan.Drain, surplus(good, len(good)-want, perNode[name], in.under)...)
 		}
 		plan.Drain = append(plan.Drain, replaced(moving, countHealthy(good), want, p.MaxSurge > 0)...)
 	}
@@ -245,6 +249,9 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 			}
 			continue
 		}
+		if in.Conditions != nil && len(in.Conditions(name)) > 0 {
+			continue
+		}
 		free := 200.0
 		if latest != nil {
 			free = (100 - latest.CpuPercent) + (100 - latest.MemoryUsedPercent)
@@ -277,14 +284,29 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 	return out
 }
 
-// surplus chooses n instances to remove: those not serving first, then from
-// the node with the most of the pool's instances, then the newest.
-func surplus(ins []*pb.Instance, n int, count map[string]int) []string {
+// under reports whether node is under a condition.
+func (in Inputs) under(node string) bool {
+	return in.Conditions != nil && len(in.Conditions(node)) > 0
+}
+
+// surplus chooses n instances to remove: those not serving first, then
+// those on a node under a condition, then from the node with the most of
+// the pool's instances, then the newest.
+func surplus(ins []*pb.Instance, n int, count map[string]int, under func(node string) bool) []string {
 	ins = slices.Clone(ins)
 	count = maps.Clone(count)
+	unfit := map[string]bool{}
+	for _, in := range ins {
+		if _, ok := unfit[in.Node]; !ok {
+			unfit[in.Node] = under(in.Node)
+		}
+	}
 	before := func(a, b *pb.Instance) bool {
 		if c := notServingFirst(a, b); c != 0 {
 			return c < 0
+		}
+		if unfit[a.Node] != unfit[b.Node] {
+			return unfit[a.Node]
 		}
 		if count[a.Node] != count[b.Node] {
 			return count[a.Node] > count[b.Node]
@@ -317,8 +339,9 @@ func seq(id string) uint64 {
 // Loop runs the scheduler while this node leads.
 type Loop struct {
 	FSM *fsm.FSM
-	// Live: as in Inputs.
-	Live func(node string) (bool, *pb.Sample)
+	// Live and Conditions: as in Inputs.
+	Live       func(node string) (bool, *pb.Sample)
+	Conditions func(node string) []*pb.NodeCondition
 	// Acked reports whether every balancer acknowledged a table at index
 	// or newer; since is when this leadership's loop started.
 	Acked func(index uint64, since time.Time) bool
@@ -367,7 +390,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		var plan *Plan
 		l.FSM.Read(func(st *pb.State) {
 			t := now()
-			plan = Make(st, Inputs{Now: t, Live: l.Live, Acked: acked, DrainDeadline: l.DrainDeadline, Settling: t.Sub(start) < l.Settle})
+			plan = Make(st, Inputs{Now: t, Live: l.Live, Conditions: l.Conditions, Acked: acked, DrainDeadline: l.DrainDeadline, Settling: t.Sub(start) < l.Settle})
 		})
 		if err := l.apply(plan, log); err != nil {
 			if ctx.Err() != nil {

@@ -74,6 +74,43 @@ func TestPlaceHonoursSelectorAndLiveness(t *testing.T) {
 	require.Equal(t, 2, p.Unplaced["web"])
 }
 
+func TestPlaceSkipsNodesUnderACondition(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up, "c": up}, 4, inst("web-1", "a", healthy))
+	in := inputs(nil)
+	under := map[string][]*pb.NodeCondition{
+		"a": {{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE}},
+		"b": {{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_STALLED}, {Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE}},
+	}
+	in.Conditions = func(n string) []*pb.NodeCondition { return under[n] }
+	p := Make(st, in)
+	require.Equal(t, map[string]int{"c": 3}, nodesOf(p.Place), "only c is under no condition")
+	require.Empty(t, p.Drain, "an instance on a node under a condition stays")
+	require.Empty(t, p.Lost)
+
+	under["c"] = []*pb.NodeCondition{{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE}}
+	p = Make(st, in)
+	require.Empty(t, p.Place)
+	require.Equal(t, 3, p.Unplaced["web"])
+
+	delete(under, "a")
+	require.Equal(t, map[string]int{"a": 3}, nodesOf(Make(st, in).Place), "a condition that ended frees its node")
+}
+
+func TestSurplusLeavesNodesUnderAConditionFirst(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2,
+		inst("web-1", "a", healthy), inst("web-2", "a", healthy), inst("web-3", "a", healthy),
+		inst("web-4", "b", healthy), inst("web-5", "b", healthy))
+	in := inputs(nil)
+	require.Equal(t, []string{"web-2", "web-3", "web-5"}, Make(st, in).Drain, "without conditions, the fullest node's newest first")
+	in.Conditions = func(n string) []*pb.NodeCondition {
+		if n == "b" {
+			return []*pb.NodeCondition{{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE}}
+		}
+		return nil
+	}
+	require.Equal(t, []string{"web-3", "web-4", "web-5"}, Make(st, in).Drain, "b is under memory pressure: its instances go first")
+}
+
 func TestSurplusRemovesNotServingFirstThenFromTheFullestNode(t *testing.T) {
 	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2,
 		inst("web-1", "a", healthy), inst("web-2", "a", healthy), inst("web-3", "a", healthy),

@@ -23,6 +23,66 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// NodeConditionType names something wrong with a host that makes it unfit
+// for new instances, as Kubernetes' node pressure conditions do.
+type NodeConditionType int32
+
+const (
+	NodeConditionType_NODE_CONDITION_TYPE_UNSPECIFIED NodeConditionType = 0
+	// The filesystem of the agent's -data-dir (where instances run and log)
+	// has less free space than -disk-pressure-free, or under 5 % of its
+	// inodes free.
+	NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE NodeConditionType = 1
+	// The memory available is under -memory-pressure-free of the total.
+	NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE NodeConditionType = 2
+	// A write of the agent's state file in -data-dir has not returned for
+	// 5 s: the disk is stalled.
+	NodeConditionType_NODE_CONDITION_TYPE_DISK_STALLED NodeConditionType = 3
+)
+
+// Enum value maps for NodeConditionType.
+var (
+	NodeConditionType_name = map[int32]string{
+		0: "NODE_CONDITION_TYPE_UNSPECIFIED",
+		1: "NODE_CONDITION_TYPE_DISK_PRESSURE",
+		2: "NODE_CONDITION_TYPE_MEMORY_PRESSURE",
+		3: "NODE_CONDITION_TYPE_DISK_STALLED",
+	}
+	NodeConditionType_value = map[string]int32{
+		"NODE_CONDITION_TYPE_UNSPECIFIED":     0,
+		"NODE_CONDITION_TYPE_DISK_PRESSURE":   1,
+		"NODE_CONDITION_TYPE_MEMORY_PRESSURE": 2,
+		"NODE_CONDITION_TYPE_DISK_STALLED":    3,
+	}
+)
+
+func (x NodeConditionType) Enum() *NodeConditionType {
+	p := new(NodeConditionType)
+	*p = x
+	return p
+}
+
+func (x NodeConditionType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NodeConditionType) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostscale_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (NodeConditionType) Type() protoreflect.EnumType {
+	return &file_hostscale_v1_agent_proto_enumTypes[0]
+}
+
+func (x NodeConditionType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NodeConditionType.Descriptor instead.
+func (NodeConditionType) EnumDescriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
 // NodeFacts are what an agent reports about its host when it registers.
 type NodeFacts struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -456,7 +516,10 @@ type Hello struct {
 	Facts  *NodeFacts        `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The agent's sampling interval.
-	Interval      *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	// The host's conditions when the stream opens: nothing is placed on a
+	// node under one, from its first message on.
+	Conditions    []*NodeCondition `protobuf:"bytes,5,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -519,6 +582,124 @@ func (x *Hello) GetInterval() *durationpb.Duration {
 	return nil
 }
 
+func (x *Hello) GetConditions() []*NodeCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
+// NodeCondition is one condition a host is under. It holds from when its
+// cause was first seen until the cause has been gone for the agent's
+// -pressure-transition.
+type NodeCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  NodeConditionType      `protobuf:"varint,1,opt,name=type,proto3,enum=hostscale.v1.NodeConditionType" json:"type,omitempty"`
+	// When it began.
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// What the agent saw, for people: "1.2 GiB of 20 GiB free on /var/lib/hostscale (6 %)".
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeCondition) Reset() {
+	*x = NodeCondition{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeCondition) ProtoMessage() {}
+
+func (x *NodeCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeCondition.ProtoReflect.Descriptor instead.
+func (*NodeCondition) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NodeCondition) GetType() NodeConditionType {
+	if x != nil {
+		return x.Type
+	}
+	return NodeConditionType_NODE_CONDITION_TYPE_UNSPECIFIED
+}
+
+func (x *NodeCondition) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *NodeCondition) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// NodeConditions is the host's whole set of conditions, sent whenever it
+// changes; empty when none holds.
+type NodeConditions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Conditions    []*NodeCondition       `protobuf:"bytes,1,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeConditions) Reset() {
+	*x = NodeConditions{}
+	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeConditions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeConditions) ProtoMessage() {}
+
+func (x *NodeConditions) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeConditions.ProtoReflect.Descriptor instead.
+func (*NodeConditions) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NodeConditions) GetConditions() []*NodeCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
 // SampleBatch carries samples in time order.
 type SampleBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -532,7 +713,7 @@ type SampleBatch struct {
 
 func (x *SampleBatch) Reset() {
 	*x = SampleBatch{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +725,7 @@ func (x *SampleBatch) String() string {
 func (*SampleBatch) ProtoMessage() {}
 
 func (x *SampleBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[5]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +738,7 @@ func (x *SampleBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SampleBatch.ProtoReflect.Descriptor instead.
 func (*SampleBatch) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SampleBatch) GetSeq() uint64 {
@@ -585,7 +766,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +778,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[6]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +791,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -631,7 +812,7 @@ type InstanceReport struct {
 
 func (x *InstanceReport) Reset() {
 	*x = InstanceReport{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +824,7 @@ func (x *InstanceReport) String() string {
 func (*InstanceReport) ProtoMessage() {}
 
 func (x *InstanceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[7]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +837,7 @@ func (x *InstanceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceReport.ProtoReflect.Descriptor instead.
 func (*InstanceReport) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InstanceReport) GetInstances() []*InstanceStatus {
@@ -685,7 +866,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +878,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[8]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +891,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -784,6 +965,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Samples
 	//	*ConnectRequest_Heartbeat
 	//	*ConnectRequest_Instances
+	//	*ConnectRequest_Conditions
 	Message       isConnectRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -791,7 +973,7 @@ type ConnectRequest struct {
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +985,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[9]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +998,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConnectRequest) GetMessage() isConnectRequest_Message {
@@ -862,6 +1044,15 @@ func (x *ConnectRequest) GetInstances() *InstanceReport {
 	return nil
 }
 
+func (x *ConnectRequest) GetConditions() *NodeConditions {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectRequest_Conditions); ok {
+			return x.Conditions
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Message interface {
 	isConnectRequest_Message()
 }
@@ -882,6 +1073,10 @@ type ConnectRequest_Instances struct {
 	Instances *InstanceReport `protobuf:"bytes,4,opt,name=instances,proto3,oneof"`
 }
 
+type ConnectRequest_Conditions struct {
+	Conditions *NodeConditions `protobuf:"bytes,5,opt,name=conditions,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Message() {}
 
 func (*ConnectRequest_Samples) isConnectRequest_Message() {}
@@ -889,6 +1084,8 @@ func (*ConnectRequest_Samples) isConnectRequest_Message() {}
 func (*ConnectRequest_Heartbeat) isConnectRequest_Message() {}
 
 func (*ConnectRequest_Instances) isConnectRequest_Message() {}
+
+func (*ConnectRequest_Conditions) isConnectRequest_Message() {}
 
 // Assignment is one instance an agent must run.
 type Assignment struct {
@@ -902,7 +1099,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1111,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[10]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1124,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Assignment) GetInstance() string {
@@ -967,7 +1164,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1176,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[11]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1189,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Assignments) GetTerm() uint64 {
@@ -1032,7 +1229,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1241,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[12]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1254,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Welcome) GetController() string {
@@ -1102,7 +1299,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1311,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[13]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1324,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -1163,7 +1360,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1372,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[14]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1385,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Redirect) GetLeaderId() string {
@@ -1220,7 +1417,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_hostscale_v1_agent_proto_msgTypes[15]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1429,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_agent_proto_msgTypes[15]
+	mi := &file_hostscale_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1442,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_hostscale_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConnectResponse) GetMessage() isConnectResponse_Message {
@@ -1366,15 +1563,26 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vcpu_percent\x18\x02 \x01(\x01R\n" +
 	"cpuPercent\x12\x1b\n" +
-	"\trss_bytes\x18\x03 \x01(\x04R\brssBytes\"\xf5\x01\n" +
+	"\trss_bytes\x18\x03 \x01(\x04R\brssBytes\"\xb2\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x05facts\x18\x02 \x01(\v2\x17.hostscale.v1.NodeFactsR\x05facts\x127\n" +
 	"\x06labels\x18\x03 \x03(\v2\x1f.hostscale.v1.Hello.LabelsEntryR\x06labels\x125\n" +
-	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\x1a9\n" +
+	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12;\n" +
+	"\n" +
+	"conditions\x18\x05 \x03(\v2\x1b.hostscale.v1.NodeConditionR\n" +
+	"conditions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\rNodeCondition\x123\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1f.hostscale.v1.NodeConditionTypeR\x04type\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"M\n" +
+	"\x0eNodeConditions\x12;\n" +
+	"\n" +
+	"conditions\x18\x01 \x03(\v2\x1b.hostscale.v1.NodeConditionR\n" +
+	"conditions\"O\n" +
 	"\vSampleBatch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\asamples\x18\x02 \x03(\v2\x14.hostscale.v1.SampleR\asamples\";\n" +
@@ -1391,12 +1599,15 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x1a\n" +
 	"\brestarts\x18\a \x01(\rR\brestarts\x12\x18\n" +
 	"\amessage\x18\b \x01(\tR\amessage\x12\x10\n" +
-	"\x03pid\x18\t \x01(\rR\x03pid\"\xf6\x01\n" +
+	"\x03pid\x18\t \x01(\rR\x03pid\"\xb6\x02\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.hostscale.v1.HelloH\x00R\x05hello\x125\n" +
 	"\asamples\x18\x02 \x01(\v2\x19.hostscale.v1.SampleBatchH\x00R\asamples\x127\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x17.hostscale.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
-	"\tinstances\x18\x04 \x01(\v2\x1c.hostscale.v1.InstanceReportH\x00R\tinstancesB\t\n" +
+	"\tinstances\x18\x04 \x01(\v2\x1c.hostscale.v1.InstanceReportH\x00R\tinstances\x12>\n" +
+	"\n" +
+	"conditions\x18\x05 \x01(\v2\x1c.hostscale.v1.NodeConditionsH\x00R\n" +
+	"conditionsB\t\n" +
 	"\amessage\"x\n" +
 	"\n" +
 	"Assignment\x12\x1a\n" +
@@ -1426,7 +1637,12 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\x03ack\x18\x02 \x01(\v2\x11.hostscale.v1.AckH\x00R\x03ack\x124\n" +
 	"\bredirect\x18\x03 \x01(\v2\x16.hostscale.v1.RedirectH\x00R\bredirect\x12=\n" +
 	"\vassignments\x18\x04 \x01(\v2\x19.hostscale.v1.AssignmentsH\x00R\vassignmentsB\t\n" +
-	"\amessage2Z\n" +
+	"\amessage*\xae\x01\n" +
+	"\x11NodeConditionType\x12#\n" +
+	"\x1fNODE_CONDITION_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
+	"!NODE_CONDITION_TYPE_DISK_PRESSURE\x10\x01\x12'\n" +
+	"#NODE_CONDITION_TYPE_MEMORY_PRESSURE\x10\x02\x12$\n" +
+	" NODE_CONDITION_TYPE_DISK_STALLED\x10\x032Z\n" +
 	"\fAgentService\x12J\n" +
 	"\aConnect\x12\x1c.hostscale.v1.ConnectRequest\x1a\x1d.hostscale.v1.ConnectResponse(\x010\x01B?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
@@ -1442,61 +1658,70 @@ func file_hostscale_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_agent_proto_rawDescData
 }
 
-var file_hostscale_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_hostscale_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_hostscale_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_hostscale_v1_agent_proto_goTypes = []any{
-	(*NodeFacts)(nil),             // 0: hostscale.v1.NodeFacts
-	(*DiskUsage)(nil),             // 1: hostscale.v1.DiskUsage
-	(*Sample)(nil),                // 2: hostscale.v1.Sample
-	(*InstanceUsage)(nil),         // 3: hostscale.v1.InstanceUsage
-	(*Hello)(nil),                 // 4: hostscale.v1.Hello
-	(*SampleBatch)(nil),           // 5: hostscale.v1.SampleBatch
-	(*Heartbeat)(nil),             // 6: hostscale.v1.Heartbeat
-	(*InstanceReport)(nil),        // 7: hostscale.v1.InstanceReport
-	(*InstanceStatus)(nil),        // 8: hostscale.v1.InstanceStatus
-	(*ConnectRequest)(nil),        // 9: hostscale.v1.ConnectRequest
-	(*Assignment)(nil),            // 10: hostscale.v1.Assignment
-	(*Assignments)(nil),           // 11: hostscale.v1.Assignments
-	(*Welcome)(nil),               // 12: hostscale.v1.Welcome
-	(*Ack)(nil),                   // 13: hostscale.v1.Ack
-	(*Redirect)(nil),              // 14: hostscale.v1.Redirect
-	(*ConnectResponse)(nil),       // 15: hostscale.v1.ConnectResponse
-	nil,                           // 16: hostscale.v1.Hello.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(InstanceState)(0),            // 19: hostscale.v1.InstanceState
-	(*InstanceTemplate)(nil),      // 20: hostscale.v1.InstanceTemplate
+	(NodeConditionType)(0),        // 0: hostscale.v1.NodeConditionType
+	(*NodeFacts)(nil),             // 1: hostscale.v1.NodeFacts
+	(*DiskUsage)(nil),             // 2: hostscale.v1.DiskUsage
+	(*Sample)(nil),                // 3: hostscale.v1.Sample
+	(*InstanceUsage)(nil),         // 4: hostscale.v1.InstanceUsage
+	(*Hello)(nil),                 // 5: hostscale.v1.Hello
+	(*NodeCondition)(nil),         // 6: hostscale.v1.NodeCondition
+	(*NodeConditions)(nil),        // 7: hostscale.v1.NodeConditions
+	(*SampleBatch)(nil),           // 8: hostscale.v1.SampleBatch
+	(*Heartbeat)(nil),             // 9: hostscale.v1.Heartbeat
+	(*InstanceReport)(nil),        // 10: hostscale.v1.InstanceReport
+	(*InstanceStatus)(nil),        // 11: hostscale.v1.InstanceStatus
+	(*ConnectRequest)(nil),        // 12: hostscale.v1.ConnectRequest
+	(*Assignment)(nil),            // 13: hostscale.v1.Assignment
+	(*Assignments)(nil),           // 14: hostscale.v1.Assignments
+	(*Welcome)(nil),               // 15: hostscale.v1.Welcome
+	(*Ack)(nil),                   // 16: hostscale.v1.Ack
+	(*Redirect)(nil),              // 17: hostscale.v1.Redirect
+	(*ConnectResponse)(nil),       // 18: hostscale.v1.ConnectResponse
+	nil,                           // 19: hostscale.v1.Hello.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(InstanceState)(0),            // 22: hostscale.v1.InstanceState
+	(*InstanceTemplate)(nil),      // 23: hostscale.v1.InstanceTemplate
 }
 var file_hostscale_v1_agent_proto_depIdxs = []int32{
-	17, // 0: hostscale.v1.NodeFacts.boot_time:type_name -> google.protobuf.Timestamp
-	17, // 1: hostscale.v1.Sample.time:type_name -> google.protobuf.Timestamp
-	1,  // 2: hostscale.v1.Sample.disks:type_name -> hostscale.v1.DiskUsage
-	3,  // 3: hostscale.v1.Sample.instances:type_name -> hostscale.v1.InstanceUsage
-	0,  // 4: hostscale.v1.Hello.facts:type_name -> hostscale.v1.NodeFacts
-	16, // 5: hostscale.v1.Hello.labels:type_name -> hostscale.v1.Hello.LabelsEntry
-	18, // 6: hostscale.v1.Hello.interval:type_name -> google.protobuf.Duration
-	2,  // 7: hostscale.v1.SampleBatch.samples:type_name -> hostscale.v1.Sample
-	17, // 8: hostscale.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	8,  // 9: hostscale.v1.InstanceReport.instances:type_name -> hostscale.v1.InstanceStatus
-	19, // 10: hostscale.v1.InstanceStatus.state:type_name -> hostscale.v1.InstanceState
-	17, // 11: hostscale.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
-	4,  // 12: hostscale.v1.ConnectRequest.hello:type_name -> hostscale.v1.Hello
-	5,  // 13: hostscale.v1.ConnectRequest.samples:type_name -> hostscale.v1.SampleBatch
-	6,  // 14: hostscale.v1.ConnectRequest.heartbeat:type_name -> hostscale.v1.Heartbeat
-	7,  // 15: hostscale.v1.ConnectRequest.instances:type_name -> hostscale.v1.InstanceReport
-	20, // 16: hostscale.v1.Assignment.template:type_name -> hostscale.v1.InstanceTemplate
-	10, // 17: hostscale.v1.Assignments.instances:type_name -> hostscale.v1.Assignment
-	18, // 18: hostscale.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
-	12, // 19: hostscale.v1.ConnectResponse.welcome:type_name -> hostscale.v1.Welcome
-	13, // 20: hostscale.v1.ConnectResponse.ack:type_name -> hostscale.v1.Ack
-	14, // 21: hostscale.v1.ConnectResponse.redirect:type_name -> hostscale.v1.Redirect
-	11, // 22: hostscale.v1.ConnectResponse.assignments:type_name -> hostscale.v1.Assignments
-	9,  // 23: hostscale.v1.AgentService.Connect:input_type -> hostscale.v1.ConnectRequest
-	15, // 24: hostscale.v1.AgentService.Connect:output_type -> hostscale.v1.ConnectResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	20, // 0: hostscale.v1.NodeFacts.boot_time:type_name -> google.protobuf.Timestamp
+	20, // 1: hostscale.v1.Sample.time:type_name -> google.protobuf.Timestamp
+	2,  // 2: hostscale.v1.Sample.disks:type_name -> hostscale.v1.DiskUsage
+	4,  // 3: hostscale.v1.Sample.instances:type_name -> hostscale.v1.InstanceUsage
+	1,  // 4: hostscale.v1.Hello.facts:type_name -> hostscale.v1.NodeFacts
+	19, // 5: hostscale.v1.Hello.labels:type_name -> hostscale.v1.Hello.LabelsEntry
+	21, // 6: hostscale.v1.Hello.interval:type_name -> google.protobuf.Duration
+	6,  // 7: hostscale.v1.Hello.conditions:type_name -> hostscale.v1.NodeCondition
+	0,  // 8: hostscale.v1.NodeCondition.type:type_name -> hostscale.v1.NodeConditionType
+	20, // 9: hostscale.v1.NodeCondition.since:type_name -> google.protobuf.Timestamp
+	6,  // 10: hostscale.v1.NodeConditions.conditions:type_name -> hostscale.v1.NodeCondition
+	3,  // 11: hostscale.v1.SampleBatch.samples:type_name -> hostscale.v1.Sample
+	20, // 12: hostscale.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	11, // 13: hostscale.v1.InstanceReport.instances:type_name -> hostscale.v1.InstanceStatus
+	22, // 14: hostscale.v1.InstanceStatus.state:type_name -> hostscale.v1.InstanceState
+	20, // 15: hostscale.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	5,  // 16: hostscale.v1.ConnectRequest.hello:type_name -> hostscale.v1.Hello
+	8,  // 17: hostscale.v1.ConnectRequest.samples:type_name -> hostscale.v1.SampleBatch
+	9,  // 18: hostscale.v1.ConnectRequest.heartbeat:type_name -> hostscale.v1.Heartbeat
+	10, // 19: hostscale.v1.ConnectRequest.instances:type_name -> hostscale.v1.InstanceReport
+	7,  // 20: hostscale.v1.ConnectRequest.conditions:type_name -> hostscale.v1.NodeConditions
+	23, // 21: hostscale.v1.Assignment.template:type_name -> hostscale.v1.InstanceTemplate
+	13, // 22: hostscale.v1.Assignments.instances:type_name -> hostscale.v1.Assignment
+	21, // 23: hostscale.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
+	15, // 24: hostscale.v1.ConnectResponse.welcome:type_name -> hostscale.v1.Welcome
+	16, // 25: hostscale.v1.ConnectResponse.ack:type_name -> hostscale.v1.Ack
+	17, // 26: hostscale.v1.ConnectResponse.redirect:type_name -> hostscale.v1.Redirect
+	14, // 27: hostscale.v1.ConnectResponse.assignments:type_name -> hostscale.v1.Assignments
+	12, // 28: hostscale.v1.AgentService.Connect:input_type -> hostscale.v1.ConnectRequest
+	18, // 29: hostscale.v1.AgentService.Connect:output_type -> hostscale.v1.ConnectResponse
+	29, // [29:30] is the sub-list for method output_type
+	28, // [28:29] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_agent_proto_init() }
@@ -1505,13 +1730,14 @@ func file_hostscale_v1_agent_proto_init() {
 		return
 	}
 	file_hostscale_v1_pool_proto_init()
-	file_hostscale_v1_agent_proto_msgTypes[9].OneofWrappers = []any{
+	file_hostscale_v1_agent_proto_msgTypes[11].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_Samples)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Instances)(nil),
+		(*ConnectRequest_Conditions)(nil),
 	}
-	file_hostscale_v1_agent_proto_msgTypes[15].OneofWrappers = []any{
+	file_hostscale_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Ack)(nil),
 		(*ConnectResponse_Redirect)(nil),
@@ -1522,13 +1748,14 @@ func file_hostscale_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_agent_proto_rawDesc), len(file_hostscale_v1_agent_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   17,
+			NumEnums:      1,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_hostscale_v1_agent_proto_goTypes,
 		DependencyIndexes: file_hostscale_v1_agent_proto_depIdxs,
+		EnumInfos:         file_hostscale_v1_agent_proto_enumTypes,
 		MessageInfos:      file_hostscale_v1_agent_proto_msgTypes,
 	}.Build()
 	File_hostscale_v1_agent_proto = out.File

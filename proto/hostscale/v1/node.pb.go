@@ -152,7 +152,10 @@ type Node struct {
 	Drain bool `protobuf:"varint,12,opt,name=drain,proto3" json:"drain,omitempty"`
 	// What the instances on the node reserve (InstanceTemplate.resources),
 	// draining and stopping ones included: worked out when read, not stored.
-	Reserved      *InstanceResources `protobuf:"bytes,13,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	Reserved *InstanceResources `protobuf:"bytes,13,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	// The conditions the node's agent last reported (live, from the
+	// leader's memory): no instance is placed on a node under one.
+	Conditions    []*NodeCondition `protobuf:"bytes,14,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,6 +277,13 @@ func (x *Node) GetDrain() bool {
 func (x *Node) GetReserved() *InstanceResources {
 	if x != nil {
 		return x.Reserved
+	}
+	return nil
+}
+
+func (x *Node) GetConditions() []*NodeCondition {
+	if x != nil {
+		return x.Conditions
 	}
 	return nil
 }
@@ -868,7 +878,7 @@ var File_hostscale_v1_node_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x17hostscale/v1/node.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x17hostscale/v1/pool.proto\"\x91\x05\n" +
+	"\x17hostscale/v1/node.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x17hostscale/v1/pool.proto\"\xce\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.hostscale.v1.Node.LabelsEntryR\x06labels\x12-\n" +
@@ -888,7 +898,10 @@ const file_hostscale_v1_node_proto_rawDesc = "" +
 	" \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x12\x14\n" +
 	"\x05drain\x18\f \x01(\bR\x05drain\x12;\n" +
-	"\breserved\x18\r \x01(\v2\x1f.hostscale.v1.InstanceResourcesR\breserved\x1a9\n" +
+	"\breserved\x18\r \x01(\v2\x1f.hostscale.v1.InstanceResourcesR\breserved\x12;\n" +
+	"\n" +
+	"conditions\x18\x0e \x03(\v2\x1b.hostscale.v1.NodeConditionR\n" +
+	"conditions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
@@ -988,7 +1001,8 @@ var file_hostscale_v1_node_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 	(*Sample)(nil),                // 15: hostscale.v1.Sample
 	(*InstanceResources)(nil),     // 16: hostscale.v1.InstanceResources
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*NodeCondition)(nil),         // 17: hostscale.v1.NodeCondition
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_hostscale_v1_node_proto_depIdxs = []int32{
 	12, // 0: hostscale.v1.Node.labels:type_name -> hostscale.v1.Node.LabelsEntry
@@ -999,28 +1013,29 @@ var file_hostscale_v1_node_proto_depIdxs = []int32{
 	14, // 5: hostscale.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
 	15, // 6: hostscale.v1.Node.latest:type_name -> hostscale.v1.Sample
 	16, // 7: hostscale.v1.Node.reserved:type_name -> hostscale.v1.InstanceResources
-	2,  // 8: hostscale.v1.DrainNodeResponse.node:type_name -> hostscale.v1.Node
-	0,  // 9: hostscale.v1.ListNodesRequest.status:type_name -> hostscale.v1.NodeStatus
-	2,  // 10: hostscale.v1.ListNodesResponse.nodes:type_name -> hostscale.v1.Node
-	2,  // 11: hostscale.v1.GetNodeResponse.node:type_name -> hostscale.v1.Node
-	17, // 12: hostscale.v1.QueryMetricsRequest.window:type_name -> google.protobuf.Duration
-	1,  // 13: hostscale.v1.QueryMetricsRequest.aggregate:type_name -> hostscale.v1.Aggregate
-	17, // 14: hostscale.v1.QueryMetricsRequest.step:type_name -> google.protobuf.Duration
-	14, // 15: hostscale.v1.MetricPoint.time:type_name -> google.protobuf.Timestamp
-	10, // 16: hostscale.v1.QueryMetricsResponse.points:type_name -> hostscale.v1.MetricPoint
-	5,  // 17: hostscale.v1.NodeService.ListNodes:input_type -> hostscale.v1.ListNodesRequest
-	7,  // 18: hostscale.v1.NodeService.GetNode:input_type -> hostscale.v1.GetNodeRequest
-	3,  // 19: hostscale.v1.NodeService.DrainNode:input_type -> hostscale.v1.DrainNodeRequest
-	9,  // 20: hostscale.v1.MetricsService.QueryMetrics:input_type -> hostscale.v1.QueryMetricsRequest
-	6,  // 21: hostscale.v1.NodeService.ListNodes:output_type -> hostscale.v1.ListNodesResponse
-	8,  // 22: hostscale.v1.NodeService.GetNode:output_type -> hostscale.v1.GetNodeResponse
-	4,  // 23: hostscale.v1.NodeService.DrainNode:output_type -> hostscale.v1.DrainNodeResponse
-	11, // 24: hostscale.v1.MetricsService.QueryMetrics:output_type -> hostscale.v1.QueryMetricsResponse
-	21, // [21:25] is the sub-list for method output_type
-	17, // [17:21] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 8: hostscale.v1.Node.conditions:type_name -> hostscale.v1.NodeCondition
+	2,  // 9: hostscale.v1.DrainNodeResponse.node:type_name -> hostscale.v1.Node
+	0,  // 10: hostscale.v1.ListNodesRequest.status:type_name -> hostscale.v1.NodeStatus
+	2,  // 11: hostscale.v1.ListNodesResponse.nodes:type_name -> hostscale.v1.Node
+	2,  // 12: hostscale.v1.GetNodeResponse.node:type_name -> hostscale.v1.Node
+	18, // 13: hostscale.v1.QueryMetricsRequest.window:type_name -> google.protobuf.Duration
+	1,  // 14: hostscale.v1.QueryMetricsRequest.aggregate:type_name -> hostscale.v1.Aggregate
+	18, // 15: hostscale.v1.QueryMetricsRequest.step:type_name -> google.protobuf.Duration
+	14, // 16: hostscale.v1.MetricPoint.time:type_name -> google.protobuf.Timestamp
+	10, // 17: hostscale.v1.QueryMetricsResponse.points:type_name -> hostscale.v1.MetricPoint
+	5,  // 18: hostscale.v1.NodeService.ListNodes:input_type -> hostscale.v1.ListNodesRequest
+	7,  // 19: hostscale.v1.NodeService.GetNode:input_type -> hostscale.v1.GetNodeRequest
+	3,  // 20: hostscale.v1.NodeService.DrainNode:input_type -> hostscale.v1.DrainNodeRequest
+	9,  // 21: hostscale.v1.MetricsService.QueryMetrics:input_type -> hostscale.v1.QueryMetricsRequest
+	6,  // 22: hostscale.v1.NodeService.ListNodes:output_type -> hostscale.v1.ListNodesResponse
+	8,  // 23: hostscale.v1.NodeService.GetNode:output_type -> hostscale.v1.GetNodeResponse
+	4,  // 24: hostscale.v1.NodeService.DrainNode:output_type -> hostscale.v1.DrainNodeResponse
+	11, // 25: hostscale.v1.MetricsService.QueryMetrics:output_type -> hostscale.v1.QueryMetricsResponse
+	22, // [22:26] is the sub-list for method output_type
+	18, // [18:22] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_node_proto_init() }
