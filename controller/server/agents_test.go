@@ -377,6 +377,46 @@ func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
 	require.Equal(t, 5.0, node.Latest.GetCpuPercent())
 }
 
+// liveAgent opens an agent's stream with hello, welcomed, and keeps it up
+// (heartbeats, reading what the leader sends) until the test ends; the
+// returned func sends on it.
+func liveAgent(t *testing.T, ctx context.Context, conn *grpc.ClientConn, hello *pb.ConnectRequest) func(*pb.ConnectRequest) {
+	t.Helper()
+	sctx, end := context.WithCancel(ctx)
+	s, first := agentStreamWith(t, sctx, conn, hello)
+	require.NotNil(t, first.GetWelcome(), "%v", first)
+	var mu sync.Mutex // Send is not safe for concurrent use
+	send := func(m *pb.ConnectRequest) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return s.Send(m)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { end(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			if _, err := s.Recv(); err != nil {
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		tick := time.NewTicker(time.Second / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-tick.C:
+				if send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{}}}) != nil {
+					return
+				}
+			}
+		}
+	})
+	return func(m *pb.ConnectRequest) { require.NoError(t, send(m)) }
+}
+
 // A node's conditions, from its Hello on and as its agent reports them,
 // show on every controller and keep new instances off the node; the
 // instances it has stay.
@@ -387,47 +427,8 @@ func TestAgents_conditionsAreShownAndKeepNewInstancesAway(t *testing.T) {
 	ctx := ctxT(t)
 
 	began := time.Now().Add(-time.Minute).Truncate(time.Second)
-	sctx, endStreams := context.WithCancel(ctx)
-	s1, first := agentStreamWith(t, sctx, leader.Conn(), helloUnder("n1", diskPressure(began)))
-	require.NotNil(t, first.GetWelcome())
-	s2, first := agentStream(t, sctx, leader.Conn(), "n2")
-	require.NotNil(t, first.GetWelcome())
-	var mu sync.Mutex // Send is not safe for concurrent use
-	send := func(s pb.AgentService_ConnectClient, m *pb.ConnectRequest) {
-		mu.Lock()
-		defer mu.Unlock()
-		require.NoError(t, s.Send(m))
-	}
-	// Both agents stay up and read what the leader sends.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	t.Cleanup(func() { endStreams(); close(stop); wg.Wait() })
-	for _, s := range []pb.AgentService_ConnectClient{s1, s2} {
-		wg.Go(func() {
-			for {
-				if _, err := s.Recv(); err != nil {
-					return
-				}
-			}
-		})
-		wg.Go(func() {
-			tick := time.NewTicker(testTTL / 5)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-					mu.Lock()
-					err := s.Send(&pb.ConnectRequest{Message: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{}}})
-					mu.Unlock()
-					if err != nil {
-						return
-					}
-				}
-			}
-		})
-	}
+	send1 := liveAgent(t, ctx, leader.Conn(), helloUnder("n1", diskPressure(began)))
+	send2 := liveAgent(t, ctx, leader.Conn(), hello("n2"))
 
 	conditionsOn := func(n *testcluster.Node, node string) []pb.NodeConditionType {
 		resp, err := n.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: node})
@@ -480,8 +481,8 @@ func TestAgents_conditionsAreShownAndKeepNewInstancesAway(t *testing.T) {
 	require.Equal(t, map[string]int{"n2": 4}, placed(4), "n1 is under disk pressure")
 
 	// n1's condition ends and n2 comes under one.
-	send(s1, conditions())
-	send(s2, conditions(&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE, Since: timestamppb.Now()}))
+	send1(conditions())
+	send2(conditions(&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE, Since: timestamppb.Now()}))
 	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
 		if got := conditionsOn(f, "n2"); len(got) != 1 || got[0] != pb.NodeConditionType_NODE_CONDITION_TYPE_MEMORY_PRESSURE {
 			return fmt.Errorf("n2 shows %v", got)

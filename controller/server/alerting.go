@@ -61,7 +61,11 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 			if n.Status == pb.NodeStatus_NODE_STATUS_DOWN {
 				status = alerts.NodeDown
 			}
-			nodes = append(nodes, alerts.NodeInfo{Name: n.Name, Labels: n.Labels, Status: status})
+			var conds []string
+			for _, c := range s.hub.Conditions(n.Name) {
+				conds = append(conds, endpoint.ConditionName(c.Type))
+			}
+			nodes = append(nodes, alerts.NodeInfo{Name: n.Name, Labels: n.Labels, Status: status, Conditions: conds})
 		}
 	})
 	in := &alerts.StoreInputs{Store: s.hub.Store, NodeList: nodes, From: now.Add(-cfg.Staleness), Latest: s.hub.Store.Latest}

@@ -255,6 +255,49 @@ func TestAlerts_flappingInsideForNeverFires(t *testing.T) {
 	require.True(t, pendingSeen, "the condition held now and then: the alert went pending and was reset")
 }
 
+// A rule on a node condition fires while the node's agent reports it and
+// resolves once the agent no longer does.
+func TestAlerts_nodeConditionRuleFiresAndResolves(t *testing.T) {
+	c := startAlertCluster(t)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+	_, err := pb.NewAlertServiceClient(f.Conn()).CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
+		Name: "disk-full", Kind: pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION, Metric: "disk_pressure",
+		Severity: pb.Severity_SEVERITY_CRITICAL, Annotations: map[string]string{"summary": "{{ .Node }} is short of disk"},
+	}})
+	require.NoError(t, err)
+	rules, err := pb.NewAlertServiceClient(f.Conn()).ListRules(ctx, &pb.ListRulesRequest{Consistent: true})
+	require.NoError(t, err)
+	var names []string
+	for _, r := range rules.Rules {
+		names = append(names, r.Name)
+	}
+	require.Contains(t, names, "node-disk-stalled", "a new cluster's default rules")
+
+	send := liveAgent(t, ctx, leader.Conn(), helloUnder("full-1", diskPressure(time.Now())))
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, f, "disk-full")
+		if err == nil && (a.State != pb.AlertState_ALERT_STATE_FIRING || a.Node != "full-1") {
+			err = fmt.Errorf("disk-full is %v on %q", a.State, a.Node)
+		}
+		return err
+	}))
+	a, err := alertOf(ctx, f, "disk-full")
+	require.NoError(t, err)
+	require.Equal(t, "full-1 is short of disk", a.Annotations["summary"])
+	require.Equal(t, 1.0, a.Value)
+
+	send(conditions())
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, f, "disk-full")
+		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
+			err = fmt.Errorf("disk-full is %v", a.State)
+		}
+		return err
+	}))
+}
+
 func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
 	c := startAlertCluster(t)
 	leader := waitLeader(t, c)
@@ -275,6 +318,10 @@ func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
 		"bad template":     {func(r *pb.AlertRule) { r.Annotations = map[string]string{"summary": "{{ .Value "} }, "rule.annotations.summary"},
 		"bad name":         {func(r *pb.AlertRule) { r.Name = "Not OK" }, "rule.name"},
 		"unknown severity": {func(r *pb.AlertRule) { r.Severity = 42 }, "rule.severity"},
+		"unknown condition": {func(r *pb.AlertRule) {
+			r.Kind, r.Metric, r.Op, r.Threshold = pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION, "disk_full", "", 0
+		}, "rule.metric"},
+		"unknown kind": {func(r *pb.AlertRule) { r.Kind = 42 }, "rule.kind"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := good()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -107,7 +109,8 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		addrs = append(addrs, n.GRPCAddr)
 	}
 	agent := start(t, "-controllers", strings.Join(addrs, ","), "-interval", "200ms", "-node-id", "web-1", "-labels", "tier=web",
-		"-data-dir", disk.Dir, "-http-addr", "127.0.0.1:0", "-stop-instances-on-exit", "-log-level", "debug")
+		"-data-dir", disk.Dir, "-http-addr", "127.0.0.1:0", "-stop-instances-on-exit", "-log-level", "debug",
+		"-disk-pressure-free", "0", "-memory-pressure-free", "0", "-pressure-transition", "1s")
 	t.Cleanup(func() {
 		// The disk answers, and the agent stops the instance as it exits:
 		// nothing is left using the disk when it unmounts.
@@ -126,7 +129,17 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		if nd.Status != pb.NodeStatus_NODE_STATUS_UP {
 			return fmt.Errorf("web-1 is %v", nd.Status)
 		}
-		return nil
+		// The first assignments (none) are saved: the stall below holds
+		// the write of the pool's.
+		var st struct{ Term uint64 }
+		b, err := os.ReadFile(filepath.Join(disk.Dir, "instances", "state.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err == nil && st.Term == 0 {
+			err = fmt.Errorf("state file: %s", b)
+		}
+		return err
 	}))
 
 	disk.Stall()
@@ -155,6 +168,25 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 	require.Contains(t, body, "the disk is stalled")
 	_, body = get(t, "http://"+agent.addr()+"/metrics")
 	require.Regexp(t, `(?m)^hostscale_agent_state_write_in_progress_seconds ([5-9]|[1-9][0-9]+)\.`, body, "at least 5 s")
+	// And so do the controllers: the node is under disk_stalled (checked
+	// every second once the write has run for 5 s), and takes no new
+	// instance.
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(context.Context) error {
+		if _, body := get(t, "http://"+agent.addr()+"/metrics"); !strings.Contains(body, `hostscale_agent_node_condition{condition="disk_stalled"} 1`) {
+			return errors.New("hostscale_agent_node_condition: not under disk_stalled")
+		}
+		nd, err := node()
+		if err != nil {
+			return err
+		}
+		if len(nd.Conditions) != 1 || nd.Conditions[0].Type != pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_STALLED {
+			return fmt.Errorf("web-1 is under %v", nd.Conditions)
+		}
+		if want := "a write of the state file in " + disk.Dir + " has not returned for"; !strings.Contains(nd.Conditions[0].Message, want) {
+			return fmt.Errorf("message %q", nd.Conditions[0].Message)
+		}
+		return nil
+	}))
 	r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "sleepy"})
 	require.NoError(t, err)
 	require.Len(t, r.Instances, 1)
@@ -171,6 +203,13 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		}
 		if !strings.Contains(string(b), r.Instances[0].Id) {
 			return fmt.Errorf("state file: %s", b)
+		}
+		nd, err := node()
+		if err != nil {
+			return err
+		}
+		if len(nd.Conditions) > 0 {
+			return fmt.Errorf("web-1 is still under %v", nd.Conditions)
 		}
 		return nil
 	}))

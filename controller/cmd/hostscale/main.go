@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -442,8 +443,11 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		fmt.Fprintln(w, "NAME\tEXPR\tFOR\tSELECTOR\tSEVERITY")
 		for _, r := range resp.Rules {
 			expr := fmt.Sprintf("%s %s %g", r.Metric, r.Op, r.Threshold)
-			if r.Kind == pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN {
+			switch r.Kind {
+			case pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN:
 				expr = "node down"
+			case pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION:
+				expr = "node under " + cmp.Or(r.Metric, "any condition")
 			}
 			fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", r.Name, expr, r.For.AsDuration(), orDash(r.Selector),
 				strings.ToLower(strings.TrimPrefix(r.Severity.String(), "SEVERITY_")))

@@ -94,6 +94,7 @@ func TestCLI_againstACluster(t *testing.T) {
 	code, out, errs = hostscale("-addr", addr, "rules")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "node-down")
+	require.Regexp(t, `node-disk-stalled +node under disk_stalled +1m0s`, out)
 	code, out, errs = hostscale("-addr", addr, "silence", "1h", "alertname=host-cpu-high", "node=~web-.*")
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "silence s-")

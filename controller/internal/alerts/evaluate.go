@@ -29,6 +29,8 @@ type NodeInfo struct {
 	Name   string
 	Labels map[string]string
 	Status NodeStatus
+	// Conditions are those the node's agent reports (disk_pressure, ...).
+	Conditions []string
 }
 
 // Inputs is what the evaluator reads: the registered nodes and the latest
@@ -197,7 +199,8 @@ type observation struct {
 }
 
 func (e *Evaluator) observe(now time.Time, c *compiled, n NodeInfo, in Inputs) observation {
-	if c.rule.Kind == KindNodeDown {
+	switch c.rule.Kind {
+	case KindNodeDown:
 		switch n.Status {
 		case NodeDown:
 			return observation{value: 1, have: true, holds: true}
@@ -205,6 +208,18 @@ func (e *Evaluator) observe(now time.Time, c *compiled, n NodeInfo, in Inputs) o
 			return observation{value: 0, have: true}
 		}
 		return observation{}
+	case KindNodeCondition:
+		// A down node's conditions are its last word: they change nothing.
+		if n.Status != NodeUp {
+			return observation{}
+		}
+		under := 0
+		for _, name := range n.Conditions {
+			if c.rule.Metric == "" || name == c.rule.Metric {
+				under++
+			}
+		}
+		return observation{value: float64(under), have: true, holds: under > 0}
 	}
 	v, at, ok := in.Value(n.Name, c.rule.Metric)
 	if !ok || math.IsNaN(v) || now.Sub(at) > e.cfg.Staleness {
@@ -243,7 +258,7 @@ func (e *Evaluator) step(now time.Time, c *compiled, node string, fp Fingerprint
 		case !o.holds:
 			return drop(cur, now, o.value, ReasonConditionCleared), true
 		case now.Sub(cur.ActiveSince) >= c.rule.For:
-			if win != nil && c.rule.Kind != KindNodeDown {
+			if win != nil && (c.rule.Kind == KindThreshold || c.rule.Kind == "") {
 				for _, s := range win.Window(node, c.rule.Metric, cur.ActiveSince) {
 					if !s.Time.After(now) && !math.IsNaN(s.Value) && !c.rule.Op.Holds(s.Value, c.rule.Threshold) {
 						return drop(cur, now, s.Value, ReasonFlapped), true

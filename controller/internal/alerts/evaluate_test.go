@@ -250,6 +250,37 @@ func TestEvaluate_nodeDownRule(t *testing.T) {
 	require.Equal(t, []string{"pending->firing/for_elapsed"}, kinds(h.eval(30*time.Second, math.NaN())))
 }
 
+func TestEvaluate_nodeConditionRule(t *testing.T) {
+	stalled := DefaultRules()[4]
+	require.Equal(t, KindNodeCondition, stalled.Kind)
+	require.Equal(t, "disk_stalled", stalled.Metric)
+	any := Rule{Name: "node-condition", Kind: KindNodeCondition, Severity: SeverityWarning}
+	h := newHarness(t, stalled, any)
+	require.Empty(t, h.eval(0, math.NaN()))
+
+	h.fake.conditions("n1", "disk_pressure")
+	ts := h.eval(time.Second, math.NaN())
+	require.Equal(t, []string{"inactive->firing/condition_met"}, kinds(ts), "only the rule for any condition, whose for is 0")
+	require.Equal(t, "node-condition", ts[0].Alert.Rule)
+
+	h.fake.conditions("n1", "disk_pressure", "disk_stalled")
+	ts = h.eval(2*time.Second, math.NaN())
+	require.Equal(t, []string{"inactive->pending/condition_met"}, kinds(ts))
+	require.Equal(t, "node-disk-stalled", ts[0].Alert.Rule)
+	require.Empty(t, h.eval(61*time.Second, math.NaN()))
+	ts = h.eval(62*time.Second, math.NaN())
+	require.Equal(t, []string{"pending->firing/for_elapsed"}, kinds(ts))
+	require.Equal(t, 1.0, ts[0].Value)
+	require.Equal(t, "The disk of n1 is stalled", ts[0].Alert.Annotations["summary"])
+
+	h.fake.status("n1", NodeDown)
+	h.fake.conditions("n1")
+	require.Empty(t, h.eval(70*time.Second, math.NaN()), "a down node's conditions change nothing")
+	h.fake.status("n1", NodeUp)
+	require.ElementsMatch(t, []string{"firing->resolved/condition_cleared", "firing->resolved/condition_cleared"},
+		kinds(h.eval(75*time.Second, math.NaN())))
+}
+
 // A new leader rebuilds current from the replicated transitions: it must
 // keep active_since and neither re-fire nor re-pend.
 func TestEvaluate_restartFromPersistedStateKeepsActiveSinceAndDoesNotRefire(t *testing.T) {

@@ -74,3 +74,11 @@ func (w windowInputs) Window(node, metric string, from time.Time) []Sample {
 	}
 	return out
 }
+
+func (f *fakeInputs) conditions(node string, names ...string) {
+	for i := range f.nodes {
+		if f.nodes[i].Name == node {
+			f.nodes[i].Conditions = names
+		}
+	}
+}

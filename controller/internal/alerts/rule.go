@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,7 +49,13 @@ const (
 	KindThreshold Kind = "threshold"
 	// KindNodeDown is active while the liveness loop holds a node down.
 	KindNodeDown Kind = "node_down"
+	// KindNodeCondition is active while the node's agent reports the
+	// condition named by Metric (any, when empty).
+	KindNodeCondition Kind = "node_condition"
 )
+
+// Conditions are the names a KindNodeCondition rule's Metric may take.
+var Conditions = []string{"disk_pressure", "memory_pressure", "disk_stalled"}
 
 // Op is a comparison operator.
 type Op string
@@ -115,10 +122,11 @@ const (
 type Rule struct {
 	// Name is a DNS label (RFC 1123) and the alert's "alertname" label.
 	Name string
-	// Kind is KindThreshold (or empty) or KindNodeDown.
+	// Kind is KindThreshold (or empty), KindNodeDown or
+	// KindNodeCondition.
 	Kind Kind
-	// Metric is a series name of metricstore.SeriesNames (threshold rules
-	// only).
+	// Metric is a series name of metricstore.SeriesNames for a threshold
+	// rule, a name of Conditions (or empty) for a condition rule.
 	Metric    string
 	Op        Op
 	Threshold float64
@@ -145,11 +153,14 @@ type AnnotationData struct {
 	Rule   string
 }
 
-// Expr returns the rule's condition as text, e.g. "cpu_percent > 90", or
-// "node_down".
+// Expr returns the rule's condition as text, e.g. "cpu_percent > 90",
+// "node_down", "node_condition disk_pressure" or "node_condition".
 func (r Rule) Expr() string {
-	if r.Kind == KindNodeDown {
+	switch r.Kind {
+	case KindNodeDown:
 		return string(KindNodeDown)
+	case KindNodeCondition:
+		return strings.TrimSpace(string(KindNodeCondition) + " " + r.Metric)
 	}
 	return Expr{Metric: r.Metric, Op: r.Op, Threshold: r.Threshold}.String()
 }
@@ -185,8 +196,15 @@ func (r Rule) Validate() error {
 		if r.Metric != "" || r.Op != "" {
 			return fieldErr("rule.metric", "must be empty for a %s rule", KindNodeDown)
 		}
+	case KindNodeCondition:
+		if r.Metric != "" && !slices.Contains(Conditions, r.Metric) {
+			return fieldErr("rule.metric", "unknown condition %q (want one of %s, or empty for any)", r.Metric, strings.Join(Conditions, ", "))
+		}
+		if r.Op != "" {
+			return fieldErr("rule.op", "must be empty for a %s rule", KindNodeCondition)
+		}
 	default:
-		return fieldErr("rule.kind", "unknown kind %q (want %s or %s)", r.Kind, KindThreshold, KindNodeDown)
+		return fieldErr("rule.kind", "unknown kind %q (want %s, %s or %s)", r.Kind, KindThreshold, KindNodeDown, KindNodeCondition)
 	}
 	if r.For < 0 {
 		return fieldErr("rule.for", "must not be negative, got %s", r.For)
@@ -351,6 +369,14 @@ func DefaultRules() []Rule {
 			Annotations: map[string]string{
 				"summary":     "Node {{ .Node }} is down",
 				"description": "Node {{ .Node }} missed its heartbeats and is marked down.",
+			},
+		},
+		{
+			Name: "node-disk-stalled", Kind: KindNodeCondition, Metric: "disk_stalled", For: time.Minute,
+			Severity: SeverityCritical,
+			Annotations: map[string]string{
+				"summary":     "The disk of {{ .Node }} is stalled",
+				"description": "A write to the data directory of {{ .Node }}'s agent has not returned for over a minute; no instance is placed on it.",
 			},
 		},
 	}

@@ -40,6 +40,9 @@ func TestRule_Validate_namesBadField(t *testing.T) {
 		{"unknown severity", func(r *Rule) { r.Severity = "page" }, "rule.severity", `unknown severity "page"`},
 		{"unknown kind", func(r *Rule) { r.Kind = "absent" }, "rule.kind", `unknown kind "absent"`},
 		{"node down with metric", func(r *Rule) { r.Kind = KindNodeDown }, "rule.metric", "must be empty"},
+		{"unknown condition", func(r *Rule) { r.Kind, r.Metric, r.Op = KindNodeCondition, "cpu_percent", "" }, "rule.metric",
+			`unknown condition "cpu_percent" (want one of disk_pressure, memory_pressure, disk_stalled, or empty for any)`},
+		{"condition with an operator", func(r *Rule) { r.Kind, r.Metric = KindNodeCondition, "disk_pressure" }, "rule.op", "must be empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,6 +68,11 @@ func TestRule_Validate_acceptsGoodRules(t *testing.T) {
 		require.NoError(t, d.Validate(), d.Name)
 	}
 	require.NoError(t, ValidateRules(DefaultRules()))
+	for _, m := range append([]string{""}, Conditions...) {
+		r := Rule{Name: "c", Kind: KindNodeCondition, Metric: m, Severity: SeverityWarning}
+		require.NoError(t, r.Validate(), m)
+		require.Equal(t, strings.TrimSpace("node_condition "+m), r.Expr())
+	}
 }
 
 func TestRule_Validate_unknownMetricMessage(t *testing.T) {
@@ -89,10 +97,11 @@ func TestDefaultRules_classicThresholds(t *testing.T) {
 		got[r.Name] = r.Expr() + " for " + r.For.String()
 	}
 	require.Equal(t, map[string]string{
-		"host-cpu-high":    "cpu_percent > 90 for 1m0s",
-		"host-memory-high": "memory_used_percent > 80 for 1m0s",
-		"host-disk-high":   "disk_used_percent > 90 for 1m0s",
-		"node-down":        "node_down for 0s",
+		"host-cpu-high":     "cpu_percent > 90 for 1m0s",
+		"host-memory-high":  "memory_used_percent > 80 for 1m0s",
+		"host-disk-high":    "disk_used_percent > 90 for 1m0s",
+		"node-down":         "node_down for 0s",
+		"node-disk-stalled": "node_condition disk_stalled for 1m0s",
 	}, got)
 }
 

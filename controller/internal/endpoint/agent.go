@@ -224,15 +224,15 @@ func (a *Agents) setConditions(node string, conds []*pb.NodeCondition) {
 			continue
 		}
 		log.Warn("a node is under a condition: no instance will be placed on it", "node", node,
-			"condition", conditionName(c.Type), "since", c.Since.AsTime(), "cause", c.Message)
+			"condition", ConditionName(c.Type), "since", c.Since.AsTime(), "cause", c.Message)
 	}
 	for t := range had {
-		log.Info("a node's condition ended", "node", node, "condition", conditionName(t))
+		log.Info("a node's condition ended", "node", node, "condition", ConditionName(t))
 	}
 }
 
-// conditionName is a condition's short name: disk_pressure.
-func conditionName(t pb.NodeConditionType) string {
+// ConditionName is a condition's short name: disk_pressure.
+func ConditionName(t pb.NodeConditionType) string {
 	return strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
 }
 

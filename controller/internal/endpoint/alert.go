@@ -24,9 +24,10 @@ type Alerts struct {
 var _ pb.AlertServiceServer = (*Alerts)(nil)
 
 var kinds = map[pb.AlertRuleKind]alerts.Kind{
-	pb.AlertRuleKind_ALERT_RULE_KIND_UNSPECIFIED: alerts.KindThreshold,
-	pb.AlertRuleKind_ALERT_RULE_KIND_THRESHOLD:   alerts.KindThreshold,
-	pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN:   alerts.KindNodeDown,
+	pb.AlertRuleKind_ALERT_RULE_KIND_UNSPECIFIED:    alerts.KindThreshold,
+	pb.AlertRuleKind_ALERT_RULE_KIND_THRESHOLD:      alerts.KindThreshold,
+	pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN:      alerts.KindNodeDown,
+	pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION: alerts.KindNodeCondition,
 }
 
 var severities = map[pb.Severity]alerts.Severity{
@@ -65,8 +66,11 @@ func RuleToPB(r alerts.Rule) *pb.AlertRule {
 		Selector: r.Selector, Labels: maps.Clone(r.Labels), Annotations: maps.Clone(r.Annotations),
 		Kind: pb.AlertRuleKind_ALERT_RULE_KIND_THRESHOLD,
 	}
-	if r.Kind == alerts.KindNodeDown {
+	switch r.Kind {
+	case alerts.KindNodeDown:
 		out.Kind = pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN
+	case alerts.KindNodeCondition:
+		out.Kind = pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION
 	}
 	for k, v := range severities {
 		if v == r.Severity && k != pb.Severity_SEVERITY_UNSPECIFIED {

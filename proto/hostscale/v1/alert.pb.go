@@ -32,6 +32,10 @@ const (
 	AlertRuleKind_ALERT_RULE_KIND_THRESHOLD AlertRuleKind = 1
 	// The node's status is down.
 	AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN AlertRuleKind = 2
+	// The node's agent reports the condition named in `metric`
+	// (disk_pressure, memory_pressure, disk_stalled; empty: any), held for
+	// `for`.
+	AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION AlertRuleKind = 3
 )
 
 // Enum value maps for AlertRuleKind.
@@ -40,11 +44,13 @@ var (
 		0: "ALERT_RULE_KIND_UNSPECIFIED",
 		1: "ALERT_RULE_KIND_THRESHOLD",
 		2: "ALERT_RULE_KIND_NODE_DOWN",
+		3: "ALERT_RULE_KIND_NODE_CONDITION",
 	}
 	AlertRuleKind_value = map[string]int32{
-		"ALERT_RULE_KIND_UNSPECIFIED": 0,
-		"ALERT_RULE_KIND_THRESHOLD":   1,
-		"ALERT_RULE_KIND_NODE_DOWN":   2,
+		"ALERT_RULE_KIND_UNSPECIFIED":    0,
+		"ALERT_RULE_KIND_THRESHOLD":      1,
+		"ALERT_RULE_KIND_NODE_DOWN":      2,
+		"ALERT_RULE_KIND_NODE_CONDITION": 3,
 	}
 )
 
@@ -1517,11 +1523,12 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"consistent\"W\n" +
 	"\x12ListAlertsResponse\x12+\n" +
 	"\x06alerts\x18\x01 \x03(\v2\x13.hostscale.v1.AlertR\x06alerts\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index*n\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index*\x92\x01\n" +
 	"\rAlertRuleKind\x12\x1f\n" +
 	"\x1bALERT_RULE_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ALERT_RULE_KIND_THRESHOLD\x10\x01\x12\x1d\n" +
-	"\x19ALERT_RULE_KIND_NODE_DOWN\x10\x02*d\n" +
+	"\x19ALERT_RULE_KIND_NODE_DOWN\x10\x02\x12\"\n" +
+	"\x1eALERT_RULE_KIND_NODE_CONDITION\x10\x03*d\n" +
 	"\bSeverity\x12\x18\n" +
 	"\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SEVERITY_CRITICAL\x10\x01\x12\x14\n" +
