@@ -95,11 +95,12 @@ func TestAgent_leaderCutOffSilently(t *testing.T) {
 // node up on the leader with fresh samples and the instance reported, and
 // the agent's /readyz says its disk is stalled. Once the disk answers, the
 // assignment is saved and the agent is ready again.
-func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
+// stallRig starts three controllers and an agent, web-1, whose -data-dir
+// is on a StallDisk, and returns once the node is up and the agent saved
+// its first assignments (none). node reads web-1 on the leader.
+func stallRig(ctx context.Context, t *testing.T) (disk *testcluster.StallDisk, leader *testcluster.Node, agent *proc, node func() (*pb.Node, error)) {
 	ctrl := testcluster.BuildController(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	disk := testcluster.NewStallDisk(t) // before the agent: unmounted after it stopped
+	disk = testcluster.NewStallDisk(t) // before the agent: unmounted after it stopped
 	cl, leader := testcluster.StartLed(ctx, t, testcluster.Options{
 		Launcher: testcluster.BinaryLauncher{Path: ctrl},
 		Args:     []string{"-heartbeat-ttl", e2eTTL.String()},
@@ -108,7 +109,7 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 	for _, n := range cl.Nodes() {
 		addrs = append(addrs, n.GRPCAddr)
 	}
-	agent := start(t, "-controllers", strings.Join(addrs, ","), "-interval", "200ms", "-node-id", "web-1", "-labels", "tier=web",
+	agent = start(t, "-controllers", strings.Join(addrs, ","), "-interval", "200ms", "-node-id", "web-1", "-labels", "tier=web",
 		"-data-dir", disk.Dir, "-http-addr", "127.0.0.1:0", "-stop-instances-on-exit", "-log-level", "debug",
 		"-disk-pressure-free", "0", "-memory-pressure-free", "0", "-pressure-transition", "1s")
 	t.Cleanup(func() {
@@ -117,7 +118,7 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		disk.Resume()
 		agent.stop(t)
 	})
-	node := func() (*pb.Node, error) {
+	node = func() (*pb.Node, error) {
 		r, err := leader.Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: "web-1"})
 		return r.GetNode(), err
 	}
@@ -129,8 +130,8 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		if nd.Status != pb.NodeStatus_NODE_STATUS_UP {
 			return fmt.Errorf("web-1 is %v", nd.Status)
 		}
-		// The first assignments (none) are saved: the stall below holds
-		// the write of the pool's.
+		// The first assignments (none) are saved: a stall after this
+		// holds the write of the next.
 		var st struct{ Term uint64 }
 		b, err := os.ReadFile(filepath.Join(disk.Dir, "instances", "state.json"))
 		if err == nil {
@@ -141,6 +142,60 @@ func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
 		}
 		return err
 	}))
+	return disk, leader, agent, node
+}
+
+// TestAgent_instanceExitingDuringAStallIsRestarted: an instance that exits
+// while the agent's data directory is stalled is started again after its
+// back-off, however long the disk holds the write of its exit, and the
+// leader hears of each restart.
+func TestAgent_instanceExitingDuringAStallIsRestarted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	disk, leader, _, _ := stallRig(ctx, t)
+	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "flaky", PathPrefix: "/", Selector: "tier=web", Desired: 1, Max: 1,
+		Template: &pb.InstanceTemplate{Command: "/bin/sh", Args: []string{"-c", "sleep 1; exit 3"}},
+	}})
+	require.NoError(t, err)
+	instance := func() (*pb.Instance, error) {
+		r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "flaky"})
+		if err == nil && len(r.Instances) != 1 {
+			err = fmt.Errorf("%d instances", len(r.Instances))
+		}
+		if err != nil {
+			return nil, err
+		}
+		return r.Instances[0], nil
+	}
+	// Its first run, which lasts a second.
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(context.Context) error {
+		in, err := instance()
+		if err == nil && in.Pid == 0 {
+			err = fmt.Errorf("%s is %v", in.Id, in.State)
+		}
+		return err
+	}))
+
+	disk.Stall()
+	in, err := instance()
+	require.NoError(t, err)
+	before := in.Restarts
+	require.NoError(t, disk.WaitHeld(ctx, 10*time.Second), "the write of its exit")
+	require.NoError(t, testcluster.Eventually(ctx, 15*time.Second, func(context.Context) error {
+		in, err := instance()
+		if err == nil && in.Restarts < before+2 {
+			err = fmt.Errorf("%s restarted %d times (%d before the stall)", in.Id, in.Restarts, before)
+		}
+		return err
+	}), "restarts while the disk holds the state file's write")
+	require.Positive(t, disk.Held(), "the write is still held")
+}
+
+func TestAgent_stalledDataDirKeepsTheNodeUp(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	disk, leader, agent, node := stallRig(ctx, t)
 
 	disk.Stall()
 	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{

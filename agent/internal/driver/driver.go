@@ -59,8 +59,9 @@ type Driver struct {
 	changed   chan struct{} // closed and replaced at every change of Report
 	gen       uint64        // counts changes that may need saving
 
-	saveMu   sync.Mutex // serializes writes of the state file
-	savedGen uint64     // gen of the last state written (or read)
+	saveMu   sync.Mutex    // serializes writes of the state file
+	saveKick chan struct{} // saveLater's requests to Run's saver (capacity 1)
+	savedGen uint64        // gen of the last state written (or read)
 
 	usageMu sync.Mutex           // serializes Usage
 	usage   map[string]usageMark // by instance: the last CPU reading of its process
@@ -113,6 +114,7 @@ func New(cfg Config) (*Driver, error) {
 		client:    newHealthClient(),
 		instances: make(map[string]*instance),
 		changed:   make(chan struct{}),
+		saveKick:  make(chan struct{}, 1),
 	}
 	if cfg.Registerer != nil {
 		d.exits = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -218,6 +220,11 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 
+	stopSaver, saverDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(saverDone)
+		d.saver(stopSaver)
+	}()
 	t := time.NewTicker(logCheckInterval)
 	defer t.Stop()
 	d.collectDirs()
@@ -240,6 +247,8 @@ func (d *Driver) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	// No supervisor is added from here on: running is false.
 	d.runWG.Wait()
+	close(stopSaver)
+	<-saverDone
 	return d.save()
 }
 

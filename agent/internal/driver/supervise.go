@@ -69,7 +69,7 @@ func (d *Driver) waitAndStart(ctx context.Context, in *instance) bool {
 			in.supervised = false
 			d.notifyLocked()
 			d.mu.Unlock()
-			d.saveOrLog()
+			d.saveLater()
 			return false
 		}
 		gate := d.assigned
@@ -102,7 +102,7 @@ func (d *Driver) waitAndStart(ctx context.Context, in *instance) bool {
 		d.mu.Unlock()
 		d.log.Warn("cannot start instance", "instance", in.id, "err", err, "retry_in", delay)
 	}
-	d.saveOrLog()
+	d.saveLater()
 	return true
 }
 
@@ -473,7 +473,7 @@ func (d *Driver) exited(in *instance, p *proc) {
 	d.notifyLocked() // the pid is gone
 	d.mu.Unlock()
 	d.log.Info("instance exited", "instance", in.id, "pid", p.pid, "why", p.why)
-	d.saveOrLog()
+	d.saveLater()
 }
 
 // countExit counts an exit the driver did not ask for, by pool and why:
@@ -496,9 +496,29 @@ func (d *Driver) countExit(in *instance, p *proc) {
 	d.exits.WithLabelValues(in.pool, why).Inc()
 }
 
-func (d *Driver) saveOrLog() {
-	if err := d.save(); err != nil {
-		d.log.Error("cannot save state", "err", err)
+// saveLater has the state file written by Run's saver, at once unless a
+// write is under way: a supervisor never waits for the disk, so that an
+// instance that exits while the data directory's disk is stalled is
+// restarted all the same (the write of its new pid follows once the disk
+// answers).
+func (d *Driver) saveLater() {
+	select {
+	case d.saveKick <- struct{}{}:
+	default: // a save is already asked for: it will write this change too
+	}
+}
+
+// saver writes the state file whenever saveLater asks, until stop closes.
+func (d *Driver) saver(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-d.saveKick:
+			if err := d.save(); err != nil {
+				d.log.Error("cannot save state", "err", err)
+			}
+		}
 	}
 }
 
