@@ -69,8 +69,11 @@ for i in 1 2 3; do
 	echo "${pids[-1]}" >"$dir/c$i.pid"
 done
 for i in 1 2 3; do wait_for "c$i" "http://127.0.0.1:$((7692 + 10 * i))/readyz"; done
+# A workstation's disk and memory are often fuller than a server's: only
+# the last percent puts the dev host under a condition (no new instance).
 start agent bin/hostscale-agent -node-id dev-host -controllers "$controllers" -data-dir "$dir/agent" \
-	-advertise-addr 127.0.0.1 -http-addr 127.0.0.1:7703 -labels tier=web -stop-instances-on-exit
+	-advertise-addr 127.0.0.1 -http-addr 127.0.0.1:7703 -labels tier=web -stop-instances-on-exit \
+	-disk-pressure-free 1 -memory-pressure-free 1
 agent=${pids[-1]}
 start balancer bin/hostscale-balancer -listen 127.0.0.1:8080 -http-addr 127.0.0.1:8081 -controllers "$controllers" \
 	-name dev-lb -data-dir "$dir/balancer"

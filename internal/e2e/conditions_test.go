@@ -24,9 +24,9 @@ func TestInstances_diskPressureKeepsNewInstancesOff(t *testing.T) {
 	require.NoError(t, disk.Fill(16<<20)) // 25 % free, under the 40 % host-a keeps
 	f := newFleetArgs(t, ctx, 2, func(i int) []string {
 		if i == 0 {
-			return []string{"-data-dir", disk.Dir, "-disk-pressure-free", "40", "-memory-pressure-free", "0", "-pressure-transition", "1s"}
+			return []string{"-data-dir", disk.Dir, "-disk-pressure-free", "40", "-pressure-transition", "1s"}
 		}
-		return []string{"-disk-pressure-free", "0", "-memory-pressure-free", "0"}
+		return nil
 	})
 
 	conditions := func(node string) ([]*pb.NodeCondition, error) {

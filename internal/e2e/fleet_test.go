@@ -228,9 +228,13 @@ func (f *fleet) startAgent(a *agentProc) {
 	a.proc = startProcCmd(f.t, a.node, exec.Command(filepath.Join(f.bin, "hostscale-agent"), f.agentArgs(a)...))
 }
 
+// agentArgs are a's flags: the fleet's, then the test's (which win). The
+// machine's own disk and memory put no agent under a condition: a test
+// that wants one sets its thresholds.
 func (f *fleet) agentArgs(a *agentProc) []string {
 	return append([]string{"-node-id", a.node, "-controllers", f.controllers,
-		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", "", "-log-level", "debug"}, a.args...)
+		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", "", "-log-level", "debug",
+		"-disk-pressure-free", "0", "-memory-pressure-free", "0"}, a.args...)
 }
 
 // waitAgent waits until node's agent streams to the leader.
