@@ -81,7 +81,7 @@ func apply(fs *flag.FlagSet, path string, r io.Reader, set map[string]bool) erro
 			continue
 		}
 		if err := fs.Set(key, value); err != nil {
-			return fmt.Errorf("%s:%d: %s: %w", path, line, key, err)
+			return fmt.Errorf("%s:%d: %s: invalid value %q: %w", path, line, key, value, err)
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -47,7 +47,7 @@ func TestParse_errorsNameFileAndLine(t *testing.T) {
 	for name, tc := range map[string]struct{ text, want string }{
 		"unknown key":   {"id = a\nbogus = 1\n", ":2: unknown key \"bogus\""},
 		"no equals":     {"id a\n", ":1: expected key = value"},
-		"bad value":     {"\n\ncount = many\n", ":3: count: "},
+		"bad value":     {"\n\ncount = many\n", `:3: count: invalid value "many": `},
 		"duplicate key": {"id = a\nid = b\n", ":2: key \"id\" already set on line 1"},
 		"bad quoting":   {"id = \"a\n", ":1: id: bad quoted value"},
 		"config in cfg": {"config = other\n", ":1: unknown key \"config\""},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -329,4 +330,15 @@ func TestAgent_cost(t *testing.T) {
 	share := float64(ticks) / hz / elapsed.Seconds() * 100
 	t.Logf("over %s: %d samples sent, CPU %.3f%% of one core, RSS %s", elapsed.Round(time.Second), len(c.Samples()), share, rssKiB(pid))
 	require.Equal(t, 0, p.stop(t))
+}
+
+func TestParseFlags_shippedExampleConfigIsValid(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parseFlags([]string{"-config", "../../../deployments/config/agent.conf"}, &stderr)
+	require.NoError(t, err, stderr.String())
+	require.Len(t, o.controllers, 3)
+	require.Equal(t, map[string]string{"zone": "a", "tier": "web"}, o.labels)
+	require.Equal(t, "10.0.1.11", o.advertise)
+	require.Equal(t, 10.0, o.diskFree)
+	require.Equal(t, 5.0, o.memoryFree)
 }

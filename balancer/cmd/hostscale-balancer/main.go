@@ -5,7 +5,8 @@
 //
 // Usage:
 //
-//	hostscale-balancer -controllers 10.0.0.1:7800,10.0.0.2:7800 -data-dir /var/lib/hostscale-balancer
+//	hostscale-balancer -controllers 10.0.0.1:7700,10.0.0.2:7700,10.0.0.3:7700 -data-dir /var/lib/hostscale-balancer
+//	hostscale-balancer -config /etc/hostscale/balancer.conf
 //	hostscale-balancer -table table.json [-listen 127.0.0.1:8080] [-http-addr 127.0.0.1:7802]
 //
 // The data directory's table is applied first, then -table; tables from the
@@ -32,6 +33,7 @@ import (
 	"github.com/hostscale/hostscale/balancer"
 	"github.com/hostscale/hostscale/balancer/admin"
 	"github.com/hostscale/hostscale/balancer/watch"
+	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/version"
 )
 
@@ -65,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("hostscale-balancer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &o.bal
+	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
 	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "proxy listen address")
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
 	fs.StringVar(&o.tableFile, "table", "", "serve the static table in this JSON `file` (see docs/balancer.md)")
@@ -85,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.adm.Pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
+	if err := config.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
@@ -94,9 +97,6 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if *showVersion {
 		fmt.Fprintln(stderr, "hostscale-balancer", version.Version)
 		return nil, flag.ErrHelp
-	}
-	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
 	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return nil, usageError{fmt.Sprintf("-log-level: %q is not debug, info, warn or error", *level)}

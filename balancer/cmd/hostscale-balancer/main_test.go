@@ -108,6 +108,21 @@ func TestParseFlags_controllersAndName(t *testing.T) {
 	require.Empty(t, o.controllers, "no controller unless asked")
 }
 
+func TestParseFlags_configFile(t *testing.T) {
+	o, err := parseFlags([]string{"-config", "../../../deployments/config/balancer.conf"}, io.Discard)
+	require.NoError(t, err)
+	require.Len(t, o.controllers, 3)
+	require.Equal(t, "edge-1", o.name)
+	require.Equal(t, "0.0.0.0:80", o.bal.ListenAddr)
+	require.Equal(t, "/var/lib/hostscale-balancer", o.bal.DataDir)
+	require.Len(t, o.bal.TrustedProxies, 1)
+
+	// The command line wins over the file.
+	o, err = parseFlags([]string{"-config", "../../../deployments/config/balancer.conf", "-listen", "127.0.0.1:9090"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:9090", o.bal.ListenAddr)
+}
+
 func TestBinary_versionPrintsAndExits(t *testing.T) {
 	out, err := exec.Command(binPath, "-version").CombinedOutput()
 	require.NoError(t, err)
@@ -126,6 +141,10 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 	badTable := writeTable(t, dir, `{"version": {"term": 1, "index": 1}, "pools": [
   {"name": "web", "hosts": ["*"], "backends": [{"address": "not-an-address"}]}
 ]}`)
+	badConf := filepath.Join(dir, "bad.conf")
+	require.NoError(t, os.WriteFile(badConf, []byte("# a balancer\nlisten = 127.0.0.1:0\nno-such-key = 1\n"), 0o600))
+	badValue := filepath.Join(dir, "value.conf")
+	require.NoError(t, os.WriteFile(badValue, []byte("max-held = lots\n"), 0o600))
 	tests := []struct {
 		args []string
 		code int
@@ -138,6 +157,9 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-max-held", "-1"}, 2, "MaxHeldPerPool must not be negative, got -1"},
 		{[]string{"-max-held", "many"}, 2, `invalid value "many" for flag -max-held`},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"-config", badConf}, 2, badConf + `:3: unknown key "no-such-key"`},
+		{[]string{"-config", badValue}, 2, badValue + `:1: max-held: invalid value "lots"`},
+		{[]string{"-config", filepath.Join(dir, "missing.conf")}, 2, "config file: open " + filepath.Join(dir, "missing.conf")},
 		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1": expected host:port`},
 		{[]string{"-controllers", "10.0.0.1:7800,10.0.0.2:0"}, 2, `-controllers: "10.0.0.2:0": port must be 1-65535`},
 		{[]string{"-name", "Edge 1"}, 2, `-name: "Edge 1" is not a DNS label`},
