@@ -1,13 +1,13 @@
 package server
 
 import (
-	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
+	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -108,7 +108,6 @@ func (c *conditionCollector) Collect(ch chan<- prometheus.Metric) {
 		if t == pb.NodeConditionType_NODE_CONDITION_TYPE_UNSPECIFIED {
 			continue
 		}
-		name := strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[t]), name)
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[t]), endpoint.ConditionName(t))
 	}
 }

@@ -1,8 +1,8 @@
 // Package agents keeps what the leader knows of the agents streaming to it
 // that is not in Raft: when each was last heard, its latest sample, the
 // conditions it is under, its sample window (metricstore), which stream
-// is current; and the liveness
-// loop that marks a silent node down through Raft.
+// is current; and the liveness loop that marks a silent node down through
+// Raft.
 package agents
 
 import (

@@ -249,7 +249,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 			}
 			continue
 		}
-		if in.Conditions != nil && len(in.Conditions(name)) > 0 {
+		if in.under(name) {
 			continue
 		}
 		free := 200.0
