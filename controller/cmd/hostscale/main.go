@@ -58,6 +58,7 @@ commands:
   drain NODE                      move a node's instances elsewhere; no new placements
   undrain NODE                    let a drained node take placements again
   nodes [SELECTOR]                list nodes (label selector: tier=web,zone!=b)
+  node NAME                       one node: status, facts, labels, conditions and why, latest sample
   rules                           list alerting rules
   alerts                          list pending, firing and resolved alerts
   silence DURATION MATCHER...     silence alerts for a while (matchers: alertname=cpu-high node=~web-.*)
@@ -383,6 +384,18 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(c.out, "node %s: %s\n", resp.Node.GetName(), strings.ToLower(strings.TrimPrefix(resp.Node.GetStatus().String(), "NODE_STATUS_")))
 		return nil
+	case "node":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		resp, err := c.nodes.GetNode(ctx, &pb.GetNodeRequest{Node: rest[0], Consistent: true})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		return printNode(c.out, resp.Node, time.Now())
 	case "nodes":
 		if err := nargs(0, 1); err != nil {
 			return err
@@ -678,4 +691,47 @@ func scalingSummary(p *pb.ScalingPolicy) string {
 		out += fmt.Sprintf("; to 0 after %v idle", d.AsDuration())
 	}
 	return out
+}
+
+// printNode describes one node, as kubectl describe node does: what the
+// list leaves out, the conditions' causes first.
+func printNode(w io.Writer, n *pb.Node, now time.Time) error {
+	ago := func(t *timestamppb.Timestamp) string {
+		if t == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%s (%s ago)", t.AsTime().UTC().Format(time.RFC3339), now.Sub(t.AsTime()).Round(time.Second))
+	}
+	var labels []string
+	for k, v := range n.Labels {
+		labels = append(labels, k+"="+v)
+	}
+	slices.Sort(labels)
+	f := n.Facts
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "name:\t%s\n", n.Name)
+	fmt.Fprintf(tw, "status:\t%s since %s\n", strings.ToLower(strings.TrimPrefix(n.Status.String(), "NODE_STATUS_")), ago(n.StatusTime))
+	fmt.Fprintf(tw, "labels:\t%s\n", orDash(strings.Join(labels, ",")))
+	fmt.Fprintf(tw, "host:\t%s, %s %s, kernel %s, agent %s\n", f.GetHostname(), f.GetOs(), f.GetPlatform(), f.GetKernel(), f.GetAgentVersion())
+	fmt.Fprintf(tw, "capacity:\t%d cores, %d MiB\n", f.GetCpuCount(), f.GetMemoryBytes()>>20)
+	fmt.Fprintf(tw, "reserved:\t%.2f cores, %d MiB\n", float64(n.Reserved.GetCpuMillicores())/1000, n.Reserved.GetMemoryBytes()>>20)
+	fmt.Fprintf(tw, "controller:\t%s, last heard %s\n", orDash(n.Controller), ago(n.LastHeartbeat))
+	if l := n.Latest; l != nil {
+		fmt.Fprintf(tw, "latest sample:\tcpu %.1f%%, memory %.1f%%, load1 %.2f, %d processes\n", l.CpuPercent, l.MemoryUsedPercent, l.Load1, l.Processes)
+	}
+	if len(n.Conditions) == 0 {
+		fmt.Fprintf(tw, "conditions:\tnone\n")
+	}
+	for i, c := range n.Conditions {
+		head := ""
+		if i == 0 {
+			head = "conditions:"
+		}
+		why := ""
+		if c.Message != "" {
+			why = ": " + c.Message
+		}
+		fmt.Fprintf(tw, "%s\t%s since %s%s\n", head, strings.ToLower(strings.TrimPrefix(c.Type.String(), "NODE_CONDITION_TYPE_")), ago(c.Since), why)
+	}
+	return tw.Flush()
 }

@@ -77,7 +77,8 @@ func TestCLI_againstACluster(t *testing.T) {
 		hello(t, leader, node, map[string]string{"tier": strings.TrimSuffix(node, "-1")})
 	}
 	hello(t, leader, "web-2", map[string]string{"tier": "web"},
-		&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE, Since: timestamppb.Now()},
+		&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_PRESSURE, Since: timestamppb.Now(),
+			Message: "1.0 GiB of 20.0 GiB free on the filesystem of /var/lib/hostscale-agent (5.0 %, under 10 %)"},
 		&pb.NodeCondition{Type: pb.NodeConditionType_NODE_CONDITION_TYPE_DISK_STALLED, Since: timestamppb.Now()})
 	listPageSize = 1
 	defer func() { listPageSize = 1000 }()
@@ -86,6 +87,22 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Regexp(t, `(?m)^web-1 +up +- `, out)
 	require.Regexp(t, `(?m)^web-2 +up +disk_pressure,disk_stalled `, out)
 	require.NotContains(t, out, "db-1")
+	code, out, errs = hostscale("-addr", leader.GRPCAddr, "node", "web-2")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `(?m)^status: +up since `, out)
+	require.Regexp(t, `(?m)^labels: +tier=web$`, out)
+	require.Regexp(t, `(?m)^capacity: +2 cores, 0 MiB$`, out)
+	require.Regexp(t, `(?m)^conditions: +disk_pressure since \S+ \(\d+s ago\): 1.0 GiB of 20.0 GiB free on the filesystem of /var/lib/hostscale-agent \(5.0 %, under 10 %\)$`, out)
+	require.Regexp(t, `(?m)^ +disk_stalled since \S+ \(\d+s ago\)$`, out)
+	code, out, errs = hostscale("-addr", leader.GRPCAddr, "node", "web-1")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `(?m)^conditions: +none$`, out)
+	code, _, errs = hostscale("-addr", leader.GRPCAddr, "node", "web-9")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "NotFound")
+	code, _, errs = hostscale("-addr", leader.GRPCAddr, "node")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "node: wrong number of arguments")
 	code, out, errs = hostscale("-addr", leader.GRPCAddr, "-json", "nodes")
 	require.Equal(t, 0, code, errs)
 	require.Equal(t, 3, strings.Count(out, `"name"`), out)
