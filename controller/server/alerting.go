@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/controller/internal/agents"
 	"github.com/hostscale/hostscale/controller/internal/alerts"
 	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -63,7 +64,7 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 			}
 			var conds []string
 			for _, c := range s.hub.Conditions(n.Name) {
-				conds = append(conds, endpoint.ConditionName(c.Type))
+				conds = append(conds, agents.ConditionName(c.Type))
 			}
 			nodes = append(nodes, alerts.NodeInfo{Name: n.Name, Labels: n.Labels, Status: status, Conditions: conds})
 		}

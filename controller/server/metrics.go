@@ -7,7 +7,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
-	"github.com/hostscale/hostscale/controller/internal/endpoint"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -108,6 +107,6 @@ func (c *conditionCollector) Collect(ch chan<- prometheus.Metric) {
 		if t == pb.NodeConditionType_NODE_CONDITION_TYPE_UNSPECIFIED {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[t]), endpoint.ConditionName(t))
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[t]), agents.ConditionName(t))
 	}
 }

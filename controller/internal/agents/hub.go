@@ -7,6 +7,7 @@ package agents
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -121,6 +122,12 @@ func (h *Hub) Conditions(name string) []*pb.NodeCondition {
 		out[i] = proto.CloneOf(c)
 	}
 	return out
+}
+
+// ConditionName is a condition's short name, as logs, metrics and alert
+// rules spell it: disk_pressure, memory_pressure, disk_stalled.
+func ConditionName(t pb.NodeConditionType) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
 }
 
 // ConditionCounts counts, for each condition, the nodes under it.

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -224,16 +223,11 @@ func (a *Agents) setConditions(node string, conds []*pb.NodeCondition) {
 			continue
 		}
 		log.Warn("a node is under a condition: no instance will be placed on it", "node", node,
-			"condition", ConditionName(c.Type), "since", c.Since.AsTime(), "cause", c.Message)
+			"condition", agents.ConditionName(c.Type), "since", c.Since.AsTime(), "cause", c.Message)
 	}
 	for t := range had {
-		log.Info("a node's condition ended", "node", node, "condition", ConditionName(t))
+		log.Info("a node's condition ended", "node", node, "condition", agents.ConditionName(t))
 	}
-}
-
-// ConditionName is a condition's short name: disk_pressure.
-func ConditionName(t pb.NodeConditionType) string {
-	return strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
 }
 
 // maxConditions bounds the conditions of one report, and

@@ -14,6 +14,7 @@ package scheduler
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -21,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hostscale/hostscale/controller/internal/agents"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/internal/labels"
 	"github.com/hostscale/hostscale/internal/logging"
@@ -59,8 +61,10 @@ type Plan struct {
 	Drain []string
 	// Drained instances to stop.
 	Stop []string
-	// Unplaced counts, by pool, instances wanted that no node can take.
-	Unplaced map[string]int
+	// Unplaced counts, by pool, instances wanted that no node can take;
+	// UnplacedWhy says why, by pool.
+	Unplaced    map[string]int
+	UnplacedWhy map[string]string
 }
 
 // Empty reports whether the plan changes nothing.
@@ -70,7 +74,7 @@ func (p *Plan) Empty() bool {
 
 // Make plans one round over st.
 func Make(st *pb.State, in Inputs) *Plan {
-	plan := &Plan{Unplaced: map[string]int{}}
+	plan := &Plan{Unplaced: map[string]int{}, UnplacedWhy: map[string]string{}}
 	// Sized from a first count, so that a fleet's maps do not grow by
 	// steps in every round.
 	sizes := make(map[string]int, len(st.Pools))
@@ -143,10 +147,11 @@ func Make(st *pb.State, in Inputs) *Plan {
 				// ones included.
 				n = min(n, max(0, want+int(p.MaxSurge)-len(good)-len(moving)))
 			}
-			placed := place(st, in, p, n, perNode[name], reserved)
+			placed, why := place(st, in, p, n, perNode[name], reserved)
 			plan.Place = append(plan.Place, placed...)
 			if short := n - len(placed); short > 0 {
 				plan.Unplaced[name] = short
+				plan.UnplacedWhy[name] = why
 			}
 		case len(good) > want:
 			plan.Drain = append(plan.Drain, surplus(good, len(good)-want, perNode[name], in.under)...)
@@ -227,30 +232,46 @@ func fits(node *pb.Node, reserved *pb.InstanceResources, r *pb.InstanceResources
 // place chooses nodes for n new instances of p, one at a time, among
 // those with room for its reservation: the node with the fewest of the
 // pool's instances, then the most free CPU and memory, then by name. It
-// adds each placement to count and reserved.
-func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, reserved map[string]*pb.InstanceResources) []*pb.Placement {
+// adds each placement to count and reserved. When it places fewer than
+// n, why says what kept the nodes out.
+func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, reserved map[string]*pb.InstanceResources) (out []*pb.Placement, why string) {
 	sel, err := labels.Parse(p.Selector)
 	if err != nil {
-		return nil
+		return nil, fmt.Sprintf("the selector %q does not parse", p.Selector)
 	}
 	type cand struct {
 		name string
 		free float64
 	}
 	var cands []cand
+	var noMatch, notUp, notConnected, full int
+	var under []string
 	for name, node := range st.Nodes {
-		if node.Status != pb.NodeStatus_NODE_STATUS_UP || !sel.Matches(node.Labels) {
+		switch {
+		case !sel.Matches(node.Labels):
+			noMatch++
+			continue
+		case node.Status != pb.NodeStatus_NODE_STATUS_UP:
+			notUp++
 			continue
 		}
 		connected, latest := in.Live(name)
 		if !connected {
 			if in.Settling {
-				return nil
+				return nil, "a new leader waits for the agents of up nodes to reconnect"
 			}
+			notConnected++
 			continue
 		}
-		if in.under(name) {
-			continue
+		if in.Conditions != nil {
+			if cs := in.Conditions(name); len(cs) > 0 {
+				var names []string
+				for _, c := range cs {
+					names = append(names, agents.ConditionName(c.Type))
+				}
+				under = append(under, name+" ("+strings.Join(names, ", ")+")")
+				continue
+			}
 		}
 		free := 200.0
 		if latest != nil {
@@ -258,15 +279,42 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 		}
 		cands = append(cands, cand{name, free})
 	}
+	// whyNot says what kept the nodes out, once fewer than n are placed.
+	whyNot := func() string {
+		var parts []string
+		add := func(k int, what string) {
+			if k > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", k, what))
+			}
+		}
+		add(noMatch, "not matching the selector")
+		add(notUp, "down or draining")
+		add(notConnected, "without their agent connected")
+		if len(under) > 0 {
+			slices.Sort(under)
+			parts = append(parts, fmt.Sprintf("%d under a condition: %s", len(under), strings.Join(under, ", ")))
+		}
+		add(full, "without room for the reservation")
+		if len(parts) == 0 {
+			return "no node"
+		}
+		return "nodes " + strings.Join(parts, "; ")
+	}
 	if len(cands) == 0 {
-		return nil
+		return nil, whyNot()
 	}
 	res := p.Template.GetResources()
-	out := make([]*pb.Placement, 0, n)
+	out = make([]*pb.Placement, 0, n)
 	for range n {
-		cands = slices.DeleteFunc(cands, func(c cand) bool { return !fits(st.Nodes[c.name], reserved[c.name], res) })
+		cands = slices.DeleteFunc(cands, func(c cand) bool {
+			if fits(st.Nodes[c.name], reserved[c.name], res) {
+				return false
+			}
+			full++
+			return true
+		})
 		if len(cands) == 0 {
-			break
+			return out, whyNot()
 		}
 		best := slices.MinFunc(cands, func(a, b cand) int {
 			if c := cmp.Compare(count[a.name], count[b.name]); c != 0 {
@@ -281,7 +329,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 		fsm.AddReserved(reserved, best.name, res)
 		out = append(out, &pb.Placement{Pool: p.Name, Node: best.name})
 	}
-	return out
+	return out, ""
 }
 
 // under reports whether node is under a condition.
@@ -400,7 +448,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		}
 		for pool, n := range plan.Unplaced {
 			if warned[pool] != n {
-				log.Warn("no node can take the pool's instances", "pool", pool, "unplaced", n)
+				log.Warn("no node can take the pool's instances", "pool", pool, "unplaced", n, "why", plan.UnplacedWhy[pool])
 			}
 		}
 		warned = plan.Unplaced

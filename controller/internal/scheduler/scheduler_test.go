@@ -72,6 +72,7 @@ func TestPlaceHonoursSelectorAndLiveness(t *testing.T) {
 	p := Make(st, in)
 	require.Empty(t, p.Place, "a is not connected, b does not match, d is draining")
 	require.Equal(t, 2, p.Unplaced["web"])
+	require.Equal(t, "nodes 1 not matching the selector; 1 down or draining; 1 without their agent connected", p.UnplacedWhy["web"])
 }
 
 func TestPlaceSkipsNodesUnderACondition(t *testing.T) {
@@ -91,6 +92,7 @@ func TestPlaceSkipsNodesUnderACondition(t *testing.T) {
 	p = Make(st, in)
 	require.Empty(t, p.Place)
 	require.Equal(t, 3, p.Unplaced["web"])
+	require.Equal(t, "nodes 3 under a condition: a (disk_pressure), b (disk_stalled, memory_pressure), c (memory_pressure)", p.UnplacedWhy["web"])
 
 	delete(under, "a")
 	require.Equal(t, map[string]int{"a": 3}, nodesOf(Make(st, in).Place), "a condition that ended frees its node")
@@ -285,6 +287,7 @@ func TestPlaceKeepsReservationsWithinEachNode(t *testing.T) {
 	// a: 1.5 of 2 cores, b: 1 + 2×1.5 = 4 of 4 cores.
 	require.Equal(t, map[string]int{"a": 1, "b": 2}, nodesOf(p.Place))
 	require.Equal(t, 2, p.Unplaced["web"])
+	require.Equal(t, "nodes 3 without room for the reservation", p.UnplacedWhy["web"])
 
 	// Memory counts too.
 	st = state(map[string]pb.NodeStatus{"a": up}, 3)
