@@ -1,6 +1,6 @@
 // Package backoff computes capped exponential waits between retries, for
 // the clients that reconnect (agent sessions, balancer watches) and the
-// calls that are retried (scale providers).
+// calls that are retried (scale providers, grpcx.RetryUnavailable).
 package backoff
 
 import "time"

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/hostscale/hostscale/internal/backoff"
 )
 
 // RetryUnavailable is a unary client interceptor that calls again a call
@@ -28,9 +30,9 @@ func RetryUnavailable(base, max, budget time.Duration) grpc.UnaryClientIntercept
 			stampRequestID(m)
 		}
 		end := time.Now().Add(budget)
-		wait := base
-		for {
+		for n := 0; ; n++ {
 			err := invoker(ctx, method, req, reply, cc, opts...)
+			wait := backoff.Exponential(base, max, n)
 			if status.Code(err) != codes.Unavailable || time.Now().Add(wait).After(end) {
 				return err
 			}
@@ -41,7 +43,6 @@ func RetryUnavailable(base, max, budget time.Duration) grpc.UnaryClientIntercept
 				return err
 			case <-t.C:
 			}
-			wait = min(2*wait, max)
 		}
 	}
 }

@@ -435,7 +435,7 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			}
 			var conds []string
 			for _, c := range n.Conditions {
-				conds = append(conds, strings.ToLower(strings.TrimPrefix(c.Type.String(), "NODE_CONDITION_TYPE_")))
+				conds = append(conds, conditionName(c.Type))
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%.1f\t%.1f\t%.2f\t%s\t%s\t%s\n", n.Name, strings.ToLower(strings.TrimPrefix(n.Status.String(), "NODE_STATUS_")),
 				orDash(strings.Join(conds, ",")), n.Latest.GetCpuPercent(), n.Latest.GetMemoryUsedPercent(), n.Latest.GetLoad1(), reserved, seen, orDash(strings.Join(labels, ",")))
@@ -731,7 +731,12 @@ func printNode(w io.Writer, n *pb.Node, now time.Time) error {
 		if c.Message != "" {
 			why = ": " + c.Message
 		}
-		fmt.Fprintf(tw, "%s\t%s since %s%s\n", head, strings.ToLower(strings.TrimPrefix(c.Type.String(), "NODE_CONDITION_TYPE_")), ago(c.Since), why)
+		fmt.Fprintf(tw, "%s\t%s since %s%s\n", head, conditionName(c.Type), ago(c.Since), why)
 	}
 	return tw.Flush()
+}
+
+// conditionName is a node condition's short name: disk_pressure.
+func conditionName(t pb.NodeConditionType) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
 }
