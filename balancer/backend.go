@@ -41,9 +41,66 @@ type backendStats struct {
 	requests atomic.Uint64
 	errors   atomic.Uint64
 	inflight atomic.Int64
+	busy     busyClock
 	latSum   atomic.Uint64 // nanoseconds
 	ewma     atomic.Uint64 // float64 bits, nanoseconds
 	buckets  [15]atomic.Uint64
+}
+
+// enter counts a request sent to the backend at now (monoNow); leave
+// counts it done.
+func (s *backendStats) enter(now int64) {
+	s.inflight.Add(1)
+	s.busy.add(now, 1)
+}
+
+func (s *backendStats) leave() {
+	s.busy.add(monoNow(), -1)
+	s.inflight.Add(-1)
+}
+
+// busyClock integrates a backend's requests in flight over time: request
+// seconds, whose increase over a window, divided by the window, is the
+// mean number of requests in flight there (Little's law), as Knative's
+// queue-proxy measures concurrency. A request that lasts an hour counts
+// in every second of it, not at its end.
+type busyClock struct {
+	mu   sync.Mutex
+	n    int64  // requests in flight
+	last int64  // monoNow of the last accrual
+	us   uint64 // whole request-microseconds
+	ns   int64  // the rest, below 1,000 request-nanoseconds
+}
+
+func (c *busyClock) add(now, delta int64) {
+	c.mu.Lock()
+	c.accrue(now)
+	c.n += delta
+	c.mu.Unlock()
+}
+
+// accrue adds the requests in flight since the last accrual; c.mu held.
+func (c *busyClock) accrue(now int64) {
+	if now <= c.last {
+		return
+	}
+	if c.n > 0 {
+		dt := now - c.last
+		c.us += uint64(c.n) * uint64(dt/1000)
+		c.ns += c.n * (dt % 1000)
+		c.us += uint64(c.ns / 1000)
+		c.ns %= 1000
+	}
+	c.last = now
+}
+
+// seconds returns the request-seconds accrued up to now.
+func (c *busyClock) seconds(now int64) float64 {
+	c.mu.Lock()
+	c.accrue(now)
+	us, ns := c.us, c.ns
+	c.mu.Unlock()
+	return float64(us)/1e6 + float64(ns)/1e9
 }
 
 // observe records a finished request. failed marks 5xx answers and transport
@@ -84,8 +141,11 @@ type BackendStats struct {
 	Requests uint64
 	Errors   uint64
 	InFlight int64
-	Ejected  bool
-	Draining bool
+	// InFlightSeconds is InFlight integrated over time since the backend
+	// joined (request-seconds): its rate is the mean concurrency.
+	InFlightSeconds float64
+	Ejected         bool
+	Draining        bool
 	// LatencyEWMA is an exponentially weighted moving average of request
 	// latency (α = 0.1).
 	LatencyEWMA time.Duration
@@ -98,16 +158,17 @@ type BackendStats struct {
 func (b *backend) snapshotStats(now int64, draining bool) BackendStats {
 	s := &b.stats
 	st := BackendStats{
-		Pool:          b.pool,
-		Address:       b.addr,
-		Requests:      s.requests.Load(),
-		Errors:        s.errors.Load(),
-		InFlight:      s.inflight.Load(),
-		Ejected:       b.health.ejected(now),
-		Draining:      draining,
-		LatencyEWMA:   time.Duration(math.Float64frombits(s.ewma.Load())),
-		LatencySum:    time.Duration(s.latSum.Load()),
-		LatencyCounts: make([]uint64, len(s.buckets)),
+		Pool:            b.pool,
+		Address:         b.addr,
+		Requests:        s.requests.Load(),
+		Errors:          s.errors.Load(),
+		InFlight:        s.inflight.Load(),
+		InFlightSeconds: s.busy.seconds(now),
+		Ejected:         b.health.ejected(now),
+		Draining:        draining,
+		LatencyEWMA:     time.Duration(math.Float64frombits(s.ewma.Load())),
+		LatencySum:      time.Duration(s.latSum.Load()),
+		LatencyCounts:   make([]uint64, len(s.buckets)),
 	}
 	for i := range s.buckets {
 		st.LatencyCounts[i] = s.buckets[i].Load()

@@ -284,7 +284,8 @@ func (b *Balancer) LoadDataDir() (bool, error) {
 }
 
 // Stats returns a copy of every backend's counters in the table in force,
-// ordered by pool and address. It takes no lock shared with requests.
+// ordered by pool and address. Of the locks requests take, it takes only
+// each backend's busy clock, for a moment.
 func (b *Balancer) Stats() []BackendStats {
 	s := b.snap.Load()
 	if s == nil {

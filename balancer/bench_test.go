@@ -211,3 +211,17 @@ func FuzzProxyClientBytes(f *testing.F) {
 func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET)
 }
+
+// BenchmarkBackendStats is one request's bookkeeping on a backend shared
+// by every core: in flight, its busy clock, and the finished counters.
+func BenchmarkBackendStats(b *testing.B) {
+	var s backendStats
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			start := monoNow()
+			s.enter(start)
+			s.leave()
+			s.observe(time.Duration(monoNow()-start), false)
+		}
+	})
+}

@@ -298,6 +298,76 @@ func TestProxy_provoked500sCannotEmptyPool(t *testing.T) {
 	}
 }
 
+func TestBusyClock_integratesRequestsInFlight(t *testing.T) {
+	var c busyClock
+	const s = int64(time.Second)
+	c.add(0, 1)
+	c.add(1*s, 1)
+	require.InDelta(t, 3.0, c.seconds(2*s), 1e-12, "1 s of one, then 1 s of two")
+	c.add(3*s, -1)
+	require.InDelta(t, 7.0, c.seconds(5*s), 1e-12)
+	c.add(5*s, -1)
+	require.InDelta(t, 7.0, c.seconds(10*s), 1e-12, "nothing in flight adds nothing")
+	require.InDelta(t, 7.0, c.seconds(9*s), 1e-12, "a time before the last one adds nothing")
+
+	// Many changes a nanosecond apart lose nothing to rounding.
+	var d busyClock
+	d.add(0, 3)
+	for i := int64(1); i <= 1_000_000; i++ {
+		d.add(i, 0)
+	}
+	require.InDelta(t, 0.003, d.seconds(1_000_000), 1e-15)
+}
+
+func TestProxy_statsIntegrateRequestsInFlight(t *testing.T) {
+	release := make(chan struct{})
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	}))
+	b, addr := startBalancer(t, testConfig(t), oneTable(1, "", be.addr))
+	c := testClient(t, 4)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get("http://" + addr + "/")
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+		wg.Wait()
+	}()
+	require.Eventually(t, func() bool { return b.Stats()[0].InFlight == 4 }, 5*time.Second, time.Millisecond)
+
+	// Four requests held at the backend: the integral grows four times as
+	// fast as the clock.
+	t1 := time.Now()
+	s1 := b.Stats()[0].InFlightSeconds
+	var s2 float64
+	require.Eventually(t, func() bool {
+		s2 = b.Stats()[0].InFlightSeconds
+		return s2-s1 >= 1.2
+	}, 5*time.Second, 5*time.Millisecond)
+	elapsed := time.Since(t1).Seconds()
+	require.InDelta(t, 4.0, (s2-s1)/elapsed, 0.2, "mean concurrency over %.3fs", elapsed)
+
+	close(release)
+	released = true
+	wg.Wait()
+	require.Eventually(t, func() bool { return b.Stats()[0].InFlight == 0 }, 5*time.Second, time.Millisecond)
+	end := b.Stats()[0].InFlightSeconds
+	require.GreaterOrEqual(t, end, s2)
+	// Once they are done nothing more accrues, however long the wait.
+	require.Never(t, func() bool { return b.Stats()[0].InFlightSeconds != end }, 100*time.Millisecond, 10*time.Millisecond)
+}
+
 func TestProxy_statsCountRequestsErrorsAndLatency(t *testing.T) {
 	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/err" {

@@ -345,8 +345,8 @@ func (cc *clientConn) attempt(ps *poolSnap, be *backend, headLen int, replayable
 	st := ps.state
 	req := &cc.req
 	start := monoNow()
-	be.stats.inflight.Add(1)
-	defer be.stats.inflight.Add(-1)
+	be.stats.enter(start)
+	defer be.stats.leave()
 
 	var uc *upConn
 	if !fresh {

@@ -93,7 +93,7 @@ bin/hostscale -addr "$controllers" create-pool - >/dev/null <<JSON
 {"name": "sleepy", "pathPrefix": "/sleepy/", "template": {"command": "$root/bin/hostscale-demo",
  "healthPath": "/healthz", "healthInterval": "0.1s", "stopGrace": "5s"},
  "min": 0, "max": 3,
- "scaling": {"metric": "SCALING_METRIC_REQUESTS_PER_INSTANCE", "target": 40,
+ "scaling": {"metric": "SCALING_METRIC_CONCURRENCY_PER_INSTANCE", "target": 2,
   "evaluationPeriod": "2s", "window": "6s", "scaleToZeroAfter": "30s"}}
 JSON
 for _ in $(seq 1 300); do

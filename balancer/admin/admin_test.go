@@ -55,7 +55,7 @@ func TestServer_endpoints(t *testing.T) {
 	counts := make([]uint64, len(balancer.LatencyBuckets)+1)
 	counts[0], counts[len(counts)-1] = 3, 1
 	src.stats = []balancer.BackendStats{{Pool: "web", Address: "127.0.0.1:1", Requests: 4, Errors: 1,
-		InFlight: 2, Ejected: true, LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: counts}}
+		InFlight: 2, InFlightSeconds: 7.25, Ejected: true, LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: counts}}
 	src.pools = []balancer.PoolStats{{Pool: "web", Unserved: 6}, {Pool: "idle", Waiting: 2, Unserved: 9,
 		Held: balancer.HeldCounts{Served: 3, TimedOut: 2, Closed: 1, Removed: 1, Gone: 4}}}
 	code, body := do(t, h, "/readyz")
@@ -68,6 +68,7 @@ func TestServer_endpoints(t *testing.T) {
 		`hostscale_balancer_backend_requests_total{backend="127.0.0.1:1",pool="web"} 4`,
 		`hostscale_balancer_backend_errors_total{backend="127.0.0.1:1",pool="web"} 1`,
 		`hostscale_balancer_backend_in_flight{backend="127.0.0.1:1",pool="web"} 2`,
+		`hostscale_balancer_backend_in_flight_seconds_total{backend="127.0.0.1:1",pool="web"} 7.25`,
 		`hostscale_balancer_backend_ejected{backend="127.0.0.1:1",pool="web"} 1`,
 		`hostscale_balancer_backend_request_duration_seconds_bucket{backend="127.0.0.1:1",pool="web",le="0.0005"} 3`,
 		`hostscale_balancer_backend_request_duration_seconds_count{backend="127.0.0.1:1",pool="web"} 4`,

@@ -6,6 +6,7 @@ import (
 	"math"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/internal/hostport"
@@ -122,12 +123,13 @@ func statsToProto(name string, bounds []float64, stats []balancer.BackendStats, 
 	}
 	for _, s := range stats {
 		req.Backends = append(req.Backends, &pb.BackendCounters{
-			Pool:          s.Pool,
-			Address:       s.Address,
-			Requests:      s.Requests,
-			Errors:        s.Errors,
-			InFlight:      s.InFlight,
-			LatencyCounts: append([]uint64(nil), s.LatencyCounts...),
+			Pool:            s.Pool,
+			Address:         s.Address,
+			Requests:        s.Requests,
+			Errors:          s.Errors,
+			InFlight:        s.InFlight,
+			InFlightSeconds: proto.Float64(s.InFlightSeconds),
+			LatencyCounts:   append([]uint64(nil), s.LatencyCounts...),
 		})
 	}
 	return req

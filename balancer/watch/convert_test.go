@@ -165,7 +165,7 @@ func TestStatsToProto_copiesCountersWithBoundsInSeconds(t *testing.T) {
 	require.Equal(t, []float64{0.0005, 0.25, 2}, bounds)
 	now := time.Date(2025, 3, 1, 12, 0, 0, 7, time.UTC)
 	stats := []balancer.BackendStats{
-		{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, Ejected: true,
+		{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, InFlightSeconds: 12.5, Ejected: true,
 			LatencyEWMA: time.Millisecond, LatencySum: time.Second, LatencyCounts: []uint64{4, 3, 2, 1}},
 		{Pool: "web", Address: "[fd00::1]:8080", LatencyCounts: []uint64{0, 0, 0, 0}},
 	}
@@ -180,8 +180,8 @@ func TestStatsToProto_copiesCountersWithBoundsInSeconds(t *testing.T) {
 		Time:         timestamppb.New(now),
 		BucketBounds: []float64{0.0005, 0.25, 2},
 		Backends: []*pb.BackendCounters{
-			{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, LatencyCounts: []uint64{4, 3, 2, 1}},
-			{Pool: "web", Address: "[fd00::1]:8080", LatencyCounts: []uint64{0, 0, 0, 0}},
+			{Pool: "api", Address: "10.0.0.1:80", Requests: 10, Errors: 2, InFlight: 3, InFlightSeconds: proto.Float64(12.5), LatencyCounts: []uint64{4, 3, 2, 1}},
+			{Pool: "web", Address: "[fd00::1]:8080", InFlightSeconds: proto.Float64(0), LatencyCounts: []uint64{0, 0, 0, 0}},
 		},
 		// Every pool, with or without backends.
 		Pools: []*pb.PoolCounters{

@@ -92,13 +92,16 @@ func (a *autoscaler) round(ctx context.Context, now time.Time) {
 			}
 			// A pool scaled to zero is evaluated only when requests wait
 			// for it, and then at once: asleep, it writes nothing.
+			// So is one for which more requests wait than its instances
+			// can take at its concurrency target.
 			asleep := p.Desired == 0 && pol.ScaleToZeroAfter != nil
-			if !asleep && now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
-				continue
-			}
 			var act lbstats.Activity
 			if pol.ScaleToZeroAfter != nil {
 				act = a.s.lbstats.Activity(name, now, freshFor)
+			}
+			held := autoscale.HeldNeed(pol, act.Waiting, p.Max) > p.Desired
+			if !asleep && !held && now.Sub(a.last[name]) < pol.EvaluationPeriod.AsDuration() {
+				continue
 			}
 			if asleep && act.Waiting == 0 {
 				continue
@@ -262,15 +265,20 @@ func (a *autoscaler) values(in poolInputs, metric pb.ScalingMetric, ready []*pb.
 				values[inst.Id] = v
 			}
 		}
-	case pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE:
+	case pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE:
+		concurrency := metric == pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE
 		usage, _, _ := a.s.lbstats.Window(in.pool.Name, now, window)
 		for _, inst := range ready {
 			u, ok := usage[inst.Address]
-			if !ok || now.Sub(u.Newest) > freshFor {
+			if !ok || now.Sub(u.Newest) > freshFor || (concurrency && u.NoConcurrency) {
 				stale = true
 				continue
 			}
-			values[inst.Id] = u.RequestsPerSecond
+			if concurrency {
+				values[inst.Id] = u.Concurrency
+			} else {
+				values[inst.Id] = u.RequestsPerSecond
+			}
 		}
 		if len(usage) == 0 && len(ready) > 0 {
 			// No balancer reports this pool: no traffic data at all.

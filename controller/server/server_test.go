@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -586,6 +587,16 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 				Backends: []*pb.BackendCounters{{Pool: "web", Address: "nowhere"}}})
 			return err
 		}, codes.InvalidArgument, "backends[0].address"},
+		"ReportStats negative in_flight_seconds": {func() error {
+			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
+				Backends: []*pb.BackendCounters{{Pool: "web", Address: "127.0.0.1:1"}, {Pool: "web", Address: "127.0.0.1:2", InFlightSeconds: proto.Float64(-1)}}})
+			return err
+		}, codes.InvalidArgument, "backends[1].in_flight_seconds"},
+		"ReportStats NaN in_flight_seconds": {func() error {
+			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
+				Backends: []*pb.BackendCounters{{Pool: "web", Address: "127.0.0.1:1", InFlightSeconds: proto.Float64(math.NaN())}}})
+			return err
+		}, codes.InvalidArgument, "backends[0].in_flight_seconds"},
 		"ReportStats bad pool name": {func() error {
 			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
 				Pools: []*pb.PoolCounters{{Pool: "web"}, {Pool: "Web!", Waiting: 1}}})

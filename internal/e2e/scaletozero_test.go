@@ -129,3 +129,78 @@ func (f *fleet) lastActed(pool string) *pb.ScaleEvent {
 	require.NotEmpty(f.t, evs.Events)
 	return evs.Events[0]
 }
+
+// TestAutoscale_concurrencyPerInstance: eight clients each keep one slow
+// request (200 ms) in flight; with a target of 2 in flight per instance
+// the pool goes from 1 to 4 and never past it. Idle, it goes to zero; then
+// a burst of 7 requests held at the balancer wakes it with 4 instances
+// (ceil(7/2)), not 1, and every request is answered.
+func TestAutoscale_concurrencyPerInstance(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 2)
+	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE, 2)
+	pol.ScaleToZeroAfter = durationpb.New(3 * time.Second)
+	pol.ActivationTimeout = durationpb.New(30 * time.Second)
+	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/",
+		Template: &pb.InstanceTemplate{
+			Command: f.bin + "/hostscale-demo", HealthPath: "/healthz",
+			// Slow to start, so that a burst is all held before the first
+			// instance takes it.
+			Env:            map[string]string{"DEMO_LATENCY": "200ms", "DEMO_STARTUP_DELAY": "1s"},
+			HealthInterval: durationpb.New(200 * time.Millisecond), StopGrace: durationpb.New(5 * time.Second),
+		},
+		Selector: "tier=web", Min: 0, Max: 6, Desired: 1, Scaling: pol,
+	}})
+	require.NoError(t, err)
+	f.settled("web", 1, 30*time.Second)
+
+	l := f.startLoad(8)
+	f.settled("web", 4, 60*time.Second)
+	evs, err := f.pools().ListScaleEvents(ctx, &pb.ListScaleEventsRequest{Pool: "web", PageSize: 1000})
+	require.NoError(t, err)
+	for _, ev := range evs.Events {
+		require.LessOrEqual(t, ev.Desired, uint32(4), "8 in flight at 2 each: %s", ev.Reason)
+	}
+	last := f.lastActed("web")
+	require.Equal(t, pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE, last.Metric)
+	require.Contains(t, last.Reason, "requests in flight per instance")
+	t.Logf("%d→%d: %s", last.PreviousDesired, last.Desired, last.Reason)
+	l.end()
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+
+	f.settled("web", 0, 60*time.Second)
+	const burst = 7
+	var wg sync.WaitGroup
+	codes := make([]int, burst)
+	for i := range burst {
+		wg.Go(func() {
+			c := &http.Client{Timeout: 40 * time.Second}
+			resp, err := c.Get("http://" + f.lbAddr + "/")
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes[i] = resp.StatusCode
+		})
+	}
+	// The pool wakes with as many instances as the held burst needs.
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		if n := len(f.instances("web")); n < 4 {
+			return fmt.Errorf("%d instances, want 4", n)
+		}
+		return nil
+	}))
+	wg.Wait()
+	for i, c := range codes {
+		require.Equal(t, http.StatusOK, c, "request %d", i)
+	}
+	act := f.lastActed("web")
+	require.Equal(t, "activation", act.LimitedBy, act.Reason)
+	require.Equal(t, uint32(4), act.Desired, act.Reason)
+	require.Contains(t, act.Reason, "4 instances at 2.0 in flight each")
+	t.Logf("woken: %s", act.Reason)
+}

@@ -56,6 +56,20 @@ func downStabilization(d time.Duration) func(*pb.ScalingPolicy) {
 // fastDown removes any number at once, without a window.
 var fastDown = []func(*pb.ScalingPolicy){downLimits(limit(percent, 100, 15*time.Second)), downStabilization(0)}
 
+// concurrency makes requests in flight the policy's metric, at target.
+func concurrency(target float64) func(*pb.ScalingPolicy) {
+	return func(p *pb.ScalingPolicy) {
+		p.Metric, p.Target = pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE, target
+	}
+}
+
+// further adds a further metric to the policy.
+func further(m pb.ScalingMetric, target float64) func(*pb.ScalingPolicy) {
+	return func(p *pb.ScalingPolicy) {
+		p.Metrics = append(p.Metrics, &pb.MetricTarget{Metric: m, Target: target})
+	}
+}
+
 // input is a pool of desired instances, ready of them reporting v each,
 // bounds 1..100, evaluated at t0 with the default policy.
 func input(desired, ready uint32, v float64, edits ...func(*pb.ScalingPolicy)) Input {
@@ -87,6 +101,8 @@ func TestDecide_singleEvaluation(t *testing.T) {
 		// The HPA docs: 200m against 100m doubles, 50m against 100m halves.
 		{name: "200 against a target of 100 doubles", in: input(2, 2, 200), raw: 4, rec: 4, desired: 4},
 		{name: "50 against a target of 100 halves", in: input(4, 4, 50, fastDown...), raw: 2, rec: 2, desired: 2},
+		{name: "requests in flight above the target add instances", in: input(2, 2, 6, concurrency(3)), raw: 4, rec: 4, desired: 4,
+			reason: "observed 6.0 requests in flight per instance against a target of 3.0"},
 		{name: "the default scale-down removes one per minute", in: input(4, 4, 50), raw: 2, rec: 2, desired: 3,
 			limitedBy: "rate", reason: "rate limit -1/60s allows 3"},
 		{name: "ratio 1.05 is within the default tolerance", in: input(10, 10, 105), raw: 11, rec: 10, desired: 10,
@@ -643,6 +659,30 @@ func TestDecide_scaleToZero(t *testing.T) {
 		{name: "activation to a min above 1", in: input(0, 0, 0, zero),
 			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 2, nil, 1 },
 			desired: 2, acted: true, limitedBy: "activation"},
+		{name: "a concurrency target sizes the activation", in: input(0, 0, 0, zero, concurrency(4)),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 10 },
+			desired: 3, acted: true, limitedBy: "activation",
+			reason: "10 requests wait for an instance at the balancers, 3 instances at 4.0 in flight each → 3"},
+		{name: "a further concurrency metric sizes it too", in: input(0, 0, 0, zero, further(pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE, 2)),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 5 },
+			desired: 3, acted: true, limitedBy: "activation"},
+		{name: "a concurrency activation stops at max", in: input(0, 0, 0, zero, concurrency(1)),
+			edit:    func(in *Input) { in.Min, in.Max, in.Values, in.Waiting = 0, 5, nil, 40 },
+			desired: 5, acted: true, limitedBy: "activation", reason: "5 instances at 1.0 in flight each (max 5) → 5"},
+		{name: "a min above what the waiting requests need wins", in: input(0, 0, 0, zero, concurrency(10)),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 4, nil, 25 },
+			desired: 4, acted: true, limitedBy: "activation", reason: "25 requests wait for an instance at the balancers → 4"},
+		{name: "more held requests than an activated pool takes raise it at once", in: input(1, 0, 0, zero, concurrency(2)),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 9 },
+			desired: 5, acted: true, limitedBy: "activation", reason: "9 requests wait for an instance at the balancers, 5 instances at 2.0 in flight each → 5"},
+		{name: "held requests the pool can take change nothing", in: input(3, 0, 0, zero, concurrency(2)),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 6 },
+			desired: 3, limitedBy: "no-data"},
+		{name: "a request rate target does not size it", in: input(0, 0, 0, zero, func(p *pb.ScalingPolicy) {
+			p.Metric, p.Target = pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 1
+		}),
+			edit:    func(in *Input) { in.Min, in.Values, in.Waiting = 0, nil, 30 },
+			desired: 1, acted: true, limitedBy: "activation"},
 		{name: "no activation with a max of 0", in: input(0, 0, 0, zero),
 			edit:    func(in *Input) { in.Min, in.Max, in.Values, in.Waiting = 0, 0, nil, 1 },
 			desired: 0, limitedBy: "no-data"},

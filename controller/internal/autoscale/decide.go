@@ -100,7 +100,10 @@ type MetricValues struct {
 //
 // With scale_to_zero_after set, two rules come first and decide alone:
 // requests waiting (Waiting > 0) for a pool whose Desired is 0 bring it
-// to max(Min, 1) at once ("activation"); a pool of Min 0 and no waiting
+// to max(Min, 1) at once ("activation"), or to HeldNeed if more: when a
+// metric of the policy is requests in flight, the held requests size the
+// pool, and more of them than the pool's Desired can serve at the target
+// (a burst still arriving after the first woke it) raise it at once too; a pool of Min 0 and no waiting
 // request that has been idle for scale_to_zero_after goes to 0 at once,
 // from any count ("idle"). Neither is held by missing data or a new
 // leader's first window: the idle time is this leader's own observation.
@@ -499,10 +502,19 @@ func (d *decision) zero() (*pb.ScaleEvent, bool) {
 	}
 	var v uint32
 	switch {
-	case in.Desired == 0 && in.Waiting > 0 && in.Max >= MinInstances:
-		v = max(in.Min, MinInstances)
+	case in.Waiting > 0 && in.Max >= MinInstances && (in.Desired == 0 || HeldNeed(d.pol, in.Waiting, in.Max) > in.Desired):
+		need := HeldNeed(d.pol, in.Waiting, in.Max)
+		v = max(in.Desired, in.Min, MinInstances, need)
 		ev.LimitedBy = LimitedByActivation
-		ev.Reason = fmt.Sprintf("%d %s for an instance at the balancers → %d", in.Waiting, plural(in.Waiting, "request waits", "requests wait"), v)
+		ev.Reason = fmt.Sprintf("%d %s for an instance at the balancers", in.Waiting, plural(in.Waiting, "request waits", "requests wait"))
+		if need == v && need > max(in.Min, MinInstances) {
+			target, _ := concurrencyTarget(d.pol)
+			ev.Reason += fmt.Sprintf(", %d instances at %s in flight each", v, number(target))
+			if v == in.Max {
+				ev.Reason += fmt.Sprintf(" (max %d)", in.Max)
+			}
+		}
+		ev.Reason += fmt.Sprintf(" → %d", v)
 	case in.Desired > 0 && in.Min == 0 && in.Waiting == 0 && in.IdleKnown && in.Idle >= after.AsDuration():
 		ev.LimitedBy = LimitedByIdle
 		ev.Reason = fmt.Sprintf("no request for %s (scale_to_zero_after %s) → 0", duration(in.Idle.Truncate(time.Second)), duration(after.AsDuration()))
@@ -512,6 +524,33 @@ func (d *decision) zero() (*pb.ScaleEvent, bool) {
 	ev.RawDesired, ev.Recommendation, ev.Desired = v, v, v
 	ev.Acted = v != in.Desired
 	return ev, true
+}
+
+// HeldNeed is how many instances the requests held for want of one need
+// (waiting), when a metric of pol is requests in flight: they are all in
+// flight at once, so ceil(waiting / its target), at most max (Knative's
+// activator sizes a pool woken from zero the same way). 0 without such a
+// metric.
+func HeldNeed(pol *pb.ScalingPolicy, waiting uint64, max uint32) uint32 {
+	target, ok := concurrencyTarget(pol)
+	if !ok || waiting == 0 {
+		return 0
+	}
+	return min(ceilCount(float64(waiting)/target), max)
+}
+
+// concurrencyTarget is a policy's target of requests in flight per
+// instance, when one of its metrics is that.
+func concurrencyTarget(pol *pb.ScalingPolicy) (float64, bool) {
+	if pol.GetMetric() == pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE {
+		return pol.GetTarget(), pol.GetTarget() > 0
+	}
+	for _, m := range pol.GetMetrics() {
+		if m.GetMetric() == pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE {
+			return m.GetTarget(), m.GetTarget() > 0
+		}
+	}
+	return 0, false
 }
 
 // plural picks the singular or the plural form for n.
@@ -602,6 +641,8 @@ func metricName(m pb.ScalingMetric) string {
 		return "req/s per instance"
 	case pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS:
 		return "p95 latency"
+	case pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE:
+		return "requests in flight per instance"
 	}
 	return m.String()
 }
@@ -616,6 +657,8 @@ func metricValue(m pb.ScalingMetric, v float64) string {
 		return number(v) + " req/s per instance"
 	case pb.ScalingMetric_SCALING_METRIC_P95_LATENCY_MS:
 		return number(v) + " ms p95 latency"
+	case pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE:
+		return number(v) + " requests in flight per instance"
 	}
 	return number(v)
 }

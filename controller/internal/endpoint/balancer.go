@@ -218,6 +218,9 @@ func (s *Balancers) ReportStats(ctx context.Context, req *pb.ReportStatsRequest)
 		if len(b.LatencyCounts) != 0 && len(b.LatencyCounts) != len(req.BucketBounds)+1 {
 			return nil, invalid(f+".latency_counts", "%d counts for %d bounds (want bounds + 1)", len(b.LatencyCounts), len(req.BucketBounds))
 		}
+		if v := b.InFlightSeconds; v != nil && !(*v >= 0 && !math.IsInf(*v, 1)) {
+			return nil, invalid(f+".in_flight_seconds", "must be finite and not negative, got %v", *v)
+		}
 	}
 	if len(req.Pools) > maxReportedBackends {
 		return nil, status.Errorf(codes.ResourceExhausted, "pools: %d pools exceed the limit of %d", len(req.Pools), maxReportedBackends)

@@ -1,7 +1,7 @@
 // Package lbstats keeps, on the leader, the counters balancers report for
 // each backend (ReportStats), and turns them into what the autoscaler
-// reads: requests per second per backend address and latency quantiles,
-// over a window. Counters are cumulative, so a lost report loses nothing
+// reads: requests per second and requests in flight per backend address,
+// and latency quantiles, over a window. Counters are cumulative, so a lost report loses nothing
 // but resolution.
 package lbstats
 
@@ -19,6 +19,9 @@ type point struct {
 	at       time.Time
 	requests uint64
 	counts   []uint64
+	// busy is the backend's request-seconds (in_flight_seconds); NaN when
+	// the balancer does not measure it.
+	busy float64
 }
 
 type series struct {
@@ -109,7 +112,11 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			// New buckets: the old points cannot be compared.
 			sr.bounds, sr.points = slices.Clone(req.BucketBounds), nil
 		}
-		sr.points = append(sr.points, point{at: at, requests: b.Requests, counts: slices.Clone(b.LatencyCounts)})
+		busy := math.NaN()
+		if b.InFlightSeconds != nil && *b.InFlightSeconds >= 0 && !math.IsInf(*b.InFlightSeconds, 0) {
+			busy = *b.InFlightSeconds
+		}
+		sr.points = append(sr.points, point{at: at, requests: b.Requests, counts: slices.Clone(b.LatencyCounts), busy: busy})
 		cut := 0
 		for cut < len(sr.points)-1 && at.Sub(sr.points[cut].at) > s.Keep {
 			cut++
@@ -222,13 +229,18 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 type Usage struct {
 	// RequestsPerSecond over the window.
 	RequestsPerSecond float64
+	// Concurrency is the mean of the requests in flight over the window;
+	// NoConcurrency is set when a balancer that reported the backend does
+	// not measure them.
+	Concurrency   float64
+	NoConcurrency bool
 	// Newest is the time of the newest report that counted.
 	Newest time.Time
 }
 
 // Window returns, for each backend address of pool, its requests per
-// second over the window ending at now, summed over the balancers that
-// reported it; and the pool's latency histogram over the window (bounds,
+// second and mean requests in flight over the window ending at now, summed
+// over the balancers that reported it; and the pool's latency histogram over the window (bounds,
 // counts). A series with a single report in the window gives no rate.
 func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[string]Usage, []float64, []uint64) {
 	s.mu.Lock()
@@ -259,7 +271,7 @@ func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[st
 		// Counters restart when a backend leaves and rejoins a table: use
 		// the part after the restart.
 		for i := last; i > first; i-- {
-			if sr.points[i].requests < sr.points[i-1].requests {
+			if sr.points[i].requests < sr.points[i-1].requests || sr.points[i].busy < sr.points[i-1].busy {
 				a = sr.points[i]
 				break
 			}
@@ -270,6 +282,11 @@ func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[st
 		}
 		u := out[sr.address]
 		u.RequestsPerSecond += float64(b.requests-a.requests) / dt
+		if math.IsNaN(a.busy) || math.IsNaN(b.busy) {
+			u.NoConcurrency = true
+		} else {
+			u.Concurrency += (b.busy - a.busy) / dt
+		}
 		if b.at.After(u.Newest) {
 			u.Newest = b.at
 		}

@@ -39,6 +39,32 @@ func TestWindow_ratesSumOverBalancersAndSurviveRestarts(t *testing.T) {
 	require.InDelta(t, 20+50, u["a:1"].RequestsPerSecond, 0.01)
 }
 
+func TestWindow_concurrencyIsTheRateOfRequestSeconds(t *testing.T) {
+	s := New(time.Minute)
+	f := func(v float64) *float64 { return &v }
+	for i := range 11 {
+		at := t0.Add(time.Duration(i) * time.Second)
+		// lb1 holds 3 requests in flight at a:1, lb2 1.5 on average.
+		s.Record("lb1", at, report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: uint64(10 * i), InFlightSeconds: f(3 * float64(i))}))
+		s.Record("lb2", at, report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: uint64(10 * i), InFlightSeconds: f(1.5 * float64(i))}))
+		// An older balancer measures no concurrency at b:1.
+		s.Record("lb1", at, report(&pb.BackendCounters{Pool: "web", Address: "b:1", Requests: uint64(10 * i), InFlightSeconds: f(2 * float64(i))}))
+		s.Record("old", at, report(&pb.BackendCounters{Pool: "web", Address: "b:1", Requests: uint64(10 * i)}))
+	}
+	u, _, _ := s.Window("web", t0.Add(10*time.Second), 5*time.Second)
+	require.InDelta(t, 4.5, u["a:1"].Concurrency, 1e-9)
+	require.False(t, u["a:1"].NoConcurrency)
+	require.True(t, u["b:1"].NoConcurrency, "a balancer that does not measure it leaves it unknown")
+	require.InDelta(t, 20, u["b:1"].RequestsPerSecond, 1e-9, "requests are still counted")
+
+	// lb1's counters restart: only the part after the restart counts, even
+	// when the request count alone would not show it.
+	s.Record("lb1", t0.Add(11*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 500, InFlightSeconds: f(1)}))
+	s.Record("lb1", t0.Add(12*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 510, InFlightSeconds: f(7)}))
+	u, _, _ = s.Window("web", t0.Add(12*time.Second), 5*time.Second)
+	require.InDelta(t, 6+1.5, u["a:1"].Concurrency, 1e-9)
+}
+
 func TestWindow_oneReportGivesNoRateAndOldSeriesAreForgotten(t *testing.T) {
 	s := New(10 * time.Second)
 	s.Record("lb1", t0, report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 5}))

@@ -497,8 +497,14 @@ type BackendCounters struct {
 	// Requests per latency bucket (the request's bucket_bounds), the last
 	// one counting the rest.
 	LatencyCounts []uint64 `protobuf:"varint,6,rep,packed,name=latency_counts,json=latencyCounts,proto3" json:"latency_counts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// in_flight integrated over time, in request-seconds: its increase over
+	// a window, divided by the window, is the mean number of requests in
+	// flight there. A request counts in every second it lasts. Unset by a
+	// balancer that does not measure it (an older one): the controller then
+	// has no concurrency for the backend.
+	InFlightSeconds *float64 `protobuf:"fixed64,7,opt,name=in_flight_seconds,json=inFlightSeconds,proto3,oneof" json:"in_flight_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BackendCounters) Reset() {
@@ -571,6 +577,13 @@ func (x *BackendCounters) GetLatencyCounts() []uint64 {
 		return x.LatencyCounts
 	}
 	return nil
+}
+
+func (x *BackendCounters) GetInFlightSeconds() float64 {
+	if x != nil && x.InFlightSeconds != nil {
+		return *x.InFlightSeconds
+	}
+	return 0
 }
 
 type ReportStatsRequest struct {
@@ -787,14 +800,16 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\bbalancer\x18\x01 \x01(\tR\bbalancer\x124\n" +
 	"\aversion\x18\x02 \x01(\v2\x1a.hostscale.v1.TableVersionR\aversion\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\"\x12\n" +
-	"\x10AckTableResponse\"\xb7\x01\n" +
+	"\x10AckTableResponse\"\xfe\x01\n" +
 	"\x0fBackendCounters\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
 	"\brequests\x18\x03 \x01(\x04R\brequests\x12\x16\n" +
 	"\x06errors\x18\x04 \x01(\x04R\x06errors\x12\x1b\n" +
 	"\tin_flight\x18\x05 \x01(\x03R\binFlight\x12%\n" +
-	"\x0elatency_counts\x18\x06 \x03(\x04R\rlatencyCounts\"\xf2\x01\n" +
+	"\x0elatency_counts\x18\x06 \x03(\x04R\rlatencyCounts\x12/\n" +
+	"\x11in_flight_seconds\x18\a \x01(\x01H\x00R\x0finFlightSeconds\x88\x01\x01B\x14\n" +
+	"\x12_in_flight_seconds\"\xf2\x01\n" +
 	"\x12ReportStatsRequest\x12\x1a\n" +
 	"\bbalancer\x18\x01 \x01(\tR\bbalancer\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
@@ -873,6 +888,7 @@ func file_hostscale_v1_balancer_proto_init() {
 		return
 	}
 	file_hostscale_v1_pool_proto_init()
+	file_hostscale_v1_balancer_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -90,6 +90,12 @@ const (
 	// The 95th percentile of the pool's request latency at the balancers,
 	// in milliseconds.
 	ScalingMetric_SCALING_METRIC_P95_LATENCY_MS ScalingMetric = 4
+	// Requests in flight at each ready instance, averaged over the window
+	// and summed over the balancers (Knative's concurrency): a pool of
+	// slow or long-lived requests (downloads, WebSockets) is sized by what
+	// it holds, not by how many arrive. A pool woken from zero starts as
+	// many instances as the requests held for it need at this target.
+	ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE ScalingMetric = 5
 )
 
 // Enum value maps for ScalingMetric.
@@ -100,13 +106,15 @@ var (
 		2: "SCALING_METRIC_INSTANCE_CPU",
 		3: "SCALING_METRIC_REQUESTS_PER_INSTANCE",
 		4: "SCALING_METRIC_P95_LATENCY_MS",
+		5: "SCALING_METRIC_CONCURRENCY_PER_INSTANCE",
 	}
 	ScalingMetric_value = map[string]int32{
-		"SCALING_METRIC_UNSPECIFIED":           0,
-		"SCALING_METRIC_HOST_CPU":              1,
-		"SCALING_METRIC_INSTANCE_CPU":          2,
-		"SCALING_METRIC_REQUESTS_PER_INSTANCE": 3,
-		"SCALING_METRIC_P95_LATENCY_MS":        4,
+		"SCALING_METRIC_UNSPECIFIED":              0,
+		"SCALING_METRIC_HOST_CPU":                 1,
+		"SCALING_METRIC_INSTANCE_CPU":             2,
+		"SCALING_METRIC_REQUESTS_PER_INSTANCE":    3,
+		"SCALING_METRIC_P95_LATENCY_MS":           4,
+		"SCALING_METRIC_CONCURRENCY_PER_INSTANCE": 5,
 	}
 )
 
@@ -3303,13 +3311,14 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14POLICY_LEAST_REQUEST\x10\x01\x12\x16\n" +
-	"\x12POLICY_ROUND_ROBIN\x10\x02*\xba\x01\n" +
+	"\x12POLICY_ROUND_ROBIN\x10\x02*\xe7\x01\n" +
 	"\rScalingMetric\x12\x1e\n" +
 	"\x1aSCALING_METRIC_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SCALING_METRIC_HOST_CPU\x10\x01\x12\x1f\n" +
 	"\x1bSCALING_METRIC_INSTANCE_CPU\x10\x02\x12(\n" +
 	"$SCALING_METRIC_REQUESTS_PER_INSTANCE\x10\x03\x12!\n" +
-	"\x1dSCALING_METRIC_P95_LATENCY_MS\x10\x04*l\n" +
+	"\x1dSCALING_METRIC_P95_LATENCY_MS\x10\x04\x12+\n" +
+	"'SCALING_METRIC_CONCURRENCY_PER_INSTANCE\x10\x05*l\n" +
 	"\rRateLimitKind\x12\x1f\n" +
 	"\x1bRATE_LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19RATE_LIMIT_KIND_INSTANCES\x10\x01\x12\x1b\n" +
