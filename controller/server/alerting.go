@@ -52,6 +52,7 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 	var rules []alerts.Rule
 	var current map[alerts.Fingerprint]alerts.Alert
 	var nodes []alerts.NodeInfo
+	var pools []alerts.PoolInfo
 	s.fsm.Read(func(st *pb.State) {
 		for _, r := range st.AlertRules {
 			rules = append(rules, endpoint.RuleFromPB(r))
@@ -68,8 +69,18 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 			}
 			nodes = append(nodes, alerts.NodeInfo{Name: n.Name, Labels: n.Labels, Status: status, Conditions: conds})
 		}
+		healthy := map[string]uint32{}
+		for _, inst := range st.Instances {
+			if inst.State == pb.InstanceState_INSTANCE_STATE_HEALTHY && !inst.Draining && !inst.Stop {
+				healthy[inst.Pool]++
+			}
+		}
+		for _, p := range st.Pools {
+			pools = append(pools, alerts.PoolInfo{Name: p.Name, Desired: p.Desired, Healthy: healthy[p.Name]})
+		}
 	})
-	in := &alerts.StoreInputs{Store: s.hub.Store, NodeList: nodes, From: now.Add(-cfg.Staleness), Latest: s.hub.Store.Latest}
+	in := &alerts.StoreInputs{Store: s.hub.Store, NodeList: nodes, From: now.Add(-cfg.Staleness), Latest: s.hub.Store.Latest,
+		PoolList: pools, Traffic: s.lbstats, TrafficFresh: freshFor}
 	ts := ev.Evaluate(now, rules, in, current)
 	if len(ts) == 0 {
 		return nil
@@ -86,7 +97,7 @@ func (s *Server) evaluateOnce(ev *alerts.Evaluator, cfg alerts.Config, now time.
 		return err
 	}
 	for _, t := range ts {
-		s.logger.Warn("alert "+t.To.String(), "alert", t.Alert.Rule, "node", t.Alert.Node, "value", t.Value,
+		s.logger.Warn("alert "+t.To.String(), "alert", t.Alert.Rule, "node", t.Alert.Node, "pool", t.Alert.Pool, "value", t.Value,
 			"reason", string(t.Reason), "fingerprint", t.Fingerprint.String(), "summary", t.Alert.Annotations["summary"])
 	}
 	return nil

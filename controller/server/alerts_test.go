@@ -298,6 +298,83 @@ func TestAlerts_nodeConditionRuleFiresAndResolves(t *testing.T) {
 	}))
 }
 
+// TestAlerts_poolErrorRatioFiresAndResolves: a balancer reports, through a
+// follower, a pool whose backend fails a quarter of its requests; a pool
+// rule on error_ratio over 10s fires on that pool, and resolves once the
+// errors stop.
+func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
+	c := startAlertCluster(t)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+	_, err := pb.NewPoolServiceClient(f.Conn()).CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/", Backends: []*pb.Backend{{Address: "127.0.0.1:9"}}}})
+	require.NoError(t, err)
+	_, err = pb.NewAlertServiceClient(f.Conn()).CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
+		Name: "pool-errors", Kind: pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD, Metric: "error_ratio", Op: ">", Threshold: 0.1,
+		Window: durationpb.New(10 * time.Second), Selector: "pool=web", Severity: pb.Severity_SEVERITY_CRITICAL,
+		Annotations: map[string]string{"summary": `{{ .Pool }} fails {{ printf "%.0f" .Value }} of 1`},
+	}})
+	require.NoError(t, err)
+
+	// The balancer's reports: 20 more requests each, 5 of them failing
+	// while failing is set.
+	var failing atomic.Bool
+	failing.Store(true)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lb := pb.NewBalancerServiceClient(f.Conn())
+		var requests, errs uint64
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			requests += 20
+			if failing.Load() {
+				errs += 5
+			}
+			busy := float64(requests) / 100
+			_, _ = lb.ReportStats(rctx, &pb.ReportStatsRequest{Balancer: "lb-1", Time: timestamppb.Now(),
+				Backends: []*pb.BackendCounters{{Pool: "web", Address: "127.0.0.1:9", Requests: requests, Errors: errs, InFlightSeconds: &busy}},
+				Pools:    []*pb.PoolCounters{{Pool: "web"}}})
+			select {
+			case <-rctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	defer func() { stop(); <-done }()
+
+	start := time.Now()
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, f, "pool-errors")
+		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
+			err = fmt.Errorf("pool-errors is %v", a.State)
+		}
+		return err
+	}))
+	require.GreaterOrEqual(t, time.Since(start), 9*time.Second, "fired before the leader had a whole window of reports")
+	a, err := alertOf(ctx, f, "pool-errors")
+	require.NoError(t, err)
+	require.Equal(t, "web", a.Pool)
+	require.Empty(t, a.Node)
+	require.Equal(t, "web", a.Labels["pool"])
+	require.InDelta(t, 0.25, a.Value, 0.01)
+	require.Equal(t, "web fails 0 of 1", a.Annotations["summary"])
+
+	failing.Store(false)
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		a, err := alertOf(ctx, f, "pool-errors")
+		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
+			err = fmt.Errorf("pool-errors is %v at %v", a.State, a.Value)
+		}
+		return err
+	}))
+}
+
 func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
 	c := startAlertCluster(t)
 	leader := waitLeader(t, c)
@@ -322,6 +399,15 @@ func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
 			r.Kind, r.Metric, r.Op, r.Threshold = pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION, "disk_full", "", 0
 		}, "rule.metric"},
 		"unknown kind": {func(r *pb.AlertRule) { r.Kind = 42 }, "rule.kind"},
+		"unknown pool metric": {func(r *pb.AlertRule) {
+			r.Kind = pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD
+		}, "rule.metric"},
+		"pool window too short": {func(r *pb.AlertRule) {
+			r.Kind, r.Metric, r.Window = pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD, "error_ratio", durationpb.New(time.Second)
+		}, "rule.window"},
+		"invalid window": {func(r *pb.AlertRule) {
+			r.Kind, r.Metric, r.Window = pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD, "error_ratio", &durationpb.Duration{Seconds: 1, Nanos: -1}
+		}, "rule.window"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := good()

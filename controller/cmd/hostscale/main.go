@@ -60,6 +60,11 @@ commands:
   nodes [SELECTOR]                list nodes (label selector: tier=web,zone!=b)
   node NAME                       one node: status, facts, labels, conditions and why, latest sample
   rules                           list alerting rules
+  create-rule FILE                create an alerting rule from its JSON (FILE or -), e.g.
+                                  {"name":"web-errors","kind":"ALERT_RULE_KIND_POOL_THRESHOLD","metric":"error_ratio",
+                                   "op":">","threshold":0.05,"for":"120s","selector":"pool=web"}
+  update-rule FILE                replace an alerting rule from its JSON (FILE or -)
+  delete-rule NAME                delete an alerting rule (its alerts end)
   alerts                          list pending, firing and resolved alerts
   silence DURATION MATCHER...     silence alerts for a while (matchers: alertname=cpu-high node=~web-.*)
   unsilence ID                    end a silence
@@ -287,6 +292,17 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return err
 		}
 		return c.putPool(ctx, rest[0], cmd == "update-pool")
+	case "create-rule", "update-rule":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		return c.putRule(ctx, rest[0], cmd == "update-rule")
+	case "delete-rule":
+		if err := nargs(1, 1); err != nil {
+			return err
+		}
+		_, err := c.alerts.DeleteRule(ctx, &pb.DeleteRuleRequest{Rule: rest[0]})
+		return err
 	case "delete-pool":
 		if err := nargs(1, 1); err != nil {
 			return err
@@ -461,9 +477,15 @@ func (c *cli) do(ctx context.Context, args []string) error {
 				expr = "node down"
 			case pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION:
 				expr = "node under " + cmp.Or(r.Metric, "any condition")
+			case pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD:
+				window := time.Minute
+				if r.Window != nil {
+					window = r.Window.AsDuration()
+				}
+				expr = fmt.Sprintf("pool %s %s %g over %v", r.Metric, r.Op, r.Threshold, window)
 			}
 			fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", r.Name, expr, r.For.AsDuration(), orDash(r.Selector),
-				strings.ToLower(strings.TrimPrefix(r.Severity.String(), "SEVERITY_")))
+				severityName(r.Severity))
 		}
 		return w.Flush()
 	case "alerts":
@@ -478,9 +500,16 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return c.printJSON(resp)
 		}
 		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "RULE\tNODE\tSTATE\tVALUE\tSINCE")
+		fmt.Fprintln(w, "RULE\tON\tSTATE\tVALUE\tSINCE")
 		for _, a := range resp.Alerts {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%g\t%s\n", a.Rule, orDash(a.Node), strings.ToLower(strings.TrimPrefix(a.State.String(), "ALERT_STATE_")),
+			on := "-"
+			switch {
+			case a.Node != "":
+				on = "node " + a.Node
+			case a.Pool != "":
+				on = "pool " + a.Pool
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%g\t%s\n", a.Rule, on, strings.ToLower(strings.TrimPrefix(a.State.String(), "ALERT_STATE_")),
 				a.Value, a.ActiveSince.AsTime().Format(time.RFC3339))
 		}
 		return w.Flush()
@@ -540,7 +569,9 @@ func (c *cli) printJSON(m proto.Message) error {
 
 // putPool creates, or updates, the pool a JSON file (hostscale.v1.Pool in
 // protojson) describes.
-func (c *cli) putPool(ctx context.Context, path string, update bool) error {
+// readJSON reads a message's JSON from path, or from stdin for "-"; what
+// names the message in an error.
+func readJSON(path, what string, m proto.Message) error {
 	var data []byte
 	var err error
 	if path == "-" {
@@ -551,9 +582,50 @@ func (c *cli) putPool(ctx context.Context, path string, update bool) error {
 	if err != nil {
 		return err
 	}
+	if err := protojson.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%s: not %s: %w", path, what, err)
+	}
+	return nil
+}
+
+// putRule creates or replaces an alerting rule from its JSON.
+func (c *cli) putRule(ctx context.Context, path string, update bool) error {
+	r := &pb.AlertRule{}
+	if err := readJSON(path, "an alerting rule", r); err != nil {
+		return err
+	}
+	var (
+		rule  *pb.AlertRule
+		index uint64
+		verb  = "created"
+	)
+	if update {
+		resp, err := c.alerts.UpdateRule(ctx, &pb.UpdateRuleRequest{Rule: r})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		rule, index, verb = resp.Rule, resp.Index, "updated"
+	} else {
+		resp, err := c.alerts.CreateRule(ctx, &pb.CreateRuleRequest{Rule: r})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		rule, index = resp.Rule, resp.Index
+	}
+	fmt.Fprintf(c.out, "rule %s %s (index %d)\n", rule.GetName(), verb, index)
+	return nil
+}
+
+func (c *cli) putPool(ctx context.Context, path string, update bool) error {
 	p := &pb.Pool{}
-	if err := protojson.Unmarshal(data, p); err != nil {
-		return fmt.Errorf("%s: not a pool: %w", path, err)
+	if err := readJSON(path, "a pool", p); err != nil {
+		return err
 	}
 	if update {
 		resp, err := c.pools.UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: p})
@@ -575,6 +647,14 @@ func (c *cli) putPool(ctx context.Context, path string, update bool) error {
 	}
 	fmt.Fprintf(c.out, "pool %s created (index %d)\n", resp.Pool.GetName(), resp.Index)
 	return nil
+}
+
+// severityName spells a rule's severity; unspecified is warning.
+func severityName(s pb.Severity) string {
+	if s == pb.Severity_SEVERITY_UNSPECIFIED {
+		s = pb.Severity_SEVERITY_WARNING
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "SEVERITY_"))
 }
 
 func orDash(s string) string {

@@ -30,7 +30,7 @@ func (s State) String() string {
 }
 
 // Fingerprint identifies an alert: a 64-bit FNV-1a hash of its sorted
-// labels (alertname, node, severity and the rule's labels). It is stable
+// labels (alertname, node or pool, severity and the rule's labels). It is stable
 // across processes and releases; changing it breaks every stored alert.
 type Fingerprint uint64
 
@@ -73,17 +73,21 @@ const (
 	ReasonConditionCleared Reason = "condition_cleared" // pending → inactive, firing → resolved
 	ReasonFlapped          Reason = "flapped"           // pending → inactive: a sample inside for broke the condition
 	ReasonNodeGone         Reason = "node_gone"         // the node left the inputs or the selector
+	ReasonPoolGone         Reason = "pool_gone"         // the pool left the inputs or the selector
 	ReasonRuleRemoved      Reason = "rule_removed"      // the rule was deleted or its labels changed
 	ReasonRetentionExpired Reason = "retention_expired" // resolved → inactive
 )
 
-// Alert is the state of one (rule, node) pair. The zero Alert is inactive.
-// Treat an Alert as immutable: its maps are shared between copies.
+// Alert is the state of one (rule, node) pair, or (rule, pool) for a pool
+// rule. The zero Alert is inactive. Treat an Alert as immutable: its maps
+// are shared between copies.
 type Alert struct {
 	Fingerprint Fingerprint
 	Rule        string
-	Node        string
-	// Labels are alertname, node, severity and the rule's labels.
+	// Node is set for a node rule's alert, Pool for a pool rule's.
+	Node string
+	Pool string
+	// Labels are alertname, node (or pool), severity and the rule's labels.
 	Labels map[string]string
 	// Annotations are rendered at the last transition.
 	Annotations map[string]string

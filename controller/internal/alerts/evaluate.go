@@ -45,6 +45,26 @@ type Inputs interface {
 	Value(node, metric string) (v float64, at time.Time, ok bool)
 }
 
+// PoolInfo is a pool, for pool rules.
+type PoolInfo struct {
+	Name string
+	// Desired and Healthy count its instances.
+	Desired, Healthy uint32
+}
+
+// PoolInputs is an optional extension of Inputs for pool rules; without
+// it, pool rules raise nothing.
+type PoolInputs interface {
+	// Pools returns the pools; the caller does not modify the slice.
+	Pools() []PoolInfo
+	// PoolTraffic returns pool's metric, one of the traffic metrics of
+	// PoolMetrics, over the window ending at now. ok is false when there is
+	// no data: no balancer reports the pool afresh, or their reports do not
+	// cover the window yet (a new leader). NaN is a window without
+	// requests, for the metrics taken per request.
+	PoolTraffic(pool, metric string, now time.Time, window time.Duration) (v float64, ok bool)
+}
+
 // Sample is one timestamped value.
 type Sample struct {
 	Time  time.Time
@@ -104,8 +124,8 @@ func NewEvaluator(cfg Config) (*Evaluator, error) {
 }
 
 // Evaluate runs one evaluation round at now and returns the transitions,
-// in rule order then node order, then transitions of alerts whose rule or
-// node is gone in fingerprint order. It does not modify current: the
+// in rule order then node (or pool) order, then transitions of alerts
+// whose rule, node or pool is gone in fingerprint order. It does not modify current: the
 // caller persists the transitions and applies them with Apply.
 //
 // Per (rule, node) the state machine is Prometheus':
@@ -126,13 +146,26 @@ func NewEvaluator(cfg Config) (*Evaluator, error) {
 // firing alert stays firing (as with Prometheus' restored for-state after
 // a restart). An alert ends on missing data only when its node leaves the
 // inputs or the rule's selector, or its rule is removed: firing → resolved,
-// pending → inactive.
+// pending → inactive. The same holds for a pool rule's pools, with one
+// more case: a window without requests is data, in which nothing fails
+// and nothing is slow (Prometheus' rate ratio is then NaN, which compares
+// false), so an error or latency alert resolves when its traffic stops.
 //
 // Rules must have passed Validate; a rule that does not compile is skipped
 // and its alerts are treated as removed.
 func (e *Evaluator) Evaluate(now time.Time, rules []Rule, in Inputs, current map[Fingerprint]Alert) []Transition {
 	nodes := in.Nodes()
 	win, _ := in.(WindowInputs)
+	pin, _ := in.(PoolInputs)
+	var pools []PoolInfo
+	var poolLabels []map[string]string
+	if pin != nil {
+		pools = pin.Pools()
+		poolLabels = make([]map[string]string, len(pools))
+		for i, p := range pools {
+			poolLabels[i] = map[string]string{LabelPool: p.Name}
+		}
+	}
 	var out []ordered
 	var seen map[Fingerprint]struct{}
 	if len(current) > 0 {
@@ -145,6 +178,23 @@ func (e *Evaluator) Evaluate(now time.Time, rules []Rule, in Inputs, current map
 			continue
 		}
 		byName[c.rule.Name] = c
+		if c.pool {
+			for i, p := range pools {
+				if !c.sel.Matches(poolLabels[i]) {
+					continue
+				}
+				fp := c.fingerprint(p.Name)
+				cur, has := current[fp]
+				if has {
+					seen[fp] = struct{}{}
+				}
+				o := e.observePool(now, c, p, pin)
+				if t, ok := e.step(now, c, p.Name, fp, cur, has, o, win); ok {
+					out = append(out, ordered{ri, p.Name, t})
+				}
+			}
+			continue
+		}
 		for _, n := range nodes {
 			if !c.sel.Matches(n.Labels) {
 				continue
@@ -161,7 +211,7 @@ func (e *Evaluator) Evaluate(now time.Time, rules []Rule, in Inputs, current map
 		}
 	}
 	slices.SortStableFunc(out, func(a, b ordered) int {
-		return cmp.Or(cmp.Compare(a.rule, b.rule), cmp.Compare(a.node, b.node))
+		return cmp.Or(cmp.Compare(a.rule, b.rule), cmp.Compare(a.subject, b.subject))
 	})
 	ts := make([]Transition, 0, len(out))
 	for _, o := range out {
@@ -175,8 +225,11 @@ func (e *Evaluator) Evaluate(now time.Time, rules []Rule, in Inputs, current map
 			continue
 		}
 		cur := current[fp]
-		reason := ReasonNodeGone
-		if c := byName[cur.Rule]; c == nil || c.fingerprint(cur.Node) != fp {
+		reason, subject := ReasonNodeGone, cur.Node
+		if cur.Pool != "" {
+			reason, subject = ReasonPoolGone, cur.Pool
+		}
+		if c := byName[cur.Rule]; c == nil || c.pool != (cur.Pool != "") || c.fingerprint(subject) != fp {
 			reason = ReasonRuleRemoved
 		}
 		if t, ok := e.gone(now, cur, reason); ok {
@@ -187,9 +240,9 @@ func (e *Evaluator) Evaluate(now time.Time, rules []Rule, in Inputs, current map
 }
 
 type ordered struct {
-	rule int
-	node string
-	t    Transition
+	rule    int
+	subject string // node or pool
+	t       Transition
 }
 
 type observation struct {
@@ -228,7 +281,31 @@ func (e *Evaluator) observe(now time.Time, c *compiled, n NodeInfo, in Inputs) o
 	return observation{value: v, have: true, holds: c.rule.Op.Holds(v, c.rule.Threshold)}
 }
 
-func (e *Evaluator) step(now time.Time, c *compiled, node string, fp Fingerprint, cur Alert, has bool, o observation, win WindowInputs) (Transition, bool) {
+// observePool observes a pool rule's metric on pool p.
+func (e *Evaluator) observePool(now time.Time, c *compiled, p PoolInfo, in PoolInputs) observation {
+	var v float64
+	switch c.rule.Metric {
+	case "healthy_instances":
+		v = float64(p.Healthy)
+	case "missing_instances":
+		v = float64(p.Desired - min(p.Healthy, p.Desired))
+	default:
+		var ok bool
+		v, ok = in.PoolTraffic(p.Name, c.rule.Metric, now, cmp.Or(c.rule.Window, DefaultPoolWindow))
+		if !ok {
+			return observation{}
+		}
+		if math.IsNaN(v) {
+			// No request in the window: none failed, none was slow.
+			return observation{value: 0, have: true}
+		}
+	}
+	return observation{value: v, have: true, holds: c.rule.Op.Holds(v, c.rule.Threshold)}
+}
+
+// step moves the alert of rule c on subject (a node, or a pool for a pool
+// rule) by observation o.
+func (e *Evaluator) step(now time.Time, c *compiled, subject string, fp Fingerprint, cur Alert, has bool, o observation, win WindowInputs) (Transition, bool) {
 	state := StateInactive
 	if has {
 		state = cur.State
@@ -236,12 +313,17 @@ func (e *Evaluator) step(now time.Time, c *compiled, node string, fp Fingerprint
 	switch state {
 	case StateInactive, StateResolved:
 		if o.holds {
-			a := Alert{Fingerprint: fp, Rule: c.rule.Name, Node: node, State: StatePending,
+			a := Alert{Fingerprint: fp, Rule: c.rule.Name, State: StatePending,
 				ActiveSince: now, Value: o.value, UpdatedAt: now}
+			if c.pool {
+				a.Pool = subject
+			} else {
+				a.Node = subject
+			}
 			if has {
 				a.Labels = cur.Labels
 			} else {
-				a.Labels = c.labelsFor(node)
+				a.Labels = c.labelsFor(subject)
 			}
 			if c.rule.For == 0 {
 				a.State, a.FiredAt = StateFiring, now
@@ -259,7 +341,7 @@ func (e *Evaluator) step(now time.Time, c *compiled, node string, fp Fingerprint
 			return drop(cur, now, o.value, ReasonConditionCleared), true
 		case now.Sub(cur.ActiveSince) >= c.rule.For:
 			if win != nil && (c.rule.Kind == KindThreshold || c.rule.Kind == "") {
-				for _, s := range win.Window(node, c.rule.Metric, cur.ActiveSince) {
+				for _, s := range win.Window(subject, c.rule.Metric, cur.ActiveSince) {
 					if !s.Time.After(now) && !math.IsNaN(s.Value) && !c.rule.Op.Holds(s.Value, c.rule.Threshold) {
 						return drop(cur, now, s.Value, ReasonFlapped), true
 					}
@@ -280,7 +362,7 @@ func (e *Evaluator) step(now time.Time, c *compiled, node string, fp Fingerprint
 	return Transition{}, false
 }
 
-// gone ends an alert whose node or rule is no longer evaluated.
+// gone ends an alert whose node, pool or rule is no longer evaluated.
 func (e *Evaluator) gone(now time.Time, cur Alert, reason Reason) (Transition, bool) {
 	switch cur.State {
 	case StateFiring:
@@ -308,8 +390,12 @@ func drop(cur Alert, now time.Time, v float64, r Reason) Transition {
 type compiled struct {
 	rule Rule
 	sel  labels.Selector
-	// base are the alert labels without node, sorted by key; prefix is the
-	// FNV state after the pairs that sort before "node".
+	// pool: a pool rule, whose alerts are per pool; subject is the label
+	// naming the node or the pool.
+	pool    bool
+	subject string
+	// base are the alert labels without the subject, sorted by key; prefix
+	// is the FNV state after the pairs that sort before the subject.
 	keys, vals []string
 	split      int
 	prefix     uint64
@@ -330,8 +416,12 @@ func compile(r Rule) (*compiled, error) {
 	}
 	base[LabelAlertName], base[LabelSeverity] = r.Name, string(r.Severity)
 	delete(base, LabelNode)
-	c := &compiled{rule: r, sel: sel, keys: sortedKeys(base)}
-	c.split = sort.SearchStrings(c.keys, LabelNode)
+	delete(base, LabelPool)
+	c := &compiled{rule: r, sel: sel, keys: sortedKeys(base), subject: LabelNode}
+	if r.Kind == KindPoolThreshold {
+		c.pool, c.subject = true, LabelPool
+	}
+	c.split = sort.SearchStrings(c.keys, c.subject)
 	h := uint64(fnvOffset)
 	for i, k := range c.keys {
 		c.vals = append(c.vals, base[k])
@@ -343,22 +433,22 @@ func compile(r Rule) (*compiled, error) {
 	return c, nil
 }
 
-// fingerprint equals FingerprintOf(c.labelsFor(node)) without building the
-// map.
-func (c *compiled) fingerprint(node string) Fingerprint {
-	h := fnvString(fnvString(c.prefix, LabelNode), node)
+// fingerprint equals FingerprintOf(c.labelsFor(subject)) without building
+// the map.
+func (c *compiled) fingerprint(subject string) Fingerprint {
+	h := fnvString(fnvString(c.prefix, c.subject), subject)
 	for i := c.split; i < len(c.keys); i++ {
 		h = fnvString(fnvString(h, c.keys[i]), c.vals[i])
 	}
 	return Fingerprint(h)
 }
 
-func (c *compiled) labelsFor(node string) map[string]string {
+func (c *compiled) labelsFor(subject string) map[string]string {
 	m := make(map[string]string, len(c.keys)+1)
 	for i, k := range c.keys {
 		m[k] = c.vals[i]
 	}
-	m[LabelNode] = node
+	m[c.subject] = subject
 	return m
 }
 
@@ -368,7 +458,7 @@ func (c *compiled) render(a Alert) map[string]string {
 	if len(c.rule.Annotations) == 0 {
 		return nil
 	}
-	data := AnnotationData{Labels: a.Labels, Value: a.Value, Node: a.Node, Rule: a.Rule}
+	data := AnnotationData{Labels: a.Labels, Value: a.Value, Node: a.Node, Pool: a.Pool, Rule: a.Rule}
 	out := make(map[string]string, len(c.rule.Annotations))
 	var buf bytes.Buffer
 	for k, text := range c.rule.Annotations {

@@ -281,6 +281,81 @@ func TestEvaluate_nodeConditionRule(t *testing.T) {
 		kinds(h.eval(75*time.Second, math.NaN())))
 }
 
+func TestEvaluate_poolRule(t *testing.T) {
+	errorsRule := Rule{Name: "pool-errors", Kind: KindPoolThreshold, Metric: "error_ratio", Op: OpGT, Threshold: 0.05,
+		For: 30 * time.Second, Selector: "pool in (web,api)", Severity: SeverityCritical, Labels: map[string]string{"team": "web"},
+		Annotations: map[string]string{"summary": `{{ .Pool }} fails {{ printf "%.2f" .Value }}`}}
+	missing := Rule{Name: "pool-missing", Kind: KindPoolThreshold, Metric: "missing_instances", Op: OpGT, Threshold: 0,
+		Window: 20 * time.Second, Severity: SeverityWarning}
+	h := newHarness(t, errorsRule, missing)
+	in := &poolInputs{fakeInputs: h.fake, traffic: map[string]map[string]float64{},
+		pools: []PoolInfo{{Name: "web", Desired: 3, Healthy: 3}, {Name: "api", Desired: 2, Healthy: 2}, {Name: "batch", Desired: 1, Healthy: 1}}}
+	h.in = in
+	require.Empty(t, h.eval(0, math.NaN()), "no traffic data, every instance healthy")
+
+	// web fails 10 % of its requests, batch 50 % (not selected).
+	in.traffic["web"] = map[string]float64{"error_ratio": 0.1}
+	in.traffic["batch"] = map[string]float64{"error_ratio": 0.5}
+	ts := h.eval(time.Second, math.NaN())
+	require.Equal(t, []string{"inactive->pending/condition_met"}, kinds(ts))
+	a := ts[0].Alert
+	require.Equal(t, "web", a.Pool)
+	require.Empty(t, a.Node)
+	require.Equal(t, map[string]string{"alertname": "pool-errors", "pool": "web", "severity": "critical", "team": "web"}, a.Labels)
+	require.Equal(t, FingerprintOf(a.Labels), a.Fingerprint)
+	require.Equal(t, []time.Duration{DefaultPoolWindow, DefaultPoolWindow}, in.windows[:2], "window unset: 1m")
+
+	// No data for a while (a new leader): nothing changes, nothing fires.
+	delete(in.traffic, "web")
+	require.Empty(t, h.eval(40*time.Second, math.NaN()))
+	in.traffic["web"] = map[string]float64{"error_ratio": 0.1}
+	ts = h.eval(41*time.Second, math.NaN())
+	require.Equal(t, []string{"pending->firing/for_elapsed"}, kinds(ts))
+	require.Equal(t, "web fails 0.10", ts[0].Alert.Annotations["summary"])
+
+	// The traffic stops: a window without requests resolves it.
+	in.traffic["web"] = map[string]float64{"error_ratio": math.NaN()}
+	ts = h.eval(50*time.Second, math.NaN())
+	require.Equal(t, []string{"firing->resolved/condition_cleared"}, kinds(ts))
+	require.Zero(t, ts[0].Value)
+
+	// api loses an instance: missing_instances fires at once (for 0).
+	in.windows = nil
+	in.pools[1].Healthy = 1
+	ts = h.eval(60*time.Second, math.NaN())
+	require.Equal(t, []string{"inactive->firing/condition_met"}, kinds(ts))
+	require.Equal(t, "api", ts[0].Alert.Pool)
+	require.Equal(t, 1.0, ts[0].Value)
+	require.NotContains(t, in.windows, 20*time.Second, "instance counts read no traffic")
+
+	// api is deleted: its alert ends as the pool's is gone.
+	in.pools = in.pools[:1]
+	ts = h.eval(70*time.Second, math.NaN())
+	require.Equal(t, []string{"firing->resolved/pool_gone"}, kinds(ts))
+
+	// Without pool inputs, pool rules raise nothing.
+	h2 := newHarness(t, missing)
+	require.Empty(t, h2.eval(0, 95))
+}
+
+func TestEvaluate_poolAndNodeAlertsOfOneNameDiffer(t *testing.T) {
+	node := Rule{Name: "same", Metric: "cpu_percent", Op: OpGT, Threshold: 90, Severity: SeverityWarning}
+	pool := Rule{Name: "same", Kind: KindPoolThreshold, Metric: "request_rate", Op: OpGT, Threshold: 1, Severity: SeverityWarning}
+	h := newHarness(t, node)
+	in := &poolInputs{fakeInputs: h.fake, pools: []PoolInfo{{Name: "n1"}},
+		traffic: map[string]map[string]float64{"n1": {"request_rate": 5}}}
+	h.in = in
+	ts := h.eval(0, 95)
+	require.Equal(t, []string{"inactive->firing/condition_met"}, kinds(ts))
+	require.Equal(t, "n1", ts[0].Alert.Node)
+	// The rule becomes a pool rule of the same name: the node's alert is
+	// the removed rule's, and the pool's is a new one.
+	h.rules = []Rule{pool}
+	ts = h.eval(time.Second, 95)
+	require.ElementsMatch(t, []string{"inactive->firing/condition_met", "firing->resolved/rule_removed"}, kinds(ts))
+	require.Len(t, h.cur, 2)
+}
+
 // A new leader rebuilds current from the replicated transitions: it must
 // keep active_since and neither re-fire nor re-pend.
 func TestEvaluate_restartFromPersistedStateKeepsActiveSinceAndDoesNotRefire(t *testing.T) {

@@ -82,3 +82,27 @@ func (f *fakeInputs) conditions(node string, names ...string) {
 		}
 	}
 }
+
+// poolInputs adds pools and their traffic to fakeInputs.
+type poolInputs struct {
+	*fakeInputs
+	pools []PoolInfo
+	// traffic is each pool's metrics; a pool missing from it has no data.
+	traffic map[string]map[string]float64
+	// windows records the window each traffic lookup asked for.
+	windows []time.Duration
+}
+
+var _ PoolInputs = (*poolInputs)(nil)
+
+func (p *poolInputs) Pools() []PoolInfo { return p.pools }
+
+func (p *poolInputs) PoolTraffic(pool, metric string, now time.Time, window time.Duration) (float64, bool) {
+	p.windows = append(p.windows, window)
+	m, ok := p.traffic[pool]
+	if !ok {
+		return 0, false
+	}
+	v, ok := m[metric]
+	return v, ok
+}

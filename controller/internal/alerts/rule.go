@@ -52,6 +52,27 @@ const (
 	// KindNodeCondition is active while the node's agent reports the
 	// condition named by Metric (any, when empty).
 	KindNodeCondition Kind = "node_condition"
+	// KindPoolThreshold compares a pool's metric (PoolMetrics) with a
+	// threshold: per pool, not per node.
+	KindPoolThreshold Kind = "pool_threshold"
+)
+
+// PoolMetrics are the metrics a KindPoolThreshold rule may compare. The
+// first six are the balancers' traffic over the rule's Window, summed over
+// balancers and backends: requests and errors (5xx answers and transport
+// failures) per second, errors per request, latency quantiles in ms, and
+// the mean of the requests in flight. The last two count instances:
+// healthy ones, and those the pool lacks (desired minus healthy, not below
+// zero).
+var PoolMetrics = []string{"request_rate", "error_rate", "error_ratio", "p95_latency_ms", "p99_latency_ms", "in_flight",
+	"healthy_instances", "missing_instances"}
+
+// A pool rule's Window: DefaultPoolWindow when 0, else between
+// MinPoolWindow and MaxPoolWindow (the traffic kept on the leader).
+const (
+	DefaultPoolWindow = time.Minute
+	MinPoolWindow     = 10 * time.Second
+	MaxPoolWindow     = 10 * time.Minute
 )
 
 // Conditions are the names a KindNodeCondition rule's Metric may take.
@@ -113,6 +134,7 @@ const (
 const (
 	LabelAlertName = "alertname"
 	LabelNode      = "node"
+	LabelPool      = "pool"
 	LabelSeverity  = "severity"
 )
 
@@ -122,11 +144,12 @@ const (
 type Rule struct {
 	// Name is a DNS label (RFC 1123) and the alert's "alertname" label.
 	Name string
-	// Kind is KindThreshold (or empty), KindNodeDown or
-	// KindNodeCondition.
+	// Kind is KindThreshold (or empty), KindNodeDown, KindNodeCondition
+	// or KindPoolThreshold.
 	Kind Kind
 	// Metric is a series name of metricstore.SeriesNames for a threshold
-	// rule, a name of Conditions (or empty) for a condition rule.
+	// rule, a name of Conditions (or empty) for a condition rule, a name of
+	// PoolMetrics for a pool rule.
 	Metric    string
 	Op        Op
 	Threshold float64
@@ -134,8 +157,12 @@ type Rule struct {
 	// fires on the first evaluation that sees it.
 	For time.Duration
 	// Selector chooses nodes by label (labels.Parse grammar); empty means
-	// every node.
+	// every node. A pool rule's chooses pools by the label "pool", their
+	// name.
 	Selector string
+	// Window is what a pool rule's traffic metrics are rates over (0:
+	// DefaultPoolWindow); only for a pool rule.
+	Window time.Duration
 	// Labels are added to the alert's labels. They are not templated:
 	// labels make the fingerprint, which must not change with the value.
 	Labels map[string]string
@@ -150,17 +177,21 @@ type AnnotationData struct {
 	Labels map[string]string
 	Value  float64
 	Node   string
+	Pool   string
 	Rule   string
 }
 
 // Expr returns the rule's condition as text, e.g. "cpu_percent > 90",
-// "node_down", "node_condition disk_pressure" or "node_condition".
+// "node_down", "node_condition disk_pressure", "node_condition" or
+// "pool error_ratio > 0.05".
 func (r Rule) Expr() string {
 	switch r.Kind {
 	case KindNodeDown:
 		return string(KindNodeDown)
 	case KindNodeCondition:
 		return strings.TrimSpace(string(KindNodeCondition) + " " + r.Metric)
+	case KindPoolThreshold:
+		return "pool " + Expr{Metric: r.Metric, Op: r.Op, Threshold: r.Threshold}.String()
 	}
 	return Expr{Metric: r.Metric, Op: r.Op, Threshold: r.Threshold}.String()
 }
@@ -175,7 +206,7 @@ var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 // Validate checks the rule; the error is a *FieldError naming the first bad
 // field in declaration order (rule.name, rule.kind, rule.metric, rule.op,
-// rule.threshold, rule.for, rule.selector, rule.labels,
+// rule.threshold, rule.for, rule.window, rule.selector, rule.labels,
 // rule.annotations.<key>, rule.severity).
 func (r Rule) Validate() error {
 	if len(r.Name) > 63 || !dnsLabelRE.MatchString(r.Name) {
@@ -203,11 +234,27 @@ func (r Rule) Validate() error {
 		if r.Op != "" {
 			return fieldErr("rule.op", "must be empty for a %s rule", KindNodeCondition)
 		}
+	case KindPoolThreshold:
+		if !slices.Contains(PoolMetrics, r.Metric) {
+			return fieldErr("rule.metric", "unknown pool metric %q (want one of %s)", r.Metric, strings.Join(PoolMetrics, ", "))
+		}
+		if !r.Op.Valid() {
+			return fieldErr("rule.op", "unknown operator %q (want one of > >= < <= == !=)", r.Op)
+		}
+		if math.IsNaN(r.Threshold) || math.IsInf(r.Threshold, 0) {
+			return fieldErr("rule.threshold", "must be finite, got %v", r.Threshold)
+		}
 	default:
-		return fieldErr("rule.kind", "unknown kind %q (want %s, %s or %s)", r.Kind, KindThreshold, KindNodeDown, KindNodeCondition)
+		return fieldErr("rule.kind", "unknown kind %q (want %s, %s, %s or %s)", r.Kind, KindThreshold, KindNodeDown, KindNodeCondition, KindPoolThreshold)
 	}
 	if r.For < 0 {
 		return fieldErr("rule.for", "must not be negative, got %s", r.For)
+	}
+	switch {
+	case r.Window != 0 && r.Kind != KindPoolThreshold:
+		return fieldErr("rule.window", "only a %s rule has a window", KindPoolThreshold)
+	case r.Window != 0 && (r.Window < MinPoolWindow || r.Window > MaxPoolWindow):
+		return fieldErr("rule.window", "must be between %s and %s, got %s", MinPoolWindow, MaxPoolWindow, r.Window)
 	}
 	if _, err := labels.Parse(r.Selector); err != nil {
 		return &FieldError{Field: "rule.selector", Err: err}
@@ -215,7 +262,7 @@ func (r Rule) Validate() error {
 	if err := labels.Check(r.Labels); err != nil {
 		return &FieldError{Field: "rule.labels", Err: err}
 	}
-	for _, k := range []string{LabelAlertName, LabelNode, LabelSeverity} {
+	for _, k := range []string{LabelAlertName, LabelNode, LabelPool, LabelSeverity} {
 		if _, ok := r.Labels[k]; ok {
 			return fieldErr("rule.labels", "key %q is reserved", k)
 		}
@@ -265,8 +312,8 @@ func CheckTemplate(name, text string) error {
 		return err
 	}
 	return t.Execute(io.Discard, AnnotationData{
-		Labels: map[string]string{LabelAlertName: "rule", LabelNode: "node", LabelSeverity: "warning"},
-		Value:  1, Node: "node", Rule: "rule",
+		Labels: map[string]string{LabelAlertName: "rule", LabelNode: "node", LabelPool: "pool", LabelSeverity: "warning"},
+		Value:  1, Node: "node", Pool: "pool", Rule: "rule",
 	})
 }
 

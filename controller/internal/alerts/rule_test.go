@@ -43,6 +43,13 @@ func TestRule_Validate_namesBadField(t *testing.T) {
 		{"unknown condition", func(r *Rule) { r.Kind, r.Metric, r.Op = KindNodeCondition, "cpu_percent", "" }, "rule.metric",
 			`unknown condition "cpu_percent" (want one of disk_pressure, memory_pressure, disk_stalled, or empty for any)`},
 		{"condition with an operator", func(r *Rule) { r.Kind, r.Metric = KindNodeCondition, "disk_pressure" }, "rule.op", "must be empty"},
+		{"unknown pool metric", func(r *Rule) { r.Kind = KindPoolThreshold }, "rule.metric", `unknown pool metric "cpu_percent" (want one of request_rate, error_rate`},
+		{"pool rule without an operator", func(r *Rule) { r.Kind, r.Metric, r.Op = KindPoolThreshold, "error_ratio", "" }, "rule.op", "unknown operator"},
+		{"pool rule with an infinite threshold", func(r *Rule) { r.Kind, r.Metric, r.Threshold = KindPoolThreshold, "error_ratio", math.Inf(1) }, "rule.threshold", "must be finite"},
+		{"pool window too short", func(r *Rule) { r.Kind, r.Metric, r.Window = KindPoolThreshold, "error_ratio", time.Second }, "rule.window", "between 10s and 10m0s"},
+		{"pool window too long", func(r *Rule) { r.Kind, r.Metric, r.Window = KindPoolThreshold, "error_ratio", time.Hour }, "rule.window", "between 10s and 10m0s"},
+		{"window on a node rule", func(r *Rule) { r.Window = time.Minute }, "rule.window", "only a pool_threshold rule has a window"},
+		{"reserved pool label", func(r *Rule) { r.Labels = map[string]string{"pool": "y"} }, "rule.labels", "reserved"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -68,6 +75,12 @@ func TestRule_Validate_acceptsGoodRules(t *testing.T) {
 		require.NoError(t, d.Validate(), d.Name)
 	}
 	require.NoError(t, ValidateRules(DefaultRules()))
+	for _, m := range PoolMetrics {
+		r := Rule{Name: "p", Kind: KindPoolThreshold, Metric: m, Op: OpGE, Threshold: 1, Window: 30 * time.Second, Severity: SeverityWarning,
+			Annotations: map[string]string{"summary": "{{ .Pool }} at {{ .Value }}"}}
+		require.NoError(t, r.Validate(), m)
+		require.Equal(t, "pool "+m+" >= 1", r.Expr())
+	}
 	for _, m := range append([]string{""}, Conditions...) {
 		r := Rule{Name: "c", Kind: KindNodeCondition, Metric: m, Severity: SeverityWarning}
 		require.NoError(t, r.Validate(), m)

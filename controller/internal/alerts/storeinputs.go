@@ -1,13 +1,15 @@
 package alerts
 
 import (
+	"math"
 	"time"
 
+	"github.com/hostscale/hostscale/controller/internal/lbstats"
 	"github.com/hostscale/hostscale/controller/internal/metricstore"
 )
 
 // StoreInputs adapts the leader's metric store and the registered nodes to
-// WindowInputs. It reads the store under the store's own lock per call.
+// WindowInputs, and its balancers' traffic and the pools to PoolInputs. It reads the store under the store's own lock per call.
 //
 // Cost: metricstore.Store has no accessor for a node's newest values, so
 // without Latest each Value call copies a window through Series (one
@@ -25,9 +27,51 @@ type StoreInputs struct {
 	// From bounds how far back Value looks (now minus the evaluator's
 	// staleness is enough); older samples are not copied.
 	From time.Time
+	// PoolList is returned by Pools.
+	PoolList []PoolInfo
+	// Traffic is the balancers' reports; nil: pool rules on traffic have
+	// no data. TrafficFresh is how recent a balancer's report of a pool
+	// must be to count.
+	Traffic      *lbstats.Store
+	TrafficFresh time.Duration
 }
 
-var _ WindowInputs = (*StoreInputs)(nil)
+var (
+	_ WindowInputs = (*StoreInputs)(nil)
+	_ PoolInputs   = (*StoreInputs)(nil)
+)
+
+// Pools returns PoolList.
+func (s *StoreInputs) Pools() []PoolInfo { return s.PoolList }
+
+// PoolTraffic returns a traffic metric of pool from Traffic.
+func (s *StoreInputs) PoolTraffic(pool, metric string, now time.Time, window time.Duration) (float64, bool) {
+	if s.Traffic == nil {
+		return 0, false
+	}
+	t, ok := s.Traffic.Totals(pool, now, window, s.TrafficFresh)
+	if !ok {
+		return 0, false
+	}
+	switch metric {
+	case "request_rate":
+		return t.RequestsPerSecond, true
+	case "error_rate":
+		return t.ErrorsPerSecond, true
+	case "error_ratio":
+		if t.RequestsPerSecond == 0 {
+			return math.NaN(), true
+		}
+		return t.ErrorsPerSecond / t.RequestsPerSecond, true
+	case "p95_latency_ms":
+		return lbstats.Quantile(t.Bounds, t.Counts, 0.95) * 1000, true
+	case "p99_latency_ms":
+		return lbstats.Quantile(t.Bounds, t.Counts, 0.99) * 1000, true
+	case "in_flight":
+		return t.Concurrency, true
+	}
+	return 0, false
+}
 
 // Nodes returns NodeList.
 func (s *StoreInputs) Nodes() []NodeInfo { return s.NodeList }

@@ -28,6 +28,7 @@ var kinds = map[pb.AlertRuleKind]alerts.Kind{
 	pb.AlertRuleKind_ALERT_RULE_KIND_THRESHOLD:      alerts.KindThreshold,
 	pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN:      alerts.KindNodeDown,
 	pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION: alerts.KindNodeCondition,
+	pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD: alerts.KindPoolThreshold,
 }
 
 var severities = map[pb.Severity]alerts.Severity{
@@ -52,6 +53,7 @@ func RuleFromPB(r *pb.AlertRule) alerts.Rule {
 		Op:          alerts.Op(r.GetOp()),
 		Threshold:   r.GetThreshold(),
 		For:         r.GetFor().AsDuration(),
+		Window:      r.GetWindow().AsDuration(),
 		Selector:    r.GetSelector(),
 		Labels:      maps.Clone(r.GetLabels()),
 		Annotations: maps.Clone(r.GetAnnotations()),
@@ -71,6 +73,11 @@ func RuleToPB(r alerts.Rule) *pb.AlertRule {
 		out.Kind = pb.AlertRuleKind_ALERT_RULE_KIND_NODE_DOWN
 	case alerts.KindNodeCondition:
 		out.Kind = pb.AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION
+	case alerts.KindPoolThreshold:
+		out.Kind = pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD
+	}
+	if r.Window != 0 {
+		out.Window = durationpb.New(r.Window)
 	}
 	for k, v := range severities {
 		if v == r.Severity && k != pb.Severity_SEVERITY_UNSPECIFIED {
@@ -84,7 +91,7 @@ func RuleToPB(r alerts.Rule) *pb.AlertRule {
 func AlertToPB(a alerts.Alert) *pb.Alert {
 	ts := func(t interface{ IsZero() bool }) bool { return !t.IsZero() }
 	out := &pb.Alert{
-		Fingerprint: a.Fingerprint.String(), Rule: a.Rule, Node: a.Node,
+		Fingerprint: a.Fingerprint.String(), Rule: a.Rule, Node: a.Node, Pool: a.Pool,
 		Labels: maps.Clone(a.Labels), Annotations: maps.Clone(a.Annotations),
 		State: states[a.State], Value: a.Value,
 	}
@@ -111,7 +118,7 @@ func AlertFromPB(a *pb.Alert) (alerts.Alert, bool) {
 		return alerts.Alert{}, false
 	}
 	out := alerts.Alert{
-		Fingerprint: alerts.Fingerprint(fp), Rule: a.GetRule(), Node: a.GetNode(),
+		Fingerprint: alerts.Fingerprint(fp), Rule: a.GetRule(), Node: a.GetNode(), Pool: a.GetPool(),
 		Labels: maps.Clone(a.GetLabels()), Annotations: maps.Clone(a.GetAnnotations()), Value: a.GetValue(),
 	}
 	for k, v := range states {
@@ -147,6 +154,9 @@ func checkRule(r *pb.AlertRule) error {
 	}
 	if r.For != nil && r.For.CheckValid() != nil {
 		return invalid("rule.for", "not a valid duration")
+	}
+	if r.Window != nil && r.Window.CheckValid() != nil {
+		return invalid("rule.window", "not a valid duration")
 	}
 	if err := checkName("rule.name", r.Name); err != nil {
 		return err

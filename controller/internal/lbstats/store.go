@@ -18,6 +18,7 @@ import (
 type point struct {
 	at       time.Time
 	requests uint64
+	errors   uint64
 	counts   []uint64
 	// busy is the backend's request-seconds (in_flight_seconds); NaN when
 	// the balancer does not measure it.
@@ -116,7 +117,7 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 		if b.InFlightSeconds != nil && *b.InFlightSeconds >= 0 && !math.IsInf(*b.InFlightSeconds, 0) {
 			busy = *b.InFlightSeconds
 		}
-		sr.points = append(sr.points, point{at: at, requests: b.Requests, counts: slices.Clone(b.LatencyCounts), busy: busy})
+		sr.points = append(sr.points, point{at: at, requests: b.Requests, errors: b.Errors, counts: slices.Clone(b.LatencyCounts), busy: busy})
 		cut := 0
 		for cut < len(sr.points)-1 && at.Sub(sr.points[cut].at) > s.Keep {
 			cut++
@@ -240,14 +241,82 @@ type Usage struct {
 
 // Window returns, for each backend address of pool, its requests per
 // second and mean requests in flight over the window ending at now, summed
-// over the balancers that reported it; and the pool's latency histogram over the window (bounds,
-// counts). A series with a single report in the window gives no rate.
+// over the balancers that reported it; and the pool's latency histogram
+// over the window (bounds, counts). A series with a single report in the
+// window gives no rate.
 func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[string]Usage, []float64, []uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]Usage{}
-	var bounds []float64
-	var hist []uint64
+	var h histogram
+	s.each(pool, now, window, func(sr *series, a, b point, dt float64) {
+		u := out[sr.address]
+		u.RequestsPerSecond += float64(b.requests-a.requests) / dt
+		if math.IsNaN(a.busy) || math.IsNaN(b.busy) {
+			u.NoConcurrency = true
+		} else {
+			u.Concurrency += (b.busy - a.busy) / dt
+		}
+		if b.at.After(u.Newest) {
+			u.Newest = b.at
+		}
+		out[sr.address] = u
+		h.add(sr, a, b)
+	})
+	return out, h.bounds, h.counts
+}
+
+// Totals is a pool's traffic over a window, summed over its backends and
+// the balancers that reported them.
+type Totals struct {
+	RequestsPerSecond float64
+	// ErrorsPerSecond counts 5xx answers and transport failures.
+	ErrorsPerSecond float64
+	// Concurrency is the mean of the requests in flight, over the backends
+	// whose balancers measure it.
+	Concurrency float64
+	// The latency histogram over the window: bounds and counts.
+	Bounds []float64
+	Counts []uint64
+}
+
+// Totals returns pool's traffic over the window ending at now. ok is false
+// unless some balancer has reported the pool within fresh and this store
+// has had its reports of the pool for the whole window: a new leader has
+// no data until then, rather than a window that looks idle.
+func (s *Store) Totals(pool string, now time.Time, window, fresh time.Duration) (Totals, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	covered := false
+	for _, a := range s.activity[pool] {
+		if now.Sub(a.last) <= fresh && now.Sub(a.first) >= window {
+			covered = true
+		}
+	}
+	if !covered {
+		return Totals{}, false
+	}
+	var t Totals
+	var h histogram
+	s.each(pool, now, window, func(sr *series, a, b point, dt float64) {
+		t.RequestsPerSecond += float64(b.requests-a.requests) / dt
+		if b.errors >= a.errors {
+			t.ErrorsPerSecond += float64(b.errors-a.errors) / dt
+		}
+		if !math.IsNaN(a.busy) && !math.IsNaN(b.busy) {
+			t.Concurrency += (b.busy - a.busy) / dt
+		}
+		h.add(sr, a, b)
+	})
+	t.Bounds, t.Counts = h.bounds, h.counts
+	return t, true
+}
+
+// each calls fn with each of pool's series that has two reports over the
+// window ending at now: the first (the report just before the window, when
+// there is one, or the first after the counters last restarted) and the
+// last, dt seconds apart. s.mu is held.
+func (s *Store) each(pool string, now time.Time, window time.Duration, fn func(sr *series, a, b point, dt float64)) {
 	from := now.Add(-window)
 	for _, sr := range s.series {
 		if sr.pool != pool {
@@ -271,8 +340,9 @@ func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[st
 		// Counters restart when a backend leaves and rejoins a table: use
 		// the part after the restart.
 		for i := last; i > first; i-- {
-			if sr.points[i].requests < sr.points[i-1].requests || sr.points[i].busy < sr.points[i-1].busy {
-				a = sr.points[i]
+			p, q := sr.points[i-1], sr.points[i]
+			if q.requests < p.requests || q.errors < p.errors || q.busy < p.busy {
+				a = q
 				break
 			}
 		}
@@ -280,31 +350,31 @@ func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[st
 		if dt <= 0 {
 			continue
 		}
-		u := out[sr.address]
-		u.RequestsPerSecond += float64(b.requests-a.requests) / dt
-		if math.IsNaN(a.busy) || math.IsNaN(b.busy) {
-			u.NoConcurrency = true
-		} else {
-			u.Concurrency += (b.busy - a.busy) / dt
-		}
-		if b.at.After(u.Newest) {
-			u.Newest = b.at
-		}
-		out[sr.address] = u
-		if len(b.counts) == len(a.counts) && len(b.counts) == len(sr.bounds)+1 {
-			if bounds == nil {
-				bounds, hist = sr.bounds, make([]uint64, len(b.counts))
-			}
-			if slices.Equal(bounds, sr.bounds) {
-				for i := range b.counts {
-					if b.counts[i] >= a.counts[i] {
-						hist[i] += b.counts[i] - a.counts[i]
-					}
-				}
-			}
+		fn(sr, a, b, dt)
+	}
+}
+
+// histogram sums latency counts over series with the same bounds.
+type histogram struct {
+	bounds []float64
+	counts []uint64
+}
+
+func (h *histogram) add(sr *series, a, b point) {
+	if len(b.counts) != len(a.counts) || len(b.counts) != len(sr.bounds)+1 {
+		return
+	}
+	if h.bounds == nil {
+		h.bounds, h.counts = sr.bounds, make([]uint64, len(b.counts))
+	}
+	if !slices.Equal(h.bounds, sr.bounds) {
+		return
+	}
+	for i := range b.counts {
+		if b.counts[i] >= a.counts[i] {
+			h.counts[i] += b.counts[i] - a.counts[i]
 		}
 	}
-	return out, bounds, hist
 }
 
 // Quantile estimates the q-quantile (0-1) of a histogram whose bucket i

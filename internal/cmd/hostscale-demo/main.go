@@ -29,7 +29,9 @@
 //
 //	GET /         (any other path) does the CPU work and latency, then
 //	              answers 200 "served by <name>\n"; ?cpu=50ms overrides the
-//	              CPU work of that request (at most 10s)
+//	              CPU work of that request (at most 10s); ?status=503 answers
+//	              with that status instead of 200 (200 to 599), as a failing
+//	              app would
 //	GET /healthz  200 "ok" while serving, 503 once shutting down
 //	GET /stats    JSON {"name", "requests", "in_flight", "uptime_seconds"},
 //	              counting only requests to /
@@ -282,6 +284,15 @@ func (d *demo) serveWork(w http.ResponseWriter, r *http.Request) {
 		}
 		cpu = v
 	}
+	code := http.StatusOK
+	if q := r.URL.Query(); q.Has("status") {
+		v, err := strconv.Atoi(q.Get("status"))
+		if err != nil || v < 200 || v > 599 {
+			http.Error(w, fmt.Sprintf("status: %q is not a status code from 200 to 599", q.Get("status")), http.StatusBadRequest)
+			return
+		}
+		code = v
+	}
 	d.requests.Add(1)
 	d.inFlight.Add(1)
 	defer d.inFlight.Add(-1)
@@ -301,6 +312,7 @@ func (d *demo) serveWork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
 	_, _ = fmt.Fprintf(w, "served by %s\n", d.name)
 }
 

@@ -82,6 +82,20 @@ func TestDemo_badCPUParameter_is400NamingIt(t *testing.T) {
 	}
 }
 
+func TestDemo_statusParameter(t *testing.T) {
+	d := &demo{name: "web-1", started: time.Now()}
+	rec := get(d.routes(), "/?status=503")
+	require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+	require.Equal(t, "served by web-1\n", rec.Body.String())
+	require.EqualValues(t, 1, d.requests.Load())
+	for _, v := range []string{"abc", "", "199", "600", "5e2"} {
+		rec := get(d.routes(), "/?status="+v)
+		require.Equal(t, http.StatusBadRequest, rec.Code, v)
+		require.Contains(t, rec.Body.String(), "status:", v)
+	}
+	require.EqualValues(t, 1, d.requests.Load(), "a rejected request is not counted")
+}
+
 func TestDemo_stats_countsRequestsToRootOnly(t *testing.T) {
 	d := &demo{name: "web-1", started: time.Now().Add(-2 * time.Second)}
 	h := d.routes()

@@ -36,6 +36,12 @@ const (
 	// (disk_pressure, memory_pressure, disk_stalled; empty: any), held for
 	// `for`.
 	AlertRuleKind_ALERT_RULE_KIND_NODE_CONDITION AlertRuleKind = 3
+	// metric op threshold, per pool, over the balancers' traffic in
+	// `window` (request_rate, error_rate, error_ratio, p95_latency_ms,
+	// p99_latency_ms, in_flight) or over its instances (healthy_instances,
+	// missing_instances), held for `for`. The selector matches the label
+	// `pool` (the pool's name).
+	AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD AlertRuleKind = 4
 )
 
 // Enum value maps for AlertRuleKind.
@@ -45,12 +51,14 @@ var (
 		1: "ALERT_RULE_KIND_THRESHOLD",
 		2: "ALERT_RULE_KIND_NODE_DOWN",
 		3: "ALERT_RULE_KIND_NODE_CONDITION",
+		4: "ALERT_RULE_KIND_POOL_THRESHOLD",
 	}
 	AlertRuleKind_value = map[string]int32{
 		"ALERT_RULE_KIND_UNSPECIFIED":    0,
 		"ALERT_RULE_KIND_THRESHOLD":      1,
 		"ALERT_RULE_KIND_NODE_DOWN":      2,
 		"ALERT_RULE_KIND_NODE_CONDITION": 3,
+		"ALERT_RULE_KIND_POOL_THRESHOLD": 4,
 	}
 )
 
@@ -639,27 +647,34 @@ func (x *ListSilencesResponse) GetIndex() uint64 {
 	return 0
 }
 
-// AlertRule raises an alert per matching node whose metric compares true
-// with the threshold for the whole `for` duration.
+// AlertRule raises an alert per matching node (or pool, for a pool rule)
+// whose metric compares true with the threshold for the whole `for`
+// duration.
 type AlertRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A DNS label; becomes the alert's `alertname` label.
 	Name string        `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Kind AlertRuleKind `protobuf:"varint,2,opt,name=kind,proto3,enum=hostscale.v1.AlertRuleKind" json:"kind,omitempty"`
-	// A series of MetricsService (e.g. cpu_percent).
+	// A series of MetricsService (e.g. cpu_percent); a pool metric for a
+	// pool rule (e.g. error_ratio).
 	Metric string `protobuf:"bytes,3,opt,name=metric,proto3" json:"metric,omitempty"`
 	// One of > >= < <= == !=.
 	Op        string               `protobuf:"bytes,4,opt,name=op,proto3" json:"op,omitempty"`
 	Threshold float64              `protobuf:"fixed64,5,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	For       *durationpb.Duration `protobuf:"bytes,6,opt,name=for,proto3" json:"for,omitempty"`
-	// Which nodes: a label selector; empty: all.
+	// Which nodes: a label selector; empty: all. For a pool rule, which
+	// pools, by the label `pool` (`pool in (web,api)`).
 	Selector string            `protobuf:"bytes,7,opt,name=selector,proto3" json:"selector,omitempty"`
 	Labels   map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Go templates over .Labels, .Value, .Node and .Rule.
-	Annotations   map[string]string `protobuf:"bytes,9,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Severity      Severity          `protobuf:"varint,10,opt,name=severity,proto3,enum=hostscale.v1.Severity" json:"severity,omitempty"`
-	CreateIndex   uint64            `protobuf:"varint,11,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64            `protobuf:"varint,12,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Go templates over .Labels, .Value, .Node, .Pool and .Rule.
+	Annotations map[string]string `protobuf:"bytes,9,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Severity    Severity          `protobuf:"varint,10,opt,name=severity,proto3,enum=hostscale.v1.Severity" json:"severity,omitempty"`
+	CreateIndex uint64            `protobuf:"varint,11,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64            `protobuf:"varint,12,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// A pool rule's traffic metrics are rates over this window, as
+	// Prometheus' rate(x[window]); unset: 1m, else 10s to 10m. Only for a
+	// pool rule.
+	Window        *durationpb.Duration `protobuf:"bytes,13,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -778,22 +793,32 @@ func (x *AlertRule) GetModifyIndex() uint64 {
 	return 0
 }
 
-// Alert is one rule's alert on one node.
+func (x *AlertRule) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// Alert is one rule's alert on one node, or on one pool.
 type Alert struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Stable hash of the alert's labels (hex).
-	Fingerprint string            `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
-	Rule        string            `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	Fingerprint string `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	Rule        string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// The node, for a node rule's alert.
 	Node        string            `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	Labels      map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Annotations map[string]string `protobuf:"bytes,5,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	State       AlertState        `protobuf:"varint,6,opt,name=state,proto3,enum=hostscale.v1.AlertState" json:"state,omitempty"`
 	// The value that caused the last transition.
-	Value         float64                `protobuf:"fixed64,7,opt,name=value,proto3" json:"value,omitempty"`
-	ActiveSince   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=active_since,json=activeSince,proto3" json:"active_since,omitempty"`
-	FiredAt       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=fired_at,json=firedAt,proto3" json:"fired_at,omitempty"`
-	ResolvedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	Value       float64                `protobuf:"fixed64,7,opt,name=value,proto3" json:"value,omitempty"`
+	ActiveSince *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=active_since,json=activeSince,proto3" json:"active_since,omitempty"`
+	FiredAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=fired_at,json=firedAt,proto3" json:"fired_at,omitempty"`
+	ResolvedAt  *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`
+	UpdatedAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// The pool, for a pool rule's alert.
+	Pool          string `protobuf:"bytes,12,opt,name=pool,proto3" json:"pool,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -903,6 +928,13 @@ func (x *Alert) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *Alert) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
 }
 
 type CreateRuleRequest struct {
@@ -1447,7 +1479,7 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"consistent\"_\n" +
 	"\x14ListSilencesResponse\x121\n" +
 	"\bsilences\x18\x01 \x03(\v2\x15.hostscale.v1.SilenceR\bsilences\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xdd\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x90\x05\n" +
 	"\tAlertRule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1b.hostscale.v1.AlertRuleKindR\x04kind\x12\x16\n" +
@@ -1461,13 +1493,14 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"\bseverity\x18\n" +
 	" \x01(\x0e2\x16.hostscale.v1.SeverityR\bseverity\x12!\n" +
 	"\fcreate_index\x18\v \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\f \x01(\x04R\vmodifyIndex\x1a9\n" +
+	"\fmodify_index\x18\f \x01(\x04R\vmodifyIndex\x121\n" +
+	"\x06window\x18\r \x01(\v2\x19.google.protobuf.DurationR\x06window\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x05\n" +
 	"\x05Alert\x12 \n" +
 	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x12\n" +
@@ -1482,7 +1515,8 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"resolvedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x1a9\n" +
+	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x12\n" +
+	"\x04pool\x18\f \x01(\tR\x04pool\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -1523,12 +1557,13 @@ const file_hostscale_v1_alert_proto_rawDesc = "" +
 	"consistent\"W\n" +
 	"\x12ListAlertsResponse\x12+\n" +
 	"\x06alerts\x18\x01 \x03(\v2\x13.hostscale.v1.AlertR\x06alerts\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index*\x92\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index*\xb6\x01\n" +
 	"\rAlertRuleKind\x12\x1f\n" +
 	"\x1bALERT_RULE_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ALERT_RULE_KIND_THRESHOLD\x10\x01\x12\x1d\n" +
 	"\x19ALERT_RULE_KIND_NODE_DOWN\x10\x02\x12\"\n" +
-	"\x1eALERT_RULE_KIND_NODE_CONDITION\x10\x03*d\n" +
+	"\x1eALERT_RULE_KIND_NODE_CONDITION\x10\x03\x12\"\n" +
+	"\x1eALERT_RULE_KIND_POOL_THRESHOLD\x10\x04*d\n" +
 	"\bSeverity\x12\x18\n" +
 	"\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SEVERITY_CRITICAL\x10\x01\x12\x14\n" +
@@ -1611,41 +1646,42 @@ var file_hostscale_v1_alert_proto_depIdxs = []int32{
 	23, // 8: hostscale.v1.AlertRule.labels:type_name -> hostscale.v1.AlertRule.LabelsEntry
 	24, // 9: hostscale.v1.AlertRule.annotations:type_name -> hostscale.v1.AlertRule.AnnotationsEntry
 	1,  // 10: hostscale.v1.AlertRule.severity:type_name -> hostscale.v1.Severity
-	25, // 11: hostscale.v1.Alert.labels:type_name -> hostscale.v1.Alert.LabelsEntry
-	26, // 12: hostscale.v1.Alert.annotations:type_name -> hostscale.v1.Alert.AnnotationsEntry
-	2,  // 13: hostscale.v1.Alert.state:type_name -> hostscale.v1.AlertState
-	27, // 14: hostscale.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
-	27, // 15: hostscale.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
-	27, // 16: hostscale.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
-	27, // 17: hostscale.v1.Alert.updated_at:type_name -> google.protobuf.Timestamp
-	11, // 18: hostscale.v1.CreateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
-	11, // 19: hostscale.v1.CreateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
-	11, // 20: hostscale.v1.UpdateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
-	11, // 21: hostscale.v1.UpdateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
-	11, // 22: hostscale.v1.ListRulesResponse.rules:type_name -> hostscale.v1.AlertRule
-	2,  // 23: hostscale.v1.ListAlertsRequest.state:type_name -> hostscale.v1.AlertState
-	12, // 24: hostscale.v1.ListAlertsResponse.alerts:type_name -> hostscale.v1.Alert
-	13, // 25: hostscale.v1.AlertService.CreateRule:input_type -> hostscale.v1.CreateRuleRequest
-	15, // 26: hostscale.v1.AlertService.UpdateRule:input_type -> hostscale.v1.UpdateRuleRequest
-	17, // 27: hostscale.v1.AlertService.DeleteRule:input_type -> hostscale.v1.DeleteRuleRequest
-	19, // 28: hostscale.v1.AlertService.ListRules:input_type -> hostscale.v1.ListRulesRequest
-	21, // 29: hostscale.v1.AlertService.ListAlerts:input_type -> hostscale.v1.ListAlertsRequest
-	5,  // 30: hostscale.v1.AlertService.CreateSilence:input_type -> hostscale.v1.CreateSilenceRequest
-	7,  // 31: hostscale.v1.AlertService.DeleteSilence:input_type -> hostscale.v1.DeleteSilenceRequest
-	9,  // 32: hostscale.v1.AlertService.ListSilences:input_type -> hostscale.v1.ListSilencesRequest
-	14, // 33: hostscale.v1.AlertService.CreateRule:output_type -> hostscale.v1.CreateRuleResponse
-	16, // 34: hostscale.v1.AlertService.UpdateRule:output_type -> hostscale.v1.UpdateRuleResponse
-	18, // 35: hostscale.v1.AlertService.DeleteRule:output_type -> hostscale.v1.DeleteRuleResponse
-	20, // 36: hostscale.v1.AlertService.ListRules:output_type -> hostscale.v1.ListRulesResponse
-	22, // 37: hostscale.v1.AlertService.ListAlerts:output_type -> hostscale.v1.ListAlertsResponse
-	6,  // 38: hostscale.v1.AlertService.CreateSilence:output_type -> hostscale.v1.CreateSilenceResponse
-	8,  // 39: hostscale.v1.AlertService.DeleteSilence:output_type -> hostscale.v1.DeleteSilenceResponse
-	10, // 40: hostscale.v1.AlertService.ListSilences:output_type -> hostscale.v1.ListSilencesResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	28, // 11: hostscale.v1.AlertRule.window:type_name -> google.protobuf.Duration
+	25, // 12: hostscale.v1.Alert.labels:type_name -> hostscale.v1.Alert.LabelsEntry
+	26, // 13: hostscale.v1.Alert.annotations:type_name -> hostscale.v1.Alert.AnnotationsEntry
+	2,  // 14: hostscale.v1.Alert.state:type_name -> hostscale.v1.AlertState
+	27, // 15: hostscale.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
+	27, // 16: hostscale.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
+	27, // 17: hostscale.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
+	27, // 18: hostscale.v1.Alert.updated_at:type_name -> google.protobuf.Timestamp
+	11, // 19: hostscale.v1.CreateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
+	11, // 20: hostscale.v1.CreateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
+	11, // 21: hostscale.v1.UpdateRuleRequest.rule:type_name -> hostscale.v1.AlertRule
+	11, // 22: hostscale.v1.UpdateRuleResponse.rule:type_name -> hostscale.v1.AlertRule
+	11, // 23: hostscale.v1.ListRulesResponse.rules:type_name -> hostscale.v1.AlertRule
+	2,  // 24: hostscale.v1.ListAlertsRequest.state:type_name -> hostscale.v1.AlertState
+	12, // 25: hostscale.v1.ListAlertsResponse.alerts:type_name -> hostscale.v1.Alert
+	13, // 26: hostscale.v1.AlertService.CreateRule:input_type -> hostscale.v1.CreateRuleRequest
+	15, // 27: hostscale.v1.AlertService.UpdateRule:input_type -> hostscale.v1.UpdateRuleRequest
+	17, // 28: hostscale.v1.AlertService.DeleteRule:input_type -> hostscale.v1.DeleteRuleRequest
+	19, // 29: hostscale.v1.AlertService.ListRules:input_type -> hostscale.v1.ListRulesRequest
+	21, // 30: hostscale.v1.AlertService.ListAlerts:input_type -> hostscale.v1.ListAlertsRequest
+	5,  // 31: hostscale.v1.AlertService.CreateSilence:input_type -> hostscale.v1.CreateSilenceRequest
+	7,  // 32: hostscale.v1.AlertService.DeleteSilence:input_type -> hostscale.v1.DeleteSilenceRequest
+	9,  // 33: hostscale.v1.AlertService.ListSilences:input_type -> hostscale.v1.ListSilencesRequest
+	14, // 34: hostscale.v1.AlertService.CreateRule:output_type -> hostscale.v1.CreateRuleResponse
+	16, // 35: hostscale.v1.AlertService.UpdateRule:output_type -> hostscale.v1.UpdateRuleResponse
+	18, // 36: hostscale.v1.AlertService.DeleteRule:output_type -> hostscale.v1.DeleteRuleResponse
+	20, // 37: hostscale.v1.AlertService.ListRules:output_type -> hostscale.v1.ListRulesResponse
+	22, // 38: hostscale.v1.AlertService.ListAlerts:output_type -> hostscale.v1.ListAlertsResponse
+	6,  // 39: hostscale.v1.AlertService.CreateSilence:output_type -> hostscale.v1.CreateSilenceResponse
+	8,  // 40: hostscale.v1.AlertService.DeleteSilence:output_type -> hostscale.v1.DeleteSilenceResponse
+	10, // 41: hostscale.v1.AlertService.ListSilences:output_type -> hostscale.v1.ListSilencesResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_alert_proto_init() }
