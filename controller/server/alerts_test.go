@@ -375,6 +375,91 @@ func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
 	}))
 }
 
+// TestTraffic_fromAnyNode: a balancer's reports through one follower are
+// the traffic GetTraffic answers from the other, which asks the leader;
+// bad requests name their field.
+func TestTraffic_fromAnyNode(t *testing.T) {
+	c := startAlertCluster(t)
+	leader := waitLeader(t, c)
+	var fs []*testcluster.Node
+	for _, n := range c.Nodes() {
+		if n != leader {
+			fs = append(fs, n)
+		}
+	}
+	ctx := ctxT(t)
+	for _, name := range []string{"api", "web"} {
+		_, err := pb.NewPoolServiceClient(leader.Conn()).CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+			Name: name, PathPrefix: "/" + name, Backends: []*pb.Backend{{Address: "127.0.0.1:9"}, {Address: "127.0.0.1:10"}}}})
+		require.NoError(t, err)
+	}
+	lb := pb.NewBalancerServiceClient(fs[0].Conn())
+	report := func(i uint64) {
+		busy1, busy2 := float64(i)*0.3, float64(i)*0.1 // 1.5 and 0.5 in flight at 5 reports a second
+		_, err := lb.ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb-1", Time: timestamppb.Now(), BucketBounds: []float64{0.01, 0.1},
+			Backends: []*pb.BackendCounters{
+				{Pool: "web", Address: "127.0.0.1:9", Requests: 20 * i, Errors: 4 * i, InFlightSeconds: &busy1, LatencyCounts: []uint64{20 * i, 0, 0}},
+				{Pool: "web", Address: "127.0.0.1:10", Requests: 20 * i, InFlightSeconds: &busy2, LatencyCounts: []uint64{0, 20 * i, 0}},
+			},
+			Pools: []*pb.PoolCounters{{Pool: "web"}, {Pool: "api", Waiting: 3}}})
+		require.NoError(t, err)
+	}
+	api := pb.NewPoolServiceClient(fs[1].Conn())
+	var web *pb.PoolTraffic
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for i := uint64(0); ; i++ {
+		report(i)
+		resp, err := api.GetTraffic(ctx, &pb.GetTrafficRequest{Pool: "web", Window: durationpb.New(5 * time.Second)})
+		require.NoError(t, err)
+		require.Equal(t, leader.ID, resp.Leader)
+		require.Len(t, resp.Pools, 1)
+		if web = resp.Pools[0]; len(web.Backends) == 2 && web.RequestRate > 0 && i >= 5 {
+			break
+		}
+		require.Less(t, i, uint64(100), "no traffic after 20 s: %v", web)
+		<-tick.C
+	}
+	// The reports reach the leader every 200 ms of the test's clock, not
+	// the leader's: the rates are close, not exact.
+	require.InDelta(t, 200, web.RequestRate, 40)
+	require.InDelta(t, 0.1, web.ErrorRatio, 1e-9)
+	require.InDelta(t, 2, web.InFlight, 0.5)
+	require.False(t, web.Covered, "a 5s window the leader has not had yet")
+	require.InDelta(t, 10, web.P50LatencyMs, 1e-9, "half of the requests under 10 ms")
+	require.InDelta(t, 10+90*0.9, web.P95LatencyMs, 1e-9)
+	require.Equal(t, "127.0.0.1:10", web.Backends[0].Address)
+	require.Zero(t, web.Backends[0].ErrorRate)
+	require.InDelta(t, 0.5, web.Backends[0].InFlight, 0.15)
+	require.InDelta(t, 20, web.Backends[1].ErrorRate, 5)
+
+	all, err := api.GetTraffic(ctx, &pb.GetTrafficRequest{})
+	require.NoError(t, err)
+	require.Len(t, all.Pools, 2)
+	require.Equal(t, "api", all.Pools[0].Pool)
+	require.EqualValues(t, 3, all.Pools[0].Waiting)
+	require.Zero(t, all.Pools[0].RequestRate)
+	require.Empty(t, all.Pools[1].Backends, "backends only for one pool")
+
+	for name, tc := range map[string]struct {
+		req  *pb.GetTrafficRequest
+		code codes.Code
+		msg  string
+	}{
+		"unknown pool":     {&pb.GetTrafficRequest{Pool: "nope"}, codes.NotFound, "nope"},
+		"bad pool name":    {&pb.GetTrafficRequest{Pool: "No_Pool"}, codes.InvalidArgument, "pool"},
+		"window too short": {&pb.GetTrafficRequest{Window: durationpb.New(time.Millisecond)}, codes.InvalidArgument, "window"},
+		"window too long":  {&pb.GetTrafficRequest{Window: durationpb.New(time.Hour)}, codes.InvalidArgument, "window"},
+		"window not valid": {&pb.GetTrafficRequest{Window: &durationpb.Duration{Seconds: 5, Nanos: -1}}, codes.InvalidArgument, "window"},
+	} {
+		for _, n := range []*testcluster.Node{leader, fs[1]} {
+			_, err := pb.NewPoolServiceClient(n.Conn()).GetTraffic(ctx, tc.req)
+			require.Equal(t, tc.code, status.Code(err), "%s on %s: %v", name, n.ID, err)
+			require.Contains(t, status.Convert(err).Message(), tc.msg, name)
+		}
+	}
+}
+
 func TestAlerts_badRulesNameTheFieldAndStoreNothing(t *testing.T) {
 	c := startAlertCluster(t)
 	leader := waitLeader(t, c)

@@ -296,7 +296,7 @@ func New(cfg Config) (s *Server, err error) {
 		LastReached:       s.lastReached,
 		MembershipTimeout: 10 * time.Second,
 	})
-	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core})
+	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core, Traffic: s.lbstats, Leading: s.leader.Ready})
 	register(&pb.AgentService_ServiceDesc, &endpoint.Agents{
 		Core:          s.core,
 		Hub:           s.hub,

@@ -83,6 +83,27 @@ func TestAlerts_poolErrorRatio(t *testing.T) {
 	require.InDelta(t, 0.5, a.Value, 0.15)
 	t.Logf("firing at %.2f: %s", a.Value, a.Annotations["summary"])
 
+	// The same traffic, as GetTraffic shows it from a follower.
+	var follower *testcluster.Node
+	for _, n := range f.cl.Nodes() {
+		if n != f.leader() {
+			follower = n
+		}
+	}
+	tr, err := pb.NewPoolServiceClient(follower.Conn()).GetTraffic(ctx, &pb.GetTrafficRequest{Pool: "web", Window: durationpb.New(10 * time.Second)})
+	require.NoError(t, err)
+	require.Len(t, tr.Pools, 1)
+	web := tr.Pools[0]
+	require.True(t, web.Covered)
+	require.Greater(t, web.RequestRate, 10.0)
+	require.InDelta(t, 0.5, web.ErrorRatio, 0.15)
+	require.Positive(t, web.P95LatencyMs)
+	require.Len(t, web.Backends, 1)
+	ins := f.instances("web")
+	require.Len(t, ins, 1)
+	require.Equal(t, ins[0].Id, web.Backends[0].Instance)
+	t.Logf("traffic: %.1f req/s, %.0f%% failing, p95 %.2f ms", web.RequestRate, 100*web.ErrorRatio, web.P95LatencyMs)
+
 	failing.Store(false)
 	a = alert(pb.AlertState_ALERT_STATE_RESOLVED)
 	t.Logf("resolved at %.2f", a.Value)

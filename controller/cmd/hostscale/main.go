@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
@@ -53,6 +54,8 @@ commands:
   scale POOL N                    run N instances of a pool with a template
   instances [POOL]                list instances: node, address, state, restarts
   events POOL [-acted]            the autoscaler's evaluations of a pool, newest first: why it scaled
+  traffic [POOL] [-window 1m]     each pool's requests/s, errors, latency and requests in flight at the
+                                  balancers; with POOL, per backend too
   load [-rates 20,100,200,0] [-step 30s] [-url http://127.0.0.1:8080/]
                                   send requests at each rate for a step, printing what answered
   drain NODE                      move a node's instances elsewhere; no new placements
@@ -385,6 +388,8 @@ func (c *cli) do(ctx context.Context, args []string) error {
 				ev.ObservedValue, ev.Target, ev.Ready, ev.Current, ev.RawDesired, change, orDash(ev.LimitedBy), ev.Reason)
 		}
 		return w.Flush()
+	case "traffic":
+		return c.traffic(ctx, rest)
 	case "load":
 		return c.load(ctx, rest)
 	case "drain", "undrain":
@@ -647,6 +652,67 @@ func (c *cli) putPool(ctx context.Context, path string, update bool) error {
 	}
 	fmt.Fprintf(c.out, "pool %s created (index %d)\n", resp.Pool.GetName(), resp.Index)
 	return nil
+}
+
+// traffic prints the balancers' traffic per pool, or one pool's with its
+// backends.
+func (c *cli) traffic(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("traffic", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	window := fs.Duration("window", time.Minute, "rates over this window")
+	var pool string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		pool, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError("traffic: " + err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageError("traffic: want [POOL] [-window D]")
+	}
+	resp, err := c.pools.GetTraffic(ctx, &pb.GetTrafficRequest{Pool: pool, Window: durationpb.New(*window)})
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(resp)
+	}
+	w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "POOL\tREQ/S\tERR/S\tERR%\tP50\tP95\tP99\tIN FLIGHT\tWAITING")
+	partial := false
+	for _, p := range resp.Pools {
+		name := p.Pool
+		if !p.Covered {
+			name += "*"
+			partial = true
+		}
+		fmt.Fprintf(w, "%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%.1f\t%d\n", name, p.RequestRate, p.ErrorRate, 100*p.ErrorRatio,
+			ms(p.P50LatencyMs), ms(p.P95LatencyMs), ms(p.P99LatencyMs), p.InFlight, p.Waiting)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if partial {
+		fmt.Fprintf(c.out, "* the leader (%s) has reports for less than the %v window\n", resp.Leader, *window)
+	}
+	if pool == "" || len(resp.Pools) == 0 || len(resp.Pools[0].Backends) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.out)
+	w = tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "BACKEND\tINSTANCE\tREQ/S\tERR/S\tIN FLIGHT")
+	for _, b := range resp.Pools[0].Backends {
+		fmt.Fprintf(w, "%s\t%s\t%.1f\t%.1f\t%.1f\n", b.Address, orDash(b.Instance), b.RequestRate, b.ErrorRate, b.InFlight)
+	}
+	return w.Flush()
+}
+
+// ms writes a latency in ms, "-" for none.
+func ms(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + "ms"
 }
 
 // severityName spells a rule's severity; unspecified is warning.

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hostscale/hostscale/controller/internal/lbstats"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -15,6 +16,11 @@ import (
 type Pools struct {
 	pb.UnimplementedPoolServiceServer
 	Core *Core
+	// Traffic is the balancers' counters, on the leader (GetTraffic);
+	// Leading reports whether this node is the ready leader. Without them
+	// GetTraffic asks the leader.
+	Traffic *lbstats.Store
+	Leading func() bool
 }
 
 var _ pb.PoolServiceServer = (*Pools)(nil)

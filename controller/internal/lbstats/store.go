@@ -228,8 +228,10 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 
 // Usage is a backend's traffic over a window, summed over balancers.
 type Usage struct {
-	// RequestsPerSecond over the window.
+	// RequestsPerSecond over the window, and ErrorsPerSecond of them (5xx
+	// answers and transport failures).
 	RequestsPerSecond float64
+	ErrorsPerSecond   float64
 	// Concurrency is the mean of the requests in flight over the window;
 	// NoConcurrency is set when a balancer that reported the backend does
 	// not measure them.
@@ -252,6 +254,9 @@ func (s *Store) Window(pool string, now time.Time, window time.Duration) (map[st
 	s.each(pool, now, window, func(sr *series, a, b point, dt float64) {
 		u := out[sr.address]
 		u.RequestsPerSecond += float64(b.requests-a.requests) / dt
+		if b.errors >= a.errors {
+			u.ErrorsPerSecond += float64(b.errors-a.errors) / dt
+		}
 		if math.IsNaN(a.busy) || math.IsNaN(b.busy) {
 			u.NoConcurrency = true
 		} else {
@@ -280,23 +285,19 @@ type Totals struct {
 	Counts []uint64
 }
 
-// Totals returns pool's traffic over the window ending at now. ok is false
-// unless some balancer has reported the pool within fresh and this store
-// has had its reports of the pool for the whole window: a new leader has
-// no data until then, rather than a window that looks idle.
-func (s *Store) Totals(pool string, now time.Time, window, fresh time.Duration) (Totals, bool) {
+// Totals returns pool's traffic over the window ending at now. covered is
+// false unless some balancer has reported the pool within fresh and this
+// store has had its reports of the pool for the whole window: a new
+// leader's totals cover less than the window, and a pool no balancer
+// reports has none.
+func (s *Store) Totals(pool string, now time.Time, window, fresh time.Duration) (t Totals, covered bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	covered := false
 	for _, a := range s.activity[pool] {
 		if now.Sub(a.last) <= fresh && now.Sub(a.first) >= window {
 			covered = true
 		}
 	}
-	if !covered {
-		return Totals{}, false
-	}
-	var t Totals
 	var h histogram
 	s.each(pool, now, window, func(sr *series, a, b point, dt float64) {
 		t.RequestsPerSecond += float64(b.requests-a.requests) / dt
@@ -309,7 +310,7 @@ func (s *Store) Totals(pool string, now time.Time, window, fresh time.Duration) 
 		h.add(sr, a, b)
 	})
 	t.Bounds, t.Counts = h.bounds, h.counts
-	return t, true
+	return t, covered
 }
 
 // each calls fn with each of pool's series that has two reports over the

@@ -3062,6 +3062,328 @@ func (x *ListScaleEventsResponse) GetIndex() uint64 {
 	return 0
 }
 
+type GetTrafficRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this pool, with its backends; empty: every pool, without them.
+	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Rates and quantiles are over this window ending now; unset: 1m, else
+	// 1s to 10m.
+	Window        *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTrafficRequest) Reset() {
+	*x = GetTrafficRequest{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTrafficRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTrafficRequest) ProtoMessage() {}
+
+func (x *GetTrafficRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTrafficRequest.ProtoReflect.Descriptor instead.
+func (*GetTrafficRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetTrafficRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *GetTrafficRequest) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// BackendTraffic is one backend's traffic over the window.
+type BackendTraffic struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// The instance at that address, for a pool's instance.
+	Instance    string  `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	RequestRate float64 `protobuf:"fixed64,3,opt,name=request_rate,json=requestRate,proto3" json:"request_rate,omitempty"`
+	ErrorRate   float64 `protobuf:"fixed64,4,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	// The mean of its requests in flight.
+	InFlight      float64 `protobuf:"fixed64,5,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendTraffic) Reset() {
+	*x = BackendTraffic{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendTraffic) ProtoMessage() {}
+
+func (x *BackendTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendTraffic.ProtoReflect.Descriptor instead.
+func (*BackendTraffic) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *BackendTraffic) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BackendTraffic) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *BackendTraffic) GetRequestRate() float64 {
+	if x != nil {
+		return x.RequestRate
+	}
+	return 0
+}
+
+func (x *BackendTraffic) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+func (x *BackendTraffic) GetInFlight() float64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+// PoolTraffic is one pool's traffic over the window. Without a request in
+// the window, the ratio and the quantiles are 0.
+type PoolTraffic struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Requests per second, and those that failed (5xx answers and transport
+	// failures).
+	RequestRate  float64 `protobuf:"fixed64,2,opt,name=request_rate,json=requestRate,proto3" json:"request_rate,omitempty"`
+	ErrorRate    float64 `protobuf:"fixed64,3,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	ErrorRatio   float64 `protobuf:"fixed64,4,opt,name=error_ratio,json=errorRatio,proto3" json:"error_ratio,omitempty"`
+	P50LatencyMs float64 `protobuf:"fixed64,5,opt,name=p50_latency_ms,json=p50LatencyMs,proto3" json:"p50_latency_ms,omitempty"`
+	P95LatencyMs float64 `protobuf:"fixed64,6,opt,name=p95_latency_ms,json=p95LatencyMs,proto3" json:"p95_latency_ms,omitempty"`
+	P99LatencyMs float64 `protobuf:"fixed64,7,opt,name=p99_latency_ms,json=p99LatencyMs,proto3" json:"p99_latency_ms,omitempty"`
+	// The mean of the requests in flight.
+	InFlight float64 `protobuf:"fixed64,8,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Requests the balancers hold now, or turned away lately, for want of a
+	// backend.
+	Waiting uint64 `protobuf:"varint,9,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Whether the leader has had the balancers' reports for the whole
+	// window (a new leader has not: its figures cover less).
+	Covered bool `protobuf:"varint,10,opt,name=covered,proto3" json:"covered,omitempty"`
+	// With GetTrafficRequest.pool: its backends, by address.
+	Backends      []*BackendTraffic `protobuf:"bytes,11,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolTraffic) Reset() {
+	*x = PoolTraffic{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolTraffic) ProtoMessage() {}
+
+func (x *PoolTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolTraffic.ProtoReflect.Descriptor instead.
+func (*PoolTraffic) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *PoolTraffic) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *PoolTraffic) GetRequestRate() float64 {
+	if x != nil {
+		return x.RequestRate
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetErrorRatio() float64 {
+	if x != nil {
+		return x.ErrorRatio
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetP50LatencyMs() float64 {
+	if x != nil {
+		return x.P50LatencyMs
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetP95LatencyMs() float64 {
+	if x != nil {
+		return x.P95LatencyMs
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetP99LatencyMs() float64 {
+	if x != nil {
+		return x.P99LatencyMs
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetInFlight() float64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetWaiting() uint64 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *PoolTraffic) GetCovered() bool {
+	if x != nil {
+		return x.Covered
+	}
+	return false
+}
+
+func (x *PoolTraffic) GetBackends() []*BackendTraffic {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+type GetTrafficResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In pool order.
+	Pools []*PoolTraffic `protobuf:"bytes,1,rep,name=pools,proto3" json:"pools,omitempty"`
+	// The leader that measured them.
+	Leader        string `protobuf:"bytes,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTrafficResponse) Reset() {
+	*x = GetTrafficResponse{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTrafficResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTrafficResponse) ProtoMessage() {}
+
+func (x *GetTrafficResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTrafficResponse.ProtoReflect.Descriptor instead.
+func (*GetTrafficResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetTrafficResponse) GetPools() []*PoolTraffic {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+func (x *GetTrafficResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
 var File_hostscale_v1_pool_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_pool_proto_rawDesc = "" +
@@ -3307,7 +3629,35 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"consistent\"a\n" +
 	"\x17ListScaleEventsResponse\x120\n" +
 	"\x06events\x18\x01 \x03(\v2\x18.hostscale.v1.ScaleEventR\x06events\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index*R\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"Z\n" +
+	"\x11GetTrafficRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x121\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\xa5\x01\n" +
+	"\x0eBackendTraffic\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12!\n" +
+	"\frequest_rate\x18\x03 \x01(\x01R\vrequestRate\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\x04 \x01(\x01R\terrorRate\x12\x1b\n" +
+	"\tin_flight\x18\x05 \x01(\x01R\binFlight\"\x81\x03\n" +
+	"\vPoolTraffic\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12!\n" +
+	"\frequest_rate\x18\x02 \x01(\x01R\vrequestRate\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\x03 \x01(\x01R\terrorRate\x12\x1f\n" +
+	"\verror_ratio\x18\x04 \x01(\x01R\n" +
+	"errorRatio\x12$\n" +
+	"\x0ep50_latency_ms\x18\x05 \x01(\x01R\fp50LatencyMs\x12$\n" +
+	"\x0ep95_latency_ms\x18\x06 \x01(\x01R\fp95LatencyMs\x12$\n" +
+	"\x0ep99_latency_ms\x18\a \x01(\x01R\fp99LatencyMs\x12\x1b\n" +
+	"\tin_flight\x18\b \x01(\x01R\binFlight\x12\x18\n" +
+	"\awaiting\x18\t \x01(\x04R\awaiting\x12\x18\n" +
+	"\acovered\x18\n" +
+	" \x01(\bR\acovered\x128\n" +
+	"\bbackends\x18\v \x03(\v2\x1c.hostscale.v1.BackendTrafficR\bbackends\"]\n" +
+	"\x12GetTrafficResponse\x12/\n" +
+	"\x05pools\x18\x01 \x03(\v2\x19.hostscale.v1.PoolTrafficR\x05pools\x12\x16\n" +
+	"\x06leader\x18\x02 \x01(\tR\x06leader*R\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14POLICY_LEAST_REQUEST\x10\x01\x12\x16\n" +
@@ -3335,7 +3685,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_HEALTHY\x10\x03\x12\x1c\n" +
 	"\x18INSTANCE_STATE_UNHEALTHY\x10\x04\x12\x1b\n" +
 	"\x17INSTANCE_STATE_STOPPING\x10\x05\x12\x19\n" +
-	"\x15INSTANCE_STATE_EXITED\x10\x062\xc9\x06\n" +
+	"\x15INSTANCE_STATE_EXITED\x10\x062\x9a\a\n" +
 	"\vPoolService\x12O\n" +
 	"\n" +
 	"CreatePool\x12\x1f.hostscale.v1.CreatePoolRequest\x1a .hostscale.v1.CreatePoolResponse\x12F\n" +
@@ -3350,7 +3700,9 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\rRemoveBackend\x12\".hostscale.v1.RemoveBackendRequest\x1a#.hostscale.v1.RemoveBackendResponse\x12L\n" +
 	"\tScalePool\x12\x1e.hostscale.v1.ScalePoolRequest\x1a\x1f.hostscale.v1.ScalePoolResponse\x12X\n" +
 	"\rListInstances\x12\".hostscale.v1.ListInstancesRequest\x1a#.hostscale.v1.ListInstancesResponse\x12^\n" +
-	"\x0fListScaleEvents\x12$.hostscale.v1.ListScaleEventsRequest\x1a%.hostscale.v1.ListScaleEventsResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\x0fListScaleEvents\x12$.hostscale.v1.ListScaleEventsRequest\x1a%.hostscale.v1.ListScaleEventsResponse\x12O\n" +
+	"\n" +
+	"GetTraffic\x12\x1f.hostscale.v1.GetTrafficRequest\x1a .hostscale.v1.GetTrafficResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_pool_proto_rawDescOnce sync.Once
@@ -3365,7 +3717,7 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_hostscale_v1_pool_proto_goTypes = []any{
 	(Policy)(0),                     // 0: hostscale.v1.Policy
 	(ScalingMetric)(0),              // 1: hostscale.v1.ScalingMetric
@@ -3406,10 +3758,14 @@ var file_hostscale_v1_pool_proto_goTypes = []any{
 	(*ListInstancesResponse)(nil),   // 36: hostscale.v1.ListInstancesResponse
 	(*ListScaleEventsRequest)(nil),  // 37: hostscale.v1.ListScaleEventsRequest
 	(*ListScaleEventsResponse)(nil), // 38: hostscale.v1.ListScaleEventsResponse
-	nil,                             // 39: hostscale.v1.ScaleEvent.ObservedEntry
-	nil,                             // 40: hostscale.v1.InstanceTemplate.EnvEntry
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
+	(*GetTrafficRequest)(nil),       // 39: hostscale.v1.GetTrafficRequest
+	(*BackendTraffic)(nil),          // 40: hostscale.v1.BackendTraffic
+	(*PoolTraffic)(nil),             // 41: hostscale.v1.PoolTraffic
+	(*GetTrafficResponse)(nil),      // 42: hostscale.v1.GetTrafficResponse
+	nil,                             // 43: hostscale.v1.ScaleEvent.ObservedEntry
+	nil,                             // 44: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
@@ -3417,40 +3773,40 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	16, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
 	8,  // 3: hostscale.v1.Pool.scaling:type_name -> hostscale.v1.ScalingPolicy
 	2,  // 4: hostscale.v1.RateLimit.kind:type_name -> hostscale.v1.RateLimitKind
-	41, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
+	45, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
 	1,  // 6: hostscale.v1.ScalingPolicy.metric:type_name -> hostscale.v1.ScalingMetric
-	41, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
-	41, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
+	45, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
+	45, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
 	7,  // 9: hostscale.v1.ScalingPolicy.scale_up_limits:type_name -> hostscale.v1.RateLimit
 	7,  // 10: hostscale.v1.ScalingPolicy.scale_down_limits:type_name -> hostscale.v1.RateLimit
 	3,  // 11: hostscale.v1.ScalingPolicy.scale_up_select:type_name -> hostscale.v1.SelectPolicy
 	3,  // 12: hostscale.v1.ScalingPolicy.scale_down_select:type_name -> hostscale.v1.SelectPolicy
-	41, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
-	41, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
-	41, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
+	45, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
+	45, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
+	45, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
 	11, // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
 	9,  // 17: hostscale.v1.ScalingPolicy.metrics:type_name -> hostscale.v1.MetricTarget
-	41, // 18: hostscale.v1.ScalingPolicy.scale_to_zero_after:type_name -> google.protobuf.Duration
-	41, // 19: hostscale.v1.ScalingPolicy.activation_timeout:type_name -> google.protobuf.Duration
+	45, // 18: hostscale.v1.ScalingPolicy.scale_to_zero_after:type_name -> google.protobuf.Duration
+	45, // 19: hostscale.v1.ScalingPolicy.activation_timeout:type_name -> google.protobuf.Duration
 	1,  // 20: hostscale.v1.MetricTarget.metric:type_name -> hostscale.v1.ScalingMetric
 	1,  // 21: hostscale.v1.MetricEvaluation.metric:type_name -> hostscale.v1.ScalingMetric
 	12, // 22: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
 	13, // 23: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
-	41, // 24: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
-	41, // 25: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
-	42, // 26: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	45, // 24: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	45, // 25: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	46, // 26: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 27: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
-	39, // 28: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	43, // 28: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
 	15, // 29: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
 	10, // 30: hostscale.v1.ScaleEvent.metrics:type_name -> hostscale.v1.MetricEvaluation
-	42, // 31: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
-	40, // 32: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	41, // 33: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	41, // 34: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	46, // 31: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	44, // 32: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	45, // 33: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	45, // 34: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
 	17, // 35: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
 	4,  // 36: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	42, // 37: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	42, // 38: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	46, // 37: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	46, // 38: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
 	17, // 39: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
 	6,  // 40: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
 	6,  // 41: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
@@ -3464,31 +3820,36 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	6,  // 49: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
 	18, // 50: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
 	14, // 51: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
-	19, // 52: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	23, // 53: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	25, // 54: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	21, // 55: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
-	27, // 56: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	29, // 57: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	31, // 58: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	33, // 59: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	35, // 60: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	37, // 61: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
-	20, // 62: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	24, // 63: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	26, // 64: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	22, // 65: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
-	28, // 66: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	30, // 67: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	32, // 68: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	34, // 69: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	36, // 70: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	38, // 71: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
-	62, // [62:72] is the sub-list for method output_type
-	52, // [52:62] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	45, // 52: hostscale.v1.GetTrafficRequest.window:type_name -> google.protobuf.Duration
+	40, // 53: hostscale.v1.PoolTraffic.backends:type_name -> hostscale.v1.BackendTraffic
+	41, // 54: hostscale.v1.GetTrafficResponse.pools:type_name -> hostscale.v1.PoolTraffic
+	19, // 55: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	23, // 56: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	25, // 57: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	21, // 58: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
+	27, // 59: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	29, // 60: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	31, // 61: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	33, // 62: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	35, // 63: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	37, // 64: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	39, // 65: hostscale.v1.PoolService.GetTraffic:input_type -> hostscale.v1.GetTrafficRequest
+	20, // 66: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	24, // 67: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	26, // 68: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	22, // 69: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
+	28, // 70: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	30, // 71: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	32, // 72: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	34, // 73: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	36, // 74: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	38, // 75: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	42, // 76: hostscale.v1.PoolService.GetTraffic:output_type -> hostscale.v1.GetTrafficResponse
+	66, // [66:77] is the sub-list for method output_type
+	55, // [55:66] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -3507,7 +3868,7 @@ func file_hostscale_v1_pool_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   36,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	PoolService_ScalePool_FullMethodName       = "/hostscale.v1.PoolService/ScalePool"
 	PoolService_ListInstances_FullMethodName   = "/hostscale.v1.PoolService/ListInstances"
 	PoolService_ListScaleEvents_FullMethodName = "/hostscale.v1.PoolService/ListScaleEvents"
+	PoolService_GetTraffic_FullMethodName      = "/hostscale.v1.PoolService/GetTraffic"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -74,6 +75,12 @@ type PoolServiceClient interface {
 	// evaluations of a pool, newest first, each with its inputs, what it
 	// decided and which rule limited it.
 	ListScaleEvents(ctx context.Context, in *ListScaleEventsRequest, opts ...grpc.CallOption) (*ListScaleEventsResponse, error)
+	// GetTraffic returns each pool's traffic at the balancers (or one
+	// pool's, with its backends) over a window, summed over balancers: what
+	// the autoscaler and the pool alert rules see. It lives in the leader's
+	// memory, so a follower asks the leader; UNAVAILABLE when none answers,
+	// NOT_FOUND for a pool that does not exist.
+	GetTraffic(ctx context.Context, in *GetTrafficRequest, opts ...grpc.CallOption) (*GetTrafficResponse, error)
 }
 
 type poolServiceClient struct {
@@ -184,6 +191,16 @@ func (c *poolServiceClient) ListScaleEvents(ctx context.Context, in *ListScaleEv
 	return out, nil
 }
 
+func (c *poolServiceClient) GetTraffic(ctx context.Context, in *GetTrafficRequest, opts ...grpc.CallOption) (*GetTrafficResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTrafficResponse)
+	err := c.cc.Invoke(ctx, PoolService_GetTraffic_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -227,6 +244,12 @@ type PoolServiceServer interface {
 	// evaluations of a pool, newest first, each with its inputs, what it
 	// decided and which rule limited it.
 	ListScaleEvents(context.Context, *ListScaleEventsRequest) (*ListScaleEventsResponse, error)
+	// GetTraffic returns each pool's traffic at the balancers (or one
+	// pool's, with its backends) over a window, summed over balancers: what
+	// the autoscaler and the pool alert rules see. It lives in the leader's
+	// memory, so a follower asks the leader; UNAVAILABLE when none answers,
+	// NOT_FOUND for a pool that does not exist.
+	GetTraffic(context.Context, *GetTrafficRequest) (*GetTrafficResponse, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -266,6 +289,9 @@ func (UnimplementedPoolServiceServer) ListInstances(context.Context, *ListInstan
 }
 func (UnimplementedPoolServiceServer) ListScaleEvents(context.Context, *ListScaleEventsRequest) (*ListScaleEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListScaleEvents not implemented")
+}
+func (UnimplementedPoolServiceServer) GetTraffic(context.Context, *GetTrafficRequest) (*GetTrafficResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTraffic not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -468,6 +494,24 @@ func _PoolService_ListScaleEvents_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_GetTraffic_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTrafficRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).GetTraffic(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_GetTraffic_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).GetTraffic(ctx, req.(*GetTrafficRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -514,6 +558,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListScaleEvents",
 			Handler:    _PoolService_ListScaleEvents_Handler,
+		},
+		{
+			MethodName: "GetTraffic",
+			Handler:    _PoolService_GetTraffic_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
