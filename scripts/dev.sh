@@ -96,6 +96,11 @@ bin/hostscale -addr "$controllers" create-pool - >/dev/null <<JSON
  "scaling": {"metric": "SCALING_METRIC_CONCURRENCY_PER_INSTANCE", "target": 2,
   "evaluationPeriod": "2s", "window": "6s", "scaleToZeroAfter": "30s"}}
 JSON
+bin/hostscale -addr "$controllers" create-rule - >/dev/null <<'JSON'
+{"name": "demo-errors", "kind": "ALERT_RULE_KIND_POOL_THRESHOLD", "metric": "error_ratio", "op": ">",
+ "threshold": 0.1, "window": "30s", "selector": "pool=demo",
+ "annotations": {"summary": "{{ .Pool }} fails {{ printf \"%.2f\" .Value }} of its requests"}}
+JSON
 for _ in $(seq 1 300); do
 	if curl -fsS -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; then break; fi
 	sleep 0.1
@@ -111,6 +116,9 @@ hostscale dev mode is up: three controllers, one agent, a balancer and the demo 
   bin/hostscale nodes                           # the host and its latest sample
   make load                                     # traffic in steps: watch the pool scale out and back in
   bin/hostscale events demo                     # why it scaled: every evaluation, its inputs and rule
+  bin/hostscale traffic demo                    # req/s, errors, latency, in flight, per instance too
+  for i in $(seq 100); do curl -s -o /dev/null '127.0.0.1:8080/?status=503'; done
+  bin/hostscale alerts                          # demo-errors fires on pool demo (error_ratio > 0.1 over 30s)
   curl http://127.0.0.1:8080/sleepy/            # the sleepy pool has no instance: held while one starts
   bin/hostscale events sleepy -acted            # woken ("activation"); back to 0 after 30s idle ("idle")
   bin/hostscale status                          # c1, c2, c3: which one leads

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -118,6 +119,12 @@ func TestDevMode_makeDevServesTheDemoPoolAndCtrlCStopsAll(t *testing.T) {
 	require.NoError(t, err)
 	defer conn.Close()
 	cluster, pools := pb.NewClusterServiceClient(conn), pb.NewPoolServiceClient(conn)
+	// The README's alert rule is installed.
+	rules, err := pb.NewAlertServiceClient(conn).ListRules(ctx, &pb.ListRulesRequest{Consistent: true})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(rules.Rules, func(r *pb.AlertRule) bool {
+		return r.Name == "demo-errors" && r.Kind == pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD
+	}), "rules: %v", rules.Rules)
 	st, err := cluster.GetStatus(ctx, &pb.GetStatusRequest{})
 	require.NoError(t, err)
 	old := st.GetLeader().GetId()
