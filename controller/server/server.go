@@ -9,6 +9,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,9 +56,14 @@ type Config struct {
 	// Raft holds the Raft timings and stores; ID, DataDir, Listener,
 	// Advertise, Peers, NotifyCh and Logger are filled from the fields
 	// above.
-	Raft   raftnode.Config
-	GRPC   grpcx.ServerConfig
-	Logger *slog.Logger
+	Raft raftnode.Config
+	// GRPC is the API server's transport policy; its TLS, when set, is
+	// the API's (tlsx.Files.Server).
+	GRPC grpcx.ServerConfig
+	// PeerTLS is how this controller calls the other controllers' APIs
+	// (tlsx.Files.Client); nil: plaintext. Set it whenever GRPC.TLS is.
+	PeerTLS *tls.Config
+	Logger  *slog.Logger
 	// ShutdownGrace bounds the graceful stop of the gRPC server.
 	ShutdownGrace time.Duration
 	// ProbeInterval is how often members probe each other's API.
@@ -197,7 +203,7 @@ func New(cfg Config) (s *Server, err error) {
 		logger:   logger,
 		registry: admin.NewRegistry(),
 		fsm:      fsm.New(logger),
-		conns:    grpcx.NewConnPool(),
+		conns:    grpcx.NewConnPool(grpcx.WithTLS(cfg.PeerTLS)),
 		notifyCh: make(chan bool, 1),
 		reached:  map[string]time.Time{},
 	}

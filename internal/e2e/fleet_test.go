@@ -50,6 +50,7 @@ func binaries(t *testing.T) string {
 			"github.com/hostscale/hostscale/agent/cmd/hostscale-agent",
 			"github.com/hostscale/hostscale/balancer/cmd/hostscale-balancer",
 			"github.com/hostscale/hostscale/internal/cmd/hostscale-demo",
+			"github.com/hostscale/hostscale/controller/cmd/hostscale",
 		} {
 			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, filepath.Base(pkg)), pkg).CombinedOutput()
 			if err != nil {
@@ -165,6 +166,8 @@ type fleet struct {
 	// pinned, when set, is the leader the helpers ask, without waiting
 	// for every running controller to agree: one may be hung.
 	pinned *testcluster.Node
+	// clientArgs are flags every agent and the balancer get (-tls-*).
+	clientArgs []string
 }
 
 type agentProc struct {
@@ -185,7 +188,13 @@ func newFleetArgs(t *testing.T, ctx context.Context, agents int, agentArgs func(
 // newFleetWith is newFleetArgs whose controllers' options cluster, when
 // set, changes before they start.
 func newFleetWith(t *testing.T, ctx context.Context, agents int, agentArgs func(i int) []string, cluster func(*testcluster.Options)) *fleet {
-	f := &fleet{t: t, ctx: ctx, bin: binaries(t), agents: map[string]*agentProc{}}
+	return newFleetClients(t, ctx, agents, agentArgs, cluster, nil)
+}
+
+// newFleetClients is newFleetWith whose agents and balancer also get
+// clientArgs.
+func newFleetClients(t *testing.T, ctx context.Context, agents int, agentArgs func(i int) []string, cluster func(*testcluster.Options), clientArgs []string) *fleet {
+	f := &fleet{t: t, ctx: ctx, bin: binaries(t), agents: map[string]*agentProc{}, clientArgs: clientArgs}
 	// Cleanups run last-registered first: this one runs after every agent
 	// is gone. An instance killed while its agent lived may have been
 	// started again, and would outlive the agent into the next test.
@@ -218,8 +227,8 @@ func newFleetWith(t *testing.T, ctx context.Context, agents int, agentArgs func(
 		f.waitAgent(node)
 	}
 	f.lbAddr, f.lbDataDir = freePort(t, "127.0.0.1"), t.TempDir()
-	f.balancer = startProc(t, "balancer", filepath.Join(f.bin, "hostscale-balancer"), "-listen", f.lbAddr,
-		"-http-addr", "127.0.0.1:0", "-controllers", f.controllers, "-name", "lb1", "-data-dir", f.lbDataDir)
+	f.balancer = startProc(t, "balancer", filepath.Join(f.bin, "hostscale-balancer"), append([]string{"-listen", f.lbAddr,
+		"-http-addr", "127.0.0.1:0", "-controllers", f.controllers, "-name", "lb1", "-data-dir", f.lbDataDir}, clientArgs...)...)
 	t.Cleanup(func() { f.killInstances("") })
 	return f
 }
@@ -234,7 +243,7 @@ func (f *fleet) startAgent(a *agentProc) {
 func (f *fleet) agentArgs(a *agentProc) []string {
 	return append([]string{"-node-id", a.node, "-controllers", f.controllers,
 		"-interval", "200ms", "-labels", "tier=web", "-advertise-addr", a.ip, "-data-dir", a.dataDir, "-http-addr", "", "-log-level", "debug",
-		"-disk-pressure-free", "0", "-memory-pressure-free", "0"}, a.args...)
+		"-disk-pressure-free", "0", "-memory-pressure-free", "0"}, append(slices.Clone(f.clientArgs), a.args...)...)
 }
 
 // waitAgent waits until node's agent streams to the leader.

@@ -1,12 +1,14 @@
 package grpcx
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
@@ -34,10 +36,13 @@ func DialAny(addrs []string, extra ...grpc.DialOption) (*grpc.ClientConn, error)
 	}
 	state := resolver.State{}
 	for _, a := range addrs {
-		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || port == "" {
 			return nil, fmt.Errorf("grpc dial: %q is not host:port", a)
 		}
-		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		// With TLS, each controller's certificate is checked against the
+		// host it is dialled at, as with Dial, not the target's name.
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
 	}
 	if len(addrs) == 1 {
 		return Dial(addrs[0], extra...)
@@ -49,6 +54,15 @@ func DialAny(addrs []string, extra ...grpc.DialOption) (*grpc.ClientConn, error)
 		return nil, fmt.Errorf("grpc dial %v: %w", addrs, err)
 	}
 	return conn, nil
+}
+
+// WithTLS makes a connection speak TLS with cfg (tlsx.Files.Client); a
+// nil cfg leaves it plaintext. Pass it after Dial's address.
+func WithTLS(cfg *tls.Config) grpc.DialOption {
+	if cfg == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
 }
 
 // dialOptions are the options of every client connection.

@@ -13,14 +13,16 @@ var ErrPoolClosed = errors.New("grpc connection pool closed")
 // ConnPool keeps one client connection per address. It is safe for
 // concurrent use.
 type ConnPool struct {
+	opts   []grpc.DialOption
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
 }
 
-// NewConnPool returns an empty pool.
-func NewConnPool() *ConnPool {
-	return &ConnPool{conns: make(map[string]*grpc.ClientConn)}
+// NewConnPool returns an empty pool whose connections are dialled with
+// opts besides Dial's own (WithTLS, say).
+func NewConnPool(opts ...grpc.DialOption) *ConnPool {
+	return &ConnPool{opts: opts, conns: make(map[string]*grpc.ClientConn)}
 }
 
 // Get returns the connection to addr, creating it on first use.
@@ -33,7 +35,7 @@ func (p *ConnPool) Get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := Dial(addr)
+	c, err := Dial(addr, p.opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package grpcx
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -45,6 +47,9 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// Registerer receives the grpc_server_* metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// TLS, when set, serves TLS only (tlsx.Files.Server); nil serves
+	// plaintext.
+	TLS *tls.Config
 }
 
 // DefaultServerConfig returns the limits every hostscale server starts with.
@@ -125,6 +130,9 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 		grpc.StaticConnWindowSize(ConnWindow),
 		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m)),
 		grpc.ChainStreamInterceptor(streamInterceptor(logger, m)),
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
 	s := grpc.NewServer(append(opts, extra...)...)
 	hs := health.NewServer()

@@ -3,6 +3,7 @@ package testcluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -29,6 +30,10 @@ type Options struct {
 	HeartbeatTimeout, ElectionTimeout time.Duration
 	// Args are extra flags for process launchers.
 	Args []string
+	// ClientTLS is how the harness's connections (Node.Conn) speak to
+	// controllers that serve TLS (their -tls-* flags in Args); nil:
+	// plaintext.
+	ClientTLS *tls.Config
 	// Net, when set, runs node i on the Net's host i, at that host's
 	// address with the default ports (7700 gRPC, 7701 Raft, 7702 HTTP),
 	// so that a test can cut the nodes apart (Net.Partition). It needs a
@@ -224,7 +229,7 @@ func (n *Node) Conn() *grpc.ClientConn {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.conn == nil {
-		conn, err := grpcx.Dial(n.GRPCAddr)
+		conn, err := grpcx.Dial(n.GRPCAddr, grpcx.WithTLS(n.c.opts.ClientTLS))
 		if err != nil {
 			n.c.t.Fatalf("testcluster: dial %s: %v", n.ID, err)
 		}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/hostscale/hostscale/agent/internal/agent"
 	"github.com/hostscale/hostscale/agent/internal/condition"
@@ -33,7 +35,9 @@ import (
 	"github.com/hostscale/hostscale/agent/internal/session"
 	"github.com/hostscale/hostscale/internal/admin"
 	"github.com/hostscale/hostscale/internal/config"
+	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
+	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/version"
 )
 
@@ -66,6 +70,8 @@ type options struct {
 	memoryFree   float64
 	transition   time.Duration
 	log          logging.Options
+	// tls is how the agent speaks to the controllers; nil: plaintext.
+	tls *tls.Config
 }
 
 // usageError is bad input: the process exits 2.
@@ -122,6 +128,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
+	var tlsFiles tlsx.Files
+	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the controllers' certificates: speak TLS to them")
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this agent's certificate, for controllers that require one (mutual TLS)")
+	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of -tls-cert's private key")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.log.Format, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
@@ -186,6 +196,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if _, _, err := net.SplitHostPort(o.httpAddr); err != nil {
 			return o, fmt.Errorf("-http-addr: %q: expected host:port", o.httpAddr)
 		}
+	}
+	if o.tls, err = tlsFiles.Client(); err != nil {
+		return o, err
 	}
 	if _, err := logging.New(io.Discard, o.log, "agent"); err != nil {
 		return o, err
@@ -252,6 +265,7 @@ func serve(o options, stderr io.Writer) error {
 	ssc.Labels = o.labels
 	ssc.Interval = o.interval
 	ssc.Controllers = o.controllers
+	ssc.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLS(o.tls)) }
 	ssc.BufferSize = max(1, int(o.buffer/o.interval))
 	a, err := agent.New(agent.Config{Sampler: sampler, Session: ssc, Logger: logger, Registerer: reg, Usage: drv.Usage})
 	if err != nil {

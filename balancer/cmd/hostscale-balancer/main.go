@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,11 +30,14 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/hostscale/hostscale/balancer"
 	"github.com/hostscale/hostscale/balancer/admin"
 	"github.com/hostscale/hostscale/balancer/watch"
 	"github.com/hostscale/hostscale/internal/config"
+	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/version"
 )
 
@@ -55,6 +59,8 @@ type options struct {
 	// statsInterval is how often per-backend and per-pool counters are
 	// reported to the controller; 0: never.
 	statsInterval time.Duration
+	// tls is how the balancer speaks to the controllers; nil: plaintext.
+	tls *tls.Config
 }
 
 // usageError is a bad command line: exit status 2.
@@ -86,6 +92,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&c.SlowStart, "slow-start", c.SlowStart, "ramp-up window of backends added to a pool (0 disables)")
 	fs.IntVar(&c.MaxHeldPerPool, "max-held", c.MaxHeldPerPool, "most requests held at once for a pool without a backend (hold_when_empty); beyond, 503 at once")
 	fs.BoolVar(&o.adm.Pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
+	var tlsFiles tlsx.Files
+	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the controllers' certificates: speak TLS to them")
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this balancer's certificate, for controllers that require one (mutual TLS)")
+	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of -tls-cert's private key")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := config.Parse(fs, args); err != nil {
@@ -118,6 +128,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var err error
 	if o.controllers, err = watch.ParseControllers(*controllers); err != nil {
 		return nil, usageError{"-controllers: " + err.Error()}
+	}
+	if o.tls, err = tlsFiles.Client(); err != nil {
+		return nil, usageError{err.Error()}
 	}
 	if o.name != "" && !watch.ValidName(o.name) {
 		return nil, usageError{fmt.Sprintf("-name: %q is not a DNS label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)", o.name)}
@@ -181,6 +194,7 @@ func serve(o *options, log *slog.Logger) error {
 		cfg := watch.DefaultConfig()
 		cfg.Controllers, cfg.Name, cfg.Balancer, cfg.Logger = o.controllers, o.name, b, log
 		cfg.StatsInterval = o.statsInterval
+		cfg.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLS(o.tls)) }
 		if w, err = watch.New(cfg); err != nil {
 			return err
 		}

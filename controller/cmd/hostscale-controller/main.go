@@ -21,6 +21,7 @@ import (
 	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/logging"
+	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/version"
 )
 
@@ -94,6 +95,10 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.AlertGroupWait, "alert-group-wait", cfg.AlertGroupWait, "how long a new alert group waits for more alerts before its first notification")
 	fs.DurationVar(&cfg.AlertGroupInterval, "alert-group-interval", cfg.AlertGroupInterval, "how long a notified group waits before a notification about its changes (new or resolved alerts)")
 	fs.DurationVar(&cfg.AlertRepeatInterval, "alert-repeat-interval", cfg.AlertRepeatInterval, "how often a still-firing group is notified again")
+	var tlsFiles tlsx.Files
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this controller's certificate: the gRPC API serves TLS only, and the controller presents it when it calls the others (it must name the addresses clients dial, and allow server and client auth)")
+	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of the -tls-cert's private key")
+	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the clients' and the other controllers' certificates: the API then requires a client certificate it signed (mutual TLS)")
 	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
 	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")
@@ -125,6 +130,13 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 			return cfg, logOpts, fmt.Errorf("-alert-config: %w", err)
 		}
 		cfg.AlertDelivery = &dc
+	}
+	var err error
+	if cfg.GRPC.TLS, err = tlsFiles.Server(); err != nil {
+		return cfg, logOpts, err
+	}
+	if cfg.PeerTLS, err = tlsFiles.Client(); err != nil {
+		return cfg, logOpts, err
 	}
 	p, err := raftnode.ParsePeers(peers)
 	if err != nil {

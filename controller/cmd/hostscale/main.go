@@ -27,15 +27,20 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/tlsx"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
-const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-retry d] [-json] COMMAND [ARGS]
+const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-retry d] [-json]
+                 [-tls-ca FILE [-tls-cert FILE -tls-key FILE]] COMMAND [ARGS]
 
 -addr (env HOSTSCALE_ADDR) is one controller or several: the first that answers serves the
 command. The default is the three local controllers of make dev and make cluster.
 -retry (10s) is how long a call that fails UNAVAILABLE (no leader yet, a controller gone) is
 tried again, with the same request id for a write; 0 tries once.
+-tls-ca (env HOSTSCALE_CACERT) speaks TLS to controllers whose certificates that CA signed;
+-tls-cert and -tls-key (env HOSTSCALE_CLIENT_CERT, HOSTSCALE_CLIENT_KEY) are this client's
+certificate, for controllers that require one.
 
 commands:
   status                          this node's view: leader, term, indexes, members
@@ -105,6 +110,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 30*time.Second, "deadline of the whole command")
 	retry := fs.Duration("retry", 10*time.Second, "how long a call failing UNAVAILABLE (no leader yet, a controller gone) is tried again; 0: once")
 	asJSON := fs.Bool("json", false, "print responses as JSON")
+	var tlsFiles tlsx.Files
+	fs.StringVar(&tlsFiles.CA, "tls-ca", os.Getenv("HOSTSCALE_CACERT"), "PEM `file` of the CA that signs the controllers' certificates: speak TLS (env HOSTSCALE_CACERT)")
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", os.Getenv("HOSTSCALE_CLIENT_CERT"), "PEM `file` of this client's certificate, for controllers that require one (env HOSTSCALE_CLIENT_CERT)")
+	fs.StringVar(&tlsFiles.Key, "tls-key", os.Getenv("HOSTSCALE_CLIENT_KEY"), "PEM `file` of -tls-cert's key (env HOSTSCALE_CLIENT_KEY)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -128,7 +137,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// A command during an election, or sent to a controller that just
 	// went, waits for the new leader instead of failing (-retry); a write
 	// keeps one request id, so it applies once.
-	conn, err := grpcx.DialAny(addrs, grpc.WithChainUnaryInterceptor(grpcx.RetryUnavailable(100*time.Millisecond, time.Second, *retry)))
+	clientTLS, err := tlsFiles.Client()
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale: %v\n", err)
+		return 2
+	}
+	conn, err := grpcx.DialAny(addrs, grpcx.WithTLS(clientTLS),
+		grpc.WithChainUnaryInterceptor(grpcx.RetryUnavailable(100*time.Millisecond, time.Second, *retry)))
 	if err != nil {
 		fmt.Fprintf(stderr, "hostscale: -addr %q: %v\n", *addr, err)
 		return 2

@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// TestTLS_everyBinary: three controllers serve their API over mutual TLS;
+// an agent and a balancer with client certificates of the same CA run and
+// route a pool; a write through a follower reaches the leader; the CLI
+// works with the CA and a certificate (flags or environment) and is
+// refused without them, as is a plaintext client; a bad -tls-cert stops
+// every binary with exit code 2, naming the flag.
+func TestTLS_everyBinary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	set := tlstest.Write(t)
+	clientTLS, err := set.Client.Client()
+	require.NoError(t, err)
+	clientArgs := []string{"-tls-ca", set.Client.CA, "-tls-cert", set.Client.Cert, "-tls-key", set.Client.Key}
+	f := newFleetClients(t, ctx, 1, nil, func(o *testcluster.Options) {
+		o.Args = append(o.Args, "-tls-cert", set.Server.Cert, "-tls-key", set.Server.Key, "-tls-ca", set.Server.CA)
+		o.ClientTLS = clientTLS
+	}, clientArgs)
+	f.createPool("web", 2, nil)
+	f.waitRouted(f.settled("web", 2, 30*time.Second), 10*time.Second)
+	resp, err := http.Get("http://" + f.lbAddr + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	var follower *testcluster.Node
+	for _, n := range f.cl.Nodes() {
+		if n != f.leader() {
+			follower = n
+		}
+	}
+	_, err = follower.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 3})
+	require.NoError(t, err, "a write through a follower")
+	f.settled("web", 3, 30*time.Second)
+
+	cli := func(env []string, args ...string) (string, int) {
+		cmd := exec.CommandContext(ctx, filepath.Join(f.bin, "hostscale"), append([]string{"-addr", f.controllers, "-retry", "0", "-timeout", "10s"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return string(out), exit.ExitCode()
+		}
+		require.NoError(t, err)
+		return string(out), 0
+	}
+	out, code := cli(nil, append(clientArgs, "instances", "web")...)
+	require.Zero(t, code, out)
+	require.Contains(t, out, "web-3")
+	out, code = cli([]string{"HOSTSCALE_CACERT=" + set.Client.CA, "HOSTSCALE_CLIENT_CERT=" + set.Client.Cert, "HOSTSCALE_CLIENT_KEY=" + set.Client.Key}, "status")
+	require.Zero(t, code, out)
+	require.Contains(t, out, "leader")
+	out, code = cli(nil, "status")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, "Unavailable")
+	out, code = cli(nil, "-tls-ca", set.Client.CA, "status")
+	require.Equal(t, 1, code, "without a client certificate: %s", out)
+	out, code = cli(nil, "-tls-ca", set.Client.CA, "-tls-cert", set.Client.Cert, "status")
+	require.Equal(t, 2, code, out)
+	require.Contains(t, out, "-tls-key: needed with -tls-cert")
+
+	plain, err := grpcx.Dial(f.leader().GRPCAddr)
+	require.NoError(t, err)
+	defer plain.Close()
+	_, err = pb.NewPoolServiceClient(plain).ListPools(ctx, &pb.ListPoolsRequest{})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	for _, bin := range []string{"hostscale-controller", "hostscale-agent", "hostscale-balancer"} {
+		args := []string{"-tls-cert", missing, "-tls-key", set.Client.Key, "-tls-ca", set.Client.CA}
+		switch bin {
+		case "hostscale-controller":
+			args = append(args, "-id", "c9", "-data-dir", t.TempDir())
+		case "hostscale-agent":
+			args = append(args, "-data-dir", t.TempDir())
+		case "hostscale-balancer":
+			args = append(args, "-controllers", f.controllers)
+		}
+		out, err := exec.CommandContext(ctx, filepath.Join(f.bin, bin), args...).CombinedOutput()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, "%s: %s", bin, out)
+		require.Equal(t, 2, exit.ExitCode(), "%s: %s", bin, out)
+		require.Contains(t, string(out), "-tls-cert: stat "+missing, bin)
+	}
+}

@@ -1,0 +1,88 @@
+package grpcx
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostscale/hostscale/internal/tlsx"
+	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
+)
+
+// TestTLS_mutual: a server with a CA serves only clients whose certificate
+// the CA signed; plaintext clients, clients without a certificate and
+// clients of another CA are refused, and none of them reaches a handler.
+func TestTLS_mutual(t *testing.T) {
+	set := tlstest.Write(t)
+	serverTLS, err := set.Server.Server()
+	require.NoError(t, err)
+	cfg := DefaultServerConfig()
+	cfg.TLS = serverTLS
+	lis := listen(t)
+	serveOn(t, cfg, lis, time.Second)
+	addr := lis.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	call := func(files *tlsx.Files) error {
+		opt := WithTLS(nil)
+		if files != nil {
+			c, err := files.Client()
+			require.NoError(t, err)
+			opt = WithTLS(c)
+		}
+		conn, err := Dial(addr, opt)
+		require.NoError(t, err)
+		defer conn.Close()
+		return echo(ctx, conn, "hi")
+	}
+	require.NoError(t, call(&set.Client), "a client of the CA")
+	for name, files := range map[string]*tlsx.Files{
+		"plaintext":               nil,
+		"no certificate":          {CA: set.Client.CA},
+		"another CA's":            {Cert: set.Other.Cert, Key: set.Other.Key, CA: set.Client.CA},
+		"not trusting the server": {Cert: set.Client.Cert, Key: set.Client.Key, CA: set.Other.CA},
+	} {
+		err := call(files)
+		require.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", name, err)
+	}
+}
+
+// TestTLS_serverOnly: without a CA the server asks no client certificate;
+// a client verifying the server with the CA gets through.
+func TestTLS_serverOnly(t *testing.T) {
+	set := tlstest.Write(t)
+	serverTLS, err := tlsx.Files{Cert: set.Server.Cert, Key: set.Server.Key}.Server()
+	require.NoError(t, err)
+	cfg := DefaultServerConfig()
+	cfg.TLS = serverTLS
+	lis := listen(t)
+	serveOn(t, cfg, lis, time.Second)
+	clientTLS, err := tlsx.Files{CA: set.Client.CA}.Client()
+	require.NoError(t, err)
+	conn, err := Dial(lis.Addr().String(), WithTLS(clientTLS))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, echo(ctx, conn, "hi"))
+
+	// DialAny checks each address's certificate against its own host.
+	closed := listen(t)
+	closedAddr := closed.Addr().String()
+	closed.Close()
+	anyConn, err := DialAny([]string{closedAddr, lis.Addr().String()}, WithTLS(clientTLS))
+	require.NoError(t, err)
+	defer anyConn.Close()
+	require.NoError(t, echo(ctx, anyConn, "any"))
+
+	pool := NewConnPool(WithTLS(clientTLS))
+	defer pool.Close()
+	pc, err := pool.Get(lis.Addr().String())
+	require.NoError(t, err)
+	require.NoError(t, echo(ctx, pc, "pooled"))
+}

@@ -1,0 +1,58 @@
+package tlsx_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/tlsx"
+	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
+)
+
+func TestFiles_offWithoutFiles(t *testing.T) {
+	var f tlsx.Files
+	require.False(t, f.Enabled())
+	s, err := f.Server()
+	require.NoError(t, err)
+	require.Nil(t, s)
+	c, err := f.Client()
+	require.NoError(t, err)
+	require.Nil(t, c)
+}
+
+func TestFiles_badFilesNameTheFlag(t *testing.T) {
+	set := tlstest.Write(t)
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.pem")
+	require.NoError(t, os.WriteFile(garbage, []byte("not a certificate"), 0o600))
+	missing := filepath.Join(dir, "missing.pem")
+	tests := []struct {
+		name   string
+		files  tlsx.Files
+		server bool
+		want   string
+	}{
+		{"server without a certificate", tlsx.Files{CA: set.Server.CA}, true, "-tls-cert: a server with TLS needs"},
+		{"key without certificate", tlsx.Files{Key: set.Server.Key}, false, "-tls-cert: needed with -tls-key"},
+		{"certificate without key", tlsx.Files{Cert: set.Server.Cert}, false, "-tls-key: needed with -tls-cert"},
+		{"missing certificate", tlsx.Files{Cert: missing, Key: set.Server.Key}, true, "-tls-cert: stat " + missing},
+		{"missing key", tlsx.Files{Cert: set.Server.Cert, Key: missing}, true, "-tls-key: stat " + missing},
+		{"garbage certificate", tlsx.Files{Cert: garbage, Key: set.Server.Key}, true, "-tls-cert, -tls-key:"},
+		{"key of another certificate", tlsx.Files{Cert: set.Server.Cert, Key: set.Client.Key}, true, "-tls-cert, -tls-key:"},
+		{"missing CA", tlsx.Files{Cert: set.Server.Cert, Key: set.Server.Key, CA: missing}, true, "-tls-ca: open " + missing},
+		{"garbage CA", tlsx.Files{CA: garbage}, false, "-tls-ca: " + garbage + " holds no PEM certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			if tt.server {
+				_, err = tt.files.Server()
+			} else {
+				_, err = tt.files.Client()
+			}
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
