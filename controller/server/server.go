@@ -61,7 +61,8 @@ type Config struct {
 	// the API's (tlsx.Files.Server).
 	GRPC grpcx.ServerConfig
 	// PeerTLS is how this controller calls the other controllers' APIs
-	// (tlsx.Files.Client); nil: plaintext. Set it whenever GRPC.TLS is.
+	// and Raft ports (tlsx.Files.Client); nil: plaintext. Set it whenever
+	// GRPC.TLS is: the Raft port then serves GRPC.TLS too.
 	PeerTLS *tls.Config
 	Logger  *slog.Logger
 	// ShutdownGrace bounds the graceful stop of the gRPC server.
@@ -246,6 +247,7 @@ func New(cfg Config) (s *Server, err error) {
 
 	rc := cfg.Raft
 	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers
+	rc.TLS, rc.PeerTLS = cfg.GRPC.TLS, cfg.PeerTLS
 	rc.NotifyCh, rc.Logger = s.notifyCh, logger
 	rc.StableStoreFailed = func(err error) {
 		s.giveUp("the Raft stable store could not save the term or vote: exiting, as Raft cannot go on without it", "err", err)
@@ -272,7 +274,7 @@ func New(cfg Config) (s *Server, err error) {
 		Logger:       logger,
 		Metrics:      metrics,
 		Forwarder: endpoint.NewForwarder(endpoint.ForwarderOptions{
-			ID: cfg.ID, Conns: s.conns, MaxMessageSize: maxMessageSize(cfg.GRPC), Metrics: metrics,
+			ID: cfg.ID, Conns: s.conns, MaxMessageSize: maxMessageSize(cfg.GRPC), Metrics: metrics, RaftTLS: cfg.PeerTLS,
 		}),
 		LogTrouble: s.logTrouble,
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,7 +23,8 @@ import (
 
 // TestTLS_everyBinary: three controllers serve their API over mutual TLS;
 // an agent and a balancer with client certificates of the same CA run and
-// route a pool; a write through a follower reaches the leader; the CLI
+// route a pool; the controllers replicate and forward over TLS on their
+// Raft ports too; a write through a follower reaches the leader; the CLI
 // works with the CA and a certificate (flags or environment) and is
 // refused without them, as is a plaintext client; a bad -tls-cert stops
 // every binary with exit code 2, naming the flag.
@@ -85,6 +87,15 @@ func TestTLS_everyBinary(t *testing.T) {
 	defer plain.Close()
 	_, err = pb.NewPoolServiceClient(plain).ListPools(ctx, &pb.ListPoolsRequest{})
 	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+
+	// The Raft port speaks TLS too: a plaintext peer gets nothing.
+	raw, err := net.DialTimeout("tcp", f.leader().RaftAddr, 5*time.Second)
+	require.NoError(t, err)
+	defer raw.Close()
+	_, _ = raw.Write([]byte{0xF5, 'h', 's', 'f', 1}) // a forwarding preamble
+	_ = raw.SetReadDeadline(time.Now().Add(15 * time.Second))
+	n, err := raw.Read(make([]byte, 1))
+	require.Error(t, err, "read %d bytes from the Raft port in plaintext", n)
 
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, bin := range []string{"hostscale-controller", "hostscale-agent", "hostscale-balancer"} {

@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"crypto/tls"
 	"net"
 
 	"github.com/hostscale/hostscale/internal/sockpeek"
@@ -13,10 +14,19 @@ import (
 // sat idle. Where it cannot peek, a closed connection fails the call
 // instead.
 func connAlive(c net.Conn) bool {
-	st := sockpeek.Conn(c)
+	st := sockpeek.Conn(raw(c))
 	return st == sockpeek.Empty || st == sockpeek.Unknown
 }
 
 // peerGone reports whether the peer of a connection in use has closed or
 // reset it. Bytes waiting, or none yet, mean it is still there.
-func peerGone(c net.Conn) bool { return sockpeek.Conn(c) == sockpeek.Closed }
+func peerGone(c net.Conn) bool { return sockpeek.Conn(raw(c)) == sockpeek.Closed }
+
+// raw is the socket under a TLS connection: a peer's close shows there as
+// an alert's bytes or the end of file, which is all these ask.
+func raw(c net.Conn) net.Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return c
+}

@@ -3,6 +3,7 @@ package endpoint
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -201,6 +202,7 @@ type Forwarder struct {
 	id             string
 	maxMessageSize int
 	metrics        *Metrics
+	raftTLS        *tls.Config
 	stream         *streamForwarder
 	// inflight counts the calls under way.
 	inflight atomic.Int64
@@ -228,6 +230,9 @@ type ForwarderOptions struct {
 	MaxMessageSize int
 	// Metrics counts the calls forwarded (nil: not counted).
 	Metrics *Metrics
+	// RaftTLS is how the leader's Raft port is dialled when it serves TLS
+	// (raftnode.Config.PeerTLS); nil: plaintext.
+	RaftTLS *tls.Config
 }
 
 // streamAbove is how many forwarded calls may be in flight, this one
@@ -242,7 +247,7 @@ func NewForwarder(o ForwarderOptions) *Forwarder {
 		o.MaxMessageSize = grpcx.DefaultMaxMessageSize
 	}
 	return &Forwarder{
-		id: o.ID, maxMessageSize: o.MaxMessageSize, metrics: o.Metrics,
+		id: o.ID, maxMessageSize: o.MaxMessageSize, metrics: o.Metrics, raftTLS: o.RaftTLS,
 		stream:      &streamForwarder{conns: o.Conns, streams: map[string]*fwdStream{}},
 		idle:        map[string][]*forwardConn{},
 		unsupported: map[string]time.Time{},
@@ -369,7 +374,7 @@ func (f *Forwarder) conn(ctx context.Context, addr string) (*forwardConn, error)
 		c.Close()
 	}
 	f.mu.Unlock()
-	conn, err := raftnode.DialForward(ctx, addr, forwardDialTimeout)
+	conn, err := raftnode.DialForwardTLS(ctx, addr, forwardDialTimeout, f.raftTLS)
 	if err != nil {
 		return nil, err
 	}

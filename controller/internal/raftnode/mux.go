@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,12 @@ var ErrForwardUnsupported = errors.New("server does not take forwarded calls on 
 // DialForward opens a forwarding connection to the Raft port at addr. The
 // handshake is bounded by ctx and by timeout.
 func DialForward(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	return DialForwardTLS(ctx, addr, timeout, nil)
+}
+
+// DialForwardTLS is DialForward to a Raft port that serves TLS (Config.TLS),
+// with cfg (Config.PeerTLS); nil: plaintext.
+func DialForwardTLS(ctx context.Context, addr string, timeout time.Duration, cfg *tls.Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -45,6 +52,9 @@ func DialForward(ctx context.Context, addr string, timeout time.Duration) (net.C
 		deadline = dl
 	}
 	_ = conn.SetDeadline(deadline)
+	if conn, err = clientTLS(ctx, conn, addr, cfg); err != nil {
+		return nil, err
+	}
 	if _, err := conn.Write(forwardPreamble[:]); err != nil {
 		conn.Close()
 		return nil, err
@@ -66,6 +76,27 @@ func DialForward(ctx context.Context, addr string, timeout time.Duration) (net.C
 	return conn, nil
 }
 
+// clientTLS runs the TLS handshake of conn, dialled at addr, with cfg
+// (nil: none), verifying the server's certificate against addr's host; it
+// closes conn when the handshake fails.
+func clientTLS(ctx context.Context, conn net.Conn, addr string, cfg *tls.Config) (net.Conn, error) {
+	if cfg == nil {
+		return conn, nil
+	}
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+	}
+	return tc, nil
+}
+
 // streamLayer is raft's TCP stream layer over a listener bound by the
 // caller, so that tests and binaries can choose ports before raft starts.
 // It sorts accepted connections by their first byte: Raft's go to Raft,
@@ -79,6 +110,9 @@ type streamLayer struct {
 
 	raftConns chan net.Conn
 	forward   atomic.Pointer[func(net.Conn)]
+	// serverTLS, when set, is spoken on every accepted connection, and
+	// clientTLS on every one Dial makes.
+	serverTLS, clientTLS *tls.Config
 
 	mu sync.Mutex
 	// conns are the accepted connections not handed to Raft; true marks
@@ -100,9 +134,9 @@ type streamLayer struct {
 	dialStop context.CancelFunc
 }
 
-func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration) *streamLayer {
+func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration, serverTLS, clientTLS *tls.Config) *streamLayer {
 	s := &streamLayer{
-		lis: lis, advertise: advertise, silence: silence,
+		lis: lis, advertise: advertise, silence: silence, serverTLS: serverTLS, clientTLS: clientTLS,
 		raftConns: make(chan net.Conn),
 		conns:     map[net.Conn]bool{},
 		closedCh:  make(chan struct{}),
@@ -123,6 +157,14 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 	conn, err := d.DialContext(s.dialCtx, "tcp", string(addr))
 	if err != nil {
 		return nil, err
+	}
+	if s.clientTLS != nil {
+		ctx, cancel := context.WithTimeout(s.dialCtx, timeout)
+		conn, err = clientTLS(ctx, conn, string(addr), s.clientTLS)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
 	}
 	s.dialMu.Lock()
 	defer s.dialMu.Unlock()
@@ -251,6 +293,11 @@ func (s *streamLayer) acceptLoop() {
 			continue
 		}
 		delay = 0
+		if s.serverTLS != nil {
+			// The handshake runs on the first read, under sort's
+			// deadline for the first byte.
+			c = tls.Server(c, s.serverTLS)
+		}
 		if !s.track(c) {
 			c.Close()
 			return

@@ -4,6 +4,7 @@
 package raftnode
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,11 @@ type Config struct {
 	// other servers dial (default: the listener's address).
 	Listener  net.Listener
 	Advertise string
+	// TLS, when set, is spoken on every connection the Raft port accepts
+	// (tlsx.Files.Server, which with a CA refuses peers without a
+	// certificate it signed), and PeerTLS on every one this server dials
+	// (tlsx.Files.Client): Raft's RPCs and the forwarded calls alike.
+	TLS, PeerTLS *tls.Config
 	// Peers is the bootstrap configuration, this server included. It is
 	// used only when the data directory holds no Raft state. Empty: the
 	// server waits to be added to an existing cluster.
@@ -223,7 +229,7 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 		}
 		adv = advertiseAddr(cfg.Advertise)
 	}
-	n.stream = newStreamLayer(cfg.Listener, adv, firstByteTimeout)
+	n.stream = newStreamLayer(cfg.Listener, adv, firstByteTimeout, cfg.TLS, cfg.PeerTLS)
 	n.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,
 		MaxPool: 3,
