@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -432,8 +433,83 @@ func (b *Balancer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", b.cfg.ListenAddr, err)
 	}
-	return b.Serve(ctx, ln)
+	if b.cfg.TLSListenAddr == "" {
+		return b.Serve(ctx, ln)
+	}
+	tln, err := lc.Listen(ctx, "tcp", b.cfg.TLSListenAddr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen %s: %w", b.cfg.TLSListenAddr, err)
+	}
+	b.log.Info("serving TLS", "addr", tln.Addr().String())
+	return b.Serve(ctx, MergeListeners(ln, tls.NewListener(tln, b.cfg.TLS)))
 }
+
+// MergeListeners returns a listener that accepts from every one of lns,
+// so that one Serve takes plain and TLS clients alike; its Addr is the
+// first one's, and Close closes them all.
+func MergeListeners(lns ...net.Listener) net.Listener {
+	m := &mergedListener{lns: lns, conns: make(chan acceptResult), done: make(chan struct{})}
+	for _, ln := range lns {
+		m.wg.Add(1)
+		go m.accept(ln)
+	}
+	return m
+}
+
+type acceptResult struct {
+	c   net.Conn
+	err error
+}
+
+type mergedListener struct {
+	lns   []net.Listener
+	conns chan acceptResult
+	done  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+}
+
+func (m *mergedListener) accept(ln net.Listener) {
+	defer m.wg.Done()
+	for {
+		c, err := ln.Accept()
+		select {
+		case m.conns <- acceptResult{c, err}:
+		case <-m.done:
+			if c != nil {
+				c.Close()
+			}
+			return
+		}
+		if err != nil && errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+func (m *mergedListener) Accept() (net.Conn, error) {
+	select {
+	case r := <-m.conns:
+		return r.c, r.err
+	case <-m.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (m *mergedListener) Close() error {
+	var err error
+	m.once.Do(func() {
+		close(m.done)
+		for _, ln := range m.lns {
+			err = errors.Join(err, ln.Close())
+		}
+		m.wg.Wait()
+	})
+	return err
+}
+
+func (m *mergedListener) Addr() net.Addr { return m.lns[0].Addr() }
 
 // Serve accepts client connections on ln until ctx is cancelled, then shuts
 // down in this order: stop accepting (ln is closed), answer 503 to requests

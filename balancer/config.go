@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,11 @@ import (
 type Config struct {
 	// ListenAddr is where Run listens for client HTTP ("127.0.0.1:8080").
 	ListenAddr string
+	// TLSListenAddr, when set, is where Run also listens for client HTTPS,
+	// with TLS (CertStore.TLSConfig, say); requests that came over it go
+	// upstream with X-Forwarded-Proto: https.
+	TLSListenAddr string
+	TLS           *tls.Config
 	// DataDir, if set, receives every applied table (DataDir/table.json,
 	// written atomically) so a restart can serve the last table without a
 	// controller. See LoadDataDir.
@@ -120,6 +126,9 @@ func DefaultConfig() Config {
 
 // Validate reports the first invalid field.
 func (c *Config) Validate() error {
+	if c.TLSListenAddr != "" && c.TLS == nil {
+		return errors.New("config: TLSListenAddr needs TLS")
+	}
 	pos := func(name string, d time.Duration) error {
 		if d <= 0 {
 			return fmt.Errorf("config: %s must be positive, got %v", name, d)

@@ -43,8 +43,9 @@ func peerAddr(c net.Conn) netip.Addr {
 // writeRequestHead writes the upstream request head for req: the request line,
 // end-to-end header fields, framing, and X-Forwarded-For/-Proto/-Host. From a
 // trusted peer the incoming X-Forwarded-For is extended and -Proto/-Host are
-// kept; from any other peer all three are replaced.
-func writeRequestHead(w *bufio.Writer, req *h1.Request, peer string, trusted bool, scratch []byte) {
+// kept; from any other peer all three are replaced. secure says the client
+// came over TLS (X-Forwarded-Proto: https).
+func writeRequestHead(w *bufio.Writer, req *h1.Request, peer string, trusted, secure bool, scratch []byte) {
 	w.Write(req.Method)
 	w.WriteByte(' ')
 	w.Write(req.Target)
@@ -109,7 +110,11 @@ func writeRequestHead(w *bufio.Writer, req *h1.Request, peer string, trusted boo
 	w.WriteString(peer)
 	w.WriteString("\r\n")
 	if !xfp {
-		w.WriteString("X-Forwarded-Proto: http\r\n")
+		if secure {
+			w.WriteString("X-Forwarded-Proto: https\r\n")
+		} else {
+			w.WriteString("X-Forwarded-Proto: http\r\n")
+		}
 	}
 	if !xfh && len(req.Host) > 0 {
 		w.WriteString("X-Forwarded-Host: ")

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,8 @@ type clientConn struct {
 	state   atomic.Int32
 	peer    string
 	trusted bool
+	// secure: the client came over TLS.
+	secure  bool
 	req     h1.Request
 	resp    h1.Response
 	scratch [24]byte
@@ -54,6 +57,7 @@ func newClientConn(b *Balancer, c net.Conn) *clientConn {
 	ip := peerAddr(c)
 	cc.peer = ip.String()
 	cc.trusted = ip.IsValid() && b.trusted.contains(ip)
+	_, cc.secure = c.(*tls.Conn)
 	return cc
 }
 
@@ -382,7 +386,7 @@ func (cc *clientConn) attempt(ps *poolSnap, be *backend, headLen int, replayable
 	chunkedReq := req.Chunked
 	bodyLen := req.ContentLength
 
-	writeRequestHead(uc.bw, req, cc.peer, cc.trusted, cc.scratch[:])
+	writeRequestHead(uc.bw, req, cc.peer, cc.trusted, cc.secure, cc.scratch[:])
 	consumed := headLen
 	streaming := hasBody && !replayable
 	if hasBody && replayable {

@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -61,6 +62,9 @@ type options struct {
 	statsInterval time.Duration
 	// tls is how the balancer speaks to the controllers; nil: plaintext.
 	tls *tls.Config
+	// certDir holds the certificates of -tls-listen, certs them loaded.
+	certDir string
+	certs   *balancer.CertStore
 }
 
 // usageError is a bad command line: exit status 2.
@@ -75,6 +79,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	c := &o.bal
 	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
 	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "proxy listen address")
+	fs.StringVar(&c.TLSListenAddr, "tls-listen", "", "also serve clients HTTPS on this `address`, with the certificates of -tls-cert-dir")
+	fs.StringVar(&o.certDir, "tls-cert-dir", "", "`dir`ectory of PEM files, each a certificate chain and its private key, that -tls-listen serves by server name (SNI); SIGHUP reloads it")
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
 	fs.StringVar(&o.tableFile, "table", "", "serve the static table in this JSON `file` (see docs/balancer.md)")
 	fs.StringVar(&c.DataDir, "data-dir", "", "`dir`ectory where each applied table is saved and loaded from at start")
@@ -144,6 +150,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.statsInterval < 0 || (o.statsInterval > 0 && o.statsInterval < watch.MinStatsInterval) {
 		return nil, usageError{fmt.Sprintf("-stats-interval: %v must be 0 (no reports) or at least %v", o.statsInterval, watch.MinStatsInterval)}
 	}
+	switch {
+	case c.TLSListenAddr != "" && o.certDir == "":
+		return nil, usageError{"-tls-cert-dir: needed with -tls-listen"}
+	case c.TLSListenAddr == "" && o.certDir != "":
+		return nil, usageError{"-tls-listen: needed with -tls-cert-dir"}
+	case o.certDir != "":
+		if o.certs, err = balancer.LoadCerts(o.certDir); err != nil {
+			return nil, usageError{"-tls-cert-dir: " + err.Error()}
+		}
+		c.TLS = o.certs.TLSConfig()
+	}
 	if err := c.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -200,6 +217,12 @@ func serve(o *options, log *slog.Logger) error {
 		}
 		o.adm.Collectors = append(o.adm.Collectors, w)
 	}
+	if o.certs != nil {
+		o.adm.Collectors = append(o.adm.Collectors, certCollector{o.certs})
+		for _, ci := range o.certs.Certs() {
+			log.Info("certificate", "file", ci.File, "names", strings.Join(ci.Names, ","), "not_after", ci.NotAfter)
+		}
+	}
 	adm, err := admin.New(o.adm, b)
 	if err != nil {
 		return err
@@ -214,7 +237,7 @@ func serve(o *options, log *slog.Logger) error {
 	if w != nil {
 		g.Go(func() error { return w.Run(ctx) })
 	}
-	if o.tableFile != "" {
+	if o.tableFile != "" || o.certs != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		g.Go(func() error {
@@ -224,8 +247,17 @@ func serve(o *options, log *slog.Logger) error {
 				case <-ctx.Done():
 					return nil
 				case <-hup:
+				}
+				if o.tableFile != "" {
 					if err := applyFile(b, o.tableFile, log); err != nil {
 						log.Error("reload table", "file", o.tableFile, "err", err)
+					}
+				}
+				if o.certs != nil {
+					if err := o.certs.Reload(); err != nil {
+						log.Error("reload certificates; the ones in force stay", "dir", o.certDir, "err", err)
+					} else {
+						log.Info("certificates reloaded", "dir", o.certDir, "count", len(o.certs.Certs()))
 					}
 				}
 			}
@@ -252,4 +284,19 @@ func applyFile(b *balancer.Balancer, path string, log *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// certCollector exports when each certificate of -tls-cert-dir expires, so
+// that an alert can fire weeks before a client sees an expired one.
+type certCollector struct{ certs *balancer.CertStore }
+
+var descCertNotAfter = prometheus.NewDesc("hostscale_balancer_tls_certificate_not_after_timestamp_seconds",
+	"When each certificate served on -tls-listen expires (Unix time).", []string{"file"}, nil)
+
+func (certCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c certCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, ci := range c.certs.Certs() {
+		ch <- prometheus.MustNewConstMetric(descCertNotAfter, prometheus.GaugeValue, float64(ci.NotAfter.Unix()), ci.File)
+	}
 }

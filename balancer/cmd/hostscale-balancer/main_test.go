@@ -143,6 +143,8 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 ]}`)
 	badConf := filepath.Join(dir, "bad.conf")
 	require.NoError(t, os.WriteFile(badConf, []byte("# a balancer\nlisten = 127.0.0.1:0\nno-such-key = 1\n"), 0o600))
+	emptyDir, garbageDir := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(garbageDir, "x.pem"), []byte("-----BEGIN CERTIFICATE-----\ngarbage\n"), 0o600))
 	badValue := filepath.Join(dir, "value.conf")
 	require.NoError(t, os.WriteFile(badValue, []byte("max-held = lots\n"), 0o600))
 	tests := []struct {
@@ -163,6 +165,11 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-controllers", "10.0.0.1"}, 2, `-controllers: "10.0.0.1": expected host:port`},
 		{[]string{"-controllers", "10.0.0.1:7800,10.0.0.2:0"}, 2, `-controllers: "10.0.0.2:0": port must be 1-65535`},
 		{[]string{"-name", "Edge 1"}, 2, `-name: "Edge 1" is not a DNS label`},
+		{[]string{"-tls-listen", "127.0.0.1:0"}, 2, "-tls-cert-dir: needed with -tls-listen"},
+		{[]string{"-tls-cert-dir", dir}, 2, "-tls-listen: needed with -tls-cert-dir"},
+		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", emptyDir}, 2, "-tls-cert-dir: " + emptyDir + ": no .pem file"},
+		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", garbageDir}, 2, "-tls-cert-dir: " + filepath.Join(garbageDir, "x.pem") + ": want a certificate and its private key"},
+		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", filepath.Join(dir, "nope")}, 2, "-tls-cert-dir: stat " + filepath.Join(dir, "nope")},
 		{[]string{"-stats-interval", "-1s"}, 2, "-stats-interval: -1s must be 0 (no reports) or at least 100ms"},
 		{[]string{"-stats-interval", "50ms"}, 2, "-stats-interval: 50ms must be 0 (no reports) or at least 100ms"},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,

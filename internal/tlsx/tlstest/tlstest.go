@@ -26,6 +26,18 @@ type Set struct {
 	// Other is a client identity from another CA, which the servers must
 	// refuse; its CA is the other one's too.
 	Other tlsx.Files
+
+	dir   string
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+}
+
+// Issue writes a server certificate of the Set's CA for hosts (DNS names,
+// wildcards such as *.example.com, or IP addresses), and its key, as
+// name.pem and name-key.pem; it returns their paths.
+func (s Set) Issue(t testing.TB, name string, hosts ...string) (certFile, keyFile string) {
+	t.Helper()
+	return s.leaf(t, name, true, hosts)
 }
 
 // Write writes a Set's PEM files into a new directory of t's.
@@ -36,39 +48,10 @@ func Write(t testing.TB) Set {
 	other, otherKey := authority(t, "another CA")
 	caFile := writeCert(t, filepath.Join(dir, "ca.pem"), ca)
 	otherCA := writeCert(t, filepath.Join(dir, "other-ca.pem"), other)
+	s := Set{dir: dir, ca: ca, caKey: caKey}
 	leaf := func(name string, signer *x509.Certificate, signerKey *ecdsa.PrivateKey, server bool) (string, string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}
-		if server {
-			tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-			tmpl.DNSNames = []string{"localhost"}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certFile := writeCert(t, filepath.Join(dir, name+".pem"), cert)
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyFile := filepath.Join(dir, name+"-key.pem")
-		writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
-		return certFile, keyFile
+		return sign(t, dir, name, signer, signerKey, server, []string{"127.0.0.1", "::1", "localhost"})
 	}
-	var s Set
 	s.Server.Cert, s.Server.Key = leaf("server", ca, caKey, true)
 	s.Server.CA = caFile
 	s.Client.Cert, s.Client.Key = leaf("client", ca, caKey, false)
@@ -76,6 +59,49 @@ func Write(t testing.TB) Set {
 	s.Other.Cert, s.Other.Key = leaf("intruder", other, otherKey, false)
 	s.Other.CA = otherCA
 	return s
+}
+
+func (s Set) leaf(t testing.TB, name string, server bool, hosts []string) (string, string) {
+	return sign(t, s.dir, name, s.ca, s.caKey, server, hosts)
+}
+
+// sign writes a certificate for hosts signed by signer, and its key.
+func sign(t testing.TB, dir, name string, signer *x509.Certificate, signerKey *ecdsa.PrivateKey, server bool, hosts []string) (string, string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := writeCert(t, filepath.Join(dir, name+".pem"), cert)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, name+"-key.pem")
+	writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
+	return certFile, keyFile
 }
 
 func authority(t testing.TB, name string) (*x509.Certificate, *ecdsa.PrivateKey) {

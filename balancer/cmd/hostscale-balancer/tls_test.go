@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
+)
+
+// combined writes a certificate and its key into one PEM file of dir, as
+// -tls-cert-dir wants them.
+func combined(t *testing.T, dir, name, certFile, keyFile string) string {
+	t.Helper()
+	cert, err := os.ReadFile(certFile)
+	require.NoError(t, err)
+	key, err := os.ReadFile(keyFile)
+	require.NoError(t, err)
+	path := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(path, append(cert, key...), 0o600))
+	return path
+}
+
+var servingTLSRE = regexp.MustCompile(`msg="serving TLS" component=balancer addr=(\S+)`)
+
+// TestBinary_servesHTTPSByServerNameAndReloadsCertificates: -tls-listen
+// serves each client the certificate its server name asks for (exact,
+// wildcard, or the first file's), tells the backend the request came over
+// https, survives a plaintext client, exports each certificate's expiry,
+// and SIGHUP loads new certificates or, when one is broken, keeps those in
+// force.
+func TestBinary_servesHTTPSByServerNameAndReloadsCertificates(t *testing.T) {
+	set := tlstest.Write(t)
+	dir := t.TempDir()
+	aCert, aKey := set.Issue(t, "site-a", "a.example.com")
+	bCert, bKey := set.Issue(t, "site-b", "*.b.example.com", "b.example.com")
+	combined(t, dir, "a.pem", aCert, aKey)
+	combined(t, dir, "b.pem", bCert, bKey)
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Header.Get("X-Forwarded-Proto"))
+	}))
+	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(1, be)), "-tls-listen", "127.0.0.1:0", "-tls-cert-dir", dir)
+	var tlsAddr string
+	require.Eventually(t, func() bool {
+		m := servingTLSRE.FindStringSubmatch(p.logs())
+		if m != nil {
+			tlsAddr = m[1]
+		}
+		return m != nil
+	}, 10*time.Second, 10*time.Millisecond, p.logs())
+
+	caPEM, err := os.ReadFile(set.Server.CA)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(caPEM))
+	// get asks tlsAddr for / as serverName and returns the body and the
+	// names of the certificate it was served.
+	get := func(serverName string) (string, []string, error) {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: serverName}}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + tlsAddr + "/")
+		if err != nil {
+			return "", nil, err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body), resp.TLS.PeerCertificates[0].DNSNames, nil
+	}
+	body, names, err := get("a.example.com")
+	require.NoError(t, err)
+	require.Equal(t, "https", body)
+	require.Equal(t, []string{"a.example.com"}, names)
+	_, names, err = get("www.B.example.com")
+	require.NoError(t, err)
+	require.Contains(t, names, "*.b.example.com")
+	_, names, err = get("b.example.com")
+	require.NoError(t, err)
+	require.Contains(t, names, "b.example.com")
+	_, _, err = get("c.example.com")
+	require.ErrorContains(t, err, "a.example.com", "no certificate names it: the first file's, which does not verify")
+	code, body := get2(t, "http://"+p.proxy+"/")
+	require.Equal(t, 200, code)
+	require.Equal(t, "http", body, "plain HTTP stays http")
+
+	// A plaintext client on the TLS port is dropped; HTTPS goes on.
+	raw, err := net.Dial("tcp", tlsAddr)
+	require.NoError(t, err)
+	_, _ = raw.Write([]byte("GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n"))
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, _ := bufio.NewReader(raw).ReadString('\n')
+	raw.Close()
+	require.NotContains(t, line, "200", "answered a plaintext request on the TLS port")
+	_, _, err = get("a.example.com")
+	require.NoError(t, err)
+
+	code, metrics := get2(t, "http://"+p.admin+"/metrics")
+	require.Equal(t, 200, code)
+	require.Regexp(t, `hostscale_balancer_tls_certificate_not_after_timestamp_seconds\{file="`+regexp.QuoteMeta(filepath.Join(dir, "a.pem"))+`"\} \d`, metrics)
+
+	// A new certificate, then a broken file: the first is served after
+	// SIGHUP, the second leaves it in force.
+	cCert, cKey := set.Issue(t, "site-c", "c.example.com")
+	combined(t, dir, "c.pem", cCert, cKey)
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		_, names, err := get("c.example.com")
+		return err == nil && names[0] == "c.example.com"
+	}, 10*time.Second, 20*time.Millisecond, p.logs())
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "d.pem"), []byte("not a certificate"), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(p.logs(), "reload certificates") }, 10*time.Second, 10*time.Millisecond)
+	require.Contains(t, p.logs(), filepath.Join(dir, "d.pem"))
+	_, names, err = get("c.example.com")
+	require.NoError(t, err)
+	require.Equal(t, []string{"c.example.com"}, names)
+}
+
+// get2 is a GET over plain HTTP returning the status and the body.
+func get2(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
