@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero bench-fleet build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy soak cluster cluster-down clean
+.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero bench-fleet build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy bench-proxy-tls soak cluster cluster-down clean
 
 all: build
 
@@ -84,6 +84,10 @@ bench: build
 ## bench-proxy: the balancer against nginx and HAProxy, one core each (installs them)
 bench-proxy:
 	bash bench/proxy.sh
+
+## bench-proxy-tls: the same with each proxy terminating TLS
+bench-proxy-tls:
+	TLS=1 bash bench/proxy.sh
 
 ## soak: the slow end-to-end suites
 soak:

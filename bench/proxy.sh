@@ -9,8 +9,12 @@
 # its median round by CPU per request, which damps noise from other work on
 # the machine.
 #
+# With TLS=1 each proxy terminates TLS for the clients (a P-256 certificate,
+# HTTP/1.1 by ALPN; wrk keeps its connections, so this is the cost of TLS
+# records, with the handshakes amortised) and the backends stay plain.
+#
 # Env: DURATION (10s), WARMUP (2s), CONNS (64), ROUNDS (3), PROXY_CPU (0),
-#      LOAD_CPU (1), PROXIES ("nginx haproxy hostscale"),
+#      LOAD_CPU (1), PROXIES ("nginx haproxy hostscale"), TLS (0),
 #      OUT (bench/results/proxy-<time>.txt).
 set -euo pipefail
 
@@ -21,6 +25,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PROXIES=${PROXIES:-"nginx haproxy hostscale"}
 ROUNDS=${ROUNDS:-3}
+TLS=${TLS:-0}
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -34,6 +39,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
+[ "$TLS" = 0 ] || command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} with apt-get" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -52,6 +58,24 @@ cleanup() {
 trap cleanup EXIT
 
 render() { sed "s#@RUN@#$run#g" "$1" > "$2"; }
+
+# tlsify turns a rendered proxy config into its TLS variant.
+tlsify() {
+    [ "$TLS" = 0 ] && return 0
+    case $1 in
+    nginx) sed -i "s#listen 127.0.0.1:18081 backlog=4096;#listen 127.0.0.1:18081 ssl backlog=4096; ssl_certificate $run/certs/site.pem; ssl_certificate_key $run/certs/site.pem;#" "$2" ;;
+    haproxy) sed -i -e "s#bind 127.0.0.1:18082#bind 127.0.0.1:18082 ssl crt $run/certs/site.pem alpn http/1.1#" \
+        -e "s#X-Forwarded-Proto http#X-Forwarded-Proto https#" "$2" ;;
+    esac
+}
+scheme=http
+if [ "$TLS" != 0 ]; then
+    scheme=https
+    mkdir -p "$run/certs"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$run/key.pem" -out "$run/cert.pem" 2>/dev/null
+    cat "$run/cert.pem" "$run/key.pem" > "$run/certs/site.pem"
+fi
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -92,16 +116,21 @@ start_proxy() {
     case $1 in
     nginx)
         render "$here/proxy/nginx.conf" "$run/nginx.conf"
+        tlsify nginx "$run/nginx.conf"
         taskset -c "$PROXY_CPU" nginx -c "$run/nginx.conf" -e "$run/nginx.error.log" &
         echo $! > "$run/pid"; port=18081 ;;
     haproxy)
         render "$here/proxy/haproxy.cfg" "$run/haproxy.cfg"
+        tlsify haproxy "$run/haproxy.cfg"
         taskset -c "$PROXY_CPU" haproxy -db -f "$run/haproxy.cfg" &
         echo $! > "$run/pid"; port=18082 ;;
     hostscale)
-        taskset -c "$PROXY_CPU" "$run/hostscale-balancer" -listen 127.0.0.1:18083 \
+        tls=()
+        [ "$TLS" = 0 ] || tls=(-tls-listen 127.0.0.1:18093 -tls-cert-dir "$run/certs")
+        taskset -c "$PROXY_CPU" "$run/hostscale-balancer" -listen 127.0.0.1:18083 "${tls[@]}" \
             -http-addr 127.0.0.1:17802 -table "$here/proxy/table.json" -log-level warn &
-        echo $! > "$run/pid"; port=18083 ;;
+        echo $! > "$run/pid"; port=18083
+        [ "$TLS" = 0 ] || port=18093 ;;
     esac
     pids+=("$(cat "$run/pid")")
     wait_port "$port"
@@ -112,8 +141,8 @@ for round in $(seq 1 "$ROUNDS"); do
 for proxy in $PROXIES; do
     start_proxy "$proxy"
     pid=$(cat "$run/pid")
-    url="http://127.0.0.1:$port/"
-    curl -fsS "$url" >/dev/null 2>&1 || { echo "$proxy: $url does not answer" >&2; exit 1; }
+    url="$scheme://127.0.0.1:$port/"
+    curl -fsSk "$url" >/dev/null 2>&1 || { echo "$proxy: $url does not answer" >&2; exit 1; }
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
     mapfile -t tree < <(pid_tree "$pid")
     t0=$(cpu_ticks "${tree[@]}")
@@ -144,7 +173,7 @@ rows=()
 for proxy in $PROXIES; do rows+=("$(median "$proxy")"); done
 
 {
-    echo "# bench/proxy.sh $(date -u +%FT%TZ) conns=$CONNS duration=$DURATION rounds=$ROUNDS (median) proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+    echo "# bench/proxy.sh $(date -u +%FT%TZ) tls=$TLS conns=$CONNS duration=$DURATION rounds=$ROUNDS (median) proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
     printf '%-10s %10s %9s %9s %12s %10s %s\n' proxy rps p50 p99 cpu_us/req requests notes
     base=""
     for r in "${rows[@]}"; do
