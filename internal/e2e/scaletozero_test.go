@@ -28,15 +28,7 @@ func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
 	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 20)
 	pol.ScaleToZeroAfter = durationpb.New(3 * time.Second)
 	pol.ActivationTimeout = durationpb.New(30 * time.Second)
-	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-		Name: "web", PathPrefix: "/",
-		Template: &pb.InstanceTemplate{
-			Command: f.bin + "/hostscale-demo", HealthPath: "/healthz",
-			HealthInterval: durationpb.New(200 * time.Millisecond), StopGrace: durationpb.New(5 * time.Second),
-		},
-		Selector: "tier=web", Min: 0, Max: 4, Desired: 1, Scaling: pol,
-	}})
-	require.NoError(t, err)
+	f.createPoolToZero(pol, 4, nil)
 	first := f.settled("web", 1, 30*time.Second)[0]
 
 	get := func() (string, error) {
@@ -113,6 +105,21 @@ func TestAutoscale_scaleToZeroAndBack(t *testing.T) {
 	require.Equal(t, "activation", act.LimitedBy, act.Reason)
 }
 
+// createPoolToZero creates the pool web of the demo backend with env, one
+// instance at first, autoscaled by pol between 0 and max.
+func (f *fleet) createPoolToZero(pol *pb.ScalingPolicy, max uint32, env map[string]string) {
+	f.t.Helper()
+	_, err := f.pools().CreatePool(f.ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/",
+		Template: &pb.InstanceTemplate{
+			Command: f.bin + "/hostscale-demo", HealthPath: "/healthz", Env: env,
+			HealthInterval: durationpb.New(200 * time.Millisecond), StopGrace: durationpb.New(5 * time.Second),
+		},
+		Selector: "tier=web", Min: 0, Max: max, Desired: 1, Scaling: pol,
+	}})
+	require.NoError(f.t, err)
+}
+
 // eventCount returns how many scale events the pool has.
 func (f *fleet) eventCount(pool string) int {
 	f.t.Helper()
@@ -142,18 +149,9 @@ func TestAutoscale_concurrencyPerInstance(t *testing.T) {
 	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_CONCURRENCY_PER_INSTANCE, 2)
 	pol.ScaleToZeroAfter = durationpb.New(3 * time.Second)
 	pol.ActivationTimeout = durationpb.New(30 * time.Second)
-	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-		Name: "web", PathPrefix: "/",
-		Template: &pb.InstanceTemplate{
-			Command: f.bin + "/hostscale-demo", HealthPath: "/healthz",
-			// Slow to start, so that a burst is all held before the first
-			// instance takes it.
-			Env:            map[string]string{"DEMO_LATENCY": "200ms", "DEMO_STARTUP_DELAY": "1s"},
-			HealthInterval: durationpb.New(200 * time.Millisecond), StopGrace: durationpb.New(5 * time.Second),
-		},
-		Selector: "tier=web", Min: 0, Max: 6, Desired: 1, Scaling: pol,
-	}})
-	require.NoError(t, err)
+	// Slow to start, so that a burst is all held before the first
+	// instance takes it.
+	f.createPoolToZero(pol, 6, map[string]string{"DEMO_LATENCY": "200ms", "DEMO_STARTUP_DELAY": "1s"})
 	// Routed, so that no request of the load is held for want of it.
 	f.waitRouted(f.settled("web", 1, 30*time.Second), 10*time.Second)
 

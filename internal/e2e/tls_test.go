@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,17 +29,29 @@ import (
 // route a pool; the controllers replicate and forward over TLS on their
 // Raft ports too; a write through a follower reaches the leader; the CLI
 // works with the CA and a certificate (flags or environment) and is
-// refused without them, as is a plaintext client; a bad -tls-cert stops
+// refused without them, as is a plaintext client; a new certificate and a
+// SIGHUP rotate a controller's without a restart; a bad -tls-cert stops
 // every binary with exit code 2, naming the flag.
 func TestTLS_everyBinary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	set := tlstest.Write(t)
+	// The controllers' certificate, in files of its own, for rotation.
+	certDir := t.TempDir()
+	serverCert, serverKey := filepath.Join(certDir, "c.pem"), filepath.Join(certDir, "c-key.pem")
+	install := func(cert, key string) {
+		for src, dst := range map[string]string{cert: serverCert, key: serverKey} {
+			b, err := os.ReadFile(src)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(dst, b, 0o600))
+		}
+	}
+	install(set.Server.Cert, set.Server.Key)
 	clientTLS, err := set.Client.Client()
 	require.NoError(t, err)
 	clientArgs := []string{"-tls-ca", set.Client.CA, "-tls-cert", set.Client.Cert, "-tls-key", set.Client.Key}
 	f := newFleetClients(t, ctx, 1, nil, func(o *testcluster.Options) {
-		o.Args = append(o.Args, "-tls-cert", set.Server.Cert, "-tls-key", set.Server.Key, "-tls-ca", set.Server.CA)
+		o.Args = append(o.Args, "-tls-cert", serverCert, "-tls-key", serverKey, "-tls-ca", set.Server.CA)
 		o.ClientTLS = clientTLS
 	}, clientArgs)
 	f.createPool("web", 2, nil)
@@ -96,6 +111,24 @@ func TestTLS_everyBinary(t *testing.T) {
 	_ = raw.SetReadDeadline(time.Now().Add(15 * time.Second))
 	n, err := raw.Read(make([]byte, 1))
 	require.Error(t, err, "read %d bytes from the Raft port in plaintext", n)
+
+	// Rotation: a new certificate in the files and a SIGHUP, and the
+	// leader's next handshakes present it; the cluster goes on.
+	served := func() []string {
+		c, err := tls.Dial("tcp", f.leader().GRPCAddr, clientTLS)
+		require.NoError(t, err)
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].DNSNames
+	}
+	require.NotContains(t, served(), "rotated.example")
+	install(set.Issue(t, "rotated", "127.0.0.1", "::1", "localhost", "rotated.example"))
+	leader := f.leader()
+	leader.Signal(syscall.SIGHUP)
+	require.Eventually(t, func() bool { return slices.Contains(served(), "rotated.example") }, 10*time.Second, 20*time.Millisecond)
+	require.Contains(t, leader.Log(), "TLS certificate reloaded")
+	_, err = f.leader().Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 2})
+	require.NoError(t, err, "a write after the rotation")
+	f.settled("web", 2, 30*time.Second)
 
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, bin := range []string{"hostscale-controller", "hostscale-agent", "hostscale-balancer"} {

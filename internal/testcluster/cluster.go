@@ -283,6 +283,19 @@ func (n *Node) Pause() {
 	}
 }
 
+// Signal sends sig to the node's controller; it fails the test for a
+// launcher whose processes take no signals.
+func (n *Node) Signal(sig os.Signal) {
+	n.c.t.Helper()
+	s, ok := n.process().(Signaler)
+	if !ok {
+		n.c.t.Fatalf("testcluster: signal %s: its launcher's processes take no signals", n.ID)
+	}
+	if err := s.Signal(sig); err != nil {
+		n.c.t.Fatalf("testcluster: signal %s: %v", n.ID, err)
+	}
+}
+
 // Resume thaws a paused node.
 func (n *Node) Resume() {
 	n.c.t.Helper()

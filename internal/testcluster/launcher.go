@@ -57,6 +57,12 @@ type Pauser interface {
 	Resume() error
 }
 
+// Signaler is a Process that takes Unix signals (a SIGHUP that reloads
+// its TLS certificate, say).
+type Signaler interface {
+	Signal(os.Signal) error
+}
+
 // Launcher starts controllers.
 type Launcher interface {
 	Launch(spec Spec) (Process, error)
@@ -158,6 +164,8 @@ func (p *binaryProcess) Stop() error {
 
 // Pause stops the process (SIGSTOP).
 func (p *binaryProcess) Pause() error { return p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+func (p *binaryProcess) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
 // Resume continues it (SIGCONT).
 func (p *binaryProcess) Resume() error { return p.cmd.Process.Signal(syscall.SIGCONT) }

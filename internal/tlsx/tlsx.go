@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
+	"time"
 )
 
 // Files names the PEM files of one TLS identity. The fields are named
@@ -63,45 +65,111 @@ func (f Files) pool() (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// Server returns a server's configuration; nil when TLS is off. A server
-// needs a certificate and its key; with a CA it requires client
-// certificates signed by it.
-func (f Files) Server() (*tls.Config, error) {
+// Identity is a loaded TLS identity whose certificate and key can be
+// reloaded (on SIGHUP, say) without a restart: handshakes after Reload
+// present the new pair. The CA is read once.
+type Identity struct {
+	files Files
+	pair  atomic.Pointer[tls.Certificate]
+	pool  *x509.CertPool
+}
+
+// Load loads the files; nil when TLS is off.
+func (f Files) Load() (*Identity, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
+	id := &Identity{files: f}
 	certs, err := f.keyPair()
 	if err != nil {
 		return nil, err
 	}
-	if certs == nil {
-		return nil, errors.New("-tls-cert: a server with TLS needs its certificate and key")
+	if certs != nil {
+		id.pair.Store(&certs[0])
 	}
-	pool, err := f.pool()
-	if err != nil {
+	if id.pool, err = f.pool(); err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: certs, MinVersion: tls.VersionTLS12}
-	if pool != nil {
-		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	return id, nil
+}
+
+// Reload reads the certificate and its key again; on an error the pair in
+// force stays. An identity loaded without a certificate stays without.
+func (id *Identity) Reload() error {
+	if id.pair.Load() == nil {
+		return nil
+	}
+	certs, err := id.files.keyPair()
+	if err != nil {
+		return err
+	}
+	id.pair.Store(&certs[0])
+	return nil
+}
+
+// NotAfter is when the certificate in force expires; zero without one.
+func (id *Identity) NotAfter() time.Time {
+	p := id.pair.Load()
+	if p == nil || len(p.Certificate) == 0 {
+		return time.Time{}
+	}
+	leaf, err := x509.ParseCertificate(p.Certificate[0])
+	if err != nil {
+		return time.Time{}
+	}
+	return leaf.NotAfter
+}
+
+// Server returns a server's configuration. A server needs a certificate
+// and its key; with a CA it requires client certificates signed by it.
+func (id *Identity) Server() (*tls.Config, error) {
+	if id.pair.Load() == nil {
+		return nil, errors.New("-tls-cert: a server with TLS needs its certificate and key")
+	}
+	cfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return id.pair.Load(), nil },
+	}
+	if id.pool != nil {
+		cfg.ClientCAs, cfg.ClientAuth = id.pool, tls.RequireAndVerifyClientCert
 	}
 	return cfg, nil
+}
+
+// Client returns a client's configuration. It verifies servers against
+// the CA, or the system's roots without one, and presents the certificate
+// when there is one.
+func (id *Identity) Client() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		RootCAs:    id.pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if p := id.pair.Load(); p != nil {
+				return p, nil
+			}
+			return &tls.Certificate{}, nil
+		},
+	}
+}
+
+// Server returns a server's configuration; nil when TLS is off. A server
+// needs a certificate and its key; with a CA it requires client
+// certificates signed by it.
+func (f Files) Server() (*tls.Config, error) {
+	id, err := f.Load()
+	if id == nil || err != nil {
+		return nil, err
+	}
+	return id.Server()
 }
 
 // Client returns a client's configuration; nil when TLS is off. It
 // verifies servers against the CA, or the system's roots without one, and
 // presents the certificate when one is set.
 func (f Files) Client() (*tls.Config, error) {
-	if !f.Enabled() {
-		return nil, nil
-	}
-	certs, err := f.keyPair()
-	if err != nil {
+	id, err := f.Load()
+	if id == nil || err != nil {
 		return nil, err
 	}
-	pool, err := f.pool()
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Config{Certificates: certs, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+	return id.Client(), nil
 }

@@ -1,6 +1,7 @@
 package tlsx_test
 
 import (
+	"crypto/tls"
 	"os"
 	"path/filepath"
 	"testing"
@@ -55,4 +56,58 @@ func TestFiles_badFilesNameTheFlag(t *testing.T) {
 			require.ErrorContains(t, err, tt.want)
 		})
 	}
+}
+
+// TestIdentity_reloadSwapsTheCertificate: handshakes after Reload present
+// the new pair; a reload that fails keeps the one in force.
+func TestIdentity_reloadSwapsTheCertificate(t *testing.T) {
+	set := tlstest.Write(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "c-key.pem")
+	install := func(cert, key string) {
+		for src, dst := range map[string]string{cert: certFile, key: keyFile} {
+			b, err := os.ReadFile(src)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(dst, b, 0o600))
+		}
+	}
+	oldCert, oldKey := set.Issue(t, "old", "127.0.0.1", "old.example")
+	newCert, newKey := set.Issue(t, "new", "127.0.0.1", "new.example")
+	install(oldCert, oldKey)
+	id, err := tlsx.Files{Cert: certFile, Key: keyFile, CA: set.Server.CA}.Load()
+	require.NoError(t, err)
+	serverTLS, err := id.Server()
+	require.NoError(t, err)
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS)
+	require.NoError(t, err)
+	defer lis.Close()
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	client, err := set.Client.Client()
+	require.NoError(t, err)
+	served := func() string {
+		c, err := tls.Dial("tcp", lis.Addr().String(), client)
+		require.NoError(t, err)
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].DNSNames[0]
+	}
+	require.Equal(t, "old.example", served())
+	notAfter := id.NotAfter()
+	require.False(t, notAfter.IsZero())
+
+	install(newCert, newKey)
+	require.NoError(t, id.Reload())
+	require.Equal(t, "new.example", served())
+
+	require.NoError(t, os.Remove(keyFile))
+	require.ErrorContains(t, id.Reload(), "-tls-key: stat "+keyFile)
+	require.Equal(t, "new.example", served(), "a failed reload keeps the pair in force")
 }

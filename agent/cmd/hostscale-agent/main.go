@@ -70,8 +70,10 @@ type options struct {
 	memoryFree   float64
 	transition   time.Duration
 	log          logging.Options
-	// tls is how the agent speaks to the controllers; nil: plaintext.
-	tls *tls.Config
+	// tls is how the agent speaks to the controllers (nil: plaintext), with
+	// the identity it reloads on SIGHUP.
+	tls      *tls.Config
+	identity *tlsx.Identity
 }
 
 // usageError is bad input: the process exits 2.
@@ -197,8 +199,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("-http-addr: %q: expected host:port", o.httpAddr)
 		}
 	}
-	if o.tls, err = tlsFiles.Client(); err != nil {
+	if o.identity, err = tlsFiles.Load(); err != nil {
 		return o, err
+	}
+	if o.identity != nil {
+		o.tls = o.identity.Client()
 	}
 	if _, err := logging.New(io.Discard, o.log, "agent"); err != nil {
 		return o, err
@@ -291,6 +296,9 @@ func serve(o options, stderr io.Writer) error {
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if o.identity != nil {
+		go tlsx.ReloadOnSIGHUP(ctx, o.identity, logger)
+	}
 	logger.Info("agent starting", "version", version.Version, "controllers", strings.Join(o.controllers, ","),
 		"interval", o.interval, "buffer_samples", ssc.BufferSize, "http_addr", addrOf(adm))
 

@@ -60,8 +60,10 @@ type options struct {
 	// statsInterval is how often per-backend and per-pool counters are
 	// reported to the controller; 0: never.
 	statsInterval time.Duration
-	// tls is how the balancer speaks to the controllers; nil: plaintext.
-	tls *tls.Config
+	// tls is how the balancer speaks to the controllers (nil: plaintext),
+	// with the identity it reloads on SIGHUP.
+	tls      *tls.Config
+	identity *tlsx.Identity
 	// certDir holds the certificates of -tls-listen, certs them loaded.
 	certDir string
 	certs   *balancer.CertStore
@@ -135,8 +137,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.controllers, err = watch.ParseControllers(*controllers); err != nil {
 		return nil, usageError{"-controllers: " + err.Error()}
 	}
-	if o.tls, err = tlsFiles.Client(); err != nil {
+	if o.identity, err = tlsFiles.Load(); err != nil {
 		return nil, usageError{err.Error()}
+	}
+	if o.identity != nil {
+		o.tls = o.identity.Client()
 	}
 	if o.name != "" && !watch.ValidName(o.name) {
 		return nil, usageError{fmt.Sprintf("-name: %q is not a DNS label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)", o.name)}
@@ -233,6 +238,9 @@ func serve(o *options, log *slog.Logger) error {
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.Run(ctx) })
+	if o.identity != nil {
+		g.Go(func() error { tlsx.ReloadOnSIGHUP(ctx, o.identity, log); return nil })
+	}
 	g.Go(func() error { return adm.Run(ctx) })
 	if w != nil {
 		g.Go(func() error { return w.Run(ctx) })

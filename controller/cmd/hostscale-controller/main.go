@@ -30,7 +30,7 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
-	cfg, logOpts, err := parseFlags(args, stderr)
+	cfg, logOpts, id, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -52,6 +52,9 @@ func run(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if id != nil {
+		go tlsx.ReloadOnSIGHUP(ctx, id, logger)
+	}
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("stopped with error", "err", err)
 		return 1
@@ -59,7 +62,9 @@ func run(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options, error) {
+// parseFlags returns the server's config, the log options and, with TLS,
+// the identity to reload on SIGHUP.
+func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options, *tlsx.Identity, error) {
 	cfg := server.DefaultConfig()
 	var logOpts logging.Options
 	fs := flag.NewFlagSet("hostscale-controller", flag.ContinueOnError)
@@ -104,67 +109,70 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	if err := config.Parse(fs, args); err != nil {
-		return cfg, logOpts, err
+		return cfg, logOpts, nil, err
 	}
 	if showVersion {
 		fmt.Fprintln(stderr, "hostscale-controller", version.Version)
-		return cfg, logOpts, flag.ErrHelp
+		return cfg, logOpts, nil, flag.ErrHelp
 	}
 	for _, u := range strings.Split(webhooks, ",") {
 		if u = strings.TrimSpace(u); u == "" {
 			continue
 		}
 		if err := checkURL(u); err != nil {
-			return cfg, logOpts, fmt.Errorf("-alert-webhook: %w", err)
+			return cfg, logOpts, nil, fmt.Errorf("-alert-webhook: %w", err)
 		}
 		cfg.AlertWebhooks = append(cfg.AlertWebhooks, u)
 	}
 	if cfg.AlertmanagerURL != "" {
 		if err := checkURL(cfg.AlertmanagerURL); err != nil {
-			return cfg, logOpts, fmt.Errorf("-alertmanager: %w", err)
+			return cfg, logOpts, nil, fmt.Errorf("-alertmanager: %w", err)
 		}
 	}
 	if deliveryFile != "" {
 		dc, err := alertconfig.Load(deliveryFile)
 		if err != nil {
-			return cfg, logOpts, fmt.Errorf("-alert-config: %w", err)
+			return cfg, logOpts, nil, fmt.Errorf("-alert-config: %w", err)
 		}
 		cfg.AlertDelivery = &dc
 	}
-	var err error
-	if cfg.GRPC.TLS, err = tlsFiles.Server(); err != nil {
-		return cfg, logOpts, err
+	id, err := tlsFiles.Load()
+	if err != nil {
+		return cfg, logOpts, nil, err
 	}
-	if cfg.PeerTLS, err = tlsFiles.Client(); err != nil {
-		return cfg, logOpts, err
+	if id != nil {
+		if cfg.GRPC.TLS, err = id.Server(); err != nil {
+			return cfg, logOpts, nil, err
+		}
+		cfg.PeerTLS = id.Client()
 	}
 	p, err := raftnode.ParsePeers(peers)
 	if err != nil {
-		return cfg, logOpts, fmt.Errorf("-peers: %w", err)
+		return cfg, logOpts, nil, fmt.Errorf("-peers: %w", err)
 	}
 	cfg.Peers = p
 	switch {
 	case cfg.ID == "":
-		return cfg, logOpts, errors.New("-id: must be set")
+		return cfg, logOpts, nil, errors.New("-id: must be set")
 	case cfg.DataDir == "":
-		return cfg, logOpts, errors.New("-data-dir: must be set")
+		return cfg, logOpts, nil, errors.New("-data-dir: must be set")
 	case cfg.Raft.LogStore != raftnode.StoreWAL && cfg.Raft.LogStore != raftnode.StoreBoltDB:
-		return cfg, logOpts, fmt.Errorf("-log-store: %q is not wal or boltdb", cfg.Raft.LogStore)
+		return cfg, logOpts, nil, fmt.Errorf("-log-store: %q is not wal or boltdb", cfg.Raft.LogStore)
 	case cfg.GRPC.MaxRecvMessageSize < 1024:
-		return cfg, logOpts, fmt.Errorf("-max-message-size: %d is below 1024", cfg.GRPC.MaxRecvMessageSize)
+		return cfg, logOpts, nil, fmt.Errorf("-max-message-size: %d is below 1024", cfg.GRPC.MaxRecvMessageSize)
 	case cfg.Raft.HeartbeatTimeout < 5*1e6 || cfg.Raft.ElectionTimeout < 5*1e6:
-		return cfg, logOpts, errors.New("-heartbeat-timeout and -election-timeout: at least 5ms")
+		return cfg, logOpts, nil, errors.New("-heartbeat-timeout and -election-timeout: at least 5ms")
 	case cfg.HeartbeatTTL < 100*time.Millisecond:
-		return cfg, logOpts, errors.New("-heartbeat-ttl: at least 100ms")
+		return cfg, logOpts, nil, errors.New("-heartbeat-ttl: at least 100ms")
 	case cfg.MetricsWindow < time.Second || cfg.MetricsWindow > 24*time.Hour:
-		return cfg, logOpts, errors.New("-metrics-window: between 1s and 24h")
+		return cfg, logOpts, nil, errors.New("-metrics-window: between 1s and 24h")
 	case cfg.CommitHold < 0 || cfg.CommitHold > time.Second:
-		return cfg, logOpts, errors.New("-commit-hold: between 0 and 1s")
+		return cfg, logOpts, nil, errors.New("-commit-hold: between 0 and 1s")
 	case cfg.Raft.LeaderLeaseTimeout > cfg.Raft.HeartbeatTimeout:
-		return cfg, logOpts, errors.New("-leader-lease-timeout: must not exceed -heartbeat-timeout")
+		return cfg, logOpts, nil, errors.New("-leader-lease-timeout: must not exceed -heartbeat-timeout")
 	}
 	if err := server.CheckLogStallExit(cfg.LogStallExit); err != nil {
-		return cfg, logOpts, err
+		return cfg, logOpts, nil, err
 	}
 	if len(p) > 0 {
 		found := false
@@ -172,10 +180,10 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 			found = found || x.ID == cfg.ID
 		}
 		if !found {
-			return cfg, logOpts, fmt.Errorf("-peers: does not list this node's -id %q", cfg.ID)
+			return cfg, logOpts, nil, fmt.Errorf("-peers: does not list this node's -id %q", cfg.ID)
 		}
 	}
-	return cfg, logOpts, nil
+	return cfg, logOpts, id, nil
 }
 
 // checkURL accepts absolute http and https URLs.

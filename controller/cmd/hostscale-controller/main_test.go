@@ -179,7 +179,7 @@ func TestBinaryCluster_electsFailsOverAndSurvivesFullRestart(t *testing.T) {
 
 func TestParseFlags_shippedExampleConfigIsValid(t *testing.T) {
 	var stderr bytes.Buffer
-	cfg, _, err := parseFlags([]string{"-config", "../../../deployments/config/controller.conf"}, &stderr)
+	cfg, _, _, err := parseFlags([]string{"-config", "../../../deployments/config/controller.conf"}, &stderr)
 	require.NoError(t, err, stderr.String())
 	require.Equal(t, "c1", cfg.ID)
 	require.Len(t, cfg.Peers, 3)

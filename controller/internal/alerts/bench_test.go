@@ -45,7 +45,7 @@ func newBenchInputs(n int, at time.Time) *benchInputs {
 
 func benchRules() []Rule {
 	rules := DefaultRules()
-	for _, m := range []string{"load1", "swap_used_percent", "tcp_connections", "processes", "net_rx_bytes_per_second", "load5"} {
+	for _, m := range []string{"load1", "swap_used_percent", "tcp_connections", "processes", "net_rx_bytes_per_second"} {
 		rules = append(rules, Rule{Name: "bench-" + m[:4] + fmt.Sprint(len(rules)), Metric: m, Op: OpGE, Threshold: 95,
 			For: time.Minute, Selector: "zone in (a,b),tier=web", Severity: SeverityInfo,
 			Annotations: map[string]string{"summary": "{{ .Node }} {{ .Value }}"}})

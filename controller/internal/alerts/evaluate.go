@@ -178,35 +178,28 @@ func (e *Evaluator) Evaluate(now time.Time, rules []Rule, in Inputs, current map
 			continue
 		}
 		byName[c.rule.Name] = c
+		// visit moves the rule's alert on subject (a node, or a pool) by o.
+		visit := func(subject string, o observation) {
+			fp := c.fingerprint(subject)
+			cur, has := current[fp]
+			if has {
+				seen[fp] = struct{}{}
+			}
+			if t, ok := e.step(now, c, subject, fp, cur, has, o, win); ok {
+				out = append(out, ordered{ri, subject, t})
+			}
+		}
 		if c.pool {
 			for i, p := range pools {
-				if !c.sel.Matches(poolLabels[i]) {
-					continue
-				}
-				fp := c.fingerprint(p.Name)
-				cur, has := current[fp]
-				if has {
-					seen[fp] = struct{}{}
-				}
-				o := e.observePool(now, c, p, pin)
-				if t, ok := e.step(now, c, p.Name, fp, cur, has, o, win); ok {
-					out = append(out, ordered{ri, p.Name, t})
+				if c.sel.Matches(poolLabels[i]) {
+					visit(p.Name, e.observePool(now, c, p, pin))
 				}
 			}
 			continue
 		}
 		for _, n := range nodes {
-			if !c.sel.Matches(n.Labels) {
-				continue
-			}
-			fp := c.fingerprint(n.Name)
-			cur, has := current[fp]
-			if has {
-				seen[fp] = struct{}{}
-			}
-			o := e.observe(now, c, n, in)
-			if t, ok := e.step(now, c, n.Name, fp, cur, has, o, win); ok {
-				out = append(out, ordered{ri, n.Name, t})
+			if c.sel.Matches(n.Labels) {
+				visit(n.Name, e.observe(now, c, n, in))
 			}
 		}
 	}
