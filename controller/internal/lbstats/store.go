@@ -36,8 +36,11 @@ type Store struct {
 	// Keep bounds the history kept per series.
 	Keep time.Duration
 
-	mu       sync.Mutex
-	series   map[string]*series              // by balancer, pool and address
+	mu     sync.Mutex
+	series map[string]*series // by balancer, pool and address
+	// byPool holds the same series by pool, then by key, so that a pool's
+	// window reads its own series only.
+	byPool   map[string]map[string]*series
 	activity map[string]map[string]*activity // by pool, then balancer
 	// pruneAt is when series nobody reports are next looked for.
 	pruneAt time.Time
@@ -64,7 +67,8 @@ type activity struct {
 
 // New returns a store keeping keep of history.
 func New(keep time.Duration) *Store {
-	return &Store{Keep: keep, series: map[string]*series{}, activity: map[string]map[string]*activity{}, demand: make(chan struct{}, 1)}
+	return &Store{Keep: keep, series: map[string]*series{}, byPool: map[string]map[string]*series{},
+		activity: map[string]map[string]*activity{}, demand: make(chan struct{}, 1)}
 }
 
 // Demand is signalled, without blocking, after a report showing requests
@@ -101,6 +105,10 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 		if sr == nil {
 			sr = &series{pool: b.Pool, address: b.Address}
 			s.series[k] = sr
+			if s.byPool[b.Pool] == nil {
+				s.byPool[b.Pool] = map[string]*series{}
+			}
+			s.byPool[b.Pool][k] = sr
 		}
 		// A backend's first report counts as activity when it has served
 		// requests: when, is not known, and keeping the pool is the safe
@@ -164,6 +172,10 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 	for k, sr := range s.series {
 		if at.Sub(sr.points[len(sr.points)-1].at) > s.Keep {
 			delete(s.series, k)
+			delete(s.byPool[sr.pool], k)
+			if len(s.byPool[sr.pool]) == 0 {
+				delete(s.byPool, sr.pool)
+			}
 		}
 	}
 	for pool, byBalancer := range s.activity {
@@ -319,10 +331,7 @@ func (s *Store) Totals(pool string, now time.Time, window, fresh time.Duration) 
 // last, dt seconds apart. s.mu is held.
 func (s *Store) each(pool string, now time.Time, window time.Duration, fn func(sr *series, a, b point, dt float64)) {
 	from := now.Add(-window)
-	for _, sr := range s.series {
-		if sr.pool != pool {
-			continue
-		}
+	for _, sr := range s.byPool[pool] {
 		first, last := -1, len(sr.points)-1
 		for i, p := range sr.points {
 			if !p.at.Before(from) {
@@ -412,5 +421,6 @@ func (s *Store) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.series = map[string]*series{}
+	s.byPool = map[string]map[string]*series{}
 	s.activity = map[string]map[string]*activity{}
 }

@@ -73,6 +73,7 @@ func TestWindow_oneReportGivesNoRateAndOldSeriesAreForgotten(t *testing.T) {
 	s.Record("lb1", t0.Add(time.Minute), report(&pb.BackendCounters{Pool: "web", Address: "b:1", Requests: 5}))
 	s.mu.Lock()
 	require.Len(t, s.series, 1)
+	require.Len(t, s.byPool["web"], 1, "the pool's index forgets them too")
 	s.mu.Unlock()
 }
 
