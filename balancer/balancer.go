@@ -26,12 +26,15 @@ const TableFileName = "table.json"
 // Balancer is an HTTP/1.1 reverse proxy whose routes and backends come from
 // the Table in force. All methods are safe for concurrent use.
 type Balancer struct {
-	cfg      Config
-	log      *slog.Logger
-	trusted  trustedSet
-	dialer   net.Dialer
-	snap     atomic.Pointer[snapshot]
-	counters counters
+	cfg     Config
+	log     *slog.Logger
+	trusted trustedSet
+	// httpsPort is the port of redirects to https: TLSListenAddr's, or
+	// empty for 443.
+	httpsPort string
+	dialer    net.Dialer
+	snap      atomic.Pointer[snapshot]
+	counters  counters
 
 	// applyMu serializes Apply and guards the registries below. The request
 	// path never takes it: it reads snap.
@@ -101,6 +104,9 @@ func New(cfg Config) (*Balancer, error) {
 		clients:  map[*clientConn]struct{}{},
 		closing:  make(chan struct{}),
 		held:     make(chan struct{}, 1),
+	}
+	if _, port, err := net.SplitHostPort(cfg.TLSListenAddr); err == nil && port != "443" && port != "0" {
+		b.httpsPort = port
 	}
 	return b, nil
 }
@@ -180,6 +186,7 @@ func (b *Balancer) Apply(t *Table) error {
 		}
 		ps := newPoolSnap(st, members, p.Policy, slow, b.cfg.SlowStartMinPercent)
 		ps.hold = p.HoldWhenEmpty
+		ps.httpsRedirect = p.HTTPSRedirect
 		snap.pools = append(snap.pools, ps)
 		prefix := p.PathPrefix
 		if prefix == "" {

@@ -37,6 +37,8 @@ type poolSnap struct {
 	slowMin   int64
 	// hold is the pool's HoldWhenEmpty.
 	hold time.Duration
+	// httpsRedirect is the pool's HTTPSRedirect.
+	httpsRedirect bool
 }
 
 func newPoolSnap(st *poolState, members []member, policy Policy, slowStart int64, slowMinPct int) *poolSnap {

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -187,6 +189,9 @@ func (cc *clientConn) handle(headLen int) bool {
 			code = 503
 		}
 		return cc.replySkippingBody(code, headLen, false)
+	}
+	if ps.httpsRedirect && !cc.overTLS() {
+		return cc.redirectHTTPS(headLen)
 	}
 	be := ps.picker.pick(monoNow(), nil)
 	if be == nil {
@@ -664,6 +669,15 @@ func (b *Balancer) ejected(be *backend) {
 // when the request allows it and its body, if any, is already buffered (and is
 // skipped); consumed reports a body partly read already.
 func (cc *clientConn) replySkippingBody(code, headLen int, consumed bool) bool {
+	keep := cc.skipRequest(headLen, consumed)
+	cc.writeLocal(code, keep)
+	return keep
+}
+
+// skipRequest drops the request (head and buffered body) from the read
+// buffer when the connection can stay open after a local answer, and
+// reports whether it can.
+func (cc *clientConn) skipRequest(headLen int, consumed bool) bool {
 	req := &cc.req
 	keep := req.KeepAlive && req.Minor == 1 && !consumed && !cc.b.shutting.Load()
 	if keep {
@@ -676,7 +690,67 @@ func (cc *clientConn) replySkippingBody(code, headLen int, consumed bool) bool {
 			keep = false
 		}
 	}
-	cc.writeLocal(code, keep)
+	return keep
+}
+
+// overTLS reports whether the request came over TLS: to this balancer, or
+// to a trusted proxy in front that says so in X-Forwarded-Proto.
+func (cc *clientConn) overTLS() bool {
+	if cc.secure {
+		return true
+	}
+	if !cc.trusted {
+		return false
+	}
+	for i := range cc.req.Headers {
+		if h := &cc.req.Headers[i]; h.Kind == h1.KindXForwardedProto && bytes.EqualFold(bytes.TrimSpace(h.Value), []byte("https")) {
+			return true
+		}
+	}
+	return false
+}
+
+// redirectHTTPS answers 308 Permanent Redirect to the request's URL over
+// https, on this balancer's TLS port; a request without a Host gets 400.
+func (cc *clientConn) redirectHTTPS(headLen int) bool {
+	req := &cc.req
+	host := string(req.Host)
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "" || strings.ContainsAny(host, "/?#@\\ \t") {
+		// Nowhere to send it, or a host that would make another URL.
+		return cc.replySkippingBody(400, headLen, false)
+	}
+	if strings.IndexByte(host, ':') >= 0 {
+		host = "[" + host + "]" // an IPv6 address
+	}
+	if cc.b.httpsPort != "" {
+		host += ":" + cc.b.httpsPort
+	}
+	target := string(req.Target)
+	if !strings.HasPrefix(target, "/") {
+		// Absolute form (http://host/path) or "*": the path only.
+		target = "/"
+		if rest, ok := strings.CutPrefix(string(req.Target), "http://"); ok {
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				target = rest[i:]
+			}
+		}
+	}
+	keep := cc.skipRequest(headLen, false)
+	cc.b.counters.local[localIndex(308)].Add(1)
+	w := cc.bw
+	w.WriteString("HTTP/1.1 308 Permanent Redirect\r\nLocation: https://")
+	w.WriteString(host)
+	w.WriteString(target)
+	w.WriteString("\r\nContent-Length: 0\r\n")
+	if !keep {
+		w.WriteString("Connection: close\r\n")
+		cc.linger = true
+	}
+	w.WriteString("\r\n")
+	_ = flush(&cc.side, cc.b.cfg.IdleTimeout)
 	return keep
 }
 
@@ -697,13 +771,13 @@ func (cc *clientConn) writeLocal(code int, keep bool) {
 	_ = flush(&cc.side, cc.b.cfg.IdleTimeout)
 }
 
-var localCodes = [...]int{400, 404, 408, 431, 501, 502, 503, 504, 505, 500}
+var localCodes = [...]int{400, 404, 408, 431, 501, 502, 503, 504, 505, 308, 500}
 
 var localText = map[int]string{
 	400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
 	431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
 	503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-	500: "Internal Server Error",
+	500: "Internal Server Error", 308: "Permanent Redirect",
 }
 
 type localReply struct{ keep, close []byte }

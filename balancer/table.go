@@ -83,6 +83,11 @@ type Pool struct {
 	// table file spells it as a duration string ("hold_when_empty": "30s"),
 	// which DecodeTable and WriteTableFile handle.
 	HoldWhenEmpty time.Duration `json:"-"`
+	// HTTPSRedirect answers a request that came over plain HTTP with 308
+	// Permanent Redirect to the same URL over https; a request over TLS,
+	// or from a trusted proxy that says X-Forwarded-Proto: https, is
+	// proxied.
+	HTTPSRedirect bool `json:"https_redirect,omitempty"`
 }
 
 // MaxHoldWhenEmpty is the longest Pool.HoldWhenEmpty.

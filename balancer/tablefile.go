@@ -57,13 +57,14 @@ type poolDoc struct {
 	Policy        Policy       `json:"policy,omitempty"`
 	Backends      []Backend    `json:"backends"`
 	HoldWhenEmpty fileDuration `json:"hold_when_empty,omitempty"`
+	HTTPSRedirect bool         `json:"https_redirect,omitempty"`
 }
 
 func docOf(t *Table) *tableDoc {
 	d := &tableDoc{Version: t.Version, Pools: make([]poolDoc, len(t.Pools))}
 	for i, p := range t.Pools {
 		d.Pools[i] = poolDoc{Name: p.Name, Hosts: p.Hosts, PathPrefix: p.PathPrefix, Policy: p.Policy,
-			Backends: p.Backends, HoldWhenEmpty: fileDuration(p.HoldWhenEmpty)}
+			Backends: p.Backends, HoldWhenEmpty: fileDuration(p.HoldWhenEmpty), HTTPSRedirect: p.HTTPSRedirect}
 	}
 	return d
 }
@@ -75,7 +76,7 @@ func (d *tableDoc) table() *Table {
 	}
 	for i, p := range d.Pools {
 		t.Pools[i] = Pool{Name: p.Name, Hosts: p.Hosts, PathPrefix: p.PathPrefix, Policy: p.Policy,
-			Backends: p.Backends, HoldWhenEmpty: time.Duration(p.HoldWhenEmpty)}
+			Backends: p.Backends, HoldWhenEmpty: time.Duration(p.HoldWhenEmpty), HTTPSRedirect: p.HTTPSRedirect}
 	}
 	return t
 }

@@ -43,10 +43,11 @@ func FromProto(t *pb.Table) (*balancer.Table, error) {
 	}
 	for i, p := range t.GetPools() {
 		pool := balancer.Pool{
-			Name:       p.GetName(),
-			Hosts:      append([]string(nil), p.GetHosts()...),
-			PathPrefix: p.GetPathPrefix(),
-			Backends:   make([]balancer.Backend, 0, len(p.GetBackends())),
+			Name:          p.GetName(),
+			Hosts:         append([]string(nil), p.GetHosts()...),
+			PathPrefix:    p.GetPathPrefix(),
+			Backends:      make([]balancer.Backend, 0, len(p.GetBackends())),
+			HTTPSRedirect: p.GetHttpsRedirect(),
 		}
 		if len(pool.Hosts) == 0 {
 			pool.Hosts = []string{"*"}

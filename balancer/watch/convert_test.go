@@ -46,6 +46,16 @@ func TestFromProto_mapsPoliciesWeightsAndAnyHost(t *testing.T) {
 	require.Equal(t, "example.com", got.Pools[0].Hosts[0])
 }
 
+func TestFromProto_carriesHTTPSRedirect(t *testing.T) {
+	got, err := FromProto(&pb.Table{Version: &pb.TableVersion{Term: 1, Index: 1}, Pools: []*pb.TablePool{
+		{Name: "shop", Hosts: []string{"shop.example"}, HttpsRedirect: true},
+		{Name: "api", Hosts: []string{"api.example"}},
+	}})
+	require.NoError(t, err)
+	require.True(t, got.Pools[0].HTTPSRedirect)
+	require.False(t, got.Pools[1].HTTPSRedirect)
+}
+
 func TestFromProto_convertsHoldWhenEmpty(t *testing.T) {
 	got, err := FromProto(&pb.Table{Version: &pb.TableVersion{Index: 1}, Pools: []*pb.TablePool{
 		{Name: "unset"},

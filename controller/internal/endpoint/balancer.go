@@ -49,7 +49,7 @@ func Table(st *pb.State) *pb.Table {
 	pools := make(map[string]*pb.TablePool, len(names))
 	for _, n := range names {
 		p := st.Pools[n]
-		tp := &pb.TablePool{Name: p.Name, Hosts: slices.Clone(p.Hosts), PathPrefix: p.PathPrefix, Policy: p.Policy}
+		tp := &pb.TablePool{Name: p.Name, Hosts: slices.Clone(p.Hosts), PathPrefix: p.PathPrefix, Policy: p.Policy, HttpsRedirect: p.HttpsRedirect}
 		// A pool that scales to zero is woken by the requests its
 		// balancers hold.
 		if hold := autoscale.ActivationTimeout(p.Scaling); hold > 0 {

@@ -40,6 +40,17 @@ func TestTable_poolsThatScaleToZeroAreHeldWhenEmpty(t *testing.T) {
 	require.Equal(t, map[string]time.Duration{"a-default": 30 * time.Second, "b-set": 5 * time.Second}, hold)
 }
 
+func TestTable_httpsRedirectReachesTheTable(t *testing.T) {
+	st := &pb.State{Pools: map[string]*pb.Pool{
+		"a": {Name: "a", HttpsRedirect: true},
+		"b": {Name: "b"},
+	}}
+	tb := Table(st)
+	require.Len(t, tb.Pools, 2)
+	require.True(t, tb.Pools[0].HttpsRedirect)
+	require.False(t, tb.Pools[1].HttpsRedirect)
+}
+
 // A node whose Raft log writes have been stuck or failing past the limit
 // ends its watches, leader or not: it can store no entry, so its table
 // cannot change.

@@ -152,6 +152,8 @@ type TablePool struct {
 	// request this long for one to appear (a pool scaled to zero starting
 	// an instance) before answering 503. Unset: 503 at once.
 	HoldWhenEmpty *durationpb.Duration `protobuf:"bytes,6,opt,name=hold_when_empty,json=holdWhenEmpty,proto3" json:"hold_when_empty,omitempty"`
+	// Pool.https_redirect.
+	HttpsRedirect bool `protobuf:"varint,7,opt,name=https_redirect,json=httpsRedirect,proto3" json:"https_redirect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +228,13 @@ func (x *TablePool) GetHoldWhenEmpty() *durationpb.Duration {
 		return x.HoldWhenEmpty
 	}
 	return nil
+}
+
+func (x *TablePool) GetHttpsRedirect() bool {
+	if x != nil {
+		return x.HttpsRedirect
+	}
+	return false
 }
 
 // Table is everything a balancer needs to route.
@@ -776,7 +785,7 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\fTableBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\x1a\n" +
-	"\bdraining\x18\x03 \x01(\bR\bdraining\"\xff\x01\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\"\xa6\x02\n" +
 	"\tTablePool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -784,7 +793,8 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"pathPrefix\x12,\n" +
 	"\x06policy\x18\x04 \x01(\x0e2\x14.hostscale.v1.PolicyR\x06policy\x126\n" +
 	"\bbackends\x18\x05 \x03(\v2\x1a.hostscale.v1.TableBackendR\bbackends\x12A\n" +
-	"\x0fhold_when_empty\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rholdWhenEmpty\"l\n" +
+	"\x0fhold_when_empty\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rholdWhenEmpty\x12%\n" +
+	"\x0ehttps_redirect\x18\a \x01(\bR\rhttpsRedirect\"l\n" +
 	"\x05Table\x124\n" +
 	"\aversion\x18\x01 \x01(\v2\x1a.hostscale.v1.TableVersionR\aversion\x12-\n" +
 	"\x05pools\x18\x02 \x03(\v2\x17.hostscale.v1.TablePoolR\x05pools\"_\n" +

@@ -423,7 +423,12 @@ type Pool struct {
 	// replaced (a new template, a draining node): the old ones leave as
 	// their replacements turn healthy, so a pool rolls this many at a time.
 	// 0: every replacement starts at once (blue/green).
-	MaxSurge      uint32 `protobuf:"varint,18,opt,name=max_surge,json=maxSurge,proto3" json:"max_surge,omitempty"`
+	MaxSurge uint32 `protobuf:"varint,18,opt,name=max_surge,json=maxSurge,proto3" json:"max_surge,omitempty"`
+	// Requests that reach a balancer over plain HTTP are answered 308
+	// Permanent Redirect to the same URL over https, as HAProxy's `redirect
+	// scheme https unless { ssl_fc }`; those over TLS (or from a trusted
+	// proxy that says X-Forwarded-Proto: https) are proxied.
+	HttpsRedirect bool `protobuf:"varint,19,opt,name=https_redirect,json=httpsRedirect,proto3" json:"https_redirect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -582,6 +587,13 @@ func (x *Pool) GetMaxSurge() uint32 {
 		return x.MaxSurge
 	}
 	return 0
+}
+
+func (x *Pool) GetHttpsRedirect() bool {
+	if x != nil {
+		return x.HttpsRedirect
+	}
+	return false
 }
 
 // RateLimit bounds how fast the autoscaler changes a pool, as the HPA's
@@ -3391,7 +3403,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x17hostscale/v1/pool.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x86\x05\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xad\x05\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x1f\n" +
@@ -3412,7 +3424,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x10next_scale_event\x18\x0f \x01(\x04R\x0enextScaleEvent\x12,\n" +
 	"\x12load_aware_weights\x18\x10 \x01(\bR\x10loadAwareWeights\x12%\n" +
 	"\x0etemplate_index\x18\x11 \x01(\x04R\rtemplateIndex\x12\x1b\n" +
-	"\tmax_surge\x18\x12 \x01(\rR\bmaxSurge\"\x85\x01\n" +
+	"\tmax_surge\x18\x12 \x01(\rR\bmaxSurge\x12%\n" +
+	"\x0ehttps_redirect\x18\x13 \x01(\bR\rhttpsRedirect\"\x85\x01\n" +
 	"\tRateLimit\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.hostscale.v1.RateLimitKindR\x04kind\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value\x121\n" +
