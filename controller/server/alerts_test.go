@@ -311,7 +311,7 @@ func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
 		Name: "web", PathPrefix: "/", Backends: []*pb.Backend{{Address: "127.0.0.1:9"}}}})
 	require.NoError(t, err)
 	_, err = pb.NewAlertServiceClient(f.Conn()).CreateRule(ctx, &pb.CreateRuleRequest{Rule: &pb.AlertRule{
-		Name: "pool-errors", Kind: pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD, Metric: "error_ratio", Op: ">", Threshold: 0.1,
+		Name: "web-errors", Kind: pb.AlertRuleKind_ALERT_RULE_KIND_POOL_THRESHOLD, Metric: "error_ratio", Op: ">", Threshold: 0.1,
 		Window: durationpb.New(10 * time.Second), Selector: "pool=web", Severity: pb.Severity_SEVERITY_CRITICAL,
 		Annotations: map[string]string{"summary": `{{ .Pool }} fails {{ printf "%.0f" .Value }} of 1`},
 	}})
@@ -350,14 +350,14 @@ func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
 
 	start := time.Now()
 	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, f, "pool-errors")
+		a, err := alertOf(ctx, f, "web-errors")
 		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
-			err = fmt.Errorf("pool-errors is %v", a.State)
+			err = fmt.Errorf("web-errors is %v", a.State)
 		}
 		return err
 	}))
 	require.GreaterOrEqual(t, time.Since(start), 9*time.Second, "fired before the leader had a whole window of reports")
-	a, err := alertOf(ctx, f, "pool-errors")
+	a, err := alertOf(ctx, f, "web-errors")
 	require.NoError(t, err)
 	require.Equal(t, "web", a.Pool)
 	require.Empty(t, a.Node)
@@ -367,9 +367,9 @@ func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
 
 	failing.Store(false)
 	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, f, "pool-errors")
+		a, err := alertOf(ctx, f, "web-errors")
 		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
-			err = fmt.Errorf("pool-errors is %v at %v", a.State, a.Value)
+			err = fmt.Errorf("web-errors is %v at %v", a.State, a.Value)
 		}
 		return err
 	}))

@@ -380,7 +380,10 @@ func ParseExpr(s string) (Expr, error) {
 }
 
 // DefaultRules are the rules installed at bootstrap: CPU above 90 %, memory
-// above 80 % and disk above 90 % for a minute, and node down. The disk rule
+// above 80 % and disk above 90 % for a minute, node down, a stalled disk,
+// and for every pool more than 5 % of failed requests over 5 minutes, or
+// fewer healthy instances than desired for 15 (Kubernetes'
+// replicas-mismatch alert). The disk rule
 // watches disk_used_percent, which the metric store keeps as the fullest
 // mount of a node; per-mount alerts need per-mount series and are a later
 // extension. Node down has no `for`: the liveness loop has already waited
@@ -424,6 +427,22 @@ func DefaultRules() []Rule {
 			Annotations: map[string]string{
 				"summary":     "The disk of {{ .Node }} is stalled",
 				"description": "A write to the data directory of {{ .Node }}'s agent has not returned for over a minute; no instance is placed on it.",
+			},
+		},
+		{
+			Name: "pool-errors", Kind: KindPoolThreshold, Metric: "error_ratio", Op: OpGT, Threshold: 0.05,
+			Window: 5 * time.Minute, For: 5 * time.Minute, Severity: SeverityWarning,
+			Annotations: map[string]string{
+				"summary":     "Pool {{ .Pool }} fails over 5% of its requests",
+				"description": `{{ printf "%.3f" .Value }} of the requests to {{ .Pool }} failed (5xx answers and transport failures) over 5m, for 5m.`,
+			},
+		},
+		{
+			Name: "pool-instances-missing", Kind: KindPoolThreshold, Metric: "missing_instances", Op: OpGT, Threshold: 0,
+			For: 15 * time.Minute, Severity: SeverityWarning,
+			Annotations: map[string]string{
+				"summary":     "Pool {{ .Pool }} lacks healthy instances",
+				"description": `{{ .Pool }} has had {{ printf "%.0f" .Value }} fewer healthy instances than it wants for 15m: they cannot be placed, do not start or fail their health checks.`,
 			},
 		},
 	}

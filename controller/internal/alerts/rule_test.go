@@ -110,11 +110,13 @@ func TestDefaultRules_classicThresholds(t *testing.T) {
 		got[r.Name] = r.Expr() + " for " + r.For.String()
 	}
 	require.Equal(t, map[string]string{
-		"host-cpu-high":     "cpu_percent > 90 for 1m0s",
-		"host-memory-high":  "memory_used_percent > 80 for 1m0s",
-		"host-disk-high":    "disk_used_percent > 90 for 1m0s",
-		"node-down":         "node_down for 0s",
-		"node-disk-stalled": "node_condition disk_stalled for 1m0s",
+		"host-cpu-high":          "cpu_percent > 90 for 1m0s",
+		"host-memory-high":       "memory_used_percent > 80 for 1m0s",
+		"host-disk-high":         "disk_used_percent > 90 for 1m0s",
+		"node-down":              "node_down for 0s",
+		"node-disk-stalled":      "node_condition disk_stalled for 1m0s",
+		"pool-errors":            "pool error_ratio > 0.05 for 5m0s",
+		"pool-instances-missing": "pool missing_instances > 0 for 15m0s",
 	}, got)
 }
 
