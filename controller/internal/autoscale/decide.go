@@ -103,7 +103,8 @@ type MetricValues struct {
 // to max(Min, 1) at once ("activation"), or to HeldNeed if more: when a
 // metric of the policy is requests in flight, the held requests size the
 // pool, and more of them than the pool's Desired can serve at the target
-// (a burst still arriving after the first woke it) raise it at once too; a pool of Min 0 and no waiting
+// (a burst still arriving after the first woke it) raise it at once too;
+// a pool of Min 0 and no waiting
 // request that has been idle for scale_to_zero_after goes to 0 at once,
 // from any count ("idle"). Neither is held by missing data or a new
 // leader's first window: the idle time is this leader's own observation.
@@ -501,9 +502,9 @@ func (d *decision) zero() (*pb.ScaleEvent, bool) {
 		return nil, false
 	}
 	var v uint32
+	need := HeldNeed(d.pol, in.Waiting, in.Max)
 	switch {
-	case in.Waiting > 0 && in.Max >= MinInstances && (in.Desired == 0 || HeldNeed(d.pol, in.Waiting, in.Max) > in.Desired):
-		need := HeldNeed(d.pol, in.Waiting, in.Max)
+	case in.Waiting > 0 && in.Max >= MinInstances && (in.Desired == 0 || need > in.Desired):
 		v = max(in.Desired, in.Min, MinInstances, need)
 		ev.LimitedBy = LimitedByActivation
 		ev.Reason = fmt.Sprintf("%d %s for an instance at the balancers", in.Waiting, plural(in.Waiting, "request waits", "requests wait"))
