@@ -60,6 +60,9 @@ type Config struct {
 	// GRPC is the API server's transport policy; its TLS, when set, is
 	// the API's (tlsx.Files.Server).
 	GRPC grpcx.ServerConfig
+	// Collectors are served on /metrics beside the controller's own (its
+	// TLS certificate's expiry, say).
+	Collectors []prometheus.Collector
 	// PeerTLS is how this controller calls the other controllers' APIs
 	// and Raft ports (tlsx.Files.Client); nil: plaintext. Set it whenever
 	// GRPC.TLS is: the Raft port then serves GRPC.TLS too.
@@ -321,6 +324,7 @@ func New(cfg Config) (s *Server, err error) {
 	forwardCtx, stopForwards := context.WithCancel(context.Background())
 	s.stopForwards = stopForwards
 	s.node.ServeForwards(func(conn net.Conn) { peer.ServeConn(forwardCtx, conn) })
+	s.registry.MustRegister(cfg.Collectors...)
 	s.registry.MustRegister(newRaftCollector(s.node.Raft, s.fsm, s.node.LogWriteInProgress, s.node.LogWritesFailing))
 	s.registry.MustRegister(newConditionCollector(s.hub))
 	return s, nil

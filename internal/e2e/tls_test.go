@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -126,6 +127,11 @@ func TestTLS_everyBinary(t *testing.T) {
 	leader.Signal(syscall.SIGHUP)
 	require.Eventually(t, func() bool { return slices.Contains(served(), "rotated.example") }, 10*time.Second, 20*time.Millisecond)
 	require.Contains(t, leader.Log(), "TLS certificate reloaded")
+	metrics, err := http.Get("http://" + leader.HTTPAddr + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(metrics.Body)
+	metrics.Body.Close()
+	require.Contains(t, string(body), `hostscale_tls_certificate_not_after_timestamp_seconds{cert="`+serverCert+`"}`)
 	_, err = f.leader().Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 2})
 	require.NoError(t, err, "a write after the rotation")
 	f.settled("web", 2, 30*time.Second)

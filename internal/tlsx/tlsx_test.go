@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/hostscale/hostscale/internal/tlsx"
@@ -110,4 +112,29 @@ func TestIdentity_reloadSwapsTheCertificate(t *testing.T) {
 	require.NoError(t, os.Remove(keyFile))
 	require.ErrorContains(t, id.Reload(), "-tls-key: stat "+keyFile)
 	require.Equal(t, "new.example", served(), "a failed reload keeps the pair in force")
+}
+
+func TestCollector_exportsTheCertificateInForce(t *testing.T) {
+	set := tlstest.Write(t)
+	id, err := set.Client.Load()
+	require.NoError(t, err)
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(tlsx.Collector(id)))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	require.Len(t, mfs, 1)
+	require.Equal(t, "hostscale_tls_certificate_not_after_timestamp_seconds", mfs[0].GetName())
+	m := mfs[0].GetMetric()[0]
+	require.Equal(t, set.Client.Cert, m.GetLabel()[0].GetValue())
+	require.InDelta(t, float64(id.NotAfter().Unix()), m.GetGauge().GetValue(), 0)
+	require.Greater(t, id.NotAfter(), time.Now())
+
+	// Without a certificate (a CA only) there is nothing to export.
+	caOnly, err := tlsx.Files{CA: set.Client.CA}.Load()
+	require.NoError(t, err)
+	reg = prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(tlsx.Collector(caOnly)))
+	mfs, err = reg.Gather()
+	require.NoError(t, err)
+	require.Empty(t, mfs)
 }

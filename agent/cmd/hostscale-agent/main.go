@@ -241,6 +241,9 @@ func serve(o options, stderr io.Writer) error {
 		return err
 	}
 	reg := admin.NewRegistry()
+	if o.identity != nil {
+		reg.MustRegister(tlsx.Collector(o.identity))
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "hostscale_agent_info",
 		Help:        "The agent's version and node id; always 1.",

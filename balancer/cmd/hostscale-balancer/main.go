@@ -222,6 +222,9 @@ func serve(o *options, log *slog.Logger) error {
 		}
 		o.adm.Collectors = append(o.adm.Collectors, w)
 	}
+	if o.identity != nil {
+		o.adm.Collectors = append(o.adm.Collectors, tlsx.Collector(o.identity))
+	}
 	if o.certs != nil {
 		o.adm.Collectors = append(o.adm.Collectors, certCollector{o.certs})
 		for _, ci := range o.certs.Certs() {

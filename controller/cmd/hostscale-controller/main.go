@@ -145,6 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 			return cfg, logOpts, nil, err
 		}
 		cfg.PeerTLS = id.Client()
+		cfg.Collectors = append(cfg.Collectors, tlsx.Collector(id))
 	}
 	p, err := raftnode.ParsePeers(peers)
 	if err != nil {
