@@ -16,11 +16,7 @@ func TestCertStore_picksByServerName(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, hosts ...string) {
 		c, k := set.Issue(t, name, hosts...)
-		cert, err := os.ReadFile(c)
-		require.NoError(t, err)
-		key, err := os.ReadFile(k)
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name+".pem"), append(cert, key...), 0o600))
+		tlstest.Concat(t, filepath.Join(dir, name+".pem"), c, k)
 	}
 	write("1-default", "default.example")
 	write("2-wild", "*.shop.example", "shop.example")

@@ -86,6 +86,22 @@ func alertOf(ctx context.Context, n *testcluster.Node, rule string) (*pb.Alert, 
 	return nil, fmt.Errorf("no %s alert", rule)
 }
 
+// waitAlert waits up to timeout for rule's alert on n to be in state and
+// returns it.
+func waitAlert(t *testing.T, ctx context.Context, n *testcluster.Node, rule string, state pb.AlertState, timeout time.Duration) *pb.Alert {
+	t.Helper()
+	var a *pb.Alert
+	require.NoError(t, testcluster.Eventually(ctx, timeout, func(ctx context.Context) error {
+		var err error
+		a, err = alertOf(ctx, n, rule)
+		if err == nil && a.State != state {
+			err = fmt.Errorf("%s is %v at %v", rule, a.State, a.Value)
+		}
+		return err
+	}))
+	return a
+}
+
 // webhookReceiver counts Alertmanager webhook deliveries by status and
 // idempotency key.
 type webhookReceiver struct {
@@ -276,26 +292,13 @@ func TestAlerts_nodeConditionRuleFiresAndResolves(t *testing.T) {
 	require.Contains(t, names, "node-disk-stalled", "a new cluster's default rules")
 
 	send := liveAgent(t, ctx, leader.Conn(), helloUnder("full-1", diskPressure(time.Now())))
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, f, "disk-full")
-		if err == nil && (a.State != pb.AlertState_ALERT_STATE_FIRING || a.Node != "full-1") {
-			err = fmt.Errorf("disk-full is %v on %q", a.State, a.Node)
-		}
-		return err
-	}))
-	a, err := alertOf(ctx, f, "disk-full")
-	require.NoError(t, err)
+	a := waitAlert(t, ctx, f, "disk-full", pb.AlertState_ALERT_STATE_FIRING, 10*time.Second)
+	require.Equal(t, "full-1", a.Node)
 	require.Equal(t, "full-1 is short of disk", a.Annotations["summary"])
 	require.Equal(t, 1.0, a.Value)
 
 	send(conditions())
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, f, "disk-full")
-		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
-			err = fmt.Errorf("disk-full is %v", a.State)
-		}
-		return err
-	}))
+	waitAlert(t, ctx, f, "disk-full", pb.AlertState_ALERT_STATE_RESOLVED, 10*time.Second)
 }
 
 // TestAlerts_poolErrorRatioFiresAndResolves: a balancer reports, through a
@@ -349,16 +352,8 @@ func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
 	defer func() { stop(); <-done }()
 
 	start := time.Now()
-	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, f, "web-errors")
-		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
-			err = fmt.Errorf("web-errors is %v", a.State)
-		}
-		return err
-	}))
+	a := waitAlert(t, ctx, f, "web-errors", pb.AlertState_ALERT_STATE_FIRING, 30*time.Second)
 	require.GreaterOrEqual(t, time.Since(start), 9*time.Second, "fired before the leader had a whole window of reports")
-	a, err := alertOf(ctx, f, "web-errors")
-	require.NoError(t, err)
 	require.Equal(t, "web", a.Pool)
 	require.Empty(t, a.Node)
 	require.Equal(t, "web", a.Labels["pool"])
@@ -366,13 +361,7 @@ func TestAlerts_poolErrorRatioFiresAndResolves(t *testing.T) {
 	require.Equal(t, "web fails 0 of 1", a.Annotations["summary"])
 
 	failing.Store(false)
-	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, f, "web-errors")
-		if err == nil && a.State != pb.AlertState_ALERT_STATE_RESOLVED {
-			err = fmt.Errorf("web-errors is %v at %v", a.State, a.Value)
-		}
-		return err
-	}))
+	waitAlert(t, ctx, f, "web-errors", pb.AlertState_ALERT_STATE_RESOLVED, 30*time.Second)
 }
 
 // TestTraffic_fromAnyNode: a balancer's reports through one follower are
@@ -547,13 +536,7 @@ func TestAlerts_leaderKilledBeforeDeliveryDeliversOnce(t *testing.T) {
 	defer stopFeed()
 	feed(t, fctx, c, "hot-1", func(int) float64 { return 99 })
 
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, leader, "cpu-now")
-		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
-			err = fmt.Errorf("cpu-now is %v", a.State)
-		}
-		return err
-	}))
+	waitAlert(t, ctx, leader, "cpu-now", pb.AlertState_ALERT_STATE_FIRING, 10*time.Second)
 	require.Zero(t, rcv.count("firing", "cpu-now"), "still inside group_wait")
 	leader.Kill()
 	waitLeader(t, c)
@@ -601,13 +584,7 @@ func TestAlerts_silenceSuppressesDeliveryWhileItLasts(t *testing.T) {
 	fctx, stopFeed := context.WithCancel(ctx)
 	defer stopFeed()
 	feed(t, fctx, c, "muted-1", func(int) float64 { return 99 })
-	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-		a, err := alertOf(ctx, leader, "cpu-quiet")
-		if err == nil && a.State != pb.AlertState_ALERT_STATE_FIRING {
-			err = fmt.Errorf("cpu-quiet is %v", a.State)
-		}
-		return err
-	}))
+	waitAlert(t, ctx, leader, "cpu-quiet", pb.AlertState_ALERT_STATE_FIRING, 10*time.Second)
 	for time.Now().Before(ends.Add(-200 * time.Millisecond)) {
 		require.Zero(t, rcv.count("firing", "cpu-quiet"), "delivered while silenced")
 		time.Sleep(50 * time.Millisecond)

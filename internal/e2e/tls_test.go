@@ -41,11 +41,8 @@ func TestTLS_everyBinary(t *testing.T) {
 	certDir := t.TempDir()
 	serverCert, serverKey := filepath.Join(certDir, "c.pem"), filepath.Join(certDir, "c-key.pem")
 	install := func(cert, key string) {
-		for src, dst := range map[string]string{cert: serverCert, key: serverKey} {
-			b, err := os.ReadFile(src)
-			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(dst, b, 0o600))
-		}
+		tlstest.Concat(t, serverCert, cert)
+		tlstest.Concat(t, serverKey, key)
 	}
 	install(set.Server.Cert, set.Server.Key)
 	clientTLS, err := set.Client.Client()

@@ -67,11 +67,8 @@ func TestIdentity_reloadSwapsTheCertificate(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "c-key.pem")
 	install := func(cert, key string) {
-		for src, dst := range map[string]string{cert: certFile, key: keyFile} {
-			b, err := os.ReadFile(src)
-			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(dst, b, 0o600))
-		}
+		tlstest.Concat(t, certFile, cert)
+		tlstest.Concat(t, keyFile, key)
 	}
 	oldCert, oldKey := set.Issue(t, "old", "127.0.0.1", "old.example")
 	newCert, newKey := set.Issue(t, "new", "127.0.0.1", "new.example")

@@ -20,19 +20,6 @@ import (
 	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
 )
 
-// combined writes a certificate and its key into one PEM file of dir, as
-// -tls-cert-dir wants them.
-func combined(t *testing.T, dir, name, certFile, keyFile string) string {
-	t.Helper()
-	cert, err := os.ReadFile(certFile)
-	require.NoError(t, err)
-	key, err := os.ReadFile(keyFile)
-	require.NoError(t, err)
-	path := filepath.Join(dir, name)
-	require.NoError(t, os.WriteFile(path, append(cert, key...), 0o600))
-	return path
-}
-
 var servingTLSRE = regexp.MustCompile(`msg="serving TLS" component=balancer addr=(\S+)`)
 
 // TestBinary_servesHTTPSByServerNameAndReloadsCertificates: -tls-listen
@@ -46,8 +33,8 @@ func TestBinary_servesHTTPSByServerNameAndReloadsCertificates(t *testing.T) {
 	dir := t.TempDir()
 	aCert, aKey := set.Issue(t, "site-a", "a.example.com")
 	bCert, bKey := set.Issue(t, "site-b", "*.b.example.com", "b.example.com")
-	combined(t, dir, "a.pem", aCert, aKey)
-	combined(t, dir, "b.pem", bCert, bKey)
+	tlstest.Concat(t, filepath.Join(dir, "a.pem"), aCert, aKey)
+	tlstest.Concat(t, filepath.Join(dir, "b.pem"), bCert, bKey)
 	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.Header.Get("X-Forwarded-Proto"))
 	}))
@@ -112,7 +99,7 @@ func TestBinary_servesHTTPSByServerNameAndReloadsCertificates(t *testing.T) {
 	// A new certificate, then a broken file: the first is served after
 	// SIGHUP, the second leaves it in force.
 	cCert, cKey := set.Issue(t, "site-c", "c.example.com")
-	combined(t, dir, "c.pem", cCert, cKey)
+	tlstest.Concat(t, filepath.Join(dir, "c.pem"), cCert, cKey)
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
 	require.Eventually(t, func() bool {
 		_, names, err := get("c.example.com")

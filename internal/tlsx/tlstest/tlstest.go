@@ -104,6 +104,24 @@ func sign(t testing.TB, dir, name string, signer *x509.Certificate, signerKey *e
 	return certFile, keyFile
 }
 
+// Concat writes the contents of srcs, in order, to dst: a certificate
+// and its key in one file, as a balancer's -tls-cert-dir takes them, or a
+// new pair over the files a running process reads, as a rotation does.
+func Concat(t testing.TB, dst string, srcs ...string) {
+	t.Helper()
+	var all []byte
+	for _, src := range srcs {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	if err := os.WriteFile(dst, all, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func authority(t testing.TB, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
