@@ -1,7 +1,6 @@
 package alerts
 
 import (
-	"math"
 	"time"
 
 	"github.com/hostscale/hostscale/controller/internal/lbstats"
@@ -59,14 +58,11 @@ func (s *StoreInputs) PoolTraffic(pool, metric string, now time.Time, window tim
 	case "error_rate":
 		return t.ErrorsPerSecond, true
 	case "error_ratio":
-		if t.RequestsPerSecond == 0 {
-			return math.NaN(), true
-		}
-		return t.ErrorsPerSecond / t.RequestsPerSecond, true
+		return t.ErrorRatio(), true
 	case "p95_latency_ms":
-		return lbstats.Quantile(t.Bounds, t.Counts, 0.95) * 1000, true
+		return t.LatencyMs(0.95), true
 	case "p99_latency_ms":
-		return lbstats.Quantile(t.Bounds, t.Counts, 0.99) * 1000, true
+		return t.LatencyMs(0.99), true
 	case "in_flight":
 		return t.Concurrency, true
 	}

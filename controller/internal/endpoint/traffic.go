@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"cmp"
 	"context"
 	"math"
 	"slices"
@@ -9,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hostscale/hostscale/controller/internal/lbstats"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -71,10 +71,8 @@ func (s *Pools) GetTraffic(ctx context.Context, req *pb.GetTrafficRequest) (*pb.
 		pt := &pb.PoolTraffic{
 			Pool: name, RequestRate: t.RequestsPerSecond, ErrorRate: t.ErrorsPerSecond, InFlight: t.Concurrency,
 			Waiting: s.Traffic.Activity(name, now, trafficFresh).Waiting, Covered: covered,
-			P50LatencyMs: quantileMs(t, 0.5), P95LatencyMs: quantileMs(t, 0.95), P99LatencyMs: quantileMs(t, 0.99),
-		}
-		if t.RequestsPerSecond > 0 {
-			pt.ErrorRatio = t.ErrorsPerSecond / t.RequestsPerSecond
+			ErrorRatio:   orZero(t.ErrorRatio()),
+			P50LatencyMs: orZero(t.LatencyMs(0.5)), P95LatencyMs: orZero(t.LatencyMs(0.95)), P99LatencyMs: orZero(t.LatencyMs(0.99)),
 		}
 		if req.Pool != "" {
 			usage, _, _ := s.Traffic.Window(name, now, window)
@@ -84,27 +82,17 @@ func (s *Pools) GetTraffic(ctx context.Context, req *pb.GetTrafficRequest) (*pb.
 					RequestRate: u.RequestsPerSecond, ErrorRate: u.ErrorsPerSecond, InFlight: u.Concurrency,
 				})
 			}
-			slices.SortFunc(pt.Backends, func(a, b *pb.BackendTraffic) int {
-				switch {
-				case a.Address < b.Address:
-					return -1
-				case a.Address > b.Address:
-					return 1
-				}
-				return 0
-			})
+			slices.SortFunc(pt.Backends, func(a, b *pb.BackendTraffic) int { return cmp.Compare(a.Address, b.Address) })
 		}
 		resp.Pools = append(resp.Pools, pt)
 	}
 	return resp, nil
 }
 
-// quantileMs is a latency quantile of t's histogram in ms, 0 without a
-// request.
-func quantileMs(t lbstats.Totals, q float64) float64 {
-	v := lbstats.Quantile(t.Bounds, t.Counts, q)
+// orZero is v, or 0 for NaN (a window without requests).
+func orZero(v float64) float64 {
 	if math.IsNaN(v) {
 		return 0
 	}
-	return v * 1000
+	return v
 }

@@ -297,6 +297,18 @@ type Totals struct {
 	Counts []uint64
 }
 
+// ErrorRatio is the failed requests per request; NaN without a request.
+func (t Totals) ErrorRatio() float64 {
+	if t.RequestsPerSecond == 0 {
+		return math.NaN()
+	}
+	return t.ErrorsPerSecond / t.RequestsPerSecond
+}
+
+// LatencyMs is the q-quantile (0-1) of the latency in milliseconds; NaN
+// without a request.
+func (t Totals) LatencyMs(q float64) float64 { return Quantile(t.Bounds, t.Counts, q) * 1000 }
+
 // Totals returns pool's traffic over the window ending at now. covered is
 // false unless some balancer has reported the pool within fresh and this
 // store has had its reports of the pool for the whole window: a new
