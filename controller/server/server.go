@@ -63,10 +63,11 @@ type Config struct {
 	// Collectors are served on /metrics beside the controller's own (its
 	// TLS certificate's expiry, say).
 	Collectors []prometheus.Collector
-	// PeerTLS is how this controller calls the other controllers' APIs
-	// and Raft ports (tlsx.Files.Client); nil: plaintext. Set it whenever
-	// GRPC.TLS is: the Raft port then serves GRPC.TLS too.
-	PeerTLS *tls.Config
+	// PeerTLS gives, for each connection, how this controller calls the
+	// other controllers' APIs and Raft ports (tlsx.Identity.Client); nil:
+	// plaintext. Set it whenever GRPC.TLS is: the Raft port then serves
+	// GRPC.TLS too.
+	PeerTLS func() *tls.Config
 	Logger  *slog.Logger
 	// ShutdownGrace bounds the graceful stop of the gRPC server.
 	ShutdownGrace time.Duration
@@ -207,7 +208,7 @@ func New(cfg Config) (s *Server, err error) {
 		logger:   logger,
 		registry: admin.NewRegistry(),
 		fsm:      fsm.New(logger),
-		conns:    grpcx.NewConnPool(grpcx.WithTLS(cfg.PeerTLS)),
+		conns:    grpcx.NewConnPool(grpcx.WithTLSFunc(cfg.PeerTLS)),
 		notifyCh: make(chan bool, 1),
 		reached:  map[string]time.Time{},
 	}

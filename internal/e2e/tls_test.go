@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/testcluster"
+	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -123,7 +127,7 @@ func TestTLS_everyBinary(t *testing.T) {
 	leader := f.leader()
 	leader.Signal(syscall.SIGHUP)
 	require.Eventually(t, func() bool { return slices.Contains(served(), "rotated.example") }, 10*time.Second, 20*time.Millisecond)
-	require.Contains(t, leader.Log(), "TLS certificate reloaded")
+	require.Contains(t, leader.Log(), "TLS files reloaded")
 	metrics, err := http.Get("http://" + leader.HTTPAddr + "/metrics")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(metrics.Body)
@@ -150,4 +154,113 @@ func TestTLS_everyBinary(t *testing.T) {
 		require.Equal(t, 2, exit.ExitCode(), "%s: %s", bin, out)
 		require.Contains(t, string(out), "-tls-cert: stat "+missing, bin)
 	}
+}
+
+// TestTLS_caRotation: three controllers move from one CA to another
+// without a restart, as an operator rotates a CA: the CA file gets the new
+// CA beside the old and every controller a SIGHUP; then each gets a
+// certificate of the new CA and a SIGHUP; then the CA file drops the old
+// CA and a last SIGHUP. Writes go through a follower (forwarded over the
+// Raft port) at every step. At the end a certificate of the old CA is
+// refused by every controller, and a controller restarted with the new
+// CA alone rejoins: the others check its certificate, and it theirs,
+// against the CA they reloaded.
+func TestTLS_caRotation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	oldCA, newCA := tlstest.Write(t), tlstest.Write(t)
+	dir := t.TempDir()
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "c.pem"), filepath.Join(dir, "c-key.pem")
+	tlstest.Concat(t, caFile, oldCA.Server.CA)
+	tlstest.Concat(t, certFile, oldCA.Server.Cert)
+	tlstest.Concat(t, keyFile, oldCA.Server.Key)
+
+	// The harness trusts both CAs and presents the certificate of the
+	// step it is at.
+	roots := x509.NewCertPool()
+	for _, f := range []string{oldCA.Client.CA, newCA.Client.CA} {
+		pem, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.True(t, roots.AppendCertsFromPEM(pem))
+	}
+	pair := func(files tlsx.Files) *tls.Certificate {
+		c, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+		require.NoError(t, err)
+		return &c
+	}
+	var presented atomic.Pointer[tls.Certificate]
+	presented.Store(pair(oldCA.Client))
+	clientTLS := &tls.Config{RootCAs: roots, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return presented.Load(), nil
+	}}
+	cl, _ := testcluster.StartLed(ctx, t, testcluster.Options{
+		Launcher:  testcluster.BinaryLauncher{Path: filepath.Join(binaries(t), "hostscale-controller")},
+		Args:      []string{"-tls-cert", certFile, "-tls-key", keyFile, "-tls-ca", caFile},
+		ClientTLS: clientTLS,
+	}, 30*time.Second)
+
+	reloads := 0
+	hup := func() {
+		t.Helper()
+		reloads++
+		for _, n := range cl.Nodes() {
+			n.Signal(syscall.SIGHUP)
+		}
+		for _, n := range cl.Nodes() {
+			require.Eventually(t, func() bool { return strings.Count(n.Log(), "TLS files reloaded") >= reloads },
+				10*time.Second, 20*time.Millisecond, "%s reload %d", n.ID, reloads)
+		}
+	}
+	follower := func() *testcluster.Node {
+		leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
+		require.NoError(t, err)
+		for _, n := range cl.Nodes() {
+			if n != leader {
+				return n
+			}
+		}
+		panic("no follower")
+	}
+	write := func(name string) {
+		t.Helper()
+		_, err := follower().Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+			Name: name, PathPrefix: "/" + name,
+			Template: &pb.InstanceTemplate{Command: "/bin/true", HealthPath: "/healthz"},
+			Selector: "tier=web", Max: 1,
+		}})
+		require.NoError(t, err, "write %s", name)
+	}
+	write("before")
+
+	tlstest.Concat(t, caFile, oldCA.Server.CA, newCA.Server.CA)
+	hup()
+	write("both-cas")
+	tlstest.Concat(t, certFile, newCA.Server.Cert)
+	tlstest.Concat(t, keyFile, newCA.Server.Key)
+	hup()
+	presented.Store(pair(newCA.Client))
+	write("new-certificates")
+	tlstest.Concat(t, caFile, newCA.Server.CA)
+	hup()
+	write("new-ca-only")
+
+	for _, n := range cl.Nodes() {
+		oldClient := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{*pair(oldCA.Client)}}
+		conn, err := grpcx.Dial(n.GRPCAddr, grpcx.WithTLS(oldClient))
+		require.NoError(t, err)
+		_, err = pb.NewPoolServiceClient(conn).ListPools(ctx, &pb.ListPoolsRequest{})
+		conn.Close()
+		require.Equal(t, codes.Unavailable, status.Code(err), "%s takes a certificate of the old CA: %v", n.ID, err)
+	}
+
+	restarted := follower()
+	restarted.Stop()
+	restarted.Restart()
+	_, _, err := cl.WaitLeader(ctx, 30*time.Second)
+	require.NoError(t, err, "the restarted controller rejoins")
+	write("after-restart")
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		_, err := restarted.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "after-restart"})
+		return err
+	}), "the restarted controller catches up")
 }

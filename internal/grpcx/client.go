@@ -1,6 +1,7 @@
 package grpcx
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -63,6 +64,36 @@ func WithTLS(cfg *tls.Config) grpc.DialOption {
 		return grpc.WithTransportCredentials(insecure.NewCredentials())
 	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+}
+
+// WithTLSFunc makes a connection speak TLS with the configuration cfg
+// returns at each handshake (tlsx.Identity.Client), so that a CA reloaded
+// on SIGHUP holds for the connections made after it; a nil cfg leaves it
+// plaintext. Pass it after Dial's address.
+func WithTLSFunc(cfg func() *tls.Config) grpc.DialOption {
+	if cfg == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	return grpc.WithTransportCredentials(reloadingCreds{cfg: cfg, TransportCredentials: credentials.NewTLS(cfg())})
+}
+
+// reloadingCreds are TLS credentials whose handshakes each take a fresh
+// configuration from cfg; the embedded credentials answer Info.
+type reloadingCreds struct {
+	credentials.TransportCredentials
+	cfg func() *tls.Config
+}
+
+func (c reloadingCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return credentials.NewTLS(c.cfg()).ClientHandshake(ctx, authority, conn)
+}
+
+func (c reloadingCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return credentials.NewTLS(c.cfg()).ServerHandshake(conn)
+}
+
+func (c reloadingCreds) Clone() credentials.TransportCredentials {
+	return reloadingCreds{cfg: c.cfg, TransportCredentials: c.TransportCredentials.Clone()}
 }
 
 // dialOptions are the options of every client connection.

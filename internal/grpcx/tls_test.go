@@ -2,6 +2,8 @@ package grpcx
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -85,4 +87,52 @@ func TestTLS_serverOnly(t *testing.T) {
 	pc, err := pool.Get(lis.Addr().String())
 	require.NoError(t, err)
 	require.NoError(t, echo(ctx, pc, "pooled"))
+}
+
+// TestTLS_reloadedCA: a CA file rewritten and reloaded holds for the
+// connections made after it, on both ends: the server takes clients of a
+// CA it added, and a client dialling with WithTLSFunc trusts a server of a
+// CA it added.
+func TestTLS_reloadedCA(t *testing.T) {
+	set := tlstest.Write(t)
+	dir := t.TempDir()
+	serverCA, clientCA := filepath.Join(dir, "server-ca.pem"), filepath.Join(dir, "client-ca.pem")
+	tlstest.Concat(t, serverCA, set.Server.CA)
+	tlstest.Concat(t, clientCA, set.Other.CA)
+	server, err := tlsx.Files{Cert: set.Server.Cert, Key: set.Server.Key, CA: serverCA}.Load()
+	require.NoError(t, err)
+	serverTLS, err := server.Server()
+	require.NoError(t, err)
+	cfg := DefaultServerConfig()
+	cfg.TLS = serverTLS
+	lis := listen(t)
+	serveOn(t, cfg, lis, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The client presents a certificate of the other CA and, at first,
+	// trusts only the other CA.
+	client, err := tlsx.Files{Cert: set.Other.Cert, Key: set.Other.Key, CA: clientCA}.Load()
+	require.NoError(t, err)
+	call := func() error {
+		conn, err := Dial(lis.Addr().String(), WithTLSFunc(client.Client))
+		require.NoError(t, err)
+		defer conn.Close()
+		return echo(ctx, conn, "hi")
+	}
+
+	err = call()
+	require.Equal(t, codes.Unavailable, status.Code(err), "the client does not trust the server yet: %v", err)
+	tlstest.Concat(t, clientCA, set.Other.CA, set.Client.CA)
+	require.NoError(t, client.Reload())
+	err = call()
+	require.Equal(t, codes.Unavailable, status.Code(err), "the server does not take the other CA yet: %v", err)
+
+	tlstest.Concat(t, serverCA, set.Server.CA, set.Other.CA)
+	require.NoError(t, server.Reload())
+	require.NoError(t, call(), "both CAs reloaded")
+
+	// A CA file that no longer loads keeps the CA in force.
+	require.NoError(t, os.WriteFile(serverCA, []byte("not a certificate"), 0o600))
+	require.ErrorContains(t, server.Reload(), "-tls-ca: "+serverCA+" holds no PEM certificate")
+	require.NoError(t, call(), "a failed reload keeps the CA in force")
 }

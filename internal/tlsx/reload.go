@@ -8,9 +8,9 @@ import (
 	"syscall"
 )
 
-// ReloadOnSIGHUP reloads id's certificate and key on every SIGHUP until
-// ctx ends, logging the outcome: rotating a certificate needs no restart,
-// as with Nomad and Consul. A failed reload keeps the pair in force.
+// ReloadOnSIGHUP reloads id's certificate, key and CA on every SIGHUP
+// until ctx ends, logging the outcome: rotating a certificate or a CA needs
+// no restart, as with Nomad and Consul. What fails to load stays as it was.
 func ReloadOnSIGHUP(ctx context.Context, id *Identity, logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -22,9 +22,9 @@ func ReloadOnSIGHUP(ctx context.Context, id *Identity, logger *slog.Logger) {
 		case <-hup:
 		}
 		if err := id.Reload(); err != nil {
-			logger.Error("reload TLS certificate; the one in force stays", "err", err)
+			logger.Error("reload TLS files; what failed to load stays as it was", "err", err)
 			continue
 		}
-		logger.Info("TLS certificate reloaded", "cert", id.files.Cert, "not_after", id.NotAfter())
+		logger.Info("TLS files reloaded", "cert", id.files.Cert, "ca", id.files.CA, "not_after", id.NotAfter())
 	}
 }

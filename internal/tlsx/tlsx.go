@@ -65,13 +65,13 @@ func (f Files) pool() (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// Identity is a loaded TLS identity whose certificate and key can be
+// Identity is a loaded TLS identity whose certificate, key and CA can be
 // reloaded (on SIGHUP, say) without a restart: handshakes after Reload
-// present the new pair. The CA is read once.
+// present the new pair and check peers against the new CA.
 type Identity struct {
 	files Files
 	pair  atomic.Pointer[tls.Certificate]
-	pool  *x509.CertPool
+	pool  atomic.Pointer[x509.CertPool]
 }
 
 // Load loads the files; nil when TLS is off.
@@ -87,24 +87,39 @@ func (f Files) Load() (*Identity, error) {
 	if certs != nil {
 		id.pair.Store(&certs[0])
 	}
-	if id.pool, err = f.pool(); err != nil {
+	pool, err := f.pool()
+	if err != nil {
 		return nil, err
 	}
+	id.pool.Store(pool)
 	return id, nil
 }
 
-// Reload reads the certificate and its key again; on an error the pair in
-// force stays. An identity loaded without a certificate stays without.
+// Reload reads the certificate and its key, and the CA, again. What fails
+// to load stays as it was: a bad key file keeps the pair in force, a bad
+// CA file the CA in force. An identity loaded without a certificate, or
+// without a CA, stays without.
+//
+// A CA file may hold several certificates, all trusted: a CA is rotated by
+// adding the new one beside the old, reloading every process, moving each
+// to a certificate of the new one, and then dropping the old.
 func (id *Identity) Reload() error {
-	if id.pair.Load() == nil {
-		return nil
+	var errs []error
+	if id.pair.Load() != nil {
+		if certs, err := id.files.keyPair(); err != nil {
+			errs = append(errs, err)
+		} else {
+			id.pair.Store(&certs[0])
+		}
 	}
-	certs, err := id.files.keyPair()
-	if err != nil {
-		return err
+	if id.pool.Load() != nil {
+		if pool, err := id.files.pool(); err != nil {
+			errs = append(errs, err)
+		} else {
+			id.pool.Store(pool)
+		}
 	}
-	id.pair.Store(&certs[0])
-	return nil
+	return errors.Join(errs...)
 }
 
 // NotAfter is when the certificate in force expires; zero without one.
@@ -122,6 +137,8 @@ func (id *Identity) NotAfter() time.Time {
 
 // Server returns a server's configuration. A server needs a certificate
 // and its key; with a CA it requires client certificates signed by it.
+// Each handshake presents the pair in force and checks the client against
+// the CA in force, so one configuration serves across reloads.
 func (id *Identity) Server() (*tls.Config, error) {
 	if id.pair.Load() == nil {
 		return nil, errors.New("-tls-cert: a server with TLS needs its certificate and key")
@@ -130,19 +147,41 @@ func (id *Identity) Server() (*tls.Config, error) {
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return id.pair.Load(), nil },
 	}
-	if id.pool != nil {
-		cfg.ClientCAs, cfg.ClientAuth = id.pool, tls.RequireAndVerifyClientCert
+	if id.pool.Load() != nil {
+		// crypto/tls checks client certificates against a fixed
+		// ClientCAs; this is its RequireAndVerifyClientCert with the CA
+		// read at each handshake.
+		cfg.ClientAuth = tls.RequireAnyClientCert
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("tls: client sent no certificate")
+			}
+			opts := x509.VerifyOptions{
+				Roots:         id.pool.Load(),
+				Intermediates: x509.NewCertPool(),
+				KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			}
+			for _, c := range cs.PeerCertificates[1:] {
+				opts.Intermediates.AddCert(c)
+			}
+			if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+				return fmt.Errorf("tls: client certificate: %w", err)
+			}
+			return nil
+		}
 	}
 	return cfg, nil
 }
 
 // Client returns a client's configuration. It verifies servers against
-// the CA, or the system's roots without one, and presents the certificate
-// when there is one.
+// the CA in force, or the system's roots without one, and presents the
+// certificate in force when there is one. The CA is fixed in the
+// configuration returned: a process that reloads its CA calls Client for
+// each new connection (grpcx.WithTLSFunc).
 func (id *Identity) Client() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		RootCAs:    id.pool,
+		RootCAs:    id.pool.Load(),
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if p := id.pair.Load(); p != nil {
 				return p, nil

@@ -70,9 +70,9 @@ type options struct {
 	memoryFree   float64
 	transition   time.Duration
 	log          logging.Options
-	// tls is how the agent speaks to the controllers (nil: plaintext), with
-	// the identity it reloads on SIGHUP.
-	tls      *tls.Config
+	// tls gives, for each connection, how the agent speaks to the
+	// controllers (nil: plaintext), from the identity it reloads on SIGHUP.
+	tls      func() *tls.Config
 	identity *tlsx.Identity
 }
 
@@ -203,7 +203,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, err
 	}
 	if o.identity != nil {
-		o.tls = o.identity.Client()
+		o.tls = o.identity.Client
 	}
 	if _, err := logging.New(io.Discard, o.log, "agent"); err != nil {
 		return o, err
@@ -273,7 +273,7 @@ func serve(o options, stderr io.Writer) error {
 	ssc.Labels = o.labels
 	ssc.Interval = o.interval
 	ssc.Controllers = o.controllers
-	ssc.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLS(o.tls)) }
+	ssc.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLSFunc(o.tls)) }
 	ssc.BufferSize = max(1, int(o.buffer/o.interval))
 	a, err := agent.New(agent.Config{Sampler: sampler, Session: ssc, Logger: logger, Registerer: reg, Usage: drv.Usage})
 	if err != nil {

@@ -60,9 +60,9 @@ type options struct {
 	// statsInterval is how often per-backend and per-pool counters are
 	// reported to the controller; 0: never.
 	statsInterval time.Duration
-	// tls is how the balancer speaks to the controllers (nil: plaintext),
-	// with the identity it reloads on SIGHUP.
-	tls      *tls.Config
+	// tls gives, for each connection, how the balancer speaks to the
+	// controllers (nil: plaintext), from the identity it reloads on SIGHUP.
+	tls      func() *tls.Config
 	identity *tlsx.Identity
 	// certDir holds the certificates of -tls-listen, certs them loaded.
 	certDir string
@@ -141,7 +141,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{err.Error()}
 	}
 	if o.identity != nil {
-		o.tls = o.identity.Client()
+		o.tls = o.identity.Client
 	}
 	if o.name != "" && !watch.ValidName(o.name) {
 		return nil, usageError{fmt.Sprintf("-name: %q is not a DNS label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)", o.name)}
@@ -216,7 +216,7 @@ func serve(o *options, log *slog.Logger) error {
 		cfg := watch.DefaultConfig()
 		cfg.Controllers, cfg.Name, cfg.Balancer, cfg.Logger = o.controllers, o.name, b, log
 		cfg.StatsInterval = o.statsInterval
-		cfg.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLS(o.tls)) }
+		cfg.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLSFunc(o.tls)) }
 		if w, err = watch.New(cfg); err != nil {
 			return err
 		}

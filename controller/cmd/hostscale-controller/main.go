@@ -144,7 +144,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		if cfg.GRPC.TLS, err = id.Server(); err != nil {
 			return cfg, logOpts, nil, err
 		}
-		cfg.PeerTLS = id.Client()
+		cfg.PeerTLS = id.Client
 		cfg.Collectors = append(cfg.Collectors, tlsx.Collector(id))
 	}
 	p, err := raftnode.ParsePeers(peers)

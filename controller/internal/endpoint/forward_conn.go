@@ -202,7 +202,7 @@ type Forwarder struct {
 	id             string
 	maxMessageSize int
 	metrics        *Metrics
-	raftTLS        *tls.Config
+	raftTLS        func() *tls.Config
 	stream         *streamForwarder
 	// inflight counts the calls under way.
 	inflight atomic.Int64
@@ -230,9 +230,10 @@ type ForwarderOptions struct {
 	MaxMessageSize int
 	// Metrics counts the calls forwarded (nil: not counted).
 	Metrics *Metrics
-	// RaftTLS is how the leader's Raft port is dialled when it serves TLS
-	// (raftnode.Config.PeerTLS); nil: plaintext.
-	RaftTLS *tls.Config
+	// RaftTLS gives, for each connection, how the leader's Raft port is
+	// dialled when it serves TLS (raftnode.Config.PeerTLS); nil:
+	// plaintext.
+	RaftTLS func() *tls.Config
 }
 
 // streamAbove is how many forwarded calls may be in flight, this one
@@ -374,7 +375,11 @@ func (f *Forwarder) conn(ctx context.Context, addr string) (*forwardConn, error)
 		c.Close()
 	}
 	f.mu.Unlock()
-	conn, err := raftnode.DialForwardTLS(ctx, addr, forwardDialTimeout, f.raftTLS)
+	var cfg *tls.Config
+	if f.raftTLS != nil {
+		cfg = f.raftTLS()
+	}
+	conn, err := raftnode.DialForwardTLS(ctx, addr, forwardDialTimeout, cfg)
 	if err != nil {
 		return nil, err
 	}

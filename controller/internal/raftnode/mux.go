@@ -111,8 +111,9 @@ type streamLayer struct {
 	raftConns chan net.Conn
 	forward   atomic.Pointer[func(net.Conn)]
 	// serverTLS, when set, is spoken on every accepted connection, and
-	// clientTLS on every one Dial makes.
-	serverTLS, clientTLS *tls.Config
+	// what clientTLS returns on every one Dial makes.
+	serverTLS *tls.Config
+	clientTLS func() *tls.Config
 
 	mu sync.Mutex
 	// conns are the accepted connections not handed to Raft; true marks
@@ -134,7 +135,7 @@ type streamLayer struct {
 	dialStop context.CancelFunc
 }
 
-func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration, serverTLS, clientTLS *tls.Config) *streamLayer {
+func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration, serverTLS *tls.Config, clientTLS func() *tls.Config) *streamLayer {
 	s := &streamLayer{
 		lis: lis, advertise: advertise, silence: silence, serverTLS: serverTLS, clientTLS: clientTLS,
 		raftConns: make(chan net.Conn),
@@ -160,7 +161,7 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 	}
 	if s.clientTLS != nil {
 		ctx, cancel := context.WithTimeout(s.dialCtx, timeout)
-		conn, err = clientTLS(ctx, conn, string(addr), s.clientTLS)
+		conn, err = clientTLS(ctx, conn, string(addr), s.clientTLS())
 		cancel()
 		if err != nil {
 			return nil, err

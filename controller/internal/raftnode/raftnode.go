@@ -70,9 +70,12 @@ type Config struct {
 	Advertise string
 	// TLS, when set, is spoken on every connection the Raft port accepts
 	// (tlsx.Files.Server, which with a CA refuses peers without a
-	// certificate it signed), and PeerTLS on every one this server dials
-	// (tlsx.Files.Client): Raft's RPCs and the forwarded calls alike.
-	TLS, PeerTLS *tls.Config
+	// certificate it signed), and the configuration PeerTLS returns on
+	// every one this server dials (tlsx.Identity.Client, called for each
+	// connection so that a reloaded CA holds): Raft's RPCs and the
+	// forwarded calls alike.
+	TLS     *tls.Config
+	PeerTLS func() *tls.Config
 	// Peers is the bootstrap configuration, this server included. It is
 	// used only when the data directory holds no Raft state. Empty: the
 	// server waits to be added to an existing cluster.

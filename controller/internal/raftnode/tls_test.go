@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"sync/atomic"
@@ -30,7 +31,7 @@ func TestStreamLayer_TLS(t *testing.T) {
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, peerTLS)
+	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, func() *tls.Config { return peerTLS })
 	t.Cleanup(func() { _ = s.Close() })
 	var served atomic.Int32
 	fwd := echo(&served)
