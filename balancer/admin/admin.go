@@ -6,6 +6,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,8 @@ type Config struct {
 	// Collectors are served on /metrics beside the balancer's own metrics
 	// (a controller watcher's, say).
 	Collectors []prometheus.Collector
+	// TLS, when set, makes the endpoints HTTPS only (tlsx.HTTPServer).
+	TLS *tls.Config
 }
 
 // DefaultConfig returns the admin defaults.
@@ -83,6 +86,7 @@ func New(cfg Config, src Source) (*Server, error) {
 		Detail: func() string { return fmt.Sprintf("table %v", src.Table().Version) },
 		Pprof:  cfg.Pprof,
 		Logger: cfg.Logger,
+		TLS:    cfg.TLS,
 	})}, nil
 }
 

@@ -48,6 +48,9 @@ type Config struct {
 	GRPCListener, RaftListener, HTTPListener net.Listener
 	// Pprof serves net/http/pprof on the HTTP address.
 	Pprof bool
+	// HTTPTLS, when set, makes the HTTP address HTTPS only
+	// (tlsx.HTTPServer).
+	HTTPTLS *tls.Config
 	// Addresses other nodes use to reach this one, when they differ from
 	// the bound ones (e.g. binding 0.0.0.0).
 	GRPCAdvertise, RaftAdvertise string
@@ -242,7 +245,7 @@ func New(cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.admin = admin.New(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof})
+	s.admin = admin.New(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof, TLS: cfg.HTTPTLS})
 
 	// Raft's own timers and counters, attached before Raft starts so that
 	// its first state change counts.

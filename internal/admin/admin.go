@@ -6,6 +6,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,9 @@ type Options struct {
 	Pprof bool
 	// Logger receives "serving"; nil discards it.
 	Logger *slog.Logger
+	// TLS, when set, is spoken on every connection (tlsx.HTTPServer):
+	// the endpoints are then HTTPS only.
+	TLS *tls.Config
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors.
@@ -53,6 +57,7 @@ type Server struct {
 	lis          net.Listener
 	logger       *slog.Logger
 	writeTimeout time.Duration
+	tls          *tls.Config
 	// serving is the http.Server of a running Serve, for Close.
 	serving atomic.Pointer[http.Server]
 }
@@ -86,7 +91,7 @@ func New(lis net.Listener, reg prometheus.Gatherer, opts Options) *Server {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	s := &Server{handler: mux, lis: lis, logger: logging.OrDiscard(opts.Logger).With("component", "admin"), writeTimeout: 30 * time.Second}
+	s := &Server{handler: mux, lis: lis, logger: logging.OrDiscard(opts.Logger).With("component", "admin"), writeTimeout: 30 * time.Second, tls: opts.TLS}
 	if opts.Pprof {
 		s.writeTimeout = 0
 	}
@@ -111,8 +116,13 @@ func (s *Server) Close() {
 }
 
 // Serve serves on lis until ctx is cancelled, then shuts down within a few
-// seconds.
+// seconds. With Options.TLS, it speaks TLS on lis; a plaintext request
+// gets 400.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	scheme := "http"
+	if s.tls != nil {
+		lis, scheme = tls.NewListener(lis, s.tls), "https"
+	}
 	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -124,7 +134,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.serving.Store(srv)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	s.logger.Info("serving", "addr", lis.Addr().String())
+	s.logger.Info("serving", "addr", lis.Addr().String(), "scheme", scheme)
 	select {
 	case err := <-errc:
 		if errors.Is(err, http.ErrServerClosed) {

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hostscale/hostscale/internal/tlsx"
+	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -127,4 +130,62 @@ func TestServer_closeDropsConnectionsAtOnce(t *testing.T) {
 	require.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "the connection was closed: %v", err)
 	_, err = net.DialTimeout("tcp", addr, time.Second)
 	require.Error(t, err, "the port refuses connections")
+}
+
+// TestServer_TLS: with -http-tls on, the endpoints are HTTPS only and ask
+// no client certificate; a plaintext request gets 400. With verify, a
+// client without a certificate of the CA is refused in the handshake.
+func TestServer_TLS(t *testing.T) {
+	set := tlstest.Write(t)
+	id, err := set.Server.Load()
+	require.NoError(t, err)
+	clientID, err := set.Client.Load()
+	require.NoError(t, err)
+	serve := func(mode string) string {
+		cfg, err := tlsx.HTTPServer(id, mode)
+		require.NoError(t, err)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		s := New(lis, NewRegistry(), Options{TLS: cfg})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+		return s.Addr().String()
+	}
+	client := func(cert bool) *http.Client {
+		cfg := clientID.Client()
+		if !cert {
+			cfg.GetClientCertificate = nil
+		}
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
+	}
+	fetch := func(c *http.Client, url string) (int, string, error) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+
+	on := serve(tlsx.HTTPOn)
+	code, body, err := fetch(client(false), "https://"+on+"/metrics")
+	require.NoError(t, err)
+	require.Equal(t, 200, code)
+	require.Contains(t, body, "go_goroutines")
+	code, body = get(t, "http://"+on+"/healthz")
+	require.Equal(t, 400, code)
+	require.Contains(t, body, "HTTPS server")
+
+	verify := serve(tlsx.HTTPVerify)
+	code, _, err = fetch(client(true), "https://"+verify+"/readyz")
+	require.NoError(t, err)
+	require.Equal(t, 200, code)
+	_, _, err = fetch(client(false), "https://"+verify+"/readyz")
+	require.Error(t, err, "no client certificate")
 }

@@ -35,8 +35,9 @@ import (
 // Raft ports too; a write through a follower reaches the leader; the CLI
 // works with the CA and a certificate (flags or environment) and is
 // refused without them, as is a plaintext client; a new certificate and a
-// SIGHUP rotate a controller's without a restart; a bad -tls-cert stops
-// every binary with exit code 2, naming the flag.
+// SIGHUP rotate a controller's without a restart; with -http-tls verify,
+// /metrics is HTTPS for clients of the CA only; a bad -tls-cert or
+// -http-tls stops every binary with exit code 2, naming the flag.
 func TestTLS_everyBinary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -53,7 +54,7 @@ func TestTLS_everyBinary(t *testing.T) {
 	require.NoError(t, err)
 	clientArgs := []string{"-tls-ca", set.Client.CA, "-tls-cert", set.Client.Cert, "-tls-key", set.Client.Key}
 	f := newFleetClients(t, ctx, 1, nil, func(o *testcluster.Options) {
-		o.Args = append(o.Args, "-tls-cert", serverCert, "-tls-key", serverKey, "-tls-ca", set.Server.CA)
+		o.Args = append(o.Args, "-tls-cert", serverCert, "-tls-key", serverKey, "-tls-ca", set.Server.CA, "-http-tls", "verify")
 		o.ClientTLS = clientTLS
 	}, clientArgs)
 	f.createPool("web", 2, nil)
@@ -128,11 +129,21 @@ func TestTLS_everyBinary(t *testing.T) {
 	leader.Signal(syscall.SIGHUP)
 	require.Eventually(t, func() bool { return slices.Contains(served(), "rotated.example") }, 10*time.Second, 20*time.Millisecond)
 	require.Contains(t, leader.Log(), "TLS files reloaded")
-	metrics, err := http.Get("http://" + leader.HTTPAddr + "/metrics")
+	// -http-tls verify: /metrics over HTTPS, for clients of the CA only.
+	scraper := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS}, Timeout: 10 * time.Second}
+	metrics, err := scraper.Get("https://" + leader.HTTPAddr + "/metrics")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(metrics.Body)
 	metrics.Body.Close()
 	require.Contains(t, string(body), `hostscale_tls_certificate_not_after_timestamp_seconds{cert="`+serverCert+`"}`)
+	noCert := clientTLS.Clone()
+	noCert.GetClientCertificate = nil
+	_, err = (&http.Client{Transport: &http.Transport{TLSClientConfig: noCert}, Timeout: 10 * time.Second}).Get("https://" + leader.HTTPAddr + "/metrics")
+	require.Error(t, err, "/metrics without a client certificate")
+	plainMetrics, err := http.Get("http://" + leader.HTTPAddr + "/metrics")
+	require.NoError(t, err)
+	plainMetrics.Body.Close()
+	require.Equal(t, http.StatusBadRequest, plainMetrics.StatusCode, "/metrics in plaintext")
 	_, err = f.leader().Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 2})
 	require.NoError(t, err, "a write after the rotation")
 	f.settled("web", 2, 30*time.Second)
@@ -153,6 +164,20 @@ func TestTLS_everyBinary(t *testing.T) {
 		require.ErrorAs(t, err, &exit, "%s: %s", bin, out)
 		require.Equal(t, 2, exit.ExitCode(), "%s: %s", bin, out)
 		require.Contains(t, string(out), "-tls-cert: stat "+missing, bin)
+
+		args = append(args[:0:0], args[6:]...)
+		for _, c := range []struct {
+			flags []string
+			want  string
+		}{
+			{[]string{"-http-tls", "yes"}, `-http-tls: "yes": expected off, on or verify`},
+			{[]string{"-http-tls", "on"}, "-http-tls on: needs -tls-cert and -tls-key"},
+		} {
+			out, err = exec.CommandContext(ctx, filepath.Join(f.bin, bin), append(c.flags, args...)...).CombinedOutput()
+			require.ErrorAs(t, err, &exit, "%s %v: %s", bin, c.flags, out)
+			require.Equal(t, 2, exit.ExitCode(), "%s %v: %s", bin, c.flags, out)
+			require.Contains(t, string(out), c.want, bin)
+		}
 	}
 }
 

@@ -212,3 +212,45 @@ func (f Files) Client() (*tls.Config, error) {
 	}
 	return id.Client(), nil
 }
+
+// HTTP modes of a binary's -http-tls flag, for its operational endpoints
+// (/metrics, /healthz, /readyz), as Nomad's tls http and
+// verify_https_client.
+const (
+	// HTTPOff serves them in plaintext.
+	HTTPOff = "off"
+	// HTTPOn serves them over HTTPS with the process's certificate and
+	// asks no client certificate: a scraper or a health checker needs
+	// only to trust the CA.
+	HTTPOn = "on"
+	// HTTPVerify also requires a client certificate signed by the CA.
+	HTTPVerify = "verify"
+)
+
+// HTTPServer returns the TLS configuration of the operational endpoints
+// for mode (nil for HTTPOff), with id's certificate in force and, for
+// HTTPVerify, its CA in force. Errors name the flag.
+func HTTPServer(id *Identity, mode string) (*tls.Config, error) {
+	switch mode {
+	case HTTPOff, "":
+		return nil, nil
+	case HTTPOn, HTTPVerify:
+	default:
+		return nil, fmt.Errorf("-http-tls: %q: expected %s, %s or %s", mode, HTTPOff, HTTPOn, HTTPVerify)
+	}
+	if id == nil || id.pair.Load() == nil {
+		return nil, fmt.Errorf("-http-tls %s: needs -tls-cert and -tls-key", mode)
+	}
+	if mode == HTTPVerify && id.pool.Load() == nil {
+		return nil, fmt.Errorf("-http-tls %s: needs -tls-ca", mode)
+	}
+	cfg, err := id.Server()
+	if err != nil {
+		return nil, err
+	}
+	if mode == HTTPOn {
+		cfg.ClientAuth, cfg.VerifyConnection = tls.NoClientCert, nil
+	}
+	cfg.NextProtos = []string{"http/1.1"}
+	return cfg, nil
+}

@@ -135,3 +135,40 @@ func TestCollector_exportsTheCertificateInForce(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, mfs)
 }
+
+func TestHTTPServer_modes(t *testing.T) {
+	set := tlstest.Write(t)
+	id, err := set.Server.Load()
+	require.NoError(t, err)
+	noCA, err := tlsx.Files{Cert: set.Server.Cert, Key: set.Server.Key}.Load()
+	require.NoError(t, err)
+	caOnly, err := tlsx.Files{CA: set.Server.CA}.Load()
+	require.NoError(t, err)
+
+	for _, mode := range []string{"", tlsx.HTTPOff} {
+		cfg, err := tlsx.HTTPServer(id, mode)
+		require.NoError(t, err)
+		require.Nil(t, cfg, "mode %q", mode)
+	}
+	on, err := tlsx.HTTPServer(id, tlsx.HTTPOn)
+	require.NoError(t, err)
+	require.Equal(t, tls.NoClientCert, on.ClientAuth)
+	verify, err := tlsx.HTTPServer(id, tlsx.HTTPVerify)
+	require.NoError(t, err)
+	require.Equal(t, tls.RequireAnyClientCert, verify.ClientAuth)
+	require.NotNil(t, verify.VerifyConnection)
+
+	for _, c := range []struct {
+		id   *tlsx.Identity
+		mode string
+		want string
+	}{
+		{id, "yes", `-http-tls: "yes": expected off, on or verify`},
+		{nil, tlsx.HTTPOn, "-http-tls on: needs -tls-cert and -tls-key"},
+		{caOnly, tlsx.HTTPVerify, "-http-tls verify: needs -tls-cert and -tls-key"},
+		{noCA, tlsx.HTTPVerify, "-http-tls verify: needs -tls-ca"},
+	} {
+		_, err := tlsx.HTTPServer(c.id, c.mode)
+		require.EqualError(t, err, c.want)
+	}
+}

@@ -72,7 +72,9 @@ type options struct {
 	log          logging.Options
 	// tls gives, for each connection, how the agent speaks to the
 	// controllers (nil: plaintext), from the identity it reloads on SIGHUP.
-	tls      func() *tls.Config
+	tls func() *tls.Config
+	// httpTLS, when set, makes -http-addr HTTPS only (-http-tls).
+	httpTLS  *tls.Config
 	identity *tlsx.Identity
 }
 
@@ -131,6 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
 	var tlsFiles tlsx.Files
+	httpTLS := fs.String("http-tls", tlsx.HTTPOff, "TLS `mode` of -http-addr: off (plaintext), on (HTTPS with -tls-cert, no client certificate asked) or verify (also require a client certificate of -tls-ca)")
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the controllers' certificates: speak TLS to them")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this agent's certificate, for controllers that require one (mutual TLS)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of -tls-cert's private key")
@@ -204,6 +207,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.identity != nil {
 		o.tls = o.identity.Client
+	}
+	if o.httpTLS, err = tlsx.HTTPServer(o.identity, *httpTLS); err != nil {
+		return o, err
 	}
 	if _, err := logging.New(io.Discard, o.log, "agent"); err != nil {
 		return o, err
@@ -292,7 +298,7 @@ func serve(o options, stderr io.Writer) error {
 			}
 			return a.Ready()
 		}
-		adm = admin.New(lis, reg, admin.Options{Ready: ready, Pprof: o.pprof})
+		adm = admin.New(lis, reg, admin.Options{Ready: ready, Pprof: o.pprof, TLS: o.httpTLS})
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

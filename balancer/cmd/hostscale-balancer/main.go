@@ -101,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxHeldPerPool, "max-held", c.MaxHeldPerPool, "most requests held at once for a pool without a backend (hold_when_empty); beyond, 503 at once")
 	fs.BoolVar(&o.adm.Pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
 	var tlsFiles tlsx.Files
+	httpTLS := fs.String("http-tls", tlsx.HTTPOff, "TLS `mode` of -http-addr: off (plaintext), on (HTTPS with -tls-cert, no client certificate asked) or verify (also require a client certificate of -tls-ca)")
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the controllers' certificates: speak TLS to them")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this balancer's certificate, for controllers that require one (mutual TLS)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of -tls-cert's private key")
@@ -142,6 +143,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.identity != nil {
 		o.tls = o.identity.Client
+	}
+	if o.adm.TLS, err = tlsx.HTTPServer(o.identity, *httpTLS); err != nil {
+		return nil, usageError{err.Error()}
 	}
 	if o.name != "" && !watch.ValidName(o.name) {
 		return nil, usageError{fmt.Sprintf("-name: %q is not a DNS label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)", o.name)}

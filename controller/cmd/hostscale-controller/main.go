@@ -101,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.AlertGroupInterval, "alert-group-interval", cfg.AlertGroupInterval, "how long a notified group waits before a notification about its changes (new or resolved alerts)")
 	fs.DurationVar(&cfg.AlertRepeatInterval, "alert-repeat-interval", cfg.AlertRepeatInterval, "how often a still-firing group is notified again")
 	var tlsFiles tlsx.Files
+	httpTLS := fs.String("http-tls", tlsx.HTTPOff, "TLS `mode` of -http-addr: off (plaintext), on (HTTPS with -tls-cert, no client certificate asked) or verify (also require a client certificate of -tls-ca)")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this controller's certificate: the gRPC API serves TLS only, and the controller presents it when it calls the others (it must name the addresses clients dial, and allow server and client auth)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of the -tls-cert's private key")
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the clients' and the other controllers' certificates: the API then requires a client certificate it signed (mutual TLS)")
@@ -146,6 +147,9 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		}
 		cfg.PeerTLS = id.Client
 		cfg.Collectors = append(cfg.Collectors, tlsx.Collector(id))
+	}
+	if cfg.HTTPTLS, err = tlsx.HTTPServer(id, *httpTLS); err != nil {
+		return cfg, logOpts, nil, err
 	}
 	p, err := raftnode.ParsePeers(peers)
 	if err != nil {
