@@ -113,6 +113,7 @@ func TestWatcher_reportsBackendCountersPeriodicallyOnTheOpenStream(t *testing.T)
 		return len(last.Backends) == 1 && last.Backends[0].Requests == 5
 	}, 5*time.Second, 5*time.Millisecond, "last report: %v", last)
 	require.Equal(t, "edge-1", last.Balancer)
+	require.True(t, last.Started.AsTime().Before(last.Time.AsTime()), "counters started %v, before the report at %v", last.Started.AsTime(), last.Time.AsTime())
 	require.WithinDuration(t, time.Now(), last.Time.AsTime(), 5*time.Second)
 	require.Len(t, last.BucketBounds, len(balancer.LatencyBuckets))
 	require.Equal(t, 0.0005, last.BucketBounds[0], "bounds are in seconds")
@@ -224,4 +225,51 @@ func TestWatcher_unimplementedStatsStopReportsOnThatStreamOnly(t *testing.T) {
 	require.Len(t, rs[2].Backends, 1)
 	require.Equal(t, uint64(2), w.Status().Streams)
 	require.Equal(t, 1, logs.count("controller takes no stats reports"))
+}
+
+// TestWatcher_leaveSendsALastReportMarkedLeaving: Leave sends the final
+// counters, marked leaving, to the controller last watched, then to the
+// others in turn when it fails; with no stats reports configured it sends
+// nothing.
+func TestWatcher_leaveSendsALastReportMarkedLeaving(t *testing.T) {
+	f1, f2 := startFake(t), startFake(t)
+	b := newBalancer(t)
+	cfg := testConfig(b, f1.addr, f2.addr)
+	cfg.StatsInterval = time.Hour // no periodic report gets in the way
+	w, err := New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	require.Eventually(t, func() bool { return w.Status().Controller == f1.addr }, 5*time.Second, 5*time.Millisecond)
+	f1.end <- status.Error(codes.Unavailable, "going away")
+	require.Eventually(t, func() bool { return w.Status().Controller == f2.addr }, 5*time.Second, 5*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+
+	lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer lcancel()
+	require.NoError(t, w.Leave(lctx))
+	rs := f2.Reports()
+	require.Len(t, rs, 1, "the last controller watched gets it")
+	require.True(t, rs[0].Leaving)
+	require.Equal(t, "edge-1", rs[0].Balancer)
+	require.NotNil(t, rs[0].Started)
+	require.Empty(t, f1.Reports())
+
+	f2.setReportErr(status.Error(codes.Unavailable, "no leader"))
+	require.NoError(t, w.Leave(lctx))
+	require.Len(t, f1.Reports(), 1, "the next controller, when the last one fails")
+	require.True(t, f1.Reports()[0].Leaving)
+
+	f1.setReportErr(status.Error(codes.Unavailable, "no leader"))
+	require.ErrorContains(t, w.Leave(lctx), "no leader", "every controller failed")
+
+	cfg.StatsInterval = 0
+	quiet, err := New(cfg)
+	require.NoError(t, err)
+	n1, n2 := len(f1.Reports()), len(f2.Reports())
+	require.NoError(t, quiet.Leave(lctx))
+	require.Len(t, f1.Reports(), n1)
+	require.Len(t, f2.Reports(), n2)
 }

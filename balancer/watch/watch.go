@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/balancer"
 	"github.com/hostscale/hostscale/internal/backoff"
@@ -153,6 +155,18 @@ type Watcher struct {
 
 	mu sync.Mutex
 	st Status
+	// lastController is the address of the last stream opened, for Leave.
+	lastController string
+	// started is when the Watcher was made, before its balancer served a
+	// request: the start of the counters it reports.
+	started *timestamppb.Timestamp
+}
+
+// report builds a stats report of the balancer's counters now.
+func (w *Watcher) report() *pb.ReportStatsRequest {
+	req := statsToProto(w.cfg.Name, w.bounds, w.cfg.Balancer.Stats(), w.cfg.Balancer.PoolStats(), time.Now())
+	req.Started = w.started
+	return req
 }
 
 // Status is a Watcher's view of its controllers.
@@ -194,10 +208,11 @@ func New(cfg Config) (*Watcher, error) {
 	}
 	cfg.Controllers = append([]string(nil), cfg.Controllers...)
 	return &Watcher{
-		cfg:    cfg,
-		log:    log.With("component", "watch", "balancer", cfg.Name),
-		jitter: rand.Int64N,
-		bounds: bucketBounds(balancer.LatencyBuckets),
+		cfg:     cfg,
+		log:     log.With("component", "watch", "balancer", cfg.Name),
+		jitter:  rand.Int64N,
+		bounds:  bucketBounds(balancer.LatencyBuckets),
+		started: timestamppb.Now(),
 	}, nil
 }
 
@@ -315,6 +330,9 @@ func (w *Watcher) attempt(ctx context.Context, addr string) result {
 	}
 	start := time.Now()
 	w.update(func(s *Status) { s.Controller = addr; s.Streams++ })
+	w.mu.Lock()
+	w.lastController = addr
+	w.mu.Unlock()
 	defer w.update(func(s *Status) { s.Controller = "" })
 	w.log.Info("watching tables", "controller", addr, "have", versionString(have))
 
@@ -472,7 +490,7 @@ func (w *Watcher) reportStats(ctx context.Context, client pb.BalancerServiceClie
 		default:
 		}
 		rctx, cancel := context.WithTimeout(ctx, w.cfg.AckTimeout)
-		req := statsToProto(w.cfg.Name, w.bounds, w.cfg.Balancer.Stats(), w.cfg.Balancer.PoolStats(), time.Now())
+		req := w.report()
 		_, err := client.ReportStats(rctx, req)
 		cancel()
 		last = time.Now()
@@ -519,4 +537,47 @@ func versionString(t *balancer.Table) string {
 		return "none"
 	}
 	return t.Version.String()
+}
+
+// Leave sends the balancer's last stats report, marked leaving, once it
+// has stopped taking requests and finished those it had: the leader then
+// stops waiting for its reports and acknowledgements, so that its silence
+// holds back no pool's scale to zero (for the 11 minutes the leader would
+// otherwise keep it) and no removed instance's stop. It tries each
+// controller in turn, the one last watched first, within ctx; without
+// stats reports (StatsInterval 0) it sends nothing.
+func (w *Watcher) Leave(ctx context.Context) error {
+	if w.cfg.StatsInterval <= 0 {
+		return nil
+	}
+	req := w.report()
+	req.Leaving = true
+	order := w.cfg.Controllers
+	w.mu.Lock()
+	last := w.lastController
+	w.mu.Unlock()
+	if last != "" {
+		order = append([]string{last}, slices.DeleteFunc(slices.Clone(order), func(a string) bool { return a == last })...)
+	}
+	var err error
+	for _, addr := range order {
+		if err = w.leave(ctx, addr, req); err == nil || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+func (w *Watcher) leave(ctx context.Context, addr string, req *pb.ReportStatsRequest) error {
+	conn, err := w.cfg.Dial(addr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", addr, err)
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, w.cfg.AckTimeout)
+	defer cancel()
+	if _, err := pb.NewBalancerServiceClient(conn).ReportStats(cctx, req); err != nil {
+		return fmt.Errorf("%s: %w", addr, err)
+	}
+	return nil
 }

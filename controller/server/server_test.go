@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server/servertest"
@@ -597,6 +598,11 @@ func TestCluster_badInputChangesNothing(t *testing.T) {
 				Backends: []*pb.BackendCounters{{Pool: "web", Address: "127.0.0.1:1", InFlightSeconds: proto.Float64(math.NaN())}}})
 			return err
 		}, codes.InvalidArgument, "backends[0].in_flight_seconds"},
+		"ReportStats bad started": {func() error {
+			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
+				Started: &timestamppb.Timestamp{Seconds: 1, Nanos: -5}})
+			return err
+		}, codes.InvalidArgument, "started"},
 		"ReportStats bad pool name": {func() error {
 			_, err := pb.NewBalancerServiceClient(f.Conn()).ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb",
 				Pools: []*pb.PoolCounters{{Pool: "web"}, {Pool: "Web!", Waiting: 1}}})

@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,4 +206,100 @@ func TestAutoscale_concurrencyPerInstance(t *testing.T) {
 	require.Equal(t, uint32(4), act.Desired, act.Reason)
 	require.Contains(t, act.Reason, "4 instances at 2.0 in flight each")
 	t.Logf("woken: %s", act.Reason)
+}
+
+// TestAutoscale_aBalancerThatLeaves: a second balancer serves a pool that
+// scales to zero after 8s idle. Killed, it says nothing, and its silence
+// holds the pool up: it may be routing requests it cannot report. Started
+// again and stopped with SIGTERM, it drains and tells the leader it
+// leaves: the pool goes to zero 8s after its last request, without
+// waiting for the leader to forget it.
+func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 1)
+	const zeroAfter = 8 * time.Second // past the 5s a silent balancer is trusted
+	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 20)
+	pol.ScaleToZeroAfter = durationpb.New(zeroAfter)
+	f.createPoolToZero(pol, 4, nil)
+	f.settled("web", 1, 30*time.Second)
+
+	lbAddr, lbAdmin, lbDir := freePort(t, "127.0.0.1"), freePort(t, "127.0.0.1"), t.TempDir()
+	start := func() *proc {
+		return startProc(t, "lb2", filepath.Join(f.bin, "hostscale-balancer"), "-listen", lbAddr, "-http-addr", lbAdmin,
+			"-controllers", f.controllers, "-name", "lb2", "-data-dir", lbDir)
+	}
+	// reported waits until lb2 has sent the leader a stats report since
+	// the last request (its first after the request, maybe not with it).
+	reported := func() {
+		t.Helper()
+		reports := func() (int, error) {
+			resp, err := http.Get("http://" + lbAdmin + "/metrics")
+			if err != nil {
+				return 0, err
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			for _, line := range strings.Split(string(body), "\n") {
+				if v, ok := strings.CutPrefix(line, "hostscale_balancer_controller_stats_reports_total "); ok {
+					return strconv.Atoi(v)
+				}
+			}
+			return 0, errors.New("no hostscale_balancer_controller_stats_reports_total")
+		}
+		n0, err := reports()
+		require.NoError(t, err)
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+			n, err := reports()
+			if err == nil && n < n0+2 {
+				err = fmt.Errorf("%d reports since the request, want 2", n-n0)
+			}
+			return err
+		}))
+	}
+	serve := func() time.Time {
+		t.Helper()
+		c := &http.Client{Timeout: 5 * time.Second}
+		require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+			resp, err := c.Get("http://" + lbAddr + "/")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("lb2 answered %s", resp.Status)
+			}
+			return nil
+		}))
+		return time.Now()
+	}
+	desired := func() uint32 {
+		t.Helper()
+		r, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+		require.NoError(t, err)
+		return r.Pool.Desired
+	}
+
+	lb2 := start()
+	last := serve()
+	reported()
+	lb2.kill()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(last) < zeroAfter+6*time.Second {
+		require.Equal(t, uint32(1), desired(), "scaled down %v after the last request, with lb2 killed", time.Since(last).Round(time.Millisecond))
+		<-tick.C
+	}
+
+	lb2 = start()
+	last = serve()
+	reported()
+	lb2.stop(t)
+	require.Contains(t, lb2.log(), "left the controllers")
+	f.settled("web", 0, 30*time.Second)
+	t.Logf("scaled to zero %v after lb2's last request, lb2 having left", time.Since(last).Round(time.Millisecond))
+	idle := f.lastActed("web")
+	require.Equal(t, "idle", idle.LimitedBy, idle.Reason)
+	require.GreaterOrEqual(t, idle.Time.AsTime().Sub(last), zeroAfter-500*time.Millisecond, "scale_to_zero_after counts from lb2's last request")
+	require.Contains(t, f.leader().Log(), "balancer left")
 }

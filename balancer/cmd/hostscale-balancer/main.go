@@ -176,6 +176,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// leaveTimeout bounds the last stats report, sent on the way out.
+const leaveTimeout = 3 * time.Second
+
 func run(args []string, stderr io.Writer) int {
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -244,7 +247,21 @@ func serve(o *options, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return b.Run(ctx) })
+	g.Go(func() error {
+		err := b.Run(ctx)
+		if w != nil {
+			// Every request is answered: tell the leader this balancer
+			// is gone rather than let it wait for its reports.
+			lctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+			if lerr := w.Leave(lctx); lerr != nil {
+				log.Warn("tell the controllers this balancer leaves", "err", lerr)
+			} else {
+				log.Info("left the controllers")
+			}
+			cancel()
+		}
+		return err
+	})
 	if o.identity != nil {
 		g.Go(func() error { tlsx.ReloadOnSIGHUP(ctx, o.identity, log); return nil })
 	}

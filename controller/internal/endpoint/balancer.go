@@ -222,6 +222,11 @@ func (s *Balancers) ReportStats(ctx context.Context, req *pb.ReportStatsRequest)
 			return nil, invalid(f+".in_flight_seconds", "must be finite and not negative, got %v", *v)
 		}
 	}
+	if req.Started != nil {
+		if err := req.Started.CheckValid(); err != nil {
+			return nil, invalid("started", "%v", err)
+		}
+	}
 	if len(req.Pools) > maxReportedBackends {
 		return nil, status.Errorf(codes.ResourceExhausted, "pools: %d pools exceed the limit of %d", len(req.Pools), maxReportedBackends)
 	}
@@ -235,6 +240,11 @@ func (s *Balancers) ReportStats(ctx context.Context, req *pb.ReportStatsRequest)
 		return orNil(resp, err)
 	}
 	s.Stats.Record(req.Balancer, time.Now(), req)
+	if req.Leaving {
+		s.Stats.Forget(req.Balancer)
+		s.Acks.Forget(req.Balancer)
+		s.Core.Logger.Info("balancer left", "balancer", req.Balancer)
+	}
 	return resp, nil
 }
 
@@ -279,11 +289,24 @@ func (a *TableAcks) Get(balancer string) (Ack, bool) {
 	return ack, ok
 }
 
-// Changed returns a channel closed at the next acknowledgement.
+// Changed returns a channel closed at the next acknowledgement, or when a
+// balancer is forgotten.
 func (a *TableAcks) Changed() <-chan struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.notify
+}
+
+// Forget forgets balancer's acknowledgements (it left): AllAcked no longer
+// waits for it.
+func (a *TableAcks) Forget(balancer string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.acks[balancer]; ok {
+		delete(a.acks, balancer)
+		close(a.notify)
+		a.notify = make(chan struct{})
+	}
 }
 
 // AllAcked reports whether every balancer heard from within ttl before now

@@ -65,3 +65,30 @@ func TestStaleness_logTroubleEndsWatches(t *testing.T) {
 	require.Equal(t, codes.Unavailable, status.Code(err))
 	require.ErrorContains(t, err, "controller c2: writes to the Raft log store have failed for 6s: read-only file system")
 }
+
+// TestTableAcks_forgetALeavingBalancer: AllAcked waits for a balancer heard
+// from within the TTL until it is forgotten, and waiters learn of it.
+func TestTableAcks_forgetALeavingBalancer(t *testing.T) {
+	a := NewTableAcks()
+	a.Record("lb1", &pb.TableVersion{Index: 10}, "")
+	a.Record("lb2", &pb.TableVersion{Index: 5}, "")
+	now := time.Now()
+	require.False(t, a.AllAcked(10, now, time.Minute), "lb2 has not acknowledged index 10")
+	changed := a.Changed()
+	a.Forget("lb2")
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed not signalled by Forget")
+	}
+	require.True(t, a.AllAcked(10, now, time.Minute))
+	_, ok := a.Get("lb2")
+	require.False(t, ok)
+	changed = a.Changed()
+	a.Forget("lb2")
+	select {
+	case <-changed:
+		t.Fatal("forgetting an unknown balancer signalled Changed")
+	default:
+	}
+}

@@ -8,6 +8,7 @@ package lbstats
 import (
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +43,12 @@ type Store struct {
 	// window reads its own series only.
 	byPool   map[string]map[string]*series
 	activity map[string]map[string]*activity // by pool, then balancer
+	// leftActive is, by pool, the newest request the balancers that left
+	// (Forget) had shown: the pool's idle time still counts from it.
+	leftActive map[string]time.Time
+	// started is, by balancer, the start of its counters in its last
+	// report (ReportStatsRequest.started).
+	started map[string]time.Time
 	// pruneAt is when series nobody reports are next looked for.
 	pruneAt time.Time
 	// demand is signalled when a report shows requests that found no
@@ -68,7 +75,7 @@ type activity struct {
 // New returns a store keeping keep of history.
 func New(keep time.Duration) *Store {
 	return &Store{Keep: keep, series: map[string]*series{}, byPool: map[string]map[string]*series{},
-		activity: map[string]map[string]*activity{}, demand: make(chan struct{}, 1)}
+		activity: map[string]map[string]*activity{}, leftActive: map[string]time.Time{}, started: map[string]time.Time{}, demand: make(chan struct{}, 1)}
 }
 
 // Demand is signalled, without blocking, after a report showing requests
@@ -99,6 +106,24 @@ func (s *Store) pool(balancer, pool string, at time.Time) (*activity, bool) {
 func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if req.Started != nil {
+		started := req.Started.AsTime()
+		if prev, ok := s.started[balancer]; ok && !prev.Equal(started) {
+			// A new process: its counters start again from zero, and
+			// equal counts say nothing about requests in between. Its
+			// series start over as if new.
+			for k, sr := range s.series {
+				if strings.HasPrefix(k, balancer+"\x00") {
+					delete(s.series, k)
+					delete(s.byPool[sr.pool], k)
+					if len(s.byPool[sr.pool]) == 0 {
+						delete(s.byPool, sr.pool)
+					}
+				}
+			}
+		}
+		s.started[balancer] = started
+	}
 	for _, b := range req.Backends {
 		k := balancer + "\x00" + b.Pool + "\x00" + b.Address
 		sr := s.series[k]
@@ -188,6 +213,11 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 			delete(s.activity, pool)
 		}
 	}
+	for pool, t := range s.leftActive {
+		if at.Sub(t) > s.Keep {
+			delete(s.leftActive, pool)
+		}
+	}
 }
 
 // Activity is what the balancers' reports say of a pool's demand.
@@ -230,6 +260,11 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 			out.Idle = idle
 		}
 		seen = true
+	}
+	if t, ok := s.leftActive[pool]; ok && seen {
+		if idle := now.Sub(t); idle < out.Idle {
+			out.Idle = idle
+		}
 	}
 	out.Known = seen && !stale
 	if !out.Known {
@@ -428,6 +463,23 @@ func Quantile(bounds []float64, counts []uint64, q float64) float64 {
 	return bounds[len(bounds)-1]
 }
 
+// Forget forgets balancer (it left): Activity no longer waits for its
+// reports, though a pool's idle time still counts from the last request it
+// showed. Its counters stay for the windows they fall in.
+func (s *Store) Forget(balancer string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for pool, byBalancer := range s.activity {
+		if a := byBalancer[balancer]; a != nil && a.active.After(s.leftActive[pool]) {
+			s.leftActive[pool] = a.active
+		}
+		delete(byBalancer, balancer)
+		if len(byBalancer) == 0 {
+			delete(s.activity, pool)
+		}
+	}
+}
+
 // Reset forgets everything (a leadership ended).
 func (s *Store) Reset() {
 	s.mu.Lock()
@@ -435,4 +487,6 @@ func (s *Store) Reset() {
 	s.series = map[string]*series{}
 	s.byPool = map[string]map[string]*series{}
 	s.activity = map[string]map[string]*activity{}
+	s.leftActive = map[string]time.Time{}
+	s.started = map[string]time.Time{}
 }

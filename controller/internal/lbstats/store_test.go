@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -127,6 +128,35 @@ func TestActivity_idleAndWaitingOverBalancers(t *testing.T) {
 	require.Equal(t, 69*time.Second, a.Idle)
 }
 
+// A balancer that left (ReportStatsRequest.leaving) is forgotten at once:
+// its silence no longer makes the pool's activity unknown, and its
+// counters stay for the windows.
+func TestActivity_aBalancerThatLeftIsForgotten(t *testing.T) {
+	const fresh = 5 * time.Second
+	s := New(time.Hour)
+	for i := range 3 {
+		at := t0.Add(time.Duration(i) * time.Second)
+		s.Record("lb1", at, report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: uint64(10 * i)}))
+		s.Record("lb2", at, pools(&pb.PoolCounters{Pool: "web"}))
+	}
+	a := s.Activity("web", t0.Add(20*time.Second), fresh)
+	require.False(t, a.Known, "lb1 silent for 18s")
+
+	s.Forget("lb1")
+	s.Forget("lb9") // never reported: nothing to forget
+	s.Record("lb2", t0.Add(20*time.Second), pools(&pb.PoolCounters{Pool: "web"}))
+	a = s.Activity("web", t0.Add(20*time.Second), fresh)
+	require.True(t, a.Known, "lb2's word is enough once lb1 left")
+	require.Equal(t, 18*time.Second, a.Idle, "idle since lb1's last request, though lb2 never saw one")
+	usage, _, _ := s.Window("web", t0.Add(2*time.Second), 2*time.Second)
+	require.InDelta(t, 10, usage["a:1"].RequestsPerSecond, 1e-9, "lb1's counters stay")
+
+	// The last balancer of a pool leaving leaves it unknown, as before
+	// any report.
+	s.Forget("lb2")
+	require.False(t, s.Activity("web", t0.Add(21*time.Second), fresh).Known)
+}
+
 func TestActivity_requestsThatFoundNoBackendWakeThePool(t *testing.T) {
 	const fresh = 5 * time.Second
 	s := New(time.Minute)
@@ -169,4 +199,31 @@ func TestActivity_requestsThatFoundNoBackendWakeThePool(t *testing.T) {
 
 	s.Reset()
 	require.False(t, s.Activity("web", t0.Add(8*time.Second), fresh).Known)
+}
+
+// A balancer restarted under the same name starts its counters again: its
+// first report, even with the counts of the old process, shows a request.
+func TestActivity_aRestartedBalancerStartsItsCountersAgain(t *testing.T) {
+	const fresh = 5 * time.Second
+	s := New(time.Hour)
+	first, second := timestamppb.New(t0), timestamppb.New(t0.Add(20*time.Second))
+	rep := func(started *timestamppb.Timestamp, requests uint64) *pb.ReportStatsRequest {
+		r := report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: requests})
+		r.Started = started
+		return r
+	}
+	s.Record("lb1", t0.Add(time.Second), rep(first, 0))
+	s.Record("lb1", t0.Add(2*time.Second), rep(first, 1))
+	s.Record("lb1", t0.Add(3*time.Second), rep(first, 1))
+	require.Equal(t, 2*time.Second, s.Activity("web", t0.Add(4*time.Second), fresh).Idle)
+
+	// The same count from a new process: one request since its start.
+	s.Record("lb1", t0.Add(21*time.Second), rep(second, 1))
+	require.Zero(t, s.Activity("web", t0.Add(21*time.Second), fresh).Idle)
+	s.Record("lb1", t0.Add(22*time.Second), rep(second, 1))
+	usage, _, _ := s.Window("web", t0.Add(22*time.Second), 5*time.Second)
+	require.Zero(t, usage["a:1"].RequestsPerSecond, "no rate across the restart: the old points are gone")
+	// Reports without a start (an older balancer) compare as before.
+	s.Record("lb1", t0.Add(23*time.Second), report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: 1}))
+	require.Equal(t, 2*time.Second, s.Activity("web", t0.Add(23*time.Second), fresh).Idle)
 }

@@ -603,7 +603,17 @@ type ReportStatsRequest struct {
 	BucketBounds []float64          `protobuf:"fixed64,3,rep,packed,name=bucket_bounds,json=bucketBounds,proto3" json:"bucket_bounds,omitempty"`
 	Backends     []*BackendCounters `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
 	// Every pool of the balancer's table, with or without backends.
-	Pools         []*PoolCounters `protobuf:"bytes,5,rep,name=pools,proto3" json:"pools,omitempty"`
+	Pools []*PoolCounters `protobuf:"bytes,5,rep,name=pools,proto3" json:"pools,omitempty"`
+	// The balancer is stopping: it has stopped taking requests, finished
+	// those it had, and this is its last report. The leader stops waiting
+	// for the balancer's reports and table acknowledgements at once: its
+	// silence from then on holds back no pool's scale to zero and no
+	// removed instance's stop.
+	Leaving bool `protobuf:"varint,6,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// When the balancer's counters started from zero: its process's start.
+	// A report with another start than the last is from a new process, whose
+	// counters are not comparable with the old ones, even when equal.
+	Started       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started,proto3" json:"started,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -669,6 +679,20 @@ func (x *ReportStatsRequest) GetBackends() []*BackendCounters {
 func (x *ReportStatsRequest) GetPools() []*PoolCounters {
 	if x != nil {
 		return x.Pools
+	}
+	return nil
+}
+
+func (x *ReportStatsRequest) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+func (x *ReportStatsRequest) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
 	}
 	return nil
 }
@@ -819,13 +843,15 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\tin_flight\x18\x05 \x01(\x03R\binFlight\x12%\n" +
 	"\x0elatency_counts\x18\x06 \x03(\x04R\rlatencyCounts\x12/\n" +
 	"\x11in_flight_seconds\x18\a \x01(\x01H\x00R\x0finFlightSeconds\x88\x01\x01B\x14\n" +
-	"\x12_in_flight_seconds\"\xf2\x01\n" +
+	"\x12_in_flight_seconds\"\xc2\x02\n" +
 	"\x12ReportStatsRequest\x12\x1a\n" +
 	"\bbalancer\x18\x01 \x01(\tR\bbalancer\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
 	"\rbucket_bounds\x18\x03 \x03(\x01R\fbucketBounds\x129\n" +
 	"\bbackends\x18\x04 \x03(\v2\x1d.hostscale.v1.BackendCountersR\bbackends\x120\n" +
-	"\x05pools\x18\x05 \x03(\v2\x1a.hostscale.v1.PoolCountersR\x05pools\"X\n" +
+	"\x05pools\x18\x05 \x03(\v2\x1a.hostscale.v1.PoolCountersR\x05pools\x12\x18\n" +
+	"\aleaving\x18\x06 \x01(\bR\aleaving\x124\n" +
+	"\astarted\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\astarted\"X\n" +
 	"\fPoolCounters\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
 	"\awaiting\x18\x02 \x01(\rR\awaiting\x12\x1a\n" +
@@ -879,17 +905,18 @@ var file_hostscale_v1_balancer_proto_depIdxs = []int32{
 	14, // 8: hostscale.v1.ReportStatsRequest.time:type_name -> google.protobuf.Timestamp
 	8,  // 9: hostscale.v1.ReportStatsRequest.backends:type_name -> hostscale.v1.BackendCounters
 	10, // 10: hostscale.v1.ReportStatsRequest.pools:type_name -> hostscale.v1.PoolCounters
-	4,  // 11: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
-	6,  // 12: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
-	9,  // 13: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
-	5,  // 14: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
-	7,  // 15: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
-	11, // 16: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 11: hostscale.v1.ReportStatsRequest.started:type_name -> google.protobuf.Timestamp
+	4,  // 12: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
+	6,  // 13: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
+	9,  // 14: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
+	5,  // 15: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
+	7,  // 16: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
+	11, // 17: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_balancer_proto_init() }
