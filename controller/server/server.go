@@ -68,8 +68,10 @@ type Config struct {
 	Collectors []prometheus.Collector
 	// PeerTLS gives, for each connection, how this controller calls the
 	// other controllers' APIs and Raft ports (tlsx.Identity.Client); nil:
-	// plaintext. Set it whenever GRPC.TLS is: the Raft port then serves
-	// GRPC.TLS too.
+	// plaintext. Set it whenever GRPC.TLS is, but while the cluster moves
+	// to TLS (GRPC.AcceptPlaintext on every controller, and this one
+	// still calling the others in plaintext): the Raft port serves
+	// GRPC.TLS too, and takes plaintext as GRPC.AcceptPlaintext says.
 	PeerTLS func() *tls.Config
 	Logger  *slog.Logger
 	// ShutdownGrace bounds the graceful stop of the gRPC server.
@@ -255,6 +257,15 @@ func New(cfg Config) (s *Server, err error) {
 	rc := cfg.Raft
 	rc.ID, rc.DataDir, rc.Listener, rc.Advertise, rc.Peers = cfg.ID, cfg.DataDir, raftLis, cfg.RaftAdvertise, cfg.Peers
 	rc.TLS, rc.PeerTLS = cfg.GRPC.TLS, cfg.PeerTLS
+	// A cluster moving to TLS: count what still comes in plaintext, so
+	// that an operator knows when to stop taking it.
+	plaintext := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hostscale_controller_plaintext_connections_total",
+		Help: "Connections taken in plaintext on a port that serves TLS (-tls-accept-plaintext), by port (grpc, raft).",
+	}, []string{"port"})
+	s.registry.MustRegister(plaintext)
+	rc.AcceptPlaintext = cfg.GRPC.AcceptPlaintext
+	rc.OnPlaintext = plaintext.WithLabelValues("raft").Inc
 	rc.NotifyCh, rc.Logger = s.notifyCh, logger
 	rc.StableStoreFailed = func(err error) {
 		s.giveUp("the Raft stable store could not save the term or vote: exiting, as Raft cannot go on without it", "err", err)
@@ -266,6 +277,7 @@ func New(cfg Config) (s *Server, err error) {
 
 	gc := cfg.GRPC
 	gc.Logger, gc.Registerer = logger, s.registry
+	gc.OnPlaintext = plaintext.WithLabelValues("grpc").Inc
 	if s.grpc, err = grpcx.NewServer(gc); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -236,16 +237,7 @@ func TestTLS_caRotation(t *testing.T) {
 				10*time.Second, 20*time.Millisecond, "%s reload %d", n.ID, reloads)
 		}
 	}
-	follower := func() *testcluster.Node {
-		leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
-		require.NoError(t, err)
-		for _, n := range cl.Nodes() {
-			if n != leader {
-				return n
-			}
-		}
-		panic("no follower")
-	}
+	follower := func() *testcluster.Node { return followerOf(t, ctx, cl) }
 	write := func(name string) {
 		t.Helper()
 		_, err := follower().Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
@@ -288,4 +280,107 @@ func TestTLS_caRotation(t *testing.T) {
 		_, err := restarted.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "after-restart"})
 		return err
 	}), "the restarted controller catches up")
+}
+
+// TestTLS_movingARunningClusterToTLS: three plaintext controllers move to
+// mutual TLS one restart at a time, committing writes through a follower
+// after each: first each offers TLS and still takes and speaks plaintext
+// (-tls-accept-plaintext -tls-dial-plaintext); then each speaks TLS to the
+// others, and the clients move to TLS; then each takes TLS only. The
+// plaintext connections each took are counted on /metrics; at the end a
+// plaintext client is refused by every controller, and every write is on
+// every controller.
+func TestTLS_movingARunningClusterToTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	set := tlstest.Write(t)
+	cl, _ := testcluster.StartLed(ctx, t, testcluster.Options{
+		Launcher: testcluster.BinaryLauncher{Path: filepath.Join(binaries(t), "hostscale-controller")},
+	}, 30*time.Second)
+	tlsArgs := []string{"-tls-cert", set.Server.Cert, "-tls-key", set.Server.Key, "-tls-ca", set.Server.CA}
+	var written []string
+	write := func(step string) {
+		t.Helper()
+		name := fmt.Sprintf("step-%d", len(written)+1)
+		_, err := followerOf(t, ctx, cl).Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+			Name: name, PathPrefix: "/" + name,
+			Template: &pb.InstanceTemplate{Command: "/bin/true", HealthPath: "/healthz"},
+			Selector: "tier=web", Max: 1,
+		}})
+		require.NoError(t, err, "write %s (%s)", name, step)
+		written = append(written, name)
+	}
+	restartEach := func(step string, args ...string) {
+		t.Helper()
+		for _, n := range cl.Nodes() {
+			n.Stop()
+			n.RestartWith(args...)
+			_, _, err := cl.WaitLeader(ctx, 30*time.Second)
+			require.NoError(t, err, "%s restarted to %s", n.ID, step)
+			write(step + ", " + n.ID + " restarted")
+		}
+	}
+	write("plaintext")
+
+	restartEach("offer TLS", append(slices.Clone(tlsArgs), "-tls-accept-plaintext", "-tls-dial-plaintext")...)
+	for _, n := range cl.Nodes() {
+		body := httpGet(t, "http://"+n.HTTPAddr+"/metrics")
+		for _, port := range []string{"grpc", "raft"} {
+			require.Regexp(t, `hostscale_controller_plaintext_connections_total\{port="`+port+`"\} [1-9]`, body, "%s took no plaintext on %s", n.ID, port)
+		}
+	}
+	restartEach("speak TLS", append(slices.Clone(tlsArgs), "-tls-accept-plaintext")...)
+	clientTLS, err := set.Client.Client()
+	require.NoError(t, err)
+	cl.SetClientTLS(clientTLS)
+	write("clients on TLS")
+	restartEach("TLS only", tlsArgs...)
+
+	for _, n := range cl.Nodes() {
+		plain, err := grpcx.Dial(n.GRPCAddr)
+		require.NoError(t, err)
+		_, err = pb.NewPoolServiceClient(plain).ListPools(ctx, &pb.ListPoolsRequest{})
+		plain.Close()
+		require.Equal(t, codes.Unavailable, status.Code(err), "%s takes plaintext: %v", n.ID, err)
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+			r, err := n.Pools().ListPools(ctx, &pb.ListPoolsRequest{})
+			if err != nil {
+				return err
+			}
+			var have []string
+			for _, p := range r.Pools {
+				have = append(have, p.Name)
+			}
+			for _, w := range written {
+				if !slices.Contains(have, w) {
+					return fmt.Errorf("%s lacks %s: has %v", n.ID, w, have)
+				}
+			}
+			return nil
+		}))
+	}
+}
+
+// followerOf returns a follower of cl's leader.
+func followerOf(t *testing.T, ctx context.Context, cl *testcluster.Cluster) *testcluster.Node {
+	t.Helper()
+	leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
+	require.NoError(t, err)
+	for _, n := range cl.Nodes() {
+		if n != leader {
+			return n
+		}
+	}
+	t.Fatal("no follower")
+	return nil
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
 }

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+
+	"github.com/hostscale/hostscale/internal/tlsx"
 )
 
 // DefaultMaxMessageSize is the largest message a server accepts or sends by
@@ -50,6 +52,12 @@ type ServerConfig struct {
 	// TLS, when set, serves TLS only (tlsx.Files.Server); nil serves
 	// plaintext.
 	TLS *tls.Config
+	// AcceptPlaintext, with TLS, also serves connections that do not open
+	// with a TLS handshake, in plaintext: a cluster moving to TLS takes
+	// both until every client speaks it. OnPlaintext, when set, is called
+	// for each such connection.
+	AcceptPlaintext bool
+	OnPlaintext     func()
 }
 
 // DefaultServerConfig returns the limits every hostscale server starts with.
@@ -132,7 +140,11 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 		grpc.ChainStreamInterceptor(streamInterceptor(logger, m)),
 	}
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		creds := credentials.NewTLS(cfg.TLS)
+		if cfg.AcceptPlaintext {
+			creds = sniffingCreds{TransportCredentials: creds, onPlaintext: cfg.OnPlaintext}
+		}
+		opts = append(opts, grpc.Creds(creds))
 	}
 	s := grpc.NewServer(append(opts, extra...)...)
 	hs := health.NewServer()
@@ -254,3 +266,35 @@ func serverFault(c codes.Code) bool {
 	}
 	return false
 }
+
+// sniffingCreds serve TLS to connections that open with a TLS handshake
+// and plaintext to the others (ServerConfig.AcceptPlaintext).
+type sniffingCreds struct {
+	credentials.TransportCredentials
+	onPlaintext func()
+}
+
+func (c sniffingCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	// gRPC bounds the handshake, this first read included, with its
+	// connection timeout.
+	conn, isTLS, err := tlsx.Sniff(conn)
+	if err != nil {
+		return nil, nil, err
+	}
+	if isTLS {
+		return c.TransportCredentials.ServerHandshake(conn)
+	}
+	if c.onPlaintext != nil {
+		c.onPlaintext()
+	}
+	return conn, plaintextInfo{credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
+}
+
+func (c sniffingCreds) Clone() credentials.TransportCredentials {
+	return sniffingCreds{TransportCredentials: c.TransportCredentials.Clone(), onPlaintext: c.onPlaintext}
+}
+
+// plaintextInfo describes a connection sniffingCreds served in plaintext.
+type plaintextInfo struct{ credentials.CommonAuthInfo }
+
+func (plaintextInfo) AuthType() string { return "insecure" }

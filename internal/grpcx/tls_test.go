@@ -4,10 +4,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -135,4 +137,36 @@ func TestTLS_reloadedCA(t *testing.T) {
 	require.NoError(t, os.WriteFile(serverCA, []byte("not a certificate"), 0o600))
 	require.ErrorContains(t, server.Reload(), "-tls-ca: "+serverCA+" holds no PEM certificate")
 	require.NoError(t, call(), "a failed reload keeps the CA in force")
+}
+
+// TestTLS_acceptPlaintext: with AcceptPlaintext, one port serves TLS
+// clients (mutual TLS still checked) and plaintext ones, counting the
+// plaintext connections.
+func TestTLS_acceptPlaintext(t *testing.T) {
+	set := tlstest.Write(t)
+	serverTLS, err := set.Server.Server()
+	require.NoError(t, err)
+	var plain atomic.Int32
+	cfg := DefaultServerConfig()
+	cfg.TLS, cfg.AcceptPlaintext, cfg.OnPlaintext = serverTLS, true, func() { plain.Add(1) }
+	lis := listen(t)
+	serveOn(t, cfg, lis, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	call := func(opt grpc.DialOption) error {
+		conn, err := Dial(lis.Addr().String(), opt)
+		require.NoError(t, err)
+		defer conn.Close()
+		return echo(ctx, conn, "hi")
+	}
+	client, err := set.Client.Client()
+	require.NoError(t, err)
+	require.NoError(t, call(WithTLS(client)), "a TLS client")
+	require.Zero(t, plain.Load())
+	require.NoError(t, call(WithTLS(nil)), "a plaintext client")
+	require.EqualValues(t, 1, plain.Load())
+	other, err := set.Other.Client()
+	require.NoError(t, err)
+	other.RootCAs = client.RootCAs
+	require.Equal(t, codes.Unavailable, status.Code(call(WithTLS(other))), "a TLS client of another CA")
 }

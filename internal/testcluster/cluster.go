@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +62,8 @@ type Node struct {
 	proc Process
 	conn *grpc.ClientConn
 	log  *syncBuffer
+	// args follow Options.Args on this node's command line (RestartWith).
+	args []string
 }
 
 // Cluster is a set of controllers started by Start.
@@ -132,7 +135,7 @@ func (c *Cluster) spec(n *Node) Spec {
 		Host:             n.Host,
 		HeartbeatTimeout: c.opts.HeartbeatTimeout,
 		ElectionTimeout:  c.opts.ElectionTimeout,
-		Args:             c.opts.Args,
+		Args:             append(slices.Clone(c.opts.Args), n.args...),
 		Log:              n.log,
 	}
 	if n.Host == nil {
@@ -229,7 +232,10 @@ func (n *Node) Conn() *grpc.ClientConn {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.conn == nil {
-		conn, err := grpcx.Dial(n.GRPCAddr, grpcx.WithTLS(n.c.opts.ClientTLS))
+		n.c.mu.Lock()
+		cfg := n.c.opts.ClientTLS
+		n.c.mu.Unlock()
+		conn, err := grpcx.Dial(n.GRPCAddr, grpcx.WithTLS(cfg))
 		if err != nil {
 			n.c.t.Fatalf("testcluster: dial %s: %v", n.ID, err)
 		}
@@ -324,6 +330,34 @@ func (n *Node) Restart() {
 		n.c.t.Fatalf("testcluster: restart %s: still running", n.ID)
 	}
 	n.c.launch(n, n.c.spec(n))
+}
+
+// RestartWith is Restart with args after Options.Args on the node's command
+// line from now on (flags given twice take the later value), as an
+// operator restarts one controller with a changed flag.
+func (n *Node) RestartWith(args ...string) {
+	n.c.t.Helper()
+	n.mu.Lock()
+	n.args = slices.Clone(args)
+	n.mu.Unlock()
+	n.Restart()
+}
+
+// SetClientTLS changes how the harness's connections speak to the nodes
+// (Options.ClientTLS) and drops those it has: the next Conn of each node
+// dials again.
+func (c *Cluster) SetClientTLS(cfg *tls.Config) {
+	c.mu.Lock()
+	c.opts.ClientTLS = cfg
+	c.mu.Unlock()
+	for _, n := range c.Nodes() {
+		n.mu.Lock()
+		if n.conn != nil {
+			n.conn.Close()
+			n.conn = nil
+		}
+		n.mu.Unlock()
+	}
 }
 
 func (n *Node) process() Process {

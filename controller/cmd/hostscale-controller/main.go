@@ -104,6 +104,8 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	httpTLS := fs.String("http-tls", tlsx.HTTPOff, "TLS `mode` of -http-addr: off (plaintext), on (HTTPS with -tls-cert, no client certificate asked) or verify (also require a client certificate of -tls-ca)")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this controller's certificate: the gRPC API serves TLS only, and the controller presents it when it calls the others (it must name the addresses clients dial, and allow server and client auth)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of the -tls-cert's private key")
+	fs.BoolVar(&cfg.GRPC.AcceptPlaintext, "tls-accept-plaintext", false, "with -tls-cert, the gRPC API and the Raft port also take plaintext connections: the first and second steps of moving a running cluster to TLS")
+	dialPlaintext := fs.Bool("tls-dial-plaintext", false, "with -tls-accept-plaintext, call the other controllers in plaintext: the first step of moving a running cluster to TLS")
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the clients' and the other controllers' certificates: the API then requires a client certificate it signed (mutual TLS)")
 	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
 	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
@@ -147,6 +149,14 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		}
 		cfg.PeerTLS = id.Client
 		cfg.Collectors = append(cfg.Collectors, tlsx.Collector(id))
+	}
+	switch {
+	case cfg.GRPC.AcceptPlaintext && cfg.GRPC.TLS == nil:
+		return cfg, logOpts, nil, errors.New("-tls-accept-plaintext: needs -tls-cert and -tls-key")
+	case *dialPlaintext && !cfg.GRPC.AcceptPlaintext:
+		return cfg, logOpts, nil, errors.New("-tls-dial-plaintext: needs -tls-accept-plaintext (a controller that takes only TLS is called with it, and calls the others with it)")
+	case *dialPlaintext:
+		cfg.PeerTLS = nil
 	}
 	if cfg.HTTPTLS, err = tlsx.HTTPServer(id, *httpTLS); err != nil {
 		return cfg, logOpts, nil, err

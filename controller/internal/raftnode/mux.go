@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/hostscale/hostscale/internal/tlsx"
 )
 
 // The Raft port also carries calls that followers forward to the leader,
@@ -114,6 +116,10 @@ type streamLayer struct {
 	// what clientTLS returns on every one Dial makes.
 	serverTLS *tls.Config
 	clientTLS func() *tls.Config
+	// acceptPlain, with serverTLS, also takes connections that do not
+	// open with a TLS handshake, in plaintext, calling onPlain for each.
+	acceptPlain bool
+	onPlain     func()
 
 	mu sync.Mutex
 	// conns are the accepted connections not handed to Raft; true marks
@@ -135,9 +141,10 @@ type streamLayer struct {
 	dialStop context.CancelFunc
 }
 
-func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration, serverTLS *tls.Config, clientTLS func() *tls.Config) *streamLayer {
+func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration, serverTLS *tls.Config, clientTLS func() *tls.Config, acceptPlain bool, onPlain func()) *streamLayer {
 	s := &streamLayer{
 		lis: lis, advertise: advertise, silence: silence, serverTLS: serverTLS, clientTLS: clientTLS,
+		acceptPlain: acceptPlain, onPlain: onPlain,
 		raftConns: make(chan net.Conn),
 		conns:     map[net.Conn]bool{},
 		closedCh:  make(chan struct{}),
@@ -263,6 +270,19 @@ func (s *streamLayer) track(c net.Conn) bool {
 	return true
 }
 
+// retrack tracks c, which wraps old, in old's place; false when the layer
+// closed meanwhile.
+func (s *streamLayer) retrack(old, c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, old)
+	if s.closed {
+		return false
+	}
+	s.conns[c] = false
+	return true
+}
+
 func (s *streamLayer) untrack(c net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
@@ -294,11 +314,6 @@ func (s *streamLayer) acceptLoop() {
 			continue
 		}
 		delay = 0
-		if s.serverTLS != nil {
-			// The handshake runs on the first read, under sort's
-			// deadline for the first byte.
-			c = tls.Server(c, s.serverTLS)
-		}
 		if !s.track(c) {
 			c.Close()
 			return
@@ -309,13 +324,46 @@ func (s *streamLayer) acceptLoop() {
 }
 
 // sort reads c's first byte and hands c to Raft or to the forward handler.
+// With TLS, that byte opens the TLS handshake, which runs under the same
+// deadline, and the first byte inside it sorts c; a connection that opens
+// otherwise is closed, or with acceptPlain taken in plaintext.
 func (s *streamLayer) sort(c net.Conn) {
 	defer s.wg.Done()
 	_ = c.SetReadDeadline(time.Now().Add(s.silence))
 	var first [1]byte
-	if _, err := io.ReadFull(c, first[:]); err != nil {
+	fail := func() {
 		s.untrack(c)
 		c.Close()
+	}
+	if s.serverTLS != nil {
+		sniffed, isTLS, err := tlsx.Sniff(c)
+		switch {
+		case err != nil:
+			fail()
+			return
+		case isTLS:
+			tc := tls.Server(sniffed, s.serverTLS)
+			if !s.retrack(c, tc) {
+				c.Close()
+				return
+			}
+			c = tc
+		case s.acceptPlain:
+			if s.onPlain != nil {
+				s.onPlain()
+			}
+			if !s.retrack(c, sniffed) {
+				c.Close()
+				return
+			}
+			c = sniffed
+		default:
+			fail()
+			return
+		}
+	}
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		fail()
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
@@ -327,7 +375,7 @@ func (s *streamLayer) sort(c net.Conn) {
 	}
 	s.untrack(c)
 	select {
-	case s.raftConns <- &prefixConn{Conn: c, first: first[0], pending: true}:
+	case s.raftConns <- &tlsx.PrefixConn{Conn: c, First: first[0], Pending: true}:
 	case <-s.closedCh:
 		c.Close()
 	}
@@ -373,20 +421,4 @@ func (s *streamLayer) stopForwards() {
 	}
 	s.mu.Unlock()
 	s.fwdWG.Wait()
-}
-
-// prefixConn gives back the byte read to sort the connection.
-type prefixConn struct {
-	net.Conn
-	first   byte
-	pending bool
-}
-
-func (p *prefixConn) Read(b []byte) (int, error) {
-	if p.pending && len(b) > 0 {
-		p.pending = false
-		b[0] = p.first
-		return 1, nil
-	}
-	return p.Conn.Read(b)
 }

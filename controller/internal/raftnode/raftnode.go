@@ -76,6 +76,11 @@ type Config struct {
 	// forwarded calls alike.
 	TLS     *tls.Config
 	PeerTLS func() *tls.Config
+	// AcceptPlaintext, with TLS, also takes connections that do not open
+	// with a TLS handshake, in plaintext (a cluster moving to TLS);
+	// OnPlaintext, when set, is called for each.
+	AcceptPlaintext bool
+	OnPlaintext     func()
 	// Peers is the bootstrap configuration, this server included. It is
 	// used only when the data directory holds no Raft state. Empty: the
 	// server waits to be added to an existing cluster.
@@ -232,7 +237,7 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 		}
 		adv = advertiseAddr(cfg.Advertise)
 	}
-	n.stream = newStreamLayer(cfg.Listener, adv, firstByteTimeout, cfg.TLS, cfg.PeerTLS)
+	n.stream = newStreamLayer(cfg.Listener, adv, firstByteTimeout, cfg.TLS, cfg.PeerTLS, cfg.AcceptPlaintext, cfg.OnPlaintext)
 	n.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,
 		MaxPool: 3,

@@ -31,7 +31,7 @@ func TestStreamLayer_TLS(t *testing.T) {
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, func() *tls.Config { return peerTLS })
+	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, func() *tls.Config { return peerTLS }, false, nil)
 	t.Cleanup(func() { _ = s.Close() })
 	var served atomic.Int32
 	fwd := echo(&served)
@@ -82,4 +82,73 @@ func TestStreamLayer_TLS(t *testing.T) {
 		t.Fatalf("a refused connection reached Raft: %v", c.RemoteAddr())
 	default:
 	}
+}
+
+// TestStreamLayer_TLSAcceptingPlaintext: a Raft port serving TLS with
+// acceptPlain takes Raft's RPCs and forwarded calls both over TLS and in
+// plaintext, counting the plaintext connections; a peer of another CA is
+// still refused.
+func TestStreamLayer_TLSAcceptingPlaintext(t *testing.T) {
+	set := tlstest.Write(t)
+	serverTLS, err := set.Server.Server()
+	require.NoError(t, err)
+	peerTLS, err := set.Server.Client()
+	require.NoError(t, err)
+	otherTLS, err := set.Other.Client()
+	require.NoError(t, err)
+	otherTLS.RootCAs = peerTLS.RootCAs
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var plain atomic.Int32
+	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, func() *tls.Config { return peerTLS }, true, func() { plain.Add(1) })
+	t.Cleanup(func() { _ = s.Close() })
+	var served atomic.Int32
+	fwd := echo(&served)
+	s.forward.Store(&fwd)
+	addr := s.Addr().String()
+	ctx := context.Background()
+
+	raftRPC := func(c net.Conn) {
+		t.Helper()
+		_, err := c.Write([]byte{1, 'x'})
+		require.NoError(t, err)
+		got, err := s.Accept()
+		require.NoError(t, err)
+		defer got.Close()
+		buf := make([]byte, 2)
+		_, err = io.ReadFull(got, buf)
+		require.NoError(t, err)
+		require.Equal(t, []byte{1, 'x'}, buf)
+	}
+	forward := func(c net.Conn) {
+		t.Helper()
+		_, err := c.Write([]byte("ping"))
+		require.NoError(t, err)
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err)
+		require.Equal(t, "ping", string(buf))
+	}
+
+	tlsRaft, err := s.Dial(raft.ServerAddress(addr), time.Second)
+	require.NoError(t, err)
+	defer tlsRaft.Close()
+	raftRPC(tlsRaft)
+	plainRaft, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer plainRaft.Close()
+	raftRPC(plainRaft)
+	tlsFwd, err := DialForwardTLS(ctx, addr, time.Second, peerTLS)
+	require.NoError(t, err)
+	defer tlsFwd.Close()
+	forward(tlsFwd)
+	plainFwd, err := DialForward(ctx, addr, time.Second)
+	require.NoError(t, err)
+	defer plainFwd.Close()
+	forward(plainFwd)
+	require.EqualValues(t, 2, plain.Load(), "the two plaintext connections")
+
+	_, err = DialForwardTLS(ctx, addr, time.Second, otherTLS)
+	require.Error(t, err, "a peer of another CA")
+	require.EqualValues(t, 2, served.Load())
 }
