@@ -397,6 +397,9 @@ type Counters struct {
 	TablesApplied  uint64
 	TablesRejected uint64
 	TablesNotSaved uint64
+	// NoProxyHeader counts connections closed for want of a valid PROXY
+	// protocol header (Config.ProxyProtocol).
+	NoProxyHeader uint64
 }
 
 // Counters returns a copy of the balancer-wide totals.
@@ -412,6 +415,7 @@ func (b *Balancer) Counters() Counters {
 		TablesApplied:   c.applied.Load(),
 		TablesRejected:  c.applyFailed.Load(),
 		TablesNotSaved:  c.saveFailed.Load(),
+		NoProxyHeader:   c.noProxyHeader.Load(),
 	}
 	for i, code := range localCodes {
 		if n := c.local[i].Load(); n > 0 {
@@ -431,6 +435,9 @@ type counters struct {
 	applyFailed atomic.Uint64
 	saveFailed  atomic.Uint64
 	local       [len(localCodes)]atomic.Uint64
+	// noProxyHeader counts connections closed for want of a valid PROXY
+	// protocol header (Config.ProxyProtocol).
+	noProxyHeader atomic.Uint64
 }
 
 // Run listens on cfg.ListenAddr and serves until ctx is cancelled.
@@ -440,6 +447,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", b.cfg.ListenAddr, err)
 	}
+	if b.cfg.ProxyProtocol {
+		ln = ProxyProtocolListener(ln, b.cfg.HeaderTimeout)
+	}
 	if b.cfg.TLSListenAddr == "" {
 		return b.Serve(ctx, ln)
 	}
@@ -447,6 +457,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("listen %s: %w", b.cfg.TLSListenAddr, err)
+	}
+	if b.cfg.ProxyProtocol {
+		tln = ProxyProtocolListener(tln, b.cfg.HeaderTimeout)
 	}
 	b.log.Info("serving TLS", "addr", tln.Addr().String())
 	return b.Serve(ctx, MergeListeners(ln, tls.NewListener(tln, b.cfg.TLS)))

@@ -18,6 +18,14 @@ type Config struct {
 	// upstream with X-Forwarded-Proto: https.
 	TLSListenAddr string
 	TLS           *tls.Config
+	// ProxyProtocol makes Run require a PROXY protocol header (v1 or v2)
+	// at the start of every client connection, on both addresses, as
+	// HAProxy's accept-proxy does behind a load balancer that sends one
+	// (HAProxy's send-proxy, an AWS NLB): the source it gives is the
+	// client (X-Forwarded-For, TrustedProxies). A connection without a
+	// valid one within HeaderTimeout is closed; a LOCAL header (the load
+	// balancer's own health check) keeps the socket's peer.
+	ProxyProtocol bool
 	// DataDir, if set, receives every applied table (DataDir/table.json,
 	// written atomically) so a restart can serve the last table without a
 	// controller. See LoadDataDir.

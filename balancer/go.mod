@@ -13,6 +13,7 @@ require (
 	github.com/hostscale/hostscale/controller v0.0.0-00010101000000-000000000000
 	github.com/hostscale/hostscale/internal v0.0.0-00010101000000-000000000000
 	github.com/hostscale/hostscale/proto v0.0.0-00010101000000-000000000000
+	github.com/pires/go-proxyproto v0.15.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/goleak v1.3.0

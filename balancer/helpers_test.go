@@ -47,6 +47,13 @@ func testConfig(t testing.TB) Config {
 // startBalancer serves b on a kernel-chosen loopback port until the test ends.
 func startBalancer(t testing.TB, cfg Config, tbl *Table) (*Balancer, string) {
 	t.Helper()
+	return startBalancerOn(t, cfg, tbl, nil)
+}
+
+// startBalancerOn is startBalancer on the listener wrap makes of the
+// port's (nil: the port's own).
+func startBalancerOn(t testing.TB, cfg Config, tbl *Table, wrap func(net.Listener) net.Listener) (*Balancer, string) {
+	t.Helper()
 	b, err := New(cfg)
 	require.NoError(t, err)
 	if tbl != nil {
@@ -54,6 +61,9 @@ func startBalancer(t testing.TB, cfg Config, tbl *Table) (*Balancer, string) {
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	if wrap != nil {
+		ln = wrap(ln)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Serve(ctx, ln) }()

@@ -56,11 +56,28 @@ func (cc *clientConn) lingerClose() {
 func newClientConn(b *Balancer, c net.Conn) *clientConn {
 	cc := &clientConn{b: b}
 	cc.init(c)
-	ip := peerAddr(c)
-	cc.peer = ip.String()
-	cc.trusted = ip.IsValid() && b.trusted.contains(ip)
 	_, cc.secure = c.(*tls.Conn)
 	return cc
+}
+
+// identify names the client: the socket's peer or, on a connection of a
+// ProxyProtocolListener, the source its PROXY header gives, which it reads
+// (on serve's goroutine, not the accepting one). It reports false, having
+// counted it, for a connection without a valid header.
+func (cc *clientConn) identify() bool {
+	raw := cc.c
+	if tc, ok := raw.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if pc, ok := raw.(*proxiedConn); ok && pc.ProxyHeader() == nil {
+		cc.b.counters.noProxyHeader.Add(1)
+		cc.b.log.Debug("connection without a valid PROXY protocol header closed", "peer", pc.Raw().RemoteAddr().String())
+		return false
+	}
+	ip := peerAddr(cc.c)
+	cc.peer = ip.String()
+	cc.trusted = ip.IsValid() && cc.b.trusted.contains(ip)
+	return true
 }
 
 // close may be called from any goroutine; it unblocks serve.
@@ -77,6 +94,9 @@ func (cc *clientConn) serve() {
 		cc.c.Close()
 		cc.release()
 	}()
+	if !cc.identify() {
+		return
+	}
 	cfg := &cc.b.cfg
 	for first := true; ; first = false {
 		cc.state.Store(stateIdle)

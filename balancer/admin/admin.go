@@ -133,6 +133,7 @@ var (
 	descUnserved = prometheus.NewDesc(ns+"unserved_requests_total", "Requests that found no backend in their pool, held or not.", []string{"pool"}, nil)
 	descConns    = prometheus.NewDesc(ns+"client_connections", "Client connections open.", nil, nil)
 	descAccepted = prometheus.NewDesc(ns+"client_connections_total", "Client connections accepted.", nil, nil)
+	descNoProxy  = prometheus.NewDesc(ns+"proxy_protocol_rejected_total", "Client connections closed for want of a valid PROXY protocol header (-proxy-protocol).", nil, nil)
 	descReqs     = prometheus.NewDesc(ns+"requests_total", "Request heads received.", nil, nil)
 	descLocal    = prometheus.NewDesc(ns+"local_replies_total", "Answers made by the balancer itself, by status code.", []string{"code"}, nil)
 	descRetries  = prometheus.NewDesc(ns+"retries_total", "Requests retried on another backend.", nil, nil)
@@ -180,6 +181,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	k := c.src.Counters()
 	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(k.OpenConnections))
 	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(k.Connections))
+	ch <- prometheus.MustNewConstMetric(descNoProxy, prometheus.CounterValue, float64(k.NoProxyHeader))
 	ch <- prometheus.MustNewConstMetric(descReqs, prometheus.CounterValue, float64(k.Requests))
 	for code, n := range k.LocalReplies {
 		ch <- prometheus.MustNewConstMetric(descLocal, prometheus.CounterValue, float64(n), strconv.Itoa(code))

@@ -82,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
 	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "proxy listen address")
 	fs.StringVar(&c.TLSListenAddr, "tls-listen", "", "also serve clients HTTPS on this `address`, with the certificates of -tls-cert-dir")
+	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2) on every client connection to -listen and -tls-listen, as HAProxy's accept-proxy: its source address is the client's")
 	fs.StringVar(&o.certDir, "tls-cert-dir", "", "`dir`ectory of PEM files, each a certificate chain and its private key, that -tls-listen serves by server name (SNI); SIGHUP reloads it")
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
 	fs.StringVar(&o.tableFile, "table", "", "serve the static table in this JSON `file` (see docs/balancer.md)")

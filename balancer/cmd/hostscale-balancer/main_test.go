@@ -512,3 +512,38 @@ func TestBinary_controllersFeedTablesNewerThanTheStaticOne(t *testing.T) {
 	p.stop(t)
 	require.Contains(t, p.logs(), "controllers="+strings.Join(controllers, ","))
 }
+
+// TestBinary_proxyProtocol: with -proxy-protocol, a request behind a PROXY
+// protocol v1 header reaches the backend with the header's client in
+// X-Forwarded-For; one without is closed unanswered, and /metrics counts
+// it.
+func TestBinary_proxyProtocol(t *testing.T) {
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello "+r.Header.Get("X-Forwarded-For"))
+	}))
+	p := startBinary(t, "-proxy-protocol", "-table", writeTable(t, t.TempDir(), tableJSON(1, be)))
+	send := func(head string) (string, error) {
+		c, err := net.Dial("tcp", p.proxy)
+		require.NoError(t, err)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.WriteString(c, head+"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	body, err := send("PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n")
+	require.NoError(t, err)
+	require.Equal(t, "hello 203.0.113.7", body)
+	_, err = send("")
+	require.Error(t, err, "a request without a PROXY header is answered")
+	require.Eventually(t, func() bool {
+		_, m := get(t, "http://"+p.admin+"/metrics")
+		return strings.Contains(m, "hostscale_balancer_proxy_protocol_rejected_total 1")
+	}, 5*time.Second, 20*time.Millisecond)
+}
