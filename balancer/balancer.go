@@ -400,6 +400,8 @@ type Counters struct {
 	// NoProxyHeader counts connections closed for want of a valid PROXY
 	// protocol header (Config.ProxyProtocol).
 	NoProxyHeader uint64
+	// AccessLogDropped counts access log lines dropped (Config.AccessLog).
+	AccessLogDropped uint64
 }
 
 // Counters returns a copy of the balancer-wide totals.
@@ -421,6 +423,9 @@ func (b *Balancer) Counters() Counters {
 		if n := c.local[i].Load(); n > 0 {
 			out.LocalReplies[code] = n
 		}
+	}
+	if l := b.cfg.AccessLog; l != nil {
+		out.AccessLogDropped = l.Dropped()
 	}
 	return out
 }

@@ -3,9 +3,11 @@ package balancer
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -136,9 +138,25 @@ func rawBackend(b *testing.B) string {
 
 // BenchmarkProxyRoundTrip measures one keep-alive GET through the balancer on
 // loopback, client and backend included.
-func BenchmarkProxyRoundTrip(b *testing.B) {
+func BenchmarkProxyRoundTrip(b *testing.B) { benchRoundTrip(b, testConfig(b)) }
+
+// BenchmarkProxyRoundTrip_accessLog is BenchmarkProxyRoundTrip with a JSON
+// access log written to a file: what a line costs a request.
+func BenchmarkProxyRoundTrip_accessLog(b *testing.B) {
+	l, err := OpenAccessLog(filepath.Join(b.TempDir(), "access.log"), AccessLogJSON)
+	require.NoError(b, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	b.Cleanup(func() { cancel(); require.NoError(b, <-done) })
+	cfg := testConfig(b)
+	cfg.AccessLog = l
+	benchRoundTrip(b, cfg)
+}
+
+func benchRoundTrip(b *testing.B, cfg Config) {
 	addr := rawBackend(b)
-	_, proxy := startBalancer(b, testConfig(b), oneTable(1, "", addr))
+	_, proxy := startBalancer(b, cfg, oneTable(1, "", addr))
 	c, err := net.Dial("tcp", proxy)
 	require.NoError(b, err)
 	defer c.Close()

@@ -24,23 +24,24 @@ var errTrailer = errors.New("too many trailer fields")
 // copyFixed copies n bytes of body from src to dst: first what src has
 // buffered, then straight between the sockets (splice(2) on Linux TCP), with
 // an inactivity timeout per chunk. dst's buffered writer may hold data on
-// return; the caller flushes.
-func copyFixed(dst, src *side, n int64, idle time.Duration) error {
+// return; the caller flushes. It returns the bytes copied.
+func copyFixed(dst, src *side, n int64, idle time.Duration) (int64, error) {
+	want := n
 	if k := src.rd.Buffered(); k > 0 {
 		if int64(k) > n {
 			k = int(n)
 		}
 		if _, err := dst.bw.Write(src.rd.Peek(k)); err != nil {
-			return err
+			return 0, err
 		}
 		src.rd.Discard(k)
 		n -= int64(k)
 	}
 	if n == 0 {
-		return nil
+		return want, nil
 	}
 	if err := flush(dst, idle); err != nil {
-		return err
+		return want - n, err
 	}
 	for n > 0 {
 		now := monoNow()
@@ -56,33 +57,36 @@ func copyFixed(dst, src *side, n int64, idle time.Duration) error {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return err
+			return want - n, err
 		}
 	}
-	return nil
+	return want, nil
 }
 
-// copyUntilEOF copies a close-delimited body.
-func copyUntilEOF(dst, src *side, idle time.Duration) error {
+// copyUntilEOF copies a close-delimited body and returns its bytes.
+func copyUntilEOF(dst, src *side, idle time.Duration) (int64, error) {
+	var copied int64
 	if k := src.rd.Buffered(); k > 0 {
 		if _, err := dst.bw.Write(src.rd.Peek(k)); err != nil {
-			return err
+			return 0, err
 		}
 		src.rd.Discard(k)
+		copied = int64(k)
 	}
 	if err := flush(dst, idle); err != nil {
-		return err
+		return copied, err
 	}
 	for {
 		now := monoNow()
 		src.extendRead(now, idle)
 		dst.extendWrite(now, idle)
 		m, err := io.CopyN(dst.c, src.c, copyChunk)
+		copied += m
 		if err == io.EOF || err == nil && m == 0 {
-			return nil
+			return copied, nil
 		}
 		if err != nil {
-			return err
+			return copied, err
 		}
 	}
 }
@@ -90,31 +94,32 @@ func copyUntilEOF(dst, src *side, idle time.Duration) error {
 // copyChunked copies a chunked body, validating its framing. With rechunk the
 // output is chunked again (normalized: no extensions, no trailers); without,
 // the payload is written bare for an HTTP/1.0 client that reads until close.
-func copyChunked(dst, src *side, rechunk bool, idle time.Duration) error {
+// It returns the payload bytes copied.
+func copyChunked(dst, src *side, rechunk bool, idle time.Duration) (copied int64, err error) {
 	var scratch [20]byte
 	for {
 		if !hasLine(src.rd) {
 			if err := flush(dst, idle); err != nil {
-				return err
+				return copied, err
 			}
 		}
 		src.extendRead(monoNow(), idle)
 		line, err := src.rd.ReadLine(maxChunkLine)
 		if err != nil {
-			return err
+			return copied, err
 		}
 		size, err := h1.ParseChunkSize(line)
 		if err != nil {
-			return err
+			return copied, err
 		}
 		if size == 0 {
 			for i := 0; ; i++ {
 				if i > maxTrailerLines {
-					return errTrailer
+					return copied, errTrailer
 				}
 				line, err := src.rd.ReadLine(maxChunkLine)
 				if err != nil {
-					return err
+					return copied, err
 				}
 				if len(line) == 0 {
 					break
@@ -122,28 +127,30 @@ func copyChunked(dst, src *side, rechunk bool, idle time.Duration) error {
 			}
 			if rechunk {
 				if _, err := dst.bw.WriteString("0\r\n\r\n"); err != nil {
-					return err
+					return copied, err
 				}
 			}
-			return nil
+			return copied, nil
 		}
 		if rechunk {
 			dst.bw.Write(strconv.AppendInt(scratch[:0], size, 16))
 			dst.bw.WriteString("\r\n")
 		}
-		if err := copyFixed(dst, src, size, idle); err != nil {
-			return err
+		m, err := copyFixed(dst, src, size, idle)
+		copied += m
+		if err != nil {
+			return copied, err
 		}
 		line, err = src.rd.ReadLine(maxChunkLine)
 		if err != nil {
-			return err
+			return copied, err
 		}
 		if len(line) != 0 {
-			return h1.ErrMalformed
+			return copied, h1.ErrMalformed
 		}
 		if rechunk {
 			if _, err := dst.bw.WriteString("\r\n"); err != nil {
-				return err
+				return copied, err
 			}
 		}
 	}

@@ -26,6 +26,9 @@ type Config struct {
 	// valid one within HeaderTimeout is closed; a LOCAL header (the load
 	// balancer's own health check) keeps the socket's peer.
 	ProxyProtocol bool
+	// AccessLog, when set, gets a line for every request answered (or
+	// left unanswered); its Run writes them.
+	AccessLog *AccessLog
 	// DataDir, if set, receives every applied table (DataDir/table.json,
 	// written atomically) so a restart can serve the last table without a
 	// controller. See LoadDataDir.

@@ -38,6 +38,8 @@ type clientConn struct {
 	// linger: an error answer was sent while the client may still be
 	// sending; drain before closing so the answer is not lost to a reset.
 	linger bool
+	// rec is the request's access log record, with Config.AccessLog.
+	rec accessRecord
 }
 
 // Lingering close bounds (the answer to a rejected request must reach a
@@ -107,21 +109,47 @@ func (cc *clientConn) serve() {
 		if err != nil {
 			switch {
 			case errors.Is(err, h1.ErrHeadTooLarge):
+				cc.logBegin()
 				cc.replyLocal(431, false)
+				cc.logEnd()
 			case isTimeout(err) && cc.rd.Buffered() > 0:
+				cc.logBegin()
 				cc.replyLocal(408, false)
+				cc.logEnd()
 			}
 			return
 		}
 		cc.state.Store(stateActive)
 		cc.b.counters.requests.Add(1)
+		cc.logBegin()
 		if err := h1.ParseRequest(cc.rd.Peek(headLen), &cc.req, cfg.MaxHeaders); err != nil {
 			cc.replyLocal(statusForParseError(err), false)
+			cc.logEnd()
 			return
 		}
-		if !cc.handle(headLen) {
+		if cc.b.cfg.AccessLog != nil {
+			cc.rec.capture(&cc.req)
+		}
+		keep := cc.handle(headLen)
+		cc.logEnd()
+		if !keep {
 			return
 		}
+	}
+}
+
+// logBegin starts the access log record of a request, with
+// Config.AccessLog.
+func (cc *clientConn) logBegin() {
+	if cc.b.cfg.AccessLog != nil {
+		cc.rec.begin(cc.secure)
+	}
+}
+
+// logEnd logs the request, with Config.AccessLog.
+func (cc *clientConn) logEnd() {
+	if l := cc.b.cfg.AccessLog; l != nil {
+		l.add(&cc.rec, cc.peer, monoNow())
 	}
 }
 
@@ -210,6 +238,7 @@ func (cc *clientConn) handle(headLen int) bool {
 		}
 		return cc.replySkippingBody(code, headLen, false)
 	}
+	cc.rec.pool = ps.state.name
 	if ps.httpsRedirect && !cc.overTLS() {
 		return cc.redirectHTTPS(headLen)
 	}
@@ -376,6 +405,7 @@ func (cc *clientConn) attempt(ps *poolSnap, be *backend, headLen int, replayable
 	start := monoNow()
 	be.stats.enter(start)
 	defer be.stats.leave()
+	cc.rec.pool, cc.rec.backend = be.pool, be.addr
 
 	var uc *upConn
 	if !fresh {
@@ -519,6 +549,7 @@ func (cc *clientConn) attempt(ps *poolSnap, be *backend, headLen int, replayable
 	}
 
 	status := resp.Status
+	cc.rec.status, cc.rec.pool, cc.rec.backend = status, be.pool, be.addr
 	if status == 101 {
 		if !upgrade {
 			uc.c.Close()
@@ -552,15 +583,17 @@ func (cc *clientConn) attempt(ps *poolSnap, be *backend, headLen int, replayable
 	uc.rd.Discard(respLen)
 
 	var err error
+	var sent int64
 	switch {
 	case noBody:
 	case resp.Chunked:
-		err = copyChunked(&cc.side, &uc.side, chunkedOut, cfg.IdleTimeout)
+		sent, err = copyChunked(&cc.side, &uc.side, chunkedOut, cfg.IdleTimeout)
 	case length >= 0:
-		err = copyFixed(&cc.side, &uc.side, length, cfg.IdleTimeout)
+		sent, err = copyFixed(&cc.side, &uc.side, length, cfg.IdleTimeout)
 	default:
-		err = copyUntilEOF(&cc.side, &uc.side, cfg.IdleTimeout)
+		sent, err = copyUntilEOF(&cc.side, &uc.side, cfg.IdleTimeout)
 	}
+	cc.rec.bytes = sent
 	if err == nil {
 		err = flush(&cc.side, cfg.IdleTimeout)
 	}
@@ -600,9 +633,9 @@ func (cc *clientConn) sendBody(uc *upConn, chunked bool, n int64, done chan<- er
 	idle := cc.b.cfg.IdleTimeout
 	var err error
 	if chunked {
-		err = copyChunked(&uc.side, &cc.side, true, idle)
+		_, err = copyChunked(&uc.side, &cc.side, true, idle)
 	} else {
-		err = copyFixed(&uc.side, &cc.side, n, idle)
+		_, err = copyFixed(&uc.side, &cc.side, n, idle)
 	}
 	if err == nil {
 		err = flush(&uc.side, idle)
@@ -760,6 +793,7 @@ func (cc *clientConn) redirectHTTPS(headLen int) bool {
 	}
 	keep := cc.skipRequest(headLen, false)
 	cc.b.counters.local[localIndex(308)].Add(1)
+	cc.rec.status = 308
 	w := cc.bw
 	w.WriteString("HTTP/1.1 308 Permanent Redirect\r\nLocation: https://")
 	w.WriteString(host)
@@ -781,6 +815,7 @@ func (cc *clientConn) writeLocal(code int, keep bool) {
 	i := localIndex(code)
 	cc.b.counters.local[i].Add(1)
 	r := &localReplies[i]
+	cc.rec.status, cc.rec.bytes = code, int64(r.bodyLen)
 	msg := r.close
 	if keep {
 		msg = r.keep
@@ -800,7 +835,10 @@ var localText = map[int]string{
 	500: "Internal Server Error", 308: "Permanent Redirect",
 }
 
-type localReply struct{ keep, close []byte }
+type localReply struct {
+	keep, close []byte
+	bodyLen     int
+}
 
 var localReplies = func() (out [len(localCodes)]localReply) {
 	for i, code := range localCodes {
@@ -809,6 +847,7 @@ var localReplies = func() (out [len(localCodes)]localReply) {
 		head := "HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n" +
 			"Content-Type: text/plain; charset=utf-8\r\n" +
 			"Content-Length: " + strconv.Itoa(len(body)) + "\r\n"
+		out[i].bodyLen = len(body)
 		out[i].keep = []byte(head + "\r\n" + body)
 		out[i].close = []byte(head + "Connection: close\r\n\r\n" + body)
 	}

@@ -134,6 +134,7 @@ var (
 	descConns    = prometheus.NewDesc(ns+"client_connections", "Client connections open.", nil, nil)
 	descAccepted = prometheus.NewDesc(ns+"client_connections_total", "Client connections accepted.", nil, nil)
 	descNoProxy  = prometheus.NewDesc(ns+"proxy_protocol_rejected_total", "Client connections closed for want of a valid PROXY protocol header (-proxy-protocol).", nil, nil)
+	descLogDrop  = prometheus.NewDesc(ns+"access_log_dropped_total", "Access log lines dropped because the file did not take them fast enough (-access-log).", nil, nil)
 	descReqs     = prometheus.NewDesc(ns+"requests_total", "Request heads received.", nil, nil)
 	descLocal    = prometheus.NewDesc(ns+"local_replies_total", "Answers made by the balancer itself, by status code.", []string{"code"}, nil)
 	descRetries  = prometheus.NewDesc(ns+"retries_total", "Requests retried on another backend.", nil, nil)
@@ -182,6 +183,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(k.OpenConnections))
 	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(k.Connections))
 	ch <- prometheus.MustNewConstMetric(descNoProxy, prometheus.CounterValue, float64(k.NoProxyHeader))
+	ch <- prometheus.MustNewConstMetric(descLogDrop, prometheus.CounterValue, float64(k.AccessLogDropped))
 	ch <- prometheus.MustNewConstMetric(descReqs, prometheus.CounterValue, float64(k.Requests))
 	for code, n := range k.LocalReplies {
 		ch <- prometheus.MustNewConstMetric(descLocal, prometheus.CounterValue, float64(n), strconv.Itoa(code))

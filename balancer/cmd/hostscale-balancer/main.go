@@ -82,6 +82,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.String(config.ConfigFlag, "", "read flags from this `file` of key = value lines (flags given on the command line win)")
 	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "proxy listen address")
 	fs.StringVar(&c.TLSListenAddr, "tls-listen", "", "also serve clients HTTPS on this `address`, with the certificates of -tls-cert-dir")
+	accessLog := fs.String("access-log", "", "append a line per request to this `file` (\"-\": standard output); SIGHUP reopens it")
+	accessLogFormat := fs.String("access-log-format", balancer.AccessLogCombined, "`format` of -access-log: combined (Apache's and nginx's) or json")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2) on every client connection to -listen and -tls-listen, as HAProxy's accept-proxy: its source address is the client's")
 	fs.StringVar(&o.certDir, "tls-cert-dir", "", "`dir`ectory of PEM files, each a certificate chain and its private key, that -tls-listen serves by server name (SNI); SIGHUP reloads it")
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
@@ -174,6 +176,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := c.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
+	if *accessLog != "" {
+		if c.AccessLog, err = balancer.OpenAccessLog(*accessLog, *accessLogFormat); err != nil {
+			return nil, usageError{err.Error()}
+		}
+	} else if err := balancer.CheckAccessLogFormat(*accessLogFormat); err != nil {
+		return nil, usageError{err.Error()}
+	}
 	return o, nil
 }
 
@@ -245,6 +254,19 @@ func serve(o *options, log *slog.Logger) error {
 	}
 	log.Info("starting", "version", version.Version, "name", o.name, "controllers", strings.Join(o.controllers, ","))
 
+	if l := o.bal.AccessLog; l != nil {
+		// The log outlives the serving: the last requests' lines are
+		// written once every connection is done.
+		lctx, stopLog := context.WithCancel(context.Background())
+		logDone := make(chan struct{})
+		go func() {
+			defer close(logDone)
+			if err := l.Run(lctx); err != nil {
+				log.Error("close the access log", "err", err)
+			}
+		}()
+		defer func() { stopLog(); <-logDone }()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
@@ -270,7 +292,7 @@ func serve(o *options, log *slog.Logger) error {
 	if w != nil {
 		g.Go(func() error { return w.Run(ctx) })
 	}
-	if o.tableFile != "" || o.certs != nil {
+	if o.tableFile != "" || o.certs != nil || o.bal.AccessLog != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		g.Go(func() error {
@@ -284,6 +306,11 @@ func serve(o *options, log *slog.Logger) error {
 				if o.tableFile != "" {
 					if err := applyFile(b, o.tableFile, log); err != nil {
 						log.Error("reload table", "file", o.tableFile, "err", err)
+					}
+				}
+				if l := o.bal.AccessLog; l != nil {
+					if err := l.Reopen(); err != nil {
+						log.Error("reopen the access log; lines go to the file open", "err", err)
 					}
 				}
 				if o.certs != nil {

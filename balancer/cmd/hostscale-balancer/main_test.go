@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -170,6 +171,9 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", emptyDir}, 2, "-tls-cert-dir: " + emptyDir + ": no .pem file"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", garbageDir}, 2, "-tls-cert-dir: " + filepath.Join(garbageDir, "x.pem") + ": want a certificate and its private key"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", filepath.Join(dir, "nope")}, 2, "-tls-cert-dir: stat " + filepath.Join(dir, "nope")},
+		{[]string{"-access-log-format", "apache"}, 2, `-access-log-format: "apache": expected combined or json`},
+		{[]string{"-access-log", filepath.Join(dir, "nope", "access.log")}, 2, "-access-log: open " + filepath.Join(dir, "nope", "access.log")},
+		{[]string{"-http-tls", "on"}, 2, "-http-tls on: needs -tls-cert and -tls-key"},
 		{[]string{"-stats-interval", "-1s"}, 2, "-stats-interval: -1s must be 0 (no reports) or at least 100ms"},
 		{[]string{"-stats-interval", "50ms"}, 2, "-stats-interval: 50ms must be 0 (no reports) or at least 100ms"},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,
@@ -546,4 +550,46 @@ func TestBinary_proxyProtocol(t *testing.T) {
 		_, m := get(t, "http://"+p.admin+"/metrics")
 		return strings.Contains(m, "hostscale_balancer_proxy_protocol_rejected_total 1")
 	}, 5*time.Second, 20*time.Millisecond)
+}
+
+// TestBinary_accessLog: with -access-log, every request gets a line, JSON
+// here; a SIGHUP after the file was moved away reopens it, and the lines
+// left are written when the balancer stops.
+func TestBinary_accessLog(t *testing.T) {
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	p := startBinary(t, "-access-log", path, "-access-log-format", "json", "-table", writeTable(t, dir, tableJSON(1, be)))
+	code, _ := get(t, "http://"+p.proxy+"/first")
+	require.Equal(t, 200, code)
+	read := func(path string) []map[string]any {
+		b, _ := os.ReadFile(path)
+		var out []map[string]any
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if line == "" {
+				continue
+			}
+			var m map[string]any
+			require.NoError(t, json.Unmarshal([]byte(line), &m), line)
+			out = append(out, m)
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { return len(read(path)) == 1 }, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, "/first", read(path)[0]["target"])
+	require.Equal(t, be, read(path)[0]["backend"])
+
+	require.NoError(t, os.Rename(path, path+".1"))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond, "reopened on SIGHUP")
+	code, _ = get(t, "http://"+p.proxy+"/second")
+	require.Equal(t, 200, code)
+	p.stop(t)
+	second := read(path)
+	require.Len(t, second, 1)
+	require.Equal(t, "/second", second[0]["target"])
+	require.Len(t, read(path+".1"), 1)
 }
