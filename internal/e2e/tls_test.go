@@ -384,3 +384,45 @@ func httpGet(t *testing.T, url string) string {
 	require.NoError(t, err)
 	return string(body)
 }
+
+// TestSIGHUP_neverStopsABinary: a SIGHUP, as a log rotation's postrotate
+// sends to every daemon, reaches the controllers, an agent and a balancer
+// that have nothing to reload; each logs it and goes on serving.
+func TestSIGHUP_neverStopsABinary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFleet(t, ctx, 1)
+	f.createPool("web", 1, nil)
+	f.waitRouted(f.settled("web", 1, 30*time.Second), 10*time.Second)
+	var agent *agentProc
+	for _, a := range f.agents {
+		agent = a
+	}
+	for _, n := range f.cl.Nodes() {
+		n.Signal(syscall.SIGHUP)
+	}
+	require.NoError(t, agent.cmd.Process.Signal(syscall.SIGHUP))
+	require.NoError(t, f.balancer.cmd.Process.Signal(syscall.SIGHUP))
+	const logged = "SIGHUP: no TLS files to reload"
+	for _, n := range f.cl.Nodes() {
+		require.Eventually(t, func() bool { return strings.Contains(n.Log(), logged) }, 10*time.Second, 20*time.Millisecond, n.ID)
+		require.True(t, n.Running(), "%s stopped on SIGHUP", n.ID)
+	}
+	for _, p := range []*proc{agent.proc, f.balancer} {
+		require.Eventually(t, func() bool { return strings.Contains(p.log(), logged) }, 10*time.Second, 20*time.Millisecond, p.name)
+		select {
+		case <-p.done:
+			t.Fatalf("%s stopped on SIGHUP: %s", p.name, tail(p.log(), 20))
+		default:
+		}
+	}
+	_, _, err := f.cl.WaitLeader(ctx, 10*time.Second)
+	require.NoError(t, err)
+	resp, err := http.Get("http://" + f.lbAddr + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	_, err = f.pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 2})
+	require.NoError(t, err)
+	f.settled("web", 2, 30*time.Second)
+}

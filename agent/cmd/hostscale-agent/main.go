@@ -305,9 +305,7 @@ func serve(o options, stderr io.Writer) error {
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if o.identity != nil {
-		go tlsx.ReloadOnSIGHUP(ctx, o.identity, logger)
-	}
+	go tlsx.ReloadOnSIGHUP(ctx, o.identity, logger)
 	logger.Info("agent starting", "version", version.Version, "controllers", strings.Join(o.controllers, ","),
 		"interval", o.interval, "buffer_samples", ssc.BufferSize, "http_addr", addrOf(adm))
 

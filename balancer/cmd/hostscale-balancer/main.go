@@ -285,9 +285,7 @@ func serve(o *options, log *slog.Logger) error {
 		}
 		return err
 	})
-	if o.identity != nil {
-		g.Go(func() error { tlsx.ReloadOnSIGHUP(ctx, o.identity, log); return nil })
-	}
+	g.Go(func() error { tlsx.ReloadOnSIGHUP(ctx, o.identity, log); return nil })
 	g.Go(func() error { return adm.Run(ctx) })
 	if w != nil {
 		g.Go(func() error { return w.Run(ctx) })

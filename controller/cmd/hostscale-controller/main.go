@@ -52,9 +52,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if id != nil {
-		go tlsx.ReloadOnSIGHUP(ctx, id, logger)
-	}
+	go tlsx.ReloadOnSIGHUP(ctx, id, logger)
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("stopped with error", "err", err)
 		return 1
