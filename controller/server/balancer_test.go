@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -70,4 +71,74 @@ func TestBalancer_watchThroughFollowerGetsEveryCommittedTable(t *testing.T) {
 	require.NoError(t, err)
 	_, err = bad.Recv()
 	require.Equal(t, codes.InvalidArgument, status.Code(err))
+}
+
+// TestBalancer_listBalancers: the leader lists the balancers it heard
+// from, through any controller: the version each acknowledged, in sync
+// or not, with a refusal's reason, and its last stats report; a balancer
+// that leaves is no longer listed; pages follow the names.
+func TestBalancer_listBalancers(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+	created, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web", "10.0.0.1:80")})
+	require.NoError(t, err)
+	lbs := pb.NewBalancerServiceClient(f.Conn())
+	now := &pb.TableVersion{Term: 0, Index: created.Index}
+	list := func() *pb.ListBalancersResponse {
+		resp, err := lbs.ListBalancers(ctx, &pb.ListBalancersRequest{})
+		require.NoError(t, err)
+		return resp
+	}
+	require.Empty(t, list().Balancers)
+	current := list().TableVersion
+	require.Equal(t, created.Index, current.Index)
+	now.Term = current.Term
+
+	_, err = lbs.AckTable(ctx, &pb.AckTableRequest{Balancer: "lb-a", Version: now})
+	require.NoError(t, err)
+	_, err = lbs.AckTable(ctx, &pb.AckTableRequest{Balancer: "lb-b", Version: &pb.TableVersion{Term: now.Term, Index: now.Index - 1}, Error: "pools[0]: bad"})
+	require.NoError(t, err)
+	_, err = lbs.ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb-c", Started: timestamppb.Now()})
+	require.NoError(t, err)
+	_, err = lbs.ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb-a"})
+	require.NoError(t, err)
+
+	resp := list()
+	require.Equal(t, leader.ID, resp.Leader)
+	require.Len(t, resp.Balancers, 3)
+	a, b, cc := resp.Balancers[0], resp.Balancers[1], resp.Balancers[2]
+	require.Equal(t, "lb-a", a.Name)
+	require.True(t, a.InSync)
+	require.NotNil(t, a.AckedAt)
+	require.NotNil(t, a.ReportedAt)
+	require.Nil(t, a.Started, "an older balancer sends no start")
+	require.Equal(t, "lb-b", b.Name)
+	require.False(t, b.InSync)
+	require.Equal(t, "pools[0]: bad", b.AckError)
+	require.Nil(t, b.ReportedAt)
+	require.Equal(t, "lb-c", cc.Name)
+	require.Nil(t, cc.AckedVersion)
+	require.False(t, cc.InSync)
+	require.NotNil(t, cc.Started)
+
+	page, err := lbs.ListBalancers(ctx, &pb.ListBalancersRequest{PageSize: 2})
+	require.NoError(t, err)
+	require.Len(t, page.Balancers, 2)
+	page, err = lbs.ListBalancers(ctx, &pb.ListBalancersRequest{PageSize: 2, PageToken: page.NextPageToken})
+	require.NoError(t, err)
+	require.Len(t, page.Balancers, 1)
+	require.Equal(t, "lb-c", page.Balancers[0].Name)
+	require.Empty(t, page.NextPageToken)
+	_, err = lbs.ListBalancers(ctx, &pb.ListBalancersRequest{PageToken: "garbage!"})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+
+	_, err = lbs.ReportStats(ctx, &pb.ReportStatsRequest{Balancer: "lb-a", Leaving: true})
+	require.NoError(t, err)
+	var names []string
+	for _, b := range list().Balancers {
+		names = append(names, b.Name)
+	}
+	require.Equal(t, []string{"lb-b", "lb-c"}, names, "lb-a left")
 }

@@ -61,6 +61,8 @@ commands:
   events POOL [-acted]            the autoscaler's evaluations of a pool, newest first: why it scaled
   traffic [POOL] [-window 1m]     each pool's requests/s, errors, latency and requests in flight at the
                                   balancers; with POOL, per backend too
+  balancers                       the balancers the leader heard from: the table each applied, in sync
+                                  or not, and their last stats report
   load [-rates 20,100,200,0] [-step 30s] [-url http://127.0.0.1:8080/]
                                   send requests at each rate for a step, printing what answered
   drain NODE                      move a node's instances elsewhere; no new placements
@@ -153,7 +155,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn),
+	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), lbs: pb.NewBalancerServiceClient(conn), nodes: pb.NewNodeServiceClient(conn),
 		alerts: pb.NewAlertServiceClient(conn), out: stdout, json: *asJSON}
 	err = c.do(ctx, fs.Args())
 	var ue usageError
@@ -186,6 +188,7 @@ func envOr(k, def string) string {
 type cli struct {
 	cluster pb.ClusterServiceClient
 	pools   pb.PoolServiceClient
+	lbs     pb.BalancerServiceClient
 	nodes   pb.NodeServiceClient
 	alerts  pb.AlertServiceClient
 	out     io.Writer
@@ -405,6 +408,11 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		return w.Flush()
 	case "traffic":
 		return c.traffic(ctx, rest)
+	case "balancers":
+		if err := nargs(0, 0); err != nil {
+			return err
+		}
+		return c.balancers(ctx)
 	case "load":
 		return c.load(ctx, rest)
 	case "drain", "undrain":
@@ -720,6 +728,51 @@ func (c *cli) traffic(ctx context.Context, args []string) error {
 		fmt.Fprintf(w, "%s\t%s\t%.1f\t%.1f\t%.1f\n", b.Address, orDash(b.Instance), b.RequestRate, b.ErrorRate, b.InFlight)
 	}
 	return w.Flush()
+}
+
+// balancers prints the balancers the leader heard from.
+func (c *cli) balancers(ctx context.Context) error {
+	req := &pb.ListBalancersRequest{PageSize: 1000}
+	resp := &pb.ListBalancersResponse{}
+	if err := readPages(func(token string) (string, error) {
+		req.PageToken = token
+		page, err := c.lbs.ListBalancers(ctx, req)
+		resp.Balancers = append(resp.Balancers, page.GetBalancers()...)
+		resp.Index, resp.TableVersion, resp.Leader = page.GetIndex(), page.GetTableVersion(), page.GetLeader()
+		return page.GetNextPageToken(), err
+	}); err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(resp)
+	}
+	version := func(v *pb.TableVersion) string {
+		if v == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%d/%d", v.Term, v.Index)
+	}
+	ago := func(t interface{ AsTime() time.Time }, set bool) string {
+		if !set {
+			return "-"
+		}
+		return time.Since(t.AsTime()).Round(100*time.Millisecond).String() + " ago"
+	}
+	w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tTABLE\tIN SYNC\tACKED\tREPORTED\tERROR")
+	for _, b := range resp.Balancers {
+		sync := "no"
+		if b.InSync {
+			sync = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", b.Name, version(b.AckedVersion), sync,
+			ago(b.AckedAt, b.AckedAt != nil), ago(b.ReportedAt, b.ReportedAt != nil), orDash(b.AckError))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "table in force %s, from the leader %s\n", version(resp.TableVersion), resp.Leader)
+	return nil
 }
 
 // ms writes a latency in ms, "-" for none.

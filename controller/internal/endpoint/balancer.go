@@ -3,6 +3,7 @@ package endpoint
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/internal/autoscale"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
@@ -248,6 +250,62 @@ func (s *Balancers) ReportStats(ctx context.Context, req *pb.ReportStatsRequest)
 	return resp, nil
 }
 
+// balancerForget is how long after its last acknowledgement and report
+// ListBalancers stops listing a balancer: lbstats' own memory on the leader.
+const balancerForget = 11 * time.Minute
+
+// ListBalancers lists, on the leader, the balancers it heard from.
+func (s *Balancers) ListBalancers(ctx context.Context, req *pb.ListBalancersRequest) (*pb.ListBalancersResponse, error) {
+	size, after, err := pageArgs(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListBalancersResponse{}
+	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
+		return orNil(resp, err)
+	}
+	now := time.Now()
+	acks, reports := s.Acks.All(), s.Stats.Balancers()
+	byName := map[string]*pb.BalancerStatus{}
+	status := func(name string) *pb.BalancerStatus {
+		if byName[name] == nil {
+			byName[name] = &pb.BalancerStatus{Name: name}
+		}
+		return byName[name]
+	}
+	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
+		resp.TableVersion = &pb.TableVersion{Term: st.PoolsTerm, Index: st.PoolsIndex}
+	})
+	for name, ack := range acks {
+		if name <= after || now.Sub(ack.Time) > balancerForget {
+			continue
+		}
+		b := status(name)
+		b.AckedVersion, b.AckedAt, b.AckError = ack.Version, timestamppb.New(ack.Time), ack.Error
+		b.InSync = ack.Version.GetIndex() == resp.TableVersion.Index && ack.Error == ""
+	}
+	for name, r := range reports {
+		if name <= after {
+			continue
+		}
+		b := status(name)
+		b.ReportedAt = timestamppb.New(r.At)
+		if !r.Started.IsZero() {
+			b.Started = timestamppb.New(r.Started)
+		}
+	}
+	names := slices.Sorted(maps.Keys(byName))
+	if len(names) > size {
+		names = names[:size]
+		resp.NextPageToken = pageToken(names[size-1])
+	}
+	for _, n := range names {
+		resp.Balancers = append(resp.Balancers, byName[n])
+	}
+	resp.Leader = s.Core.ID
+	return resp, nil
+}
+
 // TableAcks remembers the newest version each balancer acknowledged to
 // this controller. It is safe for concurrent use.
 type TableAcks struct {
@@ -279,6 +337,13 @@ func (a *TableAcks) Record(balancer string, v *pb.TableVersion, errText string) 
 	a.acks[balancer] = Ack{Version: proto.Clone(v).(*pb.TableVersion), Error: errText, Time: time.Now()}
 	close(a.notify)
 	a.notify = make(chan struct{})
+}
+
+// All returns every balancer's last acknowledgement, by name.
+func (a *TableAcks) All() map[string]Ack {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.acks)
 }
 
 // Get returns a balancer's last acknowledgement.

@@ -47,8 +47,9 @@ type Store struct {
 	// (Forget) had shown: the pool's idle time still counts from it.
 	leftActive map[string]time.Time
 	// started is, by balancer, the start of its counters in its last
-	// report (ReportStatsRequest.started).
-	started map[string]time.Time
+	// report (ReportStatsRequest.started); reported, when that report came.
+	started  map[string]time.Time
+	reported map[string]time.Time
 	// pruneAt is when series nobody reports are next looked for.
 	pruneAt time.Time
 	// demand is signalled when a report shows requests that found no
@@ -75,7 +76,7 @@ type activity struct {
 // New returns a store keeping keep of history.
 func New(keep time.Duration) *Store {
 	return &Store{Keep: keep, series: map[string]*series{}, byPool: map[string]map[string]*series{},
-		activity: map[string]map[string]*activity{}, leftActive: map[string]time.Time{}, started: map[string]time.Time{}, demand: make(chan struct{}, 1)}
+		activity: map[string]map[string]*activity{}, leftActive: map[string]time.Time{}, started: map[string]time.Time{}, reported: map[string]time.Time{}, demand: make(chan struct{}, 1)}
 }
 
 // Demand is signalled, without blocking, after a report showing requests
@@ -124,6 +125,7 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 		}
 		s.started[balancer] = started
 	}
+	s.reported[balancer] = at
 	for _, b := range req.Backends {
 		k := balancer + "\x00" + b.Pool + "\x00" + b.Address
 		sr := s.series[k]
@@ -216,6 +218,16 @@ func (s *Store) Record(balancer string, at time.Time, req *pb.ReportStatsRequest
 	for pool, t := range s.leftActive {
 		if at.Sub(t) > s.Keep {
 			delete(s.leftActive, pool)
+		}
+	}
+	for b, t := range s.reported {
+		if at.Sub(t) > s.Keep {
+			delete(s.reported, b)
+		}
+	}
+	for b := range s.started {
+		if _, ok := s.reported[b]; !ok && !s.hasSeries(b) {
+			delete(s.started, b)
 		}
 	}
 }
@@ -469,6 +481,9 @@ func Quantile(bounds []float64, counts []uint64, q float64) float64 {
 func (s *Store) Forget(balancer string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// started stays while its series do: a new process under the same
+	// name must still start them again.
+	delete(s.reported, balancer)
 	for pool, byBalancer := range s.activity {
 		if a := byBalancer[balancer]; a != nil && a.active.After(s.leftActive[pool]) {
 			s.leftActive[pool] = a.active
@@ -489,4 +504,31 @@ func (s *Store) Reset() {
 	s.activity = map[string]map[string]*activity{}
 	s.leftActive = map[string]time.Time{}
 	s.started = map[string]time.Time{}
+	s.reported = map[string]time.Time{}
+}
+
+// hasSeries reports whether any series of balancer is kept.
+func (s *Store) hasSeries(balancer string) bool {
+	for k := range s.series {
+		if strings.HasPrefix(k, balancer+"\x00") {
+			return true
+		}
+	}
+	return false
+}
+
+// BalancerReport is when a balancer's last report came, and the start of
+// its counters it gave (zero when it gave none).
+type BalancerReport struct{ At, Started time.Time }
+
+// Balancers returns the last report of each balancer heard from within
+// Keep, and not forgotten, by name.
+func (s *Store) Balancers() map[string]BalancerReport {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]BalancerReport, len(s.reported))
+	for b, at := range s.reported {
+		out[b] = BalancerReport{At: at, Started: s.started[b]}
+	}
+	return out
 }

@@ -798,6 +798,238 @@ func (*ReportStatsResponse) Descriptor() ([]byte, []int) {
 	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{11}
 }
 
+type ListBalancersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many balancers (default 100, at most 1000).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBalancersRequest) Reset() {
+	*x = ListBalancersRequest{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBalancersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBalancersRequest) ProtoMessage() {}
+
+func (x *ListBalancersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBalancersRequest.ProtoReflect.Descriptor instead.
+func (*ListBalancersRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListBalancersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListBalancersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// BalancerStatus is what the leader knows of one balancer.
+type BalancerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The newest table version it acknowledged, and when it last did;
+	// unset before its first acknowledgement.
+	AckedVersion *TableVersion          `protobuf:"bytes,2,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
+	AckedAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"`
+	// Why it refused the last table it was sent; empty when it applied it.
+	AckError string `protobuf:"bytes,4,opt,name=ack_error,json=ackError,proto3" json:"ack_error,omitempty"`
+	// Whether acked_version is the table in force.
+	InSync bool `protobuf:"varint,5,opt,name=in_sync,json=inSync,proto3" json:"in_sync,omitempty"`
+	// Its last stats report, and when its counters started (its process's
+	// start); unset before its first report.
+	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	Started       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started,proto3" json:"started,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalancerStatus) Reset() {
+	*x = BalancerStatus{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalancerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalancerStatus) ProtoMessage() {}
+
+func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalancerStatus.ProtoReflect.Descriptor instead.
+func (*BalancerStatus) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BalancerStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BalancerStatus) GetAckedVersion() *TableVersion {
+	if x != nil {
+		return x.AckedVersion
+	}
+	return nil
+}
+
+func (x *BalancerStatus) GetAckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckedAt
+	}
+	return nil
+}
+
+func (x *BalancerStatus) GetAckError() string {
+	if x != nil {
+		return x.AckError
+	}
+	return ""
+}
+
+func (x *BalancerStatus) GetInSync() bool {
+	if x != nil {
+		return x.InSync
+	}
+	return false
+}
+
+func (x *BalancerStatus) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
+func (x *BalancerStatus) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+type ListBalancersResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Balancers []*BalancerStatus      `protobuf:"bytes,1,rep,name=balancers,proto3" json:"balancers,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Index         uint64 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// The table in force on the leader.
+	TableVersion *TableVersion `protobuf:"bytes,4,opt,name=table_version,json=tableVersion,proto3" json:"table_version,omitempty"`
+	// The leader that answered.
+	Leader        string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBalancersResponse) Reset() {
+	*x = ListBalancersResponse{}
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBalancersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBalancersResponse) ProtoMessage() {}
+
+func (x *ListBalancersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_balancer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBalancersResponse.ProtoReflect.Descriptor instead.
+func (*ListBalancersResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_balancer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListBalancersResponse) GetBalancers() []*BalancerStatus {
+	if x != nil {
+		return x.Balancers
+	}
+	return nil
+}
+
+func (x *ListBalancersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListBalancersResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ListBalancersResponse) GetTableVersion() *TableVersion {
+	if x != nil {
+		return x.TableVersion
+	}
+	return nil
+}
+
+func (x *ListBalancersResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
 var File_hostscale_v1_balancer_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_balancer_proto_rawDesc = "" +
@@ -856,12 +1088,32 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
 	"\awaiting\x18\x02 \x01(\rR\awaiting\x12\x1a\n" +
 	"\bunserved\x18\x03 \x01(\x04R\bunserved\"\x15\n" +
-	"\x13ReportStatsResponse2\x83\x02\n" +
+	"\x13ReportStatsResponse\"R\n" +
+	"\x14ListBalancersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xc5\x02\n" +
+	"\x0eBalancerStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12?\n" +
+	"\racked_version\x18\x02 \x01(\v2\x1a.hostscale.v1.TableVersionR\fackedVersion\x125\n" +
+	"\backed_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aackedAt\x12\x1b\n" +
+	"\tack_error\x18\x04 \x01(\tR\backError\x12\x17\n" +
+	"\ain_sync\x18\x05 \x01(\bR\x06inSync\x12;\n" +
+	"\vreported_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\x124\n" +
+	"\astarted\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\astarted\"\xea\x01\n" +
+	"\x15ListBalancersResponse\x12:\n" +
+	"\tbalancers\x18\x01 \x03(\v2\x1c.hostscale.v1.BalancerStatusR\tbalancers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\x12?\n" +
+	"\rtable_version\x18\x04 \x01(\v2\x1a.hostscale.v1.TableVersionR\ftableVersion\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\tR\x06leader2\xdd\x02\n" +
 	"\x0fBalancerService\x12Q\n" +
 	"\n" +
 	"WatchTable\x12\x1f.hostscale.v1.WatchTableRequest\x1a .hostscale.v1.WatchTableResponse0\x01\x12I\n" +
 	"\bAckTable\x12\x1d.hostscale.v1.AckTableRequest\x1a\x1e.hostscale.v1.AckTableResponse\x12R\n" +
-	"\vReportStats\x12 .hostscale.v1.ReportStatsRequest\x1a!.hostscale.v1.ReportStatsResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\vReportStats\x12 .hostscale.v1.ReportStatsRequest\x1a!.hostscale.v1.ReportStatsResponse\x12X\n" +
+	"\rListBalancers\x12\".hostscale.v1.ListBalancersRequest\x1a#.hostscale.v1.ListBalancersResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_balancer_proto_rawDescOnce sync.Once
@@ -875,7 +1127,7 @@ func file_hostscale_v1_balancer_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_balancer_proto_rawDescData
 }
 
-var file_hostscale_v1_balancer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_hostscale_v1_balancer_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_hostscale_v1_balancer_proto_goTypes = []any{
 	(*TableVersion)(nil),          // 0: hostscale.v1.TableVersion
 	(*TableBackend)(nil),          // 1: hostscale.v1.TableBackend
@@ -889,34 +1141,45 @@ var file_hostscale_v1_balancer_proto_goTypes = []any{
 	(*ReportStatsRequest)(nil),    // 9: hostscale.v1.ReportStatsRequest
 	(*PoolCounters)(nil),          // 10: hostscale.v1.PoolCounters
 	(*ReportStatsResponse)(nil),   // 11: hostscale.v1.ReportStatsResponse
-	(Policy)(0),                   // 12: hostscale.v1.Policy
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*ListBalancersRequest)(nil),  // 12: hostscale.v1.ListBalancersRequest
+	(*BalancerStatus)(nil),        // 13: hostscale.v1.BalancerStatus
+	(*ListBalancersResponse)(nil), // 14: hostscale.v1.ListBalancersResponse
+	(Policy)(0),                   // 15: hostscale.v1.Policy
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_hostscale_v1_balancer_proto_depIdxs = []int32{
-	12, // 0: hostscale.v1.TablePool.policy:type_name -> hostscale.v1.Policy
+	15, // 0: hostscale.v1.TablePool.policy:type_name -> hostscale.v1.Policy
 	1,  // 1: hostscale.v1.TablePool.backends:type_name -> hostscale.v1.TableBackend
-	13, // 2: hostscale.v1.TablePool.hold_when_empty:type_name -> google.protobuf.Duration
+	16, // 2: hostscale.v1.TablePool.hold_when_empty:type_name -> google.protobuf.Duration
 	0,  // 3: hostscale.v1.Table.version:type_name -> hostscale.v1.TableVersion
 	2,  // 4: hostscale.v1.Table.pools:type_name -> hostscale.v1.TablePool
 	0,  // 5: hostscale.v1.WatchTableRequest.have:type_name -> hostscale.v1.TableVersion
 	3,  // 6: hostscale.v1.WatchTableResponse.table:type_name -> hostscale.v1.Table
 	0,  // 7: hostscale.v1.AckTableRequest.version:type_name -> hostscale.v1.TableVersion
-	14, // 8: hostscale.v1.ReportStatsRequest.time:type_name -> google.protobuf.Timestamp
+	17, // 8: hostscale.v1.ReportStatsRequest.time:type_name -> google.protobuf.Timestamp
 	8,  // 9: hostscale.v1.ReportStatsRequest.backends:type_name -> hostscale.v1.BackendCounters
 	10, // 10: hostscale.v1.ReportStatsRequest.pools:type_name -> hostscale.v1.PoolCounters
-	14, // 11: hostscale.v1.ReportStatsRequest.started:type_name -> google.protobuf.Timestamp
-	4,  // 12: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
-	6,  // 13: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
-	9,  // 14: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
-	5,  // 15: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
-	7,  // 16: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
-	11, // 17: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	17, // 11: hostscale.v1.ReportStatsRequest.started:type_name -> google.protobuf.Timestamp
+	0,  // 12: hostscale.v1.BalancerStatus.acked_version:type_name -> hostscale.v1.TableVersion
+	17, // 13: hostscale.v1.BalancerStatus.acked_at:type_name -> google.protobuf.Timestamp
+	17, // 14: hostscale.v1.BalancerStatus.reported_at:type_name -> google.protobuf.Timestamp
+	17, // 15: hostscale.v1.BalancerStatus.started:type_name -> google.protobuf.Timestamp
+	13, // 16: hostscale.v1.ListBalancersResponse.balancers:type_name -> hostscale.v1.BalancerStatus
+	0,  // 17: hostscale.v1.ListBalancersResponse.table_version:type_name -> hostscale.v1.TableVersion
+	4,  // 18: hostscale.v1.BalancerService.WatchTable:input_type -> hostscale.v1.WatchTableRequest
+	6,  // 19: hostscale.v1.BalancerService.AckTable:input_type -> hostscale.v1.AckTableRequest
+	9,  // 20: hostscale.v1.BalancerService.ReportStats:input_type -> hostscale.v1.ReportStatsRequest
+	12, // 21: hostscale.v1.BalancerService.ListBalancers:input_type -> hostscale.v1.ListBalancersRequest
+	5,  // 22: hostscale.v1.BalancerService.WatchTable:output_type -> hostscale.v1.WatchTableResponse
+	7,  // 23: hostscale.v1.BalancerService.AckTable:output_type -> hostscale.v1.AckTableResponse
+	11, // 24: hostscale.v1.BalancerService.ReportStats:output_type -> hostscale.v1.ReportStatsResponse
+	14, // 25: hostscale.v1.BalancerService.ListBalancers:output_type -> hostscale.v1.ListBalancersResponse
+	22, // [22:26] is the sub-list for method output_type
+	18, // [18:22] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_balancer_proto_init() }
@@ -932,7 +1195,7 @@ func file_hostscale_v1_balancer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_balancer_proto_rawDesc), len(file_hostscale_v1_balancer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BalancerService_WatchTable_FullMethodName  = "/hostscale.v1.BalancerService/WatchTable"
-	BalancerService_AckTable_FullMethodName    = "/hostscale.v1.BalancerService/AckTable"
-	BalancerService_ReportStats_FullMethodName = "/hostscale.v1.BalancerService/ReportStats"
+	BalancerService_WatchTable_FullMethodName    = "/hostscale.v1.BalancerService/WatchTable"
+	BalancerService_AckTable_FullMethodName      = "/hostscale.v1.BalancerService/AckTable"
+	BalancerService_ReportStats_FullMethodName   = "/hostscale.v1.BalancerService/ReportStats"
+	BalancerService_ListBalancers_FullMethodName = "/hostscale.v1.BalancerService/ListBalancers"
 )
 
 // BalancerServiceClient is the client API for BalancerService service.
@@ -42,6 +43,12 @@ type BalancerServiceClient interface {
 	// ReportStats sends a balancer's per-backend counters (cumulative) to
 	// the leader, for the autoscaler; a follower passes them on.
 	ReportStats(ctx context.Context, in *ReportStatsRequest, opts ...grpc.CallOption) (*ReportStatsResponse, error)
+	// ListBalancers lists the balancers the leader has heard from in the
+	// last 11 minutes, by name: the table version each acknowledged, and
+	// its last stats report. It is served by the leader, from memory (a
+	// new leader knows a balancer once it acknowledges or reports, within
+	// seconds); a follower asks the leader.
+	ListBalancers(ctx context.Context, in *ListBalancersRequest, opts ...grpc.CallOption) (*ListBalancersResponse, error)
 }
 
 type balancerServiceClient struct {
@@ -91,6 +98,16 @@ func (c *balancerServiceClient) ReportStats(ctx context.Context, in *ReportStats
 	return out, nil
 }
 
+func (c *balancerServiceClient) ListBalancers(ctx context.Context, in *ListBalancersRequest, opts ...grpc.CallOption) (*ListBalancersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBalancersResponse)
+	err := c.cc.Invoke(ctx, BalancerService_ListBalancers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BalancerServiceServer is the server API for BalancerService service.
 // All implementations must embed UnimplementedBalancerServiceServer
 // for forward compatibility.
@@ -109,6 +126,12 @@ type BalancerServiceServer interface {
 	// ReportStats sends a balancer's per-backend counters (cumulative) to
 	// the leader, for the autoscaler; a follower passes them on.
 	ReportStats(context.Context, *ReportStatsRequest) (*ReportStatsResponse, error)
+	// ListBalancers lists the balancers the leader has heard from in the
+	// last 11 minutes, by name: the table version each acknowledged, and
+	// its last stats report. It is served by the leader, from memory (a
+	// new leader knows a balancer once it acknowledges or reports, within
+	// seconds); a follower asks the leader.
+	ListBalancers(context.Context, *ListBalancersRequest) (*ListBalancersResponse, error)
 	mustEmbedUnimplementedBalancerServiceServer()
 }
 
@@ -127,6 +150,9 @@ func (UnimplementedBalancerServiceServer) AckTable(context.Context, *AckTableReq
 }
 func (UnimplementedBalancerServiceServer) ReportStats(context.Context, *ReportStatsRequest) (*ReportStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportStats not implemented")
+}
+func (UnimplementedBalancerServiceServer) ListBalancers(context.Context, *ListBalancersRequest) (*ListBalancersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBalancers not implemented")
 }
 func (UnimplementedBalancerServiceServer) mustEmbedUnimplementedBalancerServiceServer() {}
 func (UnimplementedBalancerServiceServer) testEmbeddedByValue()                         {}
@@ -196,6 +222,24 @@ func _BalancerService_ReportStats_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BalancerService_ListBalancers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBalancersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BalancerServiceServer).ListBalancers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BalancerService_ListBalancers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BalancerServiceServer).ListBalancers(ctx, req.(*ListBalancersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BalancerService_ServiceDesc is the grpc.ServiceDesc for BalancerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -210,6 +254,10 @@ var BalancerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportStats",
 			Handler:    _BalancerService_ReportStats_Handler,
+		},
+		{
+			MethodName: "ListBalancers",
+			Handler:    _BalancerService_ListBalancers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
