@@ -294,8 +294,22 @@ func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
 	lb2 = start()
 	last = serve()
 	reported()
+	listed := func() map[string]*pb.BalancerStatus {
+		t.Helper()
+		resp, err := pb.NewBalancerServiceClient(f.leader().Conn()).ListBalancers(ctx, &pb.ListBalancersRequest{})
+		require.NoError(t, err)
+		out := map[string]*pb.BalancerStatus{}
+		for _, b := range resp.Balancers {
+			out[b.Name] = b
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { b := listed()["lb2"]; return b != nil && b.InSync && b.ReportedAt != nil },
+		10*time.Second, 50*time.Millisecond, "lb2 listed, in sync, reporting")
 	lb2.stop(t)
 	require.Contains(t, lb2.log(), "left the controllers")
+	require.Nil(t, listed()["lb2"], "lb2 is no longer listed once it left")
+	require.NotNil(t, listed()["lb1"])
 	f.settled("web", 0, 30*time.Second)
 	t.Logf("scaled to zero %v after lb2's last request, lb2 having left", time.Since(last).Round(time.Millisecond))
 	idle := f.lastActed("web")
