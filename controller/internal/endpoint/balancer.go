@@ -267,7 +267,7 @@ func (s *Balancers) ListBalancers(ctx context.Context, req *pb.ListBalancersRequ
 	now := time.Now()
 	acks, reports := s.Acks.All(), s.Stats.Balancers()
 	byName := map[string]*pb.BalancerStatus{}
-	status := func(name string) *pb.BalancerStatus {
+	entry := func(name string) *pb.BalancerStatus {
 		if byName[name] == nil {
 			byName[name] = &pb.BalancerStatus{Name: name}
 		}
@@ -280,7 +280,7 @@ func (s *Balancers) ListBalancers(ctx context.Context, req *pb.ListBalancersRequ
 		if name <= after || now.Sub(ack.Time) > balancerForget {
 			continue
 		}
-		b := status(name)
+		b := entry(name)
 		b.AckedVersion, b.AckedAt, b.AckError = ack.Version, timestamppb.New(ack.Time), ack.Error
 		b.InSync = ack.Version.GetIndex() == resp.TableVersion.Index && ack.Error == ""
 	}
@@ -288,7 +288,7 @@ func (s *Balancers) ListBalancers(ctx context.Context, req *pb.ListBalancersRequ
 		if name <= after {
 			continue
 		}
-		b := status(name)
+		b := entry(name)
 		b.ReportedAt = timestamppb.New(r.At)
 		if !r.Started.IsZero() {
 			b.Started = timestamppb.New(r.Started)
