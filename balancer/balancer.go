@@ -35,6 +35,9 @@ type Balancer struct {
 	dialer    net.Dialer
 	snap      atomic.Pointer[snapshot]
 	counters  counters
+	// slots holds a token per client connection open, with
+	// Config.MaxConns; nil without a bound.
+	slots chan struct{}
 
 	// applyMu serializes Apply and guards the registries below. The request
 	// path never takes it: it reads snap.
@@ -107,6 +110,9 @@ func New(cfg Config) (*Balancer, error) {
 	}
 	if _, port, err := net.SplitHostPort(cfg.TLSListenAddr); err == nil && port != "443" && port != "0" {
 		b.httpsPort = port
+	}
+	if cfg.MaxConns > 0 {
+		b.slots = make(chan struct{}, cfg.MaxConns)
 	}
 	return b, nil
 }
@@ -402,6 +408,10 @@ type Counters struct {
 	NoProxyHeader uint64
 	// AccessLogDropped counts access log lines dropped (Config.AccessLog).
 	AccessLogDropped uint64
+	// MaxConns is Config.MaxConns; LimitWaits counts the times accepting
+	// waited for a connection to close.
+	MaxConns   int
+	LimitWaits uint64
 }
 
 // Counters returns a copy of the balancer-wide totals.
@@ -418,6 +428,8 @@ func (b *Balancer) Counters() Counters {
 		TablesRejected:  c.applyFailed.Load(),
 		TablesNotSaved:  c.saveFailed.Load(),
 		NoProxyHeader:   c.noProxyHeader.Load(),
+		MaxConns:        b.cfg.MaxConns,
+		LimitWaits:      c.limitWaits.Load(),
 	}
 	for i, code := range localCodes {
 		if n := c.local[i].Load(); n > 0 {
@@ -443,6 +455,7 @@ type counters struct {
 	// noProxyHeader counts connections closed for want of a valid PROXY
 	// protocol header (Config.ProxyProtocol).
 	noProxyHeader atomic.Uint64
+	limitWaits    atomic.Uint64
 }
 
 // Run listens on cfg.ListenAddr and serves until ctx is cancelled.
@@ -556,8 +569,12 @@ func (b *Balancer) Serve(ctx context.Context, ln net.Listener) error {
 	var acceptErr error
 	var tempDelay time.Duration
 	for {
+		if !b.takeSlot(ctx) {
+			break
+		}
 		c, err := ln.Accept()
 		if err != nil {
+			b.releaseSlot()
 			if ctx.Err() != nil {
 				break
 			}
@@ -590,6 +607,35 @@ func (b *Balancer) Serve(ctx context.Context, ln net.Listener) error {
 	return acceptErr
 }
 
+// takeSlot waits, with Config.MaxConns, until fewer connections than the
+// bound are open, and takes a place for the next one; false when ctx ended
+// first.
+func (b *Balancer) takeSlot(ctx context.Context) bool {
+	if b.slots == nil {
+		return true
+	}
+	select {
+	case b.slots <- struct{}{}:
+		return true
+	default:
+	}
+	if b.counters.limitWaits.Add(1) == 1 {
+		b.log.Warn("client connections at -max-conns: new ones wait in the listen queue", "max_conns", b.cfg.MaxConns)
+	}
+	select {
+	case b.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (b *Balancer) releaseSlot() {
+	if b.slots != nil {
+		<-b.slots
+	}
+}
+
 func (b *Balancer) startConn(c net.Conn) {
 	cc := newClientConn(b, c)
 	b.connMu.Lock()
@@ -604,6 +650,7 @@ func (b *Balancer) startConn(c net.Conn) {
 			delete(b.clients, cc)
 			b.connMu.Unlock()
 			b.counters.open.Add(-1)
+			b.releaseSlot()
 			b.wg.Done()
 		}()
 		cc.serve()

@@ -71,6 +71,11 @@ type Config struct {
 	// backend (Pool.HoldWhenEmpty); beyond it a request is answered 503 at
 	// once, as Envoy's max_pending_requests does.
 	MaxHeldPerPool int
+	// MaxConns bounds the client connections open at once, as HAProxy's
+	// maxconn: at the bound the balancer stops accepting until one
+	// closes, and new connections wait in the kernel's listen queue
+	// rather than take file descriptors the open ones need. 0: no bound.
+	MaxConns int
 
 	// Logger receives operational events; nil discards them.
 	Logger *slog.Logger
@@ -177,6 +182,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: SlowStart must not be negative and SlowStartMinPercent must be 1..100")
 	case c.MaxHeldPerPool < 0:
 		return fmt.Errorf("config: MaxHeldPerPool must not be negative, got %d", c.MaxHeldPerPool)
+	case c.MaxConns < 0:
+		return fmt.Errorf("config: MaxConns must not be negative, got %d", c.MaxConns)
 	}
 	for _, p := range c.TrustedProxies {
 		if !p.IsValid() {

@@ -491,3 +491,44 @@ func TestProxy_retriesStopWhenTheBudgetIsSpent(t *testing.T) {
 	}
 	require.Equal(t, uint64(5), b.counters.retries.Load(), "the dead backend's requests were retried")
 }
+
+// TestServe_maxConnsMakesNewConnectionsWait: at MaxConns open client
+// connections the balancer accepts no more; a new one waits, unanswered,
+// until an open one closes, and is then served.
+func TestServe_maxConnsMakesNewConnectionsWait(t *testing.T) {
+	be := startBackend(t, nameHandler("a"))
+	cfg := testConfig(t)
+	cfg.MaxConns = 2
+	b, addr := startBalancer(t, cfg, oneTable(1, "", be.addr))
+	const request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	open := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		_, err = io.WriteString(c, request)
+		require.NoError(t, err)
+		return c, bufio.NewReader(c)
+	}
+	answered := func(c net.Conn, r *bufio.Reader, within time.Duration) error {
+		_ = c.SetReadDeadline(time.Now().Add(within))
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	c1, r1 := open()
+	require.NoError(t, answered(c1, r1, 5*time.Second))
+	c2, r2 := open()
+	require.NoError(t, answered(c2, r2, 5*time.Second))
+	c3, r3 := open() // the kernel completes the handshake; the balancer waits
+	err := answered(c3, r3, 300*time.Millisecond)
+	require.True(t, isTimeout(err), "a third connection answered at MaxConns 2: %v", err)
+	require.EqualValues(t, 1, b.Counters().LimitWaits)
+	require.EqualValues(t, 2, b.Counters().OpenConnections)
+
+	c1.Close()
+	require.NoError(t, answered(c3, r3, 5*time.Second), "served once a connection closed")
+	require.EqualValues(t, 2, b.Counters().OpenConnections)
+}

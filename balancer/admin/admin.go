@@ -134,6 +134,8 @@ var (
 	descConns    = prometheus.NewDesc(ns+"client_connections", "Client connections open.", nil, nil)
 	descAccepted = prometheus.NewDesc(ns+"client_connections_total", "Client connections accepted.", nil, nil)
 	descNoProxy  = prometheus.NewDesc(ns+"proxy_protocol_rejected_total", "Client connections closed for want of a valid PROXY protocol header (-proxy-protocol).", nil, nil)
+	descMaxConns = prometheus.NewDesc(ns+"client_connections_limit", "The bound on client connections open at once (-max-conns).", nil, nil)
+	descLimited  = prometheus.NewDesc(ns+"connection_limit_waits_total", "Times accepting client connections waited at -max-conns for one to close.", nil, nil)
 	descLogDrop  = prometheus.NewDesc(ns+"access_log_dropped_total", "Access log lines dropped because the file did not take them fast enough (-access-log).", nil, nil)
 	descReqs     = prometheus.NewDesc(ns+"requests_total", "Request heads received.", nil, nil)
 	descLocal    = prometheus.NewDesc(ns+"local_replies_total", "Answers made by the balancer itself, by status code.", []string{"code"}, nil)
@@ -183,6 +185,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(k.OpenConnections))
 	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(k.Connections))
 	ch <- prometheus.MustNewConstMetric(descNoProxy, prometheus.CounterValue, float64(k.NoProxyHeader))
+	if k.MaxConns > 0 {
+		ch <- prometheus.MustNewConstMetric(descMaxConns, prometheus.GaugeValue, float64(k.MaxConns))
+		ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(k.LimitWaits))
+	}
 	ch <- prometheus.MustNewConstMetric(descLogDrop, prometheus.CounterValue, float64(k.AccessLogDropped))
 	ch <- prometheus.MustNewConstMetric(descReqs, prometheus.CounterValue, float64(k.Requests))
 	for code, n := range k.LocalReplies {

@@ -84,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.TLSListenAddr, "tls-listen", "", "also serve clients HTTPS on this `address`, with the certificates of -tls-cert-dir")
 	accessLog := fs.String("access-log", "", "append a line per request to this `file` (\"-\": standard output); SIGHUP reopens it")
 	accessLogFormat := fs.String("access-log-format", balancer.AccessLogCombined, "`format` of -access-log: combined (Apache's and nginx's) or json")
+	fs.IntVar(&c.MaxConns, "max-conns", defaultMaxConns(), "most client `connections` open at once; at the bound new ones wait in the listen queue (0: no bound; default: half the open-file limit)")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2) on every client connection to -listen and -tls-listen, as HAProxy's accept-proxy: its source address is the client's")
 	fs.StringVar(&o.certDir, "tls-cert-dir", "", "`dir`ectory of PEM files, each a certificate chain and its private key, that -tls-listen serves by server name (SNI); SIGHUP reloads it")
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
@@ -184,6 +185,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{err.Error()}
 	}
 	return o, nil
+}
+
+// defaultMaxConns is -max-conns' default, as HAProxy derives maxconn from
+// the open-file limit: half of it, as each client connection may hold a
+// backend connection too, less a margin for listeners, logs and the
+// controllers' connections.
+func defaultMaxConns() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == ^uint64(0) {
+		return 0
+	}
+	return max(int(min(lim.Cur, 1<<30)/2)-64, 64)
 }
 
 // leaveTimeout bounds the last stats report, sent on the way out.

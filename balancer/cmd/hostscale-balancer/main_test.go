@@ -73,6 +73,9 @@ func TestParseFlags_defaults(t *testing.T) {
 	require.Equal(t, "127.0.0.1:7802", o.adm.Addr)
 	require.Equal(t, time.Second, o.statsInterval)
 	require.Equal(t, 1024, o.bal.MaxHeldPerPool)
+	var lim syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+	require.Equal(t, max(int(min(lim.Cur, 1<<30)/2)-64, 64), o.bal.MaxConns, "half the open-file limit %d, less a margin", lim.Cur)
 	o, err = parseFlags([]string{"-max-held", "0"}, io.Discard)
 	require.NoError(t, err)
 	require.Zero(t, o.bal.MaxHeldPerPool, "0 holds no request")
@@ -171,6 +174,7 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", emptyDir}, 2, "-tls-cert-dir: " + emptyDir + ": no .pem file"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", garbageDir}, 2, "-tls-cert-dir: " + filepath.Join(garbageDir, "x.pem") + ": want a certificate and its private key"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", filepath.Join(dir, "nope")}, 2, "-tls-cert-dir: stat " + filepath.Join(dir, "nope")},
+		{[]string{"-max-conns", "-1"}, 2, "MaxConns must not be negative, got -1"},
 		{[]string{"-access-log-format", "apache"}, 2, `-access-log-format: "apache": expected combined or json`},
 		{[]string{"-access-log", filepath.Join(dir, "nope", "access.log")}, 2, "-access-log: open " + filepath.Join(dir, "nope", "access.log")},
 		{[]string{"-http-tls", "on"}, 2, "-http-tls on: needs -tls-cert and -tls-key"},
