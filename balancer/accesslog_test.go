@@ -155,12 +155,11 @@ func TestAccessLog_aStuckFileDropsLinesNotRequests(t *testing.T) {
 	// Enough lines to pass the bound while the writer is stuck on the
 	// first batch.
 	line := appendJSONLine(nil, rec, "127.0.0.1", monoNow())
-	n := 3 * accessLogMax / len(line)
-	start := time.Now()
+	n := 2*accessLogMax/len(line) + 100
+	// add never waits for the file: were it to, this loop would not end.
 	for range n {
 		l.add(rec, "127.0.0.1", monoNow())
 	}
-	require.Less(t, time.Since(start), 5*time.Second, "adding lines never waits for the file")
 	require.Eventually(t, func() bool { return l.Dropped() > 0 }, 5*time.Second, 10*time.Millisecond)
 	require.Less(t, l.Dropped(), uint64(n))
 
