@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -122,6 +124,22 @@ func TestBalancer_listBalancers(t *testing.T) {
 	require.Nil(t, cc.AckedVersion)
 	require.False(t, cc.InSync)
 	require.NotNil(t, cc.Started)
+
+	// The leader's /metrics says which balancers applied the table in
+	// force; one that only reports has no say.
+	metrics := func(n string) string {
+		resp, err := http.Get("http://" + n + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(body)
+	}
+	m := metrics(leader.HTTPAddr)
+	require.Contains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-a"} 1`)
+	require.Contains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-b"} 0`)
+	require.NotContains(t, m, `balancer="lb-c"`)
+	require.NotContains(t, metrics(f.HTTPAddr), "hostscale_controller_balancer_in_sync", "a follower exports none")
 
 	page, err := lbs.ListBalancers(ctx, &pb.ListBalancersRequest{PageSize: 2})
 	require.NoError(t, err)

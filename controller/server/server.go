@@ -332,7 +332,9 @@ func New(cfg Config) (s *Server, err error) {
 		MaxBatch:      endpoint.DefaultMaxBatch,
 		MaxFuture:     endpoint.DefaultMaxFuture,
 	})
-	register(&pb.BalancerService_ServiceDesc, &endpoint.Balancers{Core: s.core, Acks: s.acks, Stats: s.lbstats})
+	balancers := &endpoint.Balancers{Core: s.core, Acks: s.acks, Stats: s.lbstats}
+	register(&pb.BalancerService_ServiceDesc, balancers)
+	s.registry.MustRegister(balancers.Collector(s.leader.Ready))
 	register(&pb.NodeService_ServiceDesc, &endpoint.Nodes{Core: s.core, Hub: s.hub, Leading: s.leader.Ready})
 	register(&pb.AlertService_ServiceDesc, &endpoint.Alerts{Core: s.core})
 	register(&pb.MetricsService_ServiceDesc, &endpoint.MetricsQueries{Core: s.core, Hub: s.hub, Leading: s.leader.Ready, Window: cfg.MetricsWindow})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -264,8 +265,30 @@ func (s *Balancers) ListBalancers(ctx context.Context, req *pb.ListBalancersRequ
 	if fwd, err := s.Core.LeaderOnly(ctx, req, resp); fwd {
 		return orNil(resp, err)
 	}
-	now := time.Now()
-	acks, reports := s.Acks.All(), s.Stats.Balancers()
+	var all []*pb.BalancerStatus
+	all, resp.TableVersion, resp.Index = s.statuses(time.Now())
+	for _, b := range all {
+		if b.Name <= after {
+			continue
+		}
+		if len(resp.Balancers) == size {
+			resp.NextPageToken = pageToken(resp.Balancers[size-1].Name)
+			break
+		}
+		resp.Balancers = append(resp.Balancers, b)
+	}
+	resp.Leader = s.Core.ID
+	return resp, nil
+}
+
+// statuses returns what this node, as leader, knows of the balancers
+// heard from within balancerForget, by name, with the table in force and
+// the index it reflects.
+func (s *Balancers) statuses(now time.Time) ([]*pb.BalancerStatus, *pb.TableVersion, uint64) {
+	var version *pb.TableVersion
+	index := s.Core.FSM.Read(func(st *pb.State) {
+		version = &pb.TableVersion{Term: st.PoolsTerm, Index: st.PoolsIndex}
+	})
 	byName := map[string]*pb.BalancerStatus{}
 	entry := func(name string) *pb.BalancerStatus {
 		if byName[name] == nil {
@@ -273,37 +296,60 @@ func (s *Balancers) ListBalancers(ctx context.Context, req *pb.ListBalancersRequ
 		}
 		return byName[name]
 	}
-	resp.Index = s.Core.FSM.Read(func(st *pb.State) {
-		resp.TableVersion = &pb.TableVersion{Term: st.PoolsTerm, Index: st.PoolsIndex}
-	})
-	for name, ack := range acks {
-		if name <= after || now.Sub(ack.Time) > balancerForget {
+	for name, ack := range s.Acks.All() {
+		if now.Sub(ack.Time) > balancerForget {
 			continue
 		}
 		b := entry(name)
 		b.AckedVersion, b.AckedAt, b.AckError = ack.Version, timestamppb.New(ack.Time), ack.Error
-		b.InSync = ack.Version.GetIndex() == resp.TableVersion.Index && ack.Error == ""
+		b.InSync = ack.Version.GetIndex() == version.Index && ack.Error == ""
 	}
-	for name, r := range reports {
-		if name <= after {
-			continue
-		}
+	for name, r := range s.Stats.Balancers() {
 		b := entry(name)
 		b.ReportedAt = timestamppb.New(r.At)
 		if !r.Started.IsZero() {
 			b.Started = timestamppb.New(r.Started)
 		}
 	}
-	names := slices.Sorted(maps.Keys(byName))
-	if len(names) > size {
-		names = names[:size]
-		resp.NextPageToken = pageToken(names[size-1])
+	out := make([]*pb.BalancerStatus, 0, len(byName))
+	for _, n := range slices.Sorted(maps.Keys(byName)) {
+		out = append(out, byName[n])
 	}
-	for _, n := range names {
-		resp.Balancers = append(resp.Balancers, byName[n])
+	return out, version, index
+}
+
+var descBalancerInSync = prometheus.NewDesc("hostscale_controller_balancer_in_sync",
+	"On the leader, per balancer heard from: 1 when it applied the table in force, 0 when it is behind or refused it.", []string{"balancer"}, nil)
+
+// Collector exports, while leading says this node leads, whether each
+// balancer applied the table in force: an alert on it catches a balancer
+// that stopped taking tables.
+func (s *Balancers) Collector(leading func() bool) prometheus.Collector {
+	return balancersCollector{s, leading}
+}
+
+type balancersCollector struct {
+	s       *Balancers
+	leading func() bool
+}
+
+func (balancersCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c balancersCollector) Collect(ch chan<- prometheus.Metric) {
+	if !c.leading() {
+		return
 	}
-	resp.Leader = s.Core.ID
-	return resp, nil
+	all, _, _ := c.s.statuses(time.Now())
+	for _, b := range all {
+		if b.AckedVersion == nil {
+			continue // reports only: nothing to say of its table
+		}
+		v := 0.0
+		if b.InSync {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descBalancerInSync, prometheus.GaugeValue, v, b.Name)
+	}
 }
 
 // TableAcks remembers the newest version each balancer acknowledged to
