@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"math"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -444,15 +442,7 @@ func TestAgents_conditionsAreShownAndKeepNewInstancesAway(t *testing.T) {
 	require.Len(t, resp.Node.Conditions, 1, "a follower shows the leader's view")
 	require.True(t, proto.Equal(diskPressure(began), resp.Node.Conditions[0]), "%v", resp.Node.Conditions[0])
 	require.Empty(t, conditionsOn(f, "n2"))
-	metrics := func() string {
-		resp, err := http.Get("http://" + leader.HTTPAddr + "/metrics")
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return string(body)
-	}
-	body := metrics()
+	body := scrape(t, leader.HTTPAddr)
 	require.Contains(t, body, `hostscale_nodes_under_condition{condition="disk_pressure"} 1`)
 	require.Contains(t, body, `hostscale_nodes_under_condition{condition="memory_pressure"} 0`)
 
@@ -494,7 +484,7 @@ func TestAgents_conditionsAreShownAndKeepNewInstancesAway(t *testing.T) {
 	}))
 	_, err = leader.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 10})
 	require.NoError(t, err)
-	body = metrics()
+	body = scrape(t, leader.HTTPAddr)
 	require.Contains(t, body, `hostscale_nodes_under_condition{condition="disk_pressure"} 0`)
 	require.Contains(t, body, `hostscale_nodes_under_condition{condition="memory_pressure"} 1`)
 	// Spread alone would give n1 five of the six new ones and n2 one.

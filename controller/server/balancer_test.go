@@ -3,8 +3,6 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -127,19 +125,11 @@ func TestBalancer_listBalancers(t *testing.T) {
 
 	// The leader's /metrics says which balancers applied the table in
 	// force; one that only reports has no say.
-	metrics := func(n string) string {
-		resp, err := http.Get("http://" + n + "/metrics")
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return string(body)
-	}
-	m := metrics(leader.HTTPAddr)
+	m := scrape(t, leader.HTTPAddr)
 	require.Contains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-a"} 1`)
 	require.Contains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-b"} 0`)
 	require.NotContains(t, m, `balancer="lb-c"`)
-	require.NotContains(t, metrics(f.HTTPAddr), "hostscale_controller_balancer_in_sync", "a follower exports none")
+	require.NotContains(t, scrape(t, f.HTTPAddr), "hostscale_controller_balancer_in_sync", "a follower exports none")
 
 	page, err := lbs.ListBalancers(ctx, &pb.ListBalancersRequest{PageSize: 2})
 	require.NoError(t, err)

@@ -87,16 +87,22 @@ func TestCluster_concurrentWritesShareEntriesAndKeepTheirOwnResults(t *testing.T
 	require.Less(t, entries, commands, "concurrent writes went one entry each")
 }
 
-// entryCommands reads hostscale_controller_entry_commands from a node's
-// /metrics: the entries proposed and the commands they held.
-func entryCommands(t *testing.T, httpAddr string) (entries, commands float64) {
+// scrape returns the text of a node's /metrics.
+func scrape(t *testing.T, httpAddr string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	for _, line := range strings.Split(string(body), "\n") {
+	return string(body)
+}
+
+// entryCommands reads hostscale_controller_entry_commands from a node's
+// /metrics: the entries proposed and the commands they held.
+func entryCommands(t *testing.T, httpAddr string) (entries, commands float64) {
+	t.Helper()
+	for _, line := range strings.Split(scrape(t, httpAddr), "\n") {
 		f := strings.Fields(line)
 		if len(f) != 2 {
 			continue

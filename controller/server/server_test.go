@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"net"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -149,15 +148,11 @@ func TestCluster_writeThroughFollowerIsSeenEverywhere(t *testing.T) {
 		return n
 	}
 	for _, n := range c.Running() {
-		resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
-		require.NoError(t, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(t, err)
-		require.NotContains(t, string(body), `transport="api"`, n.ID)
-		forwarded += sum(raft, string(body))
-		waits += sum(waited, string(body))
-		serves += sum(served, string(body))
+		body := scrape(t, n.HTTPAddr)
+		require.NotContains(t, body, `transport="api"`, n.ID)
+		forwarded += sum(raft, body)
+		waits += sum(waited, body)
+		serves += sum(served, body)
 	}
 	// The creates and the consistent reads on the followers: at least the
 	// reads of the node that did not lead throughout.
