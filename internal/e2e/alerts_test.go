@@ -84,13 +84,7 @@ func TestAlerts_poolErrorRatio(t *testing.T) {
 	t.Logf("firing at %.2f: %s", a.Value, a.Annotations["summary"])
 
 	// The same traffic, as GetTraffic shows it from a follower.
-	var follower *testcluster.Node
-	for _, n := range f.cl.Nodes() {
-		if n != f.leader() {
-			follower = n
-		}
-	}
-	tr, err := pb.NewPoolServiceClient(follower.Conn()).GetTraffic(ctx, &pb.GetTrafficRequest{Pool: "web", Window: durationpb.New(10 * time.Second)})
+	tr, err := pb.NewPoolServiceClient(followerOf(f.cl, f.leader()).Conn()).GetTraffic(ctx, &pb.GetTrafficRequest{Pool: "web", Window: durationpb.New(10 * time.Second)})
 	require.NoError(t, err)
 	require.Len(t, tr.Pools, 1)
 	web := tr.Pools[0]

@@ -65,13 +65,7 @@ func TestTLS_everyBinary(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 
-	var follower *testcluster.Node
-	for _, n := range f.cl.Nodes() {
-		if n != f.leader() {
-			follower = n
-		}
-	}
-	_, err = follower.Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 3})
+	_, err = followerOf(f.cl, f.leader()).Pools().ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 3})
 	require.NoError(t, err, "a write through a follower")
 	f.settled("web", 3, 30*time.Second)
 
@@ -237,15 +231,9 @@ func TestTLS_caRotation(t *testing.T) {
 				10*time.Second, 20*time.Millisecond, "%s reload %d", n.ID, reloads)
 		}
 	}
-	follower := func() *testcluster.Node { return followerOf(t, ctx, cl) }
 	write := func(name string) {
 		t.Helper()
-		_, err := follower().Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-			Name: name, PathPrefix: "/" + name,
-			Template: &pb.InstanceTemplate{Command: "/bin/true", HealthPath: "/healthz"},
-			Selector: "tier=web", Max: 1,
-		}})
-		require.NoError(t, err, "write %s", name)
+		require.NoError(t, writeThroughFollower(ctx, t, cl, name), "write %s", name)
 	}
 	write("before")
 
@@ -270,7 +258,7 @@ func TestTLS_caRotation(t *testing.T) {
 		require.Equal(t, codes.Unavailable, status.Code(err), "%s takes a certificate of the old CA: %v", n.ID, err)
 	}
 
-	restarted := follower()
+	restarted := ledFollower(t, ctx, cl)
 	restarted.Stop()
 	restarted.Restart()
 	_, _, err := cl.WaitLeader(ctx, 30*time.Second)
@@ -302,12 +290,7 @@ func TestTLS_movingARunningClusterToTLS(t *testing.T) {
 	write := func(step string) {
 		t.Helper()
 		name := fmt.Sprintf("step-%d", len(written)+1)
-		_, err := followerOf(t, ctx, cl).Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
-			Name: name, PathPrefix: "/" + name,
-			Template: &pb.InstanceTemplate{Command: "/bin/true", HealthPath: "/healthz"},
-			Selector: "tier=web", Max: 1,
-		}})
-		require.NoError(t, err, "write %s (%s)", name, step)
+		require.NoError(t, writeThroughFollower(ctx, t, cl, name), "write %s (%s)", name, step)
 		written = append(written, name)
 	}
 	restartEach := func(step string, args ...string) {
@@ -361,18 +344,36 @@ func TestTLS_movingARunningClusterToTLS(t *testing.T) {
 	}
 }
 
-// followerOf returns a follower of cl's leader.
-func followerOf(t *testing.T, ctx context.Context, cl *testcluster.Cluster) *testcluster.Node {
-	t.Helper()
-	leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
-	require.NoError(t, err)
-	for _, n := range cl.Nodes() {
+// followerOf returns a running node of cl other than leader, or nil.
+func followerOf(cl *testcluster.Cluster, leader *testcluster.Node) *testcluster.Node {
+	for _, n := range cl.Running() {
 		if n != leader {
 			return n
 		}
 	}
-	t.Fatal("no follower")
 	return nil
+}
+
+// writeThroughFollower creates a pool named name (nothing to run) through a
+// follower of cl's leader: a write forwarded over the Raft port.
+func writeThroughFollower(ctx context.Context, t *testing.T, cl *testcluster.Cluster, name string) error {
+	t.Helper()
+	_, err := ledFollower(t, ctx, cl).Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: name, PathPrefix: "/" + name,
+		Template: &pb.InstanceTemplate{Command: "/bin/true", HealthPath: "/healthz"},
+		Selector: "tier=web", Max: 1,
+	}})
+	return err
+}
+
+// ledFollower waits until cl has a leader and returns a follower of it.
+func ledFollower(t *testing.T, ctx context.Context, cl *testcluster.Cluster) *testcluster.Node {
+	t.Helper()
+	leader, _, err := cl.WaitLeader(ctx, 30*time.Second)
+	require.NoError(t, err)
+	f := followerOf(cl, leader)
+	require.NotNil(t, f, "no follower")
+	return f
 }
 
 func httpGet(t *testing.T, url string) string {
