@@ -188,11 +188,11 @@ func (c *Core) Consistent(ctx context.Context, consistent bool, req, resp proto.
 	if !c.LeaderReady() {
 		return false, status.Error(codes.Unavailable, "the new leader is catching up; retry")
 	}
-	// The quorum round waits for Raft's leader loop, which waits for the
-	// leader's own log writes: on a stalled disk, for as long as the
-	// stall. The read gives up after VerifyTimeout, or with its caller.
+	// The round commits an entry, which waits for the leader's own log
+	// write: on a stalled disk, for as long as the stall. The read gives
+	// up after VerifyTimeout, or with its caller.
 	c.verifierOnce.Do(func() {
-		c.verifier = &verifier{verify: func() error { return c.Raft.VerifyLeader().Error() }}
+		c.verifier = &verifier{verify: func() error { return readRound(c.Raft) }}
 	})
 	return false, c.verifier.wait(ctx)
 }
