@@ -36,6 +36,13 @@ func runAccessLog(t *testing.T, l *AccessLog) (stop func()) {
 	return stop
 }
 
+// waitClosed waits until b has no client connection open: the requests
+// answered have been logged, which happens once the answer is sent.
+func waitClosed(t *testing.T, b *Balancer) {
+	t.Helper()
+	require.Eventually(t, func() bool { return b.Counters().OpenConnections == 0 }, 5*time.Second, time.Millisecond)
+}
+
 // rawRequest sends a request as written and returns the status answered.
 func rawRequest(t *testing.T, addr, request string) int {
 	t.Helper()
@@ -69,12 +76,13 @@ func TestAccessLog_combined(t *testing.T) {
 	cfg.AccessLog = l
 	tbl := oneTable(1, "", be.addr)
 	tbl.Pools[0].Hosts = []string{"app.example"}
-	_, addr := startBalancer(t, cfg, tbl)
+	bal, addr := startBalancer(t, cfg, tbl)
 
 	require.Equal(t, 200, rawRequest(t, addr, "GET /a?b=1 HTTP/1.1\r\nHost: app.example\r\nUser-Agent: curl/8 \"x\"\r\nReferer: http://r.example/\r\nConnection: close\r\n\r\n"))
 	require.Equal(t, 200, rawRequest(t, addr, "GET /chunked HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"))
 	require.Equal(t, 404, rawRequest(t, addr, "GET /x HTTP/1.0\r\nHost: other.example\r\n\r\n"))
 	require.Equal(t, 400, rawRequest(t, addr, "GET /\x01 HTTP/1.1\r\nHost: app.example\r\n\r\n"))
+	waitClosed(t, bal)
 	stop()
 
 	b, err := os.ReadFile(path)
@@ -103,7 +111,7 @@ func TestAccessLog_json(t *testing.T) {
 	stop := runAccessLog(t, l)
 	cfg := testConfig(t)
 	cfg.AccessLog = l
-	_, addr := startBalancer(t, cfg, oneTable(1, "", be.addr))
+	bal, addr := startBalancer(t, cfg, oneTable(1, "", be.addr))
 
 	require.Equal(t, 201, rawRequest(t, addr, "POST /items HTTP/1.1\r\nHost: app.example\r\nContent-Length: 2\r\nUser-Agent: caf\xc3\xa9\xff\r\nConnection: close\r\n\r\nhi"))
 	// Rotated: the file moved away, then reopened.
@@ -115,6 +123,7 @@ func TestAccessLog_json(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "the line written within a second")
 	require.NoError(t, l.Reopen())
 	require.Equal(t, 201, rawRequest(t, addr, "GET /after HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"))
+	waitClosed(t, bal)
 	stop()
 
 	var first, second map[string]any
