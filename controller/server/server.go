@@ -96,6 +96,10 @@ type Config struct {
 	// DrainDeadline: an instance out of the tables is stopped once every
 	// balancer acknowledged a table without it, or after this long.
 	DrainDeadline time.Duration
+	// BalancerLostAfter: a balancer that sent the leader no stats report
+	// for this long is presumed gone, and no longer holds back a pool's
+	// scale to zero.
+	BalancerLostAfter time.Duration
 	// LogStallExit: a leader whose Raft log store write has run this long
 	// exits, so that another controller leads; 0: never.
 	LogStallExit time.Duration
@@ -110,23 +114,37 @@ type Config struct {
 	AlertDelivery *alerts.DispatchConfig
 }
 
+// BalancerKeep is how long the leader keeps a balancer's stats reports,
+// and remembers a balancer that sends none.
+const BalancerKeep = 11 * time.Minute
+
+// CheckBalancerLostAfter checks -balancer-lost-after: from 10s, past a
+// report's freshness, to BalancerKeep.
+func CheckBalancerLostAfter(d time.Duration) error {
+	if d < 10*time.Second || d > BalancerKeep {
+		return fmt.Errorf("-balancer-lost-after: between 10s and %v", BalancerKeep)
+	}
+	return nil
+}
+
 // DefaultConfig returns the defaults of the hostscale-controller flags.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:      "127.0.0.1:7700",
-		RaftAddr:      "127.0.0.1:7701",
-		HTTPAddr:      "127.0.0.1:7702",
-		Raft:          raftnode.DefaultConfig(),
-		GRPC:          grpcx.DefaultServerConfig(),
-		ShutdownGrace: 5 * time.Second,
-		ProbeInterval: time.Second,
-		HeartbeatTTL:  10 * time.Second,
-		MetricsWindow: 5 * time.Minute,
-		AlertInterval: 5 * time.Second,
-		DrainDeadline: 10 * time.Second,
-		CommitHold:    10 * time.Millisecond,
-		LogStallExit:  15 * time.Second,
-		Exit:          os.Exit,
+		GRPCAddr:          "127.0.0.1:7700",
+		RaftAddr:          "127.0.0.1:7701",
+		HTTPAddr:          "127.0.0.1:7702",
+		Raft:              raftnode.DefaultConfig(),
+		GRPC:              grpcx.DefaultServerConfig(),
+		ShutdownGrace:     5 * time.Second,
+		ProbeInterval:     time.Second,
+		HeartbeatTTL:      10 * time.Second,
+		MetricsWindow:     5 * time.Minute,
+		AlertInterval:     5 * time.Second,
+		DrainDeadline:     10 * time.Second,
+		CommitHold:        10 * time.Millisecond,
+		BalancerLostAfter: time.Minute,
+		LogStallExit:      15 * time.Second,
+		Exit:              os.Exit,
 
 		AlertGroupWait:      10 * time.Second,
 		AlertGroupInterval:  5 * time.Minute,
@@ -156,6 +174,9 @@ func (c Config) Validate() error {
 	}
 	if c.DrainDeadline < 0 || c.DrainDeadline > time.Hour {
 		return errors.New("-drain-deadline: between 0 and 1h")
+	}
+	if err := CheckBalancerLostAfter(c.BalancerLostAfter); err != nil {
+		return err
 	}
 	if c.CommitHold < 0 || c.CommitHold > time.Second {
 		return errors.New("-commit-hold: between 0 and 1s")
@@ -299,7 +320,8 @@ func New(cfg Config) (s *Server, err error) {
 	}
 	s.hub = agents.NewHub(int(cfg.MetricsWindow / time.Second))
 	s.acks = endpoint.NewTableAcks()
-	s.lbstats = lbstats.New(11 * time.Minute)
+	s.lbstats = lbstats.New(BalancerKeep)
+	s.lbstats.Lost = cfg.BalancerLostAfter
 	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
 		Hub:       s.hub,
 		TTL:       cfg.HeartbeatTTL,

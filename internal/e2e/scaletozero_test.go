@@ -210,14 +210,18 @@ func TestAutoscale_concurrencyPerInstance(t *testing.T) {
 
 // TestAutoscale_aBalancerThatLeaves: a second balancer serves a pool that
 // scales to zero after 8s idle. Killed, it says nothing, and its silence
-// holds the pool up: it may be routing requests it cannot report. Started
-// again and stopped with SIGTERM, it drains and tells the leader it
-// leaves: the pool goes to zero 8s after its last request, without
-// waiting for the leader to forget it.
+// holds the pool up: it may be routing requests it cannot report; until,
+// silent for -balancer-lost-after (15s), it is presumed gone and the pool
+// goes to zero. Started again and stopped with SIGTERM, it drains and
+// tells the leader it leaves: the pool goes to zero 8s after its last
+// request, without waiting.
 func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f := newFleet(t, ctx, 1)
+	const lostAfter = 15 * time.Second
+	f := newFleetWith(t, ctx, 1, nil, func(o *testcluster.Options) {
+		o.Args = append(o.Args, "-balancer-lost-after", lostAfter.String())
+	})
 	const zeroAfter = 8 * time.Second // past the 5s a silent balancer is trusted
 	pol := fastPolicy(pb.ScalingMetric_SCALING_METRIC_REQUESTS_PER_INSTANCE, 20)
 	pol.ScaleToZeroAfter = durationpb.New(zeroAfter)
@@ -284,12 +288,21 @@ func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
 	last := serve()
 	reported()
 	lb2.kill()
+	killed := time.Now()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for time.Since(last) < zeroAfter+6*time.Second {
-		require.Equal(t, uint32(1), desired(), "scaled down %v after the last request, with lb2 killed", time.Since(last).Round(time.Millisecond))
+	// lb2 reports every second: its last report came at most about a
+	// second before it was killed.
+	for time.Since(killed) < lostAfter-3*time.Second {
+		require.Equal(t, uint32(1), desired(), "scaled down %v after the last request, %v after lb2 was killed",
+			time.Since(last).Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
 		<-tick.C
 	}
+	f.settled("web", 0, 30*time.Second)
+	lost := f.lastActed("web")
+	require.Equal(t, "idle", lost.LimitedBy, lost.Reason)
+	t.Logf("scaled to zero %v after lb2 was killed, %v after its last request", lost.Time.AsTime().Sub(killed).Round(time.Millisecond), lost.Time.AsTime().Sub(last).Round(time.Millisecond))
+	require.GreaterOrEqual(t, lost.Time.AsTime().Sub(killed), lostAfter-2*time.Second, "lb2 was presumed gone before -balancer-lost-after")
 
 	lb2 = start()
 	last = serve()

@@ -90,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", cfg.AlertInterval, "how often the leader evaluates the alerting rules")
 	fs.DurationVar(&cfg.LogStallExit, "log-stall-exit", cfg.LogStallExit, "a leader whose Raft log store write (a stalled disk) has run this long exits, so that another controller leads; 0: never")
 	fs.DurationVar(&cfg.CommitHold, "commit-hold", cfg.CommitHold, "under load, the longest the leader holds the next Raft entry for more writes (group commit); 0: never")
+	fs.DurationVar(&cfg.BalancerLostAfter, "balancer-lost-after", cfg.BalancerLostAfter, "a balancer that sent the leader no stats report this long is presumed gone and no longer holds back a pool's scale to zero (10s to 11m)")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "how long a removed instance waits for every balancer to acknowledge a table without it before it is stopped anyway")
 	var webhooks, deliveryFile string
 	fs.StringVar(&deliveryFile, "alert-config", "", "JSON `file` of alert receivers and label routing (docs/controller.md); replaces -alert-webhook and -alertmanager")
@@ -185,6 +186,9 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		return cfg, logOpts, nil, errors.New("-leader-lease-timeout: must not exceed -heartbeat-timeout")
 	}
 	if err := server.CheckLogStallExit(cfg.LogStallExit); err != nil {
+		return cfg, logOpts, nil, err
+	}
+	if err := server.CheckBalancerLostAfter(cfg.BalancerLostAfter); err != nil {
 		return cfg, logOpts, nil, err
 	}
 	if len(p) > 0 {

@@ -64,6 +64,8 @@ func TestRun_badFlagsAndConfigStopWithAMessage(t *testing.T) {
 		"huge metrics window":   {[]string{"-id", "c1", "-data-dir", dir, "-metrics-window", "48h"}, "-metrics-window"},
 		"negative commit hold":  {[]string{"-id", "c1", "-data-dir", dir, "-commit-hold", "-1ms"}, "-commit-hold"},
 		"long commit hold":      {[]string{"-id", "c1", "-data-dir", dir, "-commit-hold", "2s"}, "-commit-hold"},
+		"short lost balancer":   {[]string{"-id", "c1", "-data-dir", dir, "-balancer-lost-after", "5s"}, "-balancer-lost-after: between 10s and 11m0s"},
+		"long lost balancer":    {[]string{"-id", "c1", "-data-dir", dir, "-balancer-lost-after", "12m"}, "-balancer-lost-after"},
 		"short log stall exit":  {[]string{"-id", "c1", "-data-dir", dir, "-log-stall-exit", "100ms"}, "-log-stall-exit"},
 		"bad log stall exit":    {[]string{"-id", "c1", "-data-dir", dir, "-log-stall-exit", "soon"}, "-log-stall-exit"},
 		"bad webhook":           {[]string{"-id", "c1", "-data-dir", dir, "-alert-webhook", "ftp://x"}, "-alert-webhook"},

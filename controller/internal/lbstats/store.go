@@ -36,6 +36,11 @@ type series struct {
 type Store struct {
 	// Keep bounds the history kept per series.
 	Keep time.Duration
+	// Lost: a balancer that sent no report for this long is presumed gone
+	// (killed, or its host lost): Activity no longer waits for it, as for
+	// one that left (Forget), and the newest request it showed still
+	// counts. Zero: it is waited for until its reports age out of Keep.
+	Lost time.Duration
 
 	mu     sync.Mutex
 	series map[string]*series // by balancer, pool and address
@@ -241,7 +246,8 @@ type Activity struct {
 	// Idle is how long no balancer has shown a request for the pool,
 	// counted from the first report this store has of it. Known is false
 	// when no balancer reports the pool, or one that did has not for
-	// longer than fresh: it may be routing requests it cannot report.
+	// longer than fresh, and has sent no report for less than Lost: it
+	// may be routing requests it cannot report.
 	Idle  time.Duration
 	Known bool
 }
@@ -253,8 +259,15 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 	defer s.mu.Unlock()
 	var out Activity
 	seen, stale := false, false
-	for _, a := range s.activity[pool] {
+	var lostActive time.Time
+	for b, a := range s.activity[pool] {
 		if now.Sub(a.last) > fresh {
+			if s.Lost > 0 && now.Sub(a.last) > s.Lost && now.Sub(s.reported[b]) > s.Lost {
+				if a.active.After(lostActive) {
+					lostActive = a.active
+				}
+				continue
+			}
 			stale = true
 			continue
 		}
@@ -273,8 +286,8 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 		}
 		seen = true
 	}
-	if t, ok := s.leftActive[pool]; ok && seen {
-		if idle := now.Sub(t); idle < out.Idle {
+	for _, t := range [...]time.Time{s.leftActive[pool], lostActive} {
+		if idle := now.Sub(t); !t.IsZero() && seen && idle < out.Idle {
 			out.Idle = idle
 		}
 	}

@@ -157,6 +157,44 @@ func TestActivity_aBalancerThatLeftIsForgotten(t *testing.T) {
 	require.False(t, s.Activity("web", t0.Add(21*time.Second), fresh).Known)
 }
 
+// A balancer silent for Lost is presumed gone: it no longer makes the
+// pool's activity unknown, its last request still counts, and a report
+// brings it back.
+func TestActivity_aBalancerSilentForLostIsPresumedGone(t *testing.T) {
+	const fresh = 5 * time.Second
+	s := New(time.Hour)
+	s.Lost = time.Minute
+	for i := range 3 {
+		at := t0.Add(time.Duration(i) * time.Second)
+		s.Record("lb1", at, report(&pb.BackendCounters{Pool: "web", Address: "a:1", Requests: uint64(10 * i)}))
+	}
+	// lb1 showed requests until 2s, then went silent; lb2 reports on.
+	for at := t0; at.Before(t0.Add(3 * time.Minute)); at = at.Add(time.Second) {
+		s.Record("lb2", at, pools(&pb.PoolCounters{Pool: "web"}))
+	}
+	require.False(t, s.Activity("web", t0.Add(62*time.Second), fresh).Known, "lb1 silent for 60s: it may be routing requests")
+	a := s.Activity("web", t0.Add(63*time.Second), fresh)
+	require.True(t, a.Known, "lb1 silent for 61s is presumed gone")
+	require.Equal(t, 61*time.Second, a.Idle, "idle since lb1's last request, though lb2 never saw one")
+
+	// A report under the same name: it is waited for again.
+	s.Record("lb1", t0.Add(70*time.Second), pools(&pb.PoolCounters{Pool: "web"}))
+	require.True(t, s.Activity("web", t0.Add(70*time.Second), fresh).Known)
+	require.False(t, s.Activity("web", t0.Add(80*time.Second), fresh).Known, "silent for 10s again")
+
+	// A balancer that reports but no longer names the pool stays stale:
+	// it is alive and may still route it.
+	for at := t0.Add(81 * time.Second); at.Before(t0.Add(150 * time.Second)); at = at.Add(time.Second) {
+		s.Record("lb1", at, pools(&pb.PoolCounters{Pool: "other"}))
+	}
+	require.False(t, s.Activity("web", t0.Add(149*time.Second), fresh).Known, "lb1 still reports")
+
+	// Without Lost, a silent balancer is waited for as long as its reports
+	// are kept.
+	s.Lost = 0
+	require.False(t, s.Activity("web", t0.Add(30*time.Minute), fresh).Known)
+}
+
 func TestActivity_requestsThatFoundNoBackendWakeThePool(t *testing.T) {
 	const fresh = 5 * time.Second
 	s := New(time.Minute)
