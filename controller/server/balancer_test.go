@@ -128,7 +128,12 @@ func TestBalancer_listBalancers(t *testing.T) {
 	m := scrape(t, leader.HTTPAddr)
 	require.Contains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-a"} 1`)
 	require.Contains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-b"} 0`)
-	require.NotContains(t, m, `balancer="lb-c"`)
+	require.NotContains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb-c"}`)
+	// And which still report.
+	require.Contains(t, m, `hostscale_controller_balancer_up{balancer="lb-a"} 1`)
+	require.Contains(t, m, `hostscale_controller_balancer_up{balancer="lb-c"} 1`)
+	require.NotContains(t, m, `hostscale_controller_balancer_up{balancer="lb-b"}`, "lb-b sends no reports")
+	require.False(t, a.Lost)
 	require.NotContains(t, scrape(t, f.HTTPAddr), "hostscale_controller_balancer_in_sync", "a follower exports none")
 
 	page, err := lbs.ListBalancers(ctx, &pb.ListBalancersRequest{PageSize: 2})

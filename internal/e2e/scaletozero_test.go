@@ -284,6 +284,16 @@ func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
 		return r.Pool.Desired
 	}
 
+	listed := func() map[string]*pb.BalancerStatus {
+		t.Helper()
+		resp, err := pb.NewBalancerServiceClient(f.leader().Conn()).ListBalancers(ctx, &pb.ListBalancersRequest{})
+		require.NoError(t, err)
+		out := map[string]*pb.BalancerStatus{}
+		for _, b := range resp.Balancers {
+			out[b.Name] = b
+		}
+		return out
+	}
 	lb2 := start()
 	last := serve()
 	reported()
@@ -303,20 +313,15 @@ func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
 	require.Equal(t, "idle", lost.LimitedBy, lost.Reason)
 	t.Logf("scaled to zero %v after lb2 was killed, %v after its last request", lost.Time.AsTime().Sub(killed).Round(time.Millisecond), lost.Time.AsTime().Sub(last).Round(time.Millisecond))
 	require.GreaterOrEqual(t, lost.Time.AsTime().Sub(killed), lostAfter-2*time.Second, "lb2 was presumed gone before -balancer-lost-after")
+	require.True(t, listed()["lb2"].GetLost(), "lb2 is listed as lost")
+	require.False(t, listed()["lb1"].GetLost())
+	m := httpGet(t, "http://"+f.leader().HTTPAddr+"/metrics")
+	require.Contains(t, m, `hostscale_controller_balancer_up{balancer="lb2"} 0`)
+	require.Contains(t, m, `hostscale_controller_balancer_up{balancer="lb1"} 1`)
 
 	lb2 = start()
 	last = serve()
 	reported()
-	listed := func() map[string]*pb.BalancerStatus {
-		t.Helper()
-		resp, err := pb.NewBalancerServiceClient(f.leader().Conn()).ListBalancers(ctx, &pb.ListBalancersRequest{})
-		require.NoError(t, err)
-		out := map[string]*pb.BalancerStatus{}
-		for _, b := range resp.Balancers {
-			out[b.Name] = b
-		}
-		return out
-	}
 	require.Eventually(t, func() bool { b := listed()["lb2"]; return b != nil && b.InSync && b.ReportedAt != nil },
 		10*time.Second, 50*time.Millisecond, "lb2 listed, in sync, reporting")
 	lb2.stop(t)

@@ -62,7 +62,7 @@ commands:
   traffic [POOL] [-window 1m]     each pool's requests/s, errors, latency and requests in flight at the
                                   balancers; with POOL, per backend too
   balancers                       the balancers the leader heard from: the table each applied, in sync
-                                  or not, and their last stats report
+                                  or not, and their last stats report (lost: none for too long)
   load [-rates 20,100,200,0] [-step 30s] [-url http://127.0.0.1:8080/]
                                   send requests at each rate for a step, printing what answered
   drain NODE                      move a node's instances elsewhere; no new placements
@@ -765,8 +765,12 @@ func (c *cli) balancers(ctx context.Context) error {
 		if b.InSync {
 			sync = "yes"
 		}
+		reported := ago(b.ReportedAt, b.ReportedAt != nil)
+		if b.Lost {
+			reported += " (lost)"
+		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", b.Name, version(b.AckedVersion), sync,
-			ago(b.AckedAt, b.AckedAt != nil), ago(b.ReportedAt, b.ReportedAt != nil), orDash(b.AckError))
+			ago(b.AckedAt, b.AckedAt != nil), reported, orDash(b.AckError))
 	}
 	if err := w.Flush(); err != nil {
 		return err

@@ -307,6 +307,7 @@ func (s *Balancers) statuses(now time.Time) ([]*pb.BalancerStatus, *pb.TableVers
 	for name, r := range s.Stats.Balancers() {
 		b := entry(name)
 		b.ReportedAt = timestamppb.New(r.At)
+		b.Lost = s.Stats.Lost > 0 && now.Sub(r.At) > s.Stats.Lost
 		if !r.Started.IsZero() {
 			b.Started = timestamppb.New(r.Started)
 		}
@@ -318,12 +319,17 @@ func (s *Balancers) statuses(now time.Time) ([]*pb.BalancerStatus, *pb.TableVers
 	return out, version, index
 }
 
-var descBalancerInSync = prometheus.NewDesc("hostscale_controller_balancer_in_sync",
-	"On the leader, per balancer heard from: 1 when it applied the table in force, 0 when it is behind or refused it.", []string{"balancer"}, nil)
+var (
+	descBalancerInSync = prometheus.NewDesc("hostscale_controller_balancer_in_sync",
+		"On the leader, per balancer heard from: 1 when it applied the table in force, 0 when it is behind or refused it.", []string{"balancer"}, nil)
+	descBalancerUp = prometheus.NewDesc("hostscale_controller_balancer_up",
+		"On the leader, per balancer that sent stats reports: 1 while it reports, 0 once it has sent none for -balancer-lost-after (presumed gone).", []string{"balancer"}, nil)
+)
 
 // Collector exports, while leading says this node leads, whether each
-// balancer applied the table in force: an alert on it catches a balancer
-// that stopped taking tables.
+// balancer applied the table in force, and whether it still reports: an
+// alert on the first catches a balancer that stopped taking tables, on
+// the second one that is gone.
 func (s *Balancers) Collector(leading func() bool) prometheus.Collector {
 	return balancersCollector{s, leading}
 }
@@ -341,6 +347,13 @@ func (c balancersCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	all, _, _ := c.s.statuses(time.Now())
 	for _, b := range all {
+		if b.ReportedAt != nil {
+			up := 1.0
+			if b.Lost {
+				up = 0
+			}
+			ch <- prometheus.MustNewConstMetric(descBalancerUp, prometheus.GaugeValue, up, b.Name)
+		}
 		if b.AckedVersion == nil {
 			continue // reports only: nothing to say of its table
 		}

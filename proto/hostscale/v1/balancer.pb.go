@@ -866,8 +866,13 @@ type BalancerStatus struct {
 	InSync bool `protobuf:"varint,5,opt,name=in_sync,json=inSync,proto3" json:"in_sync,omitempty"`
 	// Its last stats report, and when its counters started (its process's
 	// start); unset before its first report.
-	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
-	Started       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started,proto3" json:"started,omitempty"`
+	ReportedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	Started    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started,proto3" json:"started,omitempty"`
+	// Set when it has sent no stats report for the controller's
+	// -balancer-lost-after: presumed gone (killed, its host lost), it no
+	// longer holds back a pool's scale to zero. Never set for a balancer
+	// that sends no reports.
+	Lost          bool `protobuf:"varint,8,opt,name=lost,proto3" json:"lost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -949,6 +954,13 @@ func (x *BalancerStatus) GetStarted() *timestamppb.Timestamp {
 		return x.Started
 	}
 	return nil
+}
+
+func (x *BalancerStatus) GetLost() bool {
+	if x != nil {
+		return x.Lost
+	}
+	return false
 }
 
 type ListBalancersResponse struct {
@@ -1092,7 +1104,7 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\x14ListBalancersRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\xc5\x02\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xd9\x02\n" +
 	"\x0eBalancerStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12?\n" +
 	"\racked_version\x18\x02 \x01(\v2\x1a.hostscale.v1.TableVersionR\fackedVersion\x125\n" +
@@ -1101,7 +1113,8 @@ const file_hostscale_v1_balancer_proto_rawDesc = "" +
 	"\ain_sync\x18\x05 \x01(\bR\x06inSync\x12;\n" +
 	"\vreported_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"reportedAt\x124\n" +
-	"\astarted\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\astarted\"\xea\x01\n" +
+	"\astarted\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x12\n" +
+	"\x04lost\x18\b \x01(\bR\x04lost\"\xea\x01\n" +
 	"\x15ListBalancersResponse\x12:\n" +
 	"\tbalancers\x18\x01 \x03(\v2\x1c.hostscale.v1.BalancerStatusR\tbalancers\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
