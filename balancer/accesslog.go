@@ -35,6 +35,8 @@ const (
 	accessLogKick  = 64 << 10
 	accessLogMax   = 4 << 20
 	accessLogClose = 5 * time.Second
+	// reopenWait bounds how long Reopen waits for the old file to close.
+	reopenWait = time.Second
 )
 
 // AccessLog writes one line per request answered, as nginx's access_log
@@ -50,10 +52,11 @@ type AccessLog struct {
 	dropped atomic.Uint64
 	kick    chan struct{}
 
-	// fileMu guards out, which Run writes and Reopen replaces.
-	fileMu sync.Mutex
-	out    io.WriteCloser
+	// out is the file Run writes and Reopen replaces.
+	out atomic.Pointer[output]
 }
+
+type output struct{ io.WriteCloser }
 
 // OpenAccessLog opens path for appending ("-": standard output) and returns
 // a log in format (AccessLogCombined or AccessLogJSON); Run writes it.
@@ -66,7 +69,7 @@ func OpenAccessLog(path, format string) (*AccessLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.out = out
+	l.out.Store(&output{out})
 	return l, nil
 }
 
@@ -102,11 +105,18 @@ func (l *AccessLog) Reopen() error {
 	if err != nil {
 		return err
 	}
-	l.fileMu.Lock()
-	old := l.out
-	l.out = out
-	l.fileMu.Unlock()
-	return old.Close()
+	old := l.out.Swap(&output{out})
+	// A write to the old file may be stuck (a hung network filesystem):
+	// the new file is in use already, and the old one is closed once the
+	// write returns.
+	closed := make(chan error, 1)
+	go func() { closed <- old.Close() }()
+	select {
+	case err := <-closed:
+		return err
+	case <-time.After(reopenWait):
+		return nil
+	}
 }
 
 // Dropped counts the lines dropped because too many waited.
@@ -127,9 +137,7 @@ func (l *AccessLog) Run(ctx context.Context) error {
 			select {
 			case <-final:
 				l.write(spare)
-				l.fileMu.Lock()
-				defer l.fileMu.Unlock()
-				done <- l.out.Close()
+				done <- l.out.Load().Close()
 				return
 			case <-t.C:
 			case <-l.kick:
@@ -155,9 +163,12 @@ func (l *AccessLog) write(spare []byte) []byte {
 	l.buf = spare[:0]
 	l.mu.Unlock()
 	if len(lines) > 0 {
-		l.fileMu.Lock()
-		_, err := l.out.Write(lines)
-		l.fileMu.Unlock()
+		out := l.out.Load()
+		_, err := out.Write(lines)
+		if errors.Is(err, os.ErrClosed) && l.out.Load() != out {
+			// Reopened meanwhile: the new file takes them.
+			_, err = l.out.Load().Write(lines)
+		}
 		if err != nil && !errors.Is(err, os.ErrClosed) {
 			// Counted as dropped: lines written in part are lost too.
 			l.dropped.Add(uint64(countLines(lines)))

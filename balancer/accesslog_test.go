@@ -156,7 +156,8 @@ func TestAccessLog_json(t *testing.T) {
 func TestAccessLog_aStuckFileDropsLinesNotRequests(t *testing.T) {
 	r, w := io.Pipe() // nobody reads: a write blocks
 	t.Cleanup(func() { r.Close() })
-	l := &AccessLog{json: true, kick: make(chan struct{}, 1), out: w}
+	l := &AccessLog{json: true, kick: make(chan struct{}, 1)}
+	l.out.Store(&output{w})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
@@ -180,6 +181,48 @@ func TestAccessLog_aStuckFileDropsLinesNotRequests(t *testing.T) {
 	case <-time.After(2 * accessLogClose):
 		t.Fatal("Run did not give up on a stuck file")
 	}
+}
+
+// TestAccessLog_reopenWhileAWriteIsStuck: a SIGHUP's Reopen does not wait
+// for a write stuck in the old file (a hung network filesystem): the
+// lines after it go to the new file.
+func TestAccessLog_reopenWhileAWriteIsStuck(t *testing.T) {
+	r, w := io.Pipe()
+	t.Cleanup(func() { r.Close() })
+	path := filepath.Join(t.TempDir(), "access.log")
+	l := &AccessLog{path: path, json: true, kick: make(chan struct{}, 1)}
+	l.out.Store(&output{w})
+	stop := runAccessLog(t, l)
+	rec := &accessRecord{start: time.Now(), startMono: monoNow(), status: 200, pool: "before"}
+	l.add(rec, "127.0.0.1", monoNow())
+	// The writer's write starts within a second: the pipe hands over one
+	// byte, then takes no more.
+	started := make(chan struct{})
+	go func() {
+		var b [1]byte
+		_, _ = r.Read(b[:])
+		close(started)
+	}()
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the line was not written")
+	}
+	reopened := make(chan error, 1)
+	go func() { reopened <- l.Reopen() }()
+	select {
+	case err := <-reopened:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Reopen waits for the stuck write")
+	}
+	rec.pool = "after"
+	l.add(rec, "127.0.0.1", monoNow())
+	stop()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"pool":"after"`)
+	require.NotContains(t, string(b), `"pool":"before"`)
 }
 
 func TestOpenAccessLog_badInput(t *testing.T) {
