@@ -96,6 +96,10 @@ type Config struct {
 	// DrainDeadline: an instance out of the tables is stopped once every
 	// balancer acknowledged a table without it, or after this long.
 	DrainDeadline time.Duration
+	// ServerStabilization: a controller added as a voter joins as a
+	// non-voter, which the leader promotes once it has caught up and
+	// stayed healthy this long; 0 adds voters at once.
+	ServerStabilization time.Duration
 	// BalancerLostAfter: a balancer that sent the leader no stats report
 	// for this long is presumed gone, and no longer holds back a pool's
 	// scale to zero.
@@ -127,24 +131,34 @@ func CheckBalancerLostAfter(d time.Duration) error {
 	return nil
 }
 
+// CheckServerStabilization checks -server-stabilization-time: 0 (voters
+// join at once) to 1h.
+func CheckServerStabilization(d time.Duration) error {
+	if d < 0 || d > time.Hour {
+		return errors.New("-server-stabilization-time: between 0 and 1h")
+	}
+	return nil
+}
+
 // DefaultConfig returns the defaults of the hostscale-controller flags.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:          "127.0.0.1:7700",
-		RaftAddr:          "127.0.0.1:7701",
-		HTTPAddr:          "127.0.0.1:7702",
-		Raft:              raftnode.DefaultConfig(),
-		GRPC:              grpcx.DefaultServerConfig(),
-		ShutdownGrace:     5 * time.Second,
-		ProbeInterval:     time.Second,
-		HeartbeatTTL:      10 * time.Second,
-		MetricsWindow:     5 * time.Minute,
-		AlertInterval:     5 * time.Second,
-		DrainDeadline:     10 * time.Second,
-		CommitHold:        10 * time.Millisecond,
-		BalancerLostAfter: time.Minute,
-		LogStallExit:      15 * time.Second,
-		Exit:              os.Exit,
+		GRPCAddr:            "127.0.0.1:7700",
+		RaftAddr:            "127.0.0.1:7701",
+		HTTPAddr:            "127.0.0.1:7702",
+		Raft:                raftnode.DefaultConfig(),
+		GRPC:                grpcx.DefaultServerConfig(),
+		ShutdownGrace:       5 * time.Second,
+		ProbeInterval:       time.Second,
+		HeartbeatTTL:        10 * time.Second,
+		MetricsWindow:       5 * time.Minute,
+		AlertInterval:       5 * time.Second,
+		DrainDeadline:       10 * time.Second,
+		CommitHold:          10 * time.Millisecond,
+		BalancerLostAfter:   time.Minute,
+		ServerStabilization: 10 * time.Second,
+		LogStallExit:        15 * time.Second,
+		Exit:                os.Exit,
 
 		AlertGroupWait:      10 * time.Second,
 		AlertGroupInterval:  5 * time.Minute,
@@ -176,6 +190,9 @@ func (c Config) Validate() error {
 		return errors.New("-drain-deadline: between 0 and 1h")
 	}
 	if err := CheckBalancerLostAfter(c.BalancerLostAfter); err != nil {
+		return err
+	}
+	if err := CheckServerStabilization(c.ServerStabilization); err != nil {
 		return err
 	}
 	if c.CommitHold < 0 || c.CommitHold > time.Second {
@@ -329,7 +346,10 @@ func New(cfg Config) (s *Server, err error) {
 		SetStatus: s.setNodeStatus,
 		Logger:    logger,
 	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts},
-		s.schedulerLoop(), leader.LoopFunc{N: "autoscaler", F: s.runAutoscaler})
+		s.schedulerLoop(), leader.LoopFunc{N: "autoscaler", F: s.runAutoscaler},
+		leader.LoopFunc{N: "promoter", F: (&endpoint.Promoter{
+			Core: s.core, Stabilization: cfg.ServerStabilization, Interval: cfg.ProbeInterval, Logger: logger,
+		}).Run})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
@@ -344,6 +364,7 @@ func New(cfg Config) (s *Server, err error) {
 		Core:              s.core,
 		LastReached:       s.lastReached,
 		MembershipTimeout: 10 * time.Second,
+		Stabilization:     cfg.ServerStabilization,
 	})
 	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core, Traffic: s.lbstats, Leading: s.leader.Ready})
 	register(&pb.AgentService_ServiceDesc, &endpoint.Agents{

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/testcluster"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -44,12 +45,47 @@ func TestMain(m *testing.M) {
 // defaults.
 func startCluster(t *testing.T, n int) *testcluster.Cluster {
 	t.Helper()
+	return startClusterWith(t, n, nil)
+}
+
+// startClusterWith is startCluster with each node's config adjusted by
+// configure.
+func startClusterWith(t *testing.T, n int, configure func(*server.Config)) *testcluster.Cluster {
+	t.Helper()
 	return testcluster.Start(t, testcluster.Options{
 		Nodes:            n,
-		Launcher:         servertest.Launcher{},
+		Launcher:         servertest.Launcher{Configure: configure},
 		HeartbeatTimeout: 500 * time.Millisecond,
 		ElectionTimeout:  500 * time.Millisecond,
 	})
+}
+
+// memberOf returns id's entry in the leader's member list, nil when absent.
+func memberOf(ctx context.Context, t *testing.T, n *testcluster.Node, id string) *pb.Member {
+	t.Helper()
+	resp, err := retry(ctx, func(ctx context.Context) (*pb.ListMembersResponse, error) {
+		return n.Cluster().ListMembers(ctx, &pb.ListMembersRequest{Consistent: true})
+	})
+	require.NoError(t, err)
+	for _, m := range resp.Members {
+		if m.Id == id {
+			return m
+		}
+	}
+	return nil
+}
+
+// waitVoter waits until id is a voter, and returns how long that took.
+func waitVoter(ctx context.Context, t *testing.T, n *testcluster.Node, id string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	require.NoError(t, testcluster.Eventually(ctx, timeout, func(ctx context.Context) error {
+		if m := memberOf(ctx, t, n, id); m.GetSuffrage() != pb.Suffrage_SUFFRAGE_VOTER || m.Promoting {
+			return fmt.Errorf("%s: %v, promoting %v", id, m.GetSuffrage(), m.GetPromoting())
+		}
+		return nil
+	}))
+	return time.Since(start)
 }
 
 func waitLeader(t *testing.T, c *testcluster.Cluster) *testcluster.Node {
@@ -361,7 +397,8 @@ func listAllLocal(ctx context.Context, n *testcluster.Node) []*pb.Pool {
 }
 
 func TestCluster_removeAndAddBackMember(t *testing.T) {
-	c := startCluster(t, 3)
+	const stabilization = 2 * time.Second
+	c := startClusterWith(t, 3, func(cfg *server.Config) { cfg.ServerStabilization = stabilization })
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
 	victim := follower(c, leader)
@@ -385,10 +422,17 @@ func TestCluster_removeAndAddBackMember(t *testing.T) {
 	require.NoError(t, os.RemoveAll(victim.DataDir))
 	victim.Restart()
 	// It holds no peers: before AddMember it knows no leader.
-	_, err = retry(ctx, func(ctx context.Context) (*pb.AddMemberResponse, error) {
+	added, err := retry(ctx, func(ctx context.Context) (*pb.AddMemberResponse, error) {
 		return leader.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: victim.ID, RaftAddress: victim.RaftAddr, ApiAddress: victim.GRPCAddr})
 	})
 	require.NoError(t, err)
+	require.True(t, added.Promoting, "a new voter joins as a non-voter")
+	rejoined := memberOf(ctx, t, leader, victim.ID)
+	require.Equal(t, pb.Suffrage_SUFFRAGE_NONVOTER, rejoined.GetSuffrage())
+	require.True(t, rejoined.GetPromoting())
+	took := waitVoter(ctx, t, leader, victim.ID, 30*time.Second)
+	t.Logf("%s promoted to voter %v after it joined", victim.ID, took.Round(time.Millisecond))
+	require.GreaterOrEqual(t, took, stabilization-100*time.Millisecond, "promoted before it was healthy for -server-stabilization-time")
 	_, _, err = c.WaitLeader(ctx, 10*time.Second)
 	require.NoError(t, err)
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
@@ -407,11 +451,72 @@ func TestCluster_removeAndAddBackMember(t *testing.T) {
 	require.NoError(t, err)
 	_, _, err = c.WaitLeader(ctx, 10*time.Second)
 	require.NoError(t, err)
+	waitVoter(ctx, t, victim, n4.ID, 30*time.Second)
 	tr, err := retry(ctx, func(ctx context.Context) (*pb.TransferLeadershipResponse, error) {
 		return victim.Cluster().TransferLeadership(ctx, &pb.TransferLeadershipRequest{Id: n4.ID})
 	})
 	require.NoError(t, err)
 	require.Equal(t, n4.ID, tr.LeaderId)
+}
+
+// TestCluster_aNewVoterThatDoesNotCatchUpStaysANonvoter: a member added
+// as a voter that never answers (nothing runs at its addresses) joins as
+// a non-voter and stays one, so it never counts in the quorum: the three
+// voters keep committing with one of them stopped. Added with
+// -server-stabilization-time 0, a voter counts at once.
+func TestCluster_aNewVoterThatDoesNotCatchUpStaysANonvoter(t *testing.T) {
+	const stabilization = time.Second
+	c := startClusterWith(t, 3, func(cfg *server.Config) { cfg.ServerStabilization = stabilization })
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	ghost := []string{freeAddr(t), freeAddr(t)}
+	added, err := retry(ctx, func(ctx context.Context) (*pb.AddMemberResponse, error) {
+		return follower(c, leader).Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: "ghost", RaftAddress: ghost[0], ApiAddress: ghost[1]})
+	})
+	require.NoError(t, err)
+	require.True(t, added.Promoting)
+	// Retried, it changes nothing.
+	again, err := leader.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: "ghost", RaftAddress: ghost[0], ApiAddress: ghost[1]})
+	require.NoError(t, err)
+	require.True(t, again.Promoting)
+
+	deadline := time.Now().Add(stabilization + 3*time.Second)
+	for time.Now().Before(deadline) {
+		m := memberOf(ctx, t, leader, "ghost")
+		require.Equal(t, pb.Suffrage_SUFFRAGE_NONVOTER, m.GetSuffrage(), "a member that never answered was promoted")
+		require.True(t, m.GetPromoting())
+		_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool(fmt.Sprintf("p%d", time.Now().UnixNano()))})
+		require.NoError(t, err)
+	}
+	// With one voter of three stopped, the two others still commit: the
+	// ghost does not count.
+	stopped := follower(c, leader)
+	stopped.Stop()
+	_, err = retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("two-of-three")})
+	})
+	require.NoError(t, err)
+
+	// Asked to join as a non-voter, it no longer waits for promotion.
+	kept, err := leader.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: "ghost", RaftAddress: ghost[0], Nonvoter: true})
+	require.NoError(t, err)
+	require.False(t, kept.Promoting)
+	require.False(t, memberOf(ctx, t, leader, "ghost").GetPromoting())
+	_, err = leader.Cluster().RemoveMember(ctx, &pb.RemoveMemberRequest{Id: "ghost"})
+	require.NoError(t, err)
+}
+
+// TestCluster_withoutStabilizationAVoterCountsAtOnce: with
+// -server-stabilization-time 0 AddMember adds a voter at once.
+func TestCluster_withoutStabilizationAVoterCountsAtOnce(t *testing.T) {
+	c := startClusterWith(t, 3, func(cfg *server.Config) { cfg.ServerStabilization = 0 })
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	n4, err := c.AddNode(ctx, "c4")
+	require.NoError(t, err)
+	m := memberOf(ctx, t, leader, n4.ID)
+	require.Equal(t, pb.Suffrage_SUFFRAGE_VOTER, m.GetSuffrage())
+	require.False(t, m.GetPromoting())
 }
 
 // rulesInstalled waits until the new leader has installed the default
@@ -755,4 +860,14 @@ func TestCluster_garbageOnTheRaftPortChangesNothing(t *testing.T) {
 	for _, n := range c.Running() {
 		require.True(t, n.Running(), n.ID)
 	}
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
 }

@@ -45,7 +45,7 @@ certificate, for controllers that require one.
 commands:
   status                          this node's view: leader, term, indexes, members
   members                         the cluster's members (from the leader)
-  join ID RAFT_ADDR [API_ADDR]    add a controller as a voter
+  join ID RAFT_ADDR [API_ADDR]    add a controller as a voter (first a non-voter, until it has caught up)
   leave ID                        remove a controller
   transfer-leadership [ID]        hand leadership to ID, or to the best voter
   snapshot save FILE              write a snapshot of the whole state to FILE
@@ -246,6 +246,9 @@ func (c *cli) do(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Fprintf(c.out, "added %s at index %d\n", rest[0], resp.Index)
+		if resp.Promoting {
+			fmt.Fprintf(c.out, "%s joins as a non-voter: the leader promotes it to voter once it has caught up and stayed healthy for its -server-stabilization-time\n", rest[0])
+		}
 		return nil
 	case "leave":
 		if err := nargs(1, 1); err != nil {
@@ -580,8 +583,11 @@ func (c *cli) printMembers(ms []*pb.Member) {
 	w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "ID\tSUFFRAGE\tRAFT\tAPI\tREACHABLE\tLEADER")
 	for _, m := range ms {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\n", m.Id, strings.ToLower(strings.TrimPrefix(m.Suffrage.String(), "SUFFRAGE_")),
-			m.RaftAddress, orDash(m.ApiAddress), m.Reachable, m.Leader)
+		suffrage := strings.ToLower(strings.TrimPrefix(m.Suffrage.String(), "SUFFRAGE_"))
+		if m.Promoting {
+			suffrage += " (promoting)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\n", m.Id, suffrage, m.RaftAddress, orDash(m.ApiAddress), m.Reachable, m.Leader)
 	}
 	_ = w.Flush()
 }

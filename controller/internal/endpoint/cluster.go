@@ -35,6 +35,10 @@ type Cluster struct {
 	LastReached func(id string) time.Time
 	// MembershipTimeout bounds a membership change.
 	MembershipTimeout time.Duration
+	// Stabilization: a new voter joins as a non-voter, promoted once it
+	// has been caught up and healthy this long (Promoter); 0 adds voters
+	// at once.
+	Stabilization time.Duration
 }
 
 var _ pb.ClusterServiceServer = (*Cluster)(nil)
@@ -85,6 +89,7 @@ func (s *Cluster) members() ([]*pb.Member, uint64, error) {
 			}
 			if rec := st.Members[id]; rec != nil {
 				m.ApiAddress = rec.ApiAddress
+				m.Promoting = rec.VoterPending && srv.Suffrage != raft.Voter
 			}
 			if id == s.Core.ID {
 				m.ApiAddress, m.Reachable = s.Core.APIAddr, true
@@ -184,33 +189,48 @@ func (s *Cluster) AddMember(ctx context.Context, req *pb.AddMemberRequest) (*pb.
 	if err := cf.Error(); err != nil {
 		return nil, raftError("get configuration", err)
 	}
-	present := false
+	var current *raft.Server
 	for _, srv := range cf.Configuration().Servers {
 		switch {
-		case string(srv.ID) == req.Id && string(srv.Address) == req.RaftAddress:
-			present = true
-		case string(srv.ID) != req.Id && strings.EqualFold(string(srv.Address), req.RaftAddress):
+		case string(srv.ID) == req.Id:
+			current = &srv
+		case strings.EqualFold(string(srv.Address), req.RaftAddress):
 			return nil, status.Errorf(codes.AlreadyExists, "raft_address: %s is already used by member %q", req.RaftAddress, srv.ID)
 		}
 	}
+	isVoter := current != nil && current.Suffrage == raft.Voter
+	// A new voter joins as a non-voter, which the leader promotes once it
+	// has caught up and stayed healthy (Promoter): a voter that cannot
+	// yet take its share of the log would raise the quorum before it can
+	// be part of one.
+	stage := !req.Nonvoter && !isVoter && s.Stabilization > 0
 	resp.Index = cf.Index()
-	if !present {
-		var f raft.IndexFuture
-		if req.Nonvoter {
+	var f raft.IndexFuture
+	switch {
+	case current == nil || string(current.Address) != req.RaftAddress:
+		if req.Nonvoter || stage {
 			f = r.AddNonvoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddress), 0, s.MembershipTimeout)
 		} else {
 			f = r.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddress), 0, s.MembershipTimeout)
 		}
+	case !req.Nonvoter && !isVoter && !stage:
+		f = r.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddress), 0, s.MembershipTimeout)
+	}
+	if f != nil {
 		if err := f.Error(); err != nil {
 			return nil, raftError("add member", err)
 		}
 		resp.Index = f.Index()
 	}
-	if req.ApiAddress != "" {
-		res, err := s.Core.Apply(&pb.Command{
-			RequestId: id,
-			Command:   &pb.Command_SetMember{SetMember: &pb.SetMemberCommand{Member: &pb.MemberRecord{Id: req.Id, ApiAddress: req.ApiAddress}}},
-		})
+	resp.Promoting = stage
+	var pending bool
+	s.Core.FSM.Read(func(st *pb.State) { pending = st.Members[req.Id].GetVoterPending() })
+	cmd := &pb.SetMemberCommand{Member: &pb.MemberRecord{Id: req.Id, ApiAddress: req.ApiAddress}}
+	if pending != stage {
+		cmd.VoterPending = &stage
+	}
+	if req.ApiAddress != "" || cmd.VoterPending != nil {
+		res, err := s.Core.Apply(&pb.Command{RequestId: id, Command: &pb.Command_SetMember{SetMember: cmd}})
 		if err != nil {
 			return nil, err
 		}

@@ -328,3 +328,22 @@ func FuzzApply(f *testing.F) {
 		fsm.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
 	})
 }
+
+// SetMember changes what its command sets: an empty api_address keeps the
+// one kept, and voter_pending changes only when the command says.
+func TestFSM_SetMember_mergesIntoTheRecord(t *testing.T) {
+	a := &applier{t: t, f: New(nil)}
+	set := func(id string, rec *pb.MemberRecord, pending *bool) {
+		a.apply(&pb.Command{RequestId: id, Command: &pb.Command_SetMember{SetMember: &pb.SetMemberCommand{Member: rec, VoterPending: pending}}})
+	}
+	yes, no := true, false
+	set("r1", &pb.MemberRecord{Id: "c4", ApiAddress: "127.0.0.1:7730"}, &yes)
+	set("r2", &pb.MemberRecord{Id: "c4", ApiAddress: "127.0.0.1:7731"}, nil)
+	got := a.f.Clone().Members["c4"]
+	require.Equal(t, "127.0.0.1:7731", got.ApiAddress)
+	require.True(t, got.VoterPending, "an announcement keeps the pending promotion")
+	set("r3", &pb.MemberRecord{Id: "c4", VoterPending: false}, &no)
+	got = a.f.Clone().Members["c4"]
+	require.Equal(t, "127.0.0.1:7731", got.ApiAddress, "an empty address keeps the one kept")
+	require.False(t, got.VoterPending)
+}

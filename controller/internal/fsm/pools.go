@@ -18,7 +18,17 @@ func (f *FSM) setMember(c *pb.SetMemberCommand) error {
 	if m.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "member.id: must not be empty")
 	}
-	f.state.Members[m.GetId()] = proto.Clone(m).(*pb.MemberRecord)
+	rec := f.state.Members[m.GetId()]
+	if rec == nil {
+		rec = &pb.MemberRecord{Id: m.GetId()}
+		f.state.Members[m.GetId()] = rec
+	}
+	if m.GetApiAddress() != "" {
+		rec.ApiAddress = m.GetApiAddress()
+	}
+	if c.VoterPending != nil {
+		rec.VoterPending = c.GetVoterPending()
+	}
 	return nil
 }
 

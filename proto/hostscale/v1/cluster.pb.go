@@ -152,7 +152,10 @@ type Member struct {
 	// Whether this member is the leader in the answering node's view.
 	Leader bool `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
 	// When the answering node last reached this member's API.
-	LastReached   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_reached,json=lastReached,proto3" json:"last_reached,omitempty"`
+	LastReached *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_reached,json=lastReached,proto3" json:"last_reached,omitempty"`
+	// A non-voter added as a voter: the leader promotes it once it has
+	// caught up and stayed healthy for -server-stabilization-time.
+	Promoting     bool `protobuf:"varint,8,opt,name=promoting,proto3" json:"promoting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -234,6 +237,13 @@ func (x *Member) GetLastReached() *timestamppb.Timestamp {
 		return x.LastReached
 	}
 	return nil
+}
+
+func (x *Member) GetPromoting() bool {
+	if x != nil {
+		return x.Promoting
+	}
+	return false
 }
 
 // LeaderInfo names the leader a node follows.
@@ -652,7 +662,11 @@ func (x *AddMemberRequest) GetNonvoter() bool {
 type AddMemberResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Raft index of the configuration change.
-	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Set when a new voter joined as a non-voter that the leader promotes
+	// once it has caught up and stayed healthy for the leader's
+	// -server-stabilization-time.
+	Promoting     bool `protobuf:"varint,2,opt,name=promoting,proto3" json:"promoting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -692,6 +706,13 @@ func (x *AddMemberResponse) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *AddMemberResponse) GetPromoting() bool {
+	if x != nil {
+		return x.Promoting
+	}
+	return false
 }
 
 type RemoveMemberRequest struct {
@@ -1208,7 +1229,7 @@ var File_hostscale_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/cluster.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n" +
+	"\x1ahostscale/v1/cluster.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
 	"\bsuffrage\x18\x02 \x01(\x0e2\x16.hostscale.v1.SuffrageR\bsuffrage\x12!\n" +
@@ -1217,7 +1238,8 @@ const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"apiAddress\x12\x1c\n" +
 	"\treachable\x18\x05 \x01(\bR\treachable\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\bR\x06leader\x12=\n" +
-	"\flast_reached\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastReached\"`\n" +
+	"\flast_reached\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastReached\x12\x1c\n" +
+	"\tpromoting\x18\b \x01(\bR\tpromoting\"`\n" +
 	"\n" +
 	"LeaderInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
@@ -1253,9 +1275,10 @@ const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x04 \x01(\tR\n" +
 	"apiAddress\x12\x1a\n" +
-	"\bnonvoter\x18\x05 \x01(\bR\bnonvoter\")\n" +
+	"\bnonvoter\x18\x05 \x01(\bR\bnonvoter\"G\n" +
 	"\x11AddMemberResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"D\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1c\n" +
+	"\tpromoting\x18\x02 \x01(\bR\tpromoting\"D\n" +
 	"\x13RemoveMemberRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x0e\n" +

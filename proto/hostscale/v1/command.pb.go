@@ -1215,8 +1215,12 @@ func (x *DrainNodeCommand) GetDrain() bool {
 
 // SetMemberCommand records the API address of a controller.
 type SetMemberCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Member        *MemberRecord          `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record's api_address replaces the one kept unless empty.
+	Member *MemberRecord `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	// When set, replaces the record's voter_pending (member.voter_pending is
+	// not read).
+	VoterPending  *bool `protobuf:"varint,2,opt,name=voter_pending,json=voterPending,proto3,oneof" json:"voter_pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1256,6 +1260,13 @@ func (x *SetMemberCommand) GetMember() *MemberRecord {
 		return x.Member
 	}
 	return nil
+}
+
+func (x *SetMemberCommand) GetVoterPending() bool {
+	if x != nil && x.VoterPending != nil {
+		return *x.VoterPending
+	}
+	return false
 }
 
 // DeleteMemberCommand forgets a removed controller.
@@ -2028,9 +2039,11 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
 	"\x10DrainNodeCommand\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
-	"\x05drain\x18\x02 \x01(\bR\x05drain\"F\n" +
+	"\x05drain\x18\x02 \x01(\bR\x05drain\"\x82\x01\n" +
 	"\x10SetMemberCommand\x122\n" +
-	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\"%\n" +
+	"\x06member\x18\x01 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x06member\x12(\n" +
+	"\rvoter_pending\x18\x02 \x01(\bH\x00R\fvoterPending\x88\x01\x01B\x10\n" +
+	"\x0e_voter_pending\"%\n" +
 	"\x13DeleteMemberCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\";\n" +
 	"\x11CreatePoolCommand\x12&\n" +
@@ -2224,6 +2237,7 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_UpdatePool)(nil),
 		(*Command_Batch)(nil),
 	}
+	file_hostscale_v1_command_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

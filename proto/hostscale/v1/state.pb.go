@@ -317,9 +317,12 @@ func (x *AlertDelivery) GetAt() *timestamppb.Timestamp {
 
 // MemberRecord is what the state knows of a controller beyond Raft.
 type MemberRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	ApiAddress    string                 `protobuf:"bytes,2,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ApiAddress string                 `protobuf:"bytes,2,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// Added as a voter: a non-voter until it has caught up and stayed
+	// healthy for the leader's -server-stabilization-time, then promoted.
+	VoterPending  bool `protobuf:"varint,3,opt,name=voter_pending,json=voterPending,proto3" json:"voter_pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -366,6 +369,13 @@ func (x *MemberRecord) GetApiAddress() string {
 		return x.ApiAddress
 	}
 	return ""
+}
+
+func (x *MemberRecord) GetVoterPending() bool {
+	if x != nil {
+		return x.VoterPending
+	}
+	return false
 }
 
 // AppliedRequest is the remembered outcome of one applied command.
@@ -507,11 +517,12 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\tgroup_key\x18\x03 \x01(\tR\bgroupKey\x12\x1d\n" +
 	"\n" +
 	"alert_keys\x18\x04 \x03(\tR\talertKeys\x12*\n" +
-	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"?\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"d\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
-	"apiAddress\"\xa3\x01\n" +
+	"apiAddress\x12#\n" +
+	"\rvoter_pending\x18\x03 \x01(\bR\fvoterPending\"\xa3\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +

@@ -1,0 +1,151 @@
+package endpoint
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// Promotion bounds: a member is caught up when its applied index is
+// within MaxPromoteLag entries of the leader's commit index, its term is
+// the leader's and it heard from the leader within MaxPromoteContact, as
+// Consul's autopilot judges a server healthy (MaxTrailingLogs 250,
+// LastContactThreshold 200ms).
+const (
+	MaxPromoteLag     = 250
+	MaxPromoteContact = 500 * time.Millisecond
+)
+
+// Promoter is the leader loop that promotes the non-voters added as
+// voters (MemberRecord.voter_pending) once each has been healthy and
+// caught up for Stabilization without a break, as Consul's autopilot does
+// with its servers: a new voter counts in the quorum at once, so one that
+// is still far behind, or failing, would make the cluster lose a quorum
+// sooner.
+type Promoter struct {
+	Core          *Core
+	Stabilization time.Duration
+	// Interval between checks.
+	Interval time.Duration
+	Logger   *slog.Logger
+
+	// healthy is, by member, since when every check found it healthy.
+	healthy map[string]time.Time
+}
+
+// Run checks every Interval until ctx ends.
+func (p *Promoter) Run(ctx context.Context) error {
+	p.healthy = map[string]time.Time{}
+	t := time.NewTicker(p.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		p.check(ctx, time.Now())
+	}
+}
+
+func (p *Promoter) check(ctx context.Context, now time.Time) {
+	r := p.Core.Raft
+	cf := r.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	type candidate struct {
+		srv raft.Server
+		api string
+	}
+	var todo []candidate
+	var clear []string
+	p.Core.FSM.Read(func(st *pb.State) {
+		for _, srv := range cf.Configuration().Servers {
+			rec := st.Members[string(srv.ID)]
+			if !rec.GetVoterPending() {
+				continue
+			}
+			if srv.Suffrage == raft.Voter {
+				clear = append(clear, string(srv.ID)) // promoted: the record is behind
+				continue
+			}
+			todo = append(todo, candidate{srv, rec.GetApiAddress()})
+		}
+	})
+	waiting := map[string]bool{}
+	for _, c := range todo {
+		id := string(c.srv.ID)
+		waiting[id] = true
+		if err := p.caughtUp(ctx, c.api); err != nil {
+			if _, was := p.healthy[id]; was {
+				p.Logger.Info("member not ready for promotion", "member", id, "err", err)
+			}
+			delete(p.healthy, id)
+			continue
+		}
+		since, ok := p.healthy[id]
+		if !ok {
+			p.healthy[id] = now
+			since = now
+		}
+		if now.Sub(since) < p.Stabilization {
+			continue
+		}
+		if err := r.AddVoter(c.srv.ID, c.srv.Address, 0, 10*time.Second).Error(); err != nil {
+			p.Logger.Warn("promote member", "member", id, "err", err)
+			continue
+		}
+		p.Logger.Info("member promoted to voter", "member", id, "healthy_for", now.Sub(since).Round(time.Millisecond))
+		delete(p.healthy, id)
+		clear = append(clear, id)
+	}
+	for id := range p.healthy {
+		if !waiting[id] {
+			delete(p.healthy, id)
+		}
+	}
+	for _, id := range clear {
+		no := false
+		if _, err := p.Core.Apply(&pb.Command{Command: &pb.Command_SetMember{SetMember: &pb.SetMemberCommand{
+			Member: &pb.MemberRecord{Id: id}, VoterPending: &no,
+		}}}); err != nil {
+			p.Logger.Warn("record member promotion", "member", id, "err", err)
+		}
+	}
+}
+
+// caughtUp asks the member at api for its status and says why it is not
+// caught up with this leader, or nil.
+func (p *Promoter) caughtUp(ctx context.Context, api string) error {
+	if api == "" {
+		return fmt.Errorf("its API address is not known yet")
+	}
+	conn, err := p.Core.Conns.Get(api)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.Interval)
+	defer cancel()
+	st, err := pb.NewClusterServiceClient(conn).GetStatus(cctx, &pb.GetStatusRequest{})
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	r := p.Core.Raft
+	switch term, commit := r.CurrentTerm(), r.CommitIndex(); {
+	case st.Term != term:
+		return fmt.Errorf("its term is %d, the leader's %d", st.Term, term)
+	case st.Leader.GetId() != p.Core.ID:
+		return fmt.Errorf("it follows %q", st.Leader.GetId())
+	case st.LastContact == nil || st.LastContact.AsDuration() > MaxPromoteContact:
+		return fmt.Errorf("it last heard from the leader %v ago", st.LastContact.AsDuration())
+	case st.AppliedIndex+MaxPromoteLag < commit:
+		return fmt.Errorf("it applied index %d, the leader committed %d", st.AppliedIndex, commit)
+	}
+	return nil
+}
