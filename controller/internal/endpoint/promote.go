@@ -13,9 +13,10 @@ import (
 
 // Promotion bounds: a member is caught up when its applied index is
 // within MaxPromoteLag entries of the leader's commit index, its term is
-// the leader's and it heard from the leader within MaxPromoteContact, as
-// Consul's autopilot judges a server healthy (MaxTrailingLogs 250,
-// LastContactThreshold 200ms).
+// the leader's and it heard from the leader within MaxPromoteContact (or
+// the heartbeat timeout, when longer: heartbeats come a tenth of it
+// apart), as Consul's autopilot judges a server healthy (MaxTrailingLogs
+// 250, LastContactThreshold 200ms).
 const (
 	MaxPromoteLag     = 250
 	MaxPromoteContact = 500 * time.Millisecond
@@ -142,7 +143,7 @@ func (p *Promoter) caughtUp(ctx context.Context, api string) error {
 		return fmt.Errorf("its term is %d, the leader's %d", st.Term, term)
 	case st.Leader.GetId() != p.Core.ID:
 		return fmt.Errorf("it follows %q", st.Leader.GetId())
-	case st.LastContact == nil || st.LastContact.AsDuration() > MaxPromoteContact:
+	case st.LastContact == nil || st.LastContact.AsDuration() > max(MaxPromoteContact, r.ReloadableConfig().HeartbeatTimeout):
 		return fmt.Errorf("it last heard from the leader %v ago", st.LastContact.AsDuration())
 	case st.AppliedIndex+MaxPromoteLag < commit:
 		return fmt.Errorf("it applied index %d, the leader committed %d", st.AppliedIndex, commit)
