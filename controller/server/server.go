@@ -100,6 +100,10 @@ type Config struct {
 	// non-voter, which the leader promotes once it has caught up and
 	// stayed healthy this long; 0 adds voters at once.
 	ServerStabilization time.Duration
+	// DeadServerAfter: a promoted controller replaces a voter this leader
+	// has not reached for this long, when more than three voters remain;
+	// 0 never.
+	DeadServerAfter time.Duration
 	// BalancerLostAfter: a balancer that sent the leader no stats report
 	// for this long is presumed gone, and no longer holds back a pool's
 	// scale to zero.
@@ -140,6 +144,14 @@ func CheckServerStabilization(d time.Duration) error {
 	return nil
 }
 
+// CheckDeadServerAfter checks -dead-server-after: 0 (never) or 10s to 24h.
+func CheckDeadServerAfter(d time.Duration) error {
+	if d != 0 && (d < 10*time.Second || d > 24*time.Hour) {
+		return errors.New("-dead-server-after: 0 (never) or between 10s and 24h")
+	}
+	return nil
+}
+
 // DefaultConfig returns the defaults of the hostscale-controller flags.
 func DefaultConfig() Config {
 	return Config{
@@ -157,6 +169,7 @@ func DefaultConfig() Config {
 		CommitHold:          10 * time.Millisecond,
 		BalancerLostAfter:   time.Minute,
 		ServerStabilization: 10 * time.Second,
+		DeadServerAfter:     2 * time.Minute,
 		LogStallExit:        15 * time.Second,
 		Exit:                os.Exit,
 
@@ -193,6 +206,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := CheckServerStabilization(c.ServerStabilization); err != nil {
+		return err
+	}
+	if err := CheckDeadServerAfter(c.DeadServerAfter); err != nil {
 		return err
 	}
 	if c.CommitHold < 0 || c.CommitHold > time.Second {
@@ -349,6 +365,7 @@ func New(cfg Config) (s *Server, err error) {
 		s.schedulerLoop(), leader.LoopFunc{N: "autoscaler", F: s.runAutoscaler},
 		leader.LoopFunc{N: "promoter", F: (&endpoint.Promoter{
 			Core: s.core, Stabilization: cfg.ServerStabilization, Interval: cfg.ProbeInterval, Logger: logger,
+			LastReached: s.lastReached, DeadAfter: cfg.DeadServerAfter,
 		}).Run})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of

@@ -506,6 +506,50 @@ func TestCluster_aNewVoterThatDoesNotCatchUpStaysANonvoter(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestCluster_aPromotedMemberReplacesADeadOne: a voter stopped for longer
+// than -dead-server-after (10s) is removed once a new member is promoted
+// in its place, as Consul's autopilot cleans up dead servers: the cluster
+// is three voters again, all alive, and no longer needs the dead one.
+func TestCluster_aPromotedMemberReplacesADeadOne(t *testing.T) {
+	const deadAfter = 10 * time.Second
+	c := startClusterWith(t, 3, func(cfg *server.Config) {
+		cfg.ServerStabilization, cfg.DeadServerAfter = time.Second, deadAfter
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	dead := follower(c, leader)
+	dead.Stop()
+	stopped := time.Now()
+	// The leader has not reached it for deadAfter (it may never have).
+	require.NoError(t, testcluster.Eventually(ctx, deadAfter+10*time.Second, func(ctx context.Context) error {
+		m := memberOf(ctx, t, leader, dead.ID)
+		if last := m.GetLastReached(); m.GetReachable() || time.Since(stopped) < deadAfter+time.Second ||
+			(last != nil && time.Since(last.AsTime()) < deadAfter+time.Second) {
+			return fmt.Errorf("%s: reachable %v, last reached %v", dead.ID, m.GetReachable(), last.AsTime())
+		}
+		return nil
+	}))
+	n4, err := c.AddNode(ctx, "c4")
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		if m := memberOf(ctx, t, leader, dead.ID); m != nil {
+			return fmt.Errorf("%s is still a member (%v)", dead.ID, m.GetSuffrage())
+		}
+		return nil
+	}))
+	t.Logf("%s removed %v after it stopped, replaced by %s", dead.ID, time.Since(stopped).Round(time.Millisecond), n4.ID)
+	require.Equal(t, pb.Suffrage_SUFFRAGE_VOTER, memberOf(ctx, t, leader, n4.ID).GetSuffrage())
+	resp, err := leader.Cluster().ListMembers(ctx, &pb.ListMembersRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, resp.Members, 3)
+	// The three alive voters commit with one of them stopped.
+	follower(c, leader).Stop()
+	_, err = retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("after-cleanup")})
+	})
+	require.NoError(t, err)
+}
+
 // TestCluster_withoutStabilizationAVoterCountsAtOnce: with
 // -server-stabilization-time 0 AddMember adds a voter at once.
 func TestCluster_withoutStabilizationAVoterCountsAtOnce(t *testing.T) {

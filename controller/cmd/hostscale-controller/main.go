@@ -91,6 +91,7 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.DurationVar(&cfg.LogStallExit, "log-stall-exit", cfg.LogStallExit, "a leader whose Raft log store write (a stalled disk) has run this long exits, so that another controller leads; 0: never")
 	fs.DurationVar(&cfg.CommitHold, "commit-hold", cfg.CommitHold, "under load, the longest the leader holds the next Raft entry for more writes (group commit); 0: never")
 	fs.DurationVar(&cfg.ServerStabilization, "server-stabilization-time", cfg.ServerStabilization, "a controller added as a voter joins as a non-voter and is promoted once it has caught up and stayed healthy this long; 0 adds voters at once (0 to 1h)")
+	fs.DurationVar(&cfg.DeadServerAfter, "dead-server-after", cfg.DeadServerAfter, "a promoted controller replaces a voter the leader has not reached this long, when more than three voters remain; 0: never (0, or 10s to 24h)")
 	fs.DurationVar(&cfg.BalancerLostAfter, "balancer-lost-after", cfg.BalancerLostAfter, "a balancer that sent the leader no stats report this long is presumed gone and no longer holds back a pool's scale to zero (10s to 11m)")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "how long a removed instance waits for every balancer to acknowledge a table without it before it is stopped anyway")
 	var webhooks, deliveryFile string
@@ -193,6 +194,9 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		return cfg, logOpts, nil, err
 	}
 	if err := server.CheckServerStabilization(cfg.ServerStabilization); err != nil {
+		return cfg, logOpts, nil, err
+	}
+	if err := server.CheckDeadServerAfter(cfg.DeadServerAfter); err != nil {
 		return cfg, logOpts, nil, err
 	}
 	if len(p) > 0 {

@@ -28,20 +28,33 @@ const (
 // with its servers: a new voter counts in the quorum at once, so one that
 // is still far behind, or failing, would make the cluster lose a quorum
 // sooner.
+//
+// A promoted member replaces a dead one, as the autopilot's dead server
+// cleanup does: with more than three voters, a voter this node has not
+// reached for DeadAfter (LastReached: its probes) is removed, so that the
+// quorum no longer counts it. Only one goes per promotion, and never the
+// leader or the member just promoted.
 type Promoter struct {
 	Core          *Core
 	Stabilization time.Duration
 	// Interval between checks.
 	Interval time.Duration
 	Logger   *slog.Logger
+	// LastReached returns when this node last reached a member's API;
+	// DeadAfter, when positive, is how long unreached makes a voter dead.
+	LastReached func(id string) time.Time
+	DeadAfter   time.Duration
 
 	// healthy is, by member, since when every check found it healthy.
 	healthy map[string]time.Time
+	// started is when this leadership's loop began: a member never reached
+	// since has been unreached since then at least.
+	started time.Time
 }
 
 // Run checks every Interval until ctx ends.
 func (p *Promoter) Run(ctx context.Context) error {
-	p.healthy = map[string]time.Time{}
+	p.healthy, p.started = map[string]time.Time{}, time.Now()
 	t := time.NewTicker(p.Interval)
 	defer t.Stop()
 	for {
@@ -105,6 +118,7 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 		p.Logger.Info("member promoted to voter", "member", id, "healthy_for", now.Sub(since).Round(time.Millisecond))
 		delete(p.healthy, id)
 		clear = append(clear, id)
+		p.replaceDead(now, id)
 	}
 	for id := range p.healthy {
 		if !waiting[id] {
@@ -119,6 +133,52 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 			p.Logger.Warn("record member promotion", "member", id, "err", err)
 		}
 	}
+}
+
+// replaceDead removes the voter dead the longest, when one has been for
+// DeadAfter and more than three voters remain with promoted.
+func (p *Promoter) replaceDead(now time.Time, promoted string) {
+	if p.DeadAfter <= 0 || p.LastReached == nil {
+		return
+	}
+	cf := p.Core.Raft.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	voters := 0
+	dead, deadFor := "", time.Duration(0)
+	for _, srv := range cf.Configuration().Servers {
+		if srv.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		id := string(srv.ID)
+		if id == p.Core.ID || id == promoted {
+			continue
+		}
+		if d := now.Sub(maxTime(p.LastReached(id), p.started)); d >= p.DeadAfter && d > deadFor {
+			dead, deadFor = id, d
+		}
+	}
+	if dead == "" || voters <= 3 {
+		return
+	}
+	if _, err := p.Core.Apply(&pb.Command{Command: &pb.Command_DeleteMember{DeleteMember: &pb.DeleteMemberCommand{Id: dead}}}); err != nil {
+		p.Logger.Warn("remove dead member", "member", dead, "err", err)
+		return
+	}
+	if err := p.Core.Raft.RemoveServer(raft.ServerID(dead), 0, 10*time.Second).Error(); err != nil {
+		p.Logger.Warn("remove dead member", "member", dead, "err", err)
+		return
+	}
+	p.Logger.Info("dead member removed, replaced by a promoted one", "member", dead, "unreached_for", deadFor.Round(time.Second), "replaced_by", promoted)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // caughtUp asks the member at api for its status and says why it is not
