@@ -377,12 +377,23 @@ func New(cfg Config) (s *Server, err error) {
 		s.grpc.RegisterService(desc, impl)
 		peer.Register(desc, impl)
 	}
-	register(&pb.ClusterService_ServiceDesc, &endpoint.Cluster{
+	cluster := &endpoint.Cluster{
 		Core:              s.core,
 		LastReached:       s.lastReached,
 		MembershipTimeout: 10 * time.Second,
 		Stabilization:     cfg.ServerStabilization,
-	})
+	}
+	register(&pb.ClusterService_ServiceDesc, cluster)
+	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hostscale_controller_failure_tolerance",
+		Help: "How many more voters can fail before the cluster stops committing, in this node's view: the voters it reaches, itself included, less a quorum.",
+	}, func() float64 {
+		n, err := cluster.FailureTolerance()
+		if err != nil {
+			return 0
+		}
+		return float64(n)
+	}))
 	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core, Traffic: s.lbstats, Leading: s.leader.Ready})
 	register(&pb.AgentService_ServiceDesc, &endpoint.Agents{
 		Core:          s.core,

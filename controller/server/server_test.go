@@ -517,9 +517,27 @@ func TestCluster_aPromotedMemberReplacesADeadOne(t *testing.T) {
 	})
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
+	tolerance := func(want uint32) {
+		t.Helper()
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+			st, err := leader.Cluster().GetStatus(ctx, &pb.GetStatusRequest{})
+			if err != nil {
+				return err
+			}
+			if st.FailureTolerance != want {
+				return fmt.Errorf("failure tolerance %d, want %d", st.FailureTolerance, want)
+			}
+			if m := scrape(t, leader.HTTPAddr); !strings.Contains(m, fmt.Sprintf("hostscale_controller_failure_tolerance %d\n", want)) {
+				return fmt.Errorf("/metrics has no failure tolerance of %d", want)
+			}
+			return nil
+		}))
+	}
+	tolerance(1)
 	dead := follower(c, leader)
 	dead.Stop()
 	stopped := time.Now()
+	tolerance(0)
 	// The leader has not reached it for deadAfter (it may never have).
 	require.NoError(t, testcluster.Eventually(ctx, deadAfter+10*time.Second, func(ctx context.Context) error {
 		m := memberOf(ctx, t, leader, dead.ID)
@@ -542,6 +560,7 @@ func TestCluster_aPromotedMemberReplacesADeadOne(t *testing.T) {
 	resp, err := leader.Cluster().ListMembers(ctx, &pb.ListMembersRequest{Consistent: true})
 	require.NoError(t, err)
 	require.Len(t, resp.Members, 3)
+	tolerance(1)
 	// The three alive voters commit with one of them stopped.
 	follower(c, leader).Stop()
 	_, err = retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {

@@ -215,9 +215,9 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		if c.json {
 			return c.printJSON(st)
 		}
-		fmt.Fprintf(c.out, "node %s: %s, term %d, commit %d, applied %d\nleader: %s (%s)\n\n",
+		fmt.Fprintf(c.out, "node %s: %s, term %d, commit %d, applied %d\nleader: %s (%s)\nfailure tolerance: %d (more voters that can fail before the cluster stops committing)\n\n",
 			st.Id, strings.TrimPrefix(st.State.String(), "RAFT_STATE_"), st.Term, st.CommitIndex, st.AppliedIndex,
-			orDash(st.Leader.GetId()), orDash(st.Leader.GetApiAddress()))
+			orDash(st.Leader.GetId()), orDash(st.Leader.GetApiAddress()), st.FailureTolerance)
 		c.printMembers(st.Members)
 		return nil
 	case "members":

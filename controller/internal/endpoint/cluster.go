@@ -104,6 +104,30 @@ func (s *Cluster) members() ([]*pb.Member, uint64, error) {
 	return out, idx, nil
 }
 
+// FailureTolerance is how many more voters among members can fail before
+// the cluster stops committing: the reachable voters less a quorum of all.
+func FailureTolerance(members []*pb.Member) uint32 {
+	voters, reached := 0, 0
+	for _, m := range members {
+		if m.Suffrage == pb.Suffrage_SUFFRAGE_VOTER {
+			voters++
+			if m.Reachable {
+				reached++
+			}
+		}
+	}
+	return uint32(max(0, reached-(voters/2+1)))
+}
+
+// FailureTolerance is FailureTolerance of this node's view of the members.
+func (s *Cluster) FailureTolerance() (uint32, error) {
+	members, _, err := s.members()
+	if err != nil {
+		return 0, err
+	}
+	return FailureTolerance(members), nil
+}
+
 func (s *Cluster) GetStatus(ctx context.Context, _ *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
 	r := s.Core.Raft
 	members, idx, err := s.members()
@@ -123,6 +147,7 @@ func (s *Cluster) GetStatus(ctx context.Context, _ *pb.GetStatusRequest) (*pb.Ge
 		Members:           members,
 		Index:             idx,
 		LeaderReady:       s.Core.IsLeader() && s.Core.LeaderReady(),
+		FailureTolerance:  FailureTolerance(members),
 	}
 	if resp.State != pb.RaftState_RAFT_STATE_LEADER {
 		if lc := r.LastContact(); !lc.IsZero() {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -92,4 +93,29 @@ func TestVerifier_aStuckRoundLetsItsReadersGo(t *testing.T) {
 	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
 	require.GreaterOrEqual(t, time.Since(start), VerifyTimeout)
 	require.Equal(t, int32(1), f.calls.Load(), "one stuck round, not one per read")
+}
+
+func TestFailureTolerance_reachableVotersLessAQuorum(t *testing.T) {
+	m := func(voter, reachable bool) *pb.Member {
+		s := pb.Suffrage_SUFFRAGE_NONVOTER
+		if voter {
+			s = pb.Suffrage_SUFFRAGE_VOTER
+		}
+		return &pb.Member{Suffrage: s, Reachable: reachable}
+	}
+	for _, c := range []struct {
+		name    string
+		members []*pb.Member
+		want    uint32
+	}{
+		{"three voters", []*pb.Member{m(true, true), m(true, true), m(true, true)}, 1},
+		{"one of three unreached", []*pb.Member{m(true, true), m(true, false), m(true, true)}, 0},
+		{"two of three unreached", []*pb.Member{m(true, true), m(true, false), m(true, false)}, 0},
+		{"four voters", []*pb.Member{m(true, true), m(true, true), m(true, true), m(true, true)}, 1},
+		{"five voters", []*pb.Member{m(true, true), m(true, true), m(true, true), m(true, true), m(true, true)}, 2},
+		{"non-voters do not count", []*pb.Member{m(true, true), m(true, true), m(true, true), m(false, true), m(false, true)}, 1},
+		{"one voter", []*pb.Member{m(true, true)}, 0},
+	} {
+		require.Equal(t, c.want, FailureTolerance(c.members), c.name)
+	}
 }

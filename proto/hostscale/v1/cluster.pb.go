@@ -362,9 +362,13 @@ type GetStatusResponse struct {
 	Index uint64 `protobuf:"varint,11,opt,name=index,proto3" json:"index,omitempty"`
 	// Whether this node, as leader, has caught up (Barrier) and serves
 	// consistent reads and runs the leader loops.
-	LeaderReady   bool `protobuf:"varint,12,opt,name=leader_ready,json=leaderReady,proto3" json:"leader_ready,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LeaderReady bool `protobuf:"varint,12,opt,name=leader_ready,json=leaderReady,proto3" json:"leader_ready,omitempty"`
+	// How many more voters can fail before the cluster stops committing,
+	// in this node's view: the voters it reaches (itself included), less a
+	// quorum of all voters; 0 means the next failure stops it.
+	FailureTolerance uint32 `protobuf:"varint,13,opt,name=failure_tolerance,json=failureTolerance,proto3" json:"failure_tolerance,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -479,6 +483,13 @@ func (x *GetStatusResponse) GetLeaderReady() bool {
 		return x.LeaderReady
 	}
 	return false
+}
+
+func (x *GetStatusResponse) GetFailureTolerance() uint32 {
+	if x != nil {
+		return x.FailureTolerance
+	}
+	return 0
 }
 
 type ListMembersRequest struct {
@@ -1246,7 +1257,7 @@ const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\"\x12\n" +
-	"\x10GetStatusRequest\"\xdd\x03\n" +
+	"\x10GetStatusRequest\"\x8a\x04\n" +
 	"\x11GetStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.hostscale.v1.RaftStateR\x05state\x120\n" +
@@ -1260,7 +1271,8 @@ const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"\amembers\x18\n" +
 	" \x03(\v2\x14.hostscale.v1.MemberR\amembers\x12\x14\n" +
 	"\x05index\x18\v \x01(\x04R\x05index\x12!\n" +
-	"\fleader_ready\x18\f \x01(\bR\vleaderReady\"4\n" +
+	"\fleader_ready\x18\f \x01(\bR\vleaderReady\x12+\n" +
+	"\x11failure_tolerance\x18\r \x01(\rR\x10failureTolerance\"4\n" +
 	"\x12ListMembersRequest\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
