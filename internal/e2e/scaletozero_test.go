@@ -317,6 +317,7 @@ func TestAutoscale_aBalancerThatLeaves(t *testing.T) {
 	require.False(t, listed()["lb1"].GetLost())
 	m := httpGet(t, "http://"+f.leader().HTTPAddr+"/metrics")
 	require.Contains(t, m, `hostscale_controller_balancer_up{balancer="lb2"} 0`)
+	require.NotContains(t, m, `hostscale_controller_balancer_in_sync{balancer="lb2"}`, "a lost balancer's table says nothing")
 	require.Contains(t, m, `hostscale_controller_balancer_up{balancer="lb1"} 1`)
 
 	lb2 = start()

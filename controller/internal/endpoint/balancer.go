@@ -321,7 +321,7 @@ func (s *Balancers) statuses(now time.Time) ([]*pb.BalancerStatus, *pb.TableVers
 
 var (
 	descBalancerInSync = prometheus.NewDesc("hostscale_controller_balancer_in_sync",
-		"On the leader, per balancer heard from: 1 when it applied the table in force, 0 when it is behind or refused it.", []string{"balancer"}, nil)
+		"On the leader, per balancer heard from and not lost: 1 when it applied the table in force, 0 when it is behind or refused it.", []string{"balancer"}, nil)
 	descBalancerUp = prometheus.NewDesc("hostscale_controller_balancer_up",
 		"On the leader, per balancer that sent stats reports: 1 while it reports, 0 once it has sent none for -balancer-lost-after (presumed gone).", []string{"balancer"}, nil)
 )
@@ -354,8 +354,8 @@ func (c balancersCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descBalancerUp, prometheus.GaugeValue, up, b.Name)
 		}
-		if b.AckedVersion == nil {
-			continue // reports only: nothing to say of its table
+		if b.AckedVersion == nil || b.Lost {
+			continue // reports only, or presumed gone: nothing to say of its table
 		}
 		v := 0.0
 		if b.InSync {
