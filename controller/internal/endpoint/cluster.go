@@ -289,20 +289,30 @@ func (s *Cluster) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest)
 	if !found {
 		return nil, status.Errorf(codes.NotFound, "member %q is not in the cluster", req.Id)
 	}
-	// Forget the member's record first: once the leader removes itself it
-	// can no longer write.
-	if _, err := s.Core.Apply(&pb.Command{
-		RequestId: id,
-		Command:   &pb.Command_DeleteMember{DeleteMember: &pb.DeleteMemberCommand{Id: req.Id}},
-	}); err != nil {
+	index, err := removeMember(s.Core, id, req.Id, s.MembershipTimeout)
+	if err != nil {
 		return nil, err
 	}
-	f := r.RemoveServer(raft.ServerID(req.Id), 0, s.MembershipTimeout)
-	if err := f.Error(); err != nil {
-		return nil, raftError("remove member", err)
-	}
-	resp.Index = f.Index()
+	resp.Index = index
 	return resp, nil
+}
+
+// removeMember forgets member's record, then removes it from the Raft
+// configuration, on the leader; it returns the configuration's index.
+func removeMember(core *Core, requestID, member string, timeout time.Duration) (uint64, error) {
+	// Forget the member's record first: once the leader removes itself it
+	// can no longer write.
+	if _, err := core.Apply(&pb.Command{
+		RequestId: requestID,
+		Command:   &pb.Command_DeleteMember{DeleteMember: &pb.DeleteMemberCommand{Id: member}},
+	}); err != nil {
+		return 0, err
+	}
+	f := core.Raft.RemoveServer(raft.ServerID(member), 0, timeout)
+	if err := f.Error(); err != nil {
+		return 0, raftError("remove member", err)
+	}
+	return f.Index(), nil
 }
 
 func (s *Cluster) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {

@@ -163,11 +163,7 @@ func (p *Promoter) replaceDead(now time.Time, promoted string) {
 	if dead == "" || voters <= 3 {
 		return
 	}
-	if _, err := p.Core.Apply(&pb.Command{Command: &pb.Command_DeleteMember{DeleteMember: &pb.DeleteMemberCommand{Id: dead}}}); err != nil {
-		p.Logger.Warn("remove dead member", "member", dead, "err", err)
-		return
-	}
-	if err := p.Core.Raft.RemoveServer(raft.ServerID(dead), 0, 10*time.Second).Error(); err != nil {
+	if _, err := removeMember(p.Core, "", dead, 10*time.Second); err != nil {
 		p.Logger.Warn("remove dead member", "member", dead, "err", err)
 		return
 	}
