@@ -355,6 +355,10 @@ func New(cfg Config) (s *Server, err error) {
 	s.acks = endpoint.NewTableAcks()
 	s.lbstats = lbstats.New(BalancerKeep)
 	s.lbstats.Lost = cfg.BalancerLostAfter
+	promoter := &endpoint.Promoter{
+		Core: s.core, Stabilization: cfg.ServerStabilization, Interval: cfg.ProbeInterval, Logger: logger,
+		LastReached: s.lastReached, DeadAfter: cfg.DeadServerAfter,
+	}
 	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
 		Hub:       s.hub,
 		TTL:       cfg.HeartbeatTTL,
@@ -363,10 +367,7 @@ func New(cfg Config) (s *Server, err error) {
 		Logger:    logger,
 	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts},
 		s.schedulerLoop(), leader.LoopFunc{N: "autoscaler", F: s.runAutoscaler},
-		leader.LoopFunc{N: "promoter", F: (&endpoint.Promoter{
-			Core: s.core, Stabilization: cfg.ServerStabilization, Interval: cfg.ProbeInterval, Logger: logger,
-			LastReached: s.lastReached, DeadAfter: cfg.DeadServerAfter,
-		}).Run})
+		leader.LoopFunc{N: "promoter", F: promoter.Run})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
@@ -382,6 +383,7 @@ func New(cfg Config) (s *Server, err error) {
 		LastReached:       s.lastReached,
 		MembershipTimeout: 10 * time.Second,
 		Stabilization:     cfg.ServerStabilization,
+		Promotion:         promoter.Why,
 	}
 	register(&pb.ClusterService_ServiceDesc, cluster)
 	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

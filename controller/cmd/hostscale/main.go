@@ -590,6 +590,11 @@ func (c *cli) printMembers(ms []*pb.Member) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\n", m.Id, suffrage, m.RaftAddress, orDash(m.ApiAddress), m.Reachable, m.Leader)
 	}
 	_ = w.Flush()
+	for _, m := range ms {
+		if m.Promoting && m.Promotion != "" {
+			fmt.Fprintf(c.out, "%s is not a voter yet: %s\n", m.Id, m.Promotion)
+		}
+	}
 }
 
 func (c *cli) printJSON(m proto.Message) error {

@@ -39,6 +39,9 @@ type Cluster struct {
 	// has been caught up and healthy this long (Promoter); 0 adds voters
 	// at once.
 	Stabilization time.Duration
+	// Promotion, when set, says why a member waiting for promotion is not
+	// a voter yet (Promoter.Why); it is asked on the leader only.
+	Promotion func(id string) string
 }
 
 var _ pb.ClusterServiceServer = (*Cluster)(nil)
@@ -90,6 +93,9 @@ func (s *Cluster) members() ([]*pb.Member, uint64, error) {
 			if rec := st.Members[id]; rec != nil {
 				m.ApiAddress = rec.ApiAddress
 				m.Promoting = rec.VoterPending && srv.Suffrage != raft.Voter
+				if m.Promoting && s.Promotion != nil && s.Core.IsLeader() {
+					m.Promotion = s.Promotion(id)
+				}
 			}
 			if id == s.Core.ID {
 				m.ApiAddress, m.Reachable = s.Core.APIAddr, true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -47,6 +48,9 @@ type Promoter struct {
 
 	// healthy is, by member, since when every check found it healthy.
 	healthy map[string]time.Time
+	// why is, by member waiting for promotion, what the last check found.
+	mu  sync.Mutex
+	why map[string]string
 	// started is when this leadership's loop began: a member never reached
 	// since has been unreached since then at least.
 	started time.Time
@@ -55,6 +59,9 @@ type Promoter struct {
 // Run checks every Interval until ctx ends.
 func (p *Promoter) Run(ctx context.Context) error {
 	p.healthy, p.started = map[string]time.Time{}, time.Now()
+	p.mu.Lock()
+	p.why = nil
+	p.mu.Unlock()
 	t := time.NewTicker(p.Interval)
 	defer t.Stop()
 	for {
@@ -93,6 +100,12 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 		}
 	})
 	waiting := map[string]bool{}
+	why := map[string]string{}
+	defer func() {
+		p.mu.Lock()
+		p.why = why
+		p.mu.Unlock()
+	}()
 	for _, c := range todo {
 		id := string(c.srv.ID)
 		waiting[id] = true
@@ -100,6 +113,7 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 			if _, was := p.healthy[id]; was {
 				p.Logger.Info("member not ready for promotion", "member", id, "err", err)
 			}
+			why[id] = err.Error()
 			delete(p.healthy, id)
 			continue
 		}
@@ -109,6 +123,7 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 			since = now
 		}
 		if now.Sub(since) < p.Stabilization {
+			why[id] = fmt.Sprintf("healthy for %v of %v", now.Sub(since).Round(time.Second), p.Stabilization)
 			continue
 		}
 		if err := r.AddVoter(c.srv.ID, c.srv.Address, 0, 10*time.Second).Error(); err != nil {
@@ -133,6 +148,14 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 			p.Logger.Warn("record member promotion", "member", id, "err", err)
 		}
 	}
+}
+
+// Why says what the last check found of a member waiting for promotion:
+// why it is not caught up, or how long it has been; empty when unknown.
+func (p *Promoter) Why(id string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.why[id]
 }
 
 // replaceDead removes the voter dead the longest, when one has been for

@@ -155,7 +155,10 @@ type Member struct {
 	LastReached *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_reached,json=lastReached,proto3" json:"last_reached,omitempty"`
 	// A non-voter added as a voter: the leader promotes it once it has
 	// caught up and stayed healthy for -server-stabilization-time.
-	Promoting     bool `protobuf:"varint,8,opt,name=promoting,proto3" json:"promoting,omitempty"`
+	Promoting bool `protobuf:"varint,8,opt,name=promoting,proto3" json:"promoting,omitempty"`
+	// From the leader, for a member promoting: why it is not a voter yet,
+	// the last check's failure or how long it has been healthy.
+	Promotion     string `protobuf:"bytes,9,opt,name=promotion,proto3" json:"promotion,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +247,13 @@ func (x *Member) GetPromoting() bool {
 		return x.Promoting
 	}
 	return false
+}
+
+func (x *Member) GetPromotion() string {
+	if x != nil {
+		return x.Promotion
+	}
+	return ""
 }
 
 // LeaderInfo names the leader a node follows.
@@ -1240,7 +1250,7 @@ var File_hostscale_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/cluster.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n" +
+	"\x1ahostscale/v1/cluster.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
 	"\bsuffrage\x18\x02 \x01(\x0e2\x16.hostscale.v1.SuffrageR\bsuffrage\x12!\n" +
@@ -1250,7 +1260,8 @@ const file_hostscale_v1_cluster_proto_rawDesc = "" +
 	"\treachable\x18\x05 \x01(\bR\treachable\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\bR\x06leader\x12=\n" +
 	"\flast_reached\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastReached\x12\x1c\n" +
-	"\tpromoting\x18\b \x01(\bR\tpromoting\"`\n" +
+	"\tpromoting\x18\b \x01(\bR\tpromoting\x12\x1c\n" +
+	"\tpromotion\x18\t \x01(\tR\tpromotion\"`\n" +
 	"\n" +
 	"LeaderInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
