@@ -355,8 +355,9 @@ func New(cfg Config) (s *Server, err error) {
 	s.acks = endpoint.NewTableAcks()
 	s.lbstats = lbstats.New(BalancerKeep)
 	s.lbstats.Lost = cfg.BalancerLostAfter
+	const membershipTimeout = 10 * time.Second
 	promoter := &endpoint.Promoter{
-		Core: s.core, Stabilization: cfg.ServerStabilization, Interval: cfg.ProbeInterval, Logger: logger,
+		Core: s.core, Stabilization: cfg.ServerStabilization, MembershipTimeout: membershipTimeout, Interval: cfg.ProbeInterval, Logger: logger,
 		LastReached: s.lastReached, DeadAfter: cfg.DeadServerAfter,
 	}
 	s.leader = leader.NewManager(s.node.Raft, s.notifyCh, logger, &agents.Liveness{
@@ -381,7 +382,7 @@ func New(cfg Config) (s *Server, err error) {
 	cluster := &endpoint.Cluster{
 		Core:              s.core,
 		LastReached:       s.lastReached,
-		MembershipTimeout: 10 * time.Second,
+		MembershipTimeout: membershipTimeout,
 		Stabilization:     cfg.ServerStabilization,
 		Promotion:         promoter.Why,
 	}

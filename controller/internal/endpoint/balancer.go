@@ -307,7 +307,7 @@ func (s *Balancers) statuses(now time.Time) ([]*pb.BalancerStatus, *pb.TableVers
 	for name, r := range s.Stats.Balancers() {
 		b := entry(name)
 		b.ReportedAt = timestamppb.New(r.At)
-		b.Lost = s.Stats.Lost > 0 && now.Sub(r.At) > s.Stats.Lost
+		b.Lost = s.Stats.PresumedGone(r.At, now)
 		if !r.Started.IsZero() {
 			b.Started = timestamppb.New(r.Started)
 		}

@@ -38,6 +38,8 @@ const (
 type Promoter struct {
 	Core          *Core
 	Stabilization time.Duration
+	// MembershipTimeout bounds a promotion or a removal.
+	MembershipTimeout time.Duration
 	// Interval between checks.
 	Interval time.Duration
 	Logger   *slog.Logger
@@ -126,7 +128,7 @@ func (p *Promoter) check(ctx context.Context, now time.Time) {
 			why[id] = fmt.Sprintf("healthy for %v of %v", now.Sub(since).Round(time.Second), p.Stabilization)
 			continue
 		}
-		if err := r.AddVoter(c.srv.ID, c.srv.Address, 0, 10*time.Second).Error(); err != nil {
+		if err := r.AddVoter(c.srv.ID, c.srv.Address, 0, p.MembershipTimeout).Error(); err != nil {
 			p.Logger.Warn("promote member", "member", id, "err", err)
 			continue
 		}
@@ -186,7 +188,7 @@ func (p *Promoter) replaceDead(now time.Time, promoted string) {
 	if dead == "" || voters <= 3 {
 		return
 	}
-	if _, err := removeMember(p.Core, "", dead, 10*time.Second); err != nil {
+	if _, err := removeMember(p.Core, "", dead, p.MembershipTimeout); err != nil {
 		p.Logger.Warn("remove dead member", "member", dead, "err", err)
 		return
 	}

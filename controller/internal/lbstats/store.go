@@ -252,6 +252,12 @@ type Activity struct {
 	Known bool
 }
 
+// PresumedGone reports whether a balancer whose last report came at last
+// is presumed gone at now: it has sent none for Lost.
+func (s *Store) PresumedGone(last, now time.Time) bool {
+	return s.Lost > 0 && now.Sub(last) > s.Lost
+}
+
 // Activity returns the demand for pool at now; reports older than fresh
 // count for Idle's Known only.
 func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activity {
@@ -262,7 +268,7 @@ func (s *Store) Activity(pool string, now time.Time, fresh time.Duration) Activi
 	var lostActive time.Time
 	for b, a := range s.activity[pool] {
 		if now.Sub(a.last) > fresh {
-			if s.Lost > 0 && now.Sub(a.last) > s.Lost && now.Sub(s.reported[b]) > s.Lost {
+			if s.PresumedGone(a.last, now) && s.PresumedGone(s.reported[b], now) {
 				if a.active.After(lostActive) {
 					lostActive = a.active
 				}
