@@ -32,6 +32,7 @@ import (
 	"github.com/hostscale/hostscale/controller/internal/leader"
 	"github.com/hostscale/hostscale/controller/internal/raftmetrics"
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/admin"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
@@ -73,7 +74,13 @@ type Config struct {
 	// still calling the others in plaintext): the Raft port serves
 	// GRPC.TLS too, and takes plaintext as GRPC.AcceptPlaintext says.
 	PeerTLS func() *tls.Config
-	Logger  *slog.Logger
+	// ACL, when set, makes the gRPC API admit only calls with a token of
+	// this file, in a role ACLRules allows; nil admits every call.
+	ACL *acl.File
+	// Token, when set, is sent with this controller's calls to the
+	// others' APIs; with ACL set, it must hold the operator role.
+	Token  *acl.TokenFile
+	Logger *slog.Logger
 	// ShutdownGrace bounds the graceful stop of the gRPC server.
 	ShutdownGrace time.Duration
 	// ProbeInterval is how often members probe each other's API.
@@ -220,7 +227,30 @@ func (c Config) Validate() error {
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
 	}
+	if err := CheckACL(c.ACL, c.Token); err != nil {
+		return err
+	}
 	return c.GRPC.Validate()
+}
+
+// CheckACL checks that a controller enforcing ACLs has a token of its own
+// for its calls to the others, and that its ACL file grants that token the
+// operator role: the others, with the same file, would refuse it otherwise.
+func CheckACL(f *acl.File, own *acl.TokenFile) error {
+	if f == nil {
+		return nil
+	}
+	if own == nil {
+		return errors.New("-acl-file: needs -token-file, this controller's own token (with the operator role) for its calls to the other controllers")
+	}
+	tok, ok := f.Tokens().Lookup(own.Token())
+	switch {
+	case !ok:
+		return fmt.Errorf("-token-file: %s holds no token of -acl-file %s", own.Path(), f.Path())
+	case !ACLRules.Admits(tok, "/hostscale.peer.v1.PeerService/Forward"):
+		return fmt.Errorf("-token-file: token %q of -acl-file %s has roles %v; a controller's own token needs operator", tok.Name, f.Path(), tok.Roles)
+	}
+	return nil
 }
 
 // Server is one running controller.
@@ -267,7 +297,7 @@ func New(cfg Config) (s *Server, err error) {
 		logger:   logger,
 		registry: admin.NewRegistry(),
 		fsm:      fsm.New(logger),
-		conns:    grpcx.NewConnPool(grpcx.WithTLSFunc(cfg.PeerTLS)),
+		conns:    grpcx.NewConnPool(grpcx.WithTLSFunc(cfg.PeerTLS), acl.WithToken(cfg.Token)),
 		notifyCh: make(chan bool, 1),
 		reached:  map[string]time.Time{},
 	}
@@ -332,6 +362,13 @@ func New(cfg Config) (s *Server, err error) {
 	gc := cfg.GRPC
 	gc.Logger, gc.Registerer = logger, s.registry
 	gc.OnPlaintext = plaintext.WithLabelValues("grpc").Inc
+	if cfg.ACL != nil {
+		gc.Authorize = (&acl.Authorizer{Tokens: cfg.ACL.Tokens, Rules: ACLRules}).Authorize
+		s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hostscale_controller_acl_tokens",
+			Help: "Tokens in the ACL file in force (-acl-file).",
+		}, func() float64 { return float64(cfg.ACL.Tokens().Len()) }))
+	}
 	if s.grpc, err = grpcx.NewServer(gc); err != nil {
 		return nil, err
 	}

@@ -58,6 +58,10 @@ type ServerConfig struct {
 	// for each such connection.
 	AcceptPlaintext bool
 	OnPlaintext     func()
+	// Authorize, when set, admits or refuses each call before its
+	// handler runs (acl.Authorizer.Authorize): it returns the context the
+	// handler gets, or the error the call fails with.
+	Authorize func(ctx context.Context, method string) (context.Context, error)
 }
 
 // DefaultServerConfig returns the limits every hostscale server starts with.
@@ -136,8 +140,8 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 		}),
 		grpc.StaticStreamWindowSize(StreamWindow),
 		grpc.StaticConnWindowSize(ConnWindow),
-		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m)),
-		grpc.ChainStreamInterceptor(streamInterceptor(logger, m)),
+		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m, cfg.Authorize)),
+		grpc.ChainStreamInterceptor(streamInterceptor(logger, m, cfg.Authorize)),
 	}
 	if cfg.TLS != nil {
 		creds := credentials.NewTLS(cfg.TLS)
@@ -204,7 +208,9 @@ func Stop(s *grpc.Server, grace time.Duration) error {
 	}
 }
 
-func unaryInterceptor(logger *slog.Logger, m *serverMetrics) grpc.UnaryServerInterceptor {
+type authorizeFunc = func(ctx context.Context, method string) (context.Context, error)
+
+func unaryInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorizeFunc) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		start := time.Now()
 		defer func() {
@@ -213,21 +219,55 @@ func unaryInterceptor(logger *slog.Logger, m *serverMetrics) grpc.UnaryServerInt
 			}
 			observe(ctx, logger, m, info.FullMethod, "unary", start, err)
 		}()
+		if authorize != nil {
+			if ctx, err = authorize(ctx, info.FullMethod); err != nil {
+				return nil, err
+			}
+		}
 		return handler(ctx, req)
 	}
 }
 
-func streamInterceptor(logger *slog.Logger, m *serverMetrics) grpc.StreamServerInterceptor {
+func streamInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorizeFunc) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
+		ctx := ss.Context()
 		defer func() {
 			if r := recover(); r != nil {
 				err = recovered(logger, info.FullMethod, r)
 			}
-			observe(ss.Context(), logger, m, info.FullMethod, "stream", start, err)
+			observe(ctx, logger, m, info.FullMethod, "stream", start, err)
 		}()
+		if authorize != nil {
+			if ctx, err = authorize(ctx, info.FullMethod); err != nil {
+				return err
+			}
+			ss = contextStream{ServerStream: ss, ctx: ctx}
+		}
 		return handler(srv, ss)
 	}
+}
+
+// contextStream is a stream whose handler sees ctx.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s contextStream) Context() context.Context { return s.ctx }
+
+type callerKey struct{}
+
+// WithCaller returns ctx naming the caller of the call it serves (an ACL
+// token's name), which the call's log record then carries.
+func WithCaller(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, callerKey{}, name)
+}
+
+// Caller returns the name WithCaller gave ctx, or "".
+func Caller(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	return s
 }
 
 func recovered(logger *slog.Logger, method string, r any) error {
@@ -240,8 +280,13 @@ func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method,
 	elapsed := time.Since(start)
 	m.observe(method, code, elapsed)
 	level := slog.LevelDebug
-	if serverFault(code) {
+	switch {
+	case serverFault(code):
 		level = slog.LevelWarn
+	case code == codes.Unauthenticated || code == codes.PermissionDenied:
+		// Refusals are worth a line each: a client with a wrong token,
+		// or someone trying tokens.
+		level = slog.LevelInfo
 	}
 	if !logger.Enabled(ctx, level) {
 		return
@@ -251,6 +296,9 @@ func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method,
 		slog.String("kind", kind),
 		slog.String("code", code.String()),
 		slog.Duration("elapsed", elapsed),
+	}
+	if c := Caller(ctx); c != "" {
+		attrs = append(attrs, slog.String("caller", c))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("err", status.Convert(err).Message()))

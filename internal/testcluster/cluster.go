@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/freeport"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -35,6 +36,9 @@ type Options struct {
 	// controllers that serve TLS (their -tls-* flags in Args); nil:
 	// plaintext.
 	ClientTLS *tls.Config
+	// ClientToken, when set, is the ACL token the harness's connections
+	// send (for controllers with an -acl-file in Args).
+	ClientToken string
 	// Net, when set, runs node i on the Net's host i, at that host's
 	// address with the default ports (7700 gRPC, 7701 Raft, 7702 HTTP),
 	// so that a test can cut the nodes apart (Net.Partition). It needs a
@@ -233,9 +237,9 @@ func (n *Node) Conn() *grpc.ClientConn {
 	defer n.mu.Unlock()
 	if n.conn == nil {
 		n.c.mu.Lock()
-		cfg := n.c.opts.ClientTLS
+		cfg, token := n.c.opts.ClientTLS, n.c.opts.ClientToken
 		n.c.mu.Unlock()
-		conn, err := grpcx.Dial(n.GRPCAddr, grpcx.WithTLS(cfg))
+		conn, err := grpcx.Dial(n.GRPCAddr, grpcx.WithTLS(cfg), grpc.WithPerRPCCredentials(acl.Credentials(func() string { return token })))
 		if err != nil {
 			n.c.t.Fatalf("testcluster: dial %s: %v", n.ID, err)
 		}

@@ -33,6 +33,7 @@ import (
 	"github.com/hostscale/hostscale/agent/internal/node"
 	"github.com/hostscale/hostscale/agent/internal/sample"
 	"github.com/hostscale/hostscale/agent/internal/session"
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/admin"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/grpcx"
@@ -76,6 +77,9 @@ type options struct {
 	// httpTLS, when set, makes -http-addr HTTPS only (-http-tls).
 	httpTLS  *tls.Config
 	identity *tlsx.Identity
+	// token, when set, is sent with every call to the controllers
+	// (-token-file), reloaded on SIGHUP.
+	token *acl.TokenFile
 }
 
 // usageError is bad input: the process exits 2.
@@ -137,6 +141,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the controllers' certificates: speak TLS to them")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this agent's certificate, for controllers that require one (mutual TLS)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of -tls-cert's private key")
+	tokenFile := fs.String("token-file", "", "`file` holding the ACL token sent to controllers that have an -acl-file (role agent); SIGHUP reloads it")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.log.Format, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
@@ -207,6 +212,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.identity != nil {
 		o.tls = o.identity.Client
+	}
+	if *tokenFile != "" {
+		if o.token, err = acl.ReadTokenFile(*tokenFile); err != nil {
+			return o, fmt.Errorf("-token-file: %w", err)
+		}
 	}
 	if o.httpTLS, err = tlsx.HTTPServer(o.identity, *httpTLS); err != nil {
 		return o, err
@@ -279,7 +289,9 @@ func serve(o options, stderr io.Writer) error {
 	ssc.Labels = o.labels
 	ssc.Interval = o.interval
 	ssc.Controllers = o.controllers
-	ssc.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLSFunc(o.tls)) }
+	ssc.Dial = func(addr string) (*grpc.ClientConn, error) {
+		return grpcx.Dial(addr, grpcx.WithTLSFunc(o.tls), acl.WithToken(o.token))
+	}
 	ssc.BufferSize = max(1, int(o.buffer/o.interval))
 	a, err := agent.New(agent.Config{Sampler: sampler, Session: ssc, Logger: logger, Registerer: reg, Usage: drv.Usage})
 	if err != nil {
@@ -306,6 +318,7 @@ func serve(o options, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go tlsx.ReloadOnSIGHUP(ctx, o.identity, logger)
+	go acl.ReloadOnSIGHUP(ctx, nil, o.token, logger)
 	logger.Info("agent starting", "version", version.Version, "controllers", strings.Join(o.controllers, ","),
 		"interval", o.interval, "buffer_samples", ssc.BufferSize, "http_addr", addrOf(adm))
 

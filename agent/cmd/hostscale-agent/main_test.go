@@ -248,6 +248,8 @@ func TestAgent_readyOnlyWithLeader(t *testing.T) {
 func TestAgent_badFlagsExit2NamingTheFlag(t *testing.T) {
 	conf := filepath.Join(t.TempDir(), "agent.conf")
 	require.NoError(t, os.WriteFile(conf, []byte("interval = 1s\nno-such-key = 1\n"), 0o644))
+	conf2 := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(conf2, []byte("two words\n"), 0o600))
 	tests := []struct {
 		name string
 		args []string
@@ -276,6 +278,8 @@ func TestAgent_badFlagsExit2NamingTheFlag(t *testing.T) {
 		{"memoryFreeNegative", []string{"-memory-pressure-free", "-1"}, "-memory-pressure-free"},
 		{"negativeTransition", []string{"-pressure-transition", "-1s"}, "-pressure-transition"},
 		{"unknownFlag", []string{"-no-such-flag"}, "-no-such-flag"},
+		{"missingTokenFile", []string{"-token-file", "/nonexistent/token"}, "-token-file: token file: open /nonexistent/token"},
+		{"tokenFileWithTwoWords", []string{"-token-file", conf2}, "-token-file: token file " + conf2 + ": the token holds a space"},
 		{"unknownConfigKey", []string{"-config", conf}, `agent.conf:2: unknown key "no-such-key"`},
 	}
 	for _, tt := range tests {

@@ -36,6 +36,7 @@ import (
 	"github.com/hostscale/hostscale/balancer"
 	"github.com/hostscale/hostscale/balancer/admin"
 	"github.com/hostscale/hostscale/balancer/watch"
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/tlsx"
@@ -64,6 +65,9 @@ type options struct {
 	// controllers (nil: plaintext), from the identity it reloads on SIGHUP.
 	tls      func() *tls.Config
 	identity *tlsx.Identity
+	// token, when set, is sent with every call to the controllers
+	// (-token-file), reloaded on SIGHUP.
+	token *acl.TokenFile
 	// certDir holds the certificates of -tls-listen, certs them loaded.
 	certDir string
 	certs   *balancer.CertStore
@@ -109,6 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the controllers' certificates: speak TLS to them")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "PEM `file` of this balancer's certificate, for controllers that require one (mutual TLS)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", "", "PEM `file` of -tls-cert's private key")
+	tokenFile := fs.String("token-file", "", "`file` holding the ACL token sent to controllers that have an -acl-file (role balancer); SIGHUP reloads it")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := config.Parse(fs, args); err != nil {
@@ -150,6 +155,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.adm.TLS, err = tlsx.HTTPServer(o.identity, *httpTLS); err != nil {
 		return nil, usageError{err.Error()}
+	}
+	if *tokenFile != "" {
+		if o.token, err = acl.ReadTokenFile(*tokenFile); err != nil {
+			return nil, usageError{"-token-file: " + err.Error()}
+		}
 	}
 	if o.name != "" && !watch.ValidName(o.name) {
 		return nil, usageError{fmt.Sprintf("-name: %q is not a DNS label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)", o.name)}
@@ -246,7 +256,9 @@ func serve(o *options, log *slog.Logger) error {
 		cfg := watch.DefaultConfig()
 		cfg.Controllers, cfg.Name, cfg.Balancer, cfg.Logger = o.controllers, o.name, b, log
 		cfg.StatsInterval = o.statsInterval
-		cfg.Dial = func(addr string) (*grpc.ClientConn, error) { return grpcx.Dial(addr, grpcx.WithTLSFunc(o.tls)) }
+		cfg.Dial = func(addr string) (*grpc.ClientConn, error) {
+			return grpcx.Dial(addr, grpcx.WithTLSFunc(o.tls), acl.WithToken(o.token))
+		}
 		if w, err = watch.New(cfg); err != nil {
 			return err
 		}
@@ -299,6 +311,7 @@ func serve(o *options, log *slog.Logger) error {
 		return err
 	})
 	g.Go(func() error { tlsx.ReloadOnSIGHUP(ctx, o.identity, log); return nil })
+	g.Go(func() error { acl.ReloadOnSIGHUP(ctx, nil, o.token, log); return nil })
 	g.Go(func() error { return adm.Run(ctx) })
 	if w != nil {
 		g.Go(func() error { return w.Run(ctx) })

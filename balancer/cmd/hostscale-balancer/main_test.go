@@ -178,6 +178,8 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-access-log-format", "apache"}, 2, `-access-log-format: "apache": expected combined or json`},
 		{[]string{"-access-log", filepath.Join(dir, "nope", "access.log")}, 2, "-access-log: open " + filepath.Join(dir, "nope", "access.log")},
 		{[]string{"-http-tls", "on"}, 2, "-http-tls on: needs -tls-cert and -tls-key"},
+		{[]string{"-token-file", filepath.Join(dir, "no-token")}, 2, "-token-file: token file: open " + filepath.Join(dir, "no-token")},
+		{[]string{"-token-file", badConf}, 2, "-token-file: token file " + badConf + ": the token holds a space"},
 		{[]string{"-stats-interval", "-1s"}, 2, "-stats-interval: -1s must be 0 (no reports) or at least 100ms"},
 		{[]string{"-stats-interval", "50ms"}, 2, "-stats-interval: 50ms must be 0 (no reports) or at least 100ms"},
 		{[]string{"-listen", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-table", badTable}, 1,

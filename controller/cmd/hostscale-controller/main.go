@@ -19,6 +19,7 @@ import (
 	"github.com/hostscale/hostscale/controller/internal/alertconfig"
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server"
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/logging"
 	"github.com/hostscale/hostscale/internal/tlsx"
@@ -53,6 +54,7 @@ func run(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go tlsx.ReloadOnSIGHUP(ctx, id, logger)
+	go acl.ReloadOnSIGHUP(ctx, cfg.ACL, cfg.Token, logger)
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("stopped with error", "err", err)
 		return 1
@@ -108,6 +110,8 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 	fs.BoolVar(&cfg.GRPC.AcceptPlaintext, "tls-accept-plaintext", false, "with -tls-cert, the gRPC API and the Raft port also take plaintext connections: the first and second steps of moving a running cluster to TLS")
 	dialPlaintext := fs.Bool("tls-dial-plaintext", false, "with -tls-accept-plaintext, call the other controllers in plaintext: the first step of moving a running cluster to TLS")
 	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "PEM `file` of the CA that signs the clients' and the other controllers' certificates: the API then requires a client certificate it signed (mutual TLS)")
+	aclFile := fs.String("acl-file", "", "`file` of ACL tokens (NAME ROLE[,ROLE...] SECRET lines; docs/controller.md): the gRPC API then admits only calls with one of them, in a role the method allows; SIGHUP reloads it")
+	tokenFile := fs.String("token-file", "", "`file` holding this controller's own ACL token, sent with its calls to the other controllers (needs the operator role); SIGHUP reloads it")
 	fs.IntVar(&cfg.GRPC.MaxRecvMessageSize, "max-message-size", cfg.GRPC.MaxRecvMessageSize, "largest gRPC message accepted, in bytes")
 	fs.StringVar(&logOpts.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&logOpts.Format, "log-format", "text", "log format: text or json")
@@ -160,6 +164,19 @@ func parseFlags(args []string, stderr io.Writer) (server.Config, logging.Options
 		cfg.PeerTLS = nil
 	}
 	if cfg.HTTPTLS, err = tlsx.HTTPServer(id, *httpTLS); err != nil {
+		return cfg, logOpts, nil, err
+	}
+	if *aclFile != "" {
+		if cfg.ACL, err = acl.OpenFile(*aclFile); err != nil {
+			return cfg, logOpts, nil, fmt.Errorf("-acl-file: %w", err)
+		}
+	}
+	if *tokenFile != "" {
+		if cfg.Token, err = acl.ReadTokenFile(*tokenFile); err != nil {
+			return cfg, logOpts, nil, fmt.Errorf("-token-file: %w", err)
+		}
+	}
+	if err := server.CheckACL(cfg.ACL, cfg.Token); err != nil {
 		return cfg, logOpts, nil, err
 	}
 	p, err := raftnode.ParsePeers(peers)

@@ -38,8 +38,10 @@ func TestMain(m *testing.M) {
 
 func TestRun_badFlagsAndConfigStopWithAMessage(t *testing.T) {
 	dir := t.TempDir()
+	files := 0
 	conf := func(text string) string {
-		p := filepath.Join(dir, fmt.Sprintf("c%d.conf", len(text)))
+		files++
+		p := filepath.Join(dir, fmt.Sprintf("c%d.conf", files))
 		require.NoError(t, os.WriteFile(p, []byte(text), 0o600))
 		return p
 	}
@@ -75,6 +77,11 @@ func TestRun_badFlagsAndConfigStopWithAMessage(t *testing.T) {
 		"plaintext without tls":  {[]string{"-id", "c1", "-data-dir", dir, "-tls-accept-plaintext"}, "-tls-accept-plaintext: needs -tls-cert and -tls-key"},
 		"dial plaintext alone":   {[]string{"-id", "c1", "-data-dir", dir, "-tls-dial-plaintext"}, "-tls-dial-plaintext: needs -tls-accept-plaintext"},
 		"bad http tls":           {[]string{"-id", "c1", "-data-dir", dir, "-http-tls", "maybe"}, `-http-tls: "maybe"`},
+		"bad acl file":           {[]string{"-id", "c1", "-data-dir", dir, "-acl-file", conf("ops root 0123456789abcdef0123\n")}, `.conf:1: unknown role "root"`},
+		"missing acl file":       {[]string{"-id", "c1", "-data-dir", dir, "-acl-file", filepath.Join(dir, "none.acl")}, "-acl-file: ACL file: open"},
+		"acl without own token":  {[]string{"-id", "c1", "-data-dir", dir, "-acl-file", conf("ops operator 0123456789abcdef01\n")}, "-acl-file: needs -token-file"},
+		"own token not operator": {[]string{"-id", "c1", "-data-dir", dir, "-acl-file", conf("ro read 0123456789abcdef0123456789\n"), "-token-file", conf("0123456789abcdef0123456789")}, `token "ro" of -acl-file`},
+		"empty token file":       {[]string{"-id", "c1", "-data-dir", dir, "-token-file", conf("\n\n")}, "-token-file: token file"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var stderr bytes.Buffer

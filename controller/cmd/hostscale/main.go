@@ -5,6 +5,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -26,13 +27,14 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/tlsx"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 const usage = `usage: hostscale [-addr host:port[,host:port...]] [-timeout d] [-retry d] [-json]
-                 [-tls-ca FILE [-tls-cert FILE -tls-key FILE]] COMMAND [ARGS]
+                 [-tls-ca FILE [-tls-cert FILE -tls-key FILE]] [-token-file FILE] COMMAND [ARGS]
 
 -addr (env HOSTSCALE_ADDR) is one controller or several: the first that answers serves the
 command. The default is the three local controllers of make dev and make cluster.
@@ -41,6 +43,8 @@ tried again, with the same request id for a write; 0 tries once.
 -tls-ca (env HOSTSCALE_CACERT) speaks TLS to controllers whose certificates that CA signed;
 -tls-cert and -tls-key (env HOSTSCALE_CLIENT_CERT, HOSTSCALE_CLIENT_KEY) are this client's
 certificate, for controllers that require one.
+-token-file (env HOSTSCALE_TOKEN_FILE) holds the ACL token sent with every call, for controllers
+with an -acl-file; env HOSTSCALE_TOKEN gives the token itself.
 
 commands:
   status                          this node's view: leader, term, indexes, members
@@ -78,6 +82,9 @@ commands:
   alerts                          list pending, firing and resolved alerts
   silence DURATION MATCHER...     silence alerts for a while (matchers: alertname=cpu-high node=~web-.*)
   unsilence ID                    end a silence
+  token new NAME ROLE[,ROLE...]   make a new random ACL token: prints it, and the -acl-file line that
+                                  grants it the roles (read, write, operator, agent, balancer) by its
+                                  SHA-256 digest, so that the file need not hold the secret
 `
 
 // defaultAddr is the controllers of `make dev` and `make cluster`, which
@@ -116,11 +123,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&tlsFiles.CA, "tls-ca", os.Getenv("HOSTSCALE_CACERT"), "PEM `file` of the CA that signs the controllers' certificates: speak TLS (env HOSTSCALE_CACERT)")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", os.Getenv("HOSTSCALE_CLIENT_CERT"), "PEM `file` of this client's certificate, for controllers that require one (env HOSTSCALE_CLIENT_CERT)")
 	fs.StringVar(&tlsFiles.Key, "tls-key", os.Getenv("HOSTSCALE_CLIENT_KEY"), "PEM `file` of -tls-cert's key (env HOSTSCALE_CLIENT_KEY)")
+	tokenFile := fs.String("token-file", os.Getenv("HOSTSCALE_TOKEN_FILE"), "`file` holding the ACL token sent with every call (env HOSTSCALE_TOKEN_FILE; env HOSTSCALE_TOKEN gives the token itself)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if fs.Arg(0) == "token" {
+		return newToken(fs.Args()[1:], stdout, stderr)
+	}
+	token := os.Getenv("HOSTSCALE_TOKEN")
+	if *tokenFile != "" {
+		f, err := acl.ReadTokenFile(*tokenFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "hostscale: -token-file: %v\n", err)
+			return 2
+		}
+		token = f.Token()
+	} else if token != "" {
+		if err := acl.CheckToken(token); err != nil {
+			fmt.Fprintf(stderr, "hostscale: HOSTSCALE_TOKEN: %v\n", err)
+			return 2
+		}
 	}
 	if *retry < 0 {
 		fmt.Fprintf(stderr, "hostscale: -retry %v: must not be negative\n", *retry)
@@ -144,7 +169,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hostscale: %v\n", err)
 		return 2
 	}
-	conn, err := grpcx.DialAny(addrs, grpcx.WithTLS(clientTLS),
+	conn, err := grpcx.DialAny(addrs, grpcx.WithTLS(clientTLS), grpc.WithPerRPCCredentials(acl.Credentials(func() string { return token })),
 		grpc.WithChainUnaryInterceptor(grpcx.RetryUnavailable(100*time.Millisecond, time.Second, *retry)))
 	if err != nil {
 		fmt.Fprintf(stderr, "hostscale: -addr %q: %v\n", *addr, err)
@@ -968,4 +993,32 @@ func printNode(w io.Writer, n *pb.Node, now time.Time) error {
 // conditionName is a node condition's short name: disk_pressure.
 func conditionName(t pb.NodeConditionType) string {
 	return strings.ToLower(strings.TrimPrefix(t.String(), "NODE_CONDITION_TYPE_"))
+}
+
+// newToken prints a new random token for NAME with ROLES, and the
+// -acl-file line granting them by the token's digest.
+func newToken(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 3 || args[0] != "new" {
+		fmt.Fprintln(stderr, "usage: hostscale token new NAME ROLE[,ROLE...]")
+		return 2
+	}
+	name, roles := args[1], args[2]
+	for _, r := range strings.Split(roles, ",") {
+		if _, err := acl.ParseRole(r); err != nil {
+			fmt.Fprintf(stderr, "hostscale: token new: %v\n", err)
+			return 2
+		}
+	}
+	if strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == '#' }) {
+		fmt.Fprintf(stderr, "hostscale: token new: name %q: no spaces or #\n", name)
+		return 2
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		fmt.Fprintf(stderr, "hostscale: token new: %v\n", err)
+		return 1
+	}
+	tok := hex.EncodeToString(b)
+	fmt.Fprintf(stdout, "token: %s\nACL file line: %s %s %s\n", tok, name, roles, acl.Hash(tok))
+	return 0
 }

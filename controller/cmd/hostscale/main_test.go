@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/testcluster"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
@@ -338,4 +339,48 @@ func hello(t *testing.T, leader *testcluster.Node, node string, labels map[strin
 	m, err := st.Recv()
 	require.NoError(t, err)
 	require.NotNil(t, m.GetWelcome(), "%v", m)
+}
+
+// TestToken_new: the printed line, in an ACL file, admits the printed
+// token with its roles; bad roles, names and token files are usage errors.
+func TestToken_new(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.Zero(t, run([]string{"token", "new", "deploy", "write,read"}, &out, &errOut), errOut.String())
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 2, out.String())
+	token, ok := strings.CutPrefix(lines[0], "token: ")
+	require.True(t, ok, lines[0])
+	require.Len(t, token, 64)
+	line, ok := strings.CutPrefix(lines[1], "ACL file line: ")
+	require.True(t, ok, lines[1])
+	require.NotContains(t, line, token, "the line holds the digest, not the secret")
+	p := filepath.Join(t.TempDir(), "acl")
+	require.NoError(t, os.WriteFile(p, []byte(line+"\n"), 0o600))
+	toks, err := acl.LoadFile(p)
+	require.NoError(t, err)
+	tok, ok := toks.Lookup(token)
+	require.True(t, ok)
+	require.Equal(t, acl.Token{Name: "deploy", Roles: acl.Read | acl.Write}, tok)
+
+	var second bytes.Buffer
+	require.Zero(t, run([]string{"token", "new", "deploy", "write"}, &second, &errOut))
+	require.NotEqual(t, out.String()[:70], second.String()[:70], "each token is new")
+
+	bad := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(bad, []byte("a b"), 0o600))
+	for args, want := range map[string]string{
+		"token new x root":               `unknown role "root"`,
+		"token new x":                    "usage: hostscale token new NAME ROLE",
+		"token make x read":              "usage: hostscale token new NAME ROLE",
+		"token new a#b read":             `name "a#b": no spaces or #`,
+		"-token-file " + bad + " status": "-token-file: token file " + bad + ": the token holds a space",
+	} {
+		errOut.Reset()
+		require.Equal(t, 2, run(strings.Fields(args), &out, &errOut), args)
+		require.Contains(t, errOut.String(), want, args)
+	}
+	t.Setenv("HOSTSCALE_TOKEN", "two words")
+	errOut.Reset()
+	require.Equal(t, 2, run([]string{"status"}, &out, &errOut))
+	require.Contains(t, errOut.String(), "HOSTSCALE_TOKEN: the token holds a space")
 }

@@ -1,0 +1,183 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/hostscale/hostscale/controller/server"
+	"github.com/hostscale/hostscale/controller/server/servertest"
+	"github.com/hostscale/hostscale/internal/acl"
+	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/testcluster"
+	peerv1 "github.com/hostscale/hostscale/proto/hostscale/peer/v1"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// TestACLRules_coverEveryMethod: every method of the API and of the peer
+// service has a rule, and every rule names a method that exists.
+func TestACLRules_coverEveryMethod(t *testing.T) {
+	_ = pb.File_hostscale_v1_cluster_proto
+	_ = peerv1.File_hostscale_peer_v1_peer_proto
+	var methods []string
+	protoregistry.GlobalFiles.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		if pkg := string(fd.Package()); pkg != "hostscale.v1" && pkg != "hostscale.peer.v1" {
+			return true
+		}
+		for i := range fd.Services().Len() {
+			sd := fd.Services().Get(i)
+			for j := range sd.Methods().Len() {
+				methods = append(methods, fmt.Sprintf("/%s/%s", sd.FullName(), sd.Methods().Get(j).Name()))
+			}
+		}
+		return true
+	})
+	require.Greater(t, len(methods), 30, "the API's services are linked in")
+	require.Empty(t, server.ACLRules.Missing(methods), "methods without an ACL rule")
+	for m := range server.ACLRules {
+		require.True(t, slices.Contains(methods, m), "rule for %s, which no service has", m)
+	}
+}
+
+type aclFixture struct {
+	dir                                  string
+	acl, own                             string
+	opsToken, writeToken, readToken, ctl string
+}
+
+func newACLFixture(t *testing.T) aclFixture {
+	f := aclFixture{dir: t.TempDir(), opsToken: "ops-token-0123456789", writeToken: "deploy-token-0123456789",
+		readToken: "grafana-token-0123456789", ctl: "controllers-0123456789"}
+	f.acl = filepath.Join(f.dir, "acl")
+	require.NoError(t, os.WriteFile(f.acl, []byte(fmt.Sprintf(`ops operator %s
+deploy write %s
+grafana read %s
+controllers operator %s
+`, f.opsToken, f.writeToken, acl.Hash(f.readToken), f.ctl)), 0o600))
+	f.own = filepath.Join(f.dir, "token")
+	require.NoError(t, os.WriteFile(f.own, []byte(f.ctl+"\n"), 0o600))
+	return f
+}
+
+func (f aclFixture) configure(t *testing.T) func(*server.Config) {
+	return func(cfg *server.Config) {
+		var err error
+		cfg.ACL, err = acl.OpenFile(f.acl)
+		require.NoError(t, err)
+		cfg.Token, err = acl.ReadTokenFile(f.own)
+		require.NoError(t, err)
+		cfg.ServerStabilization = time.Second
+	}
+}
+
+func dialToken(t *testing.T, addr, token string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpcx.Dial(addr, grpc.WithPerRPCCredentials(acl.Credentials(func() string { return token })))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestACL_clusterAdmitsByRole: three controllers with an ACL file. A write
+// token's write through a follower is forwarded and lands; a read token
+// reads but cannot write, on the leader or a follower; a call without a
+// token or with an unknown one is refused; the controllers' own token
+// carries their calls to each other, so a removed member added back is
+// promoted; none of the refusals changes anything.
+func TestACL_clusterAdmitsByRole(t *testing.T) {
+	f := newACLFixture(t)
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes:            3,
+		Launcher:         servertest.Launcher{Configure: f.configure(t)},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+		ClientToken:      f.opsToken,
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	fol := follower(c, leader)
+
+	deploy := pb.NewPoolServiceClient(dialToken(t, fol.GRPCAddr, f.writeToken))
+	created, err := retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return deploy.CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web", "127.0.0.1:9001")})
+	})
+	require.NoError(t, err, "a write token's write through a follower")
+
+	for _, n := range []*testcluster.Node{leader, fol} {
+		grafana := pb.NewPoolServiceClient(dialToken(t, n.GRPCAddr, f.readToken))
+		got, err := grafana.GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
+		require.NoError(t, err, n.ID)
+		require.GreaterOrEqual(t, got.Index, created.Index)
+		_, err = grafana.ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 3})
+		require.Equal(t, codes.PermissionDenied, status.Code(err), "%s: %v", n.ID, err)
+		require.Contains(t, err.Error(), `token "grafana" (roles read) may not call /hostscale.v1.PoolService/ScalePool: it needs the write role`)
+
+		_, err = pb.NewClusterServiceClient(dialToken(t, n.GRPCAddr, f.writeToken)).TransferLeadership(ctx, &pb.TransferLeadershipRequest{})
+		require.Equal(t, codes.PermissionDenied, status.Code(err), "%s: %v", n.ID, err)
+
+		_, err = pb.NewPoolServiceClient(dialToken(t, n.GRPCAddr, "")).ListPools(ctx, &pb.ListPoolsRequest{})
+		require.Equal(t, codes.Unauthenticated, status.Code(err), "%s: %v", n.ID, err)
+		_, err = pb.NewPoolServiceClient(dialToken(t, n.GRPCAddr, "someone-elses-token-0123")).ListPools(ctx, &pb.ListPoolsRequest{})
+		require.Equal(t, codes.Unauthenticated, status.Code(err), "%s: %v", n.ID, err)
+
+		// An agent's stream needs the agent role.
+		stream, err := pb.NewAgentServiceClient(dialToken(t, n.GRPCAddr, f.opsToken)).Connect(ctx)
+		require.NoError(t, err)
+		_, err = stream.Recv()
+		require.Equal(t, codes.PermissionDenied, status.Code(err), "%s: %v", n.ID, err)
+	}
+	got, err := leader.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
+	require.NoError(t, err)
+	require.Zero(t, got.Pool.Desired, "a refused write changed nothing")
+
+	// The controllers call each other with their own token: a removed
+	// member added back is checked by the leader and promoted.
+	_, err = leader.Cluster().RemoveMember(ctx, &pb.RemoveMemberRequest{Id: fol.ID})
+	require.NoError(t, err)
+	fol.Stop()
+	require.NoError(t, os.RemoveAll(fol.DataDir))
+	fol.Restart()
+	_, err = retry(ctx, func(ctx context.Context) (*pb.AddMemberResponse, error) {
+		return leader.Cluster().AddMember(ctx, &pb.AddMemberRequest{Id: fol.ID, RaftAddress: fol.RaftAddr, ApiAddress: fol.GRPCAddr})
+	})
+	require.NoError(t, err)
+	waitVoter(ctx, t, leader, fol.ID, 20*time.Second)
+}
+
+// TestACL_aControllerNeedsAnOperatorTokenOfItsOwn: -acl-file without a
+// token of the controller's own, or with one the file does not grant the
+// operator role, is refused before the controller starts.
+func TestACL_aControllerNeedsAnOperatorTokenOfItsOwn(t *testing.T) {
+	f := newACLFixture(t)
+	file, err := acl.OpenFile(f.acl)
+	require.NoError(t, err)
+	require.ErrorContains(t, server.CheckACL(file, nil), "-acl-file: needs -token-file")
+	for token, want := range map[string]string{
+		f.readToken:              `-token-file: token "grafana" of -acl-file ` + f.acl + ` has roles read; a controller's own token needs operator`,
+		"not-in-the-file-012345": "holds no token of -acl-file",
+	} {
+		p := filepath.Join(t.TempDir(), "token")
+		require.NoError(t, os.WriteFile(p, []byte(token), 0o600))
+		own, err := acl.ReadTokenFile(p)
+		require.NoError(t, err)
+		err = server.CheckACL(file, own)
+		require.Error(t, err)
+		require.True(t, strings.Contains(err.Error(), want), err.Error())
+	}
+	own, err := acl.ReadTokenFile(f.own)
+	require.NoError(t, err)
+	require.NoError(t, server.CheckACL(file, own))
+	require.NoError(t, server.CheckACL(nil, nil), "no ACLs")
+}

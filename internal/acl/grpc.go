@@ -1,0 +1,99 @@
+package acl
+
+import (
+	"context"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostscale/hostscale/internal/grpcx"
+)
+
+// MetadataKey is the gRPC metadata that carries a token, as
+// "Bearer TOKEN".
+const MetadataKey = "authorization"
+
+// Authorizer checks each call's token against the tokens in force and the
+// rules. Its Authorize is a grpcx.ServerConfig.Authorize.
+type Authorizer struct {
+	// Tokens returns the tokens in force (File.Tokens).
+	Tokens func() *Tokens
+	Rules  Rules
+}
+
+// Authorize admits a call of method: it returns ctx naming the caller's
+// token (grpcx.Caller), or an error with status Unauthenticated (no token,
+// or one not known) or PermissionDenied (a token without the role the
+// method needs). The error names the token, never its secret.
+func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Context, error) {
+	if exempt(method) {
+		return ctx, nil
+	}
+	secret, err := bearer(ctx)
+	if err != nil {
+		return ctx, err
+	}
+	tok, ok := a.Tokens().Lookup(secret)
+	if !ok {
+		return ctx, status.Error(codes.Unauthenticated, "the ACL token is not one this controller knows")
+	}
+	ctx = grpcx.WithCaller(ctx, tok.Name)
+	need, ok := a.Rules[method]
+	if !ok {
+		return ctx, status.Errorf(codes.PermissionDenied, "no ACL rule admits %s: no token may call it", method)
+	}
+	if !tok.Roles.grants(need) {
+		return ctx, status.Errorf(codes.PermissionDenied, "token %q (roles %v) may not call %s: it needs the %v role", tok.Name, tok.Roles, method, need)
+	}
+	return ctx, nil
+}
+
+func bearer(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(MetadataKey)
+	switch {
+	case len(vals) == 0:
+		return "", status.Error(codes.Unauthenticated, "no ACL token: this controller requires one in the metadata authorization: Bearer TOKEN (hostscale -token-file or HOSTSCALE_TOKEN)")
+	case len(vals) > 1:
+		return "", status.Errorf(codes.Unauthenticated, "metadata authorization: %d values, want one", len(vals))
+	}
+	scheme, secret, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
+	secret = strings.TrimSpace(secret)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
+		return "", status.Error(codes.Unauthenticated, `metadata authorization: want "Bearer TOKEN"`)
+	}
+	return secret, nil
+}
+
+// Credentials send the token that src returns with every call; an empty
+// token sends none. They go over plaintext connections too: a cluster
+// without TLS is trusted to its network, and its tokens then guard against
+// mistakes rather than eavesdroppers.
+func Credentials(src func() string) credentials.PerRPCCredentials {
+	return perRPC(src)
+}
+
+type perRPC func() string
+
+func (p perRPC) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	tok := p()
+	if tok == "" {
+		return nil, nil
+	}
+	return map[string]string{MetadataKey: "Bearer " + tok}, nil
+}
+
+func (perRPC) RequireTransportSecurity() bool { return false }
+
+// WithToken is a dial option sending f's token with every call; a nil f
+// sends none.
+func WithToken(f *TokenFile) grpc.DialOption {
+	if f == nil {
+		return grpc.EmptyDialOption{}
+	}
+	return grpc.WithPerRPCCredentials(Credentials(f.Token))
+}
