@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -141,6 +143,33 @@ func TestACL_clusterAdmitsByRole(t *testing.T) {
 	got, err := leader.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
 	require.NoError(t, err)
 	require.Zero(t, got.Pool.Desired, "a refused write changed nothing")
+
+	// /metrics wants a read token; /healthz and /readyz stay open.
+	get := func(path, token string) (int, string) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+leader.HTTPAddr+path, nil)
+		require.NoError(t, err)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(body)
+	}
+	code, body := get("/metrics", "")
+	require.Equal(t, http.StatusUnauthorized, code, body)
+	code, body = get("/metrics", "someone-elses-token-0123")
+	require.Equal(t, http.StatusUnauthorized, code, body)
+	code, body = get("/metrics", f.readToken)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "hostscale_controller_acl_tokens 4")
+	require.Contains(t, body, `grpc_server_handled_total{grpc_code="PermissionDenied",grpc_method="/hostscale.v1.PoolService/ScalePool"}`)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		code, body = get(path, "")
+		require.Equal(t, http.StatusOK, code, "%s: %s", path, body)
+	}
 
 	// The controllers call each other with their own token: a removed
 	// member added back is checked by the leader and promoted.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -331,7 +332,19 @@ func New(cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.admin = admin.New(httpLis, s.registry, admin.Options{Ready: s.ready, Pprof: cfg.Pprof, TLS: cfg.HTTPTLS})
+	adminOpts := admin.Options{Ready: s.ready, Pprof: cfg.Pprof, TLS: cfg.HTTPTLS}
+	if cfg.ACL != nil {
+		// With ACLs, /metrics needs a read token, as Consul's agent
+		// metrics do, and pprof an operator's.
+		az := &acl.Authorizer{Tokens: cfg.ACL.Tokens, Rules: ACLRules}
+		adminOpts.Guard = func(path string, h http.Handler) http.Handler {
+			if path == "/metrics" {
+				return az.HTTP(acl.Read, h)
+			}
+			return az.HTTP(acl.Operator, h)
+		}
+	}
+	s.admin = admin.New(httpLis, s.registry, adminOpts)
 
 	// Raft's own timers and counters, attached before Raft starts so that
 	// its first state change counts.

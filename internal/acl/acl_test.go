@@ -2,7 +2,10 @@ package acl
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -262,4 +265,38 @@ func TestRules_missing(t *testing.T) {
 
 func TestHash(t *testing.T) {
 	require.Equal(t, "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", Hash("test"))
+}
+
+func TestAuthorizer_HTTP(t *testing.T) {
+	f, err := OpenFile(testACL(t))
+	require.NoError(t, err)
+	a := &Authorizer{Tokens: f.Tokens}
+	h := a.HTTP(Read, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("metrics")) }))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	get := func(header ...string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
+		require.NoError(t, err)
+		for _, v := range header {
+			req.Header.Add("Authorization", v)
+		}
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("Bearer " + readerSecret)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "metrics", body)
+	code, _ = get("bearer " + opsSecret)
+	require.Equal(t, http.StatusOK, code, "operator includes read")
+	code, body = get("Bearer " + agentSecret)
+	require.Equal(t, http.StatusForbidden, code)
+	require.Contains(t, body, `token "edge" (roles agent,balancer) may not read /metrics: it needs the read role`)
+	for _, h := range [][]string{nil, {"Bearer"}, {"Basic " + readerSecret}, {readerSecret}, {"Bearer nope-nope-nope-nope"}, {"Bearer " + readerSecret, "Bearer " + readerSecret}} {
+		code, body = get(h...)
+		require.Equal(t, http.StatusUnauthorized, code, "%q: %s", h, body)
+		require.NotContains(t, body, "metrics\n")
+	}
 }

@@ -2,6 +2,8 @@ package acl
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -96,4 +98,31 @@ func WithToken(f *TokenFile) grpc.DialOption {
 		return grpc.EmptyDialOption{}
 	}
 	return grpc.WithPerRPCCredentials(Credentials(f.Token))
+}
+
+// HTTP wraps h so that it answers only requests with a token holding
+// need, in the header "Authorization: Bearer TOKEN" (Prometheus's
+// scrape_config authorization), and 401 or 403 to the others, as the gRPC
+// API does.
+func (a *Authorizer) HTTP(need Role, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		vals := r.Header.Values("Authorization")
+		var secret string
+		if len(vals) == 1 {
+			scheme, s, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
+			if ok && strings.EqualFold(scheme, "Bearer") {
+				secret = strings.TrimSpace(s)
+			}
+		}
+		tok, ok := a.Tokens().Lookup(secret)
+		switch {
+		case secret == "" || !ok:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hostscale"`)
+			http.Error(w, "an ACL token is needed: Authorization: Bearer TOKEN, of a token with the "+need.String()+" role", http.StatusUnauthorized)
+		case !tok.Roles.grants(need):
+			http.Error(w, fmt.Sprintf("token %q (roles %v) may not read %s: it needs the %v role", tok.Name, tok.Roles, r.URL.Path, need), http.StatusForbidden)
+		default:
+			h.ServeHTTP(w, r)
+		}
+	})
 }

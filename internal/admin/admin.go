@@ -42,6 +42,10 @@ type Options struct {
 	// TLS, when set, is spoken on every connection (tlsx.HTTPServer):
 	// the endpoints are then HTTPS only.
 	TLS *tls.Config
+	// Guard, when set, wraps the handlers of /metrics and /debug/pprof/
+	// (an ACL check: acl.Authorizer.HTTP); /healthz and /readyz stay open
+	// to health checkers.
+	Guard func(path string, h http.Handler) http.Handler
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors.
@@ -67,7 +71,11 @@ type Server struct {
 // its Handler.
 func New(lis net.Listener, reg prometheus.Gatherer, opts Options) *Server {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	guard := opts.Guard
+	if guard == nil {
+		guard = func(_ string, h http.Handler) http.Handler { return h }
+	}
+	mux.Handle("GET /metrics", guard("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -85,11 +93,11 @@ func New(lis net.Listener, reg prometheus.Gatherer, opts Options) *Server {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	if opts.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", guard("/debug/pprof/", http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/cmdline", guard("/debug/pprof/", http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("/debug/pprof/profile", guard("/debug/pprof/", http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", guard("/debug/pprof/", http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", guard("/debug/pprof/", http.HandlerFunc(pprof.Trace)))
 	}
 	s := &Server{handler: mux, lis: lis, logger: logging.OrDiscard(opts.Logger).With("component", "admin"), writeTimeout: 30 * time.Second, tls: opts.TLS}
 	if opts.Pprof {
