@@ -1,6 +1,12 @@
 package server
 
-import "github.com/hostscale/hostscale/internal/acl"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+
+	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/internal/acl"
+)
 
 // ACLRules says which role each method of the controller's API needs when
 // the controller enforces ACLs (Config.ACL). A method missing here is
@@ -49,8 +55,37 @@ var ACLRules = acl.Rules{
 	"/hostscale.v1.BalancerService/AckTable":    acl.Balancer,
 	"/hostscale.v1.BalancerService/ReportStats": acl.Balancer,
 
+	// Tokens grant roles: only operators manage them.
+	"/hostscale.v1.TokenService/CreateToken": acl.Operator,
+	"/hostscale.v1.TokenService/ListTokens":  acl.Operator,
+	"/hostscale.v1.TokenService/DeleteToken": acl.Operator,
+
 	// A controller's calls to another: the forwarding stream a leader
 	// serves when a follower cannot use its Raft port. A forwarded call
 	// was admitted by the controller that took it.
 	"/hostscale.peer.v1.PeerService/Forward": acl.Operator,
+}
+
+// lookupToken finds a secret's token in the -acl-file, then among the
+// replicated tokens of f.
+func lookupToken(file *acl.File, f *fsm.FSM) func(secret string) (acl.Token, bool) {
+	return func(secret string) (acl.Token, bool) {
+		if tok, ok := file.Lookup(secret); ok {
+			return tok, true
+		}
+		sum := sha256.Sum256([]byte(secret))
+		stored, ok := f.TokenByDigest(hex.EncodeToString(sum[:]))
+		if !ok {
+			return acl.Token{}, false
+		}
+		// Roles were checked when the token was created; one a newer
+		// controller wrote and this one does not know grants nothing.
+		var roles acl.Role
+		for _, name := range stored.Roles {
+			if r, err := acl.ParseRole(name); err == nil {
+				roles |= r
+			}
+		}
+		return acl.Token{Name: stored.Name, Roles: roles}, true
+	}
 }

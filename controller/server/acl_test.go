@@ -46,6 +46,7 @@ func TestACLRules_coverEveryMethod(t *testing.T) {
 		}
 		return true
 	})
+	_ = pb.File_hostscale_v1_token_proto
 	require.Greater(t, len(methods), 30, "the API's services are linked in")
 	require.Empty(t, server.ACLRules.Missing(methods), "methods without an ACL rule")
 	for m := range server.ACLRules {
@@ -209,4 +210,95 @@ func TestACL_aControllerNeedsAnOperatorTokenOfItsOwn(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, server.CheckACL(file, own))
 	require.NoError(t, server.CheckACL(nil, nil), "no ACLs")
+}
+
+// TestACL_replicatedTokens: an operator creates a token through a
+// follower; every controller admits it, with its roles, and the list
+// names who created it; deleted, every controller refuses it. Bad
+// requests name the field and change nothing.
+func TestACL_replicatedTokens(t *testing.T) {
+	f := newACLFixture(t)
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes:            3,
+		Launcher:         servertest.Launcher{Configure: f.configure(t)},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+		ClientToken:      f.opsToken,
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	fol := follower(c, leader)
+	const ciSecret = "ci-secret-0123456789abcdef"
+	ops := pb.NewTokenServiceClient(dialToken(t, fol.GRPCAddr, f.opsToken))
+	created, err := retry(ctx, func(ctx context.Context) (*pb.CreateTokenResponse, error) {
+		return ops.CreateToken(ctx, &pb.CreateTokenRequest{Token: &pb.Token{Name: "ci", Roles: []string{"write"}, Description: "the deploy pipeline"}, Secret: ciSecret})
+	})
+	require.NoError(t, err)
+	require.Equal(t, strings.TrimPrefix(acl.Hash(ciSecret), acl.HashPrefix), created.Token.SecretSha256)
+	require.Equal(t, "ops", created.Token.CreatedBy, "the caller that created it, named by the follower that took the call")
+	require.NotNil(t, created.Token.CreateTime)
+
+	admitted := func(n *testcluster.Node, secret string) error {
+		_, err := pb.NewPoolServiceClient(dialToken(t, n.GRPCAddr, secret)).CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("p-" + n.ID)})
+		if status.Code(err) == codes.AlreadyExists {
+			return nil
+		}
+		return err
+	}
+	for _, n := range c.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error { return admitted(n, ciSecret) }), n.ID)
+		_, err := pb.NewTokenServiceClient(dialToken(t, n.GRPCAddr, ciSecret)).ListTokens(ctx, &pb.ListTokensRequest{})
+		require.Equal(t, codes.PermissionDenied, status.Code(err), "a write token does not manage tokens: %v", err)
+	}
+	list, err := ops.ListTokens(ctx, &pb.ListTokensRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, list.Tokens, 1)
+	require.Equal(t, "ci", list.Tokens[0].Name)
+	require.Equal(t, []string{"write"}, list.Tokens[0].Roles)
+
+	digest := strings.TrimPrefix(acl.Hash("another-secret-0123456789"), acl.HashPrefix)
+	for _, tc := range []struct {
+		req  *pb.CreateTokenRequest
+		code codes.Code
+		want string
+	}{
+		{&pb.CreateTokenRequest{}, codes.InvalidArgument, "token: must be set"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Roles: []string{"read"}, SecretSha256: digest}}, codes.InvalidArgument, "token.name"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "Bad Name", Roles: []string{"read"}, SecretSha256: digest}}, codes.InvalidArgument, "token.name"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", SecretSha256: digest}}, codes.InvalidArgument, "token.roles: must name at least one role"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"root"}, SecretSha256: digest}}, codes.InvalidArgument, `token.roles: unknown role "root"`},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read", "read"}, SecretSha256: digest}}, codes.InvalidArgument, `token.roles: "read" given twice`},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}}}, codes.InvalidArgument, "token.secret_sha256: give it, or the secret"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: "abc"}}, codes.InvalidArgument, "token.secret_sha256: must be 64 hex digits"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: digest}, Secret: "another-secret-0123456789"}, codes.InvalidArgument, "secret: give the secret or token.secret_sha256, not both"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}}, Secret: "short"}, codes.InvalidArgument, "secret: at least 16 characters"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}}, Secret: "has a space in it, long"}, codes.InvalidArgument, "secret: the token holds a space"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: digest, Description: strings.Repeat("d", 300)}}, codes.InvalidArgument, "token.description"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "ci", Roles: []string{"read"}, SecretSha256: digest}}, codes.AlreadyExists, `token "ci" already exists`},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}}, Secret: ciSecret}, codes.AlreadyExists, `token "ci" has the same secret`},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "grafana", Roles: []string{"read"}, SecretSha256: digest}}, codes.AlreadyExists, `token "grafana" is in the -acl-file`},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}}, Secret: f.writeToken}, codes.AlreadyExists, `token "deploy" of the -acl-file`},
+	} {
+		_, err := ops.CreateToken(ctx, tc.req)
+		require.Equal(t, tc.code, status.Code(err), "%v: %v", tc.req, err)
+		require.Contains(t, err.Error(), tc.want)
+	}
+	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: "nope"})
+	require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	list, err = ops.ListTokens(ctx, &pb.ListTokensRequest{Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, list.Tokens, 1, "the refusals created nothing")
+
+	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: "ci"})
+	require.NoError(t, err)
+	for _, n := range c.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			if err := admitted(n, ciSecret); status.Code(err) != codes.Unauthenticated {
+				return fmt.Errorf("deleted token: %v", err)
+			}
+			return nil
+		}), n.ID)
+	}
 }

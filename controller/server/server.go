@@ -336,7 +336,7 @@ func New(cfg Config) (s *Server, err error) {
 	if cfg.ACL != nil {
 		// With ACLs, /metrics needs a read token, as Consul's agent
 		// metrics do, and pprof an operator's.
-		az := &acl.Authorizer{Tokens: cfg.ACL.Tokens, Rules: ACLRules}
+		az := &acl.Authorizer{Lookup: lookupToken(cfg.ACL, s.fsm), Rules: ACLRules}
 		adminOpts.Guard = func(path string, h http.Handler) http.Handler {
 			if path == "/metrics" {
 				return az.HTTP(acl.Read, h)
@@ -376,7 +376,7 @@ func New(cfg Config) (s *Server, err error) {
 	gc.Logger, gc.Registerer = logger, s.registry
 	gc.OnPlaintext = plaintext.WithLabelValues("grpc").Inc
 	if cfg.ACL != nil {
-		gc.Authorize = (&acl.Authorizer{Tokens: cfg.ACL.Tokens, Rules: ACLRules}).Authorize
+		gc.Authorize = (&acl.Authorizer{Lookup: lookupToken(cfg.ACL, s.fsm), Rules: ACLRules}).Authorize
 		s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "hostscale_controller_acl_tokens",
 			Help: "Tokens in the ACL file in force (-acl-file).",
@@ -447,6 +447,11 @@ func New(cfg Config) (s *Server, err error) {
 		}
 		return float64(n)
 	}))
+	tokens := &endpoint.Tokens{Core: s.core}
+	if cfg.ACL != nil {
+		tokens.File = cfg.ACL.Tokens
+	}
+	register(&pb.TokenService_ServiceDesc, tokens)
 	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core, Traffic: s.lbstats, Leading: s.leader.Ready})
 	register(&pb.AgentService_ServiceDesc, &endpoint.Agents{
 		Core:          s.core,

@@ -140,6 +140,40 @@ func (t *Tokens) Lookup(secret string) (Token, bool) {
 	return tok, ok
 }
 
+// LookupDigest returns the token whose secret has the SHA-256 digest
+// hexDigest (64 hex digits).
+func (t *Tokens) LookupDigest(hexDigest string) (Token, bool) {
+	b, err := hex.DecodeString(hexDigest)
+	if err != nil || len(b) != sha256.Size {
+		return Token{}, false
+	}
+	tok, ok := t.byHash[[sha256.Size]byte(b)]
+	return tok, ok
+}
+
+// Has reports whether a token is named name.
+func (t *Tokens) Has(name string) bool {
+	for _, tok := range t.byHash {
+		if tok.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseRoles parses a token's role names, each given once.
+func ParseRoles(names []string) (Role, error) {
+	var r Role
+	for _, n := range names {
+		role, err := ParseRole(n)
+		if err != nil {
+			return 0, err
+		}
+		r |= role
+	}
+	return r, nil
+}
+
 // LoadFile reads an ACL file: one token a line, as
 //
 //	NAME  ROLE[,ROLE...]  SECRET
@@ -237,6 +271,9 @@ func (f *File) Path() string { return f.path }
 
 // Tokens are the tokens loaded last.
 func (f *File) Tokens() *Tokens { return f.tokens.Load() }
+
+// Lookup finds secret's token among the tokens loaded last.
+func (f *File) Lookup(secret string) (Token, bool) { return f.Tokens().Lookup(secret) }
 
 // Reload reads the file again.
 func (f *File) Reload() error {

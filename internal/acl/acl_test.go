@@ -156,7 +156,7 @@ func serve(t *testing.T, path string) (addr string, srv *statusServer) {
 	f, err := OpenFile(path)
 	require.NoError(t, err)
 	cfg := grpcx.DefaultServerConfig()
-	cfg.Authorize = (&Authorizer{Tokens: f.Tokens, Rules: Rules{
+	cfg.Authorize = (&Authorizer{Lookup: f.Lookup, Rules: Rules{
 		"/hostscale.v1.ClusterService/GetStatus":       Read,
 		"/hostscale.v1.ClusterService/AddMember":       Operator,
 		"/hostscale.v1.ClusterService/RestoreSnapshot": Operator,
@@ -270,7 +270,7 @@ func TestHash(t *testing.T) {
 func TestAuthorizer_HTTP(t *testing.T) {
 	f, err := OpenFile(testACL(t))
 	require.NoError(t, err)
-	a := &Authorizer{Tokens: f.Tokens}
+	a := &Authorizer{Lookup: f.Lookup}
 	h := a.HTTP(Read, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("metrics")) }))
 	srv := httptest.NewServer(h)
 	defer srv.Close()

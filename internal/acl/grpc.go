@@ -22,8 +22,9 @@ const MetadataKey = "authorization"
 // Authorizer checks each call's token against the tokens in force and the
 // rules. Its Authorize is a grpcx.ServerConfig.Authorize.
 type Authorizer struct {
-	// Tokens returns the tokens in force (File.Tokens).
-	Tokens func() *Tokens
+	// Lookup finds the token of a secret among those in force
+	// (File.Lookup, and the controllers' replicated tokens).
+	Lookup func(secret string) (Token, bool)
 	Rules  Rules
 }
 
@@ -39,7 +40,7 @@ func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Cont
 	if err != nil {
 		return ctx, err
 	}
-	tok, ok := a.Tokens().Lookup(secret)
+	tok, ok := a.Lookup(secret)
 	if !ok {
 		return ctx, status.Error(codes.Unauthenticated, "the ACL token is not one this controller knows")
 	}
@@ -114,7 +115,10 @@ func (a *Authorizer) HTTP(need Role, h http.Handler) http.Handler {
 				secret = strings.TrimSpace(s)
 			}
 		}
-		tok, ok := a.Tokens().Lookup(secret)
+		tok, ok := Token{}, false
+		if secret != "" {
+			tok, ok = a.Lookup(secret)
+		}
 		switch {
 		case secret == "" || !ok:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hostscale"`)

@@ -111,6 +111,39 @@ grafana      read              %s
 	out, code = cli(grafana, "pools")
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "not one this controller knows")
+	// Tokens stored in the cluster: created by an operator through the
+	// CLI, admitted by every controller, deleted, refused.
+	ops := []string{"HOSTSCALE_TOKEN=" + opsToken}
+	out, code = cli(ops, "token", "create", "ci", "write", "the deploy pipeline")
+	require.Zero(t, code, out)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	ciSecret := lines[len(lines)-1]
+	require.Len(t, ciSecret, 64, out)
+	out, code = cli(ops, "token", "list")
+	require.Zero(t, code, out)
+	require.Regexp(t, `ci\s+write\s+\S+\s+ops\s+the deploy pipeline`, out)
+	for _, n := range f.cl.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+			if out, code := cli([]string{"HOSTSCALE_TOKEN=" + ciSecret}, "-addr", n.GRPCAddr, "pools"); code != 0 {
+				return errors.New(out)
+			}
+			return nil
+		}), n.ID)
+	}
+	out, code = cli([]string{"HOSTSCALE_TOKEN=" + ciSecret}, "token", "list")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, "PermissionDenied")
+	out, code = cli(ops, "token", "delete", "ci")
+	require.Zero(t, code, out)
+	for _, n := range f.cl.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+			if out, _ := cli([]string{"HOSTSCALE_TOKEN=" + ciSecret}, "-addr", n.GRPCAddr, "pools"); !strings.Contains(out, "Unauthenticated") {
+				return errors.New(out)
+			}
+			return nil
+		}), n.ID)
+	}
+
 	// A broken file on SIGHUP keeps the tokens in force.
 	write("acl", "ops superuser "+opsToken+"\n")
 	leader := f.leader()

@@ -85,6 +85,11 @@ commands:
   token new NAME ROLE[,ROLE...]   make a new random ACL token: prints it, and the -acl-file line that
                                   grants it the roles (read, write, operator, agent, balancer) by its
                                   SHA-256 digest, so that the file need not hold the secret
+  token create NAME ROLE[,ROLE...] [DESCRIPTION]
+                                  make a new random ACL token and store it in the cluster (by its
+                                  digest): every controller with an -acl-file admits it; prints it once
+  token list                      the tokens stored in the cluster: name, roles, created when and by whom
+  token delete NAME               delete a stored token: every controller refuses it from then on
 `
 
 // defaultAddr is the controllers of `make dev` and `make cluster`, which
@@ -130,7 +135,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	if fs.Arg(0) == "token" {
+	if fs.Arg(0) == "token" && fs.Arg(1) == "new" {
 		return newToken(fs.Args()[1:], stdout, stderr)
 	}
 	token := os.Getenv("HOSTSCALE_TOKEN")
@@ -181,7 +186,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	c := &cli{cluster: pb.NewClusterServiceClient(conn), pools: pb.NewPoolServiceClient(conn), lbs: pb.NewBalancerServiceClient(conn), nodes: pb.NewNodeServiceClient(conn),
-		alerts: pb.NewAlertServiceClient(conn), out: stdout, json: *asJSON}
+		alerts: pb.NewAlertServiceClient(conn), tokens: pb.NewTokenServiceClient(conn), out: stdout, json: *asJSON}
 	err = c.do(ctx, fs.Args())
 	var ue usageError
 	switch {
@@ -216,6 +221,7 @@ type cli struct {
 	lbs     pb.BalancerServiceClient
 	nodes   pb.NodeServiceClient
 	alerts  pb.AlertServiceClient
+	tokens  pb.TokenServiceClient
 	out     io.Writer
 	json    bool
 }
@@ -600,6 +606,8 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(c.out, "silence %s ended\n", rest[0])
 		return nil
+	case "token":
+		return c.token(ctx, rest)
 	}
 	return usageError(fmt.Sprintf("unknown command %q", cmd))
 }
@@ -998,7 +1006,7 @@ func conditionName(t pb.NodeConditionType) string {
 // newToken prints a new random token for NAME with ROLES, and the
 // -acl-file line granting them by the token's digest.
 func newToken(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 3 || args[0] != "new" {
+	if len(args) != 3 {
 		fmt.Fprintln(stderr, "usage: hostscale token new NAME ROLE[,ROLE...]")
 		return 2
 	}
@@ -1021,4 +1029,62 @@ func newToken(args []string, stdout, stderr io.Writer) int {
 	tok := hex.EncodeToString(b)
 	fmt.Fprintf(stdout, "token: %s\nACL file line: %s %s %s\n", tok, name, roles, acl.Hash(tok))
 	return 0
+}
+
+// token runs token create, list and delete.
+func (c *cli) token(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usageError("token: want new, create, list or delete")
+	}
+	switch sub, rest := args[0], args[1:]; sub {
+	case "create":
+		if len(rest) < 2 || len(rest) > 3 {
+			return usageError("token create: want NAME ROLE[,ROLE...] [DESCRIPTION]")
+		}
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+		secret := hex.EncodeToString(b)
+		tok := &pb.Token{Name: rest[0], Roles: strings.Split(rest[1], ","), SecretSha256: strings.TrimPrefix(acl.Hash(secret), acl.HashPrefix)}
+		if len(rest) == 3 {
+			tok.Description = rest[2]
+		}
+		resp, err := c.tokens.CreateToken(ctx, &pb.CreateTokenRequest{Token: tok})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		fmt.Fprintf(c.out, "token %s (%s) created at index %d; its secret, shown only now:\n%s\n", resp.Token.Name, strings.Join(resp.Token.Roles, ","), resp.Index, secret)
+		return nil
+	case "list":
+		if len(rest) != 0 {
+			return usageError("token list: no arguments")
+		}
+		resp, err := c.tokens.ListTokens(ctx, &pb.ListTokensRequest{Consistent: true})
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tROLES\tCREATED\tBY\tDESCRIPTION")
+		for _, t := range resp.Tokens {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Roles, ","), t.CreateTime.AsTime().UTC().Format(time.RFC3339), orDash(t.CreatedBy), t.Description)
+		}
+		return w.Flush()
+	case "delete":
+		if len(rest) != 1 {
+			return usageError("token delete: want NAME")
+		}
+		if _, err := c.tokens.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: rest[0]}); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "token %s deleted\n", rest[0])
+		return nil
+	}
+	return usageError(fmt.Sprintf("token: unknown subcommand %q (want new, create, list or delete)", args[0]))
 }

@@ -371,7 +371,6 @@ func TestToken_new(t *testing.T) {
 	for args, want := range map[string]string{
 		"token new x root":               `unknown role "root"`,
 		"token new x":                    "usage: hostscale token new NAME ROLE",
-		"token make x read":              "usage: hostscale token new NAME ROLE",
 		"token new a#b read":             `name "a#b": no spaces or #`,
 		"-token-file " + bad + " status": "-token-file: token file " + bad + ": the token holds a space",
 	} {

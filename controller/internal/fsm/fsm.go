@@ -70,6 +70,9 @@ type FSM struct {
 	// out, closed by the next command that may change what that node's
 	// agent must run; it is local to this process (not replicated).
 	assignWatch map[string]chan struct{}
+	// tokenByDigest indexes state.Tokens by their secrets' digests, for
+	// the check of every call; Restore rebuilds it.
+	tokenByDigest map[string]string
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -84,6 +87,8 @@ func New(logger *slog.Logger) *FSM {
 		changed:     make(chan struct{}),
 		assignWatch: map[string]chan struct{}{},
 		byNode:      map[string]map[string]*pb.Instance{},
+
+		tokenByDigest: map[string]string{},
 	}
 }
 
@@ -119,6 +124,9 @@ func ensureMaps(st *pb.State) {
 	}
 	if st.ScaleEvents == nil {
 		st.ScaleEvents = map[string]*pb.ScaleEvents{}
+	}
+	if st.Tokens == nil {
+		st.Tokens = map[string]*pb.Token{}
 	}
 }
 
@@ -314,6 +322,10 @@ func (f *FSM) dispatch(cmd *pb.Command, index uint64) error {
 		return f.recordProviderResult(c.RecordProviderResult)
 	case *pb.Command_UpdatePool:
 		return f.updatePool(c.UpdatePool, index)
+	case *pb.Command_PutToken:
+		return f.putToken(c.PutToken, cmd.Time)
+	case *pb.Command_DeleteToken:
+		return f.deleteToken(c.DeleteToken)
 	case *pb.Command_SetInstanceWeights:
 		return f.setInstanceWeights(c.SetInstanceWeights, index)
 	default:
@@ -438,6 +450,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for _, in := range st.Instances {
 		f.indexInstance(in)
 	}
+	f.tokenByDigest = make(map[string]string, len(st.Tokens))
+	for name, tok := range st.Tokens {
+		f.tokenByDigest[tok.SecretSha256] = name
+	}
 	for node, ch := range f.assignWatch {
 		close(ch)
 		delete(f.assignWatch, node)
@@ -492,6 +508,16 @@ func checkState(st *pb.State) error {
 		if in.GetId() != k {
 			return fmt.Errorf("instance %q is stored under key %q", in.GetId(), k)
 		}
+	}
+	digests := map[string]bool{}
+	for k, tok := range st.Tokens {
+		if tok.GetName() != k {
+			return fmt.Errorf("token %q is stored under key %q", tok.GetName(), k)
+		}
+		if digests[tok.GetSecretSha256()] {
+			return fmt.Errorf("token %q has the secret of another", k)
+		}
+		digests[tok.GetSecretSha256()] = true
 	}
 	seen := map[string]bool{}
 	for _, r := range st.Requests {

@@ -62,6 +62,8 @@ type Command struct {
 	//	*Command_SetInstanceWeights
 	//	*Command_UpdatePool
 	//	*Command_Batch
+	//	*Command_PutToken
+	//	*Command_DeleteToken
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -361,6 +363,24 @@ func (x *Command) GetBatch() *CommandBatch {
 	return nil
 }
 
+func (x *Command) GetPutToken() *PutTokenCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_PutToken); ok {
+			return x.PutToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteToken() *DeleteTokenCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_DeleteToken); ok {
+			return x.DeleteToken
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -473,6 +493,14 @@ type Command_Batch struct {
 	Batch *CommandBatch `protobuf:"bytes,36,opt,name=batch,proto3,oneof"`
 }
 
+type Command_PutToken struct {
+	PutToken *PutTokenCommand `protobuf:"bytes,37,opt,name=put_token,json=putToken,proto3,oneof"`
+}
+
+type Command_DeleteToken struct {
+	DeleteToken *DeleteTokenCommand `protobuf:"bytes,38,opt,name=delete_token,json=deleteToken,proto3,oneof"`
+}
+
 func (*Command_SetMember) isCommand_Command() {}
 
 func (*Command_DeleteMember) isCommand_Command() {}
@@ -526,6 +554,10 @@ func (*Command_SetInstanceWeights) isCommand_Command() {}
 func (*Command_UpdatePool) isCommand_Command() {}
 
 func (*Command_Batch) isCommand_Command() {}
+
+func (*Command_PutToken) isCommand_Command() {}
+
+func (*Command_DeleteToken) isCommand_Command() {}
 
 // CommandBatch is one log entry holding commands the leader received at the
 // same time, applied in order at the entry's index as if each were an entry
@@ -1952,11 +1984,101 @@ func (x *DeleteSilenceCommand) GetSilence() string {
 	return ""
 }
 
+// PutTokenCommand stores a new ACL token: ALREADY_EXISTS when its name or
+// digest is taken.
+type PutTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutTokenCommand) Reset() {
+	*x = PutTokenCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTokenCommand) ProtoMessage() {}
+
+func (x *PutTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTokenCommand.ProtoReflect.Descriptor instead.
+func (*PutTokenCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PutTokenCommand) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+type DeleteTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenCommand) Reset() {
+	*x = DeleteTokenCommand{}
+	mi := &file_hostscale_v1_command_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenCommand) ProtoMessage() {}
+
+func (x *DeleteTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_command_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenCommand.ProtoReflect.Descriptor instead.
+func (*DeleteTokenCommand) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_command_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeleteTokenCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 var File_hostscale_v1_command_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\"\x80\x11\n" +
+	"\x1ahostscale/v1/command.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/agent.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/state.proto\x1a\x18hostscale/v1/token.proto\"\x85\x12\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1996,7 +2118,9 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x14set_instance_weights\x18\" \x01(\v2'.hostscale.v1.SetInstanceWeightsCommandH\x00R\x12setInstanceWeights\x12B\n" +
 	"\vupdate_pool\x18# \x01(\v2\x1f.hostscale.v1.UpdatePoolCommandH\x00R\n" +
 	"updatePool\x122\n" +
-	"\x05batch\x18$ \x01(\v2\x1a.hostscale.v1.CommandBatchH\x00R\x05batchB\t\n" +
+	"\x05batch\x18$ \x01(\v2\x1a.hostscale.v1.CommandBatchH\x00R\x05batch\x12<\n" +
+	"\tput_token\x18% \x01(\v2\x1d.hostscale.v1.PutTokenCommandH\x00R\bputToken\x12E\n" +
+	"\fdelete_token\x18& \x01(\v2 .hostscale.v1.DeleteTokenCommandH\x00R\vdeleteTokenB\t\n" +
 	"\acommand\"A\n" +
 	"\fCommandBatch\x121\n" +
 	"\bcommands\x18\x01 \x03(\v2\x15.hostscale.v1.CommandR\bcommands\";\n" +
@@ -2083,7 +2207,11 @@ const file_hostscale_v1_command_proto_rawDesc = "" +
 	"\x11PutSilenceCommand\x12/\n" +
 	"\asilence\x18\x01 \x01(\v2\x15.hostscale.v1.SilenceR\asilence\"0\n" +
 	"\x14DeleteSilenceCommand\x12\x18\n" +
-	"\asilence\x18\x01 \x01(\tR\asilenceB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"\asilence\x18\x01 \x01(\tR\asilence\"<\n" +
+	"\x0fPutTokenCommand\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.hostscale.v1.TokenR\x05token\"(\n" +
+	"\x12DeleteTokenCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04nameB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_command_proto_rawDescOnce sync.Once
@@ -2097,7 +2225,7 @@ func file_hostscale_v1_command_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_command_proto_rawDescData
 }
 
-var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_hostscale_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_hostscale_v1_command_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: hostscale.v1.Command
 	(*CommandBatch)(nil),                 // 1: hostscale.v1.CommandBatch
@@ -2128,24 +2256,27 @@ var file_hostscale_v1_command_proto_goTypes = []any{
 	(*RecordAlertDeliveriesCommand)(nil), // 26: hostscale.v1.RecordAlertDeliveriesCommand
 	(*PutSilenceCommand)(nil),            // 27: hostscale.v1.PutSilenceCommand
 	(*DeleteSilenceCommand)(nil),         // 28: hostscale.v1.DeleteSilenceCommand
-	nil,                                  // 29: hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
-	nil,                                  // 30: hostscale.v1.RegisterNodeCommand.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 31: google.protobuf.Timestamp
-	(*Pool)(nil),                         // 32: hostscale.v1.Pool
-	(*ScaleEvent)(nil),                   // 33: hostscale.v1.ScaleEvent
-	(*ProviderResult)(nil),               // 34: hostscale.v1.ProviderResult
-	(*InstanceStatus)(nil),               // 35: hostscale.v1.InstanceStatus
-	(*MemberRecord)(nil),                 // 36: hostscale.v1.MemberRecord
-	(*Backend)(nil),                      // 37: hostscale.v1.Backend
-	(*NodeFacts)(nil),                    // 38: hostscale.v1.NodeFacts
-	(NodeStatus)(0),                      // 39: hostscale.v1.NodeStatus
-	(*AlertRule)(nil),                    // 40: hostscale.v1.AlertRule
-	(*Alert)(nil),                        // 41: hostscale.v1.Alert
-	(*AlertDelivery)(nil),                // 42: hostscale.v1.AlertDelivery
-	(*Silence)(nil),                      // 43: hostscale.v1.Silence
+	(*PutTokenCommand)(nil),              // 29: hostscale.v1.PutTokenCommand
+	(*DeleteTokenCommand)(nil),           // 30: hostscale.v1.DeleteTokenCommand
+	nil,                                  // 31: hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
+	nil,                                  // 32: hostscale.v1.RegisterNodeCommand.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 33: google.protobuf.Timestamp
+	(*Pool)(nil),                         // 34: hostscale.v1.Pool
+	(*ScaleEvent)(nil),                   // 35: hostscale.v1.ScaleEvent
+	(*ProviderResult)(nil),               // 36: hostscale.v1.ProviderResult
+	(*InstanceStatus)(nil),               // 37: hostscale.v1.InstanceStatus
+	(*MemberRecord)(nil),                 // 38: hostscale.v1.MemberRecord
+	(*Backend)(nil),                      // 39: hostscale.v1.Backend
+	(*NodeFacts)(nil),                    // 40: hostscale.v1.NodeFacts
+	(NodeStatus)(0),                      // 41: hostscale.v1.NodeStatus
+	(*AlertRule)(nil),                    // 42: hostscale.v1.AlertRule
+	(*Alert)(nil),                        // 43: hostscale.v1.Alert
+	(*AlertDelivery)(nil),                // 44: hostscale.v1.AlertDelivery
+	(*Silence)(nil),                      // 45: hostscale.v1.Silence
+	(*Token)(nil),                        // 46: hostscale.v1.Token
 }
 var file_hostscale_v1_command_proto_depIdxs = []int32{
-	31, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
+	33, // 0: hostscale.v1.Command.time:type_name -> google.protobuf.Timestamp
 	14, // 1: hostscale.v1.Command.set_member:type_name -> hostscale.v1.SetMemberCommand
 	15, // 2: hostscale.v1.Command.delete_member:type_name -> hostscale.v1.DeleteMemberCommand
 	16, // 3: hostscale.v1.Command.create_pool:type_name -> hostscale.v1.CreatePoolCommand
@@ -2173,29 +2304,32 @@ var file_hostscale_v1_command_proto_depIdxs = []int32{
 	3,  // 25: hostscale.v1.Command.set_instance_weights:type_name -> hostscale.v1.SetInstanceWeightsCommand
 	2,  // 26: hostscale.v1.Command.update_pool:type_name -> hostscale.v1.UpdatePoolCommand
 	1,  // 27: hostscale.v1.Command.batch:type_name -> hostscale.v1.CommandBatch
-	0,  // 28: hostscale.v1.CommandBatch.commands:type_name -> hostscale.v1.Command
-	32, // 29: hostscale.v1.UpdatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	29, // 30: hostscale.v1.SetInstanceWeightsCommand.weights:type_name -> hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
-	33, // 31: hostscale.v1.RecordScaleEventCommand.event:type_name -> hostscale.v1.ScaleEvent
-	34, // 32: hostscale.v1.RecordProviderResultCommand.result:type_name -> hostscale.v1.ProviderResult
-	7,  // 33: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
-	35, // 34: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
-	36, // 35: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
-	32, // 36: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
-	37, // 37: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
-	38, // 38: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
-	30, // 39: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
-	39, // 40: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
-	40, // 41: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
-	41, // 42: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
-	40, // 43: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
-	42, // 44: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
-	43, // 45: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	29, // 28: hostscale.v1.Command.put_token:type_name -> hostscale.v1.PutTokenCommand
+	30, // 29: hostscale.v1.Command.delete_token:type_name -> hostscale.v1.DeleteTokenCommand
+	0,  // 30: hostscale.v1.CommandBatch.commands:type_name -> hostscale.v1.Command
+	34, // 31: hostscale.v1.UpdatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	31, // 32: hostscale.v1.SetInstanceWeightsCommand.weights:type_name -> hostscale.v1.SetInstanceWeightsCommand.WeightsEntry
+	35, // 33: hostscale.v1.RecordScaleEventCommand.event:type_name -> hostscale.v1.ScaleEvent
+	36, // 34: hostscale.v1.RecordProviderResultCommand.result:type_name -> hostscale.v1.ProviderResult
+	7,  // 35: hostscale.v1.PlaceInstancesCommand.placements:type_name -> hostscale.v1.Placement
+	37, // 36: hostscale.v1.ReportInstancesCommand.instances:type_name -> hostscale.v1.InstanceStatus
+	38, // 37: hostscale.v1.SetMemberCommand.member:type_name -> hostscale.v1.MemberRecord
+	34, // 38: hostscale.v1.CreatePoolCommand.pool:type_name -> hostscale.v1.Pool
+	39, // 39: hostscale.v1.AddBackendCommand.backend:type_name -> hostscale.v1.Backend
+	40, // 40: hostscale.v1.RegisterNodeCommand.facts:type_name -> hostscale.v1.NodeFacts
+	32, // 41: hostscale.v1.RegisterNodeCommand.labels:type_name -> hostscale.v1.RegisterNodeCommand.LabelsEntry
+	41, // 42: hostscale.v1.SetNodeStatusCommand.status:type_name -> hostscale.v1.NodeStatus
+	42, // 43: hostscale.v1.PutAlertRuleCommand.rule:type_name -> hostscale.v1.AlertRule
+	43, // 44: hostscale.v1.AlertTransitionsCommand.alerts:type_name -> hostscale.v1.Alert
+	42, // 45: hostscale.v1.InitAlertRulesCommand.rules:type_name -> hostscale.v1.AlertRule
+	44, // 46: hostscale.v1.RecordAlertDeliveriesCommand.deliveries:type_name -> hostscale.v1.AlertDelivery
+	45, // 47: hostscale.v1.PutSilenceCommand.silence:type_name -> hostscale.v1.Silence
+	46, // 48: hostscale.v1.PutTokenCommand.token:type_name -> hostscale.v1.Token
+	49, // [49:49] is the sub-list for method output_type
+	49, // [49:49] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_command_proto_init() }
@@ -2208,6 +2342,7 @@ func file_hostscale_v1_command_proto_init() {
 	file_hostscale_v1_node_proto_init()
 	file_hostscale_v1_pool_proto_init()
 	file_hostscale_v1_state_proto_init()
+	file_hostscale_v1_token_proto_init()
 	file_hostscale_v1_command_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_SetMember)(nil),
 		(*Command_DeleteMember)(nil),
@@ -2236,6 +2371,8 @@ func file_hostscale_v1_command_proto_init() {
 		(*Command_SetInstanceWeights)(nil),
 		(*Command_UpdatePool)(nil),
 		(*Command_Batch)(nil),
+		(*Command_PutToken)(nil),
+		(*Command_DeleteToken)(nil),
 	}
 	file_hostscale_v1_command_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
@@ -2244,7 +2381,7 @@ func file_hostscale_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_command_proto_rawDesc), len(file_hostscale_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

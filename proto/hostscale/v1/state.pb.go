@@ -53,7 +53,9 @@ type State struct {
 	// Instances by id.
 	Instances map[string]*Instance `protobuf:"bytes,14,rep,name=instances,proto3" json:"instances,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Each pool's recent scale events, oldest first, by pool.
-	ScaleEvents   map[string]*ScaleEvents `protobuf:"bytes,15,rep,name=scale_events,json=scaleEvents,proto3" json:"scale_events,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ScaleEvents map[string]*ScaleEvents `protobuf:"bytes,15,rep,name=scale_events,json=scaleEvents,proto3" json:"scale_events,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// ACL tokens by name.
+	Tokens        map[string]*Token `protobuf:"bytes,16,rep,name=tokens,proto3" json:"tokens,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -189,6 +191,13 @@ func (x *State) GetInstances() map[string]*Instance {
 func (x *State) GetScaleEvents() map[string]*ScaleEvents {
 	if x != nil {
 		return x.ScaleEvents
+	}
+	return nil
+}
+
+func (x *State) GetTokens() map[string]*Token {
+	if x != nil {
+		return x.Tokens
 	}
 	return nil
 }
@@ -462,7 +471,7 @@ var File_hostscale_v1_state_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\"\xdb\v\n" +
+	"\x18hostscale/v1/state.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hostscale/v1/alert.proto\x1a\x17hostscale/v1/node.proto\x1a\x17hostscale/v1/pool.proto\x1a\x18hostscale/v1/token.proto\"\xe4\f\n" +
 	"\x05State\x12:\n" +
 	"\amembers\x18\x01 \x03(\v2 .hostscale.v1.State.MembersEntryR\amembers\x124\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1e.hostscale.v1.State.PoolsEntryR\x05pools\x128\n" +
@@ -482,7 +491,8 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x10alert_deliveries\x18\f \x03(\v2\x1b.hostscale.v1.AlertDeliveryR\x0falertDeliveries\x12=\n" +
 	"\bsilences\x18\r \x03(\v2!.hostscale.v1.State.SilencesEntryR\bsilences\x12@\n" +
 	"\tinstances\x18\x0e \x03(\v2\".hostscale.v1.State.InstancesEntryR\tinstances\x12G\n" +
-	"\fscale_events\x18\x0f \x03(\v2$.hostscale.v1.State.ScaleEventsEntryR\vscaleEvents\x1aV\n" +
+	"\fscale_events\x18\x0f \x03(\v2$.hostscale.v1.State.ScaleEventsEntryR\vscaleEvents\x127\n" +
+	"\x06tokens\x18\x10 \x03(\v2\x1f.hostscale.v1.State.TokensEntryR\x06tokens\x1aV\n" +
 	"\fMembersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.hostscale.v1.MemberRecordR\x05value:\x028\x01\x1aL\n" +
@@ -508,7 +518,10 @@ const file_hostscale_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x16.hostscale.v1.InstanceR\x05value:\x028\x01\x1aY\n" +
 	"\x10ScaleEventsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
-	"\x05value\x18\x02 \x01(\v2\x19.hostscale.v1.ScaleEventsR\x05value:\x028\x01\"?\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.hostscale.v1.ScaleEventsR\x05value:\x028\x01\x1aN\n" +
+	"\vTokensEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
+	"\x05value\x18\x02 \x01(\v2\x13.hostscale.v1.TokenR\x05value:\x028\x01\"?\n" +
 	"\vScaleEvents\x120\n" +
 	"\x06events\x18\x01 \x03(\v2\x18.hostscale.v1.ScaleEventR\x06events\"\xa5\x01\n" +
 	"\rAlertDelivery\x12\x10\n" +
@@ -543,7 +556,7 @@ func file_hostscale_v1_state_proto_rawDescGZIP() []byte {
 	return file_hostscale_v1_state_proto_rawDescData
 }
 
-var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_hostscale_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_hostscale_v1_state_proto_goTypes = []any{
 	(*State)(nil),                 // 0: hostscale.v1.State
 	(*ScaleEvents)(nil),           // 1: hostscale.v1.ScaleEvents
@@ -558,14 +571,16 @@ var file_hostscale_v1_state_proto_goTypes = []any{
 	nil,                           // 10: hostscale.v1.State.SilencesEntry
 	nil,                           // 11: hostscale.v1.State.InstancesEntry
 	nil,                           // 12: hostscale.v1.State.ScaleEventsEntry
-	(*ScaleEvent)(nil),            // 13: hostscale.v1.ScaleEvent
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*Pool)(nil),                  // 15: hostscale.v1.Pool
-	(*Node)(nil),                  // 16: hostscale.v1.Node
-	(*AlertRule)(nil),             // 17: hostscale.v1.AlertRule
-	(*Alert)(nil),                 // 18: hostscale.v1.Alert
-	(*Silence)(nil),               // 19: hostscale.v1.Silence
-	(*Instance)(nil),              // 20: hostscale.v1.Instance
+	nil,                           // 13: hostscale.v1.State.TokensEntry
+	(*ScaleEvent)(nil),            // 14: hostscale.v1.ScaleEvent
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*Pool)(nil),                  // 16: hostscale.v1.Pool
+	(*Node)(nil),                  // 17: hostscale.v1.Node
+	(*AlertRule)(nil),             // 18: hostscale.v1.AlertRule
+	(*Alert)(nil),                 // 19: hostscale.v1.Alert
+	(*Silence)(nil),               // 20: hostscale.v1.Silence
+	(*Instance)(nil),              // 21: hostscale.v1.Instance
+	(*Token)(nil),                 // 22: hostscale.v1.Token
 }
 var file_hostscale_v1_state_proto_depIdxs = []int32{
 	5,  // 0: hostscale.v1.State.members:type_name -> hostscale.v1.State.MembersEntry
@@ -578,22 +593,24 @@ var file_hostscale_v1_state_proto_depIdxs = []int32{
 	10, // 7: hostscale.v1.State.silences:type_name -> hostscale.v1.State.SilencesEntry
 	11, // 8: hostscale.v1.State.instances:type_name -> hostscale.v1.State.InstancesEntry
 	12, // 9: hostscale.v1.State.scale_events:type_name -> hostscale.v1.State.ScaleEventsEntry
-	13, // 10: hostscale.v1.ScaleEvents.events:type_name -> hostscale.v1.ScaleEvent
-	14, // 11: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
-	14, // 12: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	3,  // 13: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
-	15, // 14: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
-	16, // 15: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
-	17, // 16: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
-	18, // 17: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
-	19, // 18: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
-	20, // 19: hostscale.v1.State.InstancesEntry.value:type_name -> hostscale.v1.Instance
-	1,  // 20: hostscale.v1.State.ScaleEventsEntry.value:type_name -> hostscale.v1.ScaleEvents
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	13, // 10: hostscale.v1.State.tokens:type_name -> hostscale.v1.State.TokensEntry
+	14, // 11: hostscale.v1.ScaleEvents.events:type_name -> hostscale.v1.ScaleEvent
+	15, // 12: hostscale.v1.AlertDelivery.at:type_name -> google.protobuf.Timestamp
+	15, // 13: hostscale.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	3,  // 14: hostscale.v1.State.MembersEntry.value:type_name -> hostscale.v1.MemberRecord
+	16, // 15: hostscale.v1.State.PoolsEntry.value:type_name -> hostscale.v1.Pool
+	17, // 16: hostscale.v1.State.NodesEntry.value:type_name -> hostscale.v1.Node
+	18, // 17: hostscale.v1.State.AlertRulesEntry.value:type_name -> hostscale.v1.AlertRule
+	19, // 18: hostscale.v1.State.AlertsEntry.value:type_name -> hostscale.v1.Alert
+	20, // 19: hostscale.v1.State.SilencesEntry.value:type_name -> hostscale.v1.Silence
+	21, // 20: hostscale.v1.State.InstancesEntry.value:type_name -> hostscale.v1.Instance
+	1,  // 21: hostscale.v1.State.ScaleEventsEntry.value:type_name -> hostscale.v1.ScaleEvents
+	22, // 22: hostscale.v1.State.TokensEntry.value:type_name -> hostscale.v1.Token
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_state_proto_init() }
@@ -604,13 +621,14 @@ func file_hostscale_v1_state_proto_init() {
 	file_hostscale_v1_alert_proto_init()
 	file_hostscale_v1_node_proto_init()
 	file_hostscale_v1_pool_proto_init()
+	file_hostscale_v1_token_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_state_proto_rawDesc), len(file_hostscale_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,57 @@
+package fsm
+
+import (
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
+)
+
+// putToken stores a new ACL token; the endpoint has checked its fields.
+func (f *FSM) putToken(c *pb.PutTokenCommand, at *timestamppb.Timestamp) error {
+	tok := c.GetToken()
+	switch {
+	case tok.GetName() == "":
+		return status.Error(codes.InvalidArgument, "token.name: must not be empty")
+	case len(tok.GetSecretSha256()) != 64:
+		return status.Error(codes.InvalidArgument, "token.secret_sha256: must be 64 hex digits")
+	}
+	if _, ok := f.state.Tokens[tok.Name]; ok {
+		return status.Errorf(codes.AlreadyExists, "token %q already exists", tok.Name)
+	}
+	if other, ok := f.tokenByDigest[tok.SecretSha256]; ok {
+		return status.Errorf(codes.AlreadyExists, "token %q has the same secret", other)
+	}
+	tok = proto.Clone(tok).(*pb.Token)
+	if tok.CreateTime == nil {
+		tok.CreateTime = at
+	}
+	f.state.Tokens[tok.Name] = tok
+	f.tokenByDigest[tok.SecretSha256] = tok.Name
+	return nil
+}
+
+func (f *FSM) deleteToken(c *pb.DeleteTokenCommand) error {
+	tok, ok := f.state.Tokens[c.GetName()]
+	if !ok {
+		return status.Errorf(codes.NotFound, "token %q not found", c.GetName())
+	}
+	delete(f.tokenByDigest, tok.SecretSha256)
+	delete(f.state.Tokens, c.GetName())
+	return nil
+}
+
+// TokenByDigest returns the stored token whose secret has the SHA-256
+// digest digest (64 hex digits), without copying it: the caller must not
+// change it.
+func (f *FSM) TokenByDigest(digest string) (*pb.Token, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	name, ok := f.tokenByDigest[digest]
+	if !ok {
+		return nil, false
+	}
+	return f.state.Tokens[name], true
+}
