@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"time"
 
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/internal/acl"
@@ -75,7 +76,7 @@ func lookupToken(file *acl.File, f *fsm.FSM) func(secret string) (acl.Token, boo
 		}
 		sum := sha256.Sum256([]byte(secret))
 		stored, ok := f.TokenByDigest(hex.EncodeToString(sum[:]))
-		if !ok {
+		if !ok || (stored.ExpireTime != nil && !time.Now().Before(stored.ExpireTime.AsTime())) {
 			return acl.Token{}, false
 		}
 		// Roles were checked when the token was created; one a newer

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/controller/server/servertest"
@@ -283,6 +285,38 @@ func TestACL_replicatedTokens(t *testing.T) {
 		require.Equal(t, tc.code, status.Code(err), "%v: %v", tc.req, err)
 		require.Contains(t, err.Error(), tc.want)
 	}
+	for _, tc := range []struct {
+		req  *pb.CreateTokenRequest
+		want string
+	}{
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: digest}, Ttl: durationpb.New(time.Second)}, "ttl: between 1m0s and"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: digest}, Ttl: durationpb.New(-time.Hour)}, "ttl: between"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: digest, ExpireTime: timestamppb.New(time.Now().Add(-time.Minute))}}, "token.expire_time: must be a time to come"},
+		{&pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"read"}, SecretSha256: digest, ExpireTime: timestamppb.New(time.Now().Add(time.Hour))}, Ttl: durationpb.New(time.Hour)}, "ttl: give it or token.expire_time, not both"},
+	} {
+		_, err := ops.CreateToken(ctx, tc.req)
+		require.Equal(t, codes.InvalidArgument, status.Code(err), "%v: %v", tc.req, err)
+		require.Contains(t, err.Error(), tc.want)
+	}
+	// A token that expires is refused from then on, and still listed.
+	const briefSecret = "brief-secret-0123456789ab"
+	expires := time.Now().Add(2 * time.Second)
+	_, err = ops.CreateToken(ctx, &pb.CreateTokenRequest{Token: &pb.Token{Name: "brief", Roles: []string{"read"}, ExpireTime: timestamppb.New(expires)}, Secret: briefSecret})
+	require.NoError(t, err)
+	brief := pb.NewPoolServiceClient(dialToken(t, leader.GRPCAddr, briefSecret))
+	_, err = brief.ListPools(ctx, &pb.ListPoolsRequest{})
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		_, err := brief.ListPools(ctx, &pb.ListPoolsRequest{})
+		if status.Code(err) != codes.Unauthenticated {
+			return fmt.Errorf("expired token: %v", err)
+		}
+		return nil
+	}))
+	require.False(t, time.Now().Before(expires), "refused before it expired")
+	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: "brief"})
+	require.NoError(t, err)
+
 	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: "nope"})
 	require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
 	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{})

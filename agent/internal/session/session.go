@@ -335,7 +335,7 @@ func (s *Session) logEnd(addr string, r result, failures int) {
 	}
 	code := status.Code(r.err)
 	switch code {
-	case codes.InvalidArgument, codes.FailedPrecondition, codes.ResourceExhausted:
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.ResourceExhausted, codes.Unauthenticated, codes.PermissionDenied:
 		s.log.Error("controller refused the stream", "controller", addr, "code", code.String(), "err", r.err)
 		return
 	}

@@ -85,9 +85,10 @@ commands:
   token new NAME ROLE[,ROLE...]   make a new random ACL token: prints it, and the -acl-file line that
                                   grants it the roles (read, write, operator, agent, balancer) by its
                                   SHA-256 digest, so that the file need not hold the secret
-  token create NAME ROLE[,ROLE...] [DESCRIPTION]
+  token create NAME ROLE[,ROLE...] [DESCRIPTION] [-ttl DURATION]
                                   make a new random ACL token and store it in the cluster (by its
-                                  digest): every controller with an -acl-file admits it; prints it once
+                                  digest): every controller with an -acl-file admits it, until it
+                                  expires with -ttl; prints it once
   token list                      the tokens stored in the cluster: name, roles, created when and by whom
   token delete NAME               delete a stored token: every controller refuses it from then on
 `
@@ -1038,8 +1039,19 @@ func (c *cli) token(ctx context.Context, args []string) error {
 	}
 	switch sub, rest := args[0], args[1:]; sub {
 	case "create":
+		var ttl time.Duration
+		if i := slices.Index(rest, "-ttl"); i >= 0 {
+			if i+1 >= len(rest) {
+				return usageError("token create: -ttl needs a duration")
+			}
+			d, err := time.ParseDuration(rest[i+1])
+			if err != nil || d <= 0 {
+				return usageError(fmt.Sprintf("token create: -ttl %q: not a positive duration", rest[i+1]))
+			}
+			ttl, rest = d, slices.Delete(slices.Clone(rest), i, i+2)
+		}
 		if len(rest) < 2 || len(rest) > 3 {
-			return usageError("token create: want NAME ROLE[,ROLE...] [DESCRIPTION]")
+			return usageError("token create: want NAME ROLE[,ROLE...] [DESCRIPTION] [-ttl DURATION]")
 		}
 		b := make([]byte, 32)
 		if _, err := rand.Read(b); err != nil {
@@ -1050,7 +1062,11 @@ func (c *cli) token(ctx context.Context, args []string) error {
 		if len(rest) == 3 {
 			tok.Description = rest[2]
 		}
-		resp, err := c.tokens.CreateToken(ctx, &pb.CreateTokenRequest{Token: tok})
+		req := &pb.CreateTokenRequest{Token: tok}
+		if ttl > 0 {
+			req.Ttl = durationpb.New(ttl)
+		}
+		resp, err := c.tokens.CreateToken(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -1071,9 +1087,16 @@ func (c *cli) token(ctx context.Context, args []string) error {
 			return c.printJSON(resp)
 		}
 		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tROLES\tCREATED\tBY\tDESCRIPTION")
+		fmt.Fprintln(w, "NAME\tROLES\tCREATED\tBY\tEXPIRES\tDESCRIPTION")
 		for _, t := range resp.Tokens {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Roles, ","), t.CreateTime.AsTime().UTC().Format(time.RFC3339), orDash(t.CreatedBy), t.Description)
+			expires := "-"
+			if t.ExpireTime != nil {
+				expires = t.ExpireTime.AsTime().UTC().Format(time.RFC3339)
+				if !time.Now().Before(t.ExpireTime.AsTime()) {
+					expires += " (expired)"
+				}
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Roles, ","), t.CreateTime.AsTime().UTC().Format(time.RFC3339), orDash(t.CreatedBy), expires, t.Description)
 		}
 		return w.Flush()
 	case "delete":

@@ -6,10 +6,12 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/grpcx"
@@ -18,6 +20,12 @@ import (
 
 // MaxTokenDescription bounds a token's description.
 const MaxTokenDescription = 256
+
+// MinTokenTTL and MaxTokenTTL bound CreateTokenRequest.ttl.
+const (
+	MinTokenTTL = time.Minute
+	MaxTokenTTL = 10 * 365 * 24 * time.Hour
+)
 
 // Tokens serves hostscale.v1.TokenService: the ACL tokens of the
 // replicated state.
@@ -85,6 +93,21 @@ func (s *Tokens) CreateToken(ctx context.Context, req *pb.CreateTokenRequest) (*
 		}
 		if tok, ok := file.LookupDigest(req.Token.SecretSha256); ok {
 			return nil, status.Errorf(codes.AlreadyExists, "token %q of the -acl-file of %s has the same secret", tok.Name, s.Core.ID)
+		}
+	}
+	switch {
+	case req.Ttl != nil && req.Token.ExpireTime != nil:
+		return nil, invalid("ttl", "give it or token.expire_time, not both")
+	case req.Ttl != nil:
+		ttl := req.Ttl.AsDuration()
+		if req.Ttl.CheckValid() != nil || ttl < MinTokenTTL || ttl > MaxTokenTTL {
+			return nil, invalid("ttl", "between %v and %v", MinTokenTTL, MaxTokenTTL)
+		}
+		req.Token.ExpireTime = timestamppb.New(time.Now().Add(ttl))
+		req.Ttl = nil
+	case req.Token.ExpireTime != nil:
+		if req.Token.ExpireTime.CheckValid() != nil || !req.Token.ExpireTime.AsTime().After(time.Now()) {
+			return nil, invalid("token.expire_time", "must be a time to come")
 		}
 	}
 	req.Token.CreateTime = nil

@@ -9,6 +9,7 @@ package hostscalev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -33,8 +34,11 @@ type Token struct {
 	SecretSha256 string `protobuf:"bytes,3,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
 	Description  string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
 	// Set by the controller: when it was created, and by which token.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreatedBy  string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// When set, the token is refused from then on (it stays listed until
+	// deleted).
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -111,6 +115,13 @@ func (x *Token) GetCreatedBy() string {
 	return ""
 }
 
+func (x *Token) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 type CreateTokenRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -119,7 +130,10 @@ type CreateTokenRequest struct {
 	Token *Token `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
 	// The secret itself (at least 16 characters of printable ASCII), in
 	// place of token.secret_sha256.
-	Secret        string `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
+	Secret string `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
+	// How long the token lasts, from its creation: token.expire_time is set
+	// from it (at least 1m, at most 10 years; in place of expire_time).
+	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -173,6 +187,13 @@ func (x *CreateTokenRequest) GetSecret() string {
 		return x.Secret
 	}
 	return ""
+}
+
+func (x *CreateTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
 }
 
 type CreateTokenResponse struct {
@@ -423,7 +444,7 @@ var File_hostscale_v1_token_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_token_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/token.proto\x12\fhostscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n" +
+	"\x18hostscale/v1/token.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n" +
 	"\x05Token\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05roles\x18\x02 \x03(\tR\x05roles\x12#\n" +
@@ -432,12 +453,15 @@ const file_hostscale_v1_token_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\x06 \x01(\tR\tcreatedBy\"v\n" +
+	"created_by\x18\x06 \x01(\tR\tcreatedBy\x12;\n" +
+	"\vexpire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\xa3\x01\n" +
 	"\x12CreateTokenRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12)\n" +
 	"\x05token\x18\x02 \x01(\v2\x13.hostscale.v1.TokenR\x05token\x12\x16\n" +
-	"\x06secret\x18\x03 \x01(\tR\x06secret\"V\n" +
+	"\x06secret\x18\x03 \x01(\tR\x06secret\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"V\n" +
 	"\x13CreateTokenResponse\x12)\n" +
 	"\x05token\x18\x01 \x01(\v2\x13.hostscale.v1.TokenR\x05token\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"3\n" +
@@ -482,23 +506,26 @@ var file_hostscale_v1_token_proto_goTypes = []any{
 	(*DeleteTokenRequest)(nil),    // 5: hostscale.v1.DeleteTokenRequest
 	(*DeleteTokenResponse)(nil),   // 6: hostscale.v1.DeleteTokenResponse
 	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
 }
 var file_hostscale_v1_token_proto_depIdxs = []int32{
 	7, // 0: hostscale.v1.Token.create_time:type_name -> google.protobuf.Timestamp
-	0, // 1: hostscale.v1.CreateTokenRequest.token:type_name -> hostscale.v1.Token
-	0, // 2: hostscale.v1.CreateTokenResponse.token:type_name -> hostscale.v1.Token
-	0, // 3: hostscale.v1.ListTokensResponse.tokens:type_name -> hostscale.v1.Token
-	1, // 4: hostscale.v1.TokenService.CreateToken:input_type -> hostscale.v1.CreateTokenRequest
-	3, // 5: hostscale.v1.TokenService.ListTokens:input_type -> hostscale.v1.ListTokensRequest
-	5, // 6: hostscale.v1.TokenService.DeleteToken:input_type -> hostscale.v1.DeleteTokenRequest
-	2, // 7: hostscale.v1.TokenService.CreateToken:output_type -> hostscale.v1.CreateTokenResponse
-	4, // 8: hostscale.v1.TokenService.ListTokens:output_type -> hostscale.v1.ListTokensResponse
-	6, // 9: hostscale.v1.TokenService.DeleteToken:output_type -> hostscale.v1.DeleteTokenResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7, // 1: hostscale.v1.Token.expire_time:type_name -> google.protobuf.Timestamp
+	0, // 2: hostscale.v1.CreateTokenRequest.token:type_name -> hostscale.v1.Token
+	8, // 3: hostscale.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	0, // 4: hostscale.v1.CreateTokenResponse.token:type_name -> hostscale.v1.Token
+	0, // 5: hostscale.v1.ListTokensResponse.tokens:type_name -> hostscale.v1.Token
+	1, // 6: hostscale.v1.TokenService.CreateToken:input_type -> hostscale.v1.CreateTokenRequest
+	3, // 7: hostscale.v1.TokenService.ListTokens:input_type -> hostscale.v1.ListTokensRequest
+	5, // 8: hostscale.v1.TokenService.DeleteToken:input_type -> hostscale.v1.DeleteTokenRequest
+	2, // 9: hostscale.v1.TokenService.CreateToken:output_type -> hostscale.v1.CreateTokenResponse
+	4, // 10: hostscale.v1.TokenService.ListTokens:output_type -> hostscale.v1.ListTokensResponse
+	6, // 11: hostscale.v1.TokenService.DeleteToken:output_type -> hostscale.v1.DeleteTokenResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_token_proto_init() }
