@@ -29,14 +29,14 @@ const (
 	agentSecret  = "agent-0123456789abcdef"
 )
 
-func writeFile(t *testing.T, name, text string) string {
+func writeFile(t testing.TB, name, text string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
 	require.NoError(t, os.WriteFile(p, []byte(text), 0o600))
 	return p
 }
 
-func testACL(t *testing.T) string {
+func testACL(t testing.TB) string {
 	return writeFile(t, "acl", `# name roles secret
 ops      operator   `+opsSecret+`
 grafana  read       `+Hash(readerSecret)+`
