@@ -1,12 +1,17 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/hostscale/hostscale/controller/internal/fsm"
 	"github.com/hostscale/hostscale/internal/acl"
+	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 // ACLRules says which role each method of the controller's API needs when
@@ -88,5 +93,37 @@ func lookupToken(file *acl.File, f *fsm.FSM) func(secret string) (acl.Token, boo
 			}
 		}
 		return acl.Token{Name: stored.Name, Roles: roles}, true
+	}
+}
+
+// reapTokens deletes, while this controller leads, the stored tokens that
+// expired Config.TokenReapAfter ago or more, checking every minute (or
+// every TokenReapAfter, when shorter).
+func (s *Server) reapTokens(ctx context.Context) error {
+	after := s.cfg.TokenReapAfter
+	t := time.NewTicker(min(time.Minute, after))
+	defer t.Stop()
+	for {
+		var gone []string
+		now := time.Now()
+		s.fsm.Read(func(st *pb.State) {
+			for name, tok := range st.Tokens {
+				if tok.ExpireTime != nil && now.Sub(tok.ExpireTime.AsTime()) >= after {
+					gone = append(gone, name)
+				}
+			}
+		})
+		for _, name := range gone {
+			if _, err := s.core.Apply(&pb.Command{Command: &pb.Command_DeleteToken{DeleteToken: &pb.DeleteTokenCommand{Name: name}}}); err != nil && status.Code(err) != codes.NotFound {
+				s.logger.Warn("delete an expired token", "token", name, "err", err)
+				continue
+			}
+			s.logger.Info("expired token deleted", "token", name)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
 	}
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -84,6 +85,7 @@ func (f aclFixture) configure(t *testing.T) func(*server.Config) {
 		cfg.Token, err = acl.ReadTokenFile(f.own)
 		require.NoError(t, err)
 		cfg.ServerStabilization = time.Second
+		cfg.TokenReapAfter = time.Second
 	}
 }
 
@@ -314,8 +316,26 @@ func TestACL_replicatedTokens(t *testing.T) {
 		return nil
 	}))
 	require.False(t, time.Now().Before(expires), "refused before it expired")
-	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: "brief"})
-	require.NoError(t, err)
+	// The leader deletes it TokenReapAfter later.
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		list, err := ops.ListTokens(ctx, &pb.ListTokensRequest{Consistent: true})
+		if err != nil {
+			return err
+		}
+		for _, tok := range list.Tokens {
+			if tok.Name == "brief" {
+				return errors.New("the expired token is still stored")
+			}
+		}
+		return nil
+	}))
+	require.GreaterOrEqual(t, time.Since(expires), time.Second, "reaped before TokenReapAfter")
+	require.NoError(t, testcluster.Eventually(ctx, 5*time.Second, func(context.Context) error {
+		if !strings.Contains(clusterLog(c), `msg="expired token deleted"`) {
+			return errors.New("no log of the reaping")
+		}
+		return nil
+	}))
 
 	_, err = ops.DeleteToken(ctx, &pb.DeleteTokenRequest{Name: "nope"})
 	require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
@@ -335,4 +355,13 @@ func TestACL_replicatedTokens(t *testing.T) {
 			return nil
 		}), n.ID)
 	}
+}
+
+// clusterLog is every running node's log, joined.
+func clusterLog(c *testcluster.Cluster) string {
+	var b strings.Builder
+	for _, n := range c.Running() {
+		b.WriteString(n.Log())
+	}
+	return b.String()
 }

@@ -78,6 +78,9 @@ type Config struct {
 	// ACL, when set, makes the gRPC API admit only calls with a token of
 	// this file, in a role ACLRules allows; nil admits every call.
 	ACL *acl.File
+	// TokenReapAfter is how long after it expired the leader deletes a
+	// stored token; until then, ListTokens shows it.
+	TokenReapAfter time.Duration
 	// Token, when set, is sent with this controller's calls to the
 	// others' APIs; with ACL set, it must hold the operator role.
 	Token  *acl.TokenFile
@@ -174,6 +177,7 @@ func DefaultConfig() Config {
 		MetricsWindow:       5 * time.Minute,
 		AlertInterval:       5 * time.Second,
 		DrainDeadline:       10 * time.Second,
+		TokenReapAfter:      time.Hour,
 		CommitHold:          10 * time.Millisecond,
 		BalancerLostAfter:   time.Minute,
 		ServerStabilization: 10 * time.Second,
@@ -227,6 +231,9 @@ func (c Config) Validate() error {
 	}
 	if c.MetricsWindow < time.Second || c.MetricsWindow > 24*time.Hour {
 		return errors.New("-metrics-window: between 1s and 24h")
+	}
+	if c.TokenReapAfter <= 0 {
+		return errors.New("token reap delay must be positive")
 	}
 	if err := CheckACL(c.ACL, c.Token); err != nil {
 		return err
@@ -418,7 +425,7 @@ func New(cfg Config) (s *Server, err error) {
 		Logger:    logger,
 	}, leader.LoopFunc{N: "alerts", F: s.evaluateAlerts}, leader.LoopFunc{N: "notifier", F: s.notifyAlerts},
 		s.schedulerLoop(), leader.LoopFunc{N: "autoscaler", F: s.runAutoscaler},
-		leader.LoopFunc{N: "promoter", F: promoter.Run})
+		leader.LoopFunc{N: "promoter", F: promoter.Run}, leader.LoopFunc{N: "token-reaper", F: s.reapTokens})
 	s.core.LeaderReady = s.leader.Ready
 	// Every service is served directly and through the leader's end of
 	// the followers' Forward streams.
