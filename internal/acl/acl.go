@@ -231,6 +231,9 @@ func parse(path string, data []byte) (*Tokens, error) {
 			if len(secret) < MinTokenLength {
 				return nil, bad("token %q: secret shorter than %d characters", name, MinTokenLength)
 			}
+			if err := CheckToken(secret); err != nil {
+				return nil, bad("token %q: %v", name, err)
+			}
 			sum = sha256.Sum256([]byte(secret))
 		}
 		if other, ok := t.byHash[sum]; ok {

@@ -70,6 +70,7 @@ func TestLoadFile_errorsNameFileAndLine(t *testing.T) {
 		{"ops read, " + opsSecret, `:1: unknown role ""`},
 		{"ops read,,write " + opsSecret, `:1: unknown role ""`},
 		{"ops read short", `:1: token "ops": secret shorter than 16 characters`},
+		{"ops read 0123456789abcdef\x01ctl", `:1: token "ops": the token holds a space, a control or a non-ASCII character at byte 16`},
 		{"ops read sha256:abc", `:1: token "ops": sha256: must be followed by 64 hex digits`},
 		{"ops read " + opsSecret + "\n\nops write " + readerSecret, `:3: token name "ops" already used on line 1`},
 		{"ops read " + opsSecret + "\nci write " + Hash(opsSecret), `:2: token "ci" has the same secret as "ops"`},
