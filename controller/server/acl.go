@@ -127,3 +127,15 @@ func (s *Server) reapTokens(ctx context.Context) error {
 		}
 	}
 }
+
+// audited says which calls the controller logs at info level, with their
+// caller and peer, whatever their outcome: those that change the state or
+// the cluster (the write and operator methods), but the controllers'
+// forwarding stream, whose calls the controller that took them logs.
+func audited(method string) bool {
+	if method == "/hostscale.peer.v1.PeerService/Forward" {
+		return false
+	}
+	r := ACLRules[method]
+	return r == acl.Write || r == acl.Operator
+}

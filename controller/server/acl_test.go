@@ -149,6 +149,12 @@ func TestACL_clusterAdmitsByRole(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, got.Pool.Desired, "a refused write changed nothing")
 
+	// Writes, refused ones included, are audited by the controller that
+	// took them; reads are not.
+	require.Regexp(t, `level=INFO msg="grpc call"[^\n]* method=/hostscale.v1.PoolService/CreatePool kind=unary code=OK [^\n]*caller=deploy audit=true peer=127\.0\.0\.1:\d+`, fol.Log())
+	require.Regexp(t, `msg="grpc call"[^\n]* method=/hostscale.v1.PoolService/ScalePool kind=unary code=PermissionDenied [^\n]*caller=grafana audit=true`, leader.Log())
+	require.NotRegexp(t, `method=/hostscale.v1.PoolService/GetPool [^\n]*audit=true`, fol.Log()+leader.Log())
+
 	// /metrics wants a read token; /healthz and /readyz stay open.
 	get := func(path, token string) (int, string) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+leader.HTTPAddr+path, nil)

@@ -382,6 +382,7 @@ func New(cfg Config) (s *Server, err error) {
 	gc := cfg.GRPC
 	gc.Logger, gc.Registerer = logger, s.registry
 	gc.OnPlaintext = plaintext.WithLabelValues("grpc").Inc
+	gc.Audit = audited
 	if cfg.ACL != nil {
 		gc.Authorize = (&acl.Authorizer{Lookup: lookupToken(cfg.ACL, s.fsm), Rules: ACLRules}).Authorize
 		s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

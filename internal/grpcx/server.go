@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -62,6 +63,10 @@ type ServerConfig struct {
 	// handler runs (acl.Authorizer.Authorize): it returns the context the
 	// handler gets, or the error the call fails with.
 	Authorize func(ctx context.Context, method string) (context.Context, error)
+	// Audit, when set, says which methods change something worth a log
+	// record at info level for every call, with its caller and peer
+	// address, whatever its outcome: who did what, and when.
+	Audit func(method string) bool
 }
 
 // DefaultServerConfig returns the limits every hostscale server starts with.
@@ -140,8 +145,8 @@ func NewServer(cfg ServerConfig, extra ...grpc.ServerOption) (*Server, error) {
 		}),
 		grpc.StaticStreamWindowSize(StreamWindow),
 		grpc.StaticConnWindowSize(ConnWindow),
-		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m, cfg.Authorize)),
-		grpc.ChainStreamInterceptor(streamInterceptor(logger, m, cfg.Authorize)),
+		grpc.ChainUnaryInterceptor(unaryInterceptor(logger, m, cfg.Authorize, cfg.Audit)),
+		grpc.ChainStreamInterceptor(streamInterceptor(logger, m, cfg.Authorize, cfg.Audit)),
 	}
 	if cfg.TLS != nil {
 		creds := credentials.NewTLS(cfg.TLS)
@@ -210,14 +215,14 @@ func Stop(s *grpc.Server, grace time.Duration) error {
 
 type authorizeFunc = func(ctx context.Context, method string) (context.Context, error)
 
-func unaryInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorizeFunc) grpc.UnaryServerInterceptor {
+func unaryInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorizeFunc, audit func(string) bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		start := time.Now()
 		defer func() {
 			if r := recover(); r != nil {
 				err = recovered(logger, info.FullMethod, r)
 			}
-			observe(ctx, logger, m, info.FullMethod, "unary", start, err)
+			observe(ctx, logger, m, info.FullMethod, "unary", start, err, audit != nil && audit(info.FullMethod))
 		}()
 		if authorize != nil {
 			if ctx, err = authorize(ctx, info.FullMethod); err != nil {
@@ -228,7 +233,7 @@ func unaryInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorize
 	}
 }
 
-func streamInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorizeFunc) grpc.StreamServerInterceptor {
+func streamInterceptor(logger *slog.Logger, m *serverMetrics, authorize authorizeFunc, audit func(string) bool) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
 		ctx := ss.Context()
@@ -236,7 +241,7 @@ func streamInterceptor(logger *slog.Logger, m *serverMetrics, authorize authoriz
 			if r := recover(); r != nil {
 				err = recovered(logger, info.FullMethod, r)
 			}
-			observe(ctx, logger, m, info.FullMethod, "stream", start, err)
+			observe(ctx, logger, m, info.FullMethod, "stream", start, err, audit != nil && audit(info.FullMethod))
 		}()
 		if authorize != nil {
 			if ctx, err = authorize(ctx, info.FullMethod); err != nil {
@@ -275,7 +280,7 @@ func recovered(logger *slog.Logger, method string, r any) error {
 	return status.Errorf(codes.Internal, "internal error in %s", method)
 }
 
-func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method, kind string, start time.Time, err error) {
+func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method, kind string, start time.Time, err error, audited bool) {
 	code := status.Code(err)
 	elapsed := time.Since(start)
 	m.observe(method, code, elapsed)
@@ -286,6 +291,8 @@ func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method,
 	case code == codes.Unauthenticated || code == codes.PermissionDenied:
 		// Refusals are worth a line each: a client with a wrong token,
 		// or someone trying tokens.
+		level = slog.LevelInfo
+	case audited:
 		level = slog.LevelInfo
 	}
 	if !logger.Enabled(ctx, level) {
@@ -299,6 +306,12 @@ func observe(ctx context.Context, logger *slog.Logger, m *serverMetrics, method,
 	}
 	if c := Caller(ctx); c != "" {
 		attrs = append(attrs, slog.String("caller", c))
+	}
+	if audited {
+		attrs = append(attrs, slog.Bool("audit", true))
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			attrs = append(attrs, slog.String("peer", p.Addr.String()))
+		}
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("err", status.Convert(err).Message()))

@@ -358,3 +358,49 @@ func TestDialAny_firstThatAnswersThenTheNext(t *testing.T) {
 		require.Error(t, err, "%q", bad)
 	}
 }
+
+// TestServer_auditedCallsAreLoggedAtInfo: with Audit, every call of an
+// audited method leaves an info record naming its caller and peer, failed
+// or not; without it, a successful call leaves none at info.
+func TestServer_auditedCallsAreLoggedAtInfo(t *testing.T) {
+	var logs syncBuffer
+	cfg := DefaultServerConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	audit := true
+	var mu sync.Mutex
+	cfg.Audit = func(string) bool { mu.Lock(); defer mu.Unlock(); return audit }
+	cfg.Authorize = func(ctx context.Context, _ string) (context.Context, error) { return WithCaller(ctx, "deploy"), nil }
+	conn := start(t, cfg)
+	ctx := context.Background()
+	require.NoError(t, echo(ctx, conn, "hello"))
+	require.Equal(t, codes.Internal, status.Code(echo(ctx, conn, "panic")))
+	out := logs.String()
+	require.Regexp(t, `level=INFO msg="grpc call" method=/test.Echo/Echo kind=unary code=OK elapsed=\S+ caller=deploy audit=true peer=127.0.0.1:\d+`, out)
+	require.Regexp(t, `level=WARN msg="grpc call" method=/test.Echo/Echo kind=unary code=Internal .* audit=true`, out)
+
+	mu.Lock()
+	audit = false
+	mu.Unlock()
+	before := strings.Count(logs.String(), "\n")
+	require.NoError(t, echo(ctx, conn, "quiet"))
+	require.Equal(t, before, strings.Count(logs.String(), "\n"), "an unaudited success logs nothing at info")
+}
+
+// syncBuffer is a bytes.Buffer safe for a handler's writes and the test's
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
