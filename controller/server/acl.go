@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
+	"strings"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -92,7 +95,7 @@ func lookupToken(file *acl.File, f *fsm.FSM) func(secret string) (acl.Token, boo
 				roles |= r
 			}
 		}
-		return acl.Token{Name: stored.Name, Roles: roles}, true
+		return acl.Token{Name: stored.Name, Roles: roles, Pools: stored.Pools}, true
 	}
 }
 
@@ -138,4 +141,70 @@ func audited(method string) bool {
 	}
 	r := ACLRules[method]
 	return r == acl.Write || r == acl.Operator
+}
+
+// poolScope says, for each method a token limited to pools may call, the
+// pool a request names ("" when it names none), and how to drop from a
+// response what lies outside the token's pools, for the methods that
+// answer about every pool when the request names none.
+var poolScope = map[string]struct {
+	pool   func(req any) string
+	filter func(resp any, tok acl.Token)
+}{
+	"/hostscale.v1.PoolService/GetPool":         {pool: func(r any) string { return r.(*pb.GetPoolRequest).GetPool() }},
+	"/hostscale.v1.PoolService/CreatePool":      {pool: func(r any) string { return r.(*pb.CreatePoolRequest).GetPool().GetName() }},
+	"/hostscale.v1.PoolService/UpdatePool":      {pool: func(r any) string { return r.(*pb.UpdatePoolRequest).GetPool().GetName() }},
+	"/hostscale.v1.PoolService/DeletePool":      {pool: func(r any) string { return r.(*pb.DeletePoolRequest).GetPool() }},
+	"/hostscale.v1.PoolService/AddBackend":      {pool: func(r any) string { return r.(*pb.AddBackendRequest).GetPool() }},
+	"/hostscale.v1.PoolService/RemoveBackend":   {pool: func(r any) string { return r.(*pb.RemoveBackendRequest).GetPool() }},
+	"/hostscale.v1.PoolService/ScalePool":       {pool: func(r any) string { return r.(*pb.ScalePoolRequest).GetPool() }},
+	"/hostscale.v1.PoolService/ListScaleEvents": {pool: func(r any) string { return r.(*pb.ListScaleEventsRequest).GetPool() }},
+	"/hostscale.v1.PoolService/ListPools": {filter: func(r any, tok acl.Token) {
+		resp := r.(*pb.ListPoolsResponse)
+		resp.Pools = slices.DeleteFunc(resp.Pools, func(p *pb.Pool) bool { return !tok.PoolAllowed(p.GetName()) })
+	}},
+	"/hostscale.v1.PoolService/ListInstances": {
+		pool: func(r any) string { return r.(*pb.ListInstancesRequest).GetPool() },
+		filter: func(r any, tok acl.Token) {
+			resp := r.(*pb.ListInstancesResponse)
+			resp.Instances = slices.DeleteFunc(resp.Instances, func(in *pb.Instance) bool { return !tok.PoolAllowed(in.GetPool()) })
+		},
+	},
+	"/hostscale.v1.PoolService/GetTraffic": {
+		pool: func(r any) string { return r.(*pb.GetTrafficRequest).GetPool() },
+		filter: func(r any, tok acl.Token) {
+			resp := r.(*pb.GetTrafficResponse)
+			resp.Pools = slices.DeleteFunc(resp.Pools, func(p *pb.PoolTraffic) bool { return !tok.PoolAllowed(p.GetPool()) })
+		},
+	},
+}
+
+// poolScopeInterceptor holds a token limited to pools to them: it may
+// call only the methods of poolScope, on a pool of its own, and lists
+// answer it only its own. It runs on the controller that took the call,
+// after the ACL check; the leader runs a forwarded call as admitted.
+func poolScopeInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	tok, ok := acl.FromContext(ctx)
+	if !ok || len(tok.Pools) == 0 {
+		return handler(ctx, req)
+	}
+	scope, ok := poolScope[info.FullMethod]
+	if !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "token %q is limited to the pools %s: it may not call %s", tok.Name, strings.Join(tok.Pools, ","), info.FullMethod)
+	}
+	name := ""
+	if scope.pool != nil {
+		name = scope.pool(req)
+	}
+	switch {
+	case name == "" && scope.filter == nil:
+		// The handler refuses a request without a pool.
+	case name != "" && !tok.PoolAllowed(name):
+		return nil, status.Errorf(codes.PermissionDenied, "token %q is limited to the pools %s: not %q", tok.Name, strings.Join(tok.Pools, ","), name)
+	}
+	resp, err := handler(ctx, req)
+	if err == nil && name == "" && scope.filter != nil {
+		scope.filter(resp, tok)
+	}
+	return resp, err
 }

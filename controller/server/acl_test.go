@@ -61,17 +61,19 @@ type aclFixture struct {
 	dir                                  string
 	acl, own                             string
 	opsToken, writeToken, readToken, ctl string
+	shopToken                            string
 }
 
 func newACLFixture(t *testing.T) aclFixture {
 	f := aclFixture{dir: t.TempDir(), opsToken: "ops-token-0123456789", writeToken: "deploy-token-0123456789",
-		readToken: "grafana-token-0123456789", ctl: "controllers-0123456789"}
+		readToken: "grafana-token-0123456789", ctl: "controllers-0123456789", shopToken: "shop-token-0123456789"}
 	f.acl = filepath.Join(f.dir, "acl")
 	require.NoError(t, os.WriteFile(f.acl, []byte(fmt.Sprintf(`ops operator %s
 deploy write %s
 grafana read %s
 controllers operator %s
-`, f.opsToken, f.writeToken, acl.Hash(f.readToken), f.ctl)), 0o600))
+shop write %s pools=shop-*,blog
+`, f.opsToken, f.writeToken, acl.Hash(f.readToken), f.ctl, f.shopToken)), 0o600))
 	f.own = filepath.Join(f.dir, "token")
 	require.NoError(t, os.WriteFile(f.own, []byte(f.ctl+"\n"), 0o600))
 	return f
@@ -175,7 +177,7 @@ func TestACL_clusterAdmitsByRole(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, code, body)
 	code, body = get("/metrics", f.readToken)
 	require.Equal(t, http.StatusOK, code, body)
-	require.Contains(t, body, "hostscale_controller_acl_tokens 4")
+	require.Contains(t, body, "hostscale_controller_acl_tokens 5")
 	require.Contains(t, body, `grpc_server_handled_total{grpc_code="PermissionDenied",grpc_method="/hostscale.v1.PoolService/ScalePool"}`)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		code, body = get(path, "")
@@ -372,4 +374,96 @@ func clusterLog(c *testcluster.Cluster) string {
 		b.WriteString(n.Log())
 	}
 	return b.String()
+}
+
+// TestACL_tokensLimitedToPools: a write token limited to "shop-*" and
+// "blog" creates, changes and reads those pools only, through a follower
+// too; lists answer it its pools alone; it may not reach another pool,
+// nodes or alerts. A stored token may be limited so as well.
+func TestACL_tokensLimitedToPools(t *testing.T) {
+	f := newACLFixture(t)
+	c := testcluster.Start(t, testcluster.Options{
+		Nodes:            3,
+		Launcher:         servertest.Launcher{Configure: f.configure(t)},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+		ClientToken:      f.opsToken,
+	})
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+	fol := follower(c, leader)
+	for _, name := range []string{"web", "shop-a", "blog"} {
+		_, err := retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+			return leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool(name)})
+		})
+		require.NoError(t, err)
+	}
+	shopConn := dialToken(t, fol.GRPCAddr, f.shopToken)
+	shop := pb.NewPoolServiceClient(shopConn)
+	_, err := shop.CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("shop-b")})
+	require.NoError(t, err, "a pool of its own, through a follower")
+	_, err = shop.AddBackend(ctx, &pb.AddBackendRequest{Pool: "shop-a", Backend: &pb.Backend{Address: "127.0.0.1:9001"}})
+	require.NoError(t, err)
+	_, err = shop.GetPool(ctx, &pb.GetPoolRequest{Pool: "blog", Consistent: true})
+	require.NoError(t, err)
+
+	for name, call := range map[string]func() error{
+		"create web2": func() error {
+			_, err := shop.CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web2")})
+			return err
+		},
+		"scale web": func() error {
+			_, err := shop.ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 0})
+			return err
+		},
+		"get web": func() error {
+			_, err := shop.GetPool(ctx, &pb.GetPoolRequest{Pool: "web"})
+			return err
+		},
+		"delete web": func() error {
+			_, err := shop.DeletePool(ctx, &pb.DeletePoolRequest{Pool: "web"})
+			return err
+		},
+		"web's instances": func() error {
+			_, err := shop.ListInstances(ctx, &pb.ListInstancesRequest{Pool: "web"})
+			return err
+		},
+		"nodes": func() error {
+			_, err := pb.NewNodeServiceClient(shopConn).ListNodes(ctx, &pb.ListNodesRequest{})
+			return err
+		},
+		"rules": func() error {
+			_, err := pb.NewAlertServiceClient(shopConn).ListRules(ctx, &pb.ListRulesRequest{})
+			return err
+		},
+	} {
+		err := call()
+		require.Equal(t, codes.PermissionDenied, status.Code(err), "%s: %v", name, err)
+		require.Contains(t, err.Error(), `token "shop" is limited to the pools shop-*,blog`, name)
+	}
+	list, err := shop.ListPools(ctx, &pb.ListPoolsRequest{Consistent: true})
+	require.NoError(t, err)
+	var names []string
+	for _, p := range list.Pools {
+		names = append(names, p.Name)
+	}
+	require.Equal(t, []string{"blog", "shop-a", "shop-b"}, names, "the list holds its pools alone")
+	all, err := leader.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
+	require.NoError(t, err)
+	require.Zero(t, all.Pool.Desired, "the refused calls changed nothing")
+
+	// A stored token limited to a pool; a limited operator is refused.
+	ops := pb.NewTokenServiceClient(dialToken(t, leader.GRPCAddr, f.opsToken))
+	_, err = ops.CreateToken(ctx, &pb.CreateTokenRequest{Token: &pb.Token{Name: "web-viewer", Roles: []string{"read"}, Pools: []string{"web"}}, Secret: "web-viewer-0123456789abc"})
+	require.NoError(t, err)
+	viewer := pb.NewPoolServiceClient(dialToken(t, leader.GRPCAddr, "web-viewer-0123456789abc"))
+	list, err = viewer.ListPools(ctx, &pb.ListPoolsRequest{})
+	require.NoError(t, err)
+	require.Len(t, list.Pools, 1)
+	require.Equal(t, "web", list.Pools[0].Name)
+	_, err = viewer.ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web", Desired: 1})
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "read only: %v", err)
+	_, err = ops.CreateToken(ctx, &pb.CreateTokenRequest{Token: &pb.Token{Name: "x", Roles: []string{"operator"}, Pools: []string{"web"}}, Secret: "x-secret-0123456789abcdef"})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	require.Contains(t, err.Error(), "token.pools: only the read and write roles may be limited to pools")
 }

@@ -390,7 +390,7 @@ func New(cfg Config) (s *Server, err error) {
 			Help: "Tokens in the ACL file in force (-acl-file).",
 		}, func() float64 { return float64(cfg.ACL.Tokens().Len()) }))
 	}
-	if s.grpc, err = grpcx.NewServer(gc); err != nil {
+	if s.grpc, err = grpcx.NewServer(gc, grpc.ChainUnaryInterceptor(poolScopeInterceptor)); err != nil {
 		return nil, err
 	}
 	metrics := endpoint.NewMetrics(s.registry)

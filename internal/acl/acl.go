@@ -123,6 +123,73 @@ type Token struct {
 	// appears there.
 	Name  string
 	Roles Role
+	// Pools, when set, limits the token to the pools these patterns name
+	// (PoolAllowed): its read and write roles then reach those pools
+	// only, and nothing else.
+	Pools []string
+}
+
+// PoolAllowed reports whether tok may reach the pool named name: any pool
+// for a token without Pools, else one that a pattern names exactly, or
+// whose name starts with the part of a pattern before its final "*".
+func (tok Token) PoolAllowed(name string) bool {
+	if len(tok.Pools) == 0 {
+		return true
+	}
+	for _, p := range tok.Pools {
+		if prefix, ok := strings.CutSuffix(p, "*"); ok {
+			if strings.HasPrefix(name, prefix) {
+				return true
+			}
+		} else if p == name {
+			return true
+		}
+	}
+	return false
+}
+
+// ScopableRoles are the roles a token limited to pools may hold.
+const ScopableRoles = Read | Write
+
+// CheckPools checks the pool patterns of a token with roles: each a pool
+// name, or a name's first part and "*"; only read and write may be
+// limited to pools.
+func CheckPools(patterns []string, roles Role) error {
+	if len(patterns) == 0 {
+		return nil
+	}
+	if roles&^ScopableRoles != 0 {
+		return fmt.Errorf("only the read and write roles may be limited to pools, not %v", roles&^ScopableRoles)
+	}
+	seen := map[string]bool{}
+	for _, p := range patterns {
+		name := strings.TrimSuffix(p, "*")
+		if name == "" && p == "*" {
+			return errors.New(`pool pattern "*": leave the pools out for every pool`)
+		}
+		if !validPoolPattern(name) {
+			return fmt.Errorf("pool pattern %q: a pool name, or the start of one and a final *", p)
+		}
+		if seen[p] {
+			return fmt.Errorf("pool pattern %q given twice", p)
+		}
+		seen[p] = true
+	}
+	return nil
+}
+
+// validPoolPattern accepts what may start a pool name: lower-case
+// letters, digits and dashes, at most 63 characters.
+func validPoolPattern(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Tokens is a loaded ACL file: the tokens by their secrets' digests.
@@ -205,10 +272,18 @@ func parse(path string, data []byte) (*Tokens, error) {
 			return fmt.Errorf("%s:%d: %s", path, line, fmt.Sprintf(format, a...))
 		}
 		f := strings.Fields(text)
-		if len(f) != 3 {
-			return nil, bad("want NAME ROLE[,ROLE...] SECRET, got %d fields", len(f))
+		if len(f) != 3 && len(f) != 4 {
+			return nil, bad("want NAME ROLE[,ROLE...] SECRET [pools=POOL,...], got %d fields", len(f))
 		}
 		name, roles, secret := f[0], f[1], f[2]
+		var pools []string
+		if len(f) == 4 {
+			list, ok := strings.CutPrefix(f[3], "pools=")
+			if !ok {
+				return nil, bad("token %q: the fourth field must be pools=POOL,...", name)
+			}
+			pools = strings.Split(list, ",")
+		}
 		if first, ok := names[name]; ok {
 			return nil, bad("token name %q already used on line %d", name, first)
 		}
@@ -219,6 +294,9 @@ func parse(path string, data []byte) (*Tokens, error) {
 				return nil, bad("%v", err)
 			}
 			r |= role
+		}
+		if err := CheckPools(pools, r); err != nil {
+			return nil, bad("token %q: %v", name, err)
 		}
 		var sum [sha256.Size]byte
 		if hexSum, ok := strings.CutPrefix(secret, HashPrefix); ok {
@@ -240,7 +318,7 @@ func parse(path string, data []byte) (*Tokens, error) {
 			return nil, bad("token %q has the same secret as %q", name, other.Name)
 		}
 		names[name] = line
-		t.byHash[sum] = Token{Name: name, Roles: r}
+		t.byHash[sum] = Token{Name: name, Roles: r, Pools: pools}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", path, line+1, err)

@@ -64,9 +64,15 @@ func TestLoadFile_tokensByNameAndRoles(t *testing.T) {
 
 func TestLoadFile_errorsNameFileAndLine(t *testing.T) {
 	for _, c := range []struct{ text, want string }{
-		{"ops operator", ":1: want NAME ROLE[,ROLE...] SECRET, got 2 fields"},
+		{"ops operator", ":1: want NAME ROLE[,ROLE...] SECRET [pools=POOL,...], got 2 fields"},
 		{"# c\nops admin " + opsSecret, `:2: unknown role "admin" (want one of read, write, operator, agent, balancer)`},
-		{"ops read write " + opsSecret, ":1: want NAME ROLE[,ROLE...] SECRET, got 4 fields"},
+		{"ops read write " + opsSecret + " x", ":1: want NAME ROLE[,ROLE...] SECRET [pools=POOL,...], got 5 fields"},
+		{"ops read write " + opsSecret, `:1: token "ops": the fourth field must be pools=POOL,...`},
+		{"ops operator " + opsSecret + " pools=shop-*", `:1: token "ops": only the read and write roles may be limited to pools, not operator`},
+		{"ops read " + opsSecret + " pools=*", `:1: token "ops": pool pattern "*": leave the pools out for every pool`},
+		{"ops read " + opsSecret + " pools=Shop", `:1: token "ops": pool pattern "Shop": a pool name`},
+		{"ops read " + opsSecret + " pools=a,a", `:1: token "ops": pool pattern "a" given twice`},
+		{"ops read " + opsSecret + " pools=", `:1: token "ops": pool pattern "": a pool name`},
 		{"ops read, " + opsSecret, `:1: unknown role ""`},
 		{"ops read,,write " + opsSecret, `:1: unknown role ""`},
 		{"ops read short", `:1: token "ops": secret shorter than 16 characters`},
@@ -300,4 +306,17 @@ func TestAuthorizer_HTTP(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, code, "%q: %s", h, body)
 		require.NotContains(t, body, "metrics\n")
 	}
+}
+
+func TestToken_pools(t *testing.T) {
+	p := writeFile(t, "acl", "shop write "+opsSecret+" pools=shop-*,blog\n")
+	toks, err := LoadFile(p)
+	require.NoError(t, err)
+	tok, ok := toks.Lookup(opsSecret)
+	require.True(t, ok)
+	require.Equal(t, []string{"shop-*", "blog"}, tok.Pools)
+	for name, want := range map[string]bool{"shop-a": true, "shop-": true, "blog": true, "blog2": false, "shop": false, "web": false} {
+		require.Equal(t, want, tok.PoolAllowed(name), name)
+	}
+	require.True(t, Token{Name: "all"}.PoolAllowed("anything"), "no pools: every pool")
 }

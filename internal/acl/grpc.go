@@ -44,7 +44,7 @@ func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Cont
 	if !ok {
 		return ctx, status.Error(codes.Unauthenticated, "the ACL token is not one this controller knows")
 	}
-	ctx = grpcx.WithCaller(ctx, tok.Name)
+	ctx = context.WithValue(grpcx.WithCaller(ctx, tok.Name), tokenKey{}, tok)
 	need, ok := a.Rules[method]
 	if !ok {
 		return ctx, status.Errorf(codes.PermissionDenied, "no ACL rule admits %s: no token may call it", method)
@@ -53,6 +53,14 @@ func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Cont
 		return ctx, status.Errorf(codes.PermissionDenied, "token %q (roles %v) may not call %s: it needs the %v role", tok.Name, tok.Roles, method, need)
 	}
 	return ctx, nil
+}
+
+type tokenKey struct{}
+
+// FromContext returns the token Authorize admitted the call of ctx with.
+func FromContext(ctx context.Context) (Token, bool) {
+	tok, ok := ctx.Value(tokenKey{}).(Token)
+	return tok, ok
 }
 
 func bearer(ctx context.Context) (string, error) {

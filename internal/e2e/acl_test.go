@@ -114,14 +114,14 @@ grafana      read              %s
 	// Tokens stored in the cluster: created by an operator through the
 	// CLI, admitted by every controller, deleted, refused.
 	ops := []string{"HOSTSCALE_TOKEN=" + opsToken}
-	out, code = cli(ops, "token", "create", "ci", "write", "the deploy pipeline", "-ttl", "1h")
+	out, code = cli(ops, "token", "create", "ci", "write", "the deploy pipeline", "-ttl", "1h", "-pools", "web")
 	require.Zero(t, code, out)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	ciSecret := lines[len(lines)-1]
 	require.Len(t, ciSecret, 64, out)
 	out, code = cli(ops, "token", "list")
 	require.Zero(t, code, out)
-	require.Regexp(t, `ci\s+write\s+\S+\s+ops\s+\S+\s+the deploy pipeline`, out)
+	require.Regexp(t, `ci\s+write\s+web\s+\S+\s+ops\s+\S+\s+the deploy pipeline`, out)
 	require.NotContains(t, out, "expired")
 	for _, n := range f.cl.Running() {
 		require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
@@ -134,6 +134,9 @@ grafana      read              %s
 	out, code = cli([]string{"HOSTSCALE_TOKEN=" + ciSecret}, "token", "list")
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "PermissionDenied")
+	out, code = cli([]string{"HOSTSCALE_TOKEN=" + ciSecret}, "nodes")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, `token "ci" is limited to the pools web`)
 	out, code = cli(ops, "token", "delete", "ci")
 	require.Zero(t, code, out)
 	for _, n := range f.cl.Running() {

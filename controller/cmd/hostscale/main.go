@@ -82,10 +82,12 @@ commands:
   alerts                          list pending, firing and resolved alerts
   silence DURATION MATCHER...     silence alerts for a while (matchers: alertname=cpu-high node=~web-.*)
   unsilence ID                    end a silence
-  token new NAME ROLE[,ROLE...]   make a new random ACL token: prints it, and the -acl-file line that
+  token new NAME ROLE[,ROLE...] [-pools POOL,...]
+                                  make a new random ACL token: prints it, and the -acl-file line that
                                   grants it the roles (read, write, operator, agent, balancer) by its
-                                  SHA-256 digest, so that the file need not hold the secret
-  token create NAME ROLE[,ROLE...] [DESCRIPTION] [-ttl DURATION]
+                                  SHA-256 digest, so that the file need not hold the secret; -pools
+                                  limits a read or write token to those pools (shop-* for a prefix)
+  token create NAME ROLE[,ROLE...] [DESCRIPTION] [-ttl DURATION] [-pools POOL,...]
                                   make a new random ACL token and store it in the cluster (by its
                                   digest): every controller with an -acl-file admits it, until it
                                   expires with -ttl; prints it once
@@ -1007,16 +1009,28 @@ func conditionName(t pb.NodeConditionType) string {
 // newToken prints a new random token for NAME with ROLES, and the
 // -acl-file line granting them by the token's digest.
 func newToken(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 3 {
-		fmt.Fprintln(stderr, "usage: hostscale token new NAME ROLE[,ROLE...]")
+	pools, args, err := cutFlag(args, "-pools")
+	if err != nil || len(args) != 3 {
+		fmt.Fprintln(stderr, "usage: hostscale token new NAME ROLE[,ROLE...] [-pools POOL,...]")
 		return 2
 	}
 	name, roles := args[1], args[2]
+	var rs acl.Role
 	for _, r := range strings.Split(roles, ",") {
-		if _, err := acl.ParseRole(r); err != nil {
+		role, err := acl.ParseRole(r)
+		if err != nil {
 			fmt.Fprintf(stderr, "hostscale: token new: %v\n", err)
 			return 2
 		}
+		rs |= role
+	}
+	suffix := ""
+	if pools != "" {
+		if err := acl.CheckPools(strings.Split(pools, ","), rs); err != nil {
+			fmt.Fprintf(stderr, "hostscale: token new: -pools: %v\n", err)
+			return 2
+		}
+		suffix = " pools=" + pools
 	}
 	if strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == '#' }) {
 		fmt.Fprintf(stderr, "hostscale: token new: name %q: no spaces or #\n", name)
@@ -1028,8 +1042,21 @@ func newToken(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	tok := hex.EncodeToString(b)
-	fmt.Fprintf(stdout, "token: %s\nACL file line: %s %s %s\n", tok, name, roles, acl.Hash(tok))
+	fmt.Fprintf(stdout, "token: %s\nACL file line: %s %s %s%s\n", tok, name, roles, acl.Hash(tok), suffix)
 	return 0
+}
+
+// cutFlag removes the flag name and its value from args, wherever they
+// are, and returns the value ("" when the flag is absent).
+func cutFlag(args []string, name string) (value string, rest []string, err error) {
+	i := slices.Index(args, name)
+	if i < 0 {
+		return "", args, nil
+	}
+	if i+1 >= len(args) {
+		return "", nil, usageError(name + " needs a value")
+	}
+	return args[i+1], slices.Delete(slices.Clone(args), i, i+2), nil
 }
 
 // token runs token create, list and delete.
@@ -1040,18 +1067,21 @@ func (c *cli) token(ctx context.Context, args []string) error {
 	switch sub, rest := args[0], args[1:]; sub {
 	case "create":
 		var ttl time.Duration
-		if i := slices.Index(rest, "-ttl"); i >= 0 {
-			if i+1 >= len(rest) {
-				return usageError("token create: -ttl needs a duration")
+		ttlText, rest, err := cutFlag(rest, "-ttl")
+		if err != nil {
+			return err
+		}
+		if ttlText != "" {
+			if ttl, err = time.ParseDuration(ttlText); err != nil || ttl <= 0 {
+				return usageError(fmt.Sprintf("token create: -ttl %q: not a positive duration", ttlText))
 			}
-			d, err := time.ParseDuration(rest[i+1])
-			if err != nil || d <= 0 {
-				return usageError(fmt.Sprintf("token create: -ttl %q: not a positive duration", rest[i+1]))
-			}
-			ttl, rest = d, slices.Delete(slices.Clone(rest), i, i+2)
+		}
+		pools, rest, err := cutFlag(rest, "-pools")
+		if err != nil {
+			return err
 		}
 		if len(rest) < 2 || len(rest) > 3 {
-			return usageError("token create: want NAME ROLE[,ROLE...] [DESCRIPTION] [-ttl DURATION]")
+			return usageError("token create: want NAME ROLE[,ROLE...] [DESCRIPTION] [-ttl DURATION] [-pools POOL,...]")
 		}
 		b := make([]byte, 32)
 		if _, err := rand.Read(b); err != nil {
@@ -1061,6 +1091,9 @@ func (c *cli) token(ctx context.Context, args []string) error {
 		tok := &pb.Token{Name: rest[0], Roles: strings.Split(rest[1], ","), SecretSha256: strings.TrimPrefix(acl.Hash(secret), acl.HashPrefix)}
 		if len(rest) == 3 {
 			tok.Description = rest[2]
+		}
+		if pools != "" {
+			tok.Pools = strings.Split(pools, ",")
 		}
 		req := &pb.CreateTokenRequest{Token: tok}
 		if ttl > 0 {
@@ -1087,7 +1120,7 @@ func (c *cli) token(ctx context.Context, args []string) error {
 			return c.printJSON(resp)
 		}
 		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tROLES\tCREATED\tBY\tEXPIRES\tDESCRIPTION")
+		fmt.Fprintln(w, "NAME\tROLES\tPOOLS\tCREATED\tBY\tEXPIRES\tDESCRIPTION")
 		for _, t := range resp.Tokens {
 			expires := "-"
 			if t.ExpireTime != nil {
@@ -1096,7 +1129,7 @@ func (c *cli) token(ctx context.Context, args []string) error {
 					expires += " (expired)"
 				}
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Roles, ","), t.CreateTime.AsTime().UTC().Format(time.RFC3339), orDash(t.CreatedBy), expires, t.Description)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, strings.Join(t.Roles, ","), orDash(strings.Join(t.Pools, ",")), t.CreateTime.AsTime().UTC().Format(time.RFC3339), orDash(t.CreatedBy), expires, t.Description)
 		}
 		return w.Flush()
 	case "delete":

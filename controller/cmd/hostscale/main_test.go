@@ -362,6 +362,13 @@ func TestToken_new(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, acl.Token{Name: "deploy", Roles: acl.Read | acl.Write}, tok)
 
+	out.Reset()
+	require.Zero(t, run([]string{"token", "new", "shop", "write", "-pools", "shop-*,blog"}, &out, &errOut), errOut.String())
+	require.Regexp(t, `ACL file line: shop write sha256:[0-9a-f]{64} pools=shop-\*,blog\n`, out.String())
+	errOut.Reset()
+	require.Equal(t, 2, run([]string{"token", "new", "x", "operator", "-pools", "web"}, &out, &errOut))
+	require.Contains(t, errOut.String(), "-pools: only the read and write roles may be limited to pools")
+
 	var second bytes.Buffer
 	require.Zero(t, run([]string{"token", "new", "deploy", "write"}, &second, &errOut))
 	require.NotEqual(t, out.String()[:70], second.String()[:70], "each token is new")

@@ -53,14 +53,20 @@ func (s *Tokens) CreateToken(ctx context.Context, req *pb.CreateTokenRequest) (*
 		return nil, invalid("token.roles", "must name at least one role (%s)", strings.Join(acl.RoleNames(), ", "))
 	}
 	seen := map[string]bool{}
+	var roles acl.Role
 	for _, r := range req.Token.Roles {
-		if _, err := acl.ParseRole(r); err != nil {
+		role, err := acl.ParseRole(r)
+		if err != nil {
 			return nil, invalid("token.roles", "%v", err)
 		}
 		if seen[r] {
 			return nil, invalid("token.roles", "%q given twice", r)
 		}
 		seen[r] = true
+		roles |= role
+	}
+	if err := acl.CheckPools(req.Token.Pools, roles); err != nil {
+		return nil, invalid("token.pools", "%v", err)
 	}
 	if len(req.Token.Description) > MaxTokenDescription {
 		return nil, invalid("token.description", "at most %d bytes, got %d", MaxTokenDescription, len(req.Token.Description))
