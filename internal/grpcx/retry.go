@@ -19,7 +19,8 @@ import (
 // that failed UNAVAILABLE (a cluster electing a leader, a leader that just
 // stepped down, a controller gone) for up to budget from its first attempt,
 // and within the call's context: first after base, then after twice as
-// long each time, up to max. Then it returns the last error.
+// long each time, up to max. Then it returns the last error, the last
+// UNAVAILABLE when the context ends during an attempt.
 //
 // A request with a string field request_id left empty gets a random id
 // before the first attempt, and every attempt sends the same: a write the
@@ -30,8 +31,16 @@ func RetryUnavailable(base, max, budget time.Duration) grpc.UnaryClientIntercept
 			stampRequestID(m)
 		}
 		end := time.Now().Add(budget)
+		var last error
 		for n := 0; ; n++ {
 			err := invoker(ctx, method, req, reply, cc, opts...)
+			if err != nil && last != nil && ended(ctx) {
+				// The context ended during a retry: the attempt before
+				// says why the call never succeeded, which a bare
+				// DEADLINE_EXCEEDED would hide.
+				return last
+			}
+			last = err
 			wait := backoff.Exponential(base, max, n)
 			if status.Code(err) != codes.Unavailable || time.Now().Add(wait).After(end) {
 				return err
@@ -45,6 +54,16 @@ func RetryUnavailable(base, max, budget time.Duration) grpc.UnaryClientIntercept
 			}
 		}
 	}
+}
+
+// ended reports whether ctx is done or past its deadline: gRPC's own
+// timer may end a call at the deadline a moment before ctx says so.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // stampRequestID sets m's request_id, a string field, to a random id when

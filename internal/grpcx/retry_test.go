@@ -21,17 +21,24 @@ type flakyPools struct {
 	pb.UnimplementedPoolServiceServer
 	fails int
 	code  codes.Code
+	// hang: after the failures, calls wait for their context to end.
+	hang bool
 
 	mu  sync.Mutex
 	ids []string
 }
 
-func (f *flakyPools) ScalePool(_ context.Context, req *pb.ScalePoolRequest) (*pb.ScalePoolResponse, error) {
+func (f *flakyPools) ScalePool(ctx context.Context, req *pb.ScalePoolRequest) (*pb.ScalePoolResponse, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.ids = append(f.ids, req.RequestId)
-	if len(f.ids) <= f.fails {
+	n := len(f.ids)
+	f.mu.Unlock()
+	if n <= f.fails {
 		return nil, status.Error(f.code, "no leader is known; retry")
+	}
+	if f.hang {
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	return &pb.ScalePoolResponse{Index: 7}, nil
 }
@@ -107,4 +114,24 @@ func TestRetryUnavailable_givesUpWithTheContext(t *testing.T) {
 			require.Less(t, n, 15, "backing off up to max between attempts")
 		})
 	}
+}
+
+// TestRetryUnavailable_aContextEndingDuringAnAttemptGivesTheLastUnavailable:
+// when the context ends while a retry is in flight, the caller learns why
+// the call never succeeded, not only that its time ran out.
+func TestRetryUnavailable_aContextEndingDuringAnAttemptGivesTheLastUnavailable(t *testing.T) {
+	f := &flakyPools{fails: 1, code: codes.Unavailable, hang: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := retryClient(t, f, time.Minute).ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web"})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "no leader is known")
+	require.Len(t, f.calls(), 2)
+
+	// A first attempt that outlives the context has nothing better to say.
+	f = &flakyPools{hang: true}
+	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err = retryClient(t, f, time.Minute).ScalePool(ctx, &pb.ScalePoolRequest{Pool: "web"})
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
 }
