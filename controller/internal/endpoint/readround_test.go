@@ -123,12 +123,16 @@ func TestReadRound_repliesFromBeforeTheRoundConfirmNothing(t *testing.T) {
 		conf := raft.DefaultConfig()
 		conf.LocalID = n.id
 		// A leader heartbeats every tenth of its heartbeat timeout or up
-		// to twice that: n1's heartbeats come at most 400 ms apart, and
-		// the others wait 600 ms before they campaign. n1 campaigns only
-		// when handed the leadership, and checks its lease every 2 s.
-		timeout := 600 * time.Millisecond
+		// to twice that: n1's heartbeats come at most 1.6 s apart, and
+		// the others wait 2 to 4 s before they campaign. n1 campaigns only
+		// when handed the leadership, and steps down once it has heard
+		// from no quorum for 8 s: cut off, it still leads when the others
+		// have elected and committed, within about 6 s of the cut even on
+		// a loaded machine (with a 2 s lease, the others' election lost
+		// that race in one CI run).
+		timeout := 2 * time.Second
 		if n == old {
-			timeout = 2 * time.Second
+			timeout = 8 * time.Second
 		}
 		conf.HeartbeatTimeout, conf.ElectionTimeout, conf.LeaderLeaseTimeout = timeout, timeout, timeout
 		conf.CommitTimeout = 5 * time.Millisecond
@@ -186,6 +190,10 @@ func TestReadRound_repliesFromBeforeTheRoundConfirmNothing(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return old.store.stored.Load() > storedBefore || old.raft.State() != raft.Leader
 	}, 5*time.Second, time.Millisecond, "the round's entry is in the old leader's log")
+	// A round that writes nothing (VerifyLeader) leaves the wait above to
+	// the lease's end: the replies from before would then reach a leader
+	// no more.
+	require.Equal(t, raft.Leader, old.raft.State(), "the old leader still leads once its round has begun")
 	old.trans.unhold()
 
 	select {
