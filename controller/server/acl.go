@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"slices"
 	"strings"
 	"time"
@@ -79,11 +78,11 @@ var ACLRules = acl.Rules{
 // replicated tokens of f.
 func lookupToken(file *acl.File, f *fsm.FSM) func(secret string) (acl.Token, bool) {
 	return func(secret string) (acl.Token, bool) {
-		if tok, ok := file.Lookup(secret); ok {
+		sum := sha256.Sum256([]byte(secret))
+		if tok, ok := file.Tokens().LookupSum(sum); ok {
 			return tok, true
 		}
-		sum := sha256.Sum256([]byte(secret))
-		stored, ok := f.TokenByDigest(hex.EncodeToString(sum[:]))
+		stored, ok := f.TokenBySum(sum)
 		if !ok || (stored.ExpireTime != nil && !time.Now().Before(stored.ExpireTime.AsTime())) {
 			return acl.Token{}, false
 		}

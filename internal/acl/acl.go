@@ -203,7 +203,12 @@ func (t *Tokens) Len() int { return len(t.byHash) }
 
 // Lookup returns the token whose secret is secret.
 func (t *Tokens) Lookup(secret string) (Token, bool) {
-	tok, ok := t.byHash[sha256.Sum256([]byte(secret))]
+	return t.LookupSum(sha256.Sum256([]byte(secret)))
+}
+
+// LookupSum returns the token whose secret has the SHA-256 digest sum.
+func (t *Tokens) LookupSum(sum [sha256.Size]byte) (Token, bool) {
+	tok, ok := t.byHash[sum]
 	return tok, ok
 }
 
@@ -214,8 +219,7 @@ func (t *Tokens) LookupDigest(hexDigest string) (Token, bool) {
 	if err != nil || len(b) != sha256.Size {
 		return Token{}, false
 	}
-	tok, ok := t.byHash[[sha256.Size]byte(b)]
-	return tok, ok
+	return t.LookupSum([sha256.Size]byte(b))
 }
 
 // Has reports whether a token is named name.

@@ -65,19 +65,29 @@ func FromContext(ctx context.Context) (Token, bool) {
 
 func bearer(ctx context.Context) (string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(MetadataKey)
+	secret, problem := bearerSecret(md.Get(MetadataKey))
+	if problem != "" {
+		return "", status.Error(codes.Unauthenticated, problem)
+	}
+	return secret, nil
+}
+
+// bearerSecret takes the secret out of the values of an authorization
+// header or metadata, which must be one "Bearer SECRET" (the scheme in any
+// case, as in HTTP); else it says what is wrong.
+func bearerSecret(vals []string) (secret, problem string) {
 	switch {
 	case len(vals) == 0:
-		return "", status.Error(codes.Unauthenticated, "no ACL token: this controller requires one in the metadata authorization: Bearer TOKEN (hostscale -token-file or HOSTSCALE_TOKEN)")
+		return "", "no ACL token: this controller requires one in the metadata authorization: Bearer TOKEN (hostscale -token-file or HOSTSCALE_TOKEN)"
 	case len(vals) > 1:
-		return "", status.Errorf(codes.Unauthenticated, "metadata authorization: %d values, want one", len(vals))
+		return "", fmt.Sprintf("metadata authorization: %d values, want one", len(vals))
 	}
 	scheme, secret, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
 	secret = strings.TrimSpace(secret)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
-		return "", status.Error(codes.Unauthenticated, `metadata authorization: want "Bearer TOKEN"`)
+		return "", `metadata authorization: want "Bearer TOKEN"`
 	}
-	return secret, nil
+	return secret, ""
 }
 
 // Credentials send the token that src returns with every call; an empty
@@ -115,20 +125,13 @@ func WithToken(f *TokenFile) grpc.DialOption {
 // API does.
 func (a *Authorizer) HTTP(need Role, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		vals := r.Header.Values("Authorization")
-		var secret string
-		if len(vals) == 1 {
-			scheme, s, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
-			if ok && strings.EqualFold(scheme, "Bearer") {
-				secret = strings.TrimSpace(s)
-			}
-		}
+		secret, problem := bearerSecret(r.Header.Values("Authorization"))
 		tok, ok := Token{}, false
-		if secret != "" {
+		if problem == "" {
 			tok, ok = a.Lookup(secret)
 		}
 		switch {
-		case secret == "" || !ok:
+		case !ok:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hostscale"`)
 			http.Error(w, "an ACL token is needed: Authorization: Bearer TOKEN, of a token with the "+need.String()+" role", http.StatusUnauthorized)
 		case !tok.Roles.grants(need):

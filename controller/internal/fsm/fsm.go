@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -72,7 +73,7 @@ type FSM struct {
 	assignWatch map[string]chan struct{}
 	// tokenByDigest indexes state.Tokens by their secrets' digests, for
 	// the check of every call; Restore rebuilds it.
-	tokenByDigest map[string]string
+	tokenByDigest map[[sha256.Size]byte]string
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -88,7 +89,7 @@ func New(logger *slog.Logger) *FSM {
 		assignWatch: map[string]chan struct{}{},
 		byNode:      map[string]map[string]*pb.Instance{},
 
-		tokenByDigest: map[string]string{},
+		tokenByDigest: map[[sha256.Size]byte]string{},
 	}
 }
 
@@ -450,9 +451,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for _, in := range st.Instances {
 		f.indexInstance(in)
 	}
-	f.tokenByDigest = make(map[string]string, len(st.Tokens))
+	f.tokenByDigest = make(map[[sha256.Size]byte]string, len(st.Tokens))
 	for name, tok := range st.Tokens {
-		f.tokenByDigest[tok.SecretSha256] = name
+		if sum, ok := digestOf(tok.SecretSha256); ok {
+			f.tokenByDigest[sum] = name
+		}
 	}
 	for node, ch := range f.assignWatch {
 		close(ch)

@@ -1,6 +1,9 @@
 package fsm
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -21,7 +24,11 @@ func (f *FSM) putToken(c *pb.PutTokenCommand, at *timestamppb.Timestamp) error {
 	if _, ok := f.state.Tokens[tok.Name]; ok {
 		return status.Errorf(codes.AlreadyExists, "token %q already exists", tok.Name)
 	}
-	if other, ok := f.tokenByDigest[tok.SecretSha256]; ok {
+	sum, ok := digestOf(tok.SecretSha256)
+	if !ok {
+		return status.Error(codes.InvalidArgument, "token.secret_sha256: must be 64 hex digits")
+	}
+	if other, ok := f.tokenByDigest[sum]; ok {
 		return status.Errorf(codes.AlreadyExists, "token %q has the same secret", other)
 	}
 	tok = proto.Clone(tok).(*pb.Token)
@@ -29,7 +36,7 @@ func (f *FSM) putToken(c *pb.PutTokenCommand, at *timestamppb.Timestamp) error {
 		tok.CreateTime = at
 	}
 	f.state.Tokens[tok.Name] = tok
-	f.tokenByDigest[tok.SecretSha256] = tok.Name
+	f.tokenByDigest[sum] = tok.Name
 	return nil
 }
 
@@ -38,7 +45,9 @@ func (f *FSM) deleteToken(c *pb.DeleteTokenCommand) error {
 	if !ok {
 		return status.Errorf(codes.NotFound, "token %q not found", c.GetName())
 	}
-	delete(f.tokenByDigest, tok.SecretSha256)
+	if sum, ok := digestOf(tok.SecretSha256); ok {
+		delete(f.tokenByDigest, sum)
+	}
 	delete(f.state.Tokens, c.GetName())
 	return nil
 }
@@ -47,11 +56,29 @@ func (f *FSM) deleteToken(c *pb.DeleteTokenCommand) error {
 // digest digest (64 hex digits), without copying it: the caller must not
 // change it.
 func (f *FSM) TokenByDigest(digest string) (*pb.Token, bool) {
+	b, err := hex.DecodeString(digest)
+	if err != nil || len(b) != sha256.Size {
+		return nil, false
+	}
+	return f.TokenBySum([sha256.Size]byte(b))
+}
+
+// TokenBySum is TokenByDigest for the digest's bytes.
+func (f *FSM) TokenBySum(sum [sha256.Size]byte) (*pb.Token, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	name, ok := f.tokenByDigest[digest]
+	name, ok := f.tokenByDigest[sum]
 	if !ok {
 		return nil, false
 	}
 	return f.state.Tokens[name], true
+}
+
+// digestOf decodes a token's secret_sha256.
+func digestOf(hexDigest string) ([sha256.Size]byte, bool) {
+	b, err := hex.DecodeString(hexDigest)
+	if err != nil || len(b) != sha256.Size {
+		return [sha256.Size]byte{}, false
+	}
+	return [sha256.Size]byte(b), true
 }
