@@ -91,6 +91,18 @@ func (f aclFixture) configure(t *testing.T) func(*server.Config) {
 	}
 }
 
+// start starts three controllers with the fixture's ACL file, which the
+// harness calls with the operator token.
+func (f aclFixture) start(t *testing.T) *testcluster.Cluster {
+	return testcluster.Start(t, testcluster.Options{
+		Nodes:            3,
+		Launcher:         servertest.Launcher{Configure: f.configure(t)},
+		HeartbeatTimeout: 500 * time.Millisecond,
+		ElectionTimeout:  500 * time.Millisecond,
+		ClientToken:      f.opsToken,
+	})
+}
+
 func dialToken(t *testing.T, addr, token string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpcx.Dial(addr, grpc.WithPerRPCCredentials(acl.Credentials(func() string { return token })))
@@ -107,13 +119,7 @@ func dialToken(t *testing.T, addr, token string) *grpc.ClientConn {
 // promoted; none of the refusals changes anything.
 func TestACL_clusterAdmitsByRole(t *testing.T) {
 	f := newACLFixture(t)
-	c := testcluster.Start(t, testcluster.Options{
-		Nodes:            3,
-		Launcher:         servertest.Launcher{Configure: f.configure(t)},
-		HeartbeatTimeout: 500 * time.Millisecond,
-		ElectionTimeout:  500 * time.Millisecond,
-		ClientToken:      f.opsToken,
-	})
+	c := f.start(t)
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
 	fol := follower(c, leader)
@@ -230,13 +236,7 @@ func TestACL_aControllerNeedsAnOperatorTokenOfItsOwn(t *testing.T) {
 // requests name the field and change nothing.
 func TestACL_replicatedTokens(t *testing.T) {
 	f := newACLFixture(t)
-	c := testcluster.Start(t, testcluster.Options{
-		Nodes:            3,
-		Launcher:         servertest.Launcher{Configure: f.configure(t)},
-		HeartbeatTimeout: 500 * time.Millisecond,
-		ElectionTimeout:  500 * time.Millisecond,
-		ClientToken:      f.opsToken,
-	})
+	c := f.start(t)
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
 	fol := follower(c, leader)
@@ -382,13 +382,7 @@ func clusterLog(c *testcluster.Cluster) string {
 // nodes or alerts. A stored token may be limited so as well.
 func TestACL_tokensLimitedToPools(t *testing.T) {
 	f := newACLFixture(t)
-	c := testcluster.Start(t, testcluster.Options{
-		Nodes:            3,
-		Launcher:         servertest.Launcher{Configure: f.configure(t)},
-		HeartbeatTimeout: 500 * time.Millisecond,
-		ElectionTimeout:  500 * time.Millisecond,
-		ClientToken:      f.opsToken,
-	})
+	c := f.start(t)
 	leader := waitLeader(t, c)
 	ctx := ctxT(t)
 	fol := follower(c, leader)
