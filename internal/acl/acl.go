@@ -194,7 +194,6 @@ func validPoolPattern(s string) bool {
 
 // Tokens is a loaded ACL file: the tokens by their secrets' digests.
 type Tokens struct {
-	path   string
 	byHash map[[sha256.Size]byte]Token
 }
 
@@ -215,11 +214,20 @@ func (t *Tokens) LookupSum(sum [sha256.Size]byte) (Token, bool) {
 // LookupDigest returns the token whose secret has the SHA-256 digest
 // hexDigest (64 hex digits).
 func (t *Tokens) LookupDigest(hexDigest string) (Token, bool) {
-	b, err := hex.DecodeString(hexDigest)
-	if err != nil || len(b) != sha256.Size {
+	sum, ok := ParseDigest(hexDigest)
+	if !ok {
 		return Token{}, false
 	}
-	return t.LookupSum([sha256.Size]byte(b))
+	return t.LookupSum(sum)
+}
+
+// ParseDigest decodes a secret's SHA-256 digest given as 64 hex digits.
+func ParseDigest(hexDigest string) ([sha256.Size]byte, bool) {
+	b, err := hex.DecodeString(hexDigest)
+	if err != nil || len(b) != sha256.Size {
+		return [sha256.Size]byte{}, false
+	}
+	return [sha256.Size]byte(b), true
 }
 
 // Has reports whether a token is named name.
@@ -232,7 +240,7 @@ func (t *Tokens) Has(name string) bool {
 	return false
 }
 
-// ParseRoles parses a token's role names, each given once.
+// ParseRoles parses a token's role names.
 func ParseRoles(names []string) (Role, error) {
 	var r Role
 	for _, n := range names {
@@ -261,7 +269,7 @@ func LoadFile(path string) (*Tokens, error) {
 }
 
 func parse(path string, data []byte) (*Tokens, error) {
-	t := &Tokens{path: path, byHash: map[[sha256.Size]byte]Token{}}
+	t := &Tokens{byHash: map[[sha256.Size]byte]Token{}}
 	names := map[string]int{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
@@ -291,24 +299,18 @@ func parse(path string, data []byte) (*Tokens, error) {
 		if first, ok := names[name]; ok {
 			return nil, bad("token name %q already used on line %d", name, first)
 		}
-		var r Role
-		for _, s := range strings.Split(roles, ",") {
-			role, err := ParseRole(s)
-			if err != nil {
-				return nil, bad("%v", err)
-			}
-			r |= role
+		r, err := ParseRoles(strings.Split(roles, ","))
+		if err != nil {
+			return nil, bad("%v", err)
 		}
 		if err := CheckPools(pools, r); err != nil {
 			return nil, bad("token %q: %v", name, err)
 		}
 		var sum [sha256.Size]byte
 		if hexSum, ok := strings.CutPrefix(secret, HashPrefix); ok {
-			b, err := hex.DecodeString(hexSum)
-			if err != nil || len(b) != sha256.Size {
+			if sum, ok = ParseDigest(hexSum); !ok {
 				return nil, bad("token %q: %s must be followed by 64 hex digits", name, HashPrefix)
 			}
-			copy(sum[:], b)
 		} else {
 			if len(secret) < MinTokenLength {
 				return nil, bad("token %q: secret shorter than %d characters", name, MinTokenLength)

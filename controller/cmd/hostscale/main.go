@@ -1015,14 +1015,10 @@ func newToken(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	name, roles := args[1], args[2]
-	var rs acl.Role
-	for _, r := range strings.Split(roles, ",") {
-		role, err := acl.ParseRole(r)
-		if err != nil {
-			fmt.Fprintf(stderr, "hostscale: token new: %v\n", err)
-			return 2
-		}
-		rs |= role
+	rs, err := acl.ParseRoles(strings.Split(roles, ","))
+	if err != nil {
+		fmt.Fprintf(stderr, "hostscale: token new: %v\n", err)
+		return 2
 	}
 	suffix := ""
 	if pools != "" {

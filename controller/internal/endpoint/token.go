@@ -86,11 +86,11 @@ func (s *Tokens) CreateToken(ctx context.Context, req *pb.CreateTokenRequest) (*
 	case req.Token.SecretSha256 == "":
 		return nil, invalid("token.secret_sha256", "give it, or the secret")
 	default:
-		b, err := hex.DecodeString(req.Token.SecretSha256)
-		if err != nil || len(b) != 32 {
+		sum, ok := acl.ParseDigest(req.Token.SecretSha256)
+		if !ok {
 			return nil, invalid("token.secret_sha256", "must be 64 hex digits")
 		}
-		req.Token.SecretSha256 = hex.EncodeToString(b)
+		req.Token.SecretSha256 = hex.EncodeToString(sum[:])
 	}
 	if s.File != nil {
 		file := s.File()

@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 
+	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/logging"
 )
 
@@ -453,7 +454,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.tokenByDigest = make(map[[sha256.Size]byte]string, len(st.Tokens))
 	for name, tok := range st.Tokens {
-		if sum, ok := digestOf(tok.SecretSha256); ok {
+		if sum, ok := acl.ParseDigest(tok.SecretSha256); ok {
 			f.tokenByDigest[sum] = name
 		}
 	}

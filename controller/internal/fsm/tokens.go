@@ -2,13 +2,13 @@ package fsm
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/internal/acl"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -24,7 +24,7 @@ func (f *FSM) putToken(c *pb.PutTokenCommand, at *timestamppb.Timestamp) error {
 	if _, ok := f.state.Tokens[tok.Name]; ok {
 		return status.Errorf(codes.AlreadyExists, "token %q already exists", tok.Name)
 	}
-	sum, ok := digestOf(tok.SecretSha256)
+	sum, ok := acl.ParseDigest(tok.SecretSha256)
 	if !ok {
 		return status.Error(codes.InvalidArgument, "token.secret_sha256: must be 64 hex digits")
 	}
@@ -45,25 +45,15 @@ func (f *FSM) deleteToken(c *pb.DeleteTokenCommand) error {
 	if !ok {
 		return status.Errorf(codes.NotFound, "token %q not found", c.GetName())
 	}
-	if sum, ok := digestOf(tok.SecretSha256); ok {
+	if sum, ok := acl.ParseDigest(tok.SecretSha256); ok {
 		delete(f.tokenByDigest, sum)
 	}
 	delete(f.state.Tokens, c.GetName())
 	return nil
 }
 
-// TokenByDigest returns the stored token whose secret has the SHA-256
-// digest digest (64 hex digits), without copying it: the caller must not
-// change it.
-func (f *FSM) TokenByDigest(digest string) (*pb.Token, bool) {
-	b, err := hex.DecodeString(digest)
-	if err != nil || len(b) != sha256.Size {
-		return nil, false
-	}
-	return f.TokenBySum([sha256.Size]byte(b))
-}
-
-// TokenBySum is TokenByDigest for the digest's bytes.
+// TokenBySum returns the stored token whose secret has the SHA-256
+// digest sum, without copying it: the caller must not change it.
 func (f *FSM) TokenBySum(sum [sha256.Size]byte) (*pb.Token, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -72,13 +62,4 @@ func (f *FSM) TokenBySum(sum [sha256.Size]byte) (*pb.Token, bool) {
 		return nil, false
 	}
 	return f.state.Tokens[name], true
-}
-
-// digestOf decodes a token's secret_sha256.
-func digestOf(hexDigest string) ([sha256.Size]byte, bool) {
-	b, err := hex.DecodeString(hexDigest)
-	if err != nil || len(b) != sha256.Size {
-		return [sha256.Size]byte{}, false
-	}
-	return [sha256.Size]byte(b), true
 }

@@ -13,12 +13,15 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/internal/acl"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
 func TestFSM_tokens(t *testing.T) {
 	f := New(nil)
 	digest := strings.Repeat("ab", 32)
+	sum, ok := acl.ParseDigest(digest)
+	require.True(t, ok)
 	index := uint64(0)
 	apply := func(c *pb.Command) error {
 		index++
@@ -31,7 +34,7 @@ func TestFSM_tokens(t *testing.T) {
 			Token: &pb.Token{Name: name, Roles: []string{"read"}, SecretSha256: digest}}}})
 	}
 	require.NoError(t, put("grafana", digest))
-	tok, ok := f.TokenByDigest(digest)
+	tok, ok := f.TokenBySum(sum)
 	require.True(t, ok)
 	require.Equal(t, "grafana", tok.Name)
 	require.NotNil(t, tok.CreateTime, "stamped with the command's time")
@@ -50,12 +53,12 @@ func TestFSM_tokens(t *testing.T) {
 	require.NoError(t, snap.Persist(sink))
 	g := New(nil)
 	require.NoError(t, g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
-	tok, ok = g.TokenByDigest(digest)
+	tok, ok = g.TokenBySum(sum)
 	require.True(t, ok)
 	require.Equal(t, "grafana", tok.Name)
 
 	require.NoError(t, apply(&pb.Command{Command: &pb.Command_DeleteToken{DeleteToken: &pb.DeleteTokenCommand{Name: "grafana"}}}))
-	_, ok = f.TokenByDigest(digest)
+	_, ok = f.TokenBySum(sum)
 	require.False(t, ok, "a deleted token is refused at once")
 	require.Equal(t, codes.NotFound, status.Code(apply(&pb.Command{Command: &pb.Command_DeleteToken{DeleteToken: &pb.DeleteTokenCommand{Name: "grafana"}}})))
 	require.NoError(t, put("again", digest), "a deleted token's secret may be used again")
