@@ -340,10 +340,12 @@ func New(cfg Config) (s *Server, err error) {
 		return nil, err
 	}
 	adminOpts := admin.Options{Ready: s.ready, Pprof: cfg.Pprof, TLS: cfg.HTTPTLS}
+	// With ACLs, one authorizer checks the gRPC API's calls and the HTTP
+	// endpoints': /metrics needs a read token, as Consul's agent metrics
+	// do, and pprof an operator's.
+	var az *acl.Authorizer
 	if cfg.ACL != nil {
-		// With ACLs, /metrics needs a read token, as Consul's agent
-		// metrics do, and pprof an operator's.
-		az := &acl.Authorizer{Lookup: lookupToken(cfg.ACL, s.fsm), Rules: ACLRules}
+		az = &acl.Authorizer{Lookup: lookupToken(cfg.ACL, s.fsm), Rules: ACLRules}
 		adminOpts.Guard = func(path string, h http.Handler) http.Handler {
 			if path == "/metrics" {
 				return az.HTTP(acl.Read, h)
@@ -384,7 +386,7 @@ func New(cfg Config) (s *Server, err error) {
 	gc.OnPlaintext = plaintext.WithLabelValues("grpc").Inc
 	gc.Audit = audited
 	if cfg.ACL != nil {
-		gc.Authorize = (&acl.Authorizer{Lookup: lookupToken(cfg.ACL, s.fsm), Rules: ACLRules}).Authorize
+		gc.Authorize = az.Authorize
 		s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "hostscale_controller_acl_tokens",
 			Help: "Tokens in the ACL file in force (-acl-file).",
