@@ -3,8 +3,13 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,6 +20,10 @@ import (
 	"github.com/hostscale/hostscale/internal/acl"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
+
+// forwardMethod is the controllers' forwarding stream, whose rule the
+// controllers' own tokens must pass.
+const forwardMethod = "/hostscale.peer.v1.PeerService/Forward"
 
 // ACLRules says which role each method of the controller's API needs when
 // the controller enforces ACLs (Config.ACL). A method missing here is
@@ -71,7 +80,7 @@ var ACLRules = acl.Rules{
 	// A controller's calls to another: the forwarding stream a leader
 	// serves when a follower cannot use its Raft port. A forwarded call
 	// was admitted by the controller that took it.
-	"/hostscale.peer.v1.PeerService/Forward": acl.Operator,
+	forwardMethod: acl.Operator,
 }
 
 // lookupToken finds a secret's token in the -acl-file, then among the
@@ -135,7 +144,7 @@ func (s *Server) reapTokens(ctx context.Context) error {
 // the cluster (the write and operator methods), but the controllers'
 // forwarding stream, whose calls the controller that took them logs.
 func audited(method string) bool {
-	if method == "/hostscale.peer.v1.PeerService/Forward" {
+	if method == forwardMethod {
 		return false
 	}
 	r := ACLRules[method]
@@ -206,4 +215,45 @@ func poolScopeInterceptor(ctx context.Context, req any, info *grpc.UnaryServerIn
 		scope.filter(resp, tok)
 	}
 	return resp, err
+}
+
+// raftPortAuthenticator admits on the Raft port the tokens that lookup
+// finds with the right to the controllers' forwarding stream (operator):
+// the controllers' own.
+func raftPortAuthenticator(lookup func(secret string) (acl.Token, bool)) func(secret string) error {
+	return func(secret string) error {
+		tok, ok := lookup(secret)
+		switch {
+		case !ok:
+			return errors.New("the token is not one this controller knows")
+		case !ACLRules.Admits(tok, forwardMethod):
+			return fmt.Errorf("token %q has roles %v; the raft port needs a controller's, with operator", tok.Name, tok.Roles)
+		}
+		return nil
+	}
+}
+
+// refusalLog logs the Raft port's refusals, at most one each every, with
+// how many it left out since the last: a peer without the token redials
+// at Raft's pace.
+type refusalLog struct {
+	logger     *slog.Logger
+	every      time.Duration
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (l *refusalLog) log(from net.Addr, err error) {
+	l.mu.Lock()
+	now := time.Now()
+	if !l.last.IsZero() && now.Sub(l.last) < l.every {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	n := l.suppressed
+	l.last, l.suppressed = now, 0
+	l.mu.Unlock()
+	l.logger.Warn("raft port: refused a connection without a controller's token", "from", from.String(), "err", err, "refusals_not_logged", n)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hostscale/hostscale/controller/internal/raftnode"
 	"github.com/hostscale/hostscale/controller/server"
 	"github.com/hostscale/hostscale/controller/server/servertest"
 	"github.com/hostscale/hostscale/internal/acl"
@@ -202,6 +204,70 @@ func TestACL_clusterAdmitsByRole(t *testing.T) {
 	})
 	require.NoError(t, err)
 	waitVoter(ctx, t, leader, fol.ID, 20*time.Second)
+}
+
+// TestACL_raftPortWantsAControllersToken: with ACLs, a controller's Raft
+// port takes only connections that present a token with the operator
+// role, as the controllers' own: Raft's RPCs and forwarded calls from
+// anything else, with no token, another role's or an unknown one, are
+// refused before they reach Raft or the forwarding, counted and logged;
+// the controllers still replicate and forward over it.
+func TestACL_raftPortWantsAControllersToken(t *testing.T) {
+	f := newACLFixture(t)
+	c := f.start(t)
+	leader := waitLeader(t, c)
+	ctx := ctxT(t)
+
+	_, err := raftnode.DialForward(ctx, leader.RaftAddr, 5*time.Second)
+	require.ErrorIs(t, err, raftnode.ErrForwardUnsupported, "a forwarding connection without a token")
+	for _, tok := range []string{f.readToken, f.writeToken, f.shopToken, "someone-elses-token-0123"} {
+		_, err := raftnode.DialForwardAs(ctx, leader.RaftAddr, 5*time.Second, raftnode.PeerAuth{Token: tok})
+		require.ErrorIs(t, err, raftnode.ErrTokenRefused)
+	}
+	// Raft's AppendEntries (RPC type 0) without a token: closed unread.
+	raw, err := net.Dial("tcp", leader.RaftAddr)
+	require.NoError(t, err)
+	defer raw.Close()
+	_, err = raw.Write([]byte{0, 0x84, 0xa1, 'x'})
+	require.NoError(t, err)
+	require.NoError(t, raw.SetReadDeadline(time.Now().Add(15*time.Second)))
+	got, err := io.ReadAll(raw)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the Raft port should close a connection without a token")
+	require.Empty(t, got)
+
+	for _, tok := range []string{f.ctl, f.opsToken} {
+		conn, err := raftnode.DialForwardAs(ctx, leader.RaftAddr, 5*time.Second, raftnode.PeerAuth{Token: tok})
+		require.NoError(t, err, "an operator token")
+		conn.Close()
+	}
+
+	// The controllers forward over the Raft port with their own token.
+	fol := follower(c, leader)
+	deploy := pb.NewPoolServiceClient(dialToken(t, fol.GRPCAddr, f.writeToken))
+	_, err = retry(ctx, func(ctx context.Context) (*pb.CreatePoolResponse, error) {
+		return deploy.CreatePool(ctx, &pb.CreatePoolRequest{Pool: pool("web", "127.0.0.1:9001")})
+	})
+	require.NoError(t, err)
+	metrics := func(n *testcluster.Node) string {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.HTTPAddr+"/metrics", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+f.readToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(body)
+	}
+	body := metrics(fol)
+	require.Regexp(t, `hostscale_controller_forwarded_total\{grpc_method="/hostscale.v1.PoolService/CreatePool",transport="raft"\} [1-9]`, body)
+	require.NotContains(t, body, `transport="api"`)
+	require.Contains(t, metrics(leader), "hostscale_controller_raft_refused_connections_total 6\n")
+	require.Contains(t, leader.Log(), "raft port: refused a connection without a controller's token")
+	for _, n := range c.Running() {
+		require.Contains(t, metrics(n), "hostscale_controller_raft_refused_connections_total", n.ID)
+	}
 }
 
 // TestACL_aControllerNeedsAnOperatorTokenOfItsOwn: -acl-file without a

@@ -255,7 +255,7 @@ func CheckACL(f *acl.File, own *acl.TokenFile) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("-token-file: %s holds no token of -acl-file %s", own.Path(), f.Path())
-	case !ACLRules.Admits(tok, "/hostscale.peer.v1.PeerService/Forward"):
+	case !ACLRules.Admits(tok, forwardMethod):
 		return fmt.Errorf("-token-file: token %q of -acl-file %s has roles %v; a controller's own token needs operator", tok.Name, f.Path(), tok.Roles)
 	}
 	return nil
@@ -372,6 +372,23 @@ func New(cfg Config) (s *Server, err error) {
 	s.registry.MustRegister(plaintext)
 	rc.AcceptPlaintext = cfg.GRPC.AcceptPlaintext
 	rc.OnPlaintext = plaintext.WithLabelValues("raft").Inc
+	// With ACLs, the Raft port takes only connections that present a
+	// token fit for the controllers' forwarding (operator): every
+	// controller presents its own.
+	rc.PeerToken = cfg.Token.Token
+	if cfg.ACL != nil {
+		rc.Authenticate = raftPortAuthenticator(az.Lookup)
+		refused := prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hostscale_controller_raft_refused_connections_total",
+			Help: "Connections the Raft port refused for want of a controller's token (-acl-file).",
+		})
+		s.registry.MustRegister(refused)
+		rl := &refusalLog{logger: logger, every: 10 * time.Second}
+		rc.Refused = func(from net.Addr, err error) {
+			refused.Inc()
+			rl.log(from, err)
+		}
+	}
 	rc.NotifyCh, rc.Logger = s.notifyCh, logger
 	rc.StableStoreFailed = func(err error) {
 		s.giveUp("the Raft stable store could not save the term or vote: exiting, as Raft cannot go on without it", "err", err)
@@ -408,6 +425,7 @@ func New(cfg Config) (s *Server, err error) {
 		Metrics:      metrics,
 		Forwarder: endpoint.NewForwarder(endpoint.ForwarderOptions{
 			ID: cfg.ID, Conns: s.conns, MaxMessageSize: maxMessageSize(cfg.GRPC), Metrics: metrics, RaftTLS: cfg.PeerTLS,
+			RaftToken: cfg.Token.Token,
 		}),
 		LogTrouble: s.logTrouble,
 	}

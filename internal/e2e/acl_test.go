@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -94,6 +96,25 @@ grafana      read              %s
 	out, code = cli(nil, "-token-file", deployFile, "leave", "c3")
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "it needs the operator role")
+	// The Raft port wants a controller's token too: Raft's AppendEntries
+	// without one is closed unread, and the leader says so.
+	leader := f.leader()
+	raw, err := net.Dial("tcp", leader.RaftAddr)
+	require.NoError(t, err)
+	defer raw.Close()
+	_, err = raw.Write([]byte{0, 0x84, 0xa1, 'x'})
+	require.NoError(t, err)
+	require.NoError(t, raw.SetReadDeadline(time.Now().Add(15*time.Second)))
+	unread, err := io.ReadAll(raw)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the Raft port should close a connection without a token")
+	require.Empty(t, unread)
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
+		if !strings.Contains(leader.Log(), "raft port: refused a connection without a controller's token") {
+			return errors.New("the leader has not logged the refusal")
+		}
+		return nil
+	}))
 
 	// The operator revokes grafana: a SIGHUP, and its next call fails.
 	write("acl", strings.Replace(aclText, "grafana", "# grafana", 1))
@@ -150,7 +171,7 @@ grafana      read              %s
 
 	// A broken file on SIGHUP keeps the tokens in force.
 	write("acl", "ops superuser "+opsToken+"\n")
-	leader := f.leader()
+	leader = f.leader()
 	leader.Signal(syscall.SIGHUP)
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
 		if !strings.Contains(leader.Log(), `reload the ACL file; its tokens stay as they were`) {

@@ -203,6 +203,7 @@ type Forwarder struct {
 	maxMessageSize int
 	metrics        *Metrics
 	raftTLS        func() *tls.Config
+	raftToken      func() string
 	stream         *streamForwarder
 	// inflight counts the calls under way.
 	inflight atomic.Int64
@@ -234,6 +235,9 @@ type ForwarderOptions struct {
 	// dialled when it serves TLS (raftnode.Config.PeerTLS); nil:
 	// plaintext.
 	RaftTLS func() *tls.Config
+	// RaftToken gives the token presented on the leader's Raft port
+	// (raftnode.Config.PeerToken); nil: none.
+	RaftToken func() string
 }
 
 // streamAbove is how many forwarded calls may be in flight, this one
@@ -248,7 +252,7 @@ func NewForwarder(o ForwarderOptions) *Forwarder {
 		o.MaxMessageSize = grpcx.DefaultMaxMessageSize
 	}
 	return &Forwarder{
-		id: o.ID, maxMessageSize: o.MaxMessageSize, metrics: o.Metrics, raftTLS: o.RaftTLS,
+		id: o.ID, maxMessageSize: o.MaxMessageSize, metrics: o.Metrics, raftTLS: o.RaftTLS, raftToken: o.RaftToken,
 		stream:      &streamForwarder{conns: o.Conns, streams: map[string]*fwdStream{}},
 		idle:        map[string][]*forwardConn{},
 		unsupported: map[string]time.Time{},
@@ -375,11 +379,14 @@ func (f *Forwarder) conn(ctx context.Context, addr string) (*forwardConn, error)
 		c.Close()
 	}
 	f.mu.Unlock()
-	var cfg *tls.Config
+	var auth raftnode.PeerAuth
 	if f.raftTLS != nil {
-		cfg = f.raftTLS()
+		auth.TLS = f.raftTLS()
 	}
-	conn, err := raftnode.DialForwardTLS(ctx, addr, forwardDialTimeout, cfg)
+	if f.raftToken != nil {
+		auth.Token = f.raftToken()
+	}
+	conn, err := raftnode.DialForwardAs(ctx, addr, forwardDialTimeout, auth)
 	if err != nil {
 		return nil, err
 	}

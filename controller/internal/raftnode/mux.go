@@ -3,6 +3,7 @@ package raftnode
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,78 @@ var forwardPreamble = [...]byte{0xF5, 'h', 's', 'f', 1}
 
 const forwardAccept byte = 1
 
+// A server given a token (Config.PeerToken) presents it on every
+// connection it opens to a peer's Raft port, before anything else:
+// tokenPreamble, the token's length (two bytes, big-endian) and the token.
+// The port answers tokenAccept, or tokenRefuse and closes the connection.
+// A port that checks tokens (Config.Authenticate) closes every connection
+// that opens otherwise, so that, with ACLs, neither Raft's RPCs nor
+// forwarded calls come from anything without a controller's token.
+var tokenPreamble = [...]byte{0xF6, 'h', 's', 't', 1}
+
+const (
+	tokenAccept byte = 1
+	tokenRefuse byte = 0
+	// maxTokenLen bounds a presented token.
+	maxTokenLen = 4096
+)
+
+// ErrTokenRefused is returned when a peer's Raft port refuses the token
+// this server presents (or closes the connection on it).
+var ErrTokenRefused = errors.New("the raft port refused this server's token")
+
+// ErrNoToken is what a port that checks tokens reports of a connection
+// that presents none.
+var ErrNoToken = errors.New("no token presented")
+
+// presentToken sends token on conn, dialled to addr, and reads the answer
+// under conn's deadline.
+func presentToken(conn net.Conn, addr, token string) error {
+	if len(token) > maxTokenLen {
+		return fmt.Errorf("raft port token of %d bytes: at most %d", len(token), maxTokenLen)
+	}
+	buf := make([]byte, 0, len(tokenPreamble)+2+len(token))
+	buf = append(buf, tokenPreamble[:]...)
+	buf = binary.BigEndian.AppendUint16(buf, uint16(len(token)))
+	buf = append(buf, token...)
+	if _, err := conn.Write(buf); err != nil {
+		return err
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return err
+		}
+		return fmt.Errorf("%s: %w (it closed the connection: %v)", addr, ErrTokenRefused, err)
+	}
+	if ack[0] != tokenAccept {
+		return fmt.Errorf("%s: %w", addr, ErrTokenRefused)
+	}
+	return nil
+}
+
+// readPresentedToken reads the rest of a token's handshake from c, whose
+// first byte was tokenPreamble's.
+func readPresentedToken(c io.Reader) (string, error) {
+	var head [len(tokenPreamble) - 1 + 2]byte
+	if _, err := io.ReadFull(c, head[:]); err != nil {
+		return "", err
+	}
+	if string(head[:len(tokenPreamble)-1]) != string(tokenPreamble[1:]) {
+		return "", errors.New("not a token handshake")
+	}
+	n := int(binary.BigEndian.Uint16(head[len(tokenPreamble)-1:]))
+	if n == 0 || n > maxTokenLen {
+		return "", fmt.Errorf("token of %d bytes", n)
+	}
+	tok := make([]byte, n)
+	if _, err := io.ReadFull(c, tok); err != nil {
+		return "", err
+	}
+	return string(tok), nil
+}
+
 // firstByteTimeout bounds how long an accepted connection may stay silent
 // before it says what it carries.
 const firstByteTimeout = 10 * time.Second
@@ -35,15 +108,24 @@ const firstByteTimeout = 10 * time.Second
 // address does not take forwarded calls on its Raft port.
 var ErrForwardUnsupported = errors.New("server does not take forwarded calls on its raft port")
 
-// DialForward opens a forwarding connection to the Raft port at addr. The
-// handshake is bounded by ctx and by timeout.
+// DialForward opens a forwarding connection to the Raft port at addr, in
+// plaintext and without a token. The handshake is bounded by ctx and by
+// timeout.
 func DialForward(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
-	return DialForwardTLS(ctx, addr, timeout, nil)
+	return DialForwardAs(ctx, addr, timeout, PeerAuth{})
 }
 
-// DialForwardTLS is DialForward to a Raft port that serves TLS (Config.TLS),
-// with cfg (Config.PeerTLS); nil: plaintext.
-func DialForwardTLS(ctx context.Context, addr string, timeout time.Duration, cfg *tls.Config) (net.Conn, error) {
+// PeerAuth is what a server presents on the Raft ports it dials.
+type PeerAuth struct {
+	// TLS, when set, is spoken on the connection (Config.PeerTLS); nil:
+	// plaintext.
+	TLS *tls.Config
+	// Token, when set, is presented before anything else (Config.PeerToken).
+	Token string
+}
+
+// DialForwardAs is DialForward with auth's TLS and token.
+func DialForwardAs(ctx context.Context, addr string, timeout time.Duration, auth PeerAuth) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -54,8 +136,14 @@ func DialForwardTLS(ctx context.Context, addr string, timeout time.Duration, cfg
 		deadline = dl
 	}
 	_ = conn.SetDeadline(deadline)
-	if conn, err = clientTLS(ctx, conn, addr, cfg); err != nil {
+	if conn, err = clientTLS(ctx, conn, addr, auth.TLS); err != nil {
 		return nil, err
+	}
+	if auth.Token != "" {
+		if err := presentToken(conn, addr, auth.Token); err != nil {
+			conn.Close()
+			return nil, err
+		}
 	}
 	if _, err := conn.Write(forwardPreamble[:]); err != nil {
 		conn.Close()
@@ -99,19 +187,11 @@ func clientTLS(ctx context.Context, conn net.Conn, addr string, cfg *tls.Config)
 	return tc, nil
 }
 
-// streamLayer is raft's TCP stream layer over a listener bound by the
-// caller, so that tests and binaries can choose ports before raft starts.
-// It sorts accepted connections by their first byte: Raft's go to Raft,
-// forwarding ones to the handler set with Node.ServeForwards.
-type streamLayer struct {
-	lis       net.Listener
-	advertise net.Addr
+// layerOptions configure a streamLayer.
+type layerOptions struct {
 	// silence is how long an accepted connection may stay silent before
 	// it says what it carries (firstByteTimeout).
 	silence time.Duration
-
-	raftConns chan net.Conn
-	forward   atomic.Pointer[func(net.Conn)]
 	// serverTLS, when set, is spoken on every accepted connection, and
 	// what clientTLS returns on every one Dial makes.
 	serverTLS *tls.Config
@@ -120,6 +200,27 @@ type streamLayer struct {
 	// open with a TLS handshake, in plaintext, calling onPlain for each.
 	acceptPlain bool
 	onPlain     func()
+	// token, when set and not empty, is presented on every connection
+	// Dial makes (Config.PeerToken).
+	token func() string
+	// authenticate, when set, admits only connections that present a
+	// token it accepts; refused is then called with each refused one's
+	// address and why (Config.Authenticate, Config.Refused).
+	authenticate func(token string) error
+	refused      func(from net.Addr, err error)
+}
+
+// streamLayer is raft's TCP stream layer over a listener bound by the
+// caller, so that tests and binaries can choose ports before raft starts.
+// It sorts accepted connections by their first byte: Raft's go to Raft,
+// forwarding ones to the handler set with Node.ServeForwards.
+type streamLayer struct {
+	layerOptions
+	lis       net.Listener
+	advertise net.Addr
+
+	raftConns chan net.Conn
+	forward   atomic.Pointer[func(net.Conn)]
 
 	mu sync.Mutex
 	// conns are the accepted connections not handed to Raft; true marks
@@ -128,8 +229,8 @@ type streamLayer struct {
 	closed   bool
 	closedCh chan struct{}
 	wg       sync.WaitGroup
-	// fwdWG counts the forward handlers running; once fwdStopped, none
-	// starts.
+	// fwdStopped: once set, no forward handler starts; fwdWG counts the
+	// ones running.
 	fwdStopped bool
 	fwdWG      sync.WaitGroup
 
@@ -141,10 +242,10 @@ type streamLayer struct {
 	dialStop context.CancelFunc
 }
 
-func newStreamLayer(lis net.Listener, advertise net.Addr, silence time.Duration, serverTLS *tls.Config, clientTLS func() *tls.Config, acceptPlain bool, onPlain func()) *streamLayer {
+func newStreamLayer(lis net.Listener, advertise net.Addr, o layerOptions) *streamLayer {
 	s := &streamLayer{
-		lis: lis, advertise: advertise, silence: silence, serverTLS: serverTLS, clientTLS: clientTLS,
-		acceptPlain: acceptPlain, onPlain: onPlain,
+		layerOptions: o,
+		lis:          lis, advertise: advertise,
 		raftConns: make(chan net.Conn),
 		conns:     map[net.Conn]bool{},
 		closedCh:  make(chan struct{}),
@@ -172,6 +273,16 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 		cancel()
 		if err != nil {
 			return nil, err
+		}
+	}
+	if s.token != nil {
+		if tok := s.token(); tok != "" {
+			_ = conn.SetDeadline(time.Now().Add(timeout))
+			if err := presentToken(conn, string(addr), tok); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			_ = conn.SetDeadline(time.Time{})
 		}
 	}
 	s.dialMu.Lock()
@@ -326,7 +437,9 @@ func (s *streamLayer) acceptLoop() {
 // sort reads c's first byte and hands c to Raft or to the forward handler.
 // With TLS, that byte opens the TLS handshake, which runs under the same
 // deadline, and the first byte inside it sorts c; a connection that opens
-// otherwise is closed, or with acceptPlain taken in plaintext.
+// otherwise is closed, or with acceptPlain taken in plaintext. A token's
+// handshake, when one comes first, is answered before the next byte sorts
+// c; with authenticate, a connection without one is closed.
 func (s *streamLayer) sort(c net.Conn) {
 	defer s.wg.Done()
 	_ = c.SetReadDeadline(time.Now().Add(s.silence))
@@ -366,6 +479,33 @@ func (s *streamLayer) sort(c net.Conn) {
 		fail()
 		return
 	}
+	if first[0] == tokenPreamble[0] {
+		tok, err := readPresentedToken(c)
+		if err != nil {
+			fail()
+			return
+		}
+		if s.authenticate != nil {
+			if err := s.authenticate(tok); err != nil {
+				s.refuse(c, err)
+				_, _ = c.Write([]byte{tokenRefuse})
+				fail()
+				return
+			}
+		}
+		if _, err := c.Write([]byte{tokenAccept}); err != nil {
+			fail()
+			return
+		}
+		if _, err := io.ReadFull(c, first[:]); err != nil {
+			fail()
+			return
+		}
+	} else if s.authenticate != nil {
+		s.refuse(c, ErrNoToken)
+		fail()
+		return
+	}
 	_ = c.SetReadDeadline(time.Time{})
 	if first[0] == forwardPreamble[0] {
 		defer s.untrack(c)
@@ -378,6 +518,13 @@ func (s *streamLayer) sort(c net.Conn) {
 	case s.raftConns <- &tlsx.PrefixConn{Conn: c, First: first[0], Pending: true}:
 	case <-s.closedCh:
 		c.Close()
+	}
+}
+
+// refuse reports a connection refused for want of a token.
+func (s *streamLayer) refuse(c net.Conn, err error) {
+	if s.refused != nil {
+		s.refused(c.RemoteAddr(), err)
 	}
 }
 

@@ -20,7 +20,7 @@ func newTestLayer(t *testing.T) *streamLayer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, nil, nil, false, nil)
+	s := newStreamLayer(lis, lis.Addr(), layerOptions{silence: 200 * time.Millisecond})
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }

@@ -81,6 +81,15 @@ type Config struct {
 	// OnPlaintext, when set, is called for each.
 	AcceptPlaintext bool
 	OnPlaintext     func()
+	// PeerToken, when set, gives the token this server presents on every
+	// connection it opens to a peer's Raft port, for Raft's RPCs and
+	// forwarded calls alike ("": none), read again for each connection.
+	PeerToken func() string
+	// Authenticate, when set, makes the Raft port take only connections
+	// that present a token it returns nil for; Refused, when set, is
+	// called with each refused connection's address and why.
+	Authenticate func(token string) error
+	Refused      func(from net.Addr, err error)
 	// Peers is the bootstrap configuration, this server included. It is
 	// used only when the data directory holds no Raft state. Empty: the
 	// server waits to be added to an existing cluster.
@@ -237,7 +246,11 @@ func New(cfg Config, fsm raft.FSM) (*Node, error) {
 		}
 		adv = advertiseAddr(cfg.Advertise)
 	}
-	n.stream = newStreamLayer(cfg.Listener, adv, firstByteTimeout, cfg.TLS, cfg.PeerTLS, cfg.AcceptPlaintext, cfg.OnPlaintext)
+	n.stream = newStreamLayer(cfg.Listener, adv, layerOptions{
+		silence: firstByteTimeout, serverTLS: cfg.TLS, clientTLS: cfg.PeerTLS,
+		acceptPlain: cfg.AcceptPlaintext, onPlain: cfg.OnPlaintext,
+		token: cfg.PeerToken, authenticate: cfg.Authenticate, refused: cfg.Refused,
+	})
 	n.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,
 		MaxPool: 3,

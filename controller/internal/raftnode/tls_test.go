@@ -31,7 +31,7 @@ func TestStreamLayer_TLS(t *testing.T) {
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, func() *tls.Config { return peerTLS }, false, nil)
+	s := newStreamLayer(lis, lis.Addr(), layerOptions{silence: 200 * time.Millisecond, serverTLS: serverTLS, clientTLS: func() *tls.Config { return peerTLS }})
 	t.Cleanup(func() { _ = s.Close() })
 	var served atomic.Int32
 	fwd := echo(&served)
@@ -54,7 +54,7 @@ func TestStreamLayer_TLS(t *testing.T) {
 
 	// A forwarded call.
 	ctx := context.Background()
-	fc, err := DialForwardTLS(ctx, addr, time.Second, peerTLS)
+	fc, err := DialForwardAs(ctx, addr, time.Second, PeerAuth{TLS: peerTLS})
 	require.NoError(t, err)
 	defer fc.Close()
 	_, err = fc.Write([]byte("ping"))
@@ -67,7 +67,7 @@ func TestStreamLayer_TLS(t *testing.T) {
 	// Refused: plaintext, and a certificate of another CA.
 	_, err = DialForward(ctx, addr, time.Second)
 	require.Error(t, err)
-	_, err = DialForwardTLS(ctx, addr, time.Second, otherTLS)
+	_, err = DialForwardAs(ctx, addr, time.Second, PeerAuth{TLS: otherTLS})
 	require.Error(t, err)
 	plain, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
@@ -100,7 +100,7 @@ func TestStreamLayer_TLSAcceptingPlaintext(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	var plain atomic.Int32
-	s := newStreamLayer(lis, lis.Addr(), 200*time.Millisecond, serverTLS, func() *tls.Config { return peerTLS }, true, func() { plain.Add(1) })
+	s := newStreamLayer(lis, lis.Addr(), layerOptions{silence: 200 * time.Millisecond, serverTLS: serverTLS, clientTLS: func() *tls.Config { return peerTLS }, acceptPlain: true, onPlain: func() { plain.Add(1) }})
 	t.Cleanup(func() { _ = s.Close() })
 	var served atomic.Int32
 	fwd := echo(&served)
@@ -138,7 +138,7 @@ func TestStreamLayer_TLSAcceptingPlaintext(t *testing.T) {
 	require.NoError(t, err)
 	defer plainRaft.Close()
 	raftRPC(plainRaft)
-	tlsFwd, err := DialForwardTLS(ctx, addr, time.Second, peerTLS)
+	tlsFwd, err := DialForwardAs(ctx, addr, time.Second, PeerAuth{TLS: peerTLS})
 	require.NoError(t, err)
 	defer tlsFwd.Close()
 	forward(tlsFwd)
@@ -148,7 +148,7 @@ func TestStreamLayer_TLSAcceptingPlaintext(t *testing.T) {
 	forward(plainFwd)
 	require.EqualValues(t, 2, plain.Load(), "the two plaintext connections")
 
-	_, err = DialForwardTLS(ctx, addr, time.Second, otherTLS)
+	_, err = DialForwardAs(ctx, addr, time.Second, PeerAuth{TLS: otherTLS})
 	require.Error(t, err, "a peer of another CA")
 	require.EqualValues(t, 2, served.Load())
 }
