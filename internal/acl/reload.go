@@ -1,30 +1,16 @@
 package acl
 
-import (
-	"context"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "log/slog"
 
-// ReloadOnSIGHUP reads the ACL file f and the token file tok again on
-// every SIGHUP until ctx ends, logging the outcome; either may be nil. A
-// file that fails to load keeps what it held: a typo in the ACL file
-// never locks every client out.
-func ReloadOnSIGHUP(ctx context.Context, f *File, tok *TokenFile, logger *slog.Logger) {
+// Reloader returns what reads the ACL file f and the token file tok again
+// on a SIGHUP (sighup.Reloads.Run), logging the outcome; either may be
+// nil, and with both nil it returns nil. A file that fails to load keeps
+// what it held: a typo in the ACL file never locks every client out.
+func Reloader(f *File, tok *TokenFile, logger *slog.Logger) func() {
 	if f == nil && tok == nil {
-		return
+		return nil
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
+	return func() {
 		if f != nil {
 			if err := f.Reload(); err != nil {
 				logger.Error("reload the ACL file; its tokens stay as they were", "err", err)

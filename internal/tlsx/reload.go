@@ -1,35 +1,19 @@
 package tlsx
 
-import (
-	"context"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "log/slog"
 
-// ReloadOnSIGHUP reloads id's certificate, key and CA on every SIGHUP
-// until ctx ends, logging the outcome: rotating a certificate or a CA needs
-// no restart, as with Nomad and Consul. What fails to load stays as it was.
-// With a nil id (TLS off) it only logs: a SIGHUP, as a log rotation's
-// postrotate sends to every daemon, never stops the process.
-func ReloadOnSIGHUP(ctx context.Context, id *Identity, logger *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
-		if id == nil {
-			logger.Info("SIGHUP: no TLS files to reload")
-			continue
-		}
+// Reloader returns what reloads id's certificate, key and CA on a SIGHUP
+// (sighup.Reloads.Run), logging the outcome: rotating a certificate or a
+// CA needs no restart, as with Nomad and Consul. What fails to load stays
+// as it was. With a nil id (TLS off) it returns nil.
+func Reloader(id *Identity, logger *slog.Logger) func() {
+	if id == nil {
+		return nil
+	}
+	return func() {
 		if err := id.Reload(); err != nil {
 			logger.Error("reload TLS files; what failed to load stays as it was", "err", err)
-			continue
+			return
 		}
 		logger.Info("TLS files reloaded", "cert", id.files.Cert, "ca", id.files.CA, "not_after", id.NotAfter())
 	}

@@ -38,6 +38,7 @@ import (
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
+	"github.com/hostscale/hostscale/internal/sighup"
 	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/version"
 )
@@ -229,6 +230,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 // serve runs the agent until SIGINT or SIGTERM.
 func serve(o options, stderr io.Writer) error {
+	hup := sighup.Notify()
+	defer hup.Stop()
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
 		return fmt.Errorf("-data-dir: %w", err)
 	}
@@ -317,8 +320,7 @@ func serve(o options, stderr io.Writer) error {
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go tlsx.ReloadOnSIGHUP(ctx, o.identity, logger)
-	go acl.ReloadOnSIGHUP(ctx, nil, o.token, logger)
+	go hup.Run(ctx, logger, tlsx.Reloader(o.identity, logger), acl.Reloader(nil, o.token, logger))
 	logger.Info("agent starting", "version", version.Version, "controllers", strings.Join(o.controllers, ","),
 		"interval", o.interval, "buffer_samples", ssc.BufferSize, "http_addr", addrOf(adm))
 

@@ -39,6 +39,7 @@ import (
 	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/sighup"
 	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/version"
 )
@@ -232,6 +233,8 @@ func run(args []string, stderr io.Writer) int {
 }
 
 func serve(o *options, log *slog.Logger) error {
+	hup := sighup.Notify()
+	defer hup.Stop()
 	if o.bal.DataDir != "" {
 		if err := os.MkdirAll(o.bal.DataDir, 0o750); err != nil {
 			return fmt.Errorf("-data-dir: %w", err)
@@ -310,44 +313,43 @@ func serve(o *options, log *slog.Logger) error {
 		}
 		return err
 	})
-	g.Go(func() error { tlsx.ReloadOnSIGHUP(ctx, o.identity, log); return nil })
-	g.Go(func() error { acl.ReloadOnSIGHUP(ctx, nil, o.token, log); return nil })
 	g.Go(func() error { return adm.Run(ctx) })
 	if w != nil {
 		g.Go(func() error { return w.Run(ctx) })
 	}
-	if o.tableFile != "" || o.certs != nil || o.bal.AccessLog != nil {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		g.Go(func() error {
-			defer signal.Stop(hup)
-			for {
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-hup:
-				}
-				if o.tableFile != "" {
-					if err := applyFile(b, o.tableFile, log); err != nil {
-						log.Error("reload table", "file", o.tableFile, "err", err)
-					}
-				}
-				if l := o.bal.AccessLog; l != nil {
-					if err := l.Reopen(); err != nil {
-						log.Error("reopen the access log; lines go to the file open", "err", err)
-					}
-				}
-				if o.certs != nil {
-					if err := o.certs.Reload(); err != nil {
-						log.Error("reload certificates; the ones in force stay", "dir", o.certDir, "err", err)
-					} else {
-						log.Info("certificates reloaded", "dir", o.certDir, "count", len(o.certs.Certs()))
-					}
-				}
-			}
-		})
-	}
+	g.Go(func() error {
+		hup.Run(ctx, log, tlsx.Reloader(o.identity, log), acl.Reloader(nil, o.token, log), o.reloader(b, log))
+		return nil
+	})
 	return g.Wait()
+}
+
+// reloader returns what a SIGHUP reloads besides the TLS and token files:
+// the -table file, the access log (reopened, for log rotation) and the
+// certificates of -tls-listen; nil when there is none of them.
+func (o *options) reloader(b *balancer.Balancer, log *slog.Logger) func() {
+	if o.tableFile == "" && o.certs == nil && o.bal.AccessLog == nil {
+		return nil
+	}
+	return func() {
+		if o.tableFile != "" {
+			if err := applyFile(b, o.tableFile, log); err != nil {
+				log.Error("reload table", "file", o.tableFile, "err", err)
+			}
+		}
+		if l := o.bal.AccessLog; l != nil {
+			if err := l.Reopen(); err != nil {
+				log.Error("reopen the access log; lines go to the file open", "err", err)
+			}
+		}
+		if o.certs != nil {
+			if err := o.certs.Reload(); err != nil {
+				log.Error("reload certificates; the ones in force stay", "dir", o.certDir, "err", err)
+			} else {
+				log.Info("certificates reloaded", "dir", o.certDir, "count", len(o.certs.Certs()))
+			}
+		}
+	}
 }
 
 // applyFile applies the table in path. A table older than the one in force

@@ -22,6 +22,7 @@ import (
 	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/logging"
+	"github.com/hostscale/hostscale/internal/sighup"
 	"github.com/hostscale/hostscale/internal/tlsx"
 	"github.com/hostscale/hostscale/internal/version"
 )
@@ -45,6 +46,8 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = logger
+	hup := sighup.Notify()
+	defer hup.Stop()
 	srv, err := server.New(cfg)
 	if err != nil {
 		logger.Error("start failed", "err", err)
@@ -53,8 +56,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go tlsx.ReloadOnSIGHUP(ctx, id, logger)
-	go acl.ReloadOnSIGHUP(ctx, cfg.ACL, cfg.Token, logger)
+	go hup.Run(ctx, logger, tlsx.Reloader(id, logger), acl.Reloader(cfg.ACL, cfg.Token, logger))
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("stopped with error", "err", err)
 		return 1
