@@ -24,7 +24,7 @@ BINARIES := \
 	balancer/cmd/hostscale-balancer \
 	internal/cmd/hostscale-demo
 
-.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero bench-fleet build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy bench-proxy-tls soak cluster cluster-down clean
+.PHONY: all dev load bench-instances bench-autoscale bench-scale-to-zero bench-fleet build tools proto lint vet fmt-check gen-check test test-unit bench bench-proxy bench-proxy-tls bench-proxy-h2 soak cluster cluster-down clean
 
 all: build
 
@@ -88,6 +88,10 @@ bench-proxy:
 ## bench-proxy-tls: the same with each proxy terminating TLS
 bench-proxy-tls:
 	TLS=1 bash bench/proxy.sh
+
+## bench-proxy-h2: the same with HTTP/2 clients (h2load) of each proxy over TLS
+bench-proxy-h2:
+	H2=1 bash bench/proxy.sh
 
 ## soak: the slow end-to-end suites
 soak:

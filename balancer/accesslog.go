@@ -206,12 +206,14 @@ type accessRecord struct {
 	bytes         int64
 	pool, backend string
 	tls           bool
-	buf           []byte
+	// h2: the request came as an HTTP/2 stream.
+	h2  bool
+	buf []byte
 }
 
 // begin starts the record of a request whose head was read.
-func (r *accessRecord) begin(tls bool) {
-	r.start, r.startMono, r.tls = time.Now(), monoNow(), tls
+func (r *accessRecord) begin(tls, h2 bool) {
+	r.start, r.startMono, r.tls, r.h2 = time.Now(), monoNow(), tls, h2
 	r.parsed, r.status, r.bytes, r.pool, r.backend = false, 0, 0, "", ""
 	r.method, r.target, r.host, r.ua, r.referer = nil, nil, nil, nil, nil
 }
@@ -296,8 +298,12 @@ func appendCombinedLine(b []byte, r *accessRecord, client string) []byte {
 		b = appendEscaped(b, r.method)
 		b = append(b, ' ')
 		b = appendEscaped(b, r.target)
-		b = append(b, " HTTP/1."...)
-		b = strconv.AppendInt(b, int64(r.minor), 10)
+		if r.h2 {
+			b = append(b, " HTTP/2.0"...)
+		} else {
+			b = append(b, " HTTP/1."...)
+			b = strconv.AppendInt(b, int64(r.minor), 10)
+		}
 	} else {
 		b = append(b, '-')
 	}
@@ -335,9 +341,13 @@ func appendJSONLine(b []byte, r *accessRecord, client string, now int64) []byte 
 		b = appendJSONString(b, r.method)
 		b = append(b, `,"target":`...)
 		b = appendJSONString(b, r.target)
-		b = append(b, `,"proto":"HTTP/1.`...)
-		b = strconv.AppendInt(b, int64(r.minor), 10)
-		b = append(b, `","host":`...)
+		if r.h2 {
+			b = append(b, `,"proto":"HTTP/2.0","host":`...)
+		} else {
+			b = append(b, `,"proto":"HTTP/1.`...)
+			b = strconv.AppendInt(b, int64(r.minor), 10)
+			b = append(b, `","host":`...)
+		}
 		b = appendJSONString(b, r.host)
 	}
 	b = append(b, `,"status":`...)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // ErrPersist wraps a failure to write an applied table to DataDir. The table
@@ -45,6 +47,10 @@ type Balancer struct {
 	pools    map[string]*poolState
 	backends map[backendKey]*backend
 	removed  []*backend // draining after removal, until their last connection closes
+
+	// h2 serves the clients that choose HTTP/2 (Config.HTTP2); nil
+	// without.
+	h2 *h2Server
 
 	connMu   sync.Mutex
 	clients  map[*clientConn]struct{}
@@ -113,6 +119,11 @@ func New(cfg Config) (*Balancer, error) {
 	}
 	if cfg.MaxConns > 0 {
 		b.slots = make(chan struct{}, cfg.MaxConns)
+	}
+	if cfg.HTTP2 {
+		b.h2 = newH2Server(&b.cfg, b.log)
+		b.cfg.TLS = cfg.TLS.Clone()
+		b.cfg.TLS.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
 	}
 	return b, nil
 }
@@ -412,6 +423,14 @@ type Counters struct {
 	// waited for a connection to close.
 	MaxConns   int
 	LimitWaits uint64
+	// HTTP2 is Config.HTTP2. HTTP2Connections counts the client
+	// connections that chose HTTP/2,
+	// HTTP2Streams is the streams being served now, and HTTP2Errors counts
+	// the clients' HTTP/2 protocol errors (Config.HTTP2).
+	HTTP2            bool
+	HTTP2Connections uint64
+	HTTP2Streams     int64
+	HTTP2Errors      uint64
 }
 
 // Counters returns a copy of the balancer-wide totals.
@@ -438,6 +457,10 @@ func (b *Balancer) Counters() Counters {
 	}
 	if l := b.cfg.AccessLog; l != nil {
 		out.AccessLogDropped = l.Dropped()
+	}
+	if h := b.h2; h != nil {
+		out.HTTP2 = true
+		out.HTTP2Connections, out.HTTP2Streams, out.HTTP2Errors = h.conns.Load(), h.streams.Load(), h.errors.Load()
 	}
 	return out
 }
@@ -660,6 +683,9 @@ func (b *Balancer) startConn(c net.Conn) {
 func (b *Balancer) shutdown() {
 	b.shutting.Store(true)
 	b.closeOnce.Do(func() { close(b.closing) })
+	if b.h2 != nil {
+		b.h2.goAway()
+	}
 	deadline := time.Now().Add(b.cfg.ShutdownTimeout)
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()

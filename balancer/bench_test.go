@@ -5,9 +5,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -242,4 +246,61 @@ func BenchmarkBackendStats(b *testing.B) {
 			s.observe(time.Duration(monoNow()-start), false)
 		}
 	})
+}
+
+// BenchmarkHTTPSRoundTrip measures one GET through the balancer's TLS
+// port, from net/http's client on kept connections, as HTTP/2 streams
+// (-tls-http2) and as HTTP/1.1: what the bridge from streams to HTTP/1.1
+// costs beside the HTTP/1.1 path. parallel is the requests in flight.
+func BenchmarkHTTPSRoundTrip(b *testing.B) {
+	for _, proto := range []string{"h2", "h1"} {
+		for _, parallel := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/parallel=%d", proto, parallel), func(b *testing.B) {
+				r := startH2(b, testConfig(b), oneTable(1, "", rawBackend(b)))
+				c := r.client(b, proto == "h1")
+				if proto == "h1" {
+					c.Transport.(*http.Transport).MaxIdleConnsPerHost = parallel
+				}
+				get := func() error {
+					resp, err := c.Get("https://shop.example/")
+					if err != nil {
+						return err
+					}
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						return fmt.Errorf("status %d", resp.StatusCode)
+					}
+					return err
+				}
+				require.NoError(b, get())
+				b.ReportAllocs()
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				var failed atomic.Value
+				per := b.N / parallel
+				for i := range parallel {
+					n := per
+					if i == 0 {
+						n += b.N % parallel
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for range n {
+							if err := get(); err != nil {
+								failed.Store(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				b.StopTimer()
+				if err, _ := failed.Load().(error); err != nil {
+					b.Fatal(err)
+				}
+			})
+		}
+	}
 }

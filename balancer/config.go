@@ -18,6 +18,14 @@ type Config struct {
 	// upstream with X-Forwarded-Proto: https.
 	TLSListenAddr string
 	TLS           *tls.Config
+	// HTTP2, with TLS, also offers HTTP/2 by ALPN ("h2" before
+	// "http/1.1"), as nginx's http2 and HAProxy's alpn h2,http/1.1 do: a
+	// client that takes it sends its requests as streams of one
+	// connection, which go to the backends as HTTP/1.1 (see h2.go).
+	// HTTP2MaxStreams bounds the streams a client may have open at once
+	// on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+	HTTP2           bool
+	HTTP2MaxStreams int
 	// ProxyProtocol makes Run require a PROXY protocol header (v1 or v2)
 	// at the start of every client connection, on both addresses, as
 	// HAProxy's accept-proxy does behind a load balancer that sends one
@@ -137,6 +145,7 @@ func DefaultConfig() Config {
 		SlowStart:           10 * time.Second,
 		SlowStartMinPercent: 10,
 		MaxHeldPerPool:      1024,
+		HTTP2MaxStreams:     100,
 	}
 }
 
@@ -144,6 +153,9 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	if c.TLSListenAddr != "" && c.TLS == nil {
 		return errors.New("config: TLSListenAddr needs TLS")
+	}
+	if c.HTTP2 && (c.TLS == nil || c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 1<<20) {
+		return fmt.Errorf("config: HTTP2 needs TLS and HTTP2MaxStreams of 1..1048576, got %d", c.HTTP2MaxStreams)
 	}
 	pos := func(name string, d time.Duration) error {
 		if d <= 0 {

@@ -31,7 +31,12 @@ type clientConn struct {
 	peer    string
 	trusted bool
 	// secure: the client came over TLS.
-	secure  bool
+	secure bool
+	// stream: the connection is one HTTP/2 stream's (bridge), whose
+	// client is peer; gone is closed when that client resets the stream
+	// or its connection ends.
+	stream  bool
+	gone    <-chan struct{}
 	req     h1.Request
 	resp    h1.Response
 	scratch [24]byte
@@ -96,8 +101,18 @@ func (cc *clientConn) serve() {
 		cc.c.Close()
 		cc.release()
 	}()
-	if !cc.identify() {
+	if !cc.stream && !cc.identify() {
 		return
+	}
+	if cc.b.h2 != nil && !cc.stream {
+		h2, ok := cc.negotiateH2()
+		if !ok {
+			return
+		}
+		if h2 {
+			cc.serveH2()
+			return
+		}
 	}
 	cfg := &cc.b.cfg
 	for first := true; ; first = false {
@@ -142,7 +157,7 @@ func (cc *clientConn) serve() {
 // Config.AccessLog.
 func (cc *clientConn) logBegin() {
 	if cc.b.cfg.AccessLog != nil {
-		cc.rec.begin(cc.secure)
+		cc.rec.begin(cc.secure, cc.stream)
 	}
 }
 
@@ -357,6 +372,9 @@ func (cc *clientConn) hold(snap *snapshot, ps *poolSnap) (*poolSnap, *backend, i
 				return nil, nil, clientGone
 			}
 			continue
+		case <-cc.gone:
+			st.held[heldGone].Add(1)
+			return nil, nil, clientGone
 		case <-timer.C:
 			st.held[heldTimedOut].Add(1)
 			return nil, nil, 503

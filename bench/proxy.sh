@@ -13,8 +13,15 @@
 # HTTP/1.1 by ALPN; wrk keeps its connections, so this is the cost of TLS
 # records, with the handshakes amortised) and the backends stay plain.
 #
+# With H2=1 (TLS implied) the clients speak HTTP/2: h2load (nghttp2-client)
+# in place of wrk, CONNS connections of STREAMS concurrent streams each; each
+# proxy speaks HTTP/1.1 to the backends (nginx http2, HAProxy alpn h2,
+# hostscale-balancer -tls-http2). h2load gives no percentiles: the p50 and
+# p99 columns then hold the mean request time and its standard deviation.
+#
 # Env: DURATION (10s), WARMUP (2s), CONNS (64), ROUNDS (3), PROXY_CPU (0),
-#      LOAD_CPU (1), PROXIES ("nginx haproxy hostscale"), TLS (0),
+#      LOAD_CPU (1), PROXIES ("nginx haproxy hostscale"), TLS (0), H2 (0),
+#      STREAMS (10, with H2),
 #      OUT (bench/results/proxy-<time>.txt).
 set -euo pipefail
 
@@ -26,6 +33,9 @@ LOAD_CPU=${LOAD_CPU:-1}
 PROXIES=${PROXIES:-"nginx haproxy hostscale"}
 ROUNDS=${ROUNDS:-3}
 TLS=${TLS:-0}
+H2=${H2:-0}
+STREAMS=${STREAMS:-10}
+[ "$H2" = 0 ] || TLS=1
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -36,7 +46,11 @@ OUT=${OUT:-$root/bench/results/proxy-$(date +%Y%m%d-%H%M%S).txt}
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ "$H2" = 0 ]; then
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+else
+    command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+fi
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 [ "$TLS" = 0 ] || command -v openssl >/dev/null 2>&1 || need+=(openssl)
@@ -63,8 +77,14 @@ render() { sed "s#@RUN@#$run#g" "$1" > "$2"; }
 tlsify() {
     [ "$TLS" = 0 ] && return 0
     case $1 in
-    nginx) sed -i "s#listen 127.0.0.1:18081 backlog=4096;#listen 127.0.0.1:18081 ssl backlog=4096; ssl_certificate $run/certs/site.pem; ssl_certificate_key $run/certs/site.pem;#" "$2" ;;
-    haproxy) sed -i -e "s#bind 127.0.0.1:18082#bind 127.0.0.1:18082 ssl crt $run/certs/site.pem alpn http/1.1#" \
+    nginx)
+        local h2=""
+        [ "$H2" = 0 ] || h2=" http2"
+        sed -i "s#listen 127.0.0.1:18081 backlog=4096;#listen 127.0.0.1:18081 ssl$h2 backlog=4096; ssl_certificate $run/certs/site.pem; ssl_certificate_key $run/certs/site.pem;#" "$2" ;;
+    haproxy)
+        local alpn=http/1.1
+        [ "$H2" = 0 ] || alpn=h2,http/1.1
+        sed -i -e "s#bind 127.0.0.1:18082#bind 127.0.0.1:18082 ssl crt $run/certs/site.pem alpn $alpn#" \
         -e "s#X-Forwarded-Proto http#X-Forwarded-Proto https#" "$2" ;;
     esac
 }
@@ -127,6 +147,7 @@ start_proxy() {
     hostscale)
         tls=()
         [ "$TLS" = 0 ] || tls=(-tls-listen 127.0.0.1:18093 -tls-cert-dir "$run/certs")
+        [ "$H2" = 0 ] || tls+=(-tls-http2)
         taskset -c "$PROXY_CPU" "$run/hostscale-balancer" -listen 127.0.0.1:18083 "${tls[@]}" \
             -http-addr 127.0.0.1:17802 -table "$here/proxy/table.json" -log-level warn &
         echo $! > "$run/pid"; port=18083
@@ -143,17 +164,34 @@ for proxy in $PROXIES; do
     pid=$(cat "$run/pid")
     url="$scheme://127.0.0.1:$port/"
     curl -fsSk "$url" >/dev/null 2>&1 || { echo "$proxy: $url does not answer" >&2; exit 1; }
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+    if [ "$H2" = 0 ]; then
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+    else
+        taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$STREAMS" -D"${WARMUP%s}" "$url" >/dev/null
+    fi
     mapfile -t tree < <(pid_tree "$pid")
     t0=$(cpu_ticks "${tree[@]}")
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" > "$run/$proxy.wrk"
+    if [ "$H2" = 0 ]; then
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" > "$run/$proxy.wrk"
+    else
+        taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$STREAMS" -D"${DURATION%s}" "$url" > "$run/$proxy.wrk"
+    fi
     t1=$(cpu_ticks "${tree[@]}")
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    reqs=$(awk '/requests in/ {print $1}' "$run/$proxy.wrk")
-    rps=$(awk '/Requests\/sec:/ {print $2}' "$run/$proxy.wrk")
-    p50=$(awk '$1=="50%" {print $2}' "$run/$proxy.wrk")
-    p99=$(awk '$1=="99%" {print $2}' "$run/$proxy.wrk")
-    errs=$(awk '/Non-2xx|Socket errors/ {print}' "$run/$proxy.wrk" | tr '\n' ' ')
+    if [ "$H2" = 0 ]; then
+        reqs=$(awk '/requests in/ {print $1}' "$run/$proxy.wrk")
+        rps=$(awk '/Requests\/sec:/ {print $2}' "$run/$proxy.wrk")
+        p50=$(awk '$1=="50%" {print $2}' "$run/$proxy.wrk")
+        p99=$(awk '$1=="99%" {print $2}' "$run/$proxy.wrk")
+        errs=$(awk '/Non-2xx|Socket errors/ {print}' "$run/$proxy.wrk" | tr '\n' ' ')
+    else
+        grep -q "h2" "$run/$proxy.wrk" || { echo "$proxy: h2load did not speak HTTP/2" >&2; cat "$run/$proxy.wrk" >&2; exit 1; }
+        reqs=$(awk '/^requests:/ {print $8}' "$run/$proxy.wrk")
+        rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$run/$proxy.wrk")
+        p50=$(awk '/^time for request:/ {print $6}' "$run/$proxy.wrk")
+        p99=$(awk '/^time for request:/ {print $7}' "$run/$proxy.wrk")
+        errs=$(awk '/^requests:/ && ($10 != "0" || $12 != "0") {print "failed " $10 " errored " $12}' "$run/$proxy.wrk")
+    fi
     hz=$(getconf CLK_TCK)
     us=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
     echo "round $round: $proxy $rps rps, $us us/req" >&2
@@ -173,7 +211,7 @@ rows=()
 for proxy in $PROXIES; do rows+=("$(median "$proxy")"); done
 
 {
-    echo "# bench/proxy.sh $(date -u +%FT%TZ) tls=$TLS conns=$CONNS duration=$DURATION rounds=$ROUNDS (median) proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+    echo "# bench/proxy.sh $(date -u +%FT%TZ) tls=$TLS h2=$H2 streams=$STREAMS conns=$CONNS duration=$DURATION rounds=$ROUNDS (median) proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
     printf '%-10s %10s %9s %9s %12s %10s %s\n' proxy rps p50 p99 cpu_us/req requests notes
     base=""
     for r in "${rows[@]}"; do

@@ -136,6 +136,9 @@ var (
 	descNoProxy  = prometheus.NewDesc(ns+"proxy_protocol_rejected_total", "Client connections closed for want of a valid PROXY protocol header (-proxy-protocol).", nil, nil)
 	descMaxConns = prometheus.NewDesc(ns+"client_connections_limit", "The bound on client connections open at once (-max-conns).", nil, nil)
 	descLimited  = prometheus.NewDesc(ns+"connection_limit_waits_total", "Times accepting client connections waited at -max-conns for one to close.", nil, nil)
+	descH2Conns  = prometheus.NewDesc(ns+"http2_connections_total", "Client connections that chose HTTP/2 (-tls-http2).", nil, nil)
+	descH2Open   = prometheus.NewDesc(ns+"http2_streams", "HTTP/2 streams being served now (-tls-http2).", nil, nil)
+	descH2Errors = prometheus.NewDesc(ns+"http2_protocol_errors_total", "HTTP/2 connections and streams ended for a client's protocol error (-tls-http2).", nil, nil)
 	descLogDrop  = prometheus.NewDesc(ns+"access_log_dropped_total", "Access log lines dropped because the file did not take them fast enough (-access-log).", nil, nil)
 	descReqs     = prometheus.NewDesc(ns+"requests_total", "Request heads received.", nil, nil)
 	descLocal    = prometheus.NewDesc(ns+"local_replies_total", "Answers made by the balancer itself, by status code.", []string{"code"}, nil)
@@ -188,6 +191,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if k.MaxConns > 0 {
 		ch <- prometheus.MustNewConstMetric(descMaxConns, prometheus.GaugeValue, float64(k.MaxConns))
 		ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(k.LimitWaits))
+	}
+	if k.HTTP2 {
+		ch <- prometheus.MustNewConstMetric(descH2Conns, prometheus.CounterValue, float64(k.HTTP2Connections))
+		ch <- prometheus.MustNewConstMetric(descH2Open, prometheus.GaugeValue, float64(k.HTTP2Streams))
+		ch <- prometheus.MustNewConstMetric(descH2Errors, prometheus.CounterValue, float64(k.HTTP2Errors))
 	}
 	ch <- prometheus.MustNewConstMetric(descLogDrop, prometheus.CounterValue, float64(k.AccessLogDropped))
 	ch <- prometheus.MustNewConstMetric(descReqs, prometheus.CounterValue, float64(k.Requests))

@@ -91,6 +91,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	accessLogFormat := fs.String("access-log-format", balancer.AccessLogCombined, "`format` of -access-log: combined (Apache's and nginx's) or json")
 	fs.IntVar(&c.MaxConns, "max-conns", defaultMaxConns(), "most client `connections` open at once; at the bound new ones wait in the listen queue (0: no bound; default: half the open-file limit)")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2) on every client connection to -listen and -tls-listen, as HAProxy's accept-proxy: its source address is the client's")
+	fs.BoolVar(&c.HTTP2, "tls-http2", false, "with -tls-listen, also offer clients HTTP/2 (ALPN h2), as nginx's http2 on; backends still get HTTP/1.1")
+	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", c.HTTP2MaxStreams, "with -tls-http2, the most `streams` a client may have open at once on one connection")
 	fs.StringVar(&o.certDir, "tls-cert-dir", "", "`dir`ectory of PEM files, each a certificate chain and its private key, that -tls-listen serves by server name (SNI); SIGHUP reloads it")
 	fs.StringVar(&o.adm.Addr, "http-addr", o.adm.Addr, "admin listen address (/metrics, /healthz, /readyz)")
 	fs.StringVar(&o.tableFile, "table", "", "serve the static table in this JSON `file` (see docs/balancer.md)")
@@ -179,6 +181,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{"-tls-cert-dir: needed with -tls-listen"}
 	case c.TLSListenAddr == "" && o.certDir != "":
 		return nil, usageError{"-tls-listen: needed with -tls-cert-dir"}
+	case c.HTTP2 && c.TLSListenAddr == "":
+		return nil, usageError{"-tls-http2: needs -tls-listen (HTTP/2 is offered by ALPN, in TLS)"}
+	case c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 1<<20:
+		return nil, usageError{fmt.Sprintf("-http2-max-streams: %d is not in 1..1048576", c.HTTP2MaxStreams)}
 	case o.certDir != "":
 		if o.certs, err = balancer.LoadCerts(o.certDir); err != nil {
 			return nil, usageError{"-tls-cert-dir: " + err.Error()}

@@ -171,6 +171,8 @@ func TestBinary_badFlagOrTableFileStopsWithMessage(t *testing.T) {
 		{[]string{"-name", "Edge 1"}, 2, `-name: "Edge 1" is not a DNS label`},
 		{[]string{"-tls-listen", "127.0.0.1:0"}, 2, "-tls-cert-dir: needed with -tls-listen"},
 		{[]string{"-tls-cert-dir", dir}, 2, "-tls-listen: needed with -tls-cert-dir"},
+		{[]string{"-tls-http2"}, 2, "-tls-http2: needs -tls-listen"},
+		{[]string{"-http2-max-streams", "0"}, 2, "-http2-max-streams: 0 is not in 1..1048576"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", emptyDir}, 2, "-tls-cert-dir: " + emptyDir + ": no .pem file"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", garbageDir}, 2, "-tls-cert-dir: " + filepath.Join(garbageDir, "x.pem") + ": want a certificate and its private key"},
 		{[]string{"-tls-listen", "127.0.0.1:0", "-tls-cert-dir", filepath.Join(dir, "nope")}, 2, "-tls-cert-dir: stat " + filepath.Join(dir, "nope")},

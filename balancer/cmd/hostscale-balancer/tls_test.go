@@ -123,3 +123,46 @@ func get2(t *testing.T, url string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// TestBinary_tlsHTTP2: with -tls-http2, a client that offers HTTP/2 gets
+// it; the backend gets HTTP/1.1; the access log and /metrics say so.
+func TestBinary_tlsHTTP2(t *testing.T) {
+	set := tlstest.Write(t)
+	dir := t.TempDir()
+	cert, key := set.Issue(t, "site", "a.example.com")
+	tlstest.Concat(t, filepath.Join(dir, "a.pem"), cert, key)
+	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Proto+" "+r.Header.Get("X-Forwarded-Proto"))
+	}))
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(1, be)), "-tls-listen", "127.0.0.1:0", "-tls-cert-dir", dir,
+		"-tls-http2", "-http2-max-streams", "64", "-access-log", logPath)
+	var tlsAddr string
+	require.Eventually(t, func() bool {
+		m := servingTLSRE.FindStringSubmatch(p.logs())
+		if m != nil {
+			tlsAddr = m[1]
+		}
+		return m != nil
+	}, 10*time.Second, 10*time.Millisecond, p.logs())
+	caPEM, err := os.ReadFile(set.Server.CA)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(caPEM))
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "a.example.com"}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + tlsAddr + "/h2")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, "HTTP/2.0", resp.Proto)
+	require.Equal(t, "HTTP/1.1 https", string(body))
+	require.Eventually(t, func() bool {
+		data, _ := os.ReadFile(logPath)
+		return strings.Contains(string(data), `"GET /h2 HTTP/2.0" 200`)
+	}, 10*time.Second, 20*time.Millisecond, "the access log line")
+	code, metrics := get2(t, "http://"+p.admin+"/metrics")
+	require.Equal(t, 200, code)
+	require.Contains(t, metrics, "hostscale_balancer_http2_connections_total 1\n")
+	require.Contains(t, metrics, "hostscale_balancer_http2_protocol_errors_total 0\n")
+}
