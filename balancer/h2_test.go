@@ -10,8 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +17,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
-
-	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
 )
 
 // h2Rig is a balancer with HTTP2 serving tbl on a TLS listener for
@@ -35,17 +31,7 @@ type h2Rig struct {
 
 func startH2(t testing.TB, cfg Config, tbl *Table) *h2Rig {
 	t.Helper()
-	set := tlstest.Write(t)
-	dir := t.TempDir()
-	c, k := set.Issue(t, "shop", "shop.example")
-	tlstest.Concat(t, filepath.Join(dir, "shop.pem"), c, k)
-	store, err := LoadCerts(dir)
-	require.NoError(t, err)
-	caPEM, err := os.ReadFile(set.Server.CA)
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(caPEM))
-
+	store, roots := shopCerts(t)
 	cfg.TLSListenAddr, cfg.TLS, cfg.HTTP2 = "127.0.0.1:0", store.TLSConfig(), true
 	b, err := New(cfg)
 	require.NoError(t, err)
@@ -54,19 +40,8 @@ func startH2(t testing.TB, cfg Config, tbl *Table) *h2Rig {
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Serve(ctx, tls.NewListener(ln, b.cfg.TLS)) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			t.Error("balancer did not stop")
-		}
-	})
-	return &h2Rig{b: b, addr: ln.Addr().String(), roots: roots, stop: cancel}
+	stop := serve(t, b, tls.NewListener(ln, b.cfg.TLS))
+	return &h2Rig{b: b, addr: ln.Addr().String(), roots: roots, stop: stop}
 }
 
 // client returns a client of the rig that speaks HTTP/2 (or, with h1,

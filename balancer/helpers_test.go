@@ -2,12 +2,14 @@ package balancer
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
 )
 
 func TestMain(m *testing.M) {
@@ -61,9 +65,18 @@ func startBalancerOn(t testing.TB, cfg Config, tbl *Table, wrap func(net.Listene
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	addr := ln.Addr().String()
 	if wrap != nil {
 		ln = wrap(ln)
 	}
+	serve(t, b, ln)
+	return b, addr
+}
+
+// serve runs b.Serve on ln until the test ends or stop, which begins the
+// shutdown; the test fails unless Serve then returns nil within 10 s.
+func serve(t testing.TB, b *Balancer, ln net.Listener) (stop context.CancelFunc) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Serve(ctx, ln) }()
@@ -76,7 +89,24 @@ func startBalancerOn(t testing.TB, cfg Config, tbl *Table, wrap func(net.Listene
 			t.Error("balancer did not stop")
 		}
 	})
-	return b, ln.Addr().String()
+	return cancel
+}
+
+// shopCerts is a certificate store holding one certificate, for
+// shop.example, and the roots a client trusts it with.
+func shopCerts(t testing.TB) (*CertStore, *x509.CertPool) {
+	t.Helper()
+	set := tlstest.Write(t)
+	dir := t.TempDir()
+	c, k := set.Issue(t, "shop", "shop.example")
+	tlstest.Concat(t, filepath.Join(dir, "shop.pem"), c, k)
+	store, err := LoadCerts(dir)
+	require.NoError(t, err)
+	caPEM, err := os.ReadFile(set.Server.CA)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(caPEM))
+	return store, roots
 }
 
 // testBackend is a real HTTP server on loopback that can be killed.

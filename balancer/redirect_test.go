@@ -2,38 +2,23 @@ package balancer
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/hostscale/hostscale/internal/tlsx/tlstest"
 )
 
 // redirectRig serves a pool with HTTPSRedirect on a plain and a TLS
 // listener; the TLS port is 8443 for the redirects.
-func redirectRig(t *testing.T, trusted bool) (plain, secure string, roots *x509.CertPool) {
+func redirectRig(t *testing.T, trusted bool) (plain, secure string, _ *x509.CertPool) {
 	t.Helper()
-	set := tlstest.Write(t)
-	dir := t.TempDir()
-	c, k := set.Issue(t, "shop", "shop.example")
-	tlstest.Concat(t, filepath.Join(dir, "shop.pem"), c, k)
-	store, err := LoadCerts(dir)
-	require.NoError(t, err)
-	caPEM, err := os.ReadFile(set.Server.CA)
-	require.NoError(t, err)
-	roots = x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(caPEM))
-
+	store, roots := shopCerts(t)
 	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "proxied "+r.Header.Get("X-Forwarded-Proto"))
 	}))
@@ -51,13 +36,7 @@ func redirectRig(t *testing.T, trusted bool) (plain, secure string, roots *x509.
 	require.NoError(t, err)
 	tln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Serve(ctx, MergeListeners(pln, tls.NewListener(tln, cfg.TLS))) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	serve(t, b, MergeListeners(pln, tls.NewListener(tln, cfg.TLS)))
 	return pln.Addr().String(), tln.Addr().String(), roots
 }
 

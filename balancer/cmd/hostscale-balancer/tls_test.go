@@ -38,20 +38,8 @@ func TestBinary_servesHTTPSByServerNameAndReloadsCertificates(t *testing.T) {
 	be := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.Header.Get("X-Forwarded-Proto"))
 	}))
-	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(1, be)), "-tls-listen", "127.0.0.1:0", "-tls-cert-dir", dir)
-	var tlsAddr string
-	require.Eventually(t, func() bool {
-		m := servingTLSRE.FindStringSubmatch(p.logs())
-		if m != nil {
-			tlsAddr = m[1]
-		}
-		return m != nil
-	}, 10*time.Second, 10*time.Millisecond, p.logs())
-
-	caPEM, err := os.ReadFile(set.Server.CA)
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(caPEM))
+	p, tlsAddr := startTLSBinary(t, be, dir)
+	roots := caPool(t, set)
 	// get asks tlsAddr for / as serverName and returns the body and the
 	// names of the certificate it was served.
 	get := func(serverName string) (string, []string, error) {
@@ -135,21 +123,8 @@ func TestBinary_tlsHTTP2(t *testing.T) {
 		io.WriteString(w, r.Proto+" "+r.Header.Get("X-Forwarded-Proto"))
 	}))
 	logPath := filepath.Join(t.TempDir(), "access.log")
-	p := startBinary(t, "-table", writeTable(t, t.TempDir(), tableJSON(1, be)), "-tls-listen", "127.0.0.1:0", "-tls-cert-dir", dir,
-		"-tls-http2", "-http2-max-streams", "64", "-access-log", logPath)
-	var tlsAddr string
-	require.Eventually(t, func() bool {
-		m := servingTLSRE.FindStringSubmatch(p.logs())
-		if m != nil {
-			tlsAddr = m[1]
-		}
-		return m != nil
-	}, 10*time.Second, 10*time.Millisecond, p.logs())
-	caPEM, err := os.ReadFile(set.Server.CA)
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(caPEM))
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "a.example.com"}, ForceAttemptHTTP2: true}
+	p, tlsAddr := startTLSBinary(t, be, dir, "-tls-http2", "-http2-max-streams", "64", "-access-log", logPath)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: caPool(t, set), ServerName: "a.example.com"}, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + tlsAddr + "/h2")
 	require.NoError(t, err)
@@ -165,4 +140,32 @@ func TestBinary_tlsHTTP2(t *testing.T) {
 	require.Equal(t, 200, code)
 	require.Contains(t, metrics, "hostscale_balancer_http2_connections_total 1\n")
 	require.Contains(t, metrics, "hostscale_balancer_http2_protocol_errors_total 0\n")
+}
+
+// startTLSBinary starts the binary with a table routing to be and
+// -tls-listen serving the certificates in dir, with extra flags, and
+// returns it and its TLS address.
+func startTLSBinary(t *testing.T, be, dir string, extra ...string) (*proc, string) {
+	t.Helper()
+	args := append([]string{"-table", writeTable(t, t.TempDir(), tableJSON(1, be)), "-tls-listen", "127.0.0.1:0", "-tls-cert-dir", dir}, extra...)
+	p := startBinary(t, args...)
+	var tlsAddr string
+	require.Eventually(t, func() bool {
+		m := servingTLSRE.FindStringSubmatch(p.logs())
+		if m != nil {
+			tlsAddr = m[1]
+		}
+		return m != nil
+	}, 10*time.Second, 10*time.Millisecond, p.logs())
+	return p, tlsAddr
+}
+
+// caPool is the pool of set's CA, for clients of the binary.
+func caPool(t *testing.T, set tlstest.Set) *x509.CertPool {
+	t.Helper()
+	caPEM, err := os.ReadFile(set.Server.CA)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(caPEM))
+	return roots
 }
