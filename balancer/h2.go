@@ -92,21 +92,55 @@ func (cc *clientConn) negotiateH2() (h2, ok bool) {
 	return tc.ConnectionState().NegotiatedProtocol == http2.NextProtoTLS, true
 }
 
-// serveH2 serves cc's connection as HTTP/2 until it ends. It counts as
-// busy throughout: at shutdown the GOAWAY (goAway) ends it once its
+// serveH2 serves cc's connection as HTTP/2 until it ends, and its streams'
+// handlers too, as Serve promises of every goroutine it started. It counts
+// as busy throughout: at shutdown the GOAWAY (goAway) ends it once its
 // streams are answered, and closeClients only after ShutdownTimeout.
 func (cc *clientConn) serveH2() {
 	b := cc.b
 	b.h2.conns.Add(1)
 	cc.state.Store(stateActive)
+	var handlers handlerGroup
+	defer handlers.closeAndWait()
 	b.h2.srv.ServeConn(cc.c, &http2.ServeConnOpts{
 		BaseConfig: b.h2.base,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !handlers.enter() {
+				return // the connection is gone: so is the stream
+			}
+			defer handlers.wg.Done()
 			b.h2.streams.Add(1)
 			defer b.h2.streams.Add(-1)
 			cc.bridge(w, r)
 		}),
 	})
+}
+
+// handlerGroup counts a connection's stream handlers, which x/net/http2
+// starts on goroutines of their own and does not wait for.
+type handlerGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// enter counts a handler in, unless the group was closed.
+func (g *handlerGroup) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+// closeAndWait lets no handler in any more and waits for those in.
+func (g *handlerGroup) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // bridge proxies one HTTP/2 stream of cc's connection: a clientConn of its

@@ -440,3 +440,49 @@ func TestHTTP2_shutdownSendsGoAway(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP2_serveWaitsForItsStreams: Serve returns only once every
+// stream's handler has, as it does for HTTP/1.1 requests in flight, even
+// after ShutdownTimeout closed their connection.
+func TestHTTP2_serveWaitsForItsStreams(t *testing.T) {
+	release := make(chan struct{})
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "late")
+	}))
+	store, roots := shopCerts(t)
+	cfg := testConfig(t)
+	cfg.TLSListenAddr, cfg.TLS, cfg.HTTP2 = "127.0.0.1:0", store.TLSConfig(), true
+	cfg.ShutdownTimeout = 200 * time.Millisecond
+	b, err := New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, b.Apply(oneTable(1, "", be.addr)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Serve(ctx, tls.NewListener(ln, b.cfg.TLS)) }()
+
+	r := &h2Rig{b: b, addr: ln.Addr().String(), roots: roots}
+	go func() {
+		resp, err := r.client(t, false).Get("https://shop.example/slow")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	require.Eventually(t, func() bool { return b.Counters().HTTP2Streams == 1 }, 5*time.Second, 5*time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned (%v) with a stream's handler still running", err)
+	case <-time.After(time.Second): // five times ShutdownTimeout
+	}
+	close(release)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return once the handler did")
+	}
+	require.Zero(t, b.Counters().HTTP2Streams)
+}
