@@ -117,7 +117,9 @@ func (cc *clientConn) serve() {
 	cfg := &cc.b.cfg
 	for first := true; ; first = false {
 		cc.state.Store(stateIdle)
-		if cc.b.shutting.Load() {
+		if cc.b.shutting.Load() && !(cc.stream && first) {
+			// An HTTP/2 stream the connection took before its GOAWAY is
+			// answered, as a request in flight is.
 			return
 		}
 		headLen, err := cc.readHead(first)
