@@ -65,18 +65,28 @@ func presentToken(conn net.Conn, addr, token string) error {
 	if _, err := conn.Write(buf); err != nil {
 		return err
 	}
+	ack, err := readAnswer(conn, ErrTokenRefused)
+	if err != nil {
+		return fmt.Errorf("%s: %w", addr, err)
+	}
+	if ack != tokenAccept {
+		return fmt.Errorf("%s: %w", addr, ErrTokenRefused)
+	}
+	return nil
+}
+
+// readAnswer reads a handshake's one-byte answer from conn. A timeout is
+// returned as it is; a connection that ends first is refused.
+func readAnswer(conn net.Conn, refused error) (byte, error) {
 	var ack [1]byte
 	if _, err := io.ReadFull(conn, ack[:]); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return err
+			return 0, err
 		}
-		return fmt.Errorf("%s: %w (it closed the connection: %v)", addr, ErrTokenRefused, err)
+		return 0, fmt.Errorf("%w (it closed the connection: %v)", refused, err)
 	}
-	if ack[0] != tokenAccept {
-		return fmt.Errorf("%s: %w", addr, ErrTokenRefused)
-	}
-	return nil
+	return ack[0], nil
 }
 
 // readPresentedToken reads the rest of a token's handshake from c, whose
@@ -149,18 +159,14 @@ func DialForwardAs(ctx context.Context, addr string, timeout time.Duration, auth
 		conn.Close()
 		return nil, err
 	}
-	var ack [1]byte
-	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+	ack, err := readAnswer(conn, ErrForwardUnsupported)
+	if err != nil {
 		conn.Close()
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: %v", ErrForwardUnsupported, err)
+		return nil, err
 	}
-	if ack[0] != forwardAccept {
+	if ack != forwardAccept {
 		conn.Close()
-		return nil, fmt.Errorf("%w: answered %#x", ErrForwardUnsupported, ack[0])
+		return nil, fmt.Errorf("%w: answered %#x", ErrForwardUnsupported, ack)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, nil
