@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // h2Rig is a balancer with HTTP2 serving tbl on a TLS listener for
@@ -485,4 +486,95 @@ func TestHTTP2_serveWaitsForItsStreams(t *testing.T) {
 		t.Fatal("Serve did not return once the handler did")
 	}
 	require.Zero(t, b.Counters().HTTP2Streams)
+}
+
+// TestHTTP2_noFieldSmugglesIntoTheHTTP1Request: pseudo-headers and fields
+// that would break the HTTP/1.1 request line or head (CR, LF, spaces, a
+// Transfer-Encoding, a Content-Length that disagrees with the body), as in
+// the HTTP/2 downgrade attacks on proxies, never reach a backend as a
+// field, a second request or a body the stream did not declare.
+func TestHTTP2_noFieldSmugglesIntoTheHTTP1Request(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, fmt.Sprintf("%s %s host=%q evil=%q te=%v len=%d body=%q", r.Method, r.RequestURI, r.Host, r.Header.Get("Evil"), r.TransferEncoding, r.ContentLength, body))
+		mu.Unlock()
+	}))
+	r := startH2(t, testConfig(t), oneTable(1, "", be.addr))
+	send := func(fields [][2]string, body string) {
+		t.Helper()
+		conn, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: r.roots, ServerName: "shop.example", NextProtos: []string{"h2"}})
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.Write([]byte(http2.ClientPreface))
+		require.NoError(t, err)
+		fr := http2.NewFramer(conn, conn)
+		require.NoError(t, fr.WriteSettings())
+		var block bytes.Buffer
+		enc := hpack.NewEncoder(&block)
+		for _, f := range fields {
+			require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
+		}
+		require.NoError(t, fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: body == ""}))
+		if body != "" {
+			require.NoError(t, fr.WriteData(1, true, []byte(body)))
+		}
+		// Read until the stream ends, is reset, or the connection closes.
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = fr.WriteSettingsAck()
+				}
+			case *http2.DataFrame:
+				if f.StreamEnded() {
+					return
+				}
+			case *http2.HeadersFrame:
+				if f.StreamEnded() {
+					return
+				}
+			case *http2.RSTStreamFrame, *http2.GoAwayFrame:
+				return
+			}
+		}
+	}
+	base := func(extra ...[2]string) [][2]string {
+		return append([][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "shop.example"}, {":path", "/p"}}, extra...)
+	}
+	send([][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "shop.example\r\nEvil: 1"}, {":path", "/a"}}, "")
+	send([][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "shop.example"}, {":path", "/a HTTP/1.1\r\nEvil: 1\r\n\r\nGET /b"}}, "")
+	send([][2]string{{":method", "GET /x HTTP/1.1\r\nEvil: 1\r\n\r\nGET"}, {":scheme", "https"}, {":authority", "shop.example"}, {":path", "/a"}}, "")
+	send(base([2]string{"x-test", "a\r\nEvil: 1"}), "hello")
+	send(base([2]string{"transfer-encoding", "chunked"}), "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+	send(base([2]string{"content-length", "0"}), "GET /smuggled HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+	send(base([2]string{"content-length", "5"}), "hello")
+
+	// The stream that declared no body is reset when its bytes come, which
+	// its request may outrun: wait for the backend to have it.
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= 2
+	}, 10*time.Second, 5*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range seen {
+		require.NotContains(t, s, "smuggled")
+		require.Contains(t, s, `evil=""`)
+	}
+	// What reached the backend: the well-formed request, and the one that
+	// declared no body, without the bytes it sent beyond that (the stream
+	// is reset for them).
+	require.ElementsMatch(t, []string{
+		`POST /p host="shop.example" evil="" te=[] len=5 body="hello"`,
+		`POST /p host="shop.example" evil="" te=[] len=0 body=""`,
+	}, seen)
 }
