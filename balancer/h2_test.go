@@ -63,6 +63,29 @@ func (r *h2Rig) client(t testing.TB, h1 bool) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
+// dial opens a TLS connection to the rig that negotiated HTTP/2, closed
+// when the test ends.
+func (r *h2Rig) dial(t *testing.T) *tls.Conn {
+	t.Helper()
+	conn, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: r.roots, ServerName: "shop.example", NextProtos: []string{"h2"}})
+	require.NoError(t, err)
+	require.Equal(t, "h2", conn.ConnectionState().NegotiatedProtocol)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// speak opens an HTTP/2 connection to the rig: the client preface and
+// SETTINGS sent, a framer on it.
+func (r *h2Rig) speak(t *testing.T) (*tls.Conn, *http2.Framer) {
+	t.Helper()
+	conn := r.dial(t)
+	_, err := conn.Write([]byte(http2.ClientPreface))
+	require.NoError(t, err)
+	fr := http2.NewFramer(conn, conn)
+	require.NoError(t, fr.WriteSettings())
+	return conn, fr
+}
+
 // echoHandler answers with what the backend got: protocol, method, target,
 // Host, X-Forwarded-*, a test header, the body's framing and the body.
 func echoHandler() http.Handler {
@@ -262,13 +285,6 @@ func TestHTTP2_aResetStreamEndsItsHold(t *testing.T) {
 func TestHTTP2_garbageFramesCloseTheConnectionOnly(t *testing.T) {
 	be := startBackend(t, nameHandler("a"))
 	r := startH2(t, testConfig(t), oneTable(1, "", be.addr))
-	dial := func() *tls.Conn {
-		conn, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: r.roots, ServerName: "shop.example", NextProtos: []string{"h2"}})
-		require.NoError(t, err)
-		require.Equal(t, "h2", conn.ConnectionState().NegotiatedProtocol)
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
 	closed := func(conn *tls.Conn) {
 		t.Helper()
 		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
@@ -277,21 +293,15 @@ func TestHTTP2_garbageFramesCloseTheConnectionOnly(t *testing.T) {
 		require.False(t, errors.As(err, &ne) && ne.Timeout(), "the balancer should close the connection")
 	}
 	// Not the client preface.
-	conn := dial()
+	conn := r.dial(t)
 	conn.Write([]byte("GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n"))
 	closed(conn)
 	// A DATA frame on stream 0.
-	conn = dial()
-	conn.Write([]byte(http2.ClientPreface))
-	fr := http2.NewFramer(conn, conn)
-	require.NoError(t, fr.WriteSettings())
+	conn, fr := r.speak(t)
 	require.NoError(t, fr.WriteRawFrame(http2.FrameData, http2.FlagDataEndStream, 0, []byte("x")))
 	closed(conn)
 	// A header block that does not decode.
-	conn = dial()
-	conn.Write([]byte(http2.ClientPreface))
-	fr = http2.NewFramer(conn, conn)
-	require.NoError(t, fr.WriteSettings())
+	conn, fr = r.speak(t)
 	require.NoError(t, fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0xff, 0xff, 0xff}, EndHeaders: true, EndStream: true}))
 	closed(conn)
 	require.Positive(t, r.b.Counters().HTTP2Errors)
@@ -410,13 +420,7 @@ func TestHTTP2_uploads(t *testing.T) {
 func TestHTTP2_shutdownSendsGoAway(t *testing.T) {
 	be := startBackend(t, nameHandler("a"))
 	r := startH2(t, testConfig(t), oneTable(1, "", be.addr))
-	conn, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: r.roots, ServerName: "shop.example", NextProtos: []string{"h2"}})
-	require.NoError(t, err)
-	defer conn.Close()
-	_, err = conn.Write([]byte(http2.ClientPreface))
-	require.NoError(t, err)
-	fr := http2.NewFramer(conn, conn)
-	require.NoError(t, fr.WriteSettings())
+	conn, fr := r.speak(t)
 	// The server's SETTINGS, then its acknowledgement of ours.
 	for acked := false; !acked; {
 		f, err := fr.ReadFrame()
@@ -505,13 +509,7 @@ func TestHTTP2_noFieldSmugglesIntoTheHTTP1Request(t *testing.T) {
 	r := startH2(t, testConfig(t), oneTable(1, "", be.addr))
 	send := func(fields [][2]string, body string) {
 		t.Helper()
-		conn, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: r.roots, ServerName: "shop.example", NextProtos: []string{"h2"}})
-		require.NoError(t, err)
-		defer conn.Close()
-		_, err = conn.Write([]byte(http2.ClientPreface))
-		require.NoError(t, err)
-		fr := http2.NewFramer(conn, conn)
-		require.NoError(t, fr.WriteSettings())
+		conn, fr := r.speak(t)
 		var block bytes.Buffer
 		enc := hpack.NewEncoder(&block)
 		for _, f := range fields {
