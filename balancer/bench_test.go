@@ -100,9 +100,17 @@ func BenchmarkRouterLookup(b *testing.B) {
 // rawBackend answers every request head with a fixed small response. It
 // allocates nothing per request, so allocations measured belong to the proxy.
 func rawBackend(b *testing.B) string {
+	return serveRaw(b, []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nhello, world\n"), true)
+}
+
+// serveRaw answers each request head with answer, as written, on a
+// loopback port it returns: every head of a connection with keepAlive,
+// else its first, then closes the connection. It allocates nothing per
+// request.
+func serveRaw(t testing.TB, answer []byte, keepAlive bool) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(b, err)
-	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nhello, world\n")
+	require.NoError(t, err)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -113,7 +121,7 @@ func rawBackend(b *testing.B) string {
 			}
 			go func() {
 				defer c.Close()
-				buf := make([]byte, 8192)
+				buf := make([]byte, 64<<10)
 				have := 0
 				for {
 					n, err := c.Read(buf[have:])
@@ -126,7 +134,7 @@ func rawBackend(b *testing.B) string {
 						if i < 0 {
 							break
 						}
-						if _, err := c.Write(resp); err != nil {
+						if _, err := c.Write(answer); err != nil || !keepAlive {
 							return
 						}
 						copy(buf, buf[i+4:have])
@@ -136,7 +144,7 @@ func rawBackend(b *testing.B) string {
 			}()
 		}
 	}()
-	b.Cleanup(func() { ln.Close(); <-done })
+	t.Cleanup(func() { ln.Close(); <-done })
 	return ln.Addr().String()
 }
 

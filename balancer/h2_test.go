@@ -313,45 +313,12 @@ func TestHTTP2_garbageFramesCloseTheConnectionOnly(t *testing.T) {
 	require.Equal(t, "a", string(body))
 }
 
-// rawHTTPBackend answers every connection's first request head with
-// answer, as written, then closes the connection.
-func rawHTTPBackend(t *testing.T, answer string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				have := 0
-				for !bytes.Contains(buf[:have], []byte("\r\n\r\n")) {
-					n, err := c.Read(buf[have:])
-					if err != nil {
-						return
-					}
-					have += n
-				}
-				io.WriteString(c, answer)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
-}
-
 // TestHTTP2_answersEndAsTheBackendsDo: an answer delimited by the
 // backend's close arrives whole; one whose backend breaks off before its
 // length is reached resets the stream, so the client sees an error, not a
 // short body taken for a whole one.
 func TestHTTP2_answersEndAsTheBackendsDo(t *testing.T) {
-	closeDelimited := rawHTTPBackend(t, "HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\nuntil the end")
+	closeDelimited := serveRaw(t, []byte("HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\nuntil the end"), false)
 	r := startH2(t, testConfig(t), oneTable(1, "", closeDelimited))
 	c := r.client(t, false)
 	resp, err := c.Get("https://shop.example/")
@@ -362,14 +329,14 @@ func TestHTTP2_answersEndAsTheBackendsDo(t *testing.T) {
 	require.Equal(t, "until the end", string(body))
 	require.Equal(t, "yes", resp.Header.Get("X-Old"))
 
-	cut := rawHTTPBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
+	cut := serveRaw(t, []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten.."), false)
 	require.NoError(t, r.b.Apply(oneTable(2, "", cut)))
 	resp, err = c.Get("https://shop.example/")
 	require.NoError(t, err)
 	body, err = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	require.Error(t, err, "a cut body must not end like a whole one; got %q", body)
-	cutChunked := rawHTTPBackend(t, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+	cutChunked := serveRaw(t, []byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"), false)
 	require.NoError(t, r.b.Apply(oneTable(3, "", cutChunked)))
 	resp, err = c.Get("https://shop.example/")
 	require.NoError(t, err)
