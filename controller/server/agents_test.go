@@ -326,6 +326,10 @@ func TestAgents_badInputIsRejectedAndOthersKeepStreaming(t *testing.T) {
 		"a nil condition": {[]*pb.ConnectRequest{hello("bad-1"), conditions(diskPressure(now), nil)},
 			codes.InvalidArgument, "conditions.conditions[1]"},
 		"instance no state": {[]*pb.ConnectRequest{hello("bad-1"), report(&pb.InstanceStatus{Id: "web-1"})}, codes.InvalidArgument, "instances[0].state"},
+		"a relative allowed command": {[]*pb.ConnectRequest{{Message: &pb.ConnectRequest_Hello{Hello: &pb.Hello{Node: "x",
+			Facts: &pb.NodeFacts{AllowedCommands: []string{"/usr/bin/*", "bin/app"}}}}}}, codes.InvalidArgument, "hello.facts.allowed_commands"},
+		"an allowed command of 1 MiB": {[]*pb.ConnectRequest{{Message: &pb.ConnectRequest_Hello{Hello: &pb.Hello{Node: "x",
+			Facts: &pb.NodeFacts{AllowedCommands: []string{"/" + strings.Repeat("x", 1<<20)}}}}}}, codes.InvalidArgument, "hello.facts.allowed_commands"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			s, err := pb.NewAgentServiceClient(leader.Conn()).Connect(ctx)

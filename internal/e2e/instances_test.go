@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -385,4 +386,57 @@ func readTrimmed(t *testing.T, path string) string {
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	return strings.TrimSpace(string(b))
+}
+
+// An agent with -allow-commands runs only those executables: the
+// scheduler places a pool only on hosts whose rules may allow its
+// command, and an agent refuses whatever its rules do not allow.
+func TestInstances_agentsRunOnlyAllowedCommands(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin := binaries(t)
+	f := newFleetArgs(t, ctx, 2, func(i int) []string {
+		return []string{"-allow-commands", []string{filepath.Join(bin, "*"), "/opt/hostscale-nothing/app"}[i]}
+	})
+	f.createPool("web", 3, nil)
+	f.settledOn("web", 3, map[string]int{"host-a": 3}, 40*time.Second)
+	for node, want := range map[string][]string{"host-a": {filepath.Join(bin, "*")}, "host-b": {"/opt/hostscale-nothing/app"}} {
+		n, err := f.cl.Running()[0].Nodes().GetNode(ctx, &pb.GetNodeRequest{Node: node})
+		require.NoError(t, err)
+		require.Equal(t, want, n.Node.Facts.GetAllowedCommands(), "%s reports its rules", node)
+	}
+
+	// No host allows /bin/sleep: nothing is placed, and the leader says why.
+	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "sleep", PathPrefix: "/sleep", Selector: "tier=web", Max: 2, Desired: 1,
+		Template: &pb.InstanceTemplate{Command: "/bin/sleep", Args: []string{"600"}},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+		for _, n := range f.cl.Running() {
+			if strings.Contains(n.Log(), `nodes 2 whose -allow-commands do not allow \"/bin/sleep\"`) {
+				return nil
+			}
+		}
+		return errors.New("no controller logged why the pool is not placed")
+	}))
+	require.Empty(t, f.instances("sleep"))
+
+	// A bare name may be allowed wherever a rule's last element matches
+	// it, so host-a takes it, and its agent, finding no allowed "sleep"
+	// in its PATH, refuses to start it.
+	p, err := f.pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "sleep"})
+	require.NoError(t, err)
+	p.Pool.Template.Command = "sleep"
+	_, err = f.pools().UpdatePool(ctx, &pb.UpdatePoolRequest{Pool: p.Pool})
+	require.NoError(t, err)
+	require.NoError(t, testcluster.Eventually(ctx, 30*time.Second, func(context.Context) error {
+		for _, in := range f.instances("sleep") {
+			if in.Node == "host-a" && strings.Contains(in.Message, "is not an allowed command on this host") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no refused instance of sleep on host-a: %v", f.instances("sleep"))
+	}))
+	require.Len(t, f.settledOn("web", 3, map[string]int{"host-a": 3}, 10*time.Second), 3, "the allowed pool still serves")
 }

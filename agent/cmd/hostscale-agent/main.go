@@ -35,6 +35,7 @@ import (
 	"github.com/hostscale/hostscale/agent/internal/session"
 	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/admin"
+	"github.com/hostscale/hostscale/internal/commands"
 	"github.com/hostscale/hostscale/internal/config"
 	"github.com/hostscale/hostscale/internal/grpcx"
 	"github.com/hostscale/hostscale/internal/logging"
@@ -65,6 +66,9 @@ type options struct {
 	cgroupParent string
 	advertise    string
 	stopOnExit   bool
+	// allow are the executables instances may run (-allow-commands); nil:
+	// every one.
+	allow        *commands.Rules
 	dirRetention time.Duration
 	dirsKept     int
 	cpus         []int
@@ -134,6 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.diskFree, "disk-pressure-free", condition.DefaultDiskFreePercent, "percent of the -data-dir filesystem's space that must stay free: under it (or under 5 % of its inodes free) the host is under disk pressure and gets no new instances; 0 never")
 	fs.Float64Var(&o.memoryFree, "memory-pressure-free", condition.DefaultMemoryFreePercent, "percent of the host's memory that must stay available: under it the host is under memory pressure and gets no new instances; 0 never")
 	fs.DurationVar(&o.transition, "pressure-transition", condition.DefaultTransition, "how long the cause of a condition (disk or memory pressure, a stalled disk) must be gone before the condition ends")
+	allow := fs.String("allow-commands", "", "comma-separated absolute path `patterns` of the executables instances may run (`*` within one element, a final `**` for anything below), e.g. /opt/apps/**,/usr/bin/python3; templates may then set no LD_* variable (default: every executable)")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")
@@ -196,6 +201,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("-mounts: %q is not an absolute path", m)
 		}
 		o.mounts = append(o.mounts, filepath.Clean(m))
+	}
+	if o.allow, err = commands.Parse(*allow); err != nil {
+		return o, fmt.Errorf("-allow-commands: %w", err)
 	}
 	if o.cpus, err = parseCPUs(cpus, runtime.NumCPU()); err != nil {
 		return o, fmt.Errorf("-cpus: %w", err)
@@ -272,6 +280,7 @@ func serve(o options, stderr io.Writer) error {
 	dc.DataDir, dc.AdvertiseAddr, dc.Node, dc.Logger = o.dataDir, o.advertise, id, logger
 	dc.DirRetention, dc.DirsKept = o.dirRetention, o.dirsKept
 	dc.Cgroups, dc.CgroupParent = o.cgroups, o.cgroupParent
+	dc.AllowCommands = o.allow
 	dc.Registerer = reg
 	drv, err := driver.New(dc)
 	if err != nil {
@@ -287,6 +296,7 @@ func serve(o options, stderr io.Writer) error {
 	}
 	ssc := session.DefaultConfig()
 	ssc.Instances = drv
+	ssc.AllowedCommands = o.allow.Patterns()
 	ssc.Conditions = mon
 	ssc.Node = id
 	ssc.Labels = o.labels

@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"github.com/hostscale/hostscale/internal/commands"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -51,6 +52,11 @@ type Config struct {
 	// it, under which each such instance gets a group of its own
 	// ("hostscale").
 	Cgroups, CgroupRoot, CgroupParent string
+	// AllowCommands are the executables instances may run
+	// (-allow-commands); nil: every one. With rules, a template's env may
+	// not set the dynamic loader's variables (LD_*), which would load code
+	// into an allowed executable.
+	AllowCommands *commands.Rules
 	// Registerer receives the driver's metrics; nil: none.
 	Registerer prometheus.Registerer
 	// Now is the clock of the `since` timestamps; nil means time.Now.

@@ -68,6 +68,9 @@ type Driver struct {
 
 	cg    *cgroups               // nil: reservations are not enforced
 	exits *prometheus.CounterVec // nil without a Registerer
+	// refused counts starts -allow-commands refused, by pool; nil without
+	// a Registerer.
+	refused *prometheus.CounterVec
 	// saving is when the state file's write under way began (Unix
 	// nanoseconds), 0 while none runs.
 	saving atomic.Int64
@@ -122,6 +125,13 @@ func New(cfg Config) (*Driver, error) {
 			Help: "Instance exits the agent did not ask for, by pool and why: code, signal, oom (at the memory reservation), unknown (adopted).",
 		}, []string{"pool", "why"})
 		if err := cfg.Registerer.Register(d.exits); err != nil {
+			return nil, fmt.Errorf("driver: %w", err)
+		}
+		d.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hostscale_agent_instance_refused_starts_total",
+			Help: "Instance starts refused by -allow-commands (a command not allowed, or a template setting LD_* variables), by pool.",
+		}, []string{"pool"})
+		if err := cfg.Registerer.Register(d.refused); err != nil {
 			return nil, fmt.Errorf("driver: %w", err)
 		}
 		saving := prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/hostscale/hostscale/internal/commands"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -446,4 +447,44 @@ func TestDriver_removesDirectoriesOfOldInstances(t *testing.T) {
 	require.NoDirExists(t, newest)
 	_, err := os.Stat(filepath.Join(inst, "state.json"))
 	require.NoError(t, err, "the state file is not an instance's")
+}
+
+func TestDriver_runsOnlyAllowedCommands(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, t.TempDir())
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	cfg.AllowCommands, err = commands.New([]string{filepath.Dir(exe) + "/*"})
+	require.NoError(t, err)
+	cfg.Registerer = prometheus.NewRegistry()
+	d := newDriver(t, cfg)
+	run(t, d)
+
+	preload := app(t, "serve", "LD_PRELOAD", "/tmp/evil.so")
+	require.True(t, d.Assign(stamp(1, 1,
+		assignment("web-1", "web", app(t, "serve")),
+		assignment("sh-1", "shell", &pb.InstanceTemplate{Command: "sh", Args: []string{"-c", "sleep 60"}}),
+		assignment("bin-1", "shell", &pb.InstanceTemplate{Command: "/bin/sleep", Args: []string{"60"}}),
+		assignment("dots-1", "shell", &pb.InstanceTemplate{Command: filepath.Dir(exe) + "/../../../../../../../bin/sleep", Args: []string{"60"}}),
+		assignment("preload-1", "preload", preload),
+	)))
+	waitHealthy(t, d, "web-1")
+	for id, want := range map[string]string{
+		"sh-1":      "sh is not an allowed command on this host (-allow-commands " + filepath.Dir(exe) + "/*)",
+		"bin-1":     "/bin/sleep is not an allowed command",
+		"dots-1":    "/bin/sleep is not an allowed command",
+		"preload-1": "env LD_PRELOAD: the dynamic loader's variables are not allowed",
+	} {
+		eventually(t, 5*time.Second, func() bool { return inState(d, id, exited) }, id)
+		s := status(d, id)
+		require.Contains(t, s.GetMessage(), want, id)
+		require.Zero(t, s.GetPid(), "%s never ran", id)
+	}
+	// Refused starts are retried with back-off, as any failed start, and
+	// counted each time.
+	eventually(t, 5*time.Second, func() bool {
+		return testutil.ToFloat64(d.refused.WithLabelValues("shell")) >= 6
+	})
+	require.GreaterOrEqual(t, testutil.ToFloat64(d.refused.WithLabelValues("preload")), 1.0)
+	require.Zero(t, testutil.ToFloat64(d.refused.WithLabelValues("web")))
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -144,6 +145,13 @@ func (d *Driver) start(in *instance) error {
 		if path, err = exec.LookPath(path); err != nil {
 			return err
 		}
+		if path, err = filepath.Abs(path); err != nil {
+			return err
+		}
+	}
+	path = filepath.Clean(path)
+	if err := d.allowed(pool, path, tmpl.GetEnv()); err != nil {
+		return err
 	}
 	dir := filepath.Join(d.dir, id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -528,4 +536,28 @@ func durationOr(v, def time.Duration) time.Duration {
 		return def
 	}
 	return v
+}
+
+// allowed checks exe and a template's env against -allow-commands.
+func (d *Driver) allowed(pool, exe string, env map[string]string) error {
+	rules := d.cfg.AllowCommands
+	if rules == nil {
+		return nil
+	}
+	refused := func() {
+		if d.refused != nil {
+			d.refused.WithLabelValues(pool).Inc()
+		}
+	}
+	if !rules.Allows(exe) {
+		refused()
+		return fmt.Errorf("%s is not an allowed command on this host (-allow-commands %s)", exe, strings.Join(rules.Patterns(), ","))
+	}
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		if strings.HasPrefix(k, "LD_") {
+			refused()
+			return fmt.Errorf("env %s: the dynamic loader's variables are not allowed on a host with -allow-commands", k)
+		}
+	}
+	return nil
 }

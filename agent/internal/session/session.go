@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -75,6 +76,9 @@ type Config struct {
 	// Conditions, when set, gives the host's conditions sent in every
 	// Hello, and again on the stream whenever they change.
 	Conditions ConditionSource
+	// AllowedCommands, the agent's -allow-commands rules, go with the facts
+	// of every Hello, read or not.
+	AllowedCommands []string
 	// Facts, when set, is asked for the host's facts before every Hello;
 	// when it fails, the last facts it gave are sent again.
 	Facts FactSource
@@ -418,10 +422,11 @@ func (s *Session) attempt(ctx context.Context, addr string) result {
 		hello.Conditions = s.cfg.Conditions.Conditions()
 	}
 	// Controllers require facts in a Hello, even empty ones.
-	hello.Facts = s.facts
-	if hello.Facts == nil {
-		hello.Facts = &pb.NodeFacts{}
+	hello.Facts = &pb.NodeFacts{}
+	if s.facts != nil {
+		hello.Facts = proto.CloneOf(s.facts)
 	}
+	hello.Facts.AllowedCommands = s.cfg.AllowedCommands
 
 	var timedOut atomic.Bool
 	helloTimer := time.AfterFunc(s.cfg.HelloTimeout, func() {

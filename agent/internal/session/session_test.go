@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"slices"
@@ -585,4 +586,27 @@ func TestSession_sendsConditionsInTheHelloAndOnEveryChange(t *testing.T) {
 	require.Eventually(t, func() bool { return len(c.Hellos()) == 2 && s.Connected() }, wait, 5*time.Millisecond)
 	require.Len(t, c.Hellos()[1].GetConditions(), 1)
 	require.True(t, proto.Equal(mem, c.Hellos()[1].GetConditions()[0]))
+}
+
+// failingFacts reads no facts.
+type failingFacts struct{}
+
+func (failingFacts) Facts(context.Context) (*pb.NodeFacts, error) {
+	return nil, errors.New("no facts here")
+}
+
+func TestSession_helloCarriesTheAllowedCommandsWithOrWithoutFacts(t *testing.T) {
+	for name, facts := range map[string]FactSource{"facts read": sample.NewFake(), "no facts": failingFacts{}} {
+		t.Run(name, func(t *testing.T) {
+			c := controllertest.Start(t, "c1")
+			cfg := testConfig(c.Addr())
+			cfg.Facts = facts
+			cfg.AllowedCommands = []string{"/srv/apps/**"}
+			s, err := New(cfg)
+			require.NoError(t, err)
+			running(t, s)
+			require.Eventually(t, func() bool { return len(c.Hellos()) > 0 }, wait, 5*time.Millisecond)
+			require.Equal(t, []string{"/srv/apps/**"}, c.Hellos()[0].GetFacts().GetAllowedCommands())
+		})
+	}
 }

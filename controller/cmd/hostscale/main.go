@@ -980,6 +980,11 @@ func printNode(w io.Writer, n *pb.Node, now time.Time) error {
 	fmt.Fprintf(tw, "host:\t%s, %s %s, kernel %s, agent %s\n", f.GetHostname(), f.GetOs(), f.GetPlatform(), f.GetKernel(), f.GetAgentVersion())
 	fmt.Fprintf(tw, "capacity:\t%d cores, %d MiB\n", f.GetCpuCount(), f.GetMemoryBytes()>>20)
 	fmt.Fprintf(tw, "reserved:\t%.2f cores, %d MiB\n", float64(n.Reserved.GetCpuMillicores())/1000, n.Reserved.GetMemoryBytes()>>20)
+	allowed := "every executable"
+	if a := f.GetAllowedCommands(); len(a) > 0 {
+		allowed = strings.Join(a, ",")
+	}
+	fmt.Fprintf(tw, "commands:\t%s\n", allowed)
 	fmt.Fprintf(tw, "controller:\t%s, last heard %s\n", orDash(n.Controller), ago(n.LastHeartbeat))
 	if l := n.Latest; l != nil {
 		fmt.Fprintf(tw, "latest sample:\tcpu %.1f%%, memory %.1f%%, load1 %.2f, %d processes\n", l.CpuPercent, l.MemoryUsedPercent, l.Load1, l.Processes)

@@ -93,6 +93,7 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Regexp(t, `(?m)^status: +up since `, out)
 	require.Regexp(t, `(?m)^labels: +tier=web$`, out)
 	require.Regexp(t, `(?m)^capacity: +2 cores, 0 MiB$`, out)
+	require.Regexp(t, `(?m)^commands: +every executable$`, out, "an agent without -allow-commands")
 	require.Regexp(t, `(?m)^conditions: +disk_pressure since \S+ \(\d+s ago\): 1.0 GiB of 20.0 GiB free on the filesystem of /var/lib/hostscale-agent \(5.0 %, under 10 %\)$`, out)
 	require.Regexp(t, `(?m)^ +disk_stalled since \S+ \(\d+s ago\)$`, out)
 	code, out, errs = hostscale("-addr", leader.GRPCAddr, "node", "web-1")

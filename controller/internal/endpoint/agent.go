@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hostscale/hostscale/internal/commands"
 	"io"
 	"maps"
 	"math"
@@ -326,6 +327,14 @@ func checkHello(h *pb.Hello, now time.Time, maxFuture time.Duration) error {
 	}
 	if f.CpuCount > maxCores {
 		return invalid("hello.facts.cpu_count", "at most %d, got %d", maxCores, f.CpuCount)
+	}
+	for _, p := range f.AllowedCommands {
+		if len(p) > maxFactLength {
+			return invalid("hello.facts.allowed_commands", "a pattern of at most %d characters, got %d", maxFactLength, len(p))
+		}
+	}
+	if _, err := commands.New(f.AllowedCommands); err != nil {
+		return invalid("hello.facts.allowed_commands", "%v", err)
 	}
 	return checkConditions("hello.conditions", h.Conditions, now, maxFuture)
 }

@@ -15,6 +15,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"github.com/hostscale/hostscale/internal/commands"
 	"log/slog"
 	"maps"
 	"slices"
@@ -244,7 +245,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 		free float64
 	}
 	var cands []cand
-	var noMatch, notUp, notConnected, full int
+	var noMatch, notUp, notConnected, refusing, full int
 	var under []string
 	for name, node := range st.Nodes {
 		switch {
@@ -253,6 +254,9 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 			continue
 		case node.Status != pb.NodeStatus_NODE_STATUS_UP:
 			notUp++
+			continue
+		case !runsCommand(node, p.Template.GetCommand()):
+			refusing++
 			continue
 		}
 		connected, latest := in.Live(name)
@@ -290,6 +294,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 		add(noMatch, "not matching the selector")
 		add(notUp, "down or draining")
 		add(notConnected, "without their agent connected")
+		add(refusing, fmt.Sprintf("whose -allow-commands do not allow %q", p.Template.GetCommand()))
 		if len(under) > 0 {
 			slices.Sort(under)
 			parts = append(parts, fmt.Sprintf("%d under a condition: %s", len(under), strings.Join(under, ", ")))
@@ -330,6 +335,14 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 		out = append(out, &pb.Placement{Pool: p.Name, Node: best.name})
 	}
 	return out, ""
+}
+
+// runsCommand reports whether node's agent may run command, by the
+// -allow-commands rules in its facts (none: every command). The agent
+// checks again the path it finds.
+func runsCommand(node *pb.Node, command string) bool {
+	rules, err := commands.New(node.GetFacts().GetAllowedCommands())
+	return err == nil && rules.MayAllow(command)
 }
 
 // under reports whether node is under a condition.

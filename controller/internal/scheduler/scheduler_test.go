@@ -310,3 +310,22 @@ func TestPlacedGroupsCountEachPoolOnEachNodeOnce(t *testing.T) {
 	require.Equal(t, []placedGroup{{"web", "h1", 2}, {"web", "h2", 1}, {"api", "h1", 1}}, got)
 	require.Empty(t, placedGroups(nil))
 }
+
+func TestPlaceOnlyOnNodesWhoseAgentsRunTheCommand(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up, "c": up}, 4)
+	st.Nodes["a"].Facts = &pb.NodeFacts{AllowedCommands: []string{"/usr/bin/*"}}     // app: may be /usr/bin/app
+	st.Nodes["b"].Facts = &pb.NodeFacts{AllowedCommands: []string{"/opt/other/web"}} // not app
+	// c has no rules: every command.
+	p := Make(st, inputs(nil))
+	require.Equal(t, map[string]int{"a": 2, "c": 2}, nodesOf(p.Place))
+
+	st.Pools["web"].Template.Command = "/opt/shop/bin/app"
+	st.Nodes["c"].Facts = &pb.NodeFacts{AllowedCommands: []string{"/opt/shop/**"}}
+	p = Make(st, inputs(nil))
+	require.Equal(t, map[string]int{"c": 4}, nodesOf(p.Place), "only c allows /opt/shop/bin/app")
+
+	st.Nodes["c"].Facts.AllowedCommands = []string{"/opt/shop/bin/web"}
+	p = Make(st, inputs(nil))
+	require.Empty(t, p.Place)
+	require.Equal(t, `nodes 3 whose -allow-commands do not allow "/opt/shop/bin/app"`, p.UnplacedWhy["web"])
+}

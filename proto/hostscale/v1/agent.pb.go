@@ -90,13 +90,18 @@ type NodeFacts struct {
 	CpuCount    uint32                 `protobuf:"varint,2,opt,name=cpu_count,json=cpuCount,proto3" json:"cpu_count,omitempty"`
 	MemoryBytes uint64                 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	// Operating system and platform, e.g. "linux", "debian 12.7".
-	Os            string                 `protobuf:"bytes,4,opt,name=os,proto3" json:"os,omitempty"`
-	Platform      string                 `protobuf:"bytes,5,opt,name=platform,proto3" json:"platform,omitempty"`
-	Kernel        string                 `protobuf:"bytes,6,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	BootTime      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=boot_time,json=bootTime,proto3" json:"boot_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Os           string                 `protobuf:"bytes,4,opt,name=os,proto3" json:"os,omitempty"`
+	Platform     string                 `protobuf:"bytes,5,opt,name=platform,proto3" json:"platform,omitempty"`
+	Kernel       string                 `protobuf:"bytes,6,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	BootTime     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=boot_time,json=bootTime,proto3" json:"boot_time,omitempty"`
+	// The executables the agent runs (its -allow-commands rules): absolute
+	// path patterns, `*` within one element, a final `**` for anything
+	// below. Empty: every executable. The scheduler places a pool only on
+	// hosts whose rules may allow its template's command.
+	AllowedCommands []string `protobuf:"bytes,9,rep,name=allowed_commands,json=allowedCommands,proto3" json:"allowed_commands,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NodeFacts) Reset() {
@@ -181,6 +186,13 @@ func (x *NodeFacts) GetAgentVersion() string {
 func (x *NodeFacts) GetBootTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.BootTime
+	}
+	return nil
+}
+
+func (x *NodeFacts) GetAllowedCommands() []string {
+	if x != nil {
+		return x.AllowedCommands
 	}
 	return nil
 }
@@ -1520,7 +1532,7 @@ var File_hostscale_v1_agent_proto protoreflect.FileDescriptor
 
 const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18hostscale/v1/agent.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"\x89\x02\n" +
+	"\x18hostscale/v1/agent.proto\x12\fhostscale.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hostscale/v1/pool.proto\"\xb4\x02\n" +
 	"\tNodeFacts\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1b\n" +
 	"\tcpu_count\x18\x02 \x01(\rR\bcpuCount\x12!\n" +
@@ -1529,7 +1541,8 @@ const file_hostscale_v1_agent_proto_rawDesc = "" +
 	"\bplatform\x18\x05 \x01(\tR\bplatform\x12\x16\n" +
 	"\x06kernel\x18\x06 \x01(\tR\x06kernel\x12#\n" +
 	"\ragent_version\x18\a \x01(\tR\fagentVersion\x127\n" +
-	"\tboot_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\"\x84\x01\n" +
+	"\tboot_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\x12)\n" +
+	"\x10allowed_commands\x18\t \x03(\tR\x0fallowedCommands\"\x84\x01\n" +
 	"\tDiskUsage\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12!\n" +
 	"\fused_percent\x18\x02 \x01(\x01R\vusedPercent\x12\x1d\n" +
