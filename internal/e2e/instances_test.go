@@ -439,4 +439,25 @@ func TestInstances_agentsRunOnlyAllowedCommands(t *testing.T) {
 		return fmt.Errorf("no refused instance of sleep on host-a: %v", f.instances("sleep"))
 	}))
 	require.Len(t, f.settledOn("web", 3, map[string]int{"host-a": 3}, 10*time.Second), 3, "the allowed pool still serves")
+	_, err = f.pools().DeletePool(ctx, &pb.DeletePoolRequest{Pool: "sleep"})
+	require.NoError(t, err)
+
+	// host-b comes back allowing the demo too, then host-a without it: its
+	// adopted instances serve until their replacements on host-b do.
+	for _, step := range []struct{ node, rules string }{
+		{"host-b", filepath.Join(bin, "hostscale-demo")},
+		{"host-a", "/opt/hostscale-nothing/app"},
+	} {
+		node, rules := step.node, step.rules
+		a := f.agents[node]
+		a.stop(t)
+		a.args = []string{"-allow-commands", rules}
+		f.startAgent(a)
+		f.waitAgent(node)
+		if node == "host-b" {
+			// Nothing moves while host-a still allows the command.
+			f.settledOn("web", 3, map[string]int{"host-a": 3}, 10*time.Second)
+		}
+	}
+	f.settledOn("web", 3, map[string]int{"host-b": 3}, 40*time.Second)
 }

@@ -14,6 +14,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/hostscale/hostscale/internal/grpcx"
@@ -58,6 +61,7 @@ var wakeHops = []struct {
 }{
 	{"loopback round trip", rawEcho},
 	{"gRPC unary call", grpcCheck},
+	{"gRPC unary call, grpc-go's defaults", plainCheck},
 	{"gRPC unary call to another process", grpcCheckProcess},
 }
 
@@ -126,6 +130,26 @@ func grpcCheck() (call, stop func()) {
 	s, l := startCheckServer()
 	c, stopClient := checkCall(l.Addr().String())
 	return c, func() { stopClient(); s.Stop() }
+}
+
+// plainCheck is grpcCheck with grpc-go's own defaults on both ends instead
+// of grpcx's options and interceptors: what grpc-go costs by itself.
+func plainCheck() (call, stop func()) {
+	s := grpc.NewServer()
+	healthpb.RegisterHealthServer(s, health.NewServer())
+	l := listen()
+	go func() { _ = s.Serve(l) }()
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	hc := healthpb.NewHealthClient(conn)
+	req := &healthpb.HealthCheckRequest{}
+	return func() {
+		if _, err := hc.Check(context.Background(), req); err != nil {
+			log.Fatal(err)
+		}
+	}, func() { conn.Close(); s.Stop() }
 }
 
 // startCheckServer starts a grpcx server, with its health service, on a

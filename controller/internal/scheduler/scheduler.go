@@ -128,9 +128,14 @@ func Make(st *pb.State, in Inputs) *Plan {
 		p := st.Pools[name]
 		var good, moving []*pb.Instance
 		for _, inst := range byPool[name] {
-			// Instances on a draining node, or of an older template, are
-			// replaced: they serve until their replacements do.
-			if st.Nodes[inst.Node].Status == pb.NodeStatus_NODE_STATUS_DRAINING || inst.TemplateIndex < p.TemplateIndex {
+			// Instances on a draining node, of an older template, or on a
+			// node whose agent no longer allows their command (it
+			// restarted with other -allow-commands, and will not start
+			// them again) are replaced: they serve until their
+			// replacements do.
+			node := st.Nodes[inst.Node]
+			if node.Status == pb.NodeStatus_NODE_STATUS_DRAINING || inst.TemplateIndex < p.TemplateIndex ||
+				!runsCommand(node, p.Template.GetCommand()) {
 				moving = append(moving, inst)
 			} else {
 				good = append(good, inst)

@@ -329,3 +329,20 @@ func TestPlaceOnlyOnNodesWhoseAgentsRunTheCommand(t *testing.T) {
 	require.Empty(t, p.Place)
 	require.Equal(t, `nodes 3 whose -allow-commands do not allow "/opt/shop/bin/app"`, p.UnplacedWhy["web"])
 }
+
+func TestInstancesOfACommandTheirNodeNoLongerAllowsMoveAfterReplacementsServe(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2, inst("web-1", "a", healthy), inst("web-2", "b", healthy))
+	st.Pools["web"].Template.Command = "/srv/apps/web"
+	require.True(t, Make(st, inputs(nil)).Empty())
+
+	// a's agent came back with rules that leave the command out.
+	st.Nodes["a"].Facts = &pb.NodeFacts{AllowedCommands: []string{"/srv/other/**"}}
+	p := Make(st, inputs(nil))
+	require.Equal(t, map[string]int{"b": 1}, nodesOf(p.Place))
+	require.Empty(t, p.Drain, "web-1 serves until its replacement does")
+
+	st.Instances["web-3"] = inst("web-3", "b", healthy)
+	p = Make(st, inputs(nil))
+	require.Empty(t, p.Place)
+	require.Equal(t, []string{"web-1"}, p.Drain)
+}
