@@ -138,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.diskFree, "disk-pressure-free", condition.DefaultDiskFreePercent, "percent of the -data-dir filesystem's space that must stay free: under it (or under 5 % of its inodes free) the host is under disk pressure and gets no new instances; 0 never")
 	fs.Float64Var(&o.memoryFree, "memory-pressure-free", condition.DefaultMemoryFreePercent, "percent of the host's memory that must stay available: under it the host is under memory pressure and gets no new instances; 0 never")
 	fs.DurationVar(&o.transition, "pressure-transition", condition.DefaultTransition, "how long the cause of a condition (disk or memory pressure, a stalled disk) must be gone before the condition ends")
-	allow := fs.String("allow-commands", "", "comma-separated absolute path `patterns` of the executables instances may run (`*` within one element, a final `**` for anything below), e.g. /opt/apps/**,/usr/bin/python3; templates may then set no LD_* variable (default: every executable)")
+	allow := fs.String("allow-commands", "", "comma-separated absolute path `patterns` of the executables instances may run (`*` within one element, a final `**` for anything below), e.g. /opt/apps/**,/usr/bin/python3; templates may then set no LD_* variable or GCONV_PATH (default: every executable)")
 	fs.BoolVar(&o.stopOnExit, "stop-instances-on-exit", false, "stop every instance when the agent exits (by default they keep running and the next agent start adopts them)")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:7703", "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof/ on the -http-addr address")

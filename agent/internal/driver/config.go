@@ -54,7 +54,8 @@ type Config struct {
 	Cgroups, CgroupRoot, CgroupParent string
 	// AllowCommands are the executables instances may run
 	// (-allow-commands); nil: every one. With rules, a template's env may
-	// not set the dynamic loader's variables (LD_*), which would load code
+	// not set the dynamic loader's variables (LD_*) or glibc's GCONV_PATH,
+	// which would load code
 	// into an allowed executable.
 	AllowCommands *commands.Rules
 	// Registerer receives the driver's metrics; nil: none.

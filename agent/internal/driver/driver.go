@@ -129,7 +129,7 @@ func New(cfg Config) (*Driver, error) {
 		}
 		d.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hostscale_agent_instance_refused_starts_total",
-			Help: "Instance starts refused by -allow-commands (a command not allowed, or a template setting LD_* variables), by pool.",
+			Help: "Instance starts refused by -allow-commands (a command not allowed, or a template setting LD_* or GCONV_PATH), by pool.",
 		}, []string{"pool"})
 		if err := cfg.Registerer.Register(d.refused); err != nil {
 			return nil, fmt.Errorf("driver: %w", err)

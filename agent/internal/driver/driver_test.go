@@ -467,13 +467,15 @@ func TestDriver_runsOnlyAllowedCommands(t *testing.T) {
 		assignment("bin-1", "shell", &pb.InstanceTemplate{Command: "/bin/sleep", Args: []string{"60"}}),
 		assignment("dots-1", "shell", &pb.InstanceTemplate{Command: filepath.Dir(exe) + "/../../../../../../../bin/sleep", Args: []string{"60"}}),
 		assignment("preload-1", "preload", preload),
+		assignment("gconv-1", "preload", app(t, "serve", "GCONV_PATH", "/tmp/gconv")),
 	)))
 	waitHealthy(t, d, "web-1")
 	for id, want := range map[string]string{
 		"sh-1":      "sh is not an allowed command on this host (-allow-commands " + filepath.Dir(exe) + "/*)",
 		"bin-1":     "/bin/sleep is not an allowed command",
 		"dots-1":    "/bin/sleep is not an allowed command",
-		"preload-1": "env LD_PRELOAD: the dynamic loader's variables are not allowed",
+		"preload-1": "env LD_PRELOAD: the dynamic loader's variables (LD_*, GCONV_PATH) are not allowed",
+		"gconv-1":   "env GCONV_PATH: the dynamic loader's variables",
 	} {
 		eventually(t, 5*time.Second, func() bool { return inState(d, id, exited) }, id)
 		s := status(d, id)

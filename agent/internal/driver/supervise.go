@@ -554,9 +554,9 @@ func (d *Driver) allowed(pool, exe string, env map[string]string) error {
 		return fmt.Errorf("%s is not an allowed command on this host (-allow-commands %s)", exe, strings.Join(rules.Patterns(), ","))
 	}
 	for _, k := range slices.Sorted(maps.Keys(env)) {
-		if strings.HasPrefix(k, "LD_") {
+		if strings.HasPrefix(k, "LD_") || k == "GCONV_PATH" {
 			refused()
-			return fmt.Errorf("env %s: the dynamic loader's variables are not allowed on a host with -allow-commands", k)
+			return fmt.Errorf("env %s: the dynamic loader's variables (LD_*, GCONV_PATH) are not allowed on a host with -allow-commands", k)
 		}
 	}
 	return nil
