@@ -44,6 +44,7 @@ var ACLRules = acl.Rules{
 	"/hostscale.v1.PoolService/ListInstances":   acl.Read,
 	"/hostscale.v1.PoolService/ListScaleEvents": acl.Read,
 	"/hostscale.v1.PoolService/GetTraffic":      acl.Read,
+	"/hostscale.v1.PoolService/GetUnplaced":     acl.Read,
 	"/hostscale.v1.PoolService/CreatePool":      acl.Write,
 	"/hostscale.v1.PoolService/UpdatePool":      acl.Write,
 	"/hostscale.v1.PoolService/DeletePool":      acl.Write,
@@ -183,6 +184,13 @@ var poolScope = map[string]struct {
 		filter: func(r any, tok acl.Token) {
 			resp := r.(*pb.GetTrafficResponse)
 			resp.Pools = slices.DeleteFunc(resp.Pools, func(p *pb.PoolTraffic) bool { return !tok.PoolAllowed(p.GetPool()) })
+		},
+	},
+	"/hostscale.v1.PoolService/GetUnplaced": {
+		pool: func(r any) string { return r.(*pb.GetUnplacedRequest).GetPool() },
+		filter: func(r any, tok acl.Token) {
+			resp := r.(*pb.GetUnplacedResponse)
+			resp.Pools = slices.DeleteFunc(resp.Pools, func(p *pb.UnplacedPool) bool { return !tok.PoolAllowed(p.GetPool()) })
 		},
 	},
 }

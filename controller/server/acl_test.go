@@ -488,6 +488,10 @@ func TestACL_tokensLimitedToPools(t *testing.T) {
 			_, err := shop.ListInstances(ctx, &pb.ListInstancesRequest{Pool: "web"})
 			return err
 		},
+		"web's unplaced": func() error {
+			_, err := shop.GetUnplaced(ctx, &pb.GetUnplacedRequest{Pool: "web"})
+			return err
+		},
 		"nodes": func() error {
 			_, err := pb.NewNodeServiceClient(shopConn).ListNodes(ctx, &pb.ListNodesRequest{})
 			return err
@@ -508,6 +512,27 @@ func TestACL_tokensLimitedToPools(t *testing.T) {
 		names = append(names, p.Name)
 	}
 	require.Equal(t, []string{"blog", "shop-a", "shop-b"}, names, "the list holds its pools alone")
+
+	// Pools of instances no node takes (no agent here): the token hears of
+	// its own alone.
+	for _, name := range []string{"web-t", "shop-t"} {
+		p := pool(name)
+		p.Template, p.Max, p.Desired = &pb.InstanceTemplate{Command: "app"}, 2, 1
+		_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: p})
+		require.NoError(t, err)
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		all, err := leader.Pools().GetUnplaced(ctx, &pb.GetUnplacedRequest{})
+		if err != nil || len(all.Pools) != 2 {
+			return fmt.Errorf("unplaced: %v, %v", all.GetPools(), err)
+		}
+		return nil
+	}))
+	mine, err := shop.GetUnplaced(ctx, &pb.GetUnplacedRequest{})
+	require.NoError(t, err)
+	require.Len(t, mine.Pools, 1)
+	require.Equal(t, "shop-t", mine.Pools[0].Pool)
+	require.Equal(t, "no node", mine.Pools[0].Why)
 	all, err := leader.Pools().GetPool(ctx, &pb.GetPoolRequest{Pool: "web", Consistent: true})
 	require.NoError(t, err)
 	require.Zero(t, all.Pool.Desired, "the refused calls changed nothing")

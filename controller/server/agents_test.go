@@ -684,3 +684,68 @@ func TestPools_listInstancesPageByPage(t *testing.T) {
 		require.Contains(t, err.Error(), name)
 	}
 }
+
+// GetUnplaced, from any node, says which pools the leader's scheduler
+// found no node for, how many instances and why, until it places them.
+func TestPools_getUnplacedSaysWhyFromAnyNode(t *testing.T) {
+	c := startAgentCluster(t)
+	leader := waitLeader(t, c)
+	f := follower(c, leader)
+	ctx := ctxT(t)
+	began := time.Now()
+	send := liveAgent(t, ctx, leader.Conn(), helloUnder("n1", diskPressure(began.Add(-time.Minute))))
+	_, err := leader.Pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
+		Name: "web", PathPrefix: "/", Template: &pb.InstanceTemplate{Command: "app"}, Max: 50, Desired: 3}})
+	require.NoError(t, err)
+
+	var got *pb.GetUnplacedResponse
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		got, err = f.Pools().GetUnplaced(ctx, &pb.GetUnplacedRequest{})
+		if err != nil {
+			return err
+		}
+		if len(got.Pools) != 1 {
+			return fmt.Errorf("unplaced: %v", got.Pools)
+		}
+		return nil
+	}))
+	u := got.Pools[0]
+	require.Equal(t, "web", u.Pool)
+	require.EqualValues(t, 3, u.Instances)
+	require.Equal(t, "nodes 1 under a condition: n1 (disk_pressure)", u.Why)
+	require.WithinRange(t, u.Since.AsTime(), began.Add(-time.Second), time.Now())
+	one, err := leader.Pools().GetUnplaced(ctx, &pb.GetUnplacedRequest{Pool: "web"})
+	require.NoError(t, err)
+	require.Len(t, one.Pools, 1)
+	require.True(t, one.Pools[0].Since.AsTime().Equal(u.Since.AsTime()), "the pool is short since its first round")
+
+	for name, tc := range map[string]struct {
+		pool  string
+		code  codes.Code
+		field string
+	}{
+		"unknown pool":  {"nope", codes.NotFound, "nope"},
+		"bad pool name": {"No_Pool", codes.InvalidArgument, "pool"},
+	} {
+		for _, n := range []*testcluster.Node{leader, f} {
+			_, err := n.Pools().GetUnplaced(ctx, &pb.GetUnplacedRequest{Pool: tc.pool})
+			require.Equal(t, tc.code, status.Code(err), "%s: %v", name, err)
+			require.Contains(t, err.Error(), tc.field, name)
+		}
+	}
+
+	send(conditions()) // the pressure ends: the instances are placed
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		got, err := f.Pools().GetUnplaced(ctx, &pb.GetUnplacedRequest{})
+		if err != nil {
+			return err
+		}
+		if len(got.Pools) != 0 {
+			return fmt.Errorf("still unplaced: %v", got.Pools)
+		}
+		return nil
+	}))
+	r, err := leader.Pools().ListInstances(ctx, &pb.ListInstancesRequest{Pool: "web", Consistent: true})
+	require.NoError(t, err)
+	require.Len(t, r.Instances, 3)
+}

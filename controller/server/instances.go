@@ -46,6 +46,7 @@ func (s *Server) schedulerLoop() *scheduler.Loop {
 		// that does not within a heartbeat TTL is about to be marked down.
 		Settle:   s.cfg.HeartbeatTTL,
 		Interval: time.Second,
+		Unplaced: &s.unplaced,
 		Logger:   s.logger,
 	}
 }

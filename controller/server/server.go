@@ -33,6 +33,7 @@ import (
 	"github.com/hostscale/hostscale/controller/internal/leader"
 	"github.com/hostscale/hostscale/controller/internal/raftmetrics"
 	"github.com/hostscale/hostscale/controller/internal/raftnode"
+	"github.com/hostscale/hostscale/controller/internal/scheduler"
 	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/admin"
 	"github.com/hostscale/hostscale/internal/grpcx"
@@ -279,7 +280,10 @@ type Server struct {
 	hub          *agents.Hub
 	acks         *endpoint.TableAcks
 	lbstats      *lbstats.Store
-	notifyCh     chan bool
+	// unplaced holds, on the leader, the pools its scheduler found no
+	// node for (GetUnplaced).
+	unplaced scheduler.Unplaced
+	notifyCh chan bool
 	// running is set once Run starts: every field is set by then.
 	running atomic.Bool
 
@@ -480,7 +484,7 @@ func New(cfg Config) (s *Server, err error) {
 		tokens.File = cfg.ACL.Tokens
 	}
 	register(&pb.TokenService_ServiceDesc, tokens)
-	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core, Traffic: s.lbstats, Leading: s.leader.Ready})
+	register(&pb.PoolService_ServiceDesc, &endpoint.Pools{Core: s.core, Traffic: s.lbstats, Unplaced: s.unplaced.Pools, Leading: s.leader.Ready})
 	register(&pb.AgentService_ServiceDesc, &endpoint.Agents{
 		Core:          s.core,
 		Hub:           s.hub,

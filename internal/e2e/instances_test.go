@@ -406,15 +406,29 @@ func TestInstances_agentsRunOnlyAllowedCommands(t *testing.T) {
 		require.Equal(t, want, n.Node.Facts.GetAllowedCommands(), "%s reports its rules", node)
 	}
 
-	// No host allows /bin/sleep: nothing is placed, and the leader says why.
+	// No host allows /bin/sleep: nothing is placed, and every controller
+	// says why (GetUnplaced), as the leader's log does.
 	_, err := f.pools().CreatePool(ctx, &pb.CreatePoolRequest{Pool: &pb.Pool{
 		Name: "sleep", PathPrefix: "/sleep", Selector: "tier=web", Max: 2, Desired: 1,
 		Template: &pb.InstanceTemplate{Command: "/bin/sleep", Args: []string{"600"}},
 	}})
 	require.NoError(t, err)
-	require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(context.Context) error {
+	const why = `nodes 2 whose -allow-commands do not allow "/bin/sleep"`
+	for _, n := range f.cl.Running() {
+		require.NoError(t, testcluster.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			r, err := n.Pools().GetUnplaced(ctx, &pb.GetUnplacedRequest{Pool: "sleep"})
+			if err != nil {
+				return err
+			}
+			if len(r.Pools) != 1 || r.Pools[0].Why != why || r.Pools[0].Instances != 1 {
+				return fmt.Errorf("%s: unplaced %v", n.ID, r.Pools)
+			}
+			return nil
+		}))
+	}
+	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
 		for _, n := range f.cl.Running() {
-			if strings.Contains(n.Log(), `nodes 2 whose -allow-commands do not allow \"/bin/sleep\"`) {
+			if strings.Contains(n.Log(), strings.ReplaceAll(why, `"`, `\"`)) {
 				return nil
 			}
 		}

@@ -62,6 +62,8 @@ commands:
   delete-pool POOL                delete a pool (its instances stop)
   scale POOL N                    run N instances of a pool with a template
   instances [POOL]                list instances: node, address, state, restarts
+  unplaced [POOL]                 the pools whose wanted instances no node can take, how many, since
+                                  when and why (from the leader's scheduler)
   events POOL [-acted]            the autoscaler's evaluations of a pool, newest first: why it scaled
   traffic [POOL] [-window 1m]     each pool's requests/s, errors, latency and requests in flight at the
                                   balancers; with POOL, per backend too
@@ -445,6 +447,32 @@ func (c *cli) do(ctx context.Context, args []string) error {
 		return w.Flush()
 	case "traffic":
 		return c.traffic(ctx, rest)
+	case "unplaced":
+		if err := nargs(0, 1); err != nil {
+			return err
+		}
+		req := &pb.GetUnplacedRequest{}
+		if len(rest) == 1 {
+			req.Pool = rest[0]
+		}
+		resp, err := c.pools.GetUnplaced(ctx, req)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.printJSON(resp)
+		}
+		if len(resp.Pools) == 0 {
+			fmt.Fprintln(c.out, "every wanted instance has a node")
+			return nil
+		}
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "POOL\tUNPLACED\tSINCE\tWHY")
+		now := time.Now()
+		for _, u := range resp.Pools {
+			fmt.Fprintf(w, "%s\t%d\t%s ago\t%s\n", u.Pool, u.Instances, now.Sub(u.Since.AsTime()).Round(time.Second), u.Why)
+		}
+		return w.Flush()
 	case "balancers":
 		if err := nargs(0, 0); err != nil {
 			return err

@@ -191,6 +191,28 @@ func TestCLI_againstACluster(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Regexp(t, `(?m)^app +- +/app +least_request +0 +3 \(0-5\) +requests_per_instance 10; to 0 after 5m0s idle$`, out)
 	require.Regexp(t, `(?m)^web +example.com +.* +0 +- +-$`, out)
+	code, out, errs = hostscale("-addr", addr, "unplaced")
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, "every wanted instance has a node\n", out)
+	nowhere := filepath.Join(t.TempDir(), "nowhere.json")
+	require.NoError(t, os.WriteFile(nowhere, []byte(`{"name": "nowhere", "pathPrefix": "/nowhere", "template": {"command": "true"},
+		"selector": "tier=none", "max": 5, "desired": 2}`), 0o600))
+	code, _, errs = hostscale("-addr", addr, "create-pool", nowhere)
+	require.Equal(t, 0, code, errs)
+	require.NoError(t, testcluster.Eventually(context.Background(), 10*time.Second, func(context.Context) error {
+		code, out, errs = hostscale("-addr", addr, "unplaced", "nowhere")
+		if code != 0 || !strings.Contains(out, "nowhere") {
+			return fmt.Errorf("exit %d: %s%s", code, out, errs)
+		}
+		return nil
+	}))
+	require.Regexp(t, `(?m)^POOL +UNPLACED +SINCE +WHY$`, out)
+	require.Regexp(t, `(?m)^nowhere +2 +\d+s ago +nodes \d+ not matching the selector$`, out)
+	code, _, errs = hostscale("-addr", addr, "unplaced", "no-such-pool")
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, `pool "no-such-pool" not found`)
+	code, _, errs = hostscale("-addr", addr, "delete-pool", "nowhere")
+	require.Equal(t, 0, code, errs)
 	// No balancer reports these pools: all zeros, marked as not covered.
 	code, out, errs = hostscale("-addr", addr, "traffic")
 	require.Equal(t, 0, code, errs)

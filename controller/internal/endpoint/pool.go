@@ -21,6 +21,10 @@ type Pools struct {
 	// GetTraffic asks the leader.
 	Traffic *lbstats.Store
 	Leading func() bool
+	// Unplaced returns, on the leader, the pools (pool's, when set) whose
+	// wanted instances its scheduler found no node for (GetUnplaced);
+	// without it GetUnplaced asks the leader.
+	Unplaced func(pool string) []*pb.UnplacedPool
 }
 
 var _ pb.PoolServiceServer = (*Pools)(nil)

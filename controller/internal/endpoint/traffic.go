@@ -96,3 +96,23 @@ func orZero(v float64) float64 {
 	}
 	return v
 }
+
+// GetUnplaced serves the pools the leader's scheduler found no node for.
+func (s *Pools) GetUnplaced(ctx context.Context, req *pb.GetUnplacedRequest) (*pb.GetUnplacedResponse, error) {
+	if req.Pool != "" {
+		if err := checkName("pool", req.Pool); err != nil {
+			return nil, err
+		}
+	}
+	resp := &pb.GetUnplacedResponse{}
+	if s.Leading == nil || s.Unplaced == nil || !s.Leading() {
+		return orNil(resp, s.Core.forward(ctx, req, resp))
+	}
+	if req.Pool != "" {
+		if p, _ := s.pool(req.Pool); p == nil {
+			return nil, status.Errorf(codes.NotFound, "pool %q not found", req.Pool)
+		}
+	}
+	resp.Pools = s.Unplaced(req.Pool)
+	return resp, nil
+}

@@ -427,8 +427,11 @@ type Loop struct {
 	// Settle is how long a new leader waits, at most, for the agents of up
 	// nodes to reconnect before it places instances without them.
 	Settle time.Duration
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Unplaced, when set, receives each round's short pools, and is
+	// emptied when the loop ends.
+	Unplaced *Unplaced
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 func (l *Loop) Name() string { return "scheduler" }
@@ -445,6 +448,9 @@ func (l *Loop) Run(ctx context.Context) error {
 	t := time.NewTicker(l.Interval)
 	defer t.Stop()
 	warned := map[string]int{}
+	if l.Unplaced != nil {
+		defer l.Unplaced.clear()
+	}
 	gap := l.MinGap
 	if gap <= 0 {
 		gap = 20 * time.Millisecond
@@ -453,10 +459,13 @@ func (l *Loop) Run(ctx context.Context) error {
 		began := time.Now()
 		changed := l.FSM.Changed()
 		ackChanged := l.AckChanged()
-		var plan *Plan
+		var (
+			plan  *Plan
+			round time.Time
+		)
 		l.FSM.Read(func(st *pb.State) {
-			t := now()
-			plan = Make(st, Inputs{Now: t, Live: l.Live, Conditions: l.Conditions, Acked: acked, DrainDeadline: l.DrainDeadline, Settling: t.Sub(start) < l.Settle})
+			round = now()
+			plan = Make(st, Inputs{Now: round, Live: l.Live, Conditions: l.Conditions, Acked: acked, DrainDeadline: l.DrainDeadline, Settling: round.Sub(start) < l.Settle})
 		})
 		if err := l.apply(plan, log); err != nil {
 			if ctx.Err() != nil {
@@ -470,6 +479,9 @@ func (l *Loop) Run(ctx context.Context) error {
 			}
 		}
 		warned = plan.Unplaced
+		if l.Unplaced != nil {
+			l.Unplaced.set(plan, round)
+		}
 		select {
 		case <-ctx.Done():
 			return nil

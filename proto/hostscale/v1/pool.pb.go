@@ -3074,6 +3074,170 @@ func (x *ListScaleEventsResponse) GetIndex() uint64 {
 	return 0
 }
 
+type GetUnplacedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this pool; empty: every pool.
+	Pool          string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUnplacedRequest) Reset() {
+	*x = GetUnplacedRequest{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUnplacedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUnplacedRequest) ProtoMessage() {}
+
+func (x *GetUnplacedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUnplacedRequest.ProtoReflect.Descriptor instead.
+func (*GetUnplacedRequest) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetUnplacedRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+// UnplacedPool is a pool short of instances no node can take.
+type UnplacedPool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Wanted instances without a node.
+	Instances uint32 `protobuf:"varint,2,opt,name=instances,proto3" json:"instances,omitempty"`
+	// What kept the nodes out, e.g. "nodes 1 down or draining; 2 without
+	// room for the reservation".
+	Why string `protobuf:"bytes,3,opt,name=why,proto3" json:"why,omitempty"`
+	// Since when the pool has been short without a break, as this leader
+	// saw it (a new leader starts counting afresh).
+	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnplacedPool) Reset() {
+	*x = UnplacedPool{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnplacedPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnplacedPool) ProtoMessage() {}
+
+func (x *UnplacedPool) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnplacedPool.ProtoReflect.Descriptor instead.
+func (*UnplacedPool) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *UnplacedPool) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *UnplacedPool) GetInstances() uint32 {
+	if x != nil {
+		return x.Instances
+	}
+	return 0
+}
+
+func (x *UnplacedPool) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+func (x *UnplacedPool) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+type GetUnplacedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By pool name; empty when every wanted instance has a node.
+	Pools         []*UnplacedPool `protobuf:"bytes,1,rep,name=pools,proto3" json:"pools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUnplacedResponse) Reset() {
+	*x = GetUnplacedResponse{}
+	mi := &file_hostscale_v1_pool_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUnplacedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUnplacedResponse) ProtoMessage() {}
+
+func (x *GetUnplacedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostscale_v1_pool_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUnplacedResponse.ProtoReflect.Descriptor instead.
+func (*GetUnplacedResponse) Descriptor() ([]byte, []int) {
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetUnplacedResponse) GetPools() []*UnplacedPool {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
 type GetTrafficRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this pool, with its backends; empty: every pool, without them.
@@ -3087,7 +3251,7 @@ type GetTrafficRequest struct {
 
 func (x *GetTrafficRequest) Reset() {
 	*x = GetTrafficRequest{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[34]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3099,7 +3263,7 @@ func (x *GetTrafficRequest) String() string {
 func (*GetTrafficRequest) ProtoMessage() {}
 
 func (x *GetTrafficRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[34]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3112,7 +3276,7 @@ func (x *GetTrafficRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrafficRequest.ProtoReflect.Descriptor instead.
 func (*GetTrafficRequest) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{34}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetTrafficRequest) GetPool() string {
@@ -3145,7 +3309,7 @@ type BackendTraffic struct {
 
 func (x *BackendTraffic) Reset() {
 	*x = BackendTraffic{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[35]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3157,7 +3321,7 @@ func (x *BackendTraffic) String() string {
 func (*BackendTraffic) ProtoMessage() {}
 
 func (x *BackendTraffic) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[35]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3170,7 +3334,7 @@ func (x *BackendTraffic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendTraffic.ProtoReflect.Descriptor instead.
 func (*BackendTraffic) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{35}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BackendTraffic) GetAddress() string {
@@ -3237,7 +3401,7 @@ type PoolTraffic struct {
 
 func (x *PoolTraffic) Reset() {
 	*x = PoolTraffic{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[36]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3249,7 +3413,7 @@ func (x *PoolTraffic) String() string {
 func (*PoolTraffic) ProtoMessage() {}
 
 func (x *PoolTraffic) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[36]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3262,7 +3426,7 @@ func (x *PoolTraffic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolTraffic.ProtoReflect.Descriptor instead.
 func (*PoolTraffic) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{36}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PoolTraffic) GetPool() string {
@@ -3354,7 +3518,7 @@ type GetTrafficResponse struct {
 
 func (x *GetTrafficResponse) Reset() {
 	*x = GetTrafficResponse{}
-	mi := &file_hostscale_v1_pool_proto_msgTypes[37]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3530,7 @@ func (x *GetTrafficResponse) String() string {
 func (*GetTrafficResponse) ProtoMessage() {}
 
 func (x *GetTrafficResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostscale_v1_pool_proto_msgTypes[37]
+	mi := &file_hostscale_v1_pool_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3543,7 @@ func (x *GetTrafficResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrafficResponse.ProtoReflect.Descriptor instead.
 func (*GetTrafficResponse) Descriptor() ([]byte, []int) {
-	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{37}
+	return file_hostscale_v1_pool_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetTrafficResponse) GetPools() []*PoolTraffic {
@@ -3642,7 +3806,16 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"consistent\"a\n" +
 	"\x17ListScaleEventsResponse\x120\n" +
 	"\x06events\x18\x01 \x03(\v2\x18.hostscale.v1.ScaleEventR\x06events\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"Z\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"(\n" +
+	"\x12GetUnplacedRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\"\x84\x01\n" +
+	"\fUnplacedPool\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x1c\n" +
+	"\tinstances\x18\x02 \x01(\rR\tinstances\x12\x10\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"G\n" +
+	"\x13GetUnplacedResponse\x120\n" +
+	"\x05pools\x18\x01 \x03(\v2\x1a.hostscale.v1.UnplacedPoolR\x05pools\"Z\n" +
 	"\x11GetTrafficRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x121\n" +
 	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\xa5\x01\n" +
@@ -3698,7 +3871,7 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_HEALTHY\x10\x03\x12\x1c\n" +
 	"\x18INSTANCE_STATE_UNHEALTHY\x10\x04\x12\x1b\n" +
 	"\x17INSTANCE_STATE_STOPPING\x10\x05\x12\x19\n" +
-	"\x15INSTANCE_STATE_EXITED\x10\x062\x9a\a\n" +
+	"\x15INSTANCE_STATE_EXITED\x10\x062\xee\a\n" +
 	"\vPoolService\x12O\n" +
 	"\n" +
 	"CreatePool\x12\x1f.hostscale.v1.CreatePoolRequest\x1a .hostscale.v1.CreatePoolResponse\x12F\n" +
@@ -3715,7 +3888,8 @@ const file_hostscale_v1_pool_proto_rawDesc = "" +
 	"\rListInstances\x12\".hostscale.v1.ListInstancesRequest\x1a#.hostscale.v1.ListInstancesResponse\x12^\n" +
 	"\x0fListScaleEvents\x12$.hostscale.v1.ListScaleEventsRequest\x1a%.hostscale.v1.ListScaleEventsResponse\x12O\n" +
 	"\n" +
-	"GetTraffic\x12\x1f.hostscale.v1.GetTrafficRequest\x1a .hostscale.v1.GetTrafficResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
+	"GetTraffic\x12\x1f.hostscale.v1.GetTrafficRequest\x1a .hostscale.v1.GetTrafficResponse\x12R\n" +
+	"\vGetUnplaced\x12 .hostscale.v1.GetUnplacedRequest\x1a!.hostscale.v1.GetUnplacedResponseB?Z=github.com/hostscale/hostscale/proto/hostscale/v1;hostscalev1b\x06proto3"
 
 var (
 	file_hostscale_v1_pool_proto_rawDescOnce sync.Once
@@ -3730,7 +3904,7 @@ func file_hostscale_v1_pool_proto_rawDescGZIP() []byte {
 }
 
 var file_hostscale_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_hostscale_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_hostscale_v1_pool_proto_goTypes = []any{
 	(Policy)(0),                     // 0: hostscale.v1.Policy
 	(ScalingMetric)(0),              // 1: hostscale.v1.ScalingMetric
@@ -3771,14 +3945,17 @@ var file_hostscale_v1_pool_proto_goTypes = []any{
 	(*ListInstancesResponse)(nil),   // 36: hostscale.v1.ListInstancesResponse
 	(*ListScaleEventsRequest)(nil),  // 37: hostscale.v1.ListScaleEventsRequest
 	(*ListScaleEventsResponse)(nil), // 38: hostscale.v1.ListScaleEventsResponse
-	(*GetTrafficRequest)(nil),       // 39: hostscale.v1.GetTrafficRequest
-	(*BackendTraffic)(nil),          // 40: hostscale.v1.BackendTraffic
-	(*PoolTraffic)(nil),             // 41: hostscale.v1.PoolTraffic
-	(*GetTrafficResponse)(nil),      // 42: hostscale.v1.GetTrafficResponse
-	nil,                             // 43: hostscale.v1.ScaleEvent.ObservedEntry
-	nil,                             // 44: hostscale.v1.InstanceTemplate.EnvEntry
-	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
+	(*GetUnplacedRequest)(nil),      // 39: hostscale.v1.GetUnplacedRequest
+	(*UnplacedPool)(nil),            // 40: hostscale.v1.UnplacedPool
+	(*GetUnplacedResponse)(nil),     // 41: hostscale.v1.GetUnplacedResponse
+	(*GetTrafficRequest)(nil),       // 42: hostscale.v1.GetTrafficRequest
+	(*BackendTraffic)(nil),          // 43: hostscale.v1.BackendTraffic
+	(*PoolTraffic)(nil),             // 44: hostscale.v1.PoolTraffic
+	(*GetTrafficResponse)(nil),      // 45: hostscale.v1.GetTrafficResponse
+	nil,                             // 46: hostscale.v1.ScaleEvent.ObservedEntry
+	nil,                             // 47: hostscale.v1.InstanceTemplate.EnvEntry
+	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
 }
 var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	0,  // 0: hostscale.v1.Pool.policy:type_name -> hostscale.v1.Policy
@@ -3786,40 +3963,40 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	16, // 2: hostscale.v1.Pool.template:type_name -> hostscale.v1.InstanceTemplate
 	8,  // 3: hostscale.v1.Pool.scaling:type_name -> hostscale.v1.ScalingPolicy
 	2,  // 4: hostscale.v1.RateLimit.kind:type_name -> hostscale.v1.RateLimitKind
-	45, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
+	48, // 5: hostscale.v1.RateLimit.period:type_name -> google.protobuf.Duration
 	1,  // 6: hostscale.v1.ScalingPolicy.metric:type_name -> hostscale.v1.ScalingMetric
-	45, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
-	45, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
+	48, // 7: hostscale.v1.ScalingPolicy.scale_up_stabilization:type_name -> google.protobuf.Duration
+	48, // 8: hostscale.v1.ScalingPolicy.scale_down_stabilization:type_name -> google.protobuf.Duration
 	7,  // 9: hostscale.v1.ScalingPolicy.scale_up_limits:type_name -> hostscale.v1.RateLimit
 	7,  // 10: hostscale.v1.ScalingPolicy.scale_down_limits:type_name -> hostscale.v1.RateLimit
 	3,  // 11: hostscale.v1.ScalingPolicy.scale_up_select:type_name -> hostscale.v1.SelectPolicy
 	3,  // 12: hostscale.v1.ScalingPolicy.scale_down_select:type_name -> hostscale.v1.SelectPolicy
-	45, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
-	45, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
-	45, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
+	48, // 13: hostscale.v1.ScalingPolicy.evaluation_period:type_name -> google.protobuf.Duration
+	48, // 14: hostscale.v1.ScalingPolicy.window:type_name -> google.protobuf.Duration
+	48, // 15: hostscale.v1.ScalingPolicy.initialization_period:type_name -> google.protobuf.Duration
 	11, // 16: hostscale.v1.ScalingPolicy.provider:type_name -> hostscale.v1.ScaleProvider
 	9,  // 17: hostscale.v1.ScalingPolicy.metrics:type_name -> hostscale.v1.MetricTarget
-	45, // 18: hostscale.v1.ScalingPolicy.scale_to_zero_after:type_name -> google.protobuf.Duration
-	45, // 19: hostscale.v1.ScalingPolicy.activation_timeout:type_name -> google.protobuf.Duration
+	48, // 18: hostscale.v1.ScalingPolicy.scale_to_zero_after:type_name -> google.protobuf.Duration
+	48, // 19: hostscale.v1.ScalingPolicy.activation_timeout:type_name -> google.protobuf.Duration
 	1,  // 20: hostscale.v1.MetricTarget.metric:type_name -> hostscale.v1.ScalingMetric
 	1,  // 21: hostscale.v1.MetricEvaluation.metric:type_name -> hostscale.v1.ScalingMetric
 	12, // 22: hostscale.v1.ScaleProvider.exec:type_name -> hostscale.v1.ExecProvider
 	13, // 23: hostscale.v1.ScaleProvider.webhook:type_name -> hostscale.v1.WebhookProvider
-	45, // 24: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
-	45, // 25: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
-	46, // 26: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
+	48, // 24: hostscale.v1.ExecProvider.timeout:type_name -> google.protobuf.Duration
+	48, // 25: hostscale.v1.WebhookProvider.timeout:type_name -> google.protobuf.Duration
+	49, // 26: hostscale.v1.ScaleEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 27: hostscale.v1.ScaleEvent.metric:type_name -> hostscale.v1.ScalingMetric
-	43, // 28: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
+	46, // 28: hostscale.v1.ScaleEvent.observed:type_name -> hostscale.v1.ScaleEvent.ObservedEntry
 	15, // 29: hostscale.v1.ScaleEvent.provider:type_name -> hostscale.v1.ProviderResult
 	10, // 30: hostscale.v1.ScaleEvent.metrics:type_name -> hostscale.v1.MetricEvaluation
-	46, // 31: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
-	44, // 32: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
-	45, // 33: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
-	45, // 34: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
+	49, // 31: hostscale.v1.ProviderResult.time:type_name -> google.protobuf.Timestamp
+	47, // 32: hostscale.v1.InstanceTemplate.env:type_name -> hostscale.v1.InstanceTemplate.EnvEntry
+	48, // 33: hostscale.v1.InstanceTemplate.health_interval:type_name -> google.protobuf.Duration
+	48, // 34: hostscale.v1.InstanceTemplate.stop_grace:type_name -> google.protobuf.Duration
 	17, // 35: hostscale.v1.InstanceTemplate.resources:type_name -> hostscale.v1.InstanceResources
 	4,  // 36: hostscale.v1.Instance.state:type_name -> hostscale.v1.InstanceState
-	46, // 37: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
-	46, // 38: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
+	49, // 37: hostscale.v1.Instance.since:type_name -> google.protobuf.Timestamp
+	49, // 38: hostscale.v1.Instance.draining_since:type_name -> google.protobuf.Timestamp
 	17, // 39: hostscale.v1.Instance.resources:type_name -> hostscale.v1.InstanceResources
 	6,  // 40: hostscale.v1.CreatePoolRequest.pool:type_name -> hostscale.v1.Pool
 	6,  // 41: hostscale.v1.CreatePoolResponse.pool:type_name -> hostscale.v1.Pool
@@ -3833,36 +4010,40 @@ var file_hostscale_v1_pool_proto_depIdxs = []int32{
 	6,  // 49: hostscale.v1.ScalePoolResponse.pool:type_name -> hostscale.v1.Pool
 	18, // 50: hostscale.v1.ListInstancesResponse.instances:type_name -> hostscale.v1.Instance
 	14, // 51: hostscale.v1.ListScaleEventsResponse.events:type_name -> hostscale.v1.ScaleEvent
-	45, // 52: hostscale.v1.GetTrafficRequest.window:type_name -> google.protobuf.Duration
-	40, // 53: hostscale.v1.PoolTraffic.backends:type_name -> hostscale.v1.BackendTraffic
-	41, // 54: hostscale.v1.GetTrafficResponse.pools:type_name -> hostscale.v1.PoolTraffic
-	19, // 55: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
-	23, // 56: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
-	25, // 57: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
-	21, // 58: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
-	27, // 59: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
-	29, // 60: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
-	31, // 61: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
-	33, // 62: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
-	35, // 63: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
-	37, // 64: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
-	39, // 65: hostscale.v1.PoolService.GetTraffic:input_type -> hostscale.v1.GetTrafficRequest
-	20, // 66: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
-	24, // 67: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
-	26, // 68: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
-	22, // 69: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
-	28, // 70: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
-	30, // 71: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
-	32, // 72: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
-	34, // 73: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
-	36, // 74: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
-	38, // 75: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
-	42, // 76: hostscale.v1.PoolService.GetTraffic:output_type -> hostscale.v1.GetTrafficResponse
-	66, // [66:77] is the sub-list for method output_type
-	55, // [55:66] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	49, // 52: hostscale.v1.UnplacedPool.since:type_name -> google.protobuf.Timestamp
+	40, // 53: hostscale.v1.GetUnplacedResponse.pools:type_name -> hostscale.v1.UnplacedPool
+	48, // 54: hostscale.v1.GetTrafficRequest.window:type_name -> google.protobuf.Duration
+	43, // 55: hostscale.v1.PoolTraffic.backends:type_name -> hostscale.v1.BackendTraffic
+	44, // 56: hostscale.v1.GetTrafficResponse.pools:type_name -> hostscale.v1.PoolTraffic
+	19, // 57: hostscale.v1.PoolService.CreatePool:input_type -> hostscale.v1.CreatePoolRequest
+	23, // 58: hostscale.v1.PoolService.GetPool:input_type -> hostscale.v1.GetPoolRequest
+	25, // 59: hostscale.v1.PoolService.ListPools:input_type -> hostscale.v1.ListPoolsRequest
+	21, // 60: hostscale.v1.PoolService.UpdatePool:input_type -> hostscale.v1.UpdatePoolRequest
+	27, // 61: hostscale.v1.PoolService.DeletePool:input_type -> hostscale.v1.DeletePoolRequest
+	29, // 62: hostscale.v1.PoolService.AddBackend:input_type -> hostscale.v1.AddBackendRequest
+	31, // 63: hostscale.v1.PoolService.RemoveBackend:input_type -> hostscale.v1.RemoveBackendRequest
+	33, // 64: hostscale.v1.PoolService.ScalePool:input_type -> hostscale.v1.ScalePoolRequest
+	35, // 65: hostscale.v1.PoolService.ListInstances:input_type -> hostscale.v1.ListInstancesRequest
+	37, // 66: hostscale.v1.PoolService.ListScaleEvents:input_type -> hostscale.v1.ListScaleEventsRequest
+	42, // 67: hostscale.v1.PoolService.GetTraffic:input_type -> hostscale.v1.GetTrafficRequest
+	39, // 68: hostscale.v1.PoolService.GetUnplaced:input_type -> hostscale.v1.GetUnplacedRequest
+	20, // 69: hostscale.v1.PoolService.CreatePool:output_type -> hostscale.v1.CreatePoolResponse
+	24, // 70: hostscale.v1.PoolService.GetPool:output_type -> hostscale.v1.GetPoolResponse
+	26, // 71: hostscale.v1.PoolService.ListPools:output_type -> hostscale.v1.ListPoolsResponse
+	22, // 72: hostscale.v1.PoolService.UpdatePool:output_type -> hostscale.v1.UpdatePoolResponse
+	28, // 73: hostscale.v1.PoolService.DeletePool:output_type -> hostscale.v1.DeletePoolResponse
+	30, // 74: hostscale.v1.PoolService.AddBackend:output_type -> hostscale.v1.AddBackendResponse
+	32, // 75: hostscale.v1.PoolService.RemoveBackend:output_type -> hostscale.v1.RemoveBackendResponse
+	34, // 76: hostscale.v1.PoolService.ScalePool:output_type -> hostscale.v1.ScalePoolResponse
+	36, // 77: hostscale.v1.PoolService.ListInstances:output_type -> hostscale.v1.ListInstancesResponse
+	38, // 78: hostscale.v1.PoolService.ListScaleEvents:output_type -> hostscale.v1.ListScaleEventsResponse
+	45, // 79: hostscale.v1.PoolService.GetTraffic:output_type -> hostscale.v1.GetTrafficResponse
+	41, // 80: hostscale.v1.PoolService.GetUnplaced:output_type -> hostscale.v1.GetUnplacedResponse
+	69, // [69:81] is the sub-list for method output_type
+	57, // [57:69] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_hostscale_v1_pool_proto_init() }
@@ -3881,7 +4062,7 @@ func file_hostscale_v1_pool_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostscale_v1_pool_proto_rawDesc), len(file_hostscale_v1_pool_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   40,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

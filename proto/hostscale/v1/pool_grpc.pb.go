@@ -30,6 +30,7 @@ const (
 	PoolService_ListInstances_FullMethodName   = "/hostscale.v1.PoolService/ListInstances"
 	PoolService_ListScaleEvents_FullMethodName = "/hostscale.v1.PoolService/ListScaleEvents"
 	PoolService_GetTraffic_FullMethodName      = "/hostscale.v1.PoolService/GetTraffic"
+	PoolService_GetUnplaced_FullMethodName     = "/hostscale.v1.PoolService/GetUnplaced"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -81,6 +82,11 @@ type PoolServiceClient interface {
 	// memory, so a follower asks the leader; UNAVAILABLE when none answers,
 	// NOT_FOUND for a pool that does not exist.
 	GetTraffic(ctx context.Context, in *GetTrafficRequest, opts ...grpc.CallOption) (*GetTrafficResponse, error)
+	// GetUnplaced answers "why do my instances not run?": the pools (or
+	// one pool) whose wanted instances the leader's scheduler found no node
+	// for in its last round, how many and why. It lives in the leader's
+	// memory, so a follower asks the leader; UNAVAILABLE when none answers.
+	GetUnplaced(ctx context.Context, in *GetUnplacedRequest, opts ...grpc.CallOption) (*GetUnplacedResponse, error)
 }
 
 type poolServiceClient struct {
@@ -201,6 +207,16 @@ func (c *poolServiceClient) GetTraffic(ctx context.Context, in *GetTrafficReques
 	return out, nil
 }
 
+func (c *poolServiceClient) GetUnplaced(ctx context.Context, in *GetUnplacedRequest, opts ...grpc.CallOption) (*GetUnplacedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUnplacedResponse)
+	err := c.cc.Invoke(ctx, PoolService_GetUnplaced_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -250,6 +266,11 @@ type PoolServiceServer interface {
 	// memory, so a follower asks the leader; UNAVAILABLE when none answers,
 	// NOT_FOUND for a pool that does not exist.
 	GetTraffic(context.Context, *GetTrafficRequest) (*GetTrafficResponse, error)
+	// GetUnplaced answers "why do my instances not run?": the pools (or
+	// one pool) whose wanted instances the leader's scheduler found no node
+	// for in its last round, how many and why. It lives in the leader's
+	// memory, so a follower asks the leader; UNAVAILABLE when none answers.
+	GetUnplaced(context.Context, *GetUnplacedRequest) (*GetUnplacedResponse, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -292,6 +313,9 @@ func (UnimplementedPoolServiceServer) ListScaleEvents(context.Context, *ListScal
 }
 func (UnimplementedPoolServiceServer) GetTraffic(context.Context, *GetTrafficRequest) (*GetTrafficResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTraffic not implemented")
+}
+func (UnimplementedPoolServiceServer) GetUnplaced(context.Context, *GetUnplacedRequest) (*GetUnplacedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUnplaced not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -512,6 +536,24 @@ func _PoolService_GetTraffic_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_GetUnplaced_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUnplacedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).GetUnplaced(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_GetUnplaced_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).GetUnplaced(ctx, req.(*GetUnplacedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -562,6 +604,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTraffic",
 			Handler:    _PoolService_GetTraffic_Handler,
+		},
+		{
+			MethodName: "GetUnplaced",
+			Handler:    _PoolService_GetUnplaced_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
