@@ -143,13 +143,7 @@ func plainCheck() (call, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	hc := healthpb.NewHealthClient(conn)
-	req := &healthpb.HealthCheckRequest{}
-	return func() {
-		if _, err := hc.Check(context.Background(), req); err != nil {
-			log.Fatal(err)
-		}
-	}, func() { conn.Close(); s.Stop() }
+	return check(conn), func() { conn.Close(); s.Stop() }
 }
 
 // startCheckServer starts a grpcx server, with its health service, on a
@@ -171,13 +165,18 @@ func checkCall(addr string) (call, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
+	return check(conn), func() { conn.Close() }
+}
+
+// check returns a call that makes one health Check on conn.
+func check(conn *grpc.ClientConn) func() {
 	hc := healthpb.NewHealthClient(conn)
 	req := &healthpb.HealthCheckRequest{}
 	return func() {
 		if _, err := hc.Check(context.Background(), req); err != nil {
 			log.Fatal(err)
 		}
-	}, func() { conn.Close() }
+	}
 }
 
 // wakePeerEnv, set in its environment, makes this program a peer of
