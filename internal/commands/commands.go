@@ -20,7 +20,7 @@ import (
 const MaxRules = 256
 
 // Rules are the executables an agent runs. The nil *Rules allows every
-// executable.
+// executable; a Rules without patterns (&Rules{}) allows none.
 type Rules struct {
 	patterns []string
 }
@@ -53,6 +53,17 @@ func New(patterns []string) (*Rules, error) {
 		r.patterns = append(r.patterns, p)
 	}
 	return r, nil
+}
+
+// Of wraps patterns New already accepted (a node's facts, which the
+// controllers check at its agent's Hello) without checking or copying them
+// again; patterns must not change afterwards. A pattern that does not
+// parse, or is not absolute, matches nothing. No patterns give nil.
+func Of(patterns []string) *Rules {
+	if len(patterns) == 0 {
+		return nil
+	}
+	return &Rules{patterns: patterns}
 }
 
 func check(p string) error {
@@ -120,6 +131,9 @@ func (r *Rules) MayAllow(command string) bool {
 		return false
 	}
 	for _, p := range r.patterns {
+		if !strings.HasPrefix(p, "/") {
+			continue // not a rule (see Of)
+		}
 		if strings.HasSuffix(p, "/**") {
 			return true
 		}

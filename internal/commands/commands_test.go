@@ -63,6 +63,16 @@ func TestRules_nilAllowsAll(t *testing.T) {
 	if !r.Allows("/bin/sh") || !r.MayAllow("sh") || r.Patterns() != nil {
 		t.Fatal("the nil Rules must allow every executable")
 	}
+	if none := (&Rules{}); none.Allows("/bin/sh") || none.MayAllow("sh") {
+		t.Fatal("a Rules without patterns must allow nothing")
+	}
+	unchecked := Of([]string{"relative/*", "/opt/[a-", "/usr/bin/*"})
+	if unchecked.Allows("/opt/a") || unchecked.Allows("/relative/x") || Of([]string{"relative/*"}).MayAllow("sh") || Of(nil) != nil {
+		t.Fatal("Of: a pattern that does not parse must match nothing")
+	}
+	if !unchecked.Allows("/usr/bin/x") || !unchecked.MayAllow("x") {
+		t.Fatal("Of: the patterns that parse still match")
+	}
 	all, err := Parse("/**")
 	if err != nil || !all.Allows("/bin/sh") || !all.MayAllow("anything") {
 		t.Fatalf("/** must allow every absolute path: %v", err)

@@ -3,7 +3,6 @@ package driver
 import (
 	"errors"
 	"fmt"
-	"github.com/hostscale/hostscale/internal/commands"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hostscale/hostscale/internal/commands"
 )
 
 // Config configures a Driver. Zero durations and counts mean their

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/hostscale/hostscale/internal/commands"
 	"io"
 	"maps"
 	"math"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/internal/commands"
 	"github.com/hostscale/hostscale/internal/labels"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )

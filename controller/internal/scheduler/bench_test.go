@@ -58,3 +58,20 @@ func BenchmarkMake_fleetPlaceTen(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMake_fleetSteadyWithRules is BenchmarkMake_fleetSteady on
+// nodes whose agents all have -allow-commands rules: each node's rules are
+// parsed once a round, not once for each pool and instance.
+func BenchmarkMake_fleetSteadyWithRules(b *testing.B) {
+	st := fleetState(3000, 20, 500)
+	for _, n := range st.Nodes {
+		n.Facts.AllowedCommands = []string{"/srv/apps/**", "/usr/local/bin/app"}
+	}
+	in := inputs(nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := Make(st, in); !p.Empty() {
+			b.Fatalf("a settled fleet got a plan: %d places, %d drains", len(p.Place), len(p.Drain))
+		}
+	}
+}

@@ -15,7 +15,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/hostscale/hostscale/internal/commands"
 	"log/slog"
 	"maps"
 	"slices"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/hostscale/hostscale/controller/internal/agents"
 	"github.com/hostscale/hostscale/controller/internal/fsm"
+	"github.com/hostscale/hostscale/internal/commands"
 	"github.com/hostscale/hostscale/internal/labels"
 	"github.com/hostscale/hostscale/internal/logging"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
@@ -116,6 +116,7 @@ func Make(st *pb.State, in Inputs) *Plan {
 	}
 	slices.Sort(plan.Lost)
 	slices.Sort(plan.Stop)
+	rules := nodeRules(st)
 
 	pools := make([]string, 0, len(st.Pools))
 	for name, p := range st.Pools {
@@ -133,9 +134,8 @@ func Make(st *pb.State, in Inputs) *Plan {
 			// restarted with other -allow-commands, and will not start
 			// them again) are replaced: they serve until their
 			// replacements do.
-			node := st.Nodes[inst.Node]
-			if node.Status == pb.NodeStatus_NODE_STATUS_DRAINING || inst.TemplateIndex < p.TemplateIndex ||
-				!runsCommand(node, p.Template.GetCommand()) {
+			if st.Nodes[inst.Node].Status == pb.NodeStatus_NODE_STATUS_DRAINING || inst.TemplateIndex < p.TemplateIndex ||
+				!rules.runs(inst.Node, p.Template.GetCommand()) {
 				moving = append(moving, inst)
 			} else {
 				good = append(good, inst)
@@ -153,7 +153,7 @@ func Make(st *pb.State, in Inputs) *Plan {
 				// ones included.
 				n = min(n, max(0, want+int(p.MaxSurge)-len(good)-len(moving)))
 			}
-			placed, why := place(st, in, p, n, perNode[name], reserved)
+			placed, why := place(st, in, p, n, perNode[name], reserved, rules)
 			plan.Place = append(plan.Place, placed...)
 			if short := n - len(placed); short > 0 {
 				plan.Unplaced[name] = short
@@ -240,7 +240,7 @@ func fits(node *pb.Node, reserved *pb.InstanceResources, r *pb.InstanceResources
 // pool's instances, then the most free CPU and memory, then by name. It
 // adds each placement to count and reserved. When it places fewer than
 // n, why says what kept the nodes out.
-func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, reserved map[string]*pb.InstanceResources) (out []*pb.Placement, why string) {
+func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, reserved map[string]*pb.InstanceResources, rules commandRules) (out []*pb.Placement, why string) {
 	sel, err := labels.Parse(p.Selector)
 	if err != nil {
 		return nil, fmt.Sprintf("the selector %q does not parse", p.Selector)
@@ -260,7 +260,7 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 		case node.Status != pb.NodeStatus_NODE_STATUS_UP:
 			notUp++
 			continue
-		case !runsCommand(node, p.Template.GetCommand()):
+		case !rules.runs(name, p.Template.GetCommand()):
 			refusing++
 			continue
 		}
@@ -342,12 +342,29 @@ func place(st *pb.State, in Inputs, p *pb.Pool, n int, count map[string]int, res
 	return out, ""
 }
 
-// runsCommand reports whether node's agent may run command, by the
-// -allow-commands rules in its facts (none: every command). The agent
-// checks again the path it finds.
-func runsCommand(node *pb.Node, command string) bool {
-	rules, err := commands.New(node.GetFacts().GetAllowedCommands())
-	return err == nil && rules.MayAllow(command)
+// commandRules are the -allow-commands rules in the facts of the nodes
+// that have any, taken once a round. The controllers checked them at the
+// agent's Hello; a pattern that does not parse matches nothing.
+type commandRules map[string]*commands.Rules
+
+func nodeRules(st *pb.State) commandRules {
+	var out commandRules
+	for name, node := range st.Nodes {
+		if r := commands.Of(node.GetFacts().GetAllowedCommands()); r != nil {
+			if out == nil {
+				out = commandRules{}
+			}
+			out[name] = r
+		}
+	}
+	return out
+}
+
+// runs reports whether node's agent may run command (a node without rules
+// runs every command). The agent checks again the path it finds.
+func (c commandRules) runs(node, command string) bool {
+	r, ok := c[node]
+	return !ok || r.MayAllow(command)
 }
 
 // under reports whether node is under a condition.

@@ -346,3 +346,9 @@ func TestInstancesOfACommandTheirNodeNoLongerAllowsMoveAfterReplacementsServe(t 
 	require.Empty(t, p.Place)
 	require.Equal(t, []string{"web-1"}, p.Drain)
 }
+
+func TestPlaceNothingOnANodeWhoseRulesDoNotParse(t *testing.T) {
+	st := state(map[string]pb.NodeStatus{"a": up, "b": up}, 2)
+	st.Nodes["a"].Facts = &pb.NodeFacts{AllowedCommands: []string{"relative/*"}} // refused at Hello; state from before
+	require.Equal(t, map[string]int{"b": 2}, nodesOf(Make(st, inputs(nil)).Place))
+}
