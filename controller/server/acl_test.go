@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -224,17 +223,8 @@ func TestACL_raftPortWantsAControllersToken(t *testing.T) {
 		_, err := raftnode.DialForwardAs(ctx, leader.RaftAddr, 5*time.Second, raftnode.PeerAuth{Token: tok})
 		require.ErrorIs(t, err, raftnode.ErrTokenRefused)
 	}
-	// Raft's AppendEntries (RPC type 0) without a token: closed unread.
-	raw, err := net.Dial("tcp", leader.RaftAddr)
-	require.NoError(t, err)
-	defer raw.Close()
-	_, err = raw.Write([]byte{0, 0x84, 0xa1, 'x'})
-	require.NoError(t, err)
-	require.NoError(t, raw.SetReadDeadline(time.Now().Add(15*time.Second)))
-	got, err := io.ReadAll(raw)
-	var ne net.Error
-	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the Raft port should close a connection without a token")
-	require.Empty(t, got)
+	// Raft's AppendEntries without a token: closed unread.
+	require.NoError(t, testcluster.RaftPortRefusesTokenless(leader.RaftAddr, 15*time.Second))
 
 	for _, tok := range []string{f.ctl, f.opsToken} {
 		conn, err := raftnode.DialForwardAs(ctx, leader.RaftAddr, 5*time.Second, raftnode.PeerAuth{Token: tok})

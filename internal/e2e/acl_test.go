@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -99,16 +97,7 @@ grafana      read              %s
 	// The Raft port wants a controller's token too: Raft's AppendEntries
 	// without one is closed unread, and the leader says so.
 	leader := f.leader()
-	raw, err := net.Dial("tcp", leader.RaftAddr)
-	require.NoError(t, err)
-	defer raw.Close()
-	_, err = raw.Write([]byte{0, 0x84, 0xa1, 'x'})
-	require.NoError(t, err)
-	require.NoError(t, raw.SetReadDeadline(time.Now().Add(15*time.Second)))
-	unread, err := io.ReadAll(raw)
-	var ne net.Error
-	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the Raft port should close a connection without a token")
-	require.Empty(t, unread)
+	require.NoError(t, testcluster.RaftPortRefusesTokenless(leader.RaftAddr, 15*time.Second))
 	require.NoError(t, testcluster.Eventually(ctx, 10*time.Second, func(context.Context) error {
 		if !strings.Contains(leader.Log(), "raft port: refused a connection without a controller's token") {
 			return errors.New("the leader has not logged the refusal")
