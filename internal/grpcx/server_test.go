@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hostscale/hostscale/internal/promtest"
+	"github.com/hostscale/hostscale/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -363,7 +364,7 @@ func TestDialAny_firstThatAnswersThenTheNext(t *testing.T) {
 // audited method leaves an info record naming its caller and peer, failed
 // or not; without it, a successful call leaves none at info.
 func TestServer_auditedCallsAreLoggedAtInfo(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg := DefaultServerConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	audit := true
@@ -384,23 +385,4 @@ func TestServer_auditedCallsAreLoggedAtInfo(t *testing.T) {
 	before := strings.Count(logs.String(), "\n")
 	require.NoError(t, echo(ctx, conn, "quiet"))
 	require.Equal(t, before, strings.Count(logs.String(), "\n"), "an unaudited success logs nothing at info")
-}
-
-// syncBuffer is a bytes.Buffer safe for a handler's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package sighup
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -12,27 +11,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/hostscale/hostscale/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// syncBuffer is a log destination safe for the Run goroutine and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestReloads: a SIGHUP that comes after Notify and before Run neither
 // ends the process nor is lost; each one then runs the reloads in order,
@@ -79,7 +62,7 @@ func TestReloads(t *testing.T) {
 // TestReloads_nothingToReload logs that a SIGHUP reloads nothing.
 func TestReloads_nothingToReload(t *testing.T) {
 	r := Notify()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -1,7 +1,6 @@
 package testcluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/hostscale/hostscale/internal/acl"
 	"github.com/hostscale/hostscale/internal/freeport"
 	"github.com/hostscale/hostscale/internal/grpcx"
+	"github.com/hostscale/hostscale/internal/syncbuf"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -65,7 +65,7 @@ type Node struct {
 	mu   sync.Mutex
 	proc Process
 	conn *grpc.ClientConn
-	log  *syncBuffer
+	log  *syncbuf.Buffer
 	// args follow Options.Args on this node's command line (RestartWith).
 	args []string
 }
@@ -112,7 +112,7 @@ func (c *Cluster) newNode(id string) *Node {
 	if c.opts.DataDir != nil {
 		dir = c.opts.DataDir(id)
 	}
-	n := &Node{ID: id, DataDir: dir, c: c, log: &syncBuffer{}}
+	n := &Node{ID: id, DataDir: dir, c: c, log: &syncbuf.Buffer{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if nt := c.opts.Net; nt != nil {
@@ -544,21 +544,4 @@ func Eventually(ctx context.Context, timeout time.Duration, f func(ctx context.C
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/hostscale/hostscale/internal/syncbuf"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -25,28 +25,10 @@ func eventually(t *testing.T, timeout time.Duration, cond func() bool, msgAndArg
 	require.Eventually(t, cond, timeout, 10*time.Millisecond, msgAndArgs...)
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testConfig is a fast Config on dataDir: short back-off, 127.0.0.1.
 func testConfig(t *testing.T, dataDir string) Config {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	t.Cleanup(func() {
 		require.Empty(t, appProcesses(t.Name()), "apps of this test left running")
 	})

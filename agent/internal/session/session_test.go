@@ -20,6 +20,7 @@ import (
 	"github.com/hostscale/hostscale/agent/internal/controllertest"
 	"github.com/hostscale/hostscale/agent/internal/sample"
 	"github.com/hostscale/hostscale/internal/promtest"
+	"github.com/hostscale/hostscale/internal/syncbuf"
 	pb "github.com/hostscale/hostscale/proto/hostscale/v1"
 )
 
@@ -348,7 +349,7 @@ func TestSession_backoffBounds(t *testing.T) {
 func TestSession_refusalCodesAreLoggedAsErrors(t *testing.T) {
 	c := controllertest.Start(t, "c1")
 	c.Set(controllertest.Behaviour{Refuse: status.Error(codes.InvalidArgument, "hello.node: bad")})
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg := testConfig(c.Addr())
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	s, err := New(cfg)
